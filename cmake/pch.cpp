@@ -1,0 +1,1 @@
+// Exists so that CMake has something to compile the shared torch precompiled header with.

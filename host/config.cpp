@@ -1,0 +1,398 @@
+#include "config.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "text_util.hpp"
+
+namespace plexus::host {
+
+namespace fs = std::filesystem;
+
+std::string SourceLoc::str() const {
+    if (line <= 0) return file;
+    return file + ":" + std::to_string(line) + ":" + std::to_string(column);
+}
+
+namespace {
+
+SourceLoc loc_of(const toml::source_region& r, const std::string& file) {
+    return {file, static_cast<long>(r.begin.line), static_cast<long>(r.begin.column)};
+}
+
+Error config_error(const SourceLoc& where, const std::string& what, const std::string& hint) {
+    return Error(where.str() + ": " + what, hint);
+}
+
+Value to_value(const toml::node& node, const std::string& key, const std::string& file) {
+    if (auto v = node.as_boolean()) return Value(v->get());
+    if (auto v = node.as_integer()) return Value(static_cast<int64_t>(v->get()));
+    if (auto v = node.as_floating_point()) return Value(v->get());
+    if (auto v = node.as_string()) return Value(v->get());
+    if (auto arr = node.as_array()) {
+        Value::List items;
+        for (const auto& item : *arr) {
+            if (item.is_table() || item.is_array_of_tables())
+                throw config_error(loc_of(item.source(), file), "'" + key + "' holds a table inside a list",
+                                   "lists may hold numbers, strings, booleans or lists");
+            items.push_back(to_value(item, key, file));
+        }
+        return Value(std::move(items));
+    }
+    throw config_error(loc_of(node.source(), file), "'" + key + "' has a date or time value",
+                       "use a number or a string");
+}
+
+// Flattens nested tables into dotted keys.
+void flatten(const toml::table& table, const std::string& prefix, const std::string& file,
+             std::map<std::string, Setting>& out) {
+    for (const auto& [k, node] : table) {
+        const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+        if (const auto* sub = node.as_table()) {
+            flatten(*sub, key, file, out);
+        } else {
+            out[key] = Setting{to_value(node, key, file), loc_of(k.source(), file)};
+        }
+    }
+}
+
+toml::table parse_file(const std::string& path) {
+    std::error_code ec;
+    if (!fs::exists(path, ec))
+        throw Error(path + ": no such experiment file", "check the path; experiments live in experiments/");
+    try {
+        return toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        const auto& b = e.source().begin;
+        throw Error(path + ":" + std::to_string(b.line) + ":" + std::to_string(b.column) +
+                        ": malformed TOML: " + std::string(e.description()),
+                    "see https://toml.io for the syntax; strings need quotes, tables are [name]");
+    }
+}
+
+void load_into(const std::string& path, Experiment& exp, std::vector<std::string>& stack) {
+    const std::string canonical = fs::weakly_canonical(path).string();
+    for (const auto& s : stack)
+        if (s == canonical)
+            throw Error(path + ": 'extends' forms a cycle (" + join(stack, " -> ") + " -> " + canonical + ")",
+                        "remove one of the extends");
+    stack.push_back(canonical);
+    toml::table table = parse_file(path);
+    if (auto* ext = table.get("extends")) {
+        std::vector<std::string> bases;
+        if (auto s = ext->as_string()) bases.push_back(s->get());
+        else if (auto arr = ext->as_array()) {
+            for (const auto& item : *arr)
+                if (auto s = item.as_string()) bases.push_back(s->get());
+        }
+        if (bases.empty())
+            throw config_error(loc_of(ext->source(), path), "'extends' must be a file name or a list of them",
+                               "for example extends = \"quickstart.toml\"");
+        for (const auto& base : bases) {
+            fs::path p = fs::path(path).parent_path() / base;
+            if (!fs::exists(p))
+                throw config_error(loc_of(ext->source(), path), "extends '" + base + "': no such file (" + p.string() + ")",
+                                   "paths in extends are relative to the file that names them");
+            load_into(p.string(), exp, stack);
+        }
+        table.erase("extends");
+    }
+    std::map<std::string, Setting> mine;
+    flatten(table, "", path, mine);
+    // A section that names another plugin than its base drops the base's keys for that section:
+    // they belong to the old plugin's schema.
+    for (const auto& ps : plugin_sections()) {
+        const std::string name_key = std::string(ps.section) + ".name";
+        auto it = mine.find(name_key);
+        auto old = exp.settings.find(name_key);
+        if (it != mine.end() && old != exp.settings.end() && old->second.value != it->second.value) {
+            const std::string prefix = std::string(ps.section) + ".";
+            for (auto s = exp.settings.begin(); s != exp.settings.end();)
+                s = s->first.rfind(prefix, 0) == 0 ? exp.settings.erase(s) : std::next(s);
+        }
+    }
+    for (auto& kv : mine) exp.settings[kv.first] = kv.second;
+    exp.files.push_back(path);
+    stack.pop_back();
+}
+
+bool type_fits(ValueType want, ValueType got) {
+    return want == got || (want == ValueType::Float && got == ValueType::Int);
+}
+
+Value coerce(ValueType want, const Value& v) {
+    if (want == ValueType::Float && v.type() == ValueType::Int) return Value(v.as_double());
+    return v;
+}
+
+std::string json_escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                    out += buf;
+                } else {
+                    out += c;
+                }
+        }
+    }
+    return out;
+}
+
+std::string to_json_value(const Value& v) {
+    switch (v.type()) {
+        case ValueType::String: return "\"" + json_escape(v.as_string()) + "\"";
+        case ValueType::Float: {
+            if (!std::isfinite(v.as_double())) return "null";
+            return v.to_text();
+        }
+        case ValueType::List: {
+            std::string out = "[";
+            const auto& items = v.as_list();
+            for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + to_json_value(items[i]);
+            return out + "]";
+        }
+        default: return v.to_text();
+    }
+}
+
+}  // namespace
+
+Experiment load_experiment(const std::string& path) {
+    Experiment exp;
+    exp.path = path;
+    std::vector<std::string> stack;
+    load_into(path, exp, stack);
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    exp.text = ss.str();
+    return exp;
+}
+
+Value parse_value(const std::string& text, const std::string& origin) {
+    try {
+        toml::table t = toml::parse("v = " + text);
+        return to_value(*t.get("v"), origin, origin);
+    } catch (const toml::parse_error& e) {
+        throw Error(origin + ": cannot read '" + text + "' as a TOML value: " + std::string(e.description()),
+                    "numbers as 3e-4, booleans as true/false, lists as [1, 2], strings as \"text\"");
+    }
+}
+
+void apply_override(Experiment& exp, const std::string& assignment) {
+    const auto eq = assignment.find('=');
+    if (eq == std::string::npos || eq == 0)
+        throw Error("--set " + assignment + ": expected section.key=value", "for example --set optimizer.lr=3e-4");
+    const std::string key = assignment.substr(0, eq);
+    const std::string text = assignment.substr(eq + 1);
+    Value v;
+    try {
+        v = parse_value(text, "--set " + key);
+    } catch (const Error&) {
+        v = Value(text);  // a bare word: take it as a string (--set data.path=/tmp/corpus)
+    }
+    exp.settings[key] = Setting{v, SourceLoc{"--set " + assignment, 0, 0}};
+    exp.overrides.push_back(assignment);
+}
+
+const std::vector<PluginSection>& plugin_sections() {
+    static const std::vector<PluginSection> sections = {
+        {"model", PluginKind::Model, nullptr},
+        {"data", PluginKind::Dataset, nullptr},
+        {"optimizer", PluginKind::Optimizer, "adamw"},
+        {"strategy", PluginKind::Strategy, "single"},
+        {"comm", PluginKind::Comm, ""},
+    };
+    return sections;
+}
+
+const std::map<std::string, ConfigSchema>& host_schemas() {
+    static const std::map<std::string, ConfigSchema> schemas = {
+        {"train",
+         {
+             {"steps", 1000, "strategy steps to run (0: run until train.tokens)"},
+             {"tokens", 0, "token budget per rank (0: run train.steps steps)"},
+             {"batch_size", 16, "sequences per batch (per rank)"},
+             {"seq_len", 128, "tokens per sequence"},
+             {"lr_schedule", "cosine", "learning-rate factor over tokens: constant, cosine or linear"},
+             {"warmup_tokens", 0, "tokens of linear warm-up from 0 to the peak"},
+             {"min_lr_ratio", 0.1, "final learning rate as a fraction of the peak (cosine, linear)"},
+             {"grad_clip", 1.0, "clip the global gradient norm to this (0: off)"},
+             {"eval_every", 100, "evaluate every this many steps (0: only at the end)"},
+             {"eval_batches", 10, "validation batches per evaluation"},
+             {"log_every", 10, "print and record throughput every this many steps"},
+             {"seed", 0, "seed of initialization and data order"},
+             {"device", "cpu", "cpu, cuda, cuda:N, or auto (cuda when available)"},
+             {"threads", 0, "compute threads (0: all cores)"},
+             {"peak_flops", 0.0, "peak FLOP/s for MFU (0: measured on CPU, datasheet on known GPUs)"},
+         }},
+        {"results",
+         {
+             {"db", "results/plexus.db", "SQLite database the run is recorded in"},
+             {"progress", "auto", "auto (a bar on a terminal), bar, lines or none"},
+         }},
+        {"launch",
+         {
+             {"mode", "single", "single: one process, one rank"},
+         }},
+    };
+    return schemas;
+}
+
+const ConfigSchema& top_level_schema() {
+    static const ConfigSchema keys = {
+        {"name", "", "a short name for the run (defaults to the file name)"},
+        {"description", "", "free text recorded with the run"},
+        {"plugin_path", Value::list({}), "extra folders to search for plugins"},
+    };
+    return keys;
+}
+
+ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names) {
+    ResolvedConfig out;
+    std::vector<std::string> errors;
+    std::set<std::string> used;  // dotted keys consumed by some schema
+
+    // Validates the settings under `section` against `schema`, fills defaults.
+    auto check_section = [&](const std::string& section, const ConfigSchema& schema, const std::string& owner) {
+        std::map<std::string, Value> values;
+        std::vector<std::string> known;
+        for (const auto& k : schema) known.push_back(k.name);
+        const std::string prefix = section.empty() ? "" : section + ".";
+        for (const auto& [key, setting] : exp.settings) {
+            if (!section.empty() && key.rfind(prefix, 0) != 0) continue;
+            const std::string sub = key.substr(prefix.size());
+            if (section.empty() && (sub.find('.') != std::string::npos)) continue;
+            if (!section.empty() && sub == "name") continue;
+            const ConfigKey* spec = nullptr;
+            for (const auto& k : schema)
+                if (k.name == sub) spec = &k;
+            if (!spec) {
+                if (section.empty()) continue;  // decided below, with the sections
+                std::string hint = did_you_mean(sub, known);
+                errors.push_back(setting.where.str() + ": unknown key '" + key + "' for " + owner +
+                                 (hint.empty() ? "" : "; " + hint) + " (known: " + join(known, ", ") + ")");
+                used.insert(key);
+                continue;
+            }
+            used.insert(key);
+            if (!type_fits(spec->type(), setting.value.type())) {
+                errors.push_back(setting.where.str() + ": '" + key + "' must be a " + to_string(spec->type()) +
+                                 ", got " + to_string(setting.value.type()) + " " + setting.value.to_text() +
+                                 " (default: " + spec->default_value.to_text() + ")");
+                continue;
+            }
+            values[sub] = coerce(spec->type(), setting.value);
+        }
+        for (const auto& k : schema) {
+            if (!values.count(k.name)) values[k.name] = k.default_value;
+            out.values[prefix + k.name] = values[k.name];
+        }
+        out.sections[section.empty() ? std::string("top") : section] = Config(section, values);
+    };
+
+    check_section("", top_level_schema(), "the top level");
+    for (const auto& k : top_level_schema()) used.insert(k.name);
+    for (const auto& [section, schema] : host_schemas()) check_section(section, schema, "[" + section + "]");
+
+    for (const auto& ps : plugin_sections()) {
+        const std::string section = ps.section;
+        const std::string name_key = section + ".name";
+        auto it = exp.settings.find(name_key);
+        std::string name;
+        if (it != exp.settings.end()) {
+            used.insert(name_key);
+            if (it->second.value.type() != ValueType::String) {
+                errors.push_back(it->second.where.str() + ": '" + name_key + "' must be a plugin name (a string)");
+                continue;
+            }
+            name = it->second.value.as_string();
+        } else if (ps.default_plugin && *ps.default_plugin) {
+            name = ps.default_plugin;
+        } else {
+            bool has_keys = false;
+            for (const auto& kv : exp.settings) has_keys |= kv.first.rfind(section + ".", 0) == 0;
+            if (ps.default_plugin == nullptr || has_keys)
+                errors.push_back(exp.path + ": [" + section + "] needs name = \"<" + to_string(ps.kind) +
+                                 " plugin>\"; available: " + join(names(ps.kind), ", "));
+            continue;
+        }
+        const PluginDescriptor* d = find(ps.kind, name);
+        if (!d) {
+            const std::string where = it != exp.settings.end() ? it->second.where.str() : exp.path;
+            const auto available = names(ps.kind);
+            std::string hint = did_you_mean(name, available);
+            errors.push_back(where + ": no " + std::string(to_string(ps.kind)) + " plugin named '" + name + "'" +
+                             (hint.empty() ? "" : "; " + hint) + " (available: " +
+                             (available.empty() ? std::string("none found") : join(available, ", ")) +
+                             "; `plexus plugins` lists them and why any was refused)");
+            for (const auto& kv : exp.settings)
+                if (kv.first.rfind(section + ".", 0) == 0) used.insert(kv.first);
+            continue;
+        }
+        out.plugins[section] = d;
+        out.values[name_key] = Value(name);
+        check_section(section, d->schema, std::string(to_string(ps.kind)) + " plugin '" + name + "'");
+    }
+
+    // Whatever no schema claimed: unknown sections or top-level keys.
+    std::vector<std::string> sections;
+    for (const auto& [s, _] : host_schemas()) sections.push_back(s);
+    for (const auto& ps : plugin_sections()) sections.push_back(ps.section);
+    std::vector<std::string> top_keys;
+    for (const auto& k : top_level_schema()) top_keys.push_back(k.name);
+    for (const auto& [key, setting] : exp.settings) {
+        if (used.count(key)) continue;
+        const auto dot = key.find('.');
+        if (dot == std::string::npos) {
+            std::string hint = did_you_mean(key, top_keys);
+            errors.push_back(setting.where.str() + ": unknown top-level key '" + key + "'" +
+                             (hint.empty() ? "" : "; " + hint) + " (sections: " + join(sections, ", ") + ")");
+        } else {
+            const std::string section = key.substr(0, dot);
+            std::string hint = did_you_mean(section, sections);
+            errors.push_back(setting.where.str() + ": unknown section [" + section + "] (key '" + key + "')" +
+                             (hint.empty() ? "" : "; " + hint) + " (sections: " + join(sections, ", ") + ")");
+        }
+    }
+
+    if (!errors.empty()) {
+        std::string msg = errors.size() == 1 ? errors[0]
+                                             : std::to_string(errors.size()) + " problems in the experiment:\n  " +
+                                                   join(errors, "\n  ");
+        throw Error(msg, "`plexus plugins NAME` lists every key a plugin accepts, with its default");
+    }
+
+    // The hash covers what changes the training, not where results go or what the run is called.
+    std::string canonical;
+    for (const auto& [k, v] : out.values) {
+        if (k == "name" || k == "description" || k.rfind("results.", 0) == 0 || k == "plugin_path") continue;
+        canonical += k + "=" + v.to_text() + "\n";
+    }
+    out.hash = hex64(fnv1a(canonical));
+    return out;
+}
+
+std::string ResolvedConfig::to_json() const {
+    std::string out = "{";
+    bool first = true;
+    for (const auto& [k, v] : values) {
+        out += (first ? "" : ", ") + ("\"" + json_escape(k) + "\": " + to_json_value(v));
+        first = false;
+    }
+    return out + "}";
+}
+
+}  // namespace plexus::host

@@ -1,0 +1,79 @@
+// Experiment files: TOML with `extends`, --set overrides, and validation against the schemas of
+// the host's own sections and of the plugins each section names. Every setting remembers where
+// it came from (file:line:column or the --set flag) so that errors can point at it.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <plexus/config.hpp>
+#include <plexus/error.hpp>
+#include <plexus/plugin.hpp>
+
+namespace plexus::host {
+
+struct SourceLoc {
+    std::string file;  // file path, or "--set"
+    long line = 0, column = 0;
+    std::string str() const;  // "file:3:7", "file", or "--set"
+};
+
+struct Setting {
+    Value value;
+    SourceLoc where;
+};
+
+// An experiment as written: every setting under its dotted key ("optimizer.lr"; top-level
+// keys such as "name" have no dot), after `extends` and overrides are applied.
+struct Experiment {
+    std::string path;         // the file given on the command line
+    std::string text;         // its text, recorded with the run
+    std::vector<std::string> files;  // it and every file it extends, in load order
+    std::map<std::string, Setting> settings;
+    std::vector<std::string> overrides;  // the --set assignments, as given
+};
+
+// Reads `path` and the files it extends. Throws ConfigError (a plexus::Error) naming the file,
+// line and column of what is wrong.
+Experiment load_experiment(const std::string& path);
+// Applies "section.key=value" (value in TOML syntax; bare words are taken as strings).
+void apply_override(Experiment& exp, const std::string& assignment);
+
+// A plugin-backed section of the experiment and the kind of plugin it names.
+struct PluginSection {
+    const char* section;
+    PluginKind kind;
+    const char* default_plugin;  // nullptr: the section must name one; "": optional section
+};
+const std::vector<PluginSection>& plugin_sections();
+
+// Host-owned sections ([train], [results], [launch]) and their schemas.
+const std::map<std::string, ConfigSchema>& host_schemas();
+// Keys allowed at the top level of an experiment.
+const ConfigSchema& top_level_schema();
+
+// Finds a plugin's descriptor by kind and name (nullptr if none).
+using DescriptorLookup = std::function<const PluginDescriptor*(PluginKind, const std::string&)>;
+// Names of the plugins of a kind, for suggestions.
+using NameLookup = std::function<std::vector<std::string>(PluginKind)>;
+
+// The experiment checked against every schema, with defaults filled in.
+struct ResolvedConfig {
+    std::map<std::string, Value> values;             // every dotted key, defaults included
+    std::map<std::string, Config> sections;          // per section, what its plugin or the host gets
+    std::map<std::string, const PluginDescriptor*> plugins;  // section -> plugin it names
+    std::string hash;                                // stable hash of what affects training
+    std::string to_json() const;
+};
+
+// Throws ConfigError listing every problem found (unknown keys with the nearest known key,
+// wrong types, unknown plugins with close names), each with its location.
+ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names);
+
+// Parses TOML `text` (for --set values and tests); throws ConfigError with `origin`.
+Value parse_value(const std::string& text, const std::string& origin);
+
+}  // namespace plexus::host

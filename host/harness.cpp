@@ -1,0 +1,534 @@
+#include "harness.hpp"
+
+#include <dlfcn.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <plexus/plexus.hpp>
+#include <torch/torch.h>
+
+#include "config.hpp"
+#include "loader.hpp"
+#include "peak.hpp"
+#include "results.hpp"
+#include "text_util.hpp"
+
+namespace plexus::host {
+
+namespace fs = std::filesystem;
+
+double lr_factor(const std::string& schedule, double tokens, double warmup, double horizon, double min_ratio) {
+    if (warmup > 0 && tokens < warmup) return (tokens + 1) / warmup;
+    if (schedule == "constant" || horizon <= warmup) return 1.0;
+    const double p = std::clamp((tokens - warmup) / (horizon - warmup), 0.0, 1.0);
+    const double shape = schedule == "linear" ? 1.0 - p : 0.5 * (1.0 + std::cos(M_PI * p));
+    return min_ratio + (1.0 - min_ratio) * shape;
+}
+
+void set_compute_threads(int threads) {
+    // Measured here on a GPT step (quickstart shapes, 2 cores): LibTorch 1 + OpenBLAS 2 threads
+    // gave 9.8k tok/s; 2 + 1 gave 7.3k, 1 + 1 gave 7.6k, 2 + 2 gave 3.7k (the OpenMP pool spins
+    // while OpenBLAS's pool works). So the cores go to OpenBLAS and LibTorch stays single-threaded.
+    at::set_num_threads(1);
+    // OpenBLAS ignores LibTorch's setting and sizes its own pool from the cores.
+    using SetThreads = void (*)(int);
+    if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(threads);
+}
+
+namespace {
+
+std::atomic<int> g_interrupts{0};
+void on_signal(int) {
+    if (++g_interrupts > 1) std::_Exit(kInterrupted);  // a second Ctrl-C: leave at once
+}
+
+class CompletedWork : public Work {
+public:
+    void wait() override {}
+    bool is_completed() override { return true; }
+};
+
+// The transport of a one-rank run: every collective is the identity.
+class LocalTransport : public Transport {
+public:
+    int rank() const override { return 0; }
+    int world_size() const override { return 1; }
+    const char* backend() const override { return "local"; }
+    std::shared_ptr<Work> all_reduce(torch::Tensor&, ReduceOp) override { return done(); }
+    std::shared_ptr<Work> reduce_scatter(torch::Tensor& out, const torch::Tensor& in, ReduceOp) override {
+        out.copy_(in.view_as(out));
+        return done();
+    }
+    std::shared_ptr<Work> all_gather(torch::Tensor& out, const torch::Tensor& in) override {
+        out.copy_(in.view_as(out));
+        return done();
+    }
+    std::shared_ptr<Work> broadcast(torch::Tensor&, int) override { return done(); }
+    void barrier() override {}
+    std::shared_ptr<Work> send(const torch::Tensor&, int peer, int) override { no_peer(peer); return nullptr; }
+    std::shared_ptr<Work> recv(torch::Tensor&, int peer, int) override { no_peer(peer); return nullptr; }
+    std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) override {
+        if (ranks.size() != 1 || ranks[0] != 0)
+            throw Error("subgroup of ranks other than {0} in a one-rank run", "launch with more ranks");
+        return std::make_shared<LocalTransport>();
+    }
+    CommStats stats() const override { return stats_; }
+
+private:
+    std::shared_ptr<Work> done() {
+        ++stats_.calls;
+        return std::make_shared<CompletedWork>();
+    }
+    [[noreturn]] void no_peer(int peer) {
+        throw Error("point-to-point with rank " + std::to_string(peer) + " in a one-rank run",
+                    "this strategy needs several ranks: set [launch] accordingly");
+    }
+    CommStats stats_;
+};
+
+// Moves batches to the run's device (the datasets produce CPU tensors).
+class DeviceStream : public BatchStream {
+public:
+    DeviceStream(std::unique_ptr<BatchStream> inner, torch::Device device) : inner_(std::move(inner)), device_(device) {}
+    Batch next() override {
+        auto b = inner_->next();
+        if (device_.is_cpu()) return b;
+        return {b.inputs.to(device_, /*non_blocking=*/true), b.targets.to(device_, true)};
+    }
+    int64_t position() const override { return inner_->position(); }
+    void seek(int64_t p) override { inner_->seek(p); }
+
+private:
+    std::unique_ptr<BatchStream> inner_;
+    torch::Device device_;
+};
+
+using Clock = std::chrono::steady_clock;
+
+class HostContext : public RunContext {
+public:
+    HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab)
+        : cfg_(cfg), device_(device), vocab_(vocab), start_(Clock::now()) {}
+
+    int rank() const override { return 0; }
+    int world_size() const override { return 1; }
+    torch::Device device() const override { return device_; }
+    Transport& transport() override { return transport_; }
+    const Value& setting(const std::string& key) const override {
+        auto it = cfg_.values.find(key);
+        if (it == cfg_.values.end()) throw Error("no setting '" + key + "' in this run", "`plexus plugins NAME` lists a plugin's keys");
+        return it->second;
+    }
+    int64_t vocab_size() const override { return vocab_; }
+    int64_t seq_len() const override { return cfg_.values.at("train.seq_len").as_int(); }
+    void record(const std::string& key, double value) override {
+        pending.push_back({0, key, step, value, tokens, now(), std::nullopt});
+    }
+    void log(LogLevel level, const std::string& message) override {
+        if (level == LogLevel::Debug) return;
+        std::cerr << (level == LogLevel::Warning ? "warning: " : "") << message << "\n";
+    }
+    uint64_t seed(const std::string& stream) const override {
+        return mix_seed(static_cast<uint64_t>(cfg_.values.at("train.seed").as_int()), fnv1a(stream));
+    }
+    double now() override { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+    void charge_compute(double) override {}  // real hardware: time is measured, not charged
+
+    std::shared_ptr<Model> make_model() override {
+        torch::manual_seed(seed("init"));
+        auto model = cfg_.plugins.at("model")->make_model(cfg_.sections.at("model"), *this);
+        if (!model) throw Error("model plugin '" + cfg_.plugins.at("model")->name + "' returned no model");
+        model->to(device_);
+        if (!first_model) {
+            first_model = true;
+            flops = model->flops_per_token(seq_len());
+            for (const auto& p : model->parameters()) params += p.numel();
+        }
+        return model;
+    }
+    std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamSlot> slots, const std::string& section) override {
+        auto it = cfg_.plugins.find(section);
+        if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Optimizer)
+            throw Error("no optimizer section [" + section + "] in this experiment", "add [" + section + "] name = \"adamw\"");
+        auto opt = it->second->make_optimizer(cfg_.sections.at(section), *this, std::move(slots));
+        if (!opt) throw Error("optimizer plugin '" + it->second->name + "' returned no optimizer");
+        return opt;
+    }
+    std::unique_ptr<CommScheme> make_comm(const std::string& section) override {
+        auto it = cfg_.plugins.find(section);
+        if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Comm)
+            throw Error("no communication scheme [" + section + "] in this experiment",
+                        "add [" + section + "] name = \"<comm plugin>\"");
+        return it->second->make_comm(cfg_.sections.at(section), *this);
+    }
+
+    // Harness state the context reads when recording.
+    int64_t step = 0;
+    int64_t tokens = 0;
+    std::vector<MetricRow> pending;
+    bool first_model = false;
+    FlopsPerToken flops;
+    int64_t params = 0;
+
+private:
+    const ResolvedConfig& cfg_;
+    torch::Device device_;
+    int64_t vocab_;
+    LocalTransport transport_;
+    Clock::time_point start_;
+};
+
+torch::Device choose_device(const std::string& name) {
+    if (name == "cpu") return torch::kCPU;
+    if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+    if (name.rfind("cuda", 0) == 0) {
+        if (!torch::cuda::is_available())
+            throw Error("train.device = \"" + name + "\" but this LibTorch sees no CUDA device",
+                        "use device = \"cpu\", or build plexus against a CUDA LibTorch (scripts/device-run.sh)");
+        return torch::Device(name);
+    }
+    throw Error("train.device = \"" + name + "\" is not a device", "use cpu, cuda, cuda:N or auto");
+}
+
+double peak_rss_bytes() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_maxrss) * 1024.0;
+}
+
+std::string git_revision(const std::string& dir) {
+    std::string cmd = "git -C '" + dir + "' rev-parse --short HEAD 2>/dev/null";
+    std::string out;
+    if (FILE* p = popen(cmd.c_str(), "r")) {
+        char buf[128];
+        while (fgets(buf, sizeof buf, p)) out += buf;
+        pclose(p);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+}
+
+std::string hostname() {
+    char buf[256] = {0};
+    gethostname(buf, sizeof buf - 1);
+    return buf;
+}
+
+class Progress {
+public:
+    Progress(const std::string& mode, int64_t total_steps) : total_(total_steps) {
+        const bool tty = isatty(STDERR_FILENO);
+        bar_ = mode == "bar" || (mode == "auto" && tty);
+        lines_ = mode != "none";
+    }
+    void line(const std::string& text) {
+        if (!lines_) return;
+        clear();
+        std::cout << text << std::endl;
+    }
+    void bar(int64_t step, double loss, double eta) {
+        if (!bar_ || total_ <= 0) return;
+        const int width = 30;
+        const double frac = std::min(1.0, static_cast<double>(step) / total_);
+        std::string b(static_cast<size_t>(frac * width), '#');
+        b.resize(width, '.');
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "\r[%s] %3.0f%% step %lld/%lld loss %.4f ETA %s\033[K", b.c_str(), frac * 100,
+                      static_cast<long long>(step), static_cast<long long>(total_), loss, human_duration(eta).c_str());
+        std::cerr << buf << std::flush;
+        shown_ = true;
+    }
+    void clear() {
+        if (shown_) std::cerr << "\r\033[K" << std::flush;
+        shown_ = false;
+    }
+
+private:
+    int64_t total_;
+    bool bar_ = false, lines_ = true, shown_ = false;
+};
+
+void print_error(const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
+}
+
+std::string error_text(const std::exception& e) {
+    std::string s = e.what();
+    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) s += " (hint: " + pe->hint() + ")";
+    return s;
+}
+
+}  // namespace
+
+int run_experiment(const std::string& path, const RunOptions& options) {
+    // Phase 1: everything that can be checked before the run exists in the database.
+    Experiment exp;
+    ResolvedConfig cfg;
+    PluginRegistry registry;
+    std::unique_ptr<ResultsStore> store;
+    torch::Device device = torch::kCPU;
+    try {
+        exp = load_experiment(path);
+        for (const auto& o : options.overrides) apply_override(exp, o);
+        if (!options.db.empty()) apply_override(exp, "results.db=\"" + options.db + "\"");
+        if (!options.progress.empty()) apply_override(exp, "results.progress=\"" + options.progress + "\"");
+        auto search = PluginRegistry::default_search_path();
+        if (auto it = exp.settings.find("plugin_path"); it != exp.settings.end()) {
+            const auto& v = it->second.value;
+            if (v.type() == ValueType::String) search.push_back(v.as_string());
+            if (v.type() == ValueType::List)
+                for (const auto& item : v.as_list())
+                    if (item.type() == ValueType::String) search.push_back(item.as_string());
+        }
+        registry.scan(search);
+        cfg = resolve(exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
+                      [&](PluginKind k) { return registry.names(k); });
+        const std::string schedule = cfg.values.at("train.lr_schedule").as_string();
+        if (schedule != "constant" && schedule != "cosine" && schedule != "linear")
+            throw Error(exp.settings.count("train.lr_schedule") ? exp.settings.at("train.lr_schedule").where.str() + ": train.lr_schedule = \"" + schedule + "\" is unknown" : "train.lr_schedule is unknown",
+                        "use constant, cosine or linear");
+        if (cfg.values.at("launch.mode").as_string() != "single")
+            throw Error("launch.mode = \"" + cfg.values.at("launch.mode").as_string() + "\" is not available in this build",
+                        "use mode = \"single\"");
+        for (const char* key : {"train.batch_size", "train.seq_len", "train.log_every"})
+            if (cfg.values.at(key).as_int() < 1) throw Error(std::string(key) + " must be >= 1", "fix it in " + path);
+        if (cfg.values.at("train.steps").as_int() <= 0 && cfg.values.at("train.tokens").as_int() <= 0)
+            throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
+        device = choose_device(cfg.values.at("train.device").as_string());
+        store = std::make_unique<ResultsStore>(cfg.values.at("results.db").as_string());
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+
+    const auto& v = cfg.values;
+    const int threads = v.at("train.threads").as_int() > 0 ? static_cast<int>(v.at("train.threads").as_int())
+                                                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    set_compute_threads(threads);
+
+    // Phase 2: the run exists; from here every failure is recorded on it.
+    RunInfo info;
+    info.name = v.at("name").as_string().empty() ? fs::path(path).stem().string() : v.at("name").as_string();
+    info.config_hash = cfg.hash;
+    info.config_json = cfg.to_json();
+    info.toml = exp.text;
+    info.seed = v.at("train.seed").as_int();
+    for (const auto& [section, d] : cfg.plugins) info.plugins += (info.plugins.empty() ? "" : " ") + section + "=" + d->name + "@" + d->version;
+    info.fingerprint = PluginRegistry::host_fingerprint();
+    info.device = device.str() + (device.is_cpu() ? " (" + std::to_string(threads) + " threads)" : "");
+    info.host = hostname();
+    info.git_rev = git_revision(fs::absolute(path).parent_path().string());
+    info.command = options.command_line;
+    int64_t run_id = 0;
+    try {
+        run_id = store->begin_run(info, v);
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+
+    Progress progress(v.at("results.progress").as_string(), v.at("train.steps").as_int());
+    std::unique_ptr<HostContext> ctx;
+    auto fail = [&](const std::string& status, const std::string& error) {
+        try {
+            if (ctx && !ctx->pending.empty()) store->add_metrics(run_id, ctx->pending);
+            store->finish_run(run_id, status, error);
+        } catch (const std::exception& e) {
+            std::cerr << "error: could not record the end of run " << run_id << ": " << e.what() << "\n";
+        }
+    };
+
+    auto prev_int = std::signal(SIGINT, on_signal);
+    auto prev_term = std::signal(SIGTERM, on_signal);
+    struct RestoreSignals {
+        void (*i)(int), (*t)(int);
+        ~RestoreSignals() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
+    } restore{prev_int, prev_term};
+    g_interrupts = 0;
+
+    try {
+        const int64_t B = v.at("train.batch_size").as_int(), T = v.at("train.seq_len").as_int();
+        // The dataset needs a context for its factory; its vocabulary is known only after.
+        HostContext bootstrap(cfg, device, 0);
+        auto dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
+        if (!dataset) throw Error("dataset plugin '" + cfg.plugins.at("data")->name + "' returned no dataset");
+        ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size());
+        StreamSpec train_spec{Split::Train, B, T, 0, 1, ctx->seed("data")};
+        StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx->seed("data.val")};
+        DeviceStream train(dataset->open(train_spec), device);
+        DeviceStream val(dataset->open(val_spec), device);
+        auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
+        if (!strategy) throw Error("strategy plugin '" + cfg.plugins.at("strategy")->name + "' returned no strategy");
+        if (!ctx->first_model) throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' built no model", "a strategy must call RunContext::make_model()");
+
+        Peak peak;
+        if (v.at("train.peak_flops").as_double() > 0) peak = {v.at("train.peak_flops").as_double(), "train.peak_flops"};
+        else if (device.is_cpu()) peak = cpu_peak(threads, false, true);
+        else peak = gpu_peak(device.str());
+
+        const double flops_per_token = ctx->flops.flops;
+        store->set_summary(run_id, 0, "params", static_cast<double>(ctx->params));
+        store->set_summary(run_id, 0, "flops_per_token", flops_per_token);
+        store->set_summary_text(run_id, 0, "flops_convention", ctx->flops.convention);
+        store->set_summary_text(run_id, 0, "peak_source", peak.source);
+        if (peak.flops) store->set_summary(run_id, 0, "peak_flops", *peak.flops);
+
+        progress.line("plexus run '" + info.name + "' -> run " + std::to_string(run_id) + " in " + store->path());
+        progress.line("  " + dataset->describe());
+        progress.line("  " + info.plugins + " | " + human_count(static_cast<double>(ctx->params)) + " params, " +
+                      human_count(flops_per_token) + "FLOP/token | " + info.device + " | peak " +
+                      (peak.flops ? human_count(*peak.flops) + "FLOP/s (" + peak.source + ")" : std::string("unknown: MFU not reported")));
+
+        const int64_t max_steps = v.at("train.steps").as_int();
+        const int64_t max_tokens = v.at("train.tokens").as_int();
+        const int64_t log_every = v.at("train.log_every").as_int();
+        const int64_t eval_every = v.at("train.eval_every").as_int();
+        const int64_t eval_batches = v.at("train.eval_batches").as_int();
+        const double grad_clip = v.at("train.grad_clip").as_double();
+        const std::string schedule = v.at("train.lr_schedule").as_string();
+        const double warmup = static_cast<double>(v.at("train.warmup_tokens").as_int());
+        const double min_ratio = v.at("train.min_lr_ratio").as_double();
+        const double base_lr = cfg.values.count("optimizer.lr") && cfg.values.at("optimizer.lr").type() == ValueType::Float
+                                   ? cfg.values.at("optimizer.lr").as_double() : 1.0;
+        int64_t last_eval_step = -1;
+        double horizon = max_tokens > 0 ? static_cast<double>(max_tokens) : 0.0;
+
+        auto evaluate = [&]() {
+            val.seek(0);  // the same validation batches every time: curves are comparable
+            const double loss = strategy->evaluate(val, eval_batches);
+            last_eval_step = ctx->step + 1;
+            ctx->record("eval_loss", loss);
+            return loss;
+        };
+
+        double step_seconds_total = 0, step_seconds_after_first = 0;
+        int64_t tokens_after_first = 0;
+        double interval_seconds = 0;
+        int64_t interval_tokens = 0, interval_steps = 0;
+        double interval_loss = 0, last_eval = NAN, last_loss = NAN;
+        int64_t step = 0;
+        std::string status = "finished";
+        while (true) {
+            if (max_steps > 0 && step >= max_steps) break;
+            if (max_tokens > 0 && ctx->tokens >= max_tokens) break;
+            if (g_interrupts > 0) { status = "interrupted"; break; }
+            ctx->step = step;
+            StepInput in;
+            in.step = step;
+            in.tokens_seen = ctx->tokens;
+            in.lr_scale = lr_factor(schedule, static_cast<double>(ctx->tokens), warmup, horizon, min_ratio);
+            in.max_grad_norm = grad_clip;
+            in.train = &train;
+            const auto t0 = Clock::now();
+            StepOutput out = strategy->step(in);
+            const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+            if (horizon == 0) horizon = static_cast<double>(out.tokens) * static_cast<double>(max_steps);
+            ctx->tokens += out.tokens;
+            step_seconds_total += dt;
+            if (step > 0) { step_seconds_after_first += dt; tokens_after_first += out.tokens; }
+            interval_seconds += dt;
+            interval_tokens += out.tokens;
+            interval_loss += out.loss;
+            ++interval_steps;
+            last_loss = out.loss;
+            ctx->record("loss", out.loss);
+            ctx->record("lr", base_lr * in.lr_scale);
+            if (out.grad_norm >= 0) ctx->record("grad_norm", out.grad_norm);
+            ++step;
+            if (!std::isfinite(out.loss)) {
+                status = "diverged";
+                progress.line("step " + std::to_string(step) + ": loss is " + std::to_string(out.loss) + ": the run diverged");
+                break;
+            }
+            const bool log_now = step % log_every == 0 || step == max_steps;
+            const bool eval_now = (eval_every > 0 && step % eval_every == 0) || step == max_steps;
+            if (eval_now) last_eval = evaluate();
+            if (log_now || eval_now) {
+                const double tps = interval_seconds > 0 ? interval_tokens / interval_seconds : 0;
+                const double mfu = peak.flops ? flops_per_token * tps / *peak.flops : NAN;
+                ctx->record("tokens_per_s", tps);
+                ctx->record("step_time", interval_seconds / std::max<int64_t>(1, interval_steps));
+                if (peak.flops) ctx->record("mfu", mfu);
+                ctx->record("memory", peak_rss_bytes());
+                const double avg_step = step_seconds_total / step;
+                const double eta = max_steps > 0 ? avg_step * (max_steps - step)
+                                                 : (max_tokens - ctx->tokens) / std::max(1.0, tps);
+                char buf[320];
+                std::snprintf(buf, sizeof buf,
+                              "step %6lld | loss %.4f%s | lr %.2e | %s tok/s | MFU %s | mem %s | %s elapsed, ETA %s",
+                              static_cast<long long>(step), interval_loss / interval_steps,
+                              eval_now ? (" | eval " + std::to_string(last_eval).substr(0, 6)).c_str() : "",
+                              base_lr * in.lr_scale, human_count(tps).c_str(),
+                              peak.flops ? (std::to_string(mfu * 100).substr(0, 4) + "%").c_str() : "n/a",
+                              human_bytes(peak_rss_bytes()).c_str(), human_duration(ctx->now()).c_str(),
+                              human_duration(eta).c_str());
+                progress.line(buf);
+                store->add_metrics(run_id, ctx->pending);
+                ctx->pending.clear();
+                interval_seconds = 0;
+                interval_tokens = interval_steps = 0;
+                interval_loss = 0;
+            }
+            progress.bar(step, out.loss, max_steps > 0 ? (step_seconds_total / step) * (max_steps - step) : NAN);
+        }
+        progress.clear();
+        if (status == "finished" && step > 0 && last_eval_step != step) last_eval = evaluate();
+
+        // Summaries: throughput excludes the first step (allocations, thread start-up).
+        const double tps = tokens_after_first > 0 ? tokens_after_first / step_seconds_after_first
+                                                  : (step_seconds_total > 0 ? ctx->tokens / step_seconds_total : 0);
+        store->set_summary(run_id, 0, "steps", static_cast<double>(step));
+        store->set_summary(run_id, 0, "tokens", static_cast<double>(ctx->tokens));
+        store->set_summary(run_id, 0, "final_loss", last_loss);
+        store->set_summary(run_id, 0, "final_eval_loss", last_eval);
+        store->set_summary(run_id, 0, "tokens_per_s", tps);
+        store->set_summary(run_id, 0, "step_time", step > 0 ? step_seconds_total / step : NAN);
+        store->set_summary(run_id, 0, "mfu", peak.flops ? flops_per_token * tps / *peak.flops : NAN);
+        store->set_summary(run_id, 0, "peak_memory", peak_rss_bytes());
+        const auto comm = ctx->transport().stats();
+        store->set_summary(run_id, 0, "bytes_sent", static_cast<double>(comm.bytes_sent));
+        store->set_summary(run_id, 0, "comm_time", comm.seconds_total);
+        store->set_summary(run_id, 0, "comm_exposed_time", comm.seconds_exposed);
+        store->set_summary(run_id, 0, "wall_time", ctx->now());
+        if (!ctx->pending.empty()) store->add_metrics(run_id, ctx->pending);
+        ctx->pending.clear();
+        store->finish_run(run_id, status, status == "diverged" ? "loss became " + std::to_string(last_loss) + " at step " + std::to_string(step) : "");
+
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "run %lld %s: %lld steps, %s tokens, final eval loss %.4f, %s tok/s, MFU %s",
+                      static_cast<long long>(run_id), status.c_str(), static_cast<long long>(step),
+                      human_count(static_cast<double>(ctx->tokens)).c_str(), last_eval, human_count(tps).c_str(),
+                      peak.flops ? (std::to_string(flops_per_token * tps / *peak.flops * 100).substr(0, 4) + "%").c_str() : "n/a");
+        progress.line(buf);
+        if (status == "diverged") {
+            std::cerr << "error: run " << run_id << " diverged (loss " << last_loss << " at step " << step << ")\n"
+                      << "hint: lower optimizer.lr, add train.warmup_tokens, or set train.grad_clip\n";
+            return kDiverged;
+        }
+        if (status == "interrupted") {
+            std::cerr << "run " << run_id << " interrupted at step " << step << "; its rows so far are kept\n";
+            return kInterrupted;
+        }
+        return kOk;
+    } catch (const std::exception& e) {
+        progress.clear();
+        print_error(e);
+        fail("failed", error_text(e));
+        std::cerr << "run " << run_id << " marked failed in " << store->path() << "\n";
+        return kFailed;
+    }
+}
+
+}  // namespace plexus::host

@@ -1,0 +1,30 @@
+// The training harness: one experiment, one rank, the same loop for every strategy.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace plexus::host {
+
+struct RunOptions {
+    std::vector<std::string> overrides;  // --set assignments
+    std::string db;                      // --db: overrides results.db
+    std::string progress;                // --progress: overrides results.progress
+    std::string command_line;            // recorded with the run
+};
+
+// Exit codes of `plexus run`.
+enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2, kDiverged = 3, kInterrupted = 130 };
+
+// Runs the experiment in `path`; returns an ExitCode. Prints errors with their hints.
+int run_experiment(const std::string& path, const RunOptions& options);
+
+// Learning-rate factor in [0, 1] after `tokens` tokens: linear warm-up, then constant,
+// cosine or linear decay to min_ratio at `horizon` tokens.
+double lr_factor(const std::string& schedule, double tokens, double warmup, double horizon, double min_ratio);
+
+// Gives `threads` cores to OpenBLAS's pool and keeps LibTorch's own intra-op pool at one
+// thread (the two pools fight for the cores otherwise; measurements in harness.cpp).
+void set_compute_threads(int threads);
+
+}  // namespace plexus::host

@@ -1,0 +1,267 @@
+// plexus: the command-line entry point.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <plexus/build_config.hpp>
+
+#include "harness.hpp"
+#include "loader.hpp"
+#include "peak.hpp"
+#include "results.hpp"
+#include "text_util.hpp"
+
+using namespace plexus;
+using namespace plexus::host;
+
+namespace {
+
+const char* kHelpText = R"(plexus: one harness to train, measure and compare distributed training algorithms.
+
+usage:
+  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none]
+        Train the experiment in FILE.toml and record it in the results database.
+        --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
+  plexus plugins [NAME]
+        List the plugins found and why any was refused; with NAME, print its settings.
+  plexus runs [--db PATH] [--limit N]
+        List recorded runs, newest first.
+  plexus show RUN [--db PATH]
+        Print one run: status, settings, summaries and a summary of its curves.
+  plexus bench peak [--threads N]
+        Measure this CPU's sustained float32 matmul FLOP/s (the peak MFU divides by) and cache it.
+  plexus --help | --version
+
+Experiment files (TOML) have sections [model], [data], [optimizer], [strategy], [comm] naming
+plugins (name = "...") with their settings, and the host's [train], [results], [launch].
+`extends = "base.toml"` inherits another file. Unknown keys are errors.
+
+Environment:
+  PLEXUS_PLUGIN_PATH   extra plugin folders, colon-separated (searched after the build's own)
+
+Exit codes: 0 finished, 1 failed, 2 usage, 3 diverged, 130 interrupted.
+Default database: results/plexus.db (relative to the current folder).
+)";
+
+int usage_error(const std::string& msg) {
+    std::cerr << "error: " << msg << "\nrun `plexus --help` for usage\n";
+    return kUsage;
+}
+
+// Pulls "--flag VALUE" or "--flag=VALUE" out of args.
+bool take_flag(std::vector<std::string>& args, const std::string& flag, std::string& value) {
+    for (size_t i = 0; i < args.size(); ++i) {
+        if (args[i] == flag && i + 1 < args.size()) {
+            value = args[i + 1];
+            args.erase(args.begin() + i, args.begin() + i + 2);
+            return true;
+        }
+        if (args[i].rfind(flag + "=", 0) == 0) {
+            value = args[i].substr(flag.size() + 1);
+            args.erase(args.begin() + i);
+            return true;
+        }
+    }
+    return false;
+}
+
+int cmd_plugins(std::vector<std::string> args) {
+    PluginRegistry registry;
+    const auto path = PluginRegistry::default_search_path();
+    registry.scan(path);
+    if (!args.empty()) {
+        const std::string& name = args[0];
+        std::vector<const PluginDescriptor*> matches;
+        std::vector<std::string> all;
+        for (const auto& l : registry.loaded()) {
+            all.push_back(l.descriptor->name);
+            if (l.descriptor->name == name) matches.push_back(l.descriptor);
+        }
+        if (matches.empty()) {
+            std::string hint = did_you_mean(name, all);
+            std::cerr << "error: no plugin named '" << name << "'" << (hint.empty() ? "" : "; " + hint) << "\n"
+                      << "hint: `plexus plugins` lists them all\n";
+            return kFailed;
+        }
+        for (const auto* d : matches) {
+            std::cout << "[" << to_string(d->kind) << "] name = \"" << d->name << "\"   # version " << d->version
+                      << ", " << registry.path_of(d) << "\n# " << d->summary << "\n";
+            size_t width = 0;
+            for (const auto& k : d->schema) width = std::max(width, k.name.size() + 3 + k.default_value.to_text().size());
+            for (const auto& k : d->schema) {
+                std::string line = k.name + " = " + k.default_value.to_text();
+                line.resize(std::max(width, line.size()) + 2, ' ');
+                std::cout << line << "# " << k.doc << " (" << to_string(k.type()) << ")\n";
+            }
+            std::cout << "\n";
+        }
+        return kOk;
+    }
+    std::cout << "search path: " << join(path, ":") << "\n";
+    for (PluginKind kind : {PluginKind::Model, PluginKind::Dataset, PluginKind::Optimizer, PluginKind::Strategy, PluginKind::Comm}) {
+        std::cout << to_string(kind) << ":\n";
+        bool any = false;
+        for (const auto& l : registry.loaded())
+            if (l.descriptor->kind == kind) {
+                char buf[512];
+                std::snprintf(buf, sizeof buf, "  %-12s %-6s %s", l.descriptor->name.c_str(), l.descriptor->version.c_str(),
+                              l.descriptor->summary.c_str());
+                std::cout << buf << "\n";
+                any = true;
+            }
+        if (!any) std::cout << "  (none)\n";
+    }
+    if (!registry.refused().empty()) {
+        std::cout << "refused:\n";
+        for (const auto& r : registry.refused()) std::cout << "  " << r.path << ": " << r.reason << "\n";
+    }
+    return kOk;
+}
+
+std::string format_time(double t) {
+    if (t <= 0) return "-";
+    time_t s = static_cast<time_t>(t);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", std::localtime(&s));
+    return buf;
+}
+
+std::string summary_value(ResultsStore& store, int64_t run, const std::string& key) {
+    for (const auto& [rank, k, v, text] : store.summaries(run))
+        if (rank == 0 && k == key) {
+            if (!v) return text.empty() ? "-" : text;
+            char buf[32];
+            std::snprintf(buf, sizeof buf, "%.4g", *v);
+            return buf;
+        }
+    return "-";
+}
+
+int cmd_runs(std::vector<std::string> args) {
+    std::string db = "results/plexus.db", limit = "20";
+    take_flag(args, "--db", db);
+    take_flag(args, "--limit", limit);
+    if (!args.empty()) return usage_error("unexpected argument '" + args[0] + "' for plexus runs");
+    try {
+        ResultsStore store(db);
+        auto runs = store.list_runs(std::stoll(limit));
+        if (runs.empty()) {
+            std::cout << "no runs in " << db << " yet: try `plexus run experiments/quickstart.toml`\n";
+            return kOk;
+        }
+        std::printf("%5s  %-20s %-11s %-16s %8s %10s %10s %7s  %s\n", "id", "name", "status", "started", "steps",
+                    "eval loss", "tok/s", "MFU", "plugins");
+        for (const auto& r : runs) {
+            std::string mfu = summary_value(store, r.id, "mfu");
+            if (mfu != "-") mfu = std::to_string(std::stod(mfu) * 100).substr(0, 4) + "%";
+            std::printf("%5lld  %-20s %-11s %-16s %8s %10s %10s %7s  %s\n", static_cast<long long>(r.id),
+                        r.name.substr(0, 20).c_str(), r.status.c_str(), format_time(r.started).c_str(),
+                        summary_value(store, r.id, "steps").c_str(), summary_value(store, r.id, "final_eval_loss").c_str(),
+                        summary_value(store, r.id, "tokens_per_s").c_str(), mfu.c_str(), r.plugins.c_str());
+        }
+        return kOk;
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return kFailed;
+    }
+}
+
+int cmd_show(std::vector<std::string> args) {
+    std::string db = "results/plexus.db";
+    take_flag(args, "--db", db);
+    if (args.size() != 1) return usage_error("plexus show takes one run id");
+    int64_t id = 0;
+    try {
+        id = std::stoll(args[0]);
+    } catch (...) {
+        return usage_error("'" + args[0] + "' is not a run id (a number, see `plexus runs`)");
+    }
+    try {
+        ResultsStore store(db);
+        auto run = store.get_run(id);
+        if (!run) {
+            std::cerr << "error: no run " << id << " in " << db << "\nhint: `plexus runs --db " << db << "` lists them\n";
+            return kFailed;
+        }
+        std::cout << "run " << run->id << " '" << run->name << "': " << run->status << "\n";
+        if (!run->error.empty()) std::cout << "  error:       " << run->error << "\n";
+        std::cout << "  started:     " << format_time(run->started) << ", ended " << format_time(run->ended) << "\n"
+                  << "  plugins:     " << run->plugins << "\n"
+                  << "  device:      " << run->device << " on " << run->host << "\n"
+                  << "  config hash: " << run->config_hash << "  git " << (run->git_rev.empty() ? "-" : run->git_rev) << "\n"
+                  << "  command:     " << run->command << "\n";
+        std::cout << "settings:\n";
+        for (const auto& [k, v] : store.params(id)) std::cout << "  " << k << " = " << v << "\n";
+        std::cout << "summary:\n";
+        for (const auto& [rank, k, v, text] : store.summaries(id)) {
+            char buf[64];
+            if (v) std::snprintf(buf, sizeof buf, "%.6g", *v);
+            std::cout << "  " << (rank ? "rank " + std::to_string(rank) + " " : "") << k << " = "
+                      << (v ? buf : (text.empty() ? "NULL" : text)) << "\n";
+        }
+        std::cout << "curves (first -> min -> last, points):\n";
+        for (const auto& key : store.metric_keys(id)) {
+            auto series = store.metric_series(id, key);
+            if (series.empty()) continue;
+            double mn = series.front().second;
+            for (const auto& p : series) if (p.second < mn) mn = p.second;
+            char buf[200];
+            std::snprintf(buf, sizeof buf, "  %-14s %.5g -> %.5g -> %.5g  (%zu, steps %lld..%lld)", key.c_str(),
+                          series.front().second, mn, series.back().second, series.size(),
+                          static_cast<long long>(series.front().first), static_cast<long long>(series.back().first));
+            std::cout << buf << "\n";
+        }
+        return kOk;
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return kFailed;
+    }
+}
+
+int cmd_bench(std::vector<std::string> args) {
+    if (args.empty() || args[0] != "peak") return usage_error("plexus bench knows: peak");
+    args.erase(args.begin());
+    std::string threads_text = std::to_string(std::max(1u, std::thread::hardware_concurrency()));
+    take_flag(args, "--threads", threads_text);
+    const int threads = std::stoi(threads_text);
+    set_compute_threads(threads);
+    auto peak = cpu_peak(threads, /*refresh=*/true, /*verbose=*/true);
+    std::printf("peak: %.2f GFLOP/s (%s), cached in %s\n", *peak.flops / 1e9, peak.source.c_str(), peak_cache_path().c_str());
+    return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+        std::cout << kHelpText;
+        return args.empty() ? kUsage : kOk;
+    }
+    if (args[0] == "--version") {
+        std::cout << "plexus " << PLEXUS_VERSION << " (" << PluginRegistry::host_fingerprint() << ")\n";
+        return kOk;
+    }
+    const std::string cmd = args[0];
+    args.erase(args.begin());
+    if (cmd == "run") {
+        RunOptions opts;
+        for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
+        std::string value;
+        while (take_flag(args, "--set", value)) opts.overrides.push_back(value);
+        take_flag(args, "--db", opts.db);
+        take_flag(args, "--progress", opts.progress);
+        if (args.size() != 1) return usage_error(args.empty() ? "plexus run needs an experiment file" : "unexpected argument '" + args[1] + "'");
+        if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
+        return run_experiment(args[0], opts);
+    }
+    if (cmd == "plugins") return cmd_plugins(args);
+    if (cmd == "runs") return cmd_runs(args);
+    if (cmd == "show") return cmd_show(args);
+    if (cmd == "bench") return cmd_bench(args);
+    std::string hint = did_you_mean(cmd, {"run", "plugins", "runs", "show", "bench"});
+    return usage_error("unknown command '" + cmd + "'" + (hint.empty() ? "" : "; " + hint));
+}

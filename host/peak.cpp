@@ -1,0 +1,118 @@
+#include "peak.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <unistd.h>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace plexus::host {
+
+namespace fs = std::filesystem;
+
+double measure_cpu_matmul_flops(double seconds, int64_t size) {
+    torch::NoGradGuard no_grad;
+    auto a = torch::randn({size, size});
+    auto b = torch::randn({size, size});
+    auto c = torch::empty({size, size});
+    for (int i = 0; i < 3; ++i) torch::mm_out(c, a, b);  // warm up threads and caches
+    const double flops_per_mm = 2.0 * size * size * size;
+    // The best of several timed windows: a shared machine only ever slows a window down.
+    std::vector<double> rates;
+    const auto t_end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < t_end || rates.size() < 3) {
+        const auto t0 = std::chrono::steady_clock::now();
+        int n = 0;
+        do {
+            torch::mm_out(c, a, b);
+            ++n;
+        } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds / 5);
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        rates.push_back(n * flops_per_mm / dt);
+    }
+    return *std::max_element(rates.begin(), rates.end());
+}
+
+std::string peak_cache_path() {
+    const char* xdg = std::getenv("XDG_CACHE_HOME");
+    const char* home = std::getenv("HOME");
+    fs::path base = xdg && *xdg ? fs::path(xdg) : fs::path(home ? home : "/tmp") / ".cache";
+    return (base / "plexus" / "peak.txt").string();
+}
+
+namespace {
+
+std::string cpu_model() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("model name", 0) == 0) {
+            auto p = line.find(':');
+            return p == std::string::npos ? line : line.substr(p + 2);
+        }
+    return "unknown cpu";
+}
+
+// One line per measurement: "<key>\t<flops>"; the key names the CPU, threads and LibTorch.
+std::string cache_key(int threads) {
+    return cpu_model() + " | threads " + std::to_string(threads) + " | libtorch " + TORCH_VERSION;
+}
+
+}  // namespace
+
+Peak cpu_peak(int threads, bool refresh, bool verbose) {
+    const std::string key = cache_key(threads);
+    const std::string path = peak_cache_path();
+    std::vector<std::string> lines;
+    {
+        std::ifstream in(path);
+        std::string line;
+        while (std::getline(in, line)) {
+            auto tab = line.find('\t');
+            if (tab == std::string::npos) continue;
+            if (line.substr(0, tab) == key && !refresh) {
+                try {
+                    return {std::stod(line.substr(tab + 1)), "measured fp32 matmul, " + std::to_string(threads) +
+                                                                 " thread(s), cached in " + path};
+                } catch (...) {
+                    // a damaged line: measure again
+                }
+            }
+            if (line.substr(0, tab) != key) lines.push_back(line);
+        }
+    }
+    if (verbose) std::cerr << "measuring this CPU's float32 matmul peak (" << threads << " thread(s), ~2 s)...\n";
+    const double flops = measure_cpu_matmul_flops(2.0);
+    std::error_code ec;
+    fs::create_directories(fs::path(path).parent_path(), ec);
+    const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+    {
+        std::ofstream out(tmp);
+        for (const auto& l : lines) out << l << "\n";
+        out << key << "\t" << flops << "\n";
+    }
+    fs::rename(tmp, path, ec);  // atomic: concurrent runs never read half a file
+    return {flops, "measured fp32 matmul, " + std::to_string(threads) + " thread(s)"};
+}
+
+Peak gpu_peak(const std::string& name) {
+    // Dense bf16 tensor-core peaks from the datasheets (torchtitan's table).
+    struct Entry { const char* match; double flops; const char* label; };
+    static const Entry table[] = {
+        {"H200", 989e12, "H200 bf16 dense"},     {"H100 PCIe", 756e12, "H100 PCIe bf16 dense"},
+        {"H100 NVL", 835e12, "H100 NVL bf16 dense"}, {"H100", 989e12, "H100 SXM bf16 dense"},
+        {"A100", 312e12, "A100 bf16 dense"},     {"B200", 2.25e15, "B200 bf16 dense"},
+        {"MI300X", 1300e12, "MI300X bf16 dense"},
+    };
+    for (const auto& e : table)
+        if (name.find(e.match) != std::string::npos) return {e.flops, std::string("datasheet ") + e.label};
+    return {std::nullopt, "unknown GPU '" + name + "': set train.peak_flops to get MFU"};
+}
+
+}  // namespace plexus::host

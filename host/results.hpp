@@ -1,0 +1,78 @@
+// The results database (SQLite): sweeps, runs, their parameters, per-step metrics and summaries.
+// WAL mode and short BEGIN IMMEDIATE transactions, so several writers and readers can share it;
+// the schema is versioned with PRAGMA user_version and migrated forward on open.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <plexus/config.hpp>
+
+struct sqlite3;
+
+namespace plexus::host {
+
+constexpr int kSchemaVersion = 2;
+
+struct MetricRow {
+    int rank = 0;
+    std::string key;
+    int64_t step = 0;
+    double value = 0;
+    int64_t tokens = 0;
+    double wall_time = 0;  // seconds since the run started
+    std::optional<double> sim_time;
+};
+
+struct RunInfo {
+    int64_t id = 0;
+    std::optional<int64_t> sweep_id;
+    std::string name, config_hash, config_json, toml, status, error, plugins, fingerprint, device, host,
+        git_rev, command;
+    int64_t seed = 0, world_size = 1;
+    double started = 0, ended = 0, heartbeat = 0;
+};
+
+class ResultsStore {
+public:
+    // Opens (creating the file and its folder if needed) and migrates. Throws plexus::Error if
+    // the file is not a database, is read-only, or has a newer schema than this plexus.
+    explicit ResultsStore(const std::string& path);
+    ~ResultsStore();
+    ResultsStore(const ResultsStore&) = delete;
+    ResultsStore& operator=(const ResultsStore&) = delete;
+
+    const std::string& path() const { return path_; }
+    int schema_version();
+
+    int64_t begin_run(const RunInfo& info, const std::map<std::string, Value>& params);
+    // Upserts (a resumed run overwrites the same step) and refreshes the heartbeat.
+    void add_metrics(int64_t run, const std::vector<MetricRow>& rows);
+    void set_summary(int64_t run, int rank, const std::string& key, double value);
+    void set_summary_text(int64_t run, int rank, const std::string& key, const std::string& text);
+    void finish_run(int64_t run, const std::string& status, const std::string& error);
+
+    std::vector<RunInfo> list_runs(int64_t limit);
+    std::optional<RunInfo> get_run(int64_t id);
+    std::map<std::string, std::string> params(int64_t run);
+    // summary key -> value as text (numbers formatted), rank 0 first
+    std::vector<std::tuple<int, std::string, std::optional<double>, std::string>> summaries(int64_t run);
+    std::vector<std::string> metric_keys(int64_t run);
+    // (step, value) for one metric of rank 0
+    std::vector<std::pair<int64_t, double>> metric_series(int64_t run, const std::string& key);
+
+    // Executes SQL directly (tests, maintenance).
+    void exec(const std::string& sql);
+
+    static double now();
+
+private:
+    void migrate();
+    std::string path_;
+    sqlite3* db_ = nullptr;
+};
+
+}  // namespace plexus::host

@@ -1,0 +1,179 @@
+// models/gpt: a GPT-style decoder (pre-norm, learned positions, GELU MLP), as blocks:
+// [embed, layer 0 .. layer L-1, head].
+#include <plexus/compat.hpp>
+#include <plexus/plexus.hpp>
+#include <torch/torch.h>
+
+namespace {
+
+using plexus::Config;
+
+struct GptShape {
+    int64_t vocab, n_layer, d_model, n_head, seq_len, d_ff;
+    bool tie_embeddings;
+};
+
+class Embed : public plexus::Block {
+public:
+    explicit Embed(const GptShape& s) {
+        tokens = register_module("tokens", torch::nn::Embedding(s.vocab, s.d_model));
+        positions = register_module("positions", torch::nn::Embedding(s.seq_len, s.d_model));
+        torch::nn::init::normal_(tokens->weight, 0.0, 0.02);
+        torch::nn::init::normal_(positions->weight, 0.0, 0.02);
+    }
+    torch::Tensor forward(const torch::Tensor& ids) override {
+        const auto T = ids.size(1);
+        return tokens->forward(ids) + positions->weight.narrow(0, 0, T);
+    }
+    double flops_per_token(int64_t) const override { return 0.0; }  // lookups, no matmul
+    torch::nn::Embedding tokens{nullptr}, positions{nullptr};
+};
+
+class Layer : public plexus::Block {
+public:
+    Layer(const GptShape& s, int64_t index) : shape_(s) {
+        auto opts = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out); };
+        ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
+        qkv = register_module("qkv", torch::nn::Linear(opts(s.d_model, 3 * s.d_model)));
+        proj = register_module("proj", torch::nn::Linear(opts(s.d_model, s.d_model)));
+        ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
+        fc = register_module("fc", torch::nn::Linear(opts(s.d_model, s.d_ff)));
+        out = register_module("out", torch::nn::Linear(opts(s.d_ff, s.d_model)));
+        // GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2L).
+        const double resid_std = 0.02 / std::sqrt(2.0 * s.n_layer);
+        for (auto* lin : {&qkv, &fc}) torch::nn::init::normal_((*lin)->weight, 0.0, 0.02);
+        for (auto* lin : {&proj, &out}) torch::nn::init::normal_((*lin)->weight, 0.0, resid_std);
+        for (auto* lin : {&qkv, &proj, &fc, &out}) torch::nn::init::zeros_((*lin)->bias);
+        mask = register_buffer("mask", plexus::compat::causal_mask(s.seq_len, torch::kFloat32));
+        (void)index;
+    }
+
+    torch::Tensor forward(const torch::Tensor& x) override {
+        const auto B = x.size(0), T = x.size(1), D = shape_.d_model, H = shape_.n_head;
+        auto h = qkv->forward(ln1->forward(x)).view({B, T, 3, H, D / H}).permute({2, 0, 3, 1, 4});
+        auto y = plexus::compat::causal_attention(h[0], h[1], h[2], mask);
+        auto a = x + proj->forward(y.transpose(1, 2).reshape({B, T, D}));
+        return a + out->forward(torch::gelu(fc->forward(ln2->forward(a)), "tanh"));
+    }
+
+    // 6 FLOPs per parameter per token for the matmuls, plus attention's 12·H·Q·T = 12·D·T.
+    double flops_per_token(int64_t seq_len) const override {
+        return 6.0 * matmul_params() + 12.0 * shape_.d_model * seq_len;
+    }
+    int64_t matmul_params() const {
+        int64_t n = 0;
+        for (const auto& p : parameters()) n += p.numel();
+        return n;
+    }
+
+    std::vector<plexus::TensorParallelRule> tensor_parallel_plan() const override {
+        using S = plexus::TensorParallelRule::Split;
+        return {{"qkv.weight", S::Column}, {"qkv.bias", S::Column}, {"proj.weight", S::Row},
+                {"proj.bias", S::Replicate}, {"fc.weight", S::Column}, {"fc.bias", S::Column},
+                {"out.weight", S::Row},      {"out.bias", S::Replicate}, {"ln1.weight", S::Replicate},
+                {"ln1.bias", S::Replicate},  {"ln2.weight", S::Replicate}, {"ln2.bias", S::Replicate}};
+    }
+
+    torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+    torch::nn::Linear qkv{nullptr}, proj{nullptr}, fc{nullptr}, out{nullptr};
+    torch::Tensor mask;
+
+private:
+    GptShape shape_;
+};
+
+class Head : public plexus::Block {
+public:
+    Head(const GptShape& s, torch::Tensor tied_weight) {
+        ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
+        if (tied_weight.defined()) {
+            weight = tied_weight;  // shared with the embedding: not registered twice
+        } else {
+            weight = register_parameter("weight", torch::empty({s.vocab, s.d_model}));
+            torch::nn::init::normal_(weight, 0.0, 0.02);
+        }
+    }
+    torch::Tensor forward(const torch::Tensor& x) override {
+        return torch::matmul(ln->forward(x), weight.t());
+    }
+    double flops_per_token(int64_t) const override { return 6.0 * counted_params(); }
+    int64_t counted_params() const { return weight.numel() + ln->weight.numel() + ln->bias.numel(); }
+    torch::nn::LayerNorm ln{nullptr};
+    torch::Tensor weight;
+};
+
+class Gpt : public plexus::Model {
+public:
+    explicit Gpt(const GptShape& s) : shape_(s) {
+        embed_ = add_block("embed", std::make_shared<Embed>(s));
+        for (int64_t i = 0; i < s.n_layer; ++i)
+            layers_.push_back(add_block("layer" + std::to_string(i), std::make_shared<Layer>(s, i)));
+        head_ = add_block("head", std::make_shared<Head>(s, s.tie_embeddings ? embed_->tokens->weight
+                                                                             : torch::Tensor()));
+    }
+
+    torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
+        return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
+                                                    targets.reshape({-1}));
+    }
+
+    plexus::FlopsPerToken flops_per_token(int64_t seq_len) const override {
+        double flops = 0;
+        for (const auto& b : blocks()) flops += b->flops_per_token(seq_len);
+        int64_t n = 0;
+        for (const auto& l : layers_) n += l->matmul_params();
+        n += head_->counted_params();
+        return {flops,
+                "6N+12LHQT (PaLM/nanoGPT): N counts every parameter except the input token and "
+                "position embedding tables (a tied embedding counts, as the LM head uses it)",
+                n};
+    }
+
+private:
+    GptShape shape_;
+    std::shared_ptr<Embed> embed_;
+    std::vector<std::shared_ptr<Layer>> layers_;
+    std::shared_ptr<Head> head_;
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "gpt";
+    d.kind = plexus::PluginKind::Model;
+    d.version = "1.0";
+    d.summary = "GPT decoder: pre-norm, learned positions, GELU MLP; blocks embed, layer0..N-1, head";
+    d.schema = {
+        {"n_layer", 4, "number of transformer layers (L)"},
+        {"d_model", 256, "residual width (D)"},
+        {"n_head", 4, "attention heads (H); must divide d_model"},
+        {"d_ff", 0, "MLP hidden width; 0 means 4 * d_model"},
+        {"vocab_size", 0, "vocabulary size; 0 takes the dataset's"},
+        {"max_seq_len", 0, "longest sequence (position table size); 0 takes train.seq_len"},
+        {"tie_embeddings", false, "share the token embedding with the LM head"},
+    };
+    d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
+        GptShape s;
+        s.n_layer = cfg.get_int("n_layer");
+        s.d_model = cfg.get_int("d_model");
+        s.n_head = cfg.get_int("n_head");
+        s.d_ff = cfg.get_int("d_ff") > 0 ? cfg.get_int("d_ff") : 4 * s.d_model;
+        s.vocab = cfg.get_int("vocab_size") > 0 ? cfg.get_int("vocab_size") : ctx.vocab_size();
+        s.seq_len = cfg.get_int("max_seq_len") > 0 ? cfg.get_int("max_seq_len") : ctx.seq_len();
+        s.tie_embeddings = cfg.get_bool("tie_embeddings");
+        cfg.require(s.n_layer >= 0, "n_layer", "must be >= 0");
+        cfg.require(s.d_model > 0, "d_model", "must be > 0");
+        cfg.require(s.n_head > 0 && s.d_model % s.n_head == 0, "n_head",
+                    "must be > 0 and divide d_model (" + std::to_string(s.d_model) + ")");
+        cfg.require(s.vocab > 0, "vocab_size", "must be > 0 (the dataset reported none)");
+        cfg.require(s.vocab >= ctx.vocab_size(), "vocab_size",
+                    "is smaller than the dataset's vocabulary (" + std::to_string(ctx.vocab_size()) + ")");
+        cfg.require(s.seq_len >= ctx.seq_len(), "max_seq_len",
+                    "is shorter than train.seq_len (" + std::to_string(ctx.seq_len()) + ")");
+        return std::make_shared<Gpt>(s);
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)

@@ -1,0 +1,106 @@
+// optimizers/adamw: Adam with decoupled weight decay (Loshchilov & Hutter), bias-corrected.
+#include <plexus/plexus.hpp>
+#include <torch/torch.h>
+
+namespace {
+
+class AdamW : public plexus::Optimizer {
+public:
+    AdamW(const plexus::Config& cfg, std::vector<plexus::ParamSlot> slots) : slots_(std::move(slots)) {
+        lr_ = cfg.get_double("lr");
+        auto betas = cfg.get_doubles("betas");
+        cfg.require(betas.size() == 2, "betas", "must hold two numbers [beta1, beta2]");
+        beta1_ = betas[0];
+        beta2_ = betas[1];
+        cfg.require(beta1_ >= 0 && beta1_ < 1 && beta2_ >= 0 && beta2_ < 1, "betas", "must lie in [0, 1)");
+        eps_ = cfg.get_double("eps");
+        weight_decay_ = cfg.get_double("weight_decay");
+        const bool decay_vectors = cfg.get_bool("decay_vectors");
+        for (const auto& s : slots_) {
+            exp_avg_.push_back(torch::zeros_like(s.param));
+            exp_avg_sq_.push_back(torch::zeros_like(s.param));
+            scratch_.push_back(torch::empty_like(s.param));
+            decays_.push_back(decay_vectors || s.full_shape.size() >= 2);
+            numel_ += s.param.numel();
+        }
+    }
+
+    void step(const std::vector<torch::Tensor>& grads, double lr_scale) override {
+        torch::NoGradGuard no_grad;
+        ++step_;
+        const double lr = lr_ * lr_scale;
+        const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(step_));
+        const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(step_));
+        const double step_size = lr / bc1;
+        const double inv_sqrt_bc2 = 1.0 / std::sqrt(bc2);
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            auto& p = slots_[i].param;
+            const auto& g = grads[i];
+            if (decays_[i] && weight_decay_ != 0) p.mul_(1.0 - lr * weight_decay_);
+            exp_avg_[i].lerp_(g, 1.0 - beta1_);
+            exp_avg_sq_[i].mul_(beta2_).addcmul_(g, g, 1.0 - beta2_);
+            // denominator sqrt(v / bc2) + eps, built in a reused buffer: no allocation per step
+            torch::sqrt_out(scratch_[i], exp_avg_sq_[i]).mul_(inv_sqrt_bc2).add_(eps_);
+            p.addcdiv_(exp_avg_[i], scratch_[i], -step_size);
+        }
+    }
+
+    plexus::StateDict state() const override {
+        plexus::StateDict out;
+        out.emplace_back("step", torch::tensor(step_, torch::kInt64));
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            const auto prefix = std::to_string(i) + "." + slots_[i].name;
+            out.emplace_back(prefix + ".exp_avg", exp_avg_[i].clone());
+            out.emplace_back(prefix + ".exp_avg_sq", exp_avg_sq_[i].clone());
+        }
+        return out;
+    }
+
+    void load_state(const plexus::StateDict& state) override {
+        if (state.size() != 1 + 2 * slots_.size())
+            throw plexus::Error("adamw: optimizer state has " + std::to_string(state.size()) +
+                                " tensors, expected " + std::to_string(1 + 2 * slots_.size()),
+                                "the state comes from another model or optimizer configuration");
+        torch::NoGradGuard no_grad;
+        step_ = state[0].second.item<int64_t>();
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            exp_avg_[i].copy_(state[1 + 2 * i].second);
+            exp_avg_sq_[i].copy_(state[2 + 2 * i].second);
+        }
+    }
+
+    // Per element: decay 1, lerp 2, second moment 3, sqrt/scale/eps 3, addcdiv 3.
+    double flops_per_step() const override { return 12.0 * static_cast<double>(numel_); }
+
+private:
+    std::vector<plexus::ParamSlot> slots_;
+    std::vector<torch::Tensor> exp_avg_, exp_avg_sq_, scratch_;
+    std::vector<bool> decays_;
+    double lr_, beta1_, beta2_, eps_, weight_decay_;
+    int64_t step_ = 0;
+    int64_t numel_ = 0;
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "adamw";
+    d.kind = plexus::PluginKind::Optimizer;
+    d.version = "1.0";
+    d.summary = "AdamW: Adam with decoupled weight decay and bias correction";
+    d.schema = {
+        {"lr", 1e-3, "peak learning rate (scaled by the schedule in [train])"},
+        {"betas", plexus::Value::list({0.9, 0.95}), "decay rates of the first and second moments"},
+        {"eps", 1e-8, "added to the denominator"},
+        {"weight_decay", 0.1, "decoupled weight decay, multiplied by the current learning rate"},
+        {"decay_vectors", false, "also decay 1-D parameters (biases, norms)"},
+    };
+    d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&,
+                          std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
+        return std::make_unique<AdamW>(cfg, std::move(slots));
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)

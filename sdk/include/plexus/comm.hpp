@@ -1,0 +1,39 @@
+// plexus/comm.hpp: what a communication-scheme plugin provides.
+//
+// A communication scheme decides how a tensor is synchronized over a transport: plain
+// all-reduce, a hierarchical all-reduce, quantized or sparsified exchange with error feedback,
+// low-rank (PowerSGD). Strategies ask for one by name in the [comm] section and call it for
+// each gradient bucket; they do not care how the bytes travel.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <torch/types.h>
+
+#include "plexus/transport.hpp"
+
+namespace plexus {
+
+struct CommSchemeStats {
+    int64_t logical_bytes = 0;  // bytes of the tensors handed in (what a plain all-reduce sends)
+    int64_t bytes_sent = 0;     // bytes this scheme actually put on the transport
+    double compression_ratio() const {
+        return bytes_sent > 0 ? static_cast<double>(logical_bytes) / bytes_sent : 1.0;
+    }
+};
+
+class CommScheme {
+public:
+    virtual ~CommScheme() = default;
+
+    // Replaces `tensor` by (an estimate of) its mean over the transport's ranks. `key`
+    // identifies the tensor across calls (a bucket index), for schemes that keep per-tensor
+    // memory such as error feedback or PowerSGD's warm start. The result is valid after wait().
+    virtual std::shared_ptr<Work> all_reduce_mean(torch::Tensor& tensor, Transport& transport,
+                                                  int64_t key) = 0;
+
+    virtual CommSchemeStats stats() const = 0;
+};
+
+}  // namespace plexus

@@ -1,0 +1,73 @@
+// plexus/context.hpp: the run as a plugin sees it.
+//
+// The host hands every plugin factory a RunContext. It says who this rank is, on which device,
+// over which transport; it reads any resolved setting of the experiment; it records metrics;
+// it builds the other plugins of the run (a strategy asks it for the model, the optimizers and
+// the communication scheme, so that one algorithm may nest several); it gives seeded random
+// streams and the clock.
+//
+// Time: never read the wall clock in a plugin. Ask now(): on real processes it is the wall
+// clock, on the simulated cluster it is this rank's virtual clock, which advances by what the
+// rank computed (charge_compute) and communicated. The same strategy is then timed right on both.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "plexus/comm.hpp"
+#include "plexus/config.hpp"
+#include "plexus/model.hpp"
+#include "plexus/optimizer.hpp"
+#include "plexus/transport.hpp"
+
+namespace plexus {
+
+enum class LogLevel { Debug, Info, Warning };
+
+class RunContext {
+public:
+    virtual ~RunContext() = default;
+
+    virtual int rank() const = 0;
+    virtual int world_size() const = 0;
+    virtual torch::Device device() const = 0;
+    virtual Transport& transport() = 0;
+
+    // Any resolved setting by its dotted key ("train.seq_len", "model.n_layer"), defaults
+    // filled in. Throws plexus::Error naming the key if there is no such setting.
+    virtual const Value& setting(const std::string& dotted_key) const = 0;
+
+    // The run's vocabulary size (from the dataset) and training sequence length.
+    virtual int64_t vocab_size() const = 0;
+    virtual int64_t seq_len() const = 0;
+
+    // Records a metric of this rank at the current step (e.g. "comm/bucket_ms").
+    // Reserved names the harness records itself: loss, eval_loss, lr, tokens, tokens_per_s, mfu.
+    virtual void record(const std::string& key, double value) = 0;
+    virtual void log(LogLevel level, const std::string& message) = 0;
+
+    // A seed derived from the run's seed and a stream name ("data", "init", "gossip"):
+    // the same on every rank for the same name, so ranks agree without talking.
+    virtual uint64_t seed(const std::string& stream) const = 0;
+
+    // Seconds since the run started: wall clock, or this rank's simulated clock.
+    virtual double now() = 0;
+    // Tells the clock this rank computed `flops` (no-op on real hardware).
+    virtual void charge_compute(double flops) = 0;
+
+    // Builds the model of the [model] section, its parameters initialized from seed("init")
+    // (identically on every rank), on device().
+    virtual std::shared_ptr<Model> make_model() = 0;
+    // Builds the optimizer of a section ("optimizer"; DiLoCo's outer one could be
+    // "outer_optimizer") over the given slots.
+    virtual std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamSlot> slots,
+                                                      const std::string& section = "optimizer") = 0;
+    // Builds the communication scheme of a section ("comm").
+    virtual std::unique_ptr<CommScheme> make_comm(const std::string& section = "comm") = 0;
+};
+
+}  // namespace plexus

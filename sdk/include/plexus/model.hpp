@@ -1,0 +1,95 @@
+// plexus/model.hpp: what a model plugin provides.
+//
+// A model is an ordered list of blocks: blocks()[0] maps token ids to hidden states, the middle
+// blocks map hidden states to hidden states, and the last block maps hidden states to logits.
+// forward() is their composition and loss() turns logits into a scalar. Keeping the blocks
+// explicit is what lets strategies partition any model without knowing its internals:
+//   - pipeline and PETRA strategies place contiguous runs of blocks on stages and balance them
+//     with each block's flops_per_token();
+//   - PETRA reconstructs a block's input from its output with inverse() when invertible();
+//   - tensor parallelism shards the parameters a block lists in tensor_parallel_plan();
+//   - the simulated cluster charges compute time from the FLOPs of the blocks a rank runs.
+//
+// Model and Block are torch::nn::Module, so parameters(), named_parameters(), to(device),
+// train() and eval() work as usual. Register every block with add_block() in the constructor.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include "plexus/error.hpp"
+
+namespace plexus {
+
+// How tensor parallelism may split a parameter of a block (Megatron-style).
+struct TensorParallelRule {
+    enum class Split {
+        Column,    // split the output dimension (dim 0 of a Linear weight, and its bias)
+        Row,       // split the input dimension (dim 1 of a Linear weight); the output is summed
+        Replicate  // keep whole on every rank (norms, the bias of a row-parallel layer)
+    };
+    std::string parameter;  // name relative to the block, as named_parameters() gives it
+    Split split;
+};
+
+class Block : public torch::nn::Module {
+public:
+    virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+
+    // Training FLOPs (forward and backward) per token for this block at sequence length
+    // seq_len, in the same convention as the model's flops_per_token().
+    virtual double flops_per_token(int64_t seq_len) const = 0;
+
+    // Reversible blocks (PETRA, reversible backprop) compute their input from their output.
+    virtual bool invertible() const { return false; }
+    virtual torch::Tensor inverse(const torch::Tensor& /*y*/) {
+        throw Error("block '" + name() + "' is not invertible",
+                    "use a reversible model (for example models/revgpt) with this strategy");
+    }
+
+    // Which parameters tensor parallelism may split, and how. Empty: the block stays replicated.
+    virtual std::vector<TensorParallelRule> tensor_parallel_plan() const { return {}; }
+};
+
+// FLOPs per token with the convention that produced it, recorded with every run's MFU.
+struct FlopsPerToken {
+    double flops = 0.0;          // training FLOPs (forward and backward) per token
+    std::string convention;      // e.g. "6N+12LHQT (PaLM); N excludes input embedding tables"
+    int64_t counted_params = 0;  // the N in that formula
+};
+
+class Model : public torch::nn::Module {
+public:
+    // Token ids [batch, seq] in, logits [batch, seq, vocab] out.
+    virtual torch::Tensor forward(const torch::Tensor& tokens) {
+        torch::Tensor x = tokens;
+        for (auto& block : blocks_) x = block->forward(x);
+        return x;
+    }
+
+    // Mean loss over all positions; targets are token ids [batch, seq].
+    virtual torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) = 0;
+
+    virtual FlopsPerToken flops_per_token(int64_t seq_len) const = 0;
+
+    const std::vector<std::shared_ptr<Block>>& blocks() const { return blocks_; }
+
+protected:
+    // Registers a block as a submodule and appends it to the block list.
+    template <typename B>
+    std::shared_ptr<B> add_block(const std::string& name, std::shared_ptr<B> block) {
+        register_module(name, block);
+        blocks_.push_back(block);
+        return block;
+    }
+
+private:
+    std::vector<std::shared_ptr<Block>> blocks_;
+};
+
+}  // namespace plexus

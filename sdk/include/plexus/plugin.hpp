@@ -1,0 +1,90 @@
+// plexus/plugin.hpp: how a shared library becomes a plexus plugin.
+//
+// A plugin is one shared library (built with plexus_add_plugin() in CMake) that describes itself
+// with a PluginDescriptor and exports it with PLEXUS_PLUGIN:
+//
+//   #include <plexus/plexus.hpp>
+//
+//   class Sgd : public plexus::Optimizer { ... };
+//
+//   static plexus::PluginDescriptor describe() {
+//       plexus::PluginDescriptor d;
+//       d.name = "sgd";
+//       d.kind = plexus::PluginKind::Optimizer;
+//       d.version = "1.0";
+//       d.summary = "SGD with momentum and Nesterov";
+//       d.schema = {{"lr", 0.1, "learning rate"}, {"momentum", 0.9, "momentum factor"}};
+//       d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext& ctx,
+//                             std::vector<plexus::ParamSlot> slots) {
+//           return std::make_unique<Sgd>(cfg, std::move(slots));
+//       };
+//       return d;
+//   }
+//   PLEXUS_PLUGIN(describe)
+//
+// Set exactly the make_* factory of the plugin's kind. The Config handed to it holds every key
+// of `schema`, validated and defaulted by the host. Throw plexus::Error for bad values.
+//
+// The host finds plugins on its search path (the build's plugin folder, then PLEXUS_PLUGIN_PATH,
+// then the experiment's plugin_path), reads plexus_abi_fingerprint before calling anything,
+// refuses a mismatch, then calls plexus_plugin() once and keeps the library loaded until exit.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "plexus/abi.hpp"
+#include "plexus/config.hpp"
+
+namespace plexus {
+
+class Model;
+class Optimizer;
+class Strategy;
+class CommScheme;
+class Dataset;
+class RunContext;
+struct ParamSlot;
+
+enum class PluginKind { Model, Optimizer, Strategy, Comm, Dataset };
+
+inline const char* to_string(PluginKind k) {
+    switch (k) {
+        case PluginKind::Model: return "model";
+        case PluginKind::Optimizer: return "optimizer";
+        case PluginKind::Strategy: return "strategy";
+        case PluginKind::Comm: return "comm";
+        case PluginKind::Dataset: return "dataset";
+    }
+    return "?";
+}
+
+struct PluginDescriptor {
+    std::string name;     // unique within its kind; what the TOML's `name = ...` refers to
+    PluginKind kind = PluginKind::Model;
+    std::string version;  // the plugin's own version, recorded with every run that uses it
+    std::string summary;  // one line for `plexus plugins`
+    ConfigSchema schema;  // every key the plugin accepts, with defaults and documentation
+
+    std::function<std::shared_ptr<Model>(const Config&, RunContext&)> make_model;
+    std::function<std::unique_ptr<Optimizer>(const Config&, RunContext&, std::vector<ParamSlot>)>
+        make_optimizer;
+    std::function<std::unique_ptr<Strategy>(const Config&, RunContext&)> make_strategy;
+    std::function<std::unique_ptr<CommScheme>(const Config&, RunContext&)> make_comm;
+    std::function<std::unique_ptr<Dataset>(const Config&, RunContext&)> make_dataset;
+};
+
+}  // namespace plexus
+
+// Exports the fingerprint and the descriptor. `describe` is a function returning a
+// PluginDescriptor; it is called once, when the host first loads the library.
+#define PLEXUS_PLUGIN(describe)                                                        \
+    extern "C" __attribute__((visibility("default"))) const char                       \
+        plexus_abi_fingerprint[] = PLEXUS_ABI_FINGERPRINT;                             \
+    extern "C" __attribute__((visibility("default"))) const plexus::PluginDescriptor*  \
+    plexus_plugin() {                                                                  \
+        static const plexus::PluginDescriptor descriptor = describe();                 \
+        return &descriptor;                                                            \
+    }

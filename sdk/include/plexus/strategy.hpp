@@ -1,0 +1,49 @@
+// plexus/strategy.hpp: what a strategy plugin provides.
+//
+// A strategy owns the training step of one rank: which parameters live here, what is computed,
+// what is communicated and when, when the optimizer runs. The harness calls step() in a loop and
+// evaluate() every so often; it assumes nothing else. In particular:
+//   - "a step" is whatever the algorithm calls one: one optimizer update (DDP, ZeRO), one
+//     pipeline schedule, one PETRA tick, one gossip event. No global barrier is implied.
+//   - the strategy pulls as many batches from `input.train` as it needs; it reports the tokens
+//     it consumed and the harness counts them (learning-rate schedules are indexed by tokens,
+//     so that algorithms with variable batch sizes stay comparable).
+//   - evaluation goes through the strategy, because only it knows which parameters to use:
+//     the full model, gathered shards, all pipeline stages, or the workers' average.
+#pragma once
+
+#include <cstdint>
+
+#include "plexus/dataset.hpp"
+#include "plexus/optimizer.hpp"
+
+namespace plexus {
+
+struct StepInput {
+    int64_t step = 0;          // 0-based index of this call
+    int64_t tokens_seen = 0;   // tokens this rank consumed before this step
+    double lr_scale = 1.0;     // the schedule's factor at tokens_seen; pass to Optimizer::step
+    double max_grad_norm = 0;  // clip the global gradient norm to this; 0 disables clipping
+    BatchStream* train = nullptr;
+};
+
+struct StepOutput {
+    int64_t tokens = 0;         // tokens consumed by this rank in this step
+    int64_t micro_batches = 0;  // batches drawn from the stream
+    double loss = 0.0;          // mean training loss over those batches
+    double grad_norm = -1.0;    // global gradient norm before clipping; < 0 if not computed
+    bool optimizer_stepped = true;
+};
+
+class Strategy {
+public:
+    virtual ~Strategy() = default;
+    virtual StepOutput step(const StepInput& input) = 0;
+    // Mean loss over `batches` batches of `stream`, without changing any state.
+    virtual double evaluate(BatchStream& stream, int64_t batches) = 0;
+    // Model and optimizer state (checkpoints, exact resume).
+    virtual StateDict state() const = 0;
+    virtual void load_state(const StateDict& state) = 0;
+};
+
+}  // namespace plexus

@@ -1,0 +1,66 @@
+// plexus/token_windows.hpp: batches of random windows from a token array, for dataset plugins.
+//
+// Most language-model datasets come down to "a long array of token ids per split, sample
+// windows of seq_len + 1 tokens". TokenWindows does that deterministically: batch n of a stream
+// depends only on (seed, n), so seek() is exact. Ranks share one global batch of
+// world_size * batch_size windows and each takes its own rows, so data-parallel training on W
+// ranks with batch b sees exactly the windows one rank with batch W*b sees.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "plexus/dataset.hpp"
+#include "plexus/error.hpp"
+#include "plexus/util.hpp"
+
+namespace plexus {
+
+using TokenArray = std::shared_ptr<const std::vector<uint16_t>>;
+
+class TokenWindowStream : public BatchStream {
+public:
+    TokenWindowStream(TokenArray tokens, const StreamSpec& spec)
+        : tokens_(std::move(tokens)), spec_(spec) {
+        const auto n = static_cast<int64_t>(tokens_->size());
+        if (n < spec.seq_len + 2)
+            throw Error("the " + std::string(spec.split == Split::Train ? "training" : "validation") +
+                            " split has " + std::to_string(n) + " tokens, fewer than seq_len + 2 (" +
+                            std::to_string(spec.seq_len + 2) + ")",
+                        "use more data, a smaller train.seq_len, or another split fraction");
+        window_starts_ = static_cast<uint64_t>(n - spec.seq_len - 1) + 1;
+        staging_.resize(static_cast<size_t>(spec.batch_size * (spec.seq_len + 1)));
+    }
+
+    Batch next() override {
+        const int64_t B = spec_.batch_size, T = spec_.seq_len;
+        const uint64_t batch_seed = mix_seed(spec_.seed, static_cast<uint64_t>(position_));
+        for (int64_t row = 0; row < B; ++row) {
+            const uint64_t global_row = static_cast<uint64_t>(spec_.rank * B + row);
+            const uint64_t start = mix_seed(batch_seed, global_row) % window_starts_;
+            const uint16_t* src = tokens_->data() + start;
+            int64_t* dst = staging_.data() + row * (T + 1);
+            for (int64_t t = 0; t <= T; ++t) dst[t] = src[t];
+        }
+        ++position_;
+        auto all = torch::from_blob(staging_.data(), {B, T + 1}, torch::kInt64);
+        return {all.narrow(1, 0, T).clone(), all.narrow(1, 1, T).clone()};
+    }
+
+    int64_t position() const override { return position_; }
+    void seek(int64_t position) override { position_ = position; }
+
+private:
+    TokenArray tokens_;
+    StreamSpec spec_;
+    uint64_t window_starts_ = 1;
+    int64_t position_ = 0;
+    std::vector<int64_t> staging_;
+};
+
+}  // namespace plexus

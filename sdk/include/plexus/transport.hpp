@@ -1,0 +1,69 @@
+// plexus/transport.hpp: moving tensors between ranks.
+//
+// A strategy never talks to NCCL, Gloo or the simulator directly: it calls this interface, which
+// the host implements once per back end (one process alone, c10d processes, the simulated
+// cluster). Every call is accounted (bytes, calls, time, exposed time) so that communication is
+// measured the same way for every algorithm.
+//
+// Collectives and point-to-point calls return a Work handle at once. The operation may run in the
+// background (overlapping compute); call wait() before reading or reusing the tensor. The time
+// wait() actually blocks is the "exposed" communication time that the harness reports.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace plexus {
+
+enum class ReduceOp { Sum, Mean, Max, Min };
+
+// A pending communication. wait() blocks until it is complete (and rethrows its failure).
+class Work {
+public:
+    virtual ~Work() = default;
+    virtual void wait() = 0;
+    virtual bool is_completed() = 0;
+};
+
+// Totals since the transport was created, for this rank.
+struct CommStats {
+    int64_t calls = 0;
+    int64_t bytes_sent = 0;        // payload bytes this rank put on the wire (algorithm-dependent)
+    double seconds_total = 0.0;    // from issue to completion, summed over calls
+    double seconds_exposed = 0.0;  // time spent blocked in wait(): communication not hidden
+};
+
+class Transport {
+public:
+    virtual ~Transport() = default;
+
+    virtual int rank() const = 0;
+    virtual int world_size() const = 0;
+    // A short name of the back end: "local", "gloo", "nccl", "sim".
+    virtual const char* backend() const = 0;
+
+    // In place on `tensor`, identical shape on every rank.
+    virtual std::shared_ptr<Work> all_reduce(torch::Tensor& tensor, ReduceOp op = ReduceOp::Sum) = 0;
+    // `input` holds world_size() equal chunks (flat); chunk r, reduced over ranks, lands in `output` on rank r.
+    virtual std::shared_ptr<Work> reduce_scatter(torch::Tensor& output, const torch::Tensor& input,
+                                                 ReduceOp op = ReduceOp::Sum) = 0;
+    // `output` (flat) receives every rank's `input`, in rank order.
+    virtual std::shared_ptr<Work> all_gather(torch::Tensor& output, const torch::Tensor& input) = 0;
+    virtual std::shared_ptr<Work> broadcast(torch::Tensor& tensor, int root) = 0;
+    virtual void barrier() = 0;
+
+    // Point to point (pipelines, PETRA, gossip). `tag` separates concurrent streams between a pair.
+    virtual std::shared_ptr<Work> send(const torch::Tensor& tensor, int peer, int tag = 0) = 0;
+    virtual std::shared_ptr<Work> recv(torch::Tensor& tensor, int peer, int tag = 0) = 0;
+
+    // A transport over a subset of ranks (in the given order; every listed rank must call it
+    // with the same list). Used for meshes: data parallel over pipeline or tensor-parallel groups.
+    virtual std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) = 0;
+
+    virtual CommStats stats() const = 0;
+};
+
+}  // namespace plexus

@@ -1,0 +1,54 @@
+// plexus/util.hpp: small helpers that many plugins need, written once.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include "plexus/optimizer.hpp"
+
+namespace plexus {
+
+// One slot per parameter of `module`, named as named_parameters() names them.
+inline std::vector<ParamSlot> slots_of(torch::nn::Module& module) {
+    std::vector<ParamSlot> slots;
+    for (auto& item : module.named_parameters(/*recurse=*/true)) {
+        auto shape = item.value().sizes().vec();
+        slots.push_back({item.key(), item.value(), shape});
+    }
+    return slots;
+}
+
+// Global L2 norm of `grads`, computed in one reduction.
+inline double global_norm(const std::vector<torch::Tensor>& grads) {
+    if (grads.empty()) return 0.0;
+    std::vector<torch::Tensor> squares;
+    squares.reserve(grads.size());
+    for (const auto& g : grads) squares.push_back(g.pow(2).sum());
+    return std::sqrt(torch::stack(squares).sum().item<double>());
+}
+
+// Scales `grads` in place so that their global norm is at most max_norm (if max_norm > 0).
+// Returns the norm before clipping, which the harness logs as grad_norm.
+inline double clip_grad_norm(const std::vector<torch::Tensor>& grads, double max_norm) {
+    const double norm = global_norm(grads);
+    if (max_norm > 0 && norm > max_norm) {
+        const double scale = max_norm / (norm + 1e-6);
+        for (const auto& g : grads) g.mul_(scale);
+    }
+    return norm;
+}
+
+// 64-bit mix (splitmix64): derive independent seeds from one, e.g. per rank or per stream.
+inline uint64_t mix_seed(uint64_t seed, uint64_t salt) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (salt + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+}  // namespace plexus
