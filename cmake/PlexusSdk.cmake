@@ -4,6 +4,7 @@ configure_file(${CMAKE_SOURCE_DIR}/cmake/build_config.hpp.in
 
 add_library(plexus_sdk INTERFACE)
 add_library(plexus::sdk ALIAS plexus_sdk)
+set_target_properties(plexus_sdk PROPERTIES EXPORT_NAME sdk)
 target_include_directories(plexus_sdk INTERFACE
   $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}/sdk/include>
   $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/include>

@@ -60,6 +60,18 @@ void flatten(const toml::table& table, const std::string& prefix, const std::str
     }
 }
 
+// When `key` is "<section>.name" and names another plugin than `settings` has, the section's
+// earlier keys belong to the old plugin's schema: drop them (extends and --set alike).
+void forget_old_plugin_keys(std::map<std::string, Setting>& settings, const std::string& key, const Value& v) {
+    const auto dot = key.find('.');
+    if (dot == std::string::npos || key.compare(dot, std::string::npos, ".name") != 0) return;
+    auto old = settings.find(key);
+    if (old == settings.end() || old->second.value == v) return;
+    const std::string prefix = key.substr(0, dot + 1);
+    for (auto s = settings.begin(); s != settings.end();)
+        s = s->first.rfind(prefix, 0) == 0 ? settings.erase(s) : std::next(s);
+}
+
 toml::table parse_file(const std::string& path) {
     std::error_code ec;
     if (!fs::exists(path, ec))
@@ -103,18 +115,7 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
     }
     std::map<std::string, Setting> mine;
     flatten(table, "", path, mine);
-    // A section that names another plugin than its base drops the base's keys for that section:
-    // they belong to the old plugin's schema.
-    for (const auto& ps : plugin_sections()) {
-        const std::string name_key = std::string(ps.section) + ".name";
-        auto it = mine.find(name_key);
-        auto old = exp.settings.find(name_key);
-        if (it != mine.end() && old != exp.settings.end() && old->second.value != it->second.value) {
-            const std::string prefix = std::string(ps.section) + ".";
-            for (auto s = exp.settings.begin(); s != exp.settings.end();)
-                s = s->first.rfind(prefix, 0) == 0 ? exp.settings.erase(s) : std::next(s);
-        }
-    }
+    for (auto& kv : mine) forget_old_plugin_keys(exp.settings, kv.first, kv.second.value);
     for (auto& kv : mine) exp.settings[kv.first] = kv.second;
     exp.files.push_back(path);
     stack.pop_back();
@@ -203,6 +204,7 @@ void apply_override(Experiment& exp, const std::string& assignment) {
     } catch (const Error&) {
         v = Value(text);  // a bare word: take it as a string (--set data.path=/tmp/corpus)
     }
+    forget_old_plugin_keys(exp.settings, key, v);
     exp.settings[key] = Setting{v, SourceLoc{"--set " + assignment, 0, 0}};
     exp.overrides.push_back(assignment);
 }

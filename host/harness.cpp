@@ -19,6 +19,7 @@
 #include <torch/torch.h>
 
 #include "config.hpp"
+#include "context.hpp"
 #include "loader.hpp"
 #include "peak.hpp"
 #include "results.hpp"
@@ -48,54 +49,12 @@ void set_compute_threads(int threads) {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 std::atomic<int> g_interrupts{0};
 void on_signal(int) {
     if (++g_interrupts > 1) std::_Exit(kInterrupted);  // a second Ctrl-C: leave at once
 }
-
-class CompletedWork : public Work {
-public:
-    void wait() override {}
-    bool is_completed() override { return true; }
-};
-
-// The transport of a one-rank run: every collective is the identity.
-class LocalTransport : public Transport {
-public:
-    int rank() const override { return 0; }
-    int world_size() const override { return 1; }
-    const char* backend() const override { return "local"; }
-    std::shared_ptr<Work> all_reduce(torch::Tensor&, ReduceOp) override { return done(); }
-    std::shared_ptr<Work> reduce_scatter(torch::Tensor& out, const torch::Tensor& in, ReduceOp) override {
-        out.copy_(in.view_as(out));
-        return done();
-    }
-    std::shared_ptr<Work> all_gather(torch::Tensor& out, const torch::Tensor& in) override {
-        out.copy_(in.view_as(out));
-        return done();
-    }
-    std::shared_ptr<Work> broadcast(torch::Tensor&, int) override { return done(); }
-    void barrier() override {}
-    std::shared_ptr<Work> send(const torch::Tensor&, int peer, int) override { no_peer(peer); return nullptr; }
-    std::shared_ptr<Work> recv(torch::Tensor&, int peer, int) override { no_peer(peer); return nullptr; }
-    std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) override {
-        if (ranks.size() != 1 || ranks[0] != 0)
-            throw Error("subgroup of ranks other than {0} in a one-rank run", "launch with more ranks");
-        return std::make_shared<LocalTransport>();
-    }
-    CommStats stats() const override { return stats_; }
-
-private:
-    std::shared_ptr<Work> done() {
-        ++stats_.calls;
-        return std::make_shared<CompletedWork>();
-    }
-    [[noreturn]] void no_peer(int peer) {
-        throw Error("point-to-point with rank " + std::to_string(peer) + " in a one-rank run",
-                    "this strategy needs several ranks: set [launch] accordingly");
-    }
-    CommStats stats_;
-};
 
 // Moves batches to the run's device (the datasets produce CPU tensors).
 class DeviceStream : public BatchStream {
@@ -112,81 +71,6 @@ public:
 private:
     std::unique_ptr<BatchStream> inner_;
     torch::Device device_;
-};
-
-using Clock = std::chrono::steady_clock;
-
-class HostContext : public RunContext {
-public:
-    HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab)
-        : cfg_(cfg), device_(device), vocab_(vocab), start_(Clock::now()) {}
-
-    int rank() const override { return 0; }
-    int world_size() const override { return 1; }
-    torch::Device device() const override { return device_; }
-    Transport& transport() override { return transport_; }
-    const Value& setting(const std::string& key) const override {
-        auto it = cfg_.values.find(key);
-        if (it == cfg_.values.end()) throw Error("no setting '" + key + "' in this run", "`plexus plugins NAME` lists a plugin's keys");
-        return it->second;
-    }
-    int64_t vocab_size() const override { return vocab_; }
-    int64_t seq_len() const override { return cfg_.values.at("train.seq_len").as_int(); }
-    void record(const std::string& key, double value) override {
-        pending.push_back({0, key, step, value, tokens, now(), std::nullopt});
-    }
-    void log(LogLevel level, const std::string& message) override {
-        if (level == LogLevel::Debug) return;
-        std::cerr << (level == LogLevel::Warning ? "warning: " : "") << message << "\n";
-    }
-    uint64_t seed(const std::string& stream) const override {
-        return mix_seed(static_cast<uint64_t>(cfg_.values.at("train.seed").as_int()), fnv1a(stream));
-    }
-    double now() override { return std::chrono::duration<double>(Clock::now() - start_).count(); }
-    void charge_compute(double) override {}  // real hardware: time is measured, not charged
-
-    std::shared_ptr<Model> make_model() override {
-        torch::manual_seed(seed("init"));
-        auto model = cfg_.plugins.at("model")->make_model(cfg_.sections.at("model"), *this);
-        if (!model) throw Error("model plugin '" + cfg_.plugins.at("model")->name + "' returned no model");
-        model->to(device_);
-        if (!first_model) {
-            first_model = true;
-            flops = model->flops_per_token(seq_len());
-            for (const auto& p : model->parameters()) params += p.numel();
-        }
-        return model;
-    }
-    std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamSlot> slots, const std::string& section) override {
-        auto it = cfg_.plugins.find(section);
-        if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Optimizer)
-            throw Error("no optimizer section [" + section + "] in this experiment", "add [" + section + "] name = \"adamw\"");
-        auto opt = it->second->make_optimizer(cfg_.sections.at(section), *this, std::move(slots));
-        if (!opt) throw Error("optimizer plugin '" + it->second->name + "' returned no optimizer");
-        return opt;
-    }
-    std::unique_ptr<CommScheme> make_comm(const std::string& section) override {
-        auto it = cfg_.plugins.find(section);
-        if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Comm)
-            throw Error("no communication scheme [" + section + "] in this experiment",
-                        "add [" + section + "] name = \"<comm plugin>\"");
-        return it->second->make_comm(cfg_.sections.at(section), *this);
-    }
-
-    // Harness state the context reads when recording.
-    int64_t step = 0;
-    int64_t tokens = 0;
-    std::vector<MetricRow> pending;
-    bool first_model = false;
-    FlopsPerToken flops;
-    int64_t params = 0;
-
-private:
-    const ResolvedConfig& cfg_;
-    torch::Device device_;
-    int64_t vocab_;
-    LocalTransport transport_;
-    Clock::time_point start_;
 };
 
 torch::Device choose_device(const std::string& name) {
@@ -371,7 +255,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         DeviceStream val(dataset->open(val_spec), device);
         auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
         if (!strategy) throw Error("strategy plugin '" + cfg.plugins.at("strategy")->name + "' returned no strategy");
-        if (!ctx->first_model) throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' built no model", "a strategy must call RunContext::make_model()");
+        if (!ctx->built_model) throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' built no model", "a strategy must call RunContext::make_model()");
 
         Peak peak;
         if (v.at("train.peak_flops").as_double() > 0) peak = {v.at("train.peak_flops").as_double(), "train.peak_flops"};
@@ -457,10 +341,10 @@ int run_experiment(const std::string& path, const RunOptions& options) {
             if (eval_now) last_eval = evaluate();
             if (log_now || eval_now) {
                 const double tps = interval_seconds > 0 ? interval_tokens / interval_seconds : 0;
-                const double mfu = peak.flops ? flops_per_token * tps / *peak.flops : NAN;
+                const double util = peak.flops ? mfu(flops_per_token, tps, *peak.flops) : NAN;
                 ctx->record("tokens_per_s", tps);
                 ctx->record("step_time", interval_seconds / std::max<int64_t>(1, interval_steps));
-                if (peak.flops) ctx->record("mfu", mfu);
+                if (peak.flops) ctx->record("mfu", util);
                 ctx->record("memory", peak_rss_bytes());
                 const double avg_step = step_seconds_total / step;
                 const double eta = max_steps > 0 ? avg_step * (max_steps - step)
@@ -471,7 +355,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                               static_cast<long long>(step), interval_loss / interval_steps,
                               eval_now ? (" | eval " + std::to_string(last_eval).substr(0, 6)).c_str() : "",
                               base_lr * in.lr_scale, human_count(tps).c_str(),
-                              peak.flops ? (std::to_string(mfu * 100).substr(0, 4) + "%").c_str() : "n/a",
+                              peak.flops ? (std::to_string(util * 100).substr(0, 4) + "%").c_str() : "n/a",
                               human_bytes(peak_rss_bytes()).c_str(), human_duration(ctx->now()).c_str(),
                               human_duration(eta).c_str());
                 progress.line(buf);
@@ -495,7 +379,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         store->set_summary(run_id, 0, "final_eval_loss", last_eval);
         store->set_summary(run_id, 0, "tokens_per_s", tps);
         store->set_summary(run_id, 0, "step_time", step > 0 ? step_seconds_total / step : NAN);
-        store->set_summary(run_id, 0, "mfu", peak.flops ? flops_per_token * tps / *peak.flops : NAN);
+        store->set_summary(run_id, 0, "mfu", peak.flops ? mfu(flops_per_token, tps, *peak.flops) : NAN);
         store->set_summary(run_id, 0, "peak_memory", peak_rss_bytes());
         const auto comm = ctx->transport().stats();
         store->set_summary(run_id, 0, "bytes_sent", static_cast<double>(comm.bytes_sent));
@@ -510,7 +394,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         std::snprintf(buf, sizeof buf, "run %lld %s: %lld steps, %s tokens, final eval loss %.4f, %s tok/s, MFU %s",
                       static_cast<long long>(run_id), status.c_str(), static_cast<long long>(step),
                       human_count(static_cast<double>(ctx->tokens)).c_str(), last_eval, human_count(tps).c_str(),
-                      peak.flops ? (std::to_string(flops_per_token * tps / *peak.flops * 100).substr(0, 4) + "%").c_str() : "n/a");
+                      peak.flops ? (std::to_string(mfu(flops_per_token, tps, *peak.flops) * 100).substr(0, 4) + "%").c_str() : "n/a");
         progress.line(buf);
         if (status == "diverged") {
             std::cerr << "error: run " << run_id << " diverged (loss " << last_loss << " at step " << step << ")\n"

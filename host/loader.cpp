@@ -1,11 +1,14 @@
 #define BOOST_DLL_USE_STD_FS
 #include "loader.hpp"
 
+#include <elf.h>
+
 #include <algorithm>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "text_util.hpp"
@@ -30,6 +33,36 @@ std::string exe_dir() {
     std::error_code ec;
     auto p = fs::read_symlink("/proc/self/exe", ec);
     return ec ? std::string() : p.parent_path().string();
+}
+
+// dlopen maps a library without checking that the file holds what its headers promise: a
+// truncated library then faults (SIGBUS) on first touch. So check the ELF structure first.
+// Returns an empty string when the file looks like a complete shared library for this machine.
+std::string elf_problem(const std::string& path) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) return "cannot be read";
+    const auto size = static_cast<uint64_t>(in.tellg());
+    Elf64_Ehdr eh{};
+    in.seekg(0);
+    if (size < sizeof eh || !in.read(reinterpret_cast<char*>(&eh), sizeof eh)) return "too short to be a shared library";
+    if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return "not an ELF file";
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64) return "not a 64-bit ELF file";
+#if defined(__x86_64__)
+    if (eh.e_machine != EM_X86_64) return "built for another processor (ELF machine " + std::to_string(eh.e_machine) + ")";
+#elif defined(__aarch64__)
+    if (eh.e_machine != EM_AARCH64) return "built for another processor (ELF machine " + std::to_string(eh.e_machine) + ")";
+#endif
+    if (eh.e_type != ET_DYN) return "not a shared library (ELF type " + std::to_string(eh.e_type) + ")";
+    if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phoff + uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr) > size)
+        return "truncated (program headers beyond the end of the file)";
+    if (eh.e_shoff + uint64_t{eh.e_shnum} * eh.e_shentsize > size) return "truncated (section headers beyond the end of the file)";
+    in.seekg(static_cast<std::streamoff>(eh.e_phoff));
+    for (int i = 0; i < eh.e_phnum; ++i) {
+        Elf64_Phdr ph{};
+        if (!in.read(reinterpret_cast<char*>(&ph), sizeof ph)) return "truncated (unreadable program header)";
+        if (ph.p_type == PT_LOAD && ph.p_offset + ph.p_filesz > size) return "truncated (a segment ends beyond the file)";
+    }
+    return "";
 }
 
 }  // namespace
@@ -92,6 +125,8 @@ const PluginDescriptor* PluginRegistry::try_load(const std::string& path, std::s
         return nullptr;
     };
 
+    if (auto problem = elf_problem(canonical); !problem.empty())
+        return refuse("not a loadable shared library: " + problem);
     boost::dll::shared_library lib;
     try {
         lib.load(canonical, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);

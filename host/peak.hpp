@@ -13,6 +13,11 @@ struct Peak {
     std::string source;           // "measured fp32 matmul ...", "datasheet H100 SXM bf16 dense", ...
 };
 
+// Model FLOPs utilization: achieved model FLOP/s over the peak (per rank).
+inline double mfu(double flops_per_token, double tokens_per_second, double peak_flops) {
+    return flops_per_token * tokens_per_second / peak_flops;
+}
+
 // Sustained float32 matmul FLOP/s with the current thread settings, over about `seconds`.
 double measure_cpu_matmul_flops(double seconds, int64_t size = 1024);
 

@@ -43,6 +43,14 @@ inline double clip_grad_norm(const std::vector<torch::Tensor>& grads, double max
     return norm;
 }
 
+// Training FLOPs per token in the PaLM / nanoGPT convention: 6 per parameter (forward 2,
+// backward 4) plus attention's score and value matmuls, 12 * layers * heads * head_dim * seq_len,
+// without a causal discount. `params` is the N of that formula: say which parameters you count.
+inline double palm_flops_per_token(double params, int64_t n_layer, int64_t n_head, int64_t head_dim,
+                                   int64_t seq_len) {
+    return 6.0 * params + 12.0 * static_cast<double>(n_layer * n_head * head_dim * seq_len);
+}
+
 // 64-bit mix (splitmix64): derive independent seeds from one, e.g. per rank or per stream.
 inline uint64_t mix_seed(uint64_t seed, uint64_t salt) {
     uint64_t z = seed + 0x9E3779B97F4A7C15ull * (salt + 1);

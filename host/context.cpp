@@ -1,0 +1,124 @@
+#include "context.hpp"
+
+#include <iostream>
+
+#include <plexus/plexus.hpp>
+#include <torch/torch.h>
+
+#include "text_util.hpp"
+
+namespace plexus::host {
+
+namespace {
+
+class CompletedWork : public Work {
+public:
+    void wait() override {}
+    bool is_completed() override { return true; }
+};
+
+class LocalTransport : public Transport {
+public:
+    int rank() const override { return 0; }
+    int world_size() const override { return 1; }
+    const char* backend() const override { return "local"; }
+    std::shared_ptr<Work> all_reduce(torch::Tensor&, ReduceOp) override { return done(); }
+    std::shared_ptr<Work> reduce_scatter(torch::Tensor& out, const torch::Tensor& in, ReduceOp) override {
+        out.copy_(in.view_as(out));
+        return done();
+    }
+    std::shared_ptr<Work> all_gather(torch::Tensor& out, const torch::Tensor& in) override {
+        out.copy_(in.view_as(out));
+        return done();
+    }
+    std::shared_ptr<Work> broadcast(torch::Tensor&, int) override { return done(); }
+    void barrier() override {}
+    std::shared_ptr<Work> send(const torch::Tensor&, int peer, int) override { no_peer(peer); }
+    std::shared_ptr<Work> recv(torch::Tensor&, int peer, int) override { no_peer(peer); }
+    std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) override {
+        if (ranks.size() != 1 || ranks[0] != 0)
+            throw Error("subgroup of ranks other than {0} in a one-rank run", "launch with more ranks");
+        return std::make_shared<LocalTransport>();
+    }
+    CommStats stats() const override { return stats_; }
+
+private:
+    std::shared_ptr<Work> done() {
+        ++stats_.calls;
+        return std::make_shared<CompletedWork>();
+    }
+    [[noreturn]] void no_peer(int peer) {
+        throw Error("point-to-point with rank " + std::to_string(peer) + " in a one-rank run",
+                    "this strategy needs several ranks: set [launch] accordingly");
+    }
+    CommStats stats_;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_local_transport() { return std::make_unique<LocalTransport>(); }
+
+HostContext::HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab)
+    : cfg_(cfg), device_(device), vocab_(vocab), transport_(make_local_transport()),
+      start_(std::chrono::steady_clock::now()) {}
+
+const Value& HostContext::setting(const std::string& key) const {
+    auto it = cfg_.values.find(key);
+    if (it == cfg_.values.end())
+        throw Error("no setting '" + key + "' in this run", "`plexus plugins NAME` lists a plugin's keys");
+    return it->second;
+}
+
+int64_t HostContext::seq_len() const { return cfg_.values.at("train.seq_len").as_int(); }
+
+void HostContext::record(const std::string& key, double value) {
+    pending.push_back({0, key, step, value, tokens, now(), std::nullopt});
+}
+
+void HostContext::log(LogLevel level, const std::string& message) {
+    if (level == LogLevel::Debug) return;
+    std::cerr << (level == LogLevel::Warning ? "warning: " : "") << message << "\n";
+}
+
+uint64_t HostContext::seed(const std::string& stream) const {
+    return mix_seed(static_cast<uint64_t>(cfg_.values.at("train.seed").as_int()), fnv1a(stream));
+}
+
+double HostContext::now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+std::shared_ptr<Model> HostContext::make_model() {
+    torch::manual_seed(seed("init"));
+    const auto* d = cfg_.plugins.at("model");
+    auto model = d->make_model(cfg_.sections.at("model"), *this);
+    if (!model) throw Error("model plugin '" + d->name + "' returned no model");
+    model->to(device_);
+    if (!built_model) {
+        built_model = true;
+        flops = model->flops_per_token(seq_len());
+        for (const auto& p : model->parameters()) params += p.numel();
+    }
+    return model;
+}
+
+std::unique_ptr<Optimizer> HostContext::make_optimizer(std::vector<ParamSlot> slots, const std::string& section) {
+    auto it = cfg_.plugins.find(section);
+    if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Optimizer)
+        throw Error("no optimizer section [" + section + "] in this experiment", "add [" + section + "] name = \"adamw\"");
+    auto opt = it->second->make_optimizer(cfg_.sections.at(section), *this, std::move(slots));
+    if (!opt) throw Error("optimizer plugin '" + it->second->name + "' returned no optimizer");
+    return opt;
+}
+
+std::unique_ptr<CommScheme> HostContext::make_comm(const std::string& section) {
+    auto it = cfg_.plugins.find(section);
+    if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Comm)
+        throw Error("no communication scheme [" + section + "] in this experiment",
+                    "add [" + section + "] name = \"<comm plugin>\"");
+    auto comm = it->second->make_comm(cfg_.sections.at(section), *this);
+    if (!comm) throw Error("comm plugin '" + it->second->name + "' returned no scheme");
+    return comm;
+}
+
+}  // namespace plexus::host

@@ -1,0 +1,58 @@
+// The host's side of the plugin API for a one-process run: the RunContext plugins see and the
+// one-rank transport. Tests build plugins through it too, so they exercise the real path.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <plexus/context.hpp>
+
+#include "config.hpp"
+#include "results.hpp"
+
+namespace plexus::host {
+
+// The transport of a one-rank run: every collective is the identity.
+std::unique_ptr<Transport> make_local_transport();
+
+class HostContext : public RunContext {
+public:
+    HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab);
+
+    int rank() const override { return 0; }
+    int world_size() const override { return 1; }
+    torch::Device device() const override { return device_; }
+    Transport& transport() override { return *transport_; }
+    const Value& setting(const std::string& key) const override;
+    int64_t vocab_size() const override { return vocab_; }
+    int64_t seq_len() const override;
+    void record(const std::string& key, double value) override;
+    void log(LogLevel level, const std::string& message) override;
+    uint64_t seed(const std::string& stream) const override;
+    double now() override;
+    void charge_compute(double) override {}  // real hardware: time is measured, not charged
+
+    std::shared_ptr<Model> make_model() override;
+    std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamSlot> slots, const std::string& section) override;
+    std::unique_ptr<CommScheme> make_comm(const std::string& section) override;
+
+    // Harness state, read when recording metrics.
+    int64_t step = 0;
+    int64_t tokens = 0;
+    std::vector<MetricRow> pending;
+    // What the first model built reports (the harness's MFU uses it).
+    bool built_model = false;
+    FlopsPerToken flops;
+    int64_t params = 0;
+
+private:
+    const ResolvedConfig& cfg_;
+    torch::Device device_;
+    int64_t vocab_;
+    std::unique_ptr<Transport> transport_;
+    std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace plexus::host

@@ -1,0 +1,117 @@
+// Shared test helpers: temporary folders, running the plexus binary, building plugins through
+// the real host path (experiment file -> registry -> resolve -> HostContext).
+#pragma once
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "config.hpp"
+#include "context.hpp"
+#include "loader.hpp"
+
+namespace plexus::test {
+
+namespace fs = std::filesystem;
+
+// A fresh folder under /tmp, removed at the end of the test.
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        char tmpl[] = "/tmp/plexus-test-XXXXXX";
+        path = mkdtemp(tmpl);
+        fs::permissions(path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                  fs::perms::others_read | fs::perms::others_exec);
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    std::string file(const std::string& name, const std::string& text) const {
+        auto p = path / name;
+        fs::create_directories(p.parent_path());
+        std::ofstream(p) << text;
+        return p.string();
+    }
+    std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+struct CommandResult {
+    int exit_code = -1;
+    std::string output;  // stdout and stderr together
+};
+
+inline CommandResult run_command(const std::string& command) {
+    CommandResult r;
+    FILE* p = popen((command + " 2>&1").c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+    int status = pclose(p);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return r;
+}
+
+// Runs the plexus binary with `args`; the peak is fixed so no test measures the CPU.
+inline CommandResult run_plexus(const std::string& args, const std::string& env = "") {
+    return run_command(env + (env.empty() ? "" : " ") + std::string(PLEXUS_BINARY) + " " + args);
+}
+
+// The build's plugins, loaded once per test binary.
+inline host::PluginRegistry& registry() {
+    static host::PluginRegistry* r = [] {
+        auto* reg = new host::PluginRegistry();
+        reg->scan(host::PluginRegistry::default_search_path());
+        return reg;
+    }();
+    return *r;
+}
+
+inline host::ResolvedConfig resolve_text(const TempDir& dir, const std::string& toml) {
+    auto exp = host::load_experiment(dir.file("exp.toml", toml));
+    auto& reg = registry();
+    return host::resolve(
+        exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
+        [&](PluginKind k) { return reg.names(k); });
+}
+
+// A tiny model on synthetic data: fast enough for any test.
+inline const char* kTinyExperiment = R"(
+[model]
+name = "gpt"
+n_layer = 2
+d_model = 32
+n_head = 2
+
+[data]
+name = "synthetic"
+vocab_size = 32
+branching = 2
+train_tokens = 50000
+val_tokens = 5000
+
+[optimizer]
+name = "adamw"
+lr = 1e-2
+
+[train]
+steps = 60
+batch_size = 8
+seq_len = 32
+eval_every = 30
+eval_batches = 4
+log_every = 10
+peak_flops = 1e11
+
+[results]
+progress = "none"
+)";
+
+}  // namespace plexus::test

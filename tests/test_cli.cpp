@@ -1,0 +1,192 @@
+// End to end: the plexus binary on real experiment files, and every kind of bad input.
+#include <catch2/catch.hpp>
+
+#include "helpers.hpp"
+#include "results.hpp"
+
+using namespace plexus;
+using namespace plexus::test;
+using Catch::Matchers::Contains;
+
+namespace {
+const std::string kTestPlugins = PLEXUS_TEST_PLUGIN_DIR;
+
+// A finished run to prove that later failures leave earlier rows alone.
+int64_t record_a_good_run(const TempDir& dir, const std::string& db) {
+    auto r = run_plexus("run " + dir.file("good.toml", kTinyExperiment) + " --db " + db + " --set train.steps=5");
+    REQUIRE(r.exit_code == 0);
+    host::ResultsStore store(db);
+    return store.list_runs(1).at(0).id;
+}
+
+void check_good_run_intact(const std::string& db, int64_t id) {
+    host::ResultsStore store(db);
+    auto run = store.get_run(id);
+    REQUIRE(run);
+    CHECK(run->status == "finished");
+    CHECK(store.metric_series(id, "loss").size() == 5);
+}
+}  // namespace
+
+TEST_CASE("a short run learns, and its rows are in the database", "[e2e]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    auto r = run_plexus("run " + dir.file("tiny.toml", kTinyExperiment) + " --db " + db + " --progress lines");
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK_THAT(r.output, Contains("step     60"));
+    CHECK_THAT(r.output, Contains("tok/s"));
+    CHECK_THAT(r.output, Contains("MFU"));
+
+    host::ResultsStore store(db);
+    auto runs = store.list_runs(10);
+    REQUIRE(runs.size() == 1);
+    CHECK(runs[0].status == "finished");
+    CHECK(runs[0].name == "tiny");
+    auto loss = store.metric_series(runs[0].id, "loss");
+    REQUIRE(loss.size() == 60);
+    // The chain has 32 tokens with 2 successors each: loss starts near ln 32 = 3.47 and the
+    // structure is learnable to below 1.5 nats; 60 steps take it at least 1.2 nats down.
+    CHECK(loss.front().second > 3.0);
+    auto eval = store.metric_series(runs[0].id, "eval_loss");
+    REQUIRE(eval.size() == 2);  // at steps 30 and 60
+    CHECK(eval.back().second < loss.front().second - 1.2);
+    CHECK(store.metric_series(runs[0].id, "tokens_per_s").size() == 6);
+    double mfu = NAN, peak = NAN;
+    for (const auto& [rank, key, value, text] : store.summaries(runs[0].id)) {
+        if (key == "mfu") mfu = *value;
+        if (key == "peak_flops") peak = *value;
+    }
+    CHECK(peak == 1e11);
+    CHECK(mfu > 0);
+    CHECK(mfu < 1);
+    CHECK(store.params(runs[0].id).at("model.d_model") == "32");
+
+    auto shown = run_plexus("show " + std::to_string(runs[0].id) + " --db " + db);
+    CHECK(shown.exit_code == 0);
+    CHECK_THAT(shown.output, Contains("final_eval_loss"));
+    auto listed = run_plexus("runs --db " + db);
+    CHECK_THAT(listed.output, Contains("tiny"));
+}
+
+TEST_CASE("the same config and seed give the same loss curve", "[e2e]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("tiny.toml", kTinyExperiment);
+    for (const char* seed : {"1", "1", "2"})
+        REQUIRE(run_plexus("run " + file + " --db " + db + " --set train.steps=12 --set train.seed=" + seed).exit_code == 0);
+    host::ResultsStore store(db);
+    auto runs = store.list_runs(3);  // newest first
+    auto a = store.metric_series(runs[2].id, "loss"), b = store.metric_series(runs[1].id, "loss"),
+         c = store.metric_series(runs[0].id, "loss");
+    REQUIRE(a.size() == 12);
+    CHECK(a == b);
+    CHECK(a != c);
+    CHECK(runs[2].config_hash == runs[1].config_hash);
+    CHECK(runs[2].config_hash != runs[0].config_hash);
+}
+
+TEST_CASE("bad experiment files fail with a location and a non-zero exit", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const int64_t good = record_a_good_run(dir, db);
+
+    auto malformed = run_plexus("run " + dir.file("bad.toml", "[model]\nname = \"gpt\nn_layer = 2\n") + " --db " + db);
+    CHECK(malformed.exit_code == 1);
+    CHECK_THAT(malformed.output, Contains("bad.toml:2:"));
+
+    auto typo = run_plexus("run " + dir.file("typo.toml", std::string(kTinyExperiment) + "\n[strategy]\nname = \"single\"\naccumulat = 2\n") + " --db " + db);
+    CHECK(typo.exit_code == 1);
+    CHECK_THAT(typo.output, Contains("typo.toml:"));
+    CHECK_THAT(typo.output, Contains("did you mean 'accumulate'"));
+
+    auto unknown = run_plexus("run " + dir.file("u.toml", "[model]\nname = \"gtp2\"\n[data]\nname = \"synthetic\"\n") + " --db " + db);
+    CHECK(unknown.exit_code == 1);
+    CHECK_THAT(unknown.output, Contains("no model plugin named 'gtp2'"));
+    CHECK_THAT(unknown.output, Contains("did you mean 'gpt'"));
+
+    CHECK(run_plexus("run " + (dir / "nope.toml") + " --db " + db).exit_code == 1);
+    CHECK(run_plexus("run").exit_code == 2);
+    CHECK(run_plexus("frobnicate").exit_code == 2);
+    check_good_run_intact(db, good);
+    host::ResultsStore store(db);
+    CHECK(store.list_runs(10).size() == 1);  // config errors create no run
+}
+
+TEST_CASE("a plugin from another build is refused with both fingerprints", "[e2e][bad-input]") {
+    auto r = run_plexus("plugins", "PLEXUS_PLUGIN_PATH=" + kTestPlugins);
+    CHECK(r.exit_code == 0);
+    CHECK_THAT(r.output, Contains("plexus_model_bad_fingerprint.so: ABI fingerprint mismatch"));
+    CHECK_THAT(r.output, Contains("libtorch 2.5; cuda on"));
+    CHECK_THAT(r.output, Contains("plexus_test_not_a_plugin.so: not a plexus plugin"));
+    CHECK_THAT(r.output, Contains("throwing"));
+    auto schema = run_plexus("plugins adamw");
+    CHECK_THAT(schema.output, Contains("weight_decay = 0.1"));
+    CHECK(run_plexus("plugins adamm").exit_code == 1);
+}
+
+TEST_CASE("a plugin whose factory throws fails its run, which is recorded as failed", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const int64_t good = record_a_good_run(dir, db);
+    auto r = run_plexus("run " + dir.file("t.toml", std::string(kTinyExperiment)) + " --db " + db + " --set model.name=throwing",
+                    "PLEXUS_PLUGIN_PATH=" + kTestPlugins);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Contains("deliberate failure in the factory"));
+    CHECK_THAT(r.output, Contains("hint: this plugin exists to test failure handling"));
+    host::ResultsStore store(db);
+    auto failed = store.list_runs(1).at(0);
+    CHECK(failed.status == "failed");
+    CHECK_THAT(failed.error, Contains("deliberate failure"));
+    check_good_run_intact(db, good);
+}
+
+TEST_CASE("a NaN loss marks the run diverged and keeps the database intact", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const int64_t good = record_a_good_run(dir, db);
+    // Plain SGD at a huge learning rate without clipping blows up within a few steps.
+    auto r = run_plexus("run " + dir.file("nan.toml", kTinyExperiment) + " --db " + db +
+                    " --set optimizer.name=sgd --set optimizer.lr=1e8 --set train.grad_clip=0.0");
+    INFO(r.output);
+    CHECK(r.exit_code == 3);
+    CHECK_THAT(r.output, Contains("diverged"));
+    host::ResultsStore store(db);
+    auto run = store.list_runs(1).at(0);
+    CHECK(run.status == "diverged");
+    auto loss = store.metric_series(run.id, "loss");
+    REQUIRE_FALSE(loss.empty());
+    CHECK(loss.size() < 60);
+    CHECK_FALSE(std::isfinite(loss.back().second));
+    check_good_run_intact(db, good);
+}
+
+TEST_CASE("a read-only or newer database is refused and left as it was", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const int64_t good = record_a_good_run(dir, db);
+    const auto file = dir.file("t.toml", kTinyExperiment);
+
+    // Root ignores file permissions, so run as nobody there.
+    const std::string as_user = geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+    fs::permissions(db, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    fs::permissions(dir.path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                  fs::perms::others_read | fs::perms::others_exec);
+    auto r = run_command(as_user + "env HOME=/tmp " + PLEXUS_BINARY + " run " + file + " --db " + db);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Contains("read-only"));
+    fs::permissions(db, fs::perms::owner_read | fs::perms::owner_write);
+    check_good_run_intact(db, good);
+
+    {
+        host::ResultsStore store(db);
+        store.exec("PRAGMA user_version = 42");
+    }
+    auto newer = run_plexus("run " + file + " --db " + db);
+    CHECK(newer.exit_code == 1);
+    CHECK_THAT(newer.output, Contains("newer"));
+    CHECK_THAT(newer.output, Contains("hint:"));
+    auto junk = run_plexus("run " + file + " --db " + dir.file("junk.db", std::string(5000, 'j')));
+    CHECK(junk.exit_code == 1);
+    CHECK_THAT(junk.output, Contains("junk.db"));
+}

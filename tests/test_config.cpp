@@ -1,0 +1,131 @@
+#include <catch2/catch.hpp>
+
+#include "helpers.hpp"
+
+using namespace plexus;
+using namespace plexus::test;
+using Catch::Matchers::Contains;
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+}  // namespace
+
+TEST_CASE("extends merges base and child, child wins, and keys remember their file", "[config]") {
+    TempDir dir;
+    dir.file("base.toml", "[model]\nname = \"gpt\"\nn_layer = 6\nd_model = 64\n[data]\nname = \"synthetic\"\n");
+    auto path = dir.file("child.toml", "extends = \"base.toml\"\n[model]\nn_layer = 2\n");
+    auto exp = host::load_experiment(path);
+    REQUIRE(exp.settings.at("model.n_layer").value.as_int() == 2);
+    REQUIRE(exp.settings.at("model.d_model").value.as_int() == 64);
+    CHECK(exp.settings.at("model.n_layer").where.file == path);
+    CHECK(exp.settings.at("model.n_layer").where.line == 3);
+    CHECK_THAT(exp.settings.at("model.d_model").where.file, Contains("base.toml"));
+    CHECK(exp.files.size() == 2);
+}
+
+TEST_CASE("a child naming another plugin drops the base's keys for that section", "[config]") {
+    TempDir dir;
+    dir.file("base.toml", "[optimizer]\nname = \"adamw\"\nbetas = [0.9, 0.99]\n");
+    auto exp = host::load_experiment(dir.file("child.toml", "extends = \"base.toml\"\n[optimizer]\nname = \"sgd\"\n"));
+    CHECK(exp.settings.count("optimizer.betas") == 0);
+    CHECK(exp.settings.at("optimizer.name").value.as_string() == "sgd");
+}
+
+TEST_CASE("extends cycles are refused", "[config]") {
+    TempDir dir;
+    dir.file("a.toml", "extends = \"b.toml\"\n");
+    dir.file("b.toml", "extends = \"a.toml\"\n");
+    CHECK_THAT(error_of([&] { host::load_experiment(dir / "a.toml"); }), Contains("cycle"));
+}
+
+TEST_CASE("overrides (--set) take TOML values, bare words as strings", "[config]") {
+    TempDir dir;
+    auto exp = host::load_experiment(dir.file("e.toml", "[optimizer]\nlr = 0.1\n"));
+    host::apply_override(exp, "optimizer.lr=3e-4");
+    host::apply_override(exp, "data.path=/tmp/some corpus");
+    host::apply_override(exp, "optimizer.betas=[0.8, 0.9]");
+    CHECK(exp.settings.at("optimizer.lr").value.as_double() == Approx(3e-4));
+    CHECK(exp.settings.at("data.path").value.as_string() == "/tmp/some corpus");
+    CHECK(exp.settings.at("optimizer.betas").value.as_list().size() == 2);
+    CHECK_THAT(error_of([&] { host::apply_override(exp, "no_equals_sign"); }), Contains("section.key=value"));
+}
+
+TEST_CASE("resolve fills defaults, coerces ints to floats and validates types", "[config]") {
+    TempDir dir;
+    auto cfg = resolve_text(dir, std::string(kTinyExperiment) + "\n");
+    CHECK(cfg.values.at("optimizer.weight_decay").as_double() == Approx(0.1));  // adamw default
+    CHECK(cfg.values.at("strategy.name").as_string() == "single");            // default strategy
+    CHECK(cfg.values.at("model.n_layer").as_int() == 2);
+    CHECK(cfg.sections.at("model").get_int("n_head") == 2);
+
+    auto with_int_lr = resolve_text(dir, "[model]\nname=\"gpt\"\n[data]\nname=\"synthetic\"\n[optimizer]\nlr = 1\n");
+    CHECK(with_int_lr.values.at("optimizer.lr").type() == ValueType::Float);
+
+    auto err = error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\nn_layer = \"four\"\n[data]\nname=\"synthetic\"\n"); });
+    CHECK_THAT(err, Contains("exp.toml:3:1"));
+    CHECK_THAT(err, Contains("'model.n_layer' must be a int"));
+}
+
+TEST_CASE("an unknown key is reported with file, line, column and the nearest known key", "[config]") {
+    TempDir dir;
+    auto err = error_of([&] {
+        resolve_text(dir, "[model]\nname = \"gpt\"\n\n[data]\nname = \"synthetic\"\n[optimizer]\nname = \"adamw\"\n  lrr = 0.1\n");
+    });
+    CHECK_THAT(err, Contains("exp.toml:8:3"));
+    CHECK_THAT(err, Contains("unknown key 'optimizer.lrr'"));
+    CHECK_THAT(err, Contains("did you mean 'lr'"));
+
+    auto section_err = error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\n[data]\nname=\"synthetic\"\n[trian]\nsteps = 3\n"); });
+    CHECK_THAT(section_err, Contains("unknown section [trian]"));
+    CHECK_THAT(section_err, Contains("did you mean 'train'"));
+}
+
+TEST_CASE("an unknown plugin name lists the close names", "[config]") {
+    TempDir dir;
+    auto err = error_of([&] { resolve_text(dir, "[model]\nname = \"gtp\"\n[data]\nname = \"synthetic\"\n"); });
+    CHECK_THAT(err, Contains("exp.toml:2:1"));
+    CHECK_THAT(err, Contains("no model plugin named 'gtp'"));
+    CHECK_THAT(err, Contains("did you mean 'gpt'"));
+}
+
+TEST_CASE("malformed TOML is reported with file, line and column", "[config]") {
+    TempDir dir;
+    auto err = error_of([&] { host::load_experiment(dir.file("bad.toml", "[model]\nname = \"gpt\"\nn_layer = = 3\n")); });
+    CHECK_THAT(err, Contains("bad.toml:3:"));
+    CHECK_THAT(err, Contains("malformed TOML"));
+    CHECK_THAT(error_of([&] { host::load_experiment(dir / "missing.toml"); }), Contains("no such experiment file"));
+}
+
+TEST_CASE("the config hash follows training settings, not where results go", "[config]") {
+    TempDir dir;
+    const std::string base = kTinyExperiment;
+    auto a = resolve_text(dir, base);
+    auto b = resolve_text(dir, "name = \"other name\"\n" + base);
+    auto exp = host::load_experiment(dir.file("x.toml", base));
+    host::apply_override(exp, "results.db=/tmp/elsewhere.db");
+    auto& reg = registry();
+    auto c = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
+                           [&](PluginKind k) { return reg.names(k); });
+    host::apply_override(exp, "optimizer.lr=0.5");
+    auto d = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
+                           [&](PluginKind k) { return reg.names(k); });
+    CHECK(a.hash == b.hash);
+    CHECK(a.hash == c.hash);
+    CHECK(a.hash != d.hash);
+    CHECK(a.hash.size() == 16);
+}
+
+TEST_CASE("values print as TOML that reads back identically", "[config]") {
+    for (const Value& v : {Value(3e-4), Value(0.1), Value(int64_t{7}), Value(true), Value("a \"q\""),
+                           Value::list({1, 2.5, "x"})}) {
+        CHECK(host::parse_value(v.to_text(), "test") == v);
+    }
+    CHECK(Value(3e-4).to_text() == "0.0003");
+}
