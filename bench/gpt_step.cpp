@@ -1,0 +1,123 @@
+// bench/gpt_step: the same GPT training step (same shapes, AdamW, clipping) timed in plexus
+// (models/gpt + optimizers/adamw + strategies/single, through the host's own plugin path) and
+// in a PyTorch eager reference (bench/gpt_step_ref.py), in one run. Prints the ratio of tokens/s
+// and plexus's MFU against the fp32 matmul peak measured in the same run.
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <string>
+#include <thread>
+
+#include <plexus/plexus.hpp>
+#include <torch/torch.h>
+
+#include "config.hpp"
+#include "context.hpp"
+#include "harness.hpp"
+#include "loader.hpp"
+#include "peak.hpp"
+
+using namespace plexus;
+
+namespace {
+
+std::map<std::string, int64_t> parse_args(int argc, char** argv) {
+    std::map<std::string, int64_t> a = {{"layers", 4}, {"width", 256}, {"heads", 4}, {"seq", 128}, {"batch", 8},
+                                        {"vocab", 4096}, {"steps", 10}, {"rounds", 3}, {"warmup", 3},
+                                        {"threads", std::max(1u, std::thread::hardware_concurrency())}, {"reference", 1}};
+    for (int i = 1; i + 1 < argc; i += 2) {
+        std::string key = argv[i];
+        if (key.rfind("--", 0) != 0 || !a.count(key.substr(2))) {
+            std::cerr << "usage: gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N "
+                         "--rounds N --warmup N --threads N --reference 0|1]\n";
+            std::exit(2);
+        }
+        a[key.substr(2)] = std::stoll(argv[i + 1]);
+    }
+    return a;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto a = parse_args(argc, argv);
+    host::set_compute_threads(static_cast<int>(a["threads"]));
+
+    char dir_template[] = "/tmp/plexus-bench-XXXXXX";
+    const std::string dir = mkdtemp(dir_template);
+    const std::string file = dir + "/gpt_step.toml";
+    {
+        FILE* f = std::fopen(file.c_str(), "w");
+        std::fprintf(f,
+                     "[model]\nname = \"gpt\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\n"
+                     "[data]\nname = \"synthetic\"\nvocab_size = %lld\nbranching = 8\ntrain_tokens = 200000\n"
+                     "[optimizer]\nname = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.95]\nweight_decay = 0.1\n"
+                     "[strategy]\nname = \"single\"\n[train]\nbatch_size = %lld\nseq_len = %lld\ngrad_clip = 1.0\n",
+                     (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["vocab"],
+                     (long long)a["batch"], (long long)a["seq"]);
+        std::fclose(f);
+    }
+    host::PluginRegistry registry;
+    registry.scan(host::PluginRegistry::default_search_path());
+    auto exp = host::load_experiment(file);
+    auto cfg = host::resolve(exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
+                             [&](PluginKind k) { return registry.names(k); });
+    std::remove(file.c_str());
+    std::remove(dir.c_str());
+
+    host::HostContext boot(cfg, torch::kCPU, 0);
+    auto data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), boot);
+    host::HostContext ctx(cfg, torch::kCPU, data->vocab_size());
+    auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), ctx);
+    auto stream = data->open({Split::Train, a["batch"], a["seq"], 0, 1, 1});
+
+    StepInput in;
+    in.max_grad_norm = 1.0;
+    in.train = stream.get();
+    for (int64_t i = 0; i < a["warmup"]; ++i) strategy->step(in);
+    std::vector<double> rates;
+    for (int64_t r = 0; r < a["rounds"]; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        int64_t tokens = 0;
+        for (int64_t i = 0; i < a["steps"]; ++i) tokens += strategy->step(in).tokens;
+        rates.push_back(tokens / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(rates.begin(), rates.end());
+    const double plexus_tps = rates[rates.size() / 2];
+
+    const double peak = host::measure_cpu_matmul_flops(2.0);
+    const double mfu = host::mfu(ctx.flops.flops, plexus_tps, peak);
+
+    std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, cpu, %lld threads, %s params\n",
+                (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["seq"],
+                (long long)a["batch"], (long long)a["vocab"], (long long)a["threads"],
+                std::to_string(ctx.params).c_str());
+    std::printf("  plexus:    %10.0f tok/s (median of %lld rounds of %lld steps)\n", plexus_tps,
+                (long long)a["rounds"], (long long)a["steps"]);
+    std::printf("  MFU:       %10.1f%% of the fp32 matmul peak measured now, %.1f GFLOP/s (%.2f MFLOP/token, %s)\n",
+                mfu * 100, peak / 1e9, ctx.flops.flops / 1e6, "6N+12LHQT");
+    if (a["reference"]) {
+        const char* py = std::getenv("PLEXUS_PYTHON");
+        std::string cmd = std::string(py ? py : "/usr/bin/python3") + " " + PLEXUS_BENCH_DIR + "/gpt_step_ref.py";
+        for (const char* k : {"layers", "width", "heads", "seq", "batch", "vocab", "steps", "rounds", "warmup"})
+            cmd += std::string(" --") + k + " " + std::to_string(a[k]);
+        std::string out;
+        if (FILE* p = popen(cmd.c_str(), "r")) {
+            char buf[512];
+            while (fgets(buf, sizeof buf, p)) out += buf;
+            pclose(p);
+        }
+        const auto pos = out.find("tokens_per_s=");
+        if (pos == std::string::npos) {
+            std::printf("  reference: failed to run `%s` (needs Debian's python3-torch)\n%s", cmd.c_str(), out.c_str());
+            return 1;
+        }
+        const double ref_tps = std::stod(out.substr(pos + 13));
+        const auto tpos = out.find("threads=");
+        std::printf("  reference: %10.0f tok/s (PyTorch %s eager, best at %s torch thread(s))\n", ref_tps,
+                    TORCH_VERSION, tpos == std::string::npos ? "?" : out.substr(tpos + 8, out.find('\n', tpos) - tpos - 8).c_str());
+        std::printf("  ratio plexus/reference: %.2f\n", plexus_tps / ref_tps);
+    }
+    return 0;
+}

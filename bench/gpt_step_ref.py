@@ -1,0 +1,101 @@
+"""PyTorch eager reference for bench/gpt_step: the same GPT training step as plexus's
+models/gpt + optimizers/adamw + strategies/single (pre-norm blocks, learned positions, tanh GELU,
+untied head, AdamW with decoupled decay on matrices only, global-norm clipping at 1.0).
+
+Prints one line: `reference tokens_per_s=<best> threads=<torch threads of the best>`.
+Run by the gpt_step benchmark binary; usable alone:
+    python3 bench/gpt_step_ref.py --layers 4 --width 256 --heads 4 --seq 128 --batch 8 --vocab 4096
+"""
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Layer(nn.Module):
+    def __init__(self, d, h, n_layer):
+        super().__init__()
+        self.h = h
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.out = nn.Linear(4 * d, d)
+        for lin in (self.qkv, self.fc):
+            nn.init.normal_(lin.weight, 0.0, 0.02)
+        for lin in (self.proj, self.out):
+            nn.init.normal_(lin.weight, 0.0, 0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, x, mask):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.h) + mask[:t, :t]
+        y = torch.softmax(att, dim=-1) @ v
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class Gpt(nn.Module):
+    def __init__(self, vocab, n_layer, d, h, seq):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d)
+        self.positions = nn.Embedding(seq, d)
+        self.layers = nn.ModuleList([Layer(d, h, n_layer) for _ in range(n_layer)])
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.register_buffer("mask", torch.full((seq, seq), float("-inf")).triu(1))
+
+    def forward(self, ids):
+        x = self.tokens(ids) + self.positions.weight[: ids.shape[1]]
+        for layer in self.layers:
+            x = layer(x, self.mask)
+        return self.head(self.ln(x))
+
+
+def measure(args, threads):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
+
+    def step():
+        logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    rates = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        rates.append(args.steps * args.batch * args.seq / (time.perf_counter() - t0))
+    return sorted(rates)[len(rates) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for name, default in [("layers", 4), ("width", 256), ("heads", 4), ("seq", 128), ("batch", 8), ("vocab", 4096),
+                          ("steps", 10), ("rounds", 3), ("warmup", 3)]:
+        ap.add_argument("--" + name, type=int, default=default)
+    ap.add_argument("--threads", type=str, default="1,2", help="torch thread counts to try; the best is reported")
+    args = ap.parse_args()
+    best = max((measure(args, int(t)), int(t)) for t in args.threads.split(","))
+    print(f"reference tokens_per_s={best[0]:.1f} threads={best[1]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
