@@ -2,6 +2,9 @@
 // (models/gpt + optimizers/adamw + strategies/single, through the host's own plugin path) and
 // in a PyTorch eager reference (bench/gpt_step_ref.py), in one run. Prints the ratio of tokens/s
 // and plexus's MFU against the fp32 matmul peak measured in the same run.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -24,7 +27,7 @@ namespace {
 
 std::map<std::string, int64_t> parse_args(int argc, char** argv) {
     std::map<std::string, int64_t> a = {{"layers", 4}, {"width", 256}, {"heads", 4}, {"seq", 128}, {"batch", 8},
-                                        {"vocab", 4096}, {"steps", 10}, {"rounds", 3}, {"warmup", 3},
+                                        {"vocab", 4096}, {"steps", 5}, {"rounds", 7}, {"warmup", 3},
                                         {"threads", std::max(1u, std::thread::hardware_concurrency())}, {"reference", 1}};
     for (int i = 1; i + 1 < argc; i += 2) {
         std::string key = argv[i];
@@ -36,6 +39,59 @@ std::map<std::string, int64_t> parse_args(int argc, char** argv) {
         a[key.substr(2)] = std::stoll(argv[i + 1]);
     }
     return a;
+}
+
+// The PyTorch reference as a child process in --serve mode: one timed round per request.
+class Reference {
+public:
+    explicit Reference(const std::string& command) {
+        int to_child[2], from_child[2];
+        if (pipe(to_child) != 0 || pipe(from_child) != 0) return;
+        pid_ = fork();
+        if (pid_ == 0) {
+            dup2(to_child[0], STDIN_FILENO);
+            dup2(from_child[1], STDOUT_FILENO);
+            close(to_child[1]);
+            close(from_child[0]);
+            execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+            _exit(127);
+        }
+        close(to_child[0]);
+        close(from_child[1]);
+        in_ = fdopen(to_child[1], "w");
+        out_ = fdopen(from_child[0], "r");
+        ok_ = read_line() == "ready";
+    }
+    ~Reference() {
+        if (in_) fclose(in_);  // EOF ends the child's loop
+        if (out_) fclose(out_);
+        if (pid_ > 0) waitpid(pid_, nullptr, 0);
+    }
+    bool ok() const { return ok_; }
+    double round() {
+        std::fputs("round\n", in_);
+        std::fflush(in_);
+        const auto line = read_line();
+        return line.empty() ? -1.0 : std::stod(line);
+    }
+
+private:
+    std::string read_line() {
+        char buf[256];
+        if (!out_ || !std::fgets(buf, sizeof buf, out_)) return "";
+        std::string s(buf);
+        while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+        return s;
+    }
+    pid_t pid_ = -1;
+    FILE* in_ = nullptr;
+    FILE* out_ = nullptr;
+    bool ok_ = false;
+};
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
 }
 
 }  // namespace
@@ -76,16 +132,37 @@ int main(int argc, char** argv) {
     in.max_grad_norm = 1.0;
     in.train = stream.get();
     for (int64_t i = 0; i < a["warmup"]; ++i) strategy->step(in);
-    std::vector<double> rates;
-    for (int64_t r = 0; r < a["rounds"]; ++r) {
+    auto plexus_round = [&] {
         const auto t0 = std::chrono::steady_clock::now();
         int64_t tokens = 0;
         for (int64_t i = 0; i < a["steps"]; ++i) tokens += strategy->step(in).tokens;
-        rates.push_back(tokens / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(rates.begin(), rates.end());
-    const double plexus_tps = rates[rates.size() / 2];
+        return tokens / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
 
+    // Rounds alternate between plexus and the reference, so both see the same machine load.
+    std::unique_ptr<Reference> reference;
+    std::string command;
+    if (a["reference"]) {
+        const char* py = std::getenv("PLEXUS_PYTHON");
+        command = std::string(py ? py : "/usr/bin/python3") + " " + PLEXUS_BENCH_DIR + "/gpt_step_ref.py --serve";
+        for (const char* k : {"layers", "width", "heads", "seq", "batch", "vocab", "steps", "warmup"})
+            command += std::string(" --") + k + " " + std::to_string(a[k]);
+        reference = std::make_unique<Reference>(command);
+        if (!reference->ok()) {
+            std::fprintf(stderr, "reference failed to start: `%s` (needs Debian's python3-torch)\n", command.c_str());
+            return 1;
+        }
+    }
+    std::vector<double> mine, theirs, ratios;
+    for (int64_t r = 0; r < a["rounds"]; ++r) {
+        mine.push_back(plexus_round());
+        if (reference) {
+            theirs.push_back(reference->round());
+            ratios.push_back(mine.back() / theirs.back());
+        }
+    }
+    reference.reset();
+    const double plexus_tps = median(mine);
     const double peak = host::measure_cpu_matmul_flops(2.0);
     const double mfu = host::mfu(ctx.flops.flops, plexus_tps, peak);
 
@@ -95,29 +172,14 @@ int main(int argc, char** argv) {
                 std::to_string(ctx.params).c_str());
     std::printf("  plexus:    %10.0f tok/s (median of %lld rounds of %lld steps)\n", plexus_tps,
                 (long long)a["rounds"], (long long)a["steps"]);
-    std::printf("  MFU:       %10.1f%% of the fp32 matmul peak measured now, %.1f GFLOP/s (%.2f MFLOP/token, %s)\n",
-                mfu * 100, peak / 1e9, ctx.flops.flops / 1e6, "6N+12LHQT");
-    if (a["reference"]) {
-        const char* py = std::getenv("PLEXUS_PYTHON");
-        std::string cmd = std::string(py ? py : "/usr/bin/python3") + " " + PLEXUS_BENCH_DIR + "/gpt_step_ref.py";
-        for (const char* k : {"layers", "width", "heads", "seq", "batch", "vocab", "steps", "rounds", "warmup"})
-            cmd += std::string(" --") + k + " " + std::to_string(a[k]);
-        std::string out;
-        if (FILE* p = popen(cmd.c_str(), "r")) {
-            char buf[512];
-            while (fgets(buf, sizeof buf, p)) out += buf;
-            pclose(p);
-        }
-        const auto pos = out.find("tokens_per_s=");
-        if (pos == std::string::npos) {
-            std::printf("  reference: failed to run `%s` (needs Debian's python3-torch)\n%s", cmd.c_str(), out.c_str());
-            return 1;
-        }
-        const double ref_tps = std::stod(out.substr(pos + 13));
-        const auto tpos = out.find("threads=");
-        std::printf("  reference: %10.0f tok/s (PyTorch %s eager, best at %s torch thread(s))\n", ref_tps,
-                    TORCH_VERSION, tpos == std::string::npos ? "?" : out.substr(tpos + 8, out.find('\n', tpos) - tpos - 8).c_str());
-        std::printf("  ratio plexus/reference: %.2f\n", plexus_tps / ref_tps);
+    if (!theirs.empty()) {
+        std::printf("  reference: %10.0f tok/s (PyTorch %s eager, same thread settings, rounds alternating)\n",
+                    median(theirs), TORCH_VERSION);
+        std::printf("  ratio plexus/reference: %.2f (median of per-round ratios; range %.2f to %.2f)\n",
+                    median(ratios), *std::min_element(ratios.begin(), ratios.end()),
+                    *std::max_element(ratios.begin(), ratios.end()));
     }
+    std::printf("  MFU:       %9.1f%% of the fp32 matmul peak measured now, %.1f GFLOP/s (%.2f MFLOP/token, 6N+12LHQT)\n",
+                mfu * 100, peak / 1e9, ctx.flops.flops / 1e6);
     return 0;
 }

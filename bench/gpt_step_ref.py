@@ -2,12 +2,15 @@
 models/gpt + optimizers/adamw + strategies/single (pre-norm blocks, learned positions, tanh GELU,
 untied head, AdamW with decoupled decay on matrices only, global-norm clipping at 1.0).
 
-Prints one line: `reference tokens_per_s=<best> threads=<torch threads of the best>`.
-Run by the gpt_step benchmark binary; usable alone:
+Alone, it prints `reference tokens_per_s=<median over rounds> threads=<torch threads>`:
     python3 bench/gpt_step_ref.py --layers 4 --width 256 --heads 4 --seq 128 --batch 8 --vocab 4096
+With --serve (how bench/gpt_step drives it), it warms up, prints `ready`, then times one round of
+--steps steps for every line read on stdin and prints its tokens/s, so that the two sides can be
+measured in alternating rounds under the same machine load.
 """
 import argparse
 import math
+import sys
 import time
 
 import torch
@@ -56,7 +59,7 @@ class Gpt(nn.Module):
         return self.head(self.ln(x))
 
 
-def measure(args, threads):
+def build(args, threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq)
@@ -77,24 +80,32 @@ def measure(args, threads):
 
     for _ in range(args.warmup):
         step()
-    rates = []
-    for _ in range(args.rounds):
+
+    def timed_round():
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
-        rates.append(args.steps * args.batch * args.seq / (time.perf_counter() - t0))
-    return sorted(rates)[len(rates) // 2]
+        return args.steps * args.batch * args.seq / (time.perf_counter() - t0)
+
+    return timed_round
 
 
 def main():
     ap = argparse.ArgumentParser()
     for name, default in [("layers", 4), ("width", 256), ("heads", 4), ("seq", 128), ("batch", 8), ("vocab", 4096),
-                          ("steps", 10), ("rounds", 3), ("warmup", 3)]:
+                          ("steps", 5), ("rounds", 7), ("warmup", 3)]:
         ap.add_argument("--" + name, type=int, default=default)
-    ap.add_argument("--threads", type=str, default="1,2", help="torch thread counts to try; the best is reported")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (OpenBLAS keeps its own pool)")
+    ap.add_argument("--serve", action="store_true", help="time one round per line read on stdin")
     args = ap.parse_args()
-    best = max((measure(args, int(t)), int(t)) for t in args.threads.split(","))
-    print(f"reference tokens_per_s={best[0]:.1f} threads={best[1]}", flush=True)
+    timed_round = build(args, args.threads)
+    if args.serve:
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            print(f"{timed_round():.1f}", flush=True)
+        return
+    rates = sorted(timed_round() for _ in range(args.rounds))
+    print(f"reference tokens_per_s={rates[len(rates) // 2]:.1f} threads={args.threads}", flush=True)
 
 
 if __name__ == "__main__":
