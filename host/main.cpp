@@ -157,10 +157,12 @@ int cmd_runs(std::vector<std::string> args) {
         for (const auto& r : runs) {
             std::string mfu = summary_value(store, r.id, "mfu");
             if (mfu != "-") mfu = std::to_string(std::stod(mfu) * 100).substr(0, 4) + "%";
+            std::string tps = summary_value(store, r.id, "tokens_per_s");
+            if (tps != "-") tps = human_count(std::stod(tps));
             std::printf("%5lld  %-20s %-11s %-16s %8s %10s %10s %7s  %s\n", static_cast<long long>(r.id),
                         r.name.substr(0, 20).c_str(), r.status.c_str(), format_time(r.started).c_str(),
                         summary_value(store, r.id, "steps").c_str(), summary_value(store, r.id, "final_eval_loss").c_str(),
-                        summary_value(store, r.id, "tokens_per_s").c_str(), mfu.c_str(), r.plugins.c_str());
+                        tps.c_str(), mfu.c_str(), r.plugins.c_str());
         }
         return kOk;
     } catch (const std::exception& e) {

@@ -19,9 +19,10 @@ double unit(uint64_t seed, uint64_t salt) {
     return static_cast<double>(plexus::mix_seed(seed, salt) >> 11) * 0x1.0p-53;
 }
 
-class Synthetic : public plexus::Dataset {
+class Synthetic : public plexus::TokenArrayDataset {
 public:
-    Synthetic(const plexus::Config& cfg) : vocab_(cfg.get_int("vocab_size")) {
+    explicit Synthetic(const plexus::Config& cfg) {
+        vocab_ = cfg.get_int("vocab_size");
         const int64_t branching = cfg.get_int("branching");
         const int64_t train_tokens = cfg.get_int("train_tokens");
         const int64_t val_tokens = cfg.get_int("val_tokens");
@@ -62,11 +63,6 @@ public:
                        std::to_string(entropy) + " nats (the best achievable loss)";
     }
 
-    int64_t vocab_size() const override { return vocab_; }
-    std::unique_ptr<plexus::BatchStream> open(const plexus::StreamSpec& spec) override {
-        return std::make_unique<plexus::TokenWindowStream>(spec.split == plexus::Split::Train ? train_ : val_, spec);
-    }
-    std::string describe() const override { return description_; }
 
 private:
     plexus::TokenArray generate(const Chain& chain, int64_t n, uint64_t seed) const {
@@ -83,9 +79,6 @@ private:
         return out;
     }
 
-    int64_t vocab_;
-    plexus::TokenArray train_, val_;
-    std::string description_;
 };
 
 plexus::PluginDescriptor describe() {

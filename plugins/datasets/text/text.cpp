@@ -22,9 +22,10 @@ bool excluded(const fs::path& p, const std::vector<std::string>& patterns) {
     return false;
 }
 
-class TextDataset : public plexus::Dataset {
+class TextDataset : public plexus::TokenArrayDataset {
 public:
-    TextDataset(const plexus::Config& cfg) {
+    explicit TextDataset(const plexus::Config& cfg) {
+        vocab_ = 256;
         const fs::path root = cfg.get_string("path");
         std::vector<std::string> exclude;
         for (const auto& v : cfg.get("exclude").as_list()) exclude.push_back(v.as_string());
@@ -70,15 +71,7 @@ public:
                        " validation bytes";
     }
 
-    int64_t vocab_size() const override { return 256; }
-    std::unique_ptr<plexus::BatchStream> open(const plexus::StreamSpec& spec) override {
-        return std::make_unique<plexus::TokenWindowStream>(spec.split == plexus::Split::Train ? train_ : val_, spec);
-    }
-    std::string describe() const override { return description_; }
 
-private:
-    plexus::TokenArray train_, val_;
-    std::string description_;
 };
 
 plexus::PluginDescriptor describe() {

@@ -53,9 +53,10 @@ void read_shard(const std::string& path, int64_t vocab, std::vector<uint16_t>& o
                                 "set data.vocab_size to the tokenizer's vocabulary size");
 }
 
-class TokenShards : public plexus::Dataset {
+class TokenShards : public plexus::TokenArrayDataset {
 public:
-    explicit TokenShards(const plexus::Config& cfg) : vocab_(cfg.get_int("vocab_size")) {
+    explicit TokenShards(const plexus::Config& cfg) {
+        vocab_ = cfg.get_int("vocab_size");
         cfg.require(vocab_ > 0 && vocab_ <= 65536, "vocab_size", "must lie in [1, 65536] (tokens are uint16)");
         auto train = std::make_shared<std::vector<uint16_t>>();
         auto val = std::make_shared<std::vector<uint16_t>>();
@@ -81,16 +82,7 @@ public:
                        " train / " + std::to_string(val_->size()) + " validation tokens";
     }
 
-    int64_t vocab_size() const override { return vocab_; }
-    std::unique_ptr<plexus::BatchStream> open(const plexus::StreamSpec& spec) override {
-        return std::make_unique<plexus::TokenWindowStream>(spec.split == plexus::Split::Train ? train_ : val_, spec);
-    }
-    std::string describe() const override { return description_; }
 
-private:
-    int64_t vocab_;
-    plexus::TokenArray train_, val_;
-    std::string description_;
 };
 
 plexus::PluginDescriptor describe() {

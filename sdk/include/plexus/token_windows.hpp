@@ -1,4 +1,4 @@
-// plexus/token_windows.hpp: batches of random windows from a token array, for dataset plugins.
+// plexus/token_windows.hpp: batches of random windows from token arrays, for dataset plugins.
 //
 // Most language-model datasets come down to "a long array of token ids per split, sample
 // windows of seq_len + 1 tokens". TokenWindows does that deterministically: batch n of a stream
@@ -61,6 +61,22 @@ private:
     uint64_t window_starts_ = 1;
     int64_t position_ = 0;
     std::vector<int64_t> staging_;
+};
+
+// A dataset whose two splits are token arrays. A subclass fills vocab_, train_, val_ and
+// description_ in its constructor; opening streams is done here.
+class TokenArrayDataset : public Dataset {
+public:
+    int64_t vocab_size() const override { return vocab_; }
+    std::unique_ptr<BatchStream> open(const StreamSpec& spec) override {
+        return std::make_unique<TokenWindowStream>(spec.split == Split::Train ? train_ : val_, spec);
+    }
+    std::string describe() const override { return description_; }
+
+protected:
+    int64_t vocab_ = 0;
+    TokenArray train_, val_;
+    std::string description_;
 };
 
 }  // namespace plexus
