@@ -167,12 +167,24 @@ TEST_CASE("a read-only or newer database is refused and left as it was", "[e2e][
     const int64_t good = record_a_good_run(dir, db);
     const auto file = dir.file("t.toml", kTinyExperiment);
 
-    // Root ignores file permissions, so run as nobody there.
-    const std::string as_user = geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+    // Root ignores file permissions, so run as nobody there, from a copy of the binary and the
+    // plugins that nobody can read wherever the build lives (<dir>/bin, <dir>/lib/plexus/plugins).
+    std::string binary = PLEXUS_BINARY;
+    std::string as_user;
+    if (geteuid() == 0) {
+        as_user = "setpriv --reuid=65534 --regid=65534 --clear-groups ";
+        fs::create_directories(dir.path / "bin");
+        fs::create_directories(dir.path / "lib/plexus/plugins");
+        fs::copy_file(PLEXUS_BINARY, dir.path / "bin/plexus");
+        for (const auto& plugin : fs::directory_iterator(fs::path(PLEXUS_BINARY).parent_path() / "plugins"))
+            if (plugin.path().extension() == ".so") fs::copy_file(plugin.path(), dir.path / "lib/plexus/plugins" / plugin.path().filename());
+        binary = dir / "bin/plexus";
+        for (const auto& p : fs::recursive_directory_iterator(dir.path))
+            if (p.is_directory()) fs::permissions(p.path(), fs::perms::others_read | fs::perms::others_exec, fs::perm_options::add);
+    }
     fs::permissions(db, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
-    fs::permissions(dir.path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                                  fs::perms::others_read | fs::perms::others_exec);
-    auto r = run_command(as_user + "env HOME=/tmp " + PLEXUS_BINARY + " run " + file + " --db " + db);
+    auto r = run_command(as_user + "env HOME=/tmp " + binary + " run " + file + " --db " + db);
+    INFO(r.output);
     CHECK(r.exit_code == 1);
     CHECK_THAT(r.output, Contains("read-only"));
     fs::permissions(db, fs::perms::owner_read | fs::perms::owner_write);
