@@ -215,7 +215,7 @@ const std::vector<PluginSection>& plugin_sections() {
         {"data", PluginKind::Dataset, nullptr},
         {"optimizer", PluginKind::Optimizer, "adamw"},
         {"strategy", PluginKind::Strategy, "single"},
-        {"comm", PluginKind::Comm, ""},
+        {"comm", PluginKind::Comm, "allreduce"},
     };
     return sections;
 }
@@ -247,7 +247,9 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
          }},
         {"launch",
          {
-             {"mode", "single", "single: one process, one rank"},
+             {"mode", "single", "single (one process), local (start `ranks` workers here), env (join torchrun/srun/mpirun)"},
+             {"ranks", 2, "number of worker processes for mode = local"},
+             {"timeout", 300.0, "seconds to wait for the rendezvous and for any collective before failing"},
          }},
     };
     return schemas;

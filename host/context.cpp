@@ -58,8 +58,9 @@ private:
 
 std::unique_ptr<Transport> make_local_transport() { return std::make_unique<LocalTransport>(); }
 
-HostContext::HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab)
-    : cfg_(cfg), device_(device), vocab_(vocab), transport_(make_local_transport()),
+HostContext::HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab,
+                         std::shared_ptr<Transport> transport)
+    : cfg_(cfg), device_(device), vocab_(vocab), transport_(std::move(transport)),
       start_(std::chrono::steady_clock::now()) {}
 
 const Value& HostContext::setting(const std::string& key) const {
@@ -72,12 +73,14 @@ const Value& HostContext::setting(const std::string& key) const {
 int64_t HostContext::seq_len() const { return cfg_.values.at("train.seq_len").as_int(); }
 
 void HostContext::record(const std::string& key, double value) {
-    pending.push_back({0, key, step, value, tokens, now(), std::nullopt});
+    pending.push_back({rank(), key, step, value, tokens, now(), std::nullopt});
 }
 
 void HostContext::log(LogLevel level, const std::string& message) {
-    if (level == LogLevel::Debug) return;
-    std::cerr << (level == LogLevel::Warning ? "warning: " : "") << message << "\n";
+    // Information once (rank 0), warnings from every rank, marked with it.
+    if (level == LogLevel::Debug || (level == LogLevel::Info && rank() != 0)) return;
+    const std::string who = world_size() > 1 ? "[rank " + std::to_string(rank()) + "] " : "";
+    std::cerr << who << (level == LogLevel::Warning ? "warning: " : "") << message << "\n";
 }
 
 uint64_t HostContext::seed(const std::string& stream) const {

@@ -19,10 +19,11 @@ std::unique_ptr<Transport> make_local_transport();
 
 class HostContext : public RunContext {
 public:
-    HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab);
+    HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab,
+                std::shared_ptr<Transport> transport = make_local_transport());
 
-    int rank() const override { return 0; }
-    int world_size() const override { return 1; }
+    int rank() const override { return transport_->rank(); }
+    int world_size() const override { return transport_->world_size(); }
     torch::Device device() const override { return device_; }
     Transport& transport() override { return *transport_; }
     const Value& setting(const std::string& key) const override;
@@ -51,7 +52,7 @@ private:
     const ResolvedConfig& cfg_;
     torch::Device device_;
     int64_t vocab_;
-    std::unique_ptr<Transport> transport_;
+    std::shared_ptr<Transport> transport_;
     std::chrono::steady_clock::time_point start_;
 };
 

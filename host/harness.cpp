@@ -24,6 +24,8 @@
 #include "peak.hpp"
 #include "results.hpp"
 #include "text_util.hpp"
+#include "launch.hpp"
+#include "transport_c10d.hpp"
 
 namespace plexus::host {
 
@@ -143,6 +145,61 @@ private:
     bool bar_ = false, lines_ = true, shown_ = false;
 };
 
+int env_int(const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::atoi(v) : fallback;
+}
+
+// Writes the run's rows when this process owns the database (single rank, launcher, rank 0);
+// on other ranks every call is a no-op, so the loop below needs no rank checks.
+class Recorder {
+public:
+    Recorder(ResultsStore* store, int64_t run) : store_(store), run_(run) {}
+    void summary(const std::string& key, double value, int rank = 0) {
+        if (store_) store_->set_summary(run_, rank, key, value);
+    }
+    void summary_text(const std::string& key, const std::string& text) {
+        if (store_) store_->set_summary_text(run_, 0, key, text);
+    }
+    void metrics(std::vector<MetricRow>& rows) {
+        if (store_ && !rows.empty()) store_->add_metrics(run_, rows);
+        rows.clear();
+    }
+    void finish(const std::string& status, const std::string& error) {
+        if (store_) store_->finish_run(run_, status, error);
+    }
+    std::string where() const { return store_ ? store_->path() : "rank 0's database"; }
+
+private:
+    ResultsStore* store_;
+    int64_t run_;
+};
+
+// The launcher of a local multi-process run: starts the workers (this same command line with a
+// rank in the environment), and if one fails, stops the rest and records why on the run.
+int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& options, int ranks) {
+    const int port = free_port();
+    std::cout << "plexus: launching " << ranks << " local workers for run " << run_id << " (rendezvous 127.0.0.1:"
+              << port << ")" << std::endl;
+    // Ctrl-C reaches every worker from the terminal; each records itself as interrupted. The
+    // launcher must outlive them to report (workers die with it: PR_SET_PDEATHSIG).
+    std::signal(SIGINT, SIG_IGN);
+    const auto failure = run_local_workers(options.argv, ranks, port,
+                                           {"PLEXUS_WORKER=1", "PLEXUS_RUN_ID=" + std::to_string(run_id)});
+    if (failure.rank < 0) return kOk;
+    const auto loss = store.metric_series(run_id, "loss");
+    const std::string last = loss.empty() ? "before the first step" : "after step " + std::to_string(loss.back().first);
+    const std::string what = "rank " + std::to_string(failure.rank) + " exited with code " +
+                             std::to_string(failure.exit_code) + " " + last + "; the other workers were stopped";
+    // Rank 0 may have recorded its own view first (a peer's connection reset): keep it, after ours.
+    const auto run = store.get_run(run_id);
+    std::string error = what;
+    if (run && run->status != "running" && !run->error.empty()) error += "; rank 0 reported: " + run->error;
+    store.finish_run(run_id, failure.exit_code == kDiverged ? "diverged" : "failed", error);
+    std::cerr << "error: run " << run_id << ": " << what << "\n";
+    return failure.exit_code == kDiverged ? kDiverged : failure.exit_code == kInterrupted ? kInterrupted : kFailed;
+}
+
 void print_error(const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
@@ -163,6 +220,9 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     PluginRegistry registry;
     std::unique_ptr<ResultsStore> store;
     torch::Device device = torch::kCPU;
+    std::string mode;
+    bool is_launcher = false;
+    std::optional<Rendezvous> rendezvous;
     try {
         exp = load_experiment(path);
         for (const auto& o : options.overrides) apply_override(exp, o);
@@ -183,23 +243,43 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         if (schedule != "constant" && schedule != "cosine" && schedule != "linear")
             throw Error(exp.settings.count("train.lr_schedule") ? exp.settings.at("train.lr_schedule").where.str() + ": train.lr_schedule = \"" + schedule + "\" is unknown" : "train.lr_schedule is unknown",
                         "use constant, cosine or linear");
-        if (cfg.values.at("launch.mode").as_string() != "single")
-            throw Error("launch.mode = \"" + cfg.values.at("launch.mode").as_string() + "\" is not available in this build",
-                        "use mode = \"single\"");
+        mode = cfg.values.at("launch.mode").as_string();
+        if (mode != "single" && mode != "local" && mode != "env")
+            throw Error("launch.mode = \"" + mode + "\" is unknown",
+                        "use single (one process), local (plexus starts launch.ranks workers here) or env "
+                        "(join a job started by torchrun, srun or mpirun)");
+        if (mode == "local" && cfg.values.at("launch.ranks").as_int() < 1)
+            throw Error("launch.ranks must be >= 1", "set [launch] ranks = 2");
+        is_launcher = mode == "local" && !std::getenv("PLEXUS_WORKER");
+        if (mode == "env" || (mode == "local" && !is_launcher)) {
+            rendezvous = rendezvous_from_env();
+            if (!rendezvous)
+                throw Error("launch.mode = \"" + mode + "\" but no rank is set in the environment",
+                            "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
+            rendezvous->timeout_s = cfg.values.at("launch.timeout").as_double();
+        }
         for (const char* key : {"train.batch_size", "train.seq_len", "train.log_every"})
             if (cfg.values.at(key).as_int() < 1) throw Error(std::string(key) + " must be >= 1", "fix it in " + path);
         if (cfg.values.at("train.steps").as_int() <= 0 && cfg.values.at("train.tokens").as_int() <= 0)
             throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
         device = choose_device(cfg.values.at("train.device").as_string());
-        store = std::make_unique<ResultsStore>(cfg.values.at("results.db").as_string());
+        // Only the launcher, or rank 0, writes the run's rows.
+        if (!rendezvous || rendezvous->rank == 0)
+            store = std::make_unique<ResultsStore>(cfg.values.at("results.db").as_string());
     } catch (const std::exception& e) {
         print_error(e);
         return kFailed;
     }
+    const int rank = rendezvous ? rendezvous->rank : 0;
+    const int world = rendezvous ? rendezvous->world_size : 1;
 
     const auto& v = cfg.values;
-    const int threads = v.at("train.threads").as_int() > 0 ? static_cast<int>(v.at("train.threads").as_int())
-                                                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // N local workers share the cores: never oversubscribe them.
+    const int local_ranks = is_launcher ? static_cast<int>(v.at("launch.ranks").as_int())
+                            : mode == "local" ? world : std::max(1, env_int("LOCAL_WORLD_SIZE", 1));
+    const int threads = v.at("train.threads").as_int() > 0
+                            ? static_cast<int>(v.at("train.threads").as_int())
+                            : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / local_ranks);
     set_compute_threads(threads);
 
     // Phase 2: the run exists; from here every failure is recorded on it.
@@ -215,20 +295,24 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     info.host = hostname();
     info.git_rev = git_revision(fs::absolute(path).parent_path().string());
     info.command = options.command_line;
+    info.world_size = is_launcher ? v.at("launch.ranks").as_int() : world;
     int64_t run_id = 0;
     try {
-        run_id = store->begin_run(info, v);
+        if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) run_id = std::atoll(id);
+        else if (store) run_id = store->begin_run(info, v);
     } catch (const std::exception& e) {
         print_error(e);
         return kFailed;
     }
+    if (is_launcher) return launch_workers(*store, run_id, options, static_cast<int>(info.world_size));
 
-    Progress progress(v.at("results.progress").as_string(), v.at("train.steps").as_int());
+    Progress progress(rank == 0 ? v.at("results.progress").as_string() : "none", v.at("train.steps").as_int());
+    Recorder rec(store.get(), run_id);
     std::unique_ptr<HostContext> ctx;
     auto fail = [&](const std::string& status, const std::string& error) {
         try {
-            if (ctx && !ctx->pending.empty()) store->add_metrics(run_id, ctx->pending);
-            store->finish_run(run_id, status, error);
+            if (ctx) rec.metrics(ctx->pending);
+            rec.finish(status, error);
         } catch (const std::exception& e) {
             std::cerr << "error: could not record the end of run " << run_id << ": " << e.what() << "\n";
         }
@@ -245,11 +329,14 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     try {
         const int64_t B = v.at("train.batch_size").as_int(), T = v.at("train.seq_len").as_int();
         // The dataset needs a context for its factory; its vocabulary is known only after.
-        HostContext bootstrap(cfg, device, 0);
+        std::shared_ptr<Transport> transport =
+            rendezvous ? std::shared_ptr<Transport>(make_gloo_transport(*rendezvous)) : make_local_transport();
+        HostContext bootstrap(cfg, device, 0, transport);
         auto dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
         if (!dataset) throw Error("dataset plugin '" + cfg.plugins.at("data")->name + "' returned no dataset");
-        ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size());
-        StreamSpec train_spec{Split::Train, B, T, 0, 1, ctx->seed("data")};
+        ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport);
+        // Each rank trains on its rows of one global batch; every rank evaluates the same batches.
+        StreamSpec train_spec{Split::Train, B, T, rank, world, ctx->seed("data")};
         StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx->seed("data.val")};
         DeviceStream train(dataset->open(train_spec), device);
         DeviceStream val(dataset->open(val_spec), device);
@@ -263,13 +350,14 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         else peak = gpu_peak(device.str());
 
         const double flops_per_token = ctx->flops.flops;
-        store->set_summary(run_id, 0, "params", static_cast<double>(ctx->params));
-        store->set_summary(run_id, 0, "flops_per_token", flops_per_token);
-        store->set_summary_text(run_id, 0, "flops_convention", ctx->flops.convention);
-        store->set_summary_text(run_id, 0, "peak_source", peak.source);
-        if (peak.flops) store->set_summary(run_id, 0, "peak_flops", *peak.flops);
+        rec.summary("params", static_cast<double>(ctx->params));
+        rec.summary("flops_per_token", flops_per_token);
+        rec.summary_text("flops_convention", ctx->flops.convention);
+        rec.summary_text("peak_source", peak.source);
+        if (peak.flops) rec.summary("peak_flops", *peak.flops);
 
-        progress.line("plexus run '" + info.name + "' -> run " + std::to_string(run_id) + " in " + store->path());
+        progress.line("plexus run '" + info.name + "' -> run " + std::to_string(run_id) + " in " + rec.where() +
+                      (world > 1 ? " (rank 0 of " + std::to_string(world) + ", " + transport->backend() + ")" : ""));
         progress.line("  " + dataset->describe());
         progress.line("  " + info.plugins + " | " + human_count(static_cast<double>(ctx->params)) + " params, " +
                       human_count(flops_per_token) + "FLOP/token | " + info.device + " | peak " +
@@ -359,8 +447,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                               human_bytes(peak_rss_bytes()).c_str(), human_duration(ctx->now()).c_str(),
                               human_duration(eta).c_str());
                 progress.line(buf);
-                store->add_metrics(run_id, ctx->pending);
-                ctx->pending.clear();
+                rec.metrics(ctx->pending);
                 interval_seconds = 0;
                 interval_tokens = interval_steps = 0;
                 interval_loss = 0;
@@ -373,22 +460,29 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         // Summaries: throughput excludes the first step (allocations, thread start-up).
         const double tps = tokens_after_first > 0 ? tokens_after_first / step_seconds_after_first
                                                   : (step_seconds_total > 0 ? ctx->tokens / step_seconds_total : 0);
-        store->set_summary(run_id, 0, "steps", static_cast<double>(step));
-        store->set_summary(run_id, 0, "tokens", static_cast<double>(ctx->tokens));
-        store->set_summary(run_id, 0, "final_loss", last_loss);
-        store->set_summary(run_id, 0, "final_eval_loss", last_eval);
-        store->set_summary(run_id, 0, "tokens_per_s", tps);
-        store->set_summary(run_id, 0, "step_time", step > 0 ? step_seconds_total / step : NAN);
-        store->set_summary(run_id, 0, "mfu", peak.flops ? mfu(flops_per_token, tps, *peak.flops) : NAN);
-        store->set_summary(run_id, 0, "peak_memory", peak_rss_bytes());
+        rec.summary("steps", static_cast<double>(step));
+        rec.summary("tokens", static_cast<double>(ctx->tokens));
+        rec.summary("final_loss", last_loss);
+        rec.summary("final_eval_loss", last_eval);
+        rec.summary("tokens_per_s", tps);
+        rec.summary("step_time", step > 0 ? step_seconds_total / step : NAN);
+        rec.summary("mfu", peak.flops ? mfu(flops_per_token, tps, *peak.flops) : NAN);
+        rec.summary("peak_memory", peak_rss_bytes());
         const auto comm = ctx->transport().stats();
-        store->set_summary(run_id, 0, "bytes_sent", static_cast<double>(comm.bytes_sent));
-        store->set_summary(run_id, 0, "comm_time", comm.seconds_total);
-        store->set_summary(run_id, 0, "comm_exposed_time", comm.seconds_exposed);
-        store->set_summary(run_id, 0, "wall_time", ctx->now());
-        if (!ctx->pending.empty()) store->add_metrics(run_id, ctx->pending);
-        ctx->pending.clear();
-        store->finish_run(run_id, status, status == "diverged" ? "loss became " + std::to_string(last_loss) + " at step " + std::to_string(step) : "");
+        rec.summary("bytes_sent", static_cast<double>(comm.bytes_sent));
+        rec.summary("comm_time", comm.seconds_total);
+        rec.summary("comm_exposed_time", comm.seconds_exposed);
+        rec.summary("wall_time", ctx->now());
+        // Per-rank figures, gathered to rank 0 (one small all-gather at the end).
+        auto mine = torch::tensor({tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed,
+                                   peak_rss_bytes()}, torch::kFloat64);
+        auto all = torch::empty({world * mine.numel()}, torch::kFloat64);
+        transport->all_gather(all, mine)->wait();
+        const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time", "peak_memory"};
+        for (int r = 1; r < world; ++r)
+            for (int k = 0; k < 5; ++k) rec.summary(per_rank[k], all[r * 5 + k].item<double>(), r);
+        rec.metrics(ctx->pending);
+        rec.finish(status, status == "diverged" ? "loss became " + std::to_string(last_loss) + " at step " + std::to_string(step) : "");
 
         char buf[256];
         std::snprintf(buf, sizeof buf, "run %lld %s: %lld steps, %s tokens, final eval loss %.4f, %s tok/s, MFU %s",
@@ -410,7 +504,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         progress.clear();
         print_error(e);
         fail("failed", error_text(e));
-        std::cerr << "run " << run_id << " marked failed in " << store->path() << "\n";
+        if (store) std::cerr << "run " << run_id << " marked failed in " << store->path() << "\n";
         return kFailed;
     }
 }

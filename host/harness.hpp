@@ -11,6 +11,7 @@ struct RunOptions {
     std::string db;                      // --db: overrides results.db
     std::string progress;                // --progress: overrides results.progress
     std::string command_line;            // recorded with the run
+    std::vector<std::string> argv;       // the whole command line: local workers re-run it
 };
 
 // Exit codes of `plexus run`.

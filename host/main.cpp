@@ -252,6 +252,7 @@ int main(int argc, char** argv) {
     if (cmd == "run") {
         RunOptions opts;
         for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
+        opts.argv.assign(argv, argv + argc);
         std::string value;
         while (take_flag(args, "--set", value)) opts.overrides.push_back(value);
         take_flag(args, "--db", opts.db);

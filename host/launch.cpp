@@ -1,0 +1,112 @@
+#include "launch.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include <plexus/error.hpp>
+
+namespace plexus::host {
+
+int free_port() {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    socklen_t len = sizeof addr;
+    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        if (fd >= 0) close(fd);
+        throw Error(std::string("cannot find a free port on 127.0.0.1: ") + std::strerror(errno));
+    }
+    const int port = ntohs(addr.sin_port);
+    close(fd);
+    return port;
+}
+
+namespace {
+int decode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+}  // namespace
+
+WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, int port,
+                             const std::vector<std::string>& env, double grace_s) {
+    const pid_t launcher = getpid();
+    std::vector<pid_t> pids(ranks, -1);
+    for (int r = 0; r < ranks; ++r) {
+        pid_t pid = fork();
+        if (pid < 0) throw Error(std::string("cannot start worker ") + std::to_string(r) + ": " + std::strerror(errno));
+        if (pid == 0) {
+            // A worker never outlives its launcher, even one killed with SIGKILL.
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != launcher) _exit(137);
+            setenv("RANK", std::to_string(r).c_str(), 1);
+            setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+            setenv("WORLD_SIZE", std::to_string(ranks).c_str(), 1);
+            setenv("LOCAL_WORLD_SIZE", std::to_string(ranks).c_str(), 1);
+            setenv("MASTER_ADDR", "127.0.0.1", 1);
+            setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+            for (const auto& kv : env) putenv(strdup(kv.c_str()));
+            std::vector<char*> args;
+            for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+            args.push_back(nullptr);
+            execv("/proc/self/exe", args.data());
+            _exit(127);
+        }
+        pids[r] = pid;
+    }
+
+    WorkerExit first_failure;
+    int running = ranks;
+    auto rank_of = [&](pid_t pid) {
+        for (int r = 0; r < ranks; ++r)
+            if (pids[r] == pid) return r;
+        return -1;
+    };
+    while (running > 0) {
+        int status = 0;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        const int r = rank_of(pid);
+        if (r < 0) continue;
+        pids[r] = -1;
+        --running;
+        const int code = decode(status);
+        if (code != 0 && first_failure.rank < 0) {
+            first_failure = {r, code};
+            // One rank failed: the others would only wait for it until the collective timeout.
+            for (pid_t p : pids)
+                if (p > 0) kill(p, SIGTERM);
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(grace_s);
+            while (running > 0 && std::chrono::steady_clock::now() < deadline) {
+                pid_t q = waitpid(-1, &status, WNOHANG);
+                if (q > 0) {
+                    const int rq = rank_of(q);
+                    if (rq >= 0) {
+                        pids[rq] = -1;
+                        --running;
+                    }
+                } else {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                }
+            }
+            for (pid_t p : pids)
+                if (p > 0) kill(p, SIGKILL);
+        }
+    }
+    return first_failure;
+}
+
+}  // namespace plexus::host

@@ -1,0 +1,25 @@
+// `[launch] mode = "local"`: plexus starts N worker processes of itself on this machine, each
+// with the torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT),
+// watches them, and stops them all as soon as one fails, so that no worker outlives the run.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace plexus::host {
+
+struct WorkerExit {
+    int rank = -1;
+    int exit_code = 0;  // 128 + signal for a killed worker
+};
+
+// A free TCP port on the loopback interface.
+int free_port();
+
+// Runs `argv` as `ranks` workers (extra environment: the rendezvous plus `env`). Returns the
+// first worker that failed, or rank -1 with exit code 0 when all finished. Workers still running
+// after a failure are terminated (SIGTERM, then SIGKILL after `grace_s`).
+WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, int port,
+                             const std::vector<std::string>& env, double grace_s = 5.0);
+
+}  // namespace plexus::host

@@ -1,0 +1,30 @@
+// The real distributed transport: LibTorch's c10d (TCPStore rendezvous, ProcessGroupGloo for CPU
+// tensors), and the rendezvous read from the environment of torchrun, srun or mpirun.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <plexus/transport.hpp>
+
+namespace plexus::host {
+
+struct Rendezvous {
+    std::string master_addr = "127.0.0.1";
+    int master_port = 29500;
+    int rank = 0;
+    int world_size = 1;
+    int local_rank = 0;
+    double timeout_s = 300;  // rendezvous and every collective
+    std::string source;      // which environment it came from, for messages
+};
+
+// RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (torchrun), OMPI_COMM_WORLD_* (mpirun) or
+// SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (srun); nullopt when none is set.
+std::optional<Rendezvous> rendezvous_from_env();
+
+// Joins the group (blocks until every rank arrived, or throws after timeout_s).
+std::unique_ptr<Transport> make_gloo_transport(const Rendezvous& rv);
+
+}  // namespace plexus::host
