@@ -62,9 +62,10 @@ public:
         }
         for (size_t k = 0; k < params_.size(); ++k)
             params_[k].register_hook([this, k](torch::Tensor grad) { on_grad(k, grad); return grad; });
-        ctx.log(plexus::LogLevel::Info, "ddp: " + std::to_string(params_.size()) + " parameters in " +
-                                            std::to_string(buckets_.size()) + " bucket(s) of <= " +
-                                            std::to_string(bucket_mb) + " MiB, overlap " + (overlap_ ? "on" : "off"));
+        char line[160];
+        std::snprintf(line, sizeof line, "ddp: %zu parameters in %zu bucket(s) of <= %.3g MiB, overlap %s",
+                      params_.size(), buckets_.size(), bucket_mb, overlap_ ? "on" : "off");
+        ctx.log(plexus::LogLevel::Info, line);
     }
 
     plexus::StepOutput step(const plexus::StepInput& in) override {
@@ -103,6 +104,9 @@ public:
         optimizer_->step(grads, in.lr_scale);
         for (auto& g : grads) g.zero_();
         ctx_.charge_compute(flops_per_token_ * static_cast<double>(out.tokens) + optimizer_->flops_per_step());
+        const auto comm_stats = comm_->stats();
+        ctx_.record("comm_bytes", static_cast<double>(comm_stats.bytes_sent));
+        ctx_.record("comm_ratio", comm_stats.compression_ratio());
         // The loss every rank reports is the mean over all ranks' batches (one scalar all-reduce).
         auto mean_loss = (loss_sum / static_cast<double>(accumulate_)).to(torch::kFloat64);
         transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();

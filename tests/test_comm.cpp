@@ -1,0 +1,137 @@
+// Communication schemes on two ranks over Gloo (two threads of this process): each averages
+// within its error bound, error feedback keeps the accumulated error bounded, and the bytes
+// sent match each scheme's formula.
+#include <catch2/catch.hpp>
+#include <plexus/plexus.hpp>
+#include <thread>
+#include <torch/torch.h>
+
+#include "helpers.hpp"
+#include "launch.hpp"
+#include "transport_c10d.hpp"
+
+using namespace plexus;
+using namespace plexus::test;
+
+namespace {
+
+struct RankResult {
+    std::vector<torch::Tensor> outputs;  // one per call
+    CommSchemeStats stats;
+    int64_t transport_bytes = 0;
+};
+
+// Calls the [comm] scheme of `comm_section` on each rank's inputs (inputs[rank][call]).
+std::vector<RankResult> run_scheme(const std::string& comm_section, const std::vector<std::vector<torch::Tensor>>& inputs) {
+    TempDir dir;
+    auto cfg = resolve_text(dir, "[model]\nname = \"gpt\"\n[data]\nname = \"synthetic\"\n" + comm_section);
+    const int port = host::free_port();
+    std::vector<RankResult> results(2);
+    std::vector<std::exception_ptr> errors(2);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+        threads.emplace_back([&, r] {
+            try {
+                host::Rendezvous rv;
+                rv.master_port = port;
+                rv.rank = r;
+                rv.world_size = 2;
+                rv.timeout_s = 30;
+                std::shared_ptr<Transport> transport = host::make_gloo_transport(rv);
+                host::HostContext ctx(cfg, torch::kCPU, 32, transport);
+                auto scheme = ctx.make_comm("comm");
+                for (const auto& x : inputs[r]) {
+                    auto t = x.clone();
+                    scheme->all_reduce_mean(t, *transport, 0)->wait();
+                    results[r].outputs.push_back(t);
+                }
+                results[r].stats = scheme->stats();
+                results[r].transport_bytes = transport->stats().bytes_sent;
+            } catch (...) {
+                errors[r] = std::current_exception();
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    return results;
+}
+
+std::vector<std::vector<torch::Tensor>> random_inputs(int64_t n, int calls) {
+    std::vector<std::vector<torch::Tensor>> in(2);
+    for (int r = 0; r < 2; ++r) {
+        torch::manual_seed(100 + r);
+        for (int c = 0; c < calls; ++c) in[r].push_back(torch::randn({n}));
+    }
+    return in;
+}
+
+}  // namespace
+
+TEST_CASE("plain, top-k at ratio 1 and hierarchical all-reduce give the exact mean", "[comm]") {
+    const int64_t n = 1000;
+    auto in = random_inputs(n, 2);
+    for (const std::string section : {"[comm]\nname = \"allreduce\"\n", "[comm]\nname = \"topk\"\nratio = 1.0\n",
+                                      "[comm]\nname = \"hierarchical\"\nnode_size = 1\n",
+                                      "[comm]\nname = \"hierarchical\"\nnode_size = 2\n"}) {
+        INFO(section);
+        auto out = run_scheme(section, in);
+        for (int c = 0; c < 2; ++c) {
+            auto mean = (in[0][c] + in[1][c]) / 2;
+            CHECK(torch::allclose(out[0].outputs[c], mean, 1e-6, 1e-6));
+            CHECK(torch::equal(out[0].outputs[c], out[1].outputs[c]));
+        }
+    }
+    // Plain all-reduce on 2 ranks: a ring sends 2(W-1)/W of the buffer, i.e. 4n bytes per call.
+    auto plain = run_scheme("[comm]\nname = \"allreduce\"\n", in);
+    CHECK(plain[0].stats.bytes_sent == 2 * 4 * n);
+    CHECK(plain[0].stats.compression_ratio() == Approx(1.0));
+}
+
+TEST_CASE("quantized averaging stays within its error bound and sends the stated bytes", "[comm]") {
+    const int64_t n = 1000;  // not a multiple of the chunk: padding is exercised
+    auto in = random_inputs(n, 1);
+    auto mean = (in[0][0] + in[1][0]) / 2;
+
+    auto int8 = run_scheme("[comm]\nname = \"quantize\"\nformat = \"int8\"\nchunk = 128\n", in);
+    // Each rank's code is off by at most half its chunk's scale (max|x| / 127); the mean halves it.
+    const double bound = (in[0][0].abs().max().item<double>() + in[1][0].abs().max().item<double>()) / 127.0 / 4.0;
+    CHECK((int8[0].outputs[0] - mean).abs().max().item<double>() <= bound + 1e-6);
+    CHECK((int8[0].outputs[0] - mean).abs().max().item<double>() > 0);  // it is lossy
+    // all-gather of 1024 int8 codes and 8 float scales: (W-1) * (1024 + 8*4) bytes.
+    CHECK(int8[0].stats.bytes_sent == 1024 + 8 * 4);
+    CHECK(int8[0].stats.compression_ratio() == Approx(4000.0 / 1056.0));
+
+    auto bf16 = run_scheme("[comm]\nname = \"quantize\"\nformat = \"bf16\"\n", in);
+    auto rel = ((bf16[0].outputs[0] - mean).abs() / ((in[0][0].abs() + in[1][0].abs()) / 2 + 1e-12)).max().item<double>();
+    CHECK(rel <= std::pow(2.0, -8));
+    CHECK(bf16[0].stats.bytes_sent == 2 * n);  // (W-1) * n * 2 bytes
+}
+
+TEST_CASE("error feedback keeps the accumulated error bounded (top-k, PowerSGD)", "[comm]") {
+    const int64_t n = 900;  // 30 x 30 for PowerSGD
+    const int calls = 60;
+    // The same gradient every call: without error feedback, top-k would drop the same 99% of it
+    // every time and the accumulated error would grow linearly with the calls.
+    auto in = random_inputs(n, 1);
+    std::vector<std::vector<torch::Tensor>> repeated(2);
+    for (int r = 0; r < 2; ++r) repeated[r].assign(calls, in[r][0]);
+    auto mean = (in[0][0] + in[1][0]) / 2;
+    for (const std::string section : {"[comm]\nname = \"topk\"\nratio = 0.05\n", "[comm]\nname = \"powersgd\"\nrank = 2\n"}) {
+        INFO(section);
+        auto out = run_scheme(section, repeated);
+        auto total = torch::zeros({n});
+        double worst = 0;
+        for (int c = 0; c < calls; ++c) {
+            total += out[0].outputs[c];
+            // sum of outputs minus sum of true means = -(mean residual): must not grow with c
+            worst = std::max(worst, (total - mean * (c + 1)).norm().item<double>());
+        }
+        CHECK(worst < 25 * mean.norm().item<double>());
+        CHECK((total / calls - mean).norm().item<double>() < 0.5 * mean.norm().item<double>());
+    }
+    auto topk = run_scheme("[comm]\nname = \"topk\"\nratio = 0.05\n", random_inputs(n, 1));
+    CHECK(topk[0].stats.bytes_sent == 45 * 8);  // (W-1) * k * (int32 index + float32 value), k = 45
+    auto psgd = run_scheme("[comm]\nname = \"powersgd\"\nrank = 2\n", random_inputs(n, 1));
+    CHECK(psgd[0].stats.bytes_sent == 4 * 2 * (30 + 30));  // two all-reduces of r*rows and r*cols floats
+}
