@@ -39,8 +39,13 @@ Experiment files (TOML) have sections [model], [data], [optimizer], [strategy], 
 plugins (name = "...") with their settings, and the host's [train], [results], [launch].
 `extends = "base.toml"` inherits another file. Unknown keys are errors.
 
+Distributed runs ([launch] mode): single (one process), local (plexus starts `ranks` worker
+processes here over c10d/Gloo), env (join a job started by torchrun, srun or mpirun: RANK,
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT or their OMPI_/SLURM_ equivalents). Only rank 0 records.
+
 Environment:
   PLEXUS_PLUGIN_PATH   extra plugin folders, colon-separated (searched after the build's own)
+  GLOO_SOCKET_IFNAME   network interface for Gloo across machines
 
 Exit codes: 0 finished, 1 failed, 2 usage, 3 diverged, 130 interrupted.
 Default database: results/plexus.db (relative to the current folder).
