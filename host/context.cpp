@@ -11,12 +11,6 @@ namespace plexus::host {
 
 namespace {
 
-class CompletedWork : public Work {
-public:
-    void wait() override {}
-    bool is_completed() override { return true; }
-};
-
 class LocalTransport : public Transport {
 public:
     int rank() const override { return 0; }

@@ -41,16 +41,12 @@ public:
         intra_->all_gather(padded, mine)->wait();
         stats_.bytes_sent += intra_->stats().bytes_sent + inter_->stats().bytes_sent - before;
         tensor.copy_((padded.narrow(0, 0, n) / world).view_as(tensor));
-        return std::make_shared<Done>();
+        return std::make_shared<plexus::CompletedWork>();
     }
 
     plexus::CommSchemeStats stats() const override { return stats_; }
 
 private:
-    struct Done : plexus::Work {
-        void wait() override {}
-        bool is_completed() override { return true; }
-    };
     int64_t node_size_;
     std::shared_ptr<plexus::Transport> intra_, inter_;
     plexus::CommSchemeStats stats_;

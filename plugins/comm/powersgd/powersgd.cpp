@@ -44,16 +44,12 @@ public:
         auto approx = torch::mm(p, s.q.t()).view(-1);
         s.residual.copy_(m_flat - approx);
         tensor.copy_(approx.narrow(0, 0, n).view_as(tensor));
-        return std::make_shared<Done>();
+        return std::make_shared<plexus::CompletedWork>();
     }
 
     plexus::CommSchemeStats stats() const override { return stats_; }
 
 private:
-    struct Done : plexus::Work {
-        void wait() override {}
-        bool is_completed() override { return true; }
-    };
     struct State {
         torch::Tensor residual, q;
     };

@@ -46,16 +46,12 @@ public:
         }
         stats_.bytes_sent += transport.stats().bytes_sent - before;
         tensor.copy_((sum / world).view_as(tensor));
-        return std::make_shared<Done>();
+        return std::make_shared<plexus::CompletedWork>();
     }
 
     plexus::CommSchemeStats stats() const override { return stats_; }
 
 private:
-    struct Done : plexus::Work {
-        void wait() override {}
-        bool is_completed() override { return true; }
-    };
     std::string format_;
     int64_t chunk_;
     plexus::CommSchemeStats stats_;

@@ -36,16 +36,12 @@ public:
         auto dense = torch::zeros({n}, torch::kFloat32);
         dense.index_add_(0, all_idx.to(torch::kInt64), all_val);
         tensor.copy_((dense / world).view_as(tensor));
-        return std::make_shared<Done>();
+        return std::make_shared<plexus::CompletedWork>();
     }
 
     plexus::CommSchemeStats stats() const override { return stats_; }
 
 private:
-    struct Done : plexus::Work {
-        void wait() override {}
-        bool is_completed() override { return true; }
-    };
     double ratio_;
     std::map<int64_t, torch::Tensor> residuals_;
     plexus::CommSchemeStats stats_;

@@ -9,7 +9,7 @@
 // With accumulate > 1, only the last micro-batch communicates: the hook then adds the gradient
 // accumulated so far.
 #include <plexus/plexus.hpp>
-#include <torch/torch.h>
+#include <plexus/replica.hpp>
 
 namespace {
 
@@ -21,20 +21,15 @@ struct Bucket {
     std::shared_ptr<plexus::Work> work;
 };
 
-class Ddp : public plexus::Strategy {
+class Ddp : public plexus::ReplicaStrategy {
 public:
-    Ddp(const plexus::Config& cfg, plexus::RunContext& ctx) : ctx_(ctx), transport_(ctx.transport()) {
+    Ddp(const plexus::Config& cfg, plexus::RunContext& ctx) : ReplicaStrategy(ctx), transport_(ctx.transport()) {
         accumulate_ = cfg.get_int("accumulate");
         cfg.require(accumulate_ >= 1, "accumulate", "must be >= 1");
         const double bucket_mb = cfg.get_double("bucket_mb");
         cfg.require(bucket_mb > 0, "bucket_mb", "must be > 0");
         overlap_ = cfg.get_bool("overlap");
-        model_ = ctx.make_model();
-        auto slots = plexus::slots_of(*model_);
-        for (const auto& s : slots) params_.push_back(s.param);
-        optimizer_ = ctx.make_optimizer(std::move(slots));
         comm_ = ctx.make_comm();
-        flops_per_token_ = model_->flops_per_token(ctx.seq_len()).flops;
 
         // Every rank starts from rank 0's parameters (they are seeded alike; this makes sure).
         {
@@ -42,18 +37,19 @@ public:
             for (auto& p : params_) transport_.broadcast(p, 0)->wait();
         }
         const int64_t bucket_bytes = static_cast<int64_t>(bucket_mb * 1024 * 1024);
+        int64_t filled = 0;  // bytes in the bucket being filled
         bucket_of_.assign(params_.size(), 0);
         for (size_t k = params_.size(); k-- > 0;) {
             const int64_t bytes = params_[k].numel() * static_cast<int64_t>(params_[k].element_size());
-            if (buckets_.empty() || (pending_bytes_ > 0 && pending_bytes_ + bytes > bucket_bytes)) {
+            if (buckets_.empty() || (filled > 0 && filled + bytes > bucket_bytes)) {
                 buckets_.emplace_back();
-                pending_bytes_ = 0;
+                filled = 0;
             }
             auto& b = buckets_.back();
-            b.offsets.push_back(pending_bytes_ / static_cast<int64_t>(params_[k].element_size()));
+            b.offsets.push_back(filled / static_cast<int64_t>(params_[k].element_size()));
             b.params.push_back(k);
             bucket_of_[k] = buckets_.size() - 1;
-            pending_bytes_ += bytes;
+            filled += bytes;
         }
         for (auto& b : buckets_) {
             int64_t n = 0;
@@ -70,78 +66,36 @@ public:
 
     plexus::StepOutput step(const plexus::StepInput& in) override {
         plexus::StepOutput out;
-        model_->train();
-        torch::Tensor loss_sum;
-        for (int64_t i = 0; i < accumulate_; ++i) {
-            last_micro_batch_ = i + 1 == accumulate_;
-            auto batch = in.train->next();
-            auto loss = model_->loss(model_->forward(batch.inputs), batch.targets);
-            (accumulate_ > 1 ? loss / static_cast<double>(accumulate_) : loss).backward();
-            loss_sum = i == 0 ? loss.detach() : loss_sum + loss.detach();
-            out.tokens += batch.tokens();
-            ++out.micro_batches;
-        }
+        auto loss = forward_backward(*in.train, accumulate_, out,
+                                     [this](int64_t i) { last_micro_batch_ = i + 1 == accumulate_; });
         // Without overlap, every bucket's all-reduce starts only now.
         if (!overlap_)
             for (size_t b = 0; b < buckets_.size(); ++b) launch(b);
-        torch::NoGradGuard no_grad;
-        std::vector<torch::Tensor> grads;
-        grads.reserve(params_.size());
-        for (size_t b = 0; b < buckets_.size(); ++b) {
-            auto& bucket = buckets_[b];
-            if (!bucket.work) throw plexus::Error("ddp: bucket " + std::to_string(b) + " never received all its gradients",
-                                                  "a parameter the loss does not reach has no gradient; DDP needs every parameter used");
-            bucket.work->wait();
-            bucket.work.reset();
-            bucket.ready = 0;
-            for (size_t j = 0; j < bucket.params.size(); ++j) {
-                auto& p = params_[bucket.params[j]];
-                p.mutable_grad().view(-1).copy_(bucket.flat.narrow(0, bucket.offsets[j], p.numel()));
+        {
+            torch::NoGradGuard no_grad;
+            for (size_t b = 0; b < buckets_.size(); ++b) {
+                auto& bucket = buckets_[b];
+                if (!bucket.work)
+                    throw plexus::Error("ddp: bucket " + std::to_string(b) + " never received all its gradients",
+                                        "a parameter the loss does not reach has no gradient; DDP needs every parameter used");
+                bucket.work->wait();
+                bucket.work.reset();
+                bucket.ready = 0;
+                for (size_t j = 0; j < bucket.params.size(); ++j) {
+                    auto& p = params_[bucket.params[j]];
+                    p.mutable_grad().view(-1).copy_(bucket.flat.narrow(0, bucket.offsets[j], p.numel()));
+                }
             }
         }
-        for (auto& p : params_) grads.push_back(p.grad());
-        out.grad_norm = plexus::clip_grad_norm(grads, in.max_grad_norm);
-        optimizer_->step(grads, in.lr_scale);
-        for (auto& g : grads) g.zero_();
-        ctx_.charge_compute(flops_per_token_ * static_cast<double>(out.tokens) + optimizer_->flops_per_step());
+        update(in, out, gradients());
         const auto comm_stats = comm_->stats();
         ctx_.record("comm_bytes", static_cast<double>(comm_stats.bytes_sent));
         ctx_.record("comm_ratio", comm_stats.compression_ratio());
         // The loss every rank reports is the mean over all ranks' batches (one scalar all-reduce).
-        auto mean_loss = (loss_sum / static_cast<double>(accumulate_)).to(torch::kFloat64);
+        auto mean_loss = loss.to(torch::kFloat64);
         transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
         out.loss = mean_loss.item<double>();
         return out;
-    }
-
-    double evaluate(plexus::BatchStream& stream, int64_t batches) override {
-        torch::NoGradGuard no_grad;
-        model_->eval();
-        double total = 0;
-        for (int64_t i = 0; i < batches; ++i) {
-            auto batch = stream.next();
-            total += model_->loss(model_->forward(batch.inputs), batch.targets).item<double>();
-        }
-        model_->train();
-        return batches > 0 ? total / static_cast<double>(batches) : 0.0;
-    }
-
-    plexus::StateDict state() const override {
-        plexus::StateDict out;
-        for (const auto& item : model_->named_parameters())
-            out.emplace_back("model." + item.key(), item.value().detach().clone());
-        for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
-        return out;
-    }
-
-    void load_state(const plexus::StateDict& state) override {
-        torch::NoGradGuard no_grad;
-        auto named = model_->named_parameters();
-        if (state.size() < named.size())
-            throw plexus::Error("ddp: state has fewer tensors than the model has parameters",
-                                "the state comes from another model configuration");
-        for (size_t i = 0; i < named.size(); ++i) named[i].value().copy_(state[i].second);
-        optimizer_->load_state(plexus::StateDict(state.begin() + named.size(), state.end()));
     }
 
 private:
@@ -165,19 +119,13 @@ private:
         bucket.work = comm_->all_reduce_mean(bucket.flat, transport_, static_cast<int64_t>(b));
     }
 
-    plexus::RunContext& ctx_;
     plexus::Transport& transport_;
     int64_t accumulate_ = 1;
     bool overlap_ = true;
     bool last_micro_batch_ = true;
-    std::shared_ptr<plexus::Model> model_;
-    std::vector<torch::Tensor> params_;
-    std::unique_ptr<plexus::Optimizer> optimizer_;
     std::unique_ptr<plexus::CommScheme> comm_;
     std::vector<Bucket> buckets_;
     std::vector<size_t> bucket_of_;
-    int64_t pending_bytes_ = 0;
-    double flops_per_token_ = 0;
 };
 
 plexus::PluginDescriptor describe() {

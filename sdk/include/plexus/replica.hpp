@@ -1,0 +1,109 @@
+// plexus/replica.hpp: a base for strategies in which each rank holds the whole model and one
+// optimizer over all of its parameters (single, DDP; later the inner loop of DiLoCo, gossip).
+// It builds the model and optimizer through the RunContext and writes once what such
+// strategies share: the micro-batch forward/backward loop, the optimizer update with clipping,
+// evaluation, and the state. A subclass writes step() from these pieces and adds its
+// communication in between.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "plexus/context.hpp"
+#include "plexus/strategy.hpp"
+#include "plexus/util.hpp"
+
+namespace plexus {
+
+class ReplicaStrategy : public Strategy {
+public:
+    double evaluate(BatchStream& stream, int64_t batches) override {
+        torch::NoGradGuard no_grad;
+        model_->eval();
+        double total = 0;
+        for (int64_t i = 0; i < batches; ++i) {
+            auto batch = stream.next();
+            total += model_->loss(model_->forward(batch.inputs), batch.targets).item<double>();
+        }
+        model_->train();
+        return batches > 0 ? total / static_cast<double>(batches) : 0.0;
+    }
+
+    // "model.<name>" for every parameter, then "optimizer.<key>" for the optimizer's state.
+    StateDict state() const override {
+        StateDict out;
+        for (const auto& item : model_->named_parameters())
+            out.emplace_back("model." + item.key(), item.value().detach().clone());
+        for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
+        return out;
+    }
+
+    void load_state(const StateDict& state) override {
+        torch::NoGradGuard no_grad;
+        auto named = model_->named_parameters();
+        if (state.size() < named.size())
+            throw Error("the state has fewer tensors than the model has parameters",
+                        "the state comes from another model configuration");
+        for (size_t i = 0; i < named.size(); ++i) named[i].value().copy_(state[i].second);
+        optimizer_->load_state(StateDict(state.begin() + static_cast<std::ptrdiff_t>(named.size()), state.end()));
+    }
+
+protected:
+    explicit ReplicaStrategy(RunContext& ctx) : ctx_(ctx) {
+        model_ = ctx.make_model();
+        auto slots = slots_of(*model_);
+        for (const auto& s : slots) params_.push_back(s.param);
+        optimizer_ = ctx.make_optimizer(std::move(slots));
+        flops_per_token_ = model_->flops_per_token(ctx.seq_len()).flops;
+    }
+
+    // Forward and backward over `micro_batches` batches of `data`, each loss scaled by
+    // 1/micro_batches so that the gradients are the mean. `before_each(i)` runs before
+    // micro-batch i (DDP marks the last one). Fills out.tokens and out.micro_batches; returns
+    // the mean loss (a detached scalar tensor: no host sync here).
+    torch::Tensor forward_backward(BatchStream& data, int64_t micro_batches, StepOutput& out,
+                                   const std::function<void(int64_t)>& before_each = {}) {
+        model_->train();
+        torch::Tensor loss_sum;
+        for (int64_t i = 0; i < micro_batches; ++i) {
+            if (before_each) before_each(i);
+            auto batch = data.next();
+            auto loss = model_->loss(model_->forward(batch.inputs), batch.targets);
+            (micro_batches > 1 ? loss / static_cast<double>(micro_batches) : loss).backward();
+            loss_sum = i == 0 ? loss.detach() : loss_sum + loss.detach();
+            out.tokens += batch.tokens();
+            ++out.micro_batches;
+        }
+        return loss_sum / static_cast<double>(micro_batches);
+    }
+
+    // Each parameter's gradient (a zero one for a parameter the loss did not reach).
+    std::vector<torch::Tensor> gradients() {
+        std::vector<torch::Tensor> grads;
+        grads.reserve(params_.size());
+        for (auto& p : params_) {
+            if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+            grads.push_back(p.grad());
+        }
+        return grads;
+    }
+
+    // Clips, steps the optimizer, zeroes the gradients, charges the compute to the clock.
+    void update(const StepInput& in, StepOutput& out, const std::vector<torch::Tensor>& grads) {
+        out.grad_norm = clip_grad_norm(grads, in.max_grad_norm);
+        optimizer_->step(grads, in.lr_scale);
+        for (const auto& g : grads) g.zero_();
+        ctx_.charge_compute(flops_per_token_ * static_cast<double>(out.tokens) + optimizer_->flops_per_step());
+    }
+
+    RunContext& ctx_;
+    std::shared_ptr<Model> model_;
+    std::vector<torch::Tensor> params_;
+    std::unique_ptr<Optimizer> optimizer_;
+    double flops_per_token_ = 0;
+};
+
+}  // namespace plexus
