@@ -122,12 +122,23 @@ TEST_CASE("DDP gradient accumulation: 2 micro-batches of b equal one batch of 2b
     }
 }
 
-TEST_CASE("a worker that dies fails the run within the timeout and leaves no process behind", "[distributed]") {
-    TempDir dir;
+// A local 2-rank DDP run in the background: waits (bounded) until it has recorded 5 steps, sends
+// `sig` to rank 1, and returns what became of the launcher and the workers.
+struct Outcome {
+    int exit_code = -1;
+    double seconds = 0;           // from the signal to the launcher's exit
+    bool workers_left = true;     // any worker process still alive afterwards
+    host::RunInfo run;
+    std::string log;
+};
+
+Outcome signal_rank1_of_a_local_run(const TempDir& dir, int sig, double timeout_s) {
+    Outcome o;
     const auto db = dir / "r.db";
     const std::string log = dir / "out.log";
     const std::string cmd = std::string(PLEXUS_BINARY) + " run " + dir.file("ddp.toml", kDdp) + " --db " + db +
-                            " --set train.steps=100000 --set train.log_every=1 --progress lines";
+                            " --set train.steps=100000 --set train.log_every=1 --set launch.timeout=" +
+                            std::to_string(timeout_s) + " --progress lines";
     pid_t launcher = fork();
     if (launcher == 0) {
         freopen(log.c_str(), "w", stdout);
@@ -135,10 +146,8 @@ TEST_CASE("a worker that dies fails the run within the timeout and leaves no pro
         execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
         _exit(127);
     }
-    // Wait (bounded) until training is under way, then kill rank 1.
-    std::vector<pid_t> workers;
     int64_t steps = 0;
-    for (int i = 0; i < 600 && steps < 5; ++i) {
+    for (int i = 0; i < 600 && steps < 5; ++i) {  // polls the database for up to 30 s
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
         try {
             host::ResultsStore store(db);
@@ -148,33 +157,55 @@ TEST_CASE("a worker that dies fails the run within the timeout and leaves no pro
         }
     }
     REQUIRE(steps >= 5);
+    std::vector<pid_t> workers;
     std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
     for (pid_t p; children >> p;) workers.push_back(p);
     REQUIRE(workers.size() == 2);
     pid_t rank1 = -1;
     for (pid_t w : workers) {
         std::ifstream environ("/proc/" + std::to_string(w) + "/environ");
-        std::string all((std::istreambuf_iterator<char>(environ)), {});
-        if (all.find(std::string("RANK=1") + '\0') != std::string::npos && all.find("LOCAL_RANK=1") != std::string::npos)
-            rank1 = w;
+        std::string all = std::string(1, '\0') + std::string((std::istreambuf_iterator<char>(environ)), {});
+        if (all.find(std::string("\0RANK=1\0", 8)) != std::string::npos) rank1 = w;
     }
     REQUIRE(rank1 > 0);
     const auto t0 = std::chrono::steady_clock::now();
-    kill(rank1, SIGKILL);
+    kill(rank1, sig);
     int status = 0;
     waitpid(launcher, &status, 0);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 1);
-    CHECK(seconds < 60);  // within [launch] timeout
-    for (pid_t w : workers) CHECK_FALSE(alive(w));
+    o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    o.workers_left = false;
+    for (pid_t w : workers) o.workers_left |= alive(w);
     host::ResultsStore store(db);
-    auto run = store.list_runs(1).at(0);
-    CHECK(run.status == "failed");
-    CHECK_THAT(run.error, Contains("rank 1 exited with code 137 after step"));
+    o.run = store.list_runs(1).at(0);
     std::ifstream out(log);
-    std::string text((std::istreambuf_iterator<char>(out)), {});
-    CHECK_THAT(text, Contains("rank 1 exited"));
+    o.log.assign((std::istreambuf_iterator<char>(out)), {});
+    return o;
+}
+
+TEST_CASE("a worker that dies fails the run at once and leaves no process behind", "[distributed]") {
+    TempDir dir;
+    auto o = signal_rank1_of_a_local_run(dir, SIGKILL, 60);
+    INFO(o.log);
+    CHECK(o.exit_code == 1);
+    CHECK(o.seconds < 30);  // a dead peer is noticed at once (connection reset), not at the timeout
+    CHECK_FALSE(o.workers_left);
+    CHECK(o.run.status == "failed");
+    CHECK_THAT(o.run.error, Contains("rank 1 exited with code 137 after step"));
+    CHECK_THAT(o.log, Contains("rank 1 exited"));
+}
+
+TEST_CASE("a worker that hangs fails the run after launch.timeout and leaves no process behind", "[distributed]") {
+    TempDir dir;
+    auto o = signal_rank1_of_a_local_run(dir, SIGSTOP, 4);  // rank 1 freezes; rank 0 waits in a collective
+    INFO(o.log);
+    CHECK(o.exit_code == 1);
+    CHECK(o.seconds >= 3);   // rank 0 gave up at the collective timeout ...
+    CHECK(o.seconds < 40);   // ... and the launcher then stopped the frozen rank (SIGKILL after the grace)
+    CHECK_FALSE(o.workers_left);
+    CHECK(o.run.status == "failed");
+    CHECK_THAT(o.run.error, Contains("rank 0 exited with code 1"));
+    CHECK_THAT(o.run.error, Contains("rank 0 reported"));
 }
 
 TEST_CASE("mode env joins a job whose ranks were started by someone else", "[distributed]") {
