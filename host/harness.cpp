@@ -195,9 +195,10 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
     const auto run = store.get_run(run_id);
     std::string error = what;
     if (run && run->status != "running" && !run->error.empty()) error += "; rank 0 reported: " + run->error;
-    store.finish_run(run_id, failure.exit_code == kDiverged ? "diverged" : "failed", error);
-    std::cerr << "error: run " << run_id << ": " << what << "\n";
-    return failure.exit_code == kDiverged ? kDiverged : failure.exit_code == kInterrupted ? kInterrupted : kFailed;
+    const bool interrupted = failure.exit_code == kInterrupted;
+    store.finish_run(run_id, failure.exit_code == kDiverged ? "diverged" : interrupted ? "interrupted" : "failed", error);
+    std::cerr << (interrupted ? "run " : "error: run ") << run_id << ": " << what << "\n";
+    return failure.exit_code == kDiverged ? kDiverged : interrupted ? kInterrupted : kFailed;
 }
 
 void print_error(const std::exception& e) {
@@ -395,7 +396,9 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         while (true) {
             if (max_steps > 0 && step >= max_steps) break;
             if (max_tokens > 0 && ctx->tokens >= max_tokens) break;
-            if (g_interrupts > 0) { status = "interrupted"; break; }
+            // One rank stops alone; several agree on it at log points (below) so that none is left
+            // waiting in a collective for a peer that has gone.
+            if (world == 1 && g_interrupts > 0) { status = "interrupted"; break; }
             ctx->step = step;
             StepInput in;
             in.step = step;
@@ -453,6 +456,11 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                 interval_loss = 0;
             }
             progress.bar(step, out.loss, max_steps > 0 ? (step_seconds_total / step) * (max_steps - step) : NAN);
+            if (world > 1 && log_now) {
+                auto stop = torch::tensor({g_interrupts > 0 ? 1.0 : 0.0}, torch::kFloat64);
+                transport->all_reduce(stop, ReduceOp::Max)->wait();
+                if (stop.item<double>() > 0) { status = "interrupted"; break; }
+            }
         }
         progress.clear();
         if (status == "finished" && step > 0 && last_eval_step != step) last_eval = evaluate();

@@ -8,7 +8,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -36,6 +38,16 @@ int free_port() {
 
 namespace {
 int decode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+
+// The workers of the launch in progress, for the SIGTERM handler (async-signal-safe: kill only).
+constexpr int kMaxWorkers = 4096;
+volatile sig_atomic_t g_worker_count = 0;
+pid_t g_workers[kMaxWorkers];
+
+void forward_to_workers(int sig) {
+    for (int i = 0; i < g_worker_count; ++i)
+        if (g_workers[i] > 0) kill(g_workers[i], sig);
+}
 }  // namespace
 
 WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, int port,
@@ -63,7 +75,11 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
             _exit(127);
         }
         pids[r] = pid;
+        if (r < kMaxWorkers) g_workers[r] = pid;
     }
+    g_worker_count = std::min(ranks, kMaxWorkers);
+    // `kill <launcher>` stops the workers the same way: they record the run as interrupted.
+    auto previous_term = std::signal(SIGTERM, forward_to_workers);
 
     WorkerExit first_failure;
     int running = ranks;
@@ -106,6 +122,8 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
                 if (p > 0) kill(p, SIGKILL);
         }
     }
+    std::signal(SIGTERM, previous_term);
+    g_worker_count = 0;
     return first_failure;
 }
 

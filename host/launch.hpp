@@ -18,7 +18,8 @@ int free_port();
 
 // Runs `argv` as `ranks` workers (extra environment: the rendezvous plus `env`). Returns the
 // first worker that failed, or rank -1 with exit code 0 when all finished. Workers still running
-// after a failure are terminated (SIGTERM, then SIGKILL after `grace_s`).
+// after a failure are terminated (SIGTERM, then SIGKILL after `grace_s`). A SIGTERM sent to the
+// launcher meanwhile is forwarded to every worker.
 WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, int port,
                              const std::vector<std::string>& env, double grace_s = 5.0);
 

@@ -123,7 +123,7 @@ TEST_CASE("DDP gradient accumulation: 2 micro-batches of b equal one batch of 2b
 }
 
 // A local 2-rank DDP run in the background: waits (bounded) until it has recorded 5 steps, sends
-// `sig` to rank 1, and returns what became of the launcher and the workers.
+// `sig` to rank 1 (or to the launcher), and returns what became of the launcher and the workers.
 struct Outcome {
     int exit_code = -1;
     double seconds = 0;           // from the signal to the launcher's exit
@@ -132,7 +132,7 @@ struct Outcome {
     std::string log;
 };
 
-Outcome signal_rank1_of_a_local_run(const TempDir& dir, int sig, double timeout_s) {
+Outcome signal_a_local_run(const TempDir& dir, int sig, double timeout_s, bool to_launcher = false) {
     Outcome o;
     const auto db = dir / "r.db";
     const std::string log = dir / "out.log";
@@ -169,7 +169,7 @@ Outcome signal_rank1_of_a_local_run(const TempDir& dir, int sig, double timeout_
     }
     REQUIRE(rank1 > 0);
     const auto t0 = std::chrono::steady_clock::now();
-    kill(rank1, sig);
+    kill(to_launcher ? launcher : rank1, sig);
     int status = 0;
     waitpid(launcher, &status, 0);
     o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -185,7 +185,7 @@ Outcome signal_rank1_of_a_local_run(const TempDir& dir, int sig, double timeout_
 
 TEST_CASE("a worker that dies fails the run at once and leaves no process behind", "[distributed]") {
     TempDir dir;
-    auto o = signal_rank1_of_a_local_run(dir, SIGKILL, 60);
+    auto o = signal_a_local_run(dir, SIGKILL, 60);
     INFO(o.log);
     CHECK(o.exit_code == 1);
     CHECK(o.seconds < 30);  // a dead peer is noticed at once (connection reset), not at the timeout
@@ -197,7 +197,7 @@ TEST_CASE("a worker that dies fails the run at once and leaves no process behind
 
 TEST_CASE("a worker that hangs fails the run after launch.timeout and leaves no process behind", "[distributed]") {
     TempDir dir;
-    auto o = signal_rank1_of_a_local_run(dir, SIGSTOP, 4);  // rank 1 freezes; rank 0 waits in a collective
+    auto o = signal_a_local_run(dir, SIGSTOP, 4);  // rank 1 freezes; rank 0 waits in a collective
     INFO(o.log);
     CHECK(o.exit_code == 1);
     CHECK(o.seconds >= 3);   // rank 0 gave up at the collective timeout ...
@@ -206,6 +206,21 @@ TEST_CASE("a worker that hangs fails the run after launch.timeout and leaves no 
     CHECK(o.run.status == "failed");
     CHECK_THAT(o.run.error, Contains("rank 0 exited with code 1"));
     CHECK_THAT(o.run.error, Contains("rank 0 reported"));
+}
+
+TEST_CASE("SIGTERM to the launcher interrupts every rank at an agreed step and marks the run", "[distributed]") {
+    TempDir dir;
+    auto o = signal_a_local_run(dir, SIGTERM, 60, /*to_launcher=*/true);
+    INFO(o.log);
+    CHECK(o.exit_code == 130);
+    CHECK(o.seconds < 30);
+    CHECK_FALSE(o.workers_left);
+    CHECK(o.run.status == "interrupted");
+    // Both ranks stopped together at a log point, so rank 0 recorded its summaries.
+    host::ResultsStore store(dir / "r.db");
+    bool has_rank1_summary = false;
+    for (const auto& [rank, key, value, text] : store.summaries(o.run.id)) has_rank1_summary |= rank == 1;
+    CHECK(has_rank1_summary);
 }
 
 TEST_CASE("mode env joins a job whose ranks were started by someone else", "[distributed]") {
