@@ -94,7 +94,9 @@ double peak_rss_bytes() {
 }
 
 std::string git_revision(const std::string& dir) {
-    std::string cmd = "git -C '" + dir + "' rev-parse --short HEAD 2>/dev/null";
+    std::string quoted = "'";
+    for (char c : dir) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    std::string cmd = "git -C " + quoted + "' rev-parse --short HEAD 2>/dev/null";
     std::string out;
     if (FILE* p = popen(cmd.c_str(), "r")) {
         char buf[128];
@@ -185,8 +187,15 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
     // launcher must outlive them to report (workers die with it: PR_SET_PDEATHSIG).
     std::signal(SIGINT, SIG_IGN);
     const auto failure = run_local_workers(options.argv, ranks, port,
-                                           {"PLEXUS_WORKER=1", "PLEXUS_RUN_ID=" + std::to_string(run_id)});
+                                           {"PLEXUS_WORKER=1", "PLEXUS_RUN_ID=" + std::to_string(run_id)},
+                                           {kInterrupted, kDiverged});
     if (failure.rank < 0) return kOk;
+    const bool orderly = failure.exit_code == kInterrupted || failure.exit_code == kDiverged;
+    if (orderly) {
+        // The ranks agreed to stop and rank 0 recorded why; keep its record.
+        const auto run = store.get_run(run_id);
+        if (run && run->status != "running") return failure.exit_code;
+    }
     const auto loss = store.metric_series(run_id, "loss");
     const std::string last = loss.empty() ? "before the first step" : "after step " + std::to_string(loss.back().first);
     const std::string what = "rank " + std::to_string(failure.rank) + " exited with code " +
@@ -227,8 +236,10 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     try {
         exp = load_experiment(path);
         for (const auto& o : options.overrides) apply_override(exp, o);
-        if (!options.db.empty()) apply_override(exp, "results.db=\"" + options.db + "\"");
-        if (!options.progress.empty()) apply_override(exp, "results.progress=\"" + options.progress + "\"");
+        // Taken as they are (no TOML escapes: a path may hold backslashes or quotes).
+        if (!options.db.empty()) exp.settings["results.db"] = Setting{Value(options.db), SourceLoc{"--db", 0, 0}};
+        if (!options.progress.empty())
+            exp.settings["results.progress"] = Setting{Value(options.progress), SourceLoc{"--progress", 0, 0}};
         auto search = PluginRegistry::default_search_path();
         if (auto it = exp.settings.find("plugin_path"); it != exp.settings.end()) {
             const auto& v = it->second.value;
@@ -259,7 +270,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                             "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
             rendezvous->timeout_s = cfg.values.at("launch.timeout").as_double();
         }
-        for (const char* key : {"train.batch_size", "train.seq_len", "train.log_every"})
+        for (const char* key : {"train.batch_size", "train.seq_len", "train.log_every", "train.eval_batches"})
             if (cfg.values.at(key).as_int() < 1) throw Error(std::string(key) + " must be >= 1", "fix it in " + path);
         if (cfg.values.at("train.steps").as_int() <= 0 && cfg.values.at("train.tokens").as_int() <= 0)
             throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
@@ -305,7 +316,18 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         print_error(e);
         return kFailed;
     }
-    if (is_launcher) return launch_workers(*store, run_id, options, static_cast<int>(info.world_size));
+    if (is_launcher) {
+        try {
+            return launch_workers(*store, run_id, options, static_cast<int>(info.world_size));
+        } catch (const std::exception& e) {
+            print_error(e);
+            try {
+                store->finish_run(run_id, "failed", error_text(e));
+            } catch (...) {
+            }
+            return kFailed;
+        }
+    }
 
     Progress progress(rank == 0 ? v.at("results.progress").as_string() : "none", v.at("train.steps").as_int());
     Recorder rec(store.get(), run_id);
@@ -313,6 +335,10 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     auto fail = [&](const std::string& status, const std::string& error) {
         try {
             if (ctx) rec.metrics(ctx->pending);
+        } catch (const std::exception& e) {
+            std::cerr << "error: could not record the last metrics of run " << run_id << ": " << e.what() << "\n";
+        }
+        try {
             rec.finish(status, error);
         } catch (const std::exception& e) {
             std::cerr << "error: could not record the end of run " << run_id << ": " << e.what() << "\n";
@@ -376,6 +402,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         const double base_lr = cfg.values.count("optimizer.lr") && cfg.values.at("optimizer.lr").type() == ValueType::Float
                                    ? cfg.values.at("optimizer.lr").as_double() : 1.0;
         int64_t last_eval_step = -1;
+        bool diverged_here = false;  // this rank saw a non-finite loss
         double horizon = max_tokens > 0 ? static_cast<double>(max_tokens) : 0.0;
 
         auto evaluate = [&]() {
@@ -423,9 +450,9 @@ int run_experiment(const std::string& path, const RunOptions& options) {
             if (out.grad_norm >= 0) ctx->record("grad_norm", out.grad_norm);
             ++step;
             if (!std::isfinite(out.loss)) {
-                status = "diverged";
                 progress.line("step " + std::to_string(step) + ": loss is " + std::to_string(out.loss) + ": the run diverged");
-                break;
+                diverged_here = true;
+                if (world == 1) { status = "diverged"; break; }  // several ranks agree first, below
             }
             const bool log_now = step % log_every == 0 || step == max_steps;
             const bool eval_now = (eval_every > 0 && step % eval_every == 0) || step == max_steps;
@@ -457,9 +484,10 @@ int run_experiment(const std::string& path, const RunOptions& options) {
             }
             progress.bar(step, out.loss, max_steps > 0 ? (step_seconds_total / step) * (max_steps - step) : NAN);
             if (world > 1 && log_now) {
-                auto stop = torch::tensor({g_interrupts > 0 ? 1.0 : 0.0}, torch::kFloat64);
+                auto stop = torch::tensor({g_interrupts > 0 ? 1.0 : 0.0, diverged_here ? 1.0 : 0.0}, torch::kFloat64);
                 transport->all_reduce(stop, ReduceOp::Max)->wait();
-                if (stop.item<double>() > 0) { status = "interrupted"; break; }
+                if (stop[1].item<double>() > 0) { status = "diverged"; break; }
+                if (stop[0].item<double>() > 0) { status = "interrupted"; break; }
             }
         }
         progress.clear();

@@ -51,7 +51,7 @@ void forward_to_workers(int sig) {
 }  // namespace
 
 WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, int port,
-                             const std::vector<std::string>& env, double grace_s) {
+                             const std::vector<std::string>& env, const std::vector<int>& orderly, double grace_s) {
     const pid_t launcher = getpid();
     std::vector<pid_t> pids(ranks, -1);
     for (int r = 0; r < ranks; ++r) {
@@ -88,6 +88,11 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
             if (pids[r] == pid) return r;
         return -1;
     };
+    auto reaped = [&](int r) {  // forget the pid: it may be reused by an unrelated process
+        pids[r] = -1;
+        if (r < kMaxWorkers) g_workers[r] = 0;
+        --running;
+    };
     while (running > 0) {
         int status = 0;
         pid_t pid = waitpid(-1, &status, 0);
@@ -97,11 +102,11 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
         }
         const int r = rank_of(pid);
         if (r < 0) continue;
-        pids[r] = -1;
-        --running;
+        reaped(r);
         const int code = decode(status);
         if (code != 0 && first_failure.rank < 0) {
             first_failure = {r, code};
+            if (std::find(orderly.begin(), orderly.end(), code) != orderly.end()) continue;
             // One rank failed: the others would only wait for it until the collective timeout.
             for (pid_t p : pids)
                 if (p > 0) kill(p, SIGTERM);
@@ -110,10 +115,7 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
                 pid_t q = waitpid(-1, &status, WNOHANG);
                 if (q > 0) {
                     const int rq = rank_of(q);
-                    if (rq >= 0) {
-                        pids[rq] = -1;
-                        --running;
-                    }
+                    if (rq >= 0) reaped(rq);
                 } else {
                     std::this_thread::sleep_for(std::chrono::milliseconds(20));
                 }

@@ -20,7 +20,10 @@ int free_port();
 // first worker that failed, or rank -1 with exit code 0 when all finished. Workers still running
 // after a failure are terminated (SIGTERM, then SIGKILL after `grace_s`). A SIGTERM sent to the
 // launcher meanwhile is forwarded to every worker.
+// Exit codes in `orderly` (a worker that stopped on purpose: interrupted, diverged) are
+// reported but do not make the launcher stop the others: they are finishing the same way.
 WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, int port,
-                             const std::vector<std::string>& env, double grace_s = 5.0);
+                             const std::vector<std::string>& env, const std::vector<int>& orderly = {},
+                             double grace_s = 5.0);
 
 }  // namespace plexus::host

@@ -136,7 +136,8 @@ const PluginDescriptor* PluginRegistry::try_load(const std::string& path, std::s
     if (!lib.has("plexus_abi_fingerprint") || !lib.has("plexus_plugin"))
         return refuse("not a plexus plugin: it does not export plexus_abi_fingerprint and plexus_plugin "
                       "(build it with plexus_add_plugin() and PLEXUS_PLUGIN)");
-    // Read the fingerprint as data: nothing in the library has run yet.
+    // Read the fingerprint as data, before any function of the library is called (dlopen has run
+    // its static initializers only; the ELF check above keeps truncated files out of dlopen).
     const char* fingerprint = &lib.get<const char>("plexus_abi_fingerprint");
     if (std::strncmp(fingerprint, host_fingerprint(), 256) != 0)
         return refuse("ABI fingerprint mismatch: plugin was built for [" + std::string(fingerprint, strnlen(fingerprint, 256)) +

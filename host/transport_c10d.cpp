@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <functional>
+#include <map>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -33,8 +34,8 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 // exactly once, on the first wait().
 class C10dWork : public Work {
 public:
-    C10dWork(c10::intrusive_ptr<::c10d::Work> work, CommStats& stats, std::function<void()> finish)
-        : work_(std::move(work)), stats_(stats), finish_(std::move(finish)), issued_(Clock::now()) {}
+    C10dWork(c10::intrusive_ptr<::c10d::Work> work, std::shared_ptr<CommStats> stats, std::function<void()> finish)
+        : work_(std::move(work)), stats_(std::move(stats)), finish_(std::move(finish)), issued_(Clock::now()) {}
     ~C10dWork() override {
         if (!done_) {
             try {
@@ -48,8 +49,8 @@ public:
         if (done_) return;
         const auto t0 = Clock::now();
         work_->wait();
-        stats_.seconds_exposed += seconds_since(t0);
-        stats_.seconds_total += seconds_since(issued_);
+        stats_->seconds_exposed += seconds_since(t0);
+        stats_->seconds_total += seconds_since(issued_);
         done_ = true;
         if (finish_) finish_();
     }
@@ -57,7 +58,7 @@ public:
 
 private:
     c10::intrusive_ptr<::c10d::Work> work_;
-    CommStats& stats_;
+    std::shared_ptr<CommStats> stats_;
     std::function<void()> finish_;
     Clock::time_point issued_;
     bool done_ = false;
@@ -77,9 +78,12 @@ int64_t nbytes(const torch::Tensor& t) { return t.numel() * static_cast<int64_t>
 
 class GlooTransport : public Transport {
 public:
+    // `stats` is shared with the parent transport for a subgroup: the run's figures count every
+    // byte and wait, whichever group carried it.
     GlooTransport(c10::intrusive_ptr<c10d::Store> store, int rank, int world, std::chrono::milliseconds timeout,
-                  std::string addr)
-        : store_(std::move(store)), rank_(rank), world_(world), timeout_(timeout), addr_(std::move(addr)) {
+                  std::string addr, std::shared_ptr<CommStats> stats = std::make_shared<CommStats>())
+        : store_(std::move(store)), rank_(rank), world_(world), timeout_(timeout), addr_(std::move(addr)),
+          stats_(std::move(stats)) {
         auto options = c10d::ProcessGroupGloo::Options::create(timeout);
         // Loopback on one machine; GLOO_SOCKET_IFNAME or the host name's address across machines.
         if (const char* ifname = env("GLOO_SOCKET_IFNAME"))
@@ -164,11 +168,14 @@ public:
         if (my_index < 0)
             throw Error("rank " + std::to_string(rank_) + " asked for a subgroup it is not in (" + name + ")",
                         "every rank listed must call subgroup() with the same list, and only those");
+        // The n-th group over the same ranks gets its own keys (members create groups in the same order).
+        name += "#" + std::to_string(groups_made_[name]++);
         auto prefixed = c10::make_intrusive<c10d::PrefixStore>(name, store_);
-        return std::make_shared<GlooTransport>(prefixed, my_index, static_cast<int>(ranks.size()), timeout_, addr_);
+        return std::make_shared<GlooTransport>(prefixed, my_index, static_cast<int>(ranks.size()), timeout_, addr_,
+                                               stats_);
     }
 
-    CommStats stats() const override { return stats_; }
+    CommStats stats() const override { return *stats_; }
 
 private:
     // A work whose completion runs one more step after the inner work's.
@@ -190,8 +197,8 @@ private:
     };
 
     void count(double bytes) {
-        ++stats_.calls;
-        stats_.bytes_sent += static_cast<int64_t>(bytes);
+        ++stats_->calls;
+        stats_->bytes_sent += static_cast<int64_t>(bytes);
     }
 
     c10::intrusive_ptr<c10d::Store> store_;
@@ -199,7 +206,8 @@ private:
     int rank_, world_;
     std::chrono::milliseconds timeout_;
     std::string addr_;
-    CommStats stats_;
+    std::shared_ptr<CommStats> stats_;
+    std::map<std::string, int> groups_made_;
 };
 
 }  // namespace

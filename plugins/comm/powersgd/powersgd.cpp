@@ -27,9 +27,11 @@ public:
         const int64_t cols = (n + rows - 1) / rows;
         const int64_t r = std::min({rank_, rows, cols});
         if (!s.residual.defined() || s.residual.numel() != rows * cols) {
-            s.residual = torch::zeros({rows * cols}, torch::kFloat32);
+            const auto f32 = tensor.options().dtype(torch::kFloat32);  // on the tensor's device
+            s.residual = torch::zeros({rows * cols}, f32);
+            // Drawn on the CPU from the shared seed, so every rank (and device) starts alike.
             auto gen = at::detail::createCPUGenerator(plexus::mix_seed(seed_, static_cast<uint64_t>(key)));
-            s.q = torch::randn({cols, r}, gen, torch::kFloat32);
+            s.q = torch::randn({cols, r}, gen, torch::kFloat32).to(f32.device());
         }
         auto m_flat = s.residual.clone();
         m_flat.narrow(0, 0, n).add_(tensor.reshape(-1).to(torch::kFloat32));

@@ -20,7 +20,8 @@ public:
         const int64_t n = tensor.numel();
         stats_.logical_bytes += n * static_cast<int64_t>(tensor.element_size());
         auto& residual = residuals_[key];
-        if (!residual.defined() || residual.numel() != n) residual = torch::zeros({n}, torch::kFloat32);
+        const auto f32 = tensor.options().dtype(torch::kFloat32);  // on the tensor's device
+        if (!residual.defined() || residual.numel() != n) residual = torch::zeros({n}, f32);
         auto corrected = tensor.reshape(-1).to(torch::kFloat32) + residual;
         const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(ratio_ * static_cast<double>(n)));
         auto picked = std::get<1>(corrected.abs().topk(k, 0, /*largest=*/true, /*sorted=*/false));
@@ -28,12 +29,12 @@ public:
         residual.copy_(corrected);
         residual.index_fill_(0, picked, 0.0);
         const auto before = transport.stats().bytes_sent;
-        auto all_idx = torch::empty({world * k}, torch::kInt32);
-        auto all_val = torch::empty({world * k}, torch::kFloat32);
+        auto all_idx = torch::empty({world * k}, f32.dtype(torch::kInt32));
+        auto all_val = torch::empty({world * k}, f32);
         transport.all_gather(all_idx, picked.to(torch::kInt32))->wait();
         transport.all_gather(all_val, values)->wait();
         stats_.bytes_sent += transport.stats().bytes_sent - before;
-        auto dense = torch::zeros({n}, torch::kFloat32);
+        auto dense = torch::zeros({n}, f32);
         dense.index_add_(0, all_idx.to(torch::kInt64), all_val);
         tensor.copy_((dense / world).view_as(tensor));
         return std::make_shared<plexus::CompletedWork>();

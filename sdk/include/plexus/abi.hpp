@@ -3,7 +3,8 @@
 // A plugin built with another compiler, another C++ standard library ABI, another LibTorch or
 // with CUDA switched differently would crash inside the host in ways that are hard to trace.
 // So every plugin exports its fingerprint as a plain C string (symbol plexus_abi_fingerprint),
-// and the host compares it with its own before it calls anything in the library.
+// and the host compares it with its own before it calls any function of the library (loading
+// it runs its static initializers: keep those trivial in a plugin).
 // Bump PLEXUS_SDK_ABI_VERSION whenever a class in these headers changes layout or virtuals.
 #pragma once
 

@@ -11,7 +11,8 @@
 //   transport.hpp  collectives and point-to-point with accounting
 //   comm.hpp       communication schemes (plain, compressed, hierarchical)
 //   util.hpp       small helpers shared by plugins (gradient clipping, seed mixing)
-//   token_windows.hpp  deterministic random-window batches over a token array (datasets)
+//   token_windows.hpp  deterministic random-window batches over token arrays (datasets)
+//   replica.hpp    base for strategies where each rank holds the whole model (single, ddp)
 //   compat.hpp     LibTorch 1.13 / 2.x differences (attention); include where needed
 #pragma once
 
