@@ -147,11 +147,6 @@ private:
     bool bar_ = false, lines_ = true, shown_ = false;
 };
 
-int env_int(const char* name, int fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::atoi(v) : fallback;
-}
-
 // Writes the run's rows when this process owns the database (single rank, launcher, rank 0);
 // on other ranks every call is a no-op, so the loop below needs no rank checks.
 class Recorder {
@@ -287,8 +282,9 @@ int run_experiment(const std::string& path, const RunOptions& options) {
 
     const auto& v = cfg.values;
     // N local workers share the cores: never oversubscribe them.
-    const int local_ranks = is_launcher ? static_cast<int>(v.at("launch.ranks").as_int())
-                            : mode == "local" ? world : std::max(1, env_int("LOCAL_WORLD_SIZE", 1));
+    const int local_ranks = is_launcher  ? static_cast<int>(v.at("launch.ranks").as_int())
+                            : rendezvous ? rendezvous->local_world_size
+                                         : 1;
     const int threads = v.at("train.threads").as_int() > 0
                             ? static_cast<int>(v.at("train.threads").as_int())
                             : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / local_ranks);

@@ -1,5 +1,6 @@
 #include "transport_c10d.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <functional>
@@ -218,22 +219,26 @@ std::optional<Rendezvous> rendezvous_from_env() {
         rv.rank = env_int("RANK", 0);
         rv.world_size = env_int("WORLD_SIZE", 1);
         rv.local_rank = env_int("LOCAL_RANK", 0);
+        rv.local_world_size = env_int("LOCAL_WORLD_SIZE", 1);
         rv.source = "RANK/WORLD_SIZE (torchrun-style)";
     } else if (env("OMPI_COMM_WORLD_RANK") && env("OMPI_COMM_WORLD_SIZE")) {
         rv.rank = env_int("OMPI_COMM_WORLD_RANK", 0);
         rv.world_size = env_int("OMPI_COMM_WORLD_SIZE", 1);
         rv.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0);
+        rv.local_world_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1);
         rv.source = "OMPI_COMM_WORLD_* (mpirun)";
     } else if (env("SLURM_PROCID") && env("SLURM_NTASKS")) {
         rv.rank = env_int("SLURM_PROCID", 0);
         rv.world_size = env_int("SLURM_NTASKS", 1);
         rv.local_rank = env_int("SLURM_LOCALID", 0);
+        rv.local_world_size = env_int("SLURM_NTASKS_PER_NODE", 1);
         rv.source = "SLURM_PROCID/SLURM_NTASKS (srun)";
     } else {
         return std::nullopt;
     }
     if (const char* a = env("MASTER_ADDR")) rv.master_addr = a;
     rv.master_port = env_int("MASTER_PORT", 29500);
+    rv.local_world_size = std::max(1, rv.local_world_size);
     if (rv.world_size < 1 || rv.rank < 0 || rv.rank >= rv.world_size)
         throw Error("rank " + std::to_string(rv.rank) + " of world size " + std::to_string(rv.world_size) +
                         " from " + rv.source + " is not a valid rank",

@@ -16,12 +16,14 @@ struct Rendezvous {
     int rank = 0;
     int world_size = 1;
     int local_rank = 0;
+    int local_world_size = 1;  // ranks on this machine: they share its cores
     double timeout_s = 300;  // rendezvous and every collective
     std::string source;      // which environment it came from, for messages
 };
 
-// RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (torchrun), OMPI_COMM_WORLD_* (mpirun) or
-// SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (srun); nullopt when none is set.
+// RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun),
+// OMPI_COMM_WORLD_* (mpirun) or SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NTASKS_PER_NODE
+// (srun); nullopt when none is set.
 std::optional<Rendezvous> rendezvous_from_env();
 
 // Joins the group (blocks until every rank arrived, or throws after timeout_s).
