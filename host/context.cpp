@@ -53,8 +53,8 @@ private:
 std::unique_ptr<Transport> make_local_transport() { return std::make_unique<LocalTransport>(); }
 
 HostContext::HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab,
-                         std::shared_ptr<Transport> transport)
-    : cfg_(cfg), device_(device), vocab_(vocab), transport_(std::move(transport)),
+                         std::shared_ptr<Transport> transport, std::shared_ptr<RankClock> clock)
+    : cfg_(cfg), device_(device), vocab_(vocab), transport_(std::move(transport)), clock_(std::move(clock)),
       start_(std::chrono::steady_clock::now()) {}
 
 const Value& HostContext::setting(const std::string& key) const {
@@ -67,7 +67,8 @@ const Value& HostContext::setting(const std::string& key) const {
 int64_t HostContext::seq_len() const { return cfg_.values.at("train.seq_len").as_int(); }
 
 void HostContext::record(const std::string& key, double value) {
-    pending.push_back({rank(), key, step, value, tokens, now(), std::nullopt});
+    pending.push_back({rank(), key, step, value, tokens, wall_seconds(),
+                       clock_->simulated() ? std::optional<double>(clock_->now()) : std::nullopt});
 }
 
 void HostContext::log(LogLevel level, const std::string& message) {
@@ -81,7 +82,7 @@ uint64_t HostContext::seed(const std::string& stream) const {
     return mix_seed(static_cast<uint64_t>(cfg_.values.at("train.seed").as_int()), fnv1a(stream));
 }
 
-double HostContext::now() {
+double HostContext::wall_seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
 }
 

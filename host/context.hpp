@@ -11,6 +11,7 @@
 
 #include "config.hpp"
 #include "results.hpp"
+#include "sim_cluster.hpp"
 
 namespace plexus::host {
 
@@ -20,7 +21,8 @@ std::unique_ptr<Transport> make_local_transport();
 class HostContext : public RunContext {
 public:
     HostContext(const ResolvedConfig& cfg, torch::Device device, int64_t vocab,
-                std::shared_ptr<Transport> transport = make_local_transport());
+                std::shared_ptr<Transport> transport = make_local_transport(),
+                std::shared_ptr<RankClock> clock = make_wall_clock());
 
     int rank() const override { return transport_->rank(); }
     int world_size() const override { return transport_->world_size(); }
@@ -32,8 +34,11 @@ public:
     void record(const std::string& key, double value) override;
     void log(LogLevel level, const std::string& message) override;
     uint64_t seed(const std::string& stream) const override;
-    double now() override;
-    void charge_compute(double) override {}  // real hardware: time is measured, not charged
+    double now() override { return clock_->now(); }
+    void charge_compute(double flops) override { clock_->charge_compute(flops); }
+    bool simulated() const { return clock_->simulated(); }
+    // Real seconds since this context was made (the progress line's elapsed time and ETA).
+    double wall_seconds() const;
 
     std::shared_ptr<Model> make_model() override;
     std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamSlot> slots, const std::string& section) override;
@@ -53,6 +58,7 @@ private:
     torch::Device device_;
     int64_t vocab_;
     std::shared_ptr<Transport> transport_;
+    std::shared_ptr<RankClock> clock_;
     std::chrono::steady_clock::time_point start_;
 };
 

@@ -11,6 +11,8 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -25,6 +27,7 @@
 #include "results.hpp"
 #include "text_util.hpp"
 #include "launch.hpp"
+#include "sim_cluster.hpp"
 #include "transport_c10d.hpp"
 
 namespace plexus::host {
@@ -216,117 +219,57 @@ std::string error_text(const std::exception& e) {
     return s;
 }
 
-}  // namespace
-
-int run_experiment(const std::string& path, const RunOptions& options) {
-    // Phase 1: everything that can be checked before the run exists in the database.
-    Experiment exp;
-    ResolvedConfig cfg;
-    PluginRegistry registry;
-    std::unique_ptr<ResultsStore> store;
-    torch::Device device = torch::kCPU;
-    std::string mode;
-    bool is_launcher = false;
-    std::optional<Rendezvous> rendezvous;
-    try {
-        exp = load_experiment(path);
-        for (const auto& o : options.overrides) apply_override(exp, o);
-        // Taken as they are (no TOML escapes: a path may hold backslashes or quotes).
-        if (!options.db.empty()) exp.settings["results.db"] = Setting{Value(options.db), SourceLoc{"--db", 0, 0}};
-        if (!options.progress.empty())
-            exp.settings["results.progress"] = Setting{Value(options.progress), SourceLoc{"--progress", 0, 0}};
-        auto search = PluginRegistry::default_search_path();
-        if (auto it = exp.settings.find("plugin_path"); it != exp.settings.end()) {
-            const auto& v = it->second.value;
-            if (v.type() == ValueType::String) search.push_back(v.as_string());
-            if (v.type() == ValueType::List)
-                for (const auto& item : v.as_list())
-                    if (item.type() == ValueType::String) search.push_back(item.as_string());
-        }
-        registry.scan(search);
-        cfg = resolve(exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
-                      [&](PluginKind k) { return registry.names(k); });
-        const std::string schedule = cfg.values.at("train.lr_schedule").as_string();
-        if (schedule != "constant" && schedule != "cosine" && schedule != "linear")
-            throw Error(exp.settings.count("train.lr_schedule") ? exp.settings.at("train.lr_schedule").where.str() + ": train.lr_schedule = \"" + schedule + "\" is unknown" : "train.lr_schedule is unknown",
-                        "use constant, cosine or linear");
-        mode = cfg.values.at("launch.mode").as_string();
-        if (mode != "single" && mode != "local" && mode != "env")
-            throw Error("launch.mode = \"" + mode + "\" is unknown",
-                        "use single (one process), local (plexus starts launch.ranks workers here) or env "
-                        "(join a job started by torchrun, srun or mpirun)");
-        if (mode == "local" && cfg.values.at("launch.ranks").as_int() < 1)
-            throw Error("launch.ranks must be >= 1", "set [launch] ranks = 2");
-        is_launcher = mode == "local" && !std::getenv("PLEXUS_WORKER");
-        if (mode == "env" || (mode == "local" && !is_launcher)) {
-            rendezvous = rendezvous_from_env();
-            if (!rendezvous)
-                throw Error("launch.mode = \"" + mode + "\" but no rank is set in the environment",
-                            "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
-            rendezvous->timeout_s = cfg.values.at("launch.timeout").as_double();
-        }
-        for (const char* key : {"train.batch_size", "train.seq_len", "train.log_every", "train.eval_batches"})
-            if (cfg.values.at(key).as_int() < 1) throw Error(std::string(key) + " must be >= 1", "fix it in " + path);
-        if (cfg.values.at("train.steps").as_int() <= 0 && cfg.values.at("train.tokens").as_int() <= 0)
-            throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
-        device = choose_device(cfg.values.at("train.device").as_string());
-        // Only the launcher, or rank 0, writes the run's rows.
-        if (!rendezvous || rendezvous->rank == 0)
-            store = std::make_unique<ResultsStore>(cfg.values.at("results.db").as_string());
-    } catch (const std::exception& e) {
-        print_error(e);
-        return kFailed;
+// A digest of a strategy's state (parameters and optimizer state): a hash of the bytes, for
+// "bit-identical" checks, and the sum of every element, for "close" ones.
+std::pair<std::string, double> digest(const StateDict& state) {
+    uint64_t h = 1469598103934665603ULL;
+    double sum = 0;
+    for (const auto& [name, t] : state) {
+        auto c = t.detach().contiguous().cpu();
+        const auto* p = static_cast<const unsigned char*>(c.data_ptr());
+        const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
+        for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
+        if (c.is_floating_point()) sum += c.to(torch::kFloat64).sum().item<double>();
     }
-    const int rank = rendezvous ? rendezvous->rank : 0;
-    const int world = rendezvous ? rendezvous->world_size : 1;
+    return {hex64(h), sum};
+}
 
-    const auto& v = cfg.values;
-    // N local workers share the cores: never oversubscribe them.
-    const int local_ranks = is_launcher  ? static_cast<int>(v.at("launch.ranks").as_int())
-                            : rendezvous ? rendezvous->local_world_size
-                                         : 1;
-    const int threads = v.at("train.threads").as_int() > 0
-                            ? static_cast<int>(v.at("train.threads").as_int())
-                            : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / local_ranks);
-    set_compute_threads(threads);
-
-    // Phase 2: the run exists; from here every failure is recorded on it.
-    RunInfo info;
-    info.name = v.at("name").as_string().empty() ? fs::path(path).stem().string() : v.at("name").as_string();
-    info.config_hash = cfg.hash;
-    info.config_json = cfg.to_json();
-    info.toml = exp.text;
-    info.seed = v.at("train.seed").as_int();
-    for (const auto& [section, d] : cfg.plugins) info.plugins += (info.plugins.empty() ? "" : " ") + section + "=" + d->name + "@" + d->version;
-    info.fingerprint = PluginRegistry::host_fingerprint();
-    info.device = device.str() + (device.is_cpu() ? " (" + std::to_string(threads) + " threads)" : "");
-    info.host = hostname();
-    info.git_rev = git_revision(fs::absolute(path).parent_path().string());
-    info.command = options.command_line;
-    info.world_size = is_launcher ? v.at("launch.ranks").as_int() : world;
+// What every rank of one run shares.
+struct Job {
+    const ResolvedConfig* cfg = nullptr;
+    const RunInfo* info = nullptr;
     int64_t run_id = 0;
-    try {
-        if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) run_id = std::atoll(id);
-        else if (store) run_id = store->begin_run(info, v);
-    } catch (const std::exception& e) {
-        print_error(e);
-        return kFailed;
-    }
-    if (is_launcher) {
-        try {
-            return launch_workers(*store, run_id, options, static_cast<int>(info.world_size));
-        } catch (const std::exception& e) {
-            print_error(e);
-            try {
-                store->finish_run(run_id, "failed", error_text(e));
-            } catch (...) {
-            }
-            return kFailed;
-        }
-    }
+    torch::Device device = torch::kCPU;
+    int threads = 1;
+    ResultsStore* store = nullptr;  // where rank 0 records; null in processes that do not
+    std::optional<sim::DeviceProfile> sim_device;
+    std::string sim_network;
+};
 
+// How one rank reaches the others.
+struct RankEnv {
+    int rank = 0, world = 1;
+    std::function<std::shared_ptr<Transport>()> connect;  // called where a failure is recorded
+    std::shared_ptr<Transport> control;  // the harness's own collectives; null: the transport
+    std::shared_ptr<RankClock> clock = make_wall_clock();
+    bool print_errors = true;
+};
+
+struct RankResult {
+    int code = kOk;
+    std::string error;
+};
+
+// The training loop of one rank, the same for every launch mode and strategy.
+RankResult train_rank(const Job& job, const RankEnv& env) {
+    const auto& cfg = *job.cfg;
+    const auto& v = cfg.values;
+    const auto& info = *job.info;
+    const int rank = env.rank, world = env.world, threads = job.threads;
+    const int64_t run_id = job.run_id;
+    const torch::Device device = job.device;
     Progress progress(rank == 0 ? v.at("results.progress").as_string() : "none", v.at("train.steps").as_int());
-    Recorder rec(store.get(), run_id);
+    Recorder rec(rank == 0 ? job.store : nullptr, run_id);
     std::unique_ptr<HostContext> ctx;
     auto fail = [&](const std::string& status, const std::string& error) {
         try {
@@ -341,23 +284,16 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         }
     };
 
-    auto prev_int = std::signal(SIGINT, on_signal);
-    auto prev_term = std::signal(SIGTERM, on_signal);
-    struct RestoreSignals {
-        void (*i)(int), (*t)(int);
-        ~RestoreSignals() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
-    } restore{prev_int, prev_term};
-    g_interrupts = 0;
-
     try {
         const int64_t B = v.at("train.batch_size").as_int(), T = v.at("train.seq_len").as_int();
         // The dataset needs a context for its factory; its vocabulary is known only after.
-        std::shared_ptr<Transport> transport =
-            rendezvous ? std::shared_ptr<Transport>(make_gloo_transport(*rendezvous)) : make_local_transport();
-        HostContext bootstrap(cfg, device, 0, transport);
+        std::shared_ptr<Transport> transport = env.connect();
+        const auto control = env.control ? env.control : transport;
+        HostContext bootstrap(cfg, device, 0, transport, env.clock);
         auto dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
         if (!dataset) throw Error("dataset plugin '" + cfg.plugins.at("data")->name + "' returned no dataset");
-        ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport);
+        ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport, env.clock);
+        const bool sim = ctx->simulated();
         // Each rank trains on its rows of one global batch; every rank evaluates the same batches.
         StreamSpec train_spec{Split::Train, B, T, rank, world, ctx->seed("data")};
         StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx->seed("data.val")};
@@ -368,7 +304,8 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         if (!ctx->built_model) throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' built no model", "a strategy must call RunContext::make_model()");
 
         Peak peak;
-        if (v.at("train.peak_flops").as_double() > 0) peak = {v.at("train.peak_flops").as_double(), "train.peak_flops"};
+        if (job.sim_device) peak = {job.sim_device->peak_flops, job.sim_device->source};
+        else if (v.at("train.peak_flops").as_double() > 0) peak = {v.at("train.peak_flops").as_double(), "train.peak_flops"};
         else if (device.is_cpu()) peak = cpu_peak(threads, false, true);
         else peak = gpu_peak(device.str());
 
@@ -378,10 +315,19 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         rec.summary_text("flops_convention", ctx->flops.convention);
         rec.summary_text("peak_source", peak.source);
         if (peak.flops) rec.summary("peak_flops", *peak.flops);
+        if (job.sim_device) {
+            rec.summary_text("sim_device", job.sim_device->name);
+            rec.summary("sim_efficiency", job.sim_device->efficiency);
+            rec.summary_text("sim_network", job.sim_network);
+        }
 
         progress.line("plexus run '" + info.name + "' -> run " + std::to_string(run_id) + " in " + rec.where() +
                       (world > 1 ? " (rank 0 of " + std::to_string(world) + ", " + transport->backend() + ")" : ""));
         progress.line("  " + dataset->describe());
+        if (job.sim_device)
+            progress.line("  simulated: " + job.sim_device->name + " at " + human_count(job.sim_device->flops_per_second()) +
+                          "FLOP/s (" + std::to_string(job.sim_device->efficiency).substr(0, 4) + " of " +
+                          human_count(job.sim_device->peak_flops) + "FLOP/s) | " + job.sim_network);
         progress.line("  " + info.plugins + " | " + human_count(static_cast<double>(ctx->params)) + " params, " +
                       human_count(flops_per_token) + "FLOP/token | " + info.device + " | peak " +
                       (peak.flops ? human_count(*peak.flops) + "FLOP/s (" + peak.source + ")" : std::string("unknown: MFU not reported")));
@@ -429,9 +375,10 @@ int run_experiment(const std::string& path, const RunOptions& options) {
             in.lr_scale = lr_factor(schedule, static_cast<double>(ctx->tokens), warmup, horizon, min_ratio);
             in.max_grad_norm = grad_clip;
             in.train = &train;
-            const auto t0 = Clock::now();
+            // Simulated seconds on the simulated cluster, wall seconds otherwise.
+            const double t0 = ctx->now();
             StepOutput out = strategy->step(in);
-            const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+            const double dt = ctx->now() - t0;
             if (horizon == 0) horizon = static_cast<double>(out.tokens) * static_cast<double>(max_steps);
             ctx->tokens += out.tokens;
             step_seconds_total += dt;
@@ -460,9 +407,10 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                 ctx->record("step_time", interval_seconds / std::max<int64_t>(1, interval_steps));
                 if (peak.flops) ctx->record("mfu", util);
                 ctx->record("memory", peak_rss_bytes());
-                const double avg_step = step_seconds_total / step;
-                const double eta = max_steps > 0 ? avg_step * (max_steps - step)
-                                                 : (max_tokens - ctx->tokens) / std::max(1.0, tps);
+                // The ETA is in real seconds, whatever the clock of the run.
+                const double wall_per_token = ctx->wall_seconds() / std::max<int64_t>(1, ctx->tokens);
+                const double eta = max_steps > 0 ? ctx->wall_seconds() / step * (max_steps - step)
+                                                 : (max_tokens - ctx->tokens) * wall_per_token;
                 char buf[320];
                 std::snprintf(buf, sizeof buf,
                               "step %6lld | loss %.4f%s | lr %.2e | %s tok/s | MFU %s | mem %s | %s elapsed, ETA %s",
@@ -470,7 +418,8 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                               eval_now ? (" | eval " + std::to_string(last_eval).substr(0, 6)).c_str() : "",
                               base_lr * in.lr_scale, human_count(tps).c_str(),
                               peak.flops ? (std::to_string(util * 100).substr(0, 4) + "%").c_str() : "n/a",
-                              human_bytes(peak_rss_bytes()).c_str(), human_duration(ctx->now()).c_str(),
+                              human_bytes(peak_rss_bytes()).c_str(),
+                              (human_duration(ctx->wall_seconds()) + (sim ? " (simulated " + human_duration(ctx->now()) + ")" : "")).c_str(),
                               human_duration(eta).c_str());
                 progress.line(buf);
                 rec.metrics(ctx->pending);
@@ -478,10 +427,10 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                 interval_tokens = interval_steps = 0;
                 interval_loss = 0;
             }
-            progress.bar(step, out.loss, max_steps > 0 ? (step_seconds_total / step) * (max_steps - step) : NAN);
+            progress.bar(step, out.loss, max_steps > 0 ? ctx->wall_seconds() / step * (max_steps - step) : NAN);
             if (world > 1 && log_now) {
                 auto stop = torch::tensor({g_interrupts > 0 ? 1.0 : 0.0, diverged_here ? 1.0 : 0.0}, torch::kFloat64);
-                transport->all_reduce(stop, ReduceOp::Max)->wait();
+                control->all_reduce(stop, ReduceOp::Max)->wait();
                 if (stop[1].item<double>() > 0) { status = "diverged"; break; }
                 if (stop[0].item<double>() > 0) { status = "interrupted"; break; }
             }
@@ -504,15 +453,22 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         rec.summary("bytes_sent", static_cast<double>(comm.bytes_sent));
         rec.summary("comm_time", comm.seconds_total);
         rec.summary("comm_exposed_time", comm.seconds_exposed);
-        rec.summary("wall_time", ctx->now());
+        rec.summary("wall_time", ctx->wall_seconds());
+        if (sim) rec.summary("sim_time", ctx->now());
         // Per-rank figures, gathered to rank 0 (one small all-gather at the end).
         auto mine = torch::tensor({tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed,
-                                   peak_rss_bytes()}, torch::kFloat64);
+                                   peak_rss_bytes(), ctx->now()}, torch::kFloat64);
         auto all = torch::empty({world * mine.numel()}, torch::kFloat64);
-        transport->all_gather(all, mine)->wait();
-        const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time", "peak_memory"};
+        control->all_gather(all, mine)->wait();
+        // On the simulated cluster every rank shares one process: its memory is reported once.
+        const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time",
+                                  sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr};
         for (int r = 1; r < world; ++r)
-            for (int k = 0; k < 5; ++k) rec.summary(per_rank[k], all[r * 5 + k].item<double>(), r);
+            for (int k = 0; k < 6; ++k)
+                if (per_rank[k]) rec.summary(per_rank[k], all[r * 6 + k].item<double>(), r);
+        const auto state_digest = digest(strategy->state());
+        rec.summary_text("state_hash", state_digest.first);
+        rec.summary("state_sum", state_digest.second);
         rec.metrics(ctx->pending);
         rec.finish(status, status == "diverged" ? "loss became " + std::to_string(last_loss) + " at step " + std::to_string(step) : "");
 
@@ -523,22 +479,216 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                       peak.flops ? (std::to_string(mfu(flops_per_token, tps, *peak.flops) * 100).substr(0, 4) + "%").c_str() : "n/a");
         progress.line(buf);
         if (status == "diverged") {
-            std::cerr << "error: run " << run_id << " diverged (loss " << last_loss << " at step " << step << ")\n"
+            if (rank == 0) std::cerr << "error: run " << run_id << " diverged (loss " << last_loss << " at step " << step << ")\n"
                       << "hint: lower optimizer.lr, add train.warmup_tokens, or set train.grad_clip\n";
-            return kDiverged;
+            return {kDiverged, "diverged"};
         }
         if (status == "interrupted") {
-            std::cerr << "run " << run_id << " interrupted at step " << step << "; its rows so far are kept\n";
-            return kInterrupted;
+            if (rank == 0) std::cerr << "run " << run_id << " interrupted at step " << step << "; its rows so far are kept\n";
+            return {kInterrupted, "interrupted"};
         }
-        return kOk;
+        return {kOk, ""};
     } catch (const std::exception& e) {
         progress.clear();
-        print_error(e);
+        if (env.print_errors) print_error(e);
         fail("failed", error_text(e));
-        if (store) std::cerr << "run " << run_id << " marked failed in " << store->path() << "\n";
+        if (job.store && rank == 0) std::cerr << "run " << run_id << " marked failed in " << job.store->path() << "\n";
+        return {kFailed, error_text(e)};
+    }
+}
+
+double current_rss_bytes() {
+    long pages = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+        long size = 0;
+        if (std::fscanf(f, "%ld %ld", &size, &pages) != 2) pages = 0;
+        std::fclose(f);
+    }
+    return static_cast<double>(pages) * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+// `[launch] mode = "sim"`: every rank a thread of this process on the simulated cluster.
+int run_simulated(const Job& job, sim::Cluster& cluster) {
+    const int n = cluster.size();
+    std::vector<RankResult> results(static_cast<size_t>(n));
+    const double rss_before = current_rss_bytes();
+    std::cout << "plexus: simulating " << n << " ranks in this process" << std::endl;
+    cluster.run([&](int r) {
+        RankEnv env;
+        env.rank = r;
+        env.world = n;
+        env.connect = [&cluster, r] { return cluster.transport(r); };
+        env.control = cluster.control(r);
+        env.clock = cluster.clock(r);
+        env.print_errors = r == 0;
+        results[static_cast<size_t>(r)] = train_rank(job, env);
+        // A failed rank fails what its peers wait for (they then record why, rank 0 included).
+        if (results[static_cast<size_t>(r)].code == kFailed) throw Error(results[static_cast<size_t>(r)].error);
+    });
+    const double per_rank = (peak_rss_bytes() - rss_before) / n;
+    try {
+        job.store->set_summary(job.run_id, 0, "sim_memory_per_rank", per_rank);
+        // Rank 0 may have finished before another rank failed (asynchronous strategies).
+        for (int r = 1; r < n; ++r) {
+            const auto& res = results[static_cast<size_t>(r)];
+            if (res.code == kFailed && results[0].code == kOk) {
+                job.store->finish_run(job.run_id, "failed", "rank " + std::to_string(r) + ": " + res.error);
+                std::cerr << "error: rank " << r << ": " << res.error << "\n";
+                return kFailed;
+            }
+        }
+    } catch (const std::exception& e) {
+        print_error(e);
         return kFailed;
     }
+    return results[0].code;
+}
+
+}  // namespace
+
+int run_experiment(const std::string& path, const RunOptions& options) {
+    // Phase 1: everything that can be checked before the run exists in the database.
+    Experiment exp;
+    ResolvedConfig cfg;
+    PluginRegistry registry;
+    std::unique_ptr<ResultsStore> store;
+    torch::Device device = torch::kCPU;
+    std::string mode;
+    bool is_launcher = false;
+    std::optional<Rendezvous> rendezvous;
+    std::unique_ptr<sim::Cluster> cluster;
+    try {
+        exp = load_experiment(path);
+        for (const auto& o : options.overrides) apply_override(exp, o);
+        // Taken as they are (no TOML escapes: a path may hold backslashes or quotes).
+        if (!options.db.empty()) exp.settings["results.db"] = Setting{Value(options.db), SourceLoc{"--db", 0, 0}};
+        if (!options.progress.empty())
+            exp.settings["results.progress"] = Setting{Value(options.progress), SourceLoc{"--progress", 0, 0}};
+        auto search = PluginRegistry::default_search_path();
+        if (auto it = exp.settings.find("plugin_path"); it != exp.settings.end()) {
+            const auto& v = it->second.value;
+            if (v.type() == ValueType::String) search.push_back(v.as_string());
+            if (v.type() == ValueType::List)
+                for (const auto& item : v.as_list())
+                    if (item.type() == ValueType::String) search.push_back(item.as_string());
+        }
+        registry.scan(search);
+        cfg = resolve(exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
+                      [&](PluginKind k) { return registry.names(k); });
+        const std::string schedule = cfg.values.at("train.lr_schedule").as_string();
+        if (schedule != "constant" && schedule != "cosine" && schedule != "linear")
+            throw Error(exp.settings.count("train.lr_schedule") ? exp.settings.at("train.lr_schedule").where.str() + ": train.lr_schedule = \"" + schedule + "\" is unknown" : "train.lr_schedule is unknown",
+                        "use constant, cosine or linear");
+        mode = cfg.values.at("launch.mode").as_string();
+        if (mode != "single" && mode != "local" && mode != "env" && mode != "sim")
+            throw Error("launch.mode = \"" + mode + "\" is unknown",
+                        "use single (one process), local (plexus starts launch.ranks workers here), env "
+                        "(join a job started by torchrun, srun or mpirun) or sim (launch.ranks simulated ranks)");
+        if ((mode == "local" || mode == "sim") && cfg.values.at("launch.ranks").as_int() < 1)
+            throw Error("launch.ranks must be >= 1", "set [launch] ranks = 2");
+        is_launcher = mode == "local" && !std::getenv("PLEXUS_WORKER");
+        if (mode == "env" || (mode == "local" && !is_launcher)) {
+            rendezvous = rendezvous_from_env();
+            if (!rendezvous)
+                throw Error("launch.mode = \"" + mode + "\" but no rank is set in the environment",
+                            "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
+            rendezvous->timeout_s = cfg.values.at("launch.timeout").as_double();
+        }
+        for (const char* key : {"train.batch_size", "train.seq_len", "train.log_every", "train.eval_batches"})
+            if (cfg.values.at(key).as_int() < 1) throw Error(std::string(key) + " must be >= 1", "fix it in " + path);
+        if (cfg.values.at("train.steps").as_int() <= 0 && cfg.values.at("train.tokens").as_int() <= 0)
+            throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
+        device = choose_device(cfg.values.at("train.device").as_string());
+        if (mode == "sim") {
+            // The "measured" profile needs this machine's per-core peak (cached after the first run).
+            double core_flops = 0;
+            if (cfg.values.at("sim.device").as_string() == "measured") core_flops = *cpu_peak(1, false, true).flops;
+            cluster = std::make_unique<sim::Cluster>(sim::settings_from(cfg, core_flops));
+        }
+        // Only the launcher, or rank 0, writes the run's rows.
+        if (!rendezvous || rendezvous->rank == 0)
+            store = std::make_unique<ResultsStore>(cfg.values.at("results.db").as_string());
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+    const int rank = rendezvous ? rendezvous->rank : 0;
+    const int world = rendezvous ? rendezvous->world_size : 1;
+
+    const auto& v = cfg.values;
+    // N local workers share the cores: never oversubscribe them.
+    const int local_ranks = is_launcher  ? static_cast<int>(v.at("launch.ranks").as_int())
+                            : rendezvous ? rendezvous->local_world_size
+                                         : 1;
+    const int threads = v.at("train.threads").as_int() > 0
+                            ? static_cast<int>(v.at("train.threads").as_int())
+                            : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / local_ranks);
+    set_compute_threads(threads);
+
+    // Phase 2: the run exists; from here every failure is recorded on it.
+    RunInfo info;
+    info.name = v.at("name").as_string().empty() ? fs::path(path).stem().string() : v.at("name").as_string();
+    info.config_hash = cfg.hash;
+    info.config_json = cfg.to_json();
+    info.toml = exp.text;
+    info.seed = v.at("train.seed").as_int();
+    for (const auto& [section, d] : cfg.plugins) info.plugins += (info.plugins.empty() ? "" : " ") + section + "=" + d->name + "@" + d->version;
+    info.fingerprint = PluginRegistry::host_fingerprint();
+    info.device = device.str() + (device.is_cpu() ? " (" + std::to_string(threads) + " threads)" : "");
+    info.host = hostname();
+    info.git_rev = git_revision(fs::absolute(path).parent_path().string());
+    info.command = options.command_line;
+    info.world_size = is_launcher || cluster ? v.at("launch.ranks").as_int() : world;
+    if (cluster) info.device += ", simulating " + std::to_string(cluster->size()) + " x " + cluster->settings().device.name;
+    int64_t run_id = 0;
+    try {
+        if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) run_id = std::atoll(id);
+        else if (store) run_id = store->begin_run(info, v);
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+    if (is_launcher) {
+        try {
+            return launch_workers(*store, run_id, options, static_cast<int>(info.world_size));
+        } catch (const std::exception& e) {
+            print_error(e);
+            try {
+                store->finish_run(run_id, "failed", error_text(e));
+            } catch (...) {
+            }
+            return kFailed;
+        }
+    }
+
+    auto prev_int = std::signal(SIGINT, on_signal);
+    auto prev_term = std::signal(SIGTERM, on_signal);
+    struct RestoreSignals {
+        void (*i)(int), (*t)(int);
+        ~RestoreSignals() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
+    } restore{prev_int, prev_term};
+    g_interrupts = 0;
+
+    Job job;
+    job.cfg = &cfg;
+    job.info = &info;
+    job.run_id = run_id;
+    job.device = device;
+    job.threads = threads;
+    job.store = store.get();
+    if (cluster) {
+        job.sim_device = cluster->settings().device;
+        job.sim_network = cluster->network().describe() + ", all-reduce " + sim::to_string(cluster->settings().algorithm);
+        return run_simulated(job, *cluster);
+    }
+    RankEnv env;
+    env.rank = rank;
+    env.world = world;
+    env.connect = [&rendezvous]() -> std::shared_ptr<Transport> {
+        if (rendezvous) return make_gloo_transport(*rendezvous);
+        return make_local_transport();
+    };
+    return train_rank(job, env).code;
 }
 
 }  // namespace plexus::host

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -88,14 +89,18 @@ Peak cpu_peak(int threads, bool refresh, bool verbose) {
         }
     }
     if (verbose) std::cerr << "measuring this CPU's float32 matmul peak (" << threads << " thread(s), ~2 s)...\n";
-    const double flops = measure_cpu_matmul_flops(2.0);
+    // Kept as written to the cache, so that this run and later ones use the very same number
+    // (the simulated cluster's times depend on it bit for bit).
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", measure_cpu_matmul_flops(2.0));
+    const double flops = std::stod(text);
     std::error_code ec;
     fs::create_directories(fs::path(path).parent_path(), ec);
     const std::string tmp = path + ".tmp" + std::to_string(::getpid());
     {
         std::ofstream out(tmp);
         for (const auto& l : lines) out << l << "\n";
-        out << key << "\t" << flops << "\n";
+        out << key << "\t" << text << "\n";
     }
     fs::rename(tmp, path, ec);  // atomic: concurrent runs never read half a file
     return {flops, "measured fp32 matmul, " + std::to_string(threads) + " thread(s)"};

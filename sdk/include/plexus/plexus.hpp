@@ -24,6 +24,7 @@
 #include "plexus/model.hpp"
 #include "plexus/optimizer.hpp"
 #include "plexus/plugin.hpp"
+#include "plexus/poisson.hpp"
 #include "plexus/strategy.hpp"
 #include "plexus/transport.hpp"
 #include "plexus/util.hpp"

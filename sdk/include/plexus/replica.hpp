@@ -58,6 +58,20 @@ protected:
         for (const auto& s : slots) params_.push_back(s.param);
         optimizer_ = ctx.make_optimizer(std::move(slots));
         flops_per_token_ = model_->flops_per_token(ctx.seq_len()).flops;
+        // The backward pass is charged to the clock as it goes: each parameter's gradient hook
+        // charges its share (by size) of the backward FLOPs, so that a communication started
+        // from a later hook (DDP) is issued at the right simulated time. Registered first, these
+        // hooks run before any a subclass adds.
+        double total = 0;
+        for (const auto& p : params_) total += static_cast<double>(p.numel());
+        for (const auto& p : params_) {
+            const double share = static_cast<double>(p.numel()) / total;
+            p.register_hook([this, share](const torch::Tensor&) {
+                const double flops = share * backward_flops_pending_total_;
+                backward_flops_charged_ += flops;
+                ctx_.charge_compute(flops);
+            });
+        }
     }
 
     // Forward and backward over `micro_batches` batches of `data`, each loss scaled by
@@ -72,7 +86,16 @@ protected:
             if (before_each) before_each(i);
             auto batch = data.next();
             auto loss = model_->loss(model_->forward(batch.inputs), batch.targets);
+            // Forward is a third of the training FLOPs, backward two thirds (charged by the hooks;
+            // what no hook charged, e.g. a parameter the loss does not reach, is charged after).
+            const double tokens = static_cast<double>(batch.tokens());
+            ctx_.charge_compute(flops_per_token_ * tokens / 3);
+            backward_flops_pending_total_ = flops_per_token_ * tokens * 2 / 3;
+            backward_flops_charged_ = 0;
             (micro_batches > 1 ? loss / static_cast<double>(micro_batches) : loss).backward();
+            if (backward_flops_pending_total_ > backward_flops_charged_)
+                ctx_.charge_compute(backward_flops_pending_total_ - backward_flops_charged_);
+            backward_flops_pending_total_ = 0;
             loss_sum = i == 0 ? loss.detach() : loss_sum + loss.detach();
             out.tokens += batch.tokens();
             ++out.micro_batches;
@@ -91,12 +114,13 @@ protected:
         return grads;
     }
 
-    // Clips, steps the optimizer, zeroes the gradients, charges the compute to the clock.
+    // Clips, steps the optimizer, zeroes the gradients, charges the optimizer's compute.
+    // (forward_backward charged the model's.)
     void update(const StepInput& in, StepOutput& out, const std::vector<torch::Tensor>& grads) {
         out.grad_norm = clip_grad_norm(grads, in.max_grad_norm);
         optimizer_->step(grads, in.lr_scale);
         for (const auto& g : grads) g.zero_();
-        ctx_.charge_compute(flops_per_token_ * static_cast<double>(out.tokens) + optimizer_->flops_per_step());
+        ctx_.charge_compute(optimizer_->flops_per_step());
     }
 
     RunContext& ctx_;
@@ -104,6 +128,10 @@ protected:
     std::vector<torch::Tensor> params_;
     std::unique_ptr<Optimizer> optimizer_;
     double flops_per_token_ = 0;
+
+private:
+    double backward_flops_pending_total_ = 0;  // of the micro-batch in backward now
+    double backward_flops_charged_ = 0;
 };
 
 }  // namespace plexus

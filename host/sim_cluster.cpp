@@ -1,0 +1,735 @@
+#include "sim_cluster.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <plexus/error.hpp>
+#include <plexus/util.hpp>
+#include <torch/torch.h>
+
+namespace plexus::host {
+
+namespace {
+
+class WallClock : public RankClock {
+public:
+    double now() override { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+    void charge_compute(double) override {}  // real hardware: time is measured, not charged
+    bool simulated() const override { return false; }
+
+private:
+    std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+std::shared_ptr<RankClock> make_wall_clock() { return std::make_shared<WallClock>(); }
+
+namespace sim {
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::string num(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+// One operation as a rank sees it: done or not, when it completes, why it failed.
+struct OpState {
+    bool done = false;
+    std::string error;
+    double completion = 0;
+    std::vector<int> waiters;  // ranks blocked on it
+};
+
+enum class Kind { AllReduce, ReduceScatter, AllGather, Broadcast, Barrier };
+
+const char* kind_name(Kind k) {
+    switch (k) {
+        case Kind::AllReduce: return "all_reduce";
+        case Kind::ReduceScatter: return "reduce_scatter";
+        case Kind::AllGather: return "all_gather";
+        case Kind::Broadcast: return "broadcast";
+        case Kind::Barrier: return "barrier";
+    }
+    return "?";
+}
+
+// A collective some members have joined.
+struct Pending {
+    Kind kind = Kind::Barrier;
+    int64_t numel = 0;
+    torch::ScalarType dtype = torch::kFloat;
+    ReduceOp op = ReduceOp::Sum;
+    int root = 0;
+    std::vector<torch::Tensor> in, out;
+    std::vector<double> issued;
+    int joined = 0;
+    std::shared_ptr<OpState> state = std::make_shared<OpState>();
+};
+
+struct Message {
+    torch::Tensor data;
+    double arrival = 0;
+};
+
+struct PendingRecv {
+    torch::Tensor out;
+    std::shared_ptr<OpState> state;
+    double issued = 0;
+};
+
+struct Channel {
+    std::deque<Message> messages;
+    std::deque<PendingRecv> receives;
+};
+
+struct Group {
+    std::string name;
+    std::vector<int> members;  // global ranks, in group order
+    bool free = false;         // the control group: no simulated time, no accounting
+    std::vector<int64_t> next_seq;
+    std::map<int64_t, Pending> pending;
+    double busy_until = 0;     // collectives of a group run one after another
+    std::map<std::tuple<int, int, int>, Channel> channels;  // (from, to, tag) in group indices
+};
+
+struct RankState {
+    enum class State { Ready, Running, Blocked, Done };
+    double clock = 0;
+    State state = State::Ready;
+    std::condition_variable cv;
+    std::string waiting_for;
+    bool dead = false;
+    std::string death;
+    double nic_busy = 0;  // this rank's outgoing point-to-point transfers queue behind each other
+    std::shared_ptr<CommStats> stats = std::make_shared<CommStats>();
+    std::mt19937_64 rng;
+};
+
+}  // namespace
+
+struct Cluster::Impl {
+    Settings settings;
+    Network network;
+    std::mutex mu;
+    std::vector<std::unique_ptr<RankState>> ranks;
+    std::set<std::pair<double, int>> ready;
+    int running = -1;
+    int done_count = 0;
+    std::condition_variable all_done;
+    std::string abort;  // set on a deadlock: every blocked rank fails with it
+    std::map<std::string, std::shared_ptr<Group>> groups;
+
+    explicit Impl(Settings s) : settings(std::move(s)), network(settings.network) {
+        for (int r = 0; r < settings.ranks; ++r) {
+            ranks.push_back(std::make_unique<RankState>());
+            ranks.back()->rng.seed(mix_seed(settings.seed, 0x6a177e5ULL + static_cast<uint64_t>(r)));
+        }
+    }
+
+    RankState& rank(int r) { return *ranks[static_cast<size_t>(r)]; }
+
+    std::shared_ptr<Group> group(const std::string& name, const std::vector<int>& members, bool free) {
+        auto& g = groups[name];
+        if (!g) {
+            g = std::make_shared<Group>();
+            g->name = name;
+            g->members = members;
+            g->free = free;
+            g->next_seq.assign(members.size(), 0);
+        }
+        return g;
+    }
+
+    // --- the scheduler; every function below runs with `mu` held ---
+
+    void make_ready(int r) {
+        auto& s = rank(r);
+        s.state = RankState::State::Ready;
+        ready.insert({s.clock, r});
+    }
+
+    // Hands the processor to the ready rank with the smallest clock, and (unless `me` is done)
+    // sleeps until it is handed back.
+    void switch_away(int me, std::unique_lock<std::mutex>& lk) {
+        if (ready.empty() && done_count < static_cast<int>(ranks.size())) declare_deadlock();
+        if (ready.empty()) {
+            all_done.notify_all();
+            return;
+        }
+        const int next = ready.begin()->second;
+        ready.erase(ready.begin());
+        rank(next).state = RankState::State::Running;
+        running = next;
+        if (next == me) return;
+        rank(next).cv.notify_one();
+        if (me < 0 || rank(me).state == RankState::State::Done) return;  // me < 0: the starting thread
+        rank(me).cv.wait(lk, [&] { return running == me; });
+    }
+
+    // Lets every rank behind `me` in simulated time run first.
+    void yield(int me, std::unique_lock<std::mutex>& lk) {
+        if (ready.empty() || *ready.begin() > std::make_pair(rank(me).clock, me)) return;
+        make_ready(me);
+        switch_away(me, lk);
+    }
+
+    void block_on(int me, const std::shared_ptr<OpState>& op, const std::string& what, std::unique_lock<std::mutex>& lk) {
+        while (!op->done) {
+            if (!abort.empty()) throw Error(abort, "every rank must issue the same collectives in the same order, "
+                                                   "and every receive needs a matching send");
+            rank(me).state = RankState::State::Blocked;
+            rank(me).waiting_for = what;
+            op->waiters.push_back(me);
+            switch_away(me, lk);
+        }
+    }
+
+    void complete(const std::shared_ptr<OpState>& op, double completion, bool advances_clock) {
+        op->done = true;
+        op->completion = completion;
+        for (int w : op->waiters) {
+            auto& s = rank(w);
+            if (s.state != RankState::State::Blocked) continue;
+            if (advances_clock) s.clock = std::max(s.clock, completion);
+            make_ready(w);
+        }
+        op->waiters.clear();
+    }
+
+    void fail(const std::shared_ptr<OpState>& op, const std::string& error) {
+        op->error = error;
+        complete(op, 0, false);
+    }
+
+    void declare_deadlock() {
+        std::string what;
+        int listed = 0;
+        for (int r = 0; r < static_cast<int>(ranks.size()); ++r) {
+            auto& s = rank(r);
+            if (s.state != RankState::State::Blocked) continue;
+            if (listed++ < 6) what += (what.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " waits for " + s.waiting_for);
+            make_ready(r);
+        }
+        if (listed > 6) what += "; and " + std::to_string(listed - 6) + " more";
+        abort = "the simulated ranks are deadlocked: " + what;
+    }
+
+    void check_alive(int me) {
+        auto& s = rank(me);
+        if (s.clock >= settings.fail_at[static_cast<size_t>(me)])
+            throw Error("rank " + std::to_string(me) + " failed at simulated time " +
+                            num(settings.fail_at[static_cast<size_t>(me)]) + " s (sim.fail_ranks)",
+                        "a scheduled failure: remove it from sim.fail_ranks to run through");
+        if (!abort.empty()) throw Error(abort);
+    }
+
+    // A rank's body ended with an error: whatever waits on it fails with the reason.
+    void kill(int me, const std::string& why) {
+        auto& s = rank(me);
+        s.dead = true;
+        s.death = why;
+        const std::string error = "rank " + std::to_string(me) + " failed: " + why;
+        for (auto& [name, g] : groups) {
+            auto it = std::find(g->members.begin(), g->members.end(), me);
+            if (it == g->members.end()) continue;
+            const int index = static_cast<int>(it - g->members.begin());
+            for (auto& [seq, p] : g->pending)
+                if (!p.state->done) fail(p.state, error);
+            for (auto& [key, channel] : g->channels)
+                if (std::get<0>(key) == index)
+                    for (auto& r : channel.receives) fail(r.state, error);
+        }
+    }
+
+    std::string dead_member(const Group& g) {
+        for (int r : g.members)
+            if (rank(r).dead) return "rank " + std::to_string(r) + " failed: " + rank(r).death;
+        return "";
+    }
+
+    // --- operations ---
+
+    std::shared_ptr<OpState> join(Group& g, int index, Kind kind, const torch::Tensor& in, const torch::Tensor& out,
+                                  ReduceOp op, int root) {
+        const int me = g.members[static_cast<size_t>(index)];
+        check_alive(me);
+        const int64_t seq = g.next_seq[static_cast<size_t>(index)]++;
+        auto& p = g.pending[seq];
+        const int n = static_cast<int>(g.members.size());
+        const int64_t numel = in.defined() ? in.numel() : 0;
+        if (p.joined == 0) {
+            p.kind = kind;
+            p.numel = numel;
+            p.dtype = in.defined() ? in.scalar_type() : torch::kFloat;
+            p.op = op;
+            p.root = root;
+            p.in.resize(static_cast<size_t>(n));
+            p.out.resize(static_cast<size_t>(n));
+            p.issued.assign(static_cast<size_t>(n), 0);
+        } else if (p.kind != kind || p.numel != numel || p.op != op || p.root != root) {
+            const std::string error = "rank " + std::to_string(me) + " called " + kind_name(kind) + " of " +
+                                      std::to_string(numel) + " elements as collective #" + std::to_string(seq) +
+                                      " of group " + g.name + ", where another rank called " + kind_name(p.kind) +
+                                      " of " + std::to_string(p.numel) + " elements";
+            if (!p.state->done) fail(p.state, error);
+            throw Error(error, "every rank of a group must issue the same collectives, of the same sizes, in the same order");
+        }
+        p.in[static_cast<size_t>(index)] = in;
+        p.out[static_cast<size_t>(index)] = out;
+        p.issued[static_cast<size_t>(index)] = rank(me).clock;
+        ++p.joined;
+        auto state = p.state;
+        if (!state->done) {
+            if (auto dead = dead_member(g); !dead.empty()) fail(state, dead);
+            else if (p.joined == n) finish(g, seq);
+        }
+        if (p.joined == n) g.pending.erase(seq);
+        return state;
+    }
+
+    void finish(Group& g, int64_t seq) {
+        auto& p = g.pending.at(seq);
+        const int n = static_cast<int>(g.members.size());
+        torch::NoGradGuard no_grad;
+        auto reduce = [&]() {
+            auto acc = p.in[0].detach().reshape(-1).clone();
+            for (int i = 1; i < n; ++i) {
+                auto x = p.in[static_cast<size_t>(i)].detach().reshape(-1);
+                if (p.op == ReduceOp::Max) acc = torch::max(acc, x);
+                else if (p.op == ReduceOp::Min) acc = torch::min(acc, x);
+                else acc.add_(x);
+            }
+            if (p.op == ReduceOp::Mean) acc.div_(n);
+            return acc;
+        };
+        const double bytes = static_cast<double>(p.numel) * static_cast<double>(c10::elementSize(p.dtype));
+        double start = 0;
+        for (double t : p.issued) start = std::max(start, t);
+        start = std::max(start, g.busy_until);
+        Cost cost;
+        switch (p.kind) {
+            case Kind::AllReduce: {
+                auto acc = reduce();
+                for (auto& o : p.out) o.view(-1).copy_(acc);
+                cost = network.all_reduce(g.members, bytes, settings.algorithm, start);
+                break;
+            }
+            case Kind::ReduceScatter: {
+                auto acc = reduce();
+                const int64_t chunk = p.out[0].numel();
+                for (int i = 0; i < n; ++i) p.out[static_cast<size_t>(i)].view(-1).copy_(acc.narrow(0, i * chunk, chunk));
+                cost = network.reduce_scatter(g.members, bytes, start);
+                break;
+            }
+            case Kind::AllGather: {
+                std::vector<torch::Tensor> parts;
+                for (auto& t : p.in) parts.push_back(t.detach().reshape(-1));
+                auto all = torch::cat(parts);
+                for (auto& o : p.out) o.view(-1).copy_(all);
+                cost = network.all_gather(g.members, bytes * n, start);
+                break;
+            }
+            case Kind::Broadcast: {
+                const auto& src = p.in[static_cast<size_t>(p.root)];
+                for (int i = 0; i < n; ++i)
+                    if (i != p.root) p.out[static_cast<size_t>(i)].copy_(src);
+                cost = network.broadcast(g.members, bytes, start);
+                break;
+            }
+            case Kind::Barrier: cost = network.barrier(g.members, start); break;
+        }
+        if (g.free) {
+            complete(p.state, 0, false);
+            return;
+        }
+        const double done = start + cost.seconds;
+        g.busy_until = done;
+        for (int i = 0; i < n; ++i) {
+            auto& stats = *rank(g.members[static_cast<size_t>(i)]).stats;
+            if (p.kind == Kind::Broadcast) stats.bytes_sent += i == p.root ? static_cast<int64_t>(bytes) : 0;
+            else stats.bytes_sent += static_cast<int64_t>(cost.bytes_per_rank);
+        }
+        complete(p.state, done, true);
+    }
+};
+
+namespace {
+
+// A pending operation of a simulated rank.
+class SimWork : public Work {
+public:
+    SimWork(std::shared_ptr<Cluster::Impl> impl, std::shared_ptr<OpState> state, int rank, bool free, std::string what)
+        : impl_(std::move(impl)), state_(std::move(state)), rank_(rank), free_(free), what_(std::move(what)),
+          issued_(impl_->rank(rank).clock) {}
+
+    void wait() override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        if (waited_) return;
+        auto& s = impl_->rank(rank_);
+        const double before = s.clock;
+        impl_->block_on(rank_, state_, what_, lk);
+        waited_ = true;
+        if (!state_->error.empty()) throw Error(state_->error, "the run stops: a simulated rank failed");
+        if (free_) return;
+        s.clock = std::max(s.clock, state_->completion);
+        s.stats->seconds_exposed += s.clock - before;
+        s.stats->seconds_total += state_->completion - issued_;
+        impl_->check_alive(rank_);
+    }
+
+    bool is_completed() override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        impl_->yield(rank_, lk);
+        return state_->done && (free_ || !state_->error.empty() || state_->completion <= impl_->rank(rank_).clock);
+    }
+
+private:
+    std::shared_ptr<Cluster::Impl> impl_;
+    std::shared_ptr<OpState> state_;
+    int rank_;
+    bool free_;
+    std::string what_;
+    double issued_;
+    bool waited_ = false;
+};
+
+class SimTransport : public Transport {
+public:
+    SimTransport(std::shared_ptr<Cluster::Impl> impl, std::shared_ptr<Group> group, int index)
+        : impl_(std::move(impl)), group_(std::move(group)), index_(index), me_(group_->members[static_cast<size_t>(index)]) {}
+
+    int rank() const override { return index_; }
+    int world_size() const override { return static_cast<int>(group_->members.size()); }
+    const char* backend() const override { return "sim"; }
+
+    std::shared_ptr<Work> all_reduce(torch::Tensor& t, ReduceOp op) override {
+        return collective(Kind::AllReduce, t, t, op, 0);
+    }
+    std::shared_ptr<Work> reduce_scatter(torch::Tensor& out, const torch::Tensor& in, ReduceOp op) override {
+        if (in.numel() != out.numel() * world_size())
+            throw Error("reduce_scatter: the input has " + std::to_string(in.numel()) + " elements, not " +
+                        std::to_string(world_size()) + " x the output's " + std::to_string(out.numel()));
+        return collective(Kind::ReduceScatter, in, out, op, 0);
+    }
+    std::shared_ptr<Work> all_gather(torch::Tensor& out, const torch::Tensor& in) override {
+        if (out.numel() != in.numel() * world_size())
+            throw Error("all_gather: the output has " + std::to_string(out.numel()) + " elements, not " +
+                        std::to_string(world_size()) + " x the input's " + std::to_string(in.numel()));
+        return collective(Kind::AllGather, in, out, ReduceOp::Sum, 0);
+    }
+    std::shared_ptr<Work> broadcast(torch::Tensor& t, int root) override {
+        check_peer(root, "broadcast root");
+        return collective(Kind::Broadcast, t, t, ReduceOp::Sum, root);
+    }
+    void barrier() override { collective(Kind::Barrier, torch::Tensor(), torch::Tensor(), ReduceOp::Sum, 0)->wait(); }
+
+    std::shared_ptr<Work> send(const torch::Tensor& t, int peer, int tag) override {
+        check_peer(peer, "send to");
+        no_p2p_on_control();
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        impl_->check_alive(me_);
+        const int to = group_->members[static_cast<size_t>(peer)];
+        if (impl_->rank(to).dead) throw Error("rank " + std::to_string(to) + " failed: " + impl_->rank(to).death);
+        auto& s = impl_->rank(me_);
+        const double bytes = static_cast<double>(t.numel()) * static_cast<double>(t.element_size());
+        const double start = std::max(s.clock, s.nic_busy);
+        const Link path = impl_->network.route(me_, to, start);
+        const double inject = bytes / path.bandwidth;
+        const double arrival = start + path.latency + inject;
+        s.nic_busy = start + inject;
+        ++s.stats->calls;
+        s.stats->bytes_sent += static_cast<int64_t>(bytes);
+        Message m{t.detach().contiguous().clone(), arrival};
+        auto& channel = group_->channels[{index_, peer, tag}];
+        if (!channel.receives.empty()) {
+            auto r = channel.receives.front();
+            channel.receives.pop_front();
+            deliver(m, r.out, peer, tag);
+            impl_->complete(r.state, std::max(arrival, r.issued), true);
+        } else {
+            channel.messages.push_back(std::move(m));
+        }
+        auto state = std::make_shared<OpState>();
+        impl_->complete(state, start + inject, true);
+        return std::make_shared<SimWork>(impl_, state, me_, false, "send to rank " + std::to_string(to));
+    }
+
+    std::shared_ptr<Work> recv(torch::Tensor& t, int peer, int tag) override {
+        check_peer(peer, "recv from");
+        no_p2p_on_control();
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        impl_->check_alive(me_);
+        auto& s = impl_->rank(me_);
+        ++s.stats->calls;
+        auto state = std::make_shared<OpState>();
+        auto& channel = group_->channels[{peer, index_, tag}];
+        const int from = group_->members[static_cast<size_t>(peer)];
+        if (!channel.messages.empty()) {
+            auto m = std::move(channel.messages.front());
+            channel.messages.pop_front();
+            deliver(m, t, index_, tag);
+            impl_->complete(state, std::max(m.arrival, s.clock), true);
+        } else if (impl_->rank(from).dead) {
+            impl_->fail(state, "rank " + std::to_string(from) + " failed: " + impl_->rank(from).death);
+        } else {
+            channel.receives.push_back({t, state, s.clock});
+        }
+        return std::make_shared<SimWork>(impl_, state, me_, false,
+                                         "recv from rank " + std::to_string(from) + " (tag " + std::to_string(tag) + ")");
+    }
+
+    std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) override {
+        std::vector<int> members;
+        int my_index = -1;
+        std::string name = group_->name + "/";
+        for (size_t i = 0; i < ranks.size(); ++i) {
+            check_peer(ranks[i], "subgroup member");
+            members.push_back(group_->members[static_cast<size_t>(ranks[i])]);
+            name += (i ? "," : "") + std::to_string(ranks[i]);
+            if (ranks[i] == index_) my_index = static_cast<int>(i);
+        }
+        if (my_index < 0)
+            throw Error("rank " + std::to_string(index_) + " asked for a subgroup it is not in (" + name + ")",
+                        "every rank listed must call subgroup() with the same list, and only those");
+        // The n-th group over the same ranks is its own (members create groups in the same order).
+        name += "#" + std::to_string(made_[name]++);
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        return std::make_shared<SimTransport>(impl_, impl_->group(name, members, group_->free), my_index);
+    }
+
+    CommStats stats() const override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        return group_->free ? CommStats{} : *impl_->rank(me_).stats;
+    }
+
+private:
+    std::shared_ptr<Work> collective(Kind kind, const torch::Tensor& in, const torch::Tensor& out, ReduceOp op, int root) {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        if (!group_->free) ++impl_->rank(me_).stats->calls;
+        const int64_t seq = group_->next_seq[static_cast<size_t>(index_)];
+        auto state = impl_->join(*group_, index_, kind, in, out, op, root);
+        return std::make_shared<SimWork>(impl_, state, me_, group_->free,
+                                         std::string(kind_name(kind)) + " #" + std::to_string(seq) + " of group " +
+                                             group_->name);
+    }
+
+    void deliver(const Message& m, torch::Tensor& out, int receiver, int tag) {
+        if (m.data.numel() != out.numel())
+            throw Error("rank " + std::to_string(group_->members[static_cast<size_t>(receiver)]) + " receives " +
+                            std::to_string(out.numel()) + " elements (tag " + std::to_string(tag) + ") but " +
+                            std::to_string(m.data.numel()) + " were sent",
+                        "sender and receiver must agree on the shape");
+        torch::NoGradGuard no_grad;
+        out.view(-1).copy_(m.data.view(-1));
+    }
+
+    void check_peer(int peer, const char* what) const {
+        if (peer < 0 || peer >= world_size())
+            throw Error(std::string(what) + " rank " + std::to_string(peer) + ": the group has ranks 0.." +
+                        std::to_string(world_size() - 1));
+    }
+    void no_p2p_on_control() const {
+        if (group_->free) throw Error("the control transport carries collectives only");
+    }
+
+    std::shared_ptr<Cluster::Impl> impl_;
+    std::shared_ptr<Group> group_;
+    int index_, me_;
+    std::map<std::string, int> made_;
+};
+
+class SimClock : public RankClock {
+public:
+    SimClock(std::shared_ptr<Cluster::Impl> impl, int rank) : impl_(std::move(impl)), rank_(rank) {}
+    double now() override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        return impl_->rank(rank_).clock;
+    }
+    void charge_compute(double flops) override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        auto& s = impl_->rank(rank_);
+        const auto& st = impl_->settings;
+        double factor = st.slowdown[static_cast<size_t>(rank_)];
+        if (st.jitter > 0) {
+            std::normal_distribution<double> z(0.0, 1.0);
+            factor *= std::exp(st.jitter * z(s.rng) - 0.5 * st.jitter * st.jitter);
+        }
+        // A rank scheduled to fail stops at that instant, even in the middle of a computation.
+        s.clock = std::min(s.clock + flops / st.device.flops_per_second() * factor, st.fail_at[static_cast<size_t>(rank_)]);
+        impl_->check_alive(rank_);
+    }
+    bool simulated() const override { return true; }
+
+private:
+    std::shared_ptr<Cluster::Impl> impl_;
+    int rank_;
+};
+
+}  // namespace
+
+Cluster::Cluster(Settings settings) : impl_(std::make_shared<Impl>(std::move(settings))) {}
+Cluster::~Cluster() = default;
+
+int Cluster::size() const { return impl_->settings.ranks; }
+const Settings& Cluster::settings() const { return impl_->settings; }
+const Network& Cluster::network() const { return impl_->network; }
+
+void Cluster::run(const std::function<void(int)>& body) {
+    const int n = size();
+    std::vector<std::thread> threads;
+    threads.reserve(static_cast<size_t>(n));
+    {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        for (int r = 0; r < n; ++r) impl_->make_ready(r);
+    }
+    for (int r = 0; r < n; ++r)
+        threads.emplace_back([this, r, &body] {
+            auto& impl = *impl_;
+            {
+                std::unique_lock<std::mutex> lk(impl.mu);
+                impl.rank(r).cv.wait(lk, [&] { return impl.running == r; });
+            }
+            std::string failure;
+            try {
+                body(r);
+            } catch (const std::exception& e) {
+                failure = e.what();
+            } catch (...) {
+                failure = "unknown exception";
+            }
+            std::unique_lock<std::mutex> lk(impl.mu);
+            if (!failure.empty()) impl.kill(r, failure);
+            impl.rank(r).state = RankState::State::Done;
+            ++impl.done_count;
+            impl.switch_away(r, lk);
+        });
+    {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        impl_->switch_away(-1, lk);  // hand the processor to rank 0
+        impl_->all_done.wait(lk, [&] { return impl_->done_count == n; });
+    }
+    for (auto& t : threads) t.join();
+}
+
+std::shared_ptr<Transport> Cluster::transport(int rank) {
+    std::vector<int> all(static_cast<size_t>(size()));
+    for (int r = 0; r < size(); ++r) all[static_cast<size_t>(r)] = r;
+    std::unique_lock<std::mutex> lk(impl_->mu);
+    return std::make_shared<SimTransport>(impl_, impl_->group("world", all, false), rank);
+}
+
+std::shared_ptr<Transport> Cluster::control(int rank) {
+    std::vector<int> all(static_cast<size_t>(size()));
+    for (int r = 0; r < size(); ++r) all[static_cast<size_t>(r)] = r;
+    std::unique_lock<std::mutex> lk(impl_->mu);
+    return std::make_shared<SimTransport>(impl_, impl_->group("control", all, true), rank);
+}
+
+std::shared_ptr<RankClock> Cluster::clock(int rank) { return std::make_shared<SimClock>(impl_, rank); }
+
+double Cluster::clock_of(int rank) const {
+    std::unique_lock<std::mutex> lk(impl_->mu);
+    return impl_->rank(rank).clock;
+}
+
+// --- [sim] settings ---
+
+namespace {
+
+const Value& at(const ResolvedConfig& cfg, const std::string& key) { return cfg.values.at(key); }
+
+std::vector<std::vector<double>> rows_of(const ResolvedConfig& cfg, const std::string& key, size_t min_len,
+                                         size_t max_len, const std::string& shape) {
+    std::vector<std::vector<double>> rows;
+    for (const auto& item : at(cfg, key).as_list()) {
+        std::vector<double> row;
+        bool ok = item.type() == ValueType::List;
+        if (ok)
+            for (const auto& x : item.as_list()) {
+                if (x.type() == ValueType::Int) row.push_back(static_cast<double>(x.as_int()));
+                else if (x.type() == ValueType::Float) row.push_back(x.as_double());
+                else ok = false;
+            }
+        if (!ok || row.size() < min_len || row.size() > max_len)
+            throw Error(key + " holds " + item.to_text() + ", not " + shape, "for example " + key + " = [" + shape + "]");
+        rows.push_back(row);
+    }
+    return rows;
+}
+
+int rank_in(double v, int n, const std::string& key) {
+    const int r = static_cast<int>(v);
+    if (r != v || r < 0 || r >= n)
+        throw Error(key + " names rank " + num(v) + ", outside 0.." + std::to_string(n - 1),
+                    "ranks count from 0 to launch.ranks - 1");
+    return r;
+}
+
+}  // namespace
+
+Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
+    Settings s;
+    s.ranks = static_cast<int>(at(cfg, "launch.ranks").as_int());
+    if (s.ranks < 1) throw Error("launch.ranks must be >= 1", "set [launch] ranks = 8");
+    s.seed = mix_seed(static_cast<uint64_t>(at(cfg, "train.seed").as_int()), 0x51a1ULL);
+    auto& net = s.network;
+    net.ranks = s.ranks;
+    net.topology = at(cfg, "sim.topology").as_string();
+    net.link = {at(cfg, "sim.latency_us").as_double() * 1e-6, at(cfg, "sim.bandwidth_gbs").as_double() * 1e9};
+    net.intra = {at(cfg, "sim.intra_latency_us").as_double() * 1e-6, at(cfg, "sim.intra_bandwidth_gbs").as_double() * 1e9};
+    net.gpus_per_node = static_cast<int>(at(cfg, "sim.gpus_per_node").as_int());
+    net.torus_rows = static_cast<int>(at(cfg, "sim.torus_rows").as_int());
+    for (const auto& e : rows_of(cfg, "sim.edges", 2, 2, "[a, b], ..."))
+        net.edges.emplace_back(rank_in(e[0], s.ranks, "sim.edges"), rank_in(e[1], s.ranks, "sim.edges"));
+    for (const auto& l : rows_of(cfg, "sim.links", 4, 4, "[a, b, latency_us, bandwidth_gbs], ..."))
+        net.links.emplace_back(rank_in(l[0], s.ranks, "sim.links"), rank_in(l[1], s.ranks, "sim.links"),
+                               Link{l[2] * 1e-6, l[3] * 1e9});
+    for (const auto& f : rows_of(cfg, "sim.fail_links", 3, 3, "[a, b, time_s], ..."))
+        net.link_failures.emplace_back(rank_in(f[0], s.ranks, "sim.fail_links"), rank_in(f[1], s.ranks, "sim.fail_links"), f[2]);
+    s.algorithm = parse_algorithm(at(cfg, "sim.algorithm").as_string());
+
+    double cores = at(cfg, "sim.cores").as_double();
+    if (cores == 0) cores = std::max(1u, std::thread::hardware_concurrency());
+    s.device = device_profile(at(cfg, "sim.device").as_string(), at(cfg, "sim.efficiency").as_double(),
+                              measured_core_flops, cores, at(cfg, "sim.device_flops").as_double());
+
+    // Stragglers: listed ranks, or a seeded random fraction of them.
+    const double factor = at(cfg, "sim.slow_factor").as_double();
+    if (!(factor > 0)) throw Error("sim.slow_factor must be > 0", "2.0 makes a straggler take twice as long");
+    s.slowdown.assign(static_cast<size_t>(s.ranks), 1.0);
+    for (const auto& v : at(cfg, "sim.slow_ranks").as_list()) {
+        if (v.type() != ValueType::Int) throw Error("sim.slow_ranks holds " + v.to_text() + ", not a rank", "slow_ranks = [3]");
+        s.slowdown[static_cast<size_t>(rank_in(static_cast<double>(v.as_int()), s.ranks, "sim.slow_ranks"))] = factor;
+    }
+    const double fraction = at(cfg, "sim.slow_fraction").as_double();
+    if (fraction < 0 || fraction > 1) throw Error("sim.slow_fraction must be in [0, 1]", "0.1 slows a tenth of the ranks");
+    if (fraction > 0) {
+        std::vector<int> order(static_cast<size_t>(s.ranks));
+        for (int r = 0; r < s.ranks; ++r) order[static_cast<size_t>(r)] = r;
+        std::mt19937_64 rng(mix_seed(s.seed, 0x5106ULL));
+        std::shuffle(order.begin(), order.end(), rng);
+        const int k = static_cast<int>(std::lround(fraction * s.ranks));
+        for (int i = 0; i < k; ++i) s.slowdown[static_cast<size_t>(order[static_cast<size_t>(i)])] = factor;
+    }
+    s.jitter = at(cfg, "sim.jitter").as_double();
+    if (s.jitter < 0) throw Error("sim.jitter must be >= 0", "0.1: each compute charge varies by about 10%");
+    s.fail_at.assign(static_cast<size_t>(s.ranks), kInf);
+    for (const auto& f : rows_of(cfg, "sim.fail_ranks", 2, 2, "[rank, time_s], ..."))
+        s.fail_at[static_cast<size_t>(rank_in(f[0], s.ranks, "sim.fail_ranks"))] = f[1];
+    return s;
+}
+
+}  // namespace sim
+}  // namespace plexus::host
