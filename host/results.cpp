@@ -381,4 +381,23 @@ std::vector<std::pair<int64_t, double>> ResultsStore::metric_series(int64_t run,
     return out;
 }
 
+std::vector<MetricRow> ResultsStore::metric_rows(int64_t run, const std::string& key, int rank) {
+    Stmt s(db_, "SELECT step, value, tokens, wall_time, sim_time FROM metric WHERE run_id = ?1 AND rank = ?2 "
+                "AND key = ?3 ORDER BY step");
+    s.bind(1, run).bind(2, static_cast<int64_t>(rank)).bind(3, key);
+    std::vector<MetricRow> out;
+    while (s.step()) {
+        MetricRow m;
+        m.rank = rank;
+        m.key = key;
+        m.step = s.i64(0);
+        m.value = s.null(1) ? NAN : s.dbl(1);
+        m.tokens = s.i64(2);
+        m.wall_time = s.dbl(3);
+        if (!s.null(4)) m.sim_time = s.dbl(4);
+        out.push_back(m);
+    }
+    return out;
+}
+
 }  // namespace plexus::host

@@ -63,6 +63,8 @@ public:
     std::vector<std::string> metric_keys(int64_t run);
     // (step, value) for one metric of rank 0
     std::vector<std::pair<int64_t, double>> metric_series(int64_t run, const std::string& key);
+    // Every row of one metric of one rank, with its tokens, wall and simulated times.
+    std::vector<MetricRow> metric_rows(int64_t run, const std::string& key, int rank = 0);
 
     // Executes SQL directly (tests, maintenance).
     void exec(const std::string& sql);

@@ -10,6 +10,7 @@
 //   strategy.hpp   Strategy: one rank's training step and evaluation
 //   transport.hpp  collectives and point-to-point with accounting
 //   comm.hpp       communication schemes (plain, compressed, hierarchical)
+//   poisson.hpp    seeded Poisson event processes both ends of an edge reproduce
 //   util.hpp       small helpers shared by plugins (gradient clipping, seed mixing)
 //   token_windows.hpp  deterministic random-window batches over token arrays (datasets)
 //   replica.hpp    base for strategies where each rank holds the whole model (single, ddp)
