@@ -1,6 +1,7 @@
 #include "harness.hpp"
 
 #include <dlfcn.h>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -244,6 +245,9 @@ struct Job {
     ResultsStore* store = nullptr;  // where rank 0 records; null in processes that do not
     std::optional<sim::DeviceProfile> sim_device;
     std::string sim_network;
+    // Simulated ranks share one dataset (read-only; only one rank thread runs at a time), so
+    // that 64 ranks do not hold 64 copies of the corpus.
+    std::shared_ptr<std::shared_ptr<Dataset>> shared_dataset;
 };
 
 // How one rank reaches the others.
@@ -290,8 +294,12 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         std::shared_ptr<Transport> transport = env.connect();
         const auto control = env.control ? env.control : transport;
         HostContext bootstrap(cfg, device, 0, transport, env.clock);
-        auto dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
-        if (!dataset) throw Error("dataset plugin '" + cfg.plugins.at("data")->name + "' returned no dataset");
+        std::shared_ptr<Dataset> dataset = job.shared_dataset ? *job.shared_dataset : nullptr;
+        if (!dataset) {
+            dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
+            if (!dataset) throw Error("dataset plugin '" + cfg.plugins.at("data")->name + "' returned no dataset");
+            if (job.shared_dataset) *job.shared_dataset = dataset;
+        }
         ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport, env.clock);
         const bool sim = ctx->simulated();
         // Each rank trains on its rows of one global batch; every rank evaluates the same batches.
@@ -511,6 +519,10 @@ double current_rss_bytes() {
 int run_simulated(const Job& job, sim::Cluster& cluster) {
     const int n = cluster.size();
     std::vector<RankResult> results(static_cast<size_t>(n));
+    // One malloc arena: only one rank thread runs at a time, so there is no contention to avoid,
+    // and an arena per thread keeps each one's freed activations (measured: 16 quickstart ranks
+    // took 1.9 GB with the default arenas, 0.6 GB with one).
+    mallopt(M_ARENA_MAX, 1);
     const double rss_before = current_rss_bytes();
     std::cout << "plexus: simulating " << n << " ranks in this process" << std::endl;
     cluster.run([&](int r) {
@@ -678,6 +690,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     job.store = store.get();
     if (cluster) {
         job.sim_device = cluster->settings().device;
+        job.shared_dataset = std::make_shared<std::shared_ptr<Dataset>>();
         job.sim_network = cluster->network().describe() + ", all-reduce " + sim::to_string(cluster->settings().algorithm);
         return run_simulated(job, *cluster);
     }

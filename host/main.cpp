@@ -8,6 +8,7 @@
 
 #include <plexus/build_config.hpp>
 
+#include "bench_network.hpp"
 #include "harness.hpp"
 #include "loader.hpp"
 #include "peak.hpp"
@@ -33,6 +34,9 @@ usage:
         Print one run: status, settings, summaries and a summary of its curves.
   plexus bench peak [--threads N]
         Measure this CPU's sustained float32 matmul FLOP/s (the peak MFU divides by) and cache it.
+  plexus bench network [--ranks N]
+        Time c10d/Gloo all-reduce on N local ranks and fit the simulator's link latency and
+        bandwidth to it (the [sim] settings that model this machine).
   plexus --help | --version
 
 Experiment files (TOML) have sections [model], [data], [optimizer], [strategy], [comm] naming
@@ -41,7 +45,10 @@ plugins (name = "...") with their settings, and the host's [train], [results], [
 
 Distributed runs ([launch] mode): single (one process), local (plexus starts `ranks` worker
 processes here over c10d/Gloo), env (join a job started by torchrun, srun or mpirun: RANK,
-WORLD_SIZE, MASTER_ADDR, MASTER_PORT or their OMPI_/SLURM_ equivalents). Only rank 0 records.
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT or their OMPI_/SLURM_ equivalents), sim (`ranks` simulated
+ranks in this process: deterministic, with a virtual clock; [sim] sets the device profile, the
+network topology, stragglers and failures; its keys are listed in the README).
+Only rank 0 records.
 
 Environment:
   PLEXUS_PLUGIN_PATH   extra plugin folders, colon-separated (searched after the build's own)
@@ -229,8 +236,21 @@ int cmd_show(std::vector<std::string> args) {
 }
 
 int cmd_bench(std::vector<std::string> args) {
-    if (args.empty() || args[0] != "peak") return usage_error("plexus bench knows: peak");
+    if (args.empty() || (args[0] != "peak" && args[0] != "network"))
+        return usage_error("plexus bench knows: peak, network");
+    const std::string what = args[0];
     args.erase(args.begin());
+    if (what == "network") {
+        std::string ranks = "2";
+        take_flag(args, "--ranks", ranks);
+        if (!args.empty()) return usage_error("unexpected argument '" + args[0] + "'");
+        try {
+            return bench_network(std::stoi(ranks));
+        } catch (const std::exception& e) {
+            std::cerr << "error: " << e.what() << "\n";
+            return kFailed;
+        }
+    }
     std::string threads_text = std::to_string(std::max(1u, std::thread::hardware_concurrency()));
     take_flag(args, "--threads", threads_text);
     const int threads = std::stoi(threads_text);

@@ -55,7 +55,9 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
 std::string human_count(double n) {
     char buf[32];
     const double a = std::fabs(n);
-    if (a >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", n / 1e9);
+    if (a >= 1e15) std::snprintf(buf, sizeof buf, "%.2fP", n / 1e15);
+    else if (a >= 1e12) std::snprintf(buf, sizeof buf, "%.2fT", n / 1e12);
+    else if (a >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", n / 1e9);
     else if (a >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
     else if (a >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", n / 1e3);
     else std::snprintf(buf, sizeof buf, "%.0f", n);
@@ -74,6 +76,15 @@ std::string human_bytes(double bytes) {
 std::string human_duration(double s) {
     char buf[32];
     if (!std::isfinite(s) || s < 0) return "?";
+    // Simulated steps of fast devices last microseconds: keep three digits there.
+    if (s > 0 && s < 1e-3) {
+        std::snprintf(buf, sizeof buf, "%.3gus", s * 1e6);
+        return buf;
+    }
+    if (s > 0 && s < 1) {
+        std::snprintf(buf, sizeof buf, "%.3gms", s * 1e3);
+        return buf;
+    }
     if (s < 60) {
         std::snprintf(buf, sizeof buf, "%.1fs", s);
         return buf;

@@ -5,6 +5,7 @@
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
+#include "bench_network.hpp"
 #include "helpers.hpp"
 #include "results.hpp"
 #include "sim_cluster.hpp"
@@ -365,4 +366,23 @@ TEST_CASE("a scheduled rank failure fails the sim run, recorded with the rank", 
     auto rows = last_run(db);
     CHECK(rows.status == "failed");
     CHECK_THAT(rows.error, Contains("rank 3 failed at simulated time 0.0005"));
+}
+
+TEST_CASE("bench network's fit recovers alpha and B from ring all-reduce times", "[sim]") {
+    for (int n : {2, 4}) {
+        const double alpha = 120e-6, B = 1.5e9;
+        std::vector<double> sizes, times;
+        for (double s = 4096; s <= 16e6; s *= 4) {
+            sizes.push_back(s);
+            times.push_back(2.0 * (n - 1) * (alpha + s / (n * B)));
+        }
+        auto fit = host::fit_ring_all_reduce(n, sizes, times);
+        CHECK(fit.latency == Approx(alpha).epsilon(1e-9));
+        CHECK(fit.bandwidth == Approx(B).epsilon(1e-9));
+        // 10% noise on one point moves the fit, but not far.
+        times[2] *= 1.1;
+        fit = host::fit_ring_all_reduce(n, sizes, times);
+        CHECK(fit.latency == Approx(alpha).epsilon(0.15));
+        CHECK(fit.bandwidth == Approx(B).epsilon(0.15));
+    }
 }
