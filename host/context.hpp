@@ -26,6 +26,8 @@ public:
 
     int rank() const override { return transport_->rank(); }
     int world_size() const override { return transport_->world_size(); }
+    int ranks_per_node() const override { return ranks_per_node_; }
+    void set_ranks_per_node(int n) { ranks_per_node_ = n > 0 ? n : 1; }
     torch::Device device() const override { return device_; }
     Transport& transport() override { return *transport_; }
     const Value& setting(const std::string& key) const override;
@@ -59,6 +61,7 @@ private:
     int64_t vocab_;
     std::shared_ptr<Transport> transport_;
     std::shared_ptr<RankClock> clock_;
+    int ranks_per_node_ = 1;
     std::chrono::steady_clock::time_point start_;
 };
 

@@ -256,6 +256,7 @@ struct RankEnv {
     std::function<std::shared_ptr<Transport>()> connect;  // called where a failure is recorded
     std::shared_ptr<Transport> control;  // the harness's own collectives; null: the transport
     std::shared_ptr<RankClock> clock = make_wall_clock();
+    int ranks_per_node = 1;
     bool print_errors = true;
 };
 
@@ -294,6 +295,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         std::shared_ptr<Transport> transport = env.connect();
         const auto control = env.control ? env.control : transport;
         HostContext bootstrap(cfg, device, 0, transport, env.clock);
+        bootstrap.set_ranks_per_node(env.ranks_per_node);
         std::shared_ptr<Dataset> dataset = job.shared_dataset ? *job.shared_dataset : nullptr;
         if (!dataset) {
             dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
@@ -301,6 +303,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             if (job.shared_dataset) *job.shared_dataset = dataset;
         }
         ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport, env.clock);
+        ctx->set_ranks_per_node(env.ranks_per_node);
         const bool sim = ctx->simulated();
         // Each rank trains on its rows of one global batch; every rank evaluates the same batches.
         StreamSpec train_spec{Split::Train, B, T, rank, world, ctx->seed("data")};
@@ -533,6 +536,7 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
         env.control = cluster.control(r);
         env.clock = cluster.clock(r);
         env.print_errors = r == 0;
+        env.ranks_per_node = cluster.network().two_level() ? cluster.network().spec().gpus_per_node : 1;
         results[static_cast<size_t>(r)] = train_rank(job, env);
         // A failed rank fails what its peers wait for (they then record why, rank 0 included).
         if (results[static_cast<size_t>(r)].code == kFailed) throw Error(results[static_cast<size_t>(r)].error);
@@ -697,6 +701,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     RankEnv env;
     env.rank = rank;
     env.world = world;
+    env.ranks_per_node = rendezvous ? rendezvous->local_world_size : 1;
     env.connect = [&rendezvous]() -> std::shared_ptr<Transport> {
         if (rendezvous) return make_gloo_transport(*rendezvous);
         return make_local_transport();

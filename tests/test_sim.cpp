@@ -386,3 +386,23 @@ TEST_CASE("bench network's fit recovers alpha and B from ring all-reduce times",
         CHECK(fit.bandwidth == Approx(B).epsilon(0.15));
     }
 }
+
+TEST_CASE("every communication scheme runs unchanged on the simulated cluster", "[sim][run]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    // Two nodes of two ranks: the hierarchical scheme takes its node size from the topology.
+    const auto file = dir.file("sim.toml", kSimDdp + R"(
+[sim]
+topology = "two_level"
+gpus_per_node = 2
+)");
+    for (const std::string scheme : {"allreduce", "quantize", "topk", "powersgd", "hierarchical"}) {
+        auto res = run_plexus("run " + file + " --db " + db + " --set train.steps=12 --set comm.name=" + scheme);
+        INFO(scheme << "\n" << res.output);
+        REQUIRE(res.exit_code == 0);
+        host::ResultsStore store(db);
+        auto loss = store.metric_series(store.list_runs(1).at(0).id, "loss");
+        REQUIRE(loss.size() == 12);
+        CHECK(loss.back().second < loss.front().second);
+    }
+}

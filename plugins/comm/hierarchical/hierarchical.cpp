@@ -1,7 +1,8 @@
 // comm/hierarchical: topology-aware averaging for nodes of G ranks (consecutive ranks share a
 // node): reduce-scatter inside the node, all-reduce of each chunk across nodes (between the
 // ranks with the same position in their node), all-gather inside the node. Only 1/G of the
-// tensor crosses the slow inter-node links. G comes from node_size, else LOCAL_WORLD_SIZE.
+// tensor crosses the slow inter-node links. G comes from node_size, else from the run context
+// (the launcher's ranks per node, or the simulated cluster's gpus_per_node).
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -58,12 +59,11 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Comm;
     d.version = "1.0";
     d.summary = "reduce-scatter in the node, all-reduce across nodes, all-gather in the node";
-    d.schema = {{"node_size", 0, "ranks per node; 0: LOCAL_WORLD_SIZE from the launcher, else all ranks"}};
-    d.make_comm = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::CommScheme> {
+    d.schema = {{"node_size", 0, "ranks per node; 0: as launched (LOCAL_WORLD_SIZE, or sim.gpus_per_node)"}};
+    d.make_comm = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::CommScheme> {
         int64_t g = cfg.get_int("node_size");
         cfg.require(g >= 0, "node_size", "must be >= 0");
-        if (g == 0)
-            if (const char* local = std::getenv("LOCAL_WORLD_SIZE")) g = std::atoll(local);
+        if (g == 0) g = ctx.ranks_per_node();
         return std::make_unique<Hierarchical>(g);
     };
     return d;

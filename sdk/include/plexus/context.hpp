@@ -34,6 +34,11 @@ public:
 
     virtual int rank() const = 0;
     virtual int world_size() const = 0;
+    // How many consecutive ranks share this rank's node (rank / ranks_per_node() is its node):
+    // from the launcher on real runs (LOCAL_WORLD_SIZE and its mpirun/srun equivalents), from
+    // sim.gpus_per_node on a two_level simulated cluster, 1 on other simulated topologies.
+    // Topology-aware schemes (hierarchical all-reduce) group ranks by it.
+    virtual int ranks_per_node() const = 0;
     virtual torch::Device device() const = 0;
     virtual Transport& transport() = 0;
 
