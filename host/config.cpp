@@ -1,5 +1,6 @@
 #include "config.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -86,6 +87,71 @@ toml::table parse_file(const std::string& path) {
     }
 }
 
+// [grid]: lists of values under dotted keys (quoted, "optimizer.lr", or as TOML dotted keys or
+// sub-tables); `seeds` is the train.seed axis; every sub-table whose name starts with "zip" is
+// one group of lists that vary together.
+void collect_lists(const toml::table& table, const std::string& prefix, const std::string& file,
+                   std::vector<std::pair<std::string, const toml::node*>>& out, bool zip_groups,
+                   std::vector<std::pair<std::string, const toml::table*>>* zips) {
+    for (const auto& [k, node] : table) {
+        const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+        if (const auto* sub = node.as_table()) {
+            if (zip_groups && prefix.empty() && key.rfind("zip", 0) == 0) zips->emplace_back(key, sub);
+            else collect_lists(*sub, key, file, out, false, nullptr);
+        } else {
+            out.emplace_back(key, &node);
+        }
+    }
+}
+
+GridAxis grid_list(const std::string& key, const toml::node& node, const std::string& file) {
+    const auto* arr = node.as_array();
+    if (!arr || arr->empty())
+        throw config_error(loc_of(node.source(), file), "[grid] '" + key + "' must be a non-empty list of values",
+                           "for example \"optimizer.lr\" = [1e-3, 3e-4]");
+    GridAxis axis;
+    axis.where = loc_of(node.source(), file);
+    for (const auto& item : *arr) axis.points.push_back({to_value(item, key, file)});
+    if (key == "seeds") {
+        for (const auto& p : axis.points)
+            if (p[0].type() != ValueType::Int)
+                throw config_error(axis.where, "[grid] seeds must be integers", "seeds = [0, 1, 2]");
+        axis.keys = {"train.seed"};
+    } else {
+        if (key.find('.') == std::string::npos && key != "name")
+            throw config_error(axis.where, "[grid] '" + key + "' is not a dotted setting",
+                               "name the section too: \"optimizer.lr\" = [...]");
+        axis.keys = {key};
+    }
+    return axis;
+}
+
+std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& file) {
+    std::vector<std::pair<std::string, const toml::node*>> lists;
+    std::vector<std::pair<std::string, const toml::table*>> zips;
+    collect_lists(grid, "", file, lists, true, &zips);
+    std::vector<GridAxis> axes;
+    for (const auto& [key, node] : lists) axes.push_back(grid_list(key, *node, file));
+    for (const auto& [name, table] : zips) {
+        std::vector<std::pair<std::string, const toml::node*>> members;
+        collect_lists(*table, "", file, members, false, nullptr);
+        GridAxis zipped;
+        zipped.where = loc_of(table->source(), file);
+        for (const auto& [key, node] : members) {
+            GridAxis one = grid_list(key, *node, file);
+            if (!zipped.keys.empty() && one.points.size() != zipped.points.size())
+                throw config_error(one.where, "[grid." + name + "] '" + key + "' has " + std::to_string(one.points.size()) +
+                                       " values but '" + zipped.keys[0] + "' has " + std::to_string(zipped.points.size()),
+                                   "lists in a zip group vary together: give them the same length");
+            if (zipped.keys.empty()) zipped.points.resize(one.points.size());
+            zipped.keys.push_back(one.keys[0]);
+            for (size_t i = 0; i < one.points.size(); ++i) zipped.points[i].push_back(one.points[i][0]);
+        }
+        if (!zipped.keys.empty()) axes.push_back(zipped);
+    }
+    return axes;
+}
+
 void load_into(const std::string& path, Experiment& exp, std::vector<std::string>& stack) {
     const std::string canonical = fs::weakly_canonical(path).string();
     for (const auto& s : stack)
@@ -112,6 +178,23 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
             load_into(p.string(), exp, stack);
         }
         table.erase("extends");
+    }
+    if (auto* grid = table.get("grid")) {
+        if (!grid->is_table())
+            throw config_error(loc_of(grid->source(), path), "'grid' must be a table", "[grid] \"optimizer.lr\" = [1e-3, 3e-4]");
+        // A file's axes replace its base's axes over the same keys; the others add up.
+        for (auto& axis : parse_grid(*grid->as_table(), path)) {
+            exp.grid.erase(std::remove_if(exp.grid.begin(), exp.grid.end(),
+                                          [&](const GridAxis& a) {
+                                              for (const auto& k : a.keys)
+                                                  if (std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
+                                                      return true;
+                                              return false;
+                                          }),
+                           exp.grid.end());
+            exp.grid.push_back(std::move(axis));
+        }
+        table.erase("grid");
     }
     std::map<std::string, Setting> mine;
     flatten(table, "", path, mine);
@@ -180,6 +263,57 @@ Experiment load_experiment(const std::string& path) {
     ss << in.rdbuf();
     exp.text = ss.str();
     return exp;
+}
+
+std::vector<GridPoint> expand_grid(const Experiment& exp) {
+    std::vector<GridPoint> points(1);
+    for (const auto& axis : exp.grid) {
+        std::vector<GridPoint> next;
+        for (const auto& p : points)
+            for (const auto& values : axis.points) {
+                GridPoint q = p;
+                for (size_t k = 0; k < axis.keys.size(); ++k) {
+                    q.assignments.emplace_back(axis.keys[k], values[k]);
+                    const std::string shown = axis.keys[k] == "train.seed" ? "seed" : axis.keys[k];
+                    q.label += (q.label.empty() ? "" : " ") + shown + "=" + values[k].to_text();
+                }
+                next.push_back(std::move(q));
+            }
+        points = std::move(next);
+    }
+    return points;
+}
+
+Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const DescriptorLookup& find) {
+    Experiment out = exp;
+    out.grid.clear();
+    auto where_of = [&](const std::string& key) {
+        for (const auto& axis : exp.grid)
+            if (std::find(axis.keys.begin(), axis.keys.end(), key) != axis.keys.end()) return axis.where;
+        return SourceLoc{exp.path, 0, 0};
+    };
+    // Plugin names first: a section switching plugin keeps only the keys the new one accepts.
+    for (const auto& [key, value] : point.assignments) {
+        const auto dot = key.find('.');
+        if (dot == std::string::npos || key.compare(dot, std::string::npos, ".name") != 0) continue;
+        const std::string section = key.substr(0, dot);
+        auto old = out.settings.find(key);
+        if (old != out.settings.end() && old->second.value == value) continue;
+        const PluginSection* ps = nullptr;
+        for (const auto& s : plugin_sections())
+            if (section == s.section) ps = &s;
+        const PluginDescriptor* d = ps && value.type() == ValueType::String ? find(ps->kind, value.as_string()) : nullptr;
+        for (auto it = out.settings.begin(); it != out.settings.end();) {
+            const bool in_section = it->first.rfind(section + ".", 0) == 0 && it->first != key;
+            bool accepted = false;
+            if (in_section && d)
+                for (const auto& k : d->schema) accepted |= section + "." + k.name == it->first;
+            it = in_section && !accepted ? out.settings.erase(it) : std::next(it);
+        }
+        out.settings[key] = Setting{value, where_of(key)};
+    }
+    for (const auto& [key, value] : point.assignments) out.settings[key] = Setting{value, where_of(key)};
+    return out;
 }
 
 Value parse_value(const std::string& text, const std::string& origin) {
@@ -405,7 +539,10 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
     // The hash covers what changes the training, not where results go or what the run is called.
     std::string canonical;
     for (const auto& [k, v] : out.values) {
-        if (k == "name" || k == "description" || k.rfind("results.", 0) == 0 || k == "plugin_path") continue;
+        // Where results go and how many cores a run gets are not what it trains.
+        if (k == "name" || k == "description" || k.rfind("results.", 0) == 0 || k == "plugin_path" ||
+            k == "train.threads")
+            continue;
         canonical += k + "=" + v.to_text() + "\n";
     }
     out.hash = hex64(fnv1a(canonical));

@@ -26,6 +26,13 @@ struct Setting {
     SourceLoc where;
 };
 
+// One axis of a [grid]: a single key (cartesian) or several keys that vary together (zipped).
+struct GridAxis {
+    std::vector<std::string> keys;
+    std::vector<std::vector<Value>> points;  // points[i][k]: the value of keys[k] at position i
+    SourceLoc where;
+};
+
 // An experiment as written: every setting under its dotted key ("optimizer.lr"; top-level
 // keys such as "name" have no dot), after `extends` and overrides are applied.
 struct Experiment {
@@ -34,7 +41,18 @@ struct Experiment {
     std::vector<std::string> files;  // it and every file it extends, in load order
     std::map<std::string, Setting> settings;
     std::vector<std::string> overrides;  // the --set assignments, as given
+    std::vector<GridAxis> grid;          // [grid]: empty for a single run
 };
+
+// One point of a grid: the settings it assigns, and a short label ("optimizer.lr=0.001 seed=1").
+struct GridPoint {
+    std::vector<std::pair<std::string, Value>> assignments;
+    std::string label;
+};
+
+// The cartesian product of the axes, in a stable order (first axis slowest); one empty point
+// when there is no grid.
+std::vector<GridPoint> expand_grid(const Experiment& exp);
 
 // Reads `path` and the files it extends. Throws ConfigError (a plexus::Error) naming the file,
 // line and column of what is wrong.
@@ -72,6 +90,11 @@ struct ResolvedConfig {
 // Throws ConfigError listing every problem found (unknown keys with the nearest known key,
 // wrong types, unknown plugins with close names), each with its location.
 ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names);
+
+// The experiment of one grid point: its assignments applied, grid removed. A point that names
+// another plugin for a section keeps only the section's keys that plugin also accepts (so
+// "optimizer.name" = ["adamw", "sgd"] keeps a shared lr but drops adamw's betas for sgd).
+Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const DescriptorLookup& find);
 
 // Parses TOML `text` (for --set values and tests); throws ConfigError with `origin`.
 Value parse_value(const std::string& text, const std::string& origin);

@@ -562,6 +562,18 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
 
 }  // namespace
 
+void scan_plugins(const Experiment& exp, PluginRegistry& registry) {
+    auto search = PluginRegistry::default_search_path();
+    if (auto it = exp.settings.find("plugin_path"); it != exp.settings.end()) {
+        const auto& v = it->second.value;
+        if (v.type() == ValueType::String) search.push_back(v.as_string());
+        if (v.type() == ValueType::List)
+            for (const auto& item : v.as_list())
+                if (item.type() == ValueType::String) search.push_back(item.as_string());
+    }
+    registry.scan(search);
+}
+
 int run_experiment(const std::string& path, const RunOptions& options) {
     // Phase 1: everything that can be checked before the run exists in the database.
     Experiment exp;
@@ -580,17 +592,20 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         if (!options.db.empty()) exp.settings["results.db"] = Setting{Value(options.db), SourceLoc{"--db", 0, 0}};
         if (!options.progress.empty())
             exp.settings["results.progress"] = Setting{Value(options.progress), SourceLoc{"--progress", 0, 0}};
-        auto search = PluginRegistry::default_search_path();
-        if (auto it = exp.settings.find("plugin_path"); it != exp.settings.end()) {
-            const auto& v = it->second.value;
-            if (v.type() == ValueType::String) search.push_back(v.as_string());
-            if (v.type() == ValueType::List)
-                for (const auto& item : v.as_list())
-                    if (item.type() == ValueType::String) search.push_back(item.as_string());
+        scan_plugins(exp, registry);
+        auto find = [&](PluginKind k, const std::string& n) { return registry.find(k, n); };
+        if (!exp.grid.empty() || options.point >= 0) {
+            const auto points = expand_grid(exp);
+            if (options.point < 0)
+                throw Error(path + " has a [grid] of " + std::to_string(points.size()) + " runs",
+                            "run them all with `plexus sweep " + path + "`, or one with `plexus run " + path + " --point I`");
+            if (options.point >= static_cast<int>(points.size()))
+                throw Error("--point " + std::to_string(options.point) + ": " + path + " has " +
+                                std::to_string(points.size()) + " grid point(s), 0.." + std::to_string(points.size() - 1),
+                            "`plexus sweep " + path + " --dry-run` lists them");
+            exp = apply_grid_point(exp, points[static_cast<size_t>(options.point)], find);
         }
-        registry.scan(search);
-        cfg = resolve(exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
-                      [&](PluginKind k) { return registry.names(k); });
+        cfg = resolve(exp, find, [&](PluginKind k) { return registry.names(k); });
         const std::string schedule = cfg.values.at("train.lr_schedule").as_string();
         if (schedule != "constant" && schedule != "cosine" && schedule != "linear")
             throw Error(exp.settings.count("train.lr_schedule") ? exp.settings.at("train.lr_schedule").where.str() + ": train.lr_schedule = \"" + schedule + "\" is unknown" : "train.lr_schedule is unknown",
@@ -636,9 +651,11 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     const int local_ranks = is_launcher  ? static_cast<int>(v.at("launch.ranks").as_int())
                             : rendezvous ? rendezvous->local_world_size
                                          : 1;
-    const int threads = v.at("train.threads").as_int() > 0
-                            ? static_cast<int>(v.at("train.threads").as_int())
-                            : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / local_ranks);
+    // The cores this run may use: all of them, or the share a sweep running several at once gave it.
+    int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (const char* share = std::getenv("PLEXUS_CORES"); share && std::atoi(share) > 0) cores = std::atoi(share);
+    const int threads = v.at("train.threads").as_int() > 0 ? static_cast<int>(v.at("train.threads").as_int())
+                                                           : std::max(1, cores / local_ranks);
     set_compute_threads(threads);
 
     // Phase 2: the run exists; from here every failure is recorded on it.
@@ -655,6 +672,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     info.git_rev = git_revision(fs::absolute(path).parent_path().string());
     info.command = options.command_line;
     info.world_size = is_launcher || cluster ? v.at("launch.ranks").as_int() : world;
+    if (const char* sweep = std::getenv("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0) info.sweep_id = std::atoll(sweep);
     if (cluster) info.device += ", simulating " + std::to_string(cluster->size()) + " x " + cluster->settings().device.name;
     int64_t run_id = 0;
     try {

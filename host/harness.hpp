@@ -6,13 +6,20 @@
 
 namespace plexus::host {
 
+struct Experiment;
+class PluginRegistry;
+
 struct RunOptions {
     std::vector<std::string> overrides;  // --set assignments
     std::string db;                      // --db: overrides results.db
     std::string progress;                // --progress: overrides results.progress
     std::string command_line;            // recorded with the run
     std::vector<std::string> argv;       // the whole command line: local workers re-run it
+    int point = -1;                      // --point: which point of the file's [grid] to run
 };
+
+// Scans the default plugin folders and the experiment's plugin_path.
+void scan_plugins(const Experiment& exp, PluginRegistry& registry);
 
 // Exit codes of `plexus run`.
 enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2, kDiverged = 3, kInterrupted = 130 };

@@ -1,6 +1,9 @@
 // plexus: the command-line entry point.
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -10,6 +13,9 @@
 
 #include "bench_network.hpp"
 #include "harness.hpp"
+#include "leaderboard.hpp"
+#include "report.hpp"
+#include "sweep.hpp"
 #include "loader.hpp"
 #include "peak.hpp"
 #include "results.hpp"
@@ -23,9 +29,27 @@ namespace {
 const char* kHelpText = R"(plexus: one harness to train, measure and compare distributed training algorithms.
 
 usage:
-  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none]
+  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none] [--point I]
         Train the experiment in FILE.toml and record it in the results database.
         --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
+        --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
+  plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
+        Run every point of the file's [grid], N at once (never more cores than the machine has;
+        a local multi-process run counts its ranks). Resumable: points already finished in the
+        sweep are skipped; failed ones run again with --retry-failed. --dry-run lists the points.
+  plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
+                     [--format table|csv|json|markdown] [--db PATH]
+        Rank the newest (or the named) sweep's grid points, mean ± std over seeds, by M:
+        final_eval_loss (default), loss_at (eval loss at --tokens), tokens_to / time_to (to reach
+        eval loss --target; simulated time on the simulated cluster), mfu, tokens_per_s,
+        peak_memory, bytes_sent, or any summary key. --runs: one row per run.
+  plexus compare RUN RUN... [--db PATH]
+        The settings that differ between runs, and their figures with deltas against the first.
+  plexus curves RUN... [--sweep SWEEP] [--keys loss,eval_loss] [-o FILE.csv] [--db PATH]
+        Per-step curves as CSV (run, key, step, tokens, wall time, simulated time, value).
+  plexus report [SWEEP] -o report.html [--metric M ...] [--db PATH]
+        A self-contained HTML page: the leaderboard, loss against steps, tokens and time (a band
+        over seeds), MFU and memory bars. Opens without a network.
   plexus plugins [NAME]
         List the plugins found and why any was refused; with NAME, print its settings.
   plexus runs [--db PATH] [--limit N]
@@ -57,6 +81,11 @@ Environment:
 Exit codes: 0 finished, 1 failed, 2 usage, 3 diverged, 130 interrupted.
 Default database: results/plexus.db (relative to the current folder).
 )";
+
+void print_error(const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
+}
 
 int usage_error(const std::string& msg) {
     std::cerr << "error: " << msg << "\nrun `plexus --help` for usage\n";
@@ -183,6 +212,162 @@ int cmd_runs(std::vector<std::string> args) {
     }
 }
 
+// "--metric", "--target", "--tokens", "--group-by", "--runs" of leaderboard and report.
+bool take_board_options(std::vector<std::string>& args, BoardOptions& o, std::string& error) {
+    std::string value;
+    if (take_flag(args, "--metric", value)) o.metric = value;
+    try {
+        if (take_flag(args, "--target", value)) o.target = std::stod(value);
+        if (take_flag(args, "--tokens", value)) o.tokens = std::stod(value);
+    } catch (...) {
+        error = "'" + value + "' is not a number";
+        return false;
+    }
+    if (take_flag(args, "--group-by", value)) o.group_by = split(value, ',');
+    auto it = std::find(args.begin(), args.end(), "--runs");
+    if (it != args.end()) {
+        o.per_run = true;
+        args.erase(it);
+    }
+    return true;
+}
+
+int cmd_leaderboard(std::vector<std::string> args) {
+    std::string db = "results/plexus.db", format = "table", error;
+    BoardOptions o;
+    take_flag(args, "--db", db);
+    take_flag(args, "--format", format);
+    if (!take_board_options(args, o, error)) return usage_error(error);
+    if (args.size() > 1 || (!args.empty() && args[0].rfind("--", 0) == 0))
+        return usage_error("unexpected argument '" + args.back() + "' for plexus leaderboard");
+    try {
+        ResultsStore store(db);
+        std::string title;
+        int unfinished = 0;
+        const auto runs = runs_to_rank(store, args.empty() ? "" : args[0], title, unfinished);
+        auto board = make_board(store, runs, o);
+        board.title = title;
+        board.unfinished = unfinished;
+        std::cout << format_board(board, format);
+        return kOk;
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+}
+
+std::vector<int64_t> run_ids(const std::vector<std::string>& args, std::string& bad) {
+    std::vector<int64_t> ids;
+    for (const auto& a : args) {
+        if (a.empty() || a.find_first_not_of("0123456789") != std::string::npos) {
+            bad = a;
+            return {};
+        }
+        ids.push_back(std::stoll(a));
+    }
+    return ids;
+}
+
+int cmd_compare(std::vector<std::string> args) {
+    std::string db = "results/plexus.db", bad;
+    take_flag(args, "--db", db);
+    const auto ids = run_ids(args, bad);
+    if (!bad.empty()) return usage_error("'" + bad + "' is not a run id (see `plexus runs`)");
+    try {
+        ResultsStore store(db);
+        std::cout << compare_runs(store, ids);
+        return kOk;
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+}
+
+int cmd_curves(std::vector<std::string> args) {
+    std::string db = "results/plexus.db", keys, out, sweep, bad;
+    take_flag(args, "--db", db);
+    take_flag(args, "--keys", keys);
+    take_flag(args, "-o", out);
+    const bool by_sweep = take_flag(args, "--sweep", sweep);
+    auto ids = run_ids(args, bad);
+    if (!bad.empty()) return usage_error("'" + bad + "' is not a run id (see `plexus runs`)");
+    try {
+        ResultsStore store(db);
+        if (by_sweep) {
+            auto sw = store.find_sweep(sweep);
+            if (!sw) throw Error("no sweep '" + sweep + "' in " + db, "`plexus leaderboard` shows the newest one");
+            for (const auto& r : store.sweep_runs(sw->id)) ids.push_back(r.id);
+        }
+        if (ids.empty()) return usage_error("plexus curves needs run ids or --sweep SWEEP");
+        const std::string csv = curves_csv(store, ids, keys.empty() ? std::vector<std::string>{} : split(keys, ','));
+        if (out.empty()) {
+            std::cout << csv;
+        } else {
+            std::ofstream f(out);
+            f << csv;
+            if (!f) throw Error("cannot write " + out, "check the folder exists and is writable");
+            std::cerr << "wrote " << out << "\n";
+        }
+        return kOk;
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+}
+
+int cmd_report(std::vector<std::string> args) {
+    std::string db = "results/plexus.db", out, error;
+    BoardOptions o;
+    take_flag(args, "--db", db);
+    take_flag(args, "-o", out);
+    if (!take_board_options(args, o, error)) return usage_error(error);
+    if (out.empty()) return usage_error("plexus report needs -o FILE.html");
+    if (args.size() > 1) return usage_error("unexpected argument '" + args.back() + "' for plexus report");
+    try {
+        ResultsStore store(db);
+        const std::string html = make_report(store, args.empty() ? "" : args[0], o);
+        const std::string tmp = out + ".tmp";
+        {
+            std::ofstream f(tmp);
+            f << html;
+            if (!f) throw Error("cannot write " + out, "check the folder exists and is writable");
+        }
+        std::filesystem::rename(tmp, out);  // never a half-written report
+        std::cout << "wrote " << out << " (" << html.size() / 1024 << " KiB, self-contained)\n";
+        return kOk;
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+}
+
+int cmd_sweep(std::vector<std::string> args) {
+    SweepOptions o;
+    std::string value;
+    while (take_flag(args, "--set", value)) o.overrides.push_back(value);
+    take_flag(args, "--db", o.db);
+    take_flag(args, "--progress", o.progress);
+    if (take_flag(args, "-j", value)) {
+        if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos || std::stoi(value) < 1)
+            return usage_error("-j takes a number of runs >= 1");
+        o.jobs = std::stoi(value);
+    }
+    for (auto it = args.begin(); it != args.end();) {
+        if (*it == "--retry-failed") o.retry_failed = true;
+        else if (*it == "--dry-run") o.dry_run = true;
+        else if (it->rfind("-j", 0) == 0 && it->size() > 2 && it->find_first_not_of("0123456789", 2) == std::string::npos)
+            o.jobs = std::stoi(it->substr(2));
+        else {
+            ++it;
+            continue;
+        }
+        it = args.erase(it);
+    }
+    if (args.size() != 1) return usage_error(args.empty() ? "plexus sweep needs an experiment file" : "unexpected argument '" + args[1] + "'");
+    if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
+    return run_sweep(args[0], o);
+}
+
 int cmd_show(std::vector<std::string> args) {
     std::string db = "results/plexus.db";
     take_flag(args, "--db", db);
@@ -282,6 +467,11 @@ int main(int argc, char** argv) {
         while (take_flag(args, "--set", value)) opts.overrides.push_back(value);
         take_flag(args, "--db", opts.db);
         take_flag(args, "--progress", opts.progress);
+        if (take_flag(args, "--point", value)) {
+            if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos)
+                return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
+            opts.point = std::stoi(value);
+        }
         if (args.size() != 1) return usage_error(args.empty() ? "plexus run needs an experiment file" : "unexpected argument '" + args[1] + "'");
         if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
         return run_experiment(args[0], opts);
@@ -290,6 +480,12 @@ int main(int argc, char** argv) {
     if (cmd == "runs") return cmd_runs(args);
     if (cmd == "show") return cmd_show(args);
     if (cmd == "bench") return cmd_bench(args);
-    std::string hint = did_you_mean(cmd, {"run", "plugins", "runs", "show", "bench"});
+    if (cmd == "sweep") return cmd_sweep(args);
+    if (cmd == "leaderboard") return cmd_leaderboard(args);
+    if (cmd == "compare") return cmd_compare(args);
+    if (cmd == "curves") return cmd_curves(args);
+    if (cmd == "report") return cmd_report(args);
+    std::string hint = did_you_mean(cmd, {"run", "plugins", "runs", "show", "bench", "sweep", "leaderboard", "compare",
+                                          "curves", "report"});
     return usage_error("unknown command '" + cmd + "'" + (hint.empty() ? "" : "; " + hint));
 }

@@ -300,6 +300,39 @@ void ResultsStore::finish_run(int64_t run, const std::string& status, const std:
     s.bind(4, run).step();
 }
 
+int64_t ResultsStore::ensure_sweep(const std::string& name, const std::string& toml, const std::string& git_rev,
+                                   const std::string& host) {
+    Transaction tx(*this);
+    Stmt find(db_, "SELECT id FROM sweep WHERE name = ?1 ORDER BY id DESC LIMIT 1");
+    find.bind(1, name);
+    int64_t id = 0;
+    if (find.step()) {
+        id = find.i64(0);
+        Stmt u(db_, "UPDATE sweep SET toml = ?1 WHERE id = ?2");
+        u.bind(1, toml).bind(2, id).step();
+    } else {
+        Stmt s(db_, "INSERT INTO sweep (name, toml, created, git_rev, host) VALUES (?1, ?2, ?3, ?4, ?5)");
+        s.bind(1, name).bind(2, toml).bind(3, now()).bind(4, git_rev).bind(5, host).step();
+        id = sqlite3_last_insert_rowid(db_);
+    }
+    tx.commit();
+    return id;
+}
+
+std::vector<SweepInfo> ResultsStore::list_sweeps() {
+    Stmt s(db_, "SELECT id, name, toml, created FROM sweep ORDER BY id DESC");
+    std::vector<SweepInfo> out;
+    while (s.step()) out.push_back({s.i64(0), s.text(1), s.text(2), s.dbl(3)});
+    return out;
+}
+
+std::optional<SweepInfo> ResultsStore::find_sweep(const std::string& which) {
+    const bool numeric = !which.empty() && which.find_first_not_of("0123456789") == std::string::npos;
+    for (const auto& sw : list_sweeps())
+        if (which.empty() || (numeric && std::to_string(sw.id) == which) || (!numeric && sw.name == which)) return sw;
+    return std::nullopt;
+}
+
 namespace {
 const char* kRunColumns =
     "id, sweep_id, name, config_hash, config_json, toml, status, error, plugins, fingerprint, device, host,"
@@ -333,6 +366,14 @@ RunInfo read_run(Stmt& s) {
 std::vector<RunInfo> ResultsStore::list_runs(int64_t limit) {
     Stmt s(db_, std::string("SELECT ") + kRunColumns + " FROM run ORDER BY id DESC LIMIT ?1");
     s.bind(1, limit);
+    std::vector<RunInfo> out;
+    while (s.step()) out.push_back(read_run(s));
+    return out;
+}
+
+std::vector<RunInfo> ResultsStore::sweep_runs(int64_t sweep) {
+    Stmt s(db_, std::string("SELECT ") + kRunColumns + " FROM run WHERE sweep_id = ?1 ORDER BY id");
+    s.bind(1, sweep);
     std::vector<RunInfo> out;
     while (s.step()) out.push_back(read_run(s));
     return out;

@@ -36,6 +36,12 @@ struct RunInfo {
     double started = 0, ended = 0, heartbeat = 0;
 };
 
+struct SweepInfo {
+    int64_t id = 0;
+    std::string name, toml;
+    double created = 0;
+};
+
 class ResultsStore {
 public:
     // Opens (creating the file and its folder if needed) and migrates. Throws plexus::Error if
@@ -54,6 +60,15 @@ public:
     void set_summary(int64_t run, int rank, const std::string& key, double value);
     void set_summary_text(int64_t run, int rank, const std::string& key, const std::string& text);
     void finish_run(int64_t run, const std::string& status, const std::string& error);
+
+    // The sweep of that name (its TOML updated), or a new one.
+    int64_t ensure_sweep(const std::string& name, const std::string& toml, const std::string& git_rev,
+                         const std::string& host);
+    // By id (digits) or name; empty `which`: the newest sweep.
+    std::optional<SweepInfo> find_sweep(const std::string& which);
+    std::vector<SweepInfo> list_sweeps();
+    // The runs of a sweep, oldest first.
+    std::vector<RunInfo> sweep_runs(int64_t sweep);
 
     std::vector<RunInfo> list_runs(int64_t limit);
     std::optional<RunInfo> get_run(int64_t id);

@@ -52,6 +52,21 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
     return out;
 }
 
+std::vector<std::string> split(const std::string& text, char sep) {
+    std::vector<std::string> out;
+    std::string item;
+    for (char c : text) {
+        if (c == sep) {
+            if (!item.empty()) out.push_back(item);
+            item.clear();
+        } else {
+            item += c;
+        }
+    }
+    if (!item.empty()) out.push_back(item);
+    return out;
+}
+
 std::string human_count(double n) {
     char buf[32];
     const double a = std::fabs(n);

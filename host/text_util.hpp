@@ -15,6 +15,7 @@ std::vector<std::string> closest(const std::string& word, const std::vector<std:
 // "did you mean 'a' or 'b'?" / "" when there is nothing close.
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
 std::string join(const std::vector<std::string>& items, const std::string& sep);
+std::vector<std::string> split(const std::string& text, char sep);  // empty items dropped
 
 std::string human_count(double n);       // 41.2k, 3.1M
 std::string human_bytes(double bytes);   // 412 MiB

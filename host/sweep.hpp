@@ -1,0 +1,24 @@
+// `plexus sweep FILE`: expands the file's [grid] and runs every point as its own `plexus run`
+// process (isolation: one crashing run cannot take the others down), several at once with -j,
+// never giving out more cores than the machine has. Resumable: a point whose config hash already
+// has a finished run in the sweep is skipped.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace plexus::host {
+
+struct SweepOptions {
+    std::vector<std::string> overrides;  // --set, applied to every point
+    std::string db;                      // --db
+    int jobs = 1;                        // -j
+    bool retry_failed = false;           // re-run points whose last run failed or diverged
+    bool dry_run = false;                // list the points and their state, run nothing
+    std::string progress = "auto";       // auto (bar on a terminal), bar, lines, none
+};
+
+// Returns an exit code: 0 when every point has a finished run, 1 if any failed, 130 interrupted.
+int run_sweep(const std::string& path, const SweepOptions& options);
+
+}  // namespace plexus::host

@@ -1,0 +1,247 @@
+// Grids, sweeps (parallel, resumable, interruptible), the leaderboard, compare and curves.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <thread>
+
+#include "helpers.hpp"
+#include "leaderboard.hpp"
+#include "results.hpp"
+
+using namespace plexus;
+using namespace plexus::test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// Two learning rates x two seeds of the tiny experiment.
+const std::string kGrid = std::string(kTinyExperiment) + R"(
+[grid]
+"optimizer.lr" = [1e-2, 3e-3]
+seeds = [0, 1]
+)";
+
+host::Experiment load(const TempDir& dir, const std::string& toml) { return host::load_experiment(dir.file("g.toml", toml)); }
+
+}  // namespace
+
+TEST_CASE("a grid expands to the cartesian product, seeds and zipped axes included", "[sweep]") {
+    TempDir dir;
+    auto exp = load(dir, std::string(kTinyExperiment) + R"(
+[grid]
+optimizer.lr = [1e-2, 3e-3, 1e-3]
+seeds = [0, 1]
+[grid.zip]
+"model.n_layer" = [1, 2]
+"model.d_model" = [16, 32]
+)");
+    auto points = host::expand_grid(exp);
+    REQUIRE(points.size() == 3 * 2 * 2);
+    // Zipped keys vary together: never n_layer 1 with d_model 32.
+    int small = 0, large = 0;
+    for (const auto& p : points) {
+        std::map<std::string, Value> a(p.assignments.begin(), p.assignments.end());
+        REQUIRE(a.size() == 4);
+        if (a.at("model.n_layer").as_int() == 1) {
+            CHECK(a.at("model.d_model").as_int() == 16);
+            ++small;
+        } else {
+            CHECK(a.at("model.d_model").as_int() == 32);
+            ++large;
+        }
+    }
+    CHECK(small == 6);
+    CHECK(large == 6);
+    CHECK_THAT(points[0].label, Contains("seed=0"));
+
+    // A child replaces its base's axis over the same key and keeps the others.
+    dir.file("base.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = [1, 2, 3]\nseeds = [0, 1]\n");
+    auto child = host::load_experiment(dir.file("child.toml", "extends = \"base.toml\"\n[grid]\n\"optimizer.lr\" = [5e-3]\n"));
+    CHECK(host::expand_grid(child).size() == 2);
+}
+
+TEST_CASE("grid mistakes name the file and line", "[sweep]") {
+    TempDir dir;
+    CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid.zip]\n\"model.n_layer\" = [1, 2]\n\"model.d_model\" = [16]\n"),
+                      Contains("g.toml:") && Contains("[grid.zip] 'model.n_layer' has 2 values but 'model.d_model' has 1"));
+    CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = 3e-3\n"),
+                      Contains("must be a non-empty list"));
+    CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid]\nseeds = [0.5]\n"), Contains("seeds must be integers"));
+    // An unknown key in a grid is reported by the sweep with the grid's location.
+    auto bad = run_plexus("sweep " + dir.file("bad.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lrr\" = [1e-3]\n") +
+                          " --db " + dir / "r.db");
+    CHECK(bad.exit_code == 1);
+    CHECK_THAT(bad.output, Contains("grid point 0") && Contains("unknown key 'optimizer.lrr'") && Contains("bad.toml:"));
+}
+
+TEST_CASE("switching a plugin in a grid keeps the keys the new plugin shares", "[sweep]") {
+    TempDir dir;
+    auto exp = load(dir, std::string(kTinyExperiment) + "[grid]\n\"optimizer.name\" = [\"adamw\", \"sgd\"]\n");
+    auto& reg = registry();
+    auto find = [&](PluginKind k, const std::string& n) { return reg.find(k, n); };
+    auto points = host::expand_grid(exp);
+    REQUIRE(points.size() == 2);
+    auto sgd = host::apply_grid_point(exp, points[1], find);
+    CHECK(sgd.settings.at("optimizer.name").value.as_string() == "sgd");
+    CHECK(sgd.settings.at("optimizer.lr").value.as_double() == 1e-2);  // shared: kept
+    auto cfg = host::resolve(sgd, find, [&](PluginKind k) { return reg.names(k); });
+    CHECK(cfg.values.at("optimizer.lr").as_double() == 1e-2);
+}
+
+TEST_CASE("plexus run refuses a grid file without --point, and runs one point with it", "[sweep]") {
+    TempDir dir;
+    const auto file = dir.file("g.toml", kGrid);
+    auto res = run_plexus("run " + file + " --db " + dir / "r.db");
+    CHECK(res.exit_code == 1);
+    CHECK_THAT(res.output, Contains("has a [grid] of 4 runs") && Contains("plexus sweep"));
+    res = run_plexus("run " + file + " --db " + dir / "r.db" + " --point 4");
+    CHECK_THAT(res.output, Contains("--point 4") && Contains("0..3"));
+    res = run_plexus("run " + file + " --db " + dir / "r.db" + " --point 3 --set train.steps=5");
+    REQUIRE(res.exit_code == 0);
+    host::ResultsStore store(dir / "r.db");
+    auto params = store.params(store.list_runs(1).at(0).id);
+    CHECK(params.at("optimizer.lr") == "0.003");
+    CHECK(params.at("train.seed") == "1");
+}
+
+TEST_CASE("a sweep with -j 2 records every run whole; a second sweep skips them; the leaderboard averages seeds",
+          "[sweep]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("g.toml", kGrid);
+    auto res = run_plexus("sweep " + file + " -j 2 --db " + db + " --progress none");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("4 runs") && Contains("[4/4]") && Contains("4 finished, 0 failed"));
+    host::ResultsStore store(db);
+    auto sweep = store.find_sweep("g");
+    REQUIRE(sweep);
+    auto runs = store.sweep_runs(sweep->id);
+    REQUIRE(runs.size() == 4);
+    std::set<std::string> hashes;
+    for (const auto& r : runs) {
+        CHECK(r.status == "finished");
+        hashes.insert(r.config_hash);
+        CHECK(store.metric_series(r.id, "loss").size() == 60);  // every step of every run
+        CHECK(store.metric_series(r.id, "eval_loss").size() == 2);
+        bool has_final = false;
+        for (const auto& [rank, key, value, text] : store.summaries(r.id)) has_final |= key == "final_eval_loss" && value;
+        CHECK(has_final);
+    }
+    CHECK(hashes.size() == 4);
+
+    auto again = run_plexus("sweep " + file + " -j 2 --db " + db + " --progress none");
+    CHECK(again.exit_code == 0);
+    CHECK_THAT(again.output, Contains("4 already finished in this sweep: skipped") && Contains("nothing to run"));
+    CHECK(store.sweep_runs(sweep->id).size() == 4);
+    auto dry = run_plexus("sweep " + file + " --dry-run --db " + db);
+    CHECK_THAT(dry.output, Contains("finished (run ") && Contains(", skip"));
+
+    // The leaderboard's mean and sample std over the two seeds of each learning rate.
+    std::map<std::string, std::vector<double>> by_lr;
+    for (const auto& r : runs) {
+        double v = NAN;
+        for (const auto& [rank, key, value, text] : store.summaries(r.id))
+            if (key == "final_eval_loss") v = *value;
+        by_lr[store.params(r.id).at("optimizer.lr")].push_back(v);
+    }
+    std::string title;
+    int unfinished = 0;
+    auto board = host::make_board(store, host::runs_to_rank(store, "g", title, unfinished), {});
+    REQUIRE(board.rows.size() == 2);
+    CHECK(board.keys == std::vector<std::string>{"optimizer.lr"});
+    for (const auto& row : board.rows) {
+        const auto& v = by_lr.at(row.key_values[0]);
+        REQUIRE(v.size() == 2);
+        CHECK(row.n == 2);
+        CHECK(row.mean == Approx((v[0] + v[1]) / 2).epsilon(1e-12));
+        CHECK(row.std == Approx(std::fabs(v[0] - v[1]) / std::sqrt(2.0)).epsilon(1e-9));
+    }
+    CHECK(board.rows[0].mean <= board.rows[1].mean);  // best first
+    auto table = run_plexus("leaderboard g --db " + db);
+    CHECK_THAT(table.output, Contains("4 finished run(s) in 2 grid points") && Contains("±"));
+    auto csv = run_plexus("leaderboard --db " + db + " --format csv --metric tokens_per_s --runs");
+    CHECK_THAT(csv.output, Contains("rank,optimizer.lr,train.seed,tokens_per_s_mean"));
+    auto md = run_plexus("leaderboard --db " + db + " --format markdown");
+    CHECK_THAT(md.output, Contains("| # | optimizer.lr | final_eval_loss | n | runs |"));
+
+    // compare and curves
+    auto cmp = run_plexus("compare " + std::to_string(runs[0].id) + " " + std::to_string(runs[3].id) + " --db " + db);
+    CHECK_THAT(cmp.output, Contains("optimizer.lr") && Contains("final_eval_loss") && Contains("(+"));
+    auto curves = run_plexus("curves " + std::to_string(runs[0].id) + " --keys loss,eval_loss --db " + db);
+    int lines = 0;
+    for (char c : curves.output) lines += c == '\n';
+    CHECK(lines == 1 + 60 + 2);
+    CHECK_THAT(curves.output, Contains("run_id,key,step,tokens,wall_time,sim_time,value"));
+}
+
+TEST_CASE("a failed point is skipped on re-run unless --retry-failed", "[sweep]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    // lr 1e6 diverges: the run ends "diverged", the sweep counts it failed.
+    const auto file = dir.file("g.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = [1e-2, 1e6]\n");
+    auto res = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0");
+    INFO(res.output);
+    CHECK(res.exit_code == 1);
+    CHECK_THAT(res.output, Contains("diverged") && Contains("1 finished, 1 failed"));
+    auto again = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0");
+    CHECK_THAT(again.output, Contains("1 failed before: skipped (--retry-failed"));
+    auto retry = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0 --retry-failed");
+    CHECK_THAT(retry.output, Contains("[1/1]"));
+    host::ResultsStore store(db);
+    CHECK(store.sweep_runs(store.find_sweep("g")->id).size() == 3);
+}
+
+TEST_CASE("Ctrl-C stops a sweep, marks the running run interrupted, and the next sweep resumes", "[sweep]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("g.toml", kGrid);
+    const std::string log = dir / "out.log";
+    pid_t sweep = fork();
+    if (sweep == 0) {
+        setpgid(0, 0);  // its own group, as a terminal's foreground job
+        freopen(log.c_str(), "w", stdout);
+        dup2(fileno(stdout), STDERR_FILENO);
+        execl(PLEXUS_BINARY, "plexus", "sweep", file.c_str(), "--db", db.c_str(), "--progress", "none", "--set",
+              "train.steps=400", static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    setpgid(sweep, sweep);
+    size_t steps = 0;
+    for (int i = 0; i < 600 && steps < 3; ++i) {  // polls the database for up to 30 s
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        try {
+            host::ResultsStore store(db);
+            auto runs = store.list_runs(1);
+            if (!runs.empty()) steps = store.metric_series(runs[0].id, "loss").size();
+        } catch (...) {
+        }
+    }
+    REQUIRE(steps >= 3);
+    kill(-sweep, SIGINT);  // what Ctrl-C does: the whole foreground group
+    int status = 0;
+    waitpid(sweep, &status, 0);
+    std::ifstream out(log);
+    const std::string text((std::istreambuf_iterator<char>(out)), {});
+    INFO(text);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 130);
+    CHECK_THAT(text, Contains("interrupted") && Contains("run the same command again to resume"));
+    host::ResultsStore store(db);
+    auto runs = store.sweep_runs(store.find_sweep("g")->id);
+    REQUIRE(runs.size() == 1);
+    CHECK(runs[0].status == "interrupted");
+    CHECK(store.metric_series(runs[0].id, "loss").size() >= 3);  // its rows are kept
+    // Resuming runs the interrupted point again (same settings, same config hash), and the rest.
+    auto resumed = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=400");
+    CHECK(resumed.exit_code == 0);
+    CHECK_THAT(resumed.output, Contains("4 finished, 0 failed"));
+    auto after = store.sweep_runs(store.find_sweep("g")->id);
+    REQUIRE(after.size() == 5);
+    CHECK(after[1].config_hash == runs[0].config_hash);
+    CHECK(after[1].status == "finished");
+}
