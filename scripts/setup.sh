@@ -35,15 +35,32 @@ if ((${#missing[@]})); then
   $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# 2. OpenBLAS, never the reference BLAS: with the reference BLAS a GPT step is ~27x slower.
+# 2. Node.js, for the report's charting library (Chart.js, inlined into `plexus report` pages at
+#    build time) and the report's browser test (playwright-core driving Debian's chromium).
+#    Versions are pinned in host/report/package-lock.json; npm ci runs only when they changed.
+if ! command -v npm >/dev/null; then
+  echo "setup: installing nodejs npm"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends nodejs npm
+fi
+reconfigure=0
+if [ ! -f host/report/node_modules/.package-lock.json ] ||
+   [ host/report/package-lock.json -nt host/report/node_modules/.package-lock.json ]; then
+  echo "setup: npm ci in host/report"
+  (cd host/report && npm ci --no-audit --no-fund --loglevel=error)
+  reconfigure=1
+fi
+
+# 3. OpenBLAS, never the reference BLAS: with the reference BLAS a GPT step is ~27x slower.
 blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
 case "$blas" in
   *openblas*) ;;
   *) echo "setup: warning: libblas.so.3 is $blas, not OpenBLAS; run: update-alternatives --config libblas.so.3-x86_64-linux-gnu" >&2 ;;
 esac
 
-# 3. Configure once, then build (a no-op when nothing changed).
-if [ ! -f "$build_dir/build.ninja" ]; then
+# 4. Configure once (again when the npm packages changed), then build (a no-op when nothing changed).
+if [ ! -f "$build_dir/build.ninja" ] || [ "$reconfigure" = 1 ]; then
   cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
 fi
 cmake --build "$build_dir" -j "$jobs"

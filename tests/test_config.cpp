@@ -113,11 +113,15 @@ TEST_CASE("the config hash follows training settings, not where results go", "[c
     auto& reg = registry();
     auto c = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
                            [&](PluginKind k) { return reg.names(k); });
+    host::apply_override(exp, "train.threads=1");  // a resource: a sweep hands out cores
+    auto e = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
+                           [&](PluginKind k) { return reg.names(k); });
     host::apply_override(exp, "optimizer.lr=0.5");
     auto d = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
                            [&](PluginKind k) { return reg.names(k); });
     CHECK(a.hash == b.hash);
     CHECK(a.hash == c.hash);
+    CHECK(a.hash == e.hash);
     CHECK(a.hash != d.hash);
     CHECK(a.hash.size() == 16);
 }

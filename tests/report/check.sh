@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# A sweep on the simulated cluster (2 learning rates x 2 seeds), its report, and the report opened
+# in headless Chromium by check_report.mjs. Also checks the leaderboard's simulated time-to-loss.
+# Usage: tests/report/check.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build=$1
+src=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat >"$work/grid.toml" <<'TOML'
+name = "report_check"
+[model]
+name = "gpt"
+n_layer = 2
+d_model = 32
+n_head = 2
+[data]
+name = "synthetic"
+vocab_size = 32
+train_tokens = 50000
+val_tokens = 5000
+[optimizer]
+name = "adamw"
+[strategy]
+name = "ddp"
+[train]
+steps = 40
+batch_size = 8
+seq_len = 32
+eval_every = 10
+eval_batches = 2
+log_every = 10
+peak_flops = 1e11
+[launch]
+mode = "sim"
+ranks = 2
+[sim]
+device = "h100"
+[grid]
+"optimizer.lr" = [1e-2, 3e-3]
+seeds = [0, 1]
+TOML
+"$build/plexus" sweep "$work/grid.toml" -j 2 --db "$work/r.db" --progress none
+# time_to on a simulated sweep reads simulated seconds: far below the wall-clock time of the runs.
+"$build/plexus" leaderboard --db "$work/r.db" --metric time_to --target 2.5 --format csv | tee "$work/board.csv"
+awk -F, 'NR == 2 { if ($4 == "" || $4 >= 0.1) { print "time_to is not in simulated seconds: " $4; exit 1 } }' "$work/board.csv"
+"$build/plexus" report --db "$work/r.db" -o "$work/report.html"
+node "$src/tests/report/check_report.mjs" "$work/report.html" "$src/host/report/node_modules" 8
