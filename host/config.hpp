@@ -96,6 +96,9 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
 // "optimizer.name" = ["adamw", "sgd"] keeps a shared lr but drops adamw's betas for sgd).
 Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const DescriptorLookup& find);
 
+// `s` escaped for a JSON string literal (without the quotes).
+std::string json_escape(const std::string& s);
+
 // Parses TOML `text` (for --set values and tests); throws ConfigError with `origin`.
 Value parse_value(const std::string& text, const std::string& origin);
 

@@ -19,6 +19,15 @@
 
 namespace plexus::host {
 
+void exec_self(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+    for (const auto& kv : env) putenv(strdup(kv.c_str()));
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv("/proc/self/exe", args.data());
+    _exit(127);
+}
+
 int free_port() {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
@@ -67,12 +76,7 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
             setenv("LOCAL_WORLD_SIZE", std::to_string(ranks).c_str(), 1);
             setenv("MASTER_ADDR", "127.0.0.1", 1);
             setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-            for (const auto& kv : env) putenv(strdup(kv.c_str()));
-            std::vector<char*> args;
-            for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-            args.push_back(nullptr);
-            execv("/proc/self/exe", args.data());
-            _exit(127);
+            exec_self(argv, env);
         }
         pids[r] = pid;
         if (r < kMaxWorkers) g_workers[r] = pid;

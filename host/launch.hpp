@@ -13,6 +13,10 @@ struct WorkerExit {
     int exit_code = 0;  // 128 + signal for a killed worker
 };
 
+// In a freshly forked child: adds `env` ("KEY=value") to the environment and replaces the
+// process with this same executable run with `argv`. Never returns (exit 127 if exec fails).
+[[noreturn]] void exec_self(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+
 // A free TCP port on the loopback interface.
 int free_port();
 

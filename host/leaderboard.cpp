@@ -46,18 +46,7 @@ std::string csv_field(const std::string& s) {
     return out + "\"";
 }
 
-std::string json_string(const std::string& s) {
-    std::string out = "\"";
-    for (char c : s) {
-        if (c == '"' || c == '\\') out += '\\';
-        if (c == '\n') {
-            out += "\\n";
-            continue;
-        }
-        out += c;
-    }
-    return out + "\"";
-}
+std::string json_string(const std::string& s) { return "\"" + json_escape(s) + "\""; }
 
 std::string json_number(double v) {
     if (!std::isfinite(v)) return "null";
@@ -316,13 +305,16 @@ std::string compare_runs(ResultsStore& store, const std::vector<int64_t>& ids) {
     }
     std::string out;
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%-28s", "setting");
-    out += buf;
-    for (auto id : ids) {
-        std::snprintf(buf, sizeof buf, "  %24s", ("run " + std::to_string(id)).c_str());
+    auto header = [&](const char* first) {
+        std::snprintf(buf, sizeof buf, "%-28s", first);
         out += buf;
-    }
-    out += "\n";
+        for (auto id : ids) {
+            std::snprintf(buf, sizeof buf, "  %24s", ("run " + std::to_string(id)).c_str());
+            out += buf;
+        }
+        out += "\n";
+    };
+    header("setting");
     const auto keys = varying_keys(params);
     for (const auto& k : keys) {
         std::snprintf(buf, sizeof buf, "%-28s", k.c_str());
@@ -336,13 +328,7 @@ std::string compare_runs(ResultsStore& store, const std::vector<int64_t>& ids) {
     }
     if (keys.empty()) out += "(the same settings)\n";
     out += "\n";
-    std::snprintf(buf, sizeof buf, "%-28s", "figure (delta vs first)");
-    out += buf;
-    for (auto id : ids) {
-        std::snprintf(buf, sizeof buf, "  %24s", ("run " + std::to_string(id)).c_str());
-        out += buf;
-    }
-    out += "\n";
+    header("figure (delta vs first)");
     for (const char* key : {"final_eval_loss", "final_loss", "tokens", "steps", "tokens_per_s", "mfu", "peak_memory",
                             "bytes_sent", "comm_exposed_time", "wall_time", "sim_time"}) {
         bool any = false;

@@ -8,6 +8,8 @@
 
 #include <plexus/error.hpp>
 
+#include "config.hpp"
+
 namespace plexus::host {
 
 extern const char kChartJs[];  // generated at configure time from host/report/node_modules (empty if absent)
@@ -28,21 +30,11 @@ std::string html_escape(const std::string& s) {
     return out;
 }
 
+// A JSON string that is safe inside the page's <script>: no "</script>" can close it early.
 std::string js_string(const std::string& s) {
-    std::string out = "\"";
-    for (char c : s) {
-        if (c == '"' || c == '\\') out += '\\';
-        if (c == '<') {
-            out += "\\u003c";  // never "</script>" inside the page's script
-            continue;
-        }
-        if (c == '\n') {
-            out += "\\n";
-            continue;
-        }
-        out += c;
-    }
-    return out + "\"";
+    std::string out;
+    for (char c : json_escape(s)) out += c == '<' ? std::string("\\u003c") : std::string(1, c);
+    return "\"" + out + "\"";
 }
 
 std::string num(double v) {

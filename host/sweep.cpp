@@ -21,6 +21,7 @@
 
 #include "config.hpp"
 #include "harness.hpp"
+#include "launch.hpp"
 #include "loader.hpp"
 #include "results.hpp"
 #include "text_util.hpp"
@@ -66,12 +67,7 @@ pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>
             dup2(fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
         }
-        for (const auto& kv : env) putenv(strdup(kv.c_str()));
-        std::vector<char*> args;
-        for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-        args.push_back(nullptr);
-        execv("/proc/self/exe", args.data());
-        _exit(127);
+        exec_self(argv, env);
     }
     return pid;
 }
