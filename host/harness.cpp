@@ -220,19 +220,26 @@ std::string error_text(const std::exception& e) {
     return s;
 }
 
-// A digest of a strategy's state (parameters and optimizer state): a hash of the bytes, for
-// "bit-identical" checks, and the sum of every element, for "close" ones.
-std::pair<std::string, double> digest(const StateDict& state) {
+// A digest of a strategy's state: a hash of every byte (parameters and optimizer state), for
+// "bit-identical" checks, and the sum of the parameters' elements ("model.*" entries), for
+// "close" checks between strategies that keep their optimizer state in different layouts.
+struct StateDigest {
+    std::string hash;
+    double param_sum = 0;
+};
+
+StateDigest digest(const StateDict& state) {
     uint64_t h = 1469598103934665603ULL;
-    double sum = 0;
+    StateDigest d;
     for (const auto& [name, t] : state) {
         auto c = t.detach().contiguous().cpu();
         const auto* p = static_cast<const unsigned char*>(c.data_ptr());
         const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
         for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
-        if (c.is_floating_point()) sum += c.to(torch::kFloat64).sum().item<double>();
+        if (c.is_floating_point() && name.rfind("model.", 0) == 0) d.param_sum += c.to(torch::kFloat64).sum().item<double>();
     }
-    return {hex64(h), sum};
+    d.hash = hex64(h);
+    return d;
 }
 
 // What every rank of one run shares.
@@ -478,8 +485,8 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             for (int k = 0; k < 6; ++k)
                 if (per_rank[k]) rec.summary(per_rank[k], all[r * 6 + k].item<double>(), r);
         const auto state_digest = digest(strategy->state());
-        rec.summary_text("state_hash", state_digest.first);
-        rec.summary("state_sum", state_digest.second);
+        rec.summary_text("state_hash", state_digest.hash);
+        rec.summary("param_sum", state_digest.param_sum);
         rec.metrics(ctx->pending);
         rec.finish(status, status == "diverged" ? "loss became " + std::to_string(last_loss) + " at step " + std::to_string(step) : "");
 

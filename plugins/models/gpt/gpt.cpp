@@ -88,6 +88,7 @@ public:
         ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
         if (tied_weight.defined()) {
             weight = tied_weight;  // shared with the embedding: not registered twice
+            tied_ = true;
         } else {
             weight = register_parameter("weight", torch::empty({s.vocab, s.d_model}));
             torch::nn::init::normal_(weight, 0.0, 0.02);
@@ -97,9 +98,13 @@ public:
         return torch::matmul(ln->forward(x), weight.t());
     }
     double flops_per_token(int64_t) const override { return 6.0 * counted_params(); }
+    std::vector<torch::Tensor> shared_parameters() const override {
+        return tied_ ? std::vector<torch::Tensor>{weight} : std::vector<torch::Tensor>{};
+    }
     int64_t counted_params() const { return weight.numel() + ln->weight.numel() + ln->bias.numel(); }
     torch::nn::LayerNorm ln{nullptr};
     torch::Tensor weight;
+    bool tied_ = false;
 };
 
 class Gpt : public plexus::Model {

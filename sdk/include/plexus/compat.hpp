@@ -7,6 +7,10 @@
 #include <torch/types.h>
 #include <torch/version.h>
 
+#include <ATen/native/Resize.h>
+
+#include "plexus/error.hpp"
+
 #if TORCH_VERSION_MAJOR >= 2
 #include <ATen/ops/scaled_dot_product_attention.h>
 #endif
@@ -37,6 +41,17 @@ inline torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tenso
 
 inline torch::Tensor causal_mask(int64_t seq_len, const torch::TensorOptions& options) {
     return torch::full({seq_len, seq_len}, -INFINITY, options).triu(1);
+}
+
+// Frees (bytes = 0) or re-allocates a tensor's storage in place. Every tensor viewing that
+// storage, including the ones autograd saved for backward, stays valid and sees what is written
+// after the re-allocation: how sharded strategies (ZeRO-3) drop gathered parameters between a
+// block's forward and its backward without breaking the graph.
+inline void resize_storage_bytes(const torch::Tensor& t, size_t bytes) {
+    if (!t.device().is_cpu())
+        throw Error("resize_storage_bytes: only CPU tensors in this build (" + t.device().str() + ")",
+                    "the CUDA path comes with the CUDA build of plexus");
+    at::native::resize_bytes_cpu(t.storage().unsafeGetStorageImpl(), bytes);
 }
 
 }  // namespace plexus::compat

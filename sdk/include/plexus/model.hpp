@@ -54,6 +54,10 @@ public:
 
     // Which parameters tensor parallelism may split, and how. Empty: the block stays replicated.
     virtual std::vector<TensorParallelRule> tensor_parallel_plan() const { return {}; }
+
+    // Parameters this block uses but another block owns and registers (a tied embedding used
+    // by the head). Strategies that place or shard blocks apart (pipelines, ZeRO-3) must know.
+    virtual std::vector<torch::Tensor> shared_parameters() const { return {}; }
 };
 
 // FLOPs per token with the convention that produced it, recorded with every run's MFU.

@@ -121,6 +121,14 @@ protected:
         optimizer_->step(grads, in.lr_scale);
         for (const auto& g : grads) g.zero_();
         ctx_.charge_compute(optimizer_->flops_per_step());
+        // What this rank holds between steps: parameters, gradients, optimizer state (the last
+        // measured once, after the first step has created it). Sharded strategies report the same.
+        if (state_bytes_ < 0) {
+            state_bytes_ = 0;
+            for (const auto& p : params_) state_bytes_ += 2 * p.numel() * static_cast<int64_t>(p.element_size());
+            for (const auto& [name, t] : optimizer_->state()) state_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+        }
+        ctx_.record("state_bytes", static_cast<double>(state_bytes_));
     }
 
     RunContext& ctx_;
@@ -130,6 +138,7 @@ protected:
     double flops_per_token_ = 0;
 
 private:
+    int64_t state_bytes_ = -1;
     double backward_flops_pending_total_ = 0;  // of the micro-batch in backward now
     double backward_flops_charged_ = 0;
 };
