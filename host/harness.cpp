@@ -312,13 +312,18 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport, env.clock);
         ctx->set_ranks_per_node(env.ranks_per_node);
         const bool sim = ctx->simulated();
-        // Each rank trains on its rows of one global batch; every rank evaluates the same batches.
-        StreamSpec train_spec{Split::Train, B, T, rank, world, ctx->seed("data")};
+        auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
+        if (!strategy) throw Error("strategy plugin '" + cfg.plugins.at("strategy")->name + "' returned no strategy");
+        // Each rank trains on its shard of every global batch (the strategy says which: ranks
+        // sharing a batch share a shard); every rank evaluates the same batches.
+        const DataShard shard = strategy->data_shard(rank, world);
+        if (shard.count < 1 || shard.index < 0 || shard.index >= shard.count)
+            throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' asked for data shard " +
+                        std::to_string(shard.index) + " of " + std::to_string(shard.count));
+        StreamSpec train_spec{Split::Train, B, T, shard.index, shard.count, ctx->seed("data")};
         StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx->seed("data.val")};
         DeviceStream train(dataset->open(train_spec), device);
         DeviceStream val(dataset->open(val_spec), device);
-        auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
-        if (!strategy) throw Error("strategy plugin '" + cfg.plugins.at("strategy")->name + "' returned no strategy");
         if (!ctx->built_model) throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' built no model", "a strategy must call RunContext::make_model()");
 
         Peak peak;

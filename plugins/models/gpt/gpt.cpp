@@ -48,17 +48,25 @@ public:
         (void)index;
     }
 
+    // Under tensor parallelism this rank holds some heads and some MLP units: local sizes come
+    // from the parameters' shapes; the row-parallel biases are added after the partial sums meet.
     torch::Tensor forward(const torch::Tensor& x) override {
-        const auto B = x.size(0), T = x.size(1), D = shape_.d_model, H = shape_.n_head;
-        auto h = qkv->forward(ln1->forward(x)).view({B, T, 3, H, D / H}).permute({2, 0, 3, 1, 4});
+        namespace F = torch::nn::functional;
+        const auto head_dim = shape_.d_model / shape_.n_head;
+        auto in = tensor_parallel_enter(ln1->forward(x));
+        const auto B = in.size(0), T = in.size(1), heads = qkv->weight.size(0) / (3 * head_dim);
+        auto h = F::linear(in, qkv->weight, qkv->bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4});
         auto y = plexus::compat::causal_attention(h[0], h[1], h[2], mask);
-        auto a = x + proj->forward(y.transpose(1, 2).reshape({B, T, D}));
-        return a + out->forward(torch::gelu(fc->forward(ln2->forward(a)), "tanh"));
+        auto a = x + tensor_parallel_exit(F::linear(y.transpose(1, 2).reshape({B, T, heads * head_dim}), proj->weight)) +
+                 proj->bias;
+        auto m = tensor_parallel_enter(ln2->forward(a));
+        return a + tensor_parallel_exit(F::linear(torch::gelu(F::linear(m, fc->weight, fc->bias), "tanh"), out->weight)) +
+               out->bias;
     }
 
     // 6 FLOPs per parameter per token for the matmuls, plus attention's 12·H·Q·T = 12·D·T.
     double flops_per_token(int64_t seq_len) const override {
-        return 6.0 * matmul_params() + 12.0 * shape_.d_model * seq_len;
+        return 6.0 * matmul_params() + 12.0 * static_cast<double>(qkv->weight.size(0) / 3) * seq_len;
     }
     int64_t matmul_params() const {
         int64_t n = 0;
@@ -68,10 +76,11 @@ public:
 
     std::vector<plexus::TensorParallelRule> tensor_parallel_plan() const override {
         using S = plexus::TensorParallelRule::Split;
-        return {{"qkv.weight", S::Column}, {"qkv.bias", S::Column}, {"proj.weight", S::Row},
-                {"proj.bias", S::Replicate}, {"fc.weight", S::Column}, {"fc.bias", S::Column},
-                {"out.weight", S::Row},      {"out.bias", S::Replicate}, {"ln1.weight", S::Replicate},
-                {"ln1.bias", S::Replicate},  {"ln2.weight", S::Replicate}, {"ln2.bias", S::Replicate}};
+        const int64_t head = shape_.d_model / shape_.n_head;  // whole heads per rank
+        return {{"qkv.weight", S::Column, 3, head}, {"qkv.bias", S::Column, 3, head}, {"proj.weight", S::Row, 1, head},
+                {"proj.bias", S::Replicate},        {"fc.weight", S::Column},           {"fc.bias", S::Column},
+                {"out.weight", S::Row},             {"out.bias", S::Replicate},         {"ln1.weight", S::Replicate},
+                {"ln1.bias", S::Replicate},         {"ln2.weight", S::Replicate},       {"ln2.bias", S::Replicate}};
     }
 
     torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};

@@ -15,6 +15,7 @@
 // Gradients leave from hooks: when a unit's last gradient arrives, its reduce-scatter (mean over
 // ranks) starts while backward goes on. After backward: the global gradient norm (clipping),
 // the optimizer on the shards, and (stages 1, 2) an all-gather that refreshes the parameters.
+#include <plexus/blocks.hpp>
 #include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 
@@ -56,7 +57,6 @@ public:
         model_ = ctx.make_model();
         world_ = transport_.world_size();
         rank_ = transport_.rank();
-        seq_len_ = ctx.seq_len();
         build_units();
         std::vector<plexus::ParamSlot> slots;
         for (auto& u : units_)
@@ -224,7 +224,11 @@ private:
                 u.offsets.push_back(u.numel);
                 u.numel += item.value().numel();
             }
-            if (u.params.empty()) continue;
+            if (u.params.empty()) {  // nothing to shard in this block
+                unit_of_block_.push_back(-1);
+                continue;
+            }
+            unit_of_block_.push_back(static_cast<int>(units_.size()));
             u.shard = (u.numel + world_ - 1) / world_;
             auto full = torch::zeros({world_ * u.shard}, u.params[0].options());
             {
@@ -278,30 +282,28 @@ private:
         sample_memory();
     }
 
-    // Runs the blocks one by one: stage 3 gathers each (the next one in the background) and, in
-    // training, arranges the gather for its backward; compute is charged block by block.
+    // Runs the blocks one by one (compute charged per block): stage 3 gathers each, the next one
+    // in the background, and in training gathers it again when backward reaches it.
     torch::Tensor forward(const torch::Tensor& tokens, bool train, double n_tokens) {
-        torch::Tensor x = tokens;
-        const size_t n = units_.size();
-        for (size_t i = 0; i < n; ++i) {
-            ensure_gathered(i);
-            if (prefetch_ && i + 1 < n) start_gather(i + 1);
-            auto& block = units_[i].block;
-            x = block->forward(x);
-            if (train) {
-                const double flops = block->flops_per_token(seq_len_) * n_tokens;
-                ctx_.charge_compute(flops / 3);
-                // When backward reaches this block's output, its parameters must be back.
-                x.register_hook([this, i, flops](const torch::Tensor&) {
-                    if (i + 1 < units_.size() && stage_ > 1) release_after_backward(i + 1);
-                    ensure_gathered(i);
-                    if (prefetch_ && i > 0) start_gather(i - 1);
-                    ctx_.charge_compute(flops * 2 / 3);
-                });
-            }
-            if (stage_ == 3 && i + 1 < n) release(units_[i]);  // the last stays for backward
-        }
-        if (!train && stage_ == 3) release(units_[n - 1]);
+        const size_t n = model_->blocks().size();
+        auto unit = [this](size_t block) { return unit_of_block_[block]; };
+        plexus::BlockHooks hooks;
+        hooks.before_forward = [&](size_t b) {
+            if (unit(b) >= 0) ensure_gathered(static_cast<size_t>(unit(b)));
+            if (prefetch_ && b + 1 < n && unit(b + 1) >= 0) start_gather(static_cast<size_t>(unit(b + 1)));
+        };
+        hooks.after_forward = [&](size_t b) {  // the last unit stays for backward
+            if (stage_ == 3 && b + 1 < n && unit(b) >= 0) release(units_[static_cast<size_t>(unit(b))]);
+        };
+        hooks.before_backward = [this, n, unit](size_t b) {
+            if (stage_ > 1 && b + 1 < n && unit(b + 1) >= 0) release_after_backward(static_cast<size_t>(unit(b + 1)));
+            if (unit(b) >= 0) ensure_gathered(static_cast<size_t>(unit(b)));
+            if (prefetch_ && b > 0 && unit(b - 1) >= 0) start_gather(static_cast<size_t>(unit(b - 1)));
+        };
+        auto x = plexus::run_blocks(*model_, tokens, ctx_, n_tokens, train, hooks);
+        if (!train && stage_ == 3)
+            for (auto& u : units_)
+                if (u.gathered) release(u);
         return x;
     }
 
@@ -345,9 +347,9 @@ private:
     int64_t stage_, accumulate_;
     bool prefetch_ = true;
     int world_ = 1, rank_ = 0;
-    int64_t seq_len_ = 0;
     std::shared_ptr<plexus::Model> model_;
     std::vector<Unit> units_;
+    std::vector<int> unit_of_block_;  // -1: a block without parameters
     std::unique_ptr<plexus::Optimizer> optimizer_;
     bool first_micro_batch_ = true, last_micro_batch_ = true;
     int64_t peak_bytes_ = 0, optimizer_bytes_ = 0;

@@ -35,6 +35,27 @@ struct TensorParallelRule {
     };
     std::string parameter;  // name relative to the block, as named_parameters() gives it
     Split split;
+    // The split dimension is made of this many equal parts, each split across the ranks
+    // separately (a fused q, k, v projection: 3, so that every rank gets its heads of each).
+    int64_t chunks = 1;
+    // Rows (columns) that must stay on one rank together: an attention head's dimension, so
+    // that every rank holds whole heads.
+    int64_t granule = 1;
+};
+
+// What a tensor-parallel strategy gives the blocks whose parameters it split (Megatron's f and
+// g operators). A block calls enter() on the input of its column-parallel layers and exit() on
+// the partial output of its row-parallel layers; without tensor parallelism both are identities.
+class TensorParallel {
+public:
+    virtual ~TensorParallel() = default;
+    virtual int size() const = 0;  // ranks sharing the block
+    // Identity forward; the gradient is all-reduced over the group in backward. With sequence
+    // parallelism: all-gathers the sequence dimension (dim 1) forward, reduce-scatters backward.
+    virtual torch::Tensor enter(const torch::Tensor& x) = 0;
+    // All-reduces the partial sums forward; identity backward. With sequence parallelism:
+    // reduce-scatters along the sequence dimension forward, all-gathers backward.
+    virtual torch::Tensor exit(const torch::Tensor& partial) = 0;
 };
 
 class Block : public torch::nn::Module {
@@ -53,11 +74,23 @@ public:
     }
 
     // Which parameters tensor parallelism may split, and how. Empty: the block stays replicated.
+    // A block with a plan must work on split parameters: take local sizes (heads, hidden units)
+    // from its parameters' shapes, call tensor_parallel_enter/exit (below) around its column-
+    // and row-parallel layers, and add a row-parallel layer's bias after the exit.
     virtual std::vector<TensorParallelRule> tensor_parallel_plan() const { return {}; }
+    // Set by a tensor-parallel strategy after it split this block's parameters.
+    void set_tensor_parallel(std::shared_ptr<TensorParallel> tp) { tensor_parallel_ = std::move(tp); }
 
     // Parameters this block uses but another block owns and registers (a tied embedding used
     // by the head). Strategies that place or shard blocks apart (pipelines, ZeRO-3) must know.
     virtual std::vector<torch::Tensor> shared_parameters() const { return {}; }
+
+protected:
+    torch::Tensor tensor_parallel_enter(const torch::Tensor& x) { return tensor_parallel_ ? tensor_parallel_->enter(x) : x; }
+    torch::Tensor tensor_parallel_exit(const torch::Tensor& x) { return tensor_parallel_ ? tensor_parallel_->exit(x) : x; }
+
+private:
+    std::shared_ptr<TensorParallel> tensor_parallel_;
 };
 
 // FLOPs per token with the convention that produced it, recorded with every run's MFU.

@@ -27,8 +27,17 @@ struct StepInput {
     BatchStream* train = nullptr;
 };
 
+// Which part of every global batch a rank reads: rows [index·b, (index+1)·b) of count·b.
+struct DataShard {
+    int index = 0;
+    int count = 1;
+};
+
 struct StepOutput {
-    int64_t tokens = 0;         // tokens consumed by this rank in this step
+    // Tokens this rank accounts for: the tokens it consumed, or, where several ranks work on the
+    // same batch (a tensor-parallel group, the stages of a pipeline), its share of them, so that
+    // the sum over ranks is the job's count (tokens/s and MFU per rank stay right).
+    int64_t tokens = 0;
     int64_t micro_batches = 0;  // batches drawn from the stream
     double loss = 0.0;          // mean training loss over those batches
     double grad_norm = -1.0;    // global gradient norm before clipping; < 0 if not computed
@@ -44,6 +53,9 @@ public:
     // Model and optimizer state (checkpoints, exact resume).
     virtual StateDict state() const = 0;
     virtual void load_state(const StateDict& state) = 0;
+    // The data this rank reads, asked once after construction. Ranks that work on the same
+    // batch (tensor parallel, pipeline stages) return the same shard. Default: one per rank.
+    virtual DataShard data_shard(int rank, int world_size) const { return {rank, world_size}; }
 };
 
 }  // namespace plexus

@@ -1,0 +1,264 @@
+// strategies/tensor_parallel: Megatron-style tensor parallelism, optionally data parallel over
+// tensor-parallel groups (a dp x tp mesh: ranks [d·tp, (d+1)·tp) form tensor group d).
+//
+// Every block that publishes a tensor_parallel_plan() has its parameters split over the tensor
+// group: column-parallel layers keep their share of output features (q, k, v each split, so a
+// rank holds whole heads), row-parallel layers their share of input features. The block calls
+// the strategy's enter/exit operators around those layers: one all-reduce of activations per
+// row-parallel layer in forward (exit) and one of gradients per column-parallel input in
+// backward (enter). Blocks without a plan (embedding, head) are replicated. The ranks of a
+// tensor group read the same batch; gradients are then averaged over the data-parallel group.
+#include <plexus/blocks.hpp>
+#include <plexus/plexus.hpp>
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+using Rule = plexus::TensorParallelRule;
+
+plexus::Transport* transport_of(AutogradContext* ctx) {
+    return reinterpret_cast<plexus::Transport*>(ctx->saved_data["transport"].toInt());
+}
+
+// Megatron's f: identity forward, all-reduce of the gradient backward.
+struct CopyToGroup : torch::autograd::Function<CopyToGroup> {
+    static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t transport) {
+        ctx->saved_data["transport"] = transport;
+        return x.clone();
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+        auto g = grads[0].contiguous().clone();
+        transport_of(ctx)->all_reduce(g, plexus::ReduceOp::Sum)->wait();
+        return {g, torch::Tensor()};
+    }
+};
+
+// Megatron's g: all-reduce forward, identity backward.
+struct ReduceFromGroup : torch::autograd::Function<ReduceFromGroup> {
+    static torch::Tensor forward(AutogradContext*, const torch::Tensor& x, int64_t transport) {
+        auto y = x.contiguous().clone();
+        reinterpret_cast<plexus::Transport*>(transport)->all_reduce(y, plexus::ReduceOp::Sum)->wait();
+        return y;
+    }
+    static tensor_list backward(AutogradContext*, tensor_list grads) { return {grads[0], torch::Tensor()}; }
+};
+
+class Ops : public plexus::TensorParallel {
+public:
+    explicit Ops(std::shared_ptr<plexus::Transport> group) : group_(std::move(group)) {}
+    int size() const override { return group_->world_size(); }
+    torch::Tensor enter(const torch::Tensor& x) override {
+        return CopyToGroup::apply(x, reinterpret_cast<int64_t>(group_.get()));
+    }
+    torch::Tensor exit(const torch::Tensor& x) override {
+        return ReduceFromGroup::apply(x, reinterpret_cast<int64_t>(group_.get()));
+    }
+
+private:
+    std::shared_ptr<plexus::Transport> group_;
+};
+
+struct Split {  // a parameter this rank holds a part of
+    torch::Tensor param;
+    std::string name;
+    Rule rule;
+    std::vector<int64_t> full_shape;
+};
+
+class TensorParallelStrategy : public plexus::Strategy {
+public:
+    TensorParallelStrategy(const plexus::Config& cfg, plexus::RunContext& ctx) : ctx_(ctx) {
+        auto& world = ctx.transport();
+        const int W = world.world_size(), rank = world.rank();
+        tp_ = static_cast<int>(cfg.get_int("tp"));
+        if (tp_ == 0) tp_ = W;
+        cfg.require(tp_ >= 1 && W % tp_ == 0, "tp",
+                    "must divide the number of ranks (" + std::to_string(W) + "); dp = ranks / tp");
+        dp_ = W / tp_;
+        const int d = rank / tp_, t = rank % tp_;
+        std::vector<int> tensor_ranks, data_ranks;
+        for (int i = 0; i < tp_; ++i) tensor_ranks.push_back(d * tp_ + i);
+        for (int i = 0; i < dp_; ++i) data_ranks.push_back(i * tp_ + t);
+        // Every rank creates its tensor group, then its data group: the same order everywhere.
+        tensor_ = tp_ == W ? std::shared_ptr<plexus::Transport>(&world, [](plexus::Transport*) {}) : world.subgroup(tensor_ranks);
+        if (dp_ > 1) data_ = tp_ == 1 ? std::shared_ptr<plexus::Transport>(&world, [](plexus::Transport*) {}) : world.subgroup(data_ranks);
+        model_ = ctx.make_model();
+        split_parameters(t);
+        for (const auto& p : model_->parameters()) params_.push_back(p);
+        optimizer_ = ctx.make_optimizer(plexus::slots_of(*model_));
+        char line[160];
+        std::snprintf(line, sizeof line, "tensor_parallel: dp %d x tp %d, %zu parameters split, %zu replicated", dp_, tp_,
+                      splits_.size(), params_.size() - splits_.size());
+        ctx.log(plexus::LogLevel::Info, line);
+    }
+
+    plexus::DataShard data_shard(int rank, int) const override { return {rank / tp_, dp_}; }
+
+    plexus::StepOutput step(const plexus::StepInput& in) override {
+        plexus::StepOutput out;
+        auto batch = in.train->next();
+        model_->train();
+        auto logits = plexus::run_blocks(*model_, batch.inputs, ctx_, static_cast<double>(batch.tokens()), true);
+        auto loss = model_->loss(logits, batch.targets);
+        loss.backward();
+        torch::NoGradGuard no_grad;
+        std::vector<torch::Tensor> grads;
+        for (auto& p : params_) {
+            if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+            grads.push_back(p.grad());
+        }
+        if (dp_ > 1) {  // the mean over the data-parallel group, in one flat all-reduce
+            std::vector<torch::Tensor> flat_parts;
+            for (auto& g : grads) flat_parts.push_back(g.reshape(-1));
+            auto flat = torch::cat(flat_parts);
+            data_->all_reduce(flat, plexus::ReduceOp::Mean)->wait();
+            int64_t offset = 0;
+            for (auto& g : grads) {
+                g.view(-1).copy_(flat.narrow(0, offset, g.numel()));
+                offset += g.numel();
+            }
+        }
+        // The global norm: split parameters summed over the tensor group, replicated ones once.
+        double split_sq = 0, replicated_sq = 0;
+        for (size_t i = 0; i < grads.size(); ++i) {
+            const double sq = grads[i].to(torch::kFloat64).pow(2).sum().item<double>();
+            (is_split(params_[i]) ? split_sq : replicated_sq) += sq;
+        }
+        auto total = torch::tensor({split_sq}, torch::kFloat64);
+        if (tp_ > 1) tensor_->all_reduce(total, plexus::ReduceOp::Sum)->wait();
+        out.grad_norm = std::sqrt(total.item<double>() + replicated_sq);
+        if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
+            const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
+            for (auto& g : grads) g.mul_(scale);
+        }
+        optimizer_->step(grads, in.lr_scale);
+        ctx_.charge_compute(optimizer_->flops_per_step());
+        for (auto& g : grads) g.zero_();
+        auto mean_loss = loss.detach().to(torch::kFloat64);
+        if (dp_ > 1) data_->all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
+        out.loss = mean_loss.item<double>();
+        // The tensor group shares the batch: each rank accounts for its share of the tokens.
+        out.tokens = batch.tokens() / tp_;
+        out.micro_batches = 1;
+        return out;
+    }
+
+    double evaluate(plexus::BatchStream& stream, int64_t batches) override {
+        torch::NoGradGuard no_grad;
+        model_->eval();
+        double total = 0;
+        for (int64_t i = 0; i < batches; ++i) {
+            auto batch = stream.next();
+            total += model_->loss(model_->forward(batch.inputs), batch.targets).item<double>();
+        }
+        model_->train();
+        return batches > 0 ? total / static_cast<double>(batches) : 0.0;
+    }
+
+    // Whole parameters (the split ones gathered over the tensor group: every rank calls this),
+    // then this rank's optimizer state.
+    plexus::StateDict state() const override {
+        plexus::StateDict out;
+        for (const auto& item : model_->named_parameters()) {
+            const auto* s = split_of(item.value());
+            out.emplace_back("model." + item.key(), s ? unsplit(*s) : item.value().detach().clone());
+        }
+        for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
+        return out;
+    }
+
+    void load_state(const plexus::StateDict& state) override {
+        torch::NoGradGuard no_grad;
+        auto named = model_->named_parameters();
+        const int t = ctx_.transport().rank() % tp_;
+        for (size_t i = 0; i < named.size(); ++i) {
+            const auto* s = split_of(named[i].value());
+            named[i].value().copy_(s ? part_of(state.at(i).second, s->rule, t) : state.at(i).second);
+        }
+        optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(named.size()), state.end()));
+    }
+
+private:
+    // The rank's part of a whole tensor under a rule (chunks split separately, then joined).
+    torch::Tensor part_of(const torch::Tensor& whole, const Rule& rule, int t) const {
+        const int64_t dim = rule.split == Rule::Split::Column ? 0 : 1;
+        const int64_t n = whole.size(dim), chunk = n / rule.chunks, piece = chunk / tp_;
+        std::vector<torch::Tensor> parts;
+        for (int64_t c = 0; c < rule.chunks; ++c) parts.push_back(whole.narrow(dim, c * chunk + t * piece, piece));
+        return torch::cat(parts, dim).contiguous();
+    }
+
+    torch::Tensor unsplit(const Split& s) const {
+        const int64_t dim = s.rule.split == Rule::Split::Column ? 0 : 1;
+        auto local = s.param.detach().contiguous();
+        auto gathered = torch::empty({tp_ * local.numel()}, local.options());
+        if (tp_ > 1) tensor_->all_gather(gathered, local)->wait();
+        else gathered.copy_(local.view(-1));
+        auto pieces = gathered.view({tp_, local.numel()});
+        const int64_t piece = local.size(dim) / s.rule.chunks;
+        std::vector<torch::Tensor> ordered;  // chunk-major, then rank
+        for (int64_t c = 0; c < s.rule.chunks; ++c)
+            for (int r = 0; r < tp_; ++r) ordered.push_back(pieces[r].view(local.sizes()).narrow(dim, c * piece, piece));
+        return torch::cat(ordered, dim).contiguous();
+    }
+
+    void split_parameters(int t) {
+        torch::NoGradGuard no_grad;
+        auto ops = std::make_shared<Ops>(tensor_);
+        for (const auto& block : model_->blocks()) {
+            const auto plan = block->tensor_parallel_plan();
+            if (plan.empty()) continue;
+            auto named = block->named_parameters();
+            for (const auto& rule : plan) {
+                if (rule.split == Rule::Split::Replicate) continue;
+                auto* found = named.find(rule.parameter);
+                if (!found)
+                    throw plexus::Error("block '" + block->name() + "' plans to split '" + rule.parameter +
+                                            "', which it does not have",
+                                        "the model plugin's tensor_parallel_plan() names its parameters as named_parameters() does");
+                auto& p = *found;
+                const int64_t dim = rule.split == Rule::Split::Column ? 0 : 1;
+                if (p.dim() <= dim || p.size(dim) % (rule.chunks * rule.granule * tp_) != 0)
+                    throw plexus::Error("block '" + block->name() + "': '" + rule.parameter + "' cannot be split " +
+                                            std::to_string(tp_) + " ways along dimension " + std::to_string(dim),
+                                        "pick tp dividing the layer's heads and hidden sizes (whole heads per rank)");
+                splits_.push_back({p, block->name() + "." + rule.parameter, rule, p.sizes().vec()});
+                p.set_data(part_of(p.detach(), rule, t));
+            }
+            block->set_tensor_parallel(ops);
+        }
+    }
+
+    const Split* split_of(const torch::Tensor& p) const {
+        for (const auto& s : splits_)
+            if (s.param.unsafeGetTensorImpl() == p.unsafeGetTensorImpl()) return &s;
+        return nullptr;
+    }
+    bool is_split(const torch::Tensor& p) const { return split_of(p) != nullptr; }
+
+    plexus::RunContext& ctx_;
+    int tp_ = 1, dp_ = 1;
+    std::shared_ptr<plexus::Transport> tensor_, data_;
+    std::shared_ptr<plexus::Model> model_;
+    std::vector<torch::Tensor> params_;
+    std::vector<Split> splits_;
+    std::unique_ptr<plexus::Optimizer> optimizer_;
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "tensor_parallel";
+    d.kind = plexus::PluginKind::Strategy;
+    d.version = "1.0";
+    d.summary = "Megatron tensor parallelism (column/row-parallel layers), data parallel over tensor groups";
+    d.schema = {{"tp", 0, "ranks per tensor-parallel group (0: all); dp = ranks / tp"}};
+    d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
+        return std::make_unique<TensorParallelStrategy>(cfg, ctx);
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)
