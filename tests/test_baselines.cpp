@@ -144,3 +144,71 @@ TEST_CASE("tensor parallelism refuses a split the model cannot take, naming the 
                      " --set strategy.name=tensor_parallel --set strategy.tp=3 --set launch.mode=sim --set launch.ranks=4");
     CHECK_THAT(res.output, Contains("strategy.tp") && Contains("must divide the number of ranks (4)"));
 }
+
+TEST_CASE("GPipe and 1F1B follow the single strategy (Gloo; simulated 4 stages and a 2 x 2 mesh)",
+          "[pipeline][distributed]") {
+    TempDir dir;
+    const auto single = run(dir, "--set strategy.name=single --set train.batch_size=8");
+    for (const std::string schedule : {"gpipe", "1f1b"}) {
+        const std::string pp = "--set strategy.name=pipeline --set strategy.micro_batches=2 --set strategy.schedule=" + schedule + " ";
+        const auto gloo = run(dir, pp + "--set launch.mode=local --set launch.ranks=2 --set train.batch_size=8");
+        const auto sim4 = run(dir, pp + "--set launch.mode=sim --set launch.ranks=4 --set train.batch_size=8");
+        const auto mesh = run(dir, pp + "--set strategy.pp=2 --set launch.mode=sim --set launch.ranks=4 --set train.batch_size=4");
+        INFO(schedule);
+        // Micro-batch gradients summed instead of one batch's: float order only (~5e-7 measured).
+        for (const auto* r : {&gloo, &sim4, &mesh}) {
+            CHECK(worst_gap(*r, single) < 1e-4);
+            CHECK(r->param_sum == Approx(single.param_sum).epsilon(1e-5));
+        }
+    }
+}
+
+TEST_CASE("pipeline bubble and live activations: the schedule's formulas on the simulated cluster", "[pipeline]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    // Compute-bound (a slow device, a near-free network): the bubble is the schedule's alone.
+    const int64_t D = 64, V = 32, T = 32, m = 8;
+    const double layer = 6.0 * (12 * D * D + 13 * D) + 12.0 * D * T, head = 6.0 * (V * D + 2 * D);
+    for (int p : {2, 4}) {
+        for (const std::string schedule : {"gpipe", "1f1b"}) {
+            auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db +
+                                  " --set strategy.name=pipeline --set strategy.schedule=" + schedule +
+                                  " --set strategy.pp=" + std::to_string(p) + " --set launch.mode=sim --set launch.ranks=" +
+                                  std::to_string(p) + " --set model.n_layer=4 --set model.d_model=64 --set model.n_head=2"
+                                  " --set strategy.micro_batches=8 --set train.batch_size=16 --set train.steps=3"
+                                  " --set sim.device=custom --set sim.device_flops=1e10 --set sim.efficiency=1.0"
+                                  " --set sim.latency_us=0.001 --set sim.bandwidth_gbs=1e6");
+            INFO(p << " stages, " << schedule << "\n" << res.output);
+            REQUIRE(res.exit_code == 0);
+            host::ResultsStore store(db);
+            const auto id = store.list_runs(1).at(0).id;
+            const double bubble = store.metric_series(id, "bubble").back().second;
+            const double live = store.metric_series(id, "live_micro_batches").back().second;
+            // Stages (by FLOPs, blocks [embed, 4 layers, head]): 2 stages = [e L L | L L h],
+            // 4 stages = [e L | L | L | L h]. Stage 0 computes m·t0 of (m-1)·t_max + Σ t_s.
+            std::vector<double> t = p == 2 ? std::vector<double>{2 * layer, 2 * layer + head}
+                                           : std::vector<double>{layer, layer, layer, layer + head};
+            double sum = 0, slowest = 0;
+            for (double x : t) sum += x, slowest = std::max(slowest, x);
+            CHECK(bubble == Approx(1.0 - m * t[0] / ((m - 1) * slowest + sum)).epsilon(1e-4));
+            CHECK(bubble == Approx((p - 1.0) / (m + p - 1.0)).margin(0.03));  // the textbook (p-1)/(m+p-1)
+            // GPipe holds every micro-batch's activations; 1F1B at most one per stage on stage 0.
+            CHECK(live == (schedule == "gpipe" ? m : p));
+        }
+    }
+}
+
+TEST_CASE("the pipeline partition can come from measured block times, and is recorded", "[pipeline]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db +
+                          " --set strategy.name=pipeline --set strategy.partition=measured --set launch.mode=sim"
+                          " --set launch.ranks=2 --set train.batch_size=8 --set train.steps=3 --set model.n_layer=4");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("blocks by stage (measured): 0..2 | 3..5"));
+    host::ResultsStore store(db);
+    const auto id = store.list_runs(1).at(0).id;
+    CHECK(store.metric_series(id, "pipeline_stage0_first_block").at(0).second == 0);
+    CHECK(store.metric_series(id, "pipeline_stage1_first_block").at(0).second == 3);
+}

@@ -1,0 +1,384 @@
+// strategies/pipeline: pipeline parallelism (GPipe or 1F1B), optionally data parallel over
+// pipelines (a dp x pp mesh: ranks [d·pp, (d+1)·pp) form pipeline d, rank d·pp + s its stage s).
+//
+// The model's blocks are cut into `pp` contiguous stages: by count, by FLOPs, or by measured
+// time (a profiling pass times every block's forward and backward on one micro-batch before
+// training; rank 0's figures decide, so every rank agrees). Each step splits the batch into
+// `micro_batches`; activations go forward and their gradients backward with point-to-point
+// sends. GPipe runs every forward, then every backward (all micro-batches' activations alive at
+// once); 1F1B starts backward as soon as the last stage can, so a stage holds at most
+// (stages - its index) micro-batches. Every stage reads the same batch: the first uses its
+// inputs, the last its targets. Recorded per step: the bubble (the share of the step a stage
+// did not compute) and the most micro-batches whose activations were alive at once.
+#include <plexus/blocks.hpp>
+#include <plexus/plexus.hpp>
+
+#include <algorithm>
+#include <map>
+
+namespace {
+
+class Pipeline : public plexus::Strategy {
+public:
+    Pipeline(const plexus::Config& cfg, plexus::RunContext& ctx) : ctx_(ctx), world_(ctx.transport()) {
+        const int W = world_.world_size(), rank = world_.rank();
+        pp_ = static_cast<int>(cfg.get_int("pp"));
+        if (pp_ == 0) pp_ = W;
+        cfg.require(pp_ >= 1 && W % pp_ == 0, "pp", "must divide the number of ranks (" + std::to_string(W) + ")");
+        dp_ = W / pp_;
+        stage_ = rank % pp_;
+        micro_ = cfg.get_int("micro_batches");
+        cfg.require(micro_ >= 1, "micro_batches", "must be >= 1");
+        schedule_ = cfg.get_string("schedule");
+        cfg.require(schedule_ == "gpipe" || schedule_ == "1f1b", "schedule", "must be \"gpipe\" or \"1f1b\"");
+        const std::string partition = cfg.get_string("partition");
+        cfg.require(partition == "count" || partition == "flops" || partition == "measured", "partition",
+                    "must be count, flops or measured");
+        const int d = rank / pp_;
+        std::vector<int> pipe_ranks, data_ranks;
+        for (int s = 0; s < pp_; ++s) pipe_ranks.push_back(d * pp_ + s);
+        for (int i = 0; i < dp_; ++i) data_ranks.push_back(i * pp_ + stage_);
+        auto self = std::shared_ptr<plexus::Transport>(&world_, [](plexus::Transport*) {});
+        pipe_ = pp_ == W ? self : world_.subgroup(pipe_ranks);
+        if (dp_ > 1) data_ = pp_ == 1 ? self : world_.subgroup(data_ranks);
+
+        model_ = ctx.make_model();
+        for (const auto& block : model_->blocks())
+            if (!block->shared_parameters().empty())
+                throw plexus::Error("pipeline: block '" + block->name() + "' uses a parameter another block owns",
+                                    "untie it (model.tie_embeddings = false)");
+        cost_ = block_costs(partition);
+        bounds_ = balance(cost_, pp_);
+        std::string cut;
+        for (int s = 0; s < pp_; ++s)
+            cut += (s ? " | " : "") + std::to_string(bounds_[s]) + ".." + std::to_string(bounds_[s + 1] - 1);
+        ctx.log(plexus::LogLevel::Info, "pipeline: " + schedule_ + ", dp " + std::to_string(dp_) + " x pp " +
+                                            std::to_string(pp_) + ", " + std::to_string(micro_) +
+                                            " micro-batches, blocks by stage (" + partition + "): " + cut);
+        // This stage keeps its blocks' parameters only.
+        std::vector<plexus::ParamSlot> slots;
+        const auto& blocks = model_->blocks();
+        for (size_t b = 0; b < blocks.size(); ++b) {
+            const bool mine = static_cast<int>(b) >= bounds_[stage_] && static_cast<int>(b) < bounds_[stage_ + 1];
+            for (const auto& item : blocks[b]->named_parameters()) {
+                full_shapes_[std::to_string(b) + item.key()] = item.value().sizes().vec();
+                if (!mine) {
+                    item.value().set_data(torch::empty({0}, item.value().options()));
+                    continue;
+                }
+                params_.push_back(item.value());
+                slots.push_back({blocks[b]->name() + "." + item.key(), item.value(), item.value().sizes().vec()});
+            }
+        }
+        optimizer_ = ctx.make_optimizer(std::move(slots));
+    }
+
+    plexus::DataShard data_shard(int rank, int) const override { return {rank / pp_, dp_}; }
+
+    plexus::StepOutput step(const plexus::StepInput& in) override {
+        plexus::StepOutput out;
+        auto batch = in.train->next();
+        const auto inputs = batch.inputs.chunk(micro_, 0), targets = batch.targets.chunk(micro_, 0);
+        if (static_cast<int64_t>(inputs.size()) != micro_ || batch.inputs.size(0) % micro_ != 0)
+            throw plexus::Error("pipeline: a batch of " + std::to_string(batch.inputs.size(0)) + " rows does not split into " +
+                                    std::to_string(micro_) + " equal micro-batches",
+                                "make train.batch_size a multiple of strategy.micro_batches");
+        const double step_start = ctx_.now();
+        busy_ = 0;
+        max_live_ = 0;
+        loss_sum_ = 0;
+        model_->train();
+        if (schedule_ == "gpipe") {
+            for (int64_t j = 0; j < micro_; ++j) forward_micro(j, inputs[j], targets[j], true);
+            for (int64_t j = 0; j < micro_; ++j) backward_micro(j);
+        } else {
+            const int64_t warmup = std::min<int64_t>(pp_ - stage_ - 1, micro_);
+            int64_t next_f = 0, next_b = 0;
+            for (; next_f < warmup; ++next_f) forward_micro(next_f, inputs[next_f], targets[next_f], true);
+            while (next_b < micro_) {
+                if (next_f < micro_) {
+                    forward_micro(next_f, inputs[next_f], targets[next_f], true);
+                    ++next_f;
+                }
+                backward_micro(next_b++);
+            }
+        }
+        for (auto& w : sends_) w->wait();
+        sends_.clear();
+        // The bubble: the share of the schedule this stage spent waiting (the optimizer after it
+        // is not part of the pipeline).
+        const double schedule_time = ctx_.now() - step_start;
+        ctx_.record("bubble", schedule_time > 0 ? 1.0 - busy_ / schedule_time : 0.0);
+        ctx_.record("live_micro_batches", static_cast<double>(max_live_));
+
+        torch::NoGradGuard no_grad;
+        std::vector<torch::Tensor> grads;
+        for (auto& p : params_) {
+            if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+            grads.push_back(p.grad());
+        }
+        if (dp_ > 1) average_over_data(grads);
+        double sq = 0;
+        for (const auto& g : grads) sq += g.to(torch::kFloat64).pow(2).sum().item<double>();
+        // Loss (only the last stage has it) and the squared gradient norm, summed over the pipeline.
+        auto sums = torch::tensor({sq, stage_ == pp_ - 1 ? loss_sum_ / static_cast<double>(micro_) : 0.0}, torch::kFloat64);
+        pipe_->all_reduce(sums, plexus::ReduceOp::Sum)->wait();
+        out.grad_norm = std::sqrt(sums[0].item<double>());
+        if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
+            const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
+            for (auto& g : grads) g.mul_(scale);
+        }
+        optimizer_->step(grads, in.lr_scale);
+        ctx_.charge_compute(optimizer_->flops_per_step());
+        for (auto& g : grads) g.zero_();
+        auto loss = sums[1].clone();
+        if (dp_ > 1) data_->all_reduce(loss, plexus::ReduceOp::Mean)->wait();
+        out.loss = loss.item<double>();
+        out.tokens = batch.tokens() / pp_;  // the stages share the batch
+        out.micro_batches = micro_;
+        return out;
+    }
+
+    double evaluate(plexus::BatchStream& stream, int64_t batches) override {
+        torch::NoGradGuard no_grad;
+        model_->eval();
+        loss_sum_ = 0;
+        int64_t count = 0;  // micro-batch means summed in loss_sum_
+        for (int64_t i = 0; i < batches; ++i) {
+            auto batch = stream.next();
+            const auto inputs = batch.inputs.chunk(micro_, 0), targets = batch.targets.chunk(micro_, 0);
+            for (size_t j = 0; j < inputs.size(); ++j, ++count)
+                forward_micro(static_cast<int64_t>(j), inputs[j], targets[j], false);
+        }
+        for (auto& w : sends_) w->wait();
+        sends_.clear();
+        auto total = torch::tensor({stage_ == pp_ - 1 ? loss_sum_ : 0.0}, torch::kFloat64);
+        pipe_->all_reduce(total, plexus::ReduceOp::Sum)->wait();
+        model_->train();
+        return count > 0 ? total.item<double>() / static_cast<double>(count) : 0.0;
+    }
+
+    // Every stage's parameters, in model order (each stage sends its own; every rank calls this),
+    // then this stage's optimizer state.
+    plexus::StateDict state() const override {
+        plexus::StateDict out;
+        const auto& blocks = model_->blocks();
+        for (int s = 0; s < pp_; ++s)
+            for (int b = bounds_[s]; b < bounds_[s + 1]; ++b)
+                for (const auto& item : blocks[static_cast<size_t>(b)]->named_parameters()) {
+                    auto t = s == stage_ ? item.value().detach().clone() : torch::empty(shape_of(b, item.key()), torch::kFloat);
+                    pipe_->broadcast(t, s)->wait();
+                    out.emplace_back("model." + blocks[static_cast<size_t>(b)]->name() + "." + item.key(), t);
+                }
+        for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
+        return out;
+    }
+
+    void load_state(const plexus::StateDict& state) override {
+        torch::NoGradGuard no_grad;
+        size_t i = 0;
+        const auto& blocks = model_->blocks();
+        for (int s = 0; s < pp_; ++s)
+            for (int b = bounds_[s]; b < bounds_[s + 1]; ++b)
+                for (const auto& item : blocks[static_cast<size_t>(b)]->named_parameters()) {
+                    if (s == stage_) item.value().copy_(state.at(i).second);
+                    ++i;
+                }
+        optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
+    }
+
+private:
+    struct InFlight {
+        torch::Tensor input;   // received activation (requires grad), or the token ids on stage 0
+        torch::Tensor output;  // this stage's output (the loss on the last stage)
+    };
+
+    // Forward of one micro-batch through this stage's blocks: receive, compute, send.
+    void forward_micro(int64_t j, const torch::Tensor& ids, const torch::Tensor& targets, bool train) {
+        torch::Tensor x;
+        if (stage_ == 0) {
+            x = ids;
+        } else {
+            x = torch::empty(boundary_shape(stage_, ids), torch::kFloat);
+            pipe_->recv(x, stage_ - 1, static_cast<int>(j))->wait();
+            if (train) x.requires_grad_(true);
+        }
+        const double t0 = ctx_.now();
+        auto y = plexus::run_blocks(*model_, x, ctx_, static_cast<double>(ids.numel()), train, {},
+                                    static_cast<size_t>(bounds_[stage_]), static_cast<size_t>(bounds_[stage_ + 1]));
+        if (stage_ == pp_ - 1) {
+            auto loss = model_->loss(y, targets);
+            loss_sum_ += loss.item<double>();
+            y = loss / static_cast<double>(micro_);
+        } else {
+            sends_.push_back(pipe_->send(y.detach(), stage_ + 1, static_cast<int>(j)));
+        }
+        busy_ += ctx_.now() - t0;
+        if (!train) return;
+        flight_[j] = {x, y};
+        max_live_ = std::max<int64_t>(max_live_, static_cast<int64_t>(flight_.size()));
+    }
+
+    // Backward of one micro-batch: the output's gradient from the next stage, the input's to the
+    // previous one; its activations are released.
+    void backward_micro(int64_t j) {
+        auto it = flight_.find(j);
+        auto f = it->second;
+        flight_.erase(it);
+        torch::Tensor grad;
+        if (stage_ < pp_ - 1) {
+            grad = torch::empty(f.output.sizes(), torch::kFloat);
+            pipe_->recv(grad, stage_ + 1, static_cast<int>(j))->wait();
+        }
+        const double t0 = ctx_.now();
+        if (stage_ == pp_ - 1) f.output.backward();
+        else f.output.backward(grad);
+        busy_ += ctx_.now() - t0;
+        if (stage_ > 0) sends_.push_back(pipe_->send(f.input.grad(), stage_ - 1, static_cast<int>(j)));
+    }
+
+    void average_over_data(std::vector<torch::Tensor>& grads) {
+        std::vector<torch::Tensor> parts;
+        for (auto& g : grads) parts.push_back(g.reshape(-1));
+        auto flat = torch::cat(parts);
+        data_->all_reduce(flat, plexus::ReduceOp::Mean)->wait();
+        int64_t offset = 0;
+        for (auto& g : grads) {
+            g.view(-1).copy_(flat.narrow(0, offset, g.numel()));
+            offset += g.numel();
+        }
+    }
+
+    // The shape of what stage s receives for a micro-batch of these token ids: [rows, seq, width].
+    std::vector<int64_t> boundary_shape(int s, const torch::Tensor& ids) const {
+        auto shape = boundary_shapes_[static_cast<size_t>(s)];
+        shape[0] = ids.size(0);
+        shape[1] = ids.size(1);
+        return shape;
+    }
+
+    // Cost of each block: 1 (count), its FLOPs, or its measured forward + backward time. Also
+    // records the shape of every block's output (what crosses a stage boundary).
+    std::vector<double> block_costs(const std::string& how) {
+        const auto& blocks = model_->blocks();
+        const int64_t T = ctx_.seq_len();
+        auto ids = torch::zeros({1, T}, torch::kLong);
+        std::vector<double> cost(blocks.size(), 1.0);
+        boundary_shapes_.assign(static_cast<size_t>(pp_) + 1, {});
+        std::vector<std::vector<int64_t>> outputs;
+        {
+            torch::NoGradGuard no_grad;
+            torch::Tensor x = ids;
+            for (const auto& b : blocks) {
+                x = b->forward(x);
+                outputs.push_back(x.sizes().vec());
+            }
+        }
+        output_shapes_ = outputs;
+        if (how == "flops")
+            for (size_t b = 0; b < blocks.size(); ++b) cost[b] = blocks[b]->flops_per_token(T);
+        if (how == "measured") {
+            // Rank 0 times each block (forward and backward, best of 3) on a micro-batch; the
+            // others take its figures, so the partition is the same everywhere.
+            auto times = torch::zeros({static_cast<int64_t>(blocks.size())}, torch::kFloat64);
+            if (world_.rank() == 0) {
+                torch::Tensor x = torch::zeros({1, T}, torch::kLong);
+                for (size_t b = 0; b < blocks.size(); ++b) {
+                    double best = 1e30;
+                    torch::Tensor y;
+                    for (int r = 0; r < 3; ++r) {
+                        auto in = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
+                        const double t0 = ctx_.now();
+                        y = plexus::run_blocks(*model_, in, ctx_, static_cast<double>(T), true, {}, b, b + 1);
+                        y.backward(torch::ones_like(y));
+                        best = std::min(best, ctx_.now() - t0);
+                    }
+                    times[static_cast<int64_t>(b)] = best;
+                    x = y.detach();
+                }
+                model_->zero_grad();
+            }
+            world_.broadcast(times, 0)->wait();
+            for (size_t b = 0; b < blocks.size(); ++b) cost[b] = times[static_cast<int64_t>(b)].item<double>();
+        }
+        return cost;
+    }
+
+    // Contiguous stages minimizing the most expensive one (exact, by dynamic programming).
+    std::vector<int> balance(const std::vector<double>& cost, int stages) {
+        const int n = static_cast<int>(cost.size());
+        if (stages > n)
+            throw plexus::Error("pipeline: " + std::to_string(stages) + " stages for " + std::to_string(n) + " blocks",
+                                "use at most as many stages as the model has blocks");
+        std::vector<double> prefix(static_cast<size_t>(n) + 1, 0);
+        for (int i = 0; i < n; ++i) prefix[static_cast<size_t>(i) + 1] = prefix[static_cast<size_t>(i)] + cost[static_cast<size_t>(i)];
+        const double inf = 1e300;
+        // best[s][i]: the smallest possible maximum over s stages covering blocks [0, i).
+        std::vector<std::vector<double>> best(static_cast<size_t>(stages) + 1, std::vector<double>(static_cast<size_t>(n) + 1, inf));
+        std::vector<std::vector<int>> cut(best.size(), std::vector<int>(static_cast<size_t>(n) + 1, 0));
+        best[0][0] = 0;
+        for (int s = 1; s <= stages; ++s)
+            for (int i = s; i <= n; ++i)
+                for (int k = s - 1; k < i; ++k) {
+                    const double v = std::max(best[s - 1][k], prefix[i] - prefix[k]);
+                    if (v < best[s][i]) best[s][i] = v, cut[s][i] = k;
+                }
+        std::vector<int> bounds(static_cast<size_t>(stages) + 1, n);
+        for (int s = stages, i = n; s > 0; --s) {
+            bounds[static_cast<size_t>(s)] = i;
+            i = cut[s][i];
+        }
+        bounds[0] = 0;
+        // The partition, in the results: where each stage starts.
+        for (int st = 0; st < stages; ++st)
+            ctx_.record("pipeline_stage" + std::to_string(st) + "_first_block", static_cast<double>(bounds[static_cast<size_t>(st)]));
+        for (int s = 1; s <= pp_; ++s) boundary_shapes_[static_cast<size_t>(s)] = output_shapes_[static_cast<size_t>(bounds[static_cast<size_t>(s)] - 1)];
+        return bounds;
+    }
+
+    std::vector<int64_t> shape_of(int block, const std::string& name) const {
+        // Every rank built the whole model before keeping its stage: the shapes are known.
+        return full_shapes_.count(std::to_string(block) + name) ? full_shapes_.at(std::to_string(block) + name)
+                                                                 : std::vector<int64_t>{0};
+    }
+
+    plexus::RunContext& ctx_;
+    plexus::Transport& world_;
+    int pp_ = 1, dp_ = 1, stage_ = 0;
+    int64_t micro_ = 1;
+    std::string schedule_;
+    std::shared_ptr<plexus::Transport> pipe_, data_;
+    std::shared_ptr<plexus::Model> model_;
+    std::vector<double> cost_;
+    std::vector<int> bounds_;
+    std::vector<std::vector<int64_t>> boundary_shapes_, output_shapes_;
+    std::map<std::string, std::vector<int64_t>> full_shapes_;
+    std::vector<torch::Tensor> params_;
+    std::unique_ptr<plexus::Optimizer> optimizer_;
+    std::map<int64_t, InFlight> flight_;
+    std::vector<std::shared_ptr<plexus::Work>> sends_;
+    double busy_ = 0, loss_sum_ = 0;
+    int64_t max_live_ = 0;
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "pipeline";
+    d.kind = plexus::PluginKind::Strategy;
+    d.version = "1.0";
+    d.summary = "pipeline parallelism over the model's blocks: GPipe or 1F1B, micro-batches, balanced stages";
+    d.schema = {
+        {"pp", 0, "stages per pipeline (0: all ranks); dp = ranks / pp"},
+        {"schedule", "1f1b", "gpipe (all forwards, then all backwards) or 1f1b"},
+        {"micro_batches", 4, "micro-batches per step (train.batch_size must be a multiple)"},
+        {"partition", "flops", "cut stages by block count, block FLOPs, or measured block time"},
+    };
+    d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
+        return std::make_unique<Pipeline>(cfg, ctx);
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)
