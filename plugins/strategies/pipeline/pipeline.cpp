@@ -135,6 +135,8 @@ public:
         if (dp_ > 1) data_->all_reduce(loss, plexus::ReduceOp::Mean)->wait();
         out.loss = loss.item<double>();
         out.tokens = batch.tokens() / pp_;  // the stages share the batch
+        if (state_bytes_ < 0) state_bytes_ = plexus::training_state_bytes(params_, *optimizer_);
+        ctx_.record("state_bytes", static_cast<double>(state_bytes_));
         out.micro_batches = micro_;
         return out;
     }
@@ -355,6 +357,7 @@ private:
     std::map<std::string, std::vector<int64_t>> full_shapes_;
     std::vector<torch::Tensor> params_;
     std::unique_ptr<plexus::Optimizer> optimizer_;
+    int64_t state_bytes_ = -1;
     std::map<int64_t, InFlight> flight_;
     std::vector<std::shared_ptr<plexus::Work>> sends_;
     double busy_ = 0, loss_sum_ = 0;

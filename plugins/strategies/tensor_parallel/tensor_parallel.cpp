@@ -140,6 +140,8 @@ public:
         out.loss = mean_loss.item<double>();
         // The tensor group shares the batch: each rank accounts for its share of the tokens.
         out.tokens = batch.tokens() / tp_;
+        if (state_bytes_ < 0) state_bytes_ = plexus::training_state_bytes(params_, *optimizer_);
+        ctx_.record("state_bytes", static_cast<double>(state_bytes_));
         out.micro_batches = 1;
         return out;
     }
@@ -244,6 +246,7 @@ private:
     std::vector<torch::Tensor> params_;
     std::vector<Split> splits_;
     std::unique_ptr<plexus::Optimizer> optimizer_;
+    int64_t state_bytes_ = -1;
 };
 
 plexus::PluginDescriptor describe() {

@@ -123,11 +123,7 @@ protected:
         ctx_.charge_compute(optimizer_->flops_per_step());
         // What this rank holds between steps: parameters, gradients, optimizer state (the last
         // measured once, after the first step has created it). Sharded strategies report the same.
-        if (state_bytes_ < 0) {
-            state_bytes_ = 0;
-            for (const auto& p : params_) state_bytes_ += 2 * p.numel() * static_cast<int64_t>(p.element_size());
-            for (const auto& [name, t] : optimizer_->state()) state_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
-        }
+        if (state_bytes_ < 0) state_bytes_ = training_state_bytes(params_, *optimizer_);
         ctx_.record("state_bytes", static_cast<double>(state_bytes_));
     }
 

@@ -59,4 +59,14 @@ inline uint64_t mix_seed(uint64_t seed, uint64_t salt) {
     return z ^ (z >> 31);
 }
 
+// What a rank holds between steps for these parameters: the parameters, a gradient each, and
+// the optimizer's state (call after the optimizer's first step, which creates it). Strategies
+// record it as "state_bytes", so memory per rank compares across strategies.
+inline int64_t training_state_bytes(const std::vector<torch::Tensor>& params, const Optimizer& optimizer) {
+    int64_t bytes = 0;
+    for (const auto& p : params) bytes += 2 * p.numel() * static_cast<int64_t>(p.element_size());
+    for (const auto& [name, t] : optimizer.state()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    return bytes;
+}
+
 }  // namespace plexus
