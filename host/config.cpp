@@ -387,6 +387,7 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
          }},
         {"sim",
          {
+             {"numerics", "real", "real (train for real) or meta (shapes and time only: plan large models and clusters)"},
              {"device", "measured", "compute profile of a rank: measured (this CPU), h100, h200, a100, custom"},
              {"efficiency", 0.0, "fraction of the device peak a step reaches (0: profile default, 0.5 measured, 0.4 GPUs)"},
              {"device_flops", 0.0, "peak FLOP/s of device = \"custom\""},

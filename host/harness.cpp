@@ -415,7 +415,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             ctx->record("lr", base_lr * in.lr_scale);
             if (out.grad_norm >= 0) ctx->record("grad_norm", out.grad_norm);
             ++step;
-            if (!std::isfinite(out.loss)) {
+            if (!std::isfinite(out.loss) && !device.is_meta()) {
                 progress.line("step " + std::to_string(step) + ": loss is " + std::to_string(out.loss) + ": the run diverged");
                 diverged_here = true;
                 if (world == 1) { status = "diverged"; break; }  // several ranks agree first, below
@@ -489,7 +489,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         for (int r = 1; r < world; ++r)
             for (int k = 0; k < 6; ++k)
                 if (per_rank[k]) rec.summary(per_rank[k], all[r * 6 + k].item<double>(), r);
-        const auto state_digest = digest(strategy->state());
+        const auto state_digest = device.is_meta() ? StateDigest{"meta", NAN} : digest(strategy->state());
         rec.summary_text("state_hash", state_digest.hash);
         rec.summary("param_sum", state_digest.param_sum);
         rec.metrics(ctx->pending);
@@ -647,6 +647,12 @@ int run_experiment(const std::string& path, const RunOptions& options) {
             double core_flops = 0;
             if (cfg.values.at("sim.device").as_string() == "measured") core_flops = *cpu_peak(1, false, true).flops;
             cluster = std::make_unique<sim::Cluster>(sim::settings_from(cfg, core_flops));
+            // Meta numerics: tensors with shapes and no data. Compute and communication are
+            // charged as usual; losses are NaN; a 1.3B-parameter model costs no memory per rank.
+            const std::string numerics = cfg.values.at("sim.numerics").as_string();
+            if (numerics != "real" && numerics != "meta")
+                throw Error("sim.numerics = \"" + numerics + "\" is unknown", "use real or meta");
+            if (numerics == "meta") device = torch::Device(torch::kMeta);
         }
         // Only the launcher, or rank 0, writes the run's rows.
         if (!rendezvous || rendezvous->rank == 0)

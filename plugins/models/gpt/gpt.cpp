@@ -11,60 +11,94 @@ using plexus::Config;
 struct GptShape {
     int64_t vocab, n_layer, d_model, n_head, seq_len, d_ff;
     bool tie_embeddings;
+    torch::TensorOptions options;  // where the parameters live: the run's device (meta: shapes only)
 };
+
+// A weight and an optional bias, created directly on the run's device (no CPU copy first: a
+// simulated 1.3B-parameter model on the "meta" device costs no memory).
+struct Params : torch::nn::Module {
+    Params(std::vector<int64_t> weight_shape, int64_t bias_size, const torch::TensorOptions& o) {
+        weight = register_parameter("weight", torch::empty(weight_shape, o));
+        if (bias_size > 0) bias = register_parameter("bias", torch::zeros({bias_size}, o));
+    }
+    torch::Tensor weight, bias;
+};
+
+std::shared_ptr<Params> norm(const GptShape& s) {
+    auto p = std::make_shared<Params>(std::vector<int64_t>{s.d_model}, s.d_model, s.options);
+    torch::NoGradGuard no_grad;
+    p->weight.fill_(1.0);
+    return p;
+}
+
+// (On "meta" a scale and shift stands in: LibTorch 1.13 has no meta kernel for layer_norm.)
+torch::Tensor layer_norm(const Params& p, const torch::Tensor& x) {
+    if (x.is_meta()) return x * p.weight + p.bias;
+    return torch::layer_norm(x, {p.weight.size(0)}, p.weight, p.bias, 1e-5);
+}
 
 class Embed : public plexus::Block {
 public:
     explicit Embed(const GptShape& s) {
-        tokens = register_module("tokens", torch::nn::Embedding(s.vocab, s.d_model));
-        positions = register_module("positions", torch::nn::Embedding(s.seq_len, s.d_model));
-        torch::nn::init::normal_(tokens->weight, 0.0, 0.02);
-        torch::nn::init::normal_(positions->weight, 0.0, 0.02);
+        tokens = register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
+        positions = register_module("positions", std::make_shared<Params>(std::vector<int64_t>{s.seq_len, s.d_model}, 0, s.options));
+        torch::NoGradGuard no_grad;
+        tokens->weight.normal_(0.0, 0.02);
+        positions->weight.normal_(0.0, 0.02);
     }
     torch::Tensor forward(const torch::Tensor& ids) override {
         const auto T = ids.size(1);
-        return tokens->forward(ids) + positions->weight.narrow(0, 0, T);
+        // LibTorch 1.13 has no meta kernel for the lookup: on "meta" (shapes only) an all-zero
+        // one-hot product stands in, with the same shape and the same gradient connectivity.
+        auto looked_up = tokens->weight.is_meta()
+                             ? torch::matmul(torch::zeros({ids.size(0), T, tokens->weight.size(0)}, tokens->weight.options()),
+                                             tokens->weight)
+                             : torch::embedding(tokens->weight, ids);
+        return looked_up + positions->weight.narrow(0, 0, T);
     }
     double flops_per_token(int64_t) const override { return 0.0; }  // lookups, no matmul
-    torch::nn::Embedding tokens{nullptr}, positions{nullptr};
+    std::shared_ptr<Params> tokens, positions;
 };
 
 class Layer : public plexus::Block {
 public:
     Layer(const GptShape& s, int64_t index) : shape_(s) {
-        auto opts = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out); };
-        ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
-        qkv = register_module("qkv", torch::nn::Linear(opts(s.d_model, 3 * s.d_model)));
-        proj = register_module("proj", torch::nn::Linear(opts(s.d_model, s.d_model)));
-        ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
-        fc = register_module("fc", torch::nn::Linear(opts(s.d_model, s.d_ff)));
-        out = register_module("out", torch::nn::Linear(opts(s.d_ff, s.d_model)));
-        // GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2L).
+        auto linear = [&](const char* name, int64_t in, int64_t out) {
+            return register_module(name, std::make_shared<Params>(std::vector<int64_t>{out, in}, out, s.options));
+        };
+        ln1 = register_module("ln1", norm(s));
+        qkv = linear("qkv", s.d_model, 3 * s.d_model);
+        proj = linear("proj", s.d_model, s.d_model);
+        ln2 = register_module("ln2", norm(s));
+        fc = linear("fc", s.d_model, s.d_ff);
+        out = linear("out", s.d_ff, s.d_model);
+        // GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases.
+        torch::NoGradGuard no_grad;
         const double resid_std = 0.02 / std::sqrt(2.0 * s.n_layer);
-        for (auto* lin : {&qkv, &fc}) torch::nn::init::normal_((*lin)->weight, 0.0, 0.02);
-        for (auto* lin : {&proj, &out}) torch::nn::init::normal_((*lin)->weight, 0.0, resid_std);
-        for (auto* lin : {&qkv, &proj, &fc, &out}) torch::nn::init::zeros_((*lin)->bias);
-        mask = register_buffer("mask", plexus::compat::causal_mask(s.seq_len, torch::kFloat32));
+        qkv->weight.normal_(0.0, 0.02);
+        fc->weight.normal_(0.0, 0.02);
+        proj->weight.normal_(0.0, resid_std);
+        out->weight.normal_(0.0, resid_std);
+        mask = register_buffer("mask", plexus::compat::causal_mask(s.seq_len, s.options));
         (void)index;
     }
 
     // Under tensor parallelism this rank holds some heads and some MLP units: local sizes come
     // from the parameters' shapes; the row-parallel biases are added after the partial sums meet.
     torch::Tensor forward(const torch::Tensor& x) override {
-        namespace F = torch::nn::functional;
         const auto head_dim = shape_.d_model / shape_.n_head;
-        auto in = tensor_parallel_enter(ln1->forward(x));
+        auto in = tensor_parallel_enter(layer_norm(*ln1, x));
         const auto B = in.size(0), T = in.size(1), heads = qkv->weight.size(0) / (3 * head_dim);
-        auto h = F::linear(in, qkv->weight, qkv->bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4});
+        auto h = torch::linear(in, qkv->weight, qkv->bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4});
         auto y = plexus::compat::causal_attention(h[0], h[1], h[2], mask);
-        auto a = x + tensor_parallel_exit(F::linear(y.transpose(1, 2).reshape({B, T, heads * head_dim}), proj->weight)) +
+        auto a = x + tensor_parallel_exit(torch::linear(y.transpose(1, 2).reshape({B, T, heads * head_dim}), proj->weight)) +
                  proj->bias;
-        auto m = tensor_parallel_enter(ln2->forward(a));
-        return a + tensor_parallel_exit(F::linear(torch::gelu(F::linear(m, fc->weight, fc->bias), "tanh"), out->weight)) +
+        auto m = tensor_parallel_enter(layer_norm(*ln2, a));
+        return a + tensor_parallel_exit(torch::linear(torch::gelu(torch::linear(m, fc->weight, fc->bias), "tanh"), out->weight)) +
                out->bias;
     }
 
-    // 6 FLOPs per parameter per token for the matmuls, plus attention's 12·H·Q·T = 12·D·T.
+    // 6 FLOPs per parameter per token for the matmuls, plus attention's 12·H·Q·T (this rank's heads).
     double flops_per_token(int64_t seq_len) const override {
         return 6.0 * matmul_params() + 12.0 * static_cast<double>(qkv->weight.size(0) / 3) * seq_len;
     }
@@ -83,8 +117,7 @@ public:
                 {"ln1.bias", S::Replicate},         {"ln2.weight", S::Replicate},       {"ln2.bias", S::Replicate}};
     }
 
-    torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
-    torch::nn::Linear qkv{nullptr}, proj{nullptr}, fc{nullptr}, out{nullptr};
+    std::shared_ptr<Params> ln1, qkv, proj, ln2, fc, out;
     torch::Tensor mask;
 
 private:
@@ -94,24 +127,23 @@ private:
 class Head : public plexus::Block {
 public:
     Head(const GptShape& s, torch::Tensor tied_weight) {
-        ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
+        ln = register_module("ln", norm(s));
         if (tied_weight.defined()) {
             weight = tied_weight;  // shared with the embedding: not registered twice
             tied_ = true;
         } else {
-            weight = register_parameter("weight", torch::empty({s.vocab, s.d_model}));
-            torch::nn::init::normal_(weight, 0.0, 0.02);
+            weight = register_parameter("weight", torch::empty({s.vocab, s.d_model}, s.options));
+            torch::NoGradGuard no_grad;
+            weight.normal_(0.0, 0.02);
         }
     }
-    torch::Tensor forward(const torch::Tensor& x) override {
-        return torch::matmul(ln->forward(x), weight.t());
-    }
+    torch::Tensor forward(const torch::Tensor& x) override { return torch::matmul(layer_norm(*ln, x), weight.t()); }
     double flops_per_token(int64_t) const override { return 6.0 * counted_params(); }
     std::vector<torch::Tensor> shared_parameters() const override {
         return tied_ ? std::vector<torch::Tensor>{weight} : std::vector<torch::Tensor>{};
     }
     int64_t counted_params() const { return weight.numel() + ln->weight.numel() + ln->bias.numel(); }
-    torch::nn::LayerNorm ln{nullptr};
+    std::shared_ptr<Params> ln;
     torch::Tensor weight;
     bool tied_ = false;
 };
@@ -174,6 +206,7 @@ plexus::PluginDescriptor describe() {
         s.vocab = cfg.get_int("vocab_size") > 0 ? cfg.get_int("vocab_size") : ctx.vocab_size();
         s.seq_len = cfg.get_int("max_seq_len") > 0 ? cfg.get_int("max_seq_len") : ctx.seq_len();
         s.tie_embeddings = cfg.get_bool("tie_embeddings");
+        s.options = torch::TensorOptions().dtype(torch::kFloat32).device(ctx.device());
         cfg.require(s.n_layer >= 0, "n_layer", "must be >= 0");
         cfg.require(s.d_model > 0, "d_model", "must be > 0");
         cfg.require(s.n_head > 0 && s.d_model % s.n_head == 0, "n_head",

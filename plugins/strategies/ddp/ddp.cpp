@@ -94,7 +94,7 @@ public:
         // The loss every rank reports is the mean over all ranks' batches (one scalar all-reduce).
         auto mean_loss = loss.to(torch::kFloat64);
         transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
-        out.loss = mean_loss.item<double>();
+        out.loss = plexus::value_of(mean_loss);
         return out;
     }
 

@@ -119,11 +119,11 @@ public:
         }
         if (dp_ > 1) average_over_data(grads);
         double sq = 0;
-        for (const auto& g : grads) sq += g.to(torch::kFloat64).pow(2).sum().item<double>();
+        for (const auto& g : grads) sq += plexus::value_of(g.to(torch::kFloat64).pow(2).sum());
         // Loss (only the last stage has it) and the squared gradient norm, summed over the pipeline.
         auto sums = torch::tensor({sq, stage_ == pp_ - 1 ? loss_sum_ / static_cast<double>(micro_) : 0.0}, torch::kFloat64);
         pipe_->all_reduce(sums, plexus::ReduceOp::Sum)->wait();
-        out.grad_norm = std::sqrt(sums[0].item<double>());
+        out.grad_norm = std::sqrt(plexus::value_of(sums[0]));
         if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
             const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
             for (auto& g : grads) g.mul_(scale);
@@ -133,7 +133,7 @@ public:
         for (auto& g : grads) g.zero_();
         auto loss = sums[1].clone();
         if (dp_ > 1) data_->all_reduce(loss, plexus::ReduceOp::Mean)->wait();
-        out.loss = loss.item<double>();
+        out.loss = plexus::value_of(loss);
         out.tokens = batch.tokens() / pp_;  // the stages share the batch
         if (state_bytes_ < 0) state_bytes_ = plexus::training_state_bytes(params_, *optimizer_);
         ctx_.record("state_bytes", static_cast<double>(state_bytes_));
@@ -157,7 +157,7 @@ public:
         auto total = torch::tensor({stage_ == pp_ - 1 ? loss_sum_ : 0.0}, torch::kFloat64);
         pipe_->all_reduce(total, plexus::ReduceOp::Sum)->wait();
         model_->train();
-        return count > 0 ? total.item<double>() / static_cast<double>(count) : 0.0;
+        return count > 0 ? plexus::value_of(total) / static_cast<double>(count) : 0.0;
     }
 
     // Every stage's parameters, in model order (each stage sends its own; every rank calls this),
@@ -168,7 +168,8 @@ public:
         for (int s = 0; s < pp_; ++s)
             for (int b = bounds_[s]; b < bounds_[s + 1]; ++b)
                 for (const auto& item : blocks[static_cast<size_t>(b)]->named_parameters()) {
-                    auto t = s == stage_ ? item.value().detach().clone() : torch::empty(shape_of(b, item.key()), torch::kFloat);
+                    auto t = s == stage_ ? item.value().detach().clone()
+                                         : torch::empty(shape_of(b, item.key()), torch::TensorOptions().device(ctx_.device()));
                     pipe_->broadcast(t, s)->wait();
                     out.emplace_back("model." + blocks[static_cast<size_t>(b)]->name() + "." + item.key(), t);
                 }
@@ -201,7 +202,7 @@ private:
         if (stage_ == 0) {
             x = ids;
         } else {
-            x = torch::empty(boundary_shape(stage_, ids), torch::kFloat);
+            x = torch::empty(boundary_shape(stage_, ids), torch::TensorOptions().device(ctx_.device()));
             pipe_->recv(x, stage_ - 1, static_cast<int>(j))->wait();
             if (train) x.requires_grad_(true);
         }
@@ -210,7 +211,7 @@ private:
                                     static_cast<size_t>(bounds_[stage_]), static_cast<size_t>(bounds_[stage_ + 1]));
         if (stage_ == pp_ - 1) {
             auto loss = model_->loss(y, targets);
-            loss_sum_ += loss.item<double>();
+            loss_sum_ += plexus::value_of(loss);
             y = loss / static_cast<double>(micro_);
         } else {
             sends_.push_back(pipe_->send(y.detach(), stage_ + 1, static_cast<int>(j)));
@@ -229,7 +230,7 @@ private:
         flight_.erase(it);
         torch::Tensor grad;
         if (stage_ < pp_ - 1) {
-            grad = torch::empty(f.output.sizes(), torch::kFloat);
+            grad = torch::empty(f.output.sizes(), f.output.options());
             pipe_->recv(grad, stage_ + 1, static_cast<int>(j))->wait();
         }
         const double t0 = ctx_.now();
@@ -264,7 +265,8 @@ private:
     std::vector<double> block_costs(const std::string& how) {
         const auto& blocks = model_->blocks();
         const int64_t T = ctx_.seq_len();
-        auto ids = torch::zeros({1, T}, torch::kLong);
+        const auto on_device = torch::TensorOptions().device(ctx_.device());
+        auto ids = torch::zeros({1, T}, on_device.dtype(torch::kLong));
         std::vector<double> cost(blocks.size(), 1.0);
         boundary_shapes_.assign(static_cast<size_t>(pp_) + 1, {});
         std::vector<std::vector<int64_t>> outputs;
@@ -284,7 +286,7 @@ private:
             // others take its figures, so the partition is the same everywhere.
             auto times = torch::zeros({static_cast<int64_t>(blocks.size())}, torch::kFloat64);
             if (world_.rank() == 0) {
-                torch::Tensor x = torch::zeros({1, T}, torch::kLong);
+                torch::Tensor x = torch::zeros({1, T}, on_device.dtype(torch::kLong));
                 for (size_t b = 0; b < blocks.size(); ++b) {
                     double best = 1e30;
                     torch::Tensor y;
@@ -301,7 +303,7 @@ private:
                 model_->zero_grad();
             }
             world_.broadcast(times, 0)->wait();
-            for (size_t b = 0; b < blocks.size(); ++b) cost[b] = times[static_cast<int64_t>(b)].item<double>();
+            for (size_t b = 0; b < blocks.size(); ++b) cost[b] = plexus::value_of(times[static_cast<int64_t>(b)]);
         }
         return cost;
     }

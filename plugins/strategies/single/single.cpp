@@ -16,7 +16,7 @@ public:
         plexus::StepOutput out;
         auto loss = forward_backward(*in.train, accumulate_, out);
         update(in, out, gradients());
-        out.loss = loss.item<double>();
+        out.loss = plexus::value_of(loss);
         return out;
     }
 

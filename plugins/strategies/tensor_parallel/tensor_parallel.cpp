@@ -122,12 +122,12 @@ public:
         // The global norm: split parameters summed over the tensor group, replicated ones once.
         double split_sq = 0, replicated_sq = 0;
         for (size_t i = 0; i < grads.size(); ++i) {
-            const double sq = grads[i].to(torch::kFloat64).pow(2).sum().item<double>();
+            const double sq = plexus::value_of(grads[i].to(torch::kFloat64).pow(2).sum());
             (is_split(params_[i]) ? split_sq : replicated_sq) += sq;
         }
         auto total = torch::tensor({split_sq}, torch::kFloat64);
         if (tp_ > 1) tensor_->all_reduce(total, plexus::ReduceOp::Sum)->wait();
-        out.grad_norm = std::sqrt(total.item<double>() + replicated_sq);
+        out.grad_norm = std::sqrt(plexus::value_of(total) + replicated_sq);
         if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
             const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
             for (auto& g : grads) g.mul_(scale);
@@ -137,7 +137,7 @@ public:
         for (auto& g : grads) g.zero_();
         auto mean_loss = loss.detach().to(torch::kFloat64);
         if (dp_ > 1) data_->all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
-        out.loss = mean_loss.item<double>();
+        out.loss = plexus::value_of(mean_loss);
         // The tensor group shares the batch: each rank accounts for its share of the tokens.
         out.tokens = batch.tokens() / tp_;
         if (state_bytes_ < 0) state_bytes_ = plexus::training_state_bytes(params_, *optimizer_);
@@ -152,7 +152,7 @@ public:
         double total = 0;
         for (int64_t i = 0; i < batches; ++i) {
             auto batch = stream.next();
-            total += model_->loss(model_->forward(batch.inputs), batch.targets).item<double>();
+            total += plexus::value_of(model_->loss(model_->forward(batch.inputs), batch.targets));
         }
         model_->train();
         return batches > 0 ? total / static_cast<double>(batches) : 0.0;

@@ -99,10 +99,10 @@ public:
         }
         // The global norm: every rank's shards, summed over ranks.
         double local = 0;
-        for (const auto& g : grads) local += g.to(torch::kFloat64).pow(2).sum().item<double>();
+        for (const auto& g : grads) local += plexus::value_of(g.to(torch::kFloat64).pow(2).sum());
         auto total = torch::tensor({local}, torch::kFloat64);
         transport_.all_reduce(total, plexus::ReduceOp::Sum)->wait();
-        out.grad_norm = std::sqrt(total.item<double>());
+        out.grad_norm = std::sqrt(plexus::value_of(total));
         if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
             const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
             for (auto& g : grads) g.mul_(scale);
@@ -117,7 +117,7 @@ public:
         }
         auto mean_loss = (loss_sum / static_cast<double>(accumulate_)).to(torch::kFloat64);
         transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
-        out.loss = mean_loss.item<double>();
+        out.loss = plexus::value_of(mean_loss);
         optimizer_bytes_ = 0;
         for (const auto& [name, t] : optimizer_->state()) optimizer_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
         sample_memory();
@@ -132,7 +132,7 @@ public:
         double total = 0;
         for (int64_t i = 0; i < batches; ++i) {
             auto batch = stream.next();
-            total += model_->loss(forward(batch.inputs, false, 0), batch.targets).item<double>();
+            total += plexus::value_of(model_->loss(forward(batch.inputs, false, 0), batch.targets));
         }
         model_->train();
         return batches > 0 ? total / static_cast<double>(batches) : 0.0;

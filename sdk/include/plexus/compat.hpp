@@ -48,6 +48,10 @@ inline torch::Tensor causal_mask(int64_t seq_len, const torch::TensorOptions& op
 // after the re-allocation: how sharded strategies (ZeRO-3) drop gathered parameters between a
 // block's forward and its backward without breaking the graph.
 inline void resize_storage_bytes(const torch::Tensor& t, size_t bytes) {
+    if (t.is_meta()) {  // no data: only the size changes (the simulated cluster's "meta" numerics)
+        t.storage().unsafeGetStorageImpl()->set_nbytes(bytes);
+        return;
+    }
     if (!t.device().is_cpu())
         throw Error("resize_storage_bytes: only CPU tensors in this build (" + t.device().str() + ")",
                     "the CUDA path comes with the CUDA build of plexus");

@@ -26,7 +26,7 @@ public:
         double total = 0;
         for (int64_t i = 0; i < batches; ++i) {
             auto batch = stream.next();
-            total += model_->loss(model_->forward(batch.inputs), batch.targets).item<double>();
+            total += value_of(model_->loss(model_->forward(batch.inputs), batch.targets));
         }
         model_->train();
         return batches > 0 ? total / static_cast<double>(batches) : 0.0;

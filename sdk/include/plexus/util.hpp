@@ -13,6 +13,11 @@
 
 namespace plexus {
 
+// A scalar tensor's value, or NaN for a tensor without data (the simulated cluster's "meta"
+// numerics computes shapes and time only). Use it wherever a strategy reads a loss or a norm.
+inline double value_of(const torch::Tensor& t) { return t.is_meta() ? NAN : t.item<double>(); }
+
+
 // One slot per parameter of `module`, named as named_parameters() names them.
 inline std::vector<ParamSlot> slots_of(torch::nn::Module& module) {
     std::vector<ParamSlot> slots;
@@ -29,7 +34,7 @@ inline double global_norm(const std::vector<torch::Tensor>& grads) {
     std::vector<torch::Tensor> squares;
     squares.reserve(grads.size());
     for (const auto& g : grads) squares.push_back(g.pow(2).sum());
-    return std::sqrt(torch::stack(squares).sum().item<double>());
+    return std::sqrt(value_of(torch::stack(squares).sum()));
 }
 
 // Scales `grads` in place so that their global norm is at most max_norm (if max_norm > 0).

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# bench/baselines_sim.sh: plan a 1.3B-parameter GPT (24 layers, width 2048, 16 heads, sequence
+# 2048, vocabulary 50304) on 8 and 64 simulated H100s (one node with NVLink-class links; eight
+# such nodes joined by 50 GB/s per GPU), with every baseline strategy, same global batch (8
+# sequences per GPU). "meta" numerics: shapes only, so this runs in seconds on a laptop; the
+# time is the simulator's (H100 peak 989 TFLOP/s at the profile's 0.4 efficiency, alpha-beta
+# links, float32 communication volumes).
+# Usage: bench/baselines_sim.sh [BUILD_DIR] [STEPS]
+set -euo pipefail
+build=${1:-build}
+steps=${2:-4}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+db="$work/s.db"
+cat >"$work/gpt1.3b.toml" <<'TOML'
+[model]
+name = "gpt"
+n_layer = 24
+d_model = 2048
+n_head = 16
+vocab_size = 50304
+[data]
+name = "synthetic"
+vocab_size = 32
+[optimizer]
+name = "adamw"
+[train]
+seq_len = 2048
+eval_every = 0
+eval_batches = 1
+log_every = 1
+[launch]
+mode = "sim"
+[sim]
+numerics = "meta"
+device = "h100"
+intra_latency_us = 2.0
+intra_bandwidth_gbs = 450.0
+latency_us = 5.0
+bandwidth_gbs = 50.0
+[results]
+progress = "none"
+TOML
+# "waiting": the share of a step a rank is not computing (communication not hidden, pipeline
+# bubble): 1 - MFU / efficiency, since compute is charged at exactly peak x efficiency.
+printf "%-26s %6s %12s %7s %12s %9s %16s\n" strategy ranks "job tok/s" MFU "step (ms)" waiting "state/rank (GB)"
+run() {  # run LABEL RANKS SETTINGS...
+  local label=$1 ranks=$2
+  shift 2
+  local topo=(--set sim.topology=fully_connected --set sim.latency_us=2.0 --set sim.bandwidth_gbs=450.0)
+  [ "$ranks" -gt 8 ] && topo=(--set sim.topology=two_level --set sim.gpus_per_node=8)
+  "$build/plexus" run "$work/gpt1.3b.toml" --db "$db" --set train.steps="$steps" --set launch.ranks="$ranks" \
+    "${topo[@]}" "$@" >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
+  sqlite3 -separator ' ' "$db" "
+    SELECT (SELECT SUM(value) FROM summary WHERE run_id = r.id AND key = 'tokens_per_s'),
+           (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'mfu'),
+           (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'step_time'),
+           1 - (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'mfu') /
+               (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'sim_efficiency'),
+           (SELECT value FROM metric WHERE run_id = r.id AND rank = 0 AND key = 'state_bytes' ORDER BY step DESC LIMIT 1)
+    FROM run r WHERE r.id = (SELECT MAX(id) FROM run)" >"$work/row"
+  read -r tps mfu step exposed state <"$work/row"
+  awk -v l="$label" -v n="$ranks" -v t="$tps" -v m="$mfu" -v s="$step" -v e="$exposed" -v b="${state:-0}" \
+    'BEGIN { printf "%-26s %6d %12.0f %6.1f%% %12.1f %8.1f%% %16.2f\n", l, n, t, m * 100, s * 1000, e * 100, b / 1e9 }'
+}
+for n in 8 64; do
+  run ddp "$n" --set strategy.name=ddp --set strategy.bucket_mb=100.0 --set train.batch_size=8
+  for stage in 1 2 3; do
+    run "zero stage $stage" "$n" --set strategy.name=zero --set strategy.stage=$stage --set train.batch_size=8
+  done
+  run "tensor_parallel tp=8" "$n" --set strategy.name=tensor_parallel --set strategy.tp=8 --set train.batch_size=64
+  run "pipeline 1f1b pp=8 m=16" "$n" --set strategy.name=pipeline --set strategy.pp=8 --set strategy.micro_batches=16 \
+    --set train.batch_size=64
+done
