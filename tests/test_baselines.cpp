@@ -59,14 +59,17 @@ TEST_CASE("ZeRO stages 1, 2, 3 follow the single strategy with the same global b
     for (int stage : {1, 2, 3}) {
         const std::string s = " --set strategy.stage=" + std::to_string(stage);
         const auto gloo2 = run(dir, "--set launch.mode=local --set launch.ranks=2 --set train.batch_size=4" + s);
+        const auto gloo4 = run(dir, "--set launch.mode=local --set launch.ranks=4 --set train.batch_size=2" + s);
         const auto sim4 = run(dir, "--set launch.mode=sim --set launch.ranks=4 --set train.batch_size=2" + s);
         INFO("stage " << stage);
         // The same rows and updates as one rank with batch 8; only the order of float sums
         // differs (partial means averaged), ~1e-7 relative per step: after 15 AdamW steps the
         // losses agree to 1e-4 and the parameters' sum to 1e-5 relative (measured ~5e-7).
         CHECK(worst_gap(gloo2, single) < 1e-4);
+        CHECK(worst_gap(gloo4, single) < 1e-4);
         CHECK(worst_gap(sim4, single) < 1e-4);
         CHECK(gloo2.param_sum == Approx(single.param_sum).epsilon(1e-5));
+        CHECK(gloo4.param_sum == Approx(single.param_sum).epsilon(1e-5));
         CHECK(sim4.param_sum == Approx(single.param_sum).epsilon(1e-5));
         CHECK(sim4.loss.back().second < sim4.loss.front().second - 1.0);  // and it learned
     }
@@ -131,6 +134,14 @@ TEST_CASE("tensor parallelism, alone and in a 2 x 2 mesh, follows the single str
     // The simulated cluster computes what Gloo computes: two ranks, the same sums.
     CHECK(worst_gap(sim, gloo) == 0);
     CHECK(sim.param_sum == gloo.param_sum);
+    // Sequence parallelism: the same model, activations split along the sequence between layers.
+    const auto sp = run(dir, tp + "--set strategy.sequence_parallel=true --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
+    const auto sp_gloo4 = run(dir, tp + "--set strategy.sequence_parallel=true --set strategy.tp=2 --set launch.mode=local "
+                                        "--set launch.ranks=4 --set train.batch_size=4");
+    for (const auto* r : {&sp, &sp_gloo4}) {
+        CHECK(worst_gap(*r, single) < 1e-4);
+        CHECK(r->param_sum == Approx(single.param_sum).epsilon(1e-5));
+    }
 }
 
 TEST_CASE("tensor parallelism refuses a split the model cannot take, naming the parameter", "[tp]") {
@@ -152,11 +163,12 @@ TEST_CASE("GPipe and 1F1B follow the single strategy (Gloo; simulated 4 stages a
     for (const std::string schedule : {"gpipe", "1f1b"}) {
         const std::string pp = "--set strategy.name=pipeline --set strategy.micro_batches=2 --set strategy.schedule=" + schedule + " ";
         const auto gloo = run(dir, pp + "--set launch.mode=local --set launch.ranks=2 --set train.batch_size=8");
+        const auto gloo4 = run(dir, pp + "--set launch.mode=local --set launch.ranks=4 --set train.batch_size=8");
         const auto sim4 = run(dir, pp + "--set launch.mode=sim --set launch.ranks=4 --set train.batch_size=8");
         const auto mesh = run(dir, pp + "--set strategy.pp=2 --set launch.mode=sim --set launch.ranks=4 --set train.batch_size=4");
         INFO(schedule);
         // Micro-batch gradients summed instead of one batch's: float order only (~5e-7 measured).
-        for (const auto* r : {&gloo, &sim4, &mesh}) {
+        for (const auto* r : {&gloo, &gloo4, &sim4, &mesh}) {
             CHECK(worst_gap(*r, single) < 1e-4);
             CHECK(r->param_sum == Approx(single.param_sum).epsilon(1e-5));
         }

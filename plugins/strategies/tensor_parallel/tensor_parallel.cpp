@@ -8,6 +8,10 @@
 // row-parallel layer in forward (exit) and one of gradients per column-parallel input in
 // backward (enter). Blocks without a plan (embedding, head) are replicated. The ranks of a
 // tensor group read the same batch; gradients are then averaged over the data-parallel group.
+// With sequence_parallel, activations between the parallel layers (norms, residuals) are split
+// along the sequence: enter all-gathers it and exit reduce-scatters it (same bytes as the
+// all-reduce, 1/tp of the activation memory), and the partial gradients of the parameters
+// applied to a part of the sequence are summed over the tensor group.
 #include <plexus/blocks.hpp>
 #include <plexus/plexus.hpp>
 
@@ -44,19 +48,80 @@ struct ReduceFromGroup : torch::autograd::Function<ReduceFromGroup> {
     static tensor_list backward(AutogradContext*, tensor_list grads) { return {grads[0], torch::Tensor()}; }
 };
 
+// Sequence parallelism moves activations between "split along the sequence" (dim 1, between
+// blocks and around norms) and "whole sequence, split features" (inside the parallel layers).
+torch::Tensor gather_sequence(plexus::Transport& t, const torch::Tensor& x) {  // [B, T/n, D] -> [B, T, D]
+    const int n = t.world_size();
+    auto local = x.contiguous();
+    auto all = torch::empty({n * local.numel()}, local.options());
+    t.all_gather(all, local)->wait();
+    auto parts = all.view({n, local.size(0), local.size(1), local.size(2)});
+    return parts.permute({1, 0, 2, 3}).reshape({local.size(0), n * local.size(1), local.size(2)});
+}
+torch::Tensor reduce_scatter_sequence(plexus::Transport& t, const torch::Tensor& x) {  // sum, [B, T, D] -> [B, T/n, D]
+    const int n = t.world_size();
+    const auto B = x.size(0), T = x.size(1), D = x.size(2);
+    auto by_rank = x.reshape({B, n, T / n, D}).permute({1, 0, 2, 3}).contiguous();
+    auto out = torch::empty({B, T / n, D}, x.options());
+    t.reduce_scatter(out, by_rank, plexus::ReduceOp::Sum)->wait();
+    return out;
+}
+torch::Tensor own_sequence_part(plexus::Transport& t, const torch::Tensor& x) {
+    const auto part = x.size(1) / t.world_size();
+    return x.narrow(1, t.rank() * part, part);
+}
+
+// f with sequence parallelism: all-gather the sequence forward, reduce-scatter it backward.
+struct GatherSequence : torch::autograd::Function<GatherSequence> {
+    static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t transport) {
+        ctx->saved_data["transport"] = transport;
+        return gather_sequence(*reinterpret_cast<plexus::Transport*>(transport), x);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+        return {reduce_scatter_sequence(*transport_of(ctx), grads[0]), torch::Tensor()};
+    }
+};
+
+// g with sequence parallelism: reduce-scatter the sequence forward, all-gather it backward.
+struct ScatterSequence : torch::autograd::Function<ScatterSequence> {
+    static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t transport) {
+        ctx->saved_data["transport"] = transport;
+        return reduce_scatter_sequence(*reinterpret_cast<plexus::Transport*>(transport), x);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+        return {gather_sequence(*transport_of(ctx), grads[0]), torch::Tensor()};
+    }
+};
+
+// Leaving the parallel blocks: the whole sequence for a block every rank computes alike (the
+// head), whose gradient is then the same everywhere: each rank keeps its part of it.
+struct GatherForReplicated : torch::autograd::Function<GatherForReplicated> {
+    static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t transport) {
+        ctx->saved_data["transport"] = transport;
+        return gather_sequence(*reinterpret_cast<plexus::Transport*>(transport), x);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+        return {own_sequence_part(*transport_of(ctx), grads[0]).contiguous(), torch::Tensor()};
+    }
+};
+
 class Ops : public plexus::TensorParallel {
 public:
-    explicit Ops(std::shared_ptr<plexus::Transport> group) : group_(std::move(group)) {}
+    Ops(std::shared_ptr<plexus::Transport> group, bool sequence_parallel)
+        : group_(std::move(group)), sequence_parallel_(sequence_parallel) {}
     int size() const override { return group_->world_size(); }
     torch::Tensor enter(const torch::Tensor& x) override {
-        return CopyToGroup::apply(x, reinterpret_cast<int64_t>(group_.get()));
+        const auto t = reinterpret_cast<int64_t>(group_.get());
+        return sequence_parallel_ ? GatherSequence::apply(x, t) : CopyToGroup::apply(x, t);
     }
     torch::Tensor exit(const torch::Tensor& x) override {
-        return ReduceFromGroup::apply(x, reinterpret_cast<int64_t>(group_.get()));
+        const auto t = reinterpret_cast<int64_t>(group_.get());
+        return sequence_parallel_ ? ScatterSequence::apply(x, t) : ReduceFromGroup::apply(x, t);
     }
 
 private:
     std::shared_ptr<plexus::Transport> group_;
+    bool sequence_parallel_;
 };
 
 struct Split {  // a parameter this rank holds a part of
@@ -73,6 +138,9 @@ public:
         const int W = world.world_size(), rank = world.rank();
         tp_ = static_cast<int>(cfg.get_int("tp"));
         if (tp_ == 0) tp_ = W;
+        sequence_parallel_ = cfg.get_bool("sequence_parallel");
+        cfg.require(!sequence_parallel_ || ctx.seq_len() % std::max(tp_, 1) == 0, "sequence_parallel",
+                    "needs train.seq_len divisible by tp");
         cfg.require(tp_ >= 1 && W % tp_ == 0, "tp",
                     "must divide the number of ranks (" + std::to_string(W) + "); dp = ranks / tp");
         dp_ = W / tp_;
@@ -99,7 +167,7 @@ public:
         plexus::StepOutput out;
         auto batch = in.train->next();
         model_->train();
-        auto logits = plexus::run_blocks(*model_, batch.inputs, ctx_, static_cast<double>(batch.tokens()), true);
+        auto logits = run(batch.inputs, static_cast<double>(batch.tokens()), true);
         auto loss = model_->loss(logits, batch.targets);
         loss.backward();
         torch::NoGradGuard no_grad;
@@ -107,6 +175,19 @@ public:
         for (auto& p : params_) {
             if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
             grads.push_back(p.grad());
+        }
+        // Sequence parallelism: parameters applied to a part of the sequence (norms and biases of
+        // the parallel blocks, the blocks before them) have partial gradients: sum them.
+        if (!sum_over_tensor_group_.empty()) {
+            std::vector<torch::Tensor> parts;
+            for (auto& p : sum_over_tensor_group_) parts.push_back(p.grad().reshape(-1));
+            auto flat = torch::cat(parts);
+            tensor_->all_reduce(flat, plexus::ReduceOp::Sum)->wait();
+            int64_t offset = 0;
+            for (auto& p : sum_over_tensor_group_) {
+                p.grad().view(-1).copy_(flat.narrow(0, offset, p.numel()));
+                offset += p.numel();
+            }
         }
         if (dp_ > 1) {  // the mean over the data-parallel group, in one flat all-reduce
             std::vector<torch::Tensor> flat_parts;
@@ -152,7 +233,7 @@ public:
         double total = 0;
         for (int64_t i = 0; i < batches; ++i) {
             auto batch = stream.next();
-            total += plexus::value_of(model_->loss(model_->forward(batch.inputs), batch.targets));
+            total += plexus::value_of(model_->loss(run(batch.inputs, 0, false), batch.targets));
         }
         model_->train();
         return batches > 0 ? total / static_cast<double>(batches) : 0.0;
@@ -182,6 +263,20 @@ public:
     }
 
 private:
+    // The blocks in order; with sequence parallelism each rank keeps its part of the sequence
+    // from the first parallel block on, and the whole sequence is gathered after the last.
+    torch::Tensor run(const torch::Tensor& ids, double tokens, bool train) {
+        plexus::BlockHooks hooks;
+        if (sequence_parallel_ && tp_ > 1 && first_parallel_ >= 0)
+            hooks.between = [this](size_t i, const torch::Tensor& x) {
+                if (static_cast<int>(i) + 1 == first_parallel_) return own_sequence_part(*tensor_, x);
+                if (static_cast<int>(i) == last_parallel_)
+                    return GatherForReplicated::apply(x, reinterpret_cast<int64_t>(tensor_.get()));
+                return x;
+            };
+        return plexus::run_blocks(*model_, ids, ctx_, tokens, train, hooks);
+    }
+
     // The rank's part of a whole tensor under a rule (chunks split separately, then joined).
     torch::Tensor part_of(const torch::Tensor& whole, const Rule& rule, int t) const {
         const int64_t dim = rule.split == Rule::Split::Column ? 0 : 1;
@@ -207,10 +302,14 @@ private:
 
     void split_parameters(int t) {
         torch::NoGradGuard no_grad;
-        auto ops = std::make_shared<Ops>(tensor_);
-        for (const auto& block : model_->blocks()) {
+        auto ops = std::make_shared<Ops>(tensor_, sequence_parallel_ && tp_ > 1);
+        const auto& blocks = model_->blocks();
+        for (size_t b = 0; b < blocks.size(); ++b) {
+            const auto& block = blocks[b];
             const auto plan = block->tensor_parallel_plan();
             if (plan.empty()) continue;
+            if (first_parallel_ < 0) first_parallel_ = static_cast<int>(b);
+            last_parallel_ = static_cast<int>(b);
             auto named = block->named_parameters();
             for (const auto& rule : plan) {
                 if (rule.split == Rule::Split::Replicate) continue;
@@ -230,6 +329,10 @@ private:
             }
             block->set_tensor_parallel(ops);
         }
+        if (!sequence_parallel_ || tp_ == 1 || first_parallel_ < 0) return;
+        for (int b = 0; b <= last_parallel_; ++b)
+            for (const auto& p : blocks[static_cast<size_t>(b)]->parameters())
+                if (!is_split(p)) sum_over_tensor_group_.push_back(p);
     }
 
     const Split* split_of(const torch::Tensor& p) const {
@@ -241,6 +344,9 @@ private:
 
     plexus::RunContext& ctx_;
     int tp_ = 1, dp_ = 1;
+    bool sequence_parallel_ = false;
+    int first_parallel_ = -1, last_parallel_ = -1;  // blocks with a tensor-parallel plan
+    std::vector<torch::Tensor> sum_over_tensor_group_;
     std::shared_ptr<plexus::Transport> tensor_, data_;
     std::shared_ptr<plexus::Model> model_;
     std::vector<torch::Tensor> params_;
@@ -255,7 +361,10 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Strategy;
     d.version = "1.0";
     d.summary = "Megatron tensor parallelism (column/row-parallel layers), data parallel over tensor groups";
-    d.schema = {{"tp", 0, "ranks per tensor-parallel group (0: all); dp = ranks / tp"}};
+    d.schema = {
+        {"tp", 0, "ranks per tensor-parallel group (0: all); dp = ranks / tp"},
+        {"sequence_parallel", false, "split the sequence between the parallel layers (reduce-scatter / all-gather around norms)"},
+    };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<TensorParallelStrategy>(cfg, ctx);
     };

@@ -18,6 +18,9 @@ struct BlockHooks {
     std::function<void(size_t)> before_forward;   // before block i runs forward
     std::function<void(size_t)> after_forward;    // after block i ran forward
     std::function<void(size_t)> before_backward;  // when backward reaches block i's output
+    // Replaces block i's output before the next block gets it (sequence parallelism scatters
+    // and gathers the sequence dimension at the edges of the parallel blocks).
+    std::function<torch::Tensor(size_t, const torch::Tensor&)> between;
 };
 
 // Blocks [first, last) of `model` on `x`. `tokens`: tokens in the batch (for the FLOPs). With
@@ -40,6 +43,7 @@ inline torch::Tensor run_blocks(Model& model, torch::Tensor x, RunContext& ctx, 
                 });
         }
         if (hooks.after_forward) hooks.after_forward(i);
+        if (hooks.between) x = hooks.between(i, x);
     }
     return x;
 }
