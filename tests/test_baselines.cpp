@@ -125,7 +125,7 @@ TEST_CASE("tensor parallelism, alone and in a 2 x 2 mesh, follows the single str
     const auto gloo = run(dir, tp + "--set launch.mode=local --set launch.ranks=2 --set train.batch_size=8");
     const auto sim = run(dir, tp + "--set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
     // 2 x 2: two tensor groups of 2, each reading 4 rows, gradients averaged over the pair.
-    const auto mesh = run(dir, tp + "--set strategy.tp=2 --set launch.mode=sim --set launch.ranks=4 --set train.batch_size=4");
+    const auto mesh = run(dir, tp + "--set strategy.dp=2 --set strategy.tp=2 --set launch.mode=sim --set launch.ranks=4 --set train.batch_size=4");
     // Split matmuls sum their partial products in another order: ~1e-7 relative per step.
     for (const auto* r : {&gloo, &sim, &mesh}) {
         CHECK(worst_gap(*r, single) < 1e-4);
@@ -223,4 +223,19 @@ TEST_CASE("the pipeline partition can come from measured block times, and is rec
     const auto id = store.list_runs(1).at(0).id;
     CHECK(store.metric_series(id, "pipeline_stage0_first_block").at(0).second == 0);
     CHECK(store.metric_series(id, "pipeline_stage1_first_block").at(0).second == 3);
+}
+
+TEST_CASE("a second model plugin supports tensor parallelism through the same block interface", "[tp]") {
+    TempDir dir;
+    // tests/plugins/mlp_lm: attention-free, its own parameter names, only the SDK's plan and operators.
+    const std::string model = "--set 'plugin_path=[\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) + "\"]' --set model.name=mlp_lm ";
+    const auto single = run(dir, model + "--set strategy.name=single --set train.batch_size=8");
+    const auto tp = run(dir, model + "--set strategy.name=tensor_parallel --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
+    const auto mesh = run(dir, model + "--set strategy.name=tensor_parallel --set strategy.tp=2 --set strategy.sequence_parallel=true "
+                                       "--set launch.mode=local --set launch.ranks=4 --set train.batch_size=4");
+    for (const auto* r : {&tp, &mesh}) {
+        CHECK(worst_gap(*r, single) < 1e-4);
+        CHECK(r->param_sum == Approx(single.param_sum).epsilon(1e-5));
+    }
+    CHECK(single.loss.back().second < single.loss.front().second - 0.5);  // it is a model that learns
 }

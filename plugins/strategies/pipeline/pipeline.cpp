@@ -26,6 +26,8 @@ public:
         if (pp_ == 0) pp_ = W;
         cfg.require(pp_ >= 1 && W % pp_ == 0, "pp", "must divide the number of ranks (" + std::to_string(W) + ")");
         dp_ = W / pp_;
+        cfg.require(cfg.get_int("dp") == 0 || cfg.get_int("dp") == dp_, "dp",
+                    "must be ranks / pp = " + std::to_string(dp_) + " (or 0)");
         stage_ = rank % pp_;
         micro_ = cfg.get_int("micro_batches");
         cfg.require(micro_ >= 1, "micro_batches", "must be >= 1");
@@ -374,6 +376,7 @@ plexus::PluginDescriptor describe() {
     d.summary = "pipeline parallelism over the model's blocks: GPipe or 1F1B, micro-batches, balanced stages";
     d.schema = {
         {"pp", 0, "stages per pipeline (0: all ranks); dp = ranks / pp"},
+        {"dp", 0, "pipelines, to name the mesh (dp = 2, pp = 2); 0: ranks / pp"},
         {"schedule", "1f1b", "gpipe (all forwards, then all backwards) or 1f1b"},
         {"micro_batches", 4, "micro-batches per step (train.batch_size must be a multiple)"},
         {"partition", "flops", "cut stages by block count, block FLOPs, or measured block time"},

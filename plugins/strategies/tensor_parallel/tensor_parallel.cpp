@@ -144,6 +144,8 @@ public:
         cfg.require(tp_ >= 1 && W % tp_ == 0, "tp",
                     "must divide the number of ranks (" + std::to_string(W) + "); dp = ranks / tp");
         dp_ = W / tp_;
+        cfg.require(cfg.get_int("dp") == 0 || cfg.get_int("dp") == dp_, "dp",
+                    "must be ranks / tp = " + std::to_string(dp_) + " (or 0)");
         const int d = rank / tp_, t = rank % tp_;
         std::vector<int> tensor_ranks, data_ranks;
         for (int i = 0; i < tp_; ++i) tensor_ranks.push_back(d * tp_ + i);
@@ -363,6 +365,7 @@ plexus::PluginDescriptor describe() {
     d.summary = "Megatron tensor parallelism (column/row-parallel layers), data parallel over tensor groups";
     d.schema = {
         {"tp", 0, "ranks per tensor-parallel group (0: all); dp = ranks / tp"},
+        {"dp", 0, "data-parallel groups, to name the mesh (dp = 2, tp = 2); 0: ranks / tp"},
         {"sequence_parallel", false, "split the sequence between the parallel layers (reduce-scatter / all-gather around norms)"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {

@@ -1,0 +1,83 @@
+// A second model for the tensor-parallel strategy: a token-wise MLP language model (no
+// attention), written only against the SDK's block interface. The strategy splits it through
+// the same tensor_parallel_plan() and enter/exit operators as the GPT, knowing nothing else.
+#include <plexus/plexus.hpp>
+#include <torch/torch.h>
+
+namespace {
+
+class Embed : public plexus::Block {
+public:
+    Embed(int64_t vocab, int64_t width, const torch::TensorOptions& o) {
+        table = register_parameter("table", torch::randn({vocab, width}, o) * 0.02);
+    }
+    torch::Tensor forward(const torch::Tensor& ids) override { return torch::embedding(table, ids); }
+    double flops_per_token(int64_t) const override { return 0; }
+    torch::Tensor table;
+};
+
+// x + W2 gelu(W1 x + b1) + b2, with W1 split by rows (column-parallel) and W2 by columns.
+class Mix : public plexus::Block {
+public:
+    Mix(int64_t width, int64_t hidden, const torch::TensorOptions& o) {
+        w1 = register_parameter("w1", torch::randn({hidden, width}, o) * 0.02);
+        b1 = register_parameter("b1", torch::zeros({hidden}, o));
+        w2 = register_parameter("w2", torch::randn({width, hidden}, o) * 0.02);
+        b2 = register_parameter("b2", torch::zeros({width}, o));
+    }
+    torch::Tensor forward(const torch::Tensor& x) override {
+        auto h = torch::gelu(torch::linear(tensor_parallel_enter(x), w1, b1));
+        return x + tensor_parallel_exit(torch::linear(h, w2)) + b2;
+    }
+    double flops_per_token(int64_t) const override { return 6.0 * static_cast<double>(w1.numel() + w2.numel()); }
+    std::vector<plexus::TensorParallelRule> tensor_parallel_plan() const override {
+        using S = plexus::TensorParallelRule::Split;
+        return {{"w1", S::Column}, {"b1", S::Column}, {"w2", S::Row}, {"b2", S::Replicate}};
+    }
+    torch::Tensor w1, b1, w2, b2;
+};
+
+class Head : public plexus::Block {
+public:
+    Head(int64_t vocab, int64_t width, const torch::TensorOptions& o) {
+        w = register_parameter("w", torch::randn({vocab, width}, o) * 0.02);
+    }
+    torch::Tensor forward(const torch::Tensor& x) override { return torch::linear(x, w); }
+    double flops_per_token(int64_t) const override { return 6.0 * static_cast<double>(w.numel()); }
+    torch::Tensor w;
+};
+
+class MlpLm : public plexus::Model {
+public:
+    MlpLm(int64_t vocab, int64_t width, int64_t hidden, int64_t depth, const torch::TensorOptions& o) {
+        add_block("embed", std::make_shared<Embed>(vocab, width, o));
+        for (int64_t i = 0; i < depth; ++i) add_block("mix" + std::to_string(i), std::make_shared<Mix>(width, hidden, o));
+        add_block("head", std::make_shared<Head>(vocab, width, o));
+    }
+    torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
+        return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+    }
+    plexus::FlopsPerToken flops_per_token(int64_t seq_len) const override {
+        double f = 0;
+        for (const auto& b : blocks()) f += b->flops_per_token(seq_len);
+        return {f, "6N (no attention); N excludes the embedding table", static_cast<int64_t>(f / 6)};
+    }
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "mlp_lm";
+    d.kind = plexus::PluginKind::Model;
+    d.version = "0.1";
+    d.summary = "test plugin: a token-wise MLP language model with a tensor-parallel plan";
+    d.schema = {{"width", 32, "residual width"}, {"hidden", 64, "MLP hidden width"}, {"depth", 2, "MLP blocks"}};
+    d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
+        return std::make_shared<MlpLm>(ctx.vocab_size(), cfg.get_int("width"), cfg.get_int("hidden"), cfg.get_int("depth"),
+                                       torch::TensorOptions().device(ctx.device()));
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)
