@@ -119,7 +119,7 @@ public:
             if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
             grads.push_back(p.grad());
         }
-        if (dp_ > 1) average_over_data(grads);
+        if (dp_ > 1) plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);
         double sq = 0;
         for (const auto& g : grads) sq += plexus::value_of(g.to(torch::kFloat64).pow(2).sum());
         // Loss (only the last stage has it) and the squared gradient norm, summed over the pipeline.
@@ -240,18 +240,6 @@ private:
         else f.output.backward(grad);
         busy_ += ctx_.now() - t0;
         if (stage_ > 0) sends_.push_back(pipe_->send(f.input.grad(), stage_ - 1, static_cast<int>(j)));
-    }
-
-    void average_over_data(std::vector<torch::Tensor>& grads) {
-        std::vector<torch::Tensor> parts;
-        for (auto& g : grads) parts.push_back(g.reshape(-1));
-        auto flat = torch::cat(parts);
-        data_->all_reduce(flat, plexus::ReduceOp::Mean)->wait();
-        int64_t offset = 0;
-        for (auto& g : grads) {
-            g.view(-1).copy_(flat.narrow(0, offset, g.numel()));
-            offset += g.numel();
-        }
     }
 
     // The shape of what stage s receives for a micro-batch of these token ids: [rows, seq, width].

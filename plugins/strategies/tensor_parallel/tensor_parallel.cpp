@@ -181,27 +181,11 @@ public:
         // Sequence parallelism: parameters applied to a part of the sequence (norms and biases of
         // the parallel blocks, the blocks before them) have partial gradients: sum them.
         if (!sum_over_tensor_group_.empty()) {
-            std::vector<torch::Tensor> parts;
-            for (auto& p : sum_over_tensor_group_) parts.push_back(p.grad().reshape(-1));
-            auto flat = torch::cat(parts);
-            tensor_->all_reduce(flat, plexus::ReduceOp::Sum)->wait();
-            int64_t offset = 0;
-            for (auto& p : sum_over_tensor_group_) {
-                p.grad().view(-1).copy_(flat.narrow(0, offset, p.numel()));
-                offset += p.numel();
-            }
+            std::vector<torch::Tensor> partial;
+            for (auto& p : sum_over_tensor_group_) partial.push_back(p.grad());
+            plexus::all_reduce_flat(partial, *tensor_, plexus::ReduceOp::Sum);
         }
-        if (dp_ > 1) {  // the mean over the data-parallel group, in one flat all-reduce
-            std::vector<torch::Tensor> flat_parts;
-            for (auto& g : grads) flat_parts.push_back(g.reshape(-1));
-            auto flat = torch::cat(flat_parts);
-            data_->all_reduce(flat, plexus::ReduceOp::Mean)->wait();
-            int64_t offset = 0;
-            for (auto& g : grads) {
-                g.view(-1).copy_(flat.narrow(0, offset, g.numel()));
-                offset += g.numel();
-            }
-        }
+        if (dp_ > 1) plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);  // the mean over data-parallel ranks
         // The global norm: split parameters summed over the tensor group, replicated ones once.
         double split_sq = 0, replicated_sq = 0;
         for (size_t i = 0; i < grads.size(); ++i) {

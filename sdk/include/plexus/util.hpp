@@ -10,6 +10,7 @@
 #include <torch/types.h>
 
 #include "plexus/optimizer.hpp"
+#include "plexus/transport.hpp"
 
 namespace plexus {
 
@@ -72,6 +73,21 @@ inline int64_t training_state_bytes(const std::vector<torch::Tensor>& params, co
     for (const auto& p : params) bytes += 2 * p.numel() * static_cast<int64_t>(p.element_size());
     for (const auto& [name, t] : optimizer.state()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
     return bytes;
+}
+
+// Reduces several tensors over `transport` as one flat buffer (one collective instead of one
+// per tensor), in place. For gradient averaging outside of backward.
+inline void all_reduce_flat(const std::vector<torch::Tensor>& tensors, Transport& transport, ReduceOp op) {
+    if (tensors.empty()) return;
+    std::vector<torch::Tensor> parts;
+    for (const auto& t : tensors) parts.push_back(t.reshape(-1));
+    auto flat = torch::cat(parts);
+    transport.all_reduce(flat, op)->wait();
+    int64_t offset = 0;
+    for (const auto& t : tensors) {
+        t.view(-1).copy_(flat.narrow(0, offset, t.numel()));
+        offset += t.numel();
+    }
 }
 
 }  // namespace plexus
