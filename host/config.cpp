@@ -350,6 +350,7 @@ const std::vector<PluginSection>& plugin_sections() {
         {"optimizer", PluginKind::Optimizer, "adamw"},
         {"strategy", PluginKind::Strategy, "single"},
         {"comm", PluginKind::Comm, "allreduce"},
+        {"outer_optimizer", PluginKind::Optimizer, ""},  // optional: strategies with two levels (DiLoCo)
     };
     return sections;
 }

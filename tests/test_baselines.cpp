@@ -239,3 +239,35 @@ TEST_CASE("a second model plugin supports tensor parallelism through the same bl
     }
     CHECK(single.loss.back().second < single.loss.front().second - 0.5);  // it is a model that learns
 }
+
+TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP; with H inner steps it syncs every H", "[diloco]") {
+    TempDir dir;
+    // SGD inside (linear in the gradient, so averaging replicas = averaging gradients) and no
+    // clipping (per-replica clipping is not global clipping).
+    const std::string inner = "--set optimizer.name=sgd --set optimizer.lr=0.1 --set optimizer.momentum=0.9 "
+                              "--set train.grad_clip=0.0 --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=4 ";
+    const auto ddp = run(dir, inner + "--set strategy.name=ddp");
+    const std::string outer = "--set outer_optimizer.name=sgd --set outer_optimizer.lr=1.0 --set outer_optimizer.momentum=0.0 ";
+    const auto diloco1 = run(dir, inner + outer + "--set strategy.name=diloco --set strategy.inner_steps=1");
+    // The anchor after each outer step is the replicas' mean: DDP's parameters, float order aside.
+    CHECK(diloco1.param_sum == Approx(ddp.param_sum).epsilon(1e-6));
+
+    const auto db = dir / "r.db";
+    auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db + " --set train.steps=15 " + inner +
+                          "--set strategy.name=diloco --set strategy.inner_steps=5 --set outer_optimizer.name=sgd "
+                          "--set outer_optimizer.lr=0.7 --set outer_optimizer.momentum=0.9 --set outer_optimizer.nesterov=true");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    host::ResultsStore store(db);
+    const auto id = store.list_runs(1).at(0).id;
+    const auto outer_steps = store.metric_series(id, "outer_steps");
+    REQUIRE(outer_steps.size() == 3);  // after inner steps 5, 10, 15
+    CHECK(outer_steps.front().first == 4);
+    CHECK(outer_steps.back().second == 3);
+    auto loss = store.metric_series(id, "loss");
+    CHECK(loss.back().second < loss.front().second - 0.5);
+
+    auto missing = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db + " --set strategy.name=diloco --set launch.mode=sim");
+    CHECK(missing.exit_code == 1);
+    CHECK_THAT(missing.output, Contains("diloco needs an outer optimizer") && Contains("[outer_optimizer] name = \"sgd\""));
+}

@@ -1,0 +1,124 @@
+// strategies/diloco: DiLoCo (Douillard et al. 2023) and local SGD.
+//
+// Every rank trains its own replica with the inner optimizer ([optimizer]) for `inner_steps`
+// steps without communicating. Then the pseudo-gradient Δ = anchor - θ (the anchor is the
+// replicas' common starting point) is averaged over the ranks through the [comm] scheme (so
+// it can be compressed), and the outer optimizer ([outer_optimizer], e.g. SGD with Nesterov
+// momentum, lr 0.7) steps the anchor with it; every replica restarts from the new anchor.
+// Local SGD / FedAvg is the outer SGD with lr 1 and no momentum: the new anchor is the
+// replicas' average. One harness step is one inner step; the loss reported is this rank's.
+#include <plexus/plexus.hpp>
+#include <plexus/replica.hpp>
+
+namespace {
+
+class Diloco : public plexus::ReplicaStrategy {
+public:
+    Diloco(const plexus::Config& cfg, plexus::RunContext& ctx) : ReplicaStrategy(ctx), transport_(ctx.transport()) {
+        inner_steps_ = cfg.get_int("inner_steps");
+        cfg.require(inner_steps_ >= 1, "inner_steps", "must be >= 1");
+        comm_ = ctx.make_comm();
+        torch::NoGradGuard no_grad;
+        // Every replica starts from rank 0's parameters (seeded alike; this makes sure).
+        for (auto& p : params_) transport_.broadcast(p, 0)->wait();
+        std::vector<plexus::ParamSlot> slots;
+        auto named = model_->named_parameters();
+        for (size_t i = 0; i < params_.size(); ++i) {
+            anchor_.push_back(params_[i].detach().clone());
+            slots.push_back({named[i].key(), anchor_.back(), params_[i].sizes().vec()});
+        }
+        try {
+            outer_ = ctx.make_optimizer(std::move(slots), "outer_optimizer");
+        } catch (const plexus::Error& e) {
+            throw plexus::Error(std::string("diloco needs an outer optimizer: ") + e.what(),
+                                "add [outer_optimizer] name = \"sgd\", lr = 0.7, momentum = 0.9, nesterov = true "
+                                "(lr = 1.0 and momentum = 0.0 is local SGD)");
+        }
+        int64_t n = 0;
+        for (const auto& p : params_) n += p.numel();
+        flat_ = torch::zeros({n}, params_[0].options());
+    }
+
+    plexus::StepOutput step(const plexus::StepInput& in) override {
+        plexus::StepOutput out;
+        auto loss = forward_backward(*in.train, 1, out);
+        update(in, out, gradients());
+        out.loss = plexus::value_of(loss);
+        if (++inner_done_ == inner_steps_) {
+            inner_done_ = 0;
+            synchronize();
+        }
+        return out;
+    }
+
+    plexus::StateDict state() const override {
+        auto out = ReplicaStrategy::state();
+        for (size_t i = 0; i < anchor_.size(); ++i) out.emplace_back("anchor." + std::to_string(i), anchor_[i].clone());
+        for (auto& item : outer_->state()) out.emplace_back("outer." + item.first, item.second);
+        return out;
+    }
+
+    void load_state(const plexus::StateDict& state) override {
+        plexus::StateDict replica, outer;
+        size_t anchor = 0;
+        torch::NoGradGuard no_grad;
+        for (const auto& item : state) {
+            if (item.first.rfind("anchor.", 0) == 0) anchor_.at(anchor++).copy_(item.second);
+            else if (item.first.rfind("outer.", 0) == 0) outer.push_back(item);
+            else replica.push_back(item);
+        }
+        ReplicaStrategy::load_state(replica);
+        outer_->load_state(outer);
+    }
+
+private:
+    // The outer step: average the pseudo-gradients, step the anchor, restart every replica from it.
+    void synchronize() {
+        torch::NoGradGuard no_grad;
+        int64_t offset = 0;
+        for (size_t i = 0; i < params_.size(); ++i) {
+            const auto n = params_[i].numel();
+            flat_.narrow(0, offset, n).copy_((anchor_[i] - params_[i]).reshape(-1));
+            offset += n;
+        }
+        comm_->all_reduce_mean(flat_, transport_, 0)->wait();
+        std::vector<torch::Tensor> pseudo;
+        offset = 0;
+        for (size_t i = 0; i < params_.size(); ++i) {
+            const auto n = params_[i].numel();
+            pseudo.push_back(flat_.narrow(0, offset, n).view(params_[i].sizes()));
+            offset += n;
+        }
+        outer_->step(pseudo, 1.0);  // the outer learning rate is constant
+        ctx_.charge_compute(outer_->flops_per_step());
+        for (size_t i = 0; i < params_.size(); ++i) params_[i].copy_(anchor_[i]);
+        ++outer_steps_;
+        ctx_.record("outer_steps", static_cast<double>(outer_steps_));
+        const auto stats = comm_->stats();
+        ctx_.record("comm_bytes", static_cast<double>(stats.bytes_sent));
+    }
+
+    plexus::Transport& transport_;
+    int64_t inner_steps_ = 1, inner_done_ = 0, outer_steps_ = 0;
+    std::unique_ptr<plexus::CommScheme> comm_;
+    std::unique_ptr<plexus::Optimizer> outer_;
+    std::vector<torch::Tensor> anchor_;
+    torch::Tensor flat_;
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "diloco";
+    d.kind = plexus::PluginKind::Strategy;
+    d.version = "1.0";
+    d.summary = "DiLoCo / local SGD: inner steps without communication, then an outer step on the averaged pseudo-gradient";
+    d.schema = {{"inner_steps", 50, "inner optimizer steps between synchronizations (H)"}};
+    d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
+        return std::make_unique<Diloco>(cfg, ctx);
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)
