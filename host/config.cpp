@@ -89,14 +89,15 @@ toml::table parse_file(const std::string& path) {
 
 // [grid]: lists of values under dotted keys (quoted, "optimizer.lr", or as TOML dotted keys or
 // sub-tables); `seeds` is the train.seed axis; every sub-table whose name starts with "zip" is
-// one group of lists that vary together.
+// one group of lists that vary together; the sub-tables of [grid.variant] are named sets of
+// settings, one axis (strategies with keys of their own: ddp, diloco with inner_steps, ...).
 void collect_lists(const toml::table& table, const std::string& prefix, const std::string& file,
                    std::vector<std::pair<std::string, const toml::node*>>& out, bool zip_groups,
                    std::vector<std::pair<std::string, const toml::table*>>* zips) {
     for (const auto& [k, node] : table) {
         const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
         if (const auto* sub = node.as_table()) {
-            if (zip_groups && prefix.empty() && key.rfind("zip", 0) == 0) zips->emplace_back(key, sub);
+            if (zip_groups && prefix.empty() && (key.rfind("zip", 0) == 0 || key == "variant")) zips->emplace_back(key, sub);
             else collect_lists(*sub, key, file, out, false, nullptr);
         } else {
             out.emplace_back(key, &node);
@@ -133,6 +134,24 @@ std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& fil
     std::vector<GridAxis> axes;
     for (const auto& [key, node] : lists) axes.push_back(grid_list(key, *node, file));
     for (const auto& [name, table] : zips) {
+        if (name == "variant") {
+            GridAxis variants;
+            variants.keys = {"variant"};
+            variants.where = loc_of(table->source(), file);
+            for (const auto& [variant, node] : *table) {
+                const auto* sub = node.as_table();
+                if (!sub)
+                    throw config_error(loc_of(node.source(), file), "[grid.variant] '" + std::string(variant.str()) + "' must be a table",
+                                       "[grid.variant.ddp] \"strategy.name\" = \"ddp\"");
+                std::map<std::string, Setting> flat;
+                flatten(*sub, "", file, flat);
+                variants.names.emplace_back(variant.str());
+                variants.settings.emplace_back();
+                for (const auto& [key, setting] : flat) variants.settings.back().emplace_back(key, setting.value);
+            }
+            if (!variants.names.empty()) axes.push_back(variants);
+            continue;
+        }
         std::vector<std::pair<std::string, const toml::node*>> members;
         collect_lists(*table, "", file, members, false, nullptr);
         GridAxis zipped;
@@ -269,6 +288,17 @@ std::vector<GridPoint> expand_grid(const Experiment& exp) {
     std::vector<GridPoint> points(1);
     for (const auto& axis : exp.grid) {
         std::vector<GridPoint> next;
+        if (!axis.names.empty()) {  // named variants
+            for (const auto& p : points)
+                for (size_t v = 0; v < axis.names.size(); ++v) {
+                    GridPoint q = p;
+                    for (const auto& kv : axis.settings[v]) q.assignments.push_back(kv);
+                    q.label += (q.label.empty() ? "" : " ") + std::string("variant=") + axis.names[v];
+                    next.push_back(std::move(q));
+                }
+            points = std::move(next);
+            continue;
+        }
         for (const auto& p : points)
             for (const auto& values : axis.points) {
                 GridPoint q = p;
@@ -288,8 +318,12 @@ Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const
     Experiment out = exp;
     out.grid.clear();
     auto where_of = [&](const std::string& key) {
-        for (const auto& axis : exp.grid)
+        for (const auto& axis : exp.grid) {
             if (std::find(axis.keys.begin(), axis.keys.end(), key) != axis.keys.end()) return axis.where;
+            for (const auto& set : axis.settings)
+                for (const auto& kv : set)
+                    if (kv.first == key) return axis.where;
+        }
         return SourceLoc{exp.path, 0, 0};
     };
     // Plugin names first: a section switching plugin keeps only the keys the new one accepts.

@@ -26,11 +26,15 @@ struct Setting {
     SourceLoc where;
 };
 
-// One axis of a [grid]: a single key (cartesian) or several keys that vary together (zipped).
+// One axis of a [grid]: a single key (cartesian), several keys that vary together (zipped),
+// or named variants ([grid.variant.NAME] tables), each its own set of settings.
 struct GridAxis {
     std::vector<std::string> keys;
     std::vector<std::vector<Value>> points;  // points[i][k]: the value of keys[k] at position i
     SourceLoc where;
+    // Variants: variant i is named names[i] and assigns settings[i] (keys differ between them).
+    std::vector<std::string> names;
+    std::vector<std::vector<std::pair<std::string, Value>>> settings;
 };
 
 // An experiment as written: every setting under its dotted key ("optimizer.lr"; top-level

@@ -109,6 +109,10 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         auto find = [&](PluginKind k, const std::string& n) { return registry.find(k, n); };
         const auto grid = expand_grid(exp);
         for (const auto& axis : exp.grid) {
+            if (!axis.names.empty()) {
+                varying.push_back("variant: " + join(axis.names, ", "));
+                continue;
+            }
             std::string values;
             for (const auto& p : axis.points) {
                 std::string v;

@@ -245,3 +245,37 @@ TEST_CASE("Ctrl-C stops a sweep, marks the running run interrupted, and the next
     CHECK(after[1].config_hash == runs[0].config_hash);
     CHECK(after[1].status == "finished");
 }
+
+TEST_CASE("grid variants: named sets of settings, e.g. strategies with keys of their own", "[sweep]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("v.toml", std::string(kTinyExperiment) + R"(
+[launch]
+mode = "sim"
+ranks = 2
+
+[grid]
+seeds = [0, 1]
+
+[grid.variant.ddp]
+"strategy.name" = "ddp"
+
+[grid.variant.local_sgd]
+"strategy.name" = "diloco"
+"strategy.inner_steps" = 5
+"outer_optimizer.name" = "sgd"
+"outer_optimizer.lr" = 1.0
+)");
+    auto exp = host::load_experiment(file);
+    auto points = host::expand_grid(exp);
+    REQUIRE(points.size() == 4);
+    CHECK_THAT(points[0].label, Contains("seed=0") && Contains("variant=ddp"));
+    CHECK_THAT(points[1].label, Contains("variant=local_sgd"));
+    auto res = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=10");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("varying variant: ddp, local_sgd") && Contains("4 finished, 0 failed"));
+    auto board = run_plexus("leaderboard --db " + db + " --format csv");
+    CHECK_THAT(board.output, Contains("rank,strategy.name,final_eval_loss_mean"));
+    CHECK_THAT(board.output, Contains(",ddp,") && Contains(",diloco,"));
+}
