@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 
+#include <plexus/util.hpp>
+
 #include "helpers.hpp"
 #include "results.hpp"
 
@@ -270,4 +272,21 @@ TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP; with H inne
     auto missing = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db + " --set strategy.name=diloco --set launch.mode=sim");
     CHECK(missing.exit_code == 1);
     CHECK_THAT(missing.output, Contains("diloco needs an outer optimizer") && Contains("[outer_optimizer] name = \"sgd\""));
+}
+
+TEST_CASE("gradient clipping scales to the global norm, from one tensor list or from parts summed over ranks",
+          "[zero][tp][pipeline]") {
+    std::vector<torch::Tensor> grads = {torch::tensor({3.0f}), torch::tensor({0.0f, 4.0f})};
+    CHECK(plexus::sum_of_squares(grads) == 25.0);
+    CHECK(plexus::clip_grad_norm(grads, 0.0) == Approx(5.0));  // 0: off
+    CHECK(grads[0].item<float>() == 3.0f);
+    CHECK(plexus::clip_grad_norm(grads, 10.0) == Approx(5.0));  // already below
+    CHECK(grads[1][1].item<float>() == 4.0f);
+    CHECK(plexus::clip_grad_norm(grads, 1.0) == Approx(5.0));
+    CHECK(grads[0].item<float>() == Approx(0.6f).epsilon(1e-6));
+    CHECK(grads[1][1].item<float>() == Approx(0.8f).epsilon(1e-6));
+    // Sharded strategies: the norm comes from the ranks' sums of squares; the same scaling.
+    std::vector<torch::Tensor> part = {torch::tensor({6.0f, 8.0f})};
+    plexus::clip_to_norm(part, std::sqrt(plexus::sum_of_squares(part)), 5.0);
+    CHECK(part[0][0].item<float>() == Approx(3.0f).epsilon(1e-6));
 }

@@ -120,16 +120,12 @@ public:
             grads.push_back(p.grad());
         }
         if (dp_ > 1) plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);
-        double sq = 0;
-        for (const auto& g : grads) sq += plexus::value_of(g.to(torch::kFloat64).pow(2).sum());
+        const double sq = plexus::sum_of_squares(grads);
         // Loss (only the last stage has it) and the squared gradient norm, summed over the pipeline.
         auto sums = torch::tensor({sq, stage_ == pp_ - 1 ? loss_sum_ / static_cast<double>(micro_) : 0.0}, torch::kFloat64);
         pipe_->all_reduce(sums, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(sums[0]));
-        if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
-            const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
-            for (auto& g : grads) g.mul_(scale);
-        }
+        plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
         optimizer_->step(grads, in.lr_scale);
         ctx_.charge_compute(optimizer_->flops_per_step());
         for (auto& g : grads) g.zero_();

@@ -188,17 +188,11 @@ public:
         if (dp_ > 1) plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);  // the mean over data-parallel ranks
         // The global norm: split parameters summed over the tensor group, replicated ones once.
         double split_sq = 0, replicated_sq = 0;
-        for (size_t i = 0; i < grads.size(); ++i) {
-            const double sq = plexus::value_of(grads[i].to(torch::kFloat64).pow(2).sum());
-            (is_split(params_[i]) ? split_sq : replicated_sq) += sq;
-        }
+        for (size_t i = 0; i < grads.size(); ++i) (is_split(params_[i]) ? split_sq : replicated_sq) += plexus::sum_of_squares({grads[i]});
         auto total = torch::tensor({split_sq}, torch::kFloat64);
         if (tp_ > 1) tensor_->all_reduce(total, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(total) + replicated_sq);
-        if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
-            const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
-            for (auto& g : grads) g.mul_(scale);
-        }
+        plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
         optimizer_->step(grads, in.lr_scale);
         ctx_.charge_compute(optimizer_->flops_per_step());
         for (auto& g : grads) g.zero_();

@@ -98,15 +98,10 @@ public:
             for (const auto& p : u.pieces) grads.push_back(u.grad_shard.narrow(0, p.shard_offset, p.length));
         }
         // The global norm: every rank's shards, summed over ranks.
-        double local = 0;
-        for (const auto& g : grads) local += plexus::value_of(g.to(torch::kFloat64).pow(2).sum());
-        auto total = torch::tensor({local}, torch::kFloat64);
+        auto total = torch::tensor({plexus::sum_of_squares(grads)}, torch::kFloat64);
         transport_.all_reduce(total, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(total));
-        if (in.max_grad_norm > 0 && out.grad_norm > in.max_grad_norm) {
-            const double scale = in.max_grad_norm / (out.grad_norm + 1e-6);
-            for (auto& g : grads) g.mul_(scale);
-        }
+        plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
         optimizer_->step(grads, in.lr_scale);
         ctx_.charge_compute(optimizer_->flops_per_step());
         if (stage_ < 3) {  // everyone's updated shards make the whole parameters again
@@ -118,8 +113,10 @@ public:
         auto mean_loss = (loss_sum / static_cast<double>(accumulate_)).to(torch::kFloat64);
         transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
         out.loss = plexus::value_of(mean_loss);
-        optimizer_bytes_ = 0;
-        for (const auto& [name, t] : optimizer_->state()) optimizer_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+        if (optimizer_bytes_ < 0) {  // its size is fixed once the first step created it: measure once
+            optimizer_bytes_ = 0;
+            for (const auto& [name, t] : optimizer_->state()) optimizer_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+        }
         sample_memory();
         ctx_.record("state_bytes", static_cast<double>(held_bytes()));
         ctx_.record("state_peak_bytes", static_cast<double>(peak_bytes_));
@@ -187,7 +184,7 @@ private:
     // parameter buffers (stage 3: empty unless gathered), shards, gradient buffers and shards,
     // any .grad autograd has filled, and the optimizer state (measured after each step).
     int64_t held_bytes() const {
-        int64_t bytes = optimizer_bytes_;
+        int64_t bytes = std::max<int64_t>(optimizer_bytes_, 0);
         for (const auto& u : units_) {
             bytes += static_cast<int64_t>(u.full.storage().nbytes());
             if (stage_ == 3) bytes += static_cast<int64_t>(u.local.storage().nbytes());
@@ -352,7 +349,7 @@ private:
     std::vector<int> unit_of_block_;  // -1: a block without parameters
     std::unique_ptr<plexus::Optimizer> optimizer_;
     bool first_micro_batch_ = true, last_micro_batch_ = true;
-    int64_t peak_bytes_ = 0, optimizer_bytes_ = 0;
+    int64_t peak_bytes_ = 0, optimizer_bytes_ = -1;  // -1: not measured yet
 };
 
 plexus::PluginDescriptor describe() {

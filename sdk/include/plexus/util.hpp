@@ -38,14 +38,28 @@ inline double global_norm(const std::vector<torch::Tensor>& grads) {
     return std::sqrt(value_of(torch::stack(squares).sum()));
 }
 
-// Scales `grads` in place so that their global norm is at most max_norm (if max_norm > 0).
-// Returns the norm before clipping, which the harness logs as grad_norm.
-inline double clip_grad_norm(const std::vector<torch::Tensor>& grads, double max_norm) {
-    const double norm = global_norm(grads);
+// Sum of the squares of every element of `grads`, in float64: this rank's part of a global
+// norm when the gradients are spread over ranks (shards, tensor-parallel splits, stages).
+inline double sum_of_squares(const std::vector<torch::Tensor>& grads) {
+    double sq = 0;
+    for (const auto& g : grads) sq += value_of(g.to(torch::kFloat64).pow(2).sum());
+    return sq;
+}
+
+// Scales `grads` in place so that `norm`, their global norm, becomes at most max_norm (if
+// max_norm > 0).
+inline void clip_to_norm(const std::vector<torch::Tensor>& grads, double norm, double max_norm) {
     if (max_norm > 0 && norm > max_norm) {
         const double scale = max_norm / (norm + 1e-6);
         for (const auto& g : grads) g.mul_(scale);
     }
+}
+
+// Scales `grads` in place so that their global norm is at most max_norm (if max_norm > 0).
+// Returns the norm before clipping, which the harness logs as grad_norm.
+inline double clip_grad_norm(const std::vector<torch::Tensor>& grads, double max_norm) {
+    const double norm = global_norm(grads);
+    clip_to_norm(grads, norm, max_norm);
     return norm;
 }
 
