@@ -383,7 +383,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         double interval_seconds = 0;
         int64_t interval_tokens = 0, interval_steps = 0;
         double interval_loss = 0, last_eval = NAN, last_loss = NAN;
-        int64_t step = 0;
+        int64_t step = 0, job_tokens = 0, own_tokens = 0;
         std::string status = "finished";
         while (true) {
             if (max_steps > 0 && step >= max_steps) break;
@@ -402,12 +402,17 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             const double t0 = ctx->now();
             StepOutput out = strategy->step(in);
             const double dt = ctx->now() - t0;
-            if (horizon == 0) horizon = static_cast<double>(out.tokens) * static_cast<double>(max_steps);
-            ctx->tokens += out.tokens;
+            // Tokens "per rank" are the job's divided by the world size, the same on every rank
+            // even when ranks consume different amounts (StepOutput::job_tokens).
+            own_tokens += out.tokens;
+            job_tokens += out.job_tokens >= 0 ? out.job_tokens : out.tokens * world;
+            const int64_t step_tokens = job_tokens / world - ctx->tokens;
+            if (horizon == 0) horizon = static_cast<double>(step_tokens) * static_cast<double>(max_steps);
+            ctx->tokens += step_tokens;
             step_seconds_total += dt;
-            if (step > 0) { step_seconds_after_first += dt; tokens_after_first += out.tokens; }
+            if (step > 0) { step_seconds_after_first += dt; tokens_after_first += step_tokens; }
             interval_seconds += dt;
-            interval_tokens += out.tokens;
+            interval_tokens += step_tokens;
             interval_loss += out.loss;
             ++interval_steps;
             last_loss = out.loss;
@@ -479,16 +484,19 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         rec.summary("wall_time", ctx->wall_seconds());
         if (sim) rec.summary("sim_time", ctx->now());
         // Per-rank figures, gathered to rank 0 (one small all-gather at the end).
+        // rank_tokens: what the rank itself consumed (ranks differ where the strategy lets them).
+        rec.summary("rank_tokens", static_cast<double>(own_tokens));
         auto mine = torch::tensor({tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed,
-                                   peak_rss_bytes(), ctx->now()}, torch::kFloat64);
+                                   peak_rss_bytes(), ctx->now(), static_cast<double>(own_tokens)}, torch::kFloat64);
         auto all = torch::empty({world * mine.numel()}, torch::kFloat64);
         control->all_gather(all, mine)->wait();
         // On the simulated cluster every rank shares one process: its memory is reported once.
         const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time",
-                                  sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr};
+                                  sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr, "rank_tokens"};
+        const int64_t fields = mine.numel();
         for (int r = 1; r < world; ++r)
-            for (int k = 0; k < 6; ++k)
-                if (per_rank[k]) rec.summary(per_rank[k], all[r * 6 + k].item<double>(), r);
+            for (int64_t k = 0; k < fields; ++k)
+                if (per_rank[k]) rec.summary(per_rank[k], all[r * fields + k].item<double>(), r);
         const auto state_digest = device.is_meta() ? StateDigest{"meta", NAN} : digest(strategy->state());
         rec.summary_text("state_hash", state_digest.hash);
         rec.summary("param_sum", state_digest.param_sum);

@@ -1,5 +1,6 @@
 #include "sim_cluster.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -18,11 +19,41 @@ namespace plexus::host {
 
 namespace {
 
+// A background task on real hardware: a thread.
+class ThreadTask : public BackgroundTask {
+public:
+    explicit ThreadTask(std::function<void()> task)
+        : thread_([this, task = std::move(task)] {
+              try {
+                  task();
+              } catch (...) {
+                  error_ = std::current_exception();
+              }
+              done_.store(true);
+          }) {}
+    ~ThreadTask() override {
+        if (thread_.joinable()) thread_.join();
+    }
+    bool done() override { return done_.load(); }
+    void join() override {
+        if (thread_.joinable()) thread_.join();
+        if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    }
+
+private:
+    std::atomic<bool> done_{false};
+    std::exception_ptr error_;
+    std::thread thread_;  // last: it starts once the members it uses exist
+};
+
 class WallClock : public RankClock {
 public:
     double now() override { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
     void charge_compute(double) override {}  // real hardware: time is measured, not charged
     bool simulated() const override { return false; }
+    std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override {
+        return std::make_unique<ThreadTask>(std::move(task));
+    }
 
 private:
     std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
@@ -49,8 +80,11 @@ struct OpState {
     bool done = false;
     std::string error;
     double completion = 0;
-    std::vector<int> waiters;  // ranks blocked on it
+    std::vector<int> waiters;  // entities blocked on it
 };
+
+// The entity (rank or background activity) this thread runs, -1 outside the simulation.
+thread_local int tl_entity = -1;
 
 enum class Kind { AllReduce, ReduceScatter, AllGather, Broadcast, Barrier };
 
@@ -104,8 +138,10 @@ struct Group {
     std::map<std::tuple<int, int, int>, Channel> channels;  // (from, to, tag) in group indices
 };
 
+// A rank, or a background activity of one (owner: its rank; a rank owns itself).
 struct RankState {
     enum class State { Ready, Running, Blocked, Done };
+    int owner = 0;
     double clock = 0;
     State state = State::Ready;
     std::condition_variable cv;
@@ -134,11 +170,34 @@ struct Cluster::Impl {
     explicit Impl(Settings s) : settings(std::move(s)), network(settings.network) {
         for (int r = 0; r < settings.ranks; ++r) {
             ranks.push_back(std::make_unique<RankState>());
+            ranks.back()->owner = r;
             ranks.back()->rng.seed(mix_seed(settings.seed, 0x6a177e5ULL + static_cast<uint64_t>(r)));
         }
     }
 
     RankState& rank(int r) { return *ranks[static_cast<size_t>(r)]; }
+
+    // Who acts for rank `r` on this thread: its background activity if this thread runs one,
+    // else the rank itself.
+    int caller(int r) const {
+        if (tl_entity >= 0 && tl_entity < static_cast<int>(ranks.size()) && ranks[static_cast<size_t>(tl_entity)]->owner == r)
+            return tl_entity;
+        return r;
+    }
+    bool is_rank(int e) const { return ranks[static_cast<size_t>(e)]->owner == e; }
+
+    // A background activity of rank `owner`, starting at the caller's time, ready to run.
+    int spawn(int owner) {
+        const int from = caller(owner);
+        auto state = std::make_unique<RankState>();
+        state->owner = owner;
+        state->clock = rank(from).clock;
+        state->stats = rank(owner).stats;  // its traffic is its rank's
+        ranks.push_back(std::move(state));
+        const int id = static_cast<int>(ranks.size()) - 1;
+        make_ready(id);
+        return id;
+    }
 
     std::shared_ptr<Group> group(const std::string& name, const std::vector<int>& members, bool free) {
         auto& g = groups[name];
@@ -219,7 +278,8 @@ struct Cluster::Impl {
         for (int r = 0; r < static_cast<int>(ranks.size()); ++r) {
             auto& s = rank(r);
             if (s.state != RankState::State::Blocked) continue;
-            if (listed++ < 6) what += (what.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " waits for " + s.waiting_for);
+            const std::string who = "rank " + std::to_string(s.owner) + (is_rank(r) ? "" : " (background task)");
+            if (listed++ < 6) what += (what.empty() ? "" : "; ") + (who + " waits for " + s.waiting_for);
             make_ready(r);
         }
         if (listed > 6) what += "; and " + std::to_string(listed - 6) + " more";
@@ -228,9 +288,9 @@ struct Cluster::Impl {
 
     void check_alive(int me) {
         auto& s = rank(me);
-        if (s.clock >= settings.fail_at[static_cast<size_t>(me)])
-            throw Error("rank " + std::to_string(me) + " failed at simulated time " +
-                            num(settings.fail_at[static_cast<size_t>(me)]) + " s (sim.fail_ranks)",
+        const double fail_at = settings.fail_at[static_cast<size_t>(s.owner)];
+        if (s.clock >= fail_at)
+            throw Error("rank " + std::to_string(s.owner) + " failed at simulated time " + num(fail_at) + " s (sim.fail_ranks)",
                         "a scheduled failure: remove it from sim.fail_ranks to run through");
         if (!abort.empty()) throw Error(abort);
     }
@@ -264,7 +324,8 @@ struct Cluster::Impl {
     std::shared_ptr<OpState> join(Group& g, int index, Kind kind, const torch::Tensor& in, const torch::Tensor& out,
                                   ReduceOp op, int root) {
         const int me = g.members[static_cast<size_t>(index)];
-        check_alive(me);
+        const int who = caller(me);
+        check_alive(who);
         const int64_t seq = g.next_seq[static_cast<size_t>(index)]++;
         auto& p = g.pending[seq];
         const int n = static_cast<int>(g.members.size());
@@ -288,7 +349,7 @@ struct Cluster::Impl {
         }
         p.in[static_cast<size_t>(index)] = in;
         p.out[static_cast<size_t>(index)] = out;
-        p.issued[static_cast<size_t>(index)] = rank(me).clock;
+        p.issued[static_cast<size_t>(index)] = rank(who).clock;
         ++p.joined;
         auto state = p.state;
         if (!state->done) {
@@ -374,25 +435,28 @@ public:
         : impl_(std::move(impl)), state_(std::move(state)), rank_(rank), free_(free), what_(std::move(what)),
           issued_(impl_->rank(rank).clock) {}
 
+    // Whoever waits (the rank, or its background activity) is the one that blocks.
     void wait() override {
         std::unique_lock<std::mutex> lk(impl_->mu);
         if (waited_) return;
-        auto& s = impl_->rank(rank_);
+        const int who = impl_->caller(impl_->rank(rank_).owner);
+        auto& s = impl_->rank(who);
         const double before = s.clock;
-        impl_->block_on(rank_, state_, what_, lk);
+        impl_->block_on(who, state_, what_, lk);
         waited_ = true;
         if (!state_->error.empty()) throw Error(state_->error, "the run stops: a simulated rank failed");
         if (free_) return;
         s.clock = std::max(s.clock, state_->completion);
-        s.stats->seconds_exposed += s.clock - before;
+        if (impl_->is_rank(who)) s.stats->seconds_exposed += s.clock - before;  // a background wait hides
         s.stats->seconds_total += state_->completion - issued_;
-        impl_->check_alive(rank_);
+        impl_->check_alive(who);
     }
 
     bool is_completed() override {
         std::unique_lock<std::mutex> lk(impl_->mu);
-        impl_->yield(rank_, lk);
-        return state_->done && (free_ || !state_->error.empty() || state_->completion <= impl_->rank(rank_).clock);
+        const int who = impl_->caller(impl_->rank(rank_).owner);
+        impl_->yield(who, lk);
+        return state_->done && (free_ || !state_->error.empty() || state_->completion <= impl_->rank(who).clock);
     }
 
 private:
@@ -439,10 +503,11 @@ public:
         check_peer(peer, "send to");
         no_p2p_on_control();
         std::unique_lock<std::mutex> lk(impl_->mu);
-        impl_->check_alive(me_);
+        const int who = impl_->caller(me_);
+        impl_->check_alive(who);
         const int to = group_->members[static_cast<size_t>(peer)];
         if (impl_->rank(to).dead) throw Error("rank " + std::to_string(to) + " failed: " + impl_->rank(to).death);
-        auto& s = impl_->rank(me_);
+        auto& s = impl_->rank(who);
         const double bytes = static_cast<double>(t.numel()) * static_cast<double>(t.element_size());
         const double start = std::max(s.clock, s.nic_busy);
         const Link path = impl_->network.route(me_, to, start);
@@ -463,15 +528,16 @@ public:
         }
         auto state = std::make_shared<OpState>();
         impl_->complete(state, start + inject, true);
-        return std::make_shared<SimWork>(impl_, state, me_, false, "send to rank " + std::to_string(to));
+        return std::make_shared<SimWork>(impl_, state, who, false, "send to rank " + std::to_string(to));
     }
 
     std::shared_ptr<Work> recv(torch::Tensor& t, int peer, int tag) override {
         check_peer(peer, "recv from");
         no_p2p_on_control();
         std::unique_lock<std::mutex> lk(impl_->mu);
-        impl_->check_alive(me_);
-        auto& s = impl_->rank(me_);
+        const int who = impl_->caller(me_);
+        impl_->check_alive(who);
+        auto& s = impl_->rank(who);
         ++s.stats->calls;
         auto state = std::make_shared<OpState>();
         auto& channel = group_->channels[{peer, index_, tag}];
@@ -486,7 +552,7 @@ public:
         } else {
             channel.receives.push_back({t, state, s.clock});
         }
-        return std::make_shared<SimWork>(impl_, state, me_, false,
+        return std::make_shared<SimWork>(impl_, state, who, false,
                                          "recv from rank " + std::to_string(from) + " (tag " + std::to_string(tag) + ")");
     }
 
@@ -520,7 +586,7 @@ private:
         if (!group_->free) ++impl_->rank(me_).stats->calls;
         const int64_t seq = group_->next_seq[static_cast<size_t>(index_)];
         auto state = impl_->join(*group_, index_, kind, in, out, op, root);
-        return std::make_shared<SimWork>(impl_, state, me_, group_->free,
+        return std::make_shared<SimWork>(impl_, state, impl_->caller(me_), group_->free,
                                          std::string(kind_name(kind)) + " #" + std::to_string(seq) + " of group " +
                                              group_->name);
     }
@@ -555,11 +621,12 @@ public:
     SimClock(std::shared_ptr<Cluster::Impl> impl, int rank) : impl_(std::move(impl)), rank_(rank) {}
     double now() override {
         std::unique_lock<std::mutex> lk(impl_->mu);
-        return impl_->rank(rank_).clock;
+        return impl_->rank(impl_->caller(rank_)).clock;
     }
     void charge_compute(double flops) override {
         std::unique_lock<std::mutex> lk(impl_->mu);
-        auto& s = impl_->rank(rank_);
+        const int who = impl_->caller(rank_);
+        auto& s = impl_->rank(who);
         const auto& st = impl_->settings;
         double factor = st.slowdown[static_cast<size_t>(rank_)];
         if (st.jitter > 0) {
@@ -568,14 +635,89 @@ public:
         }
         // A rank scheduled to fail stops at that instant, even in the middle of a computation.
         s.clock = std::min(s.clock + flops / st.device.flops_per_second() * factor, st.fail_at[static_cast<size_t>(rank_)]);
-        impl_->check_alive(rank_);
+        impl_->check_alive(who);
     }
     bool simulated() const override { return true; }
+    std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override;
 
 private:
     std::shared_ptr<Cluster::Impl> impl_;
     int rank_;
 };
+
+// A background activity of a simulated rank: its own thread under the scheduler, its own clock.
+class SimTask : public BackgroundTask {
+public:
+    SimTask(std::shared_ptr<Cluster::Impl> impl, int owner, std::function<void()> task)
+        : impl_(std::move(impl)), owner_(owner) {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        id_ = impl_->spawn(owner);
+        thread_ = std::thread([this, task = std::move(task)] {
+            auto& impl = *impl_;
+            tl_entity = id_;
+            {
+                std::unique_lock<std::mutex> wait_lk(impl.mu);
+                impl.rank(id_).cv.wait(wait_lk, [&] { return impl.running == id_; });
+            }
+            try {
+                task();
+            } catch (...) {
+                error_ = std::current_exception();
+            }
+            std::unique_lock<std::mutex> end_lk(impl.mu);
+            auto& s = impl.rank(id_);
+            impl.complete(finished_, s.clock, true);
+            s.state = RankState::State::Done;
+            ++impl.done_count;
+            impl.switch_away(id_, end_lk);
+        });
+    }
+    ~SimTask() override {
+        try {
+            join();
+        } catch (...) {
+            // the failure surfaced where the task's result was needed, or the run is ending
+        }
+    }
+
+    bool done() override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        const int me = impl_->caller(owner_);
+        impl_->yield(me, lk);  // the task runs first if it is behind
+        return finished_->done && finished_->completion <= impl_->rank(me).clock;
+    }
+
+    void join() override {
+        if (!thread_.joinable()) return;
+        {
+            // Not block_on: after a deadlock was declared it throws at once, while the task,
+            // failing in turn, still needs the processor to end.
+            std::unique_lock<std::mutex> lk(impl_->mu);
+            const int me = impl_->caller(owner_);
+            auto& s = impl_->rank(me);
+            while (!finished_->done) {
+                s.state = RankState::State::Blocked;
+                s.waiting_for = "its background task";
+                finished_->waiters.push_back(me);
+                impl_->switch_away(me, lk);
+            }
+            s.clock = std::max(s.clock, finished_->completion);
+        }
+        thread_.join();
+        if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    }
+
+private:
+    std::shared_ptr<Cluster::Impl> impl_;
+    int owner_, id_ = -1;
+    std::shared_ptr<OpState> finished_ = std::make_shared<OpState>();
+    std::exception_ptr error_;
+    std::thread thread_;
+};
+
+std::unique_ptr<BackgroundTask> SimClock::start_background(std::function<void()> task) {
+    return std::make_unique<SimTask>(impl_, rank_, std::move(task));
+}
 
 }  // namespace
 
@@ -597,6 +739,7 @@ void Cluster::run(const std::function<void(int)>& body) {
     for (int r = 0; r < n; ++r)
         threads.emplace_back([this, r, &body] {
             auto& impl = *impl_;
+            tl_entity = r;
             {
                 std::unique_lock<std::mutex> lk(impl.mu);
                 impl.rank(r).cv.wait(lk, [&] { return impl.running == r; });
@@ -618,7 +761,8 @@ void Cluster::run(const std::function<void(int)>& body) {
     {
         std::unique_lock<std::mutex> lk(impl_->mu);
         impl_->switch_away(-1, lk);  // hand the processor to rank 0
-        impl_->all_done.wait(lk, [&] { return impl_->done_count == n; });
+        // Every rank, and every background activity (a rank joins its own before it ends).
+        impl_->all_done.wait(lk, [&] { return impl_->done_count == static_cast<int>(impl_->ranks.size()); });
     }
     for (auto& t : threads) t.join();
 }

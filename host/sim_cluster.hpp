@@ -9,6 +9,11 @@
 // smallest clock first also keeps causality: when a rank observes the network at time t, every
 // rank behind t has already caught up.
 //
+// A rank may start background activities (RunContext::start_background: a communication
+// thread). Each is scheduled like a rank, with a clock of its own that starts at its rank's
+// time; its collectives count as its rank's, issued at its own clock, and its waits are not
+// exposed. "Entities" below are the ranks (ids 0..N-1) and these activities (ids N and up).
+//
 // Numerics are real (the tensors are reduced, gathered, sent); time is charged: compute from the
 // FLOPs a rank reports (RunContext::charge_compute) and its device profile, communication from
 // the network model (sim_network.hpp).
@@ -20,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include <plexus/context.hpp>
 #include <plexus/transport.hpp>
 
 #include "config.hpp"
@@ -34,6 +40,8 @@ public:
     virtual double now() = 0;                  // seconds since the run started
     virtual void charge_compute(double flops) = 0;
     virtual bool simulated() const = 0;
+    // RunContext::start_background: a thread, or a simulated rank's second activity.
+    virtual std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) = 0;
 };
 
 std::shared_ptr<RankClock> make_wall_clock();

@@ -46,18 +46,21 @@ public:
             }
         }
     }
-    void wait() override {
+    void wait() override { finish(/*exposed=*/true); }
+    void wait_in_background() override { finish(/*exposed=*/false); }
+    bool is_completed() override { return done_ || work_->isCompleted(); }
+
+private:
+    void finish(bool exposed) {
         if (done_) return;
         const auto t0 = Clock::now();
         work_->wait();
-        stats_->seconds_exposed += seconds_since(t0);
+        if (exposed) stats_->seconds_exposed += seconds_since(t0);
         stats_->seconds_total += seconds_since(issued_);
         done_ = true;
         if (finish_) finish_();
     }
-    bool is_completed() override { return done_ || work_->isCompleted(); }
 
-private:
     c10::intrusive_ptr<::c10d::Work> work_;
     std::shared_ptr<CommStats> stats_;
     std::function<void()> finish_;
@@ -185,14 +188,21 @@ private:
         Chained(std::shared_ptr<Work> inner, std::function<void()> then) : inner_(std::move(inner)), then_(std::move(then)) {}
         void wait() override {
             inner_->wait();
+            run_then();
+        }
+        void wait_in_background() override {
+            inner_->wait_in_background();
+            run_then();
+        }
+        bool is_completed() override { return inner_->is_completed(); }
+
+    private:
+        void run_then() {
             if (then_) {
                 then_();
                 then_ = nullptr;
             }
         }
-        bool is_completed() override { return inner_->is_completed(); }
-
-    private:
         std::shared_ptr<Work> inner_;
         std::function<void()> then_;
     };

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,17 @@
 namespace plexus {
 
 enum class LogLevel { Debug, Info, Warning };
+
+// A task running beside the rank's compute: a communication thread (ACCO runs its rounds on
+// one). See RunContext::start_background.
+class BackgroundTask {
+public:
+    virtual ~BackgroundTask() = default;
+    // Whether the task has returned (on the simulated cluster: by this rank's clock).
+    virtual bool done() = 0;
+    // Waits for the task (the time blocked is exposed) and rethrows what it threw.
+    virtual void join() = 0;
+};
 
 class RunContext {
 public:
@@ -63,6 +75,18 @@ public:
     virtual double now() = 0;
     // Tells the clock this rank computed `flops` (no-op on real hardware).
     virtual void charge_compute(double flops) = 0;
+
+    // Runs `task` concurrently with this rank's compute, e.g. a chain of collectives with work
+    // between them (a sharded optimizer step) that should go on as soon as each lands rather
+    // than when the compute next looks. On real back ends it is a thread; on the simulated
+    // cluster it is a second activity of this rank with a clock of its own, started at the
+    // rank's time and scheduled with the ranks, so its collectives are issued at the simulated
+    // time the previous one ended and its waits are not exposed. Rules: only the task uses the
+    // transport while it runs (the compute thread waits for done() or join() first); it does
+    // not call record() or log(); it may call charge_compute() for its own work (the sharded
+    // optimizer step on the simulated clock; on real hardware time is measured). Destroying the
+    // handle joins the task.
+    virtual std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) = 0;
 
     // Builds the model of the [model] section, its parameters initialized from seed("init")
     // (identically on every rank), on device().

@@ -52,11 +52,12 @@ public:
     }
 
 protected:
-    explicit ReplicaStrategy(RunContext& ctx) : ctx_(ctx) {
+    // With make_optimizer = false the subclass builds optimizer_ itself (over shards: ACCO).
+    explicit ReplicaStrategy(RunContext& ctx, bool make_optimizer = true) : ctx_(ctx) {
         model_ = ctx.make_model();
         auto slots = slots_of(*model_);
         for (const auto& s : slots) params_.push_back(s.param);
-        optimizer_ = ctx.make_optimizer(std::move(slots));
+        if (make_optimizer) optimizer_ = ctx.make_optimizer(std::move(slots));
         flops_per_token_ = model_->flops_per_token(ctx.seq_len()).flops;
         // The backward pass is charged to the clock as it goes: each parameter's gradient hook
         // charges its share (by size) of the backward FLOPs, so that a communication started

@@ -38,6 +38,13 @@ struct StepOutput {
     // same batch (a tensor-parallel group, the stages of a pipeline), its share of them, so that
     // the sum over ranks is the job's count (tokens/s and MFU per rank stay right).
     int64_t tokens = 0;
+    // Tokens the whole job consumed, for strategies whose ranks consume different amounts
+    // (ACCO: a slower worker contributes fewer micro-batches). It must be the same number on
+    // every rank, because the harness indexes the learning-rate schedule and checks the
+    // train.tokens budget with it (job tokens / world size: tokens "per rank"); it may lag by a
+    // step when the strategy learns it from a later collective. -1 (the default): the ranks'
+    // shares are equal, so the job consumed tokens x world size.
+    int64_t job_tokens = -1;
     int64_t micro_batches = 0;  // batches drawn from the stream
     double loss = 0.0;          // mean training loss over those batches
     double grad_norm = -1.0;    // global gradient norm before clipping; < 0 if not computed

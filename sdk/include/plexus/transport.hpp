@@ -8,6 +8,8 @@
 // Collectives and point-to-point calls return a Work handle at once. The operation may run in the
 // background (overlapping compute); call wait() before reading or reusing the tensor. The time
 // wait() actually blocks is the "exposed" communication time that the harness reports.
+// A transport may be driven from a second thread (a communication thread) as long as only one
+// thread issues calls to it at a time.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +28,10 @@ public:
     virtual ~Work() = default;
     virtual void wait() = 0;
     virtual bool is_completed() = 0;
+    // Blocks like wait(), from a thread other than the one computing (ACCO's communication
+    // thread): the time counts as communication time but not as exposed time, since compute
+    // goes on meanwhile. Works that do no accounting may leave it to wait().
+    virtual void wait_in_background() { wait(); }
 };
 
 // A Work that is already complete: for operations that finished before returning.
