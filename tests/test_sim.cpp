@@ -219,6 +219,43 @@ TEST_CASE("point-to-point: arrival at alpha + S/B, a sender's transfers queue, i
     CHECK(landed == Approx(2e-3 + alpha + 2e-3).epsilon(1e-12));
 }
 
+TEST_CASE("a background task runs on its own clock: its collectives chain at their completion times, hidden",
+          "[sim]") {
+    const double alpha = 10e-6, B = 1e9;
+    Cluster cluster(uniform(2, alpha, B));
+    const int64_t numel = 250000;                              // 1 MB
+    const double c = 2.0 * (alpha + numel * 4.0 / (2 * B));   // one all-reduce over 2 ranks
+    std::vector<double> end(2), sums(2), exposed(2), total(2);
+    int polls = 0;
+    auto error = run_cluster(cluster, [&](int r, Transport& t, host::RankClock& clock) {
+        auto x = torch::full({numel}, static_cast<float>(r + 1));
+        auto task = clock.start_background([&] {
+            t.all_reduce(x, ReduceOp::Sum)->wait();
+            clock.charge_compute(1e9);  // 1 ms of work between the two, on the task's clock
+            t.all_reduce(x, ReduceOp::Sum)->wait();
+        });
+        if (r == 0) {
+            do {
+                clock.charge_compute(5e8);  // 0.5 ms micro-batches until the task is done
+                ++polls;
+            } while (!task->done());
+        }
+        task->join();  // rank 1 joins at once and waits for the task's end
+        end[static_cast<size_t>(r)] = clock.now();
+        sums[static_cast<size_t>(r)] = x[0].item<double>();
+        exposed[static_cast<size_t>(r)] = t.stats().seconds_exposed;
+        total[static_cast<size_t>(r)] = t.stats().seconds_total;
+    });
+    REQUIRE(error.empty());
+    const double task_end = 2 * c + 1e-3;  // 3.04 ms
+    CHECK(sums[0] == 6.0);                 // (1 + 2) summed twice
+    CHECK(polls == 7);                     // done first seen at 3.5 ms
+    CHECK(end[0] == Approx(3.5e-3).epsilon(1e-12));
+    CHECK(end[1] == Approx(task_end).epsilon(1e-12));
+    CHECK(exposed[0] == 0.0);  // the task's waits are not the rank's
+    CHECK(total[0] == Approx(2 * c).epsilon(1e-12));
+}
+
 TEST_CASE("mismatched collectives and a missing peer are reported, not hung", "[sim]") {
     Cluster mismatch(uniform(2, 1e-6, 1e9));
     auto error = run_cluster(mismatch, [&](int r, Transport& t, host::RankClock&) {
