@@ -198,6 +198,29 @@ TEST_CASE("an estimate round leaves the master shard and the optimizer state bit
         if (key == "optimizer.step") CHECK(t.item<int64_t>() == 3);
 }
 
+TEST_CASE("synchronous rounds are ZeRO-1: with SGD they give DDP's parameters (the job's count normalizes)",
+          "[acco][sim]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    auto param_sum = [&](const std::string& args) {
+        auto res = run_plexus("run " + dir.file("a.toml", kAcco) + " --db " + db +
+                              " --set launch.mode=sim --set launch.ranks=4 --set train.steps=8 --set train.batch_size=2"
+                              " --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args);
+        INFO(args << "\n" << res.output);
+        REQUIRE(res.exit_code == 0);
+        host::ResultsStore store(db);
+        for (const auto& [rank, key, value, text] : store.summaries(store.list_runs(1).at(0).id))
+            if (rank == 0 && key == "param_sum") return *value;
+        return static_cast<double>(NAN);
+    };
+    const double ddp = param_sum("--set strategy.name=ddp --set strategy.accumulate=2");
+    const double acco = param_sum("--set strategy.sync_updates=100 --set strategy.accumulate=2");
+    // A rate twice as large moves the sum by ~1e-2: normalizing by the rank's count (4x) would show.
+    const double doubled = param_sum("--set strategy.sync_updates=100 --set strategy.accumulate=2 --set optimizer.lr=1.0");
+    CHECK(acco == Approx(ddp).epsilon(1e-6));
+    CHECK(std::fabs(doubled - ddp) > 1e3 * std::fabs(acco - ddp));
+}
+
 TEST_CASE("ACCO on simulated ranks with a straggler: every micro-batch is counted once, slow ranks do fewer",
           "[acco][sim]") {
     TempDir dir;

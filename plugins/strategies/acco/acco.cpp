@@ -255,31 +255,28 @@ private:
     // The optimizer on this rank's shard; what the round sends goes to r.send.
     void step_shard(Round& r) {
         plexus::clip_to_norm(grad_pieces_, r.grad_norm, r.max_grad_norm);
-        int optimizer_steps = 1;
         if (r.kind == RoundKind::Estimate) {
-            // A look-ahead: the same step, then the master shard and the state exactly as before.
-            auto saved_state = optimizer_->state();
-            auto saved_master = master_.clone();
-            optimizer_->step(grad_pieces_, r.lr_scale);
-            r.send = master_.clone();
-            master_.copy_(saved_master);
-            optimizer_->load_state(saved_state);
+            r.send = look_ahead(r.lr_scale);
         } else {
             optimizer_->step(grad_pieces_, r.lr_scale);
-            if (r.kind == RoundKind::UpdateAndPredict) {  // θ̃ = Opt(θ_{t+1}; the same gradient), discarded
-                auto saved_state = optimizer_->state();
-                auto saved_master = master_.clone();
-                optimizer_->step(grad_pieces_, r.lr_scale);
-                r.send = master_.clone();
-                master_.copy_(saved_master);
-                optimizer_->load_state(saved_state);
-                optimizer_steps = 2;
-            } else {
-                r.send = master_.clone();
-            }
+            // WP: θ̃ = Opt(θ_{t+1}; the same gradient), discarded.
+            r.send = r.kind == RoundKind::UpdateAndPredict ? look_ahead(r.lr_scale) : master_.clone();
         }
         // Charged to whoever runs the round: the communication thread's own clock when simulated.
-        ctx_.charge_compute(optimizer_steps * optimizer_->flops_per_step());
+        const int steps = r.kind == RoundKind::UpdateAndPredict ? 2 : 1;
+        ctx_.charge_compute(steps * optimizer_->flops_per_step());
+    }
+
+    // One step whose result is sent but not kept: the master shard and the optimizer state
+    // (moments, step counter) come back exactly as they were.
+    torch::Tensor look_ahead(double lr_scale) {
+        auto saved_state = optimizer_->state();
+        auto saved_master = master_.clone();
+        optimizer_->step(grad_pieces_, lr_scale);
+        auto ahead = master_.clone();
+        master_.copy_(saved_master);
+        optimizer_->load_state(saved_state);
+        return ahead;
     }
 
     // The round runs in the background: on a communication thread (RunContext::start_background),
