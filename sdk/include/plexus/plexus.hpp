@@ -11,6 +11,7 @@
 //   transport.hpp  collectives and point-to-point with accounting
 //   comm.hpp       communication schemes (plain, compressed, hierarchical)
 //   poisson.hpp    seeded Poisson event processes both ends of an edge reproduce
+//   graph.hpp      communication graphs, their spectral constants (gossip, A2CiD2); include where needed
 //   util.hpp       small helpers shared by plugins (gradient clipping, seed mixing)
 //   token_windows.hpp  deterministic random-window batches over token arrays (datasets)
 //   replica.hpp    base for strategies where each rank holds the whole model (single, ddp)
