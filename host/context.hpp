@@ -30,6 +30,8 @@ public:
     void set_ranks_per_node(int n) { ranks_per_node_ = n > 0 ? n : 1; }
     torch::Device device() const override { return device_; }
     Transport& transport() override { return *transport_; }
+    Transport& measurement_transport() override { return measurement_ ? *measurement_ : *transport_; }
+    void set_measurement_transport(std::shared_ptr<Transport> t) { measurement_ = std::move(t); }
     const Value& setting(const std::string& key) const override;
     int64_t vocab_size() const override { return vocab_; }
     int64_t seq_len() const override;
@@ -63,6 +65,7 @@ private:
     torch::Device device_;
     int64_t vocab_;
     std::shared_ptr<Transport> transport_;
+    std::shared_ptr<Transport> measurement_;  // null: transport_
     std::shared_ptr<RankClock> clock_;
     int ranks_per_node_ = 1;
     std::chrono::steady_clock::time_point start_;

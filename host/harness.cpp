@@ -311,6 +311,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         }
         ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport, env.clock);
         ctx->set_ranks_per_node(env.ranks_per_node);
+        ctx->set_measurement_transport(control);
         const bool sim = ctx->simulated();
         auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
         if (!strategy) throw Error("strategy plugin '" + cfg.plugins.at("strategy")->name + "' returned no strategy");

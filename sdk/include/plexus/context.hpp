@@ -53,6 +53,11 @@ public:
     virtual int ranks_per_node() const = 0;
     virtual torch::Device device() const = 0;
     virtual Transport& transport() = 0;
+    // For measurements that are not part of the algorithm (the average of the workers' models
+    // and their consensus distance, for evaluation): collectives that cost no simulated time
+    // and are not counted in the run's communication on the simulated cluster; the world
+    // transport on real back ends (where measuring takes real time anyway).
+    virtual Transport& measurement_transport() = 0;
 
     // Any resolved setting by its dotted key ("train.seq_len", "model.n_layer"), defaults
     // filled in. Throws plexus::Error naming the key if there is no such setting.

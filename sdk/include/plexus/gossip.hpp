@@ -1,0 +1,222 @@
+// plexus/gossip.hpp: asynchronous decentralized data parallelism by pairwise averaging
+// (AD-PSGD style gossip) and A2CiD2's continuous momentum (algorithms.md section 2).
+//
+// Every worker keeps its own parameters x (a flat buffer the model's parameters are views of)
+// and never joins a global barrier. Events happen in "algorithm time" τ, whose unit is one
+// gradient step per worker:
+//   - a gradient event per worker per unit, at a seeded uniform offset inside it: a micro-batch,
+//     the optimizer's step on x. (Regular rather than Poisson, so that every worker consumes
+//     the same tokens per step and the ranks agree on the learning-rate schedule without talking.)
+//   - communication events on the graph's edges, Poisson with rate r_ij = λ (W_ij + W_ji) / 2,
+//     so that each worker averages λ times per unit on average (λ = comm_rate) with a neighbour
+//     drawn from its list: both ends exchange x and set x ← (x_i + x_j) / 2.
+// One harness step is one unit of τ: the events in [s, s + 1), in time order. The peers of an
+// edge event meet through send/recv; since every worker handles its events in time order, the
+// wait always ends. Simulated (or wall) time measures what the events cost; τ orders them.
+//
+// A2CiD2 adds x̃ per worker. Before any event both are mixed over the τ elapsed since the last
+// one: x ← a x + b x̃, x̃ ← b x + a x̃, a, b = (1 ± e^{-2ηΔτ}) / 2. A gradient event applies the
+// optimizer's exact step Δx to x and to x̃. A communication event (both ends mixed to the event
+// time first) does x̃ ← x̃ + α̃ (x_j − x_i), x ← (x_i + x_j) / 2. η and α̃ come from the graph's
+// spectrum (plexus/graph.hpp). Evaluation is at the workers' average, gathered over the
+// measurement transport, which also gives the consensus distance (1/W) Σ ‖x_i − x̄‖².
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "plexus/graph.hpp"
+#include "plexus/poisson.hpp"
+#include "plexus/replica.hpp"
+
+namespace plexus {
+
+// The per-worker arithmetic of gossip and A2CiD2 on flat tensors, separate from events and
+// transport (so that it can be tested on many workers in one thread).
+struct AcidState {
+    torch::Tensor x, x_tilde;  // x_tilde undefined: plain gossip
+    double eta = 0, alpha_tilde = 0;
+    double last = 0;  // τ of the last event
+
+    bool accelerated() const { return x_tilde.defined(); }
+    // The ODE between events, up to τ = `tau` (exact, 2x2 matrix exponential).
+    void mix(double tau) {
+        torch::NoGradGuard no_grad;
+        if (accelerated() && tau > last) {
+            const double e = std::exp(-2.0 * eta * (tau - last));
+            const double a = (1 + e) / 2, b = (1 - e) / 2;
+            auto old = x.clone();
+            x.mul_(a).add_(x_tilde, b);
+            x_tilde.mul_(a).add_(old, b);
+        }
+        last = std::max(last, tau);
+    }
+    // A communication event with a peer whose (mixed) parameters are `peer`.
+    void average(const torch::Tensor& peer) {
+        torch::NoGradGuard no_grad;
+        if (accelerated()) x_tilde.add_(peer - x, alpha_tilde);
+        x.add_(peer).mul_(0.5);
+    }
+    // A gradient event moved x by `delta`: x̃ moves by the same.
+    void stepped(const torch::Tensor& delta) {
+        torch::NoGradGuard no_grad;
+        if (accelerated()) x_tilde.add_(delta);
+    }
+};
+
+// Settings every gossip strategy shares (declare them in the plugin's schema with
+// gossip_schema()).
+inline ConfigSchema gossip_schema() {
+    return {
+        {"graph", "ring", "ring, exponential, torus, complete, random_regular, custom"},
+        {"comm_rate", 1.0, "λ: pairwise averagings per worker per gradient step (expected)"},
+        {"degree", 4, "random_regular: neighbours per worker"},
+        {"torus_rows", 0, "torus: rows (0: the squarest)"},
+        {"edges", Value::list({}), "custom: [[a, b], ...]"},
+    };
+}
+
+class GossipStrategy : public ReplicaStrategy {
+public:
+    StepOutput step(const StepInput& in) override {
+        StepOutput out;
+        const double end = slice_ + 1.0;
+        const double grad_at = slice_ + uniform(static_cast<uint64_t>(slice_));
+        communicate_until(grad_at);
+        state_.mix(grad_at);
+        auto before = state_.x.clone();
+        auto loss = forward_backward(*in.train, 1, out);
+        update(in, out, gradients());
+        state_.stepped(state_.x - before);
+        communicate_until(end);
+        slice_ += 1;
+        out.loss = value_of(loss);
+        ctx_.record("gossip/comm_events", static_cast<double>(comm_events_));
+        comm_events_ = 0;
+        if (!recorded_graph_) {
+            recorded_graph_ = true;
+            ctx_.record("graph/chi1", spectrum_.chi1);
+            ctx_.record("graph/chi2", spectrum_.chi2);
+            if (state_.accelerated()) {
+                ctx_.record("a2cid2/eta", state_.eta);
+                ctx_.record("a2cid2/alpha_tilde", state_.alpha_tilde);
+            }
+        }
+        return out;
+    }
+
+    // At the workers' average x̄; records the consensus distance (1/W) Σ ‖x_i − x̄‖².
+    double evaluate(BatchStream& stream, int64_t batches) override {
+        torch::NoGradGuard no_grad;
+        auto& m = ctx_.measurement_transport();
+        auto mean = state_.x.clone();
+        m.all_reduce(mean, ReduceOp::Mean)->wait();
+        auto distance = (state_.x - mean).pow(2).sum().to(torch::kFloat64).reshape({1});
+        m.all_reduce(distance, ReduceOp::Mean)->wait();
+        ctx_.record("consensus_distance", value_of(distance[0]));
+        auto mine = state_.x.clone();
+        state_.x.copy_(mean);
+        const double loss = ReplicaStrategy::evaluate(stream, batches);
+        state_.x.copy_(mine);
+        return loss;
+    }
+
+    StateDict state() const override {
+        auto out = ReplicaStrategy::state();
+        if (state_.accelerated()) out.emplace_back("a2cid2.x_tilde", state_.x_tilde.clone());
+        return out;
+    }
+
+protected:
+    GossipStrategy(const Config& cfg, RunContext& ctx, bool accelerated) : ReplicaStrategy(ctx), transport_(ctx.transport()) {
+        const int world = transport_.world_size(), rank = transport_.rank();
+        GraphOptions options;
+        options.degree = static_cast<int>(cfg.get_int("degree"));
+        options.torus_rows = static_cast<int>(cfg.get_int("torus_rows"));
+        options.seed = ctx.seed("graph");
+        for (const auto& e : cfg.get("edges").as_list()) {
+            const auto& pair = e.as_list();
+            cfg.require(pair.size() == 2, "edges", "holds pairs [a, b]");
+            options.edges.emplace_back(static_cast<int>(pair[0].as_int()), static_cast<int>(pair[1].as_int()));
+        }
+        const double rate = cfg.get_double("comm_rate");
+        cfg.require(rate > 0, "comm_rate", "must be > 0");
+        try {
+            graph_ = make_graph(cfg.get_string("graph"), world, options);
+        } catch (const Error& e) {
+            throw Error(std::string("strategy.graph: ") + e.what(), e.hint());
+        }
+        spectrum_ = gossip_spectrum(graph_, rate);
+        // Edge rates r_ij = λ (W_ij + W_ji) / 2.
+        const auto& mine = graph_.neighbours[static_cast<size_t>(rank)];
+        std::vector<std::pair<int, double>> edges;
+        for (const auto& [a, b] : graph_.edges()) {
+            if (a != rank && b != rank) continue;
+            const int peer = a == rank ? b : a;
+            const auto& theirs = graph_.neighbours[static_cast<size_t>(peer)];
+            const double w_mine = static_cast<double>(std::count(mine.begin(), mine.end(), peer)) / static_cast<double>(mine.size());
+            const double w_theirs = static_cast<double>(std::count(theirs.begin(), theirs.end(), rank)) / static_cast<double>(theirs.size());
+            edges.emplace_back(peer, rate * (w_mine + w_theirs) / 2);
+        }
+        events_ = EdgeEvents(ctx.seed("gossip.edges"), rank, edges);
+        grad_seed_ = mix_seed(ctx.seed("gossip.gradients"), static_cast<uint64_t>(rank));
+
+        // x: a flat buffer the parameters are views of; the same on every worker at start.
+        torch::NoGradGuard no_grad;
+        int64_t numel = 0;
+        for (const auto& p : params_) numel += p.numel();
+        state_.x = torch::zeros({numel}, params_[0].options());
+        int64_t offset = 0;
+        for (auto& p : params_) {
+            state_.x.narrow(0, offset, p.numel()).copy_(p.reshape(-1));
+            p.set_data(state_.x.narrow(0, offset, p.numel()).view(p.sizes()));
+            offset += p.numel();
+        }
+        transport_.broadcast(state_.x, 0)->wait();
+        peer_ = torch::empty_like(state_.x);
+        if (accelerated) {
+            state_.x_tilde = state_.x.clone();
+            const auto c = acid_constants(spectrum_);
+            state_.eta = c.eta;
+            state_.alpha_tilde = c.alpha_tilde;
+        }
+        char line[240];
+        std::snprintf(line, sizeof line, "%s: %s graph of %d workers, %.3g averagings per gradient, chi1 %.4g, chi2 %.4g%s",
+                      accelerated ? "a2cid2" : "gossip", graph_.name.c_str(), world, rate, spectrum_.chi1, spectrum_.chi2,
+                      accelerated ? (", eta " + std::to_string(state_.eta) + ", alpha_tilde " + std::to_string(state_.alpha_tilde)).c_str() : "");
+        ctx.log(LogLevel::Info, line);
+    }
+
+private:
+    // Uniform in [0, 1) for this worker and slice, from the shared seed.
+    double uniform(uint64_t slice) const { return static_cast<double>(mix_seed(grad_seed_, slice) >> 11) * 0x1.0p-53; }
+
+    // Every communication event before τ = `until`, in order.
+    void communicate_until(double until) {
+        while (!events_.empty() && events_.peek().time < until) {
+            const auto e = events_.next();
+            state_.mix(e.time);
+            auto sent = transport_.send(state_.x, e.peer, 0);
+            transport_.recv(peer_, e.peer, 0)->wait();
+            sent->wait();  // x may change only once the transport has it
+            state_.average(peer_);
+            ++comm_events_;
+        }
+    }
+
+    Transport& transport_;
+    Graph graph_;
+    GossipSpectrum spectrum_;
+    EdgeEvents events_{0, 0, {}};
+    uint64_t grad_seed_ = 0;
+    AcidState state_;
+    torch::Tensor peer_;
+    int64_t slice_ = 0, comm_events_ = 0;
+    bool recorded_graph_ = false;
+};
+
+}  // namespace plexus
