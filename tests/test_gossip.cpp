@@ -228,3 +228,30 @@ TEST_CASE("gossip and A2CiD2 converge to the optimum of a least-squares problem 
     // of that bias (2.5x less measured, at three learning rates).
     CHECK(reached[1] < reached[0] / 1.5);
 }
+
+TEST_CASE("DADAO converges linearly to the exact optimum of the split least-squares problem", "[gossip][dadao][sim]") {
+    TempDir dir;
+    const auto db = dir / "d.db";
+    const std::string common = " --db " + db + " --set 'plugin_path=[\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
+                               "\"]' --set model.name=least_squares --set train.grad_clip=0.0 --set train.eval_every=100 ";
+    auto evals = [&](const std::string& args) {
+        auto res = run_plexus("run " + dir.file("g.toml", kGossip) + common + args);
+        INFO(args << "\n" << res.output);
+        REQUIRE(res.exit_code == 0);
+        host::ResultsStore store(db);
+        std::vector<double> out;
+        for (const auto& [step, value] : store.metric_series(store.list_runs(1).at(0).id, "eval_loss")) out.push_back(value);
+        return out;
+    };
+    const double initial = evals("--set strategy.name=gossip --set optimizer.name=sgd --set optimizer.lr=0.0 --set train.steps=1").at(0);
+    // mu and L bound every worker's f_i (rows scaled 0.6..1.2, 40 x 10 Gaussian).
+    const auto dadao = evals("--set strategy.name=dadao --set strategy.mu=0.1 --set strategy.smoothness=3.0 --set train.steps=500");
+    REQUIRE(dadao.size() == 5);
+    INFO("suboptimality every 100 units: " << dadao[0] << " " << dadao[1] << " " << dadao[2] << " " << dadao[3] << " "
+                                           << dadao[4] << " (initial " << initial << ")");
+    // Linear: at least 5x less every 100 units (measured 89x, 29x, 19x, 18x), to 2.3e-9 of the
+    // start: exact despite every worker's optimum being different (gossip keeps a bias).
+    for (size_t i = 1; i < dadao.size(); ++i) CHECK(dadao[i] < dadao[i - 1] / 5);
+    CHECK(dadao.back() < 1e-7 * initial);
+    CHECK(dadao.back() >= 0);
+}

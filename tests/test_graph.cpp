@@ -39,6 +39,15 @@ TEST_CASE("graph spectra and A2CiD2 constants match the reference values", "[gra
     CHECK(acid_constants(half).alpha_tilde == Approx(one.alpha_tilde).epsilon(1e-10));
 }
 
+TEST_CASE("DADAO's edge-sampling spectrum: the ring's closed forms", "[graph]") {
+    for (int n : {8, 16, 33}) {
+        // L = (graph Laplacian) / |E|, |E| = n: chi1 = n / (2 (1 - cos 2 pi / n)), chi2 = n - 1.
+        const auto s = edge_sampling_spectrum(make_graph("ring", n));
+        CHECK(s.chi1 == Approx(n / (2 * (1 - std::cos(2 * M_PI / n)))).epsilon(1e-9));
+        CHECK(s.chi2 == Approx(n - 1.0).epsilon(1e-9));
+    }
+}
+
 TEST_CASE("topologies have the degrees and edges they promise, and bad graphs are refused", "[graph]") {
     const auto ring = make_graph("ring", 6);
     CHECK(ring.edges().size() == 6);

@@ -31,6 +31,7 @@
 
 #include "plexus/graph.hpp"
 #include "plexus/poisson.hpp"
+#include "plexus/context.hpp"
 #include "plexus/replica.hpp"
 
 namespace plexus {
@@ -68,16 +69,57 @@ struct AcidState {
     }
 };
 
-// Settings every gossip strategy shares (declare them in the plugin's schema with
-// gossip_schema()).
-inline ConfigSchema gossip_schema() {
+// The settings that choose a communication graph, and the graph they choose (the ranks of the
+// transport are its nodes). Errors name strategy.graph.
+inline ConfigSchema graph_schema() {
     return {
         {"graph", "ring", "ring, exponential, torus, complete, random_regular, custom"},
-        {"comm_rate", 1.0, "λ: pairwise averagings per worker per gradient step (expected)"},
         {"degree", 4, "random_regular: neighbours per worker"},
         {"torus_rows", 0, "torus: rows (0: the squarest)"},
         {"edges", Value::list({}), "custom: [[a, b], ...]"},
     };
+}
+inline Graph graph_from(const Config& cfg, int nodes, uint64_t seed) {
+    GraphOptions options;
+    options.degree = static_cast<int>(cfg.get_int("degree"));
+    options.torus_rows = static_cast<int>(cfg.get_int("torus_rows"));
+    options.seed = seed;
+    for (const auto& e : cfg.get("edges").as_list()) {
+        const auto& pair = e.as_list();
+        cfg.require(pair.size() == 2, "edges", "holds pairs [a, b]");
+        options.edges.emplace_back(static_cast<int>(pair[0].as_int()), static_cast<int>(pair[1].as_int()));
+    }
+    try {
+        return make_graph(cfg.get_string("graph"), nodes, options);
+    } catch (const Error& e) {
+        throw Error(std::string("strategy.graph: ") + e.what(), e.hint());
+    }
+}
+
+// Settings every gossip strategy shares (declare them in the plugin's schema).
+inline ConfigSchema gossip_schema() {
+    auto schema = graph_schema();
+    schema.push_back({"comm_rate", 1.0, "λ: pairwise averagings per worker per gradient step (expected)"});
+    return schema;
+}
+
+// Evaluation at the workers' average x̄ of the flat parameters `x` (which the model's parameters
+// are views of), over the measurement transport; records the consensus distance
+// (1/W) Σ ‖x_i − x̄‖². `evaluate` runs the model's evaluation once x holds x̄.
+template <typename Evaluate>
+double evaluate_average(RunContext& ctx, torch::Tensor& x, Evaluate&& evaluate) {
+    torch::NoGradGuard no_grad;
+    auto& m = ctx.measurement_transport();
+    auto mean = x.clone();
+    m.all_reduce(mean, ReduceOp::Mean)->wait();
+    auto distance = (x - mean).pow(2).sum().to(torch::kFloat64).reshape({1});
+    m.all_reduce(distance, ReduceOp::Mean)->wait();
+    ctx.record("consensus_distance", value_of(distance[0]));
+    auto mine = x.clone();
+    x.copy_(mean);
+    const double loss = evaluate();
+    x.copy_(mine);
+    return loss;
 }
 
 class GossipStrategy : public ReplicaStrategy {
@@ -111,18 +153,7 @@ public:
 
     // At the workers' average x̄; records the consensus distance (1/W) Σ ‖x_i − x̄‖².
     double evaluate(BatchStream& stream, int64_t batches) override {
-        torch::NoGradGuard no_grad;
-        auto& m = ctx_.measurement_transport();
-        auto mean = state_.x.clone();
-        m.all_reduce(mean, ReduceOp::Mean)->wait();
-        auto distance = (state_.x - mean).pow(2).sum().to(torch::kFloat64).reshape({1});
-        m.all_reduce(distance, ReduceOp::Mean)->wait();
-        ctx_.record("consensus_distance", value_of(distance[0]));
-        auto mine = state_.x.clone();
-        state_.x.copy_(mean);
-        const double loss = ReplicaStrategy::evaluate(stream, batches);
-        state_.x.copy_(mine);
-        return loss;
+        return evaluate_average(ctx_, state_.x, [&] { return ReplicaStrategy::evaluate(stream, batches); });
     }
 
     StateDict state() const override {
@@ -134,22 +165,9 @@ public:
 protected:
     GossipStrategy(const Config& cfg, RunContext& ctx, bool accelerated) : ReplicaStrategy(ctx), transport_(ctx.transport()) {
         const int world = transport_.world_size(), rank = transport_.rank();
-        GraphOptions options;
-        options.degree = static_cast<int>(cfg.get_int("degree"));
-        options.torus_rows = static_cast<int>(cfg.get_int("torus_rows"));
-        options.seed = ctx.seed("graph");
-        for (const auto& e : cfg.get("edges").as_list()) {
-            const auto& pair = e.as_list();
-            cfg.require(pair.size() == 2, "edges", "holds pairs [a, b]");
-            options.edges.emplace_back(static_cast<int>(pair[0].as_int()), static_cast<int>(pair[1].as_int()));
-        }
         const double rate = cfg.get_double("comm_rate");
         cfg.require(rate > 0, "comm_rate", "must be > 0");
-        try {
-            graph_ = make_graph(cfg.get_string("graph"), world, options);
-        } catch (const Error& e) {
-            throw Error(std::string("strategy.graph: ") + e.what(), e.hint());
-        }
+        graph_ = graph_from(cfg, world, ctx.seed("graph"));
         spectrum_ = gossip_spectrum(graph_, rate);
         // Edge rates r_ij = λ (W_ij + W_ji) / 2.
         const auto& mine = graph_.neighbours[static_cast<size_t>(rank)];

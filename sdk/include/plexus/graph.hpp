@@ -198,6 +198,28 @@ inline GossipSpectrum gossip_spectrum(const Graph& g, double rate) {
     return out;
 }
 
+// DADAO's normalization (algorithms.md 3(c)): the unweighted graph Laplacian divided by the
+// number of edges (communications land on an edge drawn uniformly), chi1 = 1 / its smallest
+// positive eigenvalue, chi2 = the largest effective resistance of an edge under it (no 1/2).
+inline GossipSpectrum edge_sampling_spectrum(const Graph& g) {
+    const int n = g.nodes();
+    const auto edges = g.edges();
+    auto L = torch::zeros({n, n}, torch::kFloat64);
+    for (const auto& [a, b] : edges) {
+        L[a][a] += 1.0;
+        L[b][b] += 1.0;
+        L[a][b] -= 1.0;
+        L[b][a] -= 1.0;
+    }
+    L /= static_cast<double>(edges.size());
+    GossipSpectrum out;
+    out.chi1 = 1.0 / torch::linalg::eigvalsh(L, "L")[1].item<double>();
+    const auto pinv = torch::linalg::pinv(L);
+    for (const auto& [a, b] : edges)
+        out.chi2 = std::max(out.chi2, (pinv[a][a] + pinv[b][b] - pinv[a][b] - pinv[b][a]).item<double>());
+    return out;
+}
+
 // A2CiD2's constants: eta = 1 / (2 sqrt(chi1 chi2)) (the mixing rate of the ODE between
 // events), alpha_tilde = sqrt(chi1 / chi2) / 2 (the jump of the momentum variable at an
 // averaging). Plain averaging uses alpha = 1/2.
