@@ -1,5 +1,6 @@
 #include "sim_cluster.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -459,6 +460,8 @@ public:
         return state_->done && (free_ || !state_->error.empty() || state_->completion <= impl_->rank(who).clock);
     }
 
+    const std::shared_ptr<OpState>& state() const { return state_; }
+
 private:
     std::shared_ptr<Cluster::Impl> impl_;
     std::shared_ptr<OpState> state_;
@@ -578,6 +581,50 @@ public:
     CommStats stats() const override {
         std::unique_lock<std::mutex> lk(impl_->mu);
         return group_->free ? CommStats{} : *impl_->rank(me_).stats;
+    }
+
+    // The first to complete in simulated time: every entity behind the caller runs before it
+    // looks (a message from a rank behind could still arrive earlier); if none is complete by
+    // its clock, it waits for the earliest completion, blocking while none is known.
+    size_t wait_any(const std::vector<std::shared_ptr<Work>>& works) override {
+        if (works.empty()) throw Error("wait_any: no operations to wait for");
+        std::vector<std::shared_ptr<OpState>> ops;
+        for (const auto& w : works) {
+            auto* sim = dynamic_cast<SimWork*>(w.get());
+            if (!sim) throw Error("wait_any: an operation of another transport");
+            ops.push_back(sim->state());
+        }
+        size_t chosen = 0;
+        {
+            std::unique_lock<std::mutex> lk(impl_->mu);
+            const int who = impl_->caller(me_);
+            auto& s = impl_->rank(who);
+            const double start = s.clock;
+            for (;;) {
+                impl_->yield(who, lk);
+                int best = -1;
+                for (size_t i = 0; i < ops.size(); ++i)
+                    if (ops[i]->done && (best < 0 || ops[i]->completion < ops[static_cast<size_t>(best)]->completion))
+                        best = static_cast<int>(i);
+                if (best >= 0 && ops[static_cast<size_t>(best)]->completion <= s.clock) {
+                    chosen = static_cast<size_t>(best);
+                    break;
+                }
+                if (best >= 0) {  // known, but later: idle until then, and look again
+                    s.clock = ops[static_cast<size_t>(best)]->completion;
+                    continue;
+                }
+                if (!impl_->abort.empty()) throw Error(impl_->abort);
+                s.state = RankState::State::Blocked;
+                s.waiting_for = "any of " + std::to_string(ops.size()) + " operations";
+                for (auto& op : ops) op->waiters.push_back(who);
+                impl_->switch_away(who, lk);
+                for (auto& op : ops) op->waiters.erase(std::remove(op->waiters.begin(), op->waiters.end(), who), op->waiters.end());
+            }
+            if (impl_->is_rank(who)) s.stats->seconds_exposed += s.clock - start;
+        }
+        works[chosen]->wait();  // completes its accounting and any finishing step
+        return chosen;
     }
 
 private:

@@ -12,8 +12,11 @@
 // thread issues calls to it at a time.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include <torch/types.h>
@@ -77,6 +80,22 @@ public:
     virtual std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) = 0;
 
     virtual CommStats stats() const = 0;
+
+    // Blocks until one of `works` (receives from several peers, say) is complete, waits for it,
+    // and returns its index: the one that completed first (on the simulated cluster, first in
+    // simulated time, once every rank behind that time has run, so the choice is causal). The
+    // others stay pending. Real back ends poll (every 20 us) unless they override it.
+    virtual size_t wait_any(const std::vector<std::shared_ptr<Work>>& works) {
+        if (works.empty()) throw std::invalid_argument("wait_any: no operations to wait for");
+        for (;;) {
+            for (size_t i = 0; i < works.size(); ++i)
+                if (works[i]->is_completed()) {
+                    works[i]->wait();
+                    return i;
+                }
+            std::this_thread::sleep_for(std::chrono::microseconds(20));
+        }
+    }
 };
 
 }  // namespace plexus
