@@ -158,7 +158,7 @@ TEST_CASE("tensor parallelism refuses a split the model cannot take, naming the 
     CHECK_THAT(res.output, Contains("strategy.tp") && Contains("must divide the number of ranks (4)"));
 }
 
-TEST_CASE("GPipe and 1F1B follow the single strategy (Gloo; simulated 4 stages and a 2 x 2 mesh)",
+TEST_CASE("GPipe and 1F1B follow the single strategy (Gloo, simulated 4 stages and a 2 x 2 mesh)",
           "[pipeline][distributed]") {
     TempDir dir;
     const auto single = run(dir, "--set strategy.name=single --set train.batch_size=8");
@@ -242,7 +242,7 @@ TEST_CASE("a second model plugin supports tensor parallelism through the same bl
     CHECK(single.loss.back().second < single.loss.front().second - 0.5);  // it is a model that learns
 }
 
-TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP; with H inner steps it syncs every H", "[diloco]") {
+TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP, and with H inner steps it syncs every H", "[diloco]") {
     TempDir dir;
     // SGD inside (linear in the gradient, so averaging replicas = averaging gradients) and no
     // clipping (per-replica clipping is not global clipping).

@@ -39,7 +39,7 @@ TEST_CASE("a new database gets the current schema", "[results]") {
         CHECK(count(dir / "sub/folder/r.db", std::string("SELECT count(*) FROM sqlite_master WHERE name='") + table + "'") == 1);
 }
 
-TEST_CASE("runs, params, metrics and summaries round-trip; metrics upsert", "[results]") {
+TEST_CASE("runs, params, metrics and summaries round-trip, metrics upsert", "[results]") {
     TempDir dir;
     const auto db = dir / "r.db";
     host::ResultsStore store(db);

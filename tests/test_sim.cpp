@@ -143,7 +143,7 @@ TEST_CASE("two-level topology: hierarchical all-reduce matches its formula, a ri
     CHECK_THROWS_WITH(net.all_reduce({0, 1, 2}, S, Algorithm::Hierarchical, 0), Contains("two_level"));
 }
 
-TEST_CASE("routes follow the topology; a failed link reroutes; no route is an error", "[sim]") {
+TEST_CASE("routes follow the topology, a failed link reroutes, no route is an error", "[sim]") {
     Settings s = uniform(8, 1e-6, 1e9);
     s.network.topology = "ring";
     s.network.link_failures = {{0, 1, 5.0}};

@@ -108,7 +108,7 @@ TEST_CASE("plexus run refuses a grid file without --point, and runs one point wi
     CHECK(params.at("train.seed") == "1");
 }
 
-TEST_CASE("a sweep with -j 2 records every run whole; a second sweep skips them; the leaderboard averages seeds",
+TEST_CASE("a sweep with -j 2 records every run whole, a second sweep skips them, the leaderboard averages seeds",
           "[sweep]") {
     TempDir dir;
     const auto db = dir / "r.db";

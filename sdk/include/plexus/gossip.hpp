@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cmath>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -100,6 +101,8 @@ inline Graph graph_from(const Config& cfg, int nodes, uint64_t seed) {
 inline ConfigSchema gossip_schema() {
     auto schema = graph_schema();
     schema.push_back({"comm_rate", 1.0, "λ: pairwise averagings per worker per gradient step (expected)"});
+    schema.push_back({"exchange_thread", false,
+                      "exchanges on a communication thread, overlapping the gradient (it reads a snapshot of x)"});
     return schema;
 }
 
@@ -128,13 +131,37 @@ public:
         StepOutput out;
         const double end = slice_ + 1.0;
         const double grad_at = slice_ + uniform(static_cast<uint64_t>(slice_));
-        communicate_until(grad_at);
-        state_.mix(grad_at);
-        auto before = state_.x.clone();
-        auto loss = forward_backward(*in.train, 1, out);
-        update(in, out, gradients());
-        state_.stepped(state_.x - before);
-        communicate_until(end);
+        torch::Tensor loss;
+        if (!threaded_) {
+            communicate_until(grad_at);
+            state_.mix(grad_at);
+            auto before = state_.x.clone();
+            loss = forward_backward(*in.train, 1, out);
+            update(in, out, gradients());
+            state_.stepped(state_.x - before);
+            communicate_until(end);
+        } else {
+            // The unit's exchanges run beside the gradient, which is taken at a snapshot of x
+            // (mixed to its time) and added to x (and x̃) when done: x moved meanwhile.
+            auto exchanges = ctx_.start_background([this, end] { communicate_until(end); });
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                state_.mix(grad_at);
+                torch::NoGradGuard no_grad;
+                work_.copy_(state_.x);
+            }
+            auto before = work_.clone();
+            loss = forward_backward(*in.train, 1, out);
+            update(in, out, gradients());
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                torch::NoGradGuard no_grad;
+                auto delta = work_ - before;
+                state_.x.add_(delta);
+                state_.stepped(delta);
+            }
+            exchanges->join();
+        }
         slice_ += 1;
         out.loss = value_of(loss);
         ctx_.record("gossip/comm_events", static_cast<double>(comm_events_));
@@ -153,7 +180,13 @@ public:
 
     // At the workers' average x̄; records the consensus distance (1/W) Σ ‖x_i − x̄‖².
     double evaluate(BatchStream& stream, int64_t batches) override {
-        return evaluate_average(ctx_, state_.x, [&] { return ReplicaStrategy::evaluate(stream, batches); });
+        return evaluate_average(ctx_, state_.x, [&] {
+            if (threaded_) {  // the model computes on the snapshot buffer
+                torch::NoGradGuard no_grad;
+                work_.copy_(state_.x);
+            }
+            return ReplicaStrategy::evaluate(stream, batches);
+        });
     }
 
     StateDict state() const override {
@@ -183,19 +216,25 @@ protected:
         events_ = EdgeEvents(ctx.seed("gossip.edges"), rank, edges);
         grad_seed_ = mix_seed(ctx.seed("gossip.gradients"), static_cast<uint64_t>(rank));
 
-        // x: a flat buffer the parameters are views of; the same on every worker at start.
+        // x: a flat buffer the parameters are views of (with the exchange thread: of a snapshot
+        // buffer, so that averaging never writes under a running backward); the same on every
+        // worker at start.
+        threaded_ = cfg.get_bool("exchange_thread");
         torch::NoGradGuard no_grad;
         int64_t numel = 0;
         for (const auto& p : params_) numel += p.numel();
         state_.x = torch::zeros({numel}, params_[0].options());
+        work_ = threaded_ ? torch::zeros_like(state_.x) : state_.x;
         int64_t offset = 0;
         for (auto& p : params_) {
             state_.x.narrow(0, offset, p.numel()).copy_(p.reshape(-1));
-            p.set_data(state_.x.narrow(0, offset, p.numel()).view(p.sizes()));
+            p.set_data(work_.narrow(0, offset, p.numel()).view(p.sizes()));
             offset += p.numel();
         }
         transport_.broadcast(state_.x, 0)->wait();
+        work_.copy_(state_.x);
         peer_ = torch::empty_like(state_.x);
+        send_ = torch::empty_like(state_.x);
         if (accelerated) {
             state_.x_tilde = state_.x.clone();
             const auto c = acid_constants(spectrum_);
@@ -213,15 +252,26 @@ private:
     // Uniform in [0, 1) for this worker and slice, from the shared seed.
     double uniform(uint64_t slice) const { return static_cast<double>(mix_seed(grad_seed_, slice) >> 11) * 0x1.0p-53; }
 
-    // Every communication event before τ = `until`, in order.
+    // Every communication event before τ = `until`, in order. With the exchange thread, this
+    // runs on it, and touches x (and x̃) only under the lock.
     void communicate_until(double until) {
+        torch::NoGradGuard no_grad;
         while (!events_.empty() && events_.peek().time < until) {
             const auto e = events_.next();
-            state_.mix(e.time);
-            auto sent = transport_.send(state_.x, e.peer, 0);
+            {
+                std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+                if (threaded_) lock.lock();
+                state_.mix(e.time);
+                send_.copy_(state_.x);
+            }
+            auto sent = transport_.send(send_, e.peer, 0);
             transport_.recv(peer_, e.peer, 0)->wait();
-            sent->wait();  // x may change only once the transport has it
-            state_.average(peer_);
+            sent->wait();  // the buffer may change only once the transport has it
+            {
+                std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+                if (threaded_) lock.lock();
+                state_.average(peer_);
+            }
             ++comm_events_;
         }
     }
@@ -232,7 +282,9 @@ private:
     EdgeEvents events_{0, 0, {}};
     uint64_t grad_seed_ = 0;
     AcidState state_;
-    torch::Tensor peer_;
+    torch::Tensor peer_, send_, work_;  // work_: the model's parameters (state_.x unless threaded)
+    bool threaded_ = false;
+    std::mutex mu_;  // x and x̃ between the exchange thread and the gradient
     int64_t slice_ = 0, comm_events_ = 0;
     bool recorded_graph_ = false;
 };
