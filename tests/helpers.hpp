@@ -12,9 +12,13 @@
 #include <memory>
 #include <string>
 
+#include <cmath>
+#include <map>
+
 #include "config.hpp"
 #include "context.hpp"
 #include "loader.hpp"
+#include "results.hpp"
 
 namespace plexus::test {
 
@@ -81,6 +85,27 @@ inline host::ResolvedConfig resolve_text(const TempDir& dir, const std::string& 
         exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
         [&](PluginKind k) { return reg.names(k); });
 }
+
+// The newest run of a results database with its summaries by key (numbers and texts; rank 0
+// in `value`/`text`, every rank in `per_rank`): what a test reads after `plexus run`.
+struct NewestRun {
+    int64_t id = 0;
+    std::map<std::string, double> value;
+    std::map<std::string, std::string> text;
+    std::map<int, std::map<std::string, double>> per_rank;
+    explicit NewestRun(host::ResultsStore& store) : id(store.list_runs(1).at(0).id) {
+        for (const auto& [rank, key, number, words] : store.summaries(id)) {
+            if (number) per_rank[rank][key] = *number;
+            if (rank != 0) continue;
+            if (number) value[key] = *number;
+            text[key] = words;
+        }
+    }
+    double operator[](const std::string& key) const {
+        auto it = value.find(key);
+        return it == value.end() ? NAN : it->second;
+    }
+};
 
 // A tiny model on synthetic data: fast enough for any test.
 inline const char* kTinyExperiment = R"(

@@ -209,9 +209,7 @@ TEST_CASE("synchronous rounds are ZeRO-1: with SGD they give DDP's parameters (t
         INFO(args << "\n" << res.output);
         REQUIRE(res.exit_code == 0);
         host::ResultsStore store(db);
-        for (const auto& [rank, key, value, text] : store.summaries(store.list_runs(1).at(0).id))
-            if (rank == 0 && key == "param_sum") return *value;
-        return static_cast<double>(NAN);
+        return NewestRun(store)["param_sum"];
     };
     const double ddp = param_sum("--set strategy.name=ddp --set strategy.accumulate=2");
     const double acco = param_sum("--set strategy.sync_updates=100 --set strategy.accumulate=2");
@@ -233,7 +231,8 @@ TEST_CASE("ACCO on simulated ranks with a straggler: every micro-batch is counte
     INFO(res.output);
     REQUIRE(res.exit_code == 0);
     host::ResultsStore store(db);
-    const auto id = store.list_runs(1).at(0).id;
+    const NewestRun run(store);
+    const auto id = run.id;
     const auto payload = store.metric_series(id, "acco/round_micro_batches");
     const auto reported = store.metric_series(id, "acco/reported_micro_batches");
     const auto is_update = store.metric_series(id, "acco/round_is_update");
@@ -253,9 +252,8 @@ TEST_CASE("ACCO on simulated ranks with a straggler: every micro-batch is counte
     }
     // Every micro-batch enters exactly one update, but the last step's, not reported yet.
     CHECK(committed == all_reported);
-    double drawn[4] = {0, 0, 0, 0};
-    for (const auto& [rank, key, value, text] : store.summaries(id))
-        if (key == "rank_tokens") drawn[rank] = *value / (4 * 32);
+    double drawn[4];
+    for (int r = 0; r < 4; ++r) drawn[r] = run.per_rank.at(r).at("rank_tokens") / (4 * 32);
     const double total = drawn[0] + drawn[1] + drawn[2] + drawn[3];
     CHECK(total - all_reported >= 4);                 // the last step: at least one each
     CHECK(total - all_reported <= payload.back().second);
@@ -277,15 +275,10 @@ TEST_CASE("ACCO converges like DDP on the same token budget, on Gloo processes a
         INFO(args << "\n" << res.output);
         REQUIRE(res.exit_code == 0);
         host::ResultsStore store(db);
-        const auto id = store.list_runs(1).at(0).id;
-        double eval = NAN, tokens = NAN;
-        for (const auto& [rank, key, value, text] : store.summaries(id)) {
-            if (rank == 0 && key == "final_eval_loss") eval = *value;
-            if (rank == 0 && key == "tokens") tokens = *value;
-        }
-        CHECK(tokens >= kBudget);
-        CHECK(tokens < kBudget + 16 * 1024);  // the budget is kept to within a few rounds
-        return eval;
+        const NewestRun run(store);
+        CHECK(run["tokens"] >= kBudget);
+        CHECK(run["tokens"] < kBudget + 16 * 1024);  // the budget is kept to within a few rounds
+        return run["final_eval_loss"];
     };
     // DDP accumulates 2 micro-batches per update; an ACCO update spans two rounds of >= 1 each.
     const std::string ddp = " --set strategy.name=ddp --set strategy.accumulate=2";

@@ -152,10 +152,10 @@ GossipRun run_gossip(const TempDir& dir, const std::string& args) {
     INFO(args << "\n" << res.output);
     REQUIRE(res.exit_code == 0);
     host::ResultsStore store(db);
-    const auto id = store.list_runs(1).at(0).id;
+    const NewestRun run(store);
+    const auto id = run.id;
     GossipRun r;
-    for (const auto& [rank, key, value, text] : store.summaries(id))
-        if (rank == 0 && key == "state_hash") r.state_hash = text;
+    r.state_hash = run.text.at("state_hash");
     const auto eval = store.metric_series(id, "eval_loss");
     r.first_eval = eval.front().second;
     r.last_eval = eval.back().second;
@@ -267,12 +267,10 @@ TEST_CASE("async_sgd: tau = 0 is synchronous SGD, staleness stays within the bou
         INFO(args << "\n" << res.output);
         REQUIRE(res.exit_code == 0);
         host::ResultsStore store(db);
-        const auto id = store.list_runs(1).at(0).id;
-        double param_sum = NAN, staleness = 0;
-        for (const auto& [rank, key, value, text] : store.summaries(id))
-            if (rank == 0 && key == "param_sum") param_sum = *value;
-        for (const auto& [step, value] : store.metric_series(id, "async/staleness_max")) staleness = std::max(staleness, value);
-        return std::make_pair(param_sum, staleness);
+        const NewestRun run(store);
+        double staleness = 0;
+        for (const auto& [step, value] : store.metric_series(run.id, "async/staleness_max")) staleness = std::max(staleness, value);
+        return std::make_pair(run["param_sum"], staleness);
     };
     // A server and 3 workers against DDP on 3 ranks (the same shards): each gradient is applied
     // as it arrives, divided by 3, so a round of them is one SGD step on the mean.
@@ -303,15 +301,11 @@ TEST_CASE("the exchange thread overlaps the exchanges with the gradient (simulat
         INFO(args << "\n" << res.output);
         REQUIRE(res.exit_code == 0);
         host::ResultsStore store(db);
-        const auto id = store.list_runs(1).at(0).id;
+        const NewestRun run(store);
         GossipRun r;
-        double sim_time = NAN;
-        for (const auto& [rank, key, value, text] : store.summaries(id)) {
-            if (rank == 0 && key == "state_hash") r.state_hash = text;
-            if (rank == 0 && key == "sim_time") sim_time = *value;
-        }
-        r.last_eval = store.metric_series(id, "eval_loss").back().second;
-        return std::make_pair(r, sim_time);
+        r.state_hash = run.text.at("state_hash");
+        r.last_eval = store.metric_series(run.id, "eval_loss").back().second;
+        return std::make_pair(r, run["sim_time"]);
     };
     // A gradient takes 0.47 simulated seconds, an exchange 0.23: worth overlapping.
     const std::string slow = " --set sim.device=custom --set sim.device_flops=1e8 --set sim.efficiency=1.0"
