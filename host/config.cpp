@@ -294,6 +294,7 @@ std::vector<GridPoint> expand_grid(const Experiment& exp) {
                     GridPoint q = p;
                     for (const auto& kv : axis.settings[v]) q.assignments.push_back(kv);
                     q.label += (q.label.empty() ? "" : " ") + std::string("variant=") + axis.names[v];
+                    q.variant = axis.names[v];
                     next.push_back(std::move(q));
                 }
             points = std::move(next);

@@ -52,6 +52,7 @@ struct Experiment {
 struct GridPoint {
     std::vector<std::pair<std::string, Value>> assignments;
     std::string label;
+    std::string variant;  // the [grid.variant.NAME] this point takes, if any (recorded as a run setting)
 };
 
 // The cartesian product of the axes, in a stable order (first axis slowest); one empty point

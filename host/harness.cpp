@@ -602,7 +602,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     PluginRegistry registry;
     std::unique_ptr<ResultsStore> store;
     torch::Device device = torch::kCPU;
-    std::string mode;
+    std::string mode, variant;
     bool is_launcher = false;
     std::optional<Rendezvous> rendezvous;
     std::unique_ptr<sim::Cluster> cluster;
@@ -625,6 +625,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
                                 std::to_string(points.size()) + " grid point(s), 0.." + std::to_string(points.size() - 1),
                             "`plexus sweep " + path + " --dry-run` lists them");
             exp = apply_grid_point(exp, points[static_cast<size_t>(options.point)], find);
+            variant = points[static_cast<size_t>(options.point)].variant;
         }
         cfg = resolve(exp, find, [&](PluginKind k) { return registry.names(k); });
         const std::string schedule = cfg.values.at("train.lr_schedule").as_string();
@@ -704,7 +705,13 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     int64_t run_id = 0;
     try {
         if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) run_id = std::atoll(id);
-        else if (store) run_id = store->begin_run(info, v);
+        else if (store) {
+            // The grid variant's name is recorded as a setting "variant" (leaderboards group by
+            // it); it is not part of the configuration hash, which its settings already fix.
+            auto params = v;
+            if (!variant.empty()) params["variant"] = Value(variant);
+            run_id = store->begin_run(info, params);
+        }
     } catch (const std::exception& e) {
         print_error(e);
         return kFailed;

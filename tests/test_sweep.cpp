@@ -276,6 +276,11 @@ seeds = [0, 1]
     REQUIRE(res.exit_code == 0);
     CHECK_THAT(res.output, Contains("varying variant: ddp, local_sgd") && Contains("4 finished, 0 failed"));
     auto board = run_plexus("leaderboard --db " + db + " --format csv");
-    CHECK_THAT(board.output, Contains("rank,strategy.name,final_eval_loss_mean"));
+    CHECK_THAT(board.output, Contains("rank,strategy.name,variant,final_eval_loss_mean"));
     CHECK_THAT(board.output, Contains(",ddp,") && Contains(",diloco,"));
+    // The variant's name is a run setting: leaderboards group by it.
+    auto by_variant = run_plexus("leaderboard --db " + db + " --format csv --group-by variant");
+    INFO(by_variant.output);
+    CHECK(by_variant.exit_code == 0);
+    CHECK_THAT(by_variant.output, Contains("rank,variant,") && Contains(",local_sgd,") && Contains(",ddp,"));
 }
