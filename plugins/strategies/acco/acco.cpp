@@ -138,37 +138,31 @@ private:
 
     void build_buffers() {
         torch::NoGradGuard no_grad;
+        std::vector<int64_t> numels;
         for (const auto& p : params_) {
             offsets_.push_back(numel_);
+            numels.push_back(p.numel());
             numel_ += p.numel();
         }
         shard_ = (numel_ + world_ - 1) / world_;
-        const auto options = params_[0].options();
-        theta_ = torch::zeros({world_ * shard_}, options);
-        grad_ = torch::zeros({world_ * shard_}, options);
-        buffer_ = torch::zeros({world_ * shard_}, options);
-        grad_shard_ = torch::zeros({shard_}, options);
-        for (size_t k = 0; k < params_.size(); ++k) theta_.narrow(0, offsets_[k], params_[k].numel()).copy_(params_[k].reshape(-1));
+        theta_ = plexus::flat_copy(params_, world_ * shard_);
+        grad_ = torch::zeros_like(theta_);
+        buffer_ = torch::zeros_like(theta_);
+        grad_shard_ = torch::zeros({shard_}, theta_.options());
         // Every rank starts from rank 0's parameters (they are seeded alike; this makes sure).
         transport_.broadcast(theta_, 0)->wait();
         // The model computes on views of θ and accumulates into views of G (autograd adds into
         // an existing .grad in place).
-        for (size_t k = 0; k < params_.size(); ++k) {
-            params_[k].set_data(theta_.narrow(0, offsets_[k], params_[k].numel()).view(params_[k].sizes()));
-            params_[k].mutable_grad() = grad_.narrow(0, offsets_[k], params_[k].numel()).view(params_[k].sizes());
-        }
+        plexus::view_parameters(params_, theta_);
+        plexus::view_gradients(params_, grad_);
         master_ = theta_.narrow(0, rank_ * shard_, shard_).clone();
         // One optimizer slot per piece of a parameter inside this rank's shard, so that
         // per-parameter rules (no weight decay on vectors) still apply.
         auto named = model_->named_parameters();
         std::vector<plexus::ParamSlot> slots;
-        const int64_t lo = rank_ * shard_, hi = lo + shard_;
-        for (size_t k = 0; k < params_.size(); ++k) {
-            const int64_t a = std::max(lo, offsets_[k]), b = std::min(hi, offsets_[k] + params_[k].numel());
-            if (a >= b) continue;
-            slots.push_back({named[k].key() + "[" + std::to_string(a - offsets_[k]) + ":" + std::to_string(b - offsets_[k]) + "]",
-                             master_.narrow(0, a - lo, b - a), params_[k].sizes().vec()});
-            grad_pieces_.push_back(grad_shard_.narrow(0, a - lo, b - a));
+        for (const auto& piece : plexus::pieces_in(offsets_, numels, rank_ * shard_, (rank_ + 1) * shard_)) {
+            slots.push_back(plexus::piece_slot(piece, named[piece.index].key(), params_[piece.index].sizes().vec(), master_));
+            grad_pieces_.push_back(grad_shard_.narrow(0, piece.shard_offset, piece.length));
         }
         optimizer_ = ctx_.make_optimizer(std::move(slots));
     }

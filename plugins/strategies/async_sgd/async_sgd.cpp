@@ -35,13 +35,14 @@ public:
         const auto& lr = cfg.get_string("staleness_lr");
         cfg.require(lr == "none" || lr == "inverse", "staleness_lr", "must be \"none\" or \"inverse\"");
         inverse_lr_ = lr == "inverse";
+        // The parameters and their gradients are views of two flat buffers: what is sent and
+        // received goes straight to the model.
         torch::NoGradGuard no_grad;
-        int64_t numel = 0;
-        for (const auto& p : params_) numel += p.numel();
-        flat_ = torch::zeros({numel}, params_[0].options());
-        pack(flat_);
+        flat_ = plexus::flat_copy(params_);
+        grad_ = torch::zeros_like(flat_);
+        plexus::view_parameters(params_, flat_);
+        plexus::view_gradients(params_, grad_);
         transport_.broadcast(flat_, 0)->wait();
-        unpack(flat_);
         if (rank_ == 0) {
             const int workers = world_ - 1;
             grads_.assign(static_cast<size_t>(workers), torch::Tensor());
@@ -73,23 +74,16 @@ private:
         plexus::StepOutput out;
         auto loss = forward_backward(*in.train, 1, out);
         torch::NoGradGuard no_grad;
-        auto grad = torch::zeros_like(flat_);
-        int64_t offset = 0;
-        for (auto& p : params_) {
-            if (p.grad().defined()) grad.narrow(0, offset, p.numel()).copy_(p.grad().reshape(-1));
-            p.mutable_grad() = torch::Tensor();
-            offset += p.numel();
-        }
         auto meta = torch::tensor({static_cast<double>(version_), plexus::value_of(loss)}, torch::kFloat64);
-        auto a = transport_.send(grad, 0, 0);
+        auto a = transport_.send(grad_, 0, 0);
         auto b = transport_.send(meta, 0, 1);
         auto reply = torch::zeros({1}, torch::kFloat64);
         transport_.recv(flat_, 0, 2)->wait();
         transport_.recv(reply, 0, 3)->wait();
         a->wait();
         b->wait();
+        grad_.zero_();  // sent: the next gradient starts from zero
         version_ = static_cast<int64_t>(reply[0].item<double>());
-        unpack(flat_);
         out.loss = plexus::value_of(loss);
         out.job_tokens = out.tokens * (world_ - 1);  // one batch per worker per step
         return out;
@@ -148,7 +142,7 @@ private:
         torch::NoGradGuard no_grad;
         double scale = 1.0 / static_cast<double>(world_ - 1);
         if (inverse_lr_) scale /= 1.0 + staleness;
-        unpack_grad(grad * scale);
+        torch::mul_out(grad_, grad, scale);
         plexus::StepOutput ignored;
         update(in, ignored, gradients());
         ++version_;
@@ -160,7 +154,6 @@ private:
         int64_t slowest = received_[0];
         for (int w = 1; w < workers; ++w) slowest = std::min(slowest, received_[static_cast<size_t>(w)]);
         torch::NoGradGuard no_grad;
-        pack(flat_);
         for (int w = 0; w < workers; ++w) {
             if (!held_[static_cast<size_t>(w)]) continue;
             if (tau_ >= 0 && slowest < received_[static_cast<size_t>(w)] - tau_) continue;
@@ -179,33 +172,11 @@ private:
         meta_work_[static_cast<size_t>(w)] = transport_.recv(metas_[static_cast<size_t>(w)], w + 1, 1);
     }
 
-    void pack(torch::Tensor& flat) {
-        int64_t offset = 0;
-        for (auto& p : params_) {
-            flat.narrow(0, offset, p.numel()).copy_(p.reshape(-1));
-            offset += p.numel();
-        }
-    }
-    void unpack(const torch::Tensor& flat) {
-        int64_t offset = 0;
-        for (auto& p : params_) {
-            p.view(-1).copy_(flat.narrow(0, offset, p.numel()));
-            offset += p.numel();
-        }
-    }
-    void unpack_grad(const torch::Tensor& flat) {
-        int64_t offset = 0;
-        for (auto& p : params_) {
-            p.mutable_grad() = flat.narrow(0, offset, p.numel()).view(p.sizes()).clone();
-            offset += p.numel();
-        }
-    }
-
     plexus::Transport& transport_;
     int world_ = 1, rank_ = 0;
     int64_t tau_ = -1;
     bool inverse_lr_ = false;
-    torch::Tensor flat_;
+    torch::Tensor flat_, grad_;  // the parameters and their gradients, flat
     int64_t version_ = 0, step_ = 0;
     std::vector<torch::Tensor> grads_, metas_;
     std::vector<std::shared_ptr<plexus::Work>> pending_, meta_work_;

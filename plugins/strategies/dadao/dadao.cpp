@@ -59,18 +59,11 @@ public:
         grad_events_ = plexus::PoissonProcess(plexus::mix_seed(ctx.seed("dadao.gradients"), static_cast<uint64_t>(rank)), 1.0);
 
         torch::NoGradGuard no_grad;
-        int64_t numel = 0;
-        for (const auto& p : params_) numel += p.numel();
-        const auto o = params_[0].options();
-        for (auto& v : v_) v = torch::zeros({numel}, o);
-        grad_ = torch::zeros({numel}, o);
-        int64_t offset = 0;
-        for (auto& p : params_) {
-            v_[0].narrow(0, offset, p.numel()).copy_(p.reshape(-1));
-            p.set_data(v_[0].narrow(0, offset, p.numel()).view(p.sizes()));
-            p.mutable_grad() = grad_.narrow(0, offset, p.numel()).view(p.sizes());
-            offset += p.numel();
-        }
+        v_[0] = plexus::flat_copy(params_);
+        for (int k = 1; k < 6; ++k) v_[static_cast<size_t>(k)] = torch::zeros_like(v_[0]);
+        grad_ = torch::zeros_like(v_[0]);
+        plexus::view_parameters(params_, v_[0]);
+        plexus::view_gradients(params_, grad_);
         transport_.broadcast(v_[0], 0)->wait();
         peer_ = torch::empty_like(v_[0]);
         char line[200];

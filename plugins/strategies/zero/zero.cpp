@@ -25,11 +25,6 @@ namespace {
 
 using plexus::Work;
 
-struct Piece {  // the part of one parameter inside this rank's shard of a unit
-    size_t param;
-    int64_t shard_offset, param_offset, length;
-};
-
 struct Unit {
     std::shared_ptr<plexus::Block> block;
     std::vector<torch::Tensor> params;
@@ -41,7 +36,7 @@ struct Unit {
     torch::Tensor local;           // this rank's shard (a view into full for stages 1, 2)
     torch::Tensor grad_full;       // W*shard, while gradients are collected
     torch::Tensor grad_shard;      // shard: the mean gradient of this rank's part
-    std::vector<Piece> pieces;
+    std::vector<plexus::FlatPiece> pieces;  // the parts of parameters inside this rank's shard
     std::shared_ptr<Work> gather, reduce;
     size_t ready = 0;
     bool gathered = false;
@@ -60,10 +55,7 @@ public:
         build_units();
         std::vector<plexus::ParamSlot> slots;
         for (auto& u : units_)
-            for (const auto& p : u.pieces)
-                slots.push_back({u.names[p.param] + "[" + std::to_string(p.param_offset) + ":" +
-                                     std::to_string(p.param_offset + p.length) + "]",
-                                 u.local.narrow(0, p.shard_offset, p.length), u.shapes[p.param]});
+            for (const auto& p : u.pieces) slots.push_back(plexus::piece_slot(p, u.names[p.index], u.shapes[p.index], u.local));
         optimizer_ = ctx.make_optimizer(std::move(slots));
         char line[200];
         std::snprintf(line, sizeof line, "zero: stage %lld, %zu units, %lld of %lld parameters per rank (padded), prefetch %s",
@@ -159,7 +151,7 @@ public:
                 // This rank's part of the parameter, into its shard (and the whole, stages 1-2).
                 if (stage_ < 3) u.full.narrow(0, u.offsets[k], flat.numel()).copy_(flat);
                 for (const auto& p : u.pieces)
-                    if (p.param == k) u.local.narrow(0, p.shard_offset, p.length).copy_(flat.narrow(0, p.param_offset, p.length));
+                    if (p.index == k) u.local.narrow(0, p.shard_offset, p.length).copy_(flat.narrow(0, p.tensor_offset, p.length));
             }
         optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
     }
@@ -227,19 +219,13 @@ private:
             }
             unit_of_block_.push_back(static_cast<int>(units_.size()));
             u.shard = (u.numel + world_ - 1) / world_;
-            auto full = torch::zeros({world_ * u.shard}, u.params[0].options());
-            {
-                torch::NoGradGuard no_grad;
-                for (size_t k = 0; k < u.params.size(); ++k)
-                    full.narrow(0, u.offsets[k], u.params[k].numel()).copy_(u.params[k].reshape(-1));
-            }
+            auto full = plexus::flat_copy(u.params, world_ * u.shard);
             const int64_t lo = rank_ * u.shard, hi = lo + u.shard;
-            for (size_t k = 0; k < u.params.size(); ++k) {
-                const int64_t a = std::max(lo, u.offsets[k]), b = std::min(hi, u.offsets[k] + u.params[k].numel());
-                if (a < b) u.pieces.push_back({k, a - lo, a - u.offsets[k], b - a});
-            }
+            std::vector<int64_t> numels;
+            for (const auto& p : u.params) numels.push_back(p.numel());
+            u.pieces = plexus::pieces_in(u.offsets, numels, lo, hi);
             u.full = full;
-            point_params_at(u, full);
+            plexus::view_parameters(u.params, full);
             if (stage_ < 3) {
                 u.local = full.narrow(0, lo, u.shard);
             } else {
@@ -254,11 +240,6 @@ private:
         }
     }
 
-    // The parameters become views into `full` (without touching autograd's version counters).
-    static void point_params_at(Unit& u, const torch::Tensor& full) {
-        for (size_t k = 0; k < u.params.size(); ++k)
-            u.params[k].set_data(full.narrow(0, u.offsets[k], u.params[k].numel()).view(u.shapes[k]));
-    }
     void release(Unit& u) {
         plexus::compat::resize_storage_bytes(u.full, 0);
         u.gathered = false;

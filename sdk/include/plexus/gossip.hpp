@@ -221,16 +221,9 @@ protected:
         // worker at start.
         threaded_ = cfg.get_bool("exchange_thread");
         torch::NoGradGuard no_grad;
-        int64_t numel = 0;
-        for (const auto& p : params_) numel += p.numel();
-        state_.x = torch::zeros({numel}, params_[0].options());
+        state_.x = flat_copy(params_);
         work_ = threaded_ ? torch::zeros_like(state_.x) : state_.x;
-        int64_t offset = 0;
-        for (auto& p : params_) {
-            state_.x.narrow(0, offset, p.numel()).copy_(p.reshape(-1));
-            p.set_data(work_.narrow(0, offset, p.numel()).view(p.sizes()));
-            offset += p.numel();
-        }
+        view_parameters(params_, work_);
         transport_.broadcast(state_.x, 0)->wait();
         work_.copy_(state_.x);
         peer_ = torch::empty_like(state_.x);

@@ -1,6 +1,7 @@
 // plexus/util.hpp: small helpers that many plugins need, written once.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -87,6 +88,66 @@ inline int64_t training_state_bytes(const std::vector<torch::Tensor>& params, co
     for (const auto& p : params) bytes += 2 * p.numel() * static_cast<int64_t>(p.element_size());
     for (const auto& [name, t] : optimizer.state()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
     return bytes;
+}
+
+// Flat buffers, for strategies that treat all parameters as one vector (ACCO, ZeRO units,
+// gossip, DADAO, a parameter server). The parameters are laid out in order, without gaps.
+inline int64_t total_numel(const std::vector<torch::Tensor>& tensors) {
+    int64_t n = 0;
+    for (const auto& t : tensors) n += t.numel();
+    return n;
+}
+// A new buffer of max(numel, their total) elements holding `params` in order (zeros after them:
+// the padding of a buffer split into equal shards).
+inline torch::Tensor flat_copy(const std::vector<torch::Tensor>& params, int64_t numel = 0) {
+    auto flat = torch::zeros({std::max(numel, total_numel(params))}, params.at(0).options());
+    torch::NoGradGuard no_grad;
+    int64_t offset = 0;
+    for (const auto& p : params) {
+        flat.narrow(0, offset, p.numel()).copy_(p.reshape(-1));
+        offset += p.numel();
+    }
+    return flat;
+}
+// Makes every parameter a view of its range of `flat` (set_data: autograd's bookkeeping of the
+// parameter is kept), or, view_gradients, its .grad (autograd then adds into `flat` in place).
+inline void view_parameters(const std::vector<torch::Tensor>& params, const torch::Tensor& flat) {
+    int64_t offset = 0;
+    for (auto p : params) {
+        p.set_data(flat.narrow(0, offset, p.numel()).view(p.sizes()));
+        offset += p.numel();
+    }
+}
+inline void view_gradients(const std::vector<torch::Tensor>& params, const torch::Tensor& flat) {
+    int64_t offset = 0;
+    for (auto p : params) {
+        p.mutable_grad() = flat.narrow(0, offset, p.numel()).view(p.sizes());
+        offset += p.numel();
+    }
+}
+
+// The part of one tensor of a flat layout that falls in a shard [lo, hi) of it.
+struct FlatPiece {
+    size_t index = 0;          // which tensor
+    int64_t shard_offset = 0;  // where the part starts in the shard
+    int64_t tensor_offset = 0; // where it starts in the tensor (flattened)
+    int64_t length = 0;
+};
+// The pieces of tensors starting at `offsets` with `numels` elements that lie in [lo, hi).
+inline std::vector<FlatPiece> pieces_in(const std::vector<int64_t>& offsets, const std::vector<int64_t>& numels,
+                                        int64_t lo, int64_t hi) {
+    std::vector<FlatPiece> out;
+    for (size_t k = 0; k < offsets.size(); ++k) {
+        const int64_t a = std::max(lo, offsets[k]), b = std::min(hi, offsets[k] + numels[k]);
+        if (a < b) out.push_back({k, a - lo, a - offsets[k], b - a});
+    }
+    return out;
+}
+// An optimizer slot over a piece: named "<name>[from:to]", its tensor the piece's range of `shard`.
+inline ParamSlot piece_slot(const FlatPiece& piece, const std::string& name, std::vector<int64_t> full_shape,
+                            const torch::Tensor& shard) {
+    return {name + "[" + std::to_string(piece.tensor_offset) + ":" + std::to_string(piece.tensor_offset + piece.length) + "]",
+            shard.narrow(0, piece.shard_offset, piece.length), std::move(full_shape)};
 }
 
 // Reduces several tensors over `transport` as one flat buffer (one collective instead of one
