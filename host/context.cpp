@@ -1,10 +1,12 @@
 #include "context.hpp"
 
 #include <iostream>
+#include <optional>
 
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
+#include "memory_meter.hpp"
 #include "text_util.hpp"
 
 namespace plexus::host {
@@ -76,6 +78,14 @@ void HostContext::log(LogLevel level, const std::string& message) {
     if (level == LogLevel::Debug || (level == LogLevel::Info && rank() != 0)) return;
     const std::string who = world_size() > 1 ? "[rank " + std::to_string(rank()) + "] " : "";
     std::cerr << who << (level == LogLevel::Warning ? "warning: " : "") << message << "\n";
+}
+
+std::unique_ptr<BackgroundTask> HostContext::start_background(std::function<void()> task) {
+    return clock_->start_background([meter = current_meter(), task = std::move(task)] {
+        std::optional<MeterScope> scope;
+        if (meter) scope.emplace(meter);
+        task();
+    });
 }
 
 uint64_t HostContext::seed(const std::string& stream) const {

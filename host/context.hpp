@@ -40,9 +40,8 @@ public:
     uint64_t seed(const std::string& stream) const override;
     double now() override { return clock_->now(); }
     void charge_compute(double flops) override { clock_->charge_compute(flops); }
-    std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override {
-        return clock_->start_background(std::move(task));
-    }
+    // The task's tensors count to this rank's memory meter, if it has one.
+    std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override;
     bool simulated() const { return clock_->simulated(); }
     // Real seconds since this context was made (the progress line's elapsed time and ETA).
     double wall_seconds() const;

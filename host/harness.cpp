@@ -24,6 +24,7 @@
 #include "config.hpp"
 #include "context.hpp"
 #include "loader.hpp"
+#include "memory_meter.hpp"
 #include "peak.hpp"
 #include "results.hpp"
 #include "text_util.hpp"
@@ -283,6 +284,9 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
     Progress progress(rank == 0 ? v.at("results.progress").as_string() : "none", v.at("train.steps").as_int());
     Recorder rec(rank == 0 ? job.store : nullptr, run_id);
     std::unique_ptr<HostContext> ctx;
+    // This rank's tensors: parameters, optimizer state, activations, messages (peak_tensor_bytes).
+    const auto meter = std::make_shared<TensorMemoryMeter>();
+    MeterScope meter_scope(meter);
     auto fail = [&](const std::string& status, const std::string& error) {
         try {
             if (ctx) rec.metrics(ctx->pending);
@@ -478,6 +482,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         rec.summary("step_time", step > 0 ? step_seconds_total / step : NAN);
         rec.summary("mfu", peak.flops ? mfu(flops_per_token, tps, *peak.flops) : NAN);
         rec.summary("peak_memory", peak_rss_bytes());
+        rec.summary("peak_tensor_bytes", static_cast<double>(meter->peak()));
         const auto comm = ctx->transport().stats();
         rec.summary("bytes_sent", static_cast<double>(comm.bytes_sent));
         rec.summary("comm_time", comm.seconds_total);
@@ -488,12 +493,14 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         // rank_tokens: what the rank itself consumed (ranks differ where the strategy lets them).
         rec.summary("rank_tokens", static_cast<double>(own_tokens));
         auto mine = torch::tensor({tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed,
-                                   peak_rss_bytes(), ctx->now(), static_cast<double>(own_tokens)}, torch::kFloat64);
+                                   peak_rss_bytes(), ctx->now(), static_cast<double>(own_tokens),
+                                   static_cast<double>(meter->peak())}, torch::kFloat64);
         auto all = torch::empty({world * mine.numel()}, torch::kFloat64);
         control->all_gather(all, mine)->wait();
         // On the simulated cluster every rank shares one process: its memory is reported once.
         const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time",
-                                  sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr, "rank_tokens"};
+                                  sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr, "rank_tokens",
+                                  "peak_tensor_bytes"};
         const int64_t fields = mine.numel();
         for (int r = 1; r < world; ++r)
             for (int64_t k = 0; k < fields; ++k)

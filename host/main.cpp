@@ -14,6 +14,7 @@
 #include "bench_network.hpp"
 #include "harness.hpp"
 #include "leaderboard.hpp"
+#include "memory_meter.hpp"
 #include "report.hpp"
 #include "sweep.hpp"
 #include "loader.hpp"
@@ -448,6 +449,9 @@ int cmd_bench(std::vector<std::string> args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Every tensor this thread allocates is known to the allocator's bookkeeping, so a rank's
+    // meter (harness.cpp) can take over blocks made before it started.
+    plexus::host::MeterScope process_meter(std::make_shared<plexus::host::TensorMemoryMeter>());
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         std::cout << kHelpText;

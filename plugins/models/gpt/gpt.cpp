@@ -1,7 +1,7 @@
 // models/gpt: a GPT-style decoder (pre-norm, learned positions, GELU MLP), as blocks:
 // [embed, layer 0 .. layer L-1, head].
-#include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
+#include <plexus/transformer.hpp>
 #include <torch/torch.h>
 
 namespace {
@@ -14,28 +14,8 @@ struct GptShape {
     torch::TensorOptions options;  // where the parameters live: the run's device (meta: shapes only)
 };
 
-// A weight and an optional bias, created directly on the run's device (no CPU copy first: a
-// simulated 1.3B-parameter model on the "meta" device costs no memory).
-struct Params : torch::nn::Module {
-    Params(std::vector<int64_t> weight_shape, int64_t bias_size, const torch::TensorOptions& o) {
-        weight = register_parameter("weight", torch::empty(weight_shape, o));
-        if (bias_size > 0) bias = register_parameter("bias", torch::zeros({bias_size}, o));
-    }
-    torch::Tensor weight, bias;
-};
-
-std::shared_ptr<Params> norm(const GptShape& s) {
-    auto p = std::make_shared<Params>(std::vector<int64_t>{s.d_model}, s.d_model, s.options);
-    torch::NoGradGuard no_grad;
-    p->weight.fill_(1.0);
-    return p;
-}
-
-// (On "meta" a scale and shift stands in: LibTorch 1.13 has no meta kernel for layer_norm.)
-torch::Tensor layer_norm(const Params& p, const torch::Tensor& x) {
-    if (x.is_meta()) return x * p.weight + p.bias;
-    return torch::layer_norm(x, {p.weight.size(0)}, p.weight, p.bias, 1e-5);
-}
+using plexus::transformer::layer_norm;
+using plexus::transformer::Params;
 
 class Embed : public plexus::Block {
 public:
@@ -47,14 +27,7 @@ public:
         positions->weight.normal_(0.0, 0.02);
     }
     torch::Tensor forward(const torch::Tensor& ids) override {
-        const auto T = ids.size(1);
-        // LibTorch 1.13 has no meta kernel for the lookup: on "meta" (shapes only) an all-zero
-        // one-hot product stands in, with the same shape and the same gradient connectivity.
-        auto looked_up = tokens->weight.is_meta()
-                             ? torch::matmul(torch::zeros({ids.size(0), T, tokens->weight.size(0)}, tokens->weight.options()),
-                                             tokens->weight)
-                             : torch::embedding(tokens->weight, ids);
-        return looked_up + positions->weight.narrow(0, 0, T);
+        return plexus::transformer::embed(tokens->weight, positions->weight, ids);
     }
     double flops_per_token(int64_t) const override { return 0.0; }  // lookups, no matmul
     std::shared_ptr<Params> tokens, positions;
@@ -63,15 +36,14 @@ public:
 class Layer : public plexus::Block {
 public:
     Layer(const GptShape& s, int64_t index) : shape_(s) {
-        auto linear = [&](const char* name, int64_t in, int64_t out) {
-            return register_module(name, std::make_shared<Params>(std::vector<int64_t>{out, in}, out, s.options));
-        };
-        ln1 = register_module("ln1", norm(s));
-        qkv = linear("qkv", s.d_model, 3 * s.d_model);
-        proj = linear("proj", s.d_model, s.d_model);
-        ln2 = register_module("ln2", norm(s));
-        fc = linear("fc", s.d_model, s.d_ff);
-        out = linear("out", s.d_ff, s.d_model);
+        using plexus::transformer::linear;
+        using plexus::transformer::norm;
+        ln1 = register_module("ln1", norm(s.d_model, s.options));
+        qkv = register_module("qkv", linear(s.d_model, 3 * s.d_model, s.options));
+        proj = register_module("proj", linear(s.d_model, s.d_model, s.options));
+        ln2 = register_module("ln2", norm(s.d_model, s.options));
+        fc = register_module("fc", linear(s.d_model, s.d_ff, s.options));
+        out = register_module("out", linear(s.d_ff, s.d_model, s.options));
         // GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases.
         torch::NoGradGuard no_grad;
         const double resid_std = 0.02 / std::sqrt(2.0 * s.n_layer);
@@ -87,15 +59,10 @@ public:
     // from the parameters' shapes; the row-parallel biases are added after the partial sums meet.
     torch::Tensor forward(const torch::Tensor& x) override {
         const auto head_dim = shape_.d_model / shape_.n_head;
-        auto in = tensor_parallel_enter(layer_norm(*ln1, x));
-        const auto B = in.size(0), T = in.size(1), heads = qkv->weight.size(0) / (3 * head_dim);
-        auto h = torch::linear(in, qkv->weight, qkv->bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4});
-        auto y = plexus::compat::causal_attention(h[0], h[1], h[2], mask);
-        auto a = x + tensor_parallel_exit(torch::linear(y.transpose(1, 2).reshape({B, T, heads * head_dim}), proj->weight)) +
-                 proj->bias;
-        auto m = tensor_parallel_enter(layer_norm(*ln2, a));
-        return a + tensor_parallel_exit(torch::linear(torch::gelu(torch::linear(m, fc->weight, fc->bias), "tanh"), out->weight)) +
-               out->bias;
+        auto heads = plexus::transformer::attention_heads(tensor_parallel_enter(layer_norm(*ln1, x)), *qkv, head_dim, mask);
+        auto a = x + tensor_parallel_exit(torch::linear(heads, proj->weight)) + proj->bias;
+        auto hidden = plexus::transformer::mlp_hidden(tensor_parallel_enter(layer_norm(*ln2, a)), *fc);
+        return a + tensor_parallel_exit(torch::linear(hidden, out->weight)) + out->bias;
     }
 
     // 6 FLOPs per parameter per token for the matmuls, plus attention's 12·H·Q·T (this rank's heads).
@@ -127,7 +94,7 @@ private:
 class Head : public plexus::Block {
 public:
     Head(const GptShape& s, torch::Tensor tied_weight) {
-        ln = register_module("ln", norm(s));
+        ln = register_module("ln", plexus::transformer::norm(s.d_model, s.options));
         if (tied_weight.defined()) {
             weight = tied_weight;  // shared with the embedding: not registered twice
             tied_ = true;

@@ -268,57 +268,19 @@ private:
         if (how == "flops")
             for (size_t b = 0; b < blocks.size(); ++b) cost[b] = blocks[b]->flops_per_token(T);
         if (how == "measured") {
-            // Rank 0 times each block (forward and backward, best of 3) on a micro-batch; the
-            // others take its figures, so the partition is the same everywhere.
+            // Rank 0 times the blocks; the others take its figures, so the partition is the same
+            // everywhere.
             auto times = torch::zeros({static_cast<int64_t>(blocks.size())}, torch::kFloat64);
-            if (world_.rank() == 0) {
-                torch::Tensor x = torch::zeros({1, T}, on_device.dtype(torch::kLong));
-                for (size_t b = 0; b < blocks.size(); ++b) {
-                    double best = 1e30;
-                    torch::Tensor y;
-                    for (int r = 0; r < 3; ++r) {
-                        auto in = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
-                        const double t0 = ctx_.now();
-                        y = plexus::run_blocks(*model_, in, ctx_, static_cast<double>(T), true, {}, b, b + 1);
-                        y.backward(torch::ones_like(y));
-                        best = std::min(best, ctx_.now() - t0);
-                    }
-                    times[static_cast<int64_t>(b)] = best;
-                    x = y.detach();
-                }
-                model_->zero_grad();
-            }
+            if (world_.rank() == 0) times.copy_(torch::tensor(plexus::time_blocks(*model_, ctx_), torch::kFloat64));
             world_.broadcast(times, 0)->wait();
             for (size_t b = 0; b < blocks.size(); ++b) cost[b] = plexus::value_of(times[static_cast<int64_t>(b)]);
         }
         return cost;
     }
 
-    // Contiguous stages minimizing the most expensive one (exact, by dynamic programming).
+    // Contiguous stages minimizing the most expensive one.
     std::vector<int> balance(const std::vector<double>& cost, int stages) {
-        const int n = static_cast<int>(cost.size());
-        if (stages > n)
-            throw plexus::Error("pipeline: " + std::to_string(stages) + " stages for " + std::to_string(n) + " blocks",
-                                "use at most as many stages as the model has blocks");
-        std::vector<double> prefix(static_cast<size_t>(n) + 1, 0);
-        for (int i = 0; i < n; ++i) prefix[static_cast<size_t>(i) + 1] = prefix[static_cast<size_t>(i)] + cost[static_cast<size_t>(i)];
-        const double inf = 1e300;
-        // best[s][i]: the smallest possible maximum over s stages covering blocks [0, i).
-        std::vector<std::vector<double>> best(static_cast<size_t>(stages) + 1, std::vector<double>(static_cast<size_t>(n) + 1, inf));
-        std::vector<std::vector<int>> cut(best.size(), std::vector<int>(static_cast<size_t>(n) + 1, 0));
-        best[0][0] = 0;
-        for (int s = 1; s <= stages; ++s)
-            for (int i = s; i <= n; ++i)
-                for (int k = s - 1; k < i; ++k) {
-                    const double v = std::max(best[s - 1][k], prefix[i] - prefix[k]);
-                    if (v < best[s][i]) best[s][i] = v, cut[s][i] = k;
-                }
-        std::vector<int> bounds(static_cast<size_t>(stages) + 1, n);
-        for (int s = stages, i = n; s > 0; --s) {
-            bounds[static_cast<size_t>(s)] = i;
-            i = cut[s][i];
-        }
-        bounds[0] = 0;
+        const auto bounds = plexus::balance_stages(std::vector<std::vector<double>>(static_cast<size_t>(stages), cost));
         // The partition, in the results: where each stage starts.
         for (int st = 0; st < stages; ++st)
             ctx_.record("pipeline_stage" + std::to_string(st) + "_first_block", static_cast<double>(bounds[static_cast<size_t>(st)]));

@@ -7,9 +7,12 @@
 // strategy's hooks around each block.
 #pragma once
 
+#include <algorithm>
 #include <functional>
+#include <vector>
 
 #include "plexus/context.hpp"
+#include "plexus/error.hpp"
 #include "plexus/model.hpp"
 
 namespace plexus {
@@ -46,6 +49,65 @@ inline torch::Tensor run_blocks(Model& model, torch::Tensor x, RunContext& ctx, 
         if (hooks.between) x = hooks.between(i, x);
     }
     return x;
+}
+
+// Cuts blocks into contiguous stages so that the slowest stage is as fast as possible (exact,
+// by dynamic programming). cost[s][b]: block b's cost when stage s runs it (rows differ when the
+// stages' ranks differ in speed; equal rows for alike ranks). Returns stages + 1 bounds: stage s
+// runs blocks [bounds[s], bounds[s + 1]), at least one each.
+inline std::vector<int> balance_stages(const std::vector<std::vector<double>>& cost) {
+    const int stages = static_cast<int>(cost.size());
+    const int n = stages ? static_cast<int>(cost[0].size()) : 0;
+    if (stages < 1 || stages > n)
+        throw Error(std::to_string(stages) + " stages for " + std::to_string(n) + " blocks",
+                    "use at least one stage and at most as many stages as the model has blocks");
+    // prefix[s][i]: the cost of blocks [0, i) on stage s.
+    std::vector<std::vector<double>> prefix(static_cast<size_t>(stages), std::vector<double>(static_cast<size_t>(n) + 1, 0));
+    for (int s = 0; s < stages; ++s)
+        for (int i = 0; i < n; ++i) prefix[s][i + 1] = prefix[s][i] + cost[s][i];
+    const double inf = 1e300;
+    // best[s][i]: the smallest possible maximum over stages [0, s) covering blocks [0, i).
+    std::vector<std::vector<double>> best(static_cast<size_t>(stages) + 1, std::vector<double>(static_cast<size_t>(n) + 1, inf));
+    std::vector<std::vector<int>> cut(best.size(), std::vector<int>(static_cast<size_t>(n) + 1, 0));
+    best[0][0] = 0;
+    for (int s = 1; s <= stages; ++s)
+        for (int i = s; i <= n; ++i)
+            for (int k = s - 1; k < i; ++k) {
+                const double v = std::max(best[s - 1][k], prefix[s - 1][i] - prefix[s - 1][k]);
+                if (v < best[s][i]) best[s][i] = v, cut[s][i] = k;
+            }
+    std::vector<int> bounds(static_cast<size_t>(stages) + 1, n);
+    for (int s = stages, i = n; s > 0; --s) {
+        bounds[s] = i;
+        i = cut[s][i];
+    }
+    bounds[0] = 0;
+    return bounds;
+}
+
+// Each block's forward and backward time on this rank (the best of `repeats`), on a micro-batch
+// of `rows` sequences, by ctx.now(): measured on real hardware, charged on the simulated
+// cluster (so a slower simulated rank measures slower). Gradients it leaves are zeroed.
+inline std::vector<double> time_blocks(Model& model, RunContext& ctx, int64_t rows = 1, int repeats = 3) {
+    const auto& blocks = model.blocks();
+    const int64_t T = ctx.seq_len();
+    std::vector<double> times(blocks.size(), 0.0);
+    torch::Tensor x = torch::zeros({rows, T}, torch::TensorOptions().device(ctx.device()).dtype(torch::kLong));
+    for (size_t b = 0; b < blocks.size(); ++b) {
+        double best = 1e300;
+        torch::Tensor y;
+        for (int r = 0; r < repeats; ++r) {
+            auto in = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
+            const double t0 = ctx.now();
+            y = run_blocks(model, in, ctx, static_cast<double>(rows * T), true, {}, b, b + 1);
+            y.backward(torch::ones_like(y));
+            best = std::min(best, ctx.now() - t0);
+        }
+        times[b] = best;
+        x = y.detach();
+    }
+    model.zero_grad();
+    return times;
 }
 
 }  // namespace plexus

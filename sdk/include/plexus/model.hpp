@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include <torch/autograd.h>
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
@@ -71,6 +72,25 @@ public:
     virtual torch::Tensor inverse(const torch::Tensor& /*y*/) {
         throw Error("block '" + name() + "' is not invertible",
                     "use a reversible model (for example models/revgpt) with this strategy");
+    }
+
+    // The backward pass of a reversible block with nothing kept from its forward: from its
+    // output y (often itself reconstructed) and the loss's gradient with respect to y, returns
+    // the block's input x and the gradient with respect to x, and adds the gradients of its
+    // parameters to their .grad - all at the parameters' current values. Equal to autograd
+    // through forward(x) when y = forward(x). The default inverts, then runs forward again with
+    // a graph (two forwards); a block overrides it when the inversion can serve as the
+    // recomputation (an additive coupling: one forward of each half).
+    virtual std::pair<torch::Tensor, torch::Tensor> reverse(const torch::Tensor& y, const torch::Tensor& grad_y) {
+        torch::Tensor x;
+        {
+            torch::NoGradGuard no_grad;
+            x = inverse(y);
+        }
+        torch::AutoGradMode grad_on(true);
+        auto leaf = x.detach().requires_grad_(true);
+        torch::autograd::backward({forward(leaf)}, {grad_y});
+        return {leaf.detach(), leaf.grad()};
     }
 
     // Which parameters tensor parallelism may split, and how. Empty: the block stays replicated.

@@ -1,0 +1,75 @@
+// plexus/transformer.hpp: the pieces GPT-style model plugins share (models/gpt, models/revgpt):
+// parameters created on the run's device, layer norm, the token and position lookup, causal
+// self-attention and the GELU MLP. Include where needed.
+//
+// Every function works on the "meta" device too (shapes only, for simulating large models),
+// where LibTorch 1.13 lacks kernels for layer_norm and embedding.
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "plexus/compat.hpp"
+
+namespace plexus::transformer {
+
+// A weight and an optional bias, created directly on the run's device (no CPU copy first: a
+// simulated 1.3B-parameter model on "meta" costs no memory).
+struct Params : torch::nn::Module {
+    Params(std::vector<int64_t> weight_shape, int64_t bias_size, const torch::TensorOptions& o) {
+        weight = register_parameter("weight", torch::empty(weight_shape, o));
+        if (bias_size > 0) bias = register_parameter("bias", torch::zeros({bias_size}, o));
+    }
+    torch::Tensor weight, bias;
+};
+
+// A linear layer's parameters [out, in] + [out]: the weight uninitialized (the model draws its
+// weights in an order of its choosing), the bias zero.
+inline std::shared_ptr<Params> linear(int64_t in, int64_t out, const torch::TensorOptions& o) {
+    return std::make_shared<Params>(std::vector<int64_t>{out, in}, out, o);
+}
+
+// A layer norm's scale (ones) and shift (zeros).
+inline std::shared_ptr<Params> norm(int64_t width, const torch::TensorOptions& o) {
+    auto p = std::make_shared<Params>(std::vector<int64_t>{width}, width, o);
+    torch::NoGradGuard no_grad;
+    p->weight.fill_(1.0);
+    return p;
+}
+
+// (On "meta" a scale and shift stands in: LibTorch 1.13 has no meta kernel for layer_norm.)
+inline torch::Tensor layer_norm(const Params& p, const torch::Tensor& x) {
+    if (x.is_meta()) return x * p.weight + p.bias;
+    return torch::layer_norm(x, {p.weight.size(0)}, p.weight, p.bias, 1e-5);
+}
+
+// Token embeddings plus learned positions: ids [B, T] -> [B, T, D].
+inline torch::Tensor embed(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& ids) {
+    const auto T = ids.size(1);
+    // LibTorch 1.13 has no meta kernel for the lookup: on "meta" an all-zero one-hot product
+    // stands in, with the same shape and the same gradient connectivity.
+    auto looked_up = tokens.is_meta()
+                         ? torch::matmul(torch::zeros({ids.size(0), T, tokens.size(0)}, tokens.options()), tokens)
+                         : torch::embedding(tokens, ids);
+    return looked_up + positions.narrow(0, 0, T);
+}
+
+// Causal self-attention of `in` [B, T, D'] with a fused q, k, v projection: the heads'
+// outputs concatenated, [B, T, heads * head_dim], before the output projection. The number of
+// heads comes from qkv's shape (a tensor-parallel rank holds some of them).
+inline torch::Tensor attention_heads(const torch::Tensor& in, const Params& qkv, int64_t head_dim,
+                                     const torch::Tensor& mask) {
+    const auto B = in.size(0), T = in.size(1), heads = qkv.weight.size(0) / (3 * head_dim);
+    auto h = torch::linear(in, qkv.weight, qkv.bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4});
+    auto y = compat::causal_attention(h[0], h[1], h[2], mask);
+    return y.transpose(1, 2).reshape({B, T, heads * head_dim});
+}
+
+// The MLP's hidden activations, gelu(in Wᵀ + b), before the output projection.
+inline torch::Tensor mlp_hidden(const torch::Tensor& in, const Params& fc) {
+    return torch::gelu(torch::linear(in, fc.weight, fc.bias), "tanh");
+}
+
+}  // namespace plexus::transformer
