@@ -88,6 +88,11 @@ std::unique_ptr<BackgroundTask> HostContext::start_background(std::function<void
     });
 }
 
+int64_t HostContext::tensor_bytes() {
+    const auto meter = current_meter();
+    return meter && device_.is_cpu() ? meter->live() : -1;
+}
+
 uint64_t HostContext::seed(const std::string& stream) const {
     return mix_seed(static_cast<uint64_t>(cfg_.values.at("train.seed").as_int()), fnv1a(stream));
 }

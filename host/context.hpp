@@ -42,6 +42,7 @@ public:
     void charge_compute(double flops) override { clock_->charge_compute(flops); }
     // The task's tensors count to this rank's memory meter, if it has one.
     std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override;
+    int64_t tensor_bytes() override;
     bool simulated() const { return clock_->simulated(); }
     // Real seconds since this context was made (the progress line's elapsed time and ETA).
     double wall_seconds() const;

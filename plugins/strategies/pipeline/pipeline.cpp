@@ -45,12 +45,9 @@ public:
         if (dp_ > 1) data_ = pp_ == 1 ? self : world_.subgroup(data_ranks);
 
         model_ = ctx.make_model();
-        for (const auto& block : model_->blocks())
-            if (!block->shared_parameters().empty())
-                throw plexus::Error("pipeline: block '" + block->name() + "' uses a parameter another block owns",
-                                    "untie it (model.tie_embeddings = false)");
         cost_ = block_costs(partition);
-        bounds_ = balance(cost_, pp_);
+        placement_ = std::make_unique<plexus::StagePlacement>(*model_, balance(cost_, pp_), stage_);
+        bounds_ = placement_->bounds();
         std::string cut;
         for (int s = 0; s < pp_; ++s)
             cut += (s ? " | " : "") + std::to_string(bounds_[s]) + ".." + std::to_string(bounds_[s + 1] - 1);
@@ -58,21 +55,8 @@ public:
                                             std::to_string(pp_) + ", " + std::to_string(micro_) +
                                             " micro-batches, blocks by stage (" + partition + "): " + cut);
         // This stage keeps its blocks' parameters only.
-        std::vector<plexus::ParamSlot> slots;
-        const auto& blocks = model_->blocks();
-        for (size_t b = 0; b < blocks.size(); ++b) {
-            const bool mine = static_cast<int>(b) >= bounds_[stage_] && static_cast<int>(b) < bounds_[stage_ + 1];
-            for (const auto& item : blocks[b]->named_parameters()) {
-                full_shapes_[std::to_string(b) + item.key()] = item.value().sizes().vec();
-                if (!mine) {
-                    item.value().set_data(torch::empty({0}, item.value().options()));
-                    continue;
-                }
-                params_.push_back(item.value());
-                slots.push_back({blocks[b]->name() + "." + item.key(), item.value(), item.value().sizes().vec()});
-            }
-        }
-        optimizer_ = ctx.make_optimizer(std::move(slots));
+        params_ = placement_->parameters();
+        optimizer_ = ctx.make_optimizer(placement_->slots());
     }
 
     plexus::DataShard data_shard(int rank, int) const override { return {rank / pp_, dp_}; }
@@ -161,30 +145,13 @@ public:
     // Every stage's parameters, in model order (each stage sends its own; every rank calls this),
     // then this stage's optimizer state.
     plexus::StateDict state() const override {
-        plexus::StateDict out;
-        const auto& blocks = model_->blocks();
-        for (int s = 0; s < pp_; ++s)
-            for (int b = bounds_[s]; b < bounds_[s + 1]; ++b)
-                for (const auto& item : blocks[static_cast<size_t>(b)]->named_parameters()) {
-                    auto t = s == stage_ ? item.value().detach().clone()
-                                         : torch::empty(shape_of(b, item.key()), torch::TensorOptions().device(ctx_.device()));
-                    pipe_->broadcast(t, s)->wait();
-                    out.emplace_back("model." + blocks[static_cast<size_t>(b)]->name() + "." + item.key(), t);
-                }
+        plexus::StateDict out = placement_->gather(*pipe_, ctx_.device());
         for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
         return out;
     }
 
     void load_state(const plexus::StateDict& state) override {
-        torch::NoGradGuard no_grad;
-        size_t i = 0;
-        const auto& blocks = model_->blocks();
-        for (int s = 0; s < pp_; ++s)
-            for (int b = bounds_[s]; b < bounds_[s + 1]; ++b)
-                for (const auto& item : blocks[static_cast<size_t>(b)]->named_parameters()) {
-                    if (s == stage_) item.value().copy_(state.at(i).second);
-                    ++i;
-                }
+        const size_t i = placement_->load(state);
         optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
     }
 
@@ -288,12 +255,6 @@ private:
         return bounds;
     }
 
-    std::vector<int64_t> shape_of(int block, const std::string& name) const {
-        // Every rank built the whole model before keeping its stage: the shapes are known.
-        return full_shapes_.count(std::to_string(block) + name) ? full_shapes_.at(std::to_string(block) + name)
-                                                                 : std::vector<int64_t>{0};
-    }
-
     plexus::RunContext& ctx_;
     plexus::Transport& world_;
     int pp_ = 1, dp_ = 1, stage_ = 0;
@@ -304,7 +265,7 @@ private:
     std::vector<double> cost_;
     std::vector<int> bounds_;
     std::vector<std::vector<int64_t>> boundary_shapes_, output_shapes_;
-    std::map<std::string, std::vector<int64_t>> full_shapes_;
+    std::unique_ptr<plexus::StagePlacement> placement_;
     std::vector<torch::Tensor> params_;
     std::unique_ptr<plexus::Optimizer> optimizer_;
     int64_t state_bytes_ = -1;

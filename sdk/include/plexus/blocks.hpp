@@ -13,6 +13,8 @@
 
 #include "plexus/context.hpp"
 #include "plexus/error.hpp"
+#include "plexus/optimizer.hpp"
+#include "plexus/transport.hpp"
 #include "plexus/model.hpp"
 
 namespace plexus {
@@ -109,5 +111,85 @@ inline std::vector<double> time_blocks(Model& model, RunContext& ctx, int64_t ro
     model.zero_grad();
     return times;
 }
+
+// One stage of a model cut into contiguous runs of blocks (pipelines, PETRA): this rank keeps
+// the parameters of blocks [bounds[stage], bounds[stage + 1]) and frees the others' (their
+// shapes are remembered, to rebuild the whole model's state). Every rank builds the whole model
+// first, identically (RunContext::make_model), so every stage starts from the same weights.
+class StagePlacement {
+public:
+    StagePlacement(Model& model, std::vector<int> bounds, int stage)
+        : model_(model), bounds_(std::move(bounds)), stage_(stage) {
+        const auto& blocks = model.blocks();
+        for (const auto& block : blocks)
+            if (!block->shared_parameters().empty())
+                throw Error("block '" + block->name() + "' uses a parameter another block owns, so stages cannot split it",
+                            "untie it (model.tie_embeddings = false)");
+        for (size_t b = 0; b < blocks.size(); ++b)
+            for (const auto& item : blocks[b]->named_parameters()) {
+                shapes_.push_back(item.value().sizes().vec());
+                if (!owns(b)) {
+                    item.value().set_data(torch::empty({0}, item.value().options()));
+                    continue;
+                }
+                params_.push_back(item.value());
+                names_.push_back(blocks[b]->name() + "." + item.key());
+            }
+    }
+
+    int stage() const { return stage_; }
+    int stages() const { return static_cast<int>(bounds_.size()) - 1; }
+    size_t first_block() const { return static_cast<size_t>(bounds_[stage_]); }
+    size_t last_block() const { return static_cast<size_t>(bounds_[stage_ + 1]); }  // one past
+    const std::vector<int>& bounds() const { return bounds_; }
+    bool owns(size_t block) const { return block >= first_block() && block < last_block(); }
+
+    // This stage's parameters, in model order, and optimizer slots over them.
+    const std::vector<torch::Tensor>& parameters() const { return params_; }
+    std::vector<ParamSlot> slots() const {
+        std::vector<ParamSlot> out;
+        for (size_t i = 0; i < params_.size(); ++i) out.push_back({names_[i], params_[i], params_[i].sizes().vec()});
+        return out;
+    }
+
+    // Every stage's parameters in model order, as "model.<block>.<name>": each broadcast from
+    // its stage over `pipe` (whose rank s is stage s). Every stage must call it.
+    StateDict gather(Transport& pipe, torch::Device device) const {
+        StateDict out;
+        const auto& blocks = model_.blocks();
+        size_t k = 0;
+        for (int s = 0; s < stages(); ++s)
+            for (int b = bounds_[s]; b < bounds_[s + 1]; ++b)
+                for (const auto& item : blocks[static_cast<size_t>(b)]->named_parameters()) {
+                    auto t = s == stage_ ? item.value().detach().clone() : torch::empty(shapes_[k], torch::TensorOptions().device(device));
+                    pipe.broadcast(t, s)->wait();
+                    out.emplace_back("model." + blocks[static_cast<size_t>(b)]->name() + "." + item.key(), t);
+                    ++k;
+                }
+        return out;
+    }
+
+    // Loads this stage's parameters from a state in gather()'s order; returns how many entries
+    // of `state` the model's parameters take (what follows is the caller's).
+    size_t load(const StateDict& state) const {
+        torch::NoGradGuard no_grad;
+        const auto& blocks = model_.blocks();
+        size_t i = 0;
+        for (size_t b = 0; b < blocks.size(); ++b)
+            for (const auto& item : blocks[b]->named_parameters()) {
+                if (owns(b)) item.value().copy_(state.at(i).second);
+                ++i;
+            }
+        return i;
+    }
+
+private:
+    Model& model_;
+    std::vector<int> bounds_;
+    int stage_;
+    std::vector<torch::Tensor> params_;
+    std::vector<std::string> names_;
+    std::vector<std::vector<int64_t>> shapes_;  // every parameter of the model, in model order
+};
 
 }  // namespace plexus

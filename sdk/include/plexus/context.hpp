@@ -93,6 +93,11 @@ public:
     // handle joins the task.
     virtual std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) = 0;
 
+    // Bytes of tensors this rank allocated and still holds (parameters, optimizer state,
+    // activations, buffers), as the allocator counts them: the difference around a piece of
+    // work is what it kept (PETRA's stored activations). -1 where not measured (GPU tensors).
+    virtual int64_t tensor_bytes() { return -1; }
+
     // Builds the model of the [model] section, its parameters initialized from seed("init")
     // (identically on every rank), on device().
     virtual std::shared_ptr<Model> make_model() = 0;

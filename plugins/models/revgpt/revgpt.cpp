@@ -1,0 +1,258 @@
+// models/revgpt: a reversible GPT (the RevViT / Reformer coupling), as blocks
+// [embed, rev0 .. rev(L-1), head].
+//
+// The residual stream is two halves of width D, side by side in one [B, T, 2D] tensor. embed
+// puts the token and position embedding in both halves; block i maps (x1, x2) to
+//     y1 = x1 + F(x2),   y2 = x2 + G(y1),   F = attention(LN(.)), G = MLP(LN(.)),
+// whose exact inverse is x2 = y2 - G(y1), x1 = y1 - F(x2); head averages the halves, then final
+// LN and the LM head. embed and head are not reversible (PETRA buffers token ids for the first
+// and runs the last forward and backward at once).
+//
+// reversible_backprop = true: training keeps no activation inside the stack of reversible
+// blocks; backward reconstructs each block's input from its output on the way down (one more
+// forward per block, the memory of one block instead of all of them).
+#include <plexus/plexus.hpp>
+#include <plexus/transformer.hpp>
+#include <torch/torch.h>
+
+namespace {
+
+using plexus::Config;
+using plexus::transformer::layer_norm;
+using plexus::transformer::Params;
+
+struct RevShape {
+    int64_t vocab, n_layer, d_model, n_head, seq_len, d_ff;
+    torch::TensorOptions options;
+};
+
+// F: causal self-attention on a pre-normed half.
+struct Attention : torch::nn::Module {
+    Attention(const RevShape& s, double resid_std) : head_dim(s.d_model / s.n_head) {
+        ln = register_module("ln", plexus::transformer::norm(s.d_model, s.options));
+        qkv = register_module("qkv", plexus::transformer::linear(s.d_model, 3 * s.d_model, s.options));
+        proj = register_module("proj", plexus::transformer::linear(s.d_model, s.d_model, s.options));
+        mask = register_buffer("mask", plexus::compat::causal_mask(s.seq_len, s.options));
+        torch::NoGradGuard no_grad;
+        qkv->weight.normal_(0.0, 0.02);
+        proj->weight.normal_(0.0, resid_std);
+    }
+    torch::Tensor forward(const torch::Tensor& u) {
+        auto heads = plexus::transformer::attention_heads(layer_norm(*ln, u), *qkv, head_dim, mask);
+        return torch::linear(heads, proj->weight, proj->bias);
+    }
+    int64_t head_dim;
+    std::shared_ptr<Params> ln, qkv, proj;
+    torch::Tensor mask;
+};
+
+// G: the GELU MLP on a pre-normed half.
+struct Mlp : torch::nn::Module {
+    Mlp(const RevShape& s, double resid_std) {
+        ln = register_module("ln", plexus::transformer::norm(s.d_model, s.options));
+        fc = register_module("fc", plexus::transformer::linear(s.d_model, s.d_ff, s.options));
+        out = register_module("out", plexus::transformer::linear(s.d_ff, s.d_model, s.options));
+        torch::NoGradGuard no_grad;
+        fc->weight.normal_(0.0, 0.02);
+        out->weight.normal_(0.0, resid_std);
+    }
+    torch::Tensor forward(const torch::Tensor& u) {
+        return torch::linear(plexus::transformer::mlp_hidden(layer_norm(*ln, u), *fc), out->weight, out->bias);
+    }
+    std::shared_ptr<Params> ln, fc, out;
+};
+
+class Embed : public plexus::Block {
+public:
+    explicit Embed(const RevShape& s) {
+        tokens = register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
+        positions = register_module("positions", std::make_shared<Params>(std::vector<int64_t>{s.seq_len, s.d_model}, 0, s.options));
+        torch::NoGradGuard no_grad;
+        tokens->weight.normal_(0.0, 0.02);
+        positions->weight.normal_(0.0, 0.02);
+    }
+    torch::Tensor forward(const torch::Tensor& ids) override {
+        auto h = plexus::transformer::embed(tokens->weight, positions->weight, ids);
+        return torch::cat({h, h}, -1);
+    }
+    double flops_per_token(int64_t) const override { return 0.0; }  // lookups, no matmul
+    std::shared_ptr<Params> tokens, positions;
+};
+
+class RevBlock : public plexus::Block {
+public:
+    RevBlock(const RevShape& s) : d_model_(s.d_model) {
+        const double resid_std = 0.02 / std::sqrt(2.0 * s.n_layer);
+        attn = register_module("attn", std::make_shared<Attention>(s, resid_std));
+        mlp = register_module("mlp", std::make_shared<Mlp>(s, resid_std));
+    }
+
+    torch::Tensor forward(const torch::Tensor& x) override {
+        auto halves = x.chunk(2, -1);
+        auto y1 = halves[0] + attn->forward(halves[1]);
+        auto y2 = halves[1] + mlp->forward(y1);
+        return torch::cat({y1, y2}, -1);
+    }
+
+    bool invertible() const override { return true; }
+    torch::Tensor inverse(const torch::Tensor& y) override {
+        auto halves = y.chunk(2, -1);
+        auto x2 = halves[1] - mlp->forward(halves[0]);
+        auto x1 = halves[0] - attn->forward(x2);
+        return torch::cat({x1, x2}, -1);
+    }
+
+    // The coupling's backward: the inversion builds the graphs of G at y1 and F at x2, which
+    // the gradients then run through (algorithms.md section 4, "Applying PETRA to a reversible
+    // transformer"):
+    //   z1 = ȳ1 + (∂G/∂y1)ᵀ ȳ2,  x̄2 = ȳ2 + (∂F/∂x2)ᵀ z1,  x̄1 = z1;  θ_G gets (∂G/∂θ)ᵀ ȳ2, θ_F (∂F/∂θ)ᵀ z1.
+    std::pair<torch::Tensor, torch::Tensor> reverse(const torch::Tensor& y, const torch::Tensor& grad_y) override {
+        torch::AutoGradMode grad_on(true);
+        auto out = y.detach().chunk(2, -1);
+        auto grad_out = grad_y.chunk(2, -1);
+        auto y1 = out[0].detach().requires_grad_(true);
+        auto g = mlp->forward(y1);
+        auto x2 = (out[1] - g.detach()).requires_grad_(true);
+        torch::autograd::backward({g}, {grad_out[1]});
+        auto z1 = grad_out[0] + y1.grad();
+        auto f = attn->forward(x2);
+        auto x1 = out[0] - f.detach();
+        torch::autograd::backward({f}, {z1});
+        return {torch::cat({x1, x2.detach()}, -1), torch::cat({z1, grad_out[1] + x2.grad()}, -1)};
+    }
+
+    // 6 FLOPs per parameter per token for the matmuls, plus attention's 12·D·T.
+    double flops_per_token(int64_t seq_len) const override {
+        return 6.0 * static_cast<double>(parameter_count()) + 12.0 * static_cast<double>(d_model_) * seq_len;
+    }
+    int64_t parameter_count() const {
+        int64_t n = 0;
+        for (const auto& p : parameters()) n += p.numel();
+        return n;
+    }
+
+    std::shared_ptr<Attention> attn;
+    std::shared_ptr<Mlp> mlp;
+
+private:
+    int64_t d_model_;
+};
+
+class Head : public plexus::Block {
+public:
+    explicit Head(const RevShape& s) {
+        ln = register_module("ln", plexus::transformer::norm(s.d_model, s.options));
+        weight = register_parameter("weight", torch::empty({s.vocab, s.d_model}, s.options));
+        torch::NoGradGuard no_grad;
+        weight.normal_(0.0, 0.02);
+    }
+    torch::Tensor forward(const torch::Tensor& x) override {
+        auto halves = x.chunk(2, -1);
+        return torch::matmul(layer_norm(*ln, (halves[0] + halves[1]) * 0.5), weight.t());
+    }
+    double flops_per_token(int64_t) const override { return 6.0 * counted_params(); }
+    int64_t counted_params() const { return weight.numel() + ln->weight.numel() + ln->bias.numel(); }
+    std::shared_ptr<Params> ln;
+    torch::Tensor weight;
+};
+
+class RevGpt;
+
+// The reversible stack as one autograd node that saves only its output: its backward walks the
+// blocks down with Block::reverse, reconstructing each input as it goes.
+struct ReversibleStack : torch::autograd::Function<ReversibleStack> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
+                                 const std::vector<std::shared_ptr<plexus::Block>>* blocks) {
+        for (const auto& b : *blocks) x = b->forward(x);  // grad mode is off here: nothing kept
+        ctx->saved_data["blocks"] = reinterpret_cast<int64_t>(blocks);
+        ctx->saved_data["y"] = x.detach();  // detached: no cycle through this node
+        return x;
+    }
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grads) {
+        const auto* blocks = reinterpret_cast<const std::vector<std::shared_ptr<plexus::Block>>*>(
+            ctx->saved_data["blocks"].toInt());
+        torch::Tensor y = ctx->saved_data["y"].toTensor(), grad = grads[0];
+        for (auto it = blocks->rbegin(); it != blocks->rend(); ++it) std::tie(y, grad) = (*it)->reverse(y, grad);
+        return {grad, torch::Tensor()};
+    }
+};
+
+class RevGpt : public plexus::Model {
+public:
+    RevGpt(const RevShape& s, bool reversible_backprop) : reversible_backprop_(reversible_backprop) {
+        embed_ = add_block("embed", std::make_shared<Embed>(s));
+        for (int64_t i = 0; i < s.n_layer; ++i) stack_.push_back(add_block("rev" + std::to_string(i), std::make_shared<RevBlock>(s)));
+        head_ = add_block("head", std::make_shared<Head>(s));
+    }
+
+    torch::Tensor forward(const torch::Tensor& tokens) override {
+        if (!reversible_backprop_ || !is_training() || !torch::GradMode::is_enabled() || tokens.is_meta())
+            return Model::forward(tokens);
+        return head_->forward(ReversibleStack::apply(embed_->forward(tokens), &stack_));
+    }
+
+    torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
+        return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+    }
+
+    plexus::FlopsPerToken flops_per_token(int64_t seq_len) const override {
+        double flops = 0;
+        for (const auto& b : blocks()) flops += b->flops_per_token(seq_len);
+        int64_t n = head_->counted_params();
+        for (const auto& b : stack_) n += std::static_pointer_cast<RevBlock>(b)->parameter_count();
+        return {flops,
+                "6N+12LDT with D the width of one half (attention runs on one half); N counts every parameter "
+                "except the embedding tables; the reconstruction of reversible backprop (one more forward) is not counted",
+                n};
+    }
+
+private:
+    bool reversible_backprop_;
+    std::shared_ptr<Embed> embed_;
+    std::vector<std::shared_ptr<plexus::Block>> stack_;
+    std::shared_ptr<Head> head_;
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "revgpt";
+    d.kind = plexus::PluginKind::Model;
+    d.version = "1.0";
+    d.summary = "reversible GPT: two residual halves, y1 = x1 + Attn(x2), y2 = x2 + MLP(y1); blocks embed, rev0..N-1, head";
+    d.schema = {
+        {"n_layer", 4, "reversible blocks (L)"},
+        {"d_model", 128, "width of each of the two residual halves (D); the stream is 2D wide"},
+        {"n_head", 4, "attention heads (H); must divide d_model"},
+        {"d_ff", 0, "MLP hidden width; 0 means 4 * d_model"},
+        {"vocab_size", 0, "vocabulary size; 0 takes the dataset's"},
+        {"max_seq_len", 0, "longest sequence (position table size); 0 takes train.seq_len"},
+        {"reversible_backprop", false,
+         "train without storing the reversible blocks' activations: backward reconstructs them (one more forward each)"},
+    };
+    d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
+        RevShape s;
+        s.n_layer = cfg.get_int("n_layer");
+        s.d_model = cfg.get_int("d_model");
+        s.n_head = cfg.get_int("n_head");
+        s.d_ff = cfg.get_int("d_ff") > 0 ? cfg.get_int("d_ff") : 4 * s.d_model;
+        s.vocab = cfg.get_int("vocab_size") > 0 ? cfg.get_int("vocab_size") : ctx.vocab_size();
+        s.seq_len = cfg.get_int("max_seq_len") > 0 ? cfg.get_int("max_seq_len") : ctx.seq_len();
+        s.options = torch::TensorOptions().dtype(torch::kFloat32).device(ctx.device());
+        cfg.require(s.n_layer >= 0, "n_layer", "must be >= 0");
+        cfg.require(s.d_model > 0, "d_model", "must be > 0");
+        cfg.require(s.n_head > 0 && s.d_model % s.n_head == 0, "n_head",
+                    "must be > 0 and divide d_model (" + std::to_string(s.d_model) + ")");
+        cfg.require(s.vocab > 0, "vocab_size", "must be > 0 (the dataset reported none)");
+        cfg.require(s.vocab >= ctx.vocab_size(), "vocab_size",
+                    "is smaller than the dataset's vocabulary (" + std::to_string(ctx.vocab_size()) + ")");
+        cfg.require(s.seq_len >= ctx.seq_len(), "max_seq_len",
+                    "is shorter than train.seq_len (" + std::to_string(ctx.seq_len()) + ")");
+        return std::make_shared<RevGpt>(s, cfg.get_bool("reversible_backprop"));
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)

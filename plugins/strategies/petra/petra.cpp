@@ -1,0 +1,477 @@
+// strategies/petra: model parallelism with forward and backward fully decoupled (PETRA,
+// algorithms.md section 4), and the delayed-gradient baselines it is compared with.
+//
+// The model's blocks are cut into J contiguous stages, one per rank. One step is one tick: stage
+// j forwards micro-batch t - j and back-propagates micro-batch t - 2(J-1) + j, so every stage
+// works on two micro-batches at every tick and there is no bubble once the pipe is full. A
+// micro-batch's backward reaches stage j 2(J-1-j) ticks after its forward did; the last stage
+// runs forward and backward at once and sends its exact input back. Each stage accumulates k
+// backward passes, then steps its own optimizer on their mean. What a stage keeps between a
+// micro-batch's forward and its backward is the method:
+//   petra             nothing on reversible blocks: the backward reconstructs a block's input
+//                     from its output with the current weights (Block::reverse) and sends the
+//                     reconstructed input down with the gradient; a non-reversible block keeps its
+//                     input (the embedding: token ids) and recomputes, which restarts the chain
+//                     from an exact input.
+//   delayed_recompute every stage keeps its input and recomputes the forward at the current
+//                     weights in backward (DSP; checkpointing).
+//   delayed           every stage keeps the forward's graph (its activations), as PipeDream does;
+//                     the backward runs through it with the current weights (no weight stash).
+// synchronous = true: one micro-batch at a time goes down and back up before the next (no delay;
+// with petra, reversible backprop: ordinary backprop with reconstructed activations).
+//
+// Every tick the stages add their figures into one small all-reduce on the measurement
+// transport, so rank 0 records them per stage: petra/stage<j>/delay_ticks (forward to backward
+// of the micro-batch back-propagated), delay_updates (this stage's optimizer steps in between),
+// stored_activation_bytes (what the stage keeps for its in-flight micro-batches), fifo_length
+// (the in-flight micro-batches it keeps tensors for), in_flight (forwarded, not yet
+// back-propagated), reconstruction_error (every check_every micro-batches: |x~ - x| / |x| of the
+// stage's input), busy (the share of the tick spent computing), grad_norm (at its steps).
+#include <plexus/blocks.hpp>
+#include <plexus/plexus.hpp>
+
+#include <deque>
+#include <map>
+
+namespace {
+
+enum class Method { Petra, DelayedRecompute, Delayed };
+
+// Per-stage figures of one tick, summed over stages into rank 0's view (-1: none this tick).
+enum Field { DelayTicks, DelayUpdates, StoredBytes, FifoLength, InFlight, ReconstructionError, Busy, GradNorm, kFields };
+const char* kFieldNames[] = {"delay_ticks", "delay_updates", "stored_activation_bytes", "fifo_length", "in_flight",
+                             "reconstruction_error", "busy", "grad_norm"};
+
+class Petra : public plexus::Strategy {
+public:
+    Petra(const plexus::Config& cfg, plexus::RunContext& ctx)
+        : ctx_(ctx), world_(ctx.transport()), J_(world_.world_size()), j_(world_.rank()) {
+        const std::string method = cfg.get_string("method");
+        cfg.require(method == "petra" || method == "delayed_recompute" || method == "delayed", "method",
+                    "must be \"petra\", \"delayed_recompute\" or \"delayed\"");
+        method_ = method == "petra" ? Method::Petra : method == "delayed" ? Method::Delayed : Method::DelayedRecompute;
+        synchronous_ = cfg.get_bool("synchronous");
+        k_ = cfg.get_int("accumulate");
+        cfg.require(k_ >= 1, "accumulate", "must be >= 1");
+        check_every_ = cfg.get_int("check_every");
+        cfg.require(check_every_ >= 0, "check_every", "must be >= 0 (0: never)");
+        const std::string partition = cfg.get_string("partition");
+        cfg.require(partition == "count" || partition == "flops" || partition == "measured", "partition",
+                    "must be count, flops or measured");
+
+        model_ = ctx.make_model();
+        const auto& blocks = model_->blocks();
+        record_shapes();
+        placement_ = std::make_unique<plexus::StagePlacement>(*model_, plexus::balance_stages(costs(partition)), j_);
+        std::string cut;
+        for (int s = 0; s < J_; ++s) {
+            const auto& b = placement_->bounds();
+            cut += (s ? " | " : "") + std::to_string(b[s]) + ".." + std::to_string(b[s + 1] - 1);
+            ctx.record("petra/stage" + std::to_string(s) + "/first_block", b[s]);
+        }
+        int reversible = 0;
+        for (size_t b = placement_->first_block(); b < placement_->last_block(); ++b) reversible += blocks[b]->invertible();
+        ctx.log(plexus::LogLevel::Info, "petra: " + method + (synchronous_ ? " (synchronous)" : "") + ", " +
+                                            std::to_string(J_) + " stages, k = " + std::to_string(k_) +
+                                            ", blocks by stage (" + partition + "): " + cut);
+        if (method_ == Method::Petra && j_ < J_ - 1 &&
+            reversible < static_cast<int>(placement_->last_block() - placement_->first_block()) && j_ > 0)
+            ctx.log(plexus::LogLevel::Warning, "petra: stage " + std::to_string(j_) +
+                                                   " has blocks that are not reversible: they keep their inputs");
+        // The delayed method keeps graphs across optimizer steps: the optimizer writes through
+        // views autograd does not version, so the graphs stay usable (their weights are current).
+        auto slots = placement_->slots();
+        if (method_ == Method::Delayed)
+            for (auto& slot : slots) slot.param = slot.param.variable_data();
+        optimizer_ = ctx.make_optimizer(std::move(slots));
+    }
+
+    // A tick's messages are received at the next tick: after the last one, each stage has one
+    // from each neighbour still on the way. Gloo does not complete a send nobody receives (and
+    // its process group waits for it at exit), so they are received here.
+    ~Petra() override {
+        if (!between_ticks_ || tick_ == 0) return;
+        try {
+            const int64_t f = synchronous_ ? -1 : tick_ - j_, b = synchronous_ ? -1 : tick_ - 2 * (J_ - 1) + j_;
+            std::vector<std::shared_ptr<plexus::Work>> pending;
+            torch::Tensor forward, backward;
+            if (j_ > 0 && f >= 0) {
+                forward = torch::empty(output_shape(placement_->first_block() - 1, ids_rows_, ids_seq_), options_);
+                pending.push_back(world_.recv(forward, j_ - 1, 3 * static_cast<int>(f)));
+            }
+            if (j_ < J_ - 1 && b >= 0) {
+                const auto shape = output_shape(placement_->last_block() - 1, ids_rows_, ids_seq_);
+                backward = torch::empty(method_ == Method::Petra ? cat_shape(shape) : shape, options_);
+                pending.push_back(world_.recv(backward, j_ + 1, 3 * static_cast<int>(b) + 1));
+            }
+            for (auto& w : pending) w->wait();
+            for (auto& w : previous_sends_) w->wait();
+        } catch (const std::exception& e) {
+            ctx_.log(plexus::LogLevel::Warning, std::string("petra: could not receive the last messages: ") + e.what());
+        }
+    }
+
+    // Every stage reads the same batches: the first its inputs, the last its targets.
+    plexus::DataShard data_shard(int, int) const override { return {0, 1}; }
+
+    plexus::StepOutput step(const plexus::StepInput& in) override {
+        plexus::StepOutput out;
+        lr_scale_ = in.lr_scale;
+        max_grad_norm_ = in.max_grad_norm;
+        // The first step fills the pipe, so that the last stage has a loss to report.
+        const int64_t ticks = tick_ == 0 && !synchronous_ ? J_ : 1;
+        torch::Tensor stats;
+        double loss = 0;
+        int losses = 0;
+        bool stepped = false;
+        for (int64_t i = 0; i < ticks; ++i) {
+            stats = run_tick(*in.train, out);
+            if (plexus::value_of(stats[1]) > 0) loss += plexus::value_of(stats[0]), ++losses;
+            stepped = stepped || plexus::value_of(stats[2]) > 0;
+        }
+        record_stages(stats);
+        out.loss = losses ? loss / losses : NAN;
+        out.optimizer_stepped = stepped;  // the stages step at different ticks: norms are per stage
+        return out;
+    }
+
+    double evaluate(plexus::BatchStream& stream, int64_t batches) override {
+        torch::NoGradGuard no_grad;
+        model_->eval();
+        double sum = 0;
+        int64_t count = 0;
+        for (int64_t i = 0; i < batches; ++i, ++count) {
+            auto batch = stream.next();
+            torch::Tensor x = batch.inputs;
+            const int tag = 3 * static_cast<int>(eval_messages_++) + 2;  // apart from training's tags
+            if (j_ > 0) {
+                x = torch::empty(input_shape(batch.inputs), options_);
+                world_.recv(x, j_ - 1, tag)->wait();
+            }
+            auto y = forward_blocks(x, false, batch.inputs);
+            if (j_ < J_ - 1) world_.send(y, j_ + 1, tag)->wait();
+            else sum += plexus::value_of(model_->loss(y, batch.targets));
+        }
+        auto total = torch::tensor({sum}, torch::kFloat64);
+        world_.broadcast(total, J_ - 1)->wait();
+        model_->train();
+        return count ? plexus::value_of(total) / static_cast<double>(count) : 0.0;
+    }
+
+    plexus::StateDict state() const override {
+        plexus::StateDict out = placement_->gather(world_, ctx_.device());
+        for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
+        return out;
+    }
+
+    void load_state(const plexus::StateDict& state) override {
+        const size_t i = placement_->load(state);
+        optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
+    }
+
+private:
+    // What a stage keeps of one micro-batch between its forward and its backward.
+    struct Kept {
+        int64_t tick = 0, updates = 0;          // when its forward ran, and the optimizer steps by then
+        std::map<size_t, torch::Tensor> inputs;  // a block's input (non-reversible blocks, delayed_recompute)
+        torch::Tensor graph_input, graph_output;  // delayed: the forward with its graph
+        int64_t bytes = 0;                        // what keeping it costs
+        torch::Tensor true_input;                 // for the reconstruction check only (not counted)
+    };
+
+    // One tick of this stage. Returns the job's figures, summed over stages: [loss, has loss,
+    // stages that stepped their optimizer, then kFields per stage].
+    torch::Tensor run_tick(plexus::BatchStream& stream, plexus::StepOutput& out) {
+        between_ticks_ = false;
+        const double tick_start = ctx_.now();
+        busy_ = 0;
+        auto batch = stream.next();
+        out.tokens += batch.tokens() / J_;  // the stages share the micro-batch
+        out.micro_batches += 1;
+        if (j_ == J_ - 1) targets_.push_back(batch.targets);
+        auto stats = torch::zeros({3 + J_ * kFields}, torch::kFloat64);
+        auto mine = stats.narrow(0, 3 + j_ * kFields, kFields);
+        mine.fill_(-1.0);
+
+        // Micro-batches this tick: forward of f, backward of b (the last stage does both at once).
+        const int64_t f = synchronous_ ? tick_ : tick_ - j_;
+        const int64_t b = synchronous_ ? tick_ : tick_ - 2 * (J_ - 1) + j_;
+        if (f >= 0) {
+            const double loss = forward_micro(f, batch.inputs);
+            if (j_ == J_ - 1) stats[0] = loss, stats[1] = 1.0;
+        }
+        if (j_ < J_ - 1 && b >= 0) backward_micro(b, mine);
+        if (j_ == J_ - 1 && f >= 0) {
+            mine[DelayTicks] = 0.0;
+            mine[DelayUpdates] = 0.0;
+        }
+        if (backwards_ > 0 && backwards_ % k_ == 0 && stepped_at_ != backwards_) {
+            stepped_at_ = backwards_;
+            mine[GradNorm] = optimizer_step();
+            stats[2] = 1.0;
+        }
+        // Sends of the tick before are received by now or soon; waiting for this tick's would
+        // hold this stage until its neighbours start the next tick.
+        for (auto& w : previous_sends_) w->wait();
+        previous_sends_ = std::move(sends_);
+        sends_.clear();
+
+        int64_t stored = 0, fifo = 0;
+        for (const auto& item : kept_) {
+            stored += item.second.bytes;
+            fifo += item.second.bytes != 0;
+        }
+        mine[StoredBytes] = static_cast<double>(stored);
+        mine[FifoLength] = static_cast<double>(fifo);
+        mine[InFlight] = static_cast<double>(kept_.size());
+        const double tick_time = ctx_.now() - tick_start;
+        mine[Busy] = tick_time > 0 ? busy_ / tick_time : 1.0;
+        ctx_.measurement_transport().all_reduce(stats, plexus::ReduceOp::Sum)->wait();
+        ++tick_;
+        between_ticks_ = true;
+        return stats;
+    }
+
+    // Forward of micro-batch f through this stage; the last stage also runs its backward.
+    // Returns the loss on the last stage.
+    double forward_micro(int64_t f, const torch::Tensor& ids) {
+        torch::Tensor x = ids;
+        if (j_ > 0) {
+            x = torch::empty(input_shape(ids), options_);
+            world_.recv(x, j_ - 1, 3 * static_cast<int>(f))->wait();
+        }
+        const double t0 = ctx_.now();
+        double loss_value = 0;
+        if (j_ == J_ - 1) {
+            // Forward and backward at once: the input is exact, the delay zero.
+            auto input = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
+            auto loss = model_->loss(forward_blocks(input, true, ids), targets_.front());
+            targets_.pop_front();
+            loss_value = plexus::value_of(loss);
+            loss.backward();
+            charge_backward(placement_->first_block(), placement_->last_block());
+            ++backwards_;
+            if (j_ > 0) send_down(f, input.detach(), input.grad());
+        } else {
+            Kept kept;
+            kept.tick = tick_;
+            kept.updates = optimizer_steps_;
+            if (check_every_ > 0 && f % check_every_ == 0 && x.is_floating_point()) kept.true_input = x.clone();
+            const int64_t before = ctx_.tensor_bytes();
+            torch::Tensor y;
+            if (method_ == Method::Delayed) {
+                kept.graph_input = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
+                y = forward_blocks(kept.graph_input, true, ids);
+                kept.graph_output = y;
+                // The graph's activations, as the allocator counts them (the output is kept too).
+                kept.bytes = before >= 0 ? std::max<int64_t>(0, ctx_.tensor_bytes() - before) : -1;
+            } else {
+                torch::NoGradGuard no_grad;
+                y = forward_blocks(x, true, ids, &kept);
+                for (const auto& item : kept.inputs) kept.bytes += item.second.numel() * item.second.element_size();
+            }
+            send(y.detach(), j_ + 1, 3 * static_cast<int>(f));
+            kept_[f] = std::move(kept);
+        }
+        busy_ += ctx_.now() - t0;
+        return loss_value;
+    }
+
+    // Backward of micro-batch b: the gradient of this stage's output (and, for petra, the
+    // output itself, reconstructed by the stage above) comes from stage j + 1.
+    void backward_micro(int64_t b, torch::Tensor mine) {
+        auto it = kept_.find(b);
+        if (it == kept_.end())
+            throw plexus::Error("petra: stage " + std::to_string(j_) + " has nothing kept for micro-batch " + std::to_string(b));
+        Kept kept = std::move(it->second);
+        kept_.erase(it);
+        const auto shape = output_shape(placement_->last_block() - 1, ids_rows_, ids_seq_);
+        const bool with_output = method_ == Method::Petra;
+        auto message = torch::empty(with_output ? cat_shape(shape) : shape, options_);
+        world_.recv(message, j_ + 1, 3 * static_cast<int>(b) + 1)->wait();
+        const double t0 = ctx_.now();
+        const auto first = placement_->first_block(), last = placement_->last_block();
+        const auto& blocks = model_->blocks();
+        torch::Tensor x, grad;
+        if (method_ != Method::Petra) {
+            if (method_ == Method::DelayedRecompute) {
+                // The forward again from the kept input, at the current weights, with its graph.
+                torch::AutoGradMode grad_on(true);
+                auto input = kept.inputs.at(first);
+                kept.graph_input = input.is_floating_point() ? input.detach().requires_grad_(true) : input;
+                kept.graph_output = kept.graph_input;
+                for (size_t i = first; i < last; ++i) kept.graph_output = blocks[i]->forward(kept.graph_output);
+            }
+            kept.graph_output.backward(message);
+            x = kept.graph_input;
+            grad = x.is_floating_point() ? x.grad() : torch::Tensor();
+        } else {
+            torch::Tensor y = with_output ? message[0] : torch::Tensor();
+            grad = with_output ? message[1] : message;
+            for (size_t i = last; i-- > first;) {
+                auto stored = kept.inputs.find(i);
+                if (stored == kept.inputs.end()) {
+                    std::tie(y, grad) = blocks[i]->reverse(y, grad);  // reconstruct with the current weights
+                } else {
+                    torch::AutoGradMode grad_on(true);
+                    auto input = stored->second.is_floating_point() ? stored->second.detach().requires_grad_(true) : stored->second;
+                    torch::autograd::backward({blocks[i]->forward(input)}, {grad});
+                    y = input.detach();
+                    grad = input.is_floating_point() ? input.grad() : torch::Tensor();
+                }
+            }
+            x = y;
+        }
+        charge_backward(first, last);
+        busy_ += ctx_.now() - t0;
+        mine[DelayTicks] = static_cast<double>(tick_ - kept.tick);
+        mine[DelayUpdates] = static_cast<double>(optimizer_steps_ - kept.updates);
+        if (kept.true_input.defined())
+            mine[ReconstructionError] = plexus::value_of((x.detach() - kept.true_input).norm() / kept.true_input.norm());
+        ++backwards_;
+        if (j_ > 0) send_down(b, x.detach(), grad);
+    }
+
+    // Sends the input's gradient down (petra: with the input, for the stage below to invert).
+    void send_down(int64_t b, const torch::Tensor& x, const torch::Tensor& grad) {
+        send(method_ == Method::Petra ? torch::stack({x, grad}) : grad, j_ - 1, 3 * static_cast<int>(b) + 1);
+    }
+
+    void send(const torch::Tensor& t, int to, int tag) { sends_.push_back(world_.send(t.contiguous(), to, tag)); }
+
+    // This stage's blocks on x. Charges the forward FLOPs when training; with `keep`, a
+    // non-reversible block's input (or, delayed_recompute, the stage's input) is kept.
+    torch::Tensor forward_blocks(torch::Tensor x, bool train, const torch::Tensor& ids, Kept* keep = nullptr) {
+        const auto& blocks = model_->blocks();
+        if (train) ids_rows_ = ids.size(0), ids_seq_ = ids.size(1);  // the micro-batch's shape, for the backward
+        for (size_t i = placement_->first_block(); i < placement_->last_block(); ++i) {
+            const bool keep_input = method_ == Method::DelayedRecompute ? i == placement_->first_block()
+                                                                          : !blocks[i]->invertible();
+            if (keep && keep_input) keep->inputs[i] = x;
+            x = blocks[i]->forward(x);
+            if (train) ctx_.charge_compute(blocks[i]->flops_per_token(ctx_.seq_len()) * static_cast<double>(ids.numel()) / 3);
+        }
+        return x;
+    }
+
+    // A backward: a block's backward FLOPs (2/3 of its training FLOPs), plus the forward it
+    // recomputes or reconstructs (1/3) except on the last stage, which kept its graph.
+    void charge_backward(size_t first, size_t last) {
+        const double tokens = static_cast<double>(ids_rows_ * ids_seq_);
+        const bool recomputes = j_ < J_ - 1 && method_ != Method::Delayed;
+        for (size_t i = first; i < last; ++i)
+            ctx_.charge_compute(model_->blocks()[i]->flops_per_token(ctx_.seq_len()) * tokens * (recomputes ? 1.0 : 2.0 / 3));
+    }
+
+    // The mean of the k accumulated gradients, clipped to the stage's own norm (stages step
+    // independently), then the stage's optimizer. Returns the norm before clipping.
+    double optimizer_step() {
+        torch::NoGradGuard no_grad;
+        std::vector<torch::Tensor> grads;
+        for (const auto& p : placement_->parameters()) {
+            if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+            p.mutable_grad().div_(static_cast<double>(k_));
+            grads.push_back(p.grad());
+        }
+        const double sq = plexus::sum_of_squares(grads);
+        plexus::clip_to_norm(grads, std::sqrt(sq), max_grad_norm_);
+        optimizer_->step(grads, lr_scale_);
+        ctx_.charge_compute(optimizer_->flops_per_step());
+        for (auto& g : grads) g.zero_();
+        ++optimizer_steps_;
+        return std::sqrt(sq);
+    }
+
+    void record_stages(const torch::Tensor& stats) {
+        for (int s = 0; s < J_; ++s)
+            for (int field = 0; field < kFields; ++field) {
+                const double v = plexus::value_of(stats[3 + s * kFields + field]);
+                if (kFieldNames[field] && v >= 0)
+                    ctx_.record("petra/stage" + std::to_string(s) + "/" + kFieldNames[field], v);
+            }
+    }
+
+    // Cost of each block on each stage's rank: 1, its FLOPs, or its time measured on that rank
+    // (so a slower rank gets fewer blocks).
+    std::vector<std::vector<double>> costs(const std::string& how) {
+        const auto& blocks = model_->blocks();
+        std::vector<double> row(blocks.size(), 1.0);
+        if (how == "flops")
+            for (size_t b = 0; b < blocks.size(); ++b) row[b] = blocks[b]->flops_per_token(ctx_.seq_len());
+        if (how != "measured") return std::vector<std::vector<double>>(static_cast<size_t>(J_), row);
+        const auto n = static_cast<int64_t>(blocks.size());
+        auto all = torch::empty({J_ * n}, torch::kFloat64);
+        world_.all_gather(all, torch::tensor(plexus::time_blocks(*model_, ctx_), torch::kFloat64))->wait();
+        std::vector<std::vector<double>> cost(static_cast<size_t>(J_), row);
+        for (int s = 0; s < J_; ++s)
+            for (int64_t b = 0; b < n; ++b) cost[static_cast<size_t>(s)][static_cast<size_t>(b)] = plexus::value_of(all[s * n + b]);
+        return cost;
+    }
+
+    // The shape of every block's output on a one-row micro-batch (every rank built the model).
+    void record_shapes() {
+        torch::NoGradGuard no_grad;
+        torch::Tensor x = torch::zeros({1, ctx_.seq_len()}, options_.dtype(torch::kLong));
+        for (const auto& b : model_->blocks()) {
+            x = b->forward(x);
+            output_shapes_.push_back(x.sizes().vec());
+        }
+    }
+    std::vector<int64_t> output_shape(size_t block, int64_t rows, int64_t seq) const {
+        auto shape = output_shapes_.at(block);
+        shape[0] = rows;
+        shape[1] = seq;
+        return shape;
+    }
+    std::vector<int64_t> input_shape(const torch::Tensor& ids) const {
+        return output_shape(placement_->first_block() - 1, ids.size(0), ids.size(1));
+    }
+    static std::vector<int64_t> cat_shape(std::vector<int64_t> shape) {
+        shape.insert(shape.begin(), 2);
+        return shape;
+    }
+
+    plexus::RunContext& ctx_;
+    plexus::Transport& world_;
+    const int J_, j_;
+    Method method_ = Method::Petra;
+    bool synchronous_ = false;
+    int64_t k_ = 1, check_every_ = 0;
+    torch::TensorOptions options_ = torch::TensorOptions().device(ctx_.device());
+    std::shared_ptr<plexus::Model> model_;
+    std::unique_ptr<plexus::StagePlacement> placement_;
+    std::unique_ptr<plexus::Optimizer> optimizer_;
+    std::vector<std::vector<int64_t>> output_shapes_;
+    std::map<int64_t, Kept> kept_;
+    std::deque<torch::Tensor> targets_;  // the last stage's: micro-batches read but not yet forwarded
+    std::vector<std::shared_ptr<plexus::Work>> sends_, previous_sends_;
+    int64_t tick_ = 0, backwards_ = 0, stepped_at_ = 0, optimizer_steps_ = 0, eval_messages_ = 0;
+    int64_t ids_rows_ = 0, ids_seq_ = 0;
+    double busy_ = 0, lr_scale_ = 1.0, max_grad_norm_ = 0;
+    bool between_ticks_ = false;  // the last tick completed (no tick failed half-way)
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "petra";
+    d.kind = plexus::PluginKind::Strategy;
+    d.version = "1.0";
+    d.summary = "PETRA: decoupled forward and backward over stages, reversible reconstruction; delayed-gradient baselines";
+    d.schema = {
+        {"method", "petra",
+         "petra (reconstruct reversible blocks' inputs), delayed_recompute (keep inputs, recompute: DSP) or "
+         "delayed (keep the forward's activations, as PipeDream)"},
+        {"synchronous", false, "one micro-batch at a time through all stages and back (no delay, no overlap)"},
+        {"accumulate", 1, "backward passes (micro-batches) per optimizer step of a stage (k); their mean is applied"},
+        {"partition", "flops", "cut stages by block count, block FLOPs, or block time measured on each stage's rank"},
+        {"check_every", 16, "measure the reconstruction error every this many micro-batches (0: never)"},
+    };
+    d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
+        return std::make_unique<Petra>(cfg, ctx);
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)
