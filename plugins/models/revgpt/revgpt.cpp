@@ -23,6 +23,7 @@ using plexus::transformer::Params;
 
 struct RevShape {
     int64_t vocab, n_layer, d_model, n_head, seq_len, d_ff;
+    double embed_std;
     torch::TensorOptions options;
 };
 
@@ -68,8 +69,8 @@ public:
         tokens = register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
         positions = register_module("positions", std::make_shared<Params>(std::vector<int64_t>{s.seq_len, s.d_model}, 0, s.options));
         torch::NoGradGuard no_grad;
-        tokens->weight.normal_(0.0, 0.02);
-        positions->weight.normal_(0.0, 0.02);
+        tokens->weight.normal_(0.0, s.embed_std);
+        positions->weight.normal_(0.0, s.embed_std);
     }
     torch::Tensor forward(const torch::Tensor& ids) override {
         auto h = plexus::transformer::embed(tokens->weight, positions->weight, ids);
@@ -227,6 +228,9 @@ plexus::PluginDescriptor describe() {
         {"d_ff", 0, "MLP hidden width; 0 means 4 * d_model"},
         {"vocab_size", 0, "vocabulary size; 0 takes the dataset's"},
         {"max_seq_len", 0, "longest sequence (position table size); 0 takes train.seq_len"},
+        {"embed_std", 0.02,
+         "initial scale of the token and position embeddings (GPT-2: 0.02); the stream's scale sets how much "
+         "the pre-LN sub-layers amplify a reconstruction error (about 1 / its RMS)"},
         {"reversible_backprop", false,
          "train without storing the reversible blocks' activations: backward reconstructs them (one more forward each)"},
     };
@@ -238,7 +242,9 @@ plexus::PluginDescriptor describe() {
         s.d_ff = cfg.get_int("d_ff") > 0 ? cfg.get_int("d_ff") : 4 * s.d_model;
         s.vocab = cfg.get_int("vocab_size") > 0 ? cfg.get_int("vocab_size") : ctx.vocab_size();
         s.seq_len = cfg.get_int("max_seq_len") > 0 ? cfg.get_int("max_seq_len") : ctx.seq_len();
+        s.embed_std = cfg.get_double("embed_std");
         s.options = torch::TensorOptions().dtype(torch::kFloat32).device(ctx.device());
+        cfg.require(s.embed_std > 0, "embed_std", "must be > 0");
         cfg.require(s.n_layer >= 0, "n_layer", "must be >= 0");
         cfg.require(s.d_model > 0, "d_model", "must be > 0");
         cfg.require(s.n_head > 0 && s.d_model % s.n_head == 0, "n_head",

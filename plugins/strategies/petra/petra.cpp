@@ -256,7 +256,8 @@ private:
             Kept kept;
             kept.tick = tick_;
             kept.updates = optimizer_steps_;
-            if (check_every_ > 0 && f % check_every_ == 0 && x.is_floating_point()) kept.true_input = x.clone();
+            if (method_ == Method::Petra && check_every_ > 0 && f % check_every_ == 0 && x.is_floating_point())
+                kept.true_input = x.clone();  // only PETRA reconstructs
             const int64_t before = ctx_.tensor_bytes();
             torch::Tensor y;
             if (method_ == Method::Delayed) {
