@@ -8,10 +8,8 @@ namespace {
 
 using plexus::Config;
 
-struct GptShape {
-    int64_t vocab, n_layer, d_model, n_head, seq_len, d_ff;
-    bool tie_embeddings;
-    torch::TensorOptions options;  // where the parameters live: the run's device (meta: shapes only)
+struct GptShape : plexus::transformer::Dims {
+    bool tie_embeddings = false;
 };
 
 using plexus::transformer::layer_norm;
@@ -155,34 +153,12 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Model;
     d.version = "1.0";
     d.summary = "GPT decoder: pre-norm, learned positions, GELU MLP; blocks embed, layer0..N-1, head";
-    d.schema = {
-        {"n_layer", 4, "number of transformer layers (L)"},
-        {"d_model", 256, "residual width (D)"},
-        {"n_head", 4, "attention heads (H); must divide d_model"},
-        {"d_ff", 0, "MLP hidden width; 0 means 4 * d_model"},
-        {"vocab_size", 0, "vocabulary size; 0 takes the dataset's"},
-        {"max_seq_len", 0, "longest sequence (position table size); 0 takes train.seq_len"},
-        {"tie_embeddings", false, "share the token embedding with the LM head"},
-    };
+    d.schema = plexus::transformer::dims_schema(4, "number of transformer layers (L)", 256, "residual width (D)");
+    d.schema.push_back({"tie_embeddings", false, "share the token embedding with the LM head"});
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         GptShape s;
-        s.n_layer = cfg.get_int("n_layer");
-        s.d_model = cfg.get_int("d_model");
-        s.n_head = cfg.get_int("n_head");
-        s.d_ff = cfg.get_int("d_ff") > 0 ? cfg.get_int("d_ff") : 4 * s.d_model;
-        s.vocab = cfg.get_int("vocab_size") > 0 ? cfg.get_int("vocab_size") : ctx.vocab_size();
-        s.seq_len = cfg.get_int("max_seq_len") > 0 ? cfg.get_int("max_seq_len") : ctx.seq_len();
+        static_cast<plexus::transformer::Dims&>(s) = plexus::transformer::read_dims(cfg, ctx);
         s.tie_embeddings = cfg.get_bool("tie_embeddings");
-        s.options = torch::TensorOptions().dtype(torch::kFloat32).device(ctx.device());
-        cfg.require(s.n_layer >= 0, "n_layer", "must be >= 0");
-        cfg.require(s.d_model > 0, "d_model", "must be > 0");
-        cfg.require(s.n_head > 0 && s.d_model % s.n_head == 0, "n_head",
-                    "must be > 0 and divide d_model (" + std::to_string(s.d_model) + ")");
-        cfg.require(s.vocab > 0, "vocab_size", "must be > 0 (the dataset reported none)");
-        cfg.require(s.vocab >= ctx.vocab_size(), "vocab_size",
-                    "is smaller than the dataset's vocabulary (" + std::to_string(ctx.vocab_size()) + ")");
-        cfg.require(s.seq_len >= ctx.seq_len(), "max_seq_len",
-                    "is shorter than train.seq_len (" + std::to_string(ctx.seq_len()) + ")");
         return std::make_shared<Gpt>(s);
     };
     return d;

@@ -21,10 +21,8 @@ using plexus::Config;
 using plexus::transformer::layer_norm;
 using plexus::transformer::Params;
 
-struct RevShape {
-    int64_t vocab, n_layer, d_model, n_head, seq_len, d_ff;
-    double embed_std;
-    torch::TensorOptions options;
+struct RevShape : plexus::transformer::Dims {
+    double embed_std = 0.02;
 };
 
 // F: causal self-attention on a pre-normed half.
@@ -221,39 +219,19 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Model;
     d.version = "1.0";
     d.summary = "reversible GPT: two residual halves, y1 = x1 + Attn(x2), y2 = x2 + MLP(y1); blocks embed, rev0..N-1, head";
-    d.schema = {
-        {"n_layer", 4, "reversible blocks (L)"},
-        {"d_model", 128, "width of each of the two residual halves (D); the stream is 2D wide"},
-        {"n_head", 4, "attention heads (H); must divide d_model"},
-        {"d_ff", 0, "MLP hidden width; 0 means 4 * d_model"},
-        {"vocab_size", 0, "vocabulary size; 0 takes the dataset's"},
-        {"max_seq_len", 0, "longest sequence (position table size); 0 takes train.seq_len"},
-        {"embed_std", 0.02,
-         "initial scale of the token and position embeddings (GPT-2: 0.02); the stream's scale sets how much "
-         "the pre-LN sub-layers amplify a reconstruction error (about 1 / its RMS)"},
-        {"reversible_backprop", false,
-         "train without storing the reversible blocks' activations: backward reconstructs them (one more forward each)"},
-    };
+    d.schema = plexus::transformer::dims_schema(4, "reversible blocks (L)", 128,
+                                                "width of each of the two residual halves (D); the stream is 2D wide");
+    d.schema.push_back({"embed_std", 0.02,
+                        "initial scale of the token and position embeddings (GPT-2: 0.02); the stream's scale sets how "
+                        "much the pre-LN sub-layers amplify a reconstruction error (about 1 / its RMS)"});
+    d.schema.push_back({"reversible_backprop", false,
+                        "train without storing the reversible blocks' activations: backward reconstructs them (one "
+                        "more forward each)"});
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         RevShape s;
-        s.n_layer = cfg.get_int("n_layer");
-        s.d_model = cfg.get_int("d_model");
-        s.n_head = cfg.get_int("n_head");
-        s.d_ff = cfg.get_int("d_ff") > 0 ? cfg.get_int("d_ff") : 4 * s.d_model;
-        s.vocab = cfg.get_int("vocab_size") > 0 ? cfg.get_int("vocab_size") : ctx.vocab_size();
-        s.seq_len = cfg.get_int("max_seq_len") > 0 ? cfg.get_int("max_seq_len") : ctx.seq_len();
+        static_cast<plexus::transformer::Dims&>(s) = plexus::transformer::read_dims(cfg, ctx);
         s.embed_std = cfg.get_double("embed_std");
-        s.options = torch::TensorOptions().dtype(torch::kFloat32).device(ctx.device());
         cfg.require(s.embed_std > 0, "embed_std", "must be > 0");
-        cfg.require(s.n_layer >= 0, "n_layer", "must be >= 0");
-        cfg.require(s.d_model > 0, "d_model", "must be > 0");
-        cfg.require(s.n_head > 0 && s.d_model % s.n_head == 0, "n_head",
-                    "must be > 0 and divide d_model (" + std::to_string(s.d_model) + ")");
-        cfg.require(s.vocab > 0, "vocab_size", "must be > 0 (the dataset reported none)");
-        cfg.require(s.vocab >= ctx.vocab_size(), "vocab_size",
-                    "is smaller than the dataset's vocabulary (" + std::to_string(ctx.vocab_size()) + ")");
-        cfg.require(s.seq_len >= ctx.seq_len(), "max_seq_len",
-                    "is shorter than train.seq_len (" + std::to_string(ctx.seq_len()) + ")");
         return std::make_shared<RevGpt>(s, cfg.get_bool("reversible_backprop"));
     };
     return d;

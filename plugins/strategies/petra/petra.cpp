@@ -26,7 +26,7 @@
 // stored_activation_bytes (what the stage keeps for its in-flight micro-batches), fifo_length
 // (the in-flight micro-batches it keeps tensors for), in_flight (forwarded, not yet
 // back-propagated), reconstruction_error (every check_every micro-batches: |x~ - x| / |x| of the
-// stage's input), busy (the share of the tick spent computing), grad_norm (at its steps).
+// stage's input), bubble (the share of the tick not spent computing), grad_norm (at its steps).
 #include <plexus/blocks.hpp>
 #include <plexus/plexus.hpp>
 
@@ -38,9 +38,9 @@ namespace {
 enum class Method { Petra, DelayedRecompute, Delayed };
 
 // Per-stage figures of one tick, summed over stages into rank 0's view (-1: none this tick).
-enum Field { DelayTicks, DelayUpdates, StoredBytes, FifoLength, InFlight, ReconstructionError, Busy, GradNorm, kFields };
+enum Field { DelayTicks, DelayUpdates, StoredBytes, FifoLength, InFlight, ReconstructionError, Bubble, GradNorm, kFields };
 const char* kFieldNames[] = {"delay_ticks", "delay_updates", "stored_activation_bytes", "fifo_length", "in_flight",
-                             "reconstruction_error", "busy", "grad_norm"};
+                             "reconstruction_error", "bubble", "grad_norm"};
 
 class Petra : public plexus::Strategy {
 public:
@@ -158,16 +158,8 @@ public:
         return count ? plexus::value_of(total) / static_cast<double>(count) : 0.0;
     }
 
-    plexus::StateDict state() const override {
-        plexus::StateDict out = placement_->gather(world_, ctx_.device());
-        for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
-        return out;
-    }
-
-    void load_state(const plexus::StateDict& state) override {
-        const size_t i = placement_->load(state);
-        optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
-    }
+    plexus::StateDict state() const override { return placement_->state(world_, ctx_.device(), *optimizer_); }
+    void load_state(const plexus::StateDict& state) override { placement_->load_state(state, *optimizer_); }
 
 private:
     // What a stage keeps of one micro-batch between its forward and its backward.
@@ -225,7 +217,7 @@ private:
         mine[FifoLength] = static_cast<double>(fifo);
         mine[InFlight] = static_cast<double>(kept_.size());
         const double tick_time = ctx_.now() - tick_start;
-        mine[Busy] = tick_time > 0 ? busy_ / tick_time : 1.0;
+        mine[Bubble] = tick_time > 0 ? std::max(0.0, 1.0 - busy_ / tick_time) : 0.0;
         ctx_.measurement_transport().all_reduce(stats, plexus::ReduceOp::Sum)->wait();
         ++tick_;
         between_ticks_ = true;

@@ -144,16 +144,8 @@ public:
 
     // Every stage's parameters, in model order (each stage sends its own; every rank calls this),
     // then this stage's optimizer state.
-    plexus::StateDict state() const override {
-        plexus::StateDict out = placement_->gather(*pipe_, ctx_.device());
-        for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
-        return out;
-    }
-
-    void load_state(const plexus::StateDict& state) override {
-        const size_t i = placement_->load(state);
-        optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
-    }
+    plexus::StateDict state() const override { return placement_->state(*pipe_, ctx_.device(), *optimizer_); }
+    void load_state(const plexus::StateDict& state) override { placement_->load_state(state, *optimizer_); }
 
 private:
     struct InFlight {

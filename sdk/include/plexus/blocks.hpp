@@ -183,6 +183,17 @@ public:
         return i;
     }
 
+    // A stage's whole state: gather()'s parameters, then this stage's optimizer state.
+    StateDict state(Transport& pipe, torch::Device device, const Optimizer& optimizer) const {
+        StateDict out = gather(pipe, device);
+        for (auto& item : optimizer.state()) out.emplace_back("optimizer." + item.first, item.second);
+        return out;
+    }
+    void load_state(const StateDict& state, Optimizer& optimizer) const {
+        const size_t i = load(state);
+        optimizer.load_state(StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
+    }
+
 private:
     Model& model_;
     std::vector<int> bounds_;

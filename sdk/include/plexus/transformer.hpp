@@ -12,8 +12,51 @@
 #include <torch/torch.h>
 
 #include "plexus/compat.hpp"
+#include "plexus/config.hpp"
+#include "plexus/context.hpp"
 
 namespace plexus::transformer {
+
+// The sizes a GPT-style model reads from its [model] section, checked against the run.
+struct Dims {
+    int64_t vocab = 0, n_layer = 0, d_model = 0, n_head = 0, d_ff = 0, seq_len = 0;
+    torch::TensorOptions options;  // where the parameters live: the run's device (meta: shapes only)
+};
+
+// The schema keys read_dims() reads, with the plugin's defaults and its words for the layers and
+// the width.
+inline ConfigSchema dims_schema(int64_t n_layer, const std::string& n_layer_doc, int64_t d_model,
+                                const std::string& d_model_doc) {
+    return {
+        {"n_layer", n_layer, n_layer_doc},
+        {"d_model", d_model, d_model_doc},
+        {"n_head", 4, "attention heads (H); must divide d_model"},
+        {"d_ff", 0, "MLP hidden width; 0 means 4 * d_model"},
+        {"vocab_size", 0, "vocabulary size; 0 takes the dataset's"},
+        {"max_seq_len", 0, "longest sequence (position table size); 0 takes train.seq_len"},
+    };
+}
+
+inline Dims read_dims(const Config& cfg, RunContext& ctx) {
+    Dims s;
+    s.n_layer = cfg.get_int("n_layer");
+    s.d_model = cfg.get_int("d_model");
+    s.n_head = cfg.get_int("n_head");
+    s.d_ff = cfg.get_int("d_ff") > 0 ? cfg.get_int("d_ff") : 4 * s.d_model;
+    s.vocab = cfg.get_int("vocab_size") > 0 ? cfg.get_int("vocab_size") : ctx.vocab_size();
+    s.seq_len = cfg.get_int("max_seq_len") > 0 ? cfg.get_int("max_seq_len") : ctx.seq_len();
+    s.options = torch::TensorOptions().dtype(torch::kFloat32).device(ctx.device());
+    cfg.require(s.n_layer >= 0, "n_layer", "must be >= 0");
+    cfg.require(s.d_model > 0, "d_model", "must be > 0");
+    cfg.require(s.n_head > 0 && s.d_model % s.n_head == 0, "n_head",
+                "must be > 0 and divide d_model (" + std::to_string(s.d_model) + ")");
+    cfg.require(s.vocab > 0, "vocab_size", "must be > 0 (the dataset reported none)");
+    cfg.require(s.vocab >= ctx.vocab_size(), "vocab_size",
+                "is smaller than the dataset's vocabulary (" + std::to_string(ctx.vocab_size()) + ")");
+    cfg.require(s.seq_len >= ctx.seq_len(), "max_seq_len",
+                "is shorter than train.seq_len (" + std::to_string(ctx.seq_len()) + ")");
+    return s;
+}
 
 // A weight and an optional bias, created directly on the run's device (no CPU copy first: a
 // simulated 1.3B-parameter model on "meta" costs no memory).
