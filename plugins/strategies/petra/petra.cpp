@@ -31,11 +31,15 @@
 #include <plexus/plexus.hpp>
 
 #include <deque>
+#include <limits>
 #include <map>
 
 namespace {
 
 enum class Method { Petra, DelayedRecompute, Delayed };
+
+constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+constexpr int kMigrationTags = 1 << 28;  // message ids of re-balancing (3 m + 2, as evaluation's)
 
 // Per-stage figures of one tick, summed over stages into rank 0's view (-1: none this tick).
 enum Field { DelayTicks, DelayUpdates, StoredBytes, FifoLength, InFlight, ReconstructionError, Bubble, GradNorm, kFields };
@@ -58,6 +62,10 @@ public:
         const std::string partition = cfg.get_string("partition");
         cfg.require(partition == "count" || partition == "flops" || partition == "measured", "partition",
                     "must be count, flops or measured");
+        rebalance_every_ = cfg.get_int("rebalance_every");
+        cfg.require(rebalance_every_ >= 0 && rebalance_every_ % k_ == 0, "rebalance_every",
+                    "must be >= 0 (0: never) and a multiple of accumulate (" + std::to_string(k_) + ")");
+        end_mb_ = rebalance_every_ > 0 ? rebalance_every_ : kNever;
 
         model_ = ctx.make_model();
         const auto& blocks = model_->blocks();
@@ -78,12 +86,7 @@ public:
             reversible < static_cast<int>(placement_->last_block() - placement_->first_block()) && j_ > 0)
             ctx.log(plexus::LogLevel::Warning, "petra: stage " + std::to_string(j_) +
                                                    " has blocks that are not reversible: they keep their inputs");
-        // The delayed method keeps graphs across optimizer steps: the optimizer writes through
-        // views autograd does not version, so the graphs stay usable (their weights are current).
-        auto slots = placement_->slots();
-        if (method_ == Method::Delayed)
-            for (auto& slot : slots) slot.param = slot.param.variable_data();
-        optimizer_ = ctx.make_optimizer(std::move(slots));
+        for (size_t b = placement_->first_block(); b < placement_->last_block(); ++b) make_optimizer(b);
     }
 
     // A tick's messages are received at the next tick: after the last one, each stage has one
@@ -92,15 +95,17 @@ public:
     ~Petra() override {
         if (!between_ticks_ || tick_ == 0) return;
         try {
-            const int64_t f = synchronous_ ? -1 : tick_ - j_, b = synchronous_ ? -1 : tick_ - 2 * (J_ - 1) + j_;
+            // What the neighbours sent at the last tick, for this stage's next one.
+            const auto next = schedule(tick_);
+            const int64_t f = synchronous_ ? -1 : next.forward, b = synchronous_ ? -1 : next.backward;
             std::vector<std::shared_ptr<plexus::Work>> pending;
             torch::Tensor forward, backward;
             if (j_ > 0 && f >= 0) {
-                forward = torch::empty(output_shape(placement_->first_block() - 1, ids_rows_, ids_seq_), options_);
+                forward = torch::empty(output_shape(placement_->first_block() - 1, rows_, seq_), options_);
                 pending.push_back(world_.recv(forward, j_ - 1, 3 * static_cast<int>(f)));
             }
             if (j_ < J_ - 1 && b >= 0) {
-                const auto shape = output_shape(placement_->last_block() - 1, ids_rows_, ids_seq_);
+                const auto shape = output_shape(placement_->last_block() - 1, rows_, seq_);
                 backward = torch::empty(method_ == Method::Petra ? cat_shape(shape) : shape, options_);
                 pending.push_back(world_.recv(backward, j_ + 1, 3 * static_cast<int>(b) + 1));
             }
@@ -118,13 +123,13 @@ public:
         plexus::StepOutput out;
         lr_scale_ = in.lr_scale;
         max_grad_norm_ = in.max_grad_norm;
-        // The first step fills the pipe, so that the last stage has a loss to report.
-        const int64_t ticks = tick_ == 0 && !synchronous_ ? J_ : 1;
+        // One tick, or as many as it takes for the last stage to have a loss to report: the
+        // first step fills the pipe, a re-balancing drains it and fills it again.
         torch::Tensor stats;
         double loss = 0;
         int losses = 0;
         bool stepped = false;
-        for (int64_t i = 0; i < ticks; ++i) {
+        while (losses == 0) {
             stats = run_tick(*in.train, out);
             if (plexus::value_of(stats[1]) > 0) loss += plexus::value_of(stats[0]), ++losses;
             stepped = stepped || plexus::value_of(stats[2]) > 0;
@@ -148,7 +153,7 @@ public:
                 x = torch::empty(input_shape(batch.inputs), options_);
                 world_.recv(x, j_ - 1, tag)->wait();
             }
-            auto y = forward_blocks(x, false, batch.inputs);
+            auto y = forward_blocks(x, false);
             if (j_ < J_ - 1) world_.send(y, j_ + 1, tag)->wait();
             else sum += plexus::value_of(model_->loss(y, batch.targets));
         }
@@ -158,8 +163,22 @@ public:
         return count ? plexus::value_of(total) / static_cast<double>(count) : 0.0;
     }
 
-    plexus::StateDict state() const override { return placement_->state(world_, ctx_.device(), *optimizer_); }
-    void load_state(const plexus::StateDict& state) override { placement_->load_state(state, *optimizer_); }
+    // The whole model's parameters, then this stage's optimizers, block by block.
+    plexus::StateDict state() const override {
+        plexus::StateDict out = placement_->gather(world_, ctx_.device());
+        for (const auto& [b, optimizer] : optimizers_)
+            for (auto& item : optimizer->state())
+                out.emplace_back("optimizer." + model_->blocks()[b]->name() + "." + item.first, item.second);
+        return out;
+    }
+    void load_state(const plexus::StateDict& state) override {
+        auto at = state.begin() + static_cast<std::ptrdiff_t>(placement_->load(state));
+        for (auto& [b, optimizer] : optimizers_) {
+            const auto n = static_cast<std::ptrdiff_t>(optimizer->state().size());
+            optimizer->load_state(plexus::StateDict(at, at + n));
+            at += n;
+        }
+    }
 
 private:
     // What a stage keeps of one micro-batch between its forward and its backward.
@@ -177,17 +196,22 @@ private:
         between_ticks_ = false;
         const double tick_start = ctx_.now();
         busy_ = 0;
-        auto batch = stream.next();
-        out.tokens += batch.tokens() / J_;  // the stages share the micro-batch
-        out.micro_batches += 1;
-        if (j_ == J_ - 1) targets_.push_back(batch.targets);
+        const auto now = schedule(tick_);
+        plexus::Batch batch;
+        if (now.reads) {  // stage 0 starts a micro-batch: every stage reads it
+            batch = stream.next();
+            rows_ = batch.inputs.size(0);
+            seq_ = batch.inputs.size(1);
+            out.tokens += batch.tokens() / J_;  // the stages share the micro-batch
+            out.micro_batches += 1;
+            if (j_ == J_ - 1) targets_.push_back(batch.targets);
+        }
         auto stats = torch::zeros({3 + J_ * kFields}, torch::kFloat64);
         auto mine = stats.narrow(0, 3 + j_ * kFields, kFields);
         mine.fill_(-1.0);
 
         // Micro-batches this tick: forward of f, backward of b (the last stage does both at once).
-        const int64_t f = synchronous_ ? tick_ : tick_ - j_;
-        const int64_t b = synchronous_ ? tick_ : tick_ - 2 * (J_ - 1) + j_;
+        const int64_t f = now.forward, b = now.backward;
         if (f >= 0) {
             const double loss = forward_micro(f, batch.inputs);
             if (j_ == J_ - 1) stats[0] = loss, stats[1] = 1.0;
@@ -218,10 +242,152 @@ private:
         mine[InFlight] = static_cast<double>(kept_.size());
         const double tick_time = ctx_.now() - tick_start;
         mine[Bubble] = tick_time > 0 ? std::max(0.0, 1.0 - busy_ / tick_time) : 0.0;
+        epoch_busy_ += busy_;
         ctx_.measurement_transport().all_reduce(stats, plexus::ReduceOp::Sum)->wait();
         ++tick_;
+        if (now.drained) rebalance();
         between_ticks_ = true;
         return stats;
+    }
+
+    // What this stage does at a tick: the micro-batches it forwards and back-propagates (-1:
+    // none), whether the stages read a new batch, and whether the epoch is drained after it.
+    struct Slot {
+        int64_t forward = -1, backward = -1;
+        bool reads = false, drained = false;
+    };
+    Slot schedule(int64_t tick) const {
+        const int64_t n = tick - epoch_tick_ + epoch_mb_;  // what stage 0 starts at this tick
+        const int64_t f = synchronous_ ? n : n - j_, b = synchronous_ ? n : n - 2 * (J_ - 1) + j_;
+        auto valid = [&](int64_t m) { return m >= epoch_mb_ && m < end_mb_ ? m : -1; };
+        Slot slot;
+        slot.forward = valid(f);
+        slot.backward = valid(b);
+        slot.reads = n < end_mb_;
+        // Stage 0 back-propagates the epoch's last micro-batch at this tick.
+        slot.drained = end_mb_ != kNever && n == end_mb_ - 1 + (synchronous_ ? 0 : 2 * (J_ - 1));
+        return slot;
+    }
+
+    // Block b's optimizer. The delayed method keeps graphs across optimizer steps: the optimizer
+    // writes through views autograd does not version, so the graphs stay usable (their weights
+    // are current).
+    void make_optimizer(size_t b) {
+        std::vector<plexus::ParamSlot> slots;
+        const auto& block = model_->blocks()[b];
+        for (const auto& item : block->named_parameters()) {
+            auto param = method_ == Method::Delayed ? item.value().variable_data() : item.value();
+            slots.push_back({block->name() + "." + item.key(), param, item.value().sizes().vec()});
+        }
+        optimizers_[b] = ctx_.make_optimizer(std::move(slots));
+    }
+
+    void charge(double flops) {
+        ctx_.charge_compute(flops);
+        epoch_flops_ += flops;
+    }
+
+    // At the end of an epoch (nothing in flight, every stage just stepped): each rank's speed
+    // this epoch (compute seconds per FLOP) scales the blocks' FLOPs into costs per rank, the
+    // stages are cut again, and the blocks that change hands move with their optimizer state.
+    void rebalance() {
+        epoch_tick_ = tick_;
+        epoch_mb_ = end_mb_;
+        end_mb_ += rebalance_every_;
+        const auto& blocks = model_->blocks();
+        auto speeds = torch::empty({J_}, torch::kFloat64);
+        world_.all_gather(speeds, torch::tensor({epoch_flops_ > 0 ? epoch_busy_ / epoch_flops_ : 0.0}, torch::kFloat64))->wait();
+        epoch_busy_ = epoch_flops_ = 0;
+        // A stage without FLOPs (the embedding alone) has no measured speed: the others' mean.
+        double known = 0;
+        int count = 0;
+        for (int s = 0; s < J_; ++s)
+            if (plexus::value_of(speeds[s]) > 0) known += plexus::value_of(speeds[s]), ++count;
+        std::vector<std::vector<double>> cost(static_cast<size_t>(J_), std::vector<double>(blocks.size()));
+        for (int s = 0; s < J_; ++s) {
+            const double speed = plexus::value_of(speeds[s]) > 0 ? plexus::value_of(speeds[s]) : count ? known / count : 1.0;
+            for (size_t b = 0; b < blocks.size(); ++b) cost[static_cast<size_t>(s)][b] = speed * block_flops_[b];
+        }
+        const auto bounds = plexus::balance_stages(cost);
+        if (bounds == placement_->bounds()) return;
+        const auto old = placement_->bounds();
+        auto owner = [](const std::vector<int>& cut, size_t b) {
+            int s = 0;
+            while (static_cast<int>(b) >= cut[static_cast<size_t>(s) + 1]) ++s;
+            return s;
+        };
+        std::vector<std::shared_ptr<plexus::Work>> sends;
+        std::vector<torch::Tensor> sent;  // alive until their sends complete
+        for (size_t b = 0; b < blocks.size(); ++b) {
+            const int from = owner(old, b), to = owner(bounds, b);
+            if (from == to || (j_ != from && j_ != to)) continue;
+            int message = kMigrationTags + static_cast<int>(b) * 1024;
+            auto tag = [&] { return 3 * message++ + 2; };
+            auto params = blocks[b]->parameters();
+            if (j_ == from) {
+                std::vector<torch::Tensor> messages;
+                for (auto& p : params) messages.push_back(p.detach().contiguous());
+                for (auto& t : send_state(optimizers_.at(b)->state())) messages.push_back(t);
+                for (auto& t : messages) {
+                    sends.push_back(world_.send(t, to, tag()));
+                    sent.push_back(t);
+                }
+                for (auto& p : params) {
+                    p.set_data(torch::empty({0}, p.options()));
+                    p.mutable_grad() = torch::Tensor();
+                }
+                optimizers_.erase(b);
+            } else {
+                const auto shapes = param_shapes_.at(b);
+                for (size_t i = 0; i < params.size(); ++i) {
+                    auto t = torch::empty(shapes[i], params[i].options());
+                    world_.recv(t, from, tag())->wait();
+                    params[i].set_data(t);
+                }
+                make_optimizer(b);
+                optimizers_.at(b)->load_state(receive_state(from, tag));
+            }
+        }
+        for (auto& w : sends) w->wait();
+        placement_->repartition(bounds);
+        ++rebalances_;
+        std::string cut;
+        for (int s = 0; s < J_; ++s) {
+            cut += (s ? " | " : "") + std::to_string(bounds[s]) + ".." + std::to_string(bounds[s + 1] - 1);
+            ctx_.record("petra/stage" + std::to_string(s) + "/first_block", bounds[s]);
+        }
+        ctx_.log(plexus::LogLevel::Info, "petra: re-balanced at micro-batch " + std::to_string(epoch_mb_) + ": " + cut);
+    }
+
+    // An optimizer's state as messages: its size, then each tensor's type and shape, then the
+    // tensors (the receiver builds its own optimizer, whose fresh state may be shaped otherwise).
+    static std::vector<torch::Tensor> send_state(const plexus::StateDict& state) {
+        auto meta = torch::zeros({static_cast<int64_t>(state.size()), 10}, torch::kInt64);
+        for (size_t i = 0; i < state.size(); ++i) {
+            const auto& t = state[i].second;
+            meta[static_cast<int64_t>(i)][0] = static_cast<int64_t>(t.scalar_type());
+            meta[static_cast<int64_t>(i)][1] = t.dim();
+            for (int64_t d = 0; d < t.dim(); ++d) meta[static_cast<int64_t>(i)][2 + d] = t.size(d);
+        }
+        std::vector<torch::Tensor> out{torch::tensor({static_cast<int64_t>(state.size())}, torch::kInt64), meta};
+        for (const auto& item : state) out.push_back(item.second.contiguous());
+        return out;
+    }
+    template <typename Tag>
+    plexus::StateDict receive_state(int from, Tag& tag) {
+        auto count = torch::empty({1}, torch::kInt64);
+        world_.recv(count, from, tag())->wait();
+        auto meta = torch::empty({count.item<int64_t>(), 10}, torch::kInt64);
+        world_.recv(meta, from, tag())->wait();
+        plexus::StateDict state;
+        for (int64_t i = 0; i < meta.size(0); ++i) {
+            std::vector<int64_t> shape;
+            for (int64_t d = 0; d < meta[i][1].item<int64_t>(); ++d) shape.push_back(meta[i][2 + d].item<int64_t>());
+            auto t = torch::empty(shape, options_.dtype(static_cast<torch::ScalarType>(meta[i][0].item<int64_t>())));
+            world_.recv(t, from, tag())->wait();
+            state.emplace_back(std::to_string(i), t);
+        }
+        return state;
     }
 
     // Forward of micro-batch f through this stage; the last stage also runs its backward.
@@ -229,7 +395,7 @@ private:
     double forward_micro(int64_t f, const torch::Tensor& ids) {
         torch::Tensor x = ids;
         if (j_ > 0) {
-            x = torch::empty(input_shape(ids), options_);
+            x = torch::empty(output_shape(placement_->first_block() - 1, rows_, seq_), options_);
             world_.recv(x, j_ - 1, 3 * static_cast<int>(f))->wait();
         }
         const double t0 = ctx_.now();
@@ -237,7 +403,7 @@ private:
         if (j_ == J_ - 1) {
             // Forward and backward at once: the input is exact, the delay zero.
             auto input = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
-            auto loss = model_->loss(forward_blocks(input, true, ids), targets_.front());
+            auto loss = model_->loss(forward_blocks(input, true), targets_.front());
             targets_.pop_front();
             loss_value = plexus::value_of(loss);
             loss.backward();
@@ -254,13 +420,13 @@ private:
             torch::Tensor y;
             if (method_ == Method::Delayed) {
                 kept.graph_input = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
-                y = forward_blocks(kept.graph_input, true, ids);
+                y = forward_blocks(kept.graph_input, true);
                 kept.graph_output = y;
                 // The graph's activations, as the allocator counts them (the output is kept too).
                 kept.bytes = before >= 0 ? std::max<int64_t>(0, ctx_.tensor_bytes() - before) : -1;
             } else {
                 torch::NoGradGuard no_grad;
-                y = forward_blocks(x, true, ids, &kept);
+                y = forward_blocks(x, true, &kept);
                 for (const auto& item : kept.inputs) kept.bytes += item.second.numel() * item.second.element_size();
             }
             send(y.detach(), j_ + 1, 3 * static_cast<int>(f));
@@ -278,7 +444,7 @@ private:
             throw plexus::Error("petra: stage " + std::to_string(j_) + " has nothing kept for micro-batch " + std::to_string(b));
         Kept kept = std::move(it->second);
         kept_.erase(it);
-        const auto shape = output_shape(placement_->last_block() - 1, ids_rows_, ids_seq_);
+        const auto shape = output_shape(placement_->last_block() - 1, rows_, seq_);
         const bool with_output = method_ == Method::Petra;
         auto message = torch::empty(with_output ? cat_shape(shape) : shape, options_);
         world_.recv(message, j_ + 1, 3 * static_cast<int>(b) + 1)->wait();
@@ -334,15 +500,14 @@ private:
 
     // This stage's blocks on x. Charges the forward FLOPs when training; with `keep`, a
     // non-reversible block's input (or, delayed_recompute, the stage's input) is kept.
-    torch::Tensor forward_blocks(torch::Tensor x, bool train, const torch::Tensor& ids, Kept* keep = nullptr) {
+    torch::Tensor forward_blocks(torch::Tensor x, bool train, Kept* keep = nullptr) {
         const auto& blocks = model_->blocks();
-        if (train) ids_rows_ = ids.size(0), ids_seq_ = ids.size(1);  // the micro-batch's shape, for the backward
         for (size_t i = placement_->first_block(); i < placement_->last_block(); ++i) {
             const bool keep_input = method_ == Method::DelayedRecompute ? i == placement_->first_block()
                                                                           : !blocks[i]->invertible();
             if (keep && keep_input) keep->inputs[i] = x;
             x = blocks[i]->forward(x);
-            if (train) ctx_.charge_compute(blocks[i]->flops_per_token(ctx_.seq_len()) * static_cast<double>(ids.numel()) / 3);
+            if (train) charge(block_flops_[i] * static_cast<double>(rows_ * seq_) / 3);
         }
         return x;
     }
@@ -350,10 +515,10 @@ private:
     // A backward: a block's backward FLOPs (2/3 of its training FLOPs), plus the forward it
     // recomputes or reconstructs (1/3) except on the last stage, which kept its graph.
     void charge_backward(size_t first, size_t last) {
-        const double tokens = static_cast<double>(ids_rows_ * ids_seq_);
+        const double tokens = static_cast<double>(rows_ * seq_);
         const bool recomputes = j_ < J_ - 1 && method_ != Method::Delayed;
         for (size_t i = first; i < last; ++i)
-            ctx_.charge_compute(model_->blocks()[i]->flops_per_token(ctx_.seq_len()) * tokens * (recomputes ? 1.0 : 2.0 / 3));
+            charge(block_flops_[i] * tokens * (recomputes ? 1.0 : 2.0 / 3));
     }
 
     // The mean of the k accumulated gradients, clipped to the stage's own norm (stages step
@@ -368,8 +533,12 @@ private:
         }
         const double sq = plexus::sum_of_squares(grads);
         plexus::clip_to_norm(grads, std::sqrt(sq), max_grad_norm_);
-        optimizer_->step(grads, lr_scale_);
-        ctx_.charge_compute(optimizer_->flops_per_step());
+        for (auto& [b, optimizer] : optimizers_) {
+            std::vector<torch::Tensor> block_grads;
+            for (const auto& p : model_->blocks()[b]->parameters()) block_grads.push_back(p.grad());
+            optimizer->step(block_grads, lr_scale_);
+            ctx_.charge_compute(optimizer->flops_per_step());
+        }
         for (auto& g : grads) g.zero_();
         ++optimizer_steps_;
         return std::sqrt(sq);
@@ -390,7 +559,7 @@ private:
         const auto& blocks = model_->blocks();
         std::vector<double> row(blocks.size(), 1.0);
         if (how == "flops")
-            for (size_t b = 0; b < blocks.size(); ++b) row[b] = blocks[b]->flops_per_token(ctx_.seq_len());
+            row = block_flops_;
         if (how != "measured") return std::vector<std::vector<double>>(static_cast<size_t>(J_), row);
         const auto n = static_cast<int64_t>(blocks.size());
         auto all = torch::empty({J_ * n}, torch::kFloat64);
@@ -408,6 +577,9 @@ private:
         for (const auto& b : model_->blocks()) {
             x = b->forward(x);
             output_shapes_.push_back(x.sizes().vec());
+            block_flops_.push_back(b->flops_per_token(ctx_.seq_len()));  // from the whole block, before any is freed
+            param_shapes_.emplace_back();
+            for (const auto& p : b->parameters()) param_shapes_.back().push_back(p.sizes().vec());
         }
     }
     std::vector<int64_t> output_shape(size_t block, int64_t rows, int64_t seq) const {
@@ -433,13 +605,18 @@ private:
     torch::TensorOptions options_ = torch::TensorOptions().device(ctx_.device());
     std::shared_ptr<plexus::Model> model_;
     std::unique_ptr<plexus::StagePlacement> placement_;
-    std::unique_ptr<plexus::Optimizer> optimizer_;
+    std::map<size_t, std::unique_ptr<plexus::Optimizer>> optimizers_;  // one per block of this stage
     std::vector<std::vector<int64_t>> output_shapes_;
+    std::vector<std::vector<std::vector<int64_t>>> param_shapes_;  // every block's, in order
+    std::vector<double> block_flops_;  // training FLOPs per token of every block
     std::map<int64_t, Kept> kept_;
     std::deque<torch::Tensor> targets_;  // the last stage's: micro-batches read but not yet forwarded
     std::vector<std::shared_ptr<plexus::Work>> sends_, previous_sends_;
     int64_t tick_ = 0, backwards_ = 0, stepped_at_ = 0, optimizer_steps_ = 0, eval_messages_ = 0;
-    int64_t ids_rows_ = 0, ids_seq_ = 0;
+    int64_t rows_ = 0, seq_ = 0;  // the micro-batch's shape
+    // Epochs of micro-batches between re-balancings: [epoch_mb_, end_mb_), started at epoch_tick_.
+    int64_t rebalance_every_ = 0, epoch_tick_ = 0, epoch_mb_ = 0, end_mb_ = kNever, rebalances_ = 0;
+    double epoch_busy_ = 0, epoch_flops_ = 0;  // this epoch's compute: seconds, and FLOPs charged
     double busy_ = 0, lr_scale_ = 1.0, max_grad_norm_ = 0;
     bool between_ticks_ = false;  // the last tick completed (no tick failed half-way)
 };
@@ -458,6 +635,9 @@ plexus::PluginDescriptor describe() {
         {"accumulate", 1, "backward passes (micro-batches) per optimizer step of a stage (k); their mean is applied"},
         {"partition", "flops", "cut stages by block count, block FLOPs, or block time measured on each stage's rank"},
         {"check_every", 16, "measure the reconstruction error every this many micro-batches (0: never)"},
+        {"rebalance_every", 0,
+         "every this many micro-batches, drain the pipe and cut the stages again by each rank's measured speed "
+         "(0: never); a multiple of accumulate"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Petra>(cfg, ctx);

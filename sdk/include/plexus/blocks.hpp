@@ -183,6 +183,20 @@ public:
         return i;
     }
 
+    // After the strategy moved blocks between stages (the new owner set_data()'d their
+    // parameters, the old one freed them): this stage now runs [bounds[stage], bounds[stage + 1]).
+    void repartition(std::vector<int> bounds) {
+        bounds_ = std::move(bounds);
+        params_.clear();
+        names_.clear();
+        const auto& blocks = model_.blocks();
+        for (size_t b = first_block(); b < last_block(); ++b)
+            for (const auto& item : blocks[b]->named_parameters()) {
+                params_.push_back(item.value());
+                names_.push_back(blocks[b]->name() + "." + item.key());
+            }
+    }
+
     // A stage's whole state: gather()'s parameters, then this stage's optimizer state.
     StateDict state(Transport& pipe, torch::Device device, const Optimizer& optimizer) const {
         StateDict out = gather(pipe, device);
