@@ -1,0 +1,188 @@
+// optimizers/lopt (algorithms.md section 5(c)): one step from a zero state with the MLP wired
+// to pass a single feature through as the direction, against the feature computed by hand; the
+// μLO scaling; the weights file's errors.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <fstream>
+
+#include <plexus/plexus.hpp>
+
+#include "helpers.hpp"
+#include "results.hpp"
+
+using namespace plexus;
+using namespace plexus::test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+constexpr int kInputs = 39;
+
+// A weights file whose MLP outputs d = (normalized) feature k and magnitude 0:
+// hidden units relu(x_k) and relu(-x_k), d = their difference.
+std::string passthrough_weights(const TempDir& dir, int k) {
+    std::ostringstream w;
+    w << "plexus-lopt 1\n# passes feature " << k << " through\ndecay_offsets 0 0 0 0 0 0 0\nw0";
+    for (int row = 0; row < 32; ++row)
+        for (int col = 0; col < kInputs; ++col) w << " " << (col == k ? (row == 0 ? 1 : row == 1 ? -1 : 0) : 0);
+    w << "\nb0";
+    for (int i = 0; i < 32; ++i) w << " 0";
+    w << "\nw1";
+    for (int row = 0; row < 32; ++row)
+        for (int col = 0; col < 32; ++col) w << " " << (row == col && row < 2 ? 1 : 0);
+    w << "\nb1";
+    for (int i = 0; i < 32; ++i) w << " 0";
+    w << "\nw2";
+    for (int row = 0; row < 2; ++row)
+        for (int col = 0; col < 32; ++col) w << " " << (row == 0 && col == 0 ? 1 : row == 0 && col == 1 ? -1 : 0);
+    w << "\nb2 0 0\n";
+    return dir.file("w" + std::to_string(k) + ".lopt", w.str());
+}
+
+struct Stepped {
+    std::vector<double> weight, bias;  // parameters after the steps
+};
+
+// A [2, 3] weight and a [3] bias, one or two steps of lopt with feature k passed through.
+Stepped step_lopt(int k, const std::vector<double>& g_weight, const std::vector<double>& g_bias, int steps = 1,
+                  const std::string& extra = "") {
+    TempDir dir;
+    const auto weights = passthrough_weights(dir, k);
+    std::string text = kTinyExperiment;
+    const std::string adamw = "[optimizer]\nname = \"adamw\"\nlr = 1e-2\n";
+    text.replace(text.find(adamw), adamw.size(),
+                 "[optimizer]\nname = \"lopt\"\nweights = \"" + weights + "\"\nstep_mult = 0.01\n" + extra);
+    auto cfg = resolve_text(dir, text);
+    host::HostContext ctx(cfg, torch::kCPU, 32);
+    auto w = torch::tensor({0.5, -1.0, 2.0, 0.25, 1.5, -0.75}, torch::kFloat32).view({2, 3});
+    auto b = torch::tensor({0.1, -0.2, 0.3}, torch::kFloat32);
+    auto optimizer = ctx.make_optimizer({{"layer.fc.weight", w, {2, 3}}, {"layer.fc.bias", b, {3}}}, "optimizer");
+    for (int s = 0; s < steps; ++s)
+        optimizer->step({torch::tensor(g_weight, torch::kFloat32).view({2, 3}), torch::tensor(g_bias, torch::kFloat32)}, 1.0);
+    Stepped out;
+    for (int i = 0; i < 6; ++i) out.weight.push_back(w.view(-1)[i].item<double>());
+    for (int i = 0; i < 3; ++i) out.bias.push_back(b[i].item<double>());
+    return out;
+}
+
+// x / sqrt(1e-5 + mean(x²)): the feature normalization, by hand.
+std::vector<double> normalized(const std::vector<double>& x) {
+    double sq = 0;
+    for (double v : x) sq += v * v;
+    const double rms = std::sqrt(1e-5 + sq / static_cast<double>(x.size()));
+    std::vector<double> out;
+    for (double v : x) out.push_back(v / rms);
+    return out;
+}
+
+const std::vector<double> kWeight0 = {0.5, -1.0, 2.0, 0.25, 1.5, -0.75}, kBias0 = {0.1, -0.2, 0.3};
+// A rank-1 gradient a bᵀ (a = (1, -2), b = (0.5, 1, -3)): its g² is rank 1 too.
+const std::vector<double> kGradW = {0.5, 1.0, -3.0, -1.0, -2.0, 6.0}, kGradB = {0.2, -0.4, 0.05};
+
+void check_step(const std::vector<double>& before, const std::vector<double>& after, const std::vector<double>& feature,
+                double scale = 1.0) {
+    REQUIRE(after.size() == feature.size());
+    for (size_t i = 0; i < after.size(); ++i) CHECK(after[i] == Approx(before[i] - 0.01 * scale * feature[i]).epsilon(2e-5).margin(1e-7));
+}
+
+}  // namespace
+
+TEST_CASE("lopt: one step from zero state, feature by feature, equals the features computed by hand", "[lopt]") {
+    auto square = [](std::vector<double> x) {
+        for (auto& v : x) v *= v;
+        return x;
+    };
+    auto times = [](std::vector<double> x, double c) {
+        for (auto& v : x) v *= c;
+        return x;
+    };
+    SECTION("the gradient: SGD on the gradient normalized per tensor") {
+        const auto s = step_lopt(0, kGradW, kGradB);
+        check_step(kWeight0, s.weight, normalized(kGradW));
+        check_step(kBias0, s.bias, normalized(kGradB));
+    }
+    SECTION("the parameter") {
+        const auto s = step_lopt(1, kGradW, kGradB);
+        check_step(kWeight0, s.weight, normalized(kWeight0));
+    }
+    SECTION("momentum and RMS from zero state: (1 - d) g and (1 - d) g²") {
+        check_step(kWeight0, step_lopt(2, kGradW, kGradB).weight, normalized(times(kGradW, 0.1)));
+        check_step(kWeight0, step_lopt(4, kGradW, kGradB).weight, normalized(times(kGradW, 0.001)));
+        check_step(kWeight0, step_lopt(5, kGradW, kGradB).weight, normalized(times(square(kGradW), 0.001)));
+    }
+    SECTION("Adafactor on a rank-1 g²: row_f · col_f = rsqrt((1 - d) g²), so g · row_f · col_f = sign(g) / sqrt(1 - d)") {
+        for (int c = 0; c < 3; ++c) {
+            const double d = c == 0 ? 0.9 : c == 1 ? 0.99 : 0.999;
+            std::vector<double> expected_w, expected_b;
+            for (double g : kGradW) expected_w.push_back((g > 0 ? 1 : -1) / std::sqrt(1 - d));
+            // 1-D: full second moments, g · rsqrt(v + 1e-9) (the epsilon matters at g = 0.05).
+            for (double g : kGradB) expected_b.push_back(g / std::sqrt((1 - d) * (g * g + 1e-30) + 1e-9));
+            const auto s = step_lopt(10 + c, kGradW, kGradB);
+            check_step(kWeight0, s.weight, normalized(expected_w));
+            check_step(kBias0, s.bias, normalized(expected_b));
+        }
+    }
+    SECTION("the Adafactor row statistic, broadcast along the largest dimension") {
+        // Rows of g² = (0.25, 1, 9) and (1, 4, 36): means 10.25/3 and 41/3, times (1 - 0.9).
+        const double r0 = 0.1 * 10.25 / 3, r1 = 0.1 * 41.0 / 3;
+        check_step(kWeight0, step_lopt(13, kGradW, kGradB).weight, normalized({r0, r0, r0, r1, r1, r1}));
+    }
+    SECTION("progress features are appended after normalization: tanh(t - 1) at t = 0, then 0") {
+        const double first = std::tanh(-1.0);
+        check_step(kWeight0, step_lopt(28, kGradW, kGradB).weight, std::vector<double>(6, first));
+        // A second step at t = 1: tanh(1 - 1) = 0, the parameters stay where the first left them.
+        check_step(kWeight0, step_lopt(28, kGradW, kGradB, 2).weight, std::vector<double>(6, first));
+    }
+    SECTION("μLO: hidden matrices (named by mup_hidden) step 1 / fan_in as far, the others as before") {
+        const auto s = step_lopt(0, kGradW, kGradB, 1, "mup_hidden = \"fc\\\\.weight$\"\n");
+        check_step(kWeight0, s.weight, normalized(kGradW), 1.0 / 3);
+        check_step(kBias0, s.bias, normalized(kGradB));
+    }
+}
+
+TEST_CASE("lopt: weights file errors name the file and what is wrong", "[lopt]") {
+    TempDir dir;
+    const auto file = dir.file("e.toml", std::string(kTinyExperiment));
+    auto run = [&](const std::string& weights) {
+        return run_plexus("run " + file + " --db " + dir / "r.db" +
+                          " --set optimizer.name=lopt --set optimizer.weights=" + weights + " --set train.steps=2");
+    };
+    auto res = run(dir / "missing.lopt");
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("optimizer.weights") && Contains("missing.lopt") && Contains("cannot open"));
+    res = run(dir.file("bad.lopt", "plexus-lopt 1\ndecay_offsets 0 0 0 0 0 0 0\nw0 1 2 3\n"));
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("section 'w0' has 3 numbers, expected 1248"));
+    res = run(dir.file("other.lopt", "safetensors\n"));
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("not a plexus-lopt 1 file"));
+    // Untrained weights run (the starting point of meta-training).
+    res = run("init");
+    INFO(res.output);
+    CHECK(res.exit_code == 0);
+}
+
+TEST_CASE("lopt under DDP on 2 ranks equals lopt on one rank with the combined batch; ZeRO shards are refused",
+          "[lopt][distributed]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("e.toml", std::string(kTinyExperiment));
+    auto param_sum = [&](const std::string& args) {
+        auto res = run_plexus("run " + file + " --db " + db +
+                              " --set optimizer.name=lopt --set optimizer.weights=init --set optimizer.step_mult=0.01"
+                              " --set train.steps=5 --set train.threads=1 --set train.eval_every=0 " + args);
+        INFO(args << "\n" << res.output);
+        REQUIRE(res.exit_code == 0);
+        host::ResultsStore store(db);
+        return NewestRun(store)["param_sum"];
+    };
+    const double one = param_sum("--set train.batch_size=8");
+    const double larger_step = param_sum("--set train.batch_size=8 --set optimizer.step_mult=0.012");
+    const double ddp = param_sum("--set strategy.name=ddp --set launch.mode=local --set launch.ranks=2 --set train.batch_size=4");
+    CHECK(std::fabs(ddp - one) < 1e-3 * std::fabs(larger_step - one));
+    auto res = run_plexus("run " + file + " --db " + db +
+                          " --set optimizer.name=lopt --set optimizer.weights=init --set strategy.name=zero --set strategy.stage=1"
+                          " --set launch.mode=sim --set launch.ranks=2 --set train.steps=2");
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("piece of a tensor"));
+}
