@@ -162,7 +162,7 @@ TEST_CASE("lopt: weights file errors name the file and what is wrong", "[lopt]")
     CHECK(res.exit_code == 0);
 }
 
-TEST_CASE("lopt under DDP on 2 ranks equals lopt on one rank with the combined batch; ZeRO shards are refused",
+TEST_CASE("lopt under DDP on 2 ranks equals lopt on one rank with the combined batch, and ZeRO shards are refused",
           "[lopt][distributed]") {
     TempDir dir;
     const auto db = dir / "r.db";
