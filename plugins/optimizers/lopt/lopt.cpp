@@ -135,10 +135,13 @@ public:
 
     void step(const std::vector<torch::Tensor>& grads, double lr_scale) override {
         torch::NoGradGuard no_grad;
+        // The progress features, the same for every tensor: tanh(t / τ - 1), t the steps taken.
+        auto progress = torch::empty({kTimeFeatures}, torch::kFloat64);
+        for (int k = 0; k < kTimeFeatures; ++k) progress[k] = std::tanh(static_cast<double>(t_) / kTimescales[k] - 1.0);
         for (size_t i = 0; i < slots_.size(); ++i) {
             auto p = slots_[i].param.dim() == 0 ? slots_[i].param.view({1}) : slots_[i].param;
             auto g = torch::nan_to_num(grads[i].view(p.sizes()).to(torch::kFloat64), 0.0, 0.0, 0.0);
-            auto update = direction(states_[i], g, p.to(torch::kFloat64));
+            auto update = direction(features(states_[i], g, p.to(torch::kFloat64), progress), p);
             p.sub_((update * (states_[i].scale * (use_schedule_ ? lr_scale : 1.0))).to(p.scalar_type()));
         }
         ++t_;
@@ -146,7 +149,7 @@ public:
 
     // The features of one tensor, normalized, with the progress features: [elements, 39].
     // Updates the tensor's accumulators with g first.
-    torch::Tensor features(TensorState& s, const torch::Tensor& g, const torch::Tensor& p) {
+    torch::Tensor features(TensorState& s, const torch::Tensor& g, const torch::Tensor& p, const torch::Tensor& progress) {
         const auto g2 = g * g;
         for (int b = 0; b < 3; ++b) s.m[b].mul_(decays_[b]).add_(g, 1.0 - decays_[b]);
         s.r.mul_(decays_[3]).add_(g2, 1.0 - decays_[3]);
@@ -178,14 +181,12 @@ public:
         for (int c = 0; c < 3; ++c) f.push_back(s.m[c] * row_col[c]);
         auto stacked = torch::stack(f, -1).reshape({-1, kFeatures});
         stacked = stacked / torch::sqrt(1e-5 + (stacked * stacked).mean(0, true));  // per feature, over the tensor
-        auto progress = torch::empty({kTimeFeatures}, torch::kFloat64);
-        for (int k = 0; k < kTimeFeatures; ++k) progress[k] = std::tanh(static_cast<double>(t_) / kTimescales[k] - 1.0);
         return torch::cat({stacked, progress.expand({stacked.size(0), kTimeFeatures})}, 1);
     }
 
-    // The step before its scale s: step_mult · d · exp(exp_mult · m), shaped like p.
-    torch::Tensor direction(TensorState& s, const torch::Tensor& g, const torch::Tensor& p) {
-        auto x = features(s, g, p);
+    // The step before its scale s, from a tensor's features: step_mult · d · exp(exp_mult · m),
+    // shaped like p.
+    torch::Tensor direction(const torch::Tensor& x, const torch::Tensor& p) {
         auto h = torch::relu(torch::linear(x, w_.w0, w_.b0));
         h = torch::relu(torch::linear(h, w_.w1, w_.b1));
         auto out = torch::linear(h, w_.w2, w_.b2);

@@ -101,12 +101,11 @@ public:
             std::vector<std::shared_ptr<plexus::Work>> pending;
             torch::Tensor forward, backward;
             if (j_ > 0 && f >= 0) {
-                forward = torch::empty(output_shape(placement_->first_block() - 1, rows_, seq_), options_);
+                forward = empty_forward_message();
                 pending.push_back(world_.recv(forward, j_ - 1, 3 * static_cast<int>(f)));
             }
             if (j_ < J_ - 1 && b >= 0) {
-                const auto shape = output_shape(placement_->last_block() - 1, rows_, seq_);
-                backward = torch::empty(method_ == Method::Petra ? cat_shape(shape) : shape, options_);
+                backward = empty_backward_message();
                 pending.push_back(world_.recv(backward, j_ + 1, 3 * static_cast<int>(b) + 1));
             }
             for (auto& w : pending) w->wait();
@@ -395,7 +394,7 @@ private:
     double forward_micro(int64_t f, const torch::Tensor& ids) {
         torch::Tensor x = ids;
         if (j_ > 0) {
-            x = torch::empty(output_shape(placement_->first_block() - 1, rows_, seq_), options_);
+            x = empty_forward_message();
             world_.recv(x, j_ - 1, 3 * static_cast<int>(f))->wait();
         }
         const double t0 = ctx_.now();
@@ -444,9 +443,8 @@ private:
             throw plexus::Error("petra: stage " + std::to_string(j_) + " has nothing kept for micro-batch " + std::to_string(b));
         Kept kept = std::move(it->second);
         kept_.erase(it);
-        const auto shape = output_shape(placement_->last_block() - 1, rows_, seq_);
         const bool with_output = method_ == Method::Petra;
-        auto message = torch::empty(with_output ? cat_shape(shape) : shape, options_);
+        auto message = empty_backward_message();
         world_.recv(message, j_ + 1, 3 * static_cast<int>(b) + 1)->wait();
         const double t0 = ctx_.now();
         const auto first = placement_->first_block(), last = placement_->last_block();
@@ -591,9 +589,15 @@ private:
     std::vector<int64_t> input_shape(const torch::Tensor& ids) const {
         return output_shape(placement_->first_block() - 1, ids.size(0), ids.size(1));
     }
-    static std::vector<int64_t> cat_shape(std::vector<int64_t> shape) {
-        shape.insert(shape.begin(), 2);
-        return shape;
+    // What a training micro-batch's messages to this stage hold: the previous stage's output
+    // forward; the gradient of this stage's output backward (petra: stacked under the output).
+    torch::Tensor empty_forward_message() const {
+        return torch::empty(output_shape(placement_->first_block() - 1, rows_, seq_), options_);
+    }
+    torch::Tensor empty_backward_message() const {
+        auto shape = output_shape(placement_->last_block() - 1, rows_, seq_);
+        if (method_ == Method::Petra) shape.insert(shape.begin(), 2);
+        return torch::empty(shape, options_);
     }
 
     plexus::RunContext& ctx_;
