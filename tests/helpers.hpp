@@ -107,6 +107,16 @@ struct NewestRun {
     }
 };
 
+// `plexus run FILE --db DB ARGS`, required to succeed (showing the command's output where it
+// does not), and the run it recorded. For the tests' Catch2 translation units.
+inline NewestRun run_recorded(const std::string& file, const std::string& db, const std::string& args) {
+    const auto res = run_plexus("run " + file + " --db " + db + " " + args);
+    INFO(args << "\n" << res.output);
+    REQUIRE(res.exit_code == 0);
+    host::ResultsStore store(db);
+    return NewestRun(store);
+}
+
 // A tiny model on synthetic data: fast enough for any test.
 inline const char* kTinyExperiment = R"(
 [model]

@@ -205,13 +205,9 @@ TEST_CASE("synchronous rounds are ZeRO-1: with SGD they give DDP's parameters (t
     TempDir dir;
     const auto db = dir / "r.db";
     auto param_sum = [&](const std::string& args) {
-        auto res = run_plexus("run " + dir.file("a.toml", kAcco) + " --db " + db +
-                              " --set launch.mode=sim --set launch.ranks=4 --set train.steps=8 --set train.batch_size=2"
-                              " --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        host::ResultsStore store(db);
-        return NewestRun(store)["param_sum"];
+        return run_recorded(dir.file("a.toml", kAcco), db,
+                            "--set launch.mode=sim --set launch.ranks=4 --set train.steps=8 --set train.batch_size=2"
+                            " --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args)["param_sum"];
     };
     const double ddp = param_sum("--set strategy.name=ddp --set strategy.accumulate=2");
     const double acco = param_sum("--set strategy.sync_updates=100 --set strategy.accumulate=2");
@@ -262,14 +258,11 @@ TEST_CASE("ACCO on simulated ranks with a straggler: every micro-batch is counte
     TempDir dir;
     const auto db = dir / "r.db";
     // Compute 1e8 FLOP/s per rank; links slow enough that a round spans several micro-batches.
-    auto res = run_plexus("run " + dir.file("a.toml", kAcco) + " --db " + db +
-                          " --set launch.mode=sim --set launch.ranks=4 --set train.steps=24 --set train.batch_size=4 "
-                          "--set sim.device=custom --set sim.device_flops=1e8 --set sim.efficiency=1.0 "
-                          "--set sim.bandwidth_gbs=0.0005 --set sim.slow_ranks=[3] --set sim.slow_factor=4.0");
-    INFO(res.output);
-    REQUIRE(res.exit_code == 0);
+    const NewestRun run = run_recorded(dir.file("a.toml", kAcco), db,
+                                       "--set launch.mode=sim --set launch.ranks=4 --set train.steps=24 --set train.batch_size=4 "
+                                       "--set sim.device=custom --set sim.device_flops=1e8 --set sim.efficiency=1.0 "
+                                       "--set sim.bandwidth_gbs=0.0005 --set sim.slow_ranks=[3] --set sim.slow_factor=4.0");
     host::ResultsStore store(db);
-    const NewestRun run(store);
     const auto accounting = check_round_accounting(store, run, 24, 4, 4 * 32);
     const auto& drawn = accounting.drawn;
     CHECK(accounting.unreported <= store.metric_series(run.id, "acco/round_micro_batches").back().second);
@@ -285,13 +278,9 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     const auto db = dir / "r.db";
     constexpr int64_t kBudget = 120 * 32 * 32;  // tokens per rank: 120 micro-batches of 32 x 32
     auto run_budget = [&](const std::string& args) {
-        auto res = run_plexus("run " + dir.file("a.toml", kAcco) + " --db " + db +
-                              " --set train.steps=0 --set train.tokens=" + std::to_string(kBudget) +
-                              " --set train.batch_size=32 --set train.threads=1 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        host::ResultsStore store(db);
-        const NewestRun run(store);
+        const NewestRun run = run_recorded(dir.file("a.toml", kAcco), db,
+                                           "--set train.steps=0 --set train.tokens=" + std::to_string(kBudget) +
+                                           " --set train.batch_size=32 --set train.threads=1 " + args);
         CHECK(run["tokens"] >= kBudget);
         CHECK(run["tokens"] < kBudget + 16 * 1024);  // the budget is kept to within a few rounds
         return run;

@@ -146,13 +146,10 @@ struct GossipRun {
 
 GossipRun run_gossip(const TempDir& dir, const std::string& args) {
     const auto db = dir / "g.db";
-    auto res = run_plexus("run " + dir.file("g.toml", kGossip) + " --db " + db +
-                          " --set train.steps=60 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
-                          " --set optimizer.momentum=0.9 " + args);
-    INFO(args << "\n" << res.output);
-    REQUIRE(res.exit_code == 0);
+    const NewestRun run = run_recorded(dir.file("g.toml", kGossip), db,
+                                       "--set train.steps=60 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
+                                       " --set optimizer.momentum=0.9 " + args);
     host::ResultsStore store(db);
-    const NewestRun run(store);
     const auto id = run.id;
     GossipRun r;
     r.state_hash = run.text.at("state_hash");
@@ -261,13 +258,10 @@ TEST_CASE("async_sgd: tau = 0 is synchronous SGD, staleness stays within the bou
     TempDir dir;
     const auto db = dir / "a.db";
     auto run = [&](const std::string& args) {
-        auto res = run_plexus("run " + dir.file("g.toml", kGossip) + " --db " + db +
-                              " --set train.steps=30 --set optimizer.name=sgd --set optimizer.lr=0.3"
-                              " --set train.grad_clip=0.0 --set train.threads=1 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
+        const NewestRun run = run_recorded(dir.file("g.toml", kGossip), db,
+                                           "--set train.steps=30 --set optimizer.name=sgd --set optimizer.lr=0.3"
+                                           " --set train.grad_clip=0.0 --set train.threads=1 " + args);
         host::ResultsStore store(db);
-        const NewestRun run(store);
         double staleness = 0;
         for (const auto& [step, value] : store.metric_series(run.id, "async/staleness_max")) staleness = std::max(staleness, value);
         return std::make_pair(run["param_sum"], staleness);
@@ -295,13 +289,10 @@ TEST_CASE("the exchange thread overlaps the exchanges with the gradient (simulat
     TempDir dir;
     const auto db = dir / "t.db";
     auto run = [&](const std::string& args) {
-        auto res = run_plexus("run " + dir.file("g.toml", kGossip) + " --db " + db +
-                              " --set train.steps=40 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
-                              " --set optimizer.momentum=0.9 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
+        const NewestRun run = run_recorded(dir.file("g.toml", kGossip), db,
+                                           "--set train.steps=40 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
+                                           " --set optimizer.momentum=0.9 " + args);
         host::ResultsStore store(db);
-        const NewestRun run(store);
         GossipRun r;
         r.state_hash = run.text.at("state_hash");
         r.last_eval = store.metric_series(run.id, "eval_loss").back().second;

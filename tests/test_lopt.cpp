@@ -168,13 +168,9 @@ TEST_CASE("lopt under DDP on 2 ranks equals lopt on one rank with the combined b
     const auto db = dir / "r.db";
     const auto file = dir.file("e.toml", std::string(kTinyExperiment));
     auto param_sum = [&](const std::string& args) {
-        auto res = run_plexus("run " + file + " --db " + db +
-                              " --set optimizer.name=lopt --set optimizer.weights=init --set optimizer.step_mult=0.01"
-                              " --set train.steps=5 --set train.threads=1 --set train.eval_every=0 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        host::ResultsStore store(db);
-        return NewestRun(store)["param_sum"];
+        return run_recorded(file, db,
+                            "--set optimizer.name=lopt --set optimizer.weights=init --set optimizer.step_mult=0.01"
+                            " --set train.steps=5 --set train.threads=1 --set train.eval_every=0 " + args)["param_sum"];
     };
     const double one = param_sum("--set train.batch_size=8");
     const double larger_step = param_sum("--set train.batch_size=8 --set optimizer.step_mult=0.012");

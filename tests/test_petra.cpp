@@ -94,13 +94,9 @@ TEST_CASE("reversible backprop trains exactly like backprop and keeps less memor
         double param_sum, loss, peak;
     };
     auto run = [&](const std::string& args) {
-        auto res = run_plexus("run " + file + " --db " + db +
-                              " --set train.steps=4 --set train.seq_len=64 --set train.batch_size=16 --set train.eval_every=0 "
-                              "--set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        host::ResultsStore store(db);
-        const NewestRun r(store);
+        const NewestRun r = run_recorded(file, db,
+                                         "--set train.steps=4 --set train.seq_len=64 --set train.batch_size=16 --set train.eval_every=0 "
+                                         "--set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args);
         return Result{r["param_sum"], r["final_loss"], r["peak_tensor_bytes"]};
     };
     const auto backprop = run("");
@@ -122,13 +118,9 @@ TEST_CASE("PETRA with one stage, or synchronous, is backprop", "[petra][sim]") {
     const auto db = dir / "r.db";
     const auto file = dir.file("p.toml", kPetra);
     auto param_sum = [&](const std::string& args) {
-        auto res = run_plexus("run " + file + " --db " + db +
-                              " --set train.steps=6 --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 "
-                              "--set train.eval_every=0 --set train.grad_clip=0 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        host::ResultsStore store(db);
-        return NewestRun(store)["param_sum"];
+        return run_recorded(file, db,
+                            "--set train.steps=6 --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 "
+                            "--set train.eval_every=0 --set train.grad_clip=0 " + args)["param_sum"];
     };
     const double backprop = param_sum("--set strategy.name=single");
     // (A constant rate: a PETRA stage reads the schedule when it steps, backprop when it starts
@@ -153,11 +145,9 @@ TEST_CASE("PETRA's schedule, counted: delays of 2(J-1-j) ticks, nothing kept on 
     const auto db = dir / "r.db";
     constexpr int J = 4, steps = 20;
     auto run = [&](const std::string& args) {
-        auto res = run_plexus("run " + dir.file("p.toml", kPetra) + " --db " + db + " --set launch.mode=sim --set launch.ranks=4 "
-                              "--set train.steps=" + std::to_string(steps) + " " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        return host::ResultsStore(db).list_runs(1).at(0).id;
+        return run_recorded(dir.file("p.toml", kPetra), db,
+                            "--set launch.mode=sim --set launch.ranks=4 --set train.steps=" + std::to_string(steps) + " " + args)
+            .id;
     };
     host::ResultsStore store(db);
     auto series = [&](int64_t id, int stage, const std::string& key) {
@@ -224,13 +214,11 @@ TEST_CASE("PETRA stages by measured time: a slower rank gets fewer blocks", "[pe
     TempDir dir;
     const auto db = dir / "r.db";
     auto first_blocks = [&](const std::string& args) {
-        auto res = run_plexus("run " + dir.file("p.toml", kPetra) + " --db " + db +
-                              " --set launch.mode=sim --set launch.ranks=3 --set train.steps=2 --set model.n_layer=7 "
-                              "--set strategy.partition=measured --set sim.device=custom --set sim.device_flops=1e9 " + args);
-        INFO(res.output);
-        REQUIRE(res.exit_code == 0);
+        const auto id = run_recorded(dir.file("p.toml", kPetra), db,
+                                     "--set launch.mode=sim --set launch.ranks=3 --set train.steps=2 --set model.n_layer=7 "
+                                     "--set strategy.partition=measured --set sim.device=custom --set sim.device_flops=1e9 " + args)
+                            .id;
         host::ResultsStore store(db);
-        const auto id = store.list_runs(1).at(0).id;
         std::vector<double> out;
         for (int j = 0; j < 3; ++j) out.push_back(store.metric_series(id, "petra/stage" + std::to_string(j) + "/first_block").at(0).second);
         out.push_back(9);  // blocks: embed, rev0 .. rev6, head
@@ -249,13 +237,10 @@ TEST_CASE("PETRA stages by measured time: a slower rank gets fewer blocks", "[pe
 TEST_CASE("PETRA trains on Gloo processes with the same schedule", "[petra][distributed]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    auto res = run_plexus("run " + dir.file("p.toml", kPetra) + " --db " + db +
-                          " --set launch.mode=local --set launch.ranks=3 --set train.steps=40 --set train.threads=1 "
-                          "--set optimizer.lr=3e-3");
-    INFO(res.output);
-    REQUIRE(res.exit_code == 0);
+    const NewestRun run = run_recorded(dir.file("p.toml", kPetra), db,
+                                       "--set launch.mode=local --set launch.ranks=3 --set train.steps=40 --set train.threads=1 "
+                                       "--set optimizer.lr=3e-3");
     host::ResultsStore store(db);
-    const NewestRun run(store);
     CHECK(run["final_eval_loss"] < std::log(32.0) - 0.5);
     for (int j = 0; j < 3; ++j)
         for (const auto& [step, d] : store.metric_series(run.id, "petra/stage" + std::to_string(j) + "/delay_ticks"))
@@ -288,12 +273,9 @@ TEST_CASE("PETRA re-balances while training: a slowed rank gives blocks away, wi
         std::vector<double> stage1_first, stage2_first;
     };
     auto run = [&](const std::string& args) {
-        auto res = run_plexus("run " + file + " --db " + db +
-                              " --set model.n_layer=7 --set train.threads=1 --set train.eval_every=0 --set train.grad_clip=0 " + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
+        const NewestRun r = run_recorded(file, db,
+                                         "--set model.n_layer=7 --set train.threads=1 --set train.eval_every=0 --set train.grad_clip=0 " + args);
         host::ResultsStore store(db);
-        const NewestRun r(store);
         Result out{r["param_sum"], r["sim_time"] / r["tokens"], {}, {}};
         for (const auto& [step, v] : store.metric_series(r.id, "petra/stage1/first_block")) out.stage1_first.push_back(v);
         for (const auto& [step, v] : store.metric_series(r.id, "petra/stage2/first_block")) out.stage2_first.push_back(v);
