@@ -349,7 +349,6 @@ private:
         }
         for (auto& w : sends) w->wait();
         placement_->repartition(bounds);
-        ++rebalances_;
         std::string cut;
         for (int s = 0; s < J_; ++s) {
             cut += (s ? " | " : "") + std::to_string(bounds[s]) + ".." + std::to_string(bounds[s + 1] - 1);
@@ -619,7 +618,7 @@ private:
     int64_t tick_ = 0, backwards_ = 0, stepped_at_ = 0, optimizer_steps_ = 0, eval_messages_ = 0;
     int64_t rows_ = 0, seq_ = 0;  // the micro-batch's shape
     // Epochs of micro-batches between re-balancings: [epoch_mb_, end_mb_), started at epoch_tick_.
-    int64_t rebalance_every_ = 0, epoch_tick_ = 0, epoch_mb_ = 0, end_mb_ = kNever, rebalances_ = 0;
+    int64_t rebalance_every_ = 0, epoch_tick_ = 0, epoch_mb_ = 0, end_mb_ = kNever;
     double epoch_busy_ = 0, epoch_flops_ = 0;  // this epoch's compute: seconds, and FLOPs charged
     double busy_ = 0, lr_scale_ = 1.0, max_grad_norm_ = 0;
     bool between_ticks_ = false;  // the last tick completed (no tick failed half-way)
