@@ -1,22 +1,29 @@
 // bench/gpt_step: the same GPT training step (same shapes, AdamW, clipping) timed in plexus
 // (models/gpt + optimizers/adamw + strategies/single, through the host's own plugin path) and
 // in a PyTorch eager reference (bench/gpt_step_ref.py), in one run. Prints the ratio of tokens/s
-// and plexus's MFU against the fp32 matmul peak measured in the same run.
+// and plexus's MFU: on the CPU against the fp32 matmul peak measured in the same run, on a GPU
+// (--device cuda, usually with --precision bf16) against the card's datasheet bf16 peak. On a
+// GPU the reference runs separately (bench/gpt_step_gpu.sh drives both), since two 1.3B
+// models with their optimizer state need not fit on one card together.
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
 #include <thread>
 
+#include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
+#include "bench_util.hpp"
 #include "config.hpp"
 #include "context.hpp"
+#include "cuda.hpp"
 #include "harness.hpp"
 #include "loader.hpp"
 #include "peak.hpp"
@@ -25,18 +32,27 @@ using namespace plexus;
 
 namespace {
 
-std::map<std::string, int64_t> parse_args(int argc, char** argv) {
-    std::map<std::string, int64_t> a = {{"layers", 4}, {"width", 256}, {"heads", 4}, {"seq", 128}, {"batch", 8},
+struct Args {
+    std::map<std::string, int64_t> n = {{"layers", 4}, {"width", 256}, {"heads", 4}, {"seq", 128}, {"batch", 8},
                                         {"vocab", 4096}, {"steps", 5}, {"rounds", 7}, {"warmup", 3},
                                         {"threads", std::max(1u, std::thread::hardware_concurrency())}, {"reference", 1}};
+    std::map<std::string, std::string> text = {{"device", "cpu"}, {"precision", "fp32"}};
+    int64_t operator[](const std::string& k) { return n.at(k); }
+};
+
+Args parse_args(int argc, char** argv) {
+    Args a;
     for (int i = 1; i + 1 < argc; i += 2) {
-        std::string key = argv[i];
-        if (key.rfind("--", 0) != 0 || !a.count(key.substr(2))) {
+        const std::string key = std::string(argv[i]).rfind("--", 0) == 0 ? std::string(argv[i]).substr(2) : "";
+        if (a.n.count(key)) {
+            a.n[key] = std::stoll(argv[i + 1]);
+        } else if (a.text.count(key)) {
+            a.text[key] = argv[i + 1];
+        } else {
             std::cerr << "usage: gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N "
-                         "--rounds N --warmup N --threads N --reference 0|1]\n";
+                         "--rounds N --warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16]\n";
             std::exit(2);
         }
-        a[key.substr(2)] = std::stoll(argv[i + 1]);
     }
     return a;
 }
@@ -89,53 +105,47 @@ private:
     bool ok_ = false;
 };
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
     auto a = parse_args(argc, argv);
     host::set_compute_threads(static_cast<int>(a["threads"]));
+    const torch::Device device(a.text["device"]);
+    const bool gpu = device.is_cuda();
+    if (gpu && a["reference"]) {
+        std::cerr << "gpt_step: on a GPU, run the reference separately (bench/gpt_step_gpu.sh does); use --reference 0\n";
+        return 2;
+    }
+    const auto autocast_dtype = a.text["precision"] == "bf16" ? torch::kBFloat16 : torch::kFloat;
 
-    char dir_template[] = "/tmp/plexus-bench-XXXXXX";
-    const std::string dir = mkdtemp(dir_template);
-    const std::string file = dir + "/gpt_step.toml";
-    {
-        FILE* f = std::fopen(file.c_str(), "w");
-        std::fprintf(f,
+    char toml[1024];
+    std::snprintf(toml, sizeof toml,
                      "[model]\nname = \"gpt\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\n"
                      "[data]\nname = \"synthetic\"\nvocab_size = %lld\nbranching = 8\ntrain_tokens = 200000\n"
                      "[optimizer]\nname = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.95]\nweight_decay = 0.1\n"
                      "[strategy]\nname = \"single\"\n[train]\nbatch_size = %lld\nseq_len = %lld\ngrad_clip = 1.0\n",
                      (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["vocab"],
                      (long long)a["batch"], (long long)a["seq"]);
-        std::fclose(f);
-    }
-    host::PluginRegistry registry;
-    registry.scan(host::PluginRegistry::default_search_path());
-    auto exp = host::load_experiment(file);
-    auto cfg = host::resolve(exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
-                             [&](PluginKind k) { return registry.names(k); });
-    std::remove(file.c_str());
-    std::remove(dir.c_str());
+    const std::string file = bench::write_experiment(toml, "gpt_step.toml");
+    const auto cfg = bench::resolve_file(file);
+    std::filesystem::remove_all(std::filesystem::path(file).parent_path());
 
-    host::HostContext boot(cfg, torch::kCPU, 0);
-    auto data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), boot);
-    host::HostContext ctx(cfg, torch::kCPU, data->vocab_size());
-    auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), ctx);
-    auto stream = data->open({Split::Train, a["batch"], a["seq"], 0, 1, 1});
+    host::gpu::set_current(device);
+    bench::BareRun run(cfg, device, a["batch"], a["seq"]);
+    auto& strategy = run.strategy;
+    auto& ctx = *run.ctx;
+    auto& in = run.in;
+    // As the harness does for train.precision.
+    compat::AutocastGuard autocast(device.type(), autocast_dtype);
 
-    StepInput in;
-    in.max_grad_norm = 1.0;
-    in.train = stream.get();
     for (int64_t i = 0; i < a["warmup"]; ++i) strategy->step(in);
+    // Each step reads its loss back (as the harness does), so the clock stops after the GPU's work.
     auto plexus_round = [&] {
+        host::gpu::synchronize(device);
         const auto t0 = std::chrono::steady_clock::now();
         int64_t tokens = 0;
         for (int64_t i = 0; i < a["steps"]; ++i) tokens += strategy->step(in).tokens;
+        host::gpu::synchronize(device);
         return tokens / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
 
@@ -147,6 +157,7 @@ int main(int argc, char** argv) {
         command = std::string(py ? py : "/usr/bin/python3") + " " + PLEXUS_BENCH_DIR + "/gpt_step_ref.py --serve";
         for (const char* k : {"layers", "width", "heads", "seq", "batch", "vocab", "steps", "warmup"})
             command += std::string(" --") + k + " " + std::to_string(a[k]);
+        command += " --dtype " + a.text["precision"];
         reference = std::make_unique<Reference>(command);
         if (!reference->ok()) {
             std::fprintf(stderr, "reference failed to start: `%s` (needs Debian's python3-torch)\n", command.c_str());
@@ -162,24 +173,37 @@ int main(int argc, char** argv) {
         }
     }
     reference.reset();
-    const double plexus_tps = median(mine);
-    const double peak = host::measure_cpu_matmul_flops(2.0);
+    const double plexus_tps = bench::median(mine);
+    const std::string gpu_name = host::gpu::device_name(device);
+    const auto card = host::gpu_peak(gpu_name);
+    const double peak = gpu ? card.flops.value_or(NAN) : host::measure_cpu_matmul_flops(2.0);
     const double mfu = host::mfu(ctx.flops.flops, plexus_tps, peak);
 
-    std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, cpu, %lld threads, %s params\n",
+    std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, %s %s, %s, %s params\n",
                 (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["seq"],
-                (long long)a["batch"], (long long)a["vocab"], (long long)a["threads"],
+                (long long)a["batch"], (long long)a["vocab"], device.str().c_str(), a.text["precision"].c_str(),
+                gpu ? gpu_name.c_str() : (std::to_string(a["threads"]) + " threads").c_str(),
                 std::to_string(ctx.params).c_str());
     std::printf("  plexus:    %10.0f tok/s (median of %lld rounds of %lld steps)\n", plexus_tps,
                 (long long)a["rounds"], (long long)a["steps"]);
     if (!theirs.empty()) {
         std::printf("  reference: %10.0f tok/s (PyTorch %s eager, same thread settings, rounds alternating)\n",
-                    median(theirs), TORCH_VERSION);
+                    bench::median(theirs), TORCH_VERSION);
         std::printf("  ratio plexus/reference: %.2f (median of per-round ratios; range %.2f to %.2f)\n",
-                    median(ratios), *std::min_element(ratios.begin(), ratios.end()),
+                    bench::median(ratios), *std::min_element(ratios.begin(), ratios.end()),
                     *std::max_element(ratios.begin(), ratios.end()));
     }
-    std::printf("  MFU:       %9.1f%% of the fp32 matmul peak measured now, %.1f GFLOP/s (%.2f MFLOP/token, 6N+12LHQT)\n",
-                mfu * 100, peak / 1e9, ctx.flops.flops / 1e6);
+    if (gpu) {
+        std::printf("  MFU:       %9.1f%% of %s, %.0f TFLOP/s (%.2f GFLOP/token, 6N+12LHQT)\n", mfu * 100,
+                    card.source.c_str(), peak / 1e12, ctx.flops.flops / 1e9);
+        std::printf("  peak GPU memory of tensors: %.1f GiB\n",
+                    static_cast<double>(host::gpu::peak_allocated_bytes(device)) / (1 << 30));
+    } else {
+        std::printf("  MFU:       %9.1f%% of the fp32 matmul peak measured now, %.1f GFLOP/s (%.2f MFLOP/token, 6N+12LHQT)\n",
+                    mfu * 100, peak / 1e9, ctx.flops.flops / 1e6);
+    }
+    // One line for scripts (bench/gpt_step_gpu.sh, scripts/bench.sh).
+    std::printf("RESULT plexus tokens_per_s=%.1f mfu=%.4f params=%lld flops_per_token=%.6g\n", plexus_tps, mfu,
+                static_cast<long long>(ctx.params), ctx.flops.flops);
     return 0;
 }

@@ -4,6 +4,9 @@ untied head, AdamW with decoupled decay on matrices only, global-norm clipping a
 
 Alone, it prints `reference tokens_per_s=<median over rounds> threads=<torch threads>`:
     python3 bench/gpt_step_ref.py --layers 4 --width 256 --heads 4 --seq 128 --batch 8 --vocab 4096
+On a GPU (PyTorch 2.x): --device cuda --dtype bf16 runs the forward under torch.autocast with
+F.scaled_dot_product_attention and fused AdamW, the best eager configuration; --compile adds
+torch.compile of the model. bench/gpt_step_gpu.sh runs it beside plexus's bench/gpt_step.
 With --serve (how bench/gpt_step drives it), it warms up, prints `ready`, then times one round of
 --steps steps for every line read on stdin and prints its tokens/s, so that the two sides can be
 measured in alternating rounds under the same machine load.
@@ -16,6 +19,9 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 
 
 class Layer(nn.Module):
@@ -36,8 +42,11 @@ class Layer(nn.Module):
     def forward(self, x, mask):
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.h) + mask[:t, :t]
-        y = torch.softmax(att, dim=-1) @ v
+        if HAS_SDPA:  # what plexus's compat::causal_attention uses on LibTorch 2.x
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.h) + mask[:t, :t]
+            y = torch.softmax(att, dim=-1) @ v
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
         return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
@@ -62,16 +71,30 @@ class Gpt(nn.Module):
 def build(args, threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if gpu and hasattr(torch, "set_default_device"):
+        with device:  # parameters created on the GPU (a 1.3B model initialized on the CPU takes long)
+            model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq)
+    else:
+        model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
+    extra = {"fused": True} if gpu else {}
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
-    ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
+                            lr=1e-3, betas=(0.9, 0.95), eps=1e-8, **extra)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=device)
+    forward = torch.compile(model) if args.compile else model
+    autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
 
     def step():
-        logits = model(ids[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
+        if autocast_dtype is not None:
+            with torch.autocast(device.type, dtype=autocast_dtype):
+                logits = forward(ids[:, :-1])
+                loss = F.cross_entropy(logits.reshape(-1, args.vocab).float(), ids[:, 1:].reshape(-1))
+        else:
+            logits = forward(ids[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -82,9 +105,13 @@ def build(args, threads):
         step()
 
     def timed_round():
+        if gpu:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            step()
+            step()  # reads its loss back: the clock stops after the GPU's work
+        if gpu:
+            torch.cuda.synchronize()
         return args.steps * args.batch * args.seq / (time.perf_counter() - t0)
 
     return timed_round
@@ -97,6 +124,9 @@ def main():
         ap.add_argument("--" + name, type=int, default=default)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (OpenBLAS keeps its own pool)")
     ap.add_argument("--serve", action="store_true", help="time one round per line read on stdin")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: forward under torch.autocast")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = ap.parse_args()
     timed_round = build(args, args.threads)
     if args.serve:
@@ -105,7 +135,9 @@ def main():
             print(f"{timed_round():.1f}", flush=True)
         return
     rates = sorted(timed_round() for _ in range(args.rounds))
-    print(f"reference tokens_per_s={rates[len(rates) // 2]:.1f} threads={args.threads}", flush=True)
+    memory = f" peak_gib={torch.cuda.max_memory_allocated() / 2**30:.1f}" if args.device.startswith("cuda") else ""
+    print(f"reference tokens_per_s={rates[len(rates) // 2]:.1f} threads={args.threads} torch={torch.__version__}"
+          f" compile={int(args.compile)}{memory}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ target_include_directories(plexus_sdk INTERFACE
   $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}/sdk/include>
   $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/include>
   $<INSTALL_INTERFACE:include>)
-target_link_libraries(plexus_sdk INTERFACE ${TORCH_LIBRARIES})
+# libstdc++ ahead of LibTorch: PyTorch's wheels export their own copies of std::filesystem
+# functions, and the first library in the lookup order wins (remove_all from libtorch.so crashed).
+target_link_libraries(plexus_sdk INTERFACE stdc++ ${TORCH_LIBRARIES})
 target_compile_features(plexus_sdk INTERFACE cxx_std_17)
 
 # One precompiled torch header for every target that includes torch (see the top -fPIC note).

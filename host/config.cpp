@@ -406,7 +406,8 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
              {"eval_batches", 10, "validation batches per evaluation"},
              {"log_every", 10, "print and record throughput every this many steps"},
              {"seed", 0, "seed of initialization and data order"},
-             {"device", "cpu", "cpu, cuda, cuda:N, or auto (cuda when available)"},
+             {"device", "cpu", "cpu, cuda, cuda:N, or auto (cuda when available); with several local ranks, cuda means cuda:LOCAL_RANK"},
+             {"precision", "fp32", "fp32, or bf16 (autocast: matrix products in bfloat16, parameters, gradients and optimizer state in float32)"},
              {"threads", 0, "compute threads (0: all cores)"},
              {"peak_flops", 0.0, "peak FLOP/s for MFU (0: measured on CPU, datasheet on known GPUs)"},
          }},
@@ -420,6 +421,7 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
              {"mode", "single", "single (one process), local (start `ranks` workers here), env (join torchrun/srun/mpirun), sim (`ranks` simulated ranks in this process)"},
              {"ranks", 2, "number of ranks for mode = local or sim"},
              {"timeout", 300.0, "seconds to wait for the rendezvous and for any collective before failing"},
+             {"backend", "auto", "c10d back end of mode = local or env: auto (nccl for CUDA devices in a CUDA build, else gloo), gloo or nccl"},
          }},
         {"sim",
          {
@@ -578,8 +580,11 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
     for (const auto& [k, v] : out.values) {
         // Where results go and how many cores a run gets are not what it trains.
         if (k == "name" || k == "description" || k.rfind("results.", 0) == 0 || k == "plugin_path" ||
-            k == "train.threads")
+            k == "train.threads" || k == "launch.backend")
             continue;
+        // Keys added after runs were recorded leave the hash alone at their default, so that
+        // a sweep recorded before them still resumes.
+        if (k == "train.precision" && v.type() == ValueType::String && v.as_string() == "fp32") continue;
         canonical += k + "=" + v.to_text() + "\n";
     }
     out.hash = hex64(fnv1a(canonical));

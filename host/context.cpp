@@ -3,6 +3,7 @@
 #include <iostream>
 #include <optional>
 
+#include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -81,11 +82,18 @@ void HostContext::log(LogLevel level, const std::string& message) {
 }
 
 std::unique_ptr<BackgroundTask> HostContext::start_background(std::function<void()> task) {
-    return clock_->start_background([meter = current_meter(), task = std::move(task)] {
+    return clock_->start_background([meter = current_meter(), task = std::move(task), type = device_.type(),
+                                     dtype = autocast_dtype()] {
         std::optional<MeterScope> scope;
         if (meter) scope.emplace(meter);
+        compat::AutocastGuard autocast(type, dtype);
         task();
     });
+}
+
+c10::ScalarType HostContext::autocast_dtype() const {
+    const auto it = cfg_.values.find("train.precision");
+    return it != cfg_.values.end() && it->second.as_string() == "bf16" ? torch::kBFloat16 : torch::kFloat;
 }
 
 int64_t HostContext::tensor_bytes() {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <plexus/context.hpp>
+#include <plexus/dataset.hpp>
 
 #include "config.hpp"
 #include "results.hpp"
@@ -17,6 +18,23 @@ namespace plexus::host {
 
 // The transport of a one-rank run: every collective is the identity.
 std::unique_ptr<Transport> make_local_transport();
+
+// Moves batches to the run's device (the datasets produce CPU tensors).
+class DeviceStream : public BatchStream {
+public:
+    DeviceStream(std::unique_ptr<BatchStream> inner, torch::Device device) : inner_(std::move(inner)), device_(device) {}
+    Batch next() override {
+        auto b = inner_->next();
+        if (device_.is_cpu()) return b;
+        return {b.inputs.to(device_, /*non_blocking=*/true), b.targets.to(device_, true)};
+    }
+    int64_t position() const override { return inner_->position(); }
+    void seek(int64_t p) override { inner_->seek(p); }
+
+private:
+    std::unique_ptr<BatchStream> inner_;
+    torch::Device device_;
+};
 
 class HostContext : public RunContext {
 public:
@@ -43,6 +61,8 @@ public:
     // The task's tensors count to this rank's memory meter, if it has one.
     std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override;
     int64_t tensor_bytes() override;
+    // bfloat16 where train.precision = "bf16", else float32 (AutocastGuard does nothing then).
+    c10::ScalarType autocast_dtype() const;
     bool simulated() const { return clock_->simulated(); }
     // Real seconds since this context was made (the progress line's elapsed time and ETA).
     double wall_seconds() const;

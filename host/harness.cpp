@@ -18,11 +18,13 @@
 #include <sstream>
 #include <thread>
 
+#include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
 #include "config.hpp"
 #include "context.hpp"
+#include "cuda.hpp"
 #include "loader.hpp"
 #include "memory_meter.hpp"
 #include "peak.hpp"
@@ -48,10 +50,15 @@ void set_compute_threads(int threads) {
     // Measured here on a GPT step (quickstart shapes, 2 cores): LibTorch 1 + OpenBLAS 2 threads
     // gave 9.8k tok/s; 2 + 1 gave 7.3k, 1 + 1 gave 7.6k, 2 + 2 gave 3.7k (the OpenMP pool spins
     // while OpenBLAS's pool works). So the cores go to OpenBLAS and LibTorch stays single-threaded.
-    at::set_num_threads(1);
-    // OpenBLAS ignores LibTorch's setting and sizes its own pool from the cores.
+    // OpenBLAS ignores LibTorch's setting and sizes its own pool from the cores. A LibTorch
+    // without OpenBLAS (PyTorch's wheels use MKL, which follows LibTorch's pool) gets the cores.
     using SetThreads = void (*)(int);
-    if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(threads);
+    if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+        at::set_num_threads(1);
+        fn(threads);
+    } else {
+        at::set_num_threads(threads);
+    }
 }
 
 namespace {
@@ -62,23 +69,6 @@ std::atomic<int> g_interrupts{0};
 void on_signal(int) {
     if (++g_interrupts > 1) std::_Exit(kInterrupted);  // a second Ctrl-C: leave at once
 }
-
-// Moves batches to the run's device (the datasets produce CPU tensors).
-class DeviceStream : public BatchStream {
-public:
-    DeviceStream(std::unique_ptr<BatchStream> inner, torch::Device device) : inner_(std::move(inner)), device_(device) {}
-    Batch next() override {
-        auto b = inner_->next();
-        if (device_.is_cpu()) return b;
-        return {b.inputs.to(device_, /*non_blocking=*/true), b.targets.to(device_, true)};
-    }
-    int64_t position() const override { return inner_->position(); }
-    void seek(int64_t p) override { inner_->seek(p); }
-
-private:
-    std::unique_ptr<BatchStream> inner_;
-    torch::Device device_;
-};
 
 torch::Device choose_device(const std::string& name) {
     if (name == "cpu") return torch::kCPU;
@@ -335,13 +325,14 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         if (job.sim_device) peak = {job.sim_device->peak_flops, job.sim_device->source};
         else if (v.at("train.peak_flops").as_double() > 0) peak = {v.at("train.peak_flops").as_double(), "train.peak_flops"};
         else if (device.is_cpu()) peak = cpu_peak(threads, false, true);
-        else peak = gpu_peak(device.str());
+        else peak = gpu_peak(gpu::device_name(device));
 
         const double flops_per_token = ctx->flops.flops;
         rec.summary("params", static_cast<double>(ctx->params));
         rec.summary("flops_per_token", flops_per_token);
         rec.summary_text("flops_convention", ctx->flops.convention);
         rec.summary_text("peak_source", peak.source);
+        rec.summary_text("transport", transport->backend());
         if (peak.flops) rec.summary("peak_flops", *peak.flops);
         if (job.sim_device) {
             rec.summary_text("sim_device", job.sim_device->name);
@@ -360,6 +351,8 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                       human_count(flops_per_token) + "FLOP/token | " + info.device + " | peak " +
                       (peak.flops ? human_count(*peak.flops) + "FLOP/s (" + peak.source + ")" : std::string("unknown: MFU not reported")));
 
+        // Mixed precision for this rank's thread (background tasks inherit it: HostContext).
+        compat::AutocastGuard autocast(device.type(), ctx->autocast_dtype());
         const int64_t max_steps = v.at("train.steps").as_int();
         const int64_t max_tokens = v.at("train.tokens").as_int();
         const int64_t log_every = v.at("train.log_every").as_int();
@@ -482,7 +475,10 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         rec.summary("step_time", step > 0 ? step_seconds_total / step : NAN);
         rec.summary("mfu", peak.flops ? mfu(flops_per_token, tps, *peak.flops) : NAN);
         rec.summary("peak_memory", peak_rss_bytes());
-        rec.summary("peak_tensor_bytes", static_cast<double>(meter->peak()));
+        // On a GPU, the caching allocator's own peak (the meter counts CPU tensors).
+        const double tensor_peak = device.is_cuda() ? static_cast<double>(gpu::peak_allocated_bytes(device))
+                                                    : static_cast<double>(meter->peak());
+        rec.summary("peak_tensor_bytes", tensor_peak);
         const auto comm = ctx->transport().stats();
         rec.summary("bytes_sent", static_cast<double>(comm.bytes_sent));
         rec.summary("comm_time", comm.seconds_total);
@@ -494,7 +490,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         rec.summary("rank_tokens", static_cast<double>(own_tokens));
         auto mine = torch::tensor({tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed,
                                    peak_rss_bytes(), ctx->now(), static_cast<double>(own_tokens),
-                                   static_cast<double>(meter->peak())}, torch::kFloat64);
+                                   tensor_peak}, torch::kFloat64);
         auto all = torch::empty({world * mine.numel()}, torch::kFloat64);
         control->all_gather(all, mine)->wait();
         // On the simulated cluster every rank shares one process: its memory is reported once.
@@ -659,6 +655,17 @@ int run_experiment(const std::string& path, const RunOptions& options) {
         if (cfg.values.at("train.steps").as_int() <= 0 && cfg.values.at("train.tokens").as_int() <= 0)
             throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
         device = choose_device(cfg.values.at("train.device").as_string());
+        // Several ranks on one machine: "cuda" is each rank's own GPU.
+        if (device.is_cuda() && !device.has_index() && rendezvous)
+            device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(
+                                                     rendezvous->local_rank % std::max<int64_t>(1, torch::cuda::device_count())));
+        gpu::set_current(device);
+        const std::string precision = cfg.values.at("train.precision").as_string();
+        if (precision != "fp32" && precision != "bf16")
+            throw Error("train.precision = \"" + precision + "\" is unknown", "use fp32 or bf16");
+        const std::string backend = cfg.values.at("launch.backend").as_string();
+        if (backend != "auto" && backend != "gloo" && backend != "nccl")
+            throw Error("launch.backend = \"" + backend + "\" is unknown", "use auto, gloo or nccl");
         if (mode == "sim") {
             // The "measured" profile needs this machine's per-core peak (cached after the first run).
             double core_flops = 0;
@@ -703,6 +710,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     for (const auto& [section, d] : cfg.plugins) info.plugins += (info.plugins.empty() ? "" : " ") + section + "=" + d->name + "@" + d->version;
     info.fingerprint = PluginRegistry::host_fingerprint();
     info.device = device.str() + (device.is_cpu() ? " (" + std::to_string(threads) + " threads)" : "");
+    if (v.at("train.precision").as_string() != "fp32") info.device += " " + v.at("train.precision").as_string();
     info.host = hostname();
     info.git_rev = git_revision(fs::absolute(path).parent_path().string());
     info.command = options.command_line;
@@ -761,8 +769,8 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     env.rank = rank;
     env.world = world;
     env.ranks_per_node = rendezvous ? rendezvous->local_world_size : 1;
-    env.connect = [&rendezvous]() -> std::shared_ptr<Transport> {
-        if (rendezvous) return make_gloo_transport(*rendezvous);
+    env.connect = [&rendezvous, &v, device]() -> std::shared_ptr<Transport> {
+        if (rendezvous) return make_c10d_transport(*rendezvous, v.at("launch.backend").as_string(), device);
         return make_local_transport();
     };
     return train_rank(job, env).code;

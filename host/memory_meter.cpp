@@ -26,13 +26,23 @@ Owners& owners() {
     return *o;
 }
 
+// The type of reportMemoryUsage's totals: int64_t in LibTorch 1.13, size_t in 2.x. Read off
+// the declaration instead of guessing the version that changed it.
+template <class Method>
+struct TotalsType;
+template <class C, class P, class A, class T, class D>
+struct TotalsType<void (C::*)(P, A, T, T, D)> {
+    using type = T;
+};
+using Total = TotalsType<decltype(&c10::MemoryReportingInfoBase::reportMemoryUsage)>::type;
+
 // LibTorch's CPU allocator calls this for every allocation and free on a thread where it is
 // installed (as the PROFILER_STATE debug info).
 class Reporter : public c10::MemoryReportingInfoBase {
 public:
     explicit Reporter(std::shared_ptr<TensorMemoryMeter> meter) : meter_(std::move(meter)) {}
     bool memoryProfilingEnabled() const override { return true; }
-    void reportMemoryUsage(void* ptr, int64_t bytes, int64_t, int64_t, c10::Device device) override {
+    void reportMemoryUsage(void* ptr, int64_t bytes, Total, Total, c10::Device device) override {
         if (!device.is_cpu() || bytes == 0) return;
         auto& o = owners();
         std::shared_ptr<TensorMemoryMeter> owner;

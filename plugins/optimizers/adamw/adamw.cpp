@@ -1,4 +1,7 @@
 // optimizers/adamw: Adam with decoupled weight decay (Loshchilov & Hutter), bias-corrected.
+// On CUDA with LibTorch 2.x, one fused kernel per step (compat::fused_adamw_); elsewhere a loop
+// of in-place operations per tensor. Both compute the same update.
+#include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -23,6 +26,8 @@ public:
             decays_.push_back(decay_vectors || s.full_shape.size() >= 2);
             numel_ += s.param.numel();
         }
+        try_fused_ = !slots_.empty() && slots_[0].param.is_cuda();
+        if (try_fused_) step_tensor_ = torch::zeros({}, slots_[0].param.options());
     }
 
     void step(const std::vector<torch::Tensor>& grads, double lr_scale) override {
@@ -33,6 +38,7 @@ public:
         const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(step_));
         const double step_size = lr / bc1;
         const double inv_sqrt_bc2 = 1.0 / std::sqrt(bc2);
+        if (try_fused_ && fused_step(grads, lr)) return;
         for (size_t i = 0; i < slots_.size(); ++i) {
             auto& p = slots_[i].param;
             const auto& g = grads[i];
@@ -73,12 +79,37 @@ public:
     double flops_per_step() const override { return 12.0 * static_cast<double>(numel_); }
 
 private:
+    // The decayed and the undecayed tensors in one fused call each. False where this LibTorch
+    // has no fused kernel (then it is not tried again).
+    bool fused_step(const std::vector<torch::Tensor>& grads, double lr) {
+        step_tensor_.fill_(static_cast<double>(step_));
+        for (const bool decay : {true, false}) {
+            std::vector<torch::Tensor> p, g, m, v;
+            for (size_t i = 0; i < slots_.size(); ++i) {
+                if (decays_[i] != decay) continue;
+                p.push_back(slots_[i].param);
+                g.push_back(grads[i]);
+                m.push_back(exp_avg_[i]);
+                v.push_back(exp_avg_sq_[i]);
+            }
+            if (p.empty()) continue;
+            if (!plexus::compat::fused_adamw_(p, g, m, v, step_tensor_, lr, beta1_, beta2_,
+                                              decay ? weight_decay_ : 0.0, eps_)) {
+                try_fused_ = false;
+                return false;
+            }
+        }
+        return true;
+    }
+
     std::vector<plexus::ParamSlot> slots_;
     std::vector<torch::Tensor> exp_avg_, exp_avg_sq_, scratch_;
     std::vector<bool> decays_;
     double lr_, beta1_, beta2_, eps_, weight_decay_;
     int64_t step_ = 0;
     int64_t numel_ = 0;
+    bool try_fused_ = false;
+    torch::Tensor step_tensor_;  // step_ on the parameters' device, for the fused kernel
 };
 
 plexus::PluginDescriptor describe() {

@@ -126,7 +126,7 @@ private:
     void integrate(double t) {
         if (t <= last_) return;
         torch::NoGradGuard no_grad;
-        const auto e = torch::linalg::matrix_exp(m_ * (t - last_));
+        const auto e = at::linalg_matrix_exp(m_ * (t - last_));
         const auto E = e.accessor<double, 2>();
         std::array<torch::Tensor, 6> next;
         for (int k = 0; k < 6; ++k) {

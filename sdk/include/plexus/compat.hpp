@@ -3,15 +3,18 @@
 #pragma once
 
 #include <cmath>
+#include <vector>
 
 #include <torch/types.h>
 #include <torch/version.h>
 
+#include <ATen/autocast_mode.h>
 #include <ATen/native/Resize.h>
 
 #include "plexus/error.hpp"
 
 #if TORCH_VERSION_MAJOR >= 2
+#include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #endif
 
@@ -56,6 +59,84 @@ inline void resize_storage_bytes(const torch::Tensor& t, size_t bytes) {
         throw Error("resize_storage_bytes: only CPU tensors in this build (" + t.device().str() + ")",
                     "the CUDA path comes with the CUDA build of plexus");
     at::native::resize_bytes_cpu(t.storage().unsafeGetStorageImpl(), bytes);
+}
+
+// Mixed precision for the current thread, as torch.autocast: while the guard lives, matrix
+// products and the other ops on autocast's lists run in `dtype` (bfloat16) on `device_type`,
+// reductions and norms stay float32, and so do parameters, gradients and optimizer state.
+// Float (or a device other than CPU and CUDA): the guard does nothing. The harness holds one
+// around each rank's training loop (train.precision); tasks started with
+// RunContext::start_background inherit it.
+class AutocastGuard {
+public:
+    AutocastGuard(c10::DeviceType device_type, c10::ScalarType dtype)
+        : device_(device_type),
+          active_(dtype != c10::kFloat && (device_type == c10::DeviceType::CPU || device_type == c10::DeviceType::CUDA)) {
+        if (!active_) return;
+        prev_enabled_ = enabled(device_);
+        prev_dtype_ = get_dtype(device_);
+        set(device_, true, dtype);
+        at::autocast::increment_nesting();
+    }
+    ~AutocastGuard() {
+        if (!active_) return;
+        if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();  // casts cached for this region
+        set(device_, prev_enabled_, prev_dtype_);
+    }
+    AutocastGuard(const AutocastGuard&) = delete;
+    AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+private:
+#if TORCH_VERSION_MAJOR >= 2
+    static bool enabled(c10::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
+    static c10::ScalarType get_dtype(c10::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
+    static void set(c10::DeviceType d, bool on, c10::ScalarType dtype) {
+        at::autocast::set_autocast_dtype(d, dtype);
+        at::autocast::set_autocast_enabled(d, on);
+    }
+#else
+    static bool enabled(c10::DeviceType d) {
+        return d == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+    }
+    static c10::ScalarType get_dtype(c10::DeviceType d) {
+        return d == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+    }
+    static void set(c10::DeviceType d, bool on, c10::ScalarType dtype) {
+        if (d == c10::DeviceType::CUDA) {
+            at::autocast::set_autocast_gpu_dtype(dtype);
+            at::autocast::set_enabled(on);
+        } else {
+            at::autocast::set_autocast_cpu_dtype(dtype);
+            at::autocast::set_cpu_enabled(on);
+        }
+    }
+#endif
+    c10::DeviceType device_;
+    bool active_;
+    bool prev_enabled_ = false;
+    c10::ScalarType prev_dtype_ = c10::kFloat;
+};
+
+// One fused AdamW step over many tensors (one kernel launch for all of them), where this
+// LibTorch has one: 2.x, CUDA tensors of one dtype. Returns false, having done nothing, where it
+// has none; the caller then runs its own loop. The update is AdamW's with bias correction,
+// decoupled decay p *= 1 - lr * weight_decay, denominator sqrt(v / (1 - beta2^t)) + eps; `step`
+// is t, as a float tensor on the parameters' device (the kernel reads it for every tensor).
+inline bool fused_adamw_(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads,
+                         const std::vector<torch::Tensor>& exp_avg, const std::vector<torch::Tensor>& exp_avg_sq,
+                         const torch::Tensor& step, double lr, double beta1, double beta2, double weight_decay,
+                         double eps) {
+#if TORCH_VERSION_MAJOR >= 2
+    if (params.empty() || !params[0].is_cuda()) return false;
+    const std::vector<torch::Tensor> steps(params.size(), step);
+    at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
+                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+    return true;
+#else
+    (void)params, (void)grads, (void)exp_avg, (void)exp_avg_sq, (void)step, (void)lr, (void)beta1, (void)beta2,
+        (void)weight_decay, (void)eps;
+    return false;
+#endif
 }
 
 }  // namespace plexus::compat

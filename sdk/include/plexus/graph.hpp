@@ -186,10 +186,10 @@ inline GossipSpectrum gossip_spectrum(const Graph& g, double rate) {
     for (int i = 0; i < n; ++i) degree[i] = static_cast<double>(g.neighbours[static_cast<size_t>(i)].size());
     const auto s = degree.sqrt();
     const auto symmetric = L * s.unsqueeze(1) / s.unsqueeze(0);
-    const auto eig = torch::linalg::eigvalsh(symmetric, "L");  // ascending; eig[0] = 0
+    const auto eig = at::linalg_eigvalsh(symmetric, "L");  // ascending; eig[0] = 0
     GossipSpectrum out;
     out.chi1 = 1.0 / eig[1].item<double>();
-    const auto pinv = torch::linalg::pinv(L);
+    const auto pinv = at::linalg_pinv(L);
     for (const auto& [a, b] : g.edges()) {
         const double r = pinv[a][a].item<double>() + pinv[b][b].item<double>() - pinv[a][b].item<double>() -
                          pinv[b][a].item<double>();
@@ -213,8 +213,8 @@ inline GossipSpectrum edge_sampling_spectrum(const Graph& g) {
     }
     L /= static_cast<double>(edges.size());
     GossipSpectrum out;
-    out.chi1 = 1.0 / torch::linalg::eigvalsh(L, "L")[1].item<double>();
-    const auto pinv = torch::linalg::pinv(L);
+    out.chi1 = 1.0 / at::linalg_eigvalsh(L, "L")[1].item<double>();
+    const auto pinv = at::linalg_pinv(L);
     for (const auto& [a, b] : edges)
         out.chi2 = std::max(out.chi2, (pinv[a][a] + pinv[b][b] - pinv[a][b] - pinv[b][a]).item<double>());
     return out;

@@ -15,7 +15,7 @@
 //   util.hpp       small helpers shared by plugins (gradient clipping, seed mixing)
 //   token_windows.hpp  deterministic random-window batches over token arrays (datasets)
 //   replica.hpp    base for strategies where each rank holds the whole model (single, ddp)
-//   compat.hpp     LibTorch 1.13 / 2.x differences (attention); include where needed
+//   compat.hpp     LibTorch 1.13 / 2.x differences (attention, autocast, fused AdamW); include where needed
 //   transformer.hpp  GPT pieces: parameters, layer norm, embedding, attention, MLP; include where needed
 #pragma once
 

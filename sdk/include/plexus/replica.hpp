@@ -120,7 +120,7 @@ protected:
     void update(const StepInput& in, StepOutput& out, const std::vector<torch::Tensor>& grads) {
         out.grad_norm = clip_grad_norm(grads, in.max_grad_norm);
         optimizer_->step(grads, in.lr_scale);
-        for (const auto& g : grads) g.zero_();
+        zero_all(grads);
         ctx_.charge_compute(optimizer_->flops_per_step());
         // What this rank holds between steps: parameters, gradients, optimizer state (the last
         // measured once, after the first step has created it). Sharded strategies report the same.

@@ -30,13 +30,26 @@ inline std::vector<ParamSlot> slots_of(torch::nn::Module& module) {
     return slots;
 }
 
-// Global L2 norm of `grads`, computed in one reduction.
+// Multi-tensor kernels (on a GPU: a launch or two for all the tensors, not one each), except on
+// the "meta" device of the simulated cluster's shapes-only numerics, which has none of them.
+inline bool any_meta(const std::vector<torch::Tensor>& ts) { return !ts.empty() && ts[0].is_meta(); }
+
+inline void zero_all(const std::vector<torch::Tensor>& ts) {
+    if (any_meta(ts)) return;  // no data to zero
+    at::_foreach_zero_(ts);
+}
+
+inline void scale_all(const std::vector<torch::Tensor>& ts, double factor) {
+    if (any_meta(ts)) return;
+    at::_foreach_mul_(ts, factor);
+}
+
+// Global L2 norm of `grads`: per-tensor norms in one multi-tensor kernel, one reduction, one
+// read back (NaN on the meta device).
 inline double global_norm(const std::vector<torch::Tensor>& grads) {
     if (grads.empty()) return 0.0;
-    std::vector<torch::Tensor> squares;
-    squares.reserve(grads.size());
-    for (const auto& g : grads) squares.push_back(g.pow(2).sum());
-    return std::sqrt(value_of(torch::stack(squares).sum()));
+    if (any_meta(grads)) return NAN;
+    return value_of(torch::stack(at::_foreach_norm(grads, 2)).square().sum().sqrt());
 }
 
 // Sum of the squares of every element of `grads`, in float64: this rank's part of a global
@@ -52,7 +65,7 @@ inline double sum_of_squares(const std::vector<torch::Tensor>& grads) {
 inline void clip_to_norm(const std::vector<torch::Tensor>& grads, double norm, double max_norm) {
     if (max_norm > 0 && norm > max_norm) {
         const double scale = max_norm / (norm + 1e-6);
-        for (const auto& g : grads) g.mul_(scale);
+        scale_all(grads, scale);
     }
 }
 

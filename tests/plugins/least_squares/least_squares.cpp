@@ -37,7 +37,7 @@ public:
             h += all_a_[r].t().mm(all_a_[r]);
             g += all_a_[r].t().mv(all_b_[r]);
         }
-        const auto x_star = torch::linalg::solve(h, g.unsqueeze(1), true).squeeze(1);
+        const auto x_star = at::linalg_solve(h, g.unsqueeze(1), true).squeeze(1);
         best_ = objective(x_star).item<double>();
     }
     torch::Tensor forward(const torch::Tensor& tokens) override { return tokens; }

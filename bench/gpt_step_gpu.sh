@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU benchmark: one GPT training step (bf16 autocast, AdamW, clipping) at GPT-3's 125M, 350M and
+# 1.3B shapes, in plexus (bench/gpt_step) and in PyTorch eager and torch.compile
+# (bench/gpt_step_ref.py) on the same GPU, one after the other in this run. Prints a markdown
+# table: tokens/s, plexus's ratio to each reference, and MFU against the card's datasheet bf16
+# peak (FLOPs per token from plexus: 6N + 12·L·H·Q·T, the same for all three).
+#
+#   bench/gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES]
+#   bench/gpt_step_gpu.sh --prewarm SIZE   (compile SIZE once with torch.compile: fills its cache)
+# SIZES: a space-separated subset of "125M 350M 1.3B" (default all). Needs a CUDA build.
+set -uo pipefail
+build=${1:?usage: gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES] | --prewarm SIZE}
+out=${2:-/dev/null}
+sizes=${3:-"125M 350M 1.3B"}
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PLEXUS_PYTHON:-python3}
+steps=${GPT_STEP_STEPS:-10}
+rounds=${GPT_STEP_ROUNDS:-3}
+warmup=${GPT_STEP_WARMUP:-3}
+
+# name layers width heads batch seq
+shape() {
+  case $1 in
+    125M) echo "12 768 12 16 1024" ;;
+    350M) echo "24 1024 16 16 1024" ;;
+    1.3B) echo "24 2048 16 8 1024" ;;
+    *) echo "unknown size $1" >&2; return 1 ;;
+  esac
+}
+
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
+
+if [ "$build" = "--prewarm" ]; then
+  read -r L D H B T < <(shape "$out") || exit 2
+  exec $python "$here/gpt_step_ref.py" --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 \
+    --steps 1 --rounds 1 --warmup 1 --device cuda --dtype bf16 --compile
+fi
+
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+table="| model | params | B x T | plexus tok/s | eager tok/s | compile tok/s | plexus/eager | plexus/compile | MFU plexus | MFU eager | MFU compile |
+|---|---|---|---|---|---|---|---|---|---|---|"
+for size in $sizes; do
+  read -r L D H B T < <(shape "$size") || exit 2
+  common="--layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 --steps $steps --rounds $rounds --warmup $warmup"
+  echo "== $size: L=$L D=$D H=$H B=$B T=$T" >&2
+  mine=$("$build/bench/gpt_step" $common --device cuda --precision bf16 --reference 0 2>&1 | tee -a /dev/stderr)
+  eager=$($python "$here/gpt_step_ref.py" $common --device cuda --dtype bf16 2>&1 | tee -a /dev/stderr)
+  compiled=$($python "$here/gpt_step_ref.py" $common --device cuda --dtype bf16 --compile 2>&1 | tail -3 | tee -a /dev/stderr)
+  p=$(echo "$mine" | field tokens_per_s)
+  mfu=$(echo "$mine" | field mfu)
+  params=$(echo "$mine" | grep RESULT | field params)
+  e=$(echo "$eager" | field tokens_per_s)
+  c=$(echo "$compiled" | field tokens_per_s)
+  row=$(awk -v p="${p:-0}" -v e="${e:-0}" -v c="${c:-0}" -v m="${mfu:-0}" -v n="${params:-0}" -v s="$size" -v bt="$B x $T" 'BEGIN {
+    pe = e > 0 ? sprintf("%.2f", p / e) : "n/a"; pc = c > 0 ? sprintf("%.2f", p / c) : "n/a"
+    me = p > 0 ? sprintf("%.1f%%", 100 * m * e / p) : "n/a"; mc = p > 0 ? sprintf("%.1f%%", 100 * m * c / p) : "n/a"
+    printf "| %s | %.0fM | %s | %.0f | %.0f | %.0f | %s | %s | %.1f%% | %s | %s |", s, n / 1e6, bt, p, e, c, pe, pc, 100 * m, me, mc
+  }')
+  table="$table
+$row"
+done
+summary="GPU GPT step, bf16 autocast, $card, $(date -u +%Y-%m-%d), $steps steps x $rounds rounds (median)
+$table"
+echo "$summary"
+echo "$summary" > "$out"

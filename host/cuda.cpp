@@ -1,0 +1,50 @@
+// CUDA builds: see cuda.hpp.
+#include "cuda.hpp"
+
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
+
+#include <plexus/error.hpp>
+
+namespace plexus::host::gpu {
+
+namespace {
+c10::DeviceIndex index_of(const torch::Device& device) {
+    return device.has_index() ? device.index() : c10::cuda::current_device();
+}
+}  // namespace
+
+bool built_with_cuda() { return true; }
+
+std::string device_name(const torch::Device& device) {
+    if (!device.is_cuda()) return "";
+    cudaDeviceProp props{};
+    if (cudaGetDeviceProperties(&props, index_of(device)) != cudaSuccess) return "";
+    return props.name;
+}
+
+int64_t peak_allocated_bytes(const torch::Device& device) {
+    if (!device.is_cuda()) return -1;
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index_of(device));
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+}
+
+void reset_peak(const torch::Device& device) {
+    if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(index_of(device));
+}
+
+void set_current(const torch::Device& device) {
+    if (device.is_cuda()) c10::cuda::set_device(index_of(device));
+}
+
+void synchronize(const torch::Device& device) {
+    if (device.is_cuda()) {
+        set_current(device);
+        c10::cuda::device_synchronize();
+    }
+}
+
+void empty_cache() { c10::cuda::CUDACachingAllocator::emptyCache(); }
+
+}  // namespace plexus::host::gpu

@@ -1,0 +1,33 @@
+// What the host needs of CUDA beyond LibTorch's device-independent API. CUDA builds compile
+// cuda.cpp (and transport_nccl.cpp); CPU builds compile cuda_none.cpp, whose answers say that
+// there is no GPU. CMake picks the file: no #ifdef in the host.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <torch/types.h>
+
+namespace plexus::host::gpu {
+
+// True in a build against a CUDA LibTorch.
+bool built_with_cuda();
+
+// The GPU's marketing name ("NVIDIA H100 80GB HBM3"), which the datasheet peaks are keyed by.
+std::string device_name(const torch::Device& device);
+
+// Bytes of tensors the caching allocator held at most since the last reset_peak() (-1 when
+// there is no CUDA).
+int64_t peak_allocated_bytes(const torch::Device& device);
+void reset_peak(const torch::Device& device);
+
+// Makes `device` the thread's current device (NCCL and the caching allocator use it).
+void set_current(const torch::Device& device);
+
+// Waits for every kernel queued on the device (for honest wall-clock timing).
+void synchronize(const torch::Device& device);
+
+// Returns the caching allocator's unused blocks to the driver (before another process needs them).
+void empty_cache();
+
+}  // namespace plexus::host::gpu

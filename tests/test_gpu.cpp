@@ -1,0 +1,214 @@
+// GPU tests: compiled only in CUDA builds (tests/CMakeLists.txt), run by scripts/device-run.sh on
+// a machine with a GPU. Each compares the GPU path with the CPU one or with exact arithmetic.
+#include <catch2/catch.hpp>
+
+#include <thread>
+
+#include <plexus/compat.hpp>
+#include <plexus/plexus.hpp>
+#include <torch/torch.h>
+
+#include "cuda.hpp"
+#include "launch.hpp"
+#include "peak.hpp"
+#include "transport_c10d.hpp"
+#include "helpers.hpp"
+
+using namespace plexus;
+using namespace plexus::test;
+
+namespace {
+
+const torch::Device kGpu(torch::kCUDA, 0);
+
+double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
+    const auto x = a.to(torch::kCPU, torch::kFloat64), y = b.to(torch::kCPU, torch::kFloat64);
+    return ((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item<double>();
+}
+
+// The tiny GPT on `device`, with `from`'s parameters when given.
+std::shared_ptr<Model> tiny_gpt(host::HostContext& ctx, const std::shared_ptr<Model>& from = nullptr) {
+    auto model = ctx.make_model();
+    if (from) {
+        torch::NoGradGuard no_grad;
+        auto src = from->parameters(), dst = model->parameters();
+        REQUIRE(src.size() == dst.size());
+        for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+    }
+    return model;
+}
+
+}  // namespace
+
+TEST_CASE("the GPU is there and its datasheet peak is known", "[gpu]") {
+    REQUIRE(torch::cuda::is_available());
+    REQUIRE(host::gpu::built_with_cuda());
+    const auto name = host::gpu::device_name(kGpu);
+    INFO(name);
+    REQUIRE(!name.empty());
+    const auto peak = host::gpu_peak(name);
+    if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos)
+        REQUIRE(peak.flops.value_or(0) >= 756e12);
+}
+
+TEST_CASE("GPT on the GPU computes the CPU's loss and gradients in float32", "[gpu]") {
+    TempDir dir;
+    auto cfg = resolve_text(dir, kTinyExperiment);
+    host::HostContext cpu(cfg, torch::kCPU, 32), gpu(cfg, kGpu, 32);
+    auto a = tiny_gpt(cpu);
+    auto b = tiny_gpt(gpu, a);
+    torch::manual_seed(3);
+    const auto ids = torch::randint(0, 32, {4, 33}, torch::kLong);
+    const auto x = ids.narrow(1, 0, 32), y = ids.narrow(1, 1, 32);
+    auto la = a->loss(a->forward(x), y);
+    auto lb = b->loss(b->forward(x.to(kGpu)), y.to(kGpu));
+    la.backward();
+    lb.backward();
+    CHECK(std::abs(la.item<double>() - lb.item<double>()) < 1e-5 * std::abs(la.item<double>()));
+    auto pa = a->parameters(), pb = b->parameters();
+    for (size_t i = 0; i < pa.size(); ++i) CHECK(max_rel(pb[i].grad(), pa[i].grad()) < 1e-4);
+}
+
+TEST_CASE("bf16 autocast on the GPU: bf16 products, float32 loss, close to float32, then off again", "[gpu]") {
+    TempDir dir;
+    auto cfg = resolve_text(dir, kTinyExperiment);
+    host::HostContext gpu(cfg, kGpu, 32);
+    auto model = tiny_gpt(gpu);
+    torch::manual_seed(4);
+    const auto ids = torch::randint(0, 32, {8, 33}, torch::TensorOptions().dtype(torch::kLong).device(kGpu));
+    const auto x = ids.narrow(1, 0, 32), y = ids.narrow(1, 1, 32);
+    const auto m = torch::randn({64, 64}, kGpu);
+    double fp32 = 0, bf16 = 0;
+    {
+        torch::NoGradGuard no_grad;
+        fp32 = model->loss(model->forward(x), y).item<double>();
+        {
+            compat::AutocastGuard autocast(torch::kCUDA, torch::kBFloat16);
+            CHECK(torch::matmul(m, m).scalar_type() == torch::kBFloat16);
+            const auto loss = model->loss(model->forward(x), y);
+            CHECK(loss.scalar_type() == torch::kFloat);
+            bf16 = loss.item<double>();
+        }
+        CHECK(torch::matmul(m, m).scalar_type() == torch::kFloat);
+    }
+    CHECK(bf16 != fp32);                                // it did run in bf16
+    CHECK(std::abs(bf16 - fp32) < 2e-2 * std::abs(fp32));  // bf16's 8-bit mantissa, not garbage
+}
+
+TEST_CASE("AdamW's fused GPU kernel computes the CPU loop's update", "[gpu]") {
+    TempDir dir;
+    auto cfg = resolve_text(dir, std::string(kTinyExperiment) + "\n");
+    host::HostContext cpu(cfg, torch::kCPU, 32), gpu(cfg, kGpu, 32);
+    torch::manual_seed(5);
+    std::vector<ParamSlot> on_cpu, on_gpu;
+    for (auto shape : {std::vector<int64_t>{16, 8}, std::vector<int64_t>{8}, std::vector<int64_t>{3, 5, 7}}) {
+        auto p = torch::randn(shape);
+        on_cpu.push_back({"p" + std::to_string(on_cpu.size()), p.clone(), shape});
+        on_gpu.push_back({"p" + std::to_string(on_gpu.size()), p.to(kGpu), shape});
+    }
+    std::vector<torch::Tensor> initial;
+    for (const auto& s : on_cpu) initial.push_back(s.param.clone());
+    auto opt_cpu = cpu.make_optimizer(on_cpu, "optimizer");
+    auto opt_gpu = gpu.make_optimizer(on_gpu, "optimizer");
+    for (int step = 0; step < 5; ++step) {
+        std::vector<torch::Tensor> g_cpu, g_gpu;
+        for (const auto& s : on_cpu) {
+            g_cpu.push_back(torch::randn(s.full_shape));
+            g_gpu.push_back(g_cpu.back().to(kGpu));
+        }
+        opt_cpu->step(g_cpu, 0.7);
+        opt_gpu->step(g_gpu, 0.7);
+    }
+    for (size_t i = 0; i < on_cpu.size(); ++i) {
+        INFO("tensor " << i);
+        CHECK(max_rel(on_gpu[i].param, on_cpu[i].param) < 1e-5);
+        // and it moved: lr 1e-2 over 5 steps is far above that tolerance
+        CHECK(max_rel(on_gpu[i].param, initial[i]) > 1e-3);
+    }
+}
+
+TEST_CASE("NCCL transport on one GPU: every collective, CPU tensors staged and copied back", "[gpu]") {
+    host::Rendezvous rv;
+    rv.master_port = host::free_port();
+    rv.timeout_s = 60;
+    auto t = host::make_nccl_transport(rv, kGpu);
+    CHECK(std::string(t->backend()) == "nccl");
+    auto x = torch::arange(12, torch::TensorOptions().dtype(torch::kFloat).device(kGpu));
+    auto expect = x.clone();
+    t->all_reduce(x, ReduceOp::Sum)->wait();
+    CHECK(torch::equal(x.cpu(), expect.cpu()));
+    t->all_reduce(x, ReduceOp::Mean)->wait();
+    CHECK(torch::equal(x.cpu(), expect.cpu()));
+    auto on_cpu = torch::full({5}, 2.5);
+    t->all_reduce(on_cpu, ReduceOp::Max)->wait();
+    CHECK(on_cpu.device().is_cpu());
+    CHECK(torch::equal(on_cpu, torch::full({5}, 2.5)));
+    auto gathered = torch::zeros({12}, kGpu);
+    t->all_gather(gathered, x)->wait();
+    CHECK(torch::equal(gathered.cpu(), expect.cpu()));
+    auto shard = torch::zeros({12}, kGpu);
+    t->reduce_scatter(shard, x, ReduceOp::Sum)->wait();
+    CHECK(torch::equal(shard.cpu(), expect.cpu()));
+    auto b = torch::full({3}, 7.0);
+    t->broadcast(b, 0)->wait();
+    CHECK(torch::equal(b, torch::full({3}, 7.0)));
+    t->barrier();
+    auto sub = t->subgroup({0});
+    sub->all_reduce(x, ReduceOp::Sum)->wait();
+    CHECK(torch::equal(x.cpu(), expect.cpu()));
+    CHECK(t->stats().calls == 8);  // the subgroup counts into the parent's figures
+}
+
+TEST_CASE("Gloo all-reduces CUDA tensors by staging them on the CPU (2 ranks)", "[gpu]") {
+    const int port = host::free_port();
+    std::vector<torch::Tensor> out(2);
+    std::vector<std::exception_ptr> errors(2);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+        threads.emplace_back([&, r] {
+            try {
+                host::Rendezvous rv;
+                rv.master_port = port;
+                rv.rank = r;
+                rv.world_size = 2;
+                rv.timeout_s = 60;
+                auto t = host::make_gloo_transport(rv);
+                auto x = torch::full({4}, static_cast<double>(r + 1), kGpu);
+                t->all_reduce(x, ReduceOp::Mean)->wait();
+                out[r] = x;
+            } catch (...) {
+                errors[r] = std::current_exception();
+            }
+        });
+    for (auto& th : threads) th.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    for (const auto& x : out) {
+        CHECK(x.is_cuda());
+        CHECK(torch::equal(x.cpu(), torch::full({4}, 1.5)));
+    }
+}
+
+TEST_CASE("plexus run on the GPU: bf16 trains like fp32, over NCCL with DDP, memory from the allocator", "[gpu]") {
+    TempDir dir;
+    const auto file = dir.file("exp.toml", kTinyExperiment);
+    const auto fp32 = run_recorded(file, dir / "r.db", "--set train.device=cuda --set train.peak_flops=0");
+    const auto bf16 = run_recorded(file, dir / "r.db", "--set train.device=cuda --set train.precision=bf16");
+    INFO("fp32 " << fp32["final_loss"] << ", bf16 " << bf16["final_loss"]);
+    CHECK(bf16["final_loss"] < 0.8 * std::log(32.0));  // it learned (uniform guessing: log 32)
+    CHECK(std::abs(bf16["final_loss"] - fp32["final_loss"]) < 0.1);
+    CHECK(fp32["peak_tensor_bytes"] > 4.0 * fp32["params"]);  // at least the float32 parameters
+    CHECK(fp32["peak_tensor_bytes"] < 512e6);
+    CHECK(fp32.text.at("peak_source").find("datasheet") != std::string::npos);
+
+    const auto port = std::to_string(host::free_port());
+    const auto res = run_plexus("run " + file + " --db " + (dir / "n.db") +
+                                    " --set train.device=cuda --set strategy.name=ddp --set launch.mode=env",
+                                "RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port);
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    host::ResultsStore store(dir / "n.db");
+    NewestRun nccl(store);
+    CHECK(nccl.text.at("transport") == "nccl");
+    CHECK(std::abs(nccl["final_loss"] - fp32["final_loss"]) < 1e-3);  // DDP of one rank = single
+}
