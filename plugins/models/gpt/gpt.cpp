@@ -58,9 +58,9 @@ public:
     torch::Tensor forward(const torch::Tensor& x) override {
         const auto head_dim = shape_.d_model / shape_.n_head;
         auto heads = plexus::transformer::attention_heads(tensor_parallel_enter(layer_norm(*ln1, x)), *qkv, head_dim, mask);
-        auto a = x + tensor_parallel_exit(torch::linear(heads, proj->weight)) + proj->bias;
+        auto a = x + row_parallel_linear(heads, proj->weight, proj->bias);
         auto hidden = plexus::transformer::mlp_hidden(tensor_parallel_enter(layer_norm(*ln2, a)), *fc);
-        return a + tensor_parallel_exit(torch::linear(hidden, out->weight)) + out->bias;
+        return a + row_parallel_linear(hidden, out->weight, out->bias);
     }
 
     // 6 FLOPs per parameter per token for the matmuls, plus attention's 12·H·Q·T (this rank's heads).

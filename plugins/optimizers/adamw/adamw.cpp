@@ -1,11 +1,34 @@
 // optimizers/adamw: Adam with decoupled weight decay (Loshchilov & Hutter), bias-corrected.
-// On CUDA with LibTorch 2.x, one fused kernel per step (compat::fused_adamw_); elsewhere a loop
-// of in-place operations per tensor. Both compute the same update.
+// On CUDA with LibTorch 2.x, one fused kernel per step (compat::fused_adamw_); on the CPU one
+// pass over each contiguous float32 tensor (adamw_pass); elsewhere a loop of in-place tensor
+// operations. All compute the same update, in the same order of operations.
 #include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
+#include <cmath>
+
 namespace {
+
+// The whole update of one float32 tensor in one pass: 4 streams read, 3 written, instead of the
+// ~20 passes of the tensor-operation loop below (the optimizer is memory-bound on a CPU).
+// Operation order as in that loop: decay, lerp, v*b2 + (1-b2)*g*g, sqrt(v)*inv + eps, addcdiv.
+void adamw_pass(float* p, const float* g, float* m, float* v, int64_t n, float decay, float one_minus_b1, float b2,
+                float one_minus_b2, float inv_sqrt_bc2, float eps, float step_size) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float gi = g[i];
+        const float mi = m[i] + one_minus_b1 * (gi - m[i]);
+        const float vi = v[i] * b2 + one_minus_b2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay + (-step_size) * (mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps));
+    }
+}
+
+bool fits_pass(const torch::Tensor& p, const torch::Tensor& g) {
+    return p.device().is_cpu() && p.scalar_type() == torch::kFloat && g.scalar_type() == torch::kFloat &&
+           p.is_contiguous() && g.is_contiguous() && g.numel() == p.numel();
+}
 
 class AdamW : public plexus::Optimizer {
 public:
@@ -22,7 +45,7 @@ public:
         for (const auto& s : slots_) {
             exp_avg_.push_back(torch::zeros_like(s.param));
             exp_avg_sq_.push_back(torch::zeros_like(s.param));
-            scratch_.push_back(torch::empty_like(s.param));
+            scratch_.emplace_back();  // allocated where the one-pass update does not apply
             decays_.push_back(decay_vectors || s.full_shape.size() >= 2);
             numel_ += s.param.numel();
         }
@@ -42,10 +65,20 @@ public:
         for (size_t i = 0; i < slots_.size(); ++i) {
             auto& p = slots_[i].param;
             const auto& g = grads[i];
-            if (decays_[i] && weight_decay_ != 0) p.mul_(1.0 - lr * weight_decay_);
+            const double decay = decays_[i] && weight_decay_ != 0 ? 1.0 - lr * weight_decay_ : 1.0;
+            if (fits_pass(p, g)) {
+                adamw_pass(p.data_ptr<float>(), g.data_ptr<float>(), exp_avg_[i].data_ptr<float>(),
+                           exp_avg_sq_[i].data_ptr<float>(), p.numel(), static_cast<float>(decay),
+                           static_cast<float>(1.0 - beta1_), static_cast<float>(beta2_),
+                           static_cast<float>(1.0 - beta2_), static_cast<float>(inv_sqrt_bc2),
+                           static_cast<float>(eps_), static_cast<float>(step_size));
+                continue;
+            }
+            if (decay != 1.0) p.mul_(decay);
             exp_avg_[i].lerp_(g, 1.0 - beta1_);
             exp_avg_sq_[i].mul_(beta2_).addcmul_(g, g, 1.0 - beta2_);
             // denominator sqrt(v / bc2) + eps, built in a reused buffer: no allocation per step
+            if (!scratch_[i].defined()) scratch_[i] = torch::empty_like(p);
             torch::sqrt_out(scratch_[i], exp_avg_sq_[i]).mul_(inv_sqrt_bc2).add_(eps_);
             p.addcdiv_(exp_avg_[i], scratch_[i], -step_size);
         }

@@ -108,6 +108,12 @@ public:
 protected:
     torch::Tensor tensor_parallel_enter(const torch::Tensor& x) { return tensor_parallel_ ? tensor_parallel_->enter(x) : x; }
     torch::Tensor tensor_parallel_exit(const torch::Tensor& x) { return tensor_parallel_ ? tensor_parallel_->exit(x) : x; }
+    // A row-parallel layer, x Wᵀ + b: under tensor parallelism the partial sums meet (exit)
+    // before the bias is added once; without it, one matmul with the bias fused in (addmm).
+    torch::Tensor row_parallel_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+        if (!tensor_parallel_) return torch::linear(x, weight, bias);
+        return tensor_parallel_->exit(torch::linear(x, weight)) + bias;
+    }
 
 private:
     std::shared_ptr<TensorParallel> tensor_parallel_;
