@@ -5,10 +5,17 @@
 # sequences per GPU). "meta" numerics: shapes only, so this runs in seconds on a laptop; the
 # time is the simulator's (H100 peak 989 TFLOP/s at the profile's 0.4 efficiency, alpha-beta
 # links, float32 communication volumes).
-# Usage: bench/baselines_sim.sh [BUILD_DIR] [STEPS]
+#
+# With MODE = scale: the 1.3B model on 8, 64 and 512 simulated H100s (nodes of 8 on NVLink-class
+# links, 400 Gb/s = 50 GB/s per GPU between nodes) with DDP, ZeRO-3, ACCO and DiLoCo (H = 16),
+# compute at the efficiency plexus measured on a real H100 for this model (EFFICIENCY, default
+# 0.37: bench/gpt_step_gpu.sh, 1.3B bf16, 2026-11-26). About 4 minutes here.
+# Usage: bench/baselines_sim.sh [BUILD_DIR] [STEPS] [baselines|scale] [EFFICIENCY]
 set -euo pipefail
 build=${1:-build}
 steps=${2:-4}
+mode=${3:-baselines}
+efficiency=${4:-0.37}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 db="$work/s.db"
@@ -63,6 +70,19 @@ run() {  # run LABEL RANKS SETTINGS...
   awk -v l="$label" -v n="$ranks" -v t="$tps" -v m="$mfu" -v s="$step" -v e="$exposed" -v b="${state:-0}" \
     'BEGIN { printf "%-26s %6d %12.0f %6.1f%% %12.1f %8.1f%% %16.2f\n", l, n, t, m * 100, s * 1000, e * 100, b / 1e9 }'
 }
+if [ "$mode" = scale ]; then
+  for n in 8 64 512; do
+    eff=(--set sim.efficiency="$efficiency" --set train.batch_size=8)
+    run ddp "$n" --set strategy.name=ddp --set strategy.bucket_mb=100.0 "${eff[@]}"
+    run "zero stage 3" "$n" --set strategy.name=zero --set strategy.stage=3 "${eff[@]}"
+    run acco "$n" --set strategy.name=acco "${eff[@]}"
+    # DiLoCo communicates once per H = 16 steps: simulate 16 (the rates are averages over them).
+    run "diloco H=16" "$n" --set strategy.name=diloco --set strategy.inner_steps=16 --set train.steps=16 \
+      --set outer_optimizer.name=sgd --set outer_optimizer.lr=0.7 --set outer_optimizer.momentum=0.9 \
+      --set outer_optimizer.nesterov=true "${eff[@]}"
+  done
+  exit 0
+fi
 for n in 8 64; do
   run ddp "$n" --set strategy.name=ddp --set strategy.bucket_mb=100.0 --set train.batch_size=8
   for stage in 1 2 3; do

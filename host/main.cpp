@@ -69,11 +69,16 @@ plugins (name = "...") with their settings, and the host's [train], [results], [
 `extends = "base.toml"` inherits another file. Unknown keys are errors.
 
 Distributed runs ([launch] mode): single (one process), local (plexus starts `ranks` worker
-processes here over c10d/Gloo), env (join a job started by torchrun, srun or mpirun: RANK,
+processes here over c10d: Gloo, or NCCL for train.device = "cuda" in a CUDA build; [launch]
+backend = auto|gloo|nccl), env (join a job started by torchrun, srun or mpirun: RANK,
 WORLD_SIZE, MASTER_ADDR, MASTER_PORT or their OMPI_/SLURM_ equivalents), sim (`ranks` simulated
 ranks in this process: deterministic, with a virtual clock; [sim] sets the device profile, the
 network topology, stragglers and failures; its keys are listed in the README).
 Only rank 0 records.
+On a GPU: [train] device = "cuda" and precision = "bf16" (autocast; parameters stay float32).
+
+Benchmarks: scripts/bench.sh (CPU, ratios against references measured in the same run);
+scripts/device-run.sh (CUDA build, GPU tests and GPU benchmark on a GPU machine).
 
 Environment:
   PLEXUS_PLUGIN_PATH   extra plugin folders, colon-separated (searched after the build's own)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# All CPU benchmarks in one command, each measured against its reference in the same run, and a
+# table of ratios at the end:
+#   GPT training step, plexus against PyTorch eager on identical shapes, at four sizes, with MFU
+#     against the float32 matmul peak measured in the same run   (build/bench/gpt_step)
+#   c10d/Gloo all-reduce bus bandwidth against memcpy            (build/bench/allreduce)
+#   the harness's cost per step against a bare loop              (build/bench/harness_overhead)
+#   the simulated cluster's wall time per simulated rank-step    (bench/sim_scale.sh)
+# Usage: scripts/bench.sh [BUILD_DIR] [--quick]   (--quick: two sizes, fewer rounds; ~3 min)
+# Output: the table on stdout; every benchmark's full output in BUILD_DIR/bench-results/.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${1:-$root/build}
+quick=0
+[ "${2:-}" = "--quick" ] && quick=1
+out=$build/bench-results
+mkdir -p "$out"
+for b in gpt_step allreduce harness_overhead; do
+  [ -x "$build/bench/$b" ] || { echo "missing $build/bench/$b: build first (scripts/setup.sh)" >&2; exit 1; }
+done
+
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
+rows=""
+row() { rows="$rows$(printf '| %s | %s | %s |' "$1" "$2" "$3")"$'\n'; }
+
+# name layers width heads seq batch vocab: from where Python's per-op overhead shows to the
+# largest step that takes under a second here.
+sizes="tiny:2:64:2:32:4:256 small:4:256:4:128:8:4096 medium:6:384:6:128:8:8192 large:6:512:8:256:4:8192"
+rounds=7
+if [ $quick = 1 ]; then sizes="tiny:2:64:2:32:4:256 large:6:512:8:256:4:8192"; rounds=3; fi
+for spec in $sizes; do
+  IFS=: read -r name L D H T B V <<< "$spec"
+  steps=5
+  [ "$name" = tiny ] && steps=50
+  echo "== gpt_step $name" >&2
+  "$build/bench/gpt_step" --layers "$L" --width "$D" --heads "$H" --seq "$T" --batch "$B" --vocab "$V" \
+    --steps $steps --rounds $rounds > "$out/gpt_step_$name.txt" 2>&1
+  ratio=$(sed -n 's/.*ratio plexus\/reference: \([0-9.]*\).*/\1/p' "$out/gpt_step_$name.txt")
+  mfu=$(field mfu < "$out/gpt_step_$name.txt")
+  tps=$(field tokens_per_s < "$out/gpt_step_$name.txt")
+  row "GPT step $name (L=$L D=$D T=$T B=$B V=$V)" "plexus / PyTorch eager tokens/s: ${ratio:-failed}" \
+      "$(awk -v m="${mfu:-0}" -v t="${tps:-0}" 'BEGIN { printf "%.0f tok/s, MFU %.1f%% of measured peak", t, 100 * m }')"
+done
+
+echo "== allreduce" >&2
+"$build/bench/allreduce" > "$out/allreduce.txt" 2>&1
+big=$(awk '$1 ~ /^[0-9]+$/ && $2 == "MiB" { last = $0 } END { print last }' "$out/allreduce.txt")
+row "Gloo all-reduce, 2 ranks, $(echo "$big" | awk '{print $1" "$2}')" \
+    "bus bandwidth / memcpy: $(echo "$big" | awk '{print $NF}')" "$(echo "$big" | awk '{printf "%s GB/s bus, %s GB/s memcpy", $5, $6}')"
+
+echo "== harness_overhead" >&2
+"$build/bench/harness_overhead" $([ $quick = 1 ] && echo 1200) > "$out/harness_overhead.txt" 2>&1
+row "harness per step (tiny GPT)" "plexus run / bare loop: $(field ratio < "$out/harness_overhead.txt")" \
+    "$(field us_per_step < "$out/harness_overhead.txt") us added per step"
+
+echo "== sim_scale" >&2
+"$root/bench/sim_scale.sh" "$build" 8 64 > "$out/sim_scale.txt" 2>&1
+sim=$(grep -E '^ *64 ' "$out/sim_scale.txt" | tail -1)
+row "simulated cluster, 64 ranks (tiny GPT, DDP)" "wall time per rank-step, 64 ranks / 8 ranks: $(echo "$sim" | awk '{print $4}')" \
+    "$(echo "$sim" | awk '{print $3" us of wall time per simulated rank-step"}')"
+
+echo
+echo "plexus benchmarks, $(date -u +%Y-%m-%d), $(nproc) cores, results in $out"
+echo "| benchmark | ratio (against the reference measured in the same run) | figures |"
+echo "|---|---|---|"
+printf '%s' "$rows"
