@@ -61,6 +61,26 @@ void set_compute_threads(int threads) {
     }
 }
 
+std::string git_revision(const std::string& dir) {
+    std::string quoted = "'";
+    for (char c : dir) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    std::string cmd = "git -C " + quoted + "' rev-parse --short HEAD 2>/dev/null";
+    std::string out;
+    if (FILE* p = popen(cmd.c_str(), "r")) {
+        char buf[128];
+        while (fgets(buf, sizeof buf, p)) out += buf;
+        pclose(p);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+}
+
+std::string hostname() {
+    char buf[256] = {0};
+    gethostname(buf, sizeof buf - 1);
+    return buf;
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -86,26 +106,6 @@ double peak_rss_bytes() {
     rusage u{};
     getrusage(RUSAGE_SELF, &u);
     return static_cast<double>(u.ru_maxrss) * 1024.0;
-}
-
-std::string git_revision(const std::string& dir) {
-    std::string quoted = "'";
-    for (char c : dir) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    std::string cmd = "git -C " + quoted + "' rev-parse --short HEAD 2>/dev/null";
-    std::string out;
-    if (FILE* p = popen(cmd.c_str(), "r")) {
-        char buf[128];
-        while (fgets(buf, sizeof buf, p)) out += buf;
-        pclose(p);
-    }
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    return out;
-}
-
-std::string hostname() {
-    char buf[256] = {0};
-    gethostname(buf, sizeof buf - 1);
-    return buf;
 }
 
 class Progress {

@@ -31,6 +31,11 @@ int run_experiment(const std::string& path, const RunOptions& options);
 // cosine or linear decay to min_ratio at `horizon` tokens.
 double lr_factor(const std::string& schedule, double tokens, double warmup, double horizon, double min_ratio);
 
+// The short git revision of the repository holding `dir` ("" outside one), and this machine's
+// name: recorded with every run.
+std::string git_revision(const std::string& dir);
+std::string hostname();
+
 // Gives `threads` cores to OpenBLAS's pool and keeps LibTorch's own intra-op pool at one
 // thread (the two pools fight for the cores otherwise; measurements in harness.cpp).
 void set_compute_threads(int threads);

@@ -15,6 +15,7 @@
 #include "harness.hpp"
 #include "leaderboard.hpp"
 #include "memory_meter.hpp"
+#include "meta_train.hpp"
 #include "report.hpp"
 #include "sweep.hpp"
 #include "loader.hpp"
@@ -57,6 +58,11 @@ usage:
         List recorded runs, newest first.
   plexus show RUN [--db PATH]
         Print one run: status, settings, summaries and a summary of its curves.
+  plexus meta-train FILE.toml [--db PATH] [--restart] [--iterations N]
+        Meta-train the learned optimizer's weights (optimizers/lopt) with antithetic evolution
+        strategies over the [[task]] families of FILE ([meta]: iterations, pairs, sigma, lr,
+        inner_steps, seed, init, out, checkpoint_every, ranks). Resumes from OUT.ckpt unless
+        --restart; records the meta-loss curve as a run. Under torchrun, one rank per process.
   plexus bench peak [--threads N]
         Measure this CPU's sustained float32 matmul FLOP/s (the peak MFU divides by) and cache it.
   plexus bench network [--ranks N]
@@ -494,7 +500,28 @@ int main(int argc, char** argv) {
     if (cmd == "compare") return cmd_compare(args);
     if (cmd == "curves") return cmd_curves(args);
     if (cmd == "report") return cmd_report(args);
+    if (cmd == "meta-train") {
+        MetaOptions opts;
+        for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
+        take_flag(args, "--db", opts.db);
+        std::string value;
+        if (take_flag(args, "--iterations", value)) {
+            if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos)
+                return usage_error("--iterations takes a number");
+            opts.iterations = std::stoll(value);
+        }
+        for (size_t i = 0; i < args.size(); ++i)
+            if (args[i] == "--restart") opts.restart = true, args.erase(args.begin() + static_cast<long>(i--));
+        if (args.size() != 1) return usage_error(args.empty() ? "plexus meta-train needs a meta-train file" : "unexpected argument '" + args[1] + "'");
+        if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
+        try {
+            return meta_train(args[0], opts);
+        } catch (const std::exception& e) {
+            print_error(e);
+            return kFailed;
+        }
+    }
     std::string hint = did_you_mean(cmd, {"run", "plugins", "runs", "show", "bench", "sweep", "leaderboard", "compare",
-                                          "curves", "report"});
+                                          "curves", "report", "meta-train"});
     return usage_error("unknown command '" + cmd + "'" + (hint.empty() ? "" : "; " + hint));
 }

@@ -13,12 +13,18 @@
 #include <string>
 
 #include <cmath>
+#include <exception>
+#include <functional>
 #include <map>
+#include <thread>
+#include <vector>
 
 #include "config.hpp"
 #include "context.hpp"
+#include "launch.hpp"
 #include "loader.hpp"
 #include "results.hpp"
+#include "transport_c10d.hpp"
 
 namespace plexus::test {
 
@@ -115,6 +121,30 @@ inline NewestRun run_recorded(const std::string& file, const std::string& db, co
     REQUIRE(res.exit_code == 0);
     host::ResultsStore store(db);
     return NewestRun(store);
+}
+
+// Runs `body(rank, transport)` on `world` threads of this process joined over c10d/Gloo, as
+// processes would be; rethrows the first rank's exception after all have finished.
+inline void with_gloo_ranks(int world, const std::function<void(int, std::shared_ptr<Transport>)>& body) {
+    const int port = host::free_port();
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; ++r)
+        threads.emplace_back([&, r] {
+            try {
+                host::Rendezvous rv;
+                rv.master_port = port;
+                rv.rank = r;
+                rv.world_size = world;
+                rv.timeout_s = 60;
+                body(r, host::make_gloo_transport(rv));
+            } catch (...) {
+                errors[static_cast<size_t>(r)] = std::current_exception();
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
 }
 
 // A tiny model on synthetic data: fast enough for any test.

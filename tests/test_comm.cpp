@@ -25,35 +25,18 @@ struct RankResult {
 std::vector<RankResult> run_scheme(const std::string& comm_section, const std::vector<std::vector<torch::Tensor>>& inputs) {
     TempDir dir;
     auto cfg = resolve_text(dir, "[model]\nname = \"gpt\"\n[data]\nname = \"synthetic\"\n" + comm_section);
-    const int port = host::free_port();
     std::vector<RankResult> results(2);
-    std::vector<std::exception_ptr> errors(2);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < 2; ++r)
-        threads.emplace_back([&, r] {
-            try {
-                host::Rendezvous rv;
-                rv.master_port = port;
-                rv.rank = r;
-                rv.world_size = 2;
-                rv.timeout_s = 30;
-                std::shared_ptr<Transport> transport = host::make_gloo_transport(rv);
-                host::HostContext ctx(cfg, torch::kCPU, 32, transport);
-                auto scheme = ctx.make_comm("comm");
-                for (const auto& x : inputs[r]) {
-                    auto t = x.clone();
-                    scheme->all_reduce_mean(t, *transport, 0)->wait();
-                    results[r].outputs.push_back(t);
-                }
-                results[r].stats = scheme->stats();
-                results[r].transport_bytes = transport->stats().bytes_sent;
-            } catch (...) {
-                errors[r] = std::current_exception();
-            }
-        });
-    for (auto& t : threads) t.join();
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
+    with_gloo_ranks(2, [&](int r, std::shared_ptr<Transport> transport) {
+        host::HostContext ctx(cfg, torch::kCPU, 32, transport);
+        auto scheme = ctx.make_comm("comm");
+        for (const auto& x : inputs[r]) {
+            auto t = x.clone();
+            scheme->all_reduce_mean(t, *transport, 0)->wait();
+            results[r].outputs.push_back(t);
+        }
+        results[r].stats = scheme->stats();
+        results[r].transport_bytes = transport->stats().bytes_sent;
+    });
     return results;
 }
 

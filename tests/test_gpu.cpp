@@ -160,29 +160,12 @@ TEST_CASE("NCCL transport on one GPU: every collective, CPU tensors staged and c
 }
 
 TEST_CASE("Gloo all-reduces CUDA tensors by staging them on the CPU (2 ranks)", "[gpu]") {
-    const int port = host::free_port();
     std::vector<torch::Tensor> out(2);
-    std::vector<std::exception_ptr> errors(2);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < 2; ++r)
-        threads.emplace_back([&, r] {
-            try {
-                host::Rendezvous rv;
-                rv.master_port = port;
-                rv.rank = r;
-                rv.world_size = 2;
-                rv.timeout_s = 60;
-                auto t = host::make_gloo_transport(rv);
-                auto x = torch::full({4}, static_cast<double>(r + 1), kGpu);
-                t->all_reduce(x, ReduceOp::Mean)->wait();
-                out[r] = x;
-            } catch (...) {
-                errors[r] = std::current_exception();
-            }
-        });
-    for (auto& th : threads) th.join();
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
+    with_gloo_ranks(2, [&](int r, std::shared_ptr<Transport> t) {
+        auto x = torch::full({4}, static_cast<double>(r + 1), kGpu);
+        t->all_reduce(x, ReduceOp::Mean)->wait();
+        out[r] = x;
+    });
     for (const auto& x : out) {
         CHECK(x.is_cuda());
         CHECK(torch::equal(x.cpu(), torch::full({4}, 1.5)));

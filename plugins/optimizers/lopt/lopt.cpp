@@ -9,10 +9,7 @@
 // direction d and a magnitude m: p <- p - step_mult · d · exp(exp_mult · m) · s, with s = 1 /
 // fan_in for the tensors `mup_hidden` names (μLO) and 1 for the others.
 //
-// Weights file (text, whitespace-separated numbers; `#` starts a comment):
-//   plexus-lopt 1
-//   decay_offsets <7: momentum x3, rms, adafactor x3>
-//   w0 <32 x 39, row-major>  b0 <32>  w1 <32 x 32>  b1 <32>  w2 <2 x 32>  b2 <2>
+// Weights: plexus/lopt_weights.hpp (the file format, shared with `plexus meta-train`).
 // The decays are 1 - (1 - d0) · exp(10 · offset) around d0 = (0.9, 0.99, 0.999), (0.999),
 // (0.9, 0.99, 0.999). `weights = "init"` starts from the standard initialization (seeded), the
 // starting point of meta-training.
@@ -20,6 +17,7 @@
 // Decisions where the reference is silent (algorithms.md 5(c)): for 1-D tensors the row and
 // column factors are both rsqrt(v + 1e-9), so m_b · row_f · col_f is m_b · rsqrt(v + 1e-9); the
 // progress features use the number of steps taken before this one.
+#include <plexus/lopt_weights.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -29,79 +27,13 @@
 
 namespace {
 
-constexpr int kFeatures = 28, kTimeFeatures = 11, kInputs = kFeatures + kTimeFeatures, kHidden = 32;
+using plexus::LoptWeights;
+using plexus::lopt::kFeatures;
+using plexus::lopt::kHidden;
+using plexus::lopt::kInputs;
+using plexus::lopt::kTimeFeatures;
 const double kBaseDecays[7] = {0.9, 0.99, 0.999, 0.999, 0.9, 0.99, 0.999};
 const double kTimescales[kTimeFeatures] = {1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000};
-
-// The meta-parameters: the MLP and the decay offsets.
-struct LoptWeights {
-    torch::Tensor decay_offsets, w0, b0, w1, b1, w2, b2;
-
-    static std::vector<std::pair<std::string, std::vector<int64_t>>> layout() {
-        return {{"decay_offsets", {7}}, {"w0", {kHidden, kInputs}}, {"b0", {kHidden}}, {"w1", {kHidden, kHidden}},
-                {"b1", {kHidden}},      {"w2", {2, kHidden}},       {"b2", {2}}};
-    }
-    std::vector<torch::Tensor*> tensors() { return {&decay_offsets, &w0, &b0, &w1, &b1, &w2, &b2}; }
-
-    // Weights N(0, 1 / fan_in), zero biases and offsets, from `seed`.
-    static LoptWeights initial(uint64_t seed) {
-        auto gen = at::detail::createCPUGenerator(seed);
-        LoptWeights w;
-        auto tensors = w.tensors();
-        const auto shapes = layout();
-        for (size_t i = 0; i < shapes.size(); ++i) {
-            const auto& shape = shapes[i].second;
-            *tensors[i] = shape.size() == 2 ? at::normal(0.0, 1.0 / std::sqrt(static_cast<double>(shape[1])), shape, gen)
-                                            : torch::zeros(shape);
-            *tensors[i] = tensors[i]->to(torch::kFloat64);
-        }
-        return w;
-    }
-
-    static LoptWeights load(const std::string& path) {
-        std::ifstream in(path);
-        if (!in)
-            throw plexus::Error("optimizer.weights: cannot open '" + path + "'",
-                                "point it at a weights file of `plexus-lopt 1` format, or use \"init\" for untrained weights");
-        std::string text, line;
-        while (std::getline(in, line)) text += line.substr(0, line.find('#')) + "\n";
-        std::istringstream words(text);
-        std::string magic, version;
-        words >> magic >> version;
-        if (magic != "plexus-lopt" || version != "1")
-            throw plexus::Error("optimizer.weights: '" + path + "' is not a plexus-lopt 1 file (it starts with '" + magic + " " +
-                                    version + "')",
-                                "the file must begin with `plexus-lopt 1`");
-        LoptWeights w;
-        auto tensors = w.tensors();
-        const auto shapes = layout();
-        for (size_t i = 0; i < shapes.size(); ++i) {
-            std::string name;
-            words >> name;
-            if (name != shapes[i].first)
-                throw plexus::Error("optimizer.weights: '" + path + "': expected section '" + shapes[i].first + "', found '" +
-                                        name + "'",
-                                    "sections come in the order decay_offsets w0 b0 w1 b1 w2 b2");
-            int64_t n = 1;
-            for (auto d : shapes[i].second) n *= d;
-            std::vector<double> values;
-            double v;
-            for (int64_t k = 0; k < n && words >> v; ++k) values.push_back(v);
-            if (static_cast<int64_t>(values.size()) != n) {
-                words.clear();
-                throw plexus::Error("optimizer.weights: '" + path + "': section '" + name + "' has " +
-                                        std::to_string(values.size()) + " numbers, expected " + std::to_string(n),
-                                    "the MLP is 39 -> 32 -> 32 -> 2; weights are written row-major");
-            }
-            *tensors[i] = torch::tensor(values, torch::kFloat64).view(shapes[i].second);
-        }
-        std::string extra;
-        if (words >> extra)
-            throw plexus::Error("optimizer.weights: '" + path + "': unexpected '" + extra + "' after section b2",
-                                "a weights file holds exactly the seven sections");
-        return w;
-    }
-};
 
 // One parameter tensor's accumulators.
 struct TensorState {

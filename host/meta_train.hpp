@@ -1,0 +1,70 @@
+// `plexus meta-train FILE.toml`: meta-trains the learned optimizer's weights (optimizers/lopt,
+// plexus/lopt_weights.hpp) with antithetic evolution strategies over a family of small training
+// tasks, in parallel over ranks, with checkpoints, resumption and the meta-loss curve recorded in
+// the results database like any run.
+//
+// The file:
+//   [meta]
+//   iterations = 200        # ES iterations
+//   pairs = 8               # antithetic pairs per iteration: 2 x pairs task trainings
+//   sigma = 0.01            # perturbation scale
+//   lr = 0.003              # Adam's step on the weights
+//   inner_steps = 30        # training steps of each task
+//   seed = 0
+//   init = "init"           # starting weights: "init" (seeded) or a plexus-lopt file
+//   out = "lopt.weights"    # the trained weights (relative paths: this file's folder)
+//   checkpoint_every = 10   # iterations; the checkpoint is OUT.ckpt
+//   ranks = 1               # ranks in this process (threads over Gloo, one core each); under
+//                           # torchrun or srun: one rank per process
+//
+//   [[task]]                # one or more task families
+//   experiment = "task_mlp.toml"          # a plexus experiment whose optimizer is lopt
+//   choose = { "model.d_model" = [16, 32], "train.batch_size" = [4, 8] }   # drawn per task
+//
+// Meta-loss of one task: the mean training loss over its inner steps divided by its first loss
+// (so tasks of different scales weigh alike), capped at 4 (a diverging task is bad, not NaN).
+// Iteration k draws, for pair i, a task (its choices and seed) and a direction ε_i ~ N(0, I),
+// both from (seed, k, i), so every rank can regenerate them: rank r trains the pairs i with
+// i mod R = r, one all-reduce of the 2 x pairs losses follows, and every rank takes the same
+// Adam step on g = Σ_i (L(θ + σε_i) - L(θ - σε_i)) ε_i / (2σ pairs).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <plexus/lopt_weights.hpp>
+
+namespace plexus::host {
+
+struct MetaTask {
+    std::string experiment;  // absolute path
+    std::vector<std::pair<std::string, std::vector<std::string>>> choose;  // key -> values as TOML text
+};
+
+struct MetaSpec {
+    std::string path, text;
+    int64_t iterations = 100, pairs = 8, inner_steps = 20, checkpoint_every = 10, seed = 0, ranks = 1;
+    double sigma = 0.01, lr = 0.003;
+    std::string init = "init", out;  // out: absolute
+    std::vector<MetaTask> tasks;
+};
+
+// Reads and checks a meta-train file; errors name the file and the key.
+MetaSpec load_meta_spec(const std::string& path);
+
+// The meta-loss of the task that `task_seed` draws from the family, trained with `weights`.
+// `scratch` is a folder this caller alone writes (the weights file the task reads).
+double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task_seed, const std::string& scratch);
+
+struct MetaOptions {
+    std::string db;            // results database ("" : results/plexus.db)
+    bool restart = false;      // ignore an existing checkpoint
+    int64_t iterations = -1;   // override [meta] iterations (>= 0)
+    std::string command_line;  // recorded with the run
+};
+
+// Runs meta-training; returns an exit code (0 finished, 1 failed, 130 interrupted).
+int meta_train(const std::string& path, const MetaOptions& options);
+
+}  // namespace plexus::host
