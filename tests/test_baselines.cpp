@@ -229,8 +229,8 @@ TEST_CASE("the pipeline partition can come from measured block times, and is rec
 
 TEST_CASE("a second model plugin supports tensor parallelism through the same block interface", "[tp]") {
     TempDir dir;
-    // tests/plugins/mlp_lm: attention-free, its own parameter names, only the SDK's plan and operators.
-    const std::string model = "--set 'plugin_path=[\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) + "\"]' --set model.name=mlp_lm ";
+    // models/mlp_lm: attention-free, its own parameter names, only the SDK's plan and operators.
+    const std::string model = "--set model.name=mlp_lm ";
     const auto single = run(dir, model + "--set strategy.name=single --set train.batch_size=8");
     const auto tp = run(dir, model + "--set strategy.name=tensor_parallel --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
     const auto mesh = run(dir, model + "--set strategy.name=tensor_parallel --set strategy.tp=2 --set strategy.sequence_parallel=true "

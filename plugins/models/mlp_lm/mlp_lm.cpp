@@ -1,6 +1,8 @@
-// A second model for the tensor-parallel strategy: a token-wise MLP language model (no
-// attention), written only against the SDK's block interface. The strategy splits it through
-// the same tensor_parallel_plan() and enter/exit operators as the GPT, knowing nothing else.
+// models/mlp_lm: a token-wise MLP language model (no attention: each position predicts the next
+// token from its own embedding through residual MLP blocks). A second model family beside the
+// GPT: a task family for meta-training learned optimizers, and a model the tensor-parallel
+// strategy splits through the same tensor_parallel_plan() and enter/exit operators as the GPT,
+// knowing nothing else about it.
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -27,7 +29,7 @@ public:
     }
     torch::Tensor forward(const torch::Tensor& x) override {
         auto h = torch::gelu(torch::linear(tensor_parallel_enter(x), w1, b1));
-        return x + tensor_parallel_exit(torch::linear(h, w2)) + b2;
+        return x + row_parallel_linear(h, w2, b2);
     }
     double flops_per_token(int64_t) const override { return 6.0 * static_cast<double>(w1.numel() + w2.numel()); }
     std::vector<plexus::TensorParallelRule> tensor_parallel_plan() const override {
@@ -68,8 +70,8 @@ plexus::PluginDescriptor describe() {
     plexus::PluginDescriptor d;
     d.name = "mlp_lm";
     d.kind = plexus::PluginKind::Model;
-    d.version = "0.1";
-    d.summary = "test plugin: a token-wise MLP language model with a tensor-parallel plan";
+    d.version = "1.0";
+    d.summary = "a token-wise MLP language model (no attention), with a tensor-parallel plan";
     d.schema = {{"width", 32, "residual width"}, {"hidden", 64, "MLP hidden width"}, {"depth", 2, "MLP blocks"}};
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         return std::make_shared<MlpLm>(ctx.vocab_size(), cfg.get_int("width"), cfg.get_int("hidden"), cfg.get_int("depth"),
