@@ -88,3 +88,20 @@ TEST_CASE("meta-train files: unknown keys and tasks without lopt are named", "[m
     CHECK(res.exit_code != 0);
     CHECK_THAT(res.output, Contains("no [[task]]"));
 }
+
+TEST_CASE("meta-training as 2 processes joined from the environment (torchrun-style) takes the steps of 1 rank",
+          "[meta][distributed]") {
+    TempDir dir;
+    meta_train(dir.file("one.toml", spec_text(dir / "one.lopt", 3, 1)), dir / "r.db");
+    const auto two = dir.file("two.toml", spec_text(dir / "two.lopt", 3, 1));
+    const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(host::free_port());
+    const std::string cmd = std::string(PLEXUS_BINARY) + " meta-train " + two + " --db " + (dir / "r.db");
+    // Rank 1 in the background, rank 0 in the foreground; the shell waits for both.
+    const auto res = run_command("(" + env + " RANK=1 " + cmd + " > " + (dir / "rank1.log") + " 2>&1) & " + env +
+                                 " RANK=0 " + cmd + "; code=$?; wait $! || code=1; exit $code");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK(torch::equal(LoptWeights::load(dir / "one.lopt").flat(), LoptWeights::load(dir / "two.lopt").flat()));
+    host::ResultsStore store(dir / "r.db");
+    CHECK(store.list_runs(10).size() == 2);  // rank 0 alone recorded the second run
+}
