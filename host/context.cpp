@@ -1,4 +1,5 @@
 #include "context.hpp"
+#include "cuda.hpp"
 
 #include <iostream>
 #include <optional>
@@ -97,6 +98,7 @@ c10::ScalarType HostContext::autocast_dtype() const {
 }
 
 int64_t HostContext::tensor_bytes() {
+    if (device_.is_cuda()) return gpu::allocated_bytes(device_);  // this rank's GPU (one rank per GPU)
     const auto meter = current_meter();
     return meter && device_.is_cpu() ? meter->live() : -1;
 }

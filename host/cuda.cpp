@@ -24,11 +24,16 @@ std::string device_name(const torch::Device& device) {
     return props.name;
 }
 
-int64_t peak_allocated_bytes(const torch::Device& device) {
-    if (!device.is_cuda()) return -1;
+namespace {
+c10::CachingAllocator::Stat allocated(const torch::Device& device) {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index_of(device));
-    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
 }
+}  // namespace
+
+int64_t allocated_bytes(const torch::Device& device) { return device.is_cuda() ? allocated(device).current : -1; }
+
+int64_t peak_allocated_bytes(const torch::Device& device) { return device.is_cuda() ? allocated(device).peak : -1; }
 
 void reset_peak(const torch::Device& device) {
     if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(index_of(device));

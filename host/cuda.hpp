@@ -16,8 +16,9 @@ bool built_with_cuda();
 // The GPU's marketing name ("NVIDIA H100 80GB HBM3"), which the datasheet peaks are keyed by.
 std::string device_name(const torch::Device& device);
 
-// Bytes of tensors the caching allocator held at most since the last reset_peak() (-1 when
-// there is no CUDA).
+// Bytes of tensors the caching allocator holds now, and held at most since the last
+// reset_peak() (-1 when there is no CUDA).
+int64_t allocated_bytes(const torch::Device& device);
 int64_t peak_allocated_bytes(const torch::Device& device);
 void reset_peak(const torch::Device& device);
 

@@ -49,6 +49,14 @@ TEST_CASE("the GPU is there and its datasheet peak is known", "[gpu]") {
     const auto peak = host::gpu_peak(name);
     if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos)
         REQUIRE(peak.flops.value_or(0) >= 756e12);
+    // RunContext::tensor_bytes() counts this device's tensors (PETRA measures stored activations with it).
+    TempDir dir;
+    auto cfg = resolve_text(dir, kTinyExperiment);
+    host::HostContext ctx(cfg, kGpu, 32);
+    const auto before = ctx.tensor_bytes();
+    REQUIRE(before >= 0);
+    auto block = torch::empty({1 << 20}, kGpu);
+    CHECK(ctx.tensor_bytes() - before >= 4 << 20);
 }
 
 TEST_CASE("GPT on the GPU computes the CPU's loss and gradients in float32", "[gpu]") {

@@ -95,7 +95,8 @@ public:
 
     // Bytes of tensors this rank allocated and still holds (parameters, optimizer state,
     // activations, buffers), as the allocator counts them: the difference around a piece of
-    // work is what it kept (PETRA's stored activations). -1 where not measured (GPU tensors).
+    // work is what it kept (PETRA's stored activations). On a GPU: the caching allocator's
+    // count for this rank's device (one rank per GPU). -1 where not measured.
     virtual int64_t tensor_bytes() { return -1; }
 
     // Builds the model of the [model] section, its parameters initialized from seed("init")
