@@ -489,7 +489,8 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
             }
             used.insert(key);
             if (!type_fits(spec->type(), setting.value.type())) {
-                errors.push_back(setting.where.str() + ": '" + key + "' must be a " + to_string(spec->type()) +
+                errors.push_back(setting.where.str() + ": '" + key + "' must be " +
+                                 (spec->type() == ValueType::Int ? "an " : "a ") + to_string(spec->type()) +
                                  ", got " + to_string(setting.value.type()) + " " + setting.value.to_text() +
                                  " (default: " + spec->default_value.to_text() + ")");
                 continue;

@@ -70,7 +70,7 @@ TEST_CASE("resolve fills defaults, coerces ints to floats and validates types", 
 
     auto err = error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\nn_layer = \"four\"\n[data]\nname=\"synthetic\"\n"); });
     CHECK_THAT(err, Contains("exp.toml:3:1"));
-    CHECK_THAT(err, Contains("'model.n_layer' must be a int"));
+    CHECK_THAT(err, Contains("'model.n_layer' must be an int"));
 }
 
 TEST_CASE("an unknown key is reported with file, line, column and the nearest known key", "[config]") {
@@ -132,4 +132,30 @@ TEST_CASE("values print as TOML that reads back identically", "[config]") {
         CHECK(host::parse_value(v.to_text(), "test") == v);
     }
     CHECK(Value(3e-4).to_text() == "0.0003");
+}
+
+// tests/configs/malformed/: each file extends a valid base.toml and breaks one thing; its first
+// line says `# expect: TEXT`. `plexus run` must fail cleanly (an exit code, not a signal) and
+// print TEXT, which names the file and line where the TOML has one.
+TEST_CASE("a corpus of malformed experiments: each is refused with its own message", "[config]") {
+    const fs::path corpus = fs::path(PLEXUS_SOURCE_DIR) / "tests" / "configs" / "malformed";
+    TempDir dir;
+    int checked = 0;
+    for (const auto& entry : fs::directory_iterator(corpus)) {
+        if (entry.path().extension() != ".toml" || entry.path().filename() == "base.toml") continue;
+        std::ifstream in(entry.path());
+        std::string first;
+        std::getline(in, first);
+        REQUIRE(first.rfind("# expect: ", 0) == 0);
+        const std::string expect = first.substr(10);
+        const auto res = run_command("cd '" + corpus.string() + "' && " + PLEXUS_BINARY + " run " +
+                                     entry.path().filename().string() + " --db " + (dir / "r.db"));
+        INFO(entry.path().filename() << "\n" << res.output);
+        CHECK(res.exit_code >= 1);
+        CHECK(res.exit_code < 128);  // refused, not crashed
+        CHECK(res.output.rfind("error: ", 0) == 0);
+        CHECK_THAT(res.output, Contains(expect));
+        ++checked;
+    }
+    CHECK(checked >= 18);
 }
