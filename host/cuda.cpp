@@ -35,10 +35,6 @@ int64_t allocated_bytes(const torch::Device& device) { return device.is_cuda() ?
 
 int64_t peak_allocated_bytes(const torch::Device& device) { return device.is_cuda() ? allocated(device).peak : -1; }
 
-void reset_peak(const torch::Device& device) {
-    if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(index_of(device));
-}
-
 void set_current(const torch::Device& device) {
     if (device.is_cuda()) c10::cuda::set_device(index_of(device));
 }
@@ -49,7 +45,5 @@ void synchronize(const torch::Device& device) {
         c10::cuda::device_synchronize();
     }
 }
-
-void empty_cache() { c10::cuda::CUDACachingAllocator::emptyCache(); }
 
 }  // namespace plexus::host::gpu

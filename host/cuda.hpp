@@ -16,19 +16,15 @@ bool built_with_cuda();
 // The GPU's marketing name ("NVIDIA H100 80GB HBM3"), which the datasheet peaks are keyed by.
 std::string device_name(const torch::Device& device);
 
-// Bytes of tensors the caching allocator holds now, and held at most since the last
-// reset_peak() (-1 when there is no CUDA).
+// Bytes of tensors the caching allocator holds now, and held at most since the process began
+// (-1 when there is no CUDA).
 int64_t allocated_bytes(const torch::Device& device);
 int64_t peak_allocated_bytes(const torch::Device& device);
-void reset_peak(const torch::Device& device);
 
 // Makes `device` the thread's current device (NCCL and the caching allocator use it).
 void set_current(const torch::Device& device);
 
 // Waits for every kernel queued on the device (for honest wall-clock timing).
 void synchronize(const torch::Device& device);
-
-// Returns the caching allocator's unused blocks to the driver (before another process needs them).
-void empty_cache();
 
 }  // namespace plexus::host::gpu

@@ -12,10 +12,8 @@ bool built_with_cuda() { return false; }
 std::string device_name(const torch::Device&) { return ""; }
 int64_t allocated_bytes(const torch::Device&) { return -1; }
 int64_t peak_allocated_bytes(const torch::Device&) { return -1; }
-void reset_peak(const torch::Device&) {}
 void set_current(const torch::Device&) {}
 void synchronize(const torch::Device&) {}
-void empty_cache() {}
 }  // namespace gpu
 
 std::unique_ptr<Transport> make_nccl_transport(const Rendezvous&, const torch::Device&) {
