@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(std::filesystem::path(file).parent_path());
 
     host::gpu::set_current(device);
-    bench::BareRun run(cfg, device, a["batch"], a["seq"]);
+    host::BareRun run(cfg, device);
     auto& strategy = run.strategy;
     auto& ctx = *run.ctx;
     auto& in = run.in;

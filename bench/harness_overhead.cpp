@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
     const auto cfg = bench::resolve_file(file);
     auto bare = [&](int64_t steps) {
         const auto t0 = Clock::now();
-        bench::BareRun run(cfg, torch::kCPU, 1, 8);
+        host::BareRun run(cfg, torch::kCPU);
         for (int64_t i = 0; i < steps; ++i) run.strategy->step(run.in);
         return seconds(t0);
     };

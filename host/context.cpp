@@ -144,4 +144,16 @@ std::unique_ptr<CommScheme> HostContext::make_comm(const std::string& section) {
     return comm;
 }
 
+BareRun::BareRun(const ResolvedConfig& cfg, torch::Device device) {
+    HostContext boot(cfg, torch::kCPU, 0);  // the dataset's factory needs a context; the vocabulary comes after
+    data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), boot);
+    ctx = std::make_unique<HostContext>(cfg, device, data->vocab_size());
+    strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
+    stream = std::make_unique<DeviceStream>(data->open({Split::Train, cfg.values.at("train.batch_size").as_int(),
+                                                        cfg.values.at("train.seq_len").as_int(), 0, 1, ctx->seed("data")}),
+                                            device);
+    in.max_grad_norm = cfg.values.at("train.grad_clip").as_double();
+    in.train = stream.get();
+}
+
 }  // namespace plexus::host

@@ -9,6 +9,7 @@
 
 #include <plexus/context.hpp>
 #include <plexus/dataset.hpp>
+#include <plexus/strategy.hpp>
 
 #include "config.hpp"
 #include "results.hpp"
@@ -89,6 +90,20 @@ private:
     std::shared_ptr<RankClock> clock_;
     int ranks_per_node_ = 1;
     std::chrono::steady_clock::time_point start_;
+};
+
+// A run's pieces built as the harness builds them, for a bare loop of strategy->step(in)
+// without the harness's schedule and recording (benchmarks, meta-training tasks): the dataset,
+// the context, the strategy with its model, and the training stream on `device` ([train]
+// batch_size x seq_len, the whole data, the run's data seed). `cfg` must outlive it.
+struct BareRun {
+    std::shared_ptr<Dataset> data;
+    std::unique_ptr<HostContext> ctx;
+    std::unique_ptr<Strategy> strategy;
+    std::unique_ptr<DeviceStream> stream;
+    StepInput in;  // max_grad_norm from train.grad_clip; the rest is the caller's
+
+    BareRun(const ResolvedConfig& cfg, torch::Device device);
 };
 
 }  // namespace plexus::host

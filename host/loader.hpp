@@ -9,6 +9,8 @@
 
 #include <plexus/plugin.hpp>
 
+#include "config.hpp"
+
 namespace plexus::host {
 
 struct LoadedPlugin {
@@ -48,5 +50,12 @@ private:
     std::vector<RefusedPlugin> refused_;
     std::vector<std::string> seen_;
 };
+
+// resolve() against the plugins `registry` loaded.
+inline ResolvedConfig resolve(const Experiment& exp, const PluginRegistry& registry) {
+    return resolve(
+        exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
+        [&](PluginKind k) { return registry.names(k); });
+}
 
 }  // namespace plexus::host

@@ -234,31 +234,21 @@ double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task
     apply_override(exp, "optimizer.weights=\"" + weights_file + "\"");
     apply_override(exp, "train.steps=" + std::to_string(spec.inner_steps));
     apply_override(exp, "train.seed=" + std::to_string(rng() % 1000000007));
-    auto cfg = resolve(
-        exp, [](PluginKind k, const std::string& n) { return registry().find(k, n); },
-        [](PluginKind k) { return registry().names(k); });
+    const auto cfg = resolve(exp, registry());
 
-    HostContext boot(cfg, torch::kCPU, 0);
-    auto data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), boot);
-    HostContext ctx(cfg, torch::kCPU, data->vocab_size());
-    std::unique_ptr<Strategy> strategy;
+    std::unique_ptr<BareRun> run;
     {
         // Models draw their initial weights from LibTorch's global generator (seeded by
         // make_model): one rank thread at a time, or they would race for its numbers.
         static std::mutex build;
         std::lock_guard<std::mutex> lk(build);
-        strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), ctx);
+        run = std::make_unique<BareRun>(cfg, torch::kCPU);
     }
-    auto stream = data->open({Split::Train, cfg.values.at("train.batch_size").as_int(), cfg.values.at("train.seq_len").as_int(),
-                              0, 1, ctx.seed("data")});
-    StepInput in;
-    in.max_grad_norm = cfg.values.at("train.grad_clip").as_double();
-    in.train = stream.get();
     constexpr double kCap = 4.0;
     double first = NAN, sum = 0;
     for (int64_t s = 0; s < spec.inner_steps; ++s) {
-        in.step = s;
-        const double loss = strategy->step(in).loss;
+        run->in.step = s;
+        const double loss = run->strategy->step(run->in).loss;
         if (s == 0) first = loss;
         const double ratio = std::isfinite(loss) && first > 0 ? loss / first : kCap;
         sum += std::min(ratio, kCap);

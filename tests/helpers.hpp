@@ -85,11 +85,7 @@ inline host::PluginRegistry& registry() {
 }
 
 inline host::ResolvedConfig resolve_text(const TempDir& dir, const std::string& toml) {
-    auto exp = host::load_experiment(dir.file("exp.toml", toml));
-    auto& reg = registry();
-    return host::resolve(
-        exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
-        [&](PluginKind k) { return reg.names(k); });
+    return host::resolve(host::load_experiment(dir.file("exp.toml", toml)), registry());
 }
 
 // The newest run of a results database with its summaries by key (numbers and texts; rank 0

@@ -1,7 +1,7 @@
 // optimizers/adamw: Adam with decoupled weight decay (Loshchilov & Hutter), bias-corrected.
 // On CUDA with LibTorch 2.x, one fused kernel per step (compat::fused_adamw_); on the CPU one
 // pass over each contiguous float32 tensor (adamw_pass); elsewhere a loop of in-place tensor
-// operations. All compute the same update, in the same order of operations.
+// operations. All compute the same update (the one-pass loop in the tensor loop's order).
 #include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
