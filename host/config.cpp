@@ -416,6 +416,18 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
              {"db", "results/plexus.db", "SQLite database the run is recorded in"},
              {"progress", "auto", "auto (a bar on a terminal), bar, lines or none"},
          }},
+        {"checkpoint",
+         {
+             {"every_steps", 0, "write a checkpoint every this many steps (0: never by steps)"},
+             {"every_minutes", 0.0, "and at the first log point after this many minutes since the last (0: never by time)"},
+             {"dir", "", "folder of the checkpoints (\"\": checkpoints/DBNAME/ next to the results database); run N's are in runN/"},
+             {"keep", 2, "complete checkpoints kept per run (older ones are deleted)"},
+         }},
+        {"limits",
+         {
+             {"wall_minutes", 0.0, "plexus sweep: stop a run that takes longer than this, and mark it failed (0: no limit)"},
+             {"memory_gb", 0.0, "plexus sweep: stop a run whose processes hold more than this resident memory (0: no limit)"},
+         }},
         {"launch",
          {
              {"mode", "single", "single (one process), local (start `ranks` workers here), env (join torchrun/srun/mpirun), sim (`ranks` simulated ranks in this process)"},
@@ -579,9 +591,9 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
     // The hash covers what changes the training, not where results go or what the run is called.
     std::string canonical;
     for (const auto& [k, v] : out.values) {
-        // Where results go and how many cores a run gets are not what it trains.
+        // Where results and checkpoints go, how many cores a run gets and its limits are not what it trains.
         if (k == "name" || k == "description" || k.rfind("results.", 0) == 0 || k == "plugin_path" ||
-            k == "train.threads" || k == "launch.backend")
+            k == "train.threads" || k == "launch.backend" || k.rfind("checkpoint.", 0) == 0 || k.rfind("limits.", 0) == 0)
             continue;
         // Keys added after runs were recorded leave the hash alone at their default, so that
         // a sweep recorded before them still resumes.

@@ -1,5 +1,6 @@
 #include "harness.hpp"
 
+
 #include <dlfcn.h>
 #include <malloc.h>
 #include <sys/resource.h>
@@ -20,10 +21,12 @@
 
 #include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "config.hpp"
 #include "context.hpp"
+#include "checkpoint.hpp"
 #include "cuda.hpp"
 #include "loader.hpp"
 #include "memory_meter.hpp"
@@ -169,15 +172,18 @@ private:
 
 // The launcher of a local multi-process run: starts the workers (this same command line with a
 // rank in the environment), and if one fails, stops the rest and records why on the run.
-int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& options, int ranks) {
+int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& options, int ranks,
+                   const std::vector<std::string>& extra_env) {
     const int port = free_port();
+    std::vector<std::string> env = {"PLEXUS_WORKER=1", "PLEXUS_RUN_ID=" + std::to_string(run_id)};
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
     std::cout << "plexus: launching " << ranks << " local workers for run " << run_id << " (rendezvous 127.0.0.1:"
               << port << ")" << std::endl;
     // Ctrl-C reaches every worker from the terminal; each records itself as interrupted. The
     // launcher must outlive them to report (workers die with it: PR_SET_PDEATHSIG).
     std::signal(SIGINT, SIG_IGN);
     const auto failure = run_local_workers(options.argv, ranks, port,
-                                           {"PLEXUS_WORKER=1", "PLEXUS_RUN_ID=" + std::to_string(run_id)},
+                                           env,
                                            {kInterrupted, kDiverged});
     if (failure.rank < 0) return kOk;
     const bool orderly = failure.exit_code == kInterrupted || failure.exit_code == kDiverged;
@@ -233,6 +239,18 @@ StateDigest digest(const StateDict& state) {
     return d;
 }
 
+// LibTorch's default CPU generator, in a checkpoint (dropout and anything else drawing from it).
+torch::Tensor cpu_rng_state() {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return gen.get_state();
+}
+void set_cpu_rng_state(const torch::Tensor& state) {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state);
+}
+
 // What every rank of one run shares.
 struct Job {
     const ResolvedConfig* cfg = nullptr;
@@ -246,6 +264,9 @@ struct Job {
     // Simulated ranks share one dataset (read-only; only one rank thread runs at a time), so
     // that 64 ranks do not hold 64 copies of the corpus.
     std::shared_ptr<std::shared_ptr<Dataset>> shared_dataset;
+    // Where this run's checkpoints go; null when [checkpoint] writes none.
+    std::optional<RunCheckpoints> checkpoints;
+    std::optional<int64_t> resume_step;  // the checkpoint every rank starts from (--resume)
 };
 
 // How one rank reaches the others.
@@ -383,6 +404,118 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         double interval_loss = 0, last_eval = NAN, last_loss = NAN;
         int64_t step = 0, job_tokens = 0, own_tokens = 0;
         std::string status = "finished";
+
+        // Checkpoints: every rank writes its own file; rank 0 marks the step complete once all
+        // have (one all-reduce on the harness's transport, which costs no simulated time).
+        CommStats comm_before;  // what earlier attempts of a resumed run communicated (less the harness's)
+        // The harness's own collectives (agreeing to stop or to checkpoint) are not the
+        // strategy's traffic: where they share its transport, they are taken out of the stats.
+        auto harness_all_reduce = [&](torch::Tensor& t, ReduceOp op) {
+            const auto before = ctx->transport().stats();
+            control->all_reduce(t, op)->wait();
+            const auto after = ctx->transport().stats();
+            comm_before.calls -= after.calls - before.calls;
+            comm_before.bytes_sent -= after.bytes_sent - before.bytes_sent;
+            comm_before.seconds_total -= after.seconds_total - before.seconds_total;
+            comm_before.seconds_exposed -= after.seconds_exposed - before.seconds_exposed;
+        };
+        const int64_t ckpt_every = v.at("checkpoint.every_steps").as_int();
+        const double ckpt_minutes = v.at("checkpoint.every_minutes").as_double();
+        double last_ckpt_wall = 0;
+        // The counters a checkpoint carries, by name: saved and restored through one list.
+        const std::vector<std::pair<const char*, double*>> real_counters = {
+            {"last_eval", &last_eval}, {"last_loss", &last_loss}, {"horizon", &horizon},
+            {"interval_seconds", &interval_seconds}, {"interval_loss", &interval_loss},
+            {"step_seconds_total", &step_seconds_total}, {"step_seconds_after_first", &step_seconds_after_first},
+            {"comm.seconds_total", &comm_before.seconds_total}, {"comm.seconds_exposed", &comm_before.seconds_exposed}};
+        const std::vector<std::pair<const char*, int64_t*>> int_counters = {
+            {"step", &step}, {"job_tokens", &job_tokens}, {"own_tokens", &own_tokens}, {"tokens", &ctx->tokens},
+            {"last_eval_step", &last_eval_step}, {"tokens_after_first", &tokens_after_first},
+            {"interval_tokens", &interval_tokens}, {"interval_steps", &interval_steps},
+            {"comm.calls", &comm_before.calls}, {"comm.bytes_sent", &comm_before.bytes_sent}};
+        auto write_checkpoint = [&] {
+            rec.metrics(ctx->pending);  // the rows up to this step are recorded before a checkpoint claims them
+            RankCheckpoint c;
+            c.config_hash = cfg.hash;
+            c.run_id = run_id;
+            c.step = step;
+            c.rank = rank;
+            c.world = world;
+            bool ok = true;
+            std::string why;
+            try {
+                // The strategy first: its state() may communicate (gathering shards), and the
+                // clock and traffic saved below must include that, as an uninterrupted run does.
+                for (auto& [name, t] : strategy->state()) c.tensors.emplace_back("strategy." + name, t);
+                c.tensors.emplace_back("rng.cpu", cpu_rng_state());
+                for (const auto& [name, p] : real_counters) c.numbers[name] = *p;
+                for (const auto& [name, p] : int_counters) c.numbers[name] = static_cast<double>(*p);
+                const auto comm = ctx->transport().stats();
+                c.numbers["comm.calls"] += static_cast<double>(comm.calls);
+                c.numbers["comm.bytes_sent"] += static_cast<double>(comm.bytes_sent);
+                c.numbers["comm.seconds_total"] += comm.seconds_total;
+                c.numbers["comm.seconds_exposed"] += comm.seconds_exposed;
+                c.numbers["data_position"] = static_cast<double>(train.position());
+                c.texts["clock"] = env.clock->save_state();
+                write_rank_checkpoint(job.checkpoints->rank_file(step, rank), c);
+            } catch (const std::exception& e) {
+                ok = false;
+                why = e.what();
+            }
+            if (world > 1) {
+                auto all_ok = torch::tensor({ok ? 1.0 : 0.0}, torch::kFloat64);
+                harness_all_reduce(all_ok, ReduceOp::Min);
+                if (ok && all_ok.item<double>() == 0) why = "another rank could not write its file";
+                ok = all_ok.item<double>() > 0;
+            }
+            if (ok && rank == 0) {
+                try {
+                    job.checkpoints->mark_complete(step, world, static_cast<int>(v.at("checkpoint.keep").as_int()));
+                    rec.summary("checkpoint_step", static_cast<double>(step));
+                } catch (const std::exception& e) {
+                    ok = false;
+                    why = e.what();
+                }
+            }
+            // A checkpoint that cannot be written does not end the run: the previous one stays.
+            if (!ok && (rank == 0 || !why.empty()))
+                std::cerr << "warning: rank " << rank << ": no checkpoint at step " << step << ": " << why
+                          << " (the previous checkpoint stays the one to resume from)\n";
+            else if (ok) progress.line("checkpoint at step " + std::to_string(step) + " in " + job.checkpoints->dir().string());
+            last_ckpt_wall = ctx->wall_seconds();
+        };
+        if (job.resume_step) {
+            const auto file = job.checkpoints->rank_file(*job.resume_step, rank);
+            const auto c = read_rank_checkpoint(file);
+            if (c.config_hash != cfg.hash || c.world != world || c.rank != rank || c.step != *job.resume_step)
+                throw Error("checkpoint " + file.string() + " belongs to another run (config " + c.config_hash + ", rank " +
+                                std::to_string(c.rank) + " of " + std::to_string(c.world) + "); this run has config " +
+                                cfg.hash + ", rank " + std::to_string(rank) + " of " + std::to_string(world),
+                            "resume a run with the experiment file and settings it started with");
+            StateDict strategy_state;
+            for (const auto& [name, t] : c.tensors) {
+                if (name.rfind("strategy.", 0) == 0) strategy_state.emplace_back(name.substr(9), t);
+                else if (name == "rng.cpu") set_cpu_rng_state(t);
+            }
+            auto number = [&](const char* name) {
+                auto it = c.numbers.find(name);
+                if (it == c.numbers.end()) throw Error("checkpoint " + file.string() + " has no '" + name + "'", "");
+                return it->second;
+            };
+            strategy->load_state(strategy_state);
+            for (const auto& [name, p] : real_counters) *p = number(name);
+            for (const auto& [name, p] : int_counters) *p = static_cast<int64_t>(number(name));
+            train.seek(static_cast<int64_t>(number("data_position")));
+            env.clock->load_state(c.texts.count("clock") ? c.texts.at("clock") : "");
+            // The communication the strategy's construction just did is this attempt's, not the run's.
+            const auto setup = ctx->transport().stats();
+            comm_before.calls -= setup.calls;
+            comm_before.bytes_sent -= setup.bytes_sent;
+            comm_before.seconds_total -= setup.seconds_total;
+            comm_before.seconds_exposed -= setup.seconds_exposed;
+            progress.line("resumed from the checkpoint at step " + std::to_string(step) + " (" + file.parent_path().string() + ")");
+        }
+        last_ckpt_wall = ctx->wall_seconds();
         while (true) {
             if (max_steps > 0 && step >= max_steps) break;
             if (max_tokens > 0 && ctx->tokens >= max_tokens) break;
@@ -454,13 +587,24 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                 interval_loss = 0;
             }
             progress.bar(step, out.loss, max_steps > 0 ? ctx->wall_seconds() / step * (max_steps - step) : NAN);
+            // Time-based checkpoints are decided by rank 0's clock at log points, so that all agree.
+            bool checkpoint_now = job.checkpoints && ckpt_every > 0 && step % ckpt_every == 0;
+            const bool minutes_due = job.checkpoints && ckpt_minutes > 0 && log_now && rank == 0 &&
+                                     ctx->wall_seconds() - last_ckpt_wall >= ckpt_minutes * 60;
             if (world > 1 && log_now) {
-                auto stop = torch::tensor({g_interrupts > 0 ? 1.0 : 0.0, diverged_here ? 1.0 : 0.0}, torch::kFloat64);
-                control->all_reduce(stop, ReduceOp::Max)->wait();
+                auto stop = torch::tensor({g_interrupts > 0 ? 1.0 : 0.0, diverged_here ? 1.0 : 0.0, minutes_due ? 1.0 : 0.0},
+                                          torch::kFloat64);
+                harness_all_reduce(stop, ReduceOp::Max);
                 if (stop[1].item<double>() > 0) { status = "diverged"; break; }
                 if (stop[0].item<double>() > 0) { status = "interrupted"; break; }
+                checkpoint_now = checkpoint_now || stop[2].item<double>() > 0;
+            } else {
+                checkpoint_now = checkpoint_now || minutes_due;
             }
+            if (checkpoint_now && !(max_steps > 0 && step >= max_steps)) write_checkpoint();
         }
+        // An interrupted run can be resumed from where it stopped.
+        if (status == "interrupted" && job.checkpoints && step > 0) write_checkpoint();
         progress.clear();
         if (status == "finished" && step > 0 && last_eval_step != step) last_eval = evaluate();
 
@@ -479,7 +623,11 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         const double tensor_peak = device.is_cuda() ? static_cast<double>(gpu::peak_allocated_bytes(device))
                                                     : static_cast<double>(meter->peak());
         rec.summary("peak_tensor_bytes", tensor_peak);
-        const auto comm = ctx->transport().stats();
+        auto comm = ctx->transport().stats();
+        comm.calls += comm_before.calls;
+        comm.bytes_sent += comm_before.bytes_sent;
+        comm.seconds_total += comm_before.seconds_total;
+        comm.seconds_exposed += comm_before.seconds_exposed;
         rec.summary("bytes_sent", static_cast<double>(comm.bytes_sent));
         rec.summary("comm_time", comm.seconds_total);
         rec.summary("comm_exposed_time", comm.seconds_exposed);
@@ -506,6 +654,12 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         rec.summary("param_sum", state_digest.param_sum);
         rec.metrics(ctx->pending);
         rec.finish(status, status == "diverged" ? "loss became " + std::to_string(last_loss) + " at step " + std::to_string(step) : "");
+        // A finished run is not resumed: its checkpoints would only fill the disk. (Every rank
+        // is past its last checkpoint: the all-gather above.)
+        if (status == "finished" && job.checkpoints && rank == 0) {
+            std::error_code ec;
+            fs::remove_all(job.checkpoints->dir(), ec);
+        }
 
         char buf[256];
         std::snprintf(buf, sizeof buf, "run %lld %s: %lld steps, %s tokens, final eval loss %.4f, %s tok/s, MFU %s",
@@ -598,8 +752,39 @@ void scan_plugins(const Experiment& exp, PluginRegistry& registry) {
     registry.scan(search);
 }
 
-int run_experiment(const std::string& path, const RunOptions& options) {
+// --resume RUN: the file, grid point and --set overrides the run started with, as recorded
+// with it; the run is then recorded in the database it was found in.
+RunInfo recall_run(RunOptions& o, std::string& path) {
+    const std::string db = o.db.empty() ? "results/plexus.db" : o.db;
+    const std::string id = std::to_string(o.resume_run);
+    ResultsStore store(db);
+    auto run = store.get_run(o.resume_run);
+    if (!run)
+        throw Error("--resume " + id + ": there is no run " + id + " in " + db,
+                    "`plexus runs` lists the runs; name the database the run is in with --db");
+    if (run->status == "finished")
+        throw Error("run " + id + " has already finished", "`plexus show " + id + "` shows its results");
+    path = store.summary_text(o.resume_run, "resume.file");
+    if (path.empty())
+        throw Error("run " + id + " has no record of the experiment it started from",
+                    "it was recorded by an older plexus: start it again with `plexus run FILE`");
+    const std::string point = store.summary_text(o.resume_run, "resume.point");
+    o.point = point.empty() ? -1 : std::stoi(point);
+    o.overrides.clear();
+    for (int i = 0;; ++i) {
+        auto s = store.summary_text(o.resume_run, "resume.set." + std::to_string(i));
+        if (s.empty()) break;
+        o.overrides.push_back(s);
+    }
+    o.db = db;
+    return *run;
+}
+
+int run_experiment(const std::string& file, const RunOptions& given) {
     // Phase 1: everything that can be checked before the run exists in the database.
+    RunOptions options = given;
+    std::string path = file;
+    std::optional<RunInfo> resumed;
     Experiment exp;
     ResolvedConfig cfg;
     PluginRegistry registry;
@@ -610,6 +795,7 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     std::optional<Rendezvous> rendezvous;
     std::unique_ptr<sim::Cluster> cluster;
     try {
+        if (options.resume_run > 0) resumed = recall_run(options, path);
         exp = load_experiment(path);
         for (const auto& o : options.overrides) apply_override(exp, o);
         // Taken as they are (no TOML escapes: a path may hold backslashes or quotes).
@@ -631,6 +817,14 @@ int run_experiment(const std::string& path, const RunOptions& options) {
             variant = points[static_cast<size_t>(options.point)].variant;
         }
         cfg = resolve(exp, find, [&](PluginKind k) { return registry.names(k); });
+        if (resumed && cfg.hash != resumed->config_hash)
+            throw Error("run " + std::to_string(resumed->id) + " was recorded with config hash " + resumed->config_hash + "; " +
+                            path + " now gives " + cfg.hash,
+                        "the experiment (or a file it extends) changed since the run started: restore it to resume");
+        if (cfg.values.at("checkpoint.every_steps").as_int() < 0 || cfg.values.at("checkpoint.every_minutes").as_double() < 0)
+            throw Error("checkpoint.every_steps and checkpoint.every_minutes must be >= 0", "0 turns each off");
+        if (cfg.values.at("checkpoint.keep").as_int() < 1)
+            throw Error("checkpoint.keep must be >= 1", "keep = 2 leaves one older checkpoint in case the newest is damaged");
         const std::string schedule = cfg.values.at("train.lr_schedule").as_string();
         if (schedule != "constant" && schedule != "cosine" && schedule != "linear")
             throw Error(exp.settings.count("train.lr_schedule") ? exp.settings.at("train.lr_schedule").where.str() + ": train.lr_schedule = \"" + schedule + "\" is unknown" : "train.lr_schedule is unknown",
@@ -719,21 +913,49 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     if (cluster) info.device += ", simulating " + std::to_string(cluster->size()) + " x " + cluster->settings().device.name;
     int64_t run_id = 0;
     try {
-        if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) run_id = std::atoll(id);
-        else if (store) {
+        if (resumed) {
+            run_id = resumed->id;
+            if (store) store->reopen_run(run_id);
+        } else if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) {
+            run_id = std::atoll(id);
+        } else if (store) {
             // The grid variant's name is recorded as a setting "variant" (leaderboards group by
             // it); it is not part of the configuration hash, which its settings already fix.
             auto params = v;
             if (!variant.empty()) params["variant"] = Value(variant);
             run_id = store->begin_run(info, params);
+            // What `plexus run --resume` needs to build the same run again.
+            store->set_summary_text(run_id, 0, "resume.file", fs::absolute(path).string());
+            if (options.point >= 0) store->set_summary_text(run_id, 0, "resume.point", std::to_string(options.point));
+            for (size_t i = 0; i < options.overrides.size(); ++i)
+                store->set_summary_text(run_id, 0, "resume.set." + std::to_string(i), options.overrides[i]);
         }
     } catch (const std::exception& e) {
         print_error(e);
         return kFailed;
     }
+    // Checkpoints: where this run writes them, and the one a resumed run starts from (the
+    // launcher picks it for its workers, so that all ranks start from the same step).
+    std::optional<RunCheckpoints> checkpoints;
+    std::optional<int64_t> resume_step;
+    if (v.at("checkpoint.every_steps").as_int() > 0 || v.at("checkpoint.every_minutes").as_double() > 0 || resumed)
+        checkpoints = RunCheckpoints::of(cfg, run_id);
+    if (resumed) {
+        if (const char* s = std::getenv("PLEXUS_RESUME_STEP")) {
+            if (std::atoll(s) >= 0) resume_step = std::atoll(s);
+        } else {
+            resume_step = checkpoints->latest();
+        }
+        if (rank == 0)
+            std::cout << "plexus: resuming run " << run_id << " from "
+                      << (resume_step ? "its checkpoint at step " + std::to_string(*resume_step)
+                                      : "the start (no complete checkpoint in " + checkpoints->dir().string() + ")")
+                      << std::endl;
+    }
     if (is_launcher) {
         try {
-            return launch_workers(*store, run_id, options, static_cast<int>(info.world_size));
+            return launch_workers(*store, run_id, options, static_cast<int>(info.world_size),
+                                  {"PLEXUS_RESUME_STEP=" + std::to_string(resume_step ? *resume_step : -1)});
         } catch (const std::exception& e) {
             print_error(e);
             try {
@@ -759,6 +981,8 @@ int run_experiment(const std::string& path, const RunOptions& options) {
     job.device = device;
     job.threads = threads;
     job.store = store.get();
+    job.checkpoints = checkpoints;
+    job.resume_step = resume_step;
     if (cluster) {
         job.sim_device = cluster->settings().device;
         job.shared_dataset = std::make_shared<std::shared_ptr<Dataset>>();

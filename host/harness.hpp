@@ -16,6 +16,7 @@ struct RunOptions {
     std::string command_line;            // recorded with the run
     std::vector<std::string> argv;       // the whole command line: local workers re-run it
     int point = -1;                      // --point: which point of the file's [grid] to run
+    int64_t resume_run = 0;              // --resume: continue this run from its newest checkpoint
 };
 
 // Scans the default plugin folders and the experiment's plugin_path.
@@ -24,7 +25,8 @@ void scan_plugins(const Experiment& exp, PluginRegistry& registry);
 // Exit codes of `plexus run`.
 enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2, kDiverged = 3, kInterrupted = 130 };
 
-// Runs the experiment in `path`; returns an ExitCode. Prints errors with their hints.
+// Runs the experiment in `path` (with options.resume_run: the file, point and overrides recorded
+// with that run, `path` unused); returns an ExitCode. Prints errors with their hints.
 int run_experiment(const std::string& path, const RunOptions& options);
 
 // Learning-rate factor in [0, 1] after `tokens` tokens: linear warm-up, then constant,

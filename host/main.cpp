@@ -35,6 +35,12 @@ usage:
         Train the experiment in FILE.toml and record it in the results database.
         --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
         --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
+        With [checkpoint] every_steps = N (or every_minutes = M) the run writes a checkpoint every
+        N steps, and when interrupted (Ctrl-C); a killed run loses at most the steps since.
+  plexus run --resume RUN [--db PATH] [--progress MODE]
+        Continue run RUN from its newest checkpoint with the file, point and --set it started with
+        (from the start, in the same run, if it has none); the result is bit-identical to an
+        uninterrupted run's. Refused if the experiment file has changed since.
   plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
         a local multi-process run counts its ranks). Resumable: points already finished in the
@@ -486,6 +492,16 @@ int main(int argc, char** argv) {
             if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos)
                 return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
             opts.point = std::stoi(value);
+        }
+        if (take_flag(args, "--resume", value)) {
+            if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos || std::stoll(value) <= 0)
+                return usage_error("--resume takes a run id (see `plexus runs`)");
+            opts.resume_run = std::stoll(value);
+            if (!args.empty())
+                return usage_error("plexus run --resume RUN takes no file: the run's own file, point and --set are used");
+            if (!opts.overrides.empty() || opts.point >= 0)
+                return usage_error("--resume continues the run as it was recorded: --set and --point do not apply");
+            return run_experiment("", opts);
         }
         if (args.size() != 1) return usage_error(args.empty() ? "plexus run needs an experiment file" : "unexpected argument '" + args[1] + "'");
         if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");

@@ -300,6 +300,17 @@ void ResultsStore::finish_run(int64_t run, const std::string& status, const std:
     s.bind(4, run).step();
 }
 
+void ResultsStore::reopen_run(int64_t run) {
+    Stmt s(db_, "UPDATE run SET status = 'running', ended = NULL, heartbeat = ?1, error = NULL WHERE id = ?2");
+    s.bind(1, now()).bind(2, run).step();
+}
+
+std::string ResultsStore::summary_text(int64_t run, const std::string& key) {
+    Stmt s(db_, "SELECT text FROM summary WHERE run_id = ?1 AND rank = 0 AND key = ?2");
+    s.bind(1, run).bind(2, key);
+    return s.step() ? s.text(0) : "";
+}
+
 int64_t ResultsStore::ensure_sweep(const std::string& name, const std::string& toml, const std::string& git_rev,
                                    const std::string& host) {
     Transaction tx(*this);

@@ -60,6 +60,10 @@ public:
     void set_summary(int64_t run, int rank, const std::string& key, double value);
     void set_summary_text(int64_t run, int rank, const std::string& key, const std::string& text);
     void finish_run(int64_t run, const std::string& status, const std::string& error);
+    // A run continues (`plexus run --resume`): running again, its end and error cleared.
+    void reopen_run(int64_t run);
+    // Rank 0's text summary `key` of a run, "" if it has none.
+    std::string summary_text(int64_t run, const std::string& key);
 
     // The sweep of that name (its TOML updated), or a new one.
     int64_t ensure_sweep(const std::string& name, const std::string& toml, const std::string& git_rev,

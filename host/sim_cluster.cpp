@@ -6,10 +6,13 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <iomanip>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <plexus/error.hpp>
@@ -47,6 +50,13 @@ private:
     std::thread thread_;  // last: it starts once the members it uses exist
 };
 
+// A double as text that reads back to the same bits.
+std::string exact(double v) {
+    std::ostringstream out;
+    out << std::setprecision(std::numeric_limits<double>::max_digits10) << v;
+    return out.str();
+}
+
 class WallClock : public RankClock {
 public:
     double now() override { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
@@ -54,6 +64,12 @@ public:
     bool simulated() const override { return false; }
     std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override {
         return std::make_unique<ThreadTask>(std::move(task));
+    }
+    // The seconds elapsed: a resumed run's clock starts there (wall time counts both attempts).
+    std::string save_state() override { return exact(now()); }
+    void load_state(const std::string& state) override {
+        start_ -= std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            std::chrono::duration<double>(std::stod(state) - now()));
     }
 
 private:
@@ -686,6 +702,24 @@ public:
     }
     bool simulated() const override { return true; }
     std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override;
+    // The rank's clock, its NIC's queue and its jitter generator: what its future times depend on.
+    std::string save_state() override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        auto& s = impl_->rank(rank_);
+        std::ostringstream out;
+        out << exact(s.clock) << " " << exact(s.nic_busy) << " " << s.rng;
+        return out.str();
+    }
+    void load_state(const std::string& state) override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        auto& s = impl_->rank(rank_);
+        std::istringstream in(state);
+        double clock = 0, nic = 0;
+        in >> clock >> nic >> s.rng;
+        if (!in) throw Error("the simulated clock's state in the checkpoint is unreadable: '" + state.substr(0, 40) + "'");
+        s.clock = clock;
+        s.nic_busy = nic;
+    }
 
 private:
     std::shared_ptr<Cluster::Impl> impl_;

@@ -42,6 +42,10 @@ public:
     virtual bool simulated() const = 0;
     // RunContext::start_background: a thread, or a simulated rank's second activity.
     virtual std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) = 0;
+    // The clock's state in a checkpoint, as text, and its restoration on resume (from the rank's
+    // own thread, before its first collective): a resumed run's times continue where they were.
+    virtual std::string save_state() = 0;
+    virtual void load_state(const std::string& state) = 0;
 };
 
 std::shared_ptr<RankClock> make_wall_clock();
