@@ -22,6 +22,9 @@ namespace {
 
 constexpr char kMagic[8] = {'P', 'L', 'X', 'C', 'K', 'P', 'T', '\n'};
 constexpr uint32_t kVersion = 1;
+// The element types a checkpoint may hold (anything a strategy's state uses).
+const std::set<c10::ScalarType> kStorable = {c10::kByte, c10::kChar, c10::kShort, c10::kInt, c10::kLong, c10::kHalf,
+                                             c10::kFloat, c10::kDouble, c10::kBool, c10::kBFloat16};
 
 std::string sys_error() { return std::strerror(errno); }
 
@@ -223,21 +226,22 @@ RankCheckpoint read_rank_checkpoint(const fs::path& file) {
     }
     for (uint64_t n = r.length(), i = 0; i < n; ++i) {
         auto name = r.text();
-        const auto type = r.value<int32_t>();
-        if (type < 0 || type >= static_cast<int32_t>(c10::ScalarType::NumOptions)) r.bad("tensor '" + name + "' has no valid type");
+        const auto type = static_cast<c10::ScalarType>(r.value<int32_t>());
+        if (!kStorable.count(type)) r.bad("tensor '" + name + "' has no valid type");
         const auto dim = r.value<uint64_t>();
         if (dim > 64) r.bad("tensor '" + name + "' has " + std::to_string(dim) + " dimensions");
         std::vector<int64_t> sizes(dim);
-        int64_t numel = 1;
+        // The shape is checked against the bytes that follow before anything is allocated.
+        uint64_t bytes_for_shape = c10::elementSize(type);
         for (auto& s : sizes) {
             s = r.value<int64_t>();
-            if (s < 0) r.bad("tensor '" + name + "' has a negative size");
-            numel *= s;
+            if (s < 0 || static_cast<uint64_t>(s) > r.left()) r.bad("tensor '" + name + "' has an impossible shape");
+            bytes_for_shape *= static_cast<uint64_t>(s);
+            if (bytes_for_shape > r.left()) r.bad("tensor '" + name + "' has an impossible shape");
         }
         const auto bytes = r.length();
-        auto t = torch::empty(sizes, torch::TensorOptions().dtype(static_cast<c10::ScalarType>(type)));
-        if (bytes != static_cast<uint64_t>(numel) * t.element_size())
-            r.bad("tensor '" + name + "' has " + std::to_string(bytes) + " bytes for its shape");
+        if (bytes != bytes_for_shape) r.bad("tensor '" + name + "' has " + std::to_string(bytes) + " bytes for its shape");
+        auto t = torch::empty(sizes, torch::TensorOptions().dtype(type));
         r.body(t.data_ptr(), bytes);
         c.tensors.emplace_back(std::move(name), std::move(t));
     }

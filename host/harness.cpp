@@ -923,12 +923,13 @@ int run_experiment(const std::string& file, const RunOptions& given) {
             // it); it is not part of the configuration hash, which its settings already fix.
             auto params = v;
             if (!variant.empty()) params["variant"] = Value(variant);
-            run_id = store->begin_run(info, params);
-            // What `plexus run --resume` needs to build the same run again.
-            store->set_summary_text(run_id, 0, "resume.file", fs::absolute(path).string());
-            if (options.point >= 0) store->set_summary_text(run_id, 0, "resume.point", std::to_string(options.point));
+            // What `plexus run --resume` needs to build the same run again, written with the
+            // run's row: a run killed at any moment can be resumed.
+            info.texts["resume.file"] = fs::absolute(path).string();
+            if (options.point >= 0) info.texts["resume.point"] = std::to_string(options.point);
             for (size_t i = 0; i < options.overrides.size(); ++i)
-                store->set_summary_text(run_id, 0, "resume.set." + std::to_string(i), options.overrides[i]);
+                info.texts["resume.set." + std::to_string(i)] = options.overrides[i];
+            run_id = store->begin_run(info, params);
         }
     } catch (const std::exception& e) {
         print_error(e);

@@ -249,6 +249,11 @@ int64_t ResultsStore::begin_run(const RunInfo& r, const std::map<std::string, Va
         p.step();
         p.reset();
     }
+    Stmt t(db_, "INSERT INTO summary (run_id, rank, key, text) VALUES (?1, 0, ?2, ?3)");
+    for (const auto& [key, text] : r.texts) {
+        t.bind(1, id).bind(2, key).bind(3, text).step();
+        t.reset();
+    }
     tx.commit();
     return id;
 }

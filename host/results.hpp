@@ -34,6 +34,8 @@ struct RunInfo {
         git_rev, command;
     int64_t seed = 0, world_size = 1;
     double started = 0, ended = 0, heartbeat = 0;
+    // Text summaries (rank 0) begin_run writes in the same transaction as the run's row.
+    std::map<std::string, std::string> texts;
 };
 
 struct SweepInfo {

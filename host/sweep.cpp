@@ -52,7 +52,54 @@ struct Point {
     int slots = 1;            // cores-worth this run needs: its ranks for mode = local
     std::string last_status;  // of the newest run of this point in the sweep, "" if none
     int64_t last_run = 0;
+    double wall_limit_s = 0;       // [limits]: 0 none
+    double memory_limit_bytes = 0;
 };
+
+// Every process of a run: the one the sweep started and its descendants (a local run's workers).
+std::vector<pid_t> process_tree(pid_t root) {
+    std::multimap<pid_t, pid_t> children;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::FILE* f = std::fopen((e.path() / "stat").c_str(), "r");
+        if (!f) continue;
+        char buf[512];
+        const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+        std::fclose(f);
+        buf[n] = '\0';
+        // "pid (comm) state ppid ...": the name may hold spaces and parentheses, so parse after the last ')'.
+        const char* close = std::strrchr(buf, ')');
+        char state = 0;
+        int ppid = 0;
+        if (close && std::sscanf(close + 1, " %c %d", &state, &ppid) == 2)
+            children.emplace(static_cast<pid_t>(ppid), static_cast<pid_t>(std::stoi(name)));
+    }
+    std::vector<pid_t> tree = {root};
+    for (size_t i = 0; i < tree.size(); ++i) {
+        auto [lo, hi] = children.equal_range(tree[i]);
+        for (auto it = lo; it != hi; ++it) tree.push_back(it->second);
+    }
+    return tree;
+}
+
+double resident_bytes(const std::vector<pid_t>& pids) {
+    double total = 0;
+    for (pid_t p : pids) {
+        std::FILE* f = std::fopen(("/proc/" + std::to_string(p) + "/statm").c_str(), "r");
+        if (!f) continue;
+        long size = 0, resident = 0;
+        if (std::fscanf(f, "%ld %ld", &size, &resident) == 2) total += static_cast<double>(resident) * sysconf(_SC_PAGESIZE);
+        std::fclose(f);
+    }
+    return total;
+}
+
+std::string signal_name(int sig) {
+    const char* d = strsignal(sig);
+    return "signal " + std::to_string(sig) + (d ? " (" + std::string(d) + ")" : std::string());
+}
 
 pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& log) {
     const pid_t parent = getpid();
@@ -131,6 +178,10 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
                 const auto cfg = resolve(apply_grid_point(exp, grid[i], find), find,
                                          [&](PluginKind k) { return registry.names(k); });
                 p.hash = cfg.hash;
+                p.wall_limit_s = cfg.values.at("limits.wall_minutes").as_double() * 60;
+                p.memory_limit_bytes = cfg.values.at("limits.memory_gb").as_double() * double(1 << 30);
+                if (p.wall_limit_s < 0 || p.memory_limit_bytes < 0)
+                    throw Error("limits.wall_minutes and limits.memory_gb must be >= 0", "0 means no limit");
                 if (cfg.values.at("launch.mode").as_string() == "local")
                     p.slots = static_cast<int>(std::max<int64_t>(1, cfg.values.at("launch.ranks").as_int()));
                 if (i == 0) {
@@ -227,6 +278,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         Clock::time_point started;
         std::string log;
         int slots;
+        std::string killed_for;  // why the sweep killed it ([limits]); "" if it did not
     };
     std::vector<Running> running;
     g_stop = 0;
@@ -268,12 +320,18 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         while (!g_stop && !queue.empty() && running.size() < static_cast<size_t>(kMaxChildren)) {
             Point* p = queue.front();
             if (!running.empty() && used_slots() + p->slots > jobs) break;
+            // Logs get the progress lines: the last ones say where a run that died was.
             std::vector<std::string> argv = {"plexus", "run", fs::absolute(path).string(), "--point",
-                                             std::to_string(p->index), "--db", db, "--progress", "none"};
+                                             std::to_string(p->index), "--db", db, "--progress", "lines"};
             for (const auto& s : o.overrides) {
                 argv.push_back("--set");
                 argv.push_back(s);
             }
+            // A run interrupted or killed before continues in place, from its newest checkpoint
+            // (from its start if it has none), when it recorded how to.
+            if ((p->last_status == "interrupted" || p->last_status == "running") && p->last_run > 0 &&
+                !store->summary_text(p->last_run, "resume.file").empty())
+                argv = {"plexus", "run", "--resume", std::to_string(p->last_run), "--db", db, "--progress", "lines"};
             const std::string log = (logs / ("point" + std::to_string(p->index) + ".log")).string();
             const int run_cores = std::min(cores, std::max(1, p->slots * cores_per_slot));
             const pid_t pid = spawn(argv, {"PLEXUS_SWEEP_ID=" + std::to_string(sweep_id),
@@ -283,13 +341,33 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
                     c = pid;
                     break;
                 }
-            running.push_back({p, pid, Clock::now(), log, p->slots});
+            running.push_back({p, pid, Clock::now(), log, p->slots, ""});
             queue.pop_front();
         }
         if (running.empty()) break;
         int status = 0;
         const pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid == 0) {
+            // [limits]: a run past its wall-clock or memory limit is killed with its workers
+            // (SIGKILL: a hung plugin would not act on SIGTERM) and marked failed below.
+            for (auto& r : running) {
+                if (!r.killed_for.empty()) continue;
+                const double secs = std::chrono::duration<double>(Clock::now() - r.started).count();
+                const auto tree = (r.point->memory_limit_bytes > 0 || r.point->wall_limit_s > 0) ? process_tree(r.pid)
+                                                                                                 : std::vector<pid_t>{};
+                char why[200] = "";
+                if (r.point->wall_limit_s > 0 && secs > r.point->wall_limit_s)
+                    std::snprintf(why, sizeof why, "it ran past limits.wall_minutes = %g", r.point->wall_limit_s / 60);
+                else if (r.point->memory_limit_bytes > 0) {
+                    const double rss = resident_bytes(tree);
+                    if (rss > r.point->memory_limit_bytes)
+                        std::snprintf(why, sizeof why, "its processes held %.2f GiB, over limits.memory_gb = %g",
+                                      rss / double(1 << 30), r.point->memory_limit_bytes / double(1 << 30));
+                }
+                if (!*why) continue;
+                r.killed_for = why;
+                for (pid_t p : tree) kill(p, SIGKILL);
+            }
             draw_bar(false);
             std::this_thread::sleep_for(std::chrono::milliseconds(250));  // the bar's refresh period
             continue;
@@ -302,7 +380,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         if (it == running.end()) continue;
         for (auto& c : g_children)
             if (c == pid) c = 0;
-        const Running r = *it;
+        Running r = *it;
         running.erase(it);
         const double secs = std::chrono::duration<double>(Clock::now() - r.started).count();
         const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -310,14 +388,28 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         seconds_done += secs;
         // What the run recorded about itself.
         std::string outcome = code == 0 ? "finished" : code == 130 ? "interrupted" : code == 3 ? "diverged" : "failed";
+        if (!r.killed_for.empty()) outcome = "failed";
         int64_t run_id = 0;
         std::string detail;
         try {
+            std::string recorded;
             for (const auto& run : store->sweep_runs(sweep_id))
                 if (run.config_hash == r.point->hash) {
                     run_id = run.id;
                     detail = run.error;
+                    recorded = run.status;
                 }
+            // A run that could not record its own end (killed, crashed in a plugin): the sweep
+            // records why, with the last lines of its log.
+            if (run_id && (recorded == "running" || !r.killed_for.empty())) {
+                const std::string why = !r.killed_for.empty() ? "killed by the sweep: " + r.killed_for
+                                        : WIFSIGNALED(status)  ? "the run died of " + signal_name(WTERMSIG(status))
+                                                               : "the run exited with code " + std::to_string(code) + " without recording its end";
+                std::string tail = last_lines(r.log, 6);
+                detail = why + (tail.empty() ? "" : "; last lines of " + r.log + ":\n" + tail);
+                store->finish_run(run_id, outcome == "interrupted" ? "interrupted" : "failed", detail);
+                detail = why;
+            }
             if (run_id && code == 0)
                 for (const auto& [rank, key, value, text] : store->summaries(run_id))
                     if (rank == 0 && key == "final_eval_loss" && value) detail = "eval " + std::to_string(*value).substr(0, 6);

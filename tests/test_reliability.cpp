@@ -1,0 +1,279 @@
+// Reliability: checkpoints and exact resume, runs killed at any moment, failures contained to
+// their run, damaged checkpoints refused.
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <sstream>
+
+#include <plexus/error.hpp>
+#include <torch/torch.h>
+
+#include "checkpoint.hpp"
+#include "helpers.hpp"
+
+using namespace plexus;
+using namespace plexus::test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// A small GPT on synthetic tokens: a few hundred steps in a second or two, checkpoints every 5.
+std::string experiment(const std::string& strategy, const std::string& launch, int steps) {
+    return "name = \"reliable\"\n"
+           "[model]\nname = \"gpt\"\nn_layer = 2\nd_model = 32\nn_head = 2\n"
+           "[data]\nname = \"synthetic\"\n"
+           "[optimizer]\nname = \"adamw\"\nlr = 3e-3\n"
+           "[strategy]\nname = \"" + strategy + "\"\n"
+           "[train]\nsteps = " + std::to_string(steps) +
+           "\nbatch_size = 4\nseq_len = 16\neval_every = 40\nlog_every = 10\nlr_schedule = \"cosine\"\n"
+           "[checkpoint]\nevery_steps = 5\n" + launch;
+}
+
+// Every row of one metric of every rank, as text that is equal only when the numbers are
+// bit-identical (17 significant digits), simulated times included.
+std::string metric_dump(const std::string& db, const std::string& key) {
+    host::ResultsStore store(db);
+    const int64_t run = store.list_runs(1).at(0).id;
+    std::ostringstream out;
+    out.precision(17);
+    for (int rank = 0; rank < 8; ++rank)
+        for (const auto& m : store.metric_rows(run, key, rank))
+            out << rank << " " << m.step << " " << m.value << " " << (m.sim_time ? *m.sim_time : -1.0) << "\n";
+    return out.str();
+}
+
+std::map<std::string, std::string> summaries_of(const std::string& db) {
+    host::ResultsStore store(db);
+    std::map<std::string, std::string> out;
+    for (const auto& [rank, key, value, text] : store.summaries(store.list_runs(1).at(0).id)) {
+        std::ostringstream v;
+        v.precision(17);
+        if (value) v << *value;
+        out[std::to_string(rank) + "." + key] = value ? v.str() : text;
+    }
+    return out;
+}
+
+// Starts `plexus ARGS` in a session of its own, waits until the run's first checkpoint is
+// complete, then sends `signal` to every process of the session.
+CommandResult start_and_signal(const std::string& args, const std::string& checkpoints, const std::string& signal) {
+    return run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " " + args + " >/dev/null 2>&1 & pid=$!; " +
+                       "for i in $(seq 3000); do ls " + checkpoints + "/*/COMPLETE >/dev/null 2>&1 && break; sleep 0.01; done; " +
+                       "kill -" + signal + " -- -$pid; wait $pid'");
+}
+
+}  // namespace
+
+TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical to an uninterrupted run", "[reliability]") {
+    struct Case {
+        const char* name;
+        std::string strategy, launch;
+        int steps;
+    };
+    const std::vector<Case> cases = {
+        {"single", "single", "", 400},
+        {"ddp over gloo, 2 processes", "ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 200},
+        {"simulated cluster, 4 ranks with jitter", "ddp", "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
+    };
+    for (const auto& c : cases) {
+        DYNAMIC_SECTION(c.name) {
+            TempDir dir;
+            const auto file = dir.file("exp.toml", experiment(c.strategy, c.launch, c.steps));
+            const auto whole = run_plexus("run " + file + " --db " + dir / "whole.db");
+            REQUIRE(whole.exit_code == 0);
+
+            const auto killed = start_and_signal("run " + file + " --db " + dir / "b.db", dir / "checkpoints/b/run1", "KILL");
+            host::ResultsStore store(dir / "b.db");
+            REQUIRE(store.get_run(1)->status == "running");  // it could record nothing
+            const auto partial = store.metric_series(1, "loss");
+            REQUIRE(partial.size() < static_cast<size_t>(c.steps));  // killed before the end
+
+            const auto resumed = run_plexus("run --resume 1 --db " + dir / "b.db");
+            INFO(resumed.output);
+            REQUIRE(resumed.exit_code == 0);
+            CHECK_THAT(resumed.output, Contains("resumed from the checkpoint at step"));
+            CHECK(store.get_run(1)->status == "finished");
+            CHECK(store.list_runs(10).size() == 1);  // the same run, continued
+
+            CHECK(metric_dump(dir / "b.db", "loss") == metric_dump(dir / "whole.db", "loss"));
+            CHECK(metric_dump(dir / "b.db", "eval_loss") == metric_dump(dir / "whole.db", "eval_loss"));
+            CHECK(store.metric_series(1, "loss").size() == static_cast<size_t>(c.steps));
+            auto a = summaries_of(dir / "whole.db"), b = summaries_of(dir / "b.db");
+            for (const char* key : {"0.state_hash", "0.final_eval_loss", "0.tokens", "0.steps", "0.bytes_sent", "1.bytes_sent"})
+                CHECK(b[key] == a[key]);
+            if (c.launch.find("sim") != std::string::npos) {
+                CHECK(b["0.sim_time"] == a["0.sim_time"]);  // the simulated clock continued where it was
+                CHECK(b["3.sim_time"] == a["3.sim_time"]);
+            }
+            CHECK_FALSE(fs::exists(dir / "checkpoints/b/run1"));  // a finished run's checkpoints are gone
+        }
+    }
+}
+
+TEST_CASE("Ctrl-C checkpoints where the run stops, and --resume continues it exactly", "[reliability]") {
+    TempDir dir;
+    const auto file = dir.file("exp.toml", experiment("single", "", 400));
+    REQUIRE(run_plexus("run " + file + " --db " + dir / "whole.db").exit_code == 0);
+    start_and_signal("run " + file + " --db " + dir / "b.db", dir / "checkpoints/b/run1", "INT");
+    host::ResultsStore store(dir / "b.db");
+    const auto run = store.get_run(1);
+    REQUIRE(run->status == "interrupted");
+    // The checkpoint is at the step it stopped at: nothing recorded is computed twice.
+    const auto loss = store.metric_series(1, "loss");
+    REQUIRE(!loss.empty());
+    double checkpoint_step = -1;
+    for (const auto& [rank, key, value, text] : store.summaries(1))
+        if (key == "checkpoint_step") checkpoint_step = *value;
+    CHECK(checkpoint_step == static_cast<double>(loss.back().first + 1));  // metric steps count from 0
+    const auto resumed = run_plexus("run --resume 1 --db " + dir / "b.db");
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK(metric_dump(dir / "b.db", "loss") == metric_dump(dir / "whole.db", "loss"));
+    // A finished run is not resumed again.
+    const auto again = run_plexus("run --resume 1 --db " + dir / "b.db");
+    CHECK(again.exit_code != 0);
+    CHECK_THAT(again.output, Contains("run 1 has already finished"));
+}
+
+TEST_CASE("a resumed run refuses a changed experiment and a checkpoint of another run", "[reliability]") {
+    TempDir dir;
+    const auto file = dir.file("exp.toml", experiment("single", "", 400));
+    start_and_signal("run " + file + " --db " + dir / "b.db", dir / "checkpoints/b/run1", "KILL");
+    // The file changed since: another config hash.
+    const auto text = experiment("single", "", 400);
+    dir.file("exp.toml", text.substr(0, text.find("lr = 3e-3")) + "lr = 1e-3" + text.substr(text.find("lr = 3e-3") + 9));
+    auto changed = run_plexus("run --resume 1 --db " + dir / "b.db");
+    CHECK(changed.exit_code != 0);
+    CHECK_THAT(changed.output, Contains("was recorded with config hash"));
+    CHECK_THAT(changed.output, Contains("the experiment (or a file it extends) changed"));
+    dir.file("exp.toml", text);
+
+    // A checkpoint file of another run put in this one's place: refused, not loaded.
+    const auto other = dir.file("other.toml", experiment("single", "", 400) + "[sim]\njitter = 0.5\n");
+    start_and_signal("run " + other + " --db " + dir / "c.db", dir / "checkpoints/c/run1", "KILL");
+    const host::RunCheckpoints mine(dir / "checkpoints/b", 1), theirs(dir / "checkpoints/c", 1);
+    REQUIRE(mine.latest());
+    REQUIRE(theirs.latest());
+    fs::remove_all(mine.dir());
+    fs::create_directories(mine.dir());
+    fs::copy(theirs.dir(), mine.dir(), fs::copy_options::recursive);
+    auto foreign = run_plexus("run --resume 1 --db " + dir / "b.db");
+    CHECK(foreign.exit_code != 0);
+    CHECK_THAT(foreign.output, Contains("belongs to another run"));
+    host::ResultsStore store(dir / "b.db");
+    CHECK(store.get_run(1)->status == "failed");  // the refusal is recorded on the run
+}
+
+TEST_CASE("a checkpoint file cut short or damaged anywhere is refused whole", "[reliability]") {
+    TempDir dir;
+    host::RankCheckpoint c;
+    c.config_hash = "0123456789abcdef";
+    c.run_id = 7;
+    c.step = 40;
+    c.rank = 1;
+    c.world = 2;
+    c.numbers = {{"tokens", 2560}, {"last_loss", 3.14159265358979}};
+    c.texts = {{"clock", "12.5 0 42"}};
+    torch::manual_seed(0);
+    c.tensors = {{"strategy.model.w", torch::randn({5, 3})},
+                 {"strategy.optimizer.step", torch::tensor(int64_t{40})},
+                 {"rng.cpu", torch::randint(0, 255, {16}, torch::kUInt8)}};
+    const fs::path file = dir / "rank1.ckpt";
+    host::write_rank_checkpoint(file, c);
+    CHECK_FALSE(fs::exists(file.string() + ".tmp"));
+
+    const auto back = host::read_rank_checkpoint(file);
+    CHECK(back.config_hash == c.config_hash);
+    CHECK(back.step == 40);
+    CHECK(back.rank == 1);
+    CHECK(back.world == 2);
+    CHECK(back.numbers == c.numbers);
+    CHECK(back.texts == c.texts);
+    REQUIRE(back.tensors.size() == 3);
+    for (size_t i = 0; i < 3; ++i) {
+        CHECK(back.tensors[i].first == c.tensors[i].first);
+        CHECK(back.tensors[i].second.scalar_type() == c.tensors[i].second.scalar_type());
+        CHECK(torch::equal(back.tensors[i].second, c.tensors[i].second));
+    }
+
+    std::ifstream in(file, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    const fs::path bad = dir / "bad.ckpt";
+    int refused = 0;
+    // Every truncation.
+    for (size_t n = 0; n < bytes.size(); ++n) {
+        std::ofstream(bad, std::ios::binary | std::ios::trunc) << bytes.substr(0, n);
+        try {
+            host::read_rank_checkpoint(bad);
+        } catch (const Error& e) {
+            ++refused;
+        }
+    }
+    CHECK(refused == static_cast<int>(bytes.size()));
+    // Every single-byte change, past the magic number (which names another kind of file).
+    refused = 0;
+    for (size_t i = 8; i < bytes.size(); ++i) {
+        std::string changed = bytes;
+        changed[i] = static_cast<char>(changed[i] ^ 0x10);
+        std::ofstream(bad, std::ios::binary | std::ios::trunc) << changed;
+        try {
+            host::read_rank_checkpoint(bad);
+        } catch (const Error& e) {
+            ++refused;
+            if (i >= 12) CHECK_THAT(std::string(e.what()), Contains("is damaged"));
+        }
+    }
+    CHECK(refused == static_cast<int>(bytes.size()) - 8);
+    std::ofstream(bad, std::ios::binary | std::ios::trunc) << "this is some other file, long enough to have a header";
+    CHECK_THROWS_WITH(host::read_rank_checkpoint(bad), Contains("is not a plexus checkpoint"));
+}
+
+TEST_CASE("a checkpoint the disk has no room for leaves the run going and no partial file", "[reliability]") {
+    TempDir dir;
+    // A file-size limit makes every write past 1 MiB fail with EFBIG, as a full disk fails with
+    // ENOSPC: the checkpoints (about 1.5 MB) do not fit, the database does.
+    auto text = experiment("single", "", 30);
+    text.replace(text.find("d_model = 32"), 12, "d_model = 96");
+    const auto file = dir.file("exp.toml", text);
+    const auto res = run_command("sh -c \"trap '' XFSZ; ulimit -f 2048; exec " + std::string(PLEXUS_BINARY) + " run " + file +
+                                 " --db " + dir / "r.db" + "\"");
+    INFO(res.output);
+    CHECK(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("no checkpoint at step 5"));
+    CHECK_THAT(res.output, Contains("File too large"));
+    host::ResultsStore store(dir / "r.db");
+    CHECK(store.get_run(1)->status == "finished");
+    CHECK(store.metric_series(1, "loss").size() == 30);
+    int leftovers = 0;
+    if (fs::exists(dir / "checkpoints"))
+        for (const auto& e : fs::recursive_directory_iterator(dir / "checkpoints"))
+            if (e.path().extension() == ".tmp" || e.path().extension() == ".ckpt") ++leftovers;
+    CHECK(leftovers == 0);
+}
+
+TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that run, and records why", "[reliability]") {
+    TempDir dir;
+    const auto file = dir.file("sweep.toml", "name = \"misbehave\"\nplugin_path = [\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
+                                                 "\"]\n[model]\nname = \"misbehaving\"\n[data]\nname = \"synthetic\"\n"
+                                                 "[optimizer]\nname = \"sgd\"\nlr = 0.1\n"
+                                                 "[train]\nsteps = 40\nbatch_size = 2\nseq_len = 8\nlog_every = 1\n"
+                                                 "[limits]\nwall_minutes = 0.1\nmemory_gb = 0.6\n"
+                                                 "[grid]\n\"model.action\" = [\"segfault\", \"throw\", \"leak\", \"hang\", \"none\"]\n");
+    const auto res = run_plexus("sweep " + file + " --db " + dir / "r.db" + " -j 2 --progress lines");
+    INFO(res.output);
+    CHECK(res.exit_code == 1);  // some failed
+    CHECK_THAT(res.output, Contains("1 finished, 4 failed"));
+    host::ResultsStore store(dir / "r.db");
+    std::map<std::string, host::RunInfo> by_action;
+    for (const auto& run : store.list_runs(10)) by_action[store.params(run.id).at("model.action")] = run;
+    REQUIRE(by_action.size() == 5);
+    CHECK(by_action["none"].status == "finished");
+    for (const char* a : {"segfault", "throw", "leak", "hang"}) CHECK(by_action[a].status == "failed");
+    CHECK_THAT(by_action["segfault"].error, Contains("the run died of signal 11"));
+    CHECK_THAT(by_action["segfault"].error, Contains("step      3 | loss"));  // its last log lines
+    CHECK_THAT(by_action["throw"].error, Contains("misbehaving: thrown on purpose"));
+    CHECK_THAT(by_action["leak"].error, Contains("over limits.memory_gb = 0.6"));
+    CHECK_THAT(by_action["hang"].error, Contains("ran past limits.wall_minutes = 0.1"));
+    // Killed with its processes: nothing of the hung run is left.
+    CHECK(run_command("pgrep -f '[p]lexus run " + file + " --point 3'").exit_code != 0);
+}
