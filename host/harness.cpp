@@ -298,6 +298,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
     // This rank's tensors: parameters, optimizer state, activations, messages (peak_tensor_bytes).
     const auto meter = std::make_shared<TensorMemoryMeter>();
     MeterScope meter_scope(meter);
+    // Records the run's end; false if the database could not take it.
     auto fail = [&](const std::string& status, const std::string& error) {
         try {
             if (ctx) rec.metrics(ctx->pending);
@@ -306,8 +307,10 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         }
         try {
             rec.finish(status, error);
+            return true;
         } catch (const std::exception& e) {
             std::cerr << "error: could not record the end of run " << run_id << ": " << e.what() << "\n";
+            return false;
         }
     };
 
@@ -680,8 +683,16 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
     } catch (const std::exception& e) {
         progress.clear();
         if (env.print_errors) print_error(e);
-        fail("failed", error_text(e));
-        if (job.store && rank == 0) std::cerr << "run " << run_id << " marked failed in " << job.store->path() << "\n";
+        const bool recorded = fail("failed", error_text(e));
+        if (job.store && rank == 0) {
+            if (recorded) std::cerr << "run " << run_id << " marked failed in " << job.store->path() << "\n";
+            // The database could not take the run's end (a full disk, say): the run can still be
+            // recorded, from its last checkpoint, once the database is writable again.
+            else if (job.checkpoints && job.checkpoints->latest())
+                std::cerr << "hint: once the database is writable, `plexus run --resume " << run_id << " --db "
+                          << job.store->path() << "` continues run " << run_id << " from its checkpoint at step "
+                          << *job.checkpoints->latest() << " and records the rest\n";
+        }
         return {kFailed, error_text(e)};
     }
 }

@@ -201,7 +201,7 @@ void ResultsStore::exec(const std::string& sql) {
     if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
         std::string msg = err ? err : "unknown error";
         sqlite3_free(err);
-        throw Error(msg);
+        throw Error("results database " + path_ + ": " + msg, "check that the disk has room and the file is writable");
     }
 }
 
@@ -303,6 +303,13 @@ void ResultsStore::finish_run(int64_t run, const std::string& status, const std:
     if (error.empty()) s.bind_null(3);
     else s.bind(3, error);
     s.bind(4, run).step();
+}
+
+std::string ResultsStore::integrity_check() {
+    Stmt s(db_, "PRAGMA integrity_check");
+    std::string out;
+    while (s.step()) out += (out.empty() ? "" : "\n") + s.text(0);
+    return out;
 }
 
 void ResultsStore::reopen_run(int64_t run) {

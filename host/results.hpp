@@ -87,6 +87,8 @@ public:
     // Every row of one metric of one rank, with its tokens, wall and simulated times.
     std::vector<MetricRow> metric_rows(int64_t run, const std::string& key, int rank = 0);
 
+    // SQLite's PRAGMA integrity_check: "ok", or what is wrong.
+    std::string integrity_check();
     // Executes SQL directly (tests, maintenance).
     void exec(const std::string& sql);
 

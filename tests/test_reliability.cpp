@@ -277,3 +277,96 @@ TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that r
     // Killed with its processes: nothing of the hung run is left.
     CHECK(run_command("pgrep -f '[p]lexus run " + file + " --point 3'").exit_code != 0);
 }
+
+TEST_CASE("a sweep killed with SIGKILL at random moments loses no committed row and resumes to the same results", "[reliability]") {
+    TempDir dir;
+    auto text = experiment("single", "", 800);
+    text.replace(text.find("log_every = 10"), 14, "log_every = 5");
+    text.replace(text.find("every_steps = 5"), 15, "every_steps = 20");
+    const auto file = dir.file("sweep.toml", text + "[grid]\n\"train.seed\" = [0, 1, 2]\n");
+    REQUIRE(run_plexus("sweep " + file + " -j 2 --db " + dir / "whole.db").exit_code == 0);
+
+    // Every metric row ever seen, by (run, rank, key, step): a later look must find each again,
+    // with the same value (resumed runs recompute the same numbers).
+    std::map<std::tuple<int64_t, int, std::string, int64_t>, double> seen;
+    std::mt19937 rng(2026);  // the moments are seeded: a failure reproduces
+    std::uniform_real_distribution<double> moment(0.15, 1.0);
+    int kills = 0, changed = 0;
+    for (int round = 0; round < 8; ++round) {
+        char delay[16];
+        std::snprintf(delay, sizeof delay, "%.2f", moment(rng));
+        const auto res = run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " sweep " + file + " -j 2 --db " +
+                                     dir / "b.db" + " >/dev/null 2>&1 & pid=$!; sleep " + delay +
+                                     "; kill -KILL -- -$pid 2>/dev/null && echo killed; wait $pid'");
+        if (res.output.find("killed") != std::string::npos) ++kills;
+        host::ResultsStore store(dir / "b.db");
+        INFO("round " << round << ", killed after " << delay << " s");
+        REQUIRE(store.integrity_check() == "ok");
+        for (const auto& run : store.list_runs(100))
+            for (const auto& key : store.metric_keys(run.id))
+                for (const auto& m : store.metric_rows(run.id, key, 0)) {
+                        if (key == "tokens_per_s" || key == "step_time" || key == "mfu" || key == "memory") continue;  // timings
+                        const auto id = std::make_tuple(run.id, 0, key, m.step);
+                        auto it = seen.find(id);
+                        if (it != seen.end() && it->second != m.value) ++changed;
+                        seen[id] = m.value;
+                    }
+        bool all_finished = true;
+        for (const auto& run : store.list_runs(100)) all_finished = all_finished && run.status == "finished";
+        if (all_finished && store.list_runs(100).size() == 3) break;
+    }
+    CHECK(kills >= 3);
+    CHECK(changed == 0);
+    CHECK(seen.size() > 1000);
+    // Whatever is left runs to the end.
+    REQUIRE(run_plexus("sweep " + file + " -j 2 --db " + dir / "b.db").exit_code == 0);
+    host::ResultsStore a(dir / "whole.db"), b(dir / "b.db");
+    REQUIRE(b.integrity_check() == "ok");
+    const auto runs = b.list_runs(100);
+    CHECK(runs.size() == 3);  // every point continued in its own run, none started twice
+    for (const auto& run : runs) {
+        CHECK(run.status == "finished");
+        int64_t twin = 0;
+        for (const auto& r : a.list_runs(100))
+            if (r.config_hash == run.config_hash) twin = r.id;
+        REQUIRE(twin > 0);
+        CHECK(b.metric_series(run.id, "loss") == a.metric_series(twin, "loss"));
+        CHECK(b.metric_series(run.id, "eval_loss") == a.metric_series(twin, "eval_loss"));
+        // every row seen during the kills is in the final database, unchanged
+        const auto series = b.metric_series(run.id, "loss");
+        const std::map<int64_t, double> final_loss(series.begin(), series.end());
+        int missing = 0;
+        for (const auto& [id, value] : seen)
+            if (std::get<0>(id) == run.id && std::get<2>(id) == "loss" &&
+                (!final_loss.count(std::get<3>(id)) || final_loss.at(std::get<3>(id)) != value))
+                ++missing;
+        CHECK(missing == 0);
+    }
+}
+
+TEST_CASE("a database the disk has no room for stops the run with a clear error, and --resume records the rest later", "[reliability]") {
+    TempDir dir;
+    // A tiny model whose checkpoints fit under the 1 MiB file-size limit, and a database that
+    // outgrows it (a row per step): the database fails first, as on a disk that fills up.
+    auto text = experiment("single", "", 600);
+    text.replace(text.find("n_layer = 2\nd_model = 32"), 24, "n_layer = 1\nd_model = 16");
+    text.replace(text.find("log_every = 10"), 14, "log_every = 1");
+    text.replace(text.find("every_steps = 5"), 15, "every_steps = 10");
+    const auto file = dir.file("exp.toml", text);
+    REQUIRE(run_plexus("run " + file + " --db " + dir / "whole.db").exit_code == 0);
+    const auto full = run_command("sh -c \"trap '' XFSZ; ulimit -f 2048; exec " + std::string(PLEXUS_BINARY) + " run " + file +
+                                  " --db " + dir / "b.db" + "\"");
+    INFO(full.output);
+    CHECK(full.exit_code == 1);
+    CHECK_THAT(full.output, Contains("results database " + dir / "b.db" + ": disk I/O error"));
+    CHECK_THAT(full.output, Contains("`plexus run --resume 1 --db " + dir / "b.db" + "` continues run 1 from its checkpoint"));
+    host::ResultsStore store(dir / "b.db");
+    REQUIRE(store.integrity_check() == "ok");
+    const auto before = store.metric_series(1, "loss");
+    REQUIRE(before.size() > 10);
+    REQUIRE(before.size() < 600);
+    const auto resumed = run_plexus("run --resume 1 --db " + dir / "b.db");
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK(metric_dump(dir / "b.db", "loss") == metric_dump(dir / "whole.db", "loss"));
+}
