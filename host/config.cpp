@@ -1,6 +1,7 @@
 #include "config.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -8,6 +9,7 @@
 
 #include <toml++/toml.h>
 
+#include "faults.hpp"
 #include "text_util.hpp"
 
 namespace plexus::host {
@@ -73,12 +75,90 @@ void forget_old_plugin_keys(std::map<std::string, Setting>& settings, const std:
         s = s->first.rfind(prefix, 0) == 0 ? settings.erase(s) : std::next(s);
 }
 
+constexpr uintmax_t kMaxExperimentBytes = 16 << 20;
+// A grid this large is a mistake (and would take the memory of the machine to expand).
+constexpr double kMaxGridPoints = 1e6;
+
+}  // namespace
+
+// TOML allows non-ASCII characters only inside strings and comments. Refusing them elsewhere
+// before TOML++ sees the text is more than a clearer message: TOML++ 3.3 reaches
+// __builtin_unreachable (undefined behaviour) when it asks whether, say, 'é' after a value is
+// whitespace (found by scripts/fuzz.sh).
+void check_toml_text(const std::string& text, const std::string& origin) {
+    enum class In { Code, Comment, Basic, Literal, MultiBasic, MultiLiteral } in = In::Code;
+    long line = 1, column = 1;
+    auto starts = [&](size_t i, const char* s) { return text.compare(i, std::strlen(s), s) == 0; };
+    for (size_t i = 0; i < text.size(); ++i, ++column) {
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c == '\n') {
+            ++line;
+            column = 0;
+            if (in != In::MultiBasic && in != In::MultiLiteral) in = In::Code;  // an unclosed string: TOML++ says so
+            continue;
+        }
+        switch (in) {
+            case In::Code:
+                if (starts(i, "\"\"\"")) in = In::MultiBasic, i += 2, column += 2;
+                else if (starts(i, "'''")) in = In::MultiLiteral, i += 2, column += 2;
+                else if (c == '"') in = In::Basic;
+                else if (c == '\'') in = In::Literal;
+                else if (c == '#') in = In::Comment;
+                else if (c >= 0x80)
+                    throw Error(origin + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                                    ": malformed TOML: a non-ASCII character outside a string or comment",
+                                "keys are ASCII letters, digits, _ and -; text goes in quotes: name = \"caf\u00e9\"");
+                break;
+            case In::Comment: break;
+            case In::Basic:
+                if (c == '\\') ++i, ++column;
+                else if (c == '"') in = In::Code;
+                break;
+            case In::Literal:
+                if (c == '\'') in = In::Code;
+                break;
+            case In::MultiBasic:
+            case In::MultiLiteral: {
+                const char quote = in == In::MultiBasic ? '"' : '\'';
+                if (in == In::MultiBasic && c == '\\') {
+                    ++i, ++column;
+                    if (i < text.size() && text[i] == '\n') ++line, column = 0;
+                } else if (c == static_cast<unsigned char>(quote) && i + 2 < text.size() && text[i + 1] == quote &&
+                           text[i + 2] == quote) {
+                    // The closing delimiter; up to two more quotes before it belong to the string.
+                    size_t n = 3;
+                    while (n < 5 && i + n < text.size() && text[i + n] == quote) ++n;
+                    i += n - 1;
+                    column += static_cast<long>(n) - 1;
+                    in = In::Code;
+                }
+                break;
+            }
+        }
+    }
+}
+
+namespace {
+
 toml::table parse_file(const std::string& path) {
     std::error_code ec;
     if (!fs::exists(path, ec))
         throw Error(path + ": no such experiment file", "check the path; experiments live in experiments/");
+    // A folder, a device (/dev/zero would be read forever) or a huge file is not an experiment.
+    if (!fs::is_regular_file(path, ec))
+        throw Error(path + ": not a regular file", "an experiment is a TOML file");
+    if (fs::file_size(path, ec) > kMaxExperimentBytes)
+        throw Error(path + ": " + std::to_string(fs::file_size(path, ec)) + " bytes is too large for an experiment file (the limit is " +
+                        std::to_string(kMaxExperimentBytes >> 20) + " MiB)",
+                    "is this the right file?");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(path + ": cannot be read", "check its permissions");
+    std::stringstream buf;
+    buf << in.rdbuf();
+    const std::string text = buf.str();
+    check_toml_text(text, path);
     try {
-        return toml::parse_file(path);
+        return toml::parse(text, path);
     } catch (const toml::parse_error& e) {
         const auto& b = e.source().begin;
         throw Error(path + ":" + std::to_string(b.line) + ":" + std::to_string(b.column) +
@@ -198,6 +278,21 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
         }
         table.erase("extends");
     }
+    // [[faults]]: kept as one setting, a list of each fault's canonical text.
+    if (auto* faults = table.get("faults")) {
+        const auto* arr = faults->as_array();
+        if (!arr || !(arr->empty() || arr->is_array_of_tables()))
+            throw config_error(loc_of(faults->source(), path), "'faults' must be [[faults]] tables",
+                               "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 30");
+        Value::List list;
+        for (const auto& node : *arr) {
+            std::vector<std::pair<std::string, Value>> keys;
+            for (const auto& [k, v] : *node.as_table()) keys.emplace_back(std::string(k.str()), to_value(v, "faults." + std::string(k.str()), path));
+            list.push_back(Value(fault_text(keys, loc_of(node.source(), path).str())));
+        }
+        exp.settings["faults"] = Setting{Value(std::move(list)), loc_of(faults->source(), path)};
+        table.erase("faults");
+    }
     if (auto* grid = table.get("grid")) {
         if (!grid->is_table())
             throw config_error(loc_of(grid->source(), path), "'grid' must be a table", "[grid] \"optimizer.lr\" = [1e-3, 3e-4]");
@@ -285,6 +380,12 @@ std::string json_escape(const std::string& s) {
 }
 
 std::vector<GridPoint> expand_grid(const Experiment& exp) {
+    double total = 1;
+    for (const auto& axis : exp.grid) total *= static_cast<double>(axis.names.empty() ? axis.points.size() : axis.names.size());
+    if (total > kMaxGridPoints)
+        throw Error("the [grid] of " + exp.path + " has " + (total < 9e18 ? std::to_string(static_cast<long long>(total)) : "over 10^18") +
+                        " points, over the limit of " + std::to_string(static_cast<int64_t>(kMaxGridPoints)),
+                    "split it into several sweeps, or zip axes that vary together ([grid.zip])");
     std::vector<GridPoint> points(1);
     for (const auto& axis : exp.grid) {
         std::vector<GridPoint> next;
@@ -353,6 +454,7 @@ Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const
 
 Value parse_value(const std::string& text, const std::string& origin) {
     try {
+        check_toml_text(text, origin);
         toml::table t = toml::parse("v = " + text);
         return to_value(*t.get("v"), origin, origin);
     } catch (const toml::parse_error& e) {
@@ -468,6 +570,7 @@ const ConfigSchema& top_level_schema() {
         {"name", "", "a short name for the run (defaults to the file name)"},
         {"description", "", "free text recorded with the run"},
         {"plugin_path", Value::list({}), "extra folders to search for plugins"},
+        {"faults", Value::list({}), "written as [[faults]] tables: kill, slow, drop_link, corrupt (see the README)"},
     };
     return keys;
 }
@@ -598,6 +701,7 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
         // Keys added after runs were recorded leave the hash alone at their default, so that
         // a sweep recorded before them still resumes.
         if (k == "train.precision" && v.type() == ValueType::String && v.as_string() == "fp32") continue;
+        if (k == "faults" && v.type() == ValueType::List && v.as_list().empty()) continue;
         canonical += k + "=" + v.to_text() + "\n";
     }
     out.hash = hex64(fnv1a(canonical));

@@ -27,6 +27,7 @@
 #include "config.hpp"
 #include "context.hpp"
 #include "checkpoint.hpp"
+#include "faults.hpp"
 #include "cuda.hpp"
 #include "loader.hpp"
 #include "memory_meter.hpp"
@@ -173,7 +174,7 @@ private:
 // The launcher of a local multi-process run: starts the workers (this same command line with a
 // rank in the environment), and if one fails, stops the rest and records why on the run.
 int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& options, int ranks,
-                   const std::vector<std::string>& extra_env) {
+                   const std::vector<std::string>& extra_env, const std::vector<Fault>& faults) {
     const int port = free_port();
     std::vector<std::string> env = {"PLEXUS_WORKER=1", "PLEXUS_RUN_ID=" + std::to_string(run_id)};
     env.insert(env.end(), extra_env.begin(), extra_env.end());
@@ -194,8 +195,10 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
     }
     const auto loss = store.metric_series(run_id, "loss");
     const std::string last = loss.empty() ? "before the first step" : "after step " + std::to_string(loss.back().first);
-    const std::string what = "rank " + std::to_string(failure.rank) + " exited with code " +
-                             std::to_string(failure.exit_code) + " " + last + "; the other workers were stopped";
+    std::string what = "rank " + std::to_string(failure.rank) + " exited with code " +
+                       std::to_string(failure.exit_code) + " " + last + "; the other workers were stopped";
+    for (const auto& f : faults)
+        if (f.kind == "kill" && f.rank == failure.rank && failure.exit_code == kKilled) what += " (killed by [[faults]]: " + f.text + ")";
     // Rank 0 may have recorded its own view first (a peer's connection reset): keep it, after ours.
     const auto run = store.get_run(run_id);
     std::string error = what;
@@ -267,6 +270,8 @@ struct Job {
     // Where this run's checkpoints go; null when [checkpoint] writes none.
     std::optional<RunCheckpoints> checkpoints;
     std::optional<int64_t> resume_step;  // the checkpoint every rank starts from (--resume)
+    bool resumed = false;                 // --resume: [[faults]] kills already happened
+    std::vector<Fault> faults;
 };
 
 // How one rank reaches the others.
@@ -407,6 +412,12 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         double interval_loss = 0, last_eval = NAN, last_loss = NAN;
         int64_t step = 0, job_tokens = 0, own_tokens = 0;
         std::string status = "finished";
+        double slow_factor = 1;  // [[faults]] slow on this rank
+        if (!job.faults.empty()) {
+            std::string all;
+            for (const auto& f : job.faults) all += (all.empty() ? "" : "; ") + f.text;
+            rec.summary_text("faults", all);
+        }
 
         // Checkpoints: every rank writes its own file; rank 0 marks the step complete once all
         // have (one all-reduce on the harness's transport, which costs no simulated time).
@@ -519,12 +530,33 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             progress.line("resumed from the checkpoint at step " + std::to_string(step) + " (" + file.parent_path().string() + ")");
         }
         last_ckpt_wall = ctx->wall_seconds();
+        // Slow faults of earlier steps hold in a resumed run too (the clock's factor is not saved).
+        for (const auto& f : job.faults)
+            if (f.kind == "slow" && f.rank == rank && f.step < step) env.clock->set_slowdown(f.factor), slow_factor = f.factor;
         while (true) {
             if (max_steps > 0 && step >= max_steps) break;
             if (max_tokens > 0 && ctx->tokens >= max_tokens) break;
             // One rank stops alone; several agree on it at log points (below) so that none is left
             // waiting in a collective for a peer that has gone.
             if (world == 1 && g_interrupts > 0) { status = "interrupted"; break; }
+            for (const auto& f : job.faults) {
+                if (f.rank != rank || f.step != step) continue;
+                if (f.kind == "slow") {
+                    env.clock->set_slowdown(f.factor);
+                    slow_factor = f.factor;
+                    std::cerr << "fault: rank " << rank << " slowed " << f.factor << "x from step " << step << " ([[faults]])\n";
+                }
+                if (f.kind == "kill" && !job.resumed) {
+                    rec.metrics(ctx->pending);
+                    const std::string what = "rank " + std::to_string(rank) + " killed at step " + std::to_string(step) +
+                                             " by [[faults]] (" + f.text + ")";
+                    std::cerr << "fault: " << what << std::endl;
+                    // As a crash would: no cleanup, nothing recorded (a simulated rank fails instead).
+                    if (!sim) std::cout.flush(), std::_Exit(kKilled);
+                    progress.clear();
+                    return {kKilled, what};
+                }
+            }
             ctx->step = step;
             StepInput in;
             in.step = step;
@@ -535,6 +567,9 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             // Simulated seconds on the simulated cluster, wall seconds otherwise.
             const double t0 = ctx->now();
             StepOutput out = strategy->step(in);
+            // A slowed real rank ([[faults]] slow) sleeps in proportion; a simulated one's clock did it.
+            if (slow_factor > 1 && !sim)
+                std::this_thread::sleep_for(std::chrono::duration<double>((slow_factor - 1) * (ctx->now() - t0)));
             const double dt = ctx->now() - t0;
             // Tokens "per rank" are the job's divided by the world size, the same on every rank
             // even when ranks consume different amounts (StepOutput::job_tokens).
@@ -727,12 +762,26 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
         env.print_errors = r == 0;
         env.ranks_per_node = cluster.network().two_level() ? cluster.network().spec().gpus_per_node : 1;
         results[static_cast<size_t>(r)] = train_rank(job, env);
-        // A failed rank fails what its peers wait for (they then record why, rank 0 included).
-        if (results[static_cast<size_t>(r)].code == kFailed) throw Error(results[static_cast<size_t>(r)].error);
+        // A failed or killed rank fails what its peers wait for (they then record why, rank 0
+        // included, unless the strategy trains on without it).
+        const int code = results[static_cast<size_t>(r)].code;
+        if (code == kFailed || code == kKilled) throw Error(results[static_cast<size_t>(r)].error);
     });
     const double per_rank = (peak_rss_bytes() - rss_before) / n;
     try {
         job.store->set_summary(job.run_id, 0, "sim_memory_per_rank", per_rank);
+        int lost = 0;
+        for (const auto& res : results) lost += res.code == kKilled ? 1 : 0;
+        if (!job.faults.empty()) job.store->set_summary(job.run_id, 0, "ranks_lost", lost);
+        const auto corrupted = cluster.corrupted_messages();
+        for (size_t k = 0, c = 0; k < job.faults.size(); ++k)
+            if (job.faults[k].kind == "corrupt")
+                job.store->set_summary(job.run_id, 0, "fault" + std::to_string(k) + "_corrupted_messages",
+                                       static_cast<double>(corrupted.at(c++)));
+        if (results[0].code == kKilled) {
+            job.store->finish_run(job.run_id, "failed", results[0].error + "; rank 0 records the run, so it ends with it");
+            return kFailed;
+        }
         // Rank 0 may have finished before another rank failed (asynchronous strategies).
         for (int r = 1; r < n; ++r) {
             const auto& res = results[static_cast<size_t>(r)];
@@ -805,6 +854,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     bool is_launcher = false;
     std::optional<Rendezvous> rendezvous;
     std::unique_ptr<sim::Cluster> cluster;
+    std::vector<Fault> faults;
     try {
         if (options.resume_run > 0) resumed = recall_run(options, path);
         exp = load_experiment(path);
@@ -883,6 +933,10 @@ int run_experiment(const std::string& file, const RunOptions& given) {
                 throw Error("sim.numerics = \"" + numerics + "\" is unknown", "use real or meta");
             if (numerics == "meta") device = torch::Device(torch::kMeta);
         }
+        const int fault_ranks = mode == "local" || mode == "sim" ? static_cast<int>(cfg.values.at("launch.ranks").as_int())
+                                : rendezvous                     ? rendezvous->world_size
+                                                                 : 1;
+        faults = parse_faults(cfg.values.at("faults"), fault_ranks, mode == "sim");
         // Only the launcher, or rank 0, writes the run's rows.
         if (!rendezvous || rendezvous->rank == 0)
             store = std::make_unique<ResultsStore>(cfg.values.at("results.db").as_string());
@@ -967,7 +1021,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     if (is_launcher) {
         try {
             return launch_workers(*store, run_id, options, static_cast<int>(info.world_size),
-                                  {"PLEXUS_RESUME_STEP=" + std::to_string(resume_step ? *resume_step : -1)});
+                                  {"PLEXUS_RESUME_STEP=" + std::to_string(resume_step ? *resume_step : -1)}, faults);
         } catch (const std::exception& e) {
             print_error(e);
             try {
@@ -995,6 +1049,8 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     job.store = store.get();
     job.checkpoints = checkpoints;
     job.resume_step = resume_step;
+    job.resumed = resumed.has_value();
+    job.faults = faults;
     if (cluster) {
         job.sim_device = cluster->settings().device;
         job.shared_dataset = std::make_shared<std::shared_ptr<Dataset>>();

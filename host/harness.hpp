@@ -23,7 +23,8 @@ struct RunOptions {
 void scan_plugins(const Experiment& exp, PluginRegistry& registry);
 
 // Exit codes of `plexus run`.
-enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2, kDiverged = 3, kInterrupted = 130 };
+// kKilled: a [[faults]] kill (137, as for SIGKILL).
+enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2, kDiverged = 3, kInterrupted = 130, kKilled = 137 };
 
 // Runs the experiment in `path` (with options.resume_run: the file, point and overrides recorded
 // with that run, `path` unused); returns an ExitCode. Prints errors with their hints.

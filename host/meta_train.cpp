@@ -136,6 +136,7 @@ MetaSpec load_meta_spec(const std::string& path) {
     spec.text = buf.str();
     toml::table doc;
     try {
+        check_toml_text(spec.text, path);
         doc = toml::parse(spec.text, path);
     } catch (const toml::parse_error& e) {
         throw Error(path + ":" + std::to_string(e.source().begin.line) + ":" + std::to_string(e.source().begin.column) +

@@ -1,5 +1,7 @@
 #include "sim_cluster.hpp"
 
+#include "faults.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -65,6 +67,7 @@ public:
     std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override {
         return std::make_unique<ThreadTask>(std::move(task));
     }
+    void set_slowdown(double) override {}  // real time is slowed by the harness, which sleeps
     // The seconds elapsed: a resumed run's clock starts there (wall time counts both attempts).
     std::string save_state() override { return exact(now()); }
     void load_state(const std::string& state) override {
@@ -96,6 +99,7 @@ std::string num(double v) {
 struct OpState {
     bool done = false;
     std::string error;
+    int lost_peer = -1;  // the error is that this rank failed (PeerLost)
     double completion = 0;
     std::vector<int> waiters;  // entities blocked on it
 };
@@ -125,6 +129,7 @@ struct Pending {
     int root = 0;
     std::vector<torch::Tensor> in, out;
     std::vector<double> issued;
+    std::vector<char> joined_flags;  // by member index
     int joined = 0;
     std::shared_ptr<OpState> state = std::make_shared<OpState>();
 };
@@ -193,6 +198,26 @@ struct Cluster::Impl {
     }
 
     RankState& rank(int r) { return *ranks[static_cast<size_t>(r)]; }
+
+    // [[faults]] corrupt: flips one random bit of a message on a faulty link, with the fault's
+    // probability, from its time on. Seeded: the same run flips the same bits.
+    std::mt19937_64 corruption_rng{mix_seed(settings.seed, 0xc0440ULL)};
+    std::vector<int64_t> corrupted;  // per corruption fault: messages changed
+    void maybe_corrupt(int from, int to, double time, torch::Tensor& data) {
+        for (size_t k = 0; k < settings.corruptions.size(); ++k) {
+            const auto& c = settings.corruptions[k];
+            if (!((c.a == from && c.b == to) || (c.a == to && c.b == from)) || time < c.from_time) continue;
+            std::uniform_real_distribution<double> u(0.0, 1.0);
+            if (u(corruption_rng) >= c.probability) continue;
+            const int64_t bytes = data.numel() * static_cast<int64_t>(data.element_size());
+            if (bytes == 0) continue;
+            std::uniform_int_distribution<int64_t> byte(0, bytes - 1);
+            std::uniform_int_distribution<int> bit(0, 7);
+            static_cast<unsigned char*>(data.data_ptr())[byte(corruption_rng)] ^= static_cast<unsigned char>(1u << bit(corruption_rng));
+            if (corrupted.size() < settings.corruptions.size()) corrupted.resize(settings.corruptions.size());
+            ++corrupted[k];
+        }
+    }
 
     // Who acts for rank `r` on this thread: its background activity if this thread runs one,
     // else the rank itself.
@@ -284,8 +309,9 @@ struct Cluster::Impl {
         op->waiters.clear();
     }
 
-    void fail(const std::shared_ptr<OpState>& op, const std::string& error) {
+    void fail(const std::shared_ptr<OpState>& op, const std::string& error, int lost_peer = -1) {
         op->error = error;
+        op->lost_peer = lost_peer;
         complete(op, 0, false);
     }
 
@@ -322,12 +348,29 @@ struct Cluster::Impl {
             auto it = std::find(g->members.begin(), g->members.end(), me);
             if (it == g->members.end()) continue;
             const int index = static_cast<int>(it - g->members.begin());
-            for (auto& [seq, p] : g->pending)
-                if (!p.state->done) fail(p.state, error);
+            // The harness's control group goes on among the living (a run that tolerates a lost
+            // rank still agrees on when to stop, and gathers its summaries); others fail.
+            std::vector<int64_t> complete_now;
+            for (auto& [seq, p] : g->pending) {
+                if (p.state->done) continue;
+                if (!g->free) fail(p.state, error);
+                else if (p.joined > 0 && all_living_joined(*g, p)) complete_now.push_back(seq);
+            }
+            for (int64_t seq : complete_now) {
+                finish(*g, seq);
+                g->pending.erase(seq);
+            }
             for (auto& [key, channel] : g->channels)
                 if (std::get<0>(key) == index)
-                    for (auto& r : channel.receives) fail(r.state, error);
+                    for (auto& r : channel.receives) fail(r.state, error, me);
         }
+    }
+
+    // Every member that is alive has joined (a dead one's input, if it gave one, counts too).
+    bool all_living_joined(const Group& g, const Pending& p) {
+        for (size_t i = 0; i < g.members.size(); ++i)
+            if (!rank(g.members[i]).dead && !p.joined_flags[i]) return false;
+        return true;
     }
 
     std::string dead_member(const Group& g) {
@@ -356,6 +399,7 @@ struct Cluster::Impl {
             p.in.resize(static_cast<size_t>(n));
             p.out.resize(static_cast<size_t>(n));
             p.issued.assign(static_cast<size_t>(n), 0);
+            p.joined_flags.assign(static_cast<size_t>(n), 0);
         } else if (p.kind != kind || p.numel != numel || p.op != op || p.root != root) {
             const std::string error = "rank " + std::to_string(me) + " called " + kind_name(kind) + " of " +
                                       std::to_string(numel) + " elements as collective #" + std::to_string(seq) +
@@ -367,13 +411,15 @@ struct Cluster::Impl {
         p.in[static_cast<size_t>(index)] = in;
         p.out[static_cast<size_t>(index)] = out;
         p.issued[static_cast<size_t>(index)] = rank(who).clock;
+        p.joined_flags[static_cast<size_t>(index)] = 1;
         ++p.joined;
         auto state = p.state;
+        const bool complete = p.joined == n || (g.free && all_living_joined(g, p));
         if (!state->done) {
-            if (auto dead = dead_member(g); !dead.empty()) fail(state, dead);
-            else if (p.joined == n) finish(g, seq);
+            if (auto dead = dead_member(g); !dead.empty() && !g.free) fail(state, dead);
+            else if (complete) finish(g, seq);
         }
-        if (p.joined == n) g.pending.erase(seq);
+        if (complete) g.pending.erase(seq);
         return state;
     }
 
@@ -381,15 +427,20 @@ struct Cluster::Impl {
         auto& p = g.pending.at(seq);
         const int n = static_cast<int>(g.members.size());
         torch::NoGradGuard no_grad;
+        // Over the members that joined: all of them, but for a control group with dead ranks.
         auto reduce = [&]() {
-            auto acc = p.in[0].detach().reshape(-1).clone();
-            for (int i = 1; i < n; ++i) {
+            torch::Tensor acc;
+            int count = 0;
+            for (int i = 0; i < n; ++i) {
+                if (!p.in[static_cast<size_t>(i)].defined()) continue;
                 auto x = p.in[static_cast<size_t>(i)].detach().reshape(-1);
-                if (p.op == ReduceOp::Max) acc = torch::max(acc, x);
+                ++count;
+                if (!acc.defined()) acc = x.clone();
+                else if (p.op == ReduceOp::Max) acc = torch::max(acc, x);
                 else if (p.op == ReduceOp::Min) acc = torch::min(acc, x);
                 else acc.add_(x);
             }
-            if (p.op == ReduceOp::Mean) acc.div_(n);
+            if (p.op == ReduceOp::Mean) acc.div_(count);
             return acc;
         };
         const double bytes = static_cast<double>(p.numel) * static_cast<double>(c10::elementSize(p.dtype));
@@ -400,7 +451,8 @@ struct Cluster::Impl {
         switch (p.kind) {
             case Kind::AllReduce: {
                 auto acc = reduce();
-                for (auto& o : p.out) o.view(-1).copy_(acc);
+                for (auto& o : p.out)
+                    if (o.defined()) o.view(-1).copy_(acc);
                 cost = network.all_reduce(g.members, bytes, settings.algorithm, start);
                 break;
             }
@@ -413,16 +465,27 @@ struct Cluster::Impl {
             }
             case Kind::AllGather: {
                 std::vector<torch::Tensor> parts;
-                for (auto& t : p.in) parts.push_back(t.detach().reshape(-1));
+                const auto shape = [&] {
+                    for (auto& t : p.in)
+                        if (t.defined()) return t;
+                    return torch::Tensor();
+                }();
+                for (auto& t : p.in)  // a dead rank's part is NaN (a control group going on without it)
+                    parts.push_back(t.defined() ? t.detach().reshape(-1) : torch::full_like(shape.reshape(-1), NAN));
                 auto all = torch::cat(parts);
-                for (auto& o : p.out) o.view(-1).copy_(all);
+                for (auto& o : p.out)
+                    if (o.defined()) o.view(-1).copy_(all);
                 cost = network.all_gather(g.members, bytes * n, start);
                 break;
             }
             case Kind::Broadcast: {
                 const auto& src = p.in[static_cast<size_t>(p.root)];
+                if (!src.defined()) {
+                    fail(p.state, dead_member(g));
+                    return;
+                }
                 for (int i = 0; i < n; ++i)
-                    if (i != p.root) p.out[static_cast<size_t>(i)].copy_(src);
+                    if (i != p.root && p.out[static_cast<size_t>(i)].defined()) p.out[static_cast<size_t>(i)].copy_(src);
                 cost = network.broadcast(g.members, bytes, start);
                 break;
             }
@@ -461,6 +524,10 @@ public:
         const double before = s.clock;
         impl_->block_on(who, state_, what_, lk);
         waited_ = true;
+        if (state_->lost_peer >= 0) {
+            const std::string prefix = "rank " + std::to_string(state_->lost_peer) + " failed: ";
+            throw PeerLost(state_->lost_peer, state_->error.substr(state_->error.rfind(prefix, 0) == 0 ? prefix.size() : 0));
+        }
         if (!state_->error.empty()) throw Error(state_->error, "the run stops: a simulated rank failed");
         if (free_) return;
         s.clock = std::max(s.clock, state_->completion);
@@ -525,7 +592,7 @@ public:
         const int who = impl_->caller(me_);
         impl_->check_alive(who);
         const int to = group_->members[static_cast<size_t>(peer)];
-        if (impl_->rank(to).dead) throw Error("rank " + std::to_string(to) + " failed: " + impl_->rank(to).death);
+        if (impl_->rank(to).dead) throw PeerLost(to, impl_->rank(to).death);
         auto& s = impl_->rank(who);
         const double bytes = static_cast<double>(t.numel()) * static_cast<double>(t.element_size());
         const double start = std::max(s.clock, s.nic_busy);
@@ -536,6 +603,7 @@ public:
         ++s.stats->calls;
         s.stats->bytes_sent += static_cast<int64_t>(bytes);
         Message m{t.detach().contiguous().clone(), arrival};
+        impl_->maybe_corrupt(me_, to, start, m.data);
         auto& channel = group_->channels[{index_, peer, tag}];
         if (!channel.receives.empty()) {
             auto r = channel.receives.front();
@@ -567,7 +635,7 @@ public:
             deliver(m, t, index_, tag);
             impl_->complete(state, std::max(m.arrival, s.clock), true);
         } else if (impl_->rank(from).dead) {
-            impl_->fail(state, "rank " + std::to_string(from) + " failed: " + impl_->rank(from).death);
+            impl_->fail(state, "rank " + std::to_string(from) + " failed: " + impl_->rank(from).death, from);
         } else {
             channel.receives.push_back({t, state, s.clock});
         }
@@ -702,6 +770,10 @@ public:
     }
     bool simulated() const override { return true; }
     std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) override;
+    void set_slowdown(double factor) override {
+        std::unique_lock<std::mutex> lk(impl_->mu);
+        impl_->settings.slowdown[static_cast<size_t>(rank_)] = factor;
+    }
     // The rank's clock, its NIC's queue and its jitter generator: what its future times depend on.
     std::string save_state() override {
         std::unique_lock<std::mutex> lk(impl_->mu);
@@ -864,6 +936,13 @@ std::shared_ptr<Transport> Cluster::control(int rank) {
 
 std::shared_ptr<RankClock> Cluster::clock(int rank) { return std::make_shared<SimClock>(impl_, rank); }
 
+std::vector<int64_t> Cluster::corrupted_messages() const {
+    std::unique_lock<std::mutex> lk(impl_->mu);
+    auto out = impl_->corrupted;
+    out.resize(impl_->settings.corruptions.size());
+    return out;
+}
+
 double Cluster::clock_of(int rank) const {
     std::unique_lock<std::mutex> lk(impl_->mu);
     return impl_->rank(rank).clock;
@@ -923,6 +1002,11 @@ Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
                                Link{l[2] * 1e-6, l[3] * 1e9});
     for (const auto& f : rows_of(cfg, "sim.fail_links", 3, 3, "[a, b, time_s], ..."))
         net.link_failures.emplace_back(rank_in(f[0], s.ranks, "sim.fail_links"), rank_in(f[1], s.ranks, "sim.fail_links"), f[2]);
+    // [[faults]] on the network (kill and slow act through the harness, on the rank's clock).
+    for (const auto& f : parse_faults(at(cfg, "faults"), s.ranks, true)) {
+        if (f.kind == "drop_link") net.link_failures.emplace_back(f.a, f.b, f.time);
+        if (f.kind == "corrupt") s.corruptions.push_back({f.a, f.b, f.probability, f.time});
+    }
     s.algorithm = parse_algorithm(at(cfg, "sim.algorithm").as_string());
 
     double cores = at(cfg, "sim.cores").as_double();

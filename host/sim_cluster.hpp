@@ -44,6 +44,9 @@ public:
     virtual std::unique_ptr<BackgroundTask> start_background(std::function<void()> task) = 0;
     // The clock's state in a checkpoint, as text, and its restoration on resume (from the rank's
     // own thread, before its first collective): a resumed run's times continue where they were.
+    // [[faults]] slow: compute from now on takes `factor` times as long (simulated ranks; real
+    // ranks are slowed by the harness).
+    virtual void set_slowdown(double factor) = 0;
     virtual std::string save_state() = 0;
     virtual void load_state(const std::string& state) = 0;
 };
@@ -60,6 +63,12 @@ struct Settings {
     std::vector<double> slowdown;   // per rank: compute time factor (stragglers)
     double jitter = 0;              // sigma of a log-normal factor on every compute charge
     std::vector<double> fail_at;    // per rank: simulated time it fails (infinity: never)
+    // [[faults]] corrupt: a bit flipped in a message between a and b, with this probability, from this time.
+    struct Corruption {
+        int a = 0, b = 0;
+        double probability = 1.0, from_time = 0.0;
+    };
+    std::vector<Corruption> corruptions;
     uint64_t seed = 0;
 };
 
@@ -88,6 +97,8 @@ public:
     std::shared_ptr<Transport> control(int rank);
     std::shared_ptr<RankClock> clock(int rank);
     double clock_of(int rank) const;
+    // Messages changed by each [[faults]] corruption so far (Settings::corruptions order).
+    std::vector<int64_t> corrupted_messages() const;
 
     struct Impl;
 

@@ -370,3 +370,118 @@ TEST_CASE("a database the disk has no room for stops the run with a clear error,
     REQUIRE(resumed.exit_code == 0);
     CHECK(metric_dump(dir / "b.db", "loss") == metric_dump(dir / "whole.db", "loss"));
 }
+
+namespace {
+
+// Gossip or DDP on 8 simulated ranks, with [[faults]] appended.
+std::string simulated(const std::string& strategy, const std::string& faults, int steps = 100) {
+    return "name = \"faulty\"\n"
+           "[model]\nname = \"gpt\"\nn_layer = 2\nd_model = 32\nn_head = 2\n"
+           "[data]\nname = \"synthetic\"\n"
+           "[optimizer]\nname = \"sgd\"\nlr = 0.1\nmomentum = 0.9\n"
+           "[strategy]\nname = \"" + strategy + "\"\n"
+           "[train]\nsteps = " + std::to_string(steps) + "\nbatch_size = 4\nseq_len = 16\neval_every = 50\nlog_every = 10\n"
+           "[launch]\nmode = \"sim\"\nranks = 8\n" + faults;
+}
+
+std::map<std::string, double> numbers_of(const std::string& db) {
+    std::map<std::string, double> out;
+    for (const auto& [key, text] : summaries_of(db))
+        if (!text.empty() && (std::isdigit(static_cast<unsigned char>(text[0])) || text[0] == '-')) out[key] = std::stod(text);
+    return out;
+}
+
+const char* kKillRank3 = "[[faults]]\nkind = \"kill\"\nrank = 3\nstep = 20\n";
+
+}  // namespace
+
+TEST_CASE("[[faults]] kill: gossip trains on without the lost rank, DDP fails cleanly naming the fault", "[reliability][faults]") {
+    TempDir dir;
+    const auto clean = run_plexus("run " + dir.file("clean.toml", simulated("gossip", "")) + " --db " + dir / "clean.db");
+    REQUIRE(clean.exit_code == 0);
+    const auto gossip = run_plexus("run " + dir.file("g.toml", simulated("gossip", kKillRank3)) + " --db " + dir / "g.db");
+    INFO(gossip.output);
+    REQUIRE(gossip.exit_code == 0);
+    CHECK_THAT(gossip.output, Contains("gossip: rank 3 is lost"));
+    host::ResultsStore store(dir / "g.db");
+    CHECK(store.get_run(1)->status == "finished");
+    auto g = numbers_of(dir / "g.db"), c = numbers_of(dir / "clean.db");
+    CHECK(g["0.ranks_lost"] == 1);
+    CHECK(store.summary_text(1, "faults") == "kind=kill rank=3 step=20");
+    CHECK(store.params(1).at("faults") == "[\"kind=kill rank=3 step=20\"]");
+    // It learned about as well as without the fault (7 workers instead of 8 after step 20) ...
+    CHECK(g["0.final_eval_loss"] < c["0.final_eval_loss"] + 0.1);
+    CHECK(g["0.final_eval_loss"] > c["0.final_eval_loss"] - 0.1);
+    // ... but not the same numbers: rank 3's neighbours averaged with others.
+    CHECK(metric_dump(dir / "g.db", "loss") != metric_dump(dir / "clean.db", "loss"));
+    // The lost rank has no end-of-run figures; its neighbours trained to the end.
+    CHECK(g.count("3.rank_tokens") == 0);
+    CHECK(g["2.rank_tokens"] == 100 * 4 * 16);
+
+    const auto ddp = run_plexus("run " + dir.file("d.toml", simulated("ddp", kKillRank3)) + " --db " + dir / "d.db");
+    CHECK(ddp.exit_code == 1);
+    host::ResultsStore d(dir / "d.db");
+    CHECK(d.get_run(1)->status == "failed");
+    CHECK_THAT(d.get_run(1)->error, Contains("rank 3 killed at step 20 by [[faults]] (kind=kill rank=3 step=20)"));
+}
+
+TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume continues past it exactly", "[reliability][faults]") {
+    TempDir dir;
+    REQUIRE(run_plexus("run " + dir.file("clean.toml", experiment("single", "", 60)) + " --db " + dir / "clean.db").exit_code == 0);
+    const auto file = dir.file("k.toml", experiment("single", "", 60) + "[[faults]]\nkind = \"kill\"\nrank = 0\nstep = 27\n");
+    const auto killed = run_plexus("run " + file + " --db " + dir / "k.db");
+    CHECK(killed.exit_code == 137);
+    CHECK_THAT(killed.output, Contains("fault: rank 0 killed at step 27 by [[faults]]"));
+    host::ResultsStore store(dir / "k.db");
+    CHECK(store.get_run(1)->status == "running");  // nothing ran after it, as after a SIGKILL
+    CHECK(store.metric_series(1, "loss").size() == 27);
+    const auto resumed = run_plexus("run --resume 1 --db " + dir / "k.db");
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK_THAT(resumed.output, Contains("resumed from the checkpoint at step 25"));
+    CHECK(metric_dump(dir / "k.db", "loss") == metric_dump(dir / "clean.db", "loss"));
+
+    // Two local workers over Gloo: the launcher stops the other and says which fault it was.
+    const auto local = run_plexus("run " + dir.file("l.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
+                                                             "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 12\n") +
+                                  " --db " + dir / "l.db");
+    CHECK(local.exit_code == 1);
+    host::ResultsStore l(dir / "l.db");
+    CHECK(l.get_run(1)->status == "failed");
+    CHECK_THAT(l.get_run(1)->error, Contains("rank 1 exited with code 137"));
+    CHECK_THAT(l.get_run(1)->error, Contains("(killed by [[faults]]: kind=kill rank=1 step=12)"));
+}
+
+TEST_CASE("[[faults]] slow, drop_link and corrupt on the simulated cluster", "[reliability][faults]") {
+    TempDir dir;
+    auto run = [&](const std::string& name, const std::string& strategy, const std::string& faults, int steps) {
+        const auto res = run_plexus("run " + dir.file(name + ".toml", simulated(strategy, faults, steps)) + " --db " + dir / (name + ".db"));
+        INFO(res.output);
+        REQUIRE(res.exit_code == 0);
+        return numbers_of(dir / (name + ".db"));
+    };
+    // slow: DDP waits for rank 1, three times slower from step 10: the same numbers, later.
+    // On a network this fast a step is its compute: 10 steps at the normal pace and 20 at three
+    // times it take (10 + 60) / 30 = 2.33 times as long.
+    const std::string fast = "[sim]\nbandwidth_gbs = 100000.0\nlatency_us = 0.001\n";
+    auto clean = run("clean", "ddp", fast, 30);
+    auto slow = run("slow", "ddp", fast + "[[faults]]\nkind = \"slow\"\nrank = 1\nfactor = 3.0\nstep = 10\n", 30);
+    CHECK(metric_dump(dir / "slow.db", "loss").size() > 100);
+    CHECK(summaries_of(dir / "slow.db")["0.state_hash"] == summaries_of(dir / "clean.db")["0.state_hash"]);
+    CHECK(slow["0.sim_time"] / clean["0.sim_time"] > 2.2);
+    CHECK(slow["0.sim_time"] / clean["0.sim_time"] < 2.4);
+
+    // drop_link is sim.fail_links written as a fault: the same run.
+    run("dropped", "gossip", "[[faults]]\nkind = \"drop_link\"\nlink = [0, 1]\ntime = 0.001\n", 40);
+    run("fail_links", "gossip", "[sim]\nfail_links = [[0, 1, 0.001]]\n", 40);
+    CHECK(metric_dump(dir / "dropped.db", "loss") == metric_dump(dir / "fail_links.db", "loss"));
+
+    // corrupt: bits flip on link 0-1, the same ones on every run of the same seed.
+    const std::string corrupt = "[[faults]]\nkind = \"corrupt\"\nlink = [0, 1]\nprobability = 0.2\n";
+    auto a = run("corrupt_a", "gossip", corrupt, 40);
+    run("corrupt_b", "gossip", corrupt, 40);
+    run("gossip_clean", "gossip", "", 40);
+    CHECK(a["0.fault0_corrupted_messages"] > 0);
+    CHECK(metric_dump(dir / "corrupt_a.db", "loss") == metric_dump(dir / "corrupt_b.db", "loss"));
+    CHECK(metric_dump(dir / "corrupt_a.db", "loss") != metric_dump(dir / "gossip_clean.db", "loss"));
+}

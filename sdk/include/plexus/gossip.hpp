@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -251,15 +252,25 @@ private:
         torch::NoGradGuard no_grad;
         while (!events_.empty() && events_.peek().time < until) {
             const auto e = events_.next();
+            if (lost_.count(e.peer)) continue;
             {
                 std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
                 if (threaded_) lock.lock();
                 state_.mix(e.time);
                 send_.copy_(state_.x);
             }
-            auto sent = transport_.send(send_, e.peer, 0);
-            transport_.recv(peer_, e.peer, 0)->wait();
-            sent->wait();  // the buffer may change only once the transport has it
+            // A lost neighbour (a [[faults]] kill) is dropped: the others go on averaging, as
+            // decentralized training is meant to.
+            try {
+                auto sent = transport_.send(send_, e.peer, 0);
+                transport_.recv(peer_, e.peer, 0)->wait();
+                sent->wait();  // the buffer may change only once the transport has it
+            } catch (const PeerLost& lost) {
+                lost_.insert(e.peer);
+                ctx_.log(LogLevel::Warning, "gossip: rank " + std::to_string(lost.rank()) + " is lost (" + lost.what() +
+                                                "); training on with the other neighbours");
+                continue;
+            }
             {
                 std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
                 if (threaded_) lock.lock();
@@ -279,6 +290,7 @@ private:
     bool threaded_ = false;
     std::mutex mu_;  // x and x̃ between the exchange thread and the gradient
     int64_t slice_ = 0, comm_events_ = 0;
+    std::set<int> lost_;  // neighbours that failed
     bool recorded_graph_ = false;
 };
 

@@ -21,6 +21,8 @@
 
 #include <torch/types.h>
 
+#include "plexus/error.hpp"
+
 namespace plexus {
 
 enum class ReduceOp { Sum, Mean, Max, Min };
@@ -45,6 +47,19 @@ public:
 };
 
 // Totals since the transport was created, for this rank.
+// Thrown by an operation (or its wait()) that needs a peer which has failed: on the simulated
+// cluster, a rank killed by the experiment's [[faults]]. A strategy that can train on without a
+// worker (gossip) catches it and stops exchanging with `rank()`; any other lets it end the run.
+class PeerLost : public Error {
+public:
+    PeerLost(int rank, const std::string& why)
+        : Error("rank " + std::to_string(rank) + " failed: " + why, "the run stops: a rank it needs has failed"), rank_(rank) {}
+    int rank() const noexcept { return rank_; }
+
+private:
+    int rank_;
+};
+
 struct CommStats {
     int64_t calls = 0;
     int64_t bytes_sent = 0;        // payload bytes this rank put on the wire (algorithm-dependent)
