@@ -498,6 +498,13 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             else if (ok) progress.line("checkpoint at step " + std::to_string(step) + " in " + job.checkpoints->dir().string());
             last_ckpt_wall = ctx->wall_seconds();
         };
+        if (job.checkpoints) {
+            rec.summary("exact_resume", strategy->exact_resume() ? 1 : 0);
+            if (!strategy->exact_resume())
+                progress.line("note: strategy '" + cfg.plugins.at("strategy")->name +
+                              "' does not declare exact resume: a run resumed from its checkpoints continues from the saved "
+                              "weights and optimizer state, but may not match an uninterrupted run");
+        }
         if (job.resume_step) {
             const auto file = job.checkpoints->rank_file(*job.resume_step, rank);
             const auto c = read_rank_checkpoint(file);
@@ -721,10 +728,11 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         const bool recorded = fail("failed", error_text(e));
         if (job.store && rank == 0) {
             if (recorded) std::cerr << "run " << run_id << " marked failed in " << job.store->path() << "\n";
-            // The database could not take the run's end (a full disk, say): the run can still be
-            // recorded, from its last checkpoint, once the database is writable again.
-            else if (job.checkpoints && job.checkpoints->latest())
-                std::cerr << "hint: once the database is writable, `plexus run --resume " << run_id << " --db "
+            // Whatever stopped it (a full disk, a bug since fixed), the run can go on from its
+            // last checkpoint; when the database could not even take its end, that is how it
+            // gets recorded.
+            if (job.checkpoints && job.checkpoints->latest())
+                std::cerr << "hint: `plexus run --resume " << run_id << " --db "
                           << job.store->path() << "` continues run " << run_id << " from its checkpoint at step "
                           << *job.checkpoints->latest() << " and records the rest\n";
         }

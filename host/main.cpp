@@ -39,12 +39,16 @@ usage:
         N steps, and when interrupted (Ctrl-C); a killed run loses at most the steps since.
   plexus run --resume RUN [--db PATH] [--progress MODE]
         Continue run RUN from its newest checkpoint with the file, point and --set it started with
-        (from the start, in the same run, if it has none); the result is bit-identical to an
-        uninterrupted run's. Refused if the experiment file has changed since.
+        (from the start, in the same run, if it has none). With a strategy that declares exact
+        resume (single, ddp) the result is bit-identical to an uninterrupted run's.
+        Refused if the experiment file has changed since.
   plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
         a local multi-process run counts its ranks). Resumable: points already finished in the
-        sweep are skipped; failed ones run again with --retry-failed. --dry-run lists the points.
+        sweep are skipped; failed ones run again with --retry-failed; interrupted or killed ones
+        continue from their checkpoints (--resume). Each run is its own process: [limits]
+        wall_minutes and memory_gb stop one that hangs or grows, and a run that crashes is
+        marked failed with its signal and last log lines. --dry-run lists the points.
   plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
                      [--format table|csv|json|markdown] [--db PATH]
         Rank the newest (or the named) sweep's grid points, mean ± std over seeds, by M:
@@ -87,6 +91,14 @@ WORLD_SIZE, MASTER_ADDR, MASTER_PORT or their OMPI_/SLURM_ equivalents), sim (`r
 ranks in this process: deterministic, with a virtual clock; [sim] sets the device profile, the
 network topology, stragglers and failures; its keys are listed in the README).
 Only rank 0 records.
+[checkpoint] every_steps, every_minutes, dir, keep: checkpoints for --resume (written atomically,
+with a checksum; a damaged one or one of another config is refused).
+[[faults]] tables apply failures on schedule (seeded, in the config hash, recorded):
+  kind = "kill"  rank, step         the rank exits (a simulated one fails; gossip and A2CiD2
+                                    train on without it, synchronous strategies fail cleanly)
+  kind = "slow"  rank, factor, step the rank computes `factor` times slower from `step`
+  kind = "drop_link"  link = [a, b], time         the simulated link goes down at `time`
+  kind = "corrupt"    link = [a, b], probability, time   a random bit of a message flips
 On a GPU: [train] device = "cuda" and precision = "bf16" (autocast; parameters stay float32).
 
 Benchmarks: scripts/bench.sh (CPU, ratios against references measured in the same run);
@@ -96,7 +108,9 @@ Environment:
   PLEXUS_PLUGIN_PATH   extra plugin folders, colon-separated (searched after the build's own)
   GLOO_SOCKET_IFNAME   network interface for Gloo across machines
 
-Exit codes: 0 finished, 1 failed, 2 usage, 3 diverged, 130 interrupted.
+Exit codes: 0 finished, 1 failed, 2 usage, 3 diverged, 130 interrupted, 137 killed by [[faults]].
+Robustness checks: scripts/fuzz.sh [SECONDS] (libFuzzer on the experiment loader),
+scripts/sanitize.sh (ASan + UBSan build, unit tests under it).
 Default database: results/plexus.db (relative to the current folder).
 )";
 

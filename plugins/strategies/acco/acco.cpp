@@ -128,8 +128,12 @@ public:
         rounds_ = counters[0].item<int64_t>();
         updates_done_ = counters[1].item<int64_t>();
         n_loc_ = counters[2].item<int64_t>();
-        primed_ = counters[3].item<int64_t>() != 0;
-        last_kind_ = static_cast<RoundKind>(counters[4].item<int64_t>());
+        // The round that was in flight on the communication thread is not in the checkpoint:
+        // the resumed run starts its pipeline again from the committed parameters (not
+        // bit-identical to an uninterrupted run; exact_resume() stays false).
+        primed_ = false;
+        last_kind_ = RoundKind::Update;
+        theta_.copy_(committed);
         update_lr_scale_ = state[n + m + 3].second.item<double>();
     }
 

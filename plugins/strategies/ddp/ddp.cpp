@@ -30,6 +30,9 @@ public:
         cfg.require(bucket_mb > 0, "bucket_mb", "must be > 0");
         overlap_ = cfg.get_bool("overlap");
         comm_ = ctx.make_comm();
+        // Error feedback and PowerSGD's warm start are memory a checkpoint does not hold yet.
+        const auto& scheme = ctx.setting("comm.name").as_string();
+        stateless_comm_ = scheme == "allreduce" || scheme == "hierarchical";
 
         // Every rank starts from rank 0's parameters (they are seeded alike; this makes sure).
         {
@@ -98,6 +101,9 @@ public:
         return out;
     }
 
+    // Exact with a stateless communication scheme (checked by tests for allreduce).
+    bool exact_resume() const override { return stateless_comm_; }
+
 private:
     void on_grad(size_t k, const torch::Tensor& grad) {
         if (!last_micro_batch_) return;  // accumulating: gradients go to .grad as usual
@@ -122,6 +128,7 @@ private:
     plexus::Transport& transport_;
     int64_t accumulate_ = 1;
     bool overlap_ = true;
+    bool stateless_comm_ = false;
     bool last_micro_batch_ = true;
     std::unique_ptr<plexus::CommScheme> comm_;
     std::vector<Bucket> buckets_;

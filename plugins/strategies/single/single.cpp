@@ -20,6 +20,9 @@ public:
         return out;
     }
 
+    // The parameters and the optimizer's state are all there is (checked by tests).
+    bool exact_resume() const override { return true; }
+
 private:
     int64_t accumulate_ = 1;
 };

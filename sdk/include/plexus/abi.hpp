@@ -12,7 +12,7 @@
 
 #include "plexus/build_config.hpp"
 
-#define PLEXUS_SDK_ABI_VERSION 4
+#define PLEXUS_SDK_ABI_VERSION 5
 
 #define PLEXUS_STR_(x) #x
 #define PLEXUS_STR(x) PLEXUS_STR_(x)
@@ -39,7 +39,7 @@
 #define PLEXUS_CUDA_ID "cuda off"
 #endif
 
-// e.g. "plexus-sdk 4; gcc 12; libstdc++ 12 cxx11-abi 1; libtorch 1.13; cuda off"
+// e.g. "plexus-sdk 5; gcc 12; libstdc++ 12 cxx11-abi 1; libtorch 1.13; cuda off"
 #define PLEXUS_ABI_FINGERPRINT                                                        \
     "plexus-sdk " PLEXUS_STR(PLEXUS_SDK_ABI_VERSION) "; " PLEXUS_COMPILER_ID "; "     \
         PLEXUS_STDLIB_ID "; libtorch " PLEXUS_STR(TORCH_VERSION_MAJOR) "." PLEXUS_STR( \

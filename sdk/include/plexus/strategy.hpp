@@ -57,9 +57,18 @@ public:
     virtual StepOutput step(const StepInput& input) = 0;
     // Mean loss over `batches` batches of `stream`, without changing any state.
     virtual double evaluate(BatchStream& stream, int64_t batches) = 0;
-    // Model and optimizer state (checkpoints, exact resume).
+    // The rank's state for a checkpoint, taken between two step() calls: the model, the
+    // optimizer, and whatever else the strategy's future depends on (buffers in flight, counters,
+    // its own random generators). Every rank calls it at the same step, so it may communicate
+    // (gathering shards). load_state() receives exactly what state() returned, on a freshly
+    // built strategy of the same configuration; throw plexus::Error if it does not fit.
     virtual StateDict state() const = 0;
     virtual void load_state(const StateDict& state) = 0;
+    // True if state() holds all of that, so that a run resumed from a checkpoint is
+    // bit-identical to an uninterrupted one (tests/test_reliability.cpp checks those that say
+    // so). False: a resumed run starts from the saved weights and optimizer state but may take
+    // another path; plexus says so when the run checkpoints.
+    virtual bool exact_resume() const { return false; }
     // The data this rank reads, asked once after construction. Ranks that work on the same
     // batch (tensor parallel, pipeline stages) return the same shard. Default: one per rank.
     virtual DataShard data_shard(int rank, int world_size) const { return {rank, world_size}; }
