@@ -190,11 +190,34 @@ public:
         });
     }
 
+    // The replica's parameters (x) and optimizer, x̃, and where the worker is in time: the slice
+    // and the last event's τ. The edge events are a function of the seed: a resumed worker
+    // replays them up to its slice.
     StateDict state() const override {
         auto out = ReplicaStrategy::state();
         if (state_.accelerated()) out.emplace_back("a2cid2.x_tilde", state_.x_tilde.clone());
+        out.emplace_back("gossip.time", torch::tensor({static_cast<double>(slice_), state_.last}, torch::kFloat64));
         return out;
     }
+
+    void load_state(const StateDict& state) override {
+        const size_t extra = state_.accelerated() ? 2 : 1;
+        if (state.size() < extra || state.back().first != "gossip.time")
+            throw Error("gossip: the state does not come from a gossip run", "resume with the experiment the run started with");
+        ReplicaStrategy::load_state(StateDict(state.begin(), state.end() - static_cast<std::ptrdiff_t>(extra)));
+        torch::NoGradGuard no_grad;
+        state_.x.copy_(flat_copy(params_));  // the parameters are views of x (or of its snapshot)
+        work_.copy_(state_.x);
+        if (state_.accelerated()) state_.x_tilde.copy_(state[state.size() - 2].second);
+        const auto time = state.back().second;
+        slice_ = static_cast<int64_t>(time[0].item<double>());
+        state_.last = time[1].item<double>();
+        while (!events_.empty() && events_.peek().time < static_cast<double>(slice_)) events_.next();
+        recorded_graph_ = true;
+    }
+
+    // Everything above is all a worker's future depends on (checked by tests).
+    bool exact_resume() const override { return true; }
 
 protected:
     GossipStrategy(const Config& cfg, RunContext& ctx, bool accelerated) : ReplicaStrategy(ctx), transport_(ctx.transport()) {
