@@ -7,7 +7,7 @@
 #include <set>
 #include <sstream>
 
-#include <toml++/toml.h>
+#include "toml.hpp"
 
 #include "faults.hpp"
 #include "text_util.hpp"
@@ -81,10 +81,9 @@ constexpr double kMaxGridPoints = 1e6;
 
 }  // namespace
 
-// TOML allows non-ASCII characters only inside strings and comments. Refusing them elsewhere
-// before TOML++ sees the text is more than a clearer message: TOML++ 3.3 reaches
-// __builtin_unreachable (undefined behaviour) when it asks whether, say, 'é' after a value is
-// whitespace (found by scripts/fuzz.sh).
+// TOML allows non-ASCII characters only inside strings and comments: one elsewhere (a stray
+// no-break space after a value, say) gets a message that says so, with its line and column,
+// rather than TOML++'s. (TOML++ 3.3 also mishandled such characters: see toml.hpp.)
 void check_toml_text(const std::string& text, const std::string& origin) {
     enum class In { Code, Comment, Basic, Literal, MultiBasic, MultiLiteral } in = In::Code;
     long line = 1, column = 1;

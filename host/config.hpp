@@ -60,7 +60,7 @@ struct GridPoint {
 std::vector<GridPoint> expand_grid(const Experiment& exp);
 
 // Refuses (plexus::Error at origin:line:column) a non-ASCII character outside the strings and
-// comments of TOML text: invalid TOML, and a crash risk in TOML++ 3.3.
+// comments of TOML text (invalid TOML), with a clearer message than the parser's.
 void check_toml_text(const std::string& text, const std::string& origin);
 
 // Reads `path` and the files it extends. Throws ConfigError (a plexus::Error) naming the file,

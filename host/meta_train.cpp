@@ -13,7 +13,7 @@
 #include <thread>
 
 #include <plexus/plexus.hpp>
-#include <toml++/toml.h>
+#include "toml.hpp"
 #include <torch/torch.h>
 
 #include "config.hpp"

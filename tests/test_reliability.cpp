@@ -261,7 +261,7 @@ TEST_CASE("a checkpoint the disk has no room for leaves the run going and no par
     CHECK(leftovers == 0);
 }
 
-TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that run, and records why", "[reliability]") {
+TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that run, and records why", "[reliability][crash]") {
     TempDir dir;
     const auto file = dir.file("sweep.toml", "name = \"misbehave\"\nplugin_path = [\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
                                                  "\"]\n[model]\nname = \"misbehaving\"\n[data]\nname = \"synthetic\"\n"

@@ -236,14 +236,15 @@ TEST_CASE("Ctrl-C stops a sweep, marks the running run interrupted, and the next
     REQUIRE(runs.size() == 1);
     CHECK(runs[0].status == "interrupted");
     CHECK(store.metric_series(runs[0].id, "loss").size() >= 3);  // its rows are kept
-    // Resuming runs the interrupted point again (same settings, same config hash), and the rest.
+    // Resuming continues the interrupted point in its own run (plexus run --resume), then the rest.
     auto resumed = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=400");
     CHECK(resumed.exit_code == 0);
     CHECK_THAT(resumed.output, Contains("4 finished, 0 failed"));
     auto after = store.sweep_runs(store.find_sweep("g")->id);
-    REQUIRE(after.size() == 5);
-    CHECK(after[1].config_hash == runs[0].config_hash);
-    CHECK(after[1].status == "finished");
+    REQUIRE(after.size() == 4);
+    CHECK(after[0].id == runs[0].id);
+    CHECK(after[0].status == "finished");
+    CHECK(store.metric_series(runs[0].id, "loss").size() == 400);
 }
 
 TEST_CASE("grid variants: named sets of settings, e.g. strategies with keys of their own", "[sweep]") {
