@@ -94,8 +94,8 @@ Only rank 0 records.
 [checkpoint] every_steps, every_minutes, dir, keep: checkpoints for --resume (written atomically,
 with a checksum; a damaged one or one of another config is refused).
 [[faults]] tables apply failures on schedule (seeded, in the config hash, recorded):
-  kind = "kill"  rank, step         the rank exits (a simulated one fails; gossip and A2CiD2
-                                    train on without it, synchronous strategies fail cleanly)
+  kind = "kill"  rank, step         the rank exits (a simulated one fails; gossip, A2CiD2 and
+                                    async SGD train on without it, synchronous ones fail cleanly)
   kind = "slow"  rank, factor, step the rank computes `factor` times slower from `step`
   kind = "drop_link"  link = [a, b], time         the simulated link goes down at `time`
   kind = "corrupt"    link = [a, b], probability, time   a random bit of a message flips

@@ -402,7 +402,7 @@ const char* kKillRank3 = "[[faults]]\nkind = \"kill\"\nrank = 3\nstep = 20\n";
 
 }  // namespace
 
-TEST_CASE("[[faults]] kill: gossip trains on without the lost rank, DDP fails cleanly naming the fault", "[reliability][faults]") {
+TEST_CASE("[[faults]] kill: gossip and async SGD train on without the lost rank, DDP fails cleanly naming the fault", "[reliability][faults]") {
     TempDir dir;
     const auto clean = run_plexus("run " + dir.file("clean.toml", simulated("gossip", "")) + " --db " + dir / "clean.db");
     REQUIRE(clean.exit_code == 0);
@@ -424,6 +424,15 @@ TEST_CASE("[[faults]] kill: gossip trains on without the lost rank, DDP fails cl
     // The lost rank has no end-of-run figures; its neighbours trained to the end.
     CHECK(g.count("3.rank_tokens") == 0);
     CHECK(g["2.rank_tokens"] == 100 * 4 * 16);
+
+    // The parameter server goes on without a lost worker too.
+    const auto async = run_plexus("run " + dir.file("a.toml", simulated("async_sgd", kKillRank3)) + " --db " + dir / "a.db");
+    INFO(async.output);
+    CHECK(async.exit_code == 0);
+    CHECK_THAT(async.output, Contains("async_sgd: worker 3 is lost"));
+    auto a = numbers_of(dir / "a.db");
+    CHECK(a["0.ranks_lost"] == 1);
+    CHECK(a["0.final_eval_loss"] < 3.0);  // it learned (from about 4.2)
 
     const auto ddp = run_plexus("run " + dir.file("d.toml", simulated("ddp", kKillRank3)) + " --db " + dir / "d.db");
     CHECK(ddp.exit_code == 1);

@@ -17,6 +17,8 @@
 // gradient of that step has been applied and every reply that may be sent has been sent.
 // Recorded on the server: async/staleness_mean, async/staleness_max per step (and their
 // summaries through the metric rows), async/held_replies.
+#include <limits>
+
 #include <plexus/plexus.hpp>
 #include <plexus/replica.hpp>
 
@@ -51,6 +53,7 @@ public:
             meta_work_.assign(static_cast<size_t>(workers), nullptr);
             received_.assign(static_cast<size_t>(workers), 0);
             held_.assign(static_cast<size_t>(workers), false);
+            lost_.assign(static_cast<size_t>(workers), false);
             for (int w = 0; w < workers; ++w) post_receive(w);
         }
         char line[160];
@@ -106,14 +109,21 @@ private:
             std::vector<std::shared_ptr<plexus::Work>> works;
             std::vector<int> who;
             for (int w = 0; w < workers; ++w)
-                if (!held_[static_cast<size_t>(w)]) {
+                if (!held_[static_cast<size_t>(w)] && !lost_[static_cast<size_t>(w)]) {
                     works.push_back(pending_[static_cast<size_t>(w)]);
                     who.push_back(w);
                 }
             if (works.empty())
                 throw plexus::Error("async_sgd: every worker is held; the staleness bound cannot be met");
-            const int w = who[transport_.wait_any(works)];
-            meta_work_[static_cast<size_t>(w)]->wait();
+            int w = -1;
+            try {
+                w = who[transport_.wait_any(works)];
+                meta_work_[static_cast<size_t>(w)]->wait();
+            } catch (const plexus::PeerLost& lost) {
+                drop(lost.rank() - 1, lost.what());  // a lost worker: the others go on
+                release();
+                continue;
+            }
             const auto meta = metas_[static_cast<size_t>(w)];
             const double staleness = static_cast<double>(version_) - meta[0].item<double>();
             staleness_sum += staleness;
@@ -127,7 +137,7 @@ private:
         }
         out.loss = applied > 0 ? loss_sum / static_cast<double>(applied) : NAN;
         // The server consumes no batches; the job consumed one per worker.
-        out.job_tokens = ctx_.setting("train.batch_size").as_int() * ctx_.seq_len() * workers;
+        out.job_tokens = ctx_.setting("train.batch_size").as_int() * ctx_.seq_len() * (workers - lost_workers_);
         ctx_.record("async/staleness_mean", applied > 0 ? staleness_sum / static_cast<double>(applied) : 0.0);
         ctx_.record("async/staleness_max", staleness_max);
         ctx_.record("async/applied", static_cast<double>(applied));
@@ -151,18 +161,35 @@ private:
     // Replies to every held worker the bound lets go (tau < 0: all at once).
     void release() {
         const int workers = world_ - 1;
-        int64_t slowest = received_[0];
-        for (int w = 1; w < workers; ++w) slowest = std::min(slowest, received_[static_cast<size_t>(w)]);
+        int64_t slowest = std::numeric_limits<int64_t>::max();
+        for (int w = 0; w < workers; ++w)
+            if (!lost_[static_cast<size_t>(w)]) slowest = std::min(slowest, received_[static_cast<size_t>(w)]);
         torch::NoGradGuard no_grad;
         for (int w = 0; w < workers; ++w) {
-            if (!held_[static_cast<size_t>(w)]) continue;
+            if (!held_[static_cast<size_t>(w)] || lost_[static_cast<size_t>(w)]) continue;
             if (tau_ >= 0 && slowest < received_[static_cast<size_t>(w)] - tau_) continue;
             held_[static_cast<size_t>(w)] = false;
             auto reply = torch::tensor({static_cast<double>(version_)}, torch::kFloat64);
-            transport_.send(flat_, w + 1, 2)->wait();
-            transport_.send(reply, w + 1, 3)->wait();
+            try {
+                transport_.send(flat_, w + 1, 2)->wait();
+                transport_.send(reply, w + 1, 3)->wait();
+            } catch (const plexus::PeerLost& lost) {
+                drop(w, lost.what());
+                continue;
+            }
             post_receive(w);
         }
+    }
+
+    // A worker that failed (a [[faults]] kill): no longer waited for, nor counted by the bound.
+    void drop(int w, const std::string& why) {
+        if (lost_[static_cast<size_t>(w)]) return;
+        lost_[static_cast<size_t>(w)] = true;
+        ++lost_workers_;
+        received_[static_cast<size_t>(w)] = std::numeric_limits<int64_t>::max() / 2;  // never awaited again
+        ctx_.log(plexus::LogLevel::Warning, "async_sgd: worker " + std::to_string(w + 1) + " is lost (" + why +
+                                                "); the server goes on with the others");
+        if (lost_workers_ == world_ - 1) throw plexus::Error("async_sgd: every worker is lost", "");
     }
 
     void post_receive(int w) {
@@ -182,6 +209,8 @@ private:
     std::vector<std::shared_ptr<plexus::Work>> pending_, meta_work_;
     std::vector<int64_t> received_;
     std::vector<bool> held_;
+    std::vector<bool> lost_;
+    int lost_workers_ = 0;
 };
 
 plexus::PluginDescriptor describe() {
