@@ -14,10 +14,11 @@
 //
 // kill: the rank's process exits at once (code 137) at the start of that step, as if killed;
 // on the simulated cluster the rank fails, and strategies that tolerate a lost worker (gossip,
-// A2CiD2, async SGD) train on without it while the others fail cleanly. A resumed run (--resume) continues
-// past its kills. slow: the rank computes `factor` times slower from that step (simulated
-// time; real runs sleep). drop_link and corrupt act on the simulated network only: the link goes
-// down at that simulated time, or a random bit of each message over it flips (seeded).
+// A2CiD2, DADAO, async SGD) train on without it while the others fail cleanly. A resumed run
+// (--resume) continues past its kills. slow: the rank computes `factor` times slower from that
+// step (simulated time; real runs sleep). drop_link and corrupt act on the simulated network
+// only: the link goes down at that simulated time, or a random bit of each message over it
+// flips (seeded).
 #pragma once
 
 #include <cstdint>

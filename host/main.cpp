@@ -40,7 +40,7 @@ usage:
   plexus run --resume RUN [--db PATH] [--progress MODE]
         Continue run RUN from its newest checkpoint with the file, point and --set it started with
         (from the start, in the same run, if it has none). With a strategy that declares exact
-        resume (single, ddp, gossip, a2cid2) the result is bit-identical to an uninterrupted run's.
+        resume (single, ddp, gossip, a2cid2, dadao) the result is bit-identical to an uninterrupted run's.
         Refused if the experiment file has changed since.
   plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
@@ -94,8 +94,8 @@ Only rank 0 records.
 [checkpoint] every_steps, every_minutes, dir, keep: checkpoints for --resume (written atomically,
 with a checksum; a damaged one or one of another config is refused).
 [[faults]] tables apply failures on schedule (seeded, in the config hash, recorded):
-  kind = "kill"  rank, step         the rank exits (a simulated one fails; gossip, A2CiD2 and
-                                    async SGD train on without it, synchronous ones fail cleanly)
+  kind = "kill"  rank, step         the rank exits (a simulated one fails; gossip, A2CiD2, DADAO
+                                    and async SGD train on without it; synchronous ones fail)
   kind = "slow"  rank, factor, step the rank computes `factor` times slower from `step`
   kind = "drop_link"  link = [a, b], time         the simulated link goes down at `time`
   kind = "corrupt"    link = [a, b], probability, time   a random bit of a message flips

@@ -83,6 +83,7 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
         {"simulated cluster, 4 ranks with jitter", "ddp", "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
         {"gossip, 4 simulated ranks", "gossip", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"a2cid2, 4 simulated ranks", "a2cid2", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
+        {"dadao, 4 simulated ranks", "dadao", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
     };
     for (const auto& c : cases) {
         DYNAMIC_SECTION(c.name) {
@@ -402,7 +403,7 @@ const char* kKillRank3 = "[[faults]]\nkind = \"kill\"\nrank = 3\nstep = 20\n";
 
 }  // namespace
 
-TEST_CASE("[[faults]] kill: gossip and async SGD train on without the lost rank, DDP fails cleanly naming the fault", "[reliability][faults]") {
+TEST_CASE("[[faults]] kill: gossip, async SGD and DADAO train on without the lost rank, DDP fails cleanly naming the fault", "[reliability][faults]") {
     TempDir dir;
     const auto clean = run_plexus("run " + dir.file("clean.toml", simulated("gossip", "")) + " --db " + dir / "clean.db");
     REQUIRE(clean.exit_code == 0);
@@ -433,6 +434,12 @@ TEST_CASE("[[faults]] kill: gossip and async SGD train on without the lost rank,
     auto a = numbers_of(dir / "a.db");
     CHECK(a["0.ranks_lost"] == 1);
     CHECK(a["0.final_eval_loss"] < 3.0);  // it learned (from about 4.2)
+
+    const auto dadao = run_plexus("run " + dir.file("dadao.toml", simulated("dadao", kKillRank3)) + " --db " + dir / "dadao.db");
+    INFO(dadao.output);
+    CHECK(dadao.exit_code == 0);
+    CHECK_THAT(dadao.output, Contains("dadao: rank 3 is lost"));
+    CHECK(numbers_of(dir / "dadao.db")["0.ranks_lost"] == 1);
 
     const auto ddp = run_plexus("run " + dir.file("d.toml", simulated("ddp", kKillRank3)) + " --db " + dir / "d.db");
     CHECK(ddp.exit_code == 1);

@@ -15,6 +15,8 @@
 // edge-sampling Laplacian (plexus/graph.hpp edge_sampling_spectrum). One harness step is one
 // unit of algorithm time; since gradient events are Poisson, the ranks' token counts differ:
 // set train.steps. The [optimizer] section is not used (the step sizes come from mu and L).
+#include <set>
+
 #include <plexus/gossip.hpp>
 #include <plexus/plexus.hpp>
 
@@ -114,12 +116,35 @@ public:
         return plexus::evaluate_average(ctx_, v_[0], [&] { return ReplicaStrategy::evaluate(stream, batches); });
     }
 
+    // x (the parameters) with the optimizer, the other five variables, and the worker's time:
+    // its slice, the last integration time and the last loss. The gradient and edge events are
+    // functions of the seed: a resumed worker replays them up to its slice.
     plexus::StateDict state() const override {
         auto out = ReplicaStrategy::state();
         const char* names[] = {"x", "x_tilde", "y", "y_tilde", "z", "z_tilde"};
         for (int k = 1; k < 6; ++k) out.emplace_back(std::string("dadao.") + names[k], v_[k].clone());
+        out.emplace_back("dadao.time", torch::tensor({static_cast<double>(slice_), last_, last_loss_}, torch::kFloat64));
         return out;
     }
+
+    void load_state(const plexus::StateDict& state) override {
+        if (state.size() < 6 || state.back().first != "dadao.time")
+            throw plexus::Error("dadao: the state does not come from a dadao run", "resume with the experiment the run started with");
+        const auto base = state.end() - 6;
+        ReplicaStrategy::load_state(plexus::StateDict(state.begin(), base));  // x is the parameters' buffer
+        torch::NoGradGuard no_grad;
+        for (int k = 1; k < 6; ++k) v_[static_cast<size_t>(k)].copy_((base + (k - 1))->second);
+        const auto time = state.back().second;
+        slice_ = static_cast<int64_t>(time[0].item<double>());
+        last_ = time[1].item<double>();
+        last_loss_ = time[2].item<double>();
+        const double now = static_cast<double>(slice_);
+        while (grad_events_.peek() < now) grad_events_.next();
+        while (!comm_events_.empty() && comm_events_.peek().time < now) comm_events_.next();
+    }
+
+    // Everything above is all a worker's future depends on (checked by tests).
+    bool exact_resume() const override { return true; }
 
 private:
     // v <- exp(M (t - last)) v, coordinate-wise.
@@ -150,11 +175,19 @@ private:
     }
 
     void communication_event(int peer) {
+        if (lost_.count(peer)) return;
         torch::NoGradGuard no_grad;
         auto mine = v_[2] + v_[4];  // y + z: the only thing exchanged
-        auto sent = transport_.send(mine, peer, 0);
-        transport_.recv(peer_, peer, 0)->wait();
-        sent->wait();
+        // A lost neighbour (a [[faults]] kill) is dropped; the others go on.
+        try {
+            auto sent = transport_.send(mine, peer, 0);
+            transport_.recv(peer_, peer, 0)->wait();
+            sent->wait();
+        } catch (const plexus::PeerLost& lost) {
+            lost_.insert(peer);
+            ctx_.log(plexus::LogLevel::Warning, "dadao: rank " + std::to_string(peer) + " is lost (" + lost.what() + ")");
+            return;
+        }
         auto m = mine - peer_;
         v_[4].add_(m, -beta_);
         v_[5].add_(m, -beta_tilde_);
@@ -170,6 +203,7 @@ private:
     plexus::PoissonProcess grad_events_{0, 1.0};
     double last_ = 0, last_loss_ = NAN;
     int64_t slice_ = 0;
+    std::set<int> lost_;  // neighbours that failed
 };
 
 plexus::PluginDescriptor describe() {
