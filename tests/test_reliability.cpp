@@ -81,6 +81,7 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
         {"single", "single", "", 400},
         {"ddp over gloo, 2 processes", "ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 200},
         {"simulated cluster, 4 ranks with jitter", "ddp", "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
+        {"ddp with powersgd (error feedback), 4 simulated ranks", "ddp", "[comm]\nname = \"powersgd\"\n[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"gossip, 4 simulated ranks", "gossip", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"a2cid2, 4 simulated ranks", "a2cid2", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"dadao, 4 simulated ranks", "dadao", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},

@@ -51,6 +51,30 @@ public:
 
     plexus::CommSchemeStats stats() const override { return stats_; }
 
+    // Per bucket: the residual (error feedback) and Q (the warm start); and the byte counts.
+    plexus::StateDict state() const override {
+        plexus::StateDict out;
+        for (const auto& [key, s] : state_) {
+            out.emplace_back(std::to_string(key) + ".residual", s.residual.clone());
+            out.emplace_back(std::to_string(key) + ".q", s.q.clone());
+        }
+        out.emplace_back("stats", torch::tensor({stats_.logical_bytes, stats_.bytes_sent}, torch::kInt64));
+        return out;
+    }
+    void load_state(const plexus::StateDict& state) override {
+        state_.clear();
+        for (const auto& [name, t] : state) {
+            if (name == "stats") {
+                stats_.logical_bytes = t[0].item<int64_t>();
+                stats_.bytes_sent = t[1].item<int64_t>();
+                continue;
+            }
+            const auto dot = name.find('.');
+            auto& s = state_[std::stoll(name.substr(0, dot))];
+            (name.substr(dot + 1) == "q" ? s.q : s.residual) = t.clone();
+        }
+    }
+
 private:
     struct State {
         torch::Tensor residual, q;

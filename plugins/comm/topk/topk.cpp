@@ -42,6 +42,25 @@ public:
 
     plexus::CommSchemeStats stats() const override { return stats_; }
 
+    // Per bucket: the residual not sent yet (error feedback); and the byte counts.
+    plexus::StateDict state() const override {
+        plexus::StateDict out;
+        for (const auto& [key, r] : residuals_) out.emplace_back(std::to_string(key), r.clone());
+        out.emplace_back("stats", torch::tensor({stats_.logical_bytes, stats_.bytes_sent}, torch::kInt64));
+        return out;
+    }
+    void load_state(const plexus::StateDict& state) override {
+        residuals_.clear();
+        for (const auto& [name, t] : state) {
+            if (name == "stats") {
+                stats_.logical_bytes = t[0].item<int64_t>();
+                stats_.bytes_sent = t[1].item<int64_t>();
+            } else {
+                residuals_[std::stoll(name)] = t.clone();
+            }
+        }
+    }
+
 private:
     double ratio_;
     std::map<int64_t, torch::Tensor> residuals_;

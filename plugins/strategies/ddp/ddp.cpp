@@ -8,6 +8,8 @@
 // is the exposed communication) and copies the averages back into the gradients.
 // With accumulate > 1, only the last micro-batch communicates: the hook then adds the gradient
 // accumulated so far.
+#include <algorithm>
+
 #include <plexus/plexus.hpp>
 #include <plexus/replica.hpp>
 
@@ -30,9 +32,7 @@ public:
         cfg.require(bucket_mb > 0, "bucket_mb", "must be > 0");
         overlap_ = cfg.get_bool("overlap");
         comm_ = ctx.make_comm();
-        // Error feedback and PowerSGD's warm start are memory a checkpoint does not hold yet.
-        const auto& scheme = ctx.setting("comm.name").as_string();
-        stateless_comm_ = scheme == "allreduce" || scheme == "hierarchical";
+
 
         // Every rank starts from rank 0's parameters (they are seeded alike; this makes sure).
         {
@@ -101,8 +101,22 @@ public:
         return out;
     }
 
-    // Exact with a stateless communication scheme (checked by tests for allreduce).
-    bool exact_resume() const override { return stateless_comm_; }
+    // The replica's state, then the communication scheme's memory ("comm.*": error feedback,
+    // PowerSGD's Q), so that a resumed run compresses as the uninterrupted one would.
+    plexus::StateDict state() const override {
+        auto out = ReplicaStrategy::state();
+        for (auto& item : comm_->state()) out.emplace_back("comm." + item.first, item.second);
+        return out;
+    }
+    void load_state(const plexus::StateDict& state) override {
+        auto first_comm = std::find_if(state.begin(), state.end(), [](const auto& item) { return item.first.rfind("comm.", 0) == 0; });
+        ReplicaStrategy::load_state(plexus::StateDict(state.begin(), first_comm));
+        plexus::StateDict comm;
+        for (auto it = first_comm; it != state.end(); ++it) comm.emplace_back(it->first.substr(5), it->second);
+        comm_->load_state(comm);
+    }
+    // All of it is there (checked by tests with allreduce and powersgd).
+    bool exact_resume() const override { return true; }
 
 private:
     void on_grad(size_t k, const torch::Tensor& grad) {
@@ -128,7 +142,6 @@ private:
     plexus::Transport& transport_;
     int64_t accumulate_ = 1;
     bool overlap_ = true;
-    bool stateless_comm_ = false;
     bool last_micro_batch_ = true;
     std::unique_ptr<plexus::CommScheme> comm_;
     std::vector<Bucket> buckets_;

@@ -11,6 +11,7 @@
 
 #include <torch/types.h>
 
+#include "plexus/optimizer.hpp"
 #include "plexus/transport.hpp"
 
 namespace plexus {
@@ -34,6 +35,13 @@ public:
                                                   int64_t key) = 0;
 
     virtual CommSchemeStats stats() const = 0;
+
+    // What the scheme carries from call to call (error-feedback residuals, PowerSGD's Q), for
+    // checkpoints: the strategy that owns the scheme puts it in its own state. load_state()
+    // receives what state() returned, on a fresh scheme of the same configuration. A scheme
+    // without memory keeps these defaults.
+    virtual StateDict state() const { return {}; }
+    virtual void load_state(const StateDict& state) { (void)state; }
 };
 
 }  // namespace plexus
