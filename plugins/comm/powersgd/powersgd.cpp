@@ -58,15 +58,14 @@ public:
             out.emplace_back(std::to_string(key) + ".residual", s.residual.clone());
             out.emplace_back(std::to_string(key) + ".q", s.q.clone());
         }
-        out.emplace_back("stats", torch::tensor({stats_.logical_bytes, stats_.bytes_sent}, torch::kInt64));
+        out.emplace_back("stats", stats_.as_tensor());
         return out;
     }
     void load_state(const plexus::StateDict& state) override {
         state_.clear();
         for (const auto& [name, t] : state) {
             if (name == "stats") {
-                stats_.logical_bytes = t[0].item<int64_t>();
-                stats_.bytes_sent = t[1].item<int64_t>();
+                stats_ = plexus::CommSchemeStats::from_tensor(t);
                 continue;
             }
             const auto dot = name.find('.');

@@ -22,6 +22,9 @@ struct CommSchemeStats {
     double compression_ratio() const {
         return bytes_sent > 0 ? static_cast<double>(logical_bytes) / bytes_sent : 1.0;
     }
+    // As a tensor in a scheme's state() (the counts continue across a resume).
+    torch::Tensor as_tensor() const { return torch::tensor({logical_bytes, bytes_sent}, torch::kInt64); }
+    static CommSchemeStats from_tensor(const torch::Tensor& t) { return {t[0].item<int64_t>(), t[1].item<int64_t>()}; }
 };
 
 class CommScheme {
