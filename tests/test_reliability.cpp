@@ -509,3 +509,19 @@ TEST_CASE("[[faults]] slow, drop_link and corrupt on the simulated cluster", "[r
     CHECK(metric_dump(dir / "corrupt_a.db", "loss") == metric_dump(dir / "corrupt_b.db", "loss"));
     CHECK(metric_dump(dir / "corrupt_a.db", "loss") != metric_dump(dir / "gossip_clean.db", "loss"));
 }
+
+TEST_CASE("checkpoints by time land on log points, and resume exactly", "[reliability]") {
+    TempDir dir;
+    auto text = experiment("single", "", 400);
+    text.replace(text.find("every_steps = 5"), 15, "every_minutes = 0.00001");  // at every log point
+    const auto file = dir.file("exp.toml", text);
+    REQUIRE(run_plexus("run " + file + " --db " + dir / "whole.db").exit_code == 0);
+    start_and_signal("run " + file + " --db " + dir / "b.db", dir / "checkpoints/b/run1", "KILL");
+    const host::RunCheckpoints checkpoints(dir / "checkpoints/b", 1);
+    REQUIRE(checkpoints.latest());
+    CHECK(*checkpoints.latest() % 10 == 0);  // log_every = 10
+    const auto resumed = run_plexus("run --resume 1 --db " + dir / "b.db");
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK(metric_dump(dir / "b.db", "loss") == metric_dump(dir / "whole.db", "loss"));
+}
