@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include <plexus/error.hpp>
@@ -269,19 +270,24 @@ fs::path RunCheckpoints::rank_file(int64_t step, int rank) const {
     return step_dir(step) / ("rank" + std::to_string(rank) + ".ckpt");
 }
 
+std::map<int64_t, bool> RunCheckpoints::steps() const {
+    std::map<int64_t, bool> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir_, ec)) {
+        const auto name = e.path().filename().string();
+        if (name.rfind("step", 0) != 0 || name.size() == 4 || name.find_first_not_of("0123456789", 4) != std::string::npos) continue;
+        out[std::stoll(name.substr(4))] = fs::exists(e.path() / "COMPLETE", ec);
+    }
+    return out;
+}
+
 void RunCheckpoints::mark_complete(int64_t step, int world, int keep) const {
     write_small_file(step_dir(step) / "COMPLETE", "step " + std::to_string(step) + "\nranks " + std::to_string(world) + "\n");
     std::set<int64_t> complete;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir_, ec)) {
-        const auto name = e.path().filename().string();
-        if (name.rfind("step", 0) != 0) continue;
-        try {
-            const int64_t s = std::stoll(name.substr(4));
-            if (fs::exists(e.path() / "COMPLETE")) complete.insert(s);
-            else if (s < step) fs::remove_all(e.path(), ec);  // an attempt that never completed
-        } catch (const std::exception&) {
-        }
+    for (const auto& [s, done] : steps()) {
+        if (done) complete.insert(s);
+        else if (s < step) fs::remove_all(step_dir(s), ec);  // an attempt that never completed
     }
     while (static_cast<int>(complete.size()) > std::max(1, keep)) {
         fs::remove_all(step_dir(*complete.begin()), ec);
@@ -291,16 +297,8 @@ void RunCheckpoints::mark_complete(int64_t step, int world, int keep) const {
 
 std::optional<int64_t> RunCheckpoints::latest() const {
     std::optional<int64_t> best;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir_, ec)) {
-        const auto name = e.path().filename().string();
-        if (name.rfind("step", 0) != 0 || !fs::exists(e.path() / "COMPLETE")) continue;
-        try {
-            const int64_t s = std::stoll(name.substr(4));
-            if (!best || s > *best) best = s;
-        } catch (const std::exception&) {
-        }
-    }
+    for (const auto& [s, done] : steps())
+        if (done) best = s;  // in ascending order
     return best;
 }
 

@@ -57,6 +57,8 @@ public:
 
 private:
     std::filesystem::path step_dir(int64_t step) const;
+    // Every stepS folder: S -> whether it has its COMPLETE marker.
+    std::map<int64_t, bool> steps() const;
     std::filesystem::path dir_;
 };
 

@@ -427,11 +427,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         auto harness_all_reduce = [&](torch::Tensor& t, ReduceOp op) {
             const auto before = ctx->transport().stats();
             control->all_reduce(t, op)->wait();
-            const auto after = ctx->transport().stats();
-            comm_before.calls -= after.calls - before.calls;
-            comm_before.bytes_sent -= after.bytes_sent - before.bytes_sent;
-            comm_before.seconds_total -= after.seconds_total - before.seconds_total;
-            comm_before.seconds_exposed -= after.seconds_exposed - before.seconds_exposed;
+            comm_before -= ctx->transport().stats() - before;
         };
         const int64_t ckpt_every = v.at("checkpoint.every_steps").as_int();
         const double ckpt_minutes = v.at("checkpoint.every_minutes").as_double();
@@ -464,11 +460,12 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                 c.tensors.emplace_back("rng.cpu", cpu_rng_state());
                 for (const auto& [name, p] : real_counters) c.numbers[name] = *p;
                 for (const auto& [name, p] : int_counters) c.numbers[name] = static_cast<double>(*p);
-                const auto comm = ctx->transport().stats();
-                c.numbers["comm.calls"] += static_cast<double>(comm.calls);
-                c.numbers["comm.bytes_sent"] += static_cast<double>(comm.bytes_sent);
-                c.numbers["comm.seconds_total"] += comm.seconds_total;
-                c.numbers["comm.seconds_exposed"] += comm.seconds_exposed;
+                // The traffic is the run's so far: earlier attempts' and this one's.
+                const auto comm = comm_before + ctx->transport().stats();
+                c.numbers["comm.calls"] = static_cast<double>(comm.calls);
+                c.numbers["comm.bytes_sent"] = static_cast<double>(comm.bytes_sent);
+                c.numbers["comm.seconds_total"] = comm.seconds_total;
+                c.numbers["comm.seconds_exposed"] = comm.seconds_exposed;
                 c.numbers["data_position"] = static_cast<double>(train.position());
                 c.texts["clock"] = env.clock->save_state();
                 write_rank_checkpoint(job.checkpoints->rank_file(step, rank), c);
@@ -529,11 +526,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             train.seek(static_cast<int64_t>(number("data_position")));
             env.clock->load_state(c.texts.count("clock") ? c.texts.at("clock") : "");
             // The communication the strategy's construction just did is this attempt's, not the run's.
-            const auto setup = ctx->transport().stats();
-            comm_before.calls -= setup.calls;
-            comm_before.bytes_sent -= setup.bytes_sent;
-            comm_before.seconds_total -= setup.seconds_total;
-            comm_before.seconds_exposed -= setup.seconds_exposed;
+            comm_before -= ctx->transport().stats();
             progress.line("resumed from the checkpoint at step " + std::to_string(step) + " (" + file.parent_path().string() + ")");
         }
         last_ckpt_wall = ctx->wall_seconds();
@@ -668,11 +661,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         const double tensor_peak = device.is_cuda() ? static_cast<double>(gpu::peak_allocated_bytes(device))
                                                     : static_cast<double>(meter->peak());
         rec.summary("peak_tensor_bytes", tensor_peak);
-        auto comm = ctx->transport().stats();
-        comm.calls += comm_before.calls;
-        comm.bytes_sent += comm_before.bytes_sent;
-        comm.seconds_total += comm_before.seconds_total;
-        comm.seconds_exposed += comm_before.seconds_exposed;
+        const auto comm = ctx->transport().stats() + comm_before;
         rec.summary("bytes_sent", static_cast<double>(comm.bytes_sent));
         rec.summary("comm_time", comm.seconds_total);
         rec.summary("comm_exposed_time", comm.seconds_exposed);

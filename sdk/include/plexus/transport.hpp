@@ -65,6 +65,23 @@ struct CommStats {
     int64_t bytes_sent = 0;        // payload bytes this rank put on the wire (algorithm-dependent)
     double seconds_total = 0.0;    // from issue to completion, summed over calls
     double seconds_exposed = 0.0;  // time spent blocked in wait(): communication not hidden
+
+    CommStats& operator+=(const CommStats& o) {
+        calls += o.calls;
+        bytes_sent += o.bytes_sent;
+        seconds_total += o.seconds_total;
+        seconds_exposed += o.seconds_exposed;
+        return *this;
+    }
+    CommStats& operator-=(const CommStats& o) {
+        calls -= o.calls;
+        bytes_sent -= o.bytes_sent;
+        seconds_total -= o.seconds_total;
+        seconds_exposed -= o.seconds_exposed;
+        return *this;
+    }
+    friend CommStats operator+(CommStats a, const CommStats& b) { return a += b; }
+    friend CommStats operator-(CommStats a, const CommStats& b) { return a -= b; }
 };
 
 class Transport {
