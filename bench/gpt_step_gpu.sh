@@ -7,6 +7,7 @@
 #
 #   bench/gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES]
 #   bench/gpt_step_gpu.sh --prewarm SIZE   (compile SIZE once with torch.compile: fills its cache)
+#   bench/gpt_step_gpu.sh --profile SIZE   (where the eager step's GPU time goes, by kernel family)
 # SIZES: a space-separated subset of "125M 350M 1.3B" (default all). Needs a CUDA build.
 set -uo pipefail
 build=${1:?usage: gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES] | --prewarm SIZE}
@@ -23,13 +24,18 @@ shape() {
   case $1 in
     125M) echo "12 768 12 16 1024" ;;
     350M) echo "24 1024 16 16 1024" ;;
-    1.3B) echo "24 2048 16 8 1024" ;;
+    1.3B) echo "24 2048 16 8 2048" ;;  # GPT-3's own context; 16k tokens a step (fits 80 GB)
     *) echo "unknown size $1" >&2; return 1 ;;
   esac
 }
 
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
 
+if [ "$build" = "--profile" ]; then
+  read -r L D H B T < <(shape "$out") || exit 2
+  exec $python "$here/gpt_step_ref.py" --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 \
+    --steps 3 --rounds 1 --warmup 2 --device cuda --dtype bf16 --profile
+fi
 if [ "$build" = "--prewarm" ]; then
   read -r L D H B T < <(shape "$out") || exit 2
   exec $python "$here/gpt_step_ref.py" --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 \

@@ -1,6 +1,7 @@
 // CUDA builds: see cuda.hpp.
 #include "cuda.hpp"
 
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime_api.h>
@@ -44,6 +45,18 @@ void synchronize(const torch::Device& device) {
         set_current(device);
         c10::cuda::device_synchronize();
     }
+}
+
+torch::Tensor rng_state(const torch::Device& device) {
+    auto gen = at::cuda::detail::getDefaultCUDAGenerator(index_of(device));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return gen.get_state();
+}
+
+void set_rng_state(const torch::Device& device, const torch::Tensor& state) {
+    auto gen = at::cuda::detail::getDefaultCUDAGenerator(index_of(device));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state);
 }
 
 }  // namespace plexus::host::gpu

@@ -27,4 +27,10 @@ void set_current(const torch::Device& device);
 // Waits for every kernel queued on the device (for honest wall-clock timing).
 void synchronize(const torch::Device& device);
 
+// The state of LibTorch's default generator of this GPU (what torch::rand and dropout on it draw
+// from), for checkpoints; set_rng_state puts a saved one back. An undefined tensor / an error in
+// CPU builds.
+torch::Tensor rng_state(const torch::Device& device);
+void set_rng_state(const torch::Device& device, const torch::Tensor& state);
+
 }  // namespace plexus::host::gpu

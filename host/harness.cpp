@@ -458,6 +458,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                 // clock and traffic saved below must include that, as an uninterrupted run does.
                 for (auto& [name, t] : strategy->state()) c.tensors.emplace_back("strategy." + name, t);
                 c.tensors.emplace_back("rng.cpu", cpu_rng_state());
+                if (device.is_cuda()) c.tensors.emplace_back("rng.cuda", gpu::rng_state(device));
                 for (const auto& [name, p] : real_counters) c.numbers[name] = *p;
                 for (const auto& [name, p] : int_counters) c.numbers[name] = static_cast<double>(*p);
                 // The traffic is the run's so far: earlier attempts' and this one's.
@@ -514,6 +515,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             for (const auto& [name, t] : c.tensors) {
                 if (name.rfind("strategy.", 0) == 0) strategy_state.emplace_back(name.substr(9), t);
                 else if (name == "rng.cpu") set_cpu_rng_state(t);
+                else if (name == "rng.cuda" && device.is_cuda()) gpu::set_rng_state(device, t);
             }
             auto number = [&](const char* name) {
                 auto it = c.numbers.find(name);
