@@ -27,8 +27,14 @@ std::string device_name(const torch::Device& device) {
 
 namespace {
 c10::CachingAllocator::Stat allocated(const torch::Device& device) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index_of(device));
-    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    try {
+        const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index_of(device));
+        return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    } catch (const c10::Error&) {
+        // LibTorch 2.x sets the allocator up at the first CUDA allocation and refuses to be asked
+        // before: nothing is allocated yet.
+        return {};
+    }
 }
 }  // namespace
 

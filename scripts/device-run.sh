@@ -45,7 +45,8 @@ say "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | h
 # torch.compile's first compilation takes a minute per model: fill its cache now, on the idle
 # GPU, while the CPUs build plexus (the timed run later finds its kernels compiled).
 # At most 4 minutes in all: the build does not wait for it.
-(
+bench=${DEVICE_RUN_BENCH:-1}  # 0: build and test only (a rerun on the same budget)
+[ "$bench" = 1 ] && (
   for size in $sizes; do
     remaining=$((240 - (SECONDS - start)))
     [ $remaining -gt 10 ] || break
@@ -62,20 +63,20 @@ if cmake -S "$root" -B "$root/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 else
   say "configure FAILED (configure.log)"; tail -30 "$out/configure.log"; kill $prewarm 2>/dev/null; exit 1
 fi
-if ninja -C "$root/build-gpu" -k 0 plexus plexus_tests gpt_step > "$out/build.log" 2>&1; then
+targets="plexus plexus_tests"; [ "$bench" = 1 ] && targets="$targets gpt_step"
+if ninja -C "$root/build-gpu" -k 0 $targets > "$out/build.log" 2>&1; then
   say "built"
 else
   say "build FAILED (build.log): $(grep -c 'error:' "$out/build.log") errors"
   grep -m 20 -A3 'error:' "$out/build.log"
 fi
-wait $prewarm
-say "torch.compile prewarm done: $(grep -c tokens_per_s "$out/prewarm.log") of $(echo $sizes | wc -w) sizes"
+[ "$bench" = 1 ] && wait $prewarm && say "torch.compile prewarm done: $(grep -c tokens_per_s "$out/prewarm.log") of $(echo $sizes | wc -w) sizes"
 
 if [ -x "$root/build-gpu/tests/plexus_tests" ]; then
   (cd "$root/build-gpu/tests" && timeout 240 ./plexus_tests "[gpu]" -r compact) > "$out/gpu-tests.log" 2>&1
   say "GPU tests: $(tail -1 "$out/gpu-tests.log")"
 fi
-if [ -x "$root/build-gpu/bench/gpt_step" ]; then
+if [ "$bench" = 1 ] && [ -x "$root/build-gpu/bench/gpt_step" ]; then
   "$root/bench/gpt_step_gpu.sh" "$root/build-gpu" "$out/gpu-bench.md" "$sizes" > "$out/gpu-bench.log" 2>&1
   say "GPU benchmark:"
   cat "$out/gpu-bench.md" | tee -a "$out/summary.txt"

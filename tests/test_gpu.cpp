@@ -220,7 +220,7 @@ TEST_CASE("checkpoints on the GPU: its random state round-trips, and a killed ru
     const auto resumed = run_plexus("run --resume 1 --db " + (dir / "k.db"));
     INFO(resumed.output);
     REQUIRE(resumed.exit_code == 0);
-    CHECK(resumed.output.find("resumed from the checkpoint at step 20") != std::string::npos);
+    CHECK(resumed.output.find("from its checkpoint at step 20") != std::string::npos);
     host::ResultsStore a(dir / "clean.db"), b(dir / "k.db");
     const auto want = a.metric_series(1, "loss"), got = b.metric_series(1, "loss");
     REQUIRE(got.size() == want.size());
