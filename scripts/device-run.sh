@@ -91,7 +91,7 @@ fi
 # suite's runs start several threads each, and more at once oversubscribe even 16 cores (the
 # launcher's timeouts then fire).
 if [ -x "$root/build-gpu/tests/plexus_tests" ] && [ "$(left)" -gt 60 ]; then
-  (cd "$root/build-gpu" && timeout "$(left)" ctest -j 4 --timeout 120 -E "out_of_tree|report_renders|fuzz" ) > "$out/cpu-tests.log" 2>&1
+  (cd "$root/build-gpu" && timeout "$(left)" ctest -j 4 --timeout 120 --output-on-failure -E "out_of_tree|report_renders|fuzz" ) > "$out/cpu-tests.log" 2>&1
   say "CPU suite on this LibTorch: $(grep -E 'tests passed|tests failed' "$out/cpu-tests.log" | tail -1)"
   grep -E '\*\*\*Failed|\*\*\*Timeout|Exception' "$out/cpu-tests.log" | head -20 | tee -a "$out/summary.txt"
 fi
