@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <optional>
 #include <iostream>
@@ -232,6 +233,7 @@ StateDigest digest(const StateDict& state) {
     uint64_t h = 1469598103934665603ULL;
     StateDigest d;
     for (const auto& [name, t] : state) {
+        if (name.find(".measured.") != std::string::npos) continue;  // timings (Strategy::state)
         auto c = t.detach().contiguous().cpu();
         const auto* p = static_cast<const unsigned char*>(c.data_ptr());
         const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
@@ -1011,6 +1013,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         } else {
             resume_step = checkpoints->latest();
         }
+        if (store) store->forget_metrics_from(run_id, resume_step.value_or(0));
         if (rank == 0)
             std::cout << "plexus: resuming run " << run_id << " from "
                       << (resume_step ? "its checkpoint at step " + std::to_string(*resume_step)

@@ -317,6 +317,11 @@ void ResultsStore::reopen_run(int64_t run) {
     s.bind(1, now()).bind(2, run).step();
 }
 
+void ResultsStore::forget_metrics_from(int64_t run, int64_t step) {
+    Stmt s(db_, "DELETE FROM metric WHERE run_id = ?1 AND step >= ?2");
+    s.bind(1, run).bind(2, step).step();
+}
+
 std::string ResultsStore::summary_text(int64_t run, const std::string& key) {
     Stmt s(db_, "SELECT text FROM summary WHERE run_id = ?1 AND rank = 0 AND key = ?2");
     s.bind(1, run).bind(2, key);

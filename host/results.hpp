@@ -64,6 +64,10 @@ public:
     void finish_run(int64_t run, const std::string& status, const std::string& error);
     // A run continues (`plexus run --resume`): running again, its end and error cleared.
     void reopen_run(int64_t run);
+    // Deletes the run's metric rows from `step` on: what an interrupted attempt recorded after
+    // the checkpoint a resumed run starts from (the resumed run records those steps again, and a
+    // row only the interrupted attempt wrote, e.g. a lost rank's, would otherwise stay).
+    void forget_metrics_from(int64_t run, int64_t step);
     // Rank 0's text summary `key` of a run, "" if it has none.
     std::string summary_text(int64_t run, const std::string& key);
 

@@ -91,7 +91,9 @@ public:
     }
 
     // The committed parameters (gathered: every rank must call this), this rank's optimizer
-    // state, then what is in flight: the working parameters, G and the counters.
+    // state, then what carries over to the next step: the working parameters (θ̃ after an
+    // estimate round), G and its count, and the micro-batches the next round reports. A round
+    // never outlives its step (step() joins it), so nothing else is in flight between steps.
     plexus::StateDict state() const override {
         auto* self = const_cast<Acco*>(this);
         torch::NoGradGuard no_grad;
@@ -106,9 +108,11 @@ public:
         out.emplace_back("acco.accumulator", grad_.clone());
         out.emplace_back("acco.counters", torch::tensor({rounds_, updates_done_, n_loc_, int64_t{primed_ ? 1 : 0},
                                                          static_cast<int64_t>(last_kind_)}, torch::kInt64));
-        out.emplace_back("acco.lr_scale", torch::tensor({update_lr_scale_}, torch::kFloat64));
+        out.emplace_back("acco.report", torch::tensor({static_cast<double>(report_tokens_), static_cast<double>(report_batches_),
+                                                       report_loss_, update_lr_scale_}, torch::kFloat64));
         return out;
     }
+    bool exact_resume() const override { return true; }
 
     void load_state(const plexus::StateDict& state) override {
         torch::NoGradGuard no_grad;
@@ -128,13 +132,13 @@ public:
         rounds_ = counters[0].item<int64_t>();
         updates_done_ = counters[1].item<int64_t>();
         n_loc_ = counters[2].item<int64_t>();
-        // The round that was in flight on the communication thread is not in the checkpoint:
-        // the resumed run starts its pipeline again from the committed parameters (not
-        // bit-identical to an uninterrupted run; exact_resume() stays false).
-        primed_ = false;
-        last_kind_ = RoundKind::Update;
-        theta_.copy_(committed);
-        update_lr_scale_ = state[n + m + 3].second.item<double>();
+        primed_ = counters[3].item<int64_t>() != 0;
+        last_kind_ = static_cast<RoundKind>(counters[4].item<int64_t>());
+        auto report = state[n + m + 3].second;
+        report_tokens_ = static_cast<int64_t>(report[0].item<double>());
+        report_batches_ = static_cast<int64_t>(report[1].item<double>());
+        report_loss_ = report[2].item<double>();
+        update_lr_scale_ = report[3].item<double>();
     }
 
 private:

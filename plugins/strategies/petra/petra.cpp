@@ -100,11 +100,11 @@ public:
             const int64_t f = synchronous_ ? -1 : next.forward, b = synchronous_ ? -1 : next.backward;
             std::vector<std::shared_ptr<plexus::Work>> pending;
             torch::Tensor forward, backward;
-            if (j_ > 0 && f >= 0) {
+            if (j_ > 0 && f >= 0 && !arrived_.count(3 * f)) {
                 forward = empty_forward_message();
                 pending.push_back(world_.recv(forward, j_ - 1, 3 * static_cast<int>(f)));
             }
-            if (j_ < J_ - 1 && b >= 0) {
+            if (j_ < J_ - 1 && b >= 0 && !arrived_.count(3 * b + 1)) {
                 backward = empty_backward_message();
                 pending.push_back(world_.recv(backward, j_ + 1, 3 * static_cast<int>(b) + 1));
             }
@@ -162,22 +162,97 @@ public:
         return count ? plexus::value_of(total) / static_cast<double>(count) : 0.0;
     }
 
-    // The whole model's parameters, then this stage's optimizers, block by block.
+    // Between two ticks: the whole model's parameters, this stage's optimizers block by block,
+    // then what is in flight (petra.*): the stage cut, the counters, the gradients accumulated
+    // towards the next step, what the stage keeps of each micro-batch between its forward and
+    // its backward, the last stage's targets, and the messages its neighbours sent at the last
+    // tick (received here, and used by the next tick as if just received). With method =
+    // delayed a kept micro-batch is its forward's graph, which cannot be saved: its input is,
+    // and load_state runs that forward again at the checkpoint's weights (not exact).
     plexus::StateDict state() const override {
+        const_cast<Petra*>(this)->receive_next_messages();
         plexus::StateDict out = placement_->gather(world_, ctx_.device());
         for (const auto& [b, optimizer] : optimizers_)
             for (auto& item : optimizer->state())
                 out.emplace_back("optimizer." + model_->blocks()[b]->name() + "." + item.first, item.second);
+        const auto& bounds = placement_->bounds();
+        out.emplace_back("petra.bounds", torch::tensor(std::vector<int64_t>(bounds.begin(), bounds.end()), torch::kInt64));
+        out.emplace_back("petra.counters", torch::tensor({tick_, backwards_, stepped_at_, optimizer_steps_, eval_messages_, rows_,
+                                                          seq_, epoch_tick_, epoch_mb_, end_mb_}, torch::kInt64));
+        // Busy seconds: measured (the re-balancing's speeds), so outside the state hash.
+        out.emplace_back("petra.measured.epoch", torch::tensor({epoch_busy_, epoch_flops_}, torch::kFloat64));
+        const auto& params = placement_->parameters();
+        for (size_t i = 0; i < params.size(); ++i)
+            if (params[i].grad().defined()) out.emplace_back("petra.grad." + std::to_string(i), params[i].grad().clone());
+        for (const auto& [f, kept] : kept_) {
+            const std::string key = "petra.kept." + std::to_string(f) + ".";
+            out.emplace_back(key + "meta", torch::tensor({kept.tick, kept.updates, kept.bytes}, torch::kInt64));
+            for (const auto& [block, input] : kept.inputs) out.emplace_back(key + "input." + std::to_string(block), input.detach().clone());
+            if (kept.graph_input.defined()) out.emplace_back(key + "graph_input", kept.graph_input.detach().clone());
+            if (kept.true_input.defined()) out.emplace_back(key + "true_input", kept.true_input.clone());
+        }
+        for (size_t i = 0; i < targets_.size(); ++i) out.emplace_back("petra.target." + std::to_string(i), targets_[i].clone());
+        for (const auto& [tag, message] : arrived_) out.emplace_back("petra.message." + std::to_string(tag), message.clone());
         return out;
     }
     void load_state(const plexus::StateDict& state) override {
+        std::map<std::string, torch::Tensor> mine;  // the petra.* entries, by name
+        for (const auto& [name, t] : state)
+            if (name.rfind("petra.", 0) == 0) mine[name.substr(6)] = t;
+        auto entry = [&](const std::string& name) {
+            auto it = mine.find(name);
+            if (it == mine.end())
+                throw plexus::Error("petra: the state has no '" + name + "'", "the state comes from another strategy configuration");
+            return it->second;
+        };
+        adopt_bounds(entry("bounds"));
         auto at = state.begin() + static_cast<std::ptrdiff_t>(placement_->load(state));
         for (auto& [b, optimizer] : optimizers_) {
             const auto n = static_cast<std::ptrdiff_t>(optimizer->state().size());
             optimizer->load_state(plexus::StateDict(at, at + n));
             at += n;
         }
+        const auto c = entry("counters");
+        int64_t* counters[] = {&tick_, &backwards_, &stepped_at_, &optimizer_steps_, &eval_messages_, &rows_,
+                               &seq_, &epoch_tick_, &epoch_mb_, &end_mb_};
+        for (int64_t i = 0; i < 10; ++i) *counters[i] = c[i].item<int64_t>();
+        epoch_busy_ = entry("measured.epoch")[0].item<double>();
+        epoch_flops_ = entry("measured.epoch")[1].item<double>();
+        const auto& params = placement_->parameters();
+        for (size_t i = 0; i < params.size(); ++i)
+            if (mine.count("grad." + std::to_string(i))) params[i].mutable_grad() = entry("grad." + std::to_string(i)).clone();
+        kept_.clear();
+        targets_.clear();
+        arrived_.clear();
+        for (const auto& [name, t] : mine) {
+            const auto dot = name.find('.');
+            const std::string kind = name.substr(0, dot), rest = dot == std::string::npos ? "" : name.substr(dot + 1);
+            if (kind == "target") {
+                targets_.resize(std::max(targets_.size(), std::stoul(rest) + 1));
+                targets_[std::stoul(rest)] = t;
+            } else if (kind == "message") {
+                arrived_[std::stoll(rest)] = t;
+            } else if (kind == "kept") {
+                auto& kept = kept_[std::stoll(rest)];
+                const std::string part = rest.substr(rest.find('.') + 1);
+                if (part == "meta") {
+                    kept.tick = t[0].item<int64_t>();
+                    kept.updates = t[1].item<int64_t>();
+                    kept.bytes = t[2].item<int64_t>();
+                } else if (part.rfind("input.", 0) == 0) {
+                    kept.inputs[std::stoul(part.substr(6))] = t;
+                } else if (part == "graph_input") {
+                    kept.graph_input = t;
+                } else if (part == "true_input") {
+                    kept.true_input = t;
+                }
+            }
+        }
+        if (method_ == Method::Delayed) rebuild_graphs();
+        between_ticks_ = true;
     }
+    // Exact except for method = delayed, whose kept forward graphs are run again on resume.
+    bool exact_resume() const override { return method_ != Method::Delayed; }
 
 private:
     // What a stage keeps of one micro-batch between its forward and its backward.
@@ -247,6 +322,77 @@ private:
         if (now.drained) rebalance();
         between_ticks_ = true;
         return stats;
+    }
+
+    // A message for this stage: the one a checkpoint received early, or from the neighbour now.
+    torch::Tensor receive(torch::Tensor empty, int from, int64_t tag) {
+        auto it = arrived_.find(tag);
+        if (it != arrived_.end()) {
+            auto message = std::move(it->second);
+            arrived_.erase(it);
+            return message;
+        }
+        world_.recv(empty, from, static_cast<int>(tag))->wait();
+        return empty;
+    }
+
+    // Between ticks, the messages the neighbours sent at the last tick for this stage's next
+    // one (a checkpoint holds them; the next tick finds them in arrived_).
+    void receive_next_messages() {
+        if (synchronous_ || tick_ == 0) return;  // synchronous ticks leave nothing on the way
+        const auto next = schedule(tick_);
+        std::vector<std::shared_ptr<plexus::Work>> pending;
+        if (j_ > 0 && next.forward >= 0 && !arrived_.count(3 * next.forward)) {
+            auto& message = arrived_[3 * next.forward] = empty_forward_message();
+            pending.push_back(world_.recv(message, j_ - 1, 3 * static_cast<int>(next.forward)));
+        }
+        if (j_ < J_ - 1 && next.backward >= 0 && !arrived_.count(3 * next.backward + 1)) {
+            auto& message = arrived_[3 * next.backward + 1] = empty_backward_message();
+            pending.push_back(world_.recv(message, j_ + 1, 3 * static_cast<int>(next.backward) + 1));
+        }
+        for (auto& w : pending) w->wait();
+    }
+
+    // A checkpoint taken after a re-balancing: this stage takes the cut it had then (blocks it
+    // gains get storage and an optimizer; blocks it gives up are freed). load_state then fills
+    // the parameters and optimizer states.
+    void adopt_bounds(const torch::Tensor& saved) {
+        std::vector<int> bounds;
+        for (int64_t i = 0; i < saved.numel(); ++i) bounds.push_back(static_cast<int>(saved[i].item<int64_t>()));
+        if (static_cast<int>(bounds.size()) != J_ + 1)
+            throw plexus::Error("petra: the state's stage cut has " + std::to_string(bounds.size() - 1) + " stages, this run " +
+                                    std::to_string(J_),
+                                "resume with as many ranks as the run had");
+        if (bounds == placement_->bounds()) return;
+        const auto& blocks = model_->blocks();
+        const int first = bounds[static_cast<size_t>(j_)], last = bounds[static_cast<size_t>(j_) + 1];
+        for (size_t b = 0; b < blocks.size(); ++b) {
+            const bool had = placement_->owns(b), has = static_cast<int>(b) >= first && static_cast<int>(b) < last;
+            if (had == has) continue;
+            auto params = blocks[b]->parameters();
+            for (size_t i = 0; i < params.size(); ++i) {
+                params[i].set_data(has ? torch::empty(param_shapes_.at(b)[i], params[i].options()) : torch::empty({0}, params[i].options()));
+                params[i].mutable_grad() = torch::Tensor();
+            }
+            if (has) make_optimizer(b);
+            else optimizers_.erase(b);
+        }
+        placement_->repartition(bounds);
+        for (int s = 0; s < J_; ++s) ctx_.record("petra/stage" + std::to_string(s) + "/first_block", bounds[static_cast<size_t>(s)]);
+    }
+
+    // method = delayed after a resume: each kept micro-batch's forward again from its input,
+    // with its graph (at the checkpoint's weights: the saved graphs were not saved).
+    void rebuild_graphs() {
+        torch::AutoGradMode grad_on(true);
+        const auto& blocks = model_->blocks();
+        for (auto& [f, kept] : kept_) {
+            if (!kept.graph_input.defined()) continue;
+            if (kept.graph_input.is_floating_point()) kept.graph_input = kept.graph_input.detach().requires_grad_(true);
+            kept.graph_output = kept.graph_input;
+            for (size_t i = placement_->first_block(); i < placement_->last_block(); ++i)
+                kept.graph_output = blocks[i]->forward(kept.graph_output);
+        }
     }
 
     // What this stage does at a tick: the micro-batches it forwards and back-propagates (-1:
@@ -392,10 +538,7 @@ private:
     // Returns the loss on the last stage.
     double forward_micro(int64_t f, const torch::Tensor& ids) {
         torch::Tensor x = ids;
-        if (j_ > 0) {
-            x = empty_forward_message();
-            world_.recv(x, j_ - 1, 3 * static_cast<int>(f))->wait();
-        }
+        if (j_ > 0) x = receive(empty_forward_message(), j_ - 1, 3 * f);
         const double t0 = ctx_.now();
         double loss_value = 0;
         if (j_ == J_ - 1) {
@@ -443,8 +586,7 @@ private:
         Kept kept = std::move(it->second);
         kept_.erase(it);
         const bool with_output = method_ == Method::Petra;
-        auto message = empty_backward_message();
-        world_.recv(message, j_ + 1, 3 * static_cast<int>(b) + 1)->wait();
+        auto message = receive(empty_backward_message(), j_ + 1, 3 * b + 1);
         const double t0 = ctx_.now();
         const auto first = placement_->first_block(), last = placement_->last_block();
         const auto& blocks = model_->blocks();
@@ -613,6 +755,7 @@ private:
     std::vector<std::vector<std::vector<int64_t>>> param_shapes_;  // every block's, in order
     std::vector<double> block_flops_;  // training FLOPs per token of every block
     std::map<int64_t, Kept> kept_;
+    std::map<int64_t, torch::Tensor> arrived_;  // messages received before their tick, by tag (checkpoints)
     std::deque<torch::Tensor> targets_;  // the last stage's: micro-batches read but not yet forwarded
     std::vector<std::shared_ptr<plexus::Work>> sends_, previous_sends_;
     int64_t tick_ = 0, backwards_ = 0, stepped_at_ = 0, optimizer_steps_ = 0, eval_messages_ = 0;

@@ -62,6 +62,9 @@ public:
     // its own random generators). Every rank calls it at the same step, so it may communicate
     // (gathering shards). load_state() receives exactly what state() returned, on a freshly
     // built strategy of the same configuration; throw plexus::Error if it does not fit.
+    // An entry whose name contains ".measured." holds a measurement of the machine (seconds
+    // spent, say) that the strategy's decisions use: it is saved and restored like the rest,
+    // but left out of the run's state_hash, which must not change from one run to the next.
     virtual StateDict state() const = 0;
     virtual void load_state(const StateDict& state) = 0;
     // True if state() holds all of that, so that a run resumed from a checkpoint is
