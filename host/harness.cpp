@@ -87,6 +87,45 @@ std::string hostname() {
 }
 
 namespace {
+// Field 22 of /proc/PID/stat: when the process started (clock ticks since boot); empty if there
+// is no such process, or only its corpse (a zombie nobody has reaped yet).
+std::string start_time_of(const std::string& pid) {
+    std::ifstream in("/proc/" + pid + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
+    if (close == std::string::npos) return "";
+    std::istringstream fields(stat.substr(close + 1));
+    std::string field;
+    for (int i = 3; i <= 22 && fields >> field; ++i) {
+        if (i == 3 && (field == "Z" || field == "X")) return "";
+        if (i == 22) return field;
+    }
+    return "";
+}
+}  // namespace
+
+std::string process_tag() {
+    const auto pid = std::to_string(getpid());
+    return hostname() + ":" + pid + ":" + start_time_of(pid);
+}
+
+std::optional<std::string> live_owner(ResultsStore& store, const RunInfo& run) {
+    if (run.status != "running") return std::nullopt;
+    const auto tag = store.summary_text(run.id, "process");
+    const auto first = tag.find(':'), last = tag.rfind(':');
+    if (tag.empty() || first == last) return std::nullopt;
+    const std::string host = tag.substr(0, first), pid = tag.substr(first + 1, last - first - 1),
+                      start = tag.substr(last + 1);
+    if (host == hostname()) {
+        if (start.empty() || start_time_of(pid) != start) return std::nullopt;
+        return "process " + pid + " on this host";
+    }
+    const double age = ResultsStore::now() - run.heartbeat;
+    if (age > kHeartbeatSeconds) return std::nullopt;
+    return "process " + pid + " on " + host + " (its last heartbeat " + std::to_string(static_cast<int>(age)) + " s ago)";
+}
+
+namespace {
 
 using Clock = std::chrono::steady_clock;
 
@@ -825,6 +864,10 @@ RunInfo recall_run(RunOptions& o, std::string& path) {
                     "`plexus runs` lists the runs; name the database the run is in with --db");
     if (run->status == "finished")
         throw Error("run " + id + " has already finished", "`plexus show " + id + "` shows its results");
+    if (!std::getenv("PLEXUS_WORKER"))  // (a worker's launcher owns the run)
+        if (auto owner = live_owner(store, *run))
+            throw Error("run " + id + " is still running (" + *owner + ")",
+                        "wait for it, or stop it first (Ctrl-C writes a checkpoint), then resume");
     path = store.summary_text(o.resume_run, "resume.file");
     if (path.empty())
         throw Error("run " + id + " has no record of the experiment it started from",
@@ -982,6 +1025,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         if (resumed) {
             run_id = resumed->id;
             if (store) store->reopen_run(run_id);
+            if (store && !std::getenv("PLEXUS_WORKER")) store->set_summary_text(run_id, 0, "process", process_tag());
         } else if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) {
             run_id = std::atoll(id);
         } else if (store) {
@@ -995,6 +1039,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
             if (options.point >= 0) info.texts["resume.point"] = std::to_string(options.point);
             for (size_t i = 0; i < options.overrides.size(); ++i)
                 info.texts["resume.set." + std::to_string(i)] = options.overrides[i];
+            info.texts["process"] = process_tag();  // who runs it (live_owner)
             run_id = store->begin_run(info, params);
         }
     } catch (const std::exception& e) {

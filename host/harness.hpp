@@ -1,13 +1,16 @@
 // The training harness: one experiment, one rank, the same loop for every strategy.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace plexus::host {
 
 struct Experiment;
+struct RunInfo;
 class PluginRegistry;
+class ResultsStore;
 
 struct RunOptions {
     std::vector<std::string> overrides;  // --set assignments
@@ -38,6 +41,15 @@ double lr_factor(const std::string& schedule, double tokens, double warmup, doub
 // name: recorded with every run.
 std::string git_revision(const std::string& dir);
 std::string hostname();
+
+// A run recorded as "running" may be running now, in another sweep or terminal: the process that
+// owns it is written with it ("host:pid:start"). Says who runs it ("process 123 on this host"),
+// or nothing when no live process does: the owner on this host has exited (a pid reused later
+// has another start time), or the owner is on another host and its heartbeat is older than
+// kHeartbeatSeconds. Runs recorded before this existed have no owner: nothing.
+constexpr double kHeartbeatSeconds = 600;
+std::string process_tag();
+std::optional<std::string> live_owner(ResultsStore& store, const RunInfo& run);
 
 // Gives `threads` cores to OpenBLAS's pool and keeps LibTorch's own intra-op pool at one
 // thread (the two pools fight for the cores otherwise; measurements in harness.cpp).

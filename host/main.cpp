@@ -40,13 +40,15 @@ usage:
   plexus run --resume RUN [--db PATH] [--progress MODE]
         Continue run RUN from its newest checkpoint with the file, point and --set it started with
         (from the start, in the same run, if it has none). With a strategy that declares exact
-        resume (single, ddp, gossip, a2cid2, dadao) the result is bit-identical to an uninterrupted run's.
-        Refused if the experiment file has changed since.
+        resume (single, ddp, gossip, a2cid2, dadao, acco, petra) the result is bit-identical to an
+        uninterrupted run's. Refused if the experiment file has changed since, or if the run is
+        still running in another live process.
   plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
         a local multi-process run counts its ranks). Resumable: points already finished in the
         sweep are skipped; failed ones run again with --retry-failed; interrupted or killed ones
-        continue from their checkpoints (--resume). Each run is its own process: [limits]
+        continue from their checkpoints (--resume); one still running in another live process (a
+        second sweep of the same file) is left to it. Each run is its own process: [limits]
         wall_minutes and memory_gb stop one that hangs or grows, and a run that crashes is
         marked failed with its signal and last log lines. --dry-run lists the points.
   plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]

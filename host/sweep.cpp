@@ -221,8 +221,15 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         std::cerr << "error: " << e.what() << "\n";
         return 1;
     }
+    // A point whose run is still running in another live process (a second sweep of the same
+    // file) is left to it.
+    std::map<int, std::string> owned_elsewhere;
+    for (const auto& p : points)
+        if (p.last_status == "running" && p.last_run > 0)
+            if (auto run = store->get_run(p.last_run))
+                if (auto owner = live_owner(*store, *run)) owned_elsewhere[p.index] = "run " + std::to_string(p.last_run) + ", " + *owner;
     auto should_run = [&](const Point& p) {
-        if (p.last_status == "finished") return false;
+        if (p.last_status == "finished" || owned_elsewhere.count(p.index)) return false;
         if (p.last_status == "failed" || p.last_status == "diverged") return o.retry_failed;
         return true;  // new, interrupted, or left running by a killed process
     };
@@ -231,7 +238,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         std::printf("%5s  %-16s  %-22s  %s\n", "point", "config hash", "state", "settings");
         for (const auto& p : points) {
             std::string state = p.last_status.empty() ? "new" : p.last_status + " (run " + std::to_string(p.last_run) + ")";
-            state += should_run(p) ? "" : ", skip";
+            state += owned_elsewhere.count(p.index) ? ", running elsewhere" : should_run(p) ? "" : ", skip";
             std::printf("%5d  %-16s  %-22s  %s\n", p.index, p.hash.c_str(), state.c_str(), p.grid.label.c_str());
         }
         return 0;
@@ -242,9 +249,11 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     for (auto& p : points) {
         if (should_run(p)) queue.push_back(&p);
         else if (p.last_status == "finished") ++skipped;
-        else ++skipped_failed;
+        else if (!owned_elsewhere.count(p.index)) ++skipped_failed;
     }
     if (skipped) std::cout << "  " << skipped << " already finished in this sweep: skipped\n";
+    for (const auto& [index, who] : owned_elsewhere)
+        std::cout << "  point " << index << " is still running (" << who << "): left to it\n";
     if (skipped_failed)
         std::cout << "  " << skipped_failed << " failed before: skipped (--retry-failed runs them again)\n";
     if (queue.empty()) {

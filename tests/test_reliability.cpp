@@ -440,6 +440,43 @@ TEST_CASE("a sweep killed with SIGKILL at random moments loses no committed row 
     }
 }
 
+TEST_CASE("a run still running in another process is left to it: a second sweep skips it, --resume refuses", "[reliability]") {
+    TempDir dir;
+    const auto file = dir.file("sweep.toml", experiment("single", "", 1000000));  // runs until killed
+    const std::string db = dir / "s.db";
+    // The first sweep, in a session of its own, until its run's first checkpoint.
+    const auto first = run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " sweep " + file + " --db " + db +
+                                   " >/dev/null 2>&1 & echo $!; for i in $(seq 3000); do ls " + dir / "checkpoints/s/run1" +
+                                   "/*/COMPLETE >/dev/null 2>&1 && break; sleep 0.01; done'");
+    const std::string pid = first.output.substr(0, first.output.find('\n'));
+    REQUIRE(std::atoi(pid.c_str()) > 0);
+    struct KillAtExit {  // whatever this test finds, the first sweep does not outlive it
+        std::string group;
+        ~KillAtExit() { run_command("bash -c 'kill -KILL -- -" + group + " 2>/dev/null'"); }
+    } kill_at_exit{pid};
+
+    const auto second = run_plexus("sweep " + file + " --db " + db);
+    INFO(second.output);
+    CHECK(second.exit_code == 0);
+    CHECK_THAT(second.output, Contains("point 0 is still running (run 1, process"));
+    CHECK_THAT(second.output, Contains("on this host): left to it"));
+    CHECK_THAT(second.output, Contains("nothing to run"));
+    const auto resume = run_plexus("run --resume 1 --db " + db);
+    CHECK(resume.exit_code != 0);
+    CHECK_THAT(resume.output, Contains("run 1 is still running (process"));
+    CHECK_THAT(run_plexus("sweep " + file + " --db " + db + " --dry-run").output, Contains("running (run 1), running elsewhere"));
+
+    // Once its process is gone (SIGKILL: the row still says "running"), the run is resumable.
+    run_command("bash -c 'kill -KILL -- -" + pid + "; sleep 0.2'");
+    host::ResultsStore store(db);
+    CHECK(store.get_run(1)->status == "running");
+    CHECK(store.list_runs(10).size() == 1);  // the second sweep started nothing
+    const auto after = run_plexus("sweep " + file + " --db " + db + " --dry-run");
+    INFO(after.output);
+    CHECK_THAT(after.output, Contains("running (run 1)"));
+    CHECK_THAT(after.output, !Contains("running elsewhere"));
+}
+
 TEST_CASE("a database the disk has no room for stops the run with a clear error, and --resume records the rest later", "[reliability]") {
     TempDir dir;
     // A tiny model whose checkpoints fit under the 1 MiB file-size limit, and a database that
