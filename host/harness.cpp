@@ -453,7 +453,8 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         double interval_loss = 0, last_eval = NAN, last_loss = NAN;
         int64_t step = 0, job_tokens = 0, own_tokens = 0;
         std::string status = "finished";
-        double slow_factor = 1;  // [[faults]] slow on this rank
+        double slow_factor = 1;   // [[faults]] slow on this rank
+        double slow_seconds = 0;  // what a slowed real rank has slept (summary fault_slow_seconds)
         if (!job.faults.empty()) {
             std::string all;
             for (const auto& f : job.faults) all += (all.empty() ? "" : "; ") + f.text;
@@ -502,6 +503,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                 if (device.is_cuda()) c.tensors.emplace_back("rng.cuda", gpu::rng_state(device));
                 for (const auto& [name, p] : real_counters) c.numbers[name] = *p;
                 for (const auto& [name, p] : int_counters) c.numbers[name] = static_cast<double>(*p);
+                c.numbers["slow_seconds"] = slow_seconds;
                 // The traffic is the run's so far: earlier attempts' and this one's.
                 const auto comm = comm_before + ctx->transport().stats();
                 c.numbers["comm.calls"] = static_cast<double>(comm.calls);
@@ -566,6 +568,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             strategy->load_state(strategy_state);
             for (const auto& [name, p] : real_counters) *p = number(name);
             for (const auto& [name, p] : int_counters) *p = static_cast<int64_t>(number(name));
+            if (c.numbers.count("slow_seconds")) slow_seconds = c.numbers.at("slow_seconds");  // (newer than the format)
             train.seek(static_cast<int64_t>(number("data_position")));
             env.clock->load_state(c.texts.count("clock") ? c.texts.at("clock") : "");
             // The communication the strategy's construction just did is this attempt's, not the run's.
@@ -611,8 +614,11 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             const double t0 = ctx->now();
             StepOutput out = strategy->step(in);
             // A slowed real rank ([[faults]] slow) sleeps in proportion; a simulated one's clock did it.
-            if (slow_factor > 1 && !sim)
-                std::this_thread::sleep_for(std::chrono::duration<double>((slow_factor - 1) * (ctx->now() - t0)));
+            if (slow_factor > 1 && !sim) {
+                const double sleep = (slow_factor - 1) * (ctx->now() - t0);
+                std::this_thread::sleep_for(std::chrono::duration<double>(sleep));
+                slow_seconds += sleep;
+            }
             const double dt = ctx->now() - t0;
             // Tokens "per rank" are the job's divided by the world size, the same on every rank
             // even when ranks consume different amounts (StepOutput::job_tokens).
@@ -713,15 +719,17 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         // Per-rank figures, gathered to rank 0 (one small all-gather at the end).
         // rank_tokens: what the rank itself consumed (ranks differ where the strategy lets them).
         rec.summary("rank_tokens", static_cast<double>(own_tokens));
+        const bool slowed = !sim && std::any_of(job.faults.begin(), job.faults.end(), [](const Fault& f) { return f.kind == "slow"; });
         auto mine = torch::tensor({tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed,
                                    peak_rss_bytes(), ctx->now(), static_cast<double>(own_tokens),
-                                   tensor_peak}, torch::kFloat64);
+                                   tensor_peak, step > 0 ? step_seconds_total / step : NAN, slow_seconds}, torch::kFloat64);
         auto all = torch::empty({world * mine.numel()}, torch::kFloat64);
         control->all_gather(all, mine)->wait();
         // On the simulated cluster every rank shares one process: its memory is reported once.
         const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time",
                                   sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr, "rank_tokens",
-                                  "peak_tensor_bytes"};
+                                  "peak_tensor_bytes", "step_time", slowed ? "fault_slow_seconds" : nullptr};
+        if (slowed) rec.summary("fault_slow_seconds", slow_seconds);
         const int64_t fields = mine.numel();
         for (int r = 1; r < world; ++r)
             for (int64_t k = 0; k < fields; ++k)

@@ -593,6 +593,24 @@ TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume co
     CHECK_THAT(l.get_run(1)->error, Contains("(killed by [[faults]]: kind=kill rank=1 step=12)"));
 }
 
+TEST_CASE("[[faults]] slow on real processes: the slowed rank sleeps in proportion, and DDP waits for it", "[reliability][faults]") {
+    TempDir dir;
+    const auto file = dir.file("s.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
+                                             "[[faults]]\nkind = \"slow\"\nrank = 1\nfactor = 3.0\nstep = 10\n");
+    const auto res = run_plexus("run " + file + " --db " + dir / "s.db");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("fault: rank 1 slowed 3x from step 10"));
+    auto n = numbers_of(dir / "s.db");
+    CHECK(n["0.fault_slow_seconds"] == 0);
+    const double slept = n["1.fault_slow_seconds"];
+    CHECK(slept > 0);
+    // It sleeps (factor - 1) x each of its steps from step 10 on: at most 2/3 of its step time.
+    CHECK(slept <= 2.0 / 3.0 * n["1.step_time"] * n["0.steps"] + 1e-9);
+    // Every step all-reduces, so rank 0 waits for all of rank 1's sleeps but the one after its last step.
+    CHECK(n["0.wall_time"] > 0.5 * slept);
+}
+
 TEST_CASE("[[faults]] slow, drop_link and corrupt on the simulated cluster", "[reliability][faults]") {
     TempDir dir;
     auto run = [&](const std::string& name, const std::string& strategy, const std::string& faults, int steps) {
