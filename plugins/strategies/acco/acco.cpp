@@ -169,7 +169,7 @@ private:
         auto named = model_->named_parameters();
         std::vector<plexus::ParamSlot> slots;
         for (const auto& piece : plexus::pieces_in(offsets_, numels, rank_ * shard_, (rank_ + 1) * shard_)) {
-            slots.push_back(plexus::piece_slot(piece, named[piece.index].key(), params_[piece.index].sizes().vec(), master_));
+            slots.push_back(plexus::piece_slot(piece, named[piece.index].key(), params_[piece.index].sizes().vec(), master_, transport_));
             grad_pieces_.push_back(grad_shard_.narrow(0, piece.shard_offset, piece.length));
         }
         optimizer_ = ctx_.make_optimizer(std::move(slots));

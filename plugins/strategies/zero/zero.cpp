@@ -19,6 +19,7 @@
 #include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
 
+#include <map>
 #include <set>
 
 namespace {
@@ -55,7 +56,7 @@ public:
         build_units();
         std::vector<plexus::ParamSlot> slots;
         for (auto& u : units_)
-            for (const auto& p : u.pieces) slots.push_back(plexus::piece_slot(p, u.names[p.index], u.shapes[p.index], u.local));
+            for (const auto& p : u.pieces) slots.push_back(plexus::piece_slot(p, u.names[p.index], u.shapes[p.index], u.local, transport_));
         optimizer_ = ctx.make_optimizer(std::move(slots));
         char line[200];
         std::snprintf(line, sizeof line, "zero: stage %lld, %zu units, %lld of %lld parameters per rank (padded), prefetch %s",
@@ -192,6 +193,8 @@ private:
 
     void build_units() {
         std::set<const void*> seen;
+        std::map<const void*, std::string> full_name;  // the model's own names: unique, unlike a block's type name
+        for (const auto& item : model_->named_parameters()) full_name[item.value().unsafeGetTensorImpl()] = item.key();
         for (const auto& block : model_->blocks()) {
             if (stage_ == 3 && !block->shared_parameters().empty())
                 throw plexus::Error("zero stage 3: block '" + block->name() + "' uses a parameter shared with another block",
@@ -208,7 +211,7 @@ private:
                 }
                 seen.insert(key);
                 u.params.push_back(item.value());
-                u.names.push_back(block->name() + "." + item.key());
+                u.names.push_back(full_name.count(key) ? full_name.at(key) : block->name() + "." + item.key());
                 u.shapes.push_back(item.value().sizes().vec());
                 u.offsets.push_back(u.numel);
                 u.numel += item.value().numel();

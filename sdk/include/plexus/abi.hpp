@@ -12,7 +12,7 @@
 
 #include "plexus/build_config.hpp"
 
-#define PLEXUS_SDK_ABI_VERSION 5
+#define PLEXUS_SDK_ABI_VERSION 6
 
 #define PLEXUS_STR_(x) #x
 #define PLEXUS_STR(x) PLEXUS_STR_(x)

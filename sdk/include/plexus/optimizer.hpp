@@ -1,10 +1,14 @@
 // plexus/optimizer.hpp: what an optimizer plugin provides.
 //
 // An optimizer updates an explicit list of tensors (ParamSlot), not a module. A slot can be a
-// whole parameter or a flat shard of many (ZeRO and ACCO shard flat buffers), so an optimizer
-// must not assume anything beyond "this tensor, this gradient". Slots carry the name and the
-// full shape of what they came from for optimizers that need per-tensor features (the learned
-// optimizer); on a flat shard the name is the buffer's name and full_shape its own shape.
+// whole parameter or a piece of one (ZeRO and ACCO shard flat buffers over ranks: a rank's slots
+// are the pieces of parameters inside its shard), so an optimizer must not assume anything
+// beyond "this tensor, this gradient" unless it looks at the slot's description: the name and
+// full shape of the parameter it came from, where the piece starts in it, and the group of ranks
+// that hold the other pieces. An optimizer whose update needs statistics over whole tensors (the
+// learned optimizer's row and column second moments and feature normalization) reduces its
+// partial sums over that group: every rank of the group builds its optimizer with the same
+// group and steps it at the same time, so collectives on it are safe.
 //
 // Its state is a value: state() returns copies that load_state() restores exactly. ACCO's
 // estimate round snapshots and restores it; checkpoints save it; ZeRO shards it.
@@ -19,10 +23,22 @@
 
 namespace plexus {
 
+class Transport;
+
 struct ParamSlot {
-    std::string name;                 // e.g. "blocks.1.attn.qkv.weight", or "flat[0:1024]"
+    std::string name;                 // e.g. "blocks.1.attn.qkv.weight", or "blocks.1.attn.qkv.weight[0:1024]"
     torch::Tensor param;              // updated in place by step()
     std::vector<int64_t> full_shape;  // shape of the whole parameter this slot belongs to
+    // A piece: where param starts in the whole parameter (flattened, row-major; param is then 1-D
+    // and `tensor` names the whole parameter), and the ranks that hold all the pieces of all the
+    // slots (set on every slot of every rank of a sharded optimizer, pieces that happen to be
+    // whole included). Whole tensors: offset 0, tensor "" (name is the parameter's), no group.
+    int64_t offset = 0;
+    std::string tensor;
+    Transport* shard_group = nullptr;
+
+    bool is_piece() const { return shard_group != nullptr; }
+    const std::string& tensor_name() const { return tensor.empty() ? name : tensor; }
 };
 
 // Named tensors, in a fixed order. Keys are stable across runs (used by checkpoints).

@@ -156,11 +156,18 @@ inline std::vector<FlatPiece> pieces_in(const std::vector<int64_t>& offsets, con
     }
     return out;
 }
-// An optimizer slot over a piece: named "<name>[from:to]", its tensor the piece's range of `shard`.
+// An optimizer slot over a piece: named "<name>[from:to]", its tensor the piece's range of
+// `shard`; `group` holds the other pieces (the ranks the buffer is sharded over).
 inline ParamSlot piece_slot(const FlatPiece& piece, const std::string& name, std::vector<int64_t> full_shape,
-                            const torch::Tensor& shard) {
-    return {name + "[" + std::to_string(piece.tensor_offset) + ":" + std::to_string(piece.tensor_offset + piece.length) + "]",
-            shard.narrow(0, piece.shard_offset, piece.length), std::move(full_shape)};
+                            const torch::Tensor& shard, Transport& group) {
+    ParamSlot slot;
+    slot.name = name + "[" + std::to_string(piece.tensor_offset) + ":" + std::to_string(piece.tensor_offset + piece.length) + "]";
+    slot.param = shard.narrow(0, piece.shard_offset, piece.length);
+    slot.full_shape = std::move(full_shape);
+    slot.offset = piece.tensor_offset;
+    slot.tensor = name;
+    slot.shard_group = &group;
+    return slot;
 }
 
 // Reduces several tensors over `transport` as one flat buffer (one collective instead of one
