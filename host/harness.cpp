@@ -546,10 +546,25 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                               "' does not declare exact resume: a run resumed from its checkpoints continues from the saved "
                               "weights and optimizer state, but may not match an uninterrupted run");
         }
-        if (job.resume_step) {
-            const auto file = job.checkpoints->rank_file(*job.resume_step, rank);
+        // Every rank resumes from rank 0's choice: a rank started on its own (torchrun, srun) looked
+        // at its own view of the folder, which may lag or differ (the local launcher passes its
+        // choice to its workers already). Taken before the clock is restored: no trace of it stays.
+        std::optional<int64_t> resume_step = job.resume_step;
+        if (job.resumed && world > 1 && !sim) {
+            auto chosen = torch::tensor({rank == 0 && resume_step ? static_cast<double>(*resume_step) : -1.0}, torch::kFloat64);
+            harness_all_reduce(chosen, ReduceOp::Max);
+            resume_step.reset();
+            if (chosen.item<double>() >= 0) resume_step = static_cast<int64_t>(chosen.item<double>());
+        }
+        if (resume_step) {
+            const auto file = job.checkpoints->rank_file(*resume_step, rank);
+            if (!fs::exists(file))
+                throw Error("rank " + std::to_string(rank) + " has no checkpoint file for step " + std::to_string(*resume_step) +
+                                " (" + file.string() + ")",
+                            "every rank reads its own file: the checkpoint folder must be the same on every node (a shared "
+                            "file system), as must the database for --resume");
             const auto c = read_rank_checkpoint(file);
-            if (c.config_hash != cfg.hash || c.world != world || c.rank != rank || c.step != *job.resume_step)
+            if (c.config_hash != cfg.hash || c.world != world || c.rank != rank || c.step != *resume_step)
                 throw Error("checkpoint " + file.string() + " belongs to another run (config " + c.config_hash + ", rank " +
                                 std::to_string(c.rank) + " of " + std::to_string(c.world) + "); this run has config " +
                                 cfg.hash + ", rank " + std::to_string(rank) + " of " + std::to_string(world),

@@ -593,6 +593,24 @@ TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume co
     CHECK_THAT(l.get_run(1)->error, Contains("(killed by [[faults]]: kind=kill rank=1 step=12)"));
 }
 
+TEST_CASE("a resumed multi-process run whose rank lacks its checkpoint file says which rank and file", "[reliability]") {
+    TempDir dir;
+    const auto file = dir.file("l.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
+                                             "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 27\n");
+    CHECK(run_plexus("run " + file + " --db " + dir / "l.db").exit_code == 1);
+    const auto missing = dir / "checkpoints/l/run1/step25/rank1.ckpt";
+    REQUIRE(fs::exists(missing));
+    fs::remove(missing);  // as on a node that does not see the folder rank 0 wrote in
+    const auto resumed = run_plexus("run --resume 1 --db " + dir / "l.db");
+    INFO(resumed.output);
+    CHECK(resumed.exit_code == 1);
+    CHECK_THAT(resumed.output, Contains("rank 1 has no checkpoint file for step 25 (" + missing + ")"));
+    CHECK_THAT(resumed.output, Contains("the checkpoint folder must be the same on every node"));
+    host::ResultsStore store(dir / "l.db");
+    CHECK(store.get_run(1)->status == "failed");
+    CHECK(store.metric_series(1, "loss").size() == 25);  // what the checkpoint covers stays recorded
+}
+
 TEST_CASE("[[faults]] slow on real processes: the slowed rank sleeps in proportion, and DDP waits for it", "[reliability][faults]") {
     TempDir dir;
     const auto file = dir.file("s.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
