@@ -29,7 +29,6 @@
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
-#include <array>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -204,42 +203,52 @@ public:
             sums.narrow(0, s.sums_at + s.row[0].numel(), s.col[0].numel()).index_add_(0, s.col_index, g2);
         }
         if (sums_size_ > 0) group_->all_reduce(sums, plexus::ReduceOp::Sum)->wait();
-        // Each piece's second-moment factors, and its share of every feature's sum of squares.
-        std::vector<std::array<torch::Tensor, 9>> factors(slots_.size());  // row_col, row_feat, col_feat x 3
+        // The whole tensors' row and column accumulators, then each piece's share of every
+        // feature's sum of squares.
         auto squares = torch::zeros({squares_size_}, torch::kFloat64);
         for (size_t i = 0; i < slots_.size(); ++i) {
             auto& s = states_[i];
-            auto& f = factors[i];
             for (int c = 0; c < 3; ++c) {
                 const double d = decays_[4 + c];
                 if (s.d0 >= 0) {
-                    const auto row_mean = sums.narrow(0, s.sums_at, s.row[c].numel()).view(s.row[c].sizes()) /
-                                              static_cast<double>(s.numel / s.row[c].numel()) + 1e-30;
-                    const auto col_mean = sums.narrow(0, s.sums_at + s.row[c].numel(), s.col[c].numel()).view(s.col[c].sizes()) /
-                                              static_cast<double>(s.numel / s.col[c].numel()) + 1e-30;
-                    s.row[c].mul_(d).add_(row_mean, 1.0 - d);
-                    s.col[c].mul_(d).add_(col_mean, 1.0 - d);
-                    const auto [row_f, col_f] = row_col_factors(s, c);  // at this piece's elements:
-                    f[c] = row_f.view(-1).index_select(0, s.row_index) * col_f.view(-1).index_select(0, s.col_index);
-                    f[3 + c] = s.row[c].view(-1).index_select(0, s.row_index);
-                    f[6 + c] = s.col[c].view(-1).index_select(0, s.col_index);
+                    const int64_t rows = s.row[c].numel(), cols = s.col[c].numel();
+                    s.row[c].mul_(d).add_(sums.narrow(0, s.sums_at, rows).view(s.row[c].sizes()) / static_cast<double>(s.numel / rows) + 1e-30,
+                                          1.0 - d);
+                    s.col[c].mul_(d).add_(sums.narrow(0, s.sums_at + rows, cols).view(s.col[c].sizes()) / static_cast<double>(s.numel / cols) + 1e-30,
+                                          1.0 - d);
                 } else {
                     s.full[c].mul_(d).add_(g[i] * g[i] + 1e-30, 1.0 - d);
-                    f[c] = torch::rsqrt(s.full[c] + 1e-9);
-                    f[3 + c] = f[6 + c] = s.full[c];
                 }
             }
-            const auto stacked = stack_features(s, g[i], param_of(i).to(torch::kFloat64), &f[0], &f[3], &f[6]);
+            const auto stacked = piece_features(s, g[i], param_of(i).to(torch::kFloat64));
             squares.narrow(0, s.squares_at, kFeatures).add_((stacked * stacked).sum(0));
         }
         if (squares_size_ > 0) group_->all_reduce(squares, plexus::ReduceOp::Sum)->wait();
+        // The features again (cheaper than keeping them), normalized over the whole tensor.
         for (size_t i = 0; i < slots_.size(); ++i) {
             const auto& s = states_[i];
-            const auto& f = factors[i];
-            const auto stacked = stack_features(s, g[i], param_of(i).to(torch::kFloat64), &f[0], &f[3], &f[6]);
+            const auto stacked = piece_features(s, g[i], param_of(i).to(torch::kFloat64));
             const auto mean_square = squares.narrow(0, s.squares_at, kFeatures).view({1, kFeatures}) / static_cast<double>(s.numel);
             apply(i, normalized(stacked, mean_square, progress), lr_scale);
         }
+    }
+
+    // A piece's 28 features from its accumulators (updated): the whole tensor's row and column
+    // factors read at the piece's elements.
+    torch::Tensor piece_features(const TensorState& s, const torch::Tensor& g, const torch::Tensor& p) const {
+        torch::Tensor row_col[3], row_feat[3], col_feat[3];
+        for (int c = 0; c < 3; ++c) {
+            if (s.d0 >= 0) {
+                const auto [row_f, col_f] = row_col_factors(s, c);
+                row_col[c] = row_f.view(-1).index_select(0, s.row_index) * col_f.view(-1).index_select(0, s.col_index);
+                row_feat[c] = s.row[c].view(-1).index_select(0, s.row_index);
+                col_feat[c] = s.col[c].view(-1).index_select(0, s.col_index);
+            } else {
+                row_col[c] = torch::rsqrt(s.full[c] + 1e-9);
+                row_feat[c] = col_feat[c] = s.full[c];
+            }
+        }
+        return stack_features(s, g, p, row_col, row_feat, col_feat);
     }
 
     // The ranks agree on one order of the tensors whose pieces they hold (each rank's names,
