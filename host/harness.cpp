@@ -518,10 +518,13 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                 why = e.what();
             }
             if (world > 1) {
-                auto all_ok = torch::tensor({ok ? 1.0 : 0.0}, torch::kFloat64);
-                harness_all_reduce(all_ok, ReduceOp::Min);
-                if (ok && all_ok.item<double>() == 0) why = "another rank could not write its file";
-                ok = all_ok.item<double>() > 0;
+                // Counted, not a minimum: on the simulated cluster a lost rank ([[faults]] kill) is
+                // simply absent from the harness's collectives, and it wrote nothing.
+                auto written = torch::tensor({ok ? 1.0 : 0.0}, torch::kFloat64);
+                harness_all_reduce(written, ReduceOp::Sum);
+                const bool all = written.item<double>() == static_cast<double>(world);
+                if (ok && !all && rank == 0) why = "another rank could not write its file (or is lost)";
+                ok = all;
             }
             if (ok && rank == 0) {
                 try {

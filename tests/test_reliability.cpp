@@ -18,12 +18,12 @@ using Catch::Matchers::Contains;
 namespace {
 
 // A small GPT on synthetic tokens: a few hundred steps in a second or two, checkpoints every 5.
-std::string experiment(const std::string& strategy, const std::string& launch, int steps) {
+std::string experiment(const std::string& strategy, const std::string& launch, int steps, const std::string& strategy_keys = "") {
     return "name = \"reliable\"\n"
            "[model]\nname = \"gpt\"\nn_layer = 2\nd_model = 32\nn_head = 2\n"
            "[data]\nname = \"synthetic\"\n"
            "[optimizer]\nname = \"adamw\"\nlr = 3e-3\n"
-           "[strategy]\nname = \"" + strategy + "\"\n"
+           "[strategy]\nname = \"" + strategy + "\"\n" + strategy_keys +
            "[train]\nsteps = " + std::to_string(steps) +
            "\nbatch_size = 4\nseq_len = 16\neval_every = 40\nlog_every = 10\nlr_schedule = \"cosine\"\n"
            "[checkpoint]\nevery_steps = 5\n" + launch;
@@ -113,6 +113,7 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
         const char* name;
         std::string strategy, launch;
         int steps;
+        std::string strategy_keys;
     };
     const std::vector<Case> cases = {
         {"single", "single", "", 400},
@@ -124,9 +125,15 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
         {"dadao, 4 simulated ranks", "dadao", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"acco, 4 simulated ranks (a round per step, G and the look-ahead carried over)", "acco",
          "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
+        {"zero stage 3, 4 simulated ranks", "zero", "[launch]\nmode = \"sim\"\nranks = 4\n", 200, "stage = 3\n"},
+        {"pipeline 1F1B, 4 simulated stages", "pipeline", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
+        {"tensor parallel, 2 simulated ranks", "tensor_parallel", "[launch]\nmode = \"sim\"\nranks = 2\n", 200},
+        {"diloco with powersgd, 4 simulated ranks (killed inside an outer round)", "diloco",
+         "[launch]\nmode = \"sim\"\nranks = 4\n[comm]\nname = \"powersgd\"\n"
+         "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n", 200, "inner_steps = 7\n"},
     };
     for (const auto& c : cases)
-        DYNAMIC_SECTION(c.name) { check_killed_run_resumes_exactly(experiment(c.strategy, c.launch, c.steps), c.steps); }
+        DYNAMIC_SECTION(c.name) { check_killed_run_resumes_exactly(experiment(c.strategy, c.launch, c.steps, c.strategy_keys), c.steps); }
 }
 
 TEST_CASE("PETRA resumes bit-identical: kept inputs, accumulated gradients, messages on the way, a re-balanced cut", "[reliability]") {
@@ -591,6 +598,26 @@ TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume co
     CHECK(l.get_run(1)->status == "failed");
     CHECK_THAT(l.get_run(1)->error, Contains("rank 1 exited with code 137"));
     CHECK_THAT(l.get_run(1)->error, Contains("(killed by [[faults]]: kind=kill rank=1 step=12)"));
+}
+
+TEST_CASE("after a simulated rank is lost, no checkpoint is complete without it, and --resume continues exactly", "[reliability][faults]") {
+    // DiLoCo communicates once per 7 steps: killed at step 36, the living ranks go on to
+    // checkpoint at step 40 before the outer round of step 42 fails; that checkpoint lacks rank 1.
+    const std::string keys = "inner_steps = 7\n";
+    const std::string outer = "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n";
+    const auto text = experiment("diloco", "[launch]\nmode = \"sim\"\nranks = 4\n" + outer, 60, keys);
+    TempDir dir;
+    REQUIRE(run_plexus("run " + dir.file("whole.toml", text) + " --db " + dir / "whole.db").exit_code == 0);
+    const auto killed = run_plexus("run " + dir.file("k.toml", text + "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 36\n") +
+                                   " --db " + dir / "k.db");
+    INFO(killed.output);
+    CHECK_THAT(killed.output, Contains("no checkpoint at step 40: another rank could not write its file (or is lost)"));
+    CHECK_FALSE(fs::exists(dir / "checkpoints/k/run1/step40/COMPLETE"));
+    const auto resumed = run_plexus("run --resume 1 --db " + dir / "k.db");
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK_THAT(resumed.output, Contains("from its checkpoint at step 35"));
+    CHECK(metric_dump(dir / "k.db", "loss") == metric_dump(dir / "whole.db", "loss"));
 }
 
 TEST_CASE("a resumed multi-process run whose rank lacks its checkpoint file says which rank and file", "[reliability]") {

@@ -55,20 +55,26 @@ public:
         auto out = ReplicaStrategy::state();
         for (size_t i = 0; i < anchor_.size(); ++i) out.emplace_back("anchor." + std::to_string(i), anchor_[i].clone());
         for (auto& item : outer_->state()) out.emplace_back("outer." + item.first, item.second);
+        for (auto& item : comm_->state()) out.emplace_back("comm." + item.first, item.second);
+        out.emplace_back("diloco.counters", torch::tensor({inner_done_, outer_steps_}, torch::kInt64));
         return out;
     }
+    bool exact_resume() const override { return true; }
 
     void load_state(const plexus::StateDict& state) override {
-        plexus::StateDict replica, outer;
+        plexus::StateDict replica, outer, comm;
         size_t anchor = 0;
         torch::NoGradGuard no_grad;
         for (const auto& item : state) {
             if (item.first.rfind("anchor.", 0) == 0) anchor_.at(anchor++).copy_(item.second);
             else if (item.first.rfind("outer.", 0) == 0) outer.push_back(item);
+            else if (item.first.rfind("comm.", 0) == 0) comm.emplace_back(item.first.substr(5), item.second);
+            else if (item.first == "diloco.counters") inner_done_ = item.second[0].item<int64_t>(), outer_steps_ = item.second[1].item<int64_t>();
             else replica.push_back(item);
         }
         ReplicaStrategy::load_state(replica);
         outer_->load_state(outer);
+        comm_->load_state(comm);
     }
 
 private:

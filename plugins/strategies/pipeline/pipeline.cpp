@@ -144,6 +144,9 @@ public:
 
     // Every stage's parameters, in model order (each stage sends its own; every rank calls this),
     // then this stage's optimizer state.
+    // A step runs its whole schedule, so the pipe is empty between steps: weights and optimizer
+    // are all of it (tests/test_reliability.cpp).
+    bool exact_resume() const override { return true; }
     plexus::StateDict state() const override { return placement_->state(*pipe_, ctx_.device(), *optimizer_); }
     void load_state(const plexus::StateDict& state) override { placement_->load_state(state, *optimizer_); }
 

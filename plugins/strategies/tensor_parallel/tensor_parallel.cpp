@@ -221,6 +221,8 @@ public:
 
     // Whole parameters (the split ones gathered over the tensor group: every rank calls this),
     // then this rank's optimizer state.
+    // Weights (gathered) and optimizer state are all of it (tests/test_reliability.cpp).
+    bool exact_resume() const override { return true; }
     plexus::StateDict state() const override {
         plexus::StateDict out;
         for (const auto& item : model_->named_parameters()) {

@@ -129,6 +129,9 @@ public:
     }
 
     // The whole parameters (gathered: every rank must call this), then this rank's optimizer shards.
+    // Between steps nothing is in flight (a step ends with its all-gather): the gathered
+    // parameters and this rank's optimizer shard are all of it (tests/test_reliability.cpp).
+    bool exact_resume() const override { return true; }
     plexus::StateDict state() const override {
         plexus::StateDict out;
         auto* self = const_cast<Zero*>(this);
