@@ -34,6 +34,7 @@ struct GlooFlavor {
     using Group = c10d::ProcessGroupGloo;
     static constexpr const char* kName = "gloo";
     static constexpr bool kNativeShards = false;  // LibTorch 1.13's Gloo has no reduce-scatter
+    static constexpr bool kPollableRecv = false;  // its receives report completion only once waited for
     torch::Device device = torch::kCPU;
     std::string addr;  // the interface's address on one machine; empty: the default device
 

@@ -5,6 +5,7 @@
 //       using Group = c10d::ProcessGroupGloo;          // the c10d class
 //       static constexpr const char* kName = "gloo";   // Transport::backend()
 //       static constexpr bool kNativeShards = false;   // has _reduce_scatter_base / _allgather_base
+//       static constexpr bool kPollableRecv = false;   // a receive's isCompleted() works before wait()
 //       torch::Device device;                          // where the collectives want tensors
 //       c10::intrusive_ptr<Group> make_group(store, rank, world, timeout) const;
 //       c10d::BarrierOptions barrier_options() const;
@@ -15,11 +16,15 @@
 // (a CPU scalar all-reduced over NCCL, say); tensors already there are used in place.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -47,10 +52,16 @@ inline int64_t nbytes(const torch::Tensor& t) { return t.numel() * static_cast<i
 
 // Wraps a c10d work: accounts time, and runs a completion step (copy out, divide for a mean)
 // exactly once, on the first wait().
+//
+// `watched`: the work does not report its own completion (Gloo's receives say isCompleted()
+// only once waited for), so the first is_completed() that finds it pending starts a thread that
+// waits for it; Transport::wait_any, which polls, then sees it complete.
 class C10dWork : public Work {
 public:
-    C10dWork(c10::intrusive_ptr<::c10d::Work> work, std::shared_ptr<CommStats> stats, std::function<void()> finish)
-        : work_(std::move(work)), stats_(std::move(stats)), finish_(std::move(finish)), issued_(Clock::now()) {}
+    C10dWork(c10::intrusive_ptr<::c10d::Work> work, std::shared_ptr<CommStats> stats, std::function<void()> finish,
+             bool watched = false)
+        : work_(std::move(work)), stats_(std::move(stats)), finish_(std::move(finish)), issued_(Clock::now()),
+          watched_(watched) {}
     ~C10dWork() override {
         if (!done_) {
             try {
@@ -62,13 +73,31 @@ public:
     }
     void wait() override { finish(/*exposed=*/true); }
     void wait_in_background() override { finish(/*exposed=*/false); }
-    bool is_completed() override { return done_ || work_->isCompleted(); }
+    bool is_completed() override {
+        if (done_ || work_->isCompleted()) return true;
+        if (!watched_) return false;
+        if (!waiter_.joinable())
+            waiter_ = std::thread([this] {
+                try {
+                    work_->wait();
+                } catch (...) {
+                    failure_ = std::current_exception();
+                }
+                arrived_ = true;
+            });
+        return arrived_;
+    }
 
 private:
     void finish(bool exposed) {
         if (done_) return;
         const auto t0 = Clock::now();
-        work_->wait();
+        if (waiter_.joinable()) {
+            waiter_.join();
+            if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+        } else {
+            work_->wait();
+        }
         if (exposed) stats_->seconds_exposed += seconds_since(t0);
         stats_->seconds_total += seconds_since(issued_);
         done_ = true;
@@ -80,6 +109,10 @@ private:
     std::function<void()> finish_;
     Clock::time_point issued_;
     bool done_ = false;
+    bool watched_ = false;
+    std::thread waiter_;  // watched works: waits for the work off the caller's thread
+    std::atomic<bool> arrived_{false};
+    std::exception_ptr failure_;
 };
 
 // A work whose completion runs one more step after the inner work's.
@@ -216,7 +249,7 @@ public:
         auto staged = stage(t);
         std::vector<torch::Tensor> v{staged};
         count(0);
-        return std::make_shared<C10dWork>(pg_->recv(v, peer, tag), stats_, finisher(t, staged, false));
+        return std::make_shared<C10dWork>(pg_->recv(v, peer, tag), stats_, finisher(t, staged, false), !Flavor::kPollableRecv);
     }
 
     std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) override {

@@ -16,6 +16,7 @@ struct NcclFlavor {
     using Group = c10d::ProcessGroupNCCL;
     static constexpr const char* kName = "nccl";
     static constexpr bool kNativeShards = true;
+    static constexpr bool kPollableRecv = true;  // its works query their CUDA events
     torch::Device device;
 
     c10::intrusive_ptr<Group> make_group(const c10::intrusive_ptr<c10d::Store>& store, int rank, int world,
