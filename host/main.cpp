@@ -40,7 +40,7 @@ usage:
   plexus run --resume RUN [--db PATH] [--progress MODE]
         Continue run RUN from its newest checkpoint with the file, point and --set it started with
         (from the start, in the same run, if it has none). With a strategy that declares exact
-        resume (all but async_sgd, and petra's delayed method) the result is bit-identical to an
+        resume (every strategy but petra's delayed method) the result is bit-identical to an
         uninterrupted run's. Refused if the experiment file has changed since, or if the run is
         still running in another live process.
   plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]

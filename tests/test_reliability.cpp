@@ -125,6 +125,8 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
         {"dadao, 4 simulated ranks", "dadao", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"acco, 4 simulated ranks (a round per step, G and the look-ahead carried over)", "acco",
          "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
+        {"async SGD with a staleness bound, 4 simulated ranks with jitter", "async_sgd",
+         "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200, "staleness_bound = 1\nstaleness_lr = \"inverse\"\n"},
         {"zero stage 3, 4 simulated ranks", "zero", "[launch]\nmode = \"sim\"\nranks = 4\n", 200, "stage = 3\n"},
         {"pipeline 1F1B, 4 simulated stages", "pipeline", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"tensor parallel, 2 simulated ranks", "tensor_parallel", "[launch]\nmode = \"sim\"\nranks = 2\n", 200},

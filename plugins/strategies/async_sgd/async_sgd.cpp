@@ -71,6 +71,29 @@ public:
         return rank_ == 0 ? serve(in) : work(in);
     }
 
+    // At a checkpoint every rank has passed the same step (the harness's collective there lets
+    // no worker run ahead), so every gradient sent has been applied and answered: the weights,
+    // the server's optimizer and the version counters are all of it.
+    plexus::StateDict state() const override {
+        auto out = ReplicaStrategy::state();
+        std::vector<int64_t> counters{version_, step_};
+        counters.insert(counters.end(), received_.begin(), received_.end());
+        out.emplace_back("async.counters", torch::tensor(counters, torch::kInt64));
+        return out;
+    }
+    void load_state(const plexus::StateDict& state) override {
+        if (state.empty() || state.back().first != "async.counters")
+            throw plexus::Error("async_sgd: the state has no counters", "the state comes from another strategy");
+        ReplicaStrategy::load_state(plexus::StateDict(state.begin(), state.end() - 1));
+        const auto c = state.back().second;
+        if (c.numel() != 2 + static_cast<int64_t>(received_.size()))
+            throw plexus::Error("async_sgd: the state's counters are for another number of workers", "resume with the same ranks");
+        version_ = c[0].item<int64_t>();
+        step_ = c[1].item<int64_t>();
+        for (size_t w = 0; w < received_.size(); ++w) received_[w] = c[static_cast<int64_t>(2 + w)].item<int64_t>();
+    }
+    bool exact_resume() const override { return true; }
+
 private:
     // --- worker ---
     plexus::StepOutput work(const plexus::StepInput& in) {
