@@ -73,8 +73,10 @@ usage:
   plexus meta-train FILE.toml [--db PATH] [--restart] [--iterations N]
         Meta-train the learned optimizer's weights (optimizers/lopt) with antithetic evolution
         strategies over the [[task]] families of FILE ([meta]: iterations, pairs, sigma, lr,
-        inner_steps, seed, init, out, checkpoint_every, ranks). Resumes from OUT.ckpt unless
-        --restart; records the meta-loss curve as a run. Under torchrun, one rank per process.
+        inner_steps, seed, init, out, checkpoint_every, ranks, truncation). truncation = K > 0:
+        PES, each task trained across iterations in truncations of K steps. Resumes from
+        OUT.ckpt unless --restart; records the meta-loss curve as a run. Under torchrun, one rank
+        per process.
   plexus bench peak [--threads N]
         Measure this CPU's sustained float32 matmul FLOP/s (the peak MFU divides by) and cache it.
   plexus bench network [--ranks N]

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -72,16 +73,21 @@ uint64_t pair_seed(const MetaSpec& spec, int64_t k, int64_t i, uint64_t salt) {
                     salt);
 }
 
-torch::Tensor direction(const MetaSpec& spec, int64_t k, int64_t i, int64_t n) {
-    auto gen = at::detail::createCPUGenerator(pair_seed(spec, k, i, 1));
-    return at::normal(0.0, 1.0, {n}, gen).to(torch::kFloat64);
-}
+
 
 // What survives a restart: the weights, Adam's moments, where the run is recorded.
 struct Checkpoint {
     int64_t next_iteration = 0, run_id = 0, adam_steps = 0;
     double first_meta_loss = NAN;
     torch::Tensor theta, m, v;
+
+    Checkpoint copy() const {  // the tensors too (training updates them in place)
+        Checkpoint out = *this;
+        out.theta = theta.clone();
+        out.m = m.clone();
+        out.v = v.clone();
+        return out;
+    }
 
     void save(const std::string& path) const {
         const std::string tmp = path + ".tmp";
@@ -125,6 +131,24 @@ struct Checkpoint {
 };
 
 }  // namespace
+
+torch::Tensor direction(const MetaSpec& spec, int64_t k, int64_t i, int64_t n) {
+    auto gen = at::detail::createCPUGenerator(pair_seed(spec, k, i, 1));
+    return at::normal(0.0, 1.0, {n}, gen).to(torch::kFloat64);
+}
+
+torch::Tensor es_gradient(const MetaSpec& spec, int64_t k, const torch::Tensor& losses, int64_t n) {
+    const int64_t unroll = spec.truncation > 0 ? spec.inner_steps / spec.truncation : 1;
+    auto grad = torch::zeros({n}, torch::kFloat64);
+    for (int64_t i = 0; i < spec.pairs; ++i) {
+        const double plus = losses[2 * i].item<double>(), minus = losses[2 * i + 1].item<double>();
+        // ES: this iteration's direction; PES: ξ, the sum of the directions since the unroll began.
+        auto xi = direction(spec, k, i, n);
+        for (int64_t j = k - k % unroll; j < k; ++j) xi += direction(spec, j, i, n);
+        grad.add_(xi, (plus - minus) / (2.0 * spec.sigma * static_cast<double>(spec.pairs)));
+    }
+    return grad;
+}
 
 MetaSpec load_meta_spec(const std::string& path) {
     MetaSpec spec;
@@ -171,6 +195,7 @@ MetaSpec load_meta_spec(const std::string& path) {
         else if (key == "checkpoint_every") integer(spec.checkpoint_every, 1);
         else if (key == "seed") integer(spec.seed, 0);
         else if (key == "ranks") integer(spec.ranks, 1);
+        else if (key == "truncation") integer(spec.truncation, 0);
         else if (key == "sigma") number(spec.sigma);
         else if (key == "lr") number(spec.lr);
         else if (key == "init" || key == "out") {
@@ -179,8 +204,19 @@ MetaSpec load_meta_spec(const std::string& path) {
             (key == "init" ? spec.init : spec.out) = *s == "init" && key == "init" ? *s : (dir / *s).string();
         } else {
             throw Error(where(v) + "unknown key meta." + key,
-                        "keys: iterations, pairs, sigma, lr, inner_steps, seed, init, out, checkpoint_every, ranks");
+                        "keys: iterations, pairs, sigma, lr, inner_steps, seed, init, out, checkpoint_every, ranks, truncation");
         }
+    }
+    if (spec.truncation > 0) {
+        if (spec.inner_steps % spec.truncation != 0)
+            throw Error(path + ": meta.truncation = " + std::to_string(spec.truncation) + " does not divide meta.inner_steps = " +
+                            std::to_string(spec.inner_steps),
+                        "PES cuts each unroll of inner_steps into equal truncations");
+        const int64_t unroll = spec.inner_steps / spec.truncation;
+        if (spec.checkpoint_every % unroll != 0)
+            throw Error(path + ": meta.checkpoint_every = " + std::to_string(spec.checkpoint_every) +
+                            " is not a multiple of the " + std::to_string(unroll) + " truncations of an unroll",
+                        "PES checkpoints between unrolls (its tasks' training state is not saved)");
     }
     if (spec.out.empty()) throw Error(path + ": meta.out is missing", "name the file the trained weights go to");
     const auto* tasks = doc["task"].as_array();
@@ -224,42 +260,91 @@ MetaSpec load_meta_spec(const std::string& path) {
     return spec;
 }
 
-double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task_seed, const std::string& scratch) {
+namespace {
+
+// The task `task_seed` draws from the family (its experiment, choices and seed), training for
+// the unroll's inner_steps with the weights in `weights_file`.
+ResolvedConfig task_config(const MetaSpec& spec, uint64_t task_seed, const std::string& weights_file) {
     ensure_plugins(spec);
     std::mt19937_64 rng(task_seed);
     const auto& task = spec.tasks[rng() % spec.tasks.size()];
     auto exp = load_experiment(task.experiment);
     for (const auto& [key, values] : task.choose) apply_override(exp, key + "=" + values[rng() % values.size()]);
-    const std::string weights_file = scratch + "/weights.lopt";
-    weights.save(weights_file);
     apply_override(exp, "optimizer.weights=\"" + weights_file + "\"");
     apply_override(exp, "train.steps=" + std::to_string(spec.inner_steps));
     apply_override(exp, "train.seed=" + std::to_string(rng() % 1000000007));
-    const auto cfg = resolve(exp, registry());
-
-    std::unique_ptr<BareRun> run;
-    {
-        // Models draw their initial weights from LibTorch's global generator (seeded by
-        // make_model): one rank thread at a time, or they would race for its numbers.
-        static std::mutex build;
-        std::lock_guard<std::mutex> lk(build);
-        run = std::make_unique<BareRun>(cfg, torch::kCPU);
-    }
-    constexpr double kCap = 4.0;
-    double first = NAN, sum = 0;
-    for (int64_t s = 0; s < spec.inner_steps; ++s) {
-        run->in.step = s;
-        const double loss = run->strategy->step(run->in).loss;
-        if (s == 0) first = loss;
-        const double ratio = std::isfinite(loss) && first > 0 ? loss / first : kCap;
-        sum += std::min(ratio, kCap);
-        if (ratio >= kCap) {  // diverged: the rest of the trajectory counts as capped
-            sum += kCap * static_cast<double>(spec.inner_steps - s - 1);
-            break;
-        }
-    }
-    return sum / static_cast<double>(spec.inner_steps);
+    return resolve(exp, registry());
 }
+
+std::unique_ptr<BareRun> build_run(const ResolvedConfig& cfg) {
+    // Models draw their initial weights from LibTorch's global generator (seeded by
+    // make_model): one rank thread at a time, or they would race for its numbers.
+    static std::mutex build;
+    std::lock_guard<std::mutex> lk(build);
+    return std::make_unique<BareRun>(cfg, torch::kCPU);
+}
+
+// A task under training: where its unroll is, and its first loss (the meta-loss's scale).
+struct TaskTrack {
+    std::unique_ptr<BareRun> run;
+    int64_t steps = 0;
+    double first = NAN;
+    bool diverged = false;
+};
+
+// Trains `steps` more steps of a task; returns the sum of their losses over the task's first,
+// each capped at kCap (from a divergence on, every step counts as capped).
+double train_steps(TaskTrack& task, int64_t steps) {
+    constexpr double kCap = 4.0;
+    double sum = 0;
+    for (int64_t s = 0; s < steps; ++s) {
+        if (task.diverged) {
+            sum += kCap;
+            continue;
+        }
+        task.run->in.step = task.steps++;
+        const double loss = task.run->strategy->step(task.run->in).loss;
+        if (!std::isfinite(task.first)) task.first = loss;
+        const double ratio = std::isfinite(loss) && task.first > 0 ? loss / task.first : kCap;
+        sum += std::min(ratio, kCap);
+        task.diverged = ratio >= kCap;
+    }
+    return sum;
+}
+
+}  // namespace
+
+double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task_seed, const std::string& scratch) {
+    const std::string weights_file = scratch + "/weights.lopt";
+    weights.save(weights_file);
+    TaskTrack task;
+    task.run = build_run(task_config(spec, task_seed, weights_file));
+    return train_steps(task, spec.inner_steps) / static_cast<double>(spec.inner_steps);
+}
+
+namespace {
+
+// PES: one side of a pair, its task trained across the truncations of an unroll. A truncation
+// changes the weights, which lopt reads when it is built: the run is built again from the same
+// task with the new weights file, and takes over the model, the optimizer state and the data
+// position of the one before.
+struct PesTask {
+    ResolvedConfig cfg;
+    TaskTrack track;
+};
+
+double pes_truncation(const MetaSpec& spec, PesTask& task, const LoptWeights& weights, const std::string& weights_file) {
+    weights.save(weights_file);
+    auto run = build_run(task.cfg);
+    if (task.track.run) {
+        run->strategy->load_state(task.track.run->strategy->state());
+        run->stream->seek(task.track.run->stream->position());
+    }
+    task.track.run = std::move(run);
+    return train_steps(task.track, spec.truncation) / static_cast<double>(spec.truncation);
+}
+
+}  // namespace
 
 namespace {
 
@@ -323,15 +408,36 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
     std::string status = "finished";
     int64_t done = 0;
     std::vector<double> recent;
+    // PES: this rank's pairs' tasks, one per sign, alive for an unroll; and the checkpoint of the
+    // current unroll's start (what a run stopped inside it keeps).
+    const int64_t unroll = spec.truncation > 0 ? spec.inner_steps / spec.truncation : 1;
+    std::map<int64_t, std::pair<PesTask, PesTask>> live;
+    Checkpoint unroll_start = c.copy();
     for (int64_t k = c.next_iteration; k < iterations; ++k) {
+        if (k % unroll == 0) {
+            live.clear();
+            unroll_start = c.copy();
+        }
         // Slots 0..2P-1: the losses; 2P: "a rank failed"; 2P+1: "stop" (Ctrl-C).
         auto losses = torch::zeros({2 * spec.pairs + 2}, torch::kFloat64);
         for (int64_t i = rank; i < spec.pairs; i += world) {
             const auto eps = direction(spec, k, i, n) * spec.sigma;
-            const uint64_t task = pair_seed(spec, k, i, 2);
             try {
-                losses[2 * i] = meta_loss(spec, LoptWeights::from_flat(c.theta + eps), task, scratch);
-                losses[2 * i + 1] = meta_loss(spec, LoptWeights::from_flat(c.theta - eps), task, scratch);
+                if (spec.truncation > 0) {
+                    const std::string file = scratch + "/pair" + std::to_string(i);
+                    auto& [plus, minus] = live[i];
+                    if (!plus.track.run) {  // the unroll's first truncation: the pair's task
+                        const uint64_t task = pair_seed(spec, k / unroll, i, 2);
+                        plus.cfg = task_config(spec, task, file + "+.lopt");
+                        minus.cfg = task_config(spec, task, file + "-.lopt");
+                    }
+                    losses[2 * i] = pes_truncation(spec, plus, LoptWeights::from_flat(c.theta + eps), file + "+.lopt");
+                    losses[2 * i + 1] = pes_truncation(spec, minus, LoptWeights::from_flat(c.theta - eps), file + "-.lopt");
+                } else {
+                    const uint64_t task = pair_seed(spec, k, i, 2);
+                    losses[2 * i] = meta_loss(spec, LoptWeights::from_flat(c.theta + eps), task, scratch);
+                    losses[2 * i + 1] = meta_loss(spec, LoptWeights::from_flat(c.theta - eps), task, scratch);
+                }
             } catch (const std::exception& e) {
                 if (errors) errors->push_back("rank " + std::to_string(rank) + ", iteration " + std::to_string(k) + ": " + e.what());
                 losses[2 * spec.pairs] = 1;
@@ -344,13 +450,10 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
             break;
         }
         // The same update on every rank, from the same losses and directions.
-        auto grad = torch::zeros({n}, torch::kFloat64);
+        const auto grad = es_gradient(spec, k, losses, n);
         double mean = 0;
-        for (int64_t i = 0; i < spec.pairs; ++i) {
-            const double plus = losses[2 * i].item<double>(), minus = losses[2 * i + 1].item<double>();
-            grad.add_(direction(spec, k, i, n), (plus - minus) / (2.0 * spec.sigma * static_cast<double>(spec.pairs)));
-            mean += (plus + minus) / (2.0 * static_cast<double>(spec.pairs));
-        }
+        for (int64_t i = 0; i < spec.pairs; ++i)
+            mean += (losses[2 * i].item<double>() + losses[2 * i + 1].item<double>()) / (2.0 * static_cast<double>(spec.pairs));
         ++c.adam_steps;
         const double b1 = 0.9, b2 = 0.999;
         c.m.mul_(b1).add_(grad, 1 - b1);
@@ -385,6 +488,12 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
             status = "interrupted";
             break;
         }
+    }
+    if (rank == 0 && c.next_iteration % unroll != 0 && done > 0) {
+        std::cout << "meta-train: stopped inside a PES unroll; the checkpoint is at its start (iteration "
+                  << unroll_start.next_iteration << "), and a resumed run redoes the " << c.next_iteration - unroll_start.next_iteration
+                  << " iteration(s) since" << std::endl;
+        c = unroll_start;
     }
     if (rank == 0) {
         if (status != "failed" && done > 0) {

@@ -16,6 +16,8 @@
 //   checkpoint_every = 10   # iterations; the checkpoint is OUT.ckpt
 //   ranks = 1               # ranks in this process (threads over Gloo, one core each); under
 //                           # torchrun or srun: one rank per process
+//   truncation = 0          # > 0: PES, unrolls of inner_steps cut into truncations of this many
+//                           # steps (a divisor of inner_steps), one truncation per iteration
 //
 //   [[task]]                # one or more task families
 //   experiment = "task_mlp.toml"          # a plexus experiment whose optimizer is lopt
@@ -27,6 +29,16 @@
 // both from (seed, k, i), so every rank can regenerate them: rank r trains the pairs i with
 // i mod R = r, one all-reduce of the 2 x pairs losses follows, and every rank takes the same
 // Adam step on g = Σ_i (L(θ + σε_i) - L(θ - σε_i)) ε_i / (2σ pairs).
+//
+// PES (persistent evolution strategies, Vicol et al. 2021), with truncation = K: each pair keeps
+// its two tasks (one per sign) training across the U = inner_steps / K truncations of an unroll;
+// iteration k trains each K more steps with θ ± σε_{k,i} and takes the step on
+// g = Σ_i (L+ - L-) ξ_{k,i} / (2σ pairs), ξ the sum of the pair's ε since its unroll began, so
+// the estimate accounts for how earlier perturbations shaped the state it continues from: an
+// unbiased gradient of the whole unroll's loss at the cost of K steps per iteration. Tasks are
+// drawn per unroll; a truncation's loss is the mean of its steps' losses over the task's first.
+// Checkpoints fall on unroll boundaries (checkpoint_every is a multiple of U); a run stopped
+// inside an unroll keeps the checkpoint of its start, and redoes the iterations since.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +46,7 @@
 #include <vector>
 
 #include <plexus/lopt_weights.hpp>
+#include <torch/types.h>
 
 namespace plexus::host {
 
@@ -45,6 +58,7 @@ struct MetaTask {
 struct MetaSpec {
     std::string path, text;
     int64_t iterations = 100, pairs = 8, inner_steps = 20, checkpoint_every = 10, seed = 0, ranks = 1;
+    int64_t truncation = 0;  // PES: steps per truncation (0: antithetic ES over whole unrolls)
     double sigma = 0.01, lr = 0.003;
     std::string init = "init", out;  // out: absolute
     std::vector<MetaTask> tasks;
@@ -56,6 +70,13 @@ MetaSpec load_meta_spec(const std::string& path);
 // The meta-loss of the task that `task_seed` draws from the family, trained with `weights`.
 // `scratch` is a folder this caller alone writes (the weights file the task reads).
 double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task_seed, const std::string& scratch);
+
+// ε_{k,i}: the standard normal direction of iteration k, pair i (n weights), drawn from (seed, k, i).
+torch::Tensor direction(const MetaSpec& spec, int64_t k, int64_t i, int64_t n);
+
+// The estimate of iteration k from its losses [L+_0, L-_0, L+_1, ...]: Σ_i (L+_i - L-_i) w_i /
+// (2σ pairs), w_i = ε_{k,i} (ES) or the sum of ε_{j,i} since the unroll began (PES).
+torch::Tensor es_gradient(const MetaSpec& spec, int64_t k, const torch::Tensor& losses, int64_t n);
 
 struct MetaOptions {
     std::string db;            // results database ("" : results/plexus.db)

@@ -20,6 +20,16 @@ std::string spec_text(const std::string& out, int64_t iterations, int64_t ranks 
            "/experiments/lopt/task_gpt_synthetic.toml\"\nchoose = { \"model.d_model\" = [8, 16], \"data.branching\" = [2, 4] }\n";
 }
 
+// The same with PES: unrolls of `inner` steps in truncations of `truncation`.
+std::string pes_text(const std::string& out, int64_t iterations, int64_t inner, int64_t truncation, int64_t ranks = 1) {
+    auto text = spec_text(out, iterations, ranks);
+    const std::string steps = "inner_steps = 10\ncheckpoint_every = 4\n";
+    text.replace(text.find(steps), steps.size(),
+                 "inner_steps = " + std::to_string(inner) + "\ntruncation = " + std::to_string(truncation) +
+                     "\ncheckpoint_every = " + std::to_string(2 * inner / truncation) + "\n");
+    return text;
+}
+
 void meta_train(const std::string& file, const std::string& db, const std::string& args = "") {
     const auto res = run_plexus("meta-train " + file + " --db " + db + " " + args);
     INFO(res.output);
@@ -71,6 +81,69 @@ TEST_CASE("meta-training on 2 ranks over Gloo takes exactly the steps of 1 rank"
     const auto one = LoptWeights::load(dir / "one.lopt").flat(), two = LoptWeights::load(dir / "two.lopt").flat();
     CHECK(torch::equal(one, two));
     CHECK(!torch::equal(one, LoptWeights::initial(0).flat()));  // and it moved
+}
+
+TEST_CASE("PES: one truncation per unroll is ES bit for bit; longer unrolls lower the meta-loss, resume between unrolls, and split over ranks",
+          "[meta]") {
+    TempDir dir;
+    // truncation = inner_steps: each unroll is one truncation, ξ = ε: the ES estimator.
+    meta_train(dir.file("es.toml", spec_text(dir / "es.lopt", 3)), dir / "r.db");
+    meta_train(dir.file("pes1.toml", pes_text(dir / "pes1.lopt", 3, 10, 10)), dir / "r.db");
+    CHECK(torch::equal(LoptWeights::load(dir / "es.lopt").flat(), LoptWeights::load(dir / "pes1.lopt").flat()));
+
+    // Unrolls of 12 steps in 3 truncations of 4: 18 iterations (6 unrolls) lower the meta-loss
+    // of whole 12-step trainings on tasks never drawn.
+    const auto file = dir.file("pes.toml", pes_text(dir / "pes.lopt", 18, 12, 4));
+    meta_train(file, dir / "p.db");
+    const auto spec = host::load_meta_spec(file);
+    const auto before = LoptWeights::initial(0), after = LoptWeights::load(dir / "pes.lopt");
+    double sum_before = 0, sum_after = 0;
+    for (uint64_t task = 1000; task < 1008; ++task) {
+        sum_before += host::meta_loss(spec, before, task, dir.path.string());
+        sum_after += host::meta_loss(spec, after, task, dir.path.string());
+    }
+    INFO("mean meta-loss before " << sum_before / 8 << ", after " << sum_after / 8);
+    CHECK(sum_after / 8 < sum_before / 8 - 0.02);
+
+    // Stopped inside an unroll (after 7 of 9 iterations: the third unroll began at 6), the
+    // checkpoint is the unroll's start; resumed, it ends where 9 straight iterations end.
+    meta_train(dir.file("straight.toml", pes_text(dir / "straight.lopt", 9, 12, 4)), dir / "s.db");
+    const auto resumed = dir.file("resumed.toml", pes_text(dir / "resumed.lopt", 9, 12, 4));
+    const auto stopped = run_plexus("meta-train " + resumed + " --db " + dir / "b.db --iterations 7");
+    INFO(stopped.output);
+    CHECK_THAT(stopped.output, Contains("stopped inside a PES unroll; the checkpoint is at its start (iteration 6)"));
+    meta_train(resumed, dir / "b.db");
+    CHECK(torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "resumed.lopt").flat()));
+
+    // Two ranks keep their own pairs' tasks alive and take the steps of one.
+    meta_train(dir.file("two.toml", pes_text(dir / "two.lopt", 9, 12, 4, 2)), dir / "t.db");
+    CHECK(torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "two.lopt").flat()));
+
+    // The estimate weighs each pair's loss difference by ξ, its perturbations since the unroll
+    // began (PES), not by this iteration's alone (truncated ES, biased): unrolls of 3 truncations,
+    // iteration 7 is the second of the unroll that began at 6.
+    const auto pes_spec = host::load_meta_spec(dir.file("p3.toml", pes_text(dir / "p3.lopt", 9, 12, 4)));
+    const auto losses = torch::tensor({1.0, 0.5, 0.25, 0.75, 2.0, 1.0, 0.5, 0.5}, torch::kFloat64);  // 4 pairs
+    const int64_t n = 50;
+    auto want = torch::zeros({n}, torch::kFloat64);
+    for (int64_t i = 0; i < 4; ++i)
+        want += (host::direction(pes_spec, 6, i, n) + host::direction(pes_spec, 7, i, n)) *
+                ((losses[2 * i] - losses[2 * i + 1]).item<double>() / (2 * 0.05 * 4));
+    CHECK(torch::allclose(host::es_gradient(pes_spec, 7, losses, n), want, 1e-12, 1e-12));
+    CHECK(torch::allclose(host::es_gradient(pes_spec, 6, losses, n),  // an unroll's first: ε alone
+                          host::es_gradient(host::load_meta_spec(dir.file("e3.toml", spec_text(dir / "e3.lopt", 9))), 6, losses, n),
+                          1e-12, 1e-12));
+
+    // A truncation must divide the unroll, and checkpoints fall between unrolls.
+    auto bad = pes_text(dir / "x.lopt", 3, 12, 5);
+    auto res = run_plexus("meta-train " + dir.file("bad.toml", bad) + " --db " + dir / "x.db");
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("meta.truncation = 5 does not divide meta.inner_steps = 12"));
+    bad = pes_text(dir / "x.lopt", 3, 12, 4);
+    bad.replace(bad.find("checkpoint_every = 6"), 20, "checkpoint_every = 4");
+    res = run_plexus("meta-train " + dir.file("bad2.toml", bad) + " --db " + dir / "x.db");
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("is not a multiple of the 3 truncations of an unroll"));
 }
 
 TEST_CASE("meta-train files: unknown keys and tasks without lopt are named", "[meta]") {
