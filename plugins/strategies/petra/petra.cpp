@@ -196,9 +196,9 @@ public:
         return out;
     }
     void load_state(const plexus::StateDict& state) override {
-        std::map<std::string, torch::Tensor> mine;  // the petra.* entries, by name
+        std::map<std::string, torch::Tensor> mine;  // the petra.* entries, by name, on this stage's device
         for (const auto& [name, t] : state)
-            if (name.rfind("petra.", 0) == 0) mine[name.substr(6)] = t;
+            if (name.rfind("petra.", 0) == 0) mine[name.substr(6)] = t.to(options_.device());
         auto entry = [&](const std::string& name) {
             auto it = mine.find(name);
             if (it == mine.end())
