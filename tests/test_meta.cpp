@@ -88,7 +88,7 @@ TEST_CASE("meta-training on 2 ranks over Gloo takes exactly the steps of 1 rank"
     CHECK(!torch::equal(one, LoptWeights::initial(0).flat()));  // and it moved
 }
 
-TEST_CASE("PES: one truncation per unroll is ES bit for bit; longer unrolls lower the meta-loss, resume between unrolls, and split over ranks",
+TEST_CASE("PES: one truncation per unroll is ES bit for bit, longer unrolls lower the meta-loss, it resumes between unrolls and splits over ranks",
           "[meta]") {
     TempDir dir;
     // truncation = inner_steps: each unroll is one truncation, ξ = ε: the ES estimator.
