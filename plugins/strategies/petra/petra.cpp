@@ -95,20 +95,7 @@ public:
     ~Petra() override {
         if (!between_ticks_ || tick_ == 0) return;
         try {
-            // What the neighbours sent at the last tick, for this stage's next one.
-            const auto next = schedule(tick_);
-            const int64_t f = synchronous_ ? -1 : next.forward, b = synchronous_ ? -1 : next.backward;
-            std::vector<std::shared_ptr<plexus::Work>> pending;
-            torch::Tensor forward, backward;
-            if (j_ > 0 && f >= 0 && !arrived_.count(3 * f)) {
-                forward = empty_forward_message();
-                pending.push_back(world_.recv(forward, j_ - 1, 3 * static_cast<int>(f)));
-            }
-            if (j_ < J_ - 1 && b >= 0 && !arrived_.count(3 * b + 1)) {
-                backward = empty_backward_message();
-                pending.push_back(world_.recv(backward, j_ + 1, 3 * static_cast<int>(b) + 1));
-            }
-            for (auto& w : pending) w->wait();
+            receive_next_messages();
             for (auto& w : previous_sends_) w->wait();
         } catch (const std::exception& e) {
             ctx_.log(plexus::LogLevel::Warning, std::string("petra: could not receive the last messages: ") + e.what());
