@@ -138,7 +138,7 @@ torch::Tensor direction(const MetaSpec& spec, int64_t k, int64_t i, int64_t n) {
 }
 
 torch::Tensor es_gradient(const MetaSpec& spec, int64_t k, const torch::Tensor& losses, int64_t n) {
-    const int64_t unroll = spec.truncation > 0 ? spec.inner_steps / spec.truncation : 1;
+    const int64_t unroll = spec.truncations_per_unroll();
     auto grad = torch::zeros({n}, torch::kFloat64);
     for (int64_t i = 0; i < spec.pairs; ++i) {
         const double plus = losses[2 * i].item<double>(), minus = losses[2 * i + 1].item<double>();
@@ -212,7 +212,7 @@ MetaSpec load_meta_spec(const std::string& path) {
             throw Error(path + ": meta.truncation = " + std::to_string(spec.truncation) + " does not divide meta.inner_steps = " +
                             std::to_string(spec.inner_steps),
                         "PES cuts each unroll of inner_steps into equal truncations");
-        const int64_t unroll = spec.inner_steps / spec.truncation;
+        const int64_t unroll = spec.truncations_per_unroll();
         if (spec.checkpoint_every % unroll != 0)
             throw Error(path + ": meta.checkpoint_every = " + std::to_string(spec.checkpoint_every) +
                             " is not a multiple of the " + std::to_string(unroll) + " truncations of an unroll",
@@ -410,7 +410,7 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
     std::vector<double> recent;
     // PES: this rank's pairs' tasks, one per sign, alive for an unroll; and the checkpoint of the
     // current unroll's start (what a run stopped inside it keeps).
-    const int64_t unroll = spec.truncation > 0 ? spec.inner_steps / spec.truncation : 1;
+    const int64_t unroll = spec.truncations_per_unroll();
     std::map<int64_t, std::pair<PesTask, PesTask>> live;
     Checkpoint unroll_start = c.copy();
     for (int64_t k = c.next_iteration; k < iterations; ++k) {
