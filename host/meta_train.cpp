@@ -478,7 +478,7 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
                           static_cast<long long>(k + 1), static_cast<long long>(iterations), mean, c.first_meta_loss,
                           per_iter, human_duration(per_iter * static_cast<double>(iterations - k - 1)).c_str());
             std::cout << line << std::endl;
-            if ((k + 1) % spec.checkpoint_every == 0 || k + 1 == iterations) {
+            if ((k + 1) % spec.checkpoint_every == 0) {  // (the last iteration's: after the loop)
                 c.save(ckpt_path);
                 LoptWeights::from_flat(c.theta).save(
                     spec.out, "meta-trained by plexus meta-train " + fs::path(spec.path).filename().string() + ", " + std::to_string(k + 1) + " iterations");
