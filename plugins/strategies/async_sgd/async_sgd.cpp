@@ -17,6 +17,7 @@
 // gradient of that step has been applied and every reply that may be sent has been sent.
 // Recorded on the server: async/staleness_mean, async/staleness_max per step (and their
 // summaries through the metric rows), async/held_replies.
+#include <algorithm>
 #include <limits>
 
 #include <plexus/plexus.hpp>
@@ -160,7 +161,7 @@ private:
         }
         out.loss = applied > 0 ? loss_sum / static_cast<double>(applied) : NAN;
         // The server consumes no batches; the job consumed one per worker.
-        out.job_tokens = ctx_.setting("train.batch_size").as_int() * ctx_.seq_len() * (workers - lost_workers_);
+        out.job_tokens = ctx_.setting("train.batch_size").as_int() * ctx_.seq_len() * (workers - lost_workers());
         ctx_.record("async/staleness_mean", applied > 0 ? staleness_sum / static_cast<double>(applied) : 0.0);
         ctx_.record("async/staleness_max", staleness_max);
         ctx_.record("async/applied", static_cast<double>(applied));
@@ -208,12 +209,13 @@ private:
     void drop(int w, const std::string& why) {
         if (lost_[static_cast<size_t>(w)]) return;
         lost_[static_cast<size_t>(w)] = true;
-        ++lost_workers_;
         received_[static_cast<size_t>(w)] = std::numeric_limits<int64_t>::max() / 2;  // never awaited again
         ctx_.log(plexus::LogLevel::Warning, "async_sgd: worker " + std::to_string(w + 1) + " is lost (" + why +
                                                 "); the server goes on with the others");
-        if (lost_workers_ == world_ - 1) throw plexus::Error("async_sgd: every worker is lost", "");
+        if (lost_workers() == world_ - 1) throw plexus::Error("async_sgd: every worker is lost", "");
     }
+
+    int lost_workers() const { return static_cast<int>(std::count(lost_.begin(), lost_.end(), true)); }
 
     void post_receive(int w) {
         grads_[static_cast<size_t>(w)] = torch::zeros_like(flat_);
@@ -233,7 +235,6 @@ private:
     std::vector<int64_t> received_;
     std::vector<bool> held_;
     std::vector<bool> lost_;
-    int lost_workers_ = 0;
 };
 
 plexus::PluginDescriptor describe() {
