@@ -67,6 +67,13 @@ inline void resize_storage_bytes(const torch::Tensor& t, size_t bytes) {
 // Float (or a device other than CPU and CUDA): the guard does nothing. The harness holds one
 // around each rank's training loop (train.precision); tasks started with
 // RunContext::start_background inherit it.
+//
+// Autocast's cast cache is off while the guard lives. That cache keeps the bfloat16 copy of each
+// parameter until the outermost autocast region ends, and a region that spans many steps would
+// keep multiplying by the first step's weights after the optimizer has changed them in place
+// (or by a ZeRO-3 shard's last gathered values). Python scripts avoid this by opening a region
+// per step; here every product casts its weights afresh, which is the same one cast per weight
+// and forward.
 class AutocastGuard {
 public:
     AutocastGuard(c10::DeviceType device_type, c10::ScalarType dtype)
@@ -75,12 +82,15 @@ public:
         if (!active_) return;
         prev_enabled_ = enabled(device_);
         prev_dtype_ = get_dtype(device_);
+        prev_cache_ = at::autocast::is_autocast_cache_enabled();
         set(device_, true, dtype);
+        at::autocast::set_autocast_cache_enabled(false);
         at::autocast::increment_nesting();
     }
     ~AutocastGuard() {
         if (!active_) return;
         if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();  // casts cached for this region
+        at::autocast::set_autocast_cache_enabled(prev_cache_);
         set(device_, prev_enabled_, prev_dtype_);
     }
     AutocastGuard(const AutocastGuard&) = delete;
@@ -114,6 +124,7 @@ private:
     c10::DeviceType device_;
     bool active_;
     bool prev_enabled_ = false;
+    bool prev_cache_ = true;
     c10::ScalarType prev_dtype_ = c10::kFloat;
 };
 
