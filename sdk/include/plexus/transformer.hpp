@@ -105,7 +105,10 @@ inline torch::Tensor embed(const torch::Tensor& tokens, const torch::Tensor& pos
 inline torch::Tensor attention_heads(const torch::Tensor& in, const Params& qkv, int64_t head_dim,
                                      const torch::Tensor& mask) {
     const auto B = in.size(0), T = in.size(1), heads = qkv.weight.size(0) / (3 * head_dim);
-    auto h = torch::linear(in, qkv.weight, qkv.bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4});
+    // unbind, not h[0..2]: its backward stacks the three gradients once, where three selects
+    // would each build a zero tensor of the whole projection and add them up.
+    const auto h =
+        torch::linear(in, qkv.weight, qkv.bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4}).unbind(0);
     auto y = compat::causal_attention(h[0], h[1], h[2], mask);
     return y.transpose(1, 2).reshape({B, T, heads * head_dim});
 }
