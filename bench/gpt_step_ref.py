@@ -95,7 +95,7 @@ def build(args, threads):
         else:
             logits = forward(ids[:, :-1])
             loss = F.cross_entropy(logits.reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=True)  # PyTorch 2's default, as plexus: no pass to zero, none to add into
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

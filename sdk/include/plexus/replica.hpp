@@ -115,12 +115,21 @@ protected:
         return grads;
     }
 
-    // Clips, steps the optimizer, zeroes the gradients, charges the optimizer's compute.
-    // (forward_backward charged the model's.)
+    // Clips, steps the optimizer, clears the gradients, charges the optimizer's compute.
+    // (forward_backward charged the model's.) Gradients are dropped, not zeroed: the next
+    // backward then hands each parameter its new gradient tensor as it is, where zeroed ones
+    // would cost a pass to zero them and another to add the new gradient in (PyTorch's
+    // zero_grad(set_to_none=True)). Gradients that view a flat buffer (view_gradients) are
+    // zeroed instead, so that they stay bound to it.
     void update(const StepInput& in, StepOutput& out, const std::vector<torch::Tensor>& grads) {
         out.grad_norm = clip_grad_norm(grads, in.max_grad_norm);
         optimizer_->step(grads, in.lr_scale);
-        zero_all(grads);
+        std::vector<torch::Tensor> bound;
+        for (auto& p : params_) {
+            if (p.grad().defined() && p.grad().is_view()) bound.push_back(p.grad());
+            else p.mutable_grad() = torch::Tensor();
+        }
+        zero_all(bound);
         ctx_.charge_compute(optimizer_->flops_per_step());
         // What this rank holds between steps: parameters, gradients, optimizer state (the last
         // measured once, after the first step has created it). Sharded strategies report the same.

@@ -35,12 +35,12 @@ inline std::vector<ParamSlot> slots_of(torch::nn::Module& module) {
 inline bool any_meta(const std::vector<torch::Tensor>& ts) { return !ts.empty() && ts[0].is_meta(); }
 
 inline void zero_all(const std::vector<torch::Tensor>& ts) {
-    if (any_meta(ts)) return;  // no data to zero
+    if (ts.empty() || any_meta(ts)) return;  // nothing to zero (the kernel refuses an empty list)
     at::_foreach_zero_(ts);
 }
 
 inline void scale_all(const std::vector<torch::Tensor>& ts, double factor) {
-    if (any_meta(ts)) return;
+    if (ts.empty() || any_meta(ts)) return;
     at::_foreach_mul_(ts, factor);
 }
 
@@ -93,9 +93,10 @@ inline uint64_t mix_seed(uint64_t seed, uint64_t salt) {
     return z ^ (z >> 31);
 }
 
-// What a rank holds between steps for these parameters: the parameters, a gradient each, and
-// the optimizer's state (call after the optimizer's first step, which creates it). Strategies
-// record it as "state_bytes", so memory per rank compares across strategies.
+// What a rank holds for these parameters: the parameters, a gradient each (from backward to the
+// optimizer step), and the optimizer's state (call after the optimizer's first step, which
+// creates it). Strategies record it as "state_bytes", so memory per rank compares across
+// strategies.
 inline int64_t training_state_bytes(const std::vector<torch::Tensor>& params, const Optimizer& optimizer) {
     int64_t bytes = 0;
     for (const auto& p : params) bytes += 2 * p.numel() * static_cast<int64_t>(p.element_size());
