@@ -25,6 +25,9 @@ void adamw_pass(float* p, const float* g, float* m, float* v, int64_t n, float d
     }
 }
 
+// Large tensors are updated by the compute threads in pieces of this many elements.
+constexpr int64_t kElementsPerTask = 1 << 16;
+
 bool fits_pass(const torch::Tensor& p, const torch::Tensor& g) {
     return p.device().is_cpu() && p.scalar_type() == torch::kFloat && g.scalar_type() == torch::kFloat &&
            p.is_contiguous() && g.is_contiguous() && g.numel() == p.numel();
@@ -67,11 +70,15 @@ public:
             const auto& g = grads[i];
             const double decay = decays_[i] && weight_decay_ != 0 ? 1.0 - lr * weight_decay_ : 1.0;
             if (fits_pass(p, g)) {
-                adamw_pass(p.data_ptr<float>(), g.data_ptr<float>(), exp_avg_[i].data_ptr<float>(),
-                           exp_avg_sq_[i].data_ptr<float>(), p.numel(), static_cast<float>(decay),
-                           static_cast<float>(1.0 - beta1_), static_cast<float>(beta2_),
-                           static_cast<float>(1.0 - beta2_), static_cast<float>(inv_sqrt_bc2),
-                           static_cast<float>(eps_), static_cast<float>(step_size));
+                float *pp = p.data_ptr<float>(), *mp = exp_avg_[i].data_ptr<float>(), *vp = exp_avg_sq_[i].data_ptr<float>();
+                const float* gp = g.data_ptr<float>();
+                // Element-wise, so the compute threads share a tensor without changing a bit of it.
+                at::parallel_for(0, p.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
+                    adamw_pass(pp + begin, gp + begin, mp + begin, vp + begin, end - begin, static_cast<float>(decay),
+                               static_cast<float>(1.0 - beta1_), static_cast<float>(beta2_),
+                               static_cast<float>(1.0 - beta2_), static_cast<float>(inv_sqrt_bc2),
+                               static_cast<float>(eps_), static_cast<float>(step_size));
+                });
                 continue;
             }
             if (decay != 1.0) p.mul_(decay);
