@@ -11,6 +11,8 @@
 #       unpacks them under /tmp, configures and builds build-gpu/, runs the [gpu] tests, the GPU
 #       benchmark (bench/gpt_step_gpu.sh) and, while time is left, the CPU test suite against
 #       that LibTorch. Aims to finish in under 8 minutes on 16 cores. Prints a summary last.
+#   Environment: DEVICE_RUN_BENCH=0 (build and test only), DEVICE_RUN_BUDGET_S (default 450),
+#   DEVICE_RUN_FIRST (a ctest -R pattern run first, one test at a time, with its output).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 debs=$root/.device-deps
@@ -90,6 +92,13 @@ fi
 # The CPU suite against this LibTorch (2.x), in the time that is left. Four tests at a time: the
 # suite's runs start several threads each, and more at once oversubscribe even 16 cores (the
 # launcher's timeouts then fire).
+# DEVICE_RUN_FIRST: a ctest -R pattern of tests to run before the rest, one at a time (tests
+# that failed on an earlier device run: their output is what the next session needs).
+first=${DEVICE_RUN_FIRST:-}
+if [ -n "$first" ] && [ -x "$root/build-gpu/tests/plexus_tests" ] && [ "$(left)" -gt 30 ]; then
+  (cd "$root/build-gpu" && timeout "$(left)" ctest --timeout 120 --output-on-failure -R "$first") > "$out/first-tests.log" 2>&1
+  say "tests first ($first): $(grep -E 'tests passed|tests failed' "$out/first-tests.log" | tail -1)"
+fi
 if [ -x "$root/build-gpu/tests/plexus_tests" ] && [ "$(left)" -gt 60 ]; then
   (cd "$root/build-gpu" && timeout "$(left)" ctest -j 4 --timeout 120 --output-on-failure -E "out_of_tree|report_renders|fuzz" ) > "$out/cpu-tests.log" 2>&1
   say "CPU suite on this LibTorch: $(grep -E 'tests passed|tests failed' "$out/cpu-tests.log" | tail -1)"
