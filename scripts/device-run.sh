@@ -78,6 +78,13 @@ if [ -x "$root/build-gpu/tests/plexus_tests" ]; then
   (cd "$root/build-gpu/tests" && timeout 240 ./plexus_tests "[gpu]" -r compact) > "$out/gpu-tests.log" 2>&1
   say "GPU tests: $(tail -1 "$out/gpu-tests.log")"
 fi
+# DEVICE_RUN_FIRST: a ctest -R pattern of tests to run before the rest, one at a time (tests
+# that failed on an earlier device run: their output is what the next session needs).
+first=${DEVICE_RUN_FIRST:-}
+if [ -n "$first" ] && [ -x "$root/build-gpu/tests/plexus_tests" ] && [ "$(left)" -gt 30 ]; then
+  (cd "$root/build-gpu" && timeout 180 ctest --timeout 120 --output-on-failure -R "$first") > "$out/first-tests.log" 2>&1
+  say "tests first ($first): $(grep -E 'tests passed|tests failed' "$out/first-tests.log" | tail -1)"
+fi
 if [ "$bench" = 1 ] && [ -x "$root/build-gpu/bench/gpt_step" ]; then
   "$root/bench/gpt_step_gpu.sh" "$root/build-gpu" "$out/gpu-bench.md" "$sizes" > "$out/gpu-bench.log" 2>&1
   say "GPU benchmark:"
@@ -92,13 +99,6 @@ fi
 # The CPU suite against this LibTorch (2.x), in the time that is left. Four tests at a time: the
 # suite's runs start several threads each, and more at once oversubscribe even 16 cores (the
 # launcher's timeouts then fire).
-# DEVICE_RUN_FIRST: a ctest -R pattern of tests to run before the rest, one at a time (tests
-# that failed on an earlier device run: their output is what the next session needs).
-first=${DEVICE_RUN_FIRST:-}
-if [ -n "$first" ] && [ -x "$root/build-gpu/tests/plexus_tests" ] && [ "$(left)" -gt 30 ]; then
-  (cd "$root/build-gpu" && timeout "$(left)" ctest --timeout 120 --output-on-failure -R "$first") > "$out/first-tests.log" 2>&1
-  say "tests first ($first): $(grep -E 'tests passed|tests failed' "$out/first-tests.log" | tail -1)"
-fi
 if [ -x "$root/build-gpu/tests/plexus_tests" ] && [ "$(left)" -gt 60 ]; then
   (cd "$root/build-gpu" && timeout "$(left)" ctest -j 4 --timeout 120 --output-on-failure -E "out_of_tree|report_renders|fuzz" ) > "$out/cpu-tests.log" 2>&1
   say "CPU suite on this LibTorch: $(grep -E 'tests passed|tests failed' "$out/cpu-tests.log" | tail -1)"
