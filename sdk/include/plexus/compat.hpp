@@ -22,15 +22,14 @@ namespace plexus::compat {
 
 // Causal self-attention softmax(q kᵀ / sqrt(d) + mask) v over [batch, heads, seq, head_dim].
 // LibTorch 2.x: the fused kernel (flash or memory-efficient where available).
-// LibTorch 1.13: scale and mask fused into one baddbmm, then an in-place softmax.
-// `mask` is an additive [seq, seq] tensor (0 on and below the diagonal, -inf above), used by
-// the 1.13 path only; causal_mask() makes one.
+// LibTorch 1.13, and "meta" tensors (2.x's attention has no meta kernel on the CPU): scale and
+// mask fused into one baddbmm, then a softmax. `mask` is an additive [seq, seq] tensor (0 on
+// and below the diagonal, -inf above), used by that path only; causal_mask() makes one.
 inline torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k,
                                       const torch::Tensor& v, const torch::Tensor& mask) {
 #if TORCH_VERSION_MAJOR >= 2
-    (void)mask;
-    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
-#else
+    if (!q.is_meta()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+#endif
     const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
     auto q3 = q.reshape({B * H, T, D});
     auto k3 = k.reshape({B * H, T, D});
@@ -39,7 +38,6 @@ inline torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tenso
                                  /*beta=*/1.0, /*alpha=*/1.0 / std::sqrt(static_cast<double>(D)));
     auto probs = torch::softmax(scores, -1);
     return torch::bmm(probs, v3).view({B, H, T, D});
-#endif
 }
 
 inline torch::Tensor causal_mask(int64_t seq_len, const torch::TensorOptions& options) {
