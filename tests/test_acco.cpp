@@ -287,7 +287,12 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     };
     // DDP accumulates 2 micro-batches per update; an ACCO update spans two rounds of >= 1 each.
     const std::string ddp = " --set strategy.name=ddp --set strategy.accumulate=2";
-    const std::string gloo = "--set launch.mode=local --set launch.ranks=2", sim = "--set launch.mode=sim --set launch.ranks=4";
+    // The simulated device is pinned: on the default "measured" one a faster host makes each
+    // micro-batch shorter next to the same simulated network, so rounds span more of them (a
+    // 16-core host ran 18 updates instead of 120 and missed by 1.7 nats).
+    const std::string gloo = "--set launch.mode=local --set launch.ranks=2",
+                      sim = "--set launch.mode=sim --set launch.ranks=4 --set sim.device=custom "
+                            "--set sim.device_flops=5e11 --set sim.efficiency=0.5";
     const double start = std::log(32.0);
     // Simulated (the network fast next to a micro-batch): every round is one micro-batch, so
     // ACCO makes as many updates as DDP, of the same size; measured 0.5725 against 0.5727.
