@@ -54,10 +54,13 @@ std::map<std::string, std::string> summaries_of(const std::string& db) {
     return out;
 }
 
+// The numeric summaries only (not a text that happens to start with a digit: a state hash such
+// as "3e5107..." would read as an out-of-range number).
 std::map<std::string, double> numbers_of(const std::string& db) {
+    host::ResultsStore store(db);
     std::map<std::string, double> out;
-    for (const auto& [key, text] : summaries_of(db))
-        if (!text.empty() && (std::isdigit(static_cast<unsigned char>(text[0])) || text[0] == '-')) out[key] = std::stod(text);
+    for (const auto& [rank, key, value, text] : store.summaries(store.list_runs(1).at(0).id))
+        if (value) out[std::to_string(rank) + "." + key] = *value;
     return out;
 }
 
