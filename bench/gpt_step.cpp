@@ -158,6 +158,7 @@ int main(int argc, char** argv) {
         for (const char* k : {"layers", "width", "heads", "seq", "batch", "vocab", "steps", "warmup"})
             command += std::string(" --") + k + " " + std::to_string(a[k]);
         command += " --dtype " + a.text["precision"];
+        command += " --threads " + std::to_string(at::get_num_threads());  // LibTorch's pool as plexus set it
         reference = std::make_unique<Reference>(command);
         if (!reference->ok()) {
             std::fprintf(stderr, "reference failed to start: `%s` (needs Debian's python3-torch)\n", command.c_str());

@@ -157,7 +157,7 @@ def main():
     for name, default in [("layers", 4), ("width", 256), ("heads", 4), ("seq", 128), ("batch", 8), ("vocab", 4096),
                           ("steps", 5), ("rounds", 7), ("warmup", 3)]:
         ap.add_argument("--" + name, type=int, default=default)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (OpenBLAS keeps its own pool)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the OpenMP build of OpenBLAS shares them; the pthreads build keeps its own pool)")
     ap.add_argument("--serve", action="store_true", help="time one round per line read on stdin")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: forward under torch.autocast")

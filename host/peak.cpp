@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <dlfcn.h>
 #include <unistd.h>
 #include <vector>
 
@@ -60,9 +61,17 @@ std::string cpu_model() {
     return "unknown cpu";
 }
 
-// One line per measurement: "<key>\t<flops>"; the key names the CPU, threads and LibTorch.
+// OpenBLAS's build ("... USE_OPENMP Haswell ...") where it is the BLAS: switching between its
+// OpenMP and pthreads builds changes the peak.
+std::string blas_config() {
+    using GetConfig = const char* (*)();
+    auto fn = reinterpret_cast<GetConfig>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+    return fn ? std::string(" | ") + fn() : std::string();
+}
+
+// One line per measurement: "<key>\t<flops>"; the key names the CPU, threads, LibTorch and BLAS.
 std::string cache_key(int threads) {
-    return cpu_model() + " | threads " + std::to_string(threads) + " | libtorch " + TORCH_VERSION;
+    return cpu_model() + " | threads " + std::to_string(threads) + " | libtorch " + TORCH_VERSION + blas_config();
 }
 
 }  // namespace

@@ -14,6 +14,8 @@ cd "$root"
 build_dir=${PLEXUS_BUILD_DIR:-build}
 jobs=${PLEXUS_JOBS:-2}
 action=${1:-build}
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 case "$action" in
   build|quickstart|test) ;;
@@ -28,8 +30,6 @@ for p in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -q
   $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
@@ -40,8 +40,6 @@ fi
 #    Versions are pinned in host/report/package-lock.json; npm ci runs only when they changed.
 if ! command -v npm >/dev/null; then
   echo "setup: installing nodejs npm"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends nodejs npm
 fi
 reconfigure=0
@@ -52,7 +50,17 @@ if [ ! -f host/report/node_modules/.package-lock.json ] ||
   reconfigure=1
 fi
 
-# 3. OpenBLAS, never the reference BLAS: with the reference BLAS a GPT step is ~27x slower.
+# 3. OpenBLAS's OpenMP build as the system BLAS: never the reference BLAS (a GPT step is ~27x
+#    slower), and not the pthreads build either, whose own thread pool fights LibTorch's for the
+#    cores (set_compute_threads in host/harness.cpp has the measurements). Both builds install
+#    as alternatives and the pthreads one has the higher priority, so the choice is made here.
+openmp=/usr/lib/x86_64-linux-gnu/openblas-openmp
+for lib in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
+  if [ -e "$openmp/$lib" ] && [ "$(readlink -f "/usr/lib/x86_64-linux-gnu/$lib")" != "$(readlink -f "$openmp/$lib")" ]; then
+    echo "setup: selecting OpenBLAS's OpenMP build for $lib"
+    $sudo update-alternatives --set "$lib-x86_64-linux-gnu" "$openmp/$lib"
+  fi
+done
 blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
 case "$blas" in
   *openblas*) ;;
