@@ -109,6 +109,7 @@ private:
 
 int main(int argc, char** argv) {
     auto a = parse_args(argc, argv);
+    host::keep_freed_memory();  // as plexus's main does
     host::set_compute_threads(static_cast<int>(a["threads"]));
     const torch::Device device(a.text["device"]);
     const bool gpu = device.is_cuda();

@@ -52,6 +52,7 @@ double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Cloc
 
 int main(int argc, char** argv) {
     const int64_t short_steps = 200, long_steps = argc > 1 ? std::atoll(argv[1]) : 2200;
+    host::keep_freed_memory();  // as plexus's main does
     host::set_compute_threads(1);
     const std::string file = bench::write_experiment(kTiny, "tiny.toml");
     const std::string dir = std::filesystem::path(file).parent_path();

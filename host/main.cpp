@@ -484,6 +484,7 @@ int cmd_bench(std::vector<std::string> args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    plexus::host::keep_freed_memory();
     // Every tensor this thread allocates is known to the allocator's bookkeeping, so a rank's
     // meter (harness.cpp) can take over blocks made before it started.
     plexus::host::MeterScope process_meter(std::make_shared<plexus::host::TensorMemoryMeter>());
