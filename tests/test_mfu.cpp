@@ -1,3 +1,11 @@
+#include <dlfcn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
 #include <catch2/catch.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
@@ -65,4 +73,76 @@ TEST_CASE("known GPU peaks come from the datasheet table, unknown ones stay unkn
     CHECK(*host::gpu_peak("NVIDIA H100 PCIe").flops == 756e12);
     CHECK(*host::gpu_peak("NVIDIA A100-SXM4-80GB").flops == 312e12);
     CHECK_FALSE(host::gpu_peak("Some Future GPU").flops.has_value());
+}
+
+namespace {
+
+// Page faults of the third round of allocating, touching and freeing three 24 MB blocks, in a
+// child process (glibc's malloc settings are process-wide and cannot be undone), with or
+// without keep_freed_memory().
+long third_round_page_faults(bool keep) {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {  // only malloc, memset and getrusage here: the parent has threads
+        if (keep) host::keep_freed_memory();
+        long faults = 0;
+        for (int round = 0; round < 3; ++round) {
+            rusage before{}, after{};
+            getrusage(RUSAGE_SELF, &before);
+            void* blocks[3];
+            for (auto& b : blocks) {
+                b = std::malloc(24 << 20);
+                std::memset(b, 1, 24 << 20);
+            }
+            for (auto& b : blocks) std::free(b);
+            getrusage(RUSAGE_SELF, &after);
+            faults = after.ru_minflt - before.ru_minflt;
+        }
+        const ssize_t written = write(fds[1], &faults, sizeof faults);
+        _exit(written == sizeof faults ? 0 : 1);
+    }
+    close(fds[1]);
+    long faults = -1;
+    const ssize_t got = read(fds[0], &faults, sizeof faults);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    REQUIRE(got == static_cast<ssize_t>(sizeof faults));
+    return faults;
+}
+
+}  // namespace
+
+TEST_CASE("keep_freed_memory: a step's blocks reuse the last step's pages instead of faulting new ones", "[mfu][memory]") {
+#ifdef __SANITIZE_ADDRESS__
+    WARN("under AddressSanitizer its allocator replaces glibc's malloc: nothing to measure");
+    return;
+#endif
+    // 3 x 24 MB is 18432 pages: glibc's defaults hand the blocks back and fault them all in again.
+    const long kept = third_round_page_faults(true), released = third_round_page_faults(false);
+    INFO("page faults in the third round: kept " << kept << ", glibc defaults " << released);
+    CHECK(released > 10000);
+    CHECK(kept < 1000);
+}
+
+TEST_CASE("set_compute_threads shares the cores with OpenBLAS's OpenMP build, and leaves them to its pthreads pool", "[mfu][threads]") {
+    using GetInt = int (*)();
+    using SetInt = void (*)(int);
+    auto blas_parallel = reinterpret_cast<GetInt>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+    auto blas_threads = reinterpret_cast<GetInt>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    auto set_blas_threads = reinterpret_cast<SetInt>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (!blas_parallel || !blas_threads || !set_blas_threads) return;  // not OpenBLAS: LibTorch has the cores
+    // scripts/setup.sh selects the OpenMP build; the pthreads build would leave LibTorch one core
+    CHECK(blas_parallel() == 2);
+    const int torch_before = at::get_num_threads(), blas_before = blas_threads();
+    host::set_compute_threads(2);
+    CHECK(blas_threads() == 2);
+    CHECK(at::get_num_threads() == (blas_parallel() == 2 ? 2 : 1));
+    host::set_compute_threads(1);
+    CHECK(at::get_num_threads() == 1);
+    CHECK(blas_threads() == 1);
+    at::set_num_threads(torch_before);
+    set_blas_threads(blas_before);
 }
