@@ -166,20 +166,24 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
-    std::vector<double> mine, theirs, ratios;
+    // On the CPU the matmul peak is measured after every round too: this machine's speed drifts
+    // within minutes, and each round's MFU is taken against the peak measured beside it.
+    const std::string gpu_name = host::gpu::device_name(device);
+    const auto card = host::gpu_peak(gpu_name);
+    std::vector<double> mine, theirs, ratios, peaks, mfus;
     for (int64_t r = 0; r < a["rounds"]; ++r) {
         mine.push_back(plexus_round());
         if (reference) {
             theirs.push_back(reference->round());
             ratios.push_back(mine.back() / theirs.back());
         }
+        peaks.push_back(gpu ? card.flops.value_or(NAN) : host::measure_cpu_matmul_flops(0.5));
+        mfus.push_back(host::mfu(ctx.flops.flops, mine.back(), peaks.back()));
     }
     reference.reset();
     const double plexus_tps = bench::median(mine);
-    const std::string gpu_name = host::gpu::device_name(device);
-    const auto card = host::gpu_peak(gpu_name);
-    const double peak = gpu ? card.flops.value_or(NAN) : host::measure_cpu_matmul_flops(2.0);
-    const double mfu = host::mfu(ctx.flops.flops, plexus_tps, peak);
+    const double peak = bench::median(peaks);
+    const double mfu = bench::median(mfus);
 
     std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, %s %s, %s, %s params\n",
                 (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["seq"],
@@ -201,8 +205,10 @@ int main(int argc, char** argv) {
         std::printf("  peak GPU memory of tensors: %.1f GiB\n",
                     static_cast<double>(host::gpu::peak_allocated_bytes(device)) / (1 << 30));
     } else {
-        std::printf("  MFU:       %9.1f%% of the fp32 matmul peak measured now, %.1f GFLOP/s (%.2f MFLOP/token, 6N+12LHQT)\n",
-                    mfu * 100, peak / 1e9, ctx.flops.flops / 1e6);
+        std::printf("  MFU:       %9.1f%% of the fp32 matmul peak measured after each round (median of rounds; "
+                    "range %.1f%% to %.1f%%), peak median %.1f GFLOP/s (%.2f MFLOP/token, 6N+12LHQT)\n",
+                    mfu * 100, *std::min_element(mfus.begin(), mfus.end()) * 100,
+                    *std::max_element(mfus.begin(), mfus.end()) * 100, peak / 1e9, ctx.flops.flops / 1e6);
     }
     // One line for scripts (bench/gpt_step_gpu.sh, scripts/bench.sh).
     std::printf("RESULT plexus tokens_per_s=%.1f mfu=%.4f params=%lld flops_per_token=%.6g\n", plexus_tps, mfu,
