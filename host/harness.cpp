@@ -6,17 +6,17 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <limits>
 #include <atomic>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <optional>
 #include <iostream>
+#include <limits>
+#include <optional>
 #include <sstream>
 #include <thread>
 

@@ -1,5 +1,7 @@
 #include "peak.hpp"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -8,7 +10,6 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
-#include <dlfcn.h>
 #include <unistd.h>
 #include <vector>
 
