@@ -73,8 +73,6 @@ uint64_t pair_seed(const MetaSpec& spec, int64_t k, int64_t i, uint64_t salt) {
                     salt);
 }
 
-
-
 // What survives a restart: the weights, Adam's moments, where the run is recorded.
 struct Checkpoint {
     int64_t next_iteration = 0, run_id = 0, adam_steps = 0;
@@ -343,10 +341,6 @@ double pes_truncation(const MetaSpec& spec, PesTask& task, const LoptWeights& we
     task.track.run = std::move(run);
     return train_steps(task.track, spec.truncation) / static_cast<double>(spec.truncation);
 }
-
-}  // namespace
-
-namespace {
 
 // One rank's meta-training loop. Rank 0 records and checkpoints; `transport` joins the ranks.
 int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& transport, ResultsStore* store,

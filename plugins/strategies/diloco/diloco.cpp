@@ -69,8 +69,12 @@ public:
             if (item.first.rfind("anchor.", 0) == 0) anchor_.at(anchor++).copy_(item.second);
             else if (item.first.rfind("outer.", 0) == 0) outer.push_back(item);
             else if (item.first.rfind("comm.", 0) == 0) comm.emplace_back(item.first.substr(5), item.second);
-            else if (item.first == "diloco.counters") inner_done_ = item.second[0].item<int64_t>(), outer_steps_ = item.second[1].item<int64_t>();
-            else replica.push_back(item);
+            else if (item.first == "diloco.counters") {
+                inner_done_ = item.second[0].item<int64_t>();
+                outer_steps_ = item.second[1].item<int64_t>();
+            } else {
+                replica.push_back(item);
+            }
         }
         ReplicaStrategy::load_state(replica);
         outer_->load_state(outer);
