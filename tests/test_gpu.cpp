@@ -5,6 +5,7 @@
 #include <thread>
 
 #include <plexus/compat.hpp>
+#include <plexus/loss.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -101,6 +102,29 @@ TEST_CASE("bf16 autocast on the GPU: bf16 products, float32 loss, close to float
     }
     CHECK(bf16 != fp32);                                // it did run in bf16
     CHECK(std::abs(bf16 - fp32) < 2e-2 * std::abs(fp32));  // bf16's 8-bit mantissa, not garbage
+}
+
+TEST_CASE("cross_entropy of bf16 logits under autocast on the GPU: torch's float loss and rounded gradient", "[gpu]") {
+    torch::manual_seed(5);
+    auto logits64 = torch::randn({96, 1000}, torch::kFloat64) * 3.0;
+    const auto targets = torch::randint(0, 1000, {96}, torch::kLong);
+    for (int64_t r = 0; r < 24; ++r) logits64[r][targets[r].item<int64_t>()] = logits64[r].max() + 12.0;  // p near 1
+    const auto logits = logits64.to(torch::kBFloat16);
+    auto ref_x = logits.to(torch::kFloat32).requires_grad_();
+    const auto ref_loss = torch::nn::functional::cross_entropy(ref_x, targets);
+    ref_loss.backward();
+    auto x = logits.to(kGpu).requires_grad_();
+    torch::Tensor loss;
+    {
+        compat::AutocastGuard autocast(torch::kCUDA, torch::kBFloat16);
+        loss = plexus::cross_entropy(x, targets.to(kGpu));
+    }
+    loss.backward();
+    CHECK(loss.scalar_type() == torch::kFloat);
+    CHECK(x.grad().scalar_type() == torch::kBFloat16);
+    CHECK(std::abs(loss.item<double>() - ref_loss.item<double>()) < 1e-5 * ref_loss.item<double>());
+    const auto ours = x.grad().to(torch::kCPU, torch::kFloat64), exact = ref_x.grad().to(torch::kFloat64);
+    CHECK(((ours - exact).abs() / exact.abs().clamp_min(1e-30)).max().item<double>() < std::ldexp(1.0, -8));
 }
 
 TEST_CASE("AdamW's fused GPU kernel computes the CPU loop's update", "[gpu]") {

@@ -1,8 +1,9 @@
-// train.precision (autocast) and launch.backend, on the CPU: what every build can check. The GPU
-// side is in test_gpu.cpp.
+// train.precision (autocast), launch.backend and the loss's numerics, on the CPU: what every
+// build can check. The GPU side is in test_gpu.cpp.
 #include <catch2/catch.hpp>
 
 #include <plexus/compat.hpp>
+#include <plexus/loss.hpp>
 #include <torch/torch.h>
 
 #include "launch.hpp"
@@ -87,4 +88,81 @@ TEST_CASE("unknown precision and back end are named, and NCCL without a GPU says
     INFO(res.output);
     CHECK(res.exit_code != 0);
     CHECK(res.output.find("launch.backend = \"nccl\" needs") != std::string::npos);
+}
+
+namespace {
+
+// Logits [rows, V] whose first rows are confident (the target's logit far above the rest, p of
+// the target near 1, where p - 1 cancels), and their targets.
+std::pair<torch::Tensor, torch::Tensor> loss_inputs(int64_t rows, int64_t vocab) {
+    torch::manual_seed(7);
+    auto logits = torch::randn({rows, vocab}, torch::kFloat64) * 3.0;
+    auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
+    for (int64_t r = 0; r < rows / 4; ++r) logits[r][targets[r].item<int64_t>()] = logits[r].max() + 12.0;
+    return {logits, targets};
+}
+
+// The loss and the gradient with respect to logits `x` (a fresh leaf) of `loss_fn`, with an
+// upstream gradient of 2.5 (a scaled loss).
+template <typename LossFn>
+std::pair<torch::Tensor, torch::Tensor> loss_and_grad(const torch::Tensor& logits, const torch::Tensor& targets, LossFn loss_fn) {
+    auto x = logits.detach().clone().requires_grad_();
+    auto loss = loss_fn(x, targets);
+    (loss * 2.5).backward();
+    return {loss.detach(), x.grad()};
+}
+
+}  // namespace
+
+TEST_CASE("cross_entropy equals torch's in value and gradient, for float and double logits", "[precision][loss]") {
+    const auto [logits, targets] = loss_inputs(48, 37);
+    const auto [ref_loss, ref_grad] = loss_and_grad(logits, targets, [](const torch::Tensor& x, const torch::Tensor& t) {
+        return torch::nn::functional::cross_entropy(x, t);
+    });
+    for (const auto dtype : {torch::kFloat64, torch::kFloat32}) {
+        INFO("dtype " << dtype);
+        const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-6;
+        // [4, 12, V] as a model returns it: any leading shape, the gradient in that shape.
+        const auto [loss, grad] = loss_and_grad(logits.to(dtype).view({4, 12, 37}), targets.view({4, 12}), plexus::cross_entropy);
+        CHECK(grad.scalar_type() == dtype);
+        CHECK(grad.sizes() == torch::IntArrayRef({4, 12, 37}));
+        CHECK(std::abs(loss.item<double>() - ref_loss.item<double>()) < tol * ref_loss.item<double>());
+        CHECK((grad.reshape({48, 37}).to(torch::kFloat64) - ref_grad).abs().max().item<double>() < tol * ref_grad.abs().max().item<double>());
+    }
+}
+
+TEST_CASE("cross_entropy of bf16 logits: a bf16 gradient as accurate as torch's float path rounded", "[precision][loss]") {
+    // torch's autocast computes the loss of bf16 logits in float; the gradient reaching the bf16
+    // logits is the float one rounded. Ours must be that too, within one rounding, also at the
+    // confident rows' targets where p - 1 would cancel if computed in bf16.
+    const auto [logits64, targets] = loss_inputs(64, 50);
+    const auto logits = logits64.to(torch::kBFloat16);
+    const auto [ref_loss, ref_grad] = loss_and_grad(logits.to(torch::kFloat32), targets, [](const torch::Tensor& x, const torch::Tensor& t) {
+        return torch::nn::functional::cross_entropy(x, t);
+    });
+    const auto [loss, grad] = loss_and_grad(logits, targets, plexus::cross_entropy);
+    CHECK(loss.scalar_type() == torch::kFloat32);
+    CHECK(grad.scalar_type() == torch::kBFloat16);
+    CHECK(std::abs(loss.item<double>() - ref_loss.item<double>()) < 1e-6 * ref_loss.item<double>());
+    const auto ours = grad.to(torch::kFloat64), exact = ref_grad.to(torch::kFloat64);
+    // bf16 keeps 8 significant bits: one rounding is within 2^-8 of the value.
+    const auto err = ((ours - exact).abs() / exact.abs().clamp_min(1e-30)).max().item<double>();
+    CHECK(err < std::ldexp(1.0, -8));
+    const auto at_targets = torch::arange(16);  // the confident rows: p of the target near 1
+    const auto p = torch::softmax(logits64.index({at_targets}), 1).gather(1, targets.index({at_targets}).unsqueeze(1));
+    CHECK((1.0 - p).max().item<double>() < 1e-3);
+}
+
+TEST_CASE("cross_entropy refuses a target outside 0 to V - 1, torch's ignore index included", "[precision][loss]") {
+    const auto logits = torch::randn({3, 5}, torch::requires_grad());
+    CHECK_THROWS_WITH(plexus::cross_entropy(logits, torch::tensor({1, 5, 0})), Catch::Contains("out of bounds"));
+    CHECK_THROWS_WITH(plexus::cross_entropy(logits, torch::tensor({1, -100, 0})), Catch::Contains("out of bounds"));
+}
+
+TEST_CASE("cross_entropy: a second backward through the same graph is refused, not computed from spent values", "[precision][loss]") {
+    // The backward turns its saved log-probabilities into the gradient in place.
+    const auto logits = torch::randn({3, 5}, torch::requires_grad());
+    const auto loss = plexus::cross_entropy(logits, torch::tensor({1, 4, 0}));
+    loss.backward({}, /*retain_graph=*/true);
+    CHECK_THROWS_WITH(loss.backward(), Catch::Contains("modified by an inplace operation"));
 }

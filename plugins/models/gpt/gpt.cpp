@@ -1,5 +1,6 @@
 // models/gpt: a GPT-style decoder (pre-norm, learned positions, GELU MLP), as blocks:
 // [embed, layer 0 .. layer L-1, head].
+#include <plexus/loss.hpp>
 #include <plexus/plexus.hpp>
 #include <plexus/transformer.hpp>
 #include <torch/torch.h>
@@ -124,8 +125,7 @@ public:
     }
 
     torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
-        return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
-                                                    targets.reshape({-1}));
+        return plexus::cross_entropy(logits, targets);
     }
 
     plexus::FlopsPerToken flops_per_token(int64_t seq_len) const override {

@@ -3,6 +3,7 @@
 // GPT: a task family for meta-training learned optimizers, and a model the tensor-parallel
 // strategy splits through the same tensor_parallel_plan() and enter/exit operators as the GPT,
 // knowing nothing else about it.
+#include <plexus/loss.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -57,7 +58,7 @@ public:
         add_block("head", std::make_shared<Head>(vocab, width, o));
     }
     torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
-        return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+        return plexus::cross_entropy(logits, targets);
     }
     plexus::FlopsPerToken flops_per_token(int64_t seq_len) const override {
         double f = 0;

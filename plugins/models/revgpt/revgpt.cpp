@@ -11,6 +11,7 @@
 // reversible_backprop = true: training keeps no activation inside the stack of reversible
 // blocks; backward reconstructs each block's input from its output on the way down (one more
 // forward per block, the memory of one block instead of all of them).
+#include <plexus/loss.hpp>
 #include <plexus/plexus.hpp>
 #include <plexus/transformer.hpp>
 #include <torch/torch.h>
@@ -192,7 +193,7 @@ public:
     }
 
     torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
-        return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+        return plexus::cross_entropy(logits, targets);
     }
 
     plexus::FlopsPerToken flops_per_token(int64_t seq_len) const override {
