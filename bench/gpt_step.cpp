@@ -4,7 +4,8 @@
 // and plexus's MFU: on the CPU against the fp32 matmul peak measured in the same run, on a GPU
 // (--device cuda, usually with --precision bf16) against the card's datasheet bf16 peak. On a
 // GPU the reference runs separately (bench/gpt_step_gpu.sh drives both), since two 1.3B
-// models with their optimizer state need not fit on one card together.
+// models with their optimizer state need not fit on one card together. --profile TRACE writes a
+// Chrome trace of one more plexus round (bench/profile_summary.py TRACE sums it by operator).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 
 #include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "bench_util.hpp"
@@ -36,7 +38,7 @@ struct Args {
     std::map<std::string, int64_t> n = {{"layers", 4}, {"width", 256}, {"heads", 4}, {"seq", 128}, {"batch", 8},
                                         {"vocab", 4096}, {"steps", 5}, {"rounds", 7}, {"warmup", 3},
                                         {"threads", std::max(1u, std::thread::hardware_concurrency())}, {"reference", 1}};
-    std::map<std::string, std::string> text = {{"device", "cpu"}, {"precision", "fp32"}};
+    std::map<std::string, std::string> text = {{"device", "cpu"}, {"precision", "fp32"}, {"profile", ""}};
     int64_t operator[](const std::string& k) { return n.at(k); }
 };
 
@@ -50,7 +52,8 @@ Args parse_args(int argc, char** argv) {
             a.text[key] = argv[i + 1];
         } else {
             std::cerr << "usage: gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N "
-                         "--rounds N --warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16]\n";
+                         "--rounds N --warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 "
+                         "--profile TRACE]\n";
             std::exit(2);
         }
     }
@@ -181,6 +184,14 @@ int main(int argc, char** argv) {
         mfus.push_back(host::mfu(ctx.flops.flops, mine.back(), peaks.back()));
     }
     reference.reset();
+    if (!a.text["profile"].empty()) {  // after the timed rounds, which it would slow down
+        {
+            torch::autograd::profiler::RecordProfile trace(a.text["profile"]);
+            plexus_round();
+        }
+        std::fprintf(stderr, "profile of one round (%lld steps, CPU time of each operator) in %s; summary:\n  python3 %s/profile_summary.py %s --steps %lld\n",
+                     (long long)a["steps"], a.text["profile"].c_str(), PLEXUS_BENCH_DIR, a.text["profile"].c_str(), (long long)a["steps"]);
+    }
     const double plexus_tps = bench::median(mine);
     const double peak = bench::median(peaks);
     const double mfu = bench::median(mfus);

@@ -117,39 +117,21 @@ def build(args, threads):
     return timed_round
 
 
-# Kernel families by name, for a one-line account of a step's GPU time.
-FAMILIES = [("matmul", ("::mm", "::addmm", "::bmm", "gemm", "nvjet", "cutlass", "sm90_", "sm80_", "ampere_", "cublas")),
-            ("attention", ("flash", "fmha", "attention", "efficient")),
-            ("optimizer", ("adam",)),
-            ("norm", ("layer_norm", "layernorm", "norm_")),
-            ("softmax/loss", ("softmax", "nll", "cross_entropy")),
-            ("reduction", ("reduce",)),
-            ("copy/cast", ("copy", "cast", "convert")),
-            ("elementwise", ("elementwise", "vectorized", "gelu", "add", "mul", "fill"))]
-
-
 def profile(timed_round, args):
     from torch.profiler import profile as torch_profile, ProfilerActivity
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    from profile_summary import report  # beside this file
+    gpu = args.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with torch_profile(activities=activities) as prof:
         timed_round()
-    if args.device.startswith("cuda"):  # the kernels, by their GPU time
+    if gpu:  # the kernels, by their GPU time
         events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
         time_of = (lambda e: e.self_device_time_total) if hasattr(events[0], "self_device_time_total") \
             else (lambda e: e.self_cuda_time_total)
     else:  # the operators, by their own CPU time
         events = list(prof.key_averages())
         time_of = lambda e: e.self_cpu_time_total
-    total = sum(time_of(e) for e in events) or 1
-    families = {}
-    for e in events:
-        name = e.key.lower()
-        family = next((f for f, keys in FAMILIES if any(k in name for k in keys)), "other")
-        families[family] = families.get(family, 0) + time_of(e)
-    print(f"profile of {args.steps} steps: {total / 1e3 / args.steps:.1f} ms of {'kernels' if args.device.startswith('cuda') else 'operators'} per step")
-    print("families: " + ", ".join(f"{f} {100 * t / total:.1f}%" for f, t in sorted(families.items(), key=lambda x: -x[1])))
-    for e in sorted(events, key=time_of, reverse=True)[:25]:
-        print(f"{100 * time_of(e) / total:5.1f}% {time_of(e) / 1e3 / args.steps:8.2f} ms/step x{e.count // args.steps:<5} {e.key[:110]}")
+    report([(e.key, time_of(e), e.count) for e in events], args.steps, "kernels" if gpu else "operators (CPU time)")
 
 
 def main():
@@ -163,7 +145,7 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: forward under torch.autocast")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--profile", action="store_true",
-                    help="after warm-up, profile --steps steps and print where the GPU's time goes")
+                    help="after warm-up, profile --steps steps and print where the time goes (GPU kernels on a GPU)")
     args = ap.parse_args()
     timed_round = build(args, args.threads)
     if args.profile:

@@ -3,6 +3,7 @@
 # table of ratios at the end:
 #   GPT training step, plexus against PyTorch eager on identical shapes, at four sizes, with MFU
 #     against the float32 matmul peak measured in the same run   (build/bench/gpt_step)
+#   the loss's forward and backward against LibTorch's composite (build/bench/loss)
 #   c10d/Gloo all-reduce bus bandwidth against memcpy            (build/bench/allreduce)
 #   the harness's cost per step against a bare loop              (build/bench/harness_overhead)
 #   the simulated cluster's wall time per simulated rank-step    (bench/sim_scale.sh)
@@ -15,7 +16,7 @@ quick=0
 [ "${2:-}" = "--quick" ] && quick=1
 out=$build/bench-results
 mkdir -p "$out"
-for b in gpt_step allreduce harness_overhead; do
+for b in gpt_step loss allreduce harness_overhead; do
   [ -x "$build/bench/$b" ] || { echo "missing $build/bench/$b: build first (scripts/setup.sh)" >&2; exit 1; }
 done
 
@@ -41,6 +42,11 @@ for spec in $sizes; do
   row "GPT step $name (L=$L D=$D T=$T B=$B V=$V)" "plexus / PyTorch eager tokens/s: ${ratio:-failed}" \
       "$(awk -v m="${mfu:-0}" -v t="${tps:-0}" 'BEGIN { printf "%.0f tok/s, MFU %.1f%% of measured peak", t, 100 * m }')"
 done
+
+echo "== loss" >&2
+"$build/bench/loss" $([ $quick = 1 ] && echo "--rounds 3") > "$out/loss.txt" 2>&1
+row "loss forward + backward (the large step's 1024 x 8192 logits)" "time plexus / LibTorch composite: $(field ratio < "$out/loss.txt")" \
+    "$(field plexus_ms < "$out/loss.txt") ms against $(field composite_ms < "$out/loss.txt") ms"
 
 echo "== allreduce" >&2
 "$build/bench/allreduce" > "$out/allreduce.txt" 2>&1

@@ -65,7 +65,7 @@ if cmake -S "$root" -B "$root/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 else
   say "configure FAILED (configure.log)"; tail -30 "$out/configure.log"; kill $prewarm 2>/dev/null; exit 1
 fi
-targets="plexus plexus_tests"; [ "$bench" = 1 ] && targets="$targets gpt_step"
+targets="plexus plexus_tests"; [ "$bench" = 1 ] && targets="$targets gpt_step loss_bench"
 if ninja -C "$root/build-gpu" -k 0 $targets > "$out/build.log" 2>&1; then
   say "built"
 else
@@ -89,6 +89,11 @@ if [ "$bench" = 1 ] && [ -x "$root/build-gpu/bench/gpt_step" ]; then
   "$root/bench/gpt_step_gpu.sh" "$root/build-gpu" "$out/gpu-bench.md" "$sizes" > "$out/gpu-bench.log" 2>&1
   say "GPU benchmark:"
   cat "$out/gpu-bench.md" | tee -a "$out/summary.txt"
+fi
+# The loss alone at the 1.3B step's logits (8 x 2048 tokens, vocabulary 50304, bf16).
+if [ "$bench" = 1 ] && [ -x "$root/build-gpu/bench/loss" ] && [ "$(left)" -gt 60 ]; then
+  timeout 60 "$root/build-gpu/bench/loss" --device cuda --dtype bf16 --rows 16384 --vocab 50304 --rounds 5 > "$out/loss-bench.txt" 2>&1
+  say "loss bench: $(grep -m1 'time plexus' "$out/loss-bench.txt")"
 fi
 # Where the largest eager step's GPU time goes (what a faster plexus step has to win back).
 last=${sizes##* }
