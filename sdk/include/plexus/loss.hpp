@@ -1,5 +1,6 @@
-// plexus/loss.hpp: the next-token cross-entropy, with a backward that makes one pass over the
-// logits instead of three. Include where needed; every language model plugin uses it.
+// plexus/loss.hpp: the next-token cross-entropy, with a backward that turns its saved
+// log-probabilities into the gradient in place. Include where needed; every language model
+// plugin uses it.
 //
 //   loss = cross_entropy(logits, targets);   // logits [..., V], targets [...] ids in [0, V)
 //

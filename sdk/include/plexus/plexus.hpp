@@ -16,7 +16,7 @@
 //   token_windows.hpp  deterministic random-window batches over token arrays (datasets)
 //   replica.hpp    base for strategies where each rank holds the whole model (single, ddp)
 //   compat.hpp     LibTorch 1.13 / 2.x differences (attention, autocast, fused AdamW); include where needed
-//   loss.hpp       cross_entropy: the next-token loss with a one-pass backward; include where needed
+//   loss.hpp       cross_entropy: the next-token loss, its backward in place; include where needed
 //   transformer.hpp  GPT pieces: parameters, layer norm, embedding, attention, MLP; include where needed
 //   lopt_weights.hpp the learned optimizer's weights and their file format; include where needed
 #pragma once
