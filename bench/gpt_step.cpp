@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
-#include <map>
 #include <string>
 #include <thread>
 
@@ -34,30 +33,14 @@ using namespace plexus;
 
 namespace {
 
-struct Args {
-    std::map<std::string, int64_t> n = {{"layers", 4}, {"width", 256}, {"heads", 4}, {"seq", 128}, {"batch", 8},
-                                        {"vocab", 4096}, {"steps", 5}, {"rounds", 7}, {"warmup", 3},
-                                        {"threads", std::max(1u, std::thread::hardware_concurrency())}, {"reference", 1}};
-    std::map<std::string, std::string> text = {{"device", "cpu"}, {"precision", "fp32"}, {"profile", ""}};
-    int64_t operator[](const std::string& k) { return n.at(k); }
-};
-
-Args parse_args(int argc, char** argv) {
-    Args a;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const std::string key = std::string(argv[i]).rfind("--", 0) == 0 ? std::string(argv[i]).substr(2) : "";
-        if (a.n.count(key)) {
-            a.n[key] = std::stoll(argv[i + 1]);
-        } else if (a.text.count(key)) {
-            a.text[key] = argv[i + 1];
-        } else {
-            std::cerr << "usage: gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N "
-                         "--rounds N --warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 "
-                         "--profile TRACE]\n";
-            std::exit(2);
-        }
-    }
-    return a;
+bench::Flags parse_args(int argc, char** argv) {
+    return bench::Flags(argc, argv,
+                        {{"layers", "4"}, {"width", "256"}, {"heads", "4"}, {"seq", "128"}, {"batch", "8"},
+                         {"vocab", "4096"}, {"steps", "5"}, {"rounds", "7"}, {"warmup", "3"},
+                         {"threads", std::to_string(std::max(1u, std::thread::hardware_concurrency()))},
+                         {"reference", "1"}, {"device", "cpu"}, {"precision", "fp32"}, {"profile", ""}},
+                        "gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N --rounds N "
+                        "--warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 --profile TRACE]");
 }
 
 // The PyTorch reference as a child process in --serve mode: one timed round per request.
@@ -114,13 +97,13 @@ int main(int argc, char** argv) {
     auto a = parse_args(argc, argv);
     host::keep_freed_memory();  // as plexus's main does
     host::set_compute_threads(static_cast<int>(a["threads"]));
-    const torch::Device device(a.text["device"]);
+    const torch::Device device(a.text("device"));
     const bool gpu = device.is_cuda();
     if (gpu && a["reference"]) {
         std::cerr << "gpt_step: on a GPU, run the reference separately (bench/gpt_step_gpu.sh does); use --reference 0\n";
         return 2;
     }
-    const auto autocast_dtype = a.text["precision"] == "bf16" ? torch::kBFloat16 : torch::kFloat;
+    const auto autocast_dtype = a.text("precision") == "bf16" ? torch::kBFloat16 : torch::kFloat;
 
     char toml[1024];
     std::snprintf(toml, sizeof toml,
@@ -161,7 +144,7 @@ int main(int argc, char** argv) {
         command = std::string(py ? py : "/usr/bin/python3") + " " + PLEXUS_BENCH_DIR + "/gpt_step_ref.py --serve";
         for (const char* k : {"layers", "width", "heads", "seq", "batch", "vocab", "steps", "warmup"})
             command += std::string(" --") + k + " " + std::to_string(a[k]);
-        command += " --dtype " + a.text["precision"];
+        command += " --dtype " + a.text("precision");
         command += " --threads " + std::to_string(at::get_num_threads());  // LibTorch's pool as plexus set it
         reference = std::make_unique<Reference>(command);
         if (!reference->ok()) {
@@ -184,13 +167,13 @@ int main(int argc, char** argv) {
         mfus.push_back(host::mfu(ctx.flops.flops, mine.back(), peaks.back()));
     }
     reference.reset();
-    if (!a.text["profile"].empty()) {  // after the timed rounds, which it would slow down
+    if (!a.text("profile").empty()) {  // after the timed rounds, which it would slow down
         {
-            torch::autograd::profiler::RecordProfile trace(a.text["profile"]);
+            torch::autograd::profiler::RecordProfile trace(a.text("profile"));
             plexus_round();
         }
         std::fprintf(stderr, "profile of one round (%lld steps, CPU time of each operator) in %s; summary:\n  python3 %s/profile_summary.py %s --steps %lld\n",
-                     (long long)a["steps"], a.text["profile"].c_str(), PLEXUS_BENCH_DIR, a.text["profile"].c_str(), (long long)a["steps"]);
+                     (long long)a["steps"], a.text("profile").c_str(), PLEXUS_BENCH_DIR, a.text("profile").c_str(), (long long)a["steps"]);
     }
     const double plexus_tps = bench::median(mine);
     const double peak = bench::median(peaks);
@@ -198,7 +181,7 @@ int main(int argc, char** argv) {
 
     std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, %s %s, %s, %s params\n",
                 (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["seq"],
-                (long long)a["batch"], (long long)a["vocab"], device.str().c_str(), a.text["precision"].c_str(),
+                (long long)a["batch"], (long long)a["vocab"], device.str().c_str(), a.text("precision").c_str(),
                 gpu ? gpu_name.c_str() : (std::to_string(a["threads"]) + " threads").c_str(),
                 std::to_string(ctx.params).c_str());
     std::printf("  plexus:    %10.0f tok/s (median of %lld rounds of %lld steps)\n", plexus_tps,

@@ -10,8 +10,6 @@
 // under autocast, normalized in float by both.
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <map>
 #include <string>
 #include <thread>
 
@@ -26,22 +24,15 @@
 using namespace plexus;
 
 int main(int argc, char** argv) {
-    std::map<std::string, std::string> a = {{"rows", "1024"}, {"vocab", "8192"}, {"iters", "10"}, {"rounds", "7"},
-                                            {"device", "cpu"},  {"dtype", "fp32"}};
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const std::string key = std::string(argv[i]).rfind("--", 0) == 0 ? std::string(argv[i]).substr(2) : "";
-        if (!a.count(key)) {
-            std::fprintf(stderr, "usage: loss [--rows N --vocab V --iters K --rounds R --device cpu|cuda --dtype fp32|bf16]\n");
-            return 2;
-        }
-        a[key] = argv[i + 1];
-    }
+    const bench::Flags a(argc, argv,
+                         {{"rows", "1024"}, {"vocab", "8192"}, {"iters", "10"}, {"rounds", "7"}, {"device", "cpu"}, {"dtype", "fp32"}},
+                         "loss [--rows N --vocab V --iters K --rounds R --device cpu|cuda --dtype fp32|bf16]");
     host::keep_freed_memory();
     host::set_compute_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-    const torch::Device device(a["device"]);
+    const torch::Device device(a.text("device"));
     host::gpu::set_current(device);
-    const auto dtype = a["dtype"] == "bf16" ? torch::kBFloat16 : torch::kFloat;
-    const int64_t rows = std::stoll(a["rows"]), vocab = std::stoll(a["vocab"]), iters = std::stoll(a["iters"]);
+    const auto dtype = a.text("dtype") == "bf16" ? torch::kBFloat16 : torch::kFloat;
+    const int64_t rows = a["rows"], vocab = a["vocab"], iters = a["iters"];
 
     torch::manual_seed(1);
     const auto logits = (torch::randn({rows, vocab}, torch::TensorOptions().device(device)) * 2).to(dtype).requires_grad_();
@@ -66,13 +57,13 @@ int main(int argc, char** argv) {
     };
     round(fused), round(composite);  // warm-up: allocator, kernels
     std::vector<double> ours, theirs, ratios;
-    for (int64_t r = 0; r < std::stoll(a["rounds"]); ++r) {
+    for (int64_t r = 0; r < a["rounds"]; ++r) {
         ours.push_back(round(fused));
         theirs.push_back(round(composite));
         ratios.push_back(ours.back() / theirs.back());
     }
     std::printf("loss forward + backward, %lld x %lld %s logits on %s:\n", (long long)rows, (long long)vocab,
-                a["dtype"].c_str(), device.str().c_str());
+                a.text("dtype").c_str(), device.str().c_str());
     std::printf("  plexus::cross_entropy:     %8.3f ms\n", bench::median(ours) * 1e3);
     std::printf("  torch composite:           %8.3f ms\n", bench::median(theirs) * 1e3);
     std::printf("  time plexus / composite: %.2f (median of per-round ratios; range %.2f to %.2f)\n",
