@@ -59,12 +59,12 @@ struct MetaSpec {
     std::string path, text;
     int64_t iterations = 100, pairs = 8, inner_steps = 20, checkpoint_every = 10, seed = 0, ranks = 1;
     int64_t truncation = 0;  // PES: steps per truncation (0: antithetic ES over whole unrolls)
-
-    // Iterations per unroll: its truncations (PES), or 1 (ES: a whole unroll per iteration).
-    int64_t truncations_per_unroll() const { return truncation > 0 ? inner_steps / truncation : 1; }
     double sigma = 0.01, lr = 0.003;
     std::string init = "init", out;  // out: absolute
     std::vector<MetaTask> tasks;
+
+    // Iterations per unroll: its truncations (PES), or 1 (ES: a whole unroll per iteration).
+    int64_t truncations_per_unroll() const { return truncation > 0 ? inner_steps / truncation : 1; }
 };
 
 // Reads and checks a meta-train file; errors name the file and the key.
