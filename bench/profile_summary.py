@@ -6,6 +6,10 @@ TRACE is a Chrome trace written by LibTorch's profiler (bench/gpt_step --profile
 one of a plexus round). Each operator is charged its own time: its span minus the spans of the
 operators it called on the same thread. bench/gpt_step_ref.py --profile prints the same table
 for the PyTorch reference, from torch.profiler. Needs only Python's standard library.
+
+LibTorch's legacy profiler, which writes the C++ trace, charges its own bookkeeping to the
+operators: compare shares of the large operators, not milliseconds across the two tables
+(operators called thousands of times a step look many times their cost; README, Performance).
 """
 import argparse
 import collections
