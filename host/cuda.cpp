@@ -26,10 +26,18 @@ std::string device_name(const torch::Device& device) {
 }
 
 namespace {
-c10::CachingAllocator::Stat allocated(const torch::Device& device) {
+struct AllocatedBytes {
+    int64_t current = 0, peak = 0;
+};
+
+AllocatedBytes allocated(const torch::Device& device) {
     try {
         const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index_of(device));
-        return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+        // The statistic's type is c10::CachingDeviceAllocator::Stat in LibTorch 2.6 and
+        // c10::CachingAllocator::Stat in 2.11; `auto` and the first entry (AGGREGATE, all pools
+        // together, in both) keep this file free of version checks.
+        const auto& all_pools = stats.allocated_bytes.front();
+        return {all_pools.current, all_pools.peak};
     } catch (const c10::Error&) {
         // LibTorch 2.x sets the allocator up at the first CUDA allocation and refuses to be asked
         // before: nothing is allocated yet.
