@@ -5,7 +5,8 @@
 // (--device cuda, usually with --precision bf16) against the card's datasheet bf16 peak. On a
 // GPU the reference runs separately (bench/gpt_step_gpu.sh drives both), since two 1.3B
 // models with their optimizer state need not fit on one card together. --profile TRACE writes a
-// Chrome trace of one more plexus round (bench/profile_summary.py TRACE sums it by operator).
+// Chrome trace of one more plexus round (bench/profile_summary.py TRACE sums it: by operator on
+// the CPU, by kernel on a GPU).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,7 +19,6 @@
 
 #include <plexus/compat.hpp>
 #include <plexus/plexus.hpp>
-#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "bench_util.hpp"
@@ -169,10 +169,10 @@ int main(int argc, char** argv) {
     reference.reset();
     if (!a.text("profile").empty()) {  // after the timed rounds, which it would slow down
         {
-            torch::autograd::profiler::RecordProfile trace(a.text("profile"));
+            compat::ProfileTrace trace(a.text("profile"), gpu);
             plexus_round();
         }
-        std::fprintf(stderr, "profile of one round (%lld steps, CPU time of each operator) in %s; summary:\n  python3 %s/profile_summary.py %s --steps %lld\n",
+        std::fprintf(stderr, "profile of one round (%lld steps) in %s; summary:\n  python3 %s/profile_summary.py %s --steps %lld\n",
                      (long long)a["steps"], a.text("profile").c_str(), PLEXUS_BENCH_DIR, a.text("profile").c_str(), (long long)a["steps"]);
     }
     const double plexus_tps = bench::median(mine);

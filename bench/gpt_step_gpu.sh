@@ -7,7 +7,8 @@
 #
 #   bench/gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES]
 #   bench/gpt_step_gpu.sh --prewarm SIZE   (compile SIZE once with torch.compile: fills its cache)
-#   bench/gpt_step_gpu.sh --profile SIZE   (where the eager step's GPU time goes, by kernel family)
+#   bench/gpt_step_gpu.sh --profile SIZE [BUILD_DIR]   (where the GPU time of the eager step, and
+#       with BUILD_DIR of plexus's, goes: by kernel and kernel family, the same table for both)
 # SIZES: a space-separated subset of "125M 350M 1.3B" (default all). Needs a CUDA build.
 set -uo pipefail
 build=${1:?usage: gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES] | --prewarm SIZE}
@@ -33,8 +34,18 @@ field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
 
 if [ "$build" = "--profile" ]; then
   read -r L D H B T < <(shape "$out") || exit 2
-  exec $python "$here/gpt_step_ref.py" --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 \
-    --steps 3 --rounds 1 --warmup 2 --device cuda --dtype bf16 --profile
+  common="--layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 --steps 3 --rounds 1 --warmup 2 --device cuda"
+  echo "== eager PyTorch, $out"
+  $python "$here/gpt_step_ref.py" $common --dtype bf16 --profile
+  plexus_build=${3:-}
+  if [ -n "$plexus_build" ]; then
+    trace=$(mktemp /tmp/plexus-profile-XXXXXX.json)
+    echo "== plexus, $out"
+    "$plexus_build/bench/gpt_step" $common --precision bf16 --reference 0 --profile "$trace" > /dev/null &&
+      $python "$here/profile_summary.py" "$trace" --steps 3
+    rm -f "$trace"
+  fi
+  exit 0
 fi
 if [ "$build" = "--prewarm" ]; then
   read -r L D H B T < <(shape "$out") || exit 2

@@ -3,13 +3,16 @@
     python3 bench/profile_summary.py TRACE [--steps N]
 
 TRACE is a Chrome trace written by LibTorch's profiler (bench/gpt_step --profile TRACE writes
-one of a plexus round). Each operator is charged its own time: its span minus the spans of the
-operators it called on the same thread. bench/gpt_step_ref.py --profile prints the same table
-for the PyTorch reference, from torch.profiler. Needs only Python's standard library.
+one of a plexus round). A trace with GPU work in it (Kineto's, LibTorch 2.x on a GPU) is summed
+by kernel: each kernel, copy and fill charged its time on the GPU. Otherwise by operator: each
+operator charged its own CPU time, its span minus the spans of the operators it called on the
+same thread. bench/gpt_step_ref.py --profile prints the same table for the PyTorch reference,
+from torch.profiler. Needs only Python's standard library.
 
-LibTorch's legacy profiler, which writes the C++ trace, charges its own bookkeeping to the
-operators: compare shares of the large operators, not milliseconds across the two tables
-(operators called thousands of times a step look many times their cost; README, Performance).
+LibTorch 1.13's legacy profiler, which writes the C++ trace on the CPU here, charges its own
+bookkeeping to the operators: compare shares of the large operators, not milliseconds across the
+two tables (operators called thousands of times a step look many times their cost; README,
+Performance).
 """
 import argparse
 import collections
@@ -43,6 +46,29 @@ def report(rows, steps, what):
         print(f"{100 * t / total:5.1f}% {t / 1e3 / steps:8.2f} ms/step x{calls // steps:<5} {name[:110]}")
 
 
+# Kineto's categories for work done on the GPU (each on its stream; they do not nest).
+GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def gpu_times(events):
+    """(name, GPU time, calls) per kernel name."""
+    time, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        time[e["name"]] += e["dur"]
+        calls[e["name"]] += 1
+    return [(name, t, calls[name]) for name, t in time.items()]
+
+
+def summarize(events):
+    """(rows, what they measure) for a trace's events: its GPU work if it has any, else its
+    operators' own CPU time (Kineto marks operators "cpu_op"; the legacy profiler marks nothing)."""
+    complete = [e for e in events if e.get("ph") == "X"]
+    gpu = [e for e in complete if e.get("cat") in GPU_CATEGORIES]
+    if gpu:
+        return gpu_times(gpu), "kernels"
+    return own_times([e for e in complete if e.get("cat") in (None, "cpu_op")]), "operators (CPU time)"
+
+
 def own_times(events):
     """(name, own time, calls) per operator name, from complete ("X") trace events."""
     by_thread = collections.defaultdict(list)
@@ -72,7 +98,8 @@ def main():
     with open(args.trace) as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    report(own_times(events), args.steps, "operators (CPU time)")
+    rows, what = summarize(events)
+    report(rows, args.steps, what)
 
 
 if __name__ == "__main__":

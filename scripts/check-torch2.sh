@@ -6,6 +6,7 @@
 # session): a typo there costs a whole device run.
 #
 #   scripts/check-torch2.sh [BUILD_DIR]     (default build-torch2; needs scripts/setup.sh done)
+#   CHECK_ONLY=REGEX scripts/check-torch2.sh   only the sources whose path matches (grep -E)
 #
 # The headers are Debian 13's libtorch-cuda-dev (LibTorch 2.6, headers only: its libraries need a
 # newer glibc, and nothing here is linked or run), downloaded once into .torch2-headers/ (ignored
@@ -99,7 +100,11 @@ if missing:
     sys.exit("check-torch2: no compile command for %s, whose flags the CUDA-only sources borrow; "
              "update cuda_sources in scripts/check-torch2.sh" % ", ".join(missing))
 EOF
+if [ -n "${CHECK_ONLY:-}" ]; then
+  for f in "$logs"/cmd/*.sh; do grep -qE "FAILED: .*(${CHECK_ONLY})" "$f" || rm "$f"; done
+fi
 total=$(ls "$logs/cmd" | wc -l)
+[ "$total" -gt 0 ] || { echo "check-torch2: no source matches CHECK_ONLY=${CHECK_ONLY:-}" >&2; exit 2; }
 echo "check-torch2: $total sources against LibTorch $version (CUDA headers from $cuda), $jobs at a time; logs in $logs"
 
 # 4. Compile; a source's name is printed as it fails.

@@ -95,11 +95,13 @@ if [ "$bench" = 1 ] && [ -x "$root/build-gpu/bench/loss" ] && [ "$(left)" -gt 60
   timeout 60 "$root/build-gpu/bench/loss" --device cuda --dtype bf16 --rows 16384 --vocab 50304 --rounds 5 > "$out/loss-bench.txt" 2>&1
   say "loss bench: $(grep -m1 'time plexus' "$out/loss-bench.txt")"
 fi
-# Where the largest eager step's GPU time goes (what a faster plexus step has to win back).
+# Where the largest step's GPU time goes, in eager PyTorch and in plexus, kernel by kernel (what
+# a faster plexus step has to win back).
 last=${sizes##* }
-if [ "$(left)" -gt 90 ]; then
-  timeout 90 "$root/bench/gpt_step_gpu.sh" --profile "$last" > "$out/profile-$last.txt" 2>&1
-  say "profile of the eager $last step: $(grep -m1 '^families' "$out/profile-$last.txt")"
+if [ "$(left)" -gt 150 ]; then
+  timeout 150 "$root/bench/gpt_step_gpu.sh" --profile "$last" "$root/build-gpu" > "$out/profile-$last.txt" 2>&1
+  say "profile of the $last step, eager then plexus:"
+  grep '^families' "$out/profile-$last.txt" | tee -a "$out/summary.txt"
 fi
 # The CPU suite against this LibTorch (2.x), in the time that is left. Four tests at a time: the
 # suite's runs start several threads each, and more at once oversubscribe even 16 cores (the

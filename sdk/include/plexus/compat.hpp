@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cmath>
+#include <memory>
+#include <set>
+#include <string>
 #include <vector>
 
 #include <torch/types.h>
@@ -16,6 +19,9 @@
 #if TORCH_VERSION_MAJOR >= 2
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
+#else
+#include <torch/csrc/autograd/profiler_legacy.h>
 #endif
 
 namespace plexus::compat {
@@ -147,5 +153,40 @@ inline bool fused_adamw_(const std::vector<torch::Tensor>& params, const std::ve
     return false;
 #endif
 }
+
+// A Chrome trace (chrome://tracing, Perfetto; bench/profile_summary.py sums it) of what this
+// thread runs while the object lives, written to `path` when it ends. LibTorch 2.x: Kineto's
+// profiler, with each GPU kernel and its device time when `gpu` is true (what matters on a GPU,
+// where an operator's CPU time is only its launch). LibTorch 1.13 (built without Kineto): the
+// legacy profiler, operators and their CPU time; `gpu` changes nothing.
+class ProfileTrace {
+public:
+    ProfileTrace(std::string path, bool gpu) : path_(std::move(path)) {
+#if TORCH_VERSION_MAJOR >= 2
+        namespace impl = torch::profiler::impl;
+        const impl::ProfilerConfig config(impl::ProfilerState::KINETO);
+        std::set<impl::ActivityType> activities{impl::ActivityType::CPU};
+        if (gpu) activities.insert(impl::ActivityType::CUDA);
+        torch::autograd::profiler::prepareProfiler(config, activities);
+        torch::autograd::profiler::enableProfiler(config, activities);
+#else
+        (void)gpu;
+        legacy_ = std::make_unique<torch::autograd::profiler::RecordProfile>(path_);
+#endif
+    }
+    ~ProfileTrace() {
+#if TORCH_VERSION_MAJOR >= 2
+        torch::autograd::profiler::disableProfiler()->save(path_);
+#endif
+    }
+    ProfileTrace(const ProfileTrace&) = delete;
+    ProfileTrace& operator=(const ProfileTrace&) = delete;
+
+private:
+    std::string path_;
+#if TORCH_VERSION_MAJOR < 2
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> legacy_;
+#endif
+};
 
 }  // namespace plexus::compat
