@@ -413,6 +413,22 @@ struct Cluster::Impl {
         p.issued[static_cast<size_t>(index)] = rank(who).clock;
         p.joined_flags[static_cast<size_t>(index)] = 1;
         ++p.joined;
+        // This rank's bytes on the wire count when it issues the operation, as on the c10d
+        // transports: a caller reading stats() around its call (the comm schemes) then sees them
+        // whichever rank arrives last. They do not depend on the algorithm the network picks at
+        // execution: ring, tree and hierarchical all-reduce all send 2(n-1)/n of the buffer.
+        if (!g.free) {
+            const double bytes = static_cast<double>(numel) * static_cast<double>(c10::elementSize(p.dtype));
+            double sent = 0;
+            switch (kind) {
+                case Kind::AllReduce: sent = n < 2 ? 0 : 2.0 * (n - 1) / n * bytes; break;
+                case Kind::ReduceScatter: sent = n < 2 ? 0 : (n - 1.0) / n * bytes; break;
+                case Kind::AllGather: sent = n < 2 ? 0 : (n - 1.0) * bytes; break;  // its input to each other rank
+                case Kind::Broadcast: sent = index == root ? bytes : 0; break;
+                case Kind::Barrier: break;
+            }
+            rank(me).stats->bytes_sent += static_cast<int64_t>(sent);
+        }
         auto state = p.state;
         const bool complete = p.joined == n || (g.free && all_living_joined(g, p));
         if (!state->done) {
@@ -496,12 +512,7 @@ struct Cluster::Impl {
             return;
         }
         const double done = start + cost.seconds;
-        g.busy_until = done;
-        for (int i = 0; i < n; ++i) {
-            auto& stats = *rank(g.members[static_cast<size_t>(i)]).stats;
-            if (p.kind == Kind::Broadcast) stats.bytes_sent += i == p.root ? static_cast<int64_t>(bytes) : 0;
-            else stats.bytes_sent += static_cast<int64_t>(cost.bytes_per_rank);
-        }
+        g.busy_until = done;  // (each member's bytes were counted when it joined)
         complete(p.state, done, true);
     }
 };

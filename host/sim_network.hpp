@@ -40,7 +40,7 @@ const char* to_string(Algorithm a);
 // What a collective costs: its duration and the bytes each rank puts on the wire.
 struct Cost {
     double seconds = 0;
-    double bytes_per_rank = 0;
+    double bytes_per_rank = 0;  // the same for every all-reduce algorithm: 2(n-1)/n of the buffer
     Algorithm algorithm = Algorithm::Ring;
 };
 

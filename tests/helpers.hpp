@@ -88,6 +88,18 @@ inline host::ResolvedConfig resolve_text(const TempDir& dir, const std::string& 
     return host::resolve(host::load_experiment(dir.file("exp.toml", toml)), registry());
 }
 
+// Elements of every parameter of the model an experiment builds (what a replica's gradient
+// all-reduce carries), counted on a model made here, not by the strategy under test.
+inline int64_t model_numel(const TempDir& dir, const std::string& toml) {
+    const auto cfg = resolve_text(dir, toml);
+    host::HostContext bootstrap(cfg, torch::kCPU, 0);
+    const auto dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
+    host::HostContext ctx(cfg, torch::kCPU, dataset->vocab_size());
+    int64_t n = 0;
+    for (const auto& p : ctx.make_model()->parameters()) n += p.numel();
+    return n;
+}
+
 // The newest run of a results database with its summaries by key (numbers and texts; rank 0
 // in `value`/`text`, every rank in `per_rank`): what a test reads after `plexus run`.
 struct NewestRun {

@@ -25,8 +25,8 @@ struct RankResult {
 std::vector<RankResult> run_scheme(const std::string& comm_section, const std::vector<std::vector<torch::Tensor>>& inputs) {
     TempDir dir;
     auto cfg = resolve_text(dir, "[model]\nname = \"gpt\"\n[data]\nname = \"synthetic\"\n" + comm_section);
-    std::vector<RankResult> results(2);
-    with_gloo_ranks(2, [&](int r, std::shared_ptr<Transport> transport) {
+    std::vector<RankResult> results(inputs.size());
+    with_gloo_ranks(static_cast<int>(inputs.size()), [&](int r, std::shared_ptr<Transport> transport) {
         host::HostContext ctx(cfg, torch::kCPU, 32, transport);
         auto scheme = ctx.make_comm("comm");
         for (const auto& x : inputs[r]) {
@@ -40,9 +40,9 @@ std::vector<RankResult> run_scheme(const std::string& comm_section, const std::v
     return results;
 }
 
-std::vector<std::vector<torch::Tensor>> random_inputs(int64_t n, int calls) {
-    std::vector<std::vector<torch::Tensor>> in(2);
-    for (int r = 0; r < 2; ++r) {
+std::vector<std::vector<torch::Tensor>> random_inputs(int64_t n, int calls, int ranks = 2) {
+    std::vector<std::vector<torch::Tensor>> in(static_cast<size_t>(ranks));
+    for (int r = 0; r < ranks; ++r) {
         torch::manual_seed(100 + r);
         for (int c = 0; c < calls; ++c) in[r].push_back(torch::randn({n}));
     }
@@ -64,6 +64,17 @@ TEST_CASE("plain, top-k at ratio 1 and hierarchical all-reduce give the exact me
             CHECK(torch::allclose(out[0].outputs[c], mean, 1e-6, 1e-6));
             CHECK(torch::equal(out[0].outputs[c], out[1].outputs[c]));
         }
+        // The scheme's bytes are what went through the rank's transport (subgroups included).
+        for (int r = 0; r < 2; ++r) CHECK(out[r].stats.bytes_sent == out[r].transport_bytes);
+    }
+    // Two nodes of two ranks: the mean over all four, and the bytes each rank really sent.
+    auto in4 = random_inputs(n, 1, 4);
+    auto hier = run_scheme("[comm]\nname = \"hierarchical\"\nnode_size = 2\n", in4);
+    auto mean4 = (in4[0][0] + in4[1][0] + in4[2][0] + in4[3][0]) / 4;
+    for (int r = 0; r < 4; ++r) {
+        CHECK(torch::allclose(hier[r].outputs[0], mean4, 1e-6, 1e-6));
+        CHECK(hier[r].stats.bytes_sent == hier[r].transport_bytes);
+        CHECK(hier[r].stats.bytes_sent > 0);
     }
     // Plain all-reduce on 2 ranks: a ring sends 2(W-1)/W of the buffer, i.e. 4n bytes per call.
     auto plain = run_scheme("[comm]\nname = \"allreduce\"\n", in);

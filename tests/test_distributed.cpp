@@ -82,6 +82,11 @@ TEST_CASE("DDP on 2 ranks with batch b follows the single strategy with batch 2b
     }();
     CHECK(bytes0 >= 20 * params * 4);  // ring all-reduce on 2 ranks: the whole gradient per step
     CHECK(bytes1 >= 20 * params * 4);
+    // Exactly: the buckets partition the parameters (none twice, none left out), and a ring
+    // all-reduce on 2 ranks sends each rank's whole buffer once, 4 bytes per float.
+    const auto comm_bytes = store.metric_series(runs[1].id, "comm_bytes");
+    REQUIRE(comm_bytes.size() == 20);
+    CHECK(comm_bytes.back().second == 20.0 * 4.0 * static_cast<double>(model_numel(dir, kDdp)));
 }
 
 TEST_CASE("DDP gradient accumulation: 2 micro-batches of b equal one batch of 2b", "[distributed]") {

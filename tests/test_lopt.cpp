@@ -216,6 +216,14 @@ TEST_CASE("lopt as DiLoCo's inner optimizer: with the identity outer step it is 
     const auto two = run("--set optimizer.step_mult=0.01 --set strategy.name=diloco --set strategy.inner_steps=3"
                          " --set launch.mode=sim --set launch.ranks=2");
     CHECK(std::isfinite(two["final_loss"]));
-    CHECK(two["bytes_sent"] > 0);  // the outer steps communicated
+    // Two outer steps (6 steps, H = 3), each averaging every parameter's pseudo-gradient once:
+    // a ring all-reduce on 2 ranks sends 4 bytes per float per call.
+    host::ResultsStore store(db);
+    const auto outer = store.metric_series(two.id, "outer_steps");
+    REQUIRE(!outer.empty());
+    CHECK(outer.back().second == 2);
+    const auto comm_bytes = store.metric_series(two.id, "comm_bytes");
+    REQUIRE(!comm_bytes.empty());
+    CHECK(comm_bytes.back().second == 2.0 * 4.0 * static_cast<double>(model_numel(dir, std::string(kTinyExperiment))));
     CHECK(std::fabs(two["param_sum"] - alone) > 1e-3 * std::fabs(larger_step - alone));  // other data, other path
 }

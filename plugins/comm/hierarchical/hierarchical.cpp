@@ -36,11 +36,13 @@ public:
         auto padded = torch::zeros({chunk * g}, tensor.options());
         padded.narrow(0, 0, n).copy_(tensor.reshape(-1));
         auto mine = torch::empty({chunk}, tensor.options());
-        const auto before = intra_->stats().bytes_sent + inter_->stats().bytes_sent;
+        // Subgroups count their traffic in the rank's totals, which `transport` reports: summing
+        // the two subgroups' stats() would count every byte twice.
+        const auto before = transport.stats().bytes_sent;
         intra_->reduce_scatter(mine, padded, plexus::ReduceOp::Sum)->wait();
         inter_->all_reduce(mine, plexus::ReduceOp::Sum)->wait();
         intra_->all_gather(padded, mine)->wait();
-        stats_.bytes_sent += intra_->stats().bytes_sent + inter_->stats().bytes_sent - before;
+        stats_.bytes_sent += transport.stats().bytes_sent - before;
         tensor.copy_((padded.narrow(0, 0, n) / world).view_as(tensor));
         return std::make_shared<plexus::CompletedWork>();
     }

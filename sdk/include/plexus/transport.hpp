@@ -46,7 +46,6 @@ public:
     bool is_completed() override { return true; }
 };
 
-// Totals since the transport was created, for this rank.
 // Thrown by an operation (or its wait()) that needs a peer which has failed: on the simulated
 // cluster, a rank killed by the experiment's [[faults]]. A strategy that can train on without a
 // worker (gossip) catches it and stops exchanging with `rank()`; any other lets it end the run.
@@ -60,9 +59,10 @@ private:
     int rank_;
 };
 
+// Totals since the transport was created, for this rank.
 struct CommStats {
     int64_t calls = 0;
-    int64_t bytes_sent = 0;        // payload bytes this rank put on the wire (algorithm-dependent)
+    int64_t bytes_sent = 0;        // payload bytes this rank put on the wire, counted as it issues each operation
     double seconds_total = 0.0;    // from issue to completion, summed over calls
     double seconds_exposed = 0.0;  // time spent blocked in wait(): communication not hidden
 
@@ -109,6 +109,8 @@ public:
 
     // A transport over a subset of ranks (in the given order; every listed rank must call it
     // with the same list). Used for meshes: data parallel over pipeline or tensor-parallel groups.
+    // Its traffic counts in this rank's totals: a subgroup's stats() and its parent's are the
+    // same figures, so add up the bytes of one of them, never of both.
     virtual std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) = 0;
 
     virtual CommStats stats() const = 0;
