@@ -133,7 +133,17 @@ TEST_CASE("set_compute_threads shares the cores with OpenBLAS's OpenMP build, an
     auto blas_parallel = reinterpret_cast<GetInt>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
     auto blas_threads = reinterpret_cast<GetInt>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
     auto set_blas_threads = reinterpret_cast<SetInt>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-    if (!blas_parallel || !blas_threads || !set_blas_threads) return;  // not OpenBLAS: LibTorch has the cores
+    if (!blas_parallel || !blas_threads || !set_blas_threads) {
+        // Not OpenBLAS (PyTorch's own LibTorch, with MKL): LibTorch's pool gets the cores.
+        WARN("no OpenBLAS in this process: only LibTorch's thread count is checked");
+        const int torch_before = at::get_num_threads();
+        host::set_compute_threads(2);
+        CHECK(at::get_num_threads() == 2);
+        host::set_compute_threads(1);
+        CHECK(at::get_num_threads() == 1);
+        at::set_num_threads(torch_before);
+        return;
+    }
     // scripts/setup.sh selects the OpenMP build; the pthreads build would leave LibTorch one core
     CHECK(blas_parallel() == 2);
     const int torch_before = at::get_num_threads(), blas_before = blas_threads();
