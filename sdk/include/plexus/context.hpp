@@ -68,7 +68,8 @@ public:
     virtual int64_t seq_len() const = 0;
 
     // Records a metric of this rank at the current step (e.g. "comm/bucket_ms").
-    // Reserved names the harness records itself: loss, eval_loss, lr, tokens, tokens_per_s, mfu.
+    // Reserved names the harness records itself: loss, lr, grad_norm, eval_loss, tokens_per_s,
+    // step_time, mfu, memory.
     virtual void record(const std::string& key, double value) = 0;
     virtual void log(LogLevel level, const std::string& message) = 0;
 

@@ -25,8 +25,9 @@
 // Set exactly the make_* factory of the plugin's kind. The Config handed to it holds every key
 // of `schema`, validated and defaulted by the host. Throw plexus::Error for bad values.
 //
-// The host finds plugins on its search path (the build's plugin folder, then PLEXUS_PLUGIN_PATH,
-// then the experiment's plugin_path), reads plexus_abi_fingerprint before calling any function,
+// The host finds plugins on its search path (the build's plugin folder, the installed one beside
+// the executable (<prefix>/lib/plexus/plugins), then PLEXUS_PLUGIN_PATH, then the experiment's
+// plugin_path), reads plexus_abi_fingerprint before calling any function,
 // refuses a mismatch, then calls plexus_plugin() once and keeps the library loaded until exit.
 #pragma once
 

@@ -4,7 +4,8 @@
 // what is communicated and when, when the optimizer runs. The harness calls step() in a loop and
 // evaluate() every so often; it assumes nothing else. In particular:
 //   - "a step" is whatever the algorithm calls one: one optimizer update (DDP, ZeRO), one
-//     pipeline schedule, one PETRA tick, one gossip event. No global barrier is implied.
+//     pipeline schedule, one PETRA tick, one unit of gossip's event time (all the exchanges in
+//     it). No global barrier is implied.
 //   - the strategy pulls as many batches from `input.train` as it needs; it reports the tokens
 //     it consumed and the harness counts them (learning-rate schedules are indexed by tokens,
 //     so that algorithms with variable batch sizes stay comparable).
@@ -21,7 +22,9 @@ namespace plexus {
 
 struct StepInput {
     int64_t step = 0;          // 0-based index of this call
-    int64_t tokens_seen = 0;   // tokens this rank consumed before this step
+    // Tokens trained on before this step, per rank: the job's total divided by the number of
+    // ranks, the same on every rank even where ranks consume different amounts (ACCO).
+    int64_t tokens_seen = 0;
     double lr_scale = 1.0;     // the schedule's factor at tokens_seen; pass to Optimizer::step
     double max_grad_norm = 0;  // clip the global gradient norm to this; 0 disables clipping
     BatchStream* train = nullptr;
