@@ -11,6 +11,7 @@
 #include "harness.hpp"
 #include "launch.hpp"
 #include "transport_c10d.hpp"
+#include "text_util.hpp"
 
 namespace plexus::host {
 
@@ -72,7 +73,7 @@ int bench_network(int ranks) {
                     if (r == 0) times[i] = samples[static_cast<size_t>(iters / 2)];
                 }
             } catch (const std::exception& e) {
-                errors[static_cast<size_t>(r)] = e.what();
+                errors[static_cast<size_t>(r)] = message_of(e);
             }
         });
     for (auto& t : threads) t.join();

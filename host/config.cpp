@@ -609,6 +609,24 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
                                  " (default: " + spec->default_value.to_text() + ")");
                 continue;
             }
+            // A list's elements against the default's first (ints stand for floats), where it has one.
+            if (spec->type() == ValueType::List && !spec->default_value.as_list().empty()) {
+                const auto want = spec->default_value.as_list().front().type();
+                Value::List items;
+                std::string bad;
+                for (const auto& item : setting.value.as_list()) {
+                    if (!type_fits(want, item.type())) bad = item.to_text();
+                    items.push_back(coerce(want, item));
+                }
+                if (!bad.empty()) {
+                    errors.push_back(setting.where.str() + ": '" + key + "' holds " + bad + ", not " +
+                                     (want == ValueType::Int ? "an " : "a ") + to_string(want) +
+                                     " (default: " + spec->default_value.to_text() + ")");
+                    continue;
+                }
+                values[sub] = Value(std::move(items));
+                continue;
+            }
             values[sub] = coerce(spec->type(), setting.value);
         }
         for (const auto& k : schema) {

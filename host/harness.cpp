@@ -267,12 +267,12 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
 }
 
 void print_error(const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << "error: " << message_of(e) << "\n";
     if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
 }
 
 std::string error_text(const std::exception& e) {
-    std::string s = e.what();
+    std::string s = message_of(e);
     if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) s += " (hint: " + pe->hint() + ")";
     return s;
 }
@@ -366,13 +366,13 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         try {
             if (ctx) rec.metrics(ctx->pending);
         } catch (const std::exception& e) {
-            std::cerr << "error: could not record the last metrics of run " << run_id << ": " << e.what() << "\n";
+            std::cerr << "error: could not record the last metrics of run " << run_id << ": " << message_of(e) << "\n";
         }
         try {
             rec.finish(status, error);
             return true;
         } catch (const std::exception& e) {
-            std::cerr << "error: could not record the end of run " << run_id << ": " << e.what() << "\n";
+            std::cerr << "error: could not record the end of run " << run_id << ": " << message_of(e) << "\n";
             return false;
         }
     };
@@ -394,6 +394,10 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         ctx->set_ranks_per_node(env.ranks_per_node);
         ctx->set_measurement_transport(control);
         const bool sim = ctx->simulated();
+        // The validation stream first: it checks that a sequence fits the data, before the
+        // strategy builds a model whose causal mask alone is seq_len² floats.
+        StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx->seed("data.val")};
+        DeviceStream val(dataset->open(val_spec), device);
         auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
         if (!strategy) throw Error("strategy plugin '" + cfg.plugins.at("strategy")->name + "' returned no strategy");
         // Each rank trains on its shard of every global batch (the strategy says which: ranks
@@ -403,9 +407,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' asked for data shard " +
                         std::to_string(shard.index) + " of " + std::to_string(shard.count));
         StreamSpec train_spec{Split::Train, B, T, shard.index, shard.count, ctx->seed("data")};
-        StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx->seed("data.val")};
         DeviceStream train(dataset->open(train_spec), device);
-        DeviceStream val(dataset->open(val_spec), device);
         if (!ctx->built_model) throw Error("strategy '" + cfg.plugins.at("strategy")->name + "' built no model", "a strategy must call RunContext::make_model()");
 
         Peak peak;
@@ -532,7 +534,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                 write_rank_checkpoint(job.checkpoints->rank_file(step, rank), c);
             } catch (const std::exception& e) {
                 ok = false;
-                why = e.what();
+                why = message_of(e);
             }
             if (world > 1) {
                 // Counted, not a minimum: on the simulated cluster a lost rank ([[faults]] kill) is
@@ -549,7 +551,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                     rec.summary("checkpoint_step", static_cast<double>(step));
                 } catch (const std::exception& e) {
                     ok = false;
-                    why = e.what();
+                    why = message_of(e);
                 }
             }
             // A checkpoint that cannot be written does not end the run: the previous one stays.
@@ -900,7 +902,7 @@ void scan_plugins(const Experiment& exp, PluginRegistry& registry) {
 RunInfo recall_run(RunOptions& o, std::string& path) {
     const std::string db = o.db.empty() ? "results/plexus.db" : o.db;
     const std::string id = std::to_string(o.resume_run);
-    ResultsStore store(db);
+    ResultsStore store(db, ResultsStore::Open::MustExist);
     auto run = store.get_run(o.resume_run);
     if (!run)
         throw Error("--resume " + id + ": there is no run " + id + " in " + db,
@@ -971,6 +973,19 @@ int run_experiment(const std::string& file, const RunOptions& given) {
                         "the experiment (or a file it extends) changed since the run started: restore it to resume");
         if (cfg.values.at("checkpoint.every_steps").as_int() < 0 || cfg.values.at("checkpoint.every_minutes").as_double() < 0)
             throw Error("checkpoint.every_steps and checkpoint.every_minutes must be >= 0", "0 turns each off");
+        // A folder that cannot take checkpoints is a config error, found now, not a warning at
+        // every checkpoint of a week-long run that then has nothing to resume from.
+        if (cfg.values.at("checkpoint.every_steps").as_int() > 0 || cfg.values.at("checkpoint.every_minutes").as_double() > 0) {
+            const fs::path root = RunCheckpoints::of(cfg, 0).dir().parent_path();
+            std::error_code ec;
+            fs::create_directories(root, ec);
+            const fs::path probe = root / (".plexus-write-test-" + std::to_string(getpid()));
+            if (!ec) std::ofstream(probe).put('x');
+            if (ec || !fs::exists(probe))
+                throw Error("checkpoints cannot be written to " + root.string() + (ec ? ": " + ec.message() : ""),
+                            "set checkpoint.dir to a folder you can write to (\"\" puts them beside the results database)");
+            fs::remove(probe, ec);
+        }
         if (cfg.values.at("checkpoint.keep").as_int() < 1)
             throw Error("checkpoint.keep must be >= 1", "keep = 2 leaves one older checkpoint in case the newest is damaged");
         const std::string schedule = cfg.values.at("train.lr_schedule").as_string();
@@ -984,6 +999,16 @@ int run_experiment(const std::string& file, const RunOptions& given) {
                         "(join a job started by torchrun, srun or mpirun) or sim (launch.ranks simulated ranks)");
         if ((mode == "local" || mode == "sim") && cfg.values.at("launch.ranks").as_int() < 1)
             throw Error("launch.ranks must be >= 1", "set [launch] ranks = 2");
+        // A thread per simulated rank, a process per local one: beyond these the machine gives out
+        // (threads, memory) long before the run says anything useful.
+        if (mode == "sim" && cfg.values.at("launch.ranks").as_int() > 16384)
+            throw Error("launch.ranks = " + std::to_string(cfg.values.at("launch.ranks").as_int()) +
+                            " simulated ranks: at most 16384 (one thread each)",
+                        "simulate fewer ranks; scaling laws extrapolate from a few sizes");
+        if (mode == "local" && cfg.values.at("launch.ranks").as_int() > 256)
+            throw Error("launch.ranks = " + std::to_string(cfg.values.at("launch.ranks").as_int()) +
+                            " local processes: at most 256",
+                        "more ranks than that on one machine is a job for launch.mode = \"sim\"");
         is_launcher = mode == "local" && !std::getenv("PLEXUS_WORKER");
         if (mode == "env" || (mode == "local" && !is_launcher)) {
             rendezvous = rendezvous_from_env();
@@ -994,7 +1019,17 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         }
         for (const char* key : {"train.batch_size", "train.seq_len", "train.log_every", "train.eval_batches"})
             if (cfg.values.at(key).as_int() < 1) throw Error(std::string(key) + " must be >= 1", "fix it in " + path);
-        if (cfg.values.at("train.steps").as_int() <= 0 && cfg.values.at("train.tokens").as_int() <= 0)
+        for (const char* key : {"train.steps", "train.tokens", "train.warmup_tokens", "train.eval_every", "train.threads"})
+            if (cfg.values.at(key).as_int() < 0) throw Error(std::string(key) + " must be >= 0", "fix it in " + path);
+        const double grad_clip = cfg.values.at("train.grad_clip").as_double(),
+                     min_lr_ratio = cfg.values.at("train.min_lr_ratio").as_double();
+        if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
+            throw Error("train.grad_clip = " + cfg.values.at("train.grad_clip").to_text() + " must be >= 0",
+                        "0 turns clipping off; 1.0 is usual");
+        if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
+            throw Error("train.min_lr_ratio = " + cfg.values.at("train.min_lr_ratio").to_text() + " must lie in [0, 1]",
+                        "the final learning rate as a fraction of the peak, e.g. 0.1");
+        if (cfg.values.at("train.steps").as_int() == 0 && cfg.values.at("train.tokens").as_int() == 0)
             throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
         device = choose_device(cfg.values.at("train.device").as_string());
         // Several ranks on one machine: "cuda" is each rank's own GPU.
@@ -1042,8 +1077,13 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     // The cores this run may use: all of them, or the share a sweep running several at once gave it.
     int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (const char* share = std::getenv("PLEXUS_CORES"); share && std::atoi(share) > 0) cores = std::atoi(share);
-    const int threads = v.at("train.threads").as_int() > 0 ? static_cast<int>(v.at("train.threads").as_int())
-                                                           : std::max(1, cores / local_ranks);
+    // An explicit count above the machine's cores only makes the threads wait on each other.
+    const int64_t asked = v.at("train.threads").as_int();
+    const int machine = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (asked > machine)
+        std::cerr << "warning: train.threads = " << asked << " is more than this machine's " << machine
+                  << " cores; using " << machine << "\n";
+    const int threads = asked > 0 ? static_cast<int>(std::min<int64_t>(asked, machine)) : std::max(1, cores / local_ranks);
     set_compute_threads(threads);
 
     // Phase 2: the run exists; from here every failure is recorded on it.

@@ -1,10 +1,13 @@
 // plexus: the command-line entry point.
 #include <cstdio>
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,6 +47,7 @@ usage:
         uninterrupted run's. Refused if the experiment file has changed since, or if the run is
         still running in another live process.
   plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
+                     [--progress auto|bar|lines|none]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
         a local multi-process run counts its ranks). Resumable: points already finished in the
         sweep are skipped; failed ones run again with --retry-failed; interrupted or killed ones
@@ -61,9 +65,11 @@ usage:
         The settings that differ between runs, and their figures with deltas against the first.
   plexus curves RUN... [--sweep SWEEP] [--keys loss,eval_loss] [-o FILE.csv] [--db PATH]
         Per-step curves as CSV (run, key, step, tokens, wall time, simulated time, value).
-  plexus report [SWEEP] -o report.html [--metric M ...] [--db PATH]
-        A self-contained HTML page: the leaderboard, loss against steps, tokens and time (a band
-        over seeds), MFU and memory bars. Opens without a network.
+  plexus report [SWEEP] -o report.html [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2]
+                [--runs] [--db PATH]
+        A self-contained HTML page: the leaderboard (ranked as `plexus leaderboard` with the same
+        options), loss against steps, tokens and time (a band over seeds), MFU and memory bars.
+        Opens without a network.
   plexus plugins [NAME]
         List the plugins found and why any was refused; with NAME, print its settings.
   plexus runs [--db PATH] [--limit N]
@@ -85,7 +91,8 @@ usage:
   plexus --help | --version
 
 Experiment files (TOML) have sections [model], [data], [optimizer], [strategy], [comm] naming
-plugins (name = "...") with their settings, and the host's [train], [results], [launch].
+plugins (name = "...") with their settings, and the host's [train], [results], [launch], [sim],
+[checkpoint], [limits] and [[faults]].
 `extends = "base.toml"` inherits another file. Unknown keys are errors.
 
 Distributed runs ([launch] mode): single (one process), local (plexus starts `ranks` worker
@@ -119,13 +126,24 @@ Default database: results/plexus.db (relative to the current folder).
 )";
 
 void print_error(const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << "error: " << message_of(e) << "\n";
     if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
 }
 
 int usage_error(const std::string& msg) {
     std::cerr << "error: " << msg << "\nrun `plexus --help` for usage\n";
     return kUsage;
+}
+
+// A whole number in [min, max] written in decimal digits, or nothing (the caller says what the
+// flag takes): no sign, no exponent, nothing after the digits, and never an exception for a
+// number too large.
+std::optional<int64_t> parse_count(const std::string& text, int64_t min, int64_t max = INT64_MAX) {
+    if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    int64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc() || end != text.data() + text.size() || value < min || value > max) return std::nullopt;
+    return value;
 }
 
 // Pulls "--flag VALUE" or "--flag=VALUE" out of args.
@@ -222,9 +240,11 @@ int cmd_runs(std::vector<std::string> args) {
     take_flag(args, "--db", db);
     take_flag(args, "--limit", limit);
     if (!args.empty()) return usage_error("unexpected argument '" + args[0] + "' for plexus runs");
+    const auto count = parse_count(limit, 1);
+    if (!count) return usage_error("--limit takes a number of runs >= 1, not '" + limit + "'");
     try {
-        ResultsStore store(db);
-        auto runs = store.list_runs(std::stoll(limit));
+        ResultsStore store(db, ResultsStore::Open::MustExist);
+        auto runs = store.list_runs(*count);
         if (runs.empty()) {
             std::cout << "no runs in " << db << " yet: try `plexus run experiments/quickstart.toml`\n";
             return kOk;
@@ -243,7 +263,7 @@ int cmd_runs(std::vector<std::string> args) {
         }
         return kOk;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        std::cerr << "error: " << message_of(e) << "\n";
         return kFailed;
     }
 }
@@ -277,7 +297,7 @@ int cmd_leaderboard(std::vector<std::string> args) {
     if (args.size() > 1 || (!args.empty() && args[0].rfind("--", 0) == 0))
         return usage_error("unexpected argument '" + args.back() + "' for plexus leaderboard");
     try {
-        ResultsStore store(db);
+        ResultsStore store(db, ResultsStore::Open::MustExist);
         std::string title;
         int unfinished = 0;
         const auto runs = runs_to_rank(store, args.empty() ? "" : args[0], title, unfinished);
@@ -295,11 +315,12 @@ int cmd_leaderboard(std::vector<std::string> args) {
 std::vector<int64_t> run_ids(const std::vector<std::string>& args, std::string& bad) {
     std::vector<int64_t> ids;
     for (const auto& a : args) {
-        if (a.empty() || a.find_first_not_of("0123456789") != std::string::npos) {
+        const auto id = parse_count(a, 1);
+        if (!id) {
             bad = a;
             return {};
         }
-        ids.push_back(std::stoll(a));
+        ids.push_back(*id);
     }
     return ids;
 }
@@ -310,7 +331,7 @@ int cmd_compare(std::vector<std::string> args) {
     const auto ids = run_ids(args, bad);
     if (!bad.empty()) return usage_error("'" + bad + "' is not a run id (see `plexus runs`)");
     try {
-        ResultsStore store(db);
+        ResultsStore store(db, ResultsStore::Open::MustExist);
         std::cout << compare_runs(store, ids);
         return kOk;
     } catch (const std::exception& e) {
@@ -328,7 +349,7 @@ int cmd_curves(std::vector<std::string> args) {
     auto ids = run_ids(args, bad);
     if (!bad.empty()) return usage_error("'" + bad + "' is not a run id (see `plexus runs`)");
     try {
-        ResultsStore store(db);
+        ResultsStore store(db, ResultsStore::Open::MustExist);
         if (by_sweep) {
             auto sw = store.find_sweep(sweep);
             if (!sw) throw Error("no sweep '" + sweep + "' in " + db, "`plexus leaderboard` shows the newest one");
@@ -358,17 +379,27 @@ int cmd_report(std::vector<std::string> args) {
     take_flag(args, "-o", out);
     if (!take_board_options(args, o, error)) return usage_error(error);
     if (out.empty()) return usage_error("plexus report needs -o FILE.html");
+    if (std::filesystem::is_directory(out)) return usage_error("-o " + out + " is a folder: name the page's file, e.g. -o " +
+                                                               (std::filesystem::path(out) / "report.html").string());
     if (args.size() > 1) return usage_error("unexpected argument '" + args.back() + "' for plexus report");
     try {
-        ResultsStore store(db);
+        ResultsStore store(db, ResultsStore::Open::MustExist);
         const std::string html = make_report(store, args.empty() ? "" : args[0], o);
         const std::string tmp = out + ".tmp";
         {
             std::ofstream f(tmp);
             f << html;
-            if (!f) throw Error("cannot write " + out, "check the folder exists and is writable");
+            if (!f) {
+                std::filesystem::remove(tmp);
+                throw Error("cannot write " + out, "check the folder exists and is writable");
+            }
         }
-        std::filesystem::rename(tmp, out);  // never a half-written report
+        std::error_code ec;
+        std::filesystem::rename(tmp, out, ec);  // never a half-written report
+        if (ec) {
+            std::filesystem::remove(tmp);
+            throw Error("cannot write " + out + ": " + ec.message(), "name a file in a folder you can write to");
+        }
         std::cout << "wrote " << out << " (" << html.size() / 1024 << " KiB, self-contained)\n";
         return kOk;
     } catch (const std::exception& e) {
@@ -383,17 +414,18 @@ int cmd_sweep(std::vector<std::string> args) {
     while (take_flag(args, "--set", value)) o.overrides.push_back(value);
     take_flag(args, "--db", o.db);
     take_flag(args, "--progress", o.progress);
-    if (take_flag(args, "-j", value)) {
-        if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos || std::stoi(value) < 1)
-            return usage_error("-j takes a number of runs >= 1");
-        o.jobs = std::stoi(value);
-    }
+    const auto take_jobs = [&](const std::string& text) {
+        const auto jobs = parse_count(text, 1, 1 << 20);  // capped at the cores later
+        if (jobs) o.jobs = static_cast<int>(*jobs);
+        return jobs.has_value();
+    };
+    if (take_flag(args, "-j", value) && !take_jobs(value)) return usage_error("-j takes a number of runs >= 1, not '" + value + "'");
     for (auto it = args.begin(); it != args.end();) {
         if (*it == "--retry-failed") o.retry_failed = true;
         else if (*it == "--dry-run") o.dry_run = true;
-        else if (it->rfind("-j", 0) == 0 && it->size() > 2 && it->find_first_not_of("0123456789", 2) == std::string::npos)
-            o.jobs = std::stoi(it->substr(2));
-        else {
+        else if (it->rfind("-j", 0) == 0 && it->size() > 2) {
+            if (!take_jobs(it->substr(2))) return usage_error("-j takes a number of runs >= 1, not '" + it->substr(2) + "'");
+        } else {
             ++it;
             continue;
         }
@@ -408,14 +440,11 @@ int cmd_show(std::vector<std::string> args) {
     std::string db = "results/plexus.db";
     take_flag(args, "--db", db);
     if (args.size() != 1) return usage_error("plexus show takes one run id");
-    int64_t id = 0;
+    const auto parsed = parse_count(args[0], 1);
+    if (!parsed) return usage_error("'" + args[0] + "' is not a run id (a number, see `plexus runs`)");
+    const int64_t id = *parsed;
     try {
-        id = std::stoll(args[0]);
-    } catch (...) {
-        return usage_error("'" + args[0] + "' is not a run id (a number, see `plexus runs`)");
-    }
-    try {
-        ResultsStore store(db);
+        ResultsStore store(db, ResultsStore::Open::MustExist);
         auto run = store.get_run(id);
         if (!run) {
             std::cerr << "error: no run " << id << " in " << db << "\nhint: `plexus runs --db " << db << "` lists them\n";
@@ -451,7 +480,7 @@ int cmd_show(std::vector<std::string> args) {
         }
         return kOk;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        std::cerr << "error: " << message_of(e) << "\n";
         return kFailed;
     }
 }
@@ -465,16 +494,21 @@ int cmd_bench(std::vector<std::string> args) {
         std::string ranks = "2";
         take_flag(args, "--ranks", ranks);
         if (!args.empty()) return usage_error("unexpected argument '" + args[0] + "'");
+        const auto count = parse_count(ranks, 2, 256);
+        if (!count) return usage_error("--ranks takes a number of processes from 2 to 256, not '" + ranks + "'");
         try {
-            return bench_network(std::stoi(ranks));
+            return bench_network(static_cast<int>(*count));
         } catch (const std::exception& e) {
-            std::cerr << "error: " << e.what() << "\n";
+            std::cerr << "error: " << message_of(e) << "\n";
             return kFailed;
         }
     }
     std::string threads_text = std::to_string(std::max(1u, std::thread::hardware_concurrency()));
     take_flag(args, "--threads", threads_text);
-    const int threads = std::stoi(threads_text);
+    if (!args.empty()) return usage_error("unexpected argument '" + args[0] + "' for plexus bench peak");
+    const auto count = parse_count(threads_text, 1, 4096);
+    if (!count) return usage_error("--threads takes a number of threads >= 1, not '" + threads_text + "'");
+    const int threads = static_cast<int>(*count);
     set_compute_threads(threads);
     auto peak = cpu_peak(threads, /*refresh=*/true, /*verbose=*/true);
     std::printf("peak: %.2f GFLOP/s (%s), cached in %s\n", *peak.flops / 1e9, peak.source.c_str(), peak_cache_path().c_str());
@@ -499,6 +533,10 @@ int main(int argc, char** argv) {
     }
     const std::string cmd = args[0];
     args.erase(args.begin());
+    if (std::find(args.begin(), args.end(), "--help") != args.end() || std::find(args.begin(), args.end(), "-h") != args.end()) {
+        std::cout << kHelpText;  // `plexus run -h`: the commands' usage, not "no such file -h"
+        return kOk;
+    }
     if (cmd == "run") {
         RunOptions opts;
         for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
@@ -508,14 +546,14 @@ int main(int argc, char** argv) {
         take_flag(args, "--db", opts.db);
         take_flag(args, "--progress", opts.progress);
         if (take_flag(args, "--point", value)) {
-            if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos)
-                return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
-            opts.point = std::stoi(value);
+            const auto point = parse_count(value, 0, INT32_MAX);
+            if (!point) return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
+            opts.point = static_cast<int>(*point);
         }
         if (take_flag(args, "--resume", value)) {
-            if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos || std::stoll(value) <= 0)
-                return usage_error("--resume takes a run id (see `plexus runs`)");
-            opts.resume_run = std::stoll(value);
+            const auto run = parse_count(value, 1);
+            if (!run) return usage_error("--resume takes a run id (see `plexus runs`)");
+            opts.resume_run = *run;
             if (!args.empty())
                 return usage_error("plexus run --resume RUN takes no file: the run's own file, point and --set are used");
             if (!opts.overrides.empty() || opts.point >= 0)
@@ -541,9 +579,9 @@ int main(int argc, char** argv) {
         take_flag(args, "--db", opts.db);
         std::string value;
         if (take_flag(args, "--iterations", value)) {
-            if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos)
-                return usage_error("--iterations takes a number");
-            opts.iterations = std::stoll(value);
+            const auto iterations = parse_count(value, 0);
+            if (!iterations) return usage_error("--iterations takes a number >= 0");
+            opts.iterations = *iterations;
         }
         for (size_t i = 0; i < args.size(); ++i)
             if (args[i] == "--restart") opts.restart = true, args.erase(args.begin() + static_cast<long>(i--));

@@ -433,7 +433,7 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
                     losses[2 * i + 1] = meta_loss(spec, LoptWeights::from_flat(c.theta - eps), task, scratch);
                 }
             } catch (const std::exception& e) {
-                if (errors) errors->push_back("rank " + std::to_string(rank) + ", iteration " + std::to_string(k) + ": " + e.what());
+                if (errors) errors->push_back("rank " + std::to_string(rank) + ", iteration " + std::to_string(k) + ": " + message_of(e));
                 losses[2 * spec.pairs] = 1;
             }
         }
@@ -563,7 +563,7 @@ int meta_train(const std::string& path, const MetaOptions& options) {
                 auto transport = make_gloo_transport(rv);
                 codes[static_cast<size_t>(r)] = train_rank(spec, options, *transport, r == 0 ? store.get() : nullptr, &mine);
             } catch (const std::exception& e) {
-                mine.push_back("rank " + std::to_string(r) + ": " + e.what());
+                mine.push_back("rank " + std::to_string(r) + ": " + message_of(e));
             }
             std::lock_guard<std::mutex> lk(errors_mu);
             errors.insert(errors.end(), mine.begin(), mine.end());

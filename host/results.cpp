@@ -147,10 +147,14 @@ double ResultsStore::now() {
     return duration<double>(system_clock::now().time_since_epoch()).count();
 }
 
-ResultsStore::ResultsStore(const std::string& path) : path_(path) {
+ResultsStore::ResultsStore(const std::string& path, Open mode) : path_(path) {
     namespace fs = std::filesystem;
     const auto parent = fs::path(path).parent_path();
     std::error_code ec;
+    if (mode == Open::MustExist && !fs::exists(path, ec))
+        throw Error("no results database at " + path,
+                    "runs go to results/plexus.db (below the folder plexus ran in) unless --db or [results] db "
+                    "named another; `plexus run experiments/quickstart.toml` records a first one");
     if (!parent.empty() && !fs::exists(parent, ec)) {
         fs::create_directories(parent, ec);
         if (ec)
@@ -176,6 +180,15 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
         {
             Stmt probe(db_, "PRAGMA schema_version");  // fails if the file is not a database
             probe.step();
+        }
+        // Tables but no plexus schema version: another program's database, not to be written into.
+        if (schema_version() == 0) {
+            Stmt tables(db_, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name");
+            std::string names;
+            while (tables.step()) names += (names.empty() ? "" : ", ") + tables.text(0);
+            if (!names.empty())
+                throw Error("is an SQLite database, but not plexus's results (its tables: " + names + ")",
+                            "record into another file with --db; plexus leaves this one as it is");
         }
         exec("PRAGMA journal_mode = WAL");
         exec("PRAGMA synchronous = NORMAL");

@@ -46,9 +46,14 @@ struct SweepInfo {
 
 class ResultsStore {
 public:
-    // Opens (creating the file and its folder if needed) and migrates. Throws plexus::Error if
-    // the file is not a database, is read-only, or has a newer schema than this plexus.
-    explicit ResultsStore(const std::string& path);
+    // CreateIfMissing: where runs are recorded (run, sweep, meta-train). MustExist: where they
+    // are read (runs, show, compare, curves, leaderboard, report, --resume): a mistyped --db is
+    // an error, not a new empty database and folder.
+    enum class Open { CreateIfMissing, MustExist };
+    // Opens and migrates. Throws plexus::Error if the file is not a database, is another
+    // program's SQLite database (it has tables but not plexus's), is read-only, or has a newer
+    // schema than this plexus.
+    explicit ResultsStore(const std::string& path, Open mode = Open::CreateIfMissing);
     ~ResultsStore();
     ResultsStore(const ResultsStore&) = delete;
     ResultsStore& operator=(const ResultsStore&) = delete;

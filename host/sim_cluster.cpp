@@ -1,11 +1,13 @@
 #include "sim_cluster.hpp"
 
 #include "faults.hpp"
+#include "text_util.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <system_error>
 #include <condition_variable>
 #include <deque>
 #include <iomanip>
@@ -187,6 +189,7 @@ struct Cluster::Impl {
     int done_count = 0;
     std::condition_variable all_done;
     std::string abort;  // set on a deadlock: every blocked rank fails with it
+    bool start_failed = false;  // a rank's thread could not be started: the started ones return
     std::map<std::string, std::shared_ptr<Group>> groups;
 
     explicit Impl(Settings s) : settings(std::move(s)), network(settings.network) {
@@ -900,19 +903,21 @@ void Cluster::run(const std::function<void(int)>& body) {
         std::unique_lock<std::mutex> lk(impl_->mu);
         for (int r = 0; r < n; ++r) impl_->make_ready(r);
     }
-    for (int r = 0; r < n; ++r)
+    for (int r = 0; r < n; ++r) {
+        try {
         threads.emplace_back([this, r, &body] {
             auto& impl = *impl_;
             tl_entity = r;
             {
                 std::unique_lock<std::mutex> lk(impl.mu);
-                impl.rank(r).cv.wait(lk, [&] { return impl.running == r; });
+                impl.rank(r).cv.wait(lk, [&] { return impl.running == r || impl.start_failed; });
+                if (impl.start_failed) return;
             }
             std::string failure;
             try {
                 body(r);
             } catch (const std::exception& e) {
-                failure = e.what();
+                failure = message_of(e);
             } catch (...) {
                 failure = "unknown exception";
             }
@@ -922,6 +927,18 @@ void Cluster::run(const std::function<void(int)>& body) {
             ++impl.done_count;
             impl.switch_away(r, lk);
         });
+        } catch (const std::system_error& e) {  // out of threads (ulimit -u) or memory for stacks
+            {
+                std::unique_lock<std::mutex> lk(impl_->mu);
+                impl_->start_failed = true;
+            }
+            for (int i = 0; i < r; ++i) impl_->rank(i).cv.notify_all();
+            for (auto& t : threads) t.join();
+            throw Error("could not start simulated rank " + std::to_string(r) + " of " + std::to_string(n) +
+                            " (a thread each): " + e.what(),
+                        "simulate fewer ranks, or raise the limit on threads (ulimit -u)");
+        }
+    }
     {
         std::unique_lock<std::mutex> lk(impl_->mu);
         impl_->switch_away(-1, lk);  // hand the processor to rank 0

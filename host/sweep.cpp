@@ -189,13 +189,13 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
                     db = cfg.values.at("results.db").as_string();
                 }
             } catch (const Error& e) {
-                throw Error("grid point " + std::to_string(i) + " (" + grid[i].label + "): " + e.what(), e.hint());
+                throw Error("grid point " + std::to_string(i) + " (" + grid[i].label + "): " + message_of(e), e.hint());
             }
             points.push_back(p);
         }
         if (name.empty()) name = fs::path(path).stem().string();
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        std::cerr << "error: " << message_of(e) << "\n";
         if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
         return 1;
     }
@@ -218,7 +218,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
                     }
         }
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        std::cerr << "error: " << message_of(e) << "\n";
         return 1;
     }
     // A point whose run is still running in another live process (a second sweep of the same
@@ -274,7 +274,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     try {
         sweep_id = store->ensure_sweep(name, exp.text, "", "");
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        std::cerr << "error: " << message_of(e) << "\n";
         return 1;
     }
     std::cout << "  running " << queue.size() << " (up to " << jobs << " at once, " << cores_per_slot
@@ -423,7 +423,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
                 for (const auto& [rank, key, value, text] : store->summaries(run_id))
                     if (rank == 0 && key == "final_eval_loss" && value) detail = "eval " + std::to_string(*value).substr(0, 6);
         } catch (const std::exception& e) {
-            detail = std::string("(could not read the database: ") + e.what() + ")";
+            detail = std::string("(could not read the database: ") + message_of(e) + ")";
         }
         if (outcome == "finished") ++finished;
         else if (outcome == "interrupted") ++interrupted;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include <c10/util/Exception.h>
+
 namespace plexus::host {
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -123,6 +125,11 @@ std::string hex64(uint64_t v) {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
     return buf;
+}
+
+std::string message_of(const std::exception& e) {
+    if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) return torch_error->what_without_backtrace();
+    return e.what();
 }
 
 }  // namespace plexus::host

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,9 @@ std::string human_count(double n);       // 41.2k, 3.1M
 std::string human_bytes(double bytes);   // 412 MiB
 std::string human_duration(double s);    // 1:02:03, 4:05, 12.3s
 uint64_t fnv1a(const std::string& text);
+// An exception's message without the C++ backtrace LibTorch appends to its own errors
+// (c10::Error): what a user reads after "error:" and what a failed run records.
+std::string message_of(const std::exception& e);
 std::string hex64(uint64_t v);
 
 }  // namespace plexus::host

@@ -113,6 +113,99 @@ TEST_CASE("bad experiment files fail with a location and a non-zero exit", "[e2e
     CHECK(store.list_runs(10).size() == 1);  // config errors create no run
 }
 
+TEST_CASE("numbers on the command line that do not parse, or are out of range, are usage errors", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("e.toml", kTinyExperiment);
+    // Each of these ended in std::terminate (a number too large for stoll/stoi) or a bare "stoll".
+    for (const std::string& args : std::vector<std::string>{"compare 1 99999999999999999999 --db " + db, "curves 99999999999999999999 --db " + db,
+                                   "show 99999999999999999999 --db " + db, "runs --limit abc --db " + db,
+                                   "runs --limit 0 --db " + db, "run " + file + " --point 99999999999 --db " + db,
+                                   "run --resume 99999999999999999999 --db " + db, "sweep " + file + " -j 99999999999 --dry-run",
+                                   "sweep " + file + " -jx --dry-run", "meta-train " + file + " --iterations 99999999999999999999999",
+                                   "bench peak --threads abc", "bench peak extra", "bench network --ranks abc"}) {
+        INFO(args);
+        const auto res = run_plexus(args);
+        CHECK(res.exit_code == 2);
+        CHECK_THAT(res.output, Contains("plexus --help"));
+        CHECK_THAT(res.output, !Contains("terminate") && !Contains("stoll") && !Contains("stoi"));
+    }
+}
+
+TEST_CASE("[train], [launch] and optimizer values out of range are refused, naming the key", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("e.toml", kTinyExperiment);
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"train.grad_clip=-1", "train.grad_clip = -1.0 must be >= 0"},
+        {"train.min_lr_ratio=5", "train.min_lr_ratio = 5.0 must lie in [0, 1]"},
+        {"train.warmup_tokens=-100", "train.warmup_tokens must be >= 0"},
+        {"train.steps=-5", "train.steps must be >= 0"},
+        {"train.eval_every=-1", "train.eval_every must be >= 0"},
+        {"launch.mode=sim --set launch.ranks=100000", "at most 16384"},
+        {"launch.mode=local --set launch.ranks=1000", "at most 256"}};
+    for (const auto& [set, message] : cases) {
+        INFO(set);
+        const auto res = run_plexus("run " + file + " --db " + db + " --set " + set);
+        CHECK(res.exit_code == 1);
+        CHECK_THAT(res.output, Contains(message));
+    }
+    // A learning rate that is not a finite number >= 0 names the key.
+    for (const std::string lr : {"-1", "nan", "inf"}) {
+        const auto res = run_plexus("run " + file + " --db " + db + " --set optimizer.lr=" + lr);
+        CHECK(res.exit_code == 1);
+        CHECK_THAT(res.output, Contains("optimizer.lr: must be a finite number >= 0"));
+    }
+    // A sequence longer than the data is the dataset's clear message, without a C++ backtrace.
+    const auto res = run_plexus("run " + file + " --db " + db + " --set train.seq_len=100000");
+    CHECK(res.exit_code == 1);
+    CHECK_THAT(res.output, Contains("fewer than seq_len + 2 (100002)") && !Contains("frame #"));
+    host::ResultsStore store(db);
+    for (const auto& run : store.list_runs(50)) CHECK_THAT(run.error, !Contains("frame #"));
+}
+
+TEST_CASE("reading commands need an existing plexus database, and no command writes into another program's", "[e2e][bad-input]") {
+    TempDir dir;
+    // A mistyped --db: an error naming it, and no folder or empty database left behind.
+    for (const std::string command : {"runs", "show 1", "compare 1 2", "curves 1", "leaderboard", "run --resume 1"}) {
+        INFO(command);
+        const auto res = run_plexus(command + " --db " + dir / "typo/r.db");
+        CHECK(res.exit_code == 1);
+        CHECK_THAT(res.output, Contains("no results database at " + dir / "typo/r.db"));
+        CHECK(!std::filesystem::exists(dir / "typo"));
+    }
+    // Another program's SQLite file: refused by reading and recording commands alike, untouched.
+    const auto foreign = dir / "notes.db";
+    REQUIRE(run_command("sqlite3 " + foreign + " \"CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine')\"").exit_code == 0);
+    for (const std::string command : {"runs --db " + foreign, "run " + dir.file("e.toml", kTinyExperiment) + " --db " + foreign}) {
+        INFO(command);
+        const auto res = run_plexus(command);
+        CHECK(res.exit_code == 1);
+        CHECK_THAT(res.output, Contains("not plexus's results (its tables: notes)"));
+    }
+    CHECK(run_command("sqlite3 " + foreign + " \".tables\"").output == "notes\n");
+}
+
+TEST_CASE("report -o a folder, an unwritable checkpoint folder and `run -h` say what to do", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    record_a_good_run(dir, db);
+    auto res = run_plexus("report --db " + db + " -o " + dir.path.string());
+    CHECK(res.exit_code == 2);
+    CHECK_THAT(res.output, Contains("is a folder: name the page's file"));
+    CHECK(!std::filesystem::exists(dir.path.string() + ".tmp"));
+    // A checkpoint folder that cannot be made stops the run before it starts.
+    res = run_plexus("run " + dir.file("c.toml", kTinyExperiment) + " --db " + db +
+                     " --set checkpoint.every_steps=2 --set checkpoint.dir=" + dir.file("a_file", "") + "/sub");
+    CHECK(res.exit_code == 1);
+    CHECK_THAT(res.output, Contains("checkpoints cannot be written to"));
+    host::ResultsStore store(db);
+    CHECK(store.list_runs(10).size() == 1);  // only the good run
+    res = run_plexus("run -h");
+    CHECK(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("usage:"));
+}
+
 TEST_CASE("a plugin from another build is refused with both fingerprints", "[e2e][bad-input]") {
     auto r = run_plexus("plugins", "PLEXUS_PLUGIN_PATH=" + kTestPlugins);
     CHECK(r.exit_code == 0);

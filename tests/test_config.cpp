@@ -71,6 +71,18 @@ TEST_CASE("resolve fills defaults, coerces ints to floats and validates types", 
     auto err = error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\nn_layer = \"four\"\n[data]\nname=\"synthetic\"\n"); });
     CHECK_THAT(err, Contains("exp.toml:3:1"));
     CHECK_THAT(err, Contains("'model.n_layer' must be an int"));
+
+    // A list's elements are checked against its default's, ints coerced to floats.
+    const std::string base = "[model]\nname=\"gpt\"\n[data]\nname=\"synthetic\"\n[optimizer]\n";
+    err = error_of([&] { resolve_text(dir, base + "betas = [0.9, \"x\"]\n"); });
+    CHECK_THAT(err, Contains("exp.toml:6:1") && Contains("'optimizer.betas' holds \"x\", not a float"));
+    auto int_betas = resolve_text(dir, base + "betas = [0, 1]\n");
+    CHECK(int_betas.values.at("optimizer.betas").as_list().at(1).type() == ValueType::Float);
+    CHECK(int_betas.sections.at("optimizer").get_doubles("betas") == std::vector<double>{0.0, 1.0});
+    // A plugin reading a list of the wrong elements gets an error naming the key, not std::get's.
+    const Config strings("data", {{"exclude", Value::list({"*.dat", 3})}});
+    CHECK_THAT(error_of([&] { strings.get_strings("exclude"); }), Contains("data.exclude: holds 3, which is not a string"));
+    CHECK_THAT(error_of([&] { strings.get_doubles("exclude"); }), Contains("data.exclude: holds \"*.dat\", which is not a number"));
 }
 
 TEST_CASE("an unknown key is reported with file, line, column and the nearest known key", "[config]") {

@@ -27,8 +27,7 @@ public:
     explicit TextDataset(const plexus::Config& cfg) {
         vocab_ = 256;
         const fs::path root = cfg.get_string("path");
-        std::vector<std::string> exclude;
-        for (const auto& v : cfg.get("exclude").as_list()) exclude.push_back(v.as_string());
+        const std::vector<std::string> exclude = cfg.get_strings("exclude");
         const double val_fraction = cfg.get_double("val_fraction");
         cfg.require(val_fraction > 0 && val_fraction < 1, "val_fraction", "must lie in (0, 1)");
 

@@ -37,6 +37,7 @@ class AdamW : public plexus::Optimizer {
 public:
     AdamW(const plexus::Config& cfg, std::vector<plexus::ParamSlot> slots) : slots_(std::move(slots)) {
         lr_ = cfg.get_double("lr");
+        cfg.require(std::isfinite(lr_) && lr_ >= 0, "lr", "must be a finite number >= 0 (0 freezes the parameters)");
         auto betas = cfg.get_doubles("betas");
         cfg.require(betas.size() == 2, "betas", "must hold two numbers [beta1, beta2]");
         beta1_ = betas[0];

@@ -3,6 +3,8 @@
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
+#include <cmath>
+
 namespace {
 
 class Sgd : public plexus::Optimizer {
@@ -12,6 +14,7 @@ public:
         momentum_ = cfg.get_double("momentum");
         nesterov_ = cfg.get_bool("nesterov");
         weight_decay_ = cfg.get_double("weight_decay");
+        cfg.require(std::isfinite(lr_) && lr_ >= 0, "lr", "must be a finite number >= 0 (0 freezes the parameters)");
         cfg.require(momentum_ >= 0 && momentum_ < 1, "momentum", "must lie in [0, 1)");
         cfg.require(!nesterov_ || momentum_ > 0, "nesterov", "needs momentum > 0");
         for (const auto& s : slots_) {

@@ -112,9 +112,23 @@ public:
     int64_t get_int(const std::string& key) const { return get(key).as_int(); }
     double get_double(const std::string& key) const { return get(key).as_double(); }
     const std::string& get_string(const std::string& key) const { return get(key).as_string(); }
+    // A list of numbers (ints accepted) or of strings. An element of another type is a
+    // plexus::Error naming the key (the host checks elements only against a non-empty default).
     std::vector<double> get_doubles(const std::string& key) const {
         std::vector<double> out;
-        for (const auto& v : get(key).as_list()) out.push_back(v.as_double());
+        for (const auto& v : get(key).as_list()) {
+            require(v.type() == ValueType::Float || v.type() == ValueType::Int, key,
+                    "holds " + v.to_text() + ", which is not a number");
+            out.push_back(v.as_double());
+        }
+        return out;
+    }
+    std::vector<std::string> get_strings(const std::string& key) const {
+        std::vector<std::string> out;
+        for (const auto& v : get(key).as_list()) {
+            require(v.type() == ValueType::String, key, "holds " + v.to_text() + ", which is not a string");
+            out.push_back(v.as_string());
+        }
         return out;
     }
     const std::map<std::string, Value>& values() const { return values_; }
