@@ -96,15 +96,18 @@ std::vector<RunInfo> runs_to_rank(ResultsStore& store, const std::string& which,
         all = store.list_runs(1000000);
         std::reverse(all.begin(), all.end());  // oldest first, like a sweep's
     }
-    // The newest run of each configuration counts (a re-run replaces an earlier attempt).
-    std::map<std::string, RunInfo> newest;
-    for (const auto& r : all) newest[r.config_hash] = r;
-    std::vector<RunInfo> out;
-    unfinished = 0;
-    for (const auto& [hash, r] : newest) {
-        if (r.status == "finished") out.push_back(r);
-        else ++unfinished;
+    // The newest finished run of each configuration counts: a finished re-run replaces an
+    // earlier attempt, and a newer attempt that did not finish (interrupted, failed, running)
+    // does not hide one that did. Configurations with no finished run are counted apart.
+    std::map<std::string, RunInfo> newest_finished;
+    std::set<std::string> configs;
+    for (const auto& r : all) {
+        configs.insert(r.config_hash);
+        if (r.status == "finished") newest_finished[r.config_hash] = r;
     }
+    std::vector<RunInfo> out;
+    for (const auto& [hash, r] : newest_finished) out.push_back(r);
+    unfinished = static_cast<int>(configs.size() - newest_finished.size());
     std::sort(out.begin(), out.end(), [](const RunInfo& a, const RunInfo& b) { return a.id < b.id; });
     return out;
 }
@@ -134,6 +137,19 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
         throw Error("--metric " + o.metric + " needs --target LOSS", "for example --target 2.5");
     if (o.metric == "loss_at" && !(o.tokens > 0))
         throw Error("--metric loss_at needs --tokens N (the token budget)", "for example --tokens 500000");
+    // A metric no run has is a typo, not a column of dashes.
+    if (!runs.empty() && o.metric != "loss_at" && o.metric != "tokens_to" && o.metric != "time_to") {
+        std::set<std::string> keys;
+        for (const auto& r : runs)
+            for (const auto& [rank, key, value, text] : store.summaries(r.id))
+                if (value) keys.insert(key);
+        if (!keys.count(o.metric)) {
+            const std::vector<std::string> known(keys.begin(), keys.end());
+            const std::string close = did_you_mean(o.metric, known);
+            throw Error("--metric " + o.metric + ": no run here has that figure" + (close.empty() ? "" : "; " + close),
+                        "metrics: loss_at, tokens_to, time_to, or a summary key: " + join(known, ", "));
+        }
+    }
     Board b;
     b.metric = o.metric;
     b.lower_is_better = !higher_is_better(o.metric);
@@ -354,8 +370,20 @@ std::string compare_runs(ResultsStore& store, const std::vector<int64_t>& ids) {
 
 std::string curves_csv(ResultsStore& store, const std::vector<int64_t>& runs, const std::vector<std::string>& keys) {
     std::string out = "run_id,key,step,tokens,wall_time,sim_time,value\n";
+    // A key none of the runs recorded is a typo, not an empty table.
+    std::set<std::string> recorded;
     for (auto id : runs) {
         if (!store.get_run(id)) throw Error("no run " + std::to_string(id) + " in " + store.path(), "`plexus runs` lists them");
+        for (const auto& key : store.metric_keys(id)) recorded.insert(key);
+    }
+    const std::vector<std::string> known(recorded.begin(), recorded.end());
+    for (const auto& key : keys)
+        if (!recorded.count(key)) {
+            const std::string close = did_you_mean(key, known);
+            throw Error("--keys " + key + ": no such curve in these runs" + (close.empty() ? "" : "; " + close),
+                        "their curves: " + join(known, ", "));
+        }
+    for (auto id : runs) {
         auto wanted = keys;
         if (wanted.empty()) wanted = store.metric_keys(id);
         for (const auto& key : wanted)

@@ -179,6 +179,32 @@ TEST_CASE("a sweep with -j 2 records every run whole, a second sweep skips them,
     CHECK_THAT(curves.output, Contains("run_id,key,step,tokens,wall_time,sim_time,value"));
 }
 
+TEST_CASE("the leaderboard keeps a config's newest finished run, and names a metric or curve no run has", "[sweep]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("e.toml", kTinyExperiment);
+    REQUIRE(run_plexus("run " + file + " --db " + db + " --set train.steps=5").exit_code == 0);
+    {
+        // A later attempt at the same configuration, interrupted: it must not hide the finished one.
+        host::ResultsStore store(db);
+        auto attempt = store.get_run(1).value();
+        store.finish_run(store.begin_run(attempt, {}), "interrupted", "");
+        std::string title;
+        int unfinished = -1;
+        const auto ranked = host::runs_to_rank(store, "", title, unfinished);
+        REQUIRE(ranked.size() == 1);
+        CHECK(ranked[0].id == 1);
+        CHECK(unfinished == 0);  // its configuration has a finished run
+    }
+    CHECK_THAT(run_plexus("leaderboard --db " + db).output, Contains("1 finished run(s)"));
+    auto typo = run_plexus("leaderboard --db " + db + " --metric tokens_per_sec");
+    CHECK(typo.exit_code == 1);
+    CHECK_THAT(typo.output, Contains("--metric tokens_per_sec: no run here has that figure; did you mean 'tokens_per_s'"));
+    typo = run_plexus("curves 1 --db " + db + " --keys eval_los");
+    CHECK(typo.exit_code == 1);
+    CHECK_THAT(typo.output, Contains("--keys eval_los: no such curve in these runs; did you mean 'eval_loss'"));
+}
+
 TEST_CASE("a failed point is skipped on re-run unless --retry-failed", "[sweep]") {
     TempDir dir;
     const auto db = dir / "r.db";
