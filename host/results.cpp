@@ -368,9 +368,17 @@ std::vector<SweepInfo> ResultsStore::list_sweeps() {
 }
 
 std::optional<SweepInfo> ResultsStore::find_sweep(const std::string& which) {
-    const bool numeric = !which.empty() && which.find_first_not_of("0123456789") == std::string::npos;
+    const auto sweeps = list_sweeps();
+    if (which.empty()) return sweeps.empty() ? std::nullopt : std::optional<SweepInfo>(sweeps.front());
+    if (auto named = sweep_named(which)) return named;
+    for (const auto& sw : sweeps)
+        if (std::to_string(sw.id) == which) return sw;
+    return std::nullopt;
+}
+
+std::optional<SweepInfo> ResultsStore::sweep_named(const std::string& name) {
     for (const auto& sw : list_sweeps())
-        if (which.empty() || (numeric && std::to_string(sw.id) == which) || (!numeric && sw.name == which)) return sw;
+        if (sw.name == name) return sw;
     return std::nullopt;
 }
 

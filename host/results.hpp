@@ -79,8 +79,10 @@ public:
     // The sweep of that name (its TOML updated), or a new one.
     int64_t ensure_sweep(const std::string& name, const std::string& toml, const std::string& git_rev,
                          const std::string& host);
-    // By id (digits) or name; empty `which`: the newest sweep.
+    // By name, else by id (digits: a sweep may be named "2024"); empty `which`: the newest sweep.
     std::optional<SweepInfo> find_sweep(const std::string& which);
+    // By name only: the sweep a sweep file's runs belong to.
+    std::optional<SweepInfo> sweep_named(const std::string& name);
     std::vector<SweepInfo> list_sweeps();
     // The runs of a sweep, oldest first.
     std::vector<RunInfo> sweep_runs(int64_t sweep);

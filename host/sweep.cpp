@@ -208,7 +208,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     int64_t sweep_id = 0;
     try {
         store = std::make_unique<ResultsStore>(db);
-        if (auto sw = store->find_sweep(name)) {
+        if (auto sw = store->sweep_named(name)) {
             sweep_id = sw->id;
             for (const auto& run : store->sweep_runs(sweep_id))
                 for (auto& p : points)

@@ -205,6 +205,25 @@ TEST_CASE("the leaderboard keeps a config's newest finished run, and names a met
     CHECK_THAT(typo.output, Contains("--keys eval_los: no such curve in these runs; did you mean 'eval_loss'"));
 }
 
+TEST_CASE("a sweep named with digits is its own, not the sweep with that id", "[sweep]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const std::string one_point = std::string(kTinyExperiment) + "\n[grid]\nseeds = [0]\n";
+    const std::string args = " --db " + db + " --progress none --set train.steps=3";
+    REQUIRE(run_plexus("sweep " + dir.file("g.toml", one_point) + args).exit_code == 0);
+    // Sweep id 1 is "g". A sweep named "1" over the same point must not take g's run as its own.
+    const auto named_one = dir.file("one.toml", "name = \"1\"\n" + one_point);
+    auto dry = run_plexus("sweep " + named_one + " --dry-run" + args);
+    CHECK_THAT(dry.output, Contains("new") && !Contains("skip"));
+    REQUIRE(run_plexus("sweep " + named_one + args).exit_code == 0);
+    host::ResultsStore store(db);
+    REQUIRE(store.find_sweep("1"));
+    CHECK(store.find_sweep("1")->name == "1");  // the name first
+    CHECK(store.find_sweep("2")->name == "1");  // then the id
+    CHECK(store.find_sweep("g")->id == 1);
+    CHECK(store.sweep_runs(store.find_sweep("1")->id).size() == 1);
+}
+
 TEST_CASE("a failed point is skipped on re-run unless --retry-failed", "[sweep]") {
     TempDir dir;
     const auto db = dir / "r.db";
