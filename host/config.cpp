@@ -466,7 +466,10 @@ void apply_override(Experiment& exp, const std::string& assignment) {
     const auto eq = assignment.find('=');
     if (eq == std::string::npos || eq == 0)
         throw Error("--set " + assignment + ": expected section.key=value", "for example --set optimizer.lr=3e-4");
-    const std::string key = assignment.substr(0, eq);
+    // "train.steps = 3" (spaces as in TOML) names train.steps.
+    std::string key = assignment.substr(0, eq);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    key.erase(0, key.find_first_not_of(" \t"));
     const std::string text = assignment.substr(eq + 1);
     Value v;
     try {

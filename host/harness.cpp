@@ -1037,6 +1037,9 @@ int run_experiment(const std::string& file, const RunOptions& given) {
             device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(
                                                      rendezvous->local_rank % std::max<int64_t>(1, torch::cuda::device_count())));
         gpu::set_current(device);
+        const std::string progress_mode = cfg.values.at("results.progress").as_string();
+        if (progress_mode != "auto" && progress_mode != "bar" && progress_mode != "lines" && progress_mode != "none")
+            throw Error("results.progress = \"" + progress_mode + "\" is unknown (--progress sets it)", "use auto, bar, lines or none");
         const std::string precision = cfg.values.at("train.precision").as_string();
         if (precision != "fp32" && precision != "bf16")
             throw Error("train.precision = \"" + precision + "\" is unknown", "use fp32 or bf16");

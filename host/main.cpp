@@ -353,7 +353,8 @@ int cmd_curves(std::vector<std::string> args) {
         if (by_sweep) {
             auto sw = store.find_sweep(sweep);
             if (!sw) throw Error("no sweep '" + sweep + "' in " + db, "`plexus leaderboard` shows the newest one");
-            for (const auto& r : store.sweep_runs(sw->id)) ids.push_back(r.id);
+            for (const auto& r : store.sweep_runs(sw->id))
+                if (std::find(ids.begin(), ids.end(), r.id) == ids.end()) ids.push_back(r.id);  // once each
         }
         if (ids.empty()) return usage_error("plexus curves needs run ids or --sweep SWEEP");
         const std::string csv = curves_csv(store, ids, keys.empty() ? std::vector<std::string>{} : split(keys, ','));
@@ -431,6 +432,8 @@ int cmd_sweep(std::vector<std::string> args) {
         }
         it = args.erase(it);
     }
+    if (!o.progress.empty() && o.progress != "auto" && o.progress != "bar" && o.progress != "lines" && o.progress != "none")
+        return usage_error("--progress takes auto, bar, lines or none, not '" + o.progress + "'");
     if (args.size() != 1) return usage_error(args.empty() ? "plexus sweep needs an experiment file" : "unexpected argument '" + args[1] + "'");
     if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
     return run_sweep(args[0], o);

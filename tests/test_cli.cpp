@@ -204,6 +204,14 @@ TEST_CASE("report -o a folder, an unwritable checkpoint folder and `run -h` say 
     res = run_plexus("run -h");
     CHECK(res.exit_code == 0);
     CHECK_THAT(res.output, Contains("usage:"));
+    res = run_plexus("run " + dir.file("p.toml", kTinyExperiment) + " --db " + db + " --progress bogus");
+    CHECK(res.exit_code == 1);
+    CHECK_THAT(res.output, Contains("results.progress = \"bogus\" is unknown"));
+    CHECK(run_plexus("sweep " + dir / "p.toml" + " --progress bogus --dry-run").exit_code == 2);
+    // A --set written with TOML's spaces names the key.
+    res = run_plexus("run " + dir / "p.toml" + " --db " + db + " --set 'train.steps = 2' --progress none");
+    CHECK(res.exit_code == 0);
+    CHECK(host::ResultsStore(db).metric_series(host::ResultsStore(db).list_runs(1).at(0).id, "loss").size() == 2);
 }
 
 TEST_CASE("a plugin from another build is refused with both fingerprints", "[e2e][bad-input]") {
