@@ -181,6 +181,14 @@ TEST_CASE("NCCL transport on one GPU: every collective, CPU tensors staged and c
     auto shard = torch::zeros({12}, kGpu);
     t->reduce_scatter(shard, x, ReduceOp::Sum)->wait();
     CHECK(torch::equal(shard.cpu(), expect.cpu()));
+    // Outputs on the CPU: the results land on the GPU first and must be copied back into them
+    // (zeros would stay zeros if the copy-back were lost; an identity on one rank shows nothing).
+    auto gathered_cpu = torch::zeros({12});
+    t->all_gather(gathered_cpu, x)->wait();
+    CHECK(torch::equal(gathered_cpu, expect.cpu()));
+    auto shard_cpu = torch::zeros({12});
+    t->reduce_scatter(shard_cpu, x, ReduceOp::Sum)->wait();
+    CHECK(torch::equal(shard_cpu, expect.cpu()));
     auto b = torch::full({3}, 7.0);
     t->broadcast(b, 0)->wait();
     CHECK(torch::equal(b, torch::full({3}, 7.0)));
@@ -188,7 +196,7 @@ TEST_CASE("NCCL transport on one GPU: every collective, CPU tensors staged and c
     auto sub = t->subgroup({0});
     sub->all_reduce(x, ReduceOp::Sum)->wait();
     CHECK(torch::equal(x.cpu(), expect.cpu()));
-    CHECK(t->stats().calls == 8);  // the subgroup counts into the parent's figures
+    CHECK(t->stats().calls == 10);  // the subgroup counts into the parent's figures
 }
 
 TEST_CASE("Gloo all-reduces CUDA tensors by staging them on the CPU (2 ranks)", "[gpu]") {
