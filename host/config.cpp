@@ -206,12 +206,28 @@ GridAxis grid_list(const std::string& key, const toml::node& node, const std::st
     return axis;
 }
 
+// The same point twice would train the same run under two point numbers.
+void check_distinct(const GridAxis& axis, const std::string& what) {
+    for (size_t i = 0; i < axis.points.size(); ++i)
+        for (size_t j = 0; j < i; ++j)
+            if (axis.points[i] == axis.points[j]) {
+                std::string point;
+                for (const auto& v : axis.points[i]) point += (point.empty() ? "" : ", ") + v.to_text();
+                throw config_error(axis.where, what + " lists " + (axis.points[i].size() > 1 ? "(" + point + ")" : point) +
+                                                   " twice (points " + std::to_string(j) + " and " + std::to_string(i) + ")",
+                                   "each value once; seeds = [0, 1, 2] for repeats");
+            }
+}
+
 std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& file) {
     std::vector<std::pair<std::string, const toml::node*>> lists;
     std::vector<std::pair<std::string, const toml::table*>> zips;
     collect_lists(grid, "", file, lists, true, &zips);
     std::vector<GridAxis> axes;
-    for (const auto& [key, node] : lists) axes.push_back(grid_list(key, *node, file));
+    for (const auto& [key, node] : lists) {
+        axes.push_back(grid_list(key, *node, file));
+        check_distinct(axes.back(), "[grid] '" + key + "'");
+    }
     for (const auto& [name, table] : zips) {
         if (name == "variant") {
             GridAxis variants;
@@ -228,7 +244,10 @@ std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& fil
                 variants.settings.emplace_back();
                 for (const auto& [key, setting] : flat) variants.settings.back().emplace_back(key, setting.value);
             }
-            if (!variants.names.empty()) axes.push_back(variants);
+            if (variants.names.empty())
+                throw config_error(variants.where, "[grid.variant] has no variants",
+                                   "[grid.variant.ddp] \"strategy.name\" = \"ddp\", or remove the table");
+            axes.push_back(variants);
             continue;
         }
         std::vector<std::pair<std::string, const toml::node*>> members;
@@ -245,8 +264,13 @@ std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& fil
             zipped.keys.push_back(one.keys[0]);
             for (size_t i = 0; i < one.points.size(); ++i) zipped.points[i].push_back(one.points[i][0]);
         }
-        if (!zipped.keys.empty()) axes.push_back(zipped);
+        if (zipped.keys.empty())
+            throw config_error(zipped.where, "[grid." + name + "] has no lists", "a zip group varies lists of equal length together");
+        check_distinct(zipped, "[grid." + name + "]");
+        axes.push_back(zipped);
     }
+    if (axes.empty())
+        throw config_error(loc_of(grid.source(), file), "[grid] is empty", "give it lists to vary, or remove it");
     return axes;
 }
 

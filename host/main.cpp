@@ -263,7 +263,7 @@ int cmd_runs(std::vector<std::string> args) {
         }
         return kOk;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << message_of(e) << "\n";
+        print_error(e);
         return kFailed;
     }
 }
@@ -483,7 +483,7 @@ int cmd_show(std::vector<std::string> args) {
         }
         return kOk;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << message_of(e) << "\n";
+        print_error(e);
         return kFailed;
     }
 }
@@ -502,7 +502,7 @@ int cmd_bench(std::vector<std::string> args) {
         try {
             return bench_network(static_cast<int>(*count));
         } catch (const std::exception& e) {
-            std::cerr << "error: " << message_of(e) << "\n";
+            print_error(e);
             return kFailed;
         }
     }

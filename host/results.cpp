@@ -101,6 +101,9 @@ public:
         int rc = sqlite3_step(s_);
         if (rc == SQLITE_ROW) return true;
         if (rc == SQLITE_DONE) return false;
+        if (rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT)
+            throw Error(std::string("results database: ") + sqlite3_errmsg(db_),
+                        "the file is not an SQLite database, or is damaged: name another with --db");
         throw Error(std::string("results database: ") + sqlite3_errmsg(db_),
                     "check that the disk has room and the file is writable");
     }
@@ -197,6 +200,8 @@ ResultsStore::ResultsStore(const std::string& path, Open mode) : path_(path) {
         sqlite3_close(db_);
         db_ = nullptr;
         std::string what = e.what();
+        const std::string prefix = "results database: ";  // Stmt's, said once below
+        if (what.rfind(prefix, 0) == 0) what.erase(0, prefix.size());
         if (what.find("readonly") != std::string::npos || what.find("read-only") != std::string::npos)
             throw Error("results database " + path + " is read-only (" + what + ")",
                         "make it writable or record into another file with --db");
