@@ -283,6 +283,9 @@ std::string error_text(const std::exception& e) {
 struct StateDigest {
     std::string hash;
     double param_sum = 0;
+    // Σp²: a gradient whose elements sum to zero (a softmax head's, anything behind a layer
+    // norm) moves no parameter sum under SGD, but does move this.
+    double param_square_sum = 0;
 };
 
 StateDigest digest(const StateDict& state) {
@@ -294,7 +297,11 @@ StateDigest digest(const StateDict& state) {
         const auto* p = static_cast<const unsigned char*>(c.data_ptr());
         const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
         for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
-        if (c.is_floating_point() && name.rfind("model.", 0) == 0) d.param_sum += c.to(torch::kFloat64).sum().item<double>();
+        if (c.is_floating_point() && name.rfind("model.", 0) == 0) {
+            const auto wide = c.to(torch::kFloat64);
+            d.param_sum += wide.sum().item<double>();
+            d.param_square_sum += wide.square().sum().item<double>();
+        }
     }
     d.hash = hex64(h);
     return d;
@@ -774,6 +781,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         const auto state_digest = device.is_meta() ? StateDigest{"meta", NAN} : digest(strategy->state());
         rec.summary_text("state_hash", state_digest.hash);
         rec.summary("param_sum", state_digest.param_sum);
+        rec.summary("param_square_sum", state_digest.param_square_sum);
         rec.metrics(ctx->pending);
         rec.finish(status, status == "diverged" ? "loss became " + std::to_string(last_loss) + " at step " + std::to_string(step) : "");
         // A finished run is not resumed: its checkpoints would only fill the disk. (Every rank

@@ -204,17 +204,21 @@ TEST_CASE("synchronous rounds are ZeRO-1: with SGD they give DDP's parameters (t
           "[acco][sim]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    auto param_sum = [&](const std::string& args) {
+    auto run = [&](const std::string& args) {
         return run_recorded(dir.file("a.toml", kAcco), db,
                             "--set launch.mode=sim --set launch.ranks=4 --set train.steps=8 --set train.batch_size=2"
-                            " --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args)["param_sum"];
+                            " --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args);
     };
-    const double ddp = param_sum("--set strategy.name=ddp --set strategy.accumulate=2");
-    const double acco = param_sum("--set strategy.sync_updates=100 --set strategy.accumulate=2");
+    const auto ddp = run("--set strategy.name=ddp --set strategy.accumulate=2");
+    const auto acco = run("--set strategy.sync_updates=100 --set strategy.accumulate=2");
     // A rate twice as large moves the sum by ~1e-2: normalizing by the rank's count (4x) would show.
-    const double doubled = param_sum("--set strategy.sync_updates=100 --set strategy.accumulate=2 --set optimizer.lr=1.0");
-    CHECK(acco == Approx(ddp).epsilon(1e-6));
-    CHECK(std::fabs(doubled - ddp) > 1e3 * std::fabs(acco - ddp));
+    const auto doubled = run("--set strategy.sync_updates=100 --set strategy.accumulate=2 --set optimizer.lr=1.0");
+    // Both digests: under SGD the parameter sum cannot see the tensors whose gradients sum to zero.
+    for (const char* digest : {"param_sum", "param_square_sum"}) {
+        INFO(digest);
+        CHECK(acco[digest] == Approx(ddp[digest]).epsilon(1e-6));
+        CHECK(std::fabs(doubled[digest] - ddp[digest]) > 1e3 * std::fabs(acco[digest] - ddp[digest]));
+    }
 }
 
 // The micro-batch accounting of ACCO's rounds, which holds whatever the timing: round s reports

@@ -21,7 +21,7 @@ name = "zero"
 
 struct Result {
     std::vector<std::pair<int64_t, double>> loss;
-    double param_sum = NAN, state_bytes = NAN, state_peak_bytes = NAN;
+    double param_sum = NAN, param_square_sum = NAN, state_bytes = NAN, state_peak_bytes = NAN;
 };
 
 Result run(const TempDir& dir, const std::string& args) {
@@ -35,6 +35,7 @@ Result run(const TempDir& dir, const std::string& args) {
     r.loss = store.metric_series(id, "loss");
     for (const auto& [rank, key, value, text] : store.summaries(id))
         if (rank == 0 && key == "param_sum") r.param_sum = *value;
+        else if (rank == 0 && key == "param_square_sum") r.param_square_sum = *value;
     auto last = [&](const char* key) {
         auto s = store.metric_series(id, key);
         return s.empty() ? NAN : s.back().second;
@@ -285,6 +286,7 @@ TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP, and with H 
     const auto diloco1 = run(dir, inner + outer + "--set strategy.name=diloco --set strategy.inner_steps=1");
     // The anchor after each outer step is the replicas' mean: DDP's parameters, float order aside.
     CHECK(diloco1.param_sum == Approx(ddp.param_sum).epsilon(1e-6));
+    CHECK(diloco1.param_square_sum == Approx(ddp.param_square_sum).epsilon(1e-6));  // (SGD: the sum is blind to some tensors)
 
     const auto db = dir / "r.db";
     auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db + " --set train.steps=15 " + inner +
