@@ -274,6 +274,27 @@ ResolvedConfig task_config(const MetaSpec& spec, uint64_t task_seed, const std::
     return resolve(exp, registry());
 }
 
+// Every value of every task's choices resolves against the plugins (a misspelled key, a value
+// of the wrong type): checked before the run row exists, not when the first task draws it.
+void check_choices(const MetaSpec& spec, const std::string& path) {
+    ensure_plugins(spec);
+    for (size_t t = 0; t < spec.tasks.size(); ++t) {
+        const auto& task = spec.tasks[t];
+        for (const auto& [key, values] : task.choose)
+            for (const auto& value : values) {
+                auto exp = load_experiment(task.experiment);
+                try {
+                    apply_override(exp, key + "=" + value);
+                    resolve(exp, registry());
+                } catch (const Error& e) {
+                    throw Error(path + ": [[task]] " + std::to_string(t + 1) + " (" + task.experiment + "), choose " + key +
+                                    " = " + value + ": " + e.what(),
+                                e.hint());
+                }
+            }
+    }
+}
+
 std::unique_ptr<BareRun> build_run(const ResolvedConfig& cfg) {
     // Models draw their initial weights from LibTorch's global generator (seeded by
     // make_model): one rank thread at a time, or they would race for its numbers.
@@ -506,8 +527,8 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
             store->set_summary(c.run_id, 0, "wall_time", std::chrono::duration<double>(Clock::now() - t0).count());
             store->finish_run(c.run_id, status, status == "failed" && errors && !errors->empty() ? errors->front() : "");
         }
-        std::cout << "meta-train " << status << " after iteration " << c.next_iteration << "; weights in " << spec.out
-                  << std::endl;
+        std::cout << "meta-train " << status << " after iteration " << c.next_iteration
+                  << (fs::exists(spec.out) ? "; weights in " + spec.out : "; no weights written") << std::endl;
     }
     return status == "finished" ? 0 : status == "interrupted" ? 130 : 1;
 }
@@ -516,7 +537,7 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
 
 int meta_train(const std::string& path, const MetaOptions& options) {
     const MetaSpec spec = load_meta_spec(path);
-    ensure_plugins(spec);
+    check_choices(spec, path);
     auto rendezvous = rendezvous_from_env();
     const int local_ranks = rendezvous ? 1 : static_cast<int>(spec.ranks);
     // One core per rank, whatever the number of ranks: the tasks are small, and the same

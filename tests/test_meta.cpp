@@ -157,6 +157,13 @@ TEST_CASE("meta-train files: unknown keys and tasks without lopt are named", "[m
     res = run_plexus("meta-train " + dir.file("c.toml", "[meta]\nout = \"w\"\n") + " --db " + (dir / "r.db"));
     CHECK(res.exit_code != 0);
     CHECK_THAT(res.output, Contains("no [[task]]"));
+    // A choice that does not resolve is named before anything is recorded or trained.
+    auto bad_choice = spec_text(dir / "w.weights", 1);
+    bad_choice.replace(bad_choice.find("\"data.branching\""), 16, "\"model.bogus\"");
+    res = run_plexus("meta-train " + dir.file("d.toml", bad_choice) + " --db " + (dir / "r.db"));
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("[[task]] 1") && Contains("choose model.bogus = 2") && Contains("unknown key 'model.bogus'"));
+    CHECK(!std::filesystem::exists(dir / "r.db"));
 }
 
 TEST_CASE("meta-training as 2 processes joined from the environment (torchrun-style) takes the steps of 1 rank",
