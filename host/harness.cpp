@@ -240,20 +240,27 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
     // Ctrl-C reaches every worker from the terminal; each records itself as interrupted. The
     // launcher must outlive them to report (workers die with it: PR_SET_PDEATHSIG).
     std::signal(SIGINT, SIG_IGN);
-    const auto failure = run_local_workers(options.argv, ranks, port,
+    auto failure = run_local_workers(options.argv, ranks, port,
                                            env,
                                            {kInterrupted, kDiverged});
     if (failure.rank < 0) return kOk;
+    // Stopped on request (SIGTERM to the launcher): a worker still starting up dies of the signal
+    // (143) and its peers lose their connection, but the run was interrupted, not failed.
+    const int worker_code = failure.exit_code;
+    if (failure.stop_requested && failure.exit_code != kDiverged) failure.exit_code = kInterrupted;
     const bool orderly = failure.exit_code == kInterrupted || failure.exit_code == kDiverged;
     if (orderly) {
         // The ranks agreed to stop and rank 0 recorded why; keep its record.
         const auto run = store.get_run(run_id);
-        if (run && run->status != "running") return failure.exit_code;
+        if (run && (run->status == "interrupted" || run->status == "diverged")) return failure.exit_code;
     }
     const auto loss = store.metric_series(run_id, "loss");
     const std::string last = loss.empty() ? "before the first step" : "after step " + std::to_string(loss.back().first);
-    std::string what = "rank " + std::to_string(failure.rank) + " exited with code " +
-                       std::to_string(failure.exit_code) + " " + last + "; the other workers were stopped";
+    std::string what = failure.stop_requested
+                           ? "stopped by SIGTERM " + last + " (rank " + std::to_string(failure.rank) + " exited with code " +
+                                 std::to_string(worker_code) + ")"
+                           : "rank " + std::to_string(failure.rank) + " exited with code " + std::to_string(worker_code) +
+                                 " " + last + "; the other workers were stopped";
     for (const auto& f : faults)
         if (f.kind == "kill" && f.rank == failure.rank && failure.exit_code == kKilled) what += " (killed by [[faults]]: " + f.text + ")";
     // Rank 0 may have recorded its own view first (a peer's connection reset): keep it, after ours.
@@ -1018,6 +1025,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
                             " local processes: at most 256",
                         "more ranks than that on one machine is a job for launch.mode = \"sim\"");
         is_launcher = mode == "local" && !std::getenv("PLEXUS_WORKER");
+        if (is_launcher) catch_stop_requests();  // a SIGTERM from here on stops the workers it starts
         if (mode == "env" || (mode == "local" && !is_launcher)) {
             rendezvous = rendezvous_from_env();
             if (!rendezvous)

@@ -51,23 +51,37 @@ int decode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + 
 // The workers of the launch in progress, for the SIGTERM handler (async-signal-safe: kill only).
 constexpr int kMaxWorkers = 4096;
 volatile sig_atomic_t g_worker_count = 0;
+volatile sig_atomic_t g_stop_forwarded = 0;
 pid_t g_workers[kMaxWorkers];
 
 void forward_to_workers(int sig) {
+    g_stop_forwarded = 1;
     for (int i = 0; i < g_worker_count; ++i)
         if (g_workers[i] > 0) kill(g_workers[i], sig);
 }
 }  // namespace
 
+void catch_stop_requests() { std::signal(SIGTERM, forward_to_workers); }
+
 WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, int port,
                              const std::vector<std::string>& env, const std::vector<int>& orderly, double grace_s) {
     const pid_t launcher = getpid();
     std::vector<pid_t> pids(ranks, -1);
+    // `kill <launcher>` stops the workers the same way: they record the run as interrupted. The
+    // handler goes in before the first fork (if catch_stop_requests() did not already), so a
+    // SIGTERM while workers start is not lost.
+    g_worker_count = 0;
+    auto previous_term = std::signal(SIGTERM, forward_to_workers);
     for (int r = 0; r < ranks; ++r) {
         pid_t pid = fork();
-        if (pid < 0) throw Error(std::string("cannot start worker ") + std::to_string(r) + ": " + std::strerror(errno));
+        if (pid < 0) {
+            const std::string why = std::strerror(errno);
+            std::signal(SIGTERM, previous_term);
+            throw Error("cannot start worker " + std::to_string(r) + ": " + why);
+        }
         if (pid == 0) {
             // A worker never outlives its launcher, even one killed with SIGKILL.
+            std::signal(SIGTERM, SIG_DFL);
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (getppid() != launcher) _exit(137);
             setenv("RANK", std::to_string(r).c_str(), 1);
@@ -80,10 +94,9 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
         }
         pids[r] = pid;
         if (r < kMaxWorkers) g_workers[r] = pid;
+        g_worker_count = std::min(r + 1, kMaxWorkers);
     }
-    g_worker_count = std::min(ranks, kMaxWorkers);
-    // `kill <launcher>` stops the workers the same way: they record the run as interrupted.
-    auto previous_term = std::signal(SIGTERM, forward_to_workers);
+    if (g_stop_forwarded) forward_to_workers(SIGTERM);  // it came while the workers were being started
 
     WorkerExit first_failure;
     int running = ranks;
@@ -130,6 +143,7 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
     }
     std::signal(SIGTERM, previous_term);
     g_worker_count = 0;
+    first_failure.stop_requested = g_stop_forwarded != 0;
     return first_failure;
 }
 

@@ -11,6 +11,9 @@ namespace plexus::host {
 struct WorkerExit {
     int rank = -1;
     int exit_code = 0;  // 128 + signal for a killed worker
+    // The launcher was sent SIGTERM and passed it on: whatever the workers then did (one still
+    // connecting dies of it, its peers lose their connection), the run was stopped on request.
+    bool stop_requested = false;
 };
 
 // In a freshly forked child: adds `env` ("KEY=value") to the environment and replaces the
@@ -19,6 +22,11 @@ struct WorkerExit {
 
 // A free TCP port on the loopback interface.
 int free_port();
+
+// From now on a SIGTERM to this process (the launcher) is remembered and passed on to the workers
+// run_local_workers starts, even if it comes before they exist. Call it as soon as the process
+// knows it is a launcher, before it records the run.
+void catch_stop_requests();
 
 // Runs `argv` as `ranks` workers (extra environment: the rendezvous plus `env`). Returns the
 // first worker that failed, or rank -1 with exit code 0 when all finished. Workers still running

@@ -213,6 +213,46 @@ TEST_CASE("a worker that hangs fails the run after launch.timeout and leaves no 
     CHECK_THAT(o.run.error, Contains("rank 0 reported"));
 }
 
+TEST_CASE("SIGTERM to the launcher while its workers start records the run interrupted, not failed", "[distributed]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const std::string log = dir / "out.log";
+    const std::string cmd = std::string(PLEXUS_BINARY) + " run " + dir.file("ddp.toml", kDdp) + " --db " + db +
+                            " --set train.steps=100000 --set launch.ranks=3 --progress none";
+    pid_t launcher = fork();
+    if (launcher == 0) {
+        freopen(log.c_str(), "w", stdout);
+        dup2(fileno(stdout), STDERR_FILENO);
+        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    // The moment its first worker exists: the workers are still starting and connecting (a worker
+    // dies of the signal, its peers lose their connection). Whatever each then does, the run was
+    // stopped on request.
+    bool started = false;
+    for (int i = 0; i < 2000 && !started; ++i) {
+        std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
+        for (pid_t p; children >> p && !started;) {  // a worker, not another child (git, say)
+            std::ifstream environ("/proc/" + std::to_string(p) + "/environ");
+            const std::string all((std::istreambuf_iterator<char>(environ)), {});
+            started = all.find(std::string("PLEXUS_WORKER=1\0", 16)) != std::string::npos;
+        }
+        if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    REQUIRE(started);
+    kill(launcher, SIGTERM);
+    int status = 0;
+    waitpid(launcher, &status, 0);
+    std::ifstream in(log);
+    const std::string output((std::istreambuf_iterator<char>(in)), {});
+    INFO(output);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 130);
+    host::ResultsStore store(db);
+    const auto run = store.list_runs(1).at(0);
+    CHECK(run.status == "interrupted");
+}
+
 TEST_CASE("SIGTERM to the launcher interrupts every rank at an agreed step and marks the run", "[distributed]") {
     TempDir dir;
     auto o = signal_a_local_run(dir, SIGTERM, 60, /*to_launcher=*/true);
