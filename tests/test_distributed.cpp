@@ -137,6 +137,18 @@ struct Outcome {
     std::string log;
 };
 
+// Starts `cmd` (through sh) in the background, its stdout and stderr in `log`; returns its pid.
+pid_t start_logged(const std::string& cmd, const std::string& log) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        freopen(log.c_str(), "w", stdout);
+        dup2(fileno(stdout), STDERR_FILENO);
+        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    return pid;
+}
+
 Outcome signal_a_local_run(const TempDir& dir, int sig, double timeout_s, bool to_launcher = false) {
     Outcome o;
     const auto db = dir / "r.db";
@@ -144,13 +156,7 @@ Outcome signal_a_local_run(const TempDir& dir, int sig, double timeout_s, bool t
     const std::string cmd = std::string(PLEXUS_BINARY) + " run " + dir.file("ddp.toml", kDdp) + " --db " + db +
                             " --set train.steps=100000 --set train.log_every=1 --set launch.timeout=" +
                             std::to_string(timeout_s) + " --progress lines";
-    pid_t launcher = fork();
-    if (launcher == 0) {
-        freopen(log.c_str(), "w", stdout);
-        dup2(fileno(stdout), STDERR_FILENO);
-        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-    }
+    const pid_t launcher = start_logged(cmd, log);
     int64_t steps = 0;
     for (int i = 0; i < 600 && steps < 5; ++i) {  // polls the database for up to 30 s
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -219,13 +225,7 @@ TEST_CASE("SIGTERM to the launcher while its workers start records the run inter
     const std::string log = dir / "out.log";
     const std::string cmd = std::string(PLEXUS_BINARY) + " run " + dir.file("ddp.toml", kDdp) + " --db " + db +
                             " --set train.steps=100000 --set launch.ranks=3 --progress none";
-    pid_t launcher = fork();
-    if (launcher == 0) {
-        freopen(log.c_str(), "w", stdout);
-        dup2(fileno(stdout), STDERR_FILENO);
-        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-    }
+    const pid_t launcher = start_logged(cmd, log);
     // The moment its first worker exists: the workers are still starting and connecting (a worker
     // dies of the signal, its peers lose their connection). Whatever each then does, the run was
     // stopped on request.
