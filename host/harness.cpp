@@ -785,7 +785,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         for (int r = 1; r < world; ++r)
             for (int64_t k = 0; k < fields; ++k)
                 if (per_rank[k]) rec.summary(per_rank[k], all[r * fields + k].item<double>(), r);
-        const auto state_digest = device.is_meta() ? StateDigest{"meta", NAN} : digest(strategy->state());
+        const auto state_digest = device.is_meta() ? StateDigest{"meta", NAN, NAN} : digest(strategy->state());
         rec.summary_text("state_hash", state_digest.hash);
         rec.summary("param_sum", state_digest.param_sum);
         rec.summary("param_square_sum", state_digest.param_square_sum);
