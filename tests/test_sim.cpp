@@ -378,11 +378,25 @@ TEST_CASE("a straggler paces synchronous DDP: one slow rank costs as much as all
         REQUIRE(res.exit_code == 0);
         return last_run(db).sim_time;
     };
+    // Per rank: the time it spent blocked in a collective, waiting for the others.
+    auto exposed = [&] {
+        host::ResultsStore store(db);
+        const NewestRun run(store);
+        std::vector<double> out;
+        for (int r = 0; r < 4; ++r) out.push_back(run.per_rank.at(r).at("comm_exposed_time"));
+        return out;
+    };
     const double base = time_of("");
     const double one = time_of("--set sim.slow_ranks=[2] --set sim.slow_factor=3.0");
+    const auto exposed_one = exposed();
     const double all = time_of("--set sim.slow_ranks=[0,1,2,3] --set sim.slow_factor=3.0");
+    const auto exposed_all = exposed();
     CHECK(one == Approx(all).epsilon(1e-9));
     CHECK(one > 2.0 * base);  // compute dominates this run: tripling it more than doubles the step
+    // Only rank 2 was slowed: the others waited for it, by most of the extra time, and it did not
+    // wait for them. (Slowing every rank would make the waits alike, as in the all-slow run.)
+    for (int r : {0, 1, 3}) CHECK(exposed_one[r] > exposed_one[2] + 0.5 * (one - base));
+    for (int r = 0; r < 4; ++r) CHECK(exposed_all[r] == Approx(exposed_all[0]).epsilon(0.05).margin(1e-9));
 }
 
 TEST_CASE("sim settings errors name the key", "[sim][run]") {
