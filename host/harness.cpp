@@ -169,6 +169,14 @@ double peak_rss_bytes() {
     return static_cast<double>(u.ru_maxrss) * 1024.0;
 }
 
+}  // namespace
+
+bool is_progress_mode(const std::string& mode) {
+    return mode == "auto" || mode == "bar" || mode == "lines" || mode == "none";
+}
+
+namespace {
+
 class Progress {
 public:
     Progress(const std::string& mode, int64_t total_steps) : total_(total_steps) {
@@ -1054,7 +1062,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
                                                      rendezvous->local_rank % std::max<int64_t>(1, torch::cuda::device_count())));
         gpu::set_current(device);
         const std::string progress_mode = cfg.values.at("results.progress").as_string();
-        if (progress_mode != "auto" && progress_mode != "bar" && progress_mode != "lines" && progress_mode != "none")
+        if (!is_progress_mode(progress_mode))
             throw Error("results.progress = \"" + progress_mode + "\" is unknown (--progress sets it)", "use auto, bar, lines or none");
         const std::string precision = cfg.values.at("train.precision").as_string();
         if (precision != "fp32" && precision != "bf16")
@@ -1094,11 +1102,11 @@ int run_experiment(const std::string& file, const RunOptions& given) {
                             : rendezvous ? rendezvous->local_world_size
                                          : 1;
     // The cores this run may use: all of them, or the share a sweep running several at once gave it.
-    int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int machine = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    int cores = machine;
     if (const char* share = std::getenv("PLEXUS_CORES"); share && std::atoi(share) > 0) cores = std::atoi(share);
     // An explicit count above the machine's cores only makes the threads wait on each other.
     const int64_t asked = v.at("train.threads").as_int();
-    const int machine = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (asked > machine)
         std::cerr << "warning: train.threads = " << asked << " is more than this machine's " << machine
                   << " cores; using " << machine << "\n";

@@ -22,6 +22,9 @@ struct RunOptions {
     int64_t resume_run = 0;              // --resume: continue this run from its newest checkpoint
 };
 
+// --progress and results.progress: auto (a bar on a terminal), bar, lines or none.
+bool is_progress_mode(const std::string& mode);
+
 // Scans the default plugin folders and the experiment's plugin_path.
 void scan_plugins(const Experiment& exp, PluginRegistry& registry);
 

@@ -432,7 +432,7 @@ int cmd_sweep(std::vector<std::string> args) {
         }
         it = args.erase(it);
     }
-    if (!o.progress.empty() && o.progress != "auto" && o.progress != "bar" && o.progress != "lines" && o.progress != "none")
+    if (!is_progress_mode(o.progress))
         return usage_error("--progress takes auto, bar, lines or none, not '" + o.progress + "'");
     if (args.size() != 1) return usage_error(args.empty() ? "plexus sweep needs an experiment file" : "unexpected argument '" + args[1] + "'");
     if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");

@@ -280,9 +280,10 @@ void check_choices(const MetaSpec& spec, const std::string& path) {
     ensure_plugins(spec);
     for (size_t t = 0; t < spec.tasks.size(); ++t) {
         const auto& task = spec.tasks[t];
+        const Experiment base = load_experiment(task.experiment);
         for (const auto& [key, values] : task.choose)
             for (const auto& value : values) {
-                auto exp = load_experiment(task.experiment);
+                auto exp = base;
                 try {
                     apply_override(exp, key + "=" + value);
                     resolve(exp, registry());

@@ -424,9 +424,9 @@ struct Cluster::Impl {
             const double bytes = static_cast<double>(numel) * static_cast<double>(c10::elementSize(p.dtype));
             double sent = 0;
             switch (kind) {
-                case Kind::AllReduce: sent = n < 2 ? 0 : 2.0 * (n - 1) / n * bytes; break;
-                case Kind::ReduceScatter: sent = n < 2 ? 0 : (n - 1.0) / n * bytes; break;
-                case Kind::AllGather: sent = n < 2 ? 0 : (n - 1.0) * bytes; break;  // its input to each other rank
+                case Kind::AllReduce: sent = all_reduce_bytes(n, bytes); break;
+                case Kind::ReduceScatter: sent = shard_bytes(n, bytes); break;
+                case Kind::AllGather: sent = shard_bytes(n, bytes * n); break;  // `bytes` is each rank's part
                 case Kind::Broadcast: sent = index == root ? bytes : 0; break;
                 case Kind::Barrier: break;
             }
@@ -903,30 +903,31 @@ void Cluster::run(const std::function<void(int)>& body) {
         std::unique_lock<std::mutex> lk(impl_->mu);
         for (int r = 0; r < n; ++r) impl_->make_ready(r);
     }
+    auto rank_thread = [this, &body](int r) {
+        auto& impl = *impl_;
+        tl_entity = r;
+        {
+            std::unique_lock<std::mutex> lk(impl.mu);
+            impl.rank(r).cv.wait(lk, [&] { return impl.running == r || impl.start_failed; });
+            if (impl.start_failed) return;
+        }
+        std::string failure;
+        try {
+            body(r);
+        } catch (const std::exception& e) {
+            failure = message_of(e);
+        } catch (...) {
+            failure = "unknown exception";
+        }
+        std::unique_lock<std::mutex> lk(impl.mu);
+        if (!failure.empty()) impl.kill(r, failure);
+        impl.rank(r).state = RankState::State::Done;
+        ++impl.done_count;
+        impl.switch_away(r, lk);
+    };
     for (int r = 0; r < n; ++r) {
         try {
-        threads.emplace_back([this, r, &body] {
-            auto& impl = *impl_;
-            tl_entity = r;
-            {
-                std::unique_lock<std::mutex> lk(impl.mu);
-                impl.rank(r).cv.wait(lk, [&] { return impl.running == r || impl.start_failed; });
-                if (impl.start_failed) return;
-            }
-            std::string failure;
-            try {
-                body(r);
-            } catch (const std::exception& e) {
-                failure = message_of(e);
-            } catch (...) {
-                failure = "unknown exception";
-            }
-            std::unique_lock<std::mutex> lk(impl.mu);
-            if (!failure.empty()) impl.kill(r, failure);
-            impl.rank(r).state = RankState::State::Done;
-            ++impl.done_count;
-            impl.switch_away(r, lk);
-        });
+            threads.emplace_back(rank_thread, r);
         } catch (const std::system_error& e) {  // out of threads (ulimit -u) or memory for stacks
             {
                 std::unique_lock<std::mutex> lk(impl_->mu);

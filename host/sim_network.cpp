@@ -234,11 +234,11 @@ double Network::tree_levels(const std::vector<int>& m, double bytes, double t) c
 Cost Network::all_reduce(const std::vector<int>& m, double bytes, Algorithm algo, double t) const {
     const int n = static_cast<int>(m.size());
     if (n < 2) return {0, 0, Algorithm::Ring};
-    Cost ring{ring_rounds(m, bytes / n, 2 * (n - 1), t), 2.0 * (n - 1) / n * bytes, Algorithm::Ring};
+    Cost ring{ring_rounds(m, bytes / n, 2 * (n - 1), t), all_reduce_bytes(n, bytes), Algorithm::Ring};
     if (algo == Algorithm::Ring) return ring;
     // Reduce up a binomial tree, broadcast down it: every non-root sends the buffer once up, and
     // inner nodes send it down; per rank about twice the buffer at most.
-    Cost tree{2 * tree_levels(m, bytes, t), 2.0 * bytes * (n - 1) / n, Algorithm::Tree};
+    Cost tree{2 * tree_levels(m, bytes, t), all_reduce_bytes(n, bytes), Algorithm::Tree};
     if (algo == Algorithm::Tree) return tree;
 
     // Hierarchical: reduce-scatter inside each node, all-reduce of the shards across nodes (one
@@ -275,13 +275,13 @@ Cost Network::all_reduce(const std::vector<int>& m, double bytes, Algorithm algo
 Cost Network::reduce_scatter(const std::vector<int>& m, double bytes, double t) const {
     const int n = static_cast<int>(m.size());
     if (n < 2) return {};
-    return {ring_rounds(m, bytes / n, n - 1, t), (n - 1.0) / n * bytes, Algorithm::Ring};
+    return {ring_rounds(m, bytes / n, n - 1, t), shard_bytes(n, bytes), Algorithm::Ring};
 }
 
 Cost Network::all_gather(const std::vector<int>& m, double bytes, double t) const {
     const int n = static_cast<int>(m.size());
     if (n < 2) return {};
-    return {ring_rounds(m, bytes / n, n - 1, t), (n - 1.0) / n * bytes, Algorithm::Ring};
+    return {ring_rounds(m, bytes / n, n - 1, t), shard_bytes(n, bytes), Algorithm::Ring};
 }
 
 Cost Network::broadcast(const std::vector<int>& m, double bytes, double t) const {

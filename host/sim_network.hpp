@@ -37,6 +37,11 @@ enum class Algorithm { Ring, Tree, Hierarchical, Auto };
 Algorithm parse_algorithm(const std::string& name);  // throws plexus::Error
 const char* to_string(Algorithm a);
 
+// The bytes one of n ranks puts on the wire: an all-reduce of a `bytes` buffer (ring, tree and
+// hierarchical alike), and a reduce-scatter or all-gather over a `bytes` buffer.
+inline double all_reduce_bytes(int n, double bytes) { return n < 2 ? 0 : 2.0 * (n - 1) / n * bytes; }
+inline double shard_bytes(int n, double bytes) { return n < 2 ? 0 : (n - 1.0) / n * bytes; }
+
 // What a collective costs: its duration and the bytes each rank puts on the wire.
 struct Cost {
     double seconds = 0;
