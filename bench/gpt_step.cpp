@@ -38,9 +38,11 @@ bench::Flags parse_args(int argc, char** argv) {
                         {{"layers", "4"}, {"width", "256"}, {"heads", "4"}, {"seq", "128"}, {"batch", "8"},
                          {"vocab", "4096"}, {"steps", "5"}, {"rounds", "7"}, {"warmup", "3"},
                          {"threads", std::to_string(std::max(1u, std::thread::hardware_concurrency()))},
-                         {"reference", "1"}, {"device", "cpu"}, {"precision", "fp32"}, {"profile", ""}},
+                         {"reference", "1"}, {"device", "cpu"}, {"precision", "fp32"}, {"profile", ""},
+                         {"fused-norm", "1"}},
                         "gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N --rounds N "
-                        "--warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 --profile TRACE]");
+                        "--warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 --profile TRACE "
+                        "--fused-norm 0|1 (models/gpt's fused_norm: plexus's residual add + layer norm kernels on a GPU)]");
 }
 
 // The PyTorch reference as a child process in --serve mode: one timed round per request.
@@ -107,11 +109,12 @@ int main(int argc, char** argv) {
 
     char toml[1024];
     std::snprintf(toml, sizeof toml,
-                     "[model]\nname = \"gpt\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\n"
+                     "[model]\nname = \"gpt\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\nfused_norm = %s\n"
                      "[data]\nname = \"synthetic\"\nvocab_size = %lld\nbranching = 8\ntrain_tokens = 200000\n"
                      "[optimizer]\nname = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.95]\nweight_decay = 0.1\n"
                      "[strategy]\nname = \"single\"\n[train]\nbatch_size = %lld\nseq_len = %lld\ngrad_clip = 1.0\n",
-                     (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["vocab"],
+                     (long long)a["layers"], (long long)a["width"], (long long)a["heads"],
+                     a["fused-norm"] ? "true" : "false", (long long)a["vocab"],
                      (long long)a["batch"], (long long)a["seq"]);
     const std::string file = bench::write_experiment(toml, "gpt_step.toml");
     const auto cfg = bench::resolve_file(file);

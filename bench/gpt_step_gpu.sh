@@ -3,7 +3,9 @@
 # 1.3B shapes, in plexus (bench/gpt_step) and in PyTorch eager and torch.compile
 # (bench/gpt_step_ref.py) on the same GPU, one after the other in this run. Prints a markdown
 # table: tokens/s, plexus's ratio to each reference, and MFU against the card's datasheet bf16
-# peak (FLOPs per token from plexus: 6N + 12·L·H·Q·T, the same for all three).
+# peak (FLOPs per token from plexus: 6N + 12·L·H·Q·T, the same for all three); the last column is
+# plexus's tokens/s over its own with LibTorch's norm kernels (models/gpt's fused_norm = false),
+# measured in the same run.
 #
 #   bench/gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES]
 #   bench/gpt_step_gpu.sh --prewarm SIZE   (compile SIZE once with torch.compile: fills its cache)
@@ -54,13 +56,15 @@ if [ "$build" = "--prewarm" ]; then
 fi
 
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-table="| model | params | B x T | plexus tok/s | eager tok/s | compile tok/s | plexus/eager | plexus/compile | MFU plexus | MFU eager | MFU compile |
-|---|---|---|---|---|---|---|---|---|---|---|"
+table="| model | params | B x T | plexus tok/s | eager tok/s | compile tok/s | plexus/eager | plexus/compile | MFU plexus | MFU eager | MFU compile | fused norm gain |
+|---|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $sizes; do
   read -r L D H B T < <(shape "$size") || exit 2
   common="--layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 --steps $steps --rounds $rounds --warmup $warmup"
   echo "== $size: L=$L D=$D H=$H B=$B T=$T" >&2
   mine=$("$build/bench/gpt_step" $common --device cuda --precision bf16 --reference 0 2>&1 | tee -a /dev/stderr)
+  # plexus again with LibTorch's norm kernels (fused_norm = false): what plexus's own kernels gain
+  plain=$("$build/bench/gpt_step" $common --device cuda --precision bf16 --reference 0 --fused-norm 0 2>&1 | tail -3 | tee -a /dev/stderr)
   eager=$($python "$here/gpt_step_ref.py" $common --device cuda --dtype bf16 2>&1 | tee -a /dev/stderr)
   compiled=$($python "$here/gpt_step_ref.py" $common --device cuda --dtype bf16 --compile 2>&1 | tail -3 | tee -a /dev/stderr)
   p=$(echo "$mine" | field tokens_per_s)
@@ -68,10 +72,12 @@ for size in $sizes; do
   params=$(echo "$mine" | grep RESULT | field params)
   e=$(echo "$eager" | field tokens_per_s)
   c=$(echo "$compiled" | field tokens_per_s)
-  row=$(awk -v p="${p:-0}" -v e="${e:-0}" -v c="${c:-0}" -v m="${mfu:-0}" -v n="${params:-0}" -v s="$size" -v bt="$B x $T" 'BEGIN {
+  u=$(echo "$plain" | field tokens_per_s)
+  row=$(awk -v p="${p:-0}" -v e="${e:-0}" -v c="${c:-0}" -v u="${u:-0}" -v m="${mfu:-0}" -v n="${params:-0}" -v s="$size" -v bt="$B x $T" 'BEGIN {
     pe = e > 0 ? sprintf("%.2f", p / e) : "n/a"; pc = c > 0 ? sprintf("%.2f", p / c) : "n/a"
     me = p > 0 ? sprintf("%.1f%%", 100 * m * e / p) : "n/a"; mc = p > 0 ? sprintf("%.1f%%", 100 * m * c / p) : "n/a"
-    printf "| %s | %.0fM | %s | %.0f | %.0f | %.0f | %s | %s | %.1f%% | %s | %s |", s, n / 1e6, bt, p, e, c, pe, pc, 100 * m, me, mc
+    pu = u > 0 ? sprintf("%.3f", p / u) : "n/a"
+    printf "| %s | %.0fM | %s | %.0f | %.0f | %.0f | %s | %s | %.1f%% | %s | %s | %s |", s, n / 1e6, bt, p, e, c, pe, pc, 100 * m, me, mc, pu
   }')
   table="$table
 $row"

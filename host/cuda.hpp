@@ -34,3 +34,11 @@ torch::Tensor rng_state(const torch::Device& device);
 void set_rng_state(const torch::Device& device, const torch::Tensor& state);
 
 }  // namespace plexus::host::gpu
+
+namespace plexus::host::gpu {
+
+// Puts plexus's CUDA kernels behind its operators (operators.hpp) for the CUDA dispatch key;
+// nothing in CPU builds.
+void register_operators();
+
+}  // namespace plexus::host::gpu

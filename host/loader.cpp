@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "operators.hpp"
 #include "text_util.hpp"
 
 #ifndef PLEXUS_BUILD_PLUGIN_DIR
@@ -109,6 +110,7 @@ const PluginDescriptor& PluginRegistry::load(const std::string& path) {
 }
 
 const PluginDescriptor* PluginRegistry::try_load(const std::string& path, std::string& reason) {
+    register_operators();  // what plugins may call through LibTorch's dispatcher, before any runs
     std::error_code ec;
     const std::string canonical = fs::weakly_canonical(path, ec).string();
     for (const auto& l : loaded_)

@@ -57,7 +57,7 @@ rm -rf "$logs" && mkdir -p "$logs/cmd"
 # 3. One shell command per source: the 2.6 and CUDA headers ahead of Debian's 1.13 in
 #    /usr/include, the precompiled header replaced by the header it precompiles, -fsyntax-only
 #    instead of an object file. The CUDA build's own sources take the flags of the CPU-build
-#    file they replace (cuda_none.cpp) or sit beside (a test).
+#    file they replace (cuda_none.cpp) or sit beside (a test). The .cu kernels go through nvcc.
 python3 - "$root" "$build" "$logs" "$headers/usr/include" "$cuda/include" <<'EOF' || exit 2
 import json, os, shlex, sys
 root, build, logs, torch_inc, cuda_inc = sys.argv[1:]
@@ -82,7 +82,7 @@ def command(entry, source):
             out.append(a)
     return "cd %s && %s %s" % (shlex.quote(entry["directory"]), " ".join(map(shlex.quote, out)), shlex.quote(source))
 
-cuda_sources = {"host/cuda_none.cpp": ["host/cuda.cpp", "host/transport_nccl.cpp"],
+cuda_sources = {"host/cuda_none.cpp": ["host/cuda.cpp", "host/transport_nccl.cpp", "host/kernels/operators_cuda.cpp"],
                 "tests/test_precision.cpp": ["tests/test_precision.cpp", "tests/test_gpu.cpp"]}
 n, seen = 0, set()
 for entry in entries:
@@ -95,6 +95,19 @@ for entry in entries:
         log = os.path.join(logs, source.replace("/", "_") + ".log")
         with open(os.path.join(logs, "cmd", "%03d.sh" % n), "w") as f:
             f.write("%s > %s 2>&1 || echo FAILED: %s\n" % (command(entry, os.path.join(root, source)), shlex.quote(log), source))
+# The kernels themselves: compiled for real by nvcc (CUDA's headers only), for the architectures
+# CMake's CUDA build targets.
+nvcc = os.path.join(os.path.dirname(cuda_inc), "bin", "nvcc")
+for kernel in sorted(os.listdir(os.path.join(root, "host/kernels"))):
+    if not kernel.endswith(".cu"):
+        continue
+    n += 1
+    source = "host/kernels/" + kernel
+    log = os.path.join(logs, source.replace("/", "_") + ".log")
+    with open(os.path.join(logs, "cmd", "%03d.sh" % n), "w") as f:
+        f.write("%s -std=c++17 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -c %s "
+                "-o /dev/null > %s 2>&1 || echo FAILED: %s\n" % (shlex.quote(nvcc), shlex.quote(os.path.join(root, source)),
+                                                              shlex.quote(log), source))
 missing = sorted(set(cuda_sources) - seen)
 if missing:
     sys.exit("check-torch2: no compile command for %s, whose flags the CUDA-only sources borrow; "

@@ -5,12 +5,14 @@
 #include <thread>
 
 #include <plexus/compat.hpp>
+#include <plexus/layer_norm.hpp>
 #include <plexus/loss.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
 #include "cuda.hpp"
 #include "launch.hpp"
+#include "operators.hpp"
 #include "peak.hpp"
 #include "transport_c10d.hpp"
 #include "helpers.hpp"
@@ -268,4 +270,103 @@ TEST_CASE("checkpoints on the GPU: its random state round-trips, and a killed ru
     INFO("worst difference " << worst << ", " << identical << " of " << want.size() << " losses bit-identical");
     CHECK(worst < 1e-5);
     WARN("GPU resume: worst loss difference " << worst << ", " << identical << " of " << want.size() << " bit-identical");
+}
+
+TEST_CASE("plexus's layer norm kernels compute LibTorch's values and gradients", "[gpu]") {
+    // The operators as the GPU registers them (plexus's kernels, LibTorch's beyond 8192 wide)
+    // against LibTorch's CUDA kernels arranged to the same contract.
+    host::register_operators();
+    REQUIRE(plexus::detail::host_layer_norm_on(c10::DispatchKey::CUDA));
+    using Tensors4 = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>;
+    auto& dispatcher = c10::Dispatcher::singleton();
+    const auto forward =
+        dispatcher.findSchemaOrThrow("plexus::layer_norm_forward", "")
+            .typed<Tensors4(const torch::Tensor&, const c10::optional<torch::Tensor>&, const torch::Tensor&,
+                            const torch::Tensor&, double, c10::ScalarType)>();
+    const auto backward =
+        dispatcher.findSchemaOrThrow("plexus::layer_norm_backward", "")
+            .typed<Tensors4(const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
+                            const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                            c10::optional<c10::ScalarType>)>();
+    torch::manual_seed(6);
+    using Dtype = c10::optional<c10::ScalarType>;
+    for (const int64_t width : {2048, 100, 32, 1, 8192, 8193}) {
+        for (const int64_t rows : {7, 300}) {
+            for (const Dtype residual_dtype : {Dtype(), Dtype(torch::kFloat), Dtype(torch::kBFloat16), Dtype(torch::kHalf)}) {
+                for (const auto out_dtype : {torch::kFloat, torch::kBFloat16}) {
+                    INFO("width " << width << ", rows " << rows << ", residual "
+                                  << (residual_dtype ? c10::toString(*residual_dtype) : "none") << ", normed "
+                                  << c10::toString(out_dtype));
+                    const auto f32 = torch::TensorOptions().device(kGpu);
+                    // An offset and a spread per row, as a residual stream has.
+                    const auto x = torch::randn({rows, width}, f32) * 3 + torch::randn({rows, 1}, f32) * 5;
+                    const c10::optional<torch::Tensor> residual =
+                        residual_dtype ? c10::optional<torch::Tensor>(torch::randn({rows, width}, f32).to(*residual_dtype))
+                                       : c10::nullopt;
+                    const auto weight = 1 + 0.1 * torch::randn({width}, f32), bias = 0.1 * torch::randn({width}, f32);
+                    const auto [sum, normed, mean, rstd] = forward.call(x, residual, weight, bias, 1e-5, out_dtype);
+                    const auto [ref_sum, ref_normed, ref_mean, ref_rstd] =
+                        host::layer_norm_forward_reference(x, residual, weight, bias, 1e-5, out_dtype);
+                    REQUIRE(normed.scalar_type() == out_dtype);
+                    REQUIRE(normed.sizes() == x.sizes());
+                    if (residual) CHECK(torch::equal(sum, ref_sum));  // the same float additions
+                    CHECK(max_rel(mean, ref_mean) < 1e-5);
+                    CHECK(max_rel(rstd, ref_rstd) < 1e-4);
+                    // float: rounding apart; bf16: at most one step of bf16 (where the float
+                    // values straddle a rounding boundary)
+                    CHECK(max_rel(normed, ref_normed) < (out_dtype == torch::kFloat ? 1e-5 : 1.0 / 128));
+
+                    const auto& input = residual ? sum : x;
+                    const auto grad_normed = torch::randn({rows, width}, f32).to(out_dtype);
+                    const auto grad_sum = torch::randn({rows, width}, f32);
+                    for (const bool stream_gradient : {true, false}) {
+                        INFO("gradient along the residual stream: " << stream_gradient);
+                        const c10::optional<torch::Tensor> given_sum =
+                            stream_gradient ? c10::optional<torch::Tensor>(grad_sum) : c10::nullopt;
+                        const auto [gx, gres, gw, gb] =
+                            backward.call(grad_normed, given_sum, input, mean, rstd, weight, residual_dtype);
+                        const auto [rx, rres, rw, rb] = host::layer_norm_backward_reference(
+                            grad_normed, given_sum, input, ref_mean, ref_rstd, weight, residual_dtype);
+                        CHECK(max_rel(gx, rx) < 1e-4);
+                        CHECK(max_rel(gw, rw) < 1e-4);
+                        CHECK(max_rel(gb, rb) < 1e-4);
+                        if (residual_dtype) {
+                            REQUIRE(gres.scalar_type() == *residual_dtype);
+                            CHECK(max_rel(gres, rres) < 1e-2);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("GPT on the GPU in bf16: the fused norm kernels train like LibTorch's", "[gpu]") {
+    TempDir dir;
+    std::string text = kTinyExperiment;
+    auto cfg_fused = resolve_text(dir, text);
+    text.replace(text.find("[model]\n"), 8, "[model]\nfused_norm = false\n");
+    auto cfg_plain = resolve_text(dir, text);
+    host::HostContext fused_ctx(cfg_fused, kGpu, 32), plain_ctx(cfg_plain, kGpu, 32);
+    auto fused = tiny_gpt(fused_ctx);
+    auto plain = tiny_gpt(plain_ctx, fused);
+    torch::manual_seed(7);
+    const auto ids = torch::randint(0, 32, {8, 33}, torch::TensorOptions().dtype(torch::kLong).device(kGpu));
+    const auto x = ids.narrow(1, 0, 32), y = ids.narrow(1, 1, 32);
+    double losses[2];
+    {
+        compat::AutocastGuard autocast(torch::kCUDA, torch::kBFloat16);
+        auto a = fused->loss(fused->forward(x), y), b = plain->loss(plain->forward(x), y);
+        a.backward();
+        b.backward();
+        losses[0] = a.item<double>();
+        losses[1] = b.item<double>();
+    }
+    CHECK(std::abs(losses[0] - losses[1]) < 1e-3 * std::abs(losses[1]));
+    auto pa = fused->parameters(), pb = plain->parameters();
+    REQUIRE(pa.size() == pb.size());
+    for (size_t i = 0; i < pa.size(); ++i) {
+        INFO("parameter " << i);
+        CHECK(max_rel(pa[i].grad(), pb[i].grad()) < 2e-2);
+    }
 }

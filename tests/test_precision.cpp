@@ -3,11 +3,13 @@
 #include <catch2/catch.hpp>
 
 #include <plexus/compat.hpp>
+#include <plexus/layer_norm.hpp>
 #include <plexus/loss.hpp>
 #include <torch/torch.h>
 
-#include "launch.hpp"
 #include "helpers.hpp"
+#include "launch.hpp"
+#include "operators.hpp"
 
 using namespace plexus;
 using namespace plexus::test;
@@ -165,4 +167,58 @@ TEST_CASE("cross_entropy: a second backward through the same graph is refused, n
     const auto loss = plexus::cross_entropy(logits, torch::tensor({1, 4, 0}));
     loss.backward({}, /*retain_graph=*/true);
     CHECK_THROWS_WITH(loss.backward(), Catch::Contains("modified by an inplace operation"));
+}
+
+TEST_CASE("residual_layer_norm's operators give the composite's values and gradients, bit for bit", "[precision]") {
+    // The autograd function behind the fused GPU path, run on the CPU operators (LibTorch's
+    // kernels): what it adds is the wiring (x passed through, the residual stream's gradient
+    // added in the norm's backward, the residual's gradient in its dtype), which must change no
+    // number. test_gpu.cpp holds the GPU kernels to these operators.
+    host::register_operators();
+    REQUIRE(plexus::detail::host_layer_norm_on(c10::DispatchKey::CPU));
+    torch::manual_seed(3);
+    const int64_t width = 24;
+    for (const auto residual_dtype : {c10::optional<c10::ScalarType>(), c10::optional<c10::ScalarType>(torch::kFloat),
+                                      c10::optional<c10::ScalarType>(torch::kBFloat16)}) {
+        for (const auto out_dtype : {torch::kFloat, torch::kBFloat16}) {
+            INFO("residual " << (residual_dtype ? c10::toString(*residual_dtype) : "none") << ", normed "
+                             << c10::toString(out_dtype));
+            auto x = torch::randn({2, 5, width}).requires_grad_();
+            auto residual = residual_dtype ? torch::randn({2, 5, width}).to(*residual_dtype).requires_grad_()
+                                           : torch::Tensor();
+            auto weight = (1 + 0.1 * torch::randn({width})).requires_grad_();
+            auto bias = (0.1 * torch::randn({width})).requires_grad_();
+            const auto along_stream = torch::randn({2, 5, width}), into_norm = torch::randn({2, 5, width});
+            auto run = [&](bool fused) {
+                torch::Tensor sum, normed;
+                if (fused) {
+                    using plexus::detail::ResidualLayerNormFunction;
+                    auto outs = residual.defined()
+                                    ? ResidualLayerNormFunction::apply(x, residual, weight, bias, 1e-5, out_dtype)
+                                    : ResidualLayerNormFunction::apply(x, weight, bias, 1e-5, out_dtype);
+                    sum = outs[0];
+                    normed = outs[1];
+                } else {
+                    sum = residual.defined() ? x + residual : x;
+                    normed = torch::layer_norm(sum, {width}, weight, bias, 1e-5).to(out_dtype);
+                }
+                ((sum * along_stream).sum() + (normed.to(torch::kFloat) * into_norm).sum()).backward();
+                std::vector<torch::Tensor> got{sum.detach(), normed.detach()};
+                for (auto* t : {&x, &residual, &weight, &bias}) {
+                    if (!t->defined()) continue;
+                    got.push_back(t->grad().clone());
+                    t->mutable_grad() = torch::Tensor();
+                }
+                return got;
+            };
+            const auto fused = run(true), composite = run(false);
+            CHECK(fused[1].scalar_type() == out_dtype);
+            REQUIRE(fused.size() == composite.size());
+            for (size_t i = 0; i < fused.size(); ++i) {
+                INFO("output " << i << " (sum, normed, then the gradients of x, residual, weight, bias)");
+                CHECK(fused[i].scalar_type() == composite[i].scalar_type());
+                CHECK(torch::equal(fused[i], composite[i]));
+            }
+        }
+    }
 }

@@ -11,10 +11,11 @@ using plexus::Config;
 
 struct GptShape : plexus::transformer::Dims {
     bool tie_embeddings = false;
+    bool fused_norm = true;  // plexus's fused residual add + layer norm kernels on GPUs
 };
 
-using plexus::transformer::layer_norm;
 using plexus::transformer::Params;
+using plexus::transformer::residual_layer_norm;
 
 class Embed : public plexus::Block {
 public:
@@ -56,11 +57,15 @@ public:
 
     // Under tensor parallelism this rank holds some heads and some MLP units: local sizes come
     // from the parameters' shapes; the row-parallel biases are added after the partial sums meet.
+    // The residual stream goes through each norm (x1 is x) so that, on a GPU, the norm's backward
+    // adds the stream's gradient in the same pass (plexus/layer_norm.hpp).
     torch::Tensor forward(const torch::Tensor& x) override {
         const auto head_dim = shape_.d_model / shape_.n_head;
-        auto heads = plexus::transformer::attention_heads(tensor_parallel_enter(layer_norm(*ln1, x)), *qkv, head_dim, mask);
-        auto a = x + row_parallel_linear(heads, proj->weight, proj->bias);
-        auto hidden = plexus::transformer::mlp_hidden(tensor_parallel_enter(layer_norm(*ln2, a)), *fc);
+        const bool fused = shape_.fused_norm;
+        auto [x1, h1] = residual_layer_norm(*ln1, x, {}, fused);
+        auto heads = plexus::transformer::attention_heads(tensor_parallel_enter(h1), *qkv, head_dim, mask);
+        auto [a, h2] = residual_layer_norm(*ln2, x1, row_parallel_linear(heads, proj->weight, proj->bias), fused);
+        auto hidden = plexus::transformer::mlp_hidden(tensor_parallel_enter(h2), *fc);
         return a + row_parallel_linear(hidden, out->weight, out->bias);
     }
 
@@ -92,7 +97,7 @@ private:
 
 class Head : public plexus::Block {
 public:
-    Head(const GptShape& s, torch::Tensor tied_weight) {
+    Head(const GptShape& s, torch::Tensor tied_weight) : fused_norm_(s.fused_norm) {
         ln = register_module("ln", plexus::transformer::norm(s.d_model, s.options));
         if (tied_weight.defined()) {
             weight = tied_weight;  // shared with the embedding: not registered twice
@@ -103,7 +108,9 @@ public:
             weight.normal_(0.0, 0.02);
         }
     }
-    torch::Tensor forward(const torch::Tensor& x) override { return torch::matmul(layer_norm(*ln, x), weight.t()); }
+    torch::Tensor forward(const torch::Tensor& x) override {
+        return torch::matmul(residual_layer_norm(*ln, x, {}, fused_norm_).normed, weight.t());
+    }
     double flops_per_token(int64_t) const override { return 6.0 * counted_params(); }
     std::vector<torch::Tensor> shared_parameters() const override {
         return tied_ ? std::vector<torch::Tensor>{weight} : std::vector<torch::Tensor>{};
@@ -112,6 +119,7 @@ public:
     std::shared_ptr<Params> ln;
     torch::Tensor weight;
     bool tied_ = false;
+    bool fused_norm_ = true;
 };
 
 class Gpt : public plexus::Model {
@@ -155,10 +163,14 @@ plexus::PluginDescriptor describe() {
     d.summary = "GPT decoder: pre-norm, learned positions, GELU MLP; blocks embed, layer0..N-1, head";
     d.schema = plexus::transformer::dims_schema(4, "number of transformer layers (L)", 256, "residual width (D)");
     d.schema.push_back({"tie_embeddings", false, "share the token embedding with the LM head"});
+    d.schema.push_back({"fused_norm", true,
+                        "on a GPU, plexus's kernels for residual add + layer norm (+ autocast's cast); "
+                        "false: LibTorch's separate kernels (the same values, to rounding)"});
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         GptShape s;
         static_cast<plexus::transformer::Dims&>(s) = plexus::transformer::read_dims(cfg, ctx);
         s.tie_embeddings = cfg.get_bool("tie_embeddings");
+        s.fused_norm = cfg.get_bool("fused_norm");
         return std::make_shared<Gpt>(s);
     };
     return d;

@@ -65,6 +65,40 @@ inline void resize_storage_bytes(const torch::Tensor& t, size_t bytes) {
     at::native::resize_bytes_cpu(t.storage().unsafeGetStorageImpl(), bytes);
 }
 
+namespace detail {
+// Autocast's per-device switches: LibTorch 2.x takes the device, 1.13 has a pair per device.
+#if TORCH_VERSION_MAJOR >= 2
+inline bool autocast_enabled(c10::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
+inline c10::ScalarType autocast_get_dtype(c10::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
+inline void autocast_set(c10::DeviceType d, bool on, c10::ScalarType dtype) {
+    at::autocast::set_autocast_dtype(d, dtype);
+    at::autocast::set_autocast_enabled(d, on);
+}
+#else
+inline bool autocast_enabled(c10::DeviceType d) {
+    return d == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+}
+inline c10::ScalarType autocast_get_dtype(c10::DeviceType d) {
+    return d == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+}
+inline void autocast_set(c10::DeviceType d, bool on, c10::ScalarType dtype) {
+    if (d == c10::DeviceType::CUDA) {
+        at::autocast::set_autocast_gpu_dtype(dtype);
+        at::autocast::set_enabled(on);
+    } else {
+        at::autocast::set_autocast_cpu_dtype(dtype);
+        at::autocast::set_cpu_enabled(on);
+    }
+}
+#endif
+}  // namespace detail
+
+// The dtype autocast gives matrix products on `device_type` now: bfloat16 inside an
+// AutocastGuard for bf16, float32 where autocast is off.
+inline c10::ScalarType autocast_dtype(c10::DeviceType device_type) {
+    return detail::autocast_enabled(device_type) ? detail::autocast_get_dtype(device_type) : c10::kFloat;
+}
+
 // Mixed precision for the current thread, as torch.autocast: while the guard lives, matrix
 // products and the other ops on autocast's lists run in `dtype` (bfloat16) on `device_type`,
 // reductions and norms stay float32, and so do parameters, gradients and optimizer state.
@@ -84,10 +118,10 @@ public:
         : device_(device_type),
           active_(dtype != c10::kFloat && (device_type == c10::DeviceType::CPU || device_type == c10::DeviceType::CUDA)) {
         if (!active_) return;
-        prev_enabled_ = enabled(device_);
-        prev_dtype_ = get_dtype(device_);
+        prev_enabled_ = detail::autocast_enabled(device_);
+        prev_dtype_ = detail::autocast_get_dtype(device_);
         prev_cache_ = at::autocast::is_autocast_cache_enabled();
-        set(device_, true, dtype);
+        detail::autocast_set(device_, true, dtype);
         at::autocast::set_autocast_cache_enabled(false);
         at::autocast::increment_nesting();
     }
@@ -95,36 +129,12 @@ public:
         if (!active_) return;
         if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();  // casts cached for this region
         at::autocast::set_autocast_cache_enabled(prev_cache_);
-        set(device_, prev_enabled_, prev_dtype_);
+        detail::autocast_set(device_, prev_enabled_, prev_dtype_);
     }
     AutocastGuard(const AutocastGuard&) = delete;
     AutocastGuard& operator=(const AutocastGuard&) = delete;
 
 private:
-#if TORCH_VERSION_MAJOR >= 2
-    static bool enabled(c10::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
-    static c10::ScalarType get_dtype(c10::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
-    static void set(c10::DeviceType d, bool on, c10::ScalarType dtype) {
-        at::autocast::set_autocast_dtype(d, dtype);
-        at::autocast::set_autocast_enabled(d, on);
-    }
-#else
-    static bool enabled(c10::DeviceType d) {
-        return d == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
-    }
-    static c10::ScalarType get_dtype(c10::DeviceType d) {
-        return d == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
-    }
-    static void set(c10::DeviceType d, bool on, c10::ScalarType dtype) {
-        if (d == c10::DeviceType::CUDA) {
-            at::autocast::set_autocast_gpu_dtype(dtype);
-            at::autocast::set_enabled(on);
-        } else {
-            at::autocast::set_autocast_cpu_dtype(dtype);
-            at::autocast::set_cpu_enabled(on);
-        }
-    }
-#endif
     c10::DeviceType device_;
     bool active_;
     bool prev_enabled_ = false;

@@ -1,5 +1,6 @@
 // plexus/transformer.hpp: the pieces GPT-style model plugins share (models/gpt, models/revgpt):
-// parameters created on the run's device, layer norm, the token and position lookup, causal
+// parameters created on the run's device, layer norm (alone, or with the residual add fused in:
+// plexus/layer_norm.hpp), the token and position lookup, causal
 // self-attention and the GELU MLP. Include where needed.
 //
 // Every function works on the "meta" device too (shapes only, for simulating large models),
@@ -14,6 +15,7 @@
 #include "plexus/compat.hpp"
 #include "plexus/config.hpp"
 #include "plexus/context.hpp"
+#include "plexus/layer_norm.hpp"
 
 namespace plexus::transformer {
 
@@ -86,6 +88,13 @@ inline std::shared_ptr<Params> norm(int64_t width, const torch::TensorOptions& o
 inline torch::Tensor layer_norm(const Params& p, const torch::Tensor& x) {
     if (x.is_meta()) return x * p.weight + p.bias;
     return torch::layer_norm(x, {p.weight.size(0)}, p.weight, p.bias, 1e-5);
+}
+
+// x + residual and its layer norm with p's scale and shift, fused on a GPU: see
+// plexus/layer_norm.hpp.
+inline NormedSum residual_layer_norm(const Params& p, const torch::Tensor& x, const torch::Tensor& residual = {},
+                                     bool fused = true) {
+    return plexus::residual_layer_norm(p.weight, p.bias, x, residual, fused);
 }
 
 // Token embeddings plus learned positions: ids [B, T] -> [B, T, D].
