@@ -88,7 +88,9 @@ void check_toml_text(const std::string& text, const std::string& origin) {
     enum class In { Code, Comment, Basic, Literal, MultiBasic, MultiLiteral } in = In::Code;
     long line = 1, column = 1;
     auto starts = [&](size_t i, const char* s) { return text.compare(i, std::strlen(s), s) == 0; };
-    for (size_t i = 0; i < text.size(); ++i, ++column) {
+    // A UTF-8 byte-order mark, as some editors write, is not text: TOML++ skips it, and so do we.
+    const size_t first = starts(0, "\xEF\xBB\xBF") ? 3 : 0;
+    for (size_t i = first; i < text.size(); ++i, ++column) {
         const unsigned char c = static_cast<unsigned char>(text[i]);
         if (c == '\n') {
             ++line;

@@ -135,6 +135,11 @@ int usage_error(const std::string& msg) {
     return kUsage;
 }
 
+// A command line that cannot be read, found while taking its flags apart (exit code 2).
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 // A whole number in [min, max] written in decimal digits, or nothing (the caller says what the
 // flag takes): no sign, no exponent, nothing after the digits, and never an exception for a
 // number too large.
@@ -149,16 +154,15 @@ std::optional<int64_t> parse_count(const std::string& text, int64_t min, int64_t
 // Pulls "--flag VALUE" or "--flag=VALUE" out of args.
 bool take_flag(std::vector<std::string>& args, const std::string& flag, std::string& value) {
     for (size_t i = 0; i < args.size(); ++i) {
-        if (args[i] == flag && i + 1 < args.size()) {
-            value = args[i + 1];
-            args.erase(args.begin() + i, args.begin() + i + 2);
-            return true;
-        }
-        if (args[i].rfind(flag + "=", 0) == 0) {
-            value = args[i].substr(flag.size() + 1);
-            args.erase(args.begin() + i);
-            return true;
-        }
+        const bool separate = args[i] == flag && i + 1 < args.size();
+        if (!separate && args[i].rfind(flag + "=", 0) != 0) continue;
+        value = separate ? args[i + 1] : args[i].substr(flag.size() + 1);
+        args.erase(args.begin() + i, args.begin() + i + (separate ? 2 : 1));
+        // No flag means anything empty; `--db "$DB"` with DB unset would otherwise quietly
+        // take the default.
+        if (value.empty())
+            throw UsageError(flag + " was given an empty value (a shell variable that is unset or empty expands to nothing)");
+        return true;
     }
     return false;
 }
@@ -520,7 +524,20 @@ int cmd_bench(std::vector<std::string> args) {
 
 }  // namespace
 
+static int dispatch(int argc, char** argv);  // the commands; below
+
 int main(int argc, char** argv) {
+    try {
+        return dispatch(argc, argv);
+    } catch (const UsageError& e) {
+        return usage_error(e.what());
+    } catch (const std::exception& e) {  // each command reports its own errors; this is the last net
+        print_error(e);
+        return kFailed;
+    }
+}
+
+static int dispatch(int argc, char** argv) {
     plexus::host::keep_freed_memory();
     // Every tensor this thread allocates is known to the allocator's bookkeeping, so a rank's
     // meter (harness.cpp) can take over blocks made before it started.

@@ -132,6 +132,22 @@ TEST_CASE("numbers on the command line that do not parse, or are out of range, a
     }
 }
 
+TEST_CASE("a flag given an empty value is a usage error, not the default", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto file = dir.file("e.toml", kTinyExperiment);
+    // `--db "$DB"` with DB unset: before, the run went into results/plexus.db of the current folder.
+    for (const std::string& args : std::vector<std::string>{"run " + file + " --db ''", "run " + file + " --db=",
+                                                            "leaderboard --db ''", "sweep " + file + " -j '' --dry-run",
+                                                            "run " + file + " --set ''"}) {
+        INFO(args);
+        const auto res = run_command("cd " + dir.path.string() + " && " + PLEXUS_BINARY + " " + args);
+        CHECK(res.exit_code == 2);
+        CHECK_THAT(res.output, Contains("was given an empty value"));
+        CHECK_THAT(res.output, !Contains("terminate"));
+    }
+    CHECK(!fs::exists(dir / "results"));
+}
+
 TEST_CASE("[train], [launch] and optimizer values out of range are refused, naming the key", "[e2e][bad-input]") {
     TempDir dir;
     const auto db = dir / "r.db";

@@ -115,6 +115,21 @@ TEST_CASE("malformed TOML is reported with file, line and column", "[config]") {
     CHECK_THAT(error_of([&] { host::load_experiment(dir / "missing.toml"); }), Contains("no such experiment file"));
 }
 
+TEST_CASE("a UTF-8 byte-order mark at the start of a file is skipped, not a malformed character", "[config]") {
+    TempDir dir;
+    const auto exp = host::load_experiment(dir.file("bom.toml", std::string("\xEF\xBB\xBF") + kTinyExperiment));
+    const auto plain = host::load_experiment(dir.file("plain.toml", kTinyExperiment));
+    REQUIRE(exp.settings.size() == plain.settings.size());
+    for (const auto& [key, setting] : plain.settings) {
+        INFO(key);
+        REQUIRE(exp.settings.count(key) == 1);
+        CHECK(exp.settings.at(key).value == setting.value);
+    }
+    // Elsewhere the same bytes are still a stray character, with their place.
+    auto err = error_of([&] { host::load_experiment(dir.file("mid.toml", "[model]\n\xEF\xBB\xBFname = \"gpt\"\n")); });
+    CHECK_THAT(err, Contains("mid.toml:2:1"));
+}
+
 TEST_CASE("the config hash follows training settings, not where results go", "[config]") {
     TempDir dir;
     const std::string base = kTinyExperiment;
