@@ -239,6 +239,15 @@ std::string summary_value(ResultsStore& store, int64_t run, const std::string& k
     return "-";
 }
 
+// A run recorded as running whose process is gone (a crash, kill -9, a [[faults]] kill of a
+// one-process run) shows as "died": nothing will ever finish its record.
+std::string shown_status(ResultsStore& store, const RunInfo& run) {
+    return run.status == "running" && !live_owner(store, run) ? "died" : run.status;
+}
+const char* kDiedNote =
+    "died: its process is gone without recording how the run ended (a crash, kill -9, or a [[faults]] kill of "
+    "a one-process run); `plexus run --resume ID` continues it (from its last checkpoint, if it wrote one)";
+
 int cmd_runs(std::vector<std::string> args) {
     std::string db = "results/plexus.db", limit = "20";
     take_flag(args, "--db", db);
@@ -255,16 +264,20 @@ int cmd_runs(std::vector<std::string> args) {
         }
         std::printf("%5s  %-20s %-11s %-16s %8s %10s %10s %7s  %s\n", "id", "name", "status", "started", "steps",
                     "eval loss", "tok/s", "MFU", "plugins");
+        bool any_died = false;
         for (const auto& r : runs) {
             std::string mfu = summary_value(store, r.id, "mfu");
             if (mfu != "-") mfu = std::to_string(std::stod(mfu) * 100).substr(0, 4) + "%";
             std::string tps = summary_value(store, r.id, "tokens_per_s");
             if (tps != "-") tps = human_count(std::stod(tps));
+            const std::string status = shown_status(store, r);
+            any_died = any_died || status == "died";
             std::printf("%5lld  %-20s %-11s %-16s %8s %10s %10s %7s  %s\n", static_cast<long long>(r.id),
-                        r.name.substr(0, 20).c_str(), r.status.c_str(), format_time(r.started).c_str(),
+                        r.name.substr(0, 20).c_str(), status.c_str(), format_time(r.started).c_str(),
                         summary_value(store, r.id, "steps").c_str(), summary_value(store, r.id, "final_eval_loss").c_str(),
                         tps.c_str(), mfu.c_str(), r.plugins.c_str());
         }
+        if (any_died) std::cout << kDiedNote << "\n";
         return kOk;
     } catch (const std::exception& e) {
         print_error(e);
@@ -457,7 +470,9 @@ int cmd_show(std::vector<std::string> args) {
             std::cerr << "error: no run " << id << " in " << db << "\nhint: `plexus runs --db " << db << "` lists them\n";
             return kFailed;
         }
-        std::cout << "run " << run->id << " '" << run->name << "': " << run->status << "\n";
+        const std::string status = shown_status(store, *run);
+        std::cout << "run " << run->id << " '" << run->name << "': " << status << "\n";
+        if (status == "died") std::cout << "  " << kDiedNote << "\n";
         if (!run->error.empty()) std::cout << "  error:       " << run->error << "\n";
         std::cout << "  started:     " << format_time(run->started) << ", ended " << format_time(run->ended) << "\n"
                   << "  plugins:     " << run->plugins << "\n"

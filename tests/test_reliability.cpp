@@ -588,6 +588,12 @@ TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume co
     host::ResultsStore store(dir / "k.db");
     CHECK(store.get_run(1)->status == "running");  // nothing ran after it, as after a SIGKILL
     CHECK(store.metric_series(1, "loss").size() == 27);
+    // The listing knows better: its process is gone.
+    const auto listed = run_plexus("runs --db " + dir / "k.db"), shown = run_plexus("show 1 --db " + dir / "k.db");
+    CHECK_THAT(listed.output, Contains("died") && Contains("plexus run --resume ID"));
+    CHECK_THAT(listed.output, !Contains("running"));
+    CHECK_THAT(shown.output, Contains("run 1 'reliable': died"));
+    CHECK_THAT(run_plexus("runs --db " + dir / "clean.db").output, Contains("finished") && !Contains("died"));
     const auto resumed = run_plexus("run --resume 1 --db " + dir / "k.db");
     INFO(resumed.output);
     REQUIRE(resumed.exit_code == 0);
