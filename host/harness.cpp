@@ -940,6 +940,12 @@ RunInfo recall_run(RunOptions& o, std::string& path) {
     if (path.empty())
         throw Error("run " + id + " has no record of the experiment it started from",
                     "it was recorded by an older plexus: start it again with `plexus run FILE`");
+    std::error_code ec;
+    if (!fs::exists(path, ec))
+        throw Error("run " + id + " started from " + path + ", which is gone",
+                    "put it back where it was; its text as the run read it is in the database: sqlite3 " + db +
+                        " \"select toml from run where id = " + id + "\" > " + path +
+                        " (a file it extends must be back too; the run checks that nothing changed)");
     const std::string point = store.summary_text(o.resume_run, "resume.point");
     o.point = point.empty() ? -1 : std::stoi(point);
     o.overrides.clear();

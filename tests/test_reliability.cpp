@@ -250,6 +250,12 @@ TEST_CASE("a resumed run refuses a changed experiment and a checkpoint of anothe
     CHECK(changed.exit_code != 0);
     CHECK_THAT(changed.output, Contains("was recorded with config hash"));
     CHECK_THAT(changed.output, Contains("the experiment (or a file it extends) changed"));
+    // The file gone: the hint says where its recorded text is.
+    fs::remove(file);
+    auto gone = run_plexus("run --resume 1 --db " + dir / "b.db");
+    CHECK(gone.exit_code == 1);
+    CHECK_THAT(gone.output, Contains("run 1 started from " + file + ", which is gone"));
+    CHECK_THAT(gone.output, Contains("sqlite3 " + dir / "b.db" + " \"select toml from run where id = 1\" > " + file));
     dir.file("exp.toml", text);
 
     // A checkpoint file of another run put in this one's place: refused, not loaded.
