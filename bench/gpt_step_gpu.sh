@@ -5,7 +5,7 @@
 # table: tokens/s, plexus's ratio to each reference, and MFU against the card's datasheet bf16
 # peak (FLOPs per token from plexus: 6N + 12·L·H·Q·T, the same for all three); the last column is
 # plexus's tokens/s over its own with LibTorch's norm kernels (models/gpt's fused_norm = false),
-# measured in the same run.
+# measured in the same run (at the sizes in GPT_STEP_AB_SIZES, default 1.3B; n/a elsewhere).
 #
 #   bench/gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES]
 #   bench/gpt_step_gpu.sh --prewarm SIZE   (compile SIZE once with torch.compile: fills its cache)
@@ -64,7 +64,11 @@ for size in $sizes; do
   echo "== $size: L=$L D=$D H=$H B=$B T=$T" >&2
   mine=$("$build/bench/gpt_step" $common --device cuda --precision bf16 --reference 0 2>&1 | tee -a /dev/stderr)
   # plexus again with LibTorch's norm kernels (fused_norm = false): what plexus's own kernels gain
-  plain=$("$build/bench/gpt_step" $common --device cuda --precision bf16 --reference 0 --fused-norm 0 2>&1 | tail -3 | tee -a /dev/stderr)
+  # (at the sizes in GPT_STEP_AB_SIZES, default the largest: the MFU target's)
+  plain=""
+  case " ${GPT_STEP_AB_SIZES:-1.3B} " in *" $size "*)
+    plain=$("$build/bench/gpt_step" $common --device cuda --precision bf16 --reference 0 --fused-norm 0 2>&1 | tail -3 | tee -a /dev/stderr) ;;
+  esac
   eager=$($python "$here/gpt_step_ref.py" $common --device cuda --dtype bf16 2>&1 | tee -a /dev/stderr)
   compiled=$($python "$here/gpt_step_ref.py" $common --device cuda --dtype bf16 --compile 2>&1 | tail -3 | tee -a /dev/stderr)
   p=$(echo "$mine" | field tokens_per_s)
