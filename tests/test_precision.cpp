@@ -189,35 +189,40 @@ TEST_CASE("residual_layer_norm's operators give the composite's values and gradi
             auto weight = (1 + 0.1 * torch::randn({width})).requires_grad_();
             auto bias = (0.1 * torch::randn({width})).requires_grad_();
             const auto along_stream = torch::randn({2, 5, width}), into_norm = torch::randn({2, 5, width});
-            auto run = [&](bool fused) {
-                torch::Tensor sum, normed;
-                if (fused) {
-                    using plexus::detail::ResidualLayerNormFunction;
-                    auto outs = residual.defined()
-                                    ? ResidualLayerNormFunction::apply(x, residual, weight, bias, 1e-5, out_dtype)
-                                    : ResidualLayerNormFunction::apply(x, weight, bias, 1e-5, out_dtype);
-                    sum = outs[0];
-                    normed = outs[1];
-                } else {
-                    sum = residual.defined() ? x + residual : x;
-                    normed = torch::layer_norm(sum, {width}, weight, bias, 1e-5).to(out_dtype);
+            for (const bool sum_used : {true, false}) {  // false: as the head, whose sum goes nowhere
+                INFO("the sum is used: " << sum_used);
+                auto run = [&](bool fused) {
+                    torch::Tensor sum, normed;
+                    if (fused) {
+                        using plexus::detail::ResidualLayerNormFunction;
+                        auto outs = residual.defined()
+                                        ? ResidualLayerNormFunction::apply(x, residual, weight, bias, 1e-5, out_dtype)
+                                        : ResidualLayerNormFunction::apply(x, weight, bias, 1e-5, out_dtype);
+                        sum = outs[0];
+                        normed = outs[1];
+                    } else {
+                        sum = residual.defined() ? x + residual : x;
+                        normed = torch::layer_norm(sum, {width}, weight, bias, 1e-5).to(out_dtype);
+                    }
+                    auto loss = (normed.to(torch::kFloat) * into_norm).sum();
+                    if (sum_used) loss = loss + (sum * along_stream).sum();
+                    loss.backward();
+                    std::vector<torch::Tensor> got{sum.detach(), normed.detach()};
+                    for (auto* t : {&x, &residual, &weight, &bias}) {
+                        if (!t->defined()) continue;
+                        got.push_back(t->grad().clone());
+                        t->mutable_grad() = torch::Tensor();
+                    }
+                    return got;
+                };
+                const auto fused = run(true), composite = run(false);
+                CHECK(fused[1].scalar_type() == out_dtype);
+                REQUIRE(fused.size() == composite.size());
+                for (size_t i = 0; i < fused.size(); ++i) {
+                    INFO("output " << i << " (sum, normed, then the gradients of x, residual, weight, bias)");
+                    CHECK(fused[i].scalar_type() == composite[i].scalar_type());
+                    CHECK(torch::equal(fused[i], composite[i]));
                 }
-                ((sum * along_stream).sum() + (normed.to(torch::kFloat) * into_norm).sum()).backward();
-                std::vector<torch::Tensor> got{sum.detach(), normed.detach()};
-                for (auto* t : {&x, &residual, &weight, &bias}) {
-                    if (!t->defined()) continue;
-                    got.push_back(t->grad().clone());
-                    t->mutable_grad() = torch::Tensor();
-                }
-                return got;
-            };
-            const auto fused = run(true), composite = run(false);
-            CHECK(fused[1].scalar_type() == out_dtype);
-            REQUIRE(fused.size() == composite.size());
-            for (size_t i = 0; i < fused.size(); ++i) {
-                INFO("output " << i << " (sum, normed, then the gradients of x, residual, weight, bias)");
-                CHECK(fused[i].scalar_type() == composite[i].scalar_type());
-                CHECK(torch::equal(fused[i], composite[i]));
             }
         }
     }

@@ -192,7 +192,7 @@ cudaError_t layer_norm_forward(const LayerNormForward& args, cudaStream_t stream
 
 cudaError_t layer_norm_backward(const LayerNormBackward& args, cudaStream_t stream) {
     if (args.width <= 0 || args.width > kLayerNormMaxWidth || args.blocks < 1) return cudaErrorInvalidValue;
-    if (args.rows == 0) return cudaSuccess;
+    // No early return for zero rows: the blocks still write their (zero) partial sums.
     with_type(args.residual_dtype, [&](auto residual) {
         with_type(args.grad_normed_dtype, [&](auto grad) {
             using Residual = typename decltype(residual)::type;

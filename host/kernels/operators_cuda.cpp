@@ -38,7 +38,8 @@ Tensors4 layer_norm_forward_cuda(const torch::Tensor& x, const c10::optional<tor
                                  const torch::Tensor& weight, const torch::Tensor& bias, double eps,
                                  c10::ScalarType out_dtype) {
     const auto width = weight.size(0);
-    const bool fits = width <= kernels::kLayerNormMaxWidth && x.dim() >= 1 && x.size(-1) == width &&
+    const bool fits = weight.dim() == 1 && width > 0 && width <= kernels::kLayerNormMaxWidth &&
+                      bias.sizes() == weight.sizes() && x.dim() >= 1 && x.size(-1) == width &&
                       float_on(x, x.device()) && float_on(weight, x.device()) && float_on(bias, x.device()) &&
                       kernel_dtype(out_dtype) && (!residual || (kernel_dtype(residual->scalar_type()) &&
                                                                 residual->device() == x.device() &&
@@ -77,7 +78,9 @@ Tensors4 layer_norm_backward_cuda(const c10::optional<torch::Tensor>& grad_norme
                                   c10::optional<c10::ScalarType> residual_dtype) {
     const auto width = weight.size(0);
     const auto& device = sum.device();
-    const bool fits = grad_normed && width <= kernels::kLayerNormMaxWidth && sum.size(-1) == width &&
+    const bool fits = grad_normed && weight.dim() == 1 && width > 0 && width <= kernels::kLayerNormMaxWidth &&
+                      sum.dim() >= 1 && sum.size(-1) == width && mean.numel() * width == sum.numel() &&
+                      rstd.numel() == mean.numel() &&
                       float_on(sum, device) && float_on(mean, device) && float_on(rstd, device) &&
                       float_on(weight, device) && kernel_dtype(grad_normed->scalar_type()) &&
                       grad_normed->device() == device && grad_normed->sizes() == sum.sizes() &&

@@ -105,6 +105,8 @@ private:
         auto [sum, normed, mean, rstd] = op.call(x, maybe_residual, weight, bias, eps, out_dtype);
         if (!residual.defined()) sum = x;  // returned as it came: autograd hands us its gradient
         ctx->save_for_backward({sum, mean, rstd, weight});
+        // An output nobody used (the head's sum) arrives undefined, not as a tensor of zeros to read.
+        ctx->set_materialize_grads(false);
         ctx->saved_data["residual_dtype"] =
             residual.defined() ? static_cast<int64_t>(residual.scalar_type()) : static_cast<int64_t>(-1);
         return {sum, normed};
