@@ -20,6 +20,7 @@
 #include "bench_util.hpp"
 #include "cuda.hpp"
 #include "harness.hpp"
+#include "operators.hpp"
 
 using namespace plexus;
 
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
                          {{"rows", "1024"}, {"vocab", "8192"}, {"iters", "10"}, {"rounds", "7"}, {"device", "cpu"}, {"dtype", "fp32"}},
                          "loss [--rows N --vocab V --iters K --rounds R --device cpu|cuda --dtype fp32|bf16]");
     host::keep_freed_memory();
+    host::register_operators();  // as the plugin registry does: the GPU's fused loss kernels
     host::set_compute_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     const torch::Device device(a.text("device"));
     host::gpu::set_current(device);

@@ -1,8 +1,9 @@
-// See operators.hpp. The kernels registered here are LibTorch's (native_layer_norm and its
-// backward) arranged to the contract in plexus/layer_norm.hpp: the CPU's, and the reference the
-// GPU kernels are tested against.
+// See operators.hpp. The kernels registered here are LibTorch's arranged to the contracts in
+// plexus/layer_norm.hpp and plexus/loss.hpp: the CPU's, and the reference the GPU kernels are
+// tested against.
 #include "operators.hpp"
 
+#include <limits>
 #include <memory>
 #include <mutex>
 
@@ -49,6 +50,27 @@ Tensors4 layer_norm_backward_reference(const c10::optional<torch::Tensor>& grad_
     return {grad_x, grad_residual, grad_weight, grad_bias};
 }
 
+// The same formulas as the GPU kernels (host/kernels/cross_entropy.cu): the log-sum-exp of the
+// logits other than the target's ("rest") keeps 1 - p_target accurate where it is tiny.
+std::tuple<torch::Tensor, torch::Tensor> cross_entropy_forward_reference(const torch::Tensor& logits,
+                                                                         const torch::Tensor& targets) {
+    const auto wide = logits.to(at::promote_types(logits.scalar_type(), torch::kFloat));
+    const auto index = targets.unsqueeze(1);
+    const auto picked = wide.gather(1, index).squeeze(1);  // a target out of range: gather's error
+    const auto rest = at::logsumexp(wide.scatter(1, index, -std::numeric_limits<double>::infinity()), {1});
+    const auto d = rest - picked;
+    const auto row_loss = d.clamp_min(0) + (-d.abs()).exp().log1p();  // softplus(d)
+    return {row_loss.mean(), torch::stack({picked + row_loss, rest}, 1)};
+}
+
+torch::Tensor cross_entropy_backward_reference(const torch::Tensor& grad_loss, const torch::Tensor& logits,
+                                               const torch::Tensor& targets, const torch::Tensor& stats) {
+    const auto log_sum_exp = stats.select(1, 0).unsqueeze(1), rest = stats.select(1, 1).unsqueeze(1);
+    auto grad = (logits.to(stats.scalar_type()) - log_sum_exp).exp_();
+    grad.scatter_(1, targets.unsqueeze(1), -(rest - log_sum_exp).exp());
+    return grad.mul_(grad_loss.to(grad.options()) / static_cast<double>(logits.size(0))).to(logits.scalar_type());
+}
+
 void register_operators() {
     static std::once_flag once;
     static std::unique_ptr<torch::Library> definitions, cpu;
@@ -60,9 +82,14 @@ void register_operators() {
         definitions->def(
             "layer_norm_backward(Tensor? grad_normed, Tensor? grad_sum, Tensor sum, Tensor mean, Tensor rstd, "
             "Tensor weight, ScalarType? residual_dtype) -> (Tensor, Tensor, Tensor, Tensor)");
+        definitions->def("cross_entropy_forward(Tensor logits, Tensor targets) -> (Tensor, Tensor)");
+        definitions->def(
+            "cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor targets, Tensor stats) -> Tensor");
         cpu = std::make_unique<torch::Library>(torch::Library::IMPL, "plexus", c10::DispatchKey::CPU, __FILE__, __LINE__);
         cpu->impl("layer_norm_forward", TORCH_FN(layer_norm_forward_reference));
         cpu->impl("layer_norm_backward", TORCH_FN(layer_norm_backward_reference));
+        cpu->impl("cross_entropy_forward", TORCH_FN(cross_entropy_forward_reference));
+        cpu->impl("cross_entropy_backward", TORCH_FN(cross_entropy_backward_reference));
         gpu::register_operators();
     });
 }

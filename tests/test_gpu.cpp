@@ -2,6 +2,8 @@
 // a machine with a GPU. Each compares the GPU path with the CPU one or with exact arithmetic.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
 #include <thread>
 
 #include <plexus/compat.hpp>
@@ -108,6 +110,8 @@ TEST_CASE("bf16 autocast on the GPU: bf16 products, float32 loss, close to float
 }
 
 TEST_CASE("cross_entropy of bf16 logits under autocast on the GPU: torch's float loss and rounded gradient", "[gpu]") {
+    host::register_operators();  // plexus's fused kernels: what plexus::cross_entropy takes on a GPU
+    REQUIRE(plexus::detail::host_kernel_on("plexus::cross_entropy_forward", c10::DispatchKey::CUDA));
     torch::manual_seed(5);
     auto logits64 = torch::randn({96, 1000}, torch::kFloat64) * 3.0;
     const auto targets = torch::randint(0, 1000, {96}, torch::kLong);
@@ -371,4 +375,49 @@ TEST_CASE("GPT on the GPU in bf16: the fused norm kernels train like LibTorch's"
         INFO("parameter " << i);
         CHECK(max_rel(pa[i].grad(), pb[i].grad()) < 2e-2);
     }
+}
+
+TEST_CASE("plexus's cross-entropy kernels compute the reference operators' loss and gradient", "[gpu]") {
+    host::register_operators();
+    auto& dispatcher = c10::Dispatcher::singleton();
+    const auto forward = dispatcher.findSchemaOrThrow("plexus::cross_entropy_forward", "")
+                             .typed<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&, const torch::Tensor&)>();
+    const auto backward =
+        dispatcher.findSchemaOrThrow("plexus::cross_entropy_backward", "")
+            .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>();
+    torch::manual_seed(8);
+    for (const int64_t vocab : {1, 31, 1000, 50304}) {
+        for (const int64_t rows : {0, 5, 700}) {
+            for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
+                INFO("vocab " << vocab << ", rows " << rows << ", " << c10::toString(dtype));
+                auto logits64 = torch::randn({rows, vocab}, torch::kFloat64) * 3;
+                const auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
+                for (int64_t r = 0; r < rows / 2; ++r)  // confident rows: p of the target near 1
+                    logits64[r][targets[r].item<int64_t>()] = logits64[r].max() + 9.0;
+                const auto logits = logits64.to(dtype).to(kGpu), on_gpu = targets.to(kGpu);
+                const auto [loss, stats] = forward.call(logits, on_gpu);
+                const auto [ref_loss, ref_stats] = host::cross_entropy_forward_reference(logits, on_gpu);
+                REQUIRE(stats.sizes() == ref_stats.sizes());
+                CHECK(max_rel(stats.select(1, 0), ref_stats.select(1, 0)) < 1e-5);
+                if (vocab > 1)
+                    CHECK(max_rel(stats.select(1, 1), ref_stats.select(1, 1)) < 1e-5);
+                else  // no logit but the target's: the rest's log-sum-exp is log 0
+                    CHECK((stats.select(1, 1) == -std::numeric_limits<float>::infinity()).all().item<bool>());
+                if (rows > 0) CHECK(std::abs(loss.item<double>() - ref_loss.item<double>()) < 1e-5 * ref_loss.item<double>());
+                const auto grad_loss = torch::full({}, 2.5, torch::TensorOptions().device(kGpu));
+                const auto grad = backward.call(grad_loss, logits, on_gpu, stats);
+                const auto ref_grad = host::cross_entropy_backward_reference(grad_loss, logits, on_gpu, ref_stats);
+                REQUIRE(grad.scalar_type() == dtype);
+                REQUIRE(grad.sizes() == logits.sizes());
+                CHECK(max_rel(grad, ref_grad) < (dtype == torch::kFloat ? 1e-5 : 1.0 / 128));
+                // the gradient sums to zero over each row (softmax minus one-hot)
+                if (rows > 0 && vocab > 1 && dtype == torch::kFloat)
+                    CHECK(grad.sum(1).abs().max().item<double>() < 1e-6 * grad.abs().max().item<double>() * vocab);
+            }
+        }
+    }
+    // A target outside [0, V): the GPU's loss is NaN (the CPU's is gather's error).
+    const auto logits = torch::randn({4, 10}, torch::TensorOptions().device(kGpu));
+    const auto [loss, stats] = forward.call(logits, torch::tensor({1, 10, 0, 2}, torch::kLong).to(kGpu));
+    CHECK(std::isnan(loss.item<double>()));
 }

@@ -155,6 +155,44 @@ TEST_CASE("cross_entropy of bf16 logits: a bf16 gradient as accurate as torch's 
     CHECK((1.0 - p).max().item<double>() < 1e-3);
 }
 
+TEST_CASE("the GPU loss's autograd function over the CPU operators gives torch's loss and gradient", "[precision][loss]") {
+    // What the GPU path adds besides its kernels (test_gpu.cpp holds those to these operators):
+    // the wiring, and a formula of its own (log-sum-exp, not log_softmax).
+    host::register_operators();
+    REQUIRE(plexus::detail::host_kernel_on("plexus::cross_entropy_forward", c10::DispatchKey::CPU));
+    const auto [logits, targets] = loss_inputs(48, 37);
+    const auto [ref_loss, ref_grad] = loss_and_grad(logits, targets, [](const torch::Tensor& x, const torch::Tensor& t) {
+        return torch::nn::functional::cross_entropy(x, t);
+    });
+    auto fused = [](const torch::Tensor& x, const torch::Tensor& t) {
+        return plexus::detail::FusedCrossEntropyFunction::apply(x, t);
+    };
+    for (const auto dtype : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
+        INFO("dtype " << dtype);
+        const double loss_tol = dtype == torch::kFloat64 ? 1e-12 : 2e-6;
+        // per element, relative: bf16 keeps 8 significant bits (one rounding)
+        const double grad_tol = dtype == torch::kFloat64 ? 1e-10 : dtype == torch::kFloat32 ? 1e-5 : std::ldexp(1.0, -8);
+        const auto x = logits.to(dtype);
+        // bf16: against the exact loss of the same rounded logits, the gradient rounded once
+        const auto [want_loss, want_grad] =
+            dtype == torch::kBFloat16
+                ? loss_and_grad(x.to(torch::kFloat64), targets,
+                                [](const torch::Tensor& y, const torch::Tensor& t) { return torch::nn::functional::cross_entropy(y, t); })
+                : std::make_pair(ref_loss, ref_grad);
+        const auto [loss, grad] = loss_and_grad(x, targets, fused);
+        CHECK(grad.scalar_type() == dtype);
+        CHECK(loss.scalar_type() == (dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32));
+        CHECK(std::abs(loss.item<double>() - want_loss.item<double>()) < loss_tol * want_loss.item<double>());
+        const auto ours = grad.to(torch::kFloat64), exact = want_grad.to(torch::kFloat64);
+        CHECK(((ours - exact).abs() / exact.abs().clamp_min(1e-30)).max().item<double>() < grad_tol);
+    }
+    CHECK_THROWS_WITH(fused(torch::randn({3, 5}), torch::tensor({1, 5, 0})), Catch::Contains("out of bounds"));
+    // One class: p = 1, so the loss and the gradient are exactly 0 (not NaN from log 0).
+    const auto [one_loss, one_grad] = loss_and_grad(torch::randn({4, 1}), torch::zeros({4}, torch::kLong), fused);
+    CHECK(one_loss.item<double>() == 0.0);
+    CHECK(one_grad.abs().max().item<double>() == 0.0);
+}
+
 TEST_CASE("cross_entropy refuses a target outside 0 to V - 1, torch's ignore index included", "[precision][loss]") {
     const auto logits = torch::randn({3, 5}, torch::requires_grad());
     CHECK_THROWS_WITH(plexus::cross_entropy(logits, torch::tensor({1, 5, 0})), Catch::Contains("out of bounds"));

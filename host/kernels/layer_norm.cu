@@ -5,34 +5,16 @@
 
 #include <algorithm>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "device.cuh"
 
 namespace plexus::host::kernels {
 
 namespace {
 
+using namespace device;
+
 constexpr int kPerThread = 8;
 static_assert(kLayerNormMaxWidth == kPerThread * 1024, "the widest row fills a 1024-thread block");
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-// Round to nearest even, as LibTorch's casts do.
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
 
 // The sum of v over the block, in every thread (blockDim.x a multiple of 32).
 __device__ float block_sum(float v) {
@@ -150,21 +132,6 @@ __global__ void __launch_bounds__(1024) layer_norm_backward_kernel(LayerNormBack
             a.partial_weight[blockIdx.x * a.width + j] = grad_weight[k];
             a.partial_bias[blockIdx.x * a.width + j] = grad_bias[k];
         }
-    }
-}
-
-template <typename T>
-struct Tag {
-    using type = T;
-};
-
-// Calls f(Tag<T>{}) with the C++ type of `dtype`.
-template <typename F>
-void with_type(Dtype dtype, F&& f) {
-    switch (dtype) {
-        case Dtype::Float32: f(Tag<float>{}); break;
-        case Dtype::BFloat16: f(Tag<__nv_bfloat16>{}); break;
-        case Dtype::Float16: f(Tag<__half>{}); break;
     }
 }
 

@@ -8,9 +8,9 @@
 
 #include <cuda_runtime_api.h>
 
-namespace plexus::host::kernels {
+#include "dtype.hpp"
 
-enum class Dtype { Float32, BFloat16, Float16 };
+namespace plexus::host::kernels {
 
 // The widest row the kernels take: each of up to 1024 threads holds 8 of a row's values.
 constexpr int64_t kLayerNormMaxWidth = 8 * 1024;

@@ -1,5 +1,6 @@
-// CUDA builds: plexus's kernels behind the plexus::layer_norm_* operators (see operators.hpp and
-// plexus/layer_norm.hpp). Shapes and dtypes the kernels do not take go to LibTorch's kernels.
+// CUDA builds: plexus's kernels behind the plexus::layer_norm_* and plexus::cross_entropy_*
+// operators (see operators.hpp, plexus/layer_norm.hpp and plexus/loss.hpp). Shapes and dtypes the
+// kernels do not take go to LibTorch's kernels.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -8,6 +9,7 @@
 #include <plexus/error.hpp>
 
 #include "cuda.hpp"
+#include "kernels/cross_entropy.hpp"
 #include "kernels/layer_norm.hpp"
 #include "operators.hpp"
 
@@ -28,11 +30,14 @@ bool float_on(const torch::Tensor& t, const torch::Device& device) {
     return t.scalar_type() == c10::kFloat && t.device() == device;
 }
 
-void check(cudaError_t status, const char* what) {
+// (cudaGetLastError also returns an error an earlier kernel left behind: the message says so.)
+void check(cudaError_t status, const char* what, const char* hint) {
     if (status != cudaSuccess)
-        throw Error(std::string(what) + " failed to launch: " + cudaGetErrorString(status),
-                    "set model.fused_norm = false (models/gpt) to use LibTorch's kernels, and report it");
+        throw Error(std::string(what) + " failed to launch, or an earlier kernel failed: " + cudaGetErrorString(status),
+                    hint);
 }
+const char* kNormHint = "set model.fused_norm = false (models/gpt) to use LibTorch's kernels, and report it";
+const char* kLossHint = "report it; a CPU run takes LibTorch's kernels";
 
 Tensors4 layer_norm_forward_cuda(const torch::Tensor& x, const c10::optional<torch::Tensor>& residual,
                                  const torch::Tensor& weight, const torch::Tensor& bias, double eps,
@@ -68,7 +73,7 @@ Tensors4 layer_norm_forward_cuda(const torch::Tensor& x, const c10::optional<tor
     args.rows = rows;
     args.width = width;
     args.eps = static_cast<float>(eps);
-    check(kernels::layer_norm_forward(args, at::cuda::getCurrentCUDAStream()), "plexus's layer norm kernel");
+    check(kernels::layer_norm_forward(args, at::cuda::getCurrentCUDAStream()), "plexus's layer norm kernel", kNormHint);
     return {sum, normed, mean, rstd};
 }
 
@@ -119,8 +124,61 @@ Tensors4 layer_norm_backward_cuda(const c10::optional<torch::Tensor>& grad_norme
     args.rows = rows;
     args.width = width;
     args.blocks = blocks;
-    check(kernels::layer_norm_backward(args, at::cuda::getCurrentCUDAStream()), "plexus's layer norm backward kernel");
+    check(kernels::layer_norm_backward(args, at::cuda::getCurrentCUDAStream()), "plexus's layer norm backward kernel", kNormHint);
     return {grad_x, grad_residual, partial_weight.sum(0), partial_bias.sum(0)};
+}
+
+bool rows_of(const torch::Tensor& t, int64_t rows, c10::ScalarType dtype, const torch::Device& device) {
+    return t.dim() == 1 && t.size(0) == rows && t.scalar_type() == dtype && t.device() == device;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> cross_entropy_forward_cuda(const torch::Tensor& logits,
+                                                                    const torch::Tensor& targets) {
+    const bool fits = logits.dim() == 2 && logits.size(1) > 0 && kernel_dtype(logits.scalar_type()) &&
+                      rows_of(targets, logits.size(0), c10::kLong, logits.device());
+    if (!fits) return cross_entropy_forward_reference(logits, targets);
+    const c10::cuda::CUDAGuard on_device(logits.device());
+    const auto logits_c = logits.contiguous(), targets_c = targets.contiguous();
+    const auto rows = logits.size(0);
+    auto stats = torch::empty({rows, 2}, logits.options().dtype(c10::kFloat));
+    auto row_loss = torch::empty({rows}, logits.options().dtype(c10::kFloat));
+    kernels::CrossEntropyForward args;
+    args.logits = logits_c.data_ptr();
+    args.logits_dtype = *kernel_dtype(logits.scalar_type());
+    args.targets = targets_c.data_ptr<int64_t>();
+    args.stats = stats.data_ptr<float>();
+    args.row_loss = row_loss.data_ptr<float>();
+    args.rows = rows;
+    args.vocab = logits.size(1);
+    check(kernels::cross_entropy_forward(args, at::cuda::getCurrentCUDAStream()), "plexus's cross-entropy kernel", kLossHint);
+    return {row_loss.mean(), stats};
+}
+
+torch::Tensor cross_entropy_backward_cuda(const torch::Tensor& grad_loss, const torch::Tensor& logits,
+                                          const torch::Tensor& targets, const torch::Tensor& stats) {
+    const auto& device = logits.device();
+    const bool fits = logits.dim() == 2 && logits.size(1) > 0 && kernel_dtype(logits.scalar_type()) &&
+                      rows_of(targets, logits.size(0), c10::kLong, device) &&
+                      stats.dim() == 2 && stats.size(0) == logits.size(0) && stats.size(1) == 2 &&
+                      stats.scalar_type() == c10::kFloat && stats.device() == device && grad_loss.numel() == 1;
+    if (!fits) return cross_entropy_backward_reference(grad_loss, logits, targets, stats);
+    const c10::cuda::CUDAGuard on_device(device);
+    const auto logits_c = logits.contiguous(), targets_c = targets.contiguous(), stats_c = stats.contiguous();
+    // The loss's gradient stays on the GPU: reading it here would wait for the GPU.
+    const auto scale = grad_loss.to(device, c10::kFloat).reshape({1}).contiguous();
+    auto grad = torch::empty(logits.sizes(), logits.options());
+    kernels::CrossEntropyBackward args;
+    args.logits = logits_c.data_ptr();
+    args.logits_dtype = *kernel_dtype(logits.scalar_type());
+    args.targets = targets_c.data_ptr<int64_t>();
+    args.stats = stats_c.data_ptr<float>();
+    args.grad_loss = scale.data_ptr<float>();
+    args.grad_logits = grad.data_ptr();
+    args.rows = logits.size(0);
+    args.vocab = logits.size(1);
+    check(kernels::cross_entropy_backward(args, at::cuda::getCurrentCUDAStream()),
+          "plexus's cross-entropy backward kernel", kLossHint);
+    return grad;
 }
 
 }  // namespace
@@ -130,6 +188,8 @@ void gpu::register_operators() {
                                                         __FILE__, __LINE__);
     cuda->impl("layer_norm_forward", TORCH_FN(layer_norm_forward_cuda));
     cuda->impl("layer_norm_backward", TORCH_FN(layer_norm_backward_cuda));
+    cuda->impl("cross_entropy_forward", TORCH_FN(cross_entropy_forward_cuda));
+    cuda->impl("cross_entropy_backward", TORCH_FN(cross_entropy_backward_cuda));
 }
 
 }  // namespace plexus::host

@@ -25,10 +25,10 @@
 
 #include <vector>
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
 #include "plexus/compat.hpp"
+#include "plexus/operators.hpp"
 
 namespace plexus {
 
@@ -40,20 +40,13 @@ struct NormedSum {
 
 namespace detail {
 
-// The host registers plexus's own operators with LibTorch's dispatcher before it loads a plugin:
+// The operators behind the fused path (registered by the host, see plexus/operators.hpp):
 //   plexus::layer_norm_forward(x, residual?, weight, bias, eps, out_dtype)
 //       -> (sum [empty without a residual], normed, mean [rows], rstd [rows])
 //   plexus::layer_norm_backward(grad_normed?, grad_sum?, sum, mean, rstd, weight, residual_dtype?)
 //       -> (grad_x, grad_residual [empty without a residual], grad_weight, grad_bias)
 // with LibTorch's kernels on the CPU and plexus's fused ones in CUDA builds (host/kernels/).
-inline c10::optional<c10::OperatorHandle> host_operator(const char* name) {
-    return c10::Dispatcher::singleton().findSchema({name, ""});
-}
-
-inline bool host_layer_norm_on(c10::DispatchKey key) {
-    auto op = host_operator("plexus::layer_norm_forward");
-    return op && op->hasKernelForDispatchKey(key);
-}
+inline bool host_layer_norm_on(c10::DispatchKey key) { return host_kernel_on("plexus::layer_norm_forward", key); }
 
 // apply(x, residual, weight, bias, eps, out_dtype) or, without a residual,
 // apply(x, weight, bias, eps, out_dtype) -> {sum, normed}. (Two forms because LibTorch 1.13's

@@ -14,6 +14,10 @@
 //   this one: forward the same log_softmax (saved, in float) and gather; backward turns the
 //     saved log p into p * g / N in place (bf16 logits: written straight in bf16), then
 //     overwrites the N target entries with (p - 1) * g / N computed in float.
+//   on a GPU (CUDA builds): plexus's kernels. Forward reads the logits once and keeps two
+//     floats per row; backward writes (p - [j = target]) * g / N in the logits' dtype in one
+//     pass. An id outside [0, V) makes the loss NaN there (no error: checking
+//     would wait for the GPU), which the harness reports as a diverged run.
 //
 // Reduced-precision logits (bf16 under autocast) are normalized in float, as torch's autocast
 // does for its cross-entropy, and the target entries keep float accuracy: p close to 1 does not
@@ -23,6 +27,8 @@
 #include <limits>
 
 #include <torch/torch.h>
+
+#include "plexus/operators.hpp"
 
 namespace plexus {
 
@@ -67,6 +73,34 @@ struct CrossEntropyFunction : torch::autograd::Function<CrossEntropyFunction> {
     }
 };
 
+// On a GPU: the host's operators (plexus/operators.hpp), plexus's fused kernels in CUDA builds:
+//   plexus::cross_entropy_forward(logits [N, V], targets [N]) -> (mean loss, stats [N, 2])
+//   plexus::cross_entropy_backward(grad_loss, logits, targets, stats) -> grad_logits
+// stats holds each row's log-sum-exp and that of its logits other than the target's, from which
+// p_target - 1 is computed without cancelling. Only the logits (as given, bf16 under autocast)
+// and these two floats per row are kept for backward.
+struct FusedCrossEntropyFunction : torch::autograd::Function<FusedCrossEntropyFunction> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
+                                 const torch::Tensor& targets) {
+        static const auto op = host_operator("plexus::cross_entropy_forward")
+                                   ->typed<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&,
+                                                                                    const torch::Tensor&)>();
+        auto [loss, stats] = op.call(logits, targets);
+        ctx->save_for_backward({logits, targets, stats});
+        return loss;
+    }
+
+    static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::tensor_list grad_outputs) {
+        static const auto op =
+            host_operator("plexus::cross_entropy_backward")
+                ->typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                      const torch::Tensor&)>();
+        const auto saved = ctx->get_saved_variables();
+        return {op.call(grad_outputs[0], saved[0], saved[1], saved[2]), torch::Tensor()};
+    }
+};
+
 }  // namespace detail
 
 // Mean next-token cross-entropy of logits [..., V] against target ids [...].
@@ -75,6 +109,8 @@ inline torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Ten
     const auto flat_targets = targets.reshape({-1});
     // "meta" tensors carry shapes only: torch's composite gives the same shapes and gradient flow.
     if (logits.is_meta()) return torch::nn::functional::cross_entropy(flat_logits, flat_targets);
+    if (logits.is_cuda() && detail::host_kernel_on("plexus::cross_entropy_forward", c10::DispatchKey::CUDA))
+        return detail::FusedCrossEntropyFunction::apply(flat_logits, flat_targets);
     return detail::CrossEntropyFunction::apply(flat_logits, flat_targets);
 }
 
