@@ -41,7 +41,9 @@ class Layer(nn.Module):
 
     def forward(self, x, mask):
         b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        # unbind along the q/k/v axis, then transpose: the backward stacks the three gradients
+        # straight into the projection's layout (permuting first costs a second copy)
+        q, k, v = (h.transpose(1, 2) for h in self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).unbind(2))
         if HAS_SDPA:  # what plexus's compat::causal_attention uses on LibTorch 2.x
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

@@ -115,10 +115,12 @@ inline torch::Tensor attention_heads(const torch::Tensor& in, const Params& qkv,
                                      const torch::Tensor& mask) {
     const auto B = in.size(0), T = in.size(1), heads = qkv.weight.size(0) / (3 * head_dim);
     // unbind, not h[0..2]: its backward stacks the three gradients once, where three selects
-    // would each build a zero tensor of the whole projection and add them up.
-    const auto h =
-        torch::linear(in, qkv.weight, qkv.bias).view({B, T, 3, heads, head_dim}).permute({2, 0, 3, 1, 4}).unbind(0);
-    auto y = compat::causal_attention(h[0], h[1], h[2], mask);
+    // would each build a zero tensor of the whole projection and add them up. Unbound along the
+    // q/k/v axis and then transposed (not permuted first), so that the stack lands in the
+    // projection's own layout: permuting first left it in another, and the view back to
+    // [B, T, 3D] copied all of it a second time.
+    const auto h = torch::linear(in, qkv.weight, qkv.bias).view({B, T, 3, heads, head_dim}).unbind(2);
+    auto y = compat::causal_attention(h[0].transpose(1, 2), h[1].transpose(1, 2), h[2].transpose(1, 2), mask);
     return y.transpose(1, 2).reshape({B, T, heads * head_dim});
 }
 
