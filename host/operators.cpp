@@ -59,8 +59,9 @@ std::tuple<torch::Tensor, torch::Tensor> cross_entropy_forward_reference(const t
     const auto picked = wide.gather(1, index).squeeze(1);  // a target out of range: gather's error
     const auto rest = at::logsumexp(wide.scatter(1, index, -std::numeric_limits<double>::infinity()), {1});
     const auto d = rest - picked;
-    const auto row_loss = d.clamp_min(0) + (-d.abs()).exp().log1p();  // softplus(d)
-    return {row_loss.mean(), torch::stack({picked + row_loss, rest}, 1)};
+    const auto tail = (-d.abs()).exp().log1p();
+    const auto row_loss = d.clamp_min(0) + tail;  // softplus(d)
+    return {row_loss.mean(), torch::stack({torch::maximum(rest, picked) + tail, rest}, 1)};
 }
 
 torch::Tensor cross_entropy_backward_reference(const torch::Tensor& grad_loss, const torch::Tensor& logits,

@@ -1,9 +1,10 @@
 // See cross_entropy.hpp. One thread block per row of logits (a GPT vocabulary is ~50k values,
-// 100 KB in bf16: too many for registers, so each thread folds its strided share into a running
-// maximum and sum of exponentials, and the block combines the pairs).
+// 100 KB in bf16: too many for registers, so each thread folds its strided share, 8 values at a
+// time, into a running maximum and sum of exponentials, and the block combines the pairs).
 #include "cross_entropy.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "device.cuh"
@@ -14,14 +15,18 @@ namespace {
 
 using namespace device;
 
-// (m, s) stands for s * exp(m): adds (m2, s2) to it without overflow. -inf is the empty sum; a
-// NaN anywhere makes s NaN.
+constexpr int kThreads = 512;  // 4 blocks per multiprocessor: one block's reduction overlaps the others' loads
+constexpr int kUnroll = 8;     // logits each thread loads before using any: 8 loads in flight, not 1
+
+// (m, s) stands for s * exp(m): adds (m2, s2). Symmetric, so every lane of a warp's butterfly
+// agrees; a NaN is never dropped (a thread that saw only a NaN holds (-inf, NaN)); two +inf
+// give +inf.
 __device__ __forceinline__ void add_scaled(float& m, float& s, float m2, float s2) {
     if (m2 > m) {
-        s = s * expf(m - m2) + s2;
+        s = s * expf(m - m2) + s2;  // m = -inf: s * 0 (a NaN s stays NaN)
         m = m2;
-    } else if (m2 != -INFINITY) {
-        s += s2 * expf(m2 - m);
+    } else {
+        s += s2 * (m2 == m ? 1.0f : expf(m2 - m));  // m2 = -inf < m: s2 * 0; a NaN m2: NaN
     }
 }
 
@@ -54,25 +59,43 @@ __device__ void block_log_sum_exp(float& m, float& s) {
 __device__ __forceinline__ float softplus(float d) { return fmaxf(d, 0.0f) + log1pf(expf(-fabsf(d))); }
 
 // Per row: the log-sum-exp of the logits other than the target's ("rest"), then the loss as
-// softplus(rest - x_target) and the whole log-sum-exp as x_target + loss. Both stay accurate for
-// a confident row, where 1 - p_target is tiny and log p_target would cancel.
+// softplus(rest - x_target) and the whole log-sum-exp as max + log1p(exp(-|difference|)). Both
+// stay accurate for a confident row, where 1 - p_target is tiny and log p_target would cancel.
 template <typename T>
-__global__ void __launch_bounds__(1024) cross_entropy_forward_kernel(CrossEntropyForward a) {
-    const auto* logits = static_cast<const T*>(a.logits);
+__global__ void __launch_bounds__(kThreads) cross_entropy_forward_kernel(CrossEntropyForward a) {
+    const auto* __restrict__ logits = static_cast<const T*>(a.logits);
+    const int vocab = static_cast<int>(a.vocab);  // the launcher refuses a vocabulary near INT_MAX
     for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        const T* x = logits + row * a.vocab;
+        const T* __restrict__ x = logits + row * a.vocab;
         const int64_t target = a.targets[row];
+        const bool valid = target >= 0 && target < a.vocab;
+        const float picked = threadIdx.x == 0 && valid ? to_float(x[target]) : NAN;  // loaded early
         float m = -INFINITY, s = 0.0f;
-        for (int64_t j = threadIdx.x; j < a.vocab; j += blockDim.x)
-            if (j != target) add_scaled(m, s, to_float(x[j]), 1.0f);
+        for (int j0 = threadIdx.x; j0 < vocab; j0 += kUnroll * kThreads) {
+            float v[kUnroll];
+#pragma unroll
+            for (int k = 0; k < kUnroll; ++k) {  // every load first
+                const int j = j0 + k * kThreads;
+                v[k] = j < vocab && j != target ? to_float(x[j]) : -INFINITY;
+            }
+            float top = v[0];
+#pragma unroll
+            for (int k = 1; k < kUnroll; ++k) top = fmaxf(top, v[k]);  // fmaxf skips a NaN; the sum keeps it
+            const float m_new = fmaxf(m, top);
+            const float base = isfinite(m_new) ? m_new : 0.0f;  // all -inf so far: the exps are 0; +inf: s is inf
+            float t = 0.0f;
+#pragma unroll
+            for (int k = 0; k < kUnroll; ++k) t += __expf(v[k] - base);
+            s = s * __expf(m - base) + t;
+            m = m_new;
+        }
         block_log_sum_exp(m, s);
         if (threadIdx.x == 0) {
-            const float rest = m + logf(s);  // -inf when the target is the only entry
-            const float picked = target >= 0 && target < a.vocab ? to_float(x[target]) : NAN;
-            const float loss = softplus(rest - picked);
-            a.stats[2 * row] = picked + loss;
+            const float rest = m + logf(s);  // -inf when the target is the row's only entry
+            const float d = rest - picked;
+            a.stats[2 * row] = fmaxf(rest, picked) + log1pf(expf(-fabsf(d)));
             a.stats[2 * row + 1] = rest;
-            a.row_loss[row] = loss;
+            a.row_loss[row] = softplus(d);
         }
     }
 }
@@ -80,44 +103,56 @@ __global__ void __launch_bounds__(1024) cross_entropy_forward_kernel(CrossEntrop
 // p_j = exp(x_j - lse); at the target p - 1 = -exp(rest - lse), which keeps its precision where
 // p is close to 1.
 template <typename T>
-__global__ void __launch_bounds__(1024) cross_entropy_backward_kernel(CrossEntropyBackward a) {
-    const auto* logits = static_cast<const T*>(a.logits);
-    auto* grad = static_cast<T*>(a.grad_logits);
+__global__ void __launch_bounds__(kThreads) cross_entropy_backward_kernel(CrossEntropyBackward a) {
+    const auto* __restrict__ logits = static_cast<const T*>(a.logits);
+    auto* __restrict__ grad = static_cast<T*>(a.grad_logits);
+    const int vocab = static_cast<int>(a.vocab);
     const float scale = *a.grad_loss / static_cast<float>(a.rows);
     for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        const T* x = logits + row * a.vocab;
-        T* g = grad + row * a.vocab;
+        const T* __restrict__ x = logits + row * a.vocab;
+        T* __restrict__ g = grad + row * a.vocab;
         const float lse = a.stats[2 * row], rest = a.stats[2 * row + 1];
         const int64_t target = a.targets[row];
-        for (int64_t j = threadIdx.x; j < a.vocab; j += blockDim.x)
-            g[j] = from_float<T>((j == target ? -expf(rest - lse) : expf(to_float(x[j]) - lse)) * scale);
+        const float at_target = -expf(rest - lse) * scale;
+        for (int j0 = threadIdx.x; j0 < vocab; j0 += kUnroll * kThreads) {
+            float v[kUnroll];
+#pragma unroll
+            for (int k = 0; k < kUnroll; ++k) {
+                const int j = j0 + k * kThreads;
+                v[k] = j < vocab ? to_float(x[j]) : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < kUnroll; ++k) {
+                const int j = j0 + k * kThreads;
+                if (j < vocab) g[j] = from_float<T>(j == target ? at_target : __expf(v[k] - lse) * scale);
+            }
+        }
     }
-}
-
-int threads_for(int64_t vocab) {
-    return static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (vocab + 31) / 32 * 32)));
 }
 
 unsigned blocks_for(int64_t rows) { return static_cast<unsigned>(std::min<int64_t>(rows, 1 << 30)); }
 
+// Column indices are 32-bit (cheaper in the inner loops); rows * vocab may exceed 2^31.
+bool vocab_fits(int64_t vocab) { return vocab > 0 && vocab <= INT_MAX - kUnroll * kThreads; }
+
 }  // namespace
 
 cudaError_t cross_entropy_forward(const CrossEntropyForward& args, cudaStream_t stream) {
-    if (args.vocab <= 0) return cudaErrorInvalidValue;
+    if (!vocab_fits(args.vocab)) return cudaErrorInvalidValue;
     if (args.rows == 0) return cudaSuccess;
     with_type(args.logits_dtype, [&](auto type) {
         using T = typename decltype(type)::type;
-        cross_entropy_forward_kernel<T><<<blocks_for(args.rows), threads_for(args.vocab), 0, stream>>>(args);
+        cross_entropy_forward_kernel<T><<<blocks_for(args.rows), kThreads, 0, stream>>>(args);
     });
     return cudaGetLastError();
 }
 
 cudaError_t cross_entropy_backward(const CrossEntropyBackward& args, cudaStream_t stream) {
-    if (args.vocab <= 0) return cudaErrorInvalidValue;
+    if (!vocab_fits(args.vocab)) return cudaErrorInvalidValue;
     if (args.rows == 0) return cudaSuccess;
     with_type(args.logits_dtype, [&](auto type) {
         using T = typename decltype(type)::type;
-        cross_entropy_backward_kernel<T><<<blocks_for(args.rows), threads_for(args.vocab), 0, stream>>>(args);
+        cross_entropy_backward_kernel<T><<<blocks_for(args.rows), kThreads, 0, stream>>>(args);
     });
     return cudaGetLastError();
 }
