@@ -158,8 +158,8 @@ bool take_flag(std::vector<std::string>& args, const std::string& flag, std::str
         if (!separate && args[i].rfind(flag + "=", 0) != 0) continue;
         value = separate ? args[i + 1] : args[i].substr(flag.size() + 1);
         args.erase(args.begin() + i, args.begin() + i + (separate ? 2 : 1));
-        // No flag means anything empty; `--db "$DB"` with DB unset would otherwise quietly
-        // take the default.
+        // No flag takes an empty value on purpose: `--db "$DB"` with DB unset would otherwise
+        // quietly mean the default database.
         if (value.empty())
             throw UsageError(flag + " was given an empty value (a shell variable that is unset or empty expands to nothing)");
         return true;
