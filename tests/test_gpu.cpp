@@ -26,10 +26,12 @@ namespace {
 
 const torch::Device kGpu(torch::kCUDA, 0);
 
-double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
+// The largest difference over the largest reference value (or over `floor`, if larger: the
+// natural scale of a sum that may land near 0).
+double max_rel(const torch::Tensor& a, const torch::Tensor& b, double floor = 1e-30) {
     if (a.numel() == 0 && b.numel() == 0) return 0.0;
     const auto x = a.to(torch::kCPU, torch::kFloat64), y = b.to(torch::kCPU, torch::kFloat64);
-    return ((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item<double>();
+    return ((x - y).abs().max() / y.abs().max().clamp_min(floor)).item<double>();
 }
 
 // The tiny GPT on `device`, with `from`'s parameters when given.
@@ -337,8 +339,11 @@ TEST_CASE("plexus's layer norm kernels compute LibTorch's values and gradients",
                         const auto [rx, rres, rw, rb] = host::layer_norm_backward_reference(
                             grad_normed, given_sum, input, ref_mean, ref_rstd, weight, residual_dtype);
                         CHECK(max_rel(gx, rx) < 1e-4);
-                        CHECK(max_rel(gw, rw) < 1e-4);
-                        CHECK(max_rel(gb, rb) < 1e-4);
+                        // weight and bias gradients are sums over rows of +-N(0, 1) terms: at width
+                        // 1 the one sum can land near 0, so they are measured against its scale
+                        const double scale = std::sqrt(static_cast<double>(std::max<int64_t>(rows, 1)));
+                        CHECK(max_rel(gw, rw, scale) < 1e-4);
+                        CHECK(max_rel(gb, rb, scale) < 1e-4);
                         if (residual_dtype) {
                             REQUIRE(gres.scalar_type() == *residual_dtype);
                             CHECK(max_rel(gres, rres) < 1e-2);

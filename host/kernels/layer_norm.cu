@@ -1,6 +1,9 @@
 // See layer_norm.hpp. One thread block per row; each thread keeps its share of the row (at most 8
 // values, strided by the block size so that a warp's loads are contiguous) in registers, so the
-// row is read from memory once and the statistics take two block-wide sums.
+// row is read from memory once and the statistics take two block-wide sums. Every load of a row
+// is issued before its first store: a store may alias a later load for all the compiler knows,
+// so loads interleaved with stores would go one at a time (latency-bound, about half the
+// bandwidth by a review's estimate).
 #include "layer_norm.hpp"
 
 #include <algorithm>
@@ -42,16 +45,27 @@ __global__ void __launch_bounds__(1024) layer_norm_forward_kernel(LayerNormForwa
     const float inv_width = 1.0f / static_cast<float>(a.width);
     for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
         const int64_t base = row * a.width;
-        float v[kPerThread];
+        float v[kPerThread], r[kPerThread], w[kPerThread], b[kPerThread];
+        // The row's loads before its first store (a store to sum might alias x or the residual
+        // for all the compiler knows, so no later load may pass it): all 16 in flight together.
+#pragma unroll
+        for (int k = 0; k < kPerThread; ++k) {
+            const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+            v[k] = r[k] = w[k] = b[k] = 0.0f;
+            if (j < a.width) {
+                v[k] = a.x[base + j];
+                if (residual) r[k] = to_float(residual[base + j]);
+                w[k] = a.weight[j];
+                b[k] = a.bias[j];
+            }
+        }
         float s = 0.0f;
 #pragma unroll
         for (int k = 0; k < kPerThread; ++k) {
             const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-            v[k] = 0.0f;
             if (j < a.width) {
-                v[k] = a.x[base + j];
                 if (residual) {
-                    v[k] += to_float(residual[base + j]);
+                    v[k] += r[k];
                     a.sum[base + j] = v[k];
                 }
                 s += v[k];
@@ -68,7 +82,7 @@ __global__ void __launch_bounds__(1024) layer_norm_forward_kernel(LayerNormForwa
 #pragma unroll
         for (int k = 0; k < kPerThread; ++k) {
             const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-            if (j < a.width) normed[base + j] = from_float<Normed>((v[k] - mean) * rstd * a.weight[j] + a.bias[j]);
+            if (j < a.width) normed[base + j] = from_float<Normed>((v[k] - mean) * rstd * w[k] + b[k]);
         }
         if (threadIdx.x == 0) {
             a.mean[row] = mean;
@@ -84,11 +98,14 @@ __global__ void __launch_bounds__(1024) layer_norm_backward_kernel(LayerNormBack
     const auto* grad_normed = static_cast<const Grad*>(a.grad_normed);
     auto* grad_residual = static_cast<Residual*>(a.grad_residual);
     const float inv_width = 1.0f / static_cast<float>(a.width);
-    float weight[kPerThread], grad_weight[kPerThread], grad_bias[kPerThread];
+    // The weight in shared memory (each thread reads back only its own columns: no barrier),
+    // which leaves the registers to the row's values.
+    extern __shared__ float weight[];
+    float grad_weight[kPerThread], grad_bias[kPerThread];
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
         const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-        weight[k] = j < a.width ? a.weight[j] : 0.0f;
+        if (j < a.width) weight[j] = a.weight[j];
         grad_weight[k] = 0.0f;
         grad_bias[k] = 0.0f;
     }
@@ -96,16 +113,25 @@ __global__ void __launch_bounds__(1024) layer_norm_backward_kernel(LayerNormBack
         const int64_t base = row * a.width;
         const float mean = a.mean[row], rstd = a.rstd[row];
         float xhat[kPerThread], g[kPerThread];
+        // The row's loads first, all in flight together: g holds the incoming gradient and xhat
+        // the sum until they are computed.
+#pragma unroll
+        for (int k = 0; k < kPerThread; ++k) {
+            const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+            xhat[k] = g[k] = 0.0f;
+            if (j < a.width) {
+                g[k] = to_float(grad_normed[base + j]);
+                xhat[k] = a.sum[base + j];
+            }
+        }
         float sum_g = 0.0f, sum_g_xhat = 0.0f;
 #pragma unroll
         for (int k = 0; k < kPerThread; ++k) {
             const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-            xhat[k] = 0.0f;
-            g[k] = 0.0f;
             if (j < a.width) {
-                const float dy = to_float(grad_normed[base + j]);
-                xhat[k] = (a.sum[base + j] - mean) * rstd;
-                g[k] = dy * weight[k];
+                const float dy = g[k];
+                xhat[k] = (xhat[k] - mean) * rstd;
+                g[k] = dy * weight[j];
                 sum_g += g[k];
                 sum_g_xhat += g[k] * xhat[k];
                 grad_weight[k] += dy * xhat[k];
@@ -114,12 +140,23 @@ __global__ void __launch_bounds__(1024) layer_norm_backward_kernel(LayerNormBack
         }
         const float mean_g = block_sum(sum_g) * inv_width;
         const float mean_g_xhat = block_sum(sum_g_xhat) * inv_width;
+        // g becomes dx / rstd, and xhat, no longer needed, takes the residual stream's gradient:
+        // its eight loads issued before the first store (which might alias grad_sum).
+#pragma unroll
+        for (int k = 0; k < kPerThread; ++k) g[k] = g[k] - mean_g - xhat[k] * mean_g_xhat;
+        if (a.grad_sum) {
+#pragma unroll
+            for (int k = 0; k < kPerThread; ++k) {
+                const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+                if (j < a.width) xhat[k] = a.grad_sum[base + j];
+            }
+        }
 #pragma unroll
         for (int k = 0; k < kPerThread; ++k) {
             const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
             if (j < a.width) {
-                float dx = rstd * (g[k] - mean_g - xhat[k] * mean_g_xhat);
-                if (a.grad_sum) dx += a.grad_sum[base + j];
+                float dx = rstd * g[k];
+                if (a.grad_sum) dx += xhat[k];
                 a.grad_x[base + j] = dx;
                 if (grad_residual) grad_residual[base + j] = from_float<Residual>(dx);
             }
@@ -165,7 +202,8 @@ cudaError_t layer_norm_backward(const LayerNormBackward& args, cudaStream_t stre
             using Residual = typename decltype(residual)::type;
             using Grad = typename decltype(grad)::type;
             layer_norm_backward_kernel<Residual, Grad>
-                <<<static_cast<unsigned>(args.blocks), threads_for(args.width), 0, stream>>>(args);
+                <<<static_cast<unsigned>(args.blocks), threads_for(args.width), args.width * sizeof(float), stream>>>(
+                    args);
         });
     });
     return cudaGetLastError();
