@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <functional>
@@ -53,9 +54,15 @@ struct TempDir {
 };
 
 struct CommandResult {
-    int exit_code = -1;
-    std::string output;  // stdout and stderr together
+    int exit_code = -1;   // its exit status, or 128 + the signal that killed it
+    bool exited = false;  // it exited (rather than died of a signal: 130 can be either)
+    std::string output;   // stdout and stderr together
 };
+
+inline void set_status(CommandResult& r, int status) {
+    r.exited = WIFEXITED(status);
+    r.exit_code = r.exited ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 inline CommandResult run_command(const std::string& command) {
     CommandResult r;
@@ -64,9 +71,35 @@ inline CommandResult run_command(const std::string& command) {
     char buf[4096];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-    int status = pclose(p);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    set_status(r, pclose(p));
     return r;
+}
+
+// Waits for a process started with its stdout and stderr in `log`; its status and that output.
+inline CommandResult wait_logged(pid_t pid, const std::string& log) {
+    CommandResult r;
+    int status = 0;
+    waitpid(pid, &status, 0);
+    set_status(r, status);
+    std::ifstream in(log);
+    r.output.assign((std::istreambuf_iterator<char>(in)), {});
+    return r;
+}
+
+// Polls `db` every 50 ms, for up to 30 s, until its newest run has recorded `steps` losses (a run
+// in another process is under way); returns how many it had by then.
+inline size_t wait_for_losses(const std::string& db, size_t steps) {
+    size_t seen = 0;
+    for (int i = 0; i < 600 && seen < steps; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        try {
+            host::ResultsStore store(db);
+            const auto runs = store.list_runs(1);
+            if (!runs.empty()) seen = store.metric_series(runs[0].id, "loss").size();
+        } catch (...) {  // the database may not exist yet, or be mid-write
+        }
+    }
+    return seen;
 }
 
 // Runs the plexus binary with `args`; the peak is fixed so no test measures the CPU.

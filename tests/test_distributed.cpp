@@ -157,17 +157,7 @@ Outcome signal_a_local_run(const TempDir& dir, int sig, double timeout_s, bool t
                             " --set train.steps=100000 --set train.log_every=1 --set launch.timeout=" +
                             std::to_string(timeout_s) + " --progress lines";
     const pid_t launcher = start_logged(cmd, log);
-    int64_t steps = 0;
-    for (int i = 0; i < 600 && steps < 5; ++i) {  // polls the database for up to 30 s
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        try {
-            host::ResultsStore store(db);
-            auto runs = store.list_runs(1);
-            if (!runs.empty()) steps = static_cast<int64_t>(store.metric_series(runs[0].id, "loss").size());
-        } catch (...) {
-        }
-    }
-    REQUIRE(steps >= 5);
+    REQUIRE(wait_for_losses(db, 5) >= 5);
     std::vector<pid_t> workers;
     std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
     for (pid_t p; children >> p;) workers.push_back(p);
@@ -181,16 +171,14 @@ Outcome signal_a_local_run(const TempDir& dir, int sig, double timeout_s, bool t
     REQUIRE(rank1 > 0);
     const auto t0 = std::chrono::steady_clock::now();
     kill(to_launcher ? launcher : rank1, sig);
-    int status = 0;
-    waitpid(launcher, &status, 0);
+    const auto ended = wait_logged(launcher, log);
     o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    o.exit_code = ended.exit_code;
+    o.log = ended.output;
     o.workers_left = false;
     for (pid_t w : workers) o.workers_left |= alive(w);
     host::ResultsStore store(db);
     o.run = store.list_runs(1).at(0);
-    std::ifstream out(log);
-    o.log.assign((std::istreambuf_iterator<char>(out)), {});
     return o;
 }
 
@@ -241,13 +229,10 @@ TEST_CASE("SIGTERM to the launcher while its workers start records the run inter
     }
     REQUIRE(started);
     kill(launcher, SIGTERM);
-    int status = 0;
-    waitpid(launcher, &status, 0);
-    std::ifstream in(log);
-    const std::string output((std::istreambuf_iterator<char>(in)), {});
-    INFO(output);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 130);
+    const auto ended = wait_logged(launcher, log);
+    INFO(ended.output);
+    CHECK(ended.exited);
+    CHECK(ended.exit_code == 130);
     host::ResultsStore store(db);
     const auto run = store.list_runs(1).at(0);
     CHECK(run.status == "interrupted");

@@ -256,26 +256,13 @@ TEST_CASE("Ctrl-C stops a sweep, marks the running run interrupted, and the next
         _exit(127);
     }
     setpgid(sweep, sweep);
-    size_t steps = 0;
-    for (int i = 0; i < 600 && steps < 3; ++i) {  // polls the database for up to 30 s
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        try {
-            host::ResultsStore store(db);
-            auto runs = store.list_runs(1);
-            if (!runs.empty()) steps = store.metric_series(runs[0].id, "loss").size();
-        } catch (...) {
-        }
-    }
-    REQUIRE(steps >= 3);
+    REQUIRE(wait_for_losses(db, 3) >= 3);
     kill(-sweep, SIGINT);  // what Ctrl-C does: the whole foreground group
-    int status = 0;
-    waitpid(sweep, &status, 0);
-    std::ifstream out(log);
-    const std::string text((std::istreambuf_iterator<char>(out)), {});
-    INFO(text);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 130);
-    CHECK_THAT(text, Contains("interrupted") && Contains("run the same command again to resume"));
+    const auto ended = wait_logged(sweep, log);
+    INFO(ended.output);
+    CHECK(ended.exited);
+    CHECK(ended.exit_code == 130);
+    CHECK_THAT(ended.output, Contains("interrupted") && Contains("run the same command again to resume"));
     host::ResultsStore store(db);
     auto runs = store.sweep_runs(store.find_sweep("g")->id);
     REQUIRE(runs.size() == 1);
