@@ -130,31 +130,29 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_backward_kernel(CrossE
     }
 }
 
-unsigned blocks_for(int64_t rows) { return static_cast<unsigned>(std::min<int64_t>(rows, 1 << 30)); }
-
 // Column indices are 32-bit (cheaper in the inner loops); rows * vocab may exceed 2^31.
 bool vocab_fits(int64_t vocab) { return vocab > 0 && vocab <= INT_MAX - kUnroll * kThreads; }
+
+// Launches kernel_for(Tag<T>{}), the kernel for the logits' type: a block of kThreads per row.
+template <typename Args, typename KernelFor>
+cudaError_t launch_per_row(const Args& args, cudaStream_t stream, KernelFor kernel_for) {
+    if (!vocab_fits(args.vocab)) return cudaErrorInvalidValue;
+    if (args.rows == 0) return cudaSuccess;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(args.rows, 1 << 30));
+    with_type(args.logits_dtype, [&](auto type) { kernel_for(type)<<<blocks, kThreads, 0, stream>>>(args); });
+    return cudaGetLastError();
+}
 
 }  // namespace
 
 cudaError_t cross_entropy_forward(const CrossEntropyForward& args, cudaStream_t stream) {
-    if (!vocab_fits(args.vocab)) return cudaErrorInvalidValue;
-    if (args.rows == 0) return cudaSuccess;
-    with_type(args.logits_dtype, [&](auto type) {
-        using T = typename decltype(type)::type;
-        cross_entropy_forward_kernel<T><<<blocks_for(args.rows), kThreads, 0, stream>>>(args);
-    });
-    return cudaGetLastError();
+    return launch_per_row(args, stream,
+                          [](auto type) { return cross_entropy_forward_kernel<typename decltype(type)::type>; });
 }
 
 cudaError_t cross_entropy_backward(const CrossEntropyBackward& args, cudaStream_t stream) {
-    if (!vocab_fits(args.vocab)) return cudaErrorInvalidValue;
-    if (args.rows == 0) return cudaSuccess;
-    with_type(args.logits_dtype, [&](auto type) {
-        using T = typename decltype(type)::type;
-        cross_entropy_backward_kernel<T><<<blocks_for(args.rows), kThreads, 0, stream>>>(args);
-    });
-    return cudaGetLastError();
+    return launch_per_row(args, stream,
+                          [](auto type) { return cross_entropy_backward_kernel<typename decltype(type)::type>; });
 }
 
 }  // namespace plexus::host::kernels
