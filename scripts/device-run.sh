@@ -76,7 +76,7 @@ fi
 
 if [ -x "$root/build-gpu/tests/plexus_tests" ]; then
   (cd "$root/build-gpu/tests" && timeout 240 ./plexus_tests "[gpu]" -r compact) > "$out/gpu-tests.log" 2>&1
-  say "GPU tests: $(tail -1 "$out/gpu-tests.log")"
+  say "GPU tests: $(grep -v '^[[:space:]]*$' "$out/gpu-tests.log" | tail -1)"
 fi
 # DEVICE_RUN_FIRST: a ctest -R pattern of tests to run before the rest, one at a time (tests
 # that failed on an earlier device run: their output is what the next session needs).

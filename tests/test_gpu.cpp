@@ -435,7 +435,7 @@ TEST_CASE("plexus's cross-entropy kernels compute the reference operators' loss 
     const auto small = torch::randn({4, 10}, torch::TensorOptions().device(kGpu));
     for (const int64_t bad : {10, -1}) {
         INFO("target " << bad);
-        CHECK(std::isnan(std::get<0>(forward.call(small, torch::tensor({1, bad, 0, 2}, torch::kLong).to(kGpu))).item<double>()));
+        CHECK(std::isnan(std::get<0>(forward.call(small, torch::tensor(std::vector<int64_t>{1, bad, 0, 2}).to(kGpu))).item<double>()));
     }
     // A NaN logit that is not the target's still makes its row's loss NaN (each thread holds one
     // value at vocabulary 1000: a NaN must survive the block's combination).
