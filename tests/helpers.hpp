@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include "config.hpp"
 #include "context.hpp"
 #include "launch.hpp"
@@ -30,6 +32,26 @@
 namespace plexus::test {
 
 namespace fs = std::filesystem;
+
+// Runs SQL on a database file with SQLite's library (not the sqlite3 program, which GPU machines
+// lack): the first column of every row, one per line; "error: ..." if it fails.
+inline std::string sql_rows(const fs::path& db, const std::string& sql) {
+    sqlite3* h = nullptr;
+    std::string out;
+    if (sqlite3_open(db.c_str(), &h) != SQLITE_OK) {
+        out = "error: " + std::string(sqlite3_errmsg(h));
+    } else {
+        auto collect = [](void* text, int columns, char** values, char**) {
+            if (columns > 0) *static_cast<std::string*>(text) += std::string(values[0] ? values[0] : "NULL") + "\n";
+            return 0;
+        };
+        char* message = nullptr;
+        if (sqlite3_exec(h, sql.c_str(), collect, &out, &message) != SQLITE_OK) out = "error: " + std::string(message);
+        sqlite3_free(message);
+    }
+    sqlite3_close(h);
+    return out;
+}
 
 // A fresh folder under /tmp, removed at the end of the test.
 struct TempDir {

@@ -192,14 +192,15 @@ TEST_CASE("reading commands need an existing plexus database, and no command wri
     }
     // Another program's SQLite file: refused by reading and recording commands alike, untouched.
     const auto foreign = dir / "notes.db";
-    REQUIRE(run_command("sqlite3 " + foreign + " \"CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine')\"").exit_code == 0);
+    REQUIRE(sql_rows(foreign, "CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine')").empty());
     for (const std::string command : {"runs --db " + foreign, "run " + dir.file("e.toml", kTinyExperiment) + " --db " + foreign}) {
         INFO(command);
         const auto res = run_plexus(command);
         CHECK(res.exit_code == 1);
         CHECK_THAT(res.output, Contains("not plexus's results (its tables: notes)"));
     }
-    CHECK(run_command("sqlite3 " + foreign + " \".tables\"").output == "notes\n");
+    CHECK(sql_rows(foreign, "SELECT name FROM sqlite_master") == "notes\n");
+    CHECK(sql_rows(foreign, "SELECT text FROM notes") == "mine\n");
 }
 
 TEST_CASE("report -o a folder, an unwritable checkpoint folder and `run -h` say what to do", "[e2e][bad-input]") {
