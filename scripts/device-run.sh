@@ -13,6 +13,7 @@
 #       that LibTorch. Aims to finish in under 8 minutes on 16 cores. Prints a summary last.
 #   Environment: DEVICE_RUN_BENCH=0 (build and test only), DEVICE_RUN_BUDGET_S (default 450),
 #   DEVICE_RUN_FIRST (a ctest -R pattern run first, one test at a time, with its output).
+#   OUT_DIR ends up with about a dozen files: where only a few come back, tar it.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 debs=$root/.device-deps
