@@ -9,7 +9,7 @@
 # With MODE = scale: the 1.3B model on 8, 64 and 512 simulated H100s (nodes of 8 on NVLink-class
 # links, 400 Gb/s = 50 GB/s per GPU between nodes) with DDP, ZeRO-3, ACCO and DiLoCo (H = 16),
 # compute at the efficiency plexus measured on a real H100 for this model (EFFICIENCY, default
-# 0.536: bench/gpt_step_gpu.sh, 1.3B bf16, H100, 2026-11-27). About 4 minutes here.
+# 0.536: bench/gpt_step_gpu.sh, 1.3B bf16, H100, 2026-11-27). About 4 minutes here (7 beside a build).
 # Usage: bench/baselines_sim.sh [BUILD_DIR] [STEPS] [baselines|scale] [EFFICIENCY]
 set -euo pipefail
 build=${1:-build}
