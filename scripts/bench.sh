@@ -7,7 +7,7 @@
 #   c10d/Gloo all-reduce bus bandwidth against memcpy            (build/bench/allreduce)
 #   the harness's cost per step against a bare loop              (build/bench/harness_overhead)
 #   the simulated cluster's wall time per simulated rank-step    (bench/sim_scale.sh)
-# Usage: scripts/bench.sh [BUILD_DIR] [--quick]   (--quick: two sizes, fewer rounds; ~3 min)
+# Usage: scripts/bench.sh [BUILD_DIR] [--quick]   (--quick: two sizes, fewer rounds; ~1.5 min)
 # Output: the table on stdout; every benchmark's full output in BUILD_DIR/bench-results/.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
