@@ -31,7 +31,7 @@ echo "calibrating: one rank, one thread, $steps steps of the quickstart GPT..."
 quiet "$plexus" run experiments/quickstart.toml "${common[@]}" --set train.threads=1
 tps=$(summary tokens_per_s)
 flops=$(summary flops_per_token)
-core_peak=$(awk -F'\t' '/threads 1 \|/ {print $2}' "${XDG_CACHE_HOME:-$HOME/.cache}/plexus/peak.txt" | tail -1)
+core_peak=$(awk -F'\t' '/ \| 1 thread\(s\) \|/ {print $2}' "${XDG_CACHE_HOME:-$HOME/.cache}/plexus/peak.txt" | tail -1)
 efficiency=$(awk -v t="$tps" -v f="$flops" -v p="$core_peak" 'BEGIN {printf "%.4f", t * f / p}')
 echo "  $(printf %.0f "$tps") tok/s on one core: efficiency $efficiency of the per-core peak $(awk -v p="$core_peak" 'BEGIN {printf "%.1f", p / 1e9}') GFLOP/s"
 

@@ -51,25 +51,6 @@ double lr_factor(const std::string& schedule, double tokens, double warmup, doub
     return min_ratio + (1.0 - min_ratio) * shape;
 }
 
-void set_compute_threads(int threads) {
-    // OpenBLAS ignores LibTorch's setting and keeps its own pool, unless it is the OpenMP build,
-    // which shares LibTorch's OpenMP pool (scripts/setup.sh selects it). Measured on the bench's
-    // large GPT step (2 cores): OpenMP OpenBLAS with both at 2 threads, 1217 tok/s and 74-80% MFU;
-    // the pthreads build at 2 threads with LibTorch at 1, 1150 tok/s and 68% (its elementwise work
-    // single-threaded beside OpenBLAS's spinning pool); the pthreads build with LibTorch at 2,
-    // 625 tok/s (two pools spinning against each other). So with the pthreads build the cores go
-    // to OpenBLAS and LibTorch stays single-threaded. A LibTorch without OpenBLAS (PyTorch's
-    // wheels use MKL, which follows LibTorch's pool) gets the cores.
-    using SetThreads = void (*)(int);
-    using GetParallel = int (*)();
-    auto set_blas_threads = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-    auto blas_parallel = reinterpret_cast<GetParallel>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
-    constexpr int kOpenBlasOpenMP = 2;  // openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
-    const bool own_pool = set_blas_threads && !(blas_parallel && blas_parallel() == kOpenBlasOpenMP);
-    at::set_num_threads(own_pool ? 1 : threads);
-    if (set_blas_threads) set_blas_threads(threads);
-}
-
 void keep_freed_memory() {
 #ifdef __GLIBC__
     // Tensors of a few MB and more come from mmap and go back at free, so every step faulted its

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "peak.hpp"  // set_compute_threads
+
 namespace plexus::host {
 
 struct Experiment;
@@ -54,10 +56,6 @@ constexpr double kHeartbeatSeconds = 600;
 std::string process_tag();
 std::optional<std::string> live_owner(ResultsStore& store, const RunInfo& run);
 
-// Gives `threads` cores to LibTorch's intra-op pool and to OpenBLAS; with OpenBLAS's pthreads
-// build, whose pool would fight LibTorch's for the cores, LibTorch's stays at one thread
-// (measurements in harness.cpp).
-void set_compute_threads(int threads);
 // Keeps freed tensor memory in the process instead of handing it back to the kernel and
 // faulting it in again at the next step (glibc malloc's thresholds; a no-op elsewhere).
 void keep_freed_memory();

@@ -156,3 +156,66 @@ TEST_CASE("set_compute_threads shares the cores with OpenBLAS's OpenMP build, an
     at::set_num_threads(torch_before);
     set_blas_threads(blas_before);
 }
+
+// The peak cache lives under XDG_CACHE_HOME: these tests point it at a fresh folder, so that they
+// measure (and do not disturb the machine's cache).
+struct FreshPeakCache {
+    TempDir dir;
+    std::string before;
+    bool had = false;
+    FreshPeakCache() {
+        if (const char* v = std::getenv("XDG_CACHE_HOME")) had = true, before = v;
+        setenv("XDG_CACHE_HOME", dir.path.c_str(), 1);
+    }
+    ~FreshPeakCache() {
+        if (had) setenv("XDG_CACHE_HOME", before.c_str(), 1);
+        else unsetenv("XDG_CACHE_HOME");
+    }
+    // The cache's lines for `threads` threads.
+    std::vector<std::string> lines_for(int threads) const {
+        std::ifstream in(dir / "plexus/peak.txt");
+        std::vector<std::string> found;
+        const std::string tag = " | " + std::to_string(threads) + " thread(s) | ";
+        for (std::string line; std::getline(in, line);)
+            if (line.find(tag) != std::string::npos) found.push_back(line);
+        return found;
+    }
+};
+
+TEST_CASE("the CPU peak for N threads is measured with N threads, whatever the caller had set", "[mfu][threads]") {
+    FreshPeakCache cache;
+    using GetInt = int (*)();
+    auto blas_threads = reinterpret_cast<GetInt>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    const int torch_before = at::get_num_threads();
+    host::set_compute_threads(2);
+    // (a simulated cluster asks for the one-thread peak while the process still runs all cores)
+    const auto peak = host::cpu_peak(1);
+    REQUIRE(peak.flops.has_value());
+    CHECK(*peak.flops > 0);
+    CHECK(at::get_num_threads() == 1);
+    if (blas_threads) CHECK(blas_threads() == 1);
+    REQUIRE(cache.lines_for(1).size() == 1);
+    // Read back from the cache: the same number, no second measurement.
+    CHECK(*host::cpu_peak(1).flops == *peak.flops);
+    CHECK_THAT(host::cpu_peak(1).source, Catch::Matchers::Contains("cached in"));
+    host::set_compute_threads(torch_before);
+}
+
+TEST_CASE("runs that start together on a machine with no cached peak share one measurement", "[mfu][sim]") {
+    FreshPeakCache cache;
+    // Two simulated runs on the "measured" device, started at once: the second waits for the
+    // first's measurement (a lock beside the cache) and reads it, so both simulate the same device.
+    const std::string file = cache.dir.file("t.toml", kTinyExperiment);
+    auto command = [&](const std::string& db) {
+        return "XDG_CACHE_HOME=" + cache.dir.path.string() + " " + PLEXUS_BINARY + " run " + file + " --db " + db +
+               " --set launch.mode=sim --set launch.ranks=2 --set sim.device=measured --set train.steps=2 --progress none";
+    };
+    const auto both = run_command(command(cache.dir / "a.db") + " > " + cache.dir / "a.log" + " 2>&1 & " +
+                                  command(cache.dir / "b.db") + " > " + cache.dir / "b.log" + " 2>&1 & wait");
+    REQUIRE(both.exit_code == 0);
+    host::ResultsStore a(cache.dir / "a.db"), b(cache.dir / "b.db");
+    const double peak_a = NewestRun(a)["peak_flops"], peak_b = NewestRun(b)["peak_flops"];
+    CHECK(peak_a > 0);
+    CHECK(peak_a == peak_b);
+    CHECK(cache.lines_for(1).size() == 1);
+}
