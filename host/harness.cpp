@@ -1,6 +1,5 @@
 #include "harness.hpp"
 
-#include <dlfcn.h>
 #include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>

@@ -63,14 +63,7 @@ TEST_CASE("runs, params, metrics and summaries round-trip, metrics upsert", "[re
     CHECK(std::isnan(series[2].second));
     CHECK(count(db, "SELECT count(*) FROM metric") == 3);
     CHECK(count(db, "SELECT count(*) FROM summary WHERE key='final_loss' AND value=3.25") == 1);
-    sqlite3* h = nullptr;
-    sqlite3_open(db.c_str(), &h);
-    sqlite3_stmt* s = nullptr;
-    sqlite3_prepare_v2(h, "PRAGMA journal_mode", -1, &s, nullptr);
-    sqlite3_step(s);
-    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, 0))) == "wal");
-    sqlite3_finalize(s);
-    sqlite3_close(h);
+    CHECK(sql_rows(db, "PRAGMA journal_mode") == "wal\n");
 }
 
 TEST_CASE("a version-1 database is migrated forward without losing rows", "[results]") {
@@ -80,15 +73,8 @@ TEST_CASE("a version-1 database is migrated forward without losing rows", "[resu
         host::ResultsStore store(db);  // build the current schema, then roll the file back to v1
         store.begin_run(some_run("kept"), {{"k", Value(1)}});
     }
-    {
-        sqlite3* h = nullptr;
-        sqlite3_open(db.c_str(), &h);
-        // What a v1 file looks like: no command column, no status index.
-        const char* downgrade =
-            "DROP INDEX run_status; ALTER TABLE run DROP COLUMN command; PRAGMA user_version = 1;";
-        REQUIRE(sqlite3_exec(h, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(h);
-    }
+    // What a v1 file looks like: no command column, no status index.
+    REQUIRE(sql_rows(db, "DROP INDEX run_status; ALTER TABLE run DROP COLUMN command; PRAGMA user_version = 1;").empty());
     CHECK(count(db, "PRAGMA user_version") == 1);
     host::ResultsStore store(db);
     CHECK(store.schema_version() == host::kSchemaVersion);
