@@ -8,9 +8,9 @@
 
 #include <torch/torch.h>
 
-#include "harness.hpp"
-#include "launch.hpp"
-#include "transport_c10d.hpp"
+#include "runtime/harness.hpp"
+#include "transport/launch.hpp"
+#include "transport/c10d.hpp"
 
 using namespace plexus;
 using Clock = std::chrono::steady_clock;

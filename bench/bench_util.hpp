@@ -13,9 +13,9 @@
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
-#include "config.hpp"
-#include "context.hpp"
-#include "loader.hpp"
+#include "config/experiment.hpp"
+#include "runtime/host_context.hpp"
+#include "runtime/loader.hpp"
 
 namespace plexus::bench {
 

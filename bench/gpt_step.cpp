@@ -22,12 +22,12 @@
 #include <torch/torch.h>
 
 #include "bench_util.hpp"
-#include "config.hpp"
-#include "context.hpp"
-#include "cuda.hpp"
-#include "harness.hpp"
-#include "loader.hpp"
-#include "peak.hpp"
+#include "config/experiment.hpp"
+#include "runtime/host_context.hpp"
+#include "device/cuda.hpp"
+#include "runtime/harness.hpp"
+#include "runtime/loader.hpp"
+#include "device/peak.hpp"
 
 using namespace plexus;
 

@@ -15,7 +15,7 @@
 #include <torch/torch.h>
 
 #include "bench_util.hpp"
-#include "harness.hpp"
+#include "runtime/harness.hpp"
 
 using namespace plexus;
 using Clock = std::chrono::steady_clock;

@@ -18,9 +18,9 @@
 #include <torch/torch.h>
 
 #include "bench_util.hpp"
-#include "cuda.hpp"
-#include "harness.hpp"
-#include "operators.hpp"
+#include "device/cuda.hpp"
+#include "runtime/harness.hpp"
+#include "device/dispatch.hpp"
 
 using namespace plexus;
 

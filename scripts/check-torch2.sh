@@ -82,7 +82,8 @@ def command(entry, source):
             out.append(a)
     return "cd %s && %s %s" % (shlex.quote(entry["directory"]), " ".join(map(shlex.quote, out)), shlex.quote(source))
 
-cuda_sources = {"host/cuda_none.cpp": ["host/cuda.cpp", "host/transport_nccl.cpp", "host/kernels/operators_cuda.cpp"],
+cuda_sources = {"host/device/cuda_none.cpp": ["host/device/cuda.cpp", "host/device/kernels/operators_cuda.cpp"],
+                "host/transport/nccl_none.cpp": ["host/transport/nccl.cpp"],
                 "tests/test_precision.cpp": ["tests/test_precision.cpp", "tests/test_gpu.cpp"]}
 n, seen = 0, set()
 for entry in entries:
@@ -98,11 +99,11 @@ for entry in entries:
 # The kernels themselves: compiled for real by nvcc (CUDA's headers only), for the architectures
 # CMake's CUDA build targets.
 nvcc = os.path.join(os.path.dirname(cuda_inc), "bin", "nvcc")
-for kernel in sorted(os.listdir(os.path.join(root, "host/kernels"))):
+for kernel in sorted(os.listdir(os.path.join(root, "host/device/kernels"))):
     if not kernel.endswith(".cu"):
         continue
     n += 1
-    source = "host/kernels/" + kernel
+    source = "host/device/kernels/" + kernel
     log = os.path.join(logs, source.replace("/", "_") + ".log")
     with open(os.path.join(logs, "cmd", "%03d.sh" % n), "w") as f:
         f.write("%s -std=c++17 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -c %s "

@@ -28,12 +28,12 @@ build=${PLEXUS_BUILD_DIR:-build}
 mkdir -p "$out/corpus" "$out/seeds"
 # tests/fuzz/regressions: inputs that once found a bug (each runs first, under the sanitizers).
 cp experiments/*.toml experiments/*/*.toml tests/configs/malformed/*.toml tests/fuzz/regressions/* "$out/seeds/" 2>/dev/null || true
-if [ ! -x "$out/fuzz_config" ] || [ -n "$(find host/config.cpp host/config.hpp host/toml.hpp host/faults.cpp host/faults.hpp host/text_util.cpp tests/fuzz/fuzz_config.cpp -newer "$out/fuzz_config" 2>/dev/null)" ]; then
+if [ ! -x "$out/fuzz_config" ] || [ -n "$(find host/config host/base tests/fuzz/fuzz_config.cpp -newer "$out/fuzz_config" 2>/dev/null)" ]; then
   echo "fuzz: building $out/fuzz_config (clang, libFuzzer, ASan, UBSan)"
   # NDEBUG as in the Release build plexus ships: TOML++ 3.3's own debug assertions (one fires
   # on a table header such as "[&x]") are not what a user runs; its error path is.
   clang++ -std=c++17 -O1 -g -DNDEBUG -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -Isdk/include -I"$build/include" -Ihost -I/usr/include/torch/csrc/api/include host/config.cpp host/faults.cpp host/text_util.cpp tests/fuzz/fuzz_config.cpp -o "$out/fuzz_config"
+    -Isdk/include -I"$build/include" -Ihost -I/usr/include/torch/csrc/api/include host/config/experiment.cpp host/config/faults.cpp host/base/text.cpp tests/fuzz/fuzz_config.cpp -o "$out/fuzz_config"
 fi
 
 echo "fuzz: $seconds s on the experiment loader; new inputs kept in $out/corpus"

@@ -37,22 +37,22 @@ fi
 
 # 2. Node.js, for the report's charting library (Chart.js, inlined into `plexus report` pages at
 #    build time) and the report's browser test (playwright-core driving Debian's chromium).
-#    Versions are pinned in host/report/package-lock.json; npm ci runs only when they changed.
+#    Versions are pinned in host/lab/report/package-lock.json; npm ci runs only when they changed.
 if ! command -v npm >/dev/null; then
   echo "setup: installing nodejs npm"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends nodejs npm
 fi
 reconfigure=0
-if [ ! -f host/report/node_modules/.package-lock.json ] ||
-   [ host/report/package-lock.json -nt host/report/node_modules/.package-lock.json ]; then
-  echo "setup: npm ci in host/report"
-  (cd host/report && npm ci --no-audit --no-fund --loglevel=error)
+if [ ! -f host/lab/report/node_modules/.package-lock.json ] ||
+   [ host/lab/report/package-lock.json -nt host/lab/report/node_modules/.package-lock.json ]; then
+  echo "setup: npm ci in host/lab/report"
+  (cd host/lab/report && npm ci --no-audit --no-fund --loglevel=error)
   reconfigure=1
 fi
 
 # 3. OpenBLAS's OpenMP build as the system BLAS: never the reference BLAS (a GPT step is ~27x
 #    slower), and not the pthreads build either, whose own thread pool fights LibTorch's for the
-#    cores (set_compute_threads in host/harness.cpp has the measurements). Both builds install
+#    cores (set_compute_threads in host/device/peak.cpp has the measurements). Both builds install
 #    as alternatives and the pthreads one has the higher priority, so the choice is made here.
 openmp=/usr/lib/x86_64-linux-gnu/openblas-openmp
 for lib in libblas.so.3 liblapack.so.3 libopenblas.so.0; do

@@ -22,12 +22,12 @@
 
 #include <sqlite3.h>
 
-#include "config.hpp"
-#include "context.hpp"
-#include "launch.hpp"
-#include "loader.hpp"
-#include "results.hpp"
-#include "transport_c10d.hpp"
+#include "config/experiment.hpp"
+#include "runtime/host_context.hpp"
+#include "transport/launch.hpp"
+#include "runtime/loader.hpp"
+#include "store/results.hpp"
+#include "transport/c10d.hpp"
 
 namespace plexus::test {
 

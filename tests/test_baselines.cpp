@@ -6,7 +6,7 @@
 #include <plexus/util.hpp>
 
 #include "helpers.hpp"
-#include "results.hpp"
+#include "store/results.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

@@ -7,8 +7,8 @@
 #include <torch/torch.h>
 
 #include "helpers.hpp"
-#include "launch.hpp"
-#include "transport_c10d.hpp"
+#include "transport/launch.hpp"
+#include "transport/c10d.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

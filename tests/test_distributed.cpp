@@ -9,8 +9,8 @@
 #include <torch/torch.h>
 
 #include "helpers.hpp"
-#include "launch.hpp"
-#include "results.hpp"
+#include "transport/launch.hpp"
+#include "store/results.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

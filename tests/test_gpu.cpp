@@ -12,11 +12,11 @@
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
-#include "cuda.hpp"
-#include "launch.hpp"
-#include "operators.hpp"
-#include "peak.hpp"
-#include "transport_c10d.hpp"
+#include "device/cuda.hpp"
+#include "transport/launch.hpp"
+#include "device/dispatch.hpp"
+#include "device/peak.hpp"
+#include "transport/c10d.hpp"
 #include "helpers.hpp"
 
 using namespace plexus;

@@ -3,7 +3,7 @@
 
 #include <plexus/lopt_weights.hpp>
 
-#include "meta_train.hpp"
+#include "tools/meta_train.hpp"
 #include "helpers.hpp"
 
 using namespace plexus;

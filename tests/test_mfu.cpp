@@ -10,9 +10,9 @@
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
-#include "harness.hpp"
+#include "runtime/harness.hpp"
 #include "helpers.hpp"
-#include "peak.hpp"
+#include "device/peak.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

@@ -8,7 +8,7 @@
 #include <plexus/plexus.hpp>
 
 #include "helpers.hpp"
-#include "results.hpp"
+#include "store/results.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

@@ -8,8 +8,8 @@
 #include <torch/torch.h>
 
 #include "helpers.hpp"
-#include "launch.hpp"
-#include "operators.hpp"
+#include "transport/launch.hpp"
+#include "device/dispatch.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

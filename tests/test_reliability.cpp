@@ -8,7 +8,7 @@
 #include <plexus/error.hpp>
 #include <torch/torch.h>
 
-#include "checkpoint.hpp"
+#include "runtime/checkpoint.hpp"
 #include "helpers.hpp"
 
 using namespace plexus;

@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "helpers.hpp"
-#include "results.hpp"
+#include "store/results.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

@@ -5,10 +5,10 @@
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
-#include "bench_network.hpp"
+#include "tools/bench_network.hpp"
 #include "helpers.hpp"
-#include "results.hpp"
-#include "sim_cluster.hpp"
+#include "store/results.hpp"
+#include "sim/cluster.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

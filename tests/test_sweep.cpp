@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "helpers.hpp"
-#include "leaderboard.hpp"
-#include "results.hpp"
+#include "lab/leaderboard.hpp"
+#include "store/results.hpp"
 
 using namespace plexus;
 using namespace plexus::test;

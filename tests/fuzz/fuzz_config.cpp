@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <string>
 
-#include "config.hpp"
+#include "config/experiment.hpp"
 
 using namespace plexus;
 

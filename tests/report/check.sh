@@ -47,4 +47,4 @@ TOML
 awk -F, 'NR == 1 { for (i = 1; i <= NF; ++i) if ($i == "time_to_mean") col = i; if (!col) { print "no time_to_mean column"; exit 1 } }
          NR == 2 { if ($col == "" || $col <= 0 || $col >= 0.01) { print "time_to is not in simulated seconds: " $col; exit 1 } }' "$work/board.csv"
 "$build/plexus" report --db "$work/r.db" -o "$work/report.html"
-node "$src/tests/report/check_report.mjs" "$work/report.html" "$src/host/report/node_modules" 8
+node "$src/tests/report/check_report.mjs" "$work/report.html" "$src/host/lab/report/node_modules" 8

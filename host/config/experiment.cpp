@@ -1,0 +1,767 @@
+#include "config/experiment.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "base/toml.hpp"
+
+#include "config/faults.hpp"
+#include "base/text.hpp"
+
+namespace plexus::host {
+
+namespace fs = std::filesystem;
+
+std::string SourceLoc::str() const {
+    if (line <= 0) return file;
+    return file + ":" + std::to_string(line) + ":" + std::to_string(column);
+}
+
+namespace {
+
+SourceLoc loc_of(const toml::source_region& r, const std::string& file) {
+    return {file, static_cast<long>(r.begin.line), static_cast<long>(r.begin.column)};
+}
+
+Error config_error(const SourceLoc& where, const std::string& what, const std::string& hint) {
+    return Error(where.str() + ": " + what, hint);
+}
+
+Value to_value(const toml::node& node, const std::string& key, const std::string& file) {
+    if (auto v = node.as_boolean()) return Value(v->get());
+    if (auto v = node.as_integer()) return Value(static_cast<int64_t>(v->get()));
+    if (auto v = node.as_floating_point()) return Value(v->get());
+    if (auto v = node.as_string()) return Value(v->get());
+    if (auto arr = node.as_array()) {
+        Value::List items;
+        for (const auto& item : *arr) {
+            if (item.is_table() || item.is_array_of_tables())
+                throw config_error(loc_of(item.source(), file), "'" + key + "' holds a table inside a list",
+                                   "lists may hold numbers, strings, booleans or lists");
+            items.push_back(to_value(item, key, file));
+        }
+        return Value(std::move(items));
+    }
+    throw config_error(loc_of(node.source(), file), "'" + key + "' has a date or time value",
+                       "use a number or a string");
+}
+
+// Flattens nested tables into dotted keys.
+void flatten(const toml::table& table, const std::string& prefix, const std::string& file,
+             std::map<std::string, Setting>& out) {
+    for (const auto& [k, node] : table) {
+        const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+        if (const auto* sub = node.as_table()) {
+            flatten(*sub, key, file, out);
+        } else {
+            out[key] = Setting{to_value(node, key, file), loc_of(k.source(), file)};
+        }
+    }
+}
+
+// When `key` is "<section>.name" and names another plugin than `settings` has, the section's
+// earlier keys belong to the old plugin's schema: drop them (extends and --set alike).
+void forget_old_plugin_keys(std::map<std::string, Setting>& settings, const std::string& key, const Value& v) {
+    const auto dot = key.find('.');
+    if (dot == std::string::npos || key.compare(dot, std::string::npos, ".name") != 0) return;
+    auto old = settings.find(key);
+    if (old == settings.end() || old->second.value == v) return;
+    const std::string prefix = key.substr(0, dot + 1);
+    for (auto s = settings.begin(); s != settings.end();)
+        s = s->first.rfind(prefix, 0) == 0 ? settings.erase(s) : std::next(s);
+}
+
+constexpr uintmax_t kMaxExperimentBytes = 16 << 20;
+// A grid this large is a mistake (and would take the memory of the machine to expand).
+constexpr double kMaxGridPoints = 1e6;
+
+}  // namespace
+
+// TOML allows non-ASCII characters only inside strings and comments: one elsewhere (a stray
+// no-break space after a value, say) gets a message that says so, with its line and column,
+// rather than TOML++'s. (TOML++ 3.3 also mishandled such characters: see toml.hpp.)
+void check_toml_text(const std::string& text, const std::string& origin) {
+    enum class In { Code, Comment, Basic, Literal, MultiBasic, MultiLiteral } in = In::Code;
+    long line = 1, column = 1;
+    auto starts = [&](size_t i, const char* s) { return text.compare(i, std::strlen(s), s) == 0; };
+    // A UTF-8 byte-order mark, as some editors write, is not text: TOML++ skips it, and so do we.
+    const size_t first = starts(0, "\xEF\xBB\xBF") ? 3 : 0;
+    for (size_t i = first; i < text.size(); ++i, ++column) {
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c == '\n') {
+            ++line;
+            column = 0;
+            if (in != In::MultiBasic && in != In::MultiLiteral) in = In::Code;  // an unclosed string: TOML++ says so
+            continue;
+        }
+        switch (in) {
+            case In::Code:
+                if (starts(i, "\"\"\"")) in = In::MultiBasic, i += 2, column += 2;
+                else if (starts(i, "'''")) in = In::MultiLiteral, i += 2, column += 2;
+                else if (c == '"') in = In::Basic;
+                else if (c == '\'') in = In::Literal;
+                else if (c == '#') in = In::Comment;
+                else if (c >= 0x80)
+                    throw Error(origin + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                                    ": malformed TOML: a non-ASCII character outside a string or comment",
+                                "keys are ASCII letters, digits, _ and -; text goes in quotes: name = \"caf\u00e9\"");
+                break;
+            case In::Comment: break;
+            case In::Basic:
+                if (c == '\\') ++i, ++column;
+                else if (c == '"') in = In::Code;
+                break;
+            case In::Literal:
+                if (c == '\'') in = In::Code;
+                break;
+            case In::MultiBasic:
+            case In::MultiLiteral: {
+                const char quote = in == In::MultiBasic ? '"' : '\'';
+                if (in == In::MultiBasic && c == '\\') {
+                    ++i, ++column;
+                    if (i < text.size() && text[i] == '\n') ++line, column = 0;
+                } else if (c == static_cast<unsigned char>(quote) && i + 2 < text.size() && text[i + 1] == quote &&
+                           text[i + 2] == quote) {
+                    // The closing delimiter; up to two more quotes before it belong to the string.
+                    size_t n = 3;
+                    while (n < 5 && i + n < text.size() && text[i + n] == quote) ++n;
+                    i += n - 1;
+                    column += static_cast<long>(n) - 1;
+                    in = In::Code;
+                }
+                break;
+            }
+        }
+    }
+}
+
+namespace {
+
+toml::table parse_file(const std::string& path) {
+    std::error_code ec;
+    if (!fs::exists(path, ec))
+        throw Error(path + ": no such experiment file", "check the path; experiments live in experiments/");
+    // A folder, a device (/dev/zero would be read forever) or a huge file is not an experiment.
+    if (!fs::is_regular_file(path, ec))
+        throw Error(path + ": not a regular file", "an experiment is a TOML file");
+    if (fs::file_size(path, ec) > kMaxExperimentBytes)
+        throw Error(path + ": " + std::to_string(fs::file_size(path, ec)) + " bytes is too large for an experiment file (the limit is " +
+                        std::to_string(kMaxExperimentBytes >> 20) + " MiB)",
+                    "is this the right file?");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(path + ": cannot be read", "check its permissions");
+    std::stringstream buf;
+    buf << in.rdbuf();
+    const std::string text = buf.str();
+    check_toml_text(text, path);
+    try {
+        return toml::parse(text, path);
+    } catch (const toml::parse_error& e) {
+        const auto& b = e.source().begin;
+        throw Error(path + ":" + std::to_string(b.line) + ":" + std::to_string(b.column) +
+                        ": malformed TOML: " + std::string(e.description()),
+                    "see https://toml.io for the syntax; strings need quotes, tables are [name]");
+    }
+}
+
+// [grid]: lists of values under dotted keys (quoted, "optimizer.lr", or as TOML dotted keys or
+// sub-tables); `seeds` is the train.seed axis; every sub-table whose name starts with "zip" is
+// one group of lists that vary together; the sub-tables of [grid.variant] are named sets of
+// settings, one axis (strategies with keys of their own: ddp, diloco with inner_steps, ...).
+void collect_lists(const toml::table& table, const std::string& prefix, const std::string& file,
+                   std::vector<std::pair<std::string, const toml::node*>>& out, bool zip_groups,
+                   std::vector<std::pair<std::string, const toml::table*>>* zips) {
+    for (const auto& [k, node] : table) {
+        const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+        if (const auto* sub = node.as_table()) {
+            if (zip_groups && prefix.empty() && (key.rfind("zip", 0) == 0 || key == "variant")) zips->emplace_back(key, sub);
+            else collect_lists(*sub, key, file, out, false, nullptr);
+        } else {
+            out.emplace_back(key, &node);
+        }
+    }
+}
+
+GridAxis grid_list(const std::string& key, const toml::node& node, const std::string& file) {
+    const auto* arr = node.as_array();
+    if (!arr || arr->empty())
+        throw config_error(loc_of(node.source(), file), "[grid] '" + key + "' must be a non-empty list of values",
+                           "for example \"optimizer.lr\" = [1e-3, 3e-4]");
+    GridAxis axis;
+    axis.where = loc_of(node.source(), file);
+    for (const auto& item : *arr) axis.points.push_back({to_value(item, key, file)});
+    if (key == "seeds") {
+        for (const auto& p : axis.points)
+            if (p[0].type() != ValueType::Int)
+                throw config_error(axis.where, "[grid] seeds must be integers", "seeds = [0, 1, 2]");
+        axis.keys = {"train.seed"};
+    } else {
+        if (key.find('.') == std::string::npos && key != "name")
+            throw config_error(axis.where, "[grid] '" + key + "' is not a dotted setting",
+                               "name the section too: \"optimizer.lr\" = [...]");
+        axis.keys = {key};
+    }
+    return axis;
+}
+
+// The same point twice would train the same run under two point numbers.
+void check_distinct(const GridAxis& axis, const std::string& what) {
+    for (size_t i = 0; i < axis.points.size(); ++i)
+        for (size_t j = 0; j < i; ++j)
+            if (axis.points[i] == axis.points[j]) {
+                std::string point;
+                for (const auto& v : axis.points[i]) point += (point.empty() ? "" : ", ") + v.to_text();
+                throw config_error(axis.where, what + " lists " + (axis.points[i].size() > 1 ? "(" + point + ")" : point) +
+                                                   " twice (points " + std::to_string(j) + " and " + std::to_string(i) + ")",
+                                   "each value once; seeds = [0, 1, 2] for repeats");
+            }
+}
+
+std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& file) {
+    std::vector<std::pair<std::string, const toml::node*>> lists;
+    std::vector<std::pair<std::string, const toml::table*>> zips;
+    collect_lists(grid, "", file, lists, true, &zips);
+    std::vector<GridAxis> axes;
+    for (const auto& [key, node] : lists) {
+        axes.push_back(grid_list(key, *node, file));
+        check_distinct(axes.back(), "[grid] '" + key + "'");
+    }
+    for (const auto& [name, table] : zips) {
+        if (name == "variant") {
+            GridAxis variants;
+            variants.keys = {"variant"};
+            variants.where = loc_of(table->source(), file);
+            for (const auto& [variant, node] : *table) {
+                const auto* sub = node.as_table();
+                if (!sub)
+                    throw config_error(loc_of(node.source(), file), "[grid.variant] '" + std::string(variant.str()) + "' must be a table",
+                                       "[grid.variant.ddp] \"strategy.name\" = \"ddp\"");
+                std::map<std::string, Setting> flat;
+                flatten(*sub, "", file, flat);
+                variants.names.emplace_back(variant.str());
+                variants.settings.emplace_back();
+                for (const auto& [key, setting] : flat) variants.settings.back().emplace_back(key, setting.value);
+            }
+            if (variants.names.empty())
+                throw config_error(variants.where, "[grid.variant] has no variants",
+                                   "[grid.variant.ddp] \"strategy.name\" = \"ddp\", or remove the table");
+            axes.push_back(variants);
+            continue;
+        }
+        std::vector<std::pair<std::string, const toml::node*>> members;
+        collect_lists(*table, "", file, members, false, nullptr);
+        GridAxis zipped;
+        zipped.where = loc_of(table->source(), file);
+        for (const auto& [key, node] : members) {
+            GridAxis one = grid_list(key, *node, file);
+            if (!zipped.keys.empty() && one.points.size() != zipped.points.size())
+                throw config_error(one.where, "[grid." + name + "] '" + key + "' has " + std::to_string(one.points.size()) +
+                                       " values but '" + zipped.keys[0] + "' has " + std::to_string(zipped.points.size()),
+                                   "lists in a zip group vary together: give them the same length");
+            if (zipped.keys.empty()) zipped.points.resize(one.points.size());
+            zipped.keys.push_back(one.keys[0]);
+            for (size_t i = 0; i < one.points.size(); ++i) zipped.points[i].push_back(one.points[i][0]);
+        }
+        if (zipped.keys.empty())
+            throw config_error(zipped.where, "[grid." + name + "] has no lists", "a zip group varies lists of equal length together");
+        check_distinct(zipped, "[grid." + name + "]");
+        axes.push_back(zipped);
+    }
+    if (axes.empty())
+        throw config_error(loc_of(grid.source(), file), "[grid] is empty", "give it lists to vary, or remove it");
+    return axes;
+}
+
+void load_into(const std::string& path, Experiment& exp, std::vector<std::string>& stack) {
+    const std::string canonical = fs::weakly_canonical(path).string();
+    for (const auto& s : stack)
+        if (s == canonical)
+            throw Error(path + ": 'extends' forms a cycle (" + join(stack, " -> ") + " -> " + canonical + ")",
+                        "remove one of the extends");
+    stack.push_back(canonical);
+    toml::table table = parse_file(path);
+    if (auto* ext = table.get("extends")) {
+        std::vector<std::string> bases;
+        if (auto s = ext->as_string()) bases.push_back(s->get());
+        else if (auto arr = ext->as_array()) {
+            for (const auto& item : *arr)
+                if (auto s = item.as_string()) bases.push_back(s->get());
+        }
+        if (bases.empty())
+            throw config_error(loc_of(ext->source(), path), "'extends' must be a file name or a list of them",
+                               "for example extends = \"quickstart.toml\"");
+        for (const auto& base : bases) {
+            fs::path p = fs::path(path).parent_path() / base;
+            if (!fs::exists(p))
+                throw config_error(loc_of(ext->source(), path), "extends '" + base + "': no such file (" + p.string() + ")",
+                                   "paths in extends are relative to the file that names them");
+            load_into(p.string(), exp, stack);
+        }
+        table.erase("extends");
+    }
+    // [[faults]]: kept as one setting, a list of each fault's canonical text.
+    if (auto* faults = table.get("faults")) {
+        const auto* arr = faults->as_array();
+        if (!arr || !(arr->empty() || arr->is_array_of_tables()))
+            throw config_error(loc_of(faults->source(), path), "'faults' must be [[faults]] tables",
+                               "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 30");
+        Value::List list;
+        for (const auto& node : *arr) {
+            std::vector<std::pair<std::string, Value>> keys;
+            for (const auto& [k, v] : *node.as_table()) keys.emplace_back(std::string(k.str()), to_value(v, "faults." + std::string(k.str()), path));
+            list.push_back(Value(fault_text(keys, loc_of(node.source(), path).str())));
+        }
+        exp.settings["faults"] = Setting{Value(std::move(list)), loc_of(faults->source(), path)};
+        table.erase("faults");
+    }
+    if (auto* grid = table.get("grid")) {
+        if (!grid->is_table())
+            throw config_error(loc_of(grid->source(), path), "'grid' must be a table", "[grid] \"optimizer.lr\" = [1e-3, 3e-4]");
+        // A file's axes replace its base's axes over the same keys; the others add up.
+        for (auto& axis : parse_grid(*grid->as_table(), path)) {
+            exp.grid.erase(std::remove_if(exp.grid.begin(), exp.grid.end(),
+                                          [&](const GridAxis& a) {
+                                              for (const auto& k : a.keys)
+                                                  if (std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
+                                                      return true;
+                                              return false;
+                                          }),
+                           exp.grid.end());
+            exp.grid.push_back(std::move(axis));
+        }
+        table.erase("grid");
+    }
+    std::map<std::string, Setting> mine;
+    flatten(table, "", path, mine);
+    for (auto& kv : mine) forget_old_plugin_keys(exp.settings, kv.first, kv.second.value);
+    for (auto& kv : mine) exp.settings[kv.first] = kv.second;
+    exp.files.push_back(path);
+    stack.pop_back();
+}
+
+bool type_fits(ValueType want, ValueType got) {
+    return want == got || (want == ValueType::Float && got == ValueType::Int);
+}
+
+Value coerce(ValueType want, const Value& v) {
+    if (want == ValueType::Float && v.type() == ValueType::Int) return Value(v.as_double());
+    return v;
+}
+
+std::string to_json_value(const Value& v) {
+    switch (v.type()) {
+        case ValueType::String: return "\"" + json_escape(v.as_string()) + "\"";
+        case ValueType::Float: {
+            if (!std::isfinite(v.as_double())) return "null";
+            return v.to_text();
+        }
+        case ValueType::List: {
+            std::string out = "[";
+            const auto& items = v.as_list();
+            for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + to_json_value(items[i]);
+            return out + "]";
+        }
+        default: return v.to_text();
+    }
+}
+
+}  // namespace
+
+Experiment load_experiment(const std::string& path) {
+    Experiment exp;
+    exp.path = path;
+    std::vector<std::string> stack;
+    load_into(path, exp, stack);
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    exp.text = ss.str();
+    return exp;
+}
+
+std::string json_escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                    out += buf;
+                } else {
+                    out += c;
+                }
+        }
+    }
+    return out;
+}
+
+std::vector<GridPoint> expand_grid(const Experiment& exp) {
+    double total = 1;
+    for (const auto& axis : exp.grid) total *= static_cast<double>(axis.names.empty() ? axis.points.size() : axis.names.size());
+    if (total > kMaxGridPoints)
+        throw Error("the [grid] of " + exp.path + " has " + (total < 9e18 ? std::to_string(static_cast<long long>(total)) : "over 10^18") +
+                        " points, over the limit of " + std::to_string(static_cast<int64_t>(kMaxGridPoints)),
+                    "split it into several sweeps, or zip axes that vary together ([grid.zip])");
+    std::vector<GridPoint> points(1);
+    for (const auto& axis : exp.grid) {
+        std::vector<GridPoint> next;
+        if (!axis.names.empty()) {  // named variants
+            for (const auto& p : points)
+                for (size_t v = 0; v < axis.names.size(); ++v) {
+                    GridPoint q = p;
+                    for (const auto& kv : axis.settings[v]) q.assignments.push_back(kv);
+                    q.label += (q.label.empty() ? "" : " ") + std::string("variant=") + axis.names[v];
+                    q.variant = axis.names[v];
+                    next.push_back(std::move(q));
+                }
+            points = std::move(next);
+            continue;
+        }
+        for (const auto& p : points)
+            for (const auto& values : axis.points) {
+                GridPoint q = p;
+                for (size_t k = 0; k < axis.keys.size(); ++k) {
+                    q.assignments.emplace_back(axis.keys[k], values[k]);
+                    const std::string shown = axis.keys[k] == "train.seed" ? "seed" : axis.keys[k];
+                    q.label += (q.label.empty() ? "" : " ") + shown + "=" + values[k].to_text();
+                }
+                next.push_back(std::move(q));
+            }
+        points = std::move(next);
+    }
+    return points;
+}
+
+Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const DescriptorLookup& find) {
+    Experiment out = exp;
+    out.grid.clear();
+    auto where_of = [&](const std::string& key) {
+        for (const auto& axis : exp.grid) {
+            if (std::find(axis.keys.begin(), axis.keys.end(), key) != axis.keys.end()) return axis.where;
+            for (const auto& set : axis.settings)
+                for (const auto& kv : set)
+                    if (kv.first == key) return axis.where;
+        }
+        return SourceLoc{exp.path, 0, 0};
+    };
+    // Plugin names first: a section switching plugin keeps only the keys the new one accepts.
+    for (const auto& [key, value] : point.assignments) {
+        const auto dot = key.find('.');
+        if (dot == std::string::npos || key.compare(dot, std::string::npos, ".name") != 0) continue;
+        const std::string section = key.substr(0, dot);
+        auto old = out.settings.find(key);
+        if (old != out.settings.end() && old->second.value == value) continue;
+        const PluginSection* ps = nullptr;
+        for (const auto& s : plugin_sections())
+            if (section == s.section) ps = &s;
+        const PluginDescriptor* d = ps && value.type() == ValueType::String ? find(ps->kind, value.as_string()) : nullptr;
+        for (auto it = out.settings.begin(); it != out.settings.end();) {
+            const bool in_section = it->first.rfind(section + ".", 0) == 0 && it->first != key;
+            bool accepted = false;
+            if (in_section && d)
+                for (const auto& k : d->schema) accepted |= section + "." + k.name == it->first;
+            it = in_section && !accepted ? out.settings.erase(it) : std::next(it);
+        }
+        out.settings[key] = Setting{value, where_of(key)};
+    }
+    for (const auto& [key, value] : point.assignments) out.settings[key] = Setting{value, where_of(key)};
+    return out;
+}
+
+Value parse_value(const std::string& text, const std::string& origin) {
+    try {
+        check_toml_text(text, origin);
+        toml::table t = toml::parse("v = " + text);
+        return to_value(*t.get("v"), origin, origin);
+    } catch (const toml::parse_error& e) {
+        throw Error(origin + ": cannot read '" + text + "' as a TOML value: " + std::string(e.description()),
+                    "numbers as 3e-4, booleans as true/false, lists as [1, 2], strings as \"text\"");
+    }
+}
+
+void apply_override(Experiment& exp, const std::string& assignment) {
+    const auto eq = assignment.find('=');
+    if (eq == std::string::npos || eq == 0)
+        throw Error("--set " + assignment + ": expected section.key=value", "for example --set optimizer.lr=3e-4");
+    // "train.steps = 3" (spaces as in TOML) names train.steps.
+    std::string key = assignment.substr(0, eq);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    key.erase(0, key.find_first_not_of(" \t"));
+    const std::string text = assignment.substr(eq + 1);
+    Value v;
+    try {
+        v = parse_value(text, "--set " + key);
+    } catch (const Error&) {
+        v = Value(text);  // a bare word: take it as a string (--set data.path=/tmp/corpus)
+    }
+    forget_old_plugin_keys(exp.settings, key, v);
+    exp.settings[key] = Setting{v, SourceLoc{"--set " + assignment, 0, 0}};
+    exp.overrides.push_back(assignment);
+}
+
+const std::vector<PluginSection>& plugin_sections() {
+    static const std::vector<PluginSection> sections = {
+        {"model", PluginKind::Model, nullptr},
+        {"data", PluginKind::Dataset, nullptr},
+        {"optimizer", PluginKind::Optimizer, "adamw"},
+        {"strategy", PluginKind::Strategy, "single"},
+        {"comm", PluginKind::Comm, "allreduce"},
+        {"outer_optimizer", PluginKind::Optimizer, ""},  // optional: strategies with two levels (DiLoCo)
+    };
+    return sections;
+}
+
+const std::map<std::string, ConfigSchema>& host_schemas() {
+    static const std::map<std::string, ConfigSchema> schemas = {
+        {"train",
+         {
+             {"steps", 1000, "strategy steps to run (0: run until train.tokens)"},
+             {"tokens", 0, "token budget per rank (0: run train.steps steps)"},
+             {"batch_size", 16, "sequences per batch (per rank)"},
+             {"seq_len", 128, "tokens per sequence"},
+             {"lr_schedule", "cosine", "learning-rate factor over tokens: constant, cosine or linear"},
+             {"warmup_tokens", 0, "tokens of linear warm-up from 0 to the peak"},
+             {"min_lr_ratio", 0.1, "final learning rate as a fraction of the peak (cosine, linear)"},
+             {"grad_clip", 1.0, "clip the global gradient norm to this (0: off)"},
+             {"eval_every", 100, "evaluate every this many steps (0: only at the end)"},
+             {"eval_batches", 10, "validation batches per evaluation"},
+             {"log_every", 10, "print and record throughput every this many steps"},
+             {"seed", 0, "seed of initialization and data order"},
+             {"device", "cpu", "cpu, cuda, cuda:N, or auto (cuda when available); with several local ranks, cuda means cuda:LOCAL_RANK"},
+             {"precision", "fp32", "fp32, or bf16 (autocast: matrix products in bfloat16, parameters, gradients and optimizer state in float32)"},
+             {"threads", 0, "compute threads (0: all cores)"},
+             {"peak_flops", 0.0, "peak FLOP/s for MFU (0: measured on CPU, datasheet on known GPUs)"},
+         }},
+        {"results",
+         {
+             {"db", "results/plexus.db", "SQLite database the run is recorded in"},
+             {"progress", "auto", "auto (a bar on a terminal), bar, lines or none"},
+         }},
+        {"checkpoint",
+         {
+             {"every_steps", 0, "write a checkpoint every this many steps (0: never by steps)"},
+             {"every_minutes", 0.0, "and at the first log point after this many minutes since the last (0: never by time)"},
+             {"dir", "", "folder of the checkpoints (\"\": checkpoints/DBNAME/ next to the results database); run N's are in runN/"},
+             {"keep", 2, "complete checkpoints kept per run (older ones are deleted)"},
+         }},
+        {"limits",
+         {
+             {"wall_minutes", 0.0, "plexus sweep: stop a run that takes longer than this, and mark it failed (0: no limit)"},
+             {"memory_gb", 0.0, "plexus sweep: stop a run whose processes hold more than this resident memory (0: no limit)"},
+         }},
+        {"launch",
+         {
+             {"mode", "single", "single (one process), local (start `ranks` workers here), env (join torchrun/srun/mpirun), sim (`ranks` simulated ranks in this process)"},
+             {"ranks", 2, "number of ranks for mode = local or sim"},
+             {"timeout", 300.0, "seconds to wait for the rendezvous and for any collective before failing"},
+             {"backend", "auto", "c10d back end of mode = local or env: auto (nccl for CUDA devices in a CUDA build, else gloo), gloo or nccl"},
+         }},
+        {"sim",
+         {
+             {"numerics", "real", "real (train for real) or meta (shapes and time only: plan large models and clusters)"},
+             {"device", "measured", "compute profile of a rank: measured (this CPU), h100, h200, a100, custom"},
+             {"efficiency", 0.0, "fraction of the device peak a step reaches (0: profile default, 0.5 measured, 0.4 GPUs)"},
+             {"device_flops", 0.0, "peak FLOP/s of device = \"custom\""},
+             {"cores", 0.0, "device = \"measured\": cores of this machine one rank has (0: all)"},
+             {"topology", "fully_connected", "fully_connected, ring, torus2d, two_level or custom"},
+             {"latency_us", 10.0, "link latency in microseconds (two_level: between nodes)"},
+             {"bandwidth_gbs", 10.0, "link bandwidth in GB/s, each direction (two_level: between nodes)"},
+             {"gpus_per_node", 8, "two_level: ranks per node"},
+             {"intra_latency_us", 2.0, "two_level: latency inside a node, microseconds"},
+             {"intra_bandwidth_gbs", 100.0, "two_level: bandwidth inside a node, GB/s"},
+             {"torus_rows", 0, "torus2d: rows (0: the squarest torus)"},
+             {"edges", Value::list({}), "custom: undirected edges [[a, b], ...]"},
+             {"links", Value::list({}), "heterogeneous links [[a, b, latency_us, bandwidth_gbs], ...] (replace or add)"},
+             {"algorithm", "auto", "all-reduce algorithm: ring, tree, hierarchical (two_level) or auto (fastest)"},
+             {"slow_ranks", Value::list({}), "straggler ranks, their compute slowed by slow_factor"},
+             {"slow_fraction", 0.0, "or this fraction of the ranks, picked at random with the run's seed"},
+             {"slow_factor", 2.0, "compute time factor of a straggler"},
+             {"jitter", 0.0, "sigma of a seeded log-normal factor on every compute charge"},
+             {"fail_ranks", Value::list({}), "[[rank, time_s], ...]: the rank fails at that simulated time"},
+             {"fail_links", Value::list({}), "[[a, b, time_s], ...]: the link goes down at that simulated time"},
+         }},
+    };
+    return schemas;
+}
+
+const ConfigSchema& top_level_schema() {
+    static const ConfigSchema keys = {
+        {"name", "", "a short name for the run (defaults to the file name)"},
+        {"description", "", "free text recorded with the run"},
+        {"plugin_path", Value::list({}), "extra folders to search for plugins"},
+        {"faults", Value::list({}), "written as [[faults]] tables: kill, slow, drop_link, corrupt (see the README)"},
+    };
+    return keys;
+}
+
+ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names) {
+    ResolvedConfig out;
+    std::vector<std::string> errors;
+    std::set<std::string> used;  // dotted keys consumed by some schema
+
+    // Validates the settings under `section` against `schema`, fills defaults.
+    auto check_section = [&](const std::string& section, const ConfigSchema& schema, const std::string& owner) {
+        std::map<std::string, Value> values;
+        std::vector<std::string> known;
+        for (const auto& k : schema) known.push_back(k.name);
+        const std::string prefix = section.empty() ? "" : section + ".";
+        for (const auto& [key, setting] : exp.settings) {
+            if (!section.empty() && key.rfind(prefix, 0) != 0) continue;
+            const std::string sub = key.substr(prefix.size());
+            if (section.empty() && (sub.find('.') != std::string::npos)) continue;
+            if (!section.empty() && sub == "name") continue;
+            const ConfigKey* spec = nullptr;
+            for (const auto& k : schema)
+                if (k.name == sub) spec = &k;
+            if (!spec) {
+                if (section.empty()) continue;  // decided below, with the sections
+                std::string hint = did_you_mean(sub, known);
+                errors.push_back(setting.where.str() + ": unknown key '" + key + "' for " + owner +
+                                 (hint.empty() ? "" : "; " + hint) + " (known: " + join(known, ", ") + ")");
+                used.insert(key);
+                continue;
+            }
+            used.insert(key);
+            if (!type_fits(spec->type(), setting.value.type())) {
+                errors.push_back(setting.where.str() + ": '" + key + "' must be " +
+                                 (spec->type() == ValueType::Int ? "an " : "a ") + to_string(spec->type()) +
+                                 ", got " + to_string(setting.value.type()) + " " + setting.value.to_text() +
+                                 " (default: " + spec->default_value.to_text() + ")");
+                continue;
+            }
+            // A list's elements against the default's first (ints stand for floats), where it has one.
+            if (spec->type() == ValueType::List && !spec->default_value.as_list().empty()) {
+                const auto want = spec->default_value.as_list().front().type();
+                Value::List items;
+                std::string bad;
+                for (const auto& item : setting.value.as_list()) {
+                    if (!type_fits(want, item.type())) bad = item.to_text();
+                    items.push_back(coerce(want, item));
+                }
+                if (!bad.empty()) {
+                    errors.push_back(setting.where.str() + ": '" + key + "' holds " + bad + ", not " +
+                                     (want == ValueType::Int ? "an " : "a ") + to_string(want) +
+                                     " (default: " + spec->default_value.to_text() + ")");
+                    continue;
+                }
+                values[sub] = Value(std::move(items));
+                continue;
+            }
+            values[sub] = coerce(spec->type(), setting.value);
+        }
+        for (const auto& k : schema) {
+            if (!values.count(k.name)) values[k.name] = k.default_value;
+            out.values[prefix + k.name] = values[k.name];
+        }
+        out.sections[section.empty() ? std::string("top") : section] = Config(section, values);
+    };
+
+    check_section("", top_level_schema(), "the top level");
+    for (const auto& k : top_level_schema()) used.insert(k.name);
+    for (const auto& [section, schema] : host_schemas()) check_section(section, schema, "[" + section + "]");
+
+    for (const auto& ps : plugin_sections()) {
+        const std::string section = ps.section;
+        const std::string name_key = section + ".name";
+        auto it = exp.settings.find(name_key);
+        std::string name;
+        if (it != exp.settings.end()) {
+            used.insert(name_key);
+            if (it->second.value.type() != ValueType::String) {
+                errors.push_back(it->second.where.str() + ": '" + name_key + "' must be a plugin name (a string)");
+                continue;
+            }
+            name = it->second.value.as_string();
+        } else if (ps.default_plugin && *ps.default_plugin) {
+            name = ps.default_plugin;
+        } else {
+            bool has_keys = false;
+            for (const auto& kv : exp.settings) has_keys |= kv.first.rfind(section + ".", 0) == 0;
+            if (ps.default_plugin == nullptr || has_keys)
+                errors.push_back(exp.path + ": [" + section + "] needs name = \"<" + to_string(ps.kind) +
+                                 " plugin>\"; available: " + join(names(ps.kind), ", "));
+            continue;
+        }
+        const PluginDescriptor* d = find(ps.kind, name);
+        if (!d) {
+            const std::string where = it != exp.settings.end() ? it->second.where.str() : exp.path;
+            const auto available = names(ps.kind);
+            std::string hint = did_you_mean(name, available);
+            errors.push_back(where + ": no " + std::string(to_string(ps.kind)) + " plugin named '" + name + "'" +
+                             (hint.empty() ? "" : "; " + hint) + " (available: " +
+                             (available.empty() ? std::string("none found") : join(available, ", ")) +
+                             "; `plexus plugins` lists them and why any was refused)");
+            for (const auto& kv : exp.settings)
+                if (kv.first.rfind(section + ".", 0) == 0) used.insert(kv.first);
+            continue;
+        }
+        out.plugins[section] = d;
+        out.values[name_key] = Value(name);
+        check_section(section, d->schema, std::string(to_string(ps.kind)) + " plugin '" + name + "'");
+    }
+
+    // Whatever no schema claimed: unknown sections or top-level keys.
+    std::vector<std::string> sections;
+    for (const auto& [s, _] : host_schemas()) sections.push_back(s);
+    for (const auto& ps : plugin_sections()) sections.push_back(ps.section);
+    std::vector<std::string> top_keys;
+    for (const auto& k : top_level_schema()) top_keys.push_back(k.name);
+    for (const auto& [key, setting] : exp.settings) {
+        if (used.count(key)) continue;
+        const auto dot = key.find('.');
+        if (dot == std::string::npos) {
+            std::string hint = did_you_mean(key, top_keys);
+            errors.push_back(setting.where.str() + ": unknown top-level key '" + key + "'" +
+                             (hint.empty() ? "" : "; " + hint) + " (sections: " + join(sections, ", ") + ")");
+        } else {
+            const std::string section = key.substr(0, dot);
+            std::string hint = did_you_mean(section, sections);
+            errors.push_back(setting.where.str() + ": unknown section [" + section + "] (key '" + key + "')" +
+                             (hint.empty() ? "" : "; " + hint) + " (sections: " + join(sections, ", ") + ")");
+        }
+    }
+
+    if (!errors.empty()) {
+        std::string msg = errors.size() == 1 ? errors[0]
+                                             : std::to_string(errors.size()) + " problems in the experiment:\n  " +
+                                                   join(errors, "\n  ");
+        throw Error(msg, "`plexus plugins NAME` lists every key a plugin accepts, with its default");
+    }
+
+    // The hash covers what changes the training, not where results go or what the run is called.
+    std::string canonical;
+    for (const auto& [k, v] : out.values) {
+        // Where results and checkpoints go, how many cores a run gets and its limits are not what it trains.
+        if (k == "name" || k == "description" || k.rfind("results.", 0) == 0 || k == "plugin_path" ||
+            k == "train.threads" || k == "launch.backend" || k.rfind("checkpoint.", 0) == 0 || k.rfind("limits.", 0) == 0)
+            continue;
+        // Keys added after runs were recorded leave the hash alone at their default, so that
+        // a sweep recorded before them still resumes.
+        if (k == "train.precision" && v.type() == ValueType::String && v.as_string() == "fp32") continue;
+        if (k == "faults" && v.type() == ValueType::List && v.as_list().empty()) continue;
+        canonical += k + "=" + v.to_text() + "\n";
+    }
+    out.hash = hex64(fnv1a(canonical));
+    return out;
+}
+
+std::string ResolvedConfig::to_json() const {
+    std::string out = "{";
+    bool first = true;
+    for (const auto& [k, v] : values) {
+        out += (first ? "" : ", ") + ("\"" + json_escape(k) + "\": " + to_json_value(v));
+        first = false;
+    }
+    return out + "}";
+}
+
+}  // namespace plexus::host

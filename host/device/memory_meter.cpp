@@ -1,0 +1,86 @@
+#include "device/memory_meter.hpp"
+
+#include <c10/core/Allocator.h>
+#include <c10/util/ThreadLocalDebugInfo.h>
+
+#include <mutex>
+#include <unordered_map>
+
+namespace plexus::host {
+
+void TensorMemoryMeter::add(int64_t bytes) {
+    const int64_t now = live_.fetch_add(bytes) + bytes;
+    int64_t peak = peak_.load();
+    while (now > peak && !peak_.compare_exchange_weak(peak, now)) {}
+}
+
+namespace {
+
+// Which meter allocated each live block, so that a free on another thread is credited back.
+struct Owners {
+    std::mutex mu;
+    std::unordered_map<void*, std::pair<std::weak_ptr<TensorMemoryMeter>, int64_t>> blocks;
+};
+Owners& owners() {
+    static Owners* o = new Owners;  // never destroyed: tensors may be freed during exit
+    return *o;
+}
+
+// The type of reportMemoryUsage's totals: int64_t in LibTorch 1.13, size_t in 2.x. Read off
+// the declaration instead of guessing the version that changed it.
+template <class Method>
+struct TotalsType;
+template <class C, class P, class A, class T, class D>
+struct TotalsType<void (C::*)(P, A, T, T, D)> {
+    using type = T;
+};
+using Total = TotalsType<decltype(&c10::MemoryReportingInfoBase::reportMemoryUsage)>::type;
+
+// LibTorch's CPU allocator calls this for every allocation and free on a thread where it is
+// installed (as the PROFILER_STATE debug info).
+class Reporter : public c10::MemoryReportingInfoBase {
+public:
+    explicit Reporter(std::shared_ptr<TensorMemoryMeter> meter) : meter_(std::move(meter)) {}
+    bool memoryProfilingEnabled() const override { return true; }
+    void reportMemoryUsage(void* ptr, int64_t bytes, Total, Total, c10::Device device) override {
+        if (!device.is_cpu() || bytes == 0) return;
+        auto& o = owners();
+        std::shared_ptr<TensorMemoryMeter> owner;
+        {
+            std::lock_guard<std::mutex> lk(o.mu);
+            if (bytes > 0) {
+                o.blocks[ptr] = {meter_, bytes};
+                owner = meter_;
+            } else {
+                auto it = o.blocks.find(ptr);
+                if (it == o.blocks.end()) return;  // allocated where no meter was installed
+                owner = it->second.first.lock();
+                bytes = -it->second.second;
+                o.blocks.erase(it);
+            }
+        }
+        if (owner) owner->add(bytes);
+    }
+    std::shared_ptr<TensorMemoryMeter> meter() const { return meter_; }
+
+private:
+    std::shared_ptr<TensorMemoryMeter> meter_;
+};
+
+}  // namespace
+
+struct MeterScope::Guard {
+    c10::DebugInfoGuard guard;
+    explicit Guard(std::shared_ptr<TensorMemoryMeter> m)
+        : guard(c10::DebugInfoKind::PROFILER_STATE, std::make_shared<Reporter>(std::move(m))) {}
+};
+
+MeterScope::MeterScope(std::shared_ptr<TensorMemoryMeter> meter) : guard_(std::make_unique<Guard>(std::move(meter))) {}
+MeterScope::~MeterScope() = default;
+
+std::shared_ptr<TensorMemoryMeter> current_meter() {
+    auto* info = dynamic_cast<Reporter*>(c10::ThreadLocalDebugInfo::get(c10::DebugInfoKind::PROFILER_STATE));
+    return info ? info->meter() : nullptr;
+}
+
+}  // namespace plexus::host

@@ -1,0 +1,47 @@
+// The real distributed transport: LibTorch's c10d (TCPStore rendezvous, ProcessGroupGloo for CPU
+// tensors, ProcessGroupNCCL for CUDA tensors in CUDA builds), and the rendezvous read from the
+// environment of torchrun, srun or mpirun.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <plexus/transport.hpp>
+#include <torch/types.h>
+
+namespace plexus::host {
+
+struct Rendezvous {
+    std::string master_addr = "127.0.0.1";
+    int master_port = 29500;
+    int rank = 0;
+    int world_size = 1;
+    int local_rank = 0;
+    int local_world_size = 1;  // ranks on this machine: they share its cores
+    double timeout_s = 300;  // rendezvous and every collective
+    std::string source;      // which environment it came from, for messages
+
+    std::chrono::milliseconds timeout() const {
+        return std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+    }
+};
+
+// RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun),
+// OMPI_COMM_WORLD_* (mpirun) or SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NTASKS_PER_NODE
+// (srun); nullopt when none is set.
+std::optional<Rendezvous> rendezvous_from_env();
+
+// Joins the group (blocks until every rank arrived, or throws after timeout_s).
+std::unique_ptr<Transport> make_gloo_transport(const Rendezvous& rv);
+
+// The same over NCCL, for tensors on `device` (this rank's GPU; tensors elsewhere are staged
+// there). Only CUDA builds have it (transport/nccl.cpp); elsewhere it throws a clear error.
+std::unique_ptr<Transport> make_nccl_transport(const Rendezvous& rv, const torch::Device& device);
+
+// "auto" picks NCCL for a CUDA device in a CUDA build, else Gloo; "gloo" and "nccl" insist.
+std::unique_ptr<Transport> make_c10d_transport(const Rendezvous& rv, const std::string& backend,
+                                               const torch::Device& device);
+
+}  // namespace plexus::host
