@@ -101,7 +101,7 @@ backend = auto|gloo|nccl), env (join a job started by torchrun, srun or mpirun: 
 WORLD_SIZE, MASTER_ADDR, MASTER_PORT or their OMPI_/SLURM_ equivalents), sim (`ranks` simulated
 ranks in this process: deterministic, with a virtual clock; [sim] sets the device profile, the
 network topology, stragglers and failures; its keys are listed in the README).
-Only rank 0 records.
+Rank 0 records the run; what plugins record is recorded for every rank.
 [checkpoint] every_steps, every_minutes, dir, keep: checkpoints for --resume (written atomically,
 with a checksum; a damaged one or one of another config is refused).
 [[faults]] tables apply failures on schedule (seeded, in the config hash, recorded):

@@ -27,6 +27,7 @@
 #include "config/experiment.hpp"
 #include "runtime/host_context.hpp"
 #include "runtime/checkpoint.hpp"
+#include "runtime/control.hpp"
 #include "config/faults.hpp"
 #include "device/cuda.hpp"
 #include "runtime/loader.hpp"
@@ -191,29 +192,42 @@ private:
     bool bar_ = false, lines_ = true, shown_ = false;
 };
 
-// Writes the run's rows when this process owns the database (single rank, launcher, rank 0);
-// on other ranks every call is a no-op, so the loop below needs no rank checks.
+// Writes one rank's rows. The run's record (summaries, its end) is the owner's (rank 0); every
+// rank's metric rows reach the database: written here where this process has it open (rank 0,
+// the simulated ranks), else handed to the control channel for rank 0 to write. The loop below
+// needs no rank checks.
 class Recorder {
 public:
-    Recorder(ResultsStore* store, int64_t run) : store_(store), run_(run) {}
+    Recorder(ResultsStore* store, bool owner, int64_t run) : store_(store), owner_(owner && store), run_(run) {}
+    void use_channel(ControlChannel* channel) { channel_ = channel; }
     void summary(const std::string& key, double value, int rank = 0) {
-        if (store_) store_->set_summary(run_, rank, key, value);
+        if (owner_) store_->set_summary(run_, rank, key, value);
     }
     void summary_text(const std::string& key, const std::string& text) {
-        if (store_) store_->set_summary_text(run_, 0, key, text);
+        if (owner_) store_->set_summary_text(run_, 0, key, text);
     }
     void metrics(std::vector<MetricRow>& rows) {
-        if (store_ && !rows.empty()) store_->add_metrics(run_, rows);
+        if (rows.empty()) return;
+        if (store_) store_->add_metrics(run_, rows);
+        else if (channel_) channel_->send_rows(rows);
         rows.clear();
     }
+    // The owner writes the rows other ranks handed to the channel.
+    void peers_metrics() {
+        if (!owner_ || !channel_) return;
+        auto rows = channel_->receive_rows();
+        metrics(rows);
+    }
     void finish(const std::string& status, const std::string& error) {
-        if (store_) store_->finish_run(run_, status, error);
+        if (owner_) store_->finish_run(run_, status, error);
     }
     std::string where() const { return store_ ? store_->path() : "rank 0's database"; }
 
 private:
     ResultsStore* store_;
+    bool owner_;
     int64_t run_;
+    ControlChannel* channel_ = nullptr;
 };
 
 // The launcher of a local multi-process run: starts the workers (this same command line with a
@@ -334,11 +348,16 @@ struct Job {
     std::vector<Fault> faults;
 };
 
+// One rank's ways to the others: the strategy's transport, the harness's control channel.
+struct Connection {
+    std::shared_ptr<Transport> transport;
+    std::unique_ptr<ControlChannel> control;
+};
+
 // How one rank reaches the others.
 struct RankEnv {
     int rank = 0, world = 1;
-    std::function<std::shared_ptr<Transport>()> connect;  // called where a failure is recorded
-    std::shared_ptr<Transport> control;  // the harness's own collectives; null: the transport
+    std::function<Connection()> connect;  // called where a failure is recorded
     std::shared_ptr<RankClock> clock = make_wall_clock();
     int ranks_per_node = 1;
     bool print_errors = true;
@@ -358,7 +377,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
     const int64_t run_id = job.run_id;
     const torch::Device device = job.device;
     Progress progress(rank == 0 ? v.at("results.progress").as_string() : "none", v.at("train.steps").as_int());
-    Recorder rec(rank == 0 ? job.store : nullptr, run_id);
+    Recorder rec(job.store, rank == 0, run_id);
     std::unique_ptr<HostContext> ctx;
     // This rank's tensors: parameters, optimizer state, activations, messages (peak_tensor_bytes).
     const auto meter = std::make_shared<TensorMemoryMeter>();
@@ -382,8 +401,10 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
     try {
         const int64_t B = v.at("train.batch_size").as_int(), T = v.at("train.seq_len").as_int();
         // The dataset needs a context for its factory; its vocabulary is known only after.
-        std::shared_ptr<Transport> transport = env.connect();
-        const auto control = env.control ? env.control : transport;
+        Connection connection = env.connect();
+        std::shared_ptr<Transport> transport = connection.transport;
+        ControlChannel& channel = *connection.control;
+        rec.use_channel(&channel);
         HostContext bootstrap(cfg, device, 0, transport, env.clock);
         bootstrap.set_ranks_per_node(env.ranks_per_node);
         std::shared_ptr<Dataset> dataset = job.shared_dataset ? *job.shared_dataset : nullptr;
@@ -394,7 +415,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         }
         ctx = std::make_unique<HostContext>(cfg, device, dataset->vocab_size(), transport, env.clock);
         ctx->set_ranks_per_node(env.ranks_per_node);
-        ctx->set_measurement_transport(control);
+        ctx->set_measurement_transport(channel.collectives_ptr());
         const bool sim = ctx->simulated();
         // The validation stream first: it checks that a sequence fits the data, before the
         // strategy builds a model whose causal mask alone is seq_len² floats.
@@ -457,13 +478,18 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                                    ? cfg.values.at("optimizer.lr").as_double() : 1.0;
         int64_t last_eval_step = -1;
         bool diverged_here = false;  // this rank saw a non-finite loss
+        // The harness's own curves (loss, lr, throughput, evaluation) are the run's: rank 0's.
+        // What plugins record (RunContext::record) is recorded for every rank.
+        auto run_metric = [&](const char* key, double value) {
+            if (rank == 0) ctx->record(key, value);
+        };
         double horizon = max_tokens > 0 ? static_cast<double>(max_tokens) : 0.0;
 
         auto evaluate = [&]() {
             val.seek(0);  // the same validation batches every time: curves are comparable
             const double loss = strategy->evaluate(val, eval_batches);
             last_eval_step = ctx->step + 1;
-            ctx->record("eval_loss", loss);
+            run_metric("eval_loss", loss);
             return loss;
         };
 
@@ -489,7 +515,7 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
         // strategy's traffic: where they share its transport, they are taken out of the stats.
         auto harness_all_reduce = [&](torch::Tensor& t, ReduceOp op) {
             const auto before = ctx->transport().stats();
-            control->all_reduce(t, op)->wait();
+            channel.collectives().all_reduce(t, op)->wait();
             comm_before -= ctx->transport().stats() - before;
         };
         const int64_t ckpt_every = v.at("checkpoint.every_steps").as_int();
@@ -673,9 +699,9 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             interval_loss += out.loss;
             ++interval_steps;
             last_loss = out.loss;
-            ctx->record("loss", out.loss);
-            ctx->record("lr", base_lr * in.lr_scale);
-            if (out.grad_norm >= 0) ctx->record("grad_norm", out.grad_norm);
+            run_metric("loss", out.loss);
+            run_metric("lr", base_lr * in.lr_scale);
+            if (out.grad_norm >= 0) run_metric("grad_norm", out.grad_norm);
             ++step;
             if (!std::isfinite(out.loss) && !device.is_meta()) {
                 progress.line("step " + std::to_string(step) + ": loss is " + std::to_string(out.loss) + ": the run diverged");
@@ -688,10 +714,10 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
             if (log_now || eval_now) {
                 const double tps = interval_seconds > 0 ? interval_tokens / interval_seconds : 0;
                 const double util = peak.flops ? mfu(flops_per_token, tps, *peak.flops) : NAN;
-                ctx->record("tokens_per_s", tps);
-                ctx->record("step_time", interval_seconds / std::max<int64_t>(1, interval_steps));
-                if (peak.flops) ctx->record("mfu", util);
-                ctx->record("memory", peak_rss_bytes());
+                run_metric("tokens_per_s", tps);
+                run_metric("step_time", interval_seconds / std::max<int64_t>(1, interval_steps));
+                if (peak.flops) run_metric("mfu", util);
+                run_metric("memory", peak_rss_bytes());
                 // The ETA is in real seconds, whatever the clock of the run.
                 const double wall_per_token = ctx->wall_seconds() / std::max<int64_t>(1, ctx->tokens);
                 const double eta = max_steps > 0 ? ctx->wall_seconds() / step * (max_steps - step)
@@ -713,19 +739,16 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                 interval_loss = 0;
             }
             progress.bar(step, out.loss, max_steps > 0 ? ctx->wall_seconds() / step * (max_steps - step) : NAN);
-            // Time-based checkpoints are decided by rank 0's clock at log points, so that all agree.
+            // Time-based checkpoints are decided by rank 0's clock at log points; the control
+            // channel makes every rank act on the same step (control.hpp).
             bool checkpoint_now = job.checkpoints && ckpt_every > 0 && step % ckpt_every == 0;
             const bool minutes_due = job.checkpoints && ckpt_minutes > 0 && log_now && rank == 0 &&
                                      ctx->wall_seconds() - last_ckpt_wall >= ckpt_minutes * 60;
-            if (world > 1 && log_now) {
-                auto stop = torch::tensor({g_interrupts > 0 ? 1.0 : 0.0, diverged_here ? 1.0 : 0.0, minutes_due ? 1.0 : 0.0},
-                                          torch::kFloat64);
-                harness_all_reduce(stop, ReduceOp::Max);
-                if (stop[1].item<double>() > 0) { status = "diverged"; break; }
-                if (stop[0].item<double>() > 0) { status = "interrupted"; break; }
-                checkpoint_now = checkpoint_now || stop[2].item<double>() > 0;
-            } else {
-                checkpoint_now = checkpoint_now || minutes_due;
+            if (log_now) {
+                const Agreement agreed = channel.at_log_point(step, {g_interrupts > 0, diverged_here, minutes_due});
+                if (!agreed.stop.empty()) { status = agreed.stop; break; }
+                checkpoint_now = checkpoint_now || agreed.checkpoint;
+                rec.peers_metrics();
             }
             if (checkpoint_now && !(max_steps > 0 && step >= max_steps)) write_checkpoint();
         }
@@ -763,7 +786,12 @@ RankResult train_rank(const Job& job, const RankEnv& env) {
                                    peak_rss_bytes(), ctx->now(), static_cast<double>(own_tokens),
                                    tensor_peak, step > 0 ? step_seconds_total / step : NAN, slow_seconds}, torch::kFloat64);
         auto all = torch::empty({world * mine.numel()}, torch::kFloat64);
-        control->all_gather(all, mine)->wait();
+        rec.metrics(ctx->pending);  // before the gather: rank 0 takes every rank's rows after it
+        channel.collectives().all_gather(all, mine)->wait();
+        rec.peers_metrics();
+        // A stop posted at the last log point, too late for the others to act on (a loss that
+        // turned non-finite in the last interval): the run's record says so, as it would have.
+        if (status == "finished" && channel.late_stop() == "diverged") status = "diverged";
         // On the simulated cluster every rank shares one process: its memory is reported once.
         const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time",
                                   sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr, "rank_tokens",
@@ -844,8 +872,7 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
         RankEnv env;
         env.rank = r;
         env.world = n;
-        env.connect = [&cluster, r] { return cluster.transport(r); };
-        env.control = cluster.control(r);
+        env.connect = [&cluster, r] { return Connection{cluster.transport(r), make_collective_control(cluster.control(r))}; };
         env.clock = cluster.clock(r);
         env.print_errors = r == 0;
         env.ranks_per_node = cluster.network().two_level() ? cluster.network().spec().gpus_per_node : 1;
@@ -1204,9 +1231,13 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     env.rank = rank;
     env.world = world;
     env.ranks_per_node = rendezvous ? rendezvous->local_world_size : 1;
-    env.connect = [&rendezvous, &v, device]() -> std::shared_ptr<Transport> {
-        if (rendezvous) return make_c10d_transport(*rendezvous, v.at("launch.backend").as_string(), device);
-        return make_local_transport();
+    env.connect = [&rendezvous, &v, device]() -> Connection {
+        if (!rendezvous) {
+            std::shared_ptr<Transport> local = make_local_transport();
+            return {local, make_collective_control(local)};
+        }
+        auto joined = join_c10d_job(*rendezvous, v.at("launch.backend").as_string(), device);
+        return {joined.transport, make_store_control(joined.store, joined.control, v.at("train.log_every").as_int())};
     };
     return train_rank(job, env).code;
 }

@@ -8,6 +8,7 @@
 #include <map>
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
 
@@ -107,21 +108,66 @@ c10::intrusive_ptr<c10d::Store> connect_store(const Rendezvous& rv) {
     }
 }
 
-std::unique_ptr<Transport> make_gloo_transport(const Rendezvous& rv) {
-    auto store = connect_store(rv);
+namespace {
+
+std::unique_ptr<Transport> gloo_on(const Rendezvous& rv, c10::intrusive_ptr<c10d::Store> store) {
     GlooFlavor flavor;
     if (rv.master_addr == "127.0.0.1" || rv.master_addr == "localhost") flavor.addr = "127.0.0.1";
-    return std::make_unique<c10d_impl::C10dTransport<GlooFlavor>>(flavor, store, rv.rank, rv.world_size,
+    return std::make_unique<c10d_impl::C10dTransport<GlooFlavor>>(flavor, std::move(store), rv.rank, rv.world_size,
                                                                   rv.timeout());
+}
+
+std::unique_ptr<Transport> transport_on(const Rendezvous& rv, const std::string& backend, const torch::Device& device,
+                                        c10::intrusive_ptr<c10d::Store> store) {
+    if (backend == "gloo") return gloo_on(rv, std::move(store));
+    if (backend == "nccl") return make_nccl_transport_on(rv, std::move(store), device);
+    if (backend == "auto")
+        return device.is_cuda() && PLEXUS_WITH_CUDA ? make_nccl_transport_on(rv, std::move(store), device)
+                                                    : gloo_on(rv, std::move(store));
+    throw Error("launch.backend = \"" + backend + "\" is unknown", "use auto, gloo or nccl");
+}
+
+std::string text_of(const std::vector<uint8_t>& bytes) { return std::string(bytes.begin(), bytes.end()); }
+std::vector<uint8_t> bytes_of(const std::string& text) { return std::vector<uint8_t>(text.begin(), text.end()); }
+
+class C10dKeyValueStore : public KeyValueStore {
+public:
+    explicit C10dKeyValueStore(c10::intrusive_ptr<c10d::Store> store) : store_(std::move(store)) {}
+    void set(const std::string& key, const std::string& value) override { store_->set(key, bytes_of(value)); }
+    std::optional<std::string> peek(const std::string& key) override {
+        if (!store_->check({key})) return std::nullopt;
+        return text_of(store_->get(key));
+    }
+    std::string set_once(const std::string& key, const std::string& value) override {
+        // compareSet with an empty expected value creates the key only if it is absent.
+        return text_of(store_->compareSet(key, {}, bytes_of(value)));
+    }
+    void erase(const std::string& key) override { store_->deleteKey(key); }
+
+private:
+    c10::intrusive_ptr<c10d::Store> store_;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_gloo_transport(const Rendezvous& rv) { return gloo_on(rv, connect_store(rv)); }
+
+std::unique_ptr<Transport> make_nccl_transport(const Rendezvous& rv, const torch::Device& device) {
+    return make_nccl_transport_on(rv, connect_store(rv), device);
 }
 
 std::unique_ptr<Transport> make_c10d_transport(const Rendezvous& rv, const std::string& backend,
                                                const torch::Device& device) {
-    if (backend == "gloo") return make_gloo_transport(rv);
-    if (backend == "nccl") return make_nccl_transport(rv, device);
-    if (backend == "auto")
-        return device.is_cuda() && PLEXUS_WITH_CUDA ? make_nccl_transport(rv, device) : make_gloo_transport(rv);
-    throw Error("launch.backend = \"" + backend + "\" is unknown", "use auto, gloo or nccl");
+    return transport_on(rv, backend, device, connect_store(rv));
+}
+
+C10dJob join_c10d_job(const Rendezvous& rv, const std::string& backend, const torch::Device& device) {
+    auto store = connect_store(rv);
+    C10dJob job;
+    job.transport = transport_on(rv, backend, device, store);
+    job.control = gloo_on(rv, c10::make_intrusive<c10d::PrefixStore>("plexus.control", store));
+    job.store = std::make_shared<C10dKeyValueStore>(c10::make_intrusive<c10d::PrefixStore>("plexus.harness", store));
+    return job;
 }
 
 }  // namespace plexus::host

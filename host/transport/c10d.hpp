@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -43,5 +44,30 @@ std::unique_ptr<Transport> make_nccl_transport(const Rendezvous& rv, const torch
 // "auto" picks NCCL for a CUDA device in a CUDA build, else Gloo; "gloo" and "nccl" insist.
 std::unique_ptr<Transport> make_c10d_transport(const Rendezvous& rv, const std::string& backend,
                                                const torch::Device& device);
+
+// A key-value store every rank of a job reaches without any collective (the rendezvous's
+// TCPStore, served by rank 0): ranks post and read through it without waiting for each other.
+class KeyValueStore {
+public:
+    virtual ~KeyValueStore() = default;
+    virtual void set(const std::string& key, const std::string& value) = 0;
+    // The value, or nullopt at once when the key is absent (never waits for it).
+    virtual std::optional<std::string> peek(const std::string& key) = 0;
+    // Sets `key` to `value` unless it holds one already; returns what it holds afterwards (the
+    // first writer's value, for every rank alike).
+    virtual std::string set_once(const std::string& key, const std::string& value) = 0;
+    virtual void erase(const std::string& key) = 0;
+};
+
+// One rank's membership of a c10d job: the strategy's transport ("auto", "gloo", "nccl" as for
+// make_c10d_transport), the harness's own Gloo group over CPU tensors (its collectives never
+// share the strategy's groups or its traffic figures), and the rendezvous store under a prefix
+// of the harness's. One rendezvous for all three.
+struct C10dJob {
+    std::shared_ptr<Transport> transport;
+    std::shared_ptr<Transport> control;
+    std::shared_ptr<KeyValueStore> store;
+};
+C10dJob join_c10d_job(const Rendezvous& rv, const std::string& backend, const torch::Device& device);
 
 }  // namespace plexus::host

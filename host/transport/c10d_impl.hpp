@@ -40,6 +40,9 @@
 namespace plexus::host {
 // The TCPStore of the rendezvous (rank 0 serves it); throws a clear error after rv.timeout_s.
 c10::intrusive_ptr<c10d::Store> connect_store(const Rendezvous& rv);
+// The NCCL transport over a store already connected (nccl.cpp; CPU builds: nccl_none.cpp, an error).
+std::unique_ptr<Transport> make_nccl_transport_on(const Rendezvous& rv, c10::intrusive_ptr<c10d::Store> store,
+                                                  const torch::Device& device);
 }  // namespace plexus::host
 
 namespace plexus::host::c10d_impl {

@@ -39,13 +39,14 @@ struct NcclFlavor {
 
 }  // namespace
 
-std::unique_ptr<Transport> make_nccl_transport(const Rendezvous& rv, const torch::Device& device) {
+std::unique_ptr<Transport> make_nccl_transport_on(const Rendezvous& rv, c10::intrusive_ptr<c10d::Store> store,
+                                                  const torch::Device& device) {
     if (!device.is_cuda())
         throw Error("launch.backend = \"nccl\" needs train.device = \"cuda\" (it is \"" + device.str() + "\")",
                     "use launch.backend = \"gloo\" for CPU training");
     const torch::Device gpu(torch::kCUDA, device.has_index() ? device.index() : 0);
     gpu::set_current(gpu);
-    return std::make_unique<c10d_impl::C10dTransport<NcclFlavor>>(NcclFlavor{gpu}, connect_store(rv), rv.rank,
+    return std::make_unique<c10d_impl::C10dTransport<NcclFlavor>>(NcclFlavor{gpu}, std::move(store), rv.rank,
                                                                   rv.world_size, rv.timeout());
 }
 

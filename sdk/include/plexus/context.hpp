@@ -67,9 +67,11 @@ public:
     virtual int64_t vocab_size() const = 0;
     virtual int64_t seq_len() const = 0;
 
-    // Records a metric of this rank at the current step (e.g. "comm/bucket_ms").
-    // Reserved names the harness records itself: loss, lr, grad_norm, eval_loss, tokens_per_s,
-    // step_time, mfu, memory.
+    // Records a metric of this rank at the current step (e.g. "comm/bucket_ms"): every rank's
+    // rows reach the run's database with that rank (ranks that do not write it hand their rows
+    // to rank 0 at log points, without waiting for each other).
+    // Reserved names the harness records itself, for rank 0 (the run's curves): loss, lr,
+    // grad_norm, eval_loss, tokens_per_s, step_time, mfu, memory.
     virtual void record(const std::string& key, double value) = 0;
     virtual void log(LogLevel level, const std::string& message) = 0;
 

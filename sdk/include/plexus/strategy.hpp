@@ -5,7 +5,9 @@
 // evaluate() every so often; it assumes nothing else. In particular:
 //   - "a step" is whatever the algorithm calls one: one optimizer update (DDP, ZeRO), one
 //     pipeline schedule, one PETRA tick, one unit of gossip's event time (all the exchanges in
-//     it). No global barrier is implied.
+//     it). No global barrier is implied: the harness agrees on stops and checkpoints over
+//     its own control channel, and on real back ends without making ranks wait for each other
+//     (its collectives come only at the end of a run, at checkpoints and at evaluations).
 //   - the strategy pulls as many batches from `input.train` as it needs; it reports the tokens
 //     it consumed and the harness counts them (learning-rate schedules are indexed by tokens,
 //     so that algorithms with variable batch sizes stay comparable).
