@@ -11,8 +11,8 @@ from torch.profiler. Needs only Python's standard library.
 
 LibTorch 1.13's legacy profiler, which writes the C++ trace on the CPU here, charges its own
 bookkeeping to the operators: compare shares of the large operators, not milliseconds across the
-two tables (operators called thousands of times a step look many times their cost; README,
-Performance).
+two tables (operators called thousands of times a step look many times their cost;
+docs/guide/performance.md).
 """
 import argparse
 import collections

@@ -1,5 +1,5 @@
-// strategies/acco: the update rules of ACCO, DPU and WP against their closed forms (algorithms.md
-// section 1), the estimate round's exact restore, the micro-batch accounting on a simulated
+// strategies/acco: the update rules of ACCO, DPU and WP against their closed forms
+// (docs/algorithms/acco.md), the estimate round's exact restore, the micro-batch accounting on a simulated
 // cluster with a straggler and on Gloo processes, and convergence next to DDP.
 #include <catch2/catch.hpp>
 #include <cmath>

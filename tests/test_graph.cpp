@@ -1,5 +1,5 @@
 // plexus/graph.hpp: the topologies, and the spectral constants of A2CiD2 against the test vectors
-// of algorithms.md section 2(c) (computed with the reference code's formulas, rate 1).
+// in docs/algorithms/gossip.md (computed with the A2CiD2 reference code's formulas, rate 1).
 #include <catch2/catch.hpp>
 #include <cmath>
 

@@ -1,4 +1,4 @@
-// optimizers/lopt (algorithms.md section 5(c)): one step from a zero state with the MLP wired
+// optimizers/lopt (docs/algorithms/lopt.md): one step from a zero state with the MLP wired
 // to pass a single feature through as the direction, against the feature computed by hand; the
 // μLO scaling; the weights file's errors.
 #include <catch2/catch.hpp>

@@ -20,7 +20,8 @@ using namespace plexus::test;
 TEST_CASE("the PaLM FLOPs formula reproduces the published Llama-2-7B figures", "[mfu]") {
     // Llama-2-7B: 6,738,415,616 parameters (embeddings included, as IBM counted), 32 layers,
     // 32 heads of 128, T = 4096: 46.87 GFLOP/token. At 3,760 tokens/s on an A100 (312 TFLOP/s)
-    // that is the blog's 57% MFU (algorithms.md section 6, consistency check).
+    // that is the blog's 57% MFU (IBM and PyTorch, "Maximizing training throughput using PyTorch FSDP",
+    // 2024; docs/guide/performance.md, MFU).
     const double f = palm_flops_per_token(6738415616.0, 32, 32, 128, 4096);
     CHECK(f == Approx(46872944640.0));
     CHECK(host::mfu(f, 3760, 312e12) == Approx(0.5649).epsilon(1e-3));

@@ -1,4 +1,4 @@
-// models/revgpt and strategies/petra (algorithms.md section 4): the reversible block's inverse
+// models/revgpt and strategies/petra (docs/algorithms/petra.md): the reversible block's inverse
 // and hand-written backward against autograd, reversible backprop against backprop (and its
 // memory), PETRA's schedule counted (delays, kept inputs), its equivalence to backprop with one
 // stage or synchronous, partitions by measured time, and runs on Gloo processes.

@@ -100,7 +100,7 @@ processes here over c10d: Gloo, or NCCL for train.device = "cuda" in a CUDA buil
 backend = auto|gloo|nccl), env (join a job started by torchrun, srun or mpirun: RANK,
 WORLD_SIZE, MASTER_ADDR, MASTER_PORT or their OMPI_/SLURM_ equivalents), sim (`ranks` simulated
 ranks in this process: deterministic, with a virtual clock; [sim] sets the device profile, the
-network topology, stragglers and failures; its keys are listed in the README).
+network topology, stragglers and failures; its keys are listed in docs/guide/simulator.md).
 Rank 0 records the run; what plugins record is recorded for every rank.
 [checkpoint] every_steps, every_minutes, dir, keep: checkpoints for --resume (written atomically,
 with a checksum; a damaged one or one of another config is refused).

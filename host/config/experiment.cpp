@@ -598,7 +598,7 @@ const ConfigSchema& top_level_schema() {
         {"name", "", "a short name for the run (defaults to the file name)"},
         {"description", "", "free text recorded with the run"},
         {"plugin_path", Value::list({}), "extra folders to search for plugins"},
-        {"faults", Value::list({}), "written as [[faults]] tables: kill, slow, drop_link, corrupt (see the README)"},
+        {"faults", Value::list({}), "written as [[faults]] tables: kill, slow, drop_link, corrupt (see docs/guide/reliability.md)"},
     };
     return keys;
 }

@@ -14,7 +14,7 @@ namespace {
 
 // Migration i brings the schema from version i to i + 1.
 const char* const kMigrations[] = {
-    // 1: the tables of DESIGN.md
+    // 1: the first schema (docs/guide/experiments.md, "The results database")
     R"sql(
     CREATE TABLE sweep (
         id INTEGER PRIMARY KEY,

@@ -1,6 +1,6 @@
 // `plexus bench network`: measures this machine's c10d/Gloo all-reduce and fits the simulated
 // cluster's alpha-beta link model to it, so that a simulation of this machine can be checked
-// against a real run (README, "Validating the simulator").
+// against a real run (docs/results/sim_cluster.md, "Validating the simulator").
 #pragma once
 
 #include <vector>

@@ -1,5 +1,5 @@
 // comm/powersgd: rank-r compression with error feedback and warm start (Vogels et al. 2019;
-// algorithms.md §7). The flat tensor plus its residual is viewed as a matrix M (rows x cols,
+// docs/algorithms/compression.md). The flat tensor plus its residual is viewed as a matrix M (rows x cols,
 // zero-padded, near square). With Q from the previous call (warm start; the first Q is drawn
 // from a seed shared by all ranks):
 //   P = M Q, all-reduce-mean P, orthonormalize P (QR);  Q = Mᵀ P, all-reduce-mean Q;

@@ -1,4 +1,4 @@
-// comm/quantize: average a tensor over ranks from low-precision copies (algorithms.md section 7).
+// comm/quantize: average a tensor over ranks from low-precision copies (docs/algorithms/compression.md).
 //   format = "bf16": each rank sends its tensor rounded to bfloat16 (half the bytes).
 //   format = "int8": each rank sends int8 codes with one float32 scale per chunk of `chunk`
 //                    elements (scale = max|x| / 127 over the chunk), about a quarter of the bytes.

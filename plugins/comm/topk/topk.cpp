@@ -1,4 +1,4 @@
-// comm/topk: sparsified averaging with error feedback (Stich et al. 2018; algorithms.md §7).
+// comm/topk: sparsified averaging with error feedback (Stich et al. 2018; docs/algorithms/compression.md).
 // Each rank adds the residual it kept from earlier calls, sends only the k = ratio * n entries of
 // largest magnitude (int32 index + float32 value each), and keeps the rest as the new residual.
 // Ranks all-gather the sparse entries and each rank sums them into a dense average.

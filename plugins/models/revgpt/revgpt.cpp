@@ -103,8 +103,7 @@ public:
     }
 
     // The coupling's backward: the inversion builds the graphs of G at y1 and F at x2, which
-    // the gradients then run through (algorithms.md section 4, "Applying PETRA to a reversible
-    // transformer"):
+    // the gradients then run through (docs/algorithms/petra.md, "The reversible block"):
     //   z1 = ȳ1 + (∂G/∂y1)ᵀ ȳ2,  x̄2 = ȳ2 + (∂F/∂x2)ᵀ z1,  x̄1 = z1;  θ_G gets (∂G/∂θ)ᵀ ȳ2, θ_F (∂F/∂θ)ᵀ z1.
     std::pair<torch::Tensor, torch::Tensor> reverse(const torch::Tensor& y, const torch::Tensor& grad_y) override {
         torch::AutoGradMode grad_on(true);

@@ -1,6 +1,6 @@
 // optimizers/lopt: a learned optimizer, small_fc_lopt (the per-parameter MLP of
-// learned_optimization's AdafacMLPLOpt) with μLO's optional 1/fan_in scaling (algorithms.md
-// section 5(c)).
+// learned_optimization's AdafacMLPLOpt) with μLO's optional 1/fan_in scaling
+// (docs/algorithms/lopt.md).
 //
 // Per parameter tensor it keeps momenta at 3 decays, an RMS accumulator, and Adafactor row and
 // column accumulators at 3 decays (full second moments for 1-D tensors). Per element it builds
@@ -22,7 +22,7 @@
 // at construction, on one order of the tensors for those sums. The result is the unsharded
 // update up to the order of floating-point sums.
 //
-// Decisions where the reference is silent (algorithms.md 5(c)): for 1-D tensors the row and
+// Decisions where the reference is silent (docs/algorithms/lopt.md): for 1-D tensors the row and
 // column factors are both rsqrt(v + 1e-9), so m_b · row_f · col_f is m_b · rsqrt(v + 1e-9); the
 // progress features use the number of steps taken before this one.
 #include <plexus/lopt_weights.hpp>

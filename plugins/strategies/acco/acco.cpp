@@ -1,5 +1,5 @@
 // strategies/acco: ACCO, "Accumulate while you communicate" (Nabli et al. 2024), and the two
-// delayed-update baselines of its ablation, DPU and weight prediction (algorithms.md section 1).
+// delayed-update baselines of its ablation, DPU and weight prediction (docs/algorithms/acco.md).
 //
 // Data parallelism with a ZeRO-1 optimizer on flat buffers: the parameters θ and their gradient
 // accumulator G are views of two flat buffers padded to W equal shards; rank r keeps the master

@@ -1,5 +1,5 @@
 // strategies/dadao: DADAO (Nabli, Oyallon 2023), decoupled accelerated decentralized
-// asynchronous optimization for L-smooth, mu-strongly convex objectives (algorithms.md 3).
+// asynchronous optimization for L-smooth, mu-strongly convex objectives (docs/algorithms/dadao.md).
 //
 // Each worker keeps six vectors v = (x, x~, y, y~, z, z~) (x: the parameters, a flat buffer the
 // model's parameters are views of; x starts at the model's initialization, the rest at 0).

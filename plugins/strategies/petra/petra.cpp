@@ -1,5 +1,5 @@
 // strategies/petra: model parallelism with forward and backward fully decoupled (PETRA,
-// algorithms.md section 4), and the delayed-gradient baselines it is compared with.
+// docs/algorithms/petra.md), and the delayed-gradient baselines it is compared with.
 //
 // The model's blocks are cut into J contiguous stages, one per rank. One step is one tick: stage
 // j forwards micro-batch t - j and back-propagates micro-batch t - 2(J-1) + j, so every stage

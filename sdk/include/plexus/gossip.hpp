@@ -1,5 +1,5 @@
 // plexus/gossip.hpp: asynchronous decentralized data parallelism by pairwise averaging
-// (AD-PSGD style gossip) and A2CiD2's continuous momentum (algorithms.md section 2).
+// (AD-PSGD style gossip) and A2CiD2's continuous momentum (docs/algorithms/gossip.md).
 //
 // Every worker keeps its own parameters x (a flat buffer the model's parameters are views of)
 // and never joins a global barrier. Events happen in "algorithm time" τ, whose unit is one

@@ -1,5 +1,5 @@
 // plexus/graph.hpp: communication graphs for decentralized algorithms (gossip, A2CiD2, DADAO),
-// and the spectral quantities their constants come from (algorithms.md sections 2-3).
+// and the spectral quantities their constants come from (docs/algorithms/gossip.md, docs/algorithms/dadao.md).
 //
 //   auto g = plexus::make_graph("exponential", 16);
 //   auto s = plexus::gossip_spectrum(g, /*rate=*/1.0);        // chi1, chi2
@@ -198,7 +198,7 @@ inline GossipSpectrum gossip_spectrum(const Graph& g, double rate) {
     return out;
 }
 
-// DADAO's normalization (algorithms.md 3(c)): the unweighted graph Laplacian divided by the
+// DADAO's normalization (docs/algorithms/dadao.md): the unweighted graph Laplacian divided by the
 // number of edges (communications land on an edge drawn uniformly), chi1 = 1 / its smallest
 // positive eigenvalue, chi2 = the largest effective resistance of an edge under it (no 1/2).
 inline GossipSpectrum edge_sampling_spectrum(const Graph& g) {
