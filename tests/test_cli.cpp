@@ -155,9 +155,9 @@ TEST_CASE("[train], [launch] and optimizer values out of range are refused, nami
     const std::vector<std::pair<std::string, std::string>> cases = {
         {"train.grad_clip=-1", "train.grad_clip = -1.0 must be >= 0"},
         {"train.min_lr_ratio=5", "train.min_lr_ratio = 5.0 must lie in [0, 1]"},
-        {"train.warmup_tokens=-100", "train.warmup_tokens must be >= 0"},
-        {"train.steps=-5", "train.steps must be >= 0"},
-        {"train.eval_every=-1", "train.eval_every must be >= 0"},
+        {"train.warmup_tokens=-100", "train.warmup_tokens = -100 must be >= 0"},
+        {"train.steps=-5", "train.steps = -5 must be >= 0"},
+        {"train.eval_every=-1", "train.eval_every = -1 must be >= 0"},
         {"launch.mode=sim --set launch.ranks=100000", "at most 16384"},
         {"launch.mode=local --set launch.ranks=1000", "at most 256"}};
     for (const auto& [set, message] : cases) {
@@ -319,4 +319,22 @@ TEST_CASE("a read-only or newer database is refused and left as it was", "[e2e][
     auto junk = run_plexus("run " + file + " --db " + dir.file("junk.db", std::string(5000, 'j')));
     CHECK(junk.exit_code == 1);
     CHECK_THAT(junk.output, Contains("junk.db"));
+}
+
+TEST_CASE("a plugin's value outside its declared range or choices is refused before the run is recorded",
+          "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("e.toml", kTinyExperiment);
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"strategy.name=zero --set strategy.stage=4", "strategy.stage = 4 must lie in [1, 3]"},
+        {"strategy.name=pipeline --set strategy.schedule=zigzag",
+         "strategy.schedule = \"zigzag\" is unknown (use \"gpipe\" or \"1f1b\")"}};
+    for (const auto& [set, message] : cases) {
+        INFO(set);
+        const auto res = run_plexus("run " + file + " --db " + db + " --set " + set);
+        CHECK(res.exit_code == 1);
+        CHECK_THAT(res.output, Contains(message) && Contains("--set"));
+    }
+    CHECK_FALSE(fs::exists(db));  // refused with the config, before any run row
 }

@@ -186,3 +186,21 @@ TEST_CASE("a corpus of malformed experiments: each is refused with its own messa
     }
     CHECK(checked >= 28);
 }
+
+TEST_CASE("a key's declared choices and range: what each refuses, and how it says so", "[config]") {
+    const auto stage = ConfigKey("stage", 1, "").between(1, 3);
+    CHECK(stage.refusal("strategy.stage", Value(2)).empty());
+    CHECK(stage.refusal("strategy.stage", Value(1)).empty());  // bounds included
+    CHECK(stage.refusal("strategy.stage", Value(0)) == "strategy.stage = 0 must lie in [1, 3]");
+    const auto clip = ConfigKey("grad_clip", 1.0, "").at_least(0);
+    CHECK(clip.refusal("train.grad_clip", Value(-0.5)) == "train.grad_clip = -0.5 must be >= 0");
+    CHECK(clip.refusal("train.grad_clip", Value(std::nan(""))) == "train.grad_clip = nan must be a finite number");
+    CHECK(clip.refusal("train.grad_clip", Value(HUGE_VAL)) == "train.grad_clip = inf must be a finite number");
+    const auto upper = ConfigKey("p", 0.5, "").at_most(1e-3);
+    CHECK(upper.refusal("x.p", Value(0.5)) == "x.p = 0.5 must be <= 0.001");
+    const auto mode = ConfigKey("mode", "a", "").one_of({"a", "b", "c"});
+    CHECK(mode.refusal("launch.mode", Value("b")).empty());
+    CHECK(mode.refusal("launch.mode", Value("d")) == "launch.mode = \"d\" is unknown (use \"a\", \"b\" or \"c\")");
+    CHECK(ConfigKey("free", "x", "").refusal("k", Value("anything")).empty());  // no choices: any string
+    CHECK(ConfigKey("n", 3, "").refusal("k", Value(-7)).empty());              // no range: any number
+}

@@ -4,10 +4,12 @@
 #include <cmath>
 #include <cstdio>
 #include <iomanip>
+#include <iostream>
 #include <limits>
 #include <sstream>
 
 #include <c10/util/Exception.h>
+#include <plexus/error.hpp>
 
 namespace plexus::host {
 
@@ -139,6 +141,17 @@ std::string exact_double(double v) {
 std::string message_of(const std::exception& e) {
     if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) return torch_error->what_without_backtrace();
     return e.what();
+}
+
+void print_error(const std::exception& e) {
+    std::cerr << "error: " << message_of(e) << "\n";
+    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
+}
+
+std::string error_text(const std::exception& e) {
+    std::string s = message_of(e);
+    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) s += " (hint: " + pe->hint() + ")";
+    return s;
 }
 
 }  // namespace plexus::host

@@ -25,6 +25,10 @@ uint64_t fnv1a(const std::string& text);
 // An exception's message without the C++ backtrace LibTorch appends to its own errors
 // (c10::Error): what a user reads after "error:" and what a failed run records.
 std::string message_of(const std::exception& e);
+// "error: MESSAGE" and "hint: HINT" on stderr (a plexus::Error's hint where it has one), and the
+// same as one line for a record ("MESSAGE (hint: HINT)").
+void print_error(const std::exception& e);
+std::string error_text(const std::exception& e);
 std::string hex64(uint64_t v);
 std::string exact_double(double v);  // reads back to the same bits
 

@@ -15,6 +15,9 @@
 #include <plexus/build_config.hpp>
 
 #include "tools/bench_network.hpp"
+#include "tools/config_reference.hpp"
+#include "tools/conformance.hpp"
+#include "tools/scaffold.hpp"
 #include "runtime/harness.hpp"
 #include "lab/leaderboard.hpp"
 #include "device/memory_meter.hpp"
@@ -31,65 +34,21 @@ using namespace plexus::host;
 
 namespace {
 
-const char* kHelpText = R"(plexus: one harness to train, measure and compare distributed training algorithms.
+// Every command: its name, its usage as `plexus --help` shows it, and what runs it. The help,
+// the dispatch and the "did you mean" of an unknown command all read this one table.
+struct Command {
+    const char* name;
+    const char* usage;
+    int (*run)(std::vector<std::string>& args, int argc, char** argv);
+};
 
-usage:
-  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none] [--point I]
-        Train the experiment in FILE.toml and record it in the results database.
-        --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
-        --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
-        With [checkpoint] every_steps = N (or every_minutes = M) the run writes a checkpoint every
-        N steps, and when interrupted (Ctrl-C); a killed run loses at most the steps since.
-  plexus run --resume RUN [--db PATH] [--progress MODE]
-        Continue run RUN from its newest checkpoint with the file, point and --set it started with
-        (from the start, in the same run, if it has none). With a strategy that declares exact
-        resume (every strategy but petra's delayed method) the result is bit-identical to an
-        uninterrupted run's. Refused if the experiment file has changed since, or if the run is
-        still running in another live process.
-  plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
-                     [--progress auto|bar|lines|none]
-        Run every point of the file's [grid], N at once (never more cores than the machine has;
-        a local multi-process run counts its ranks). Resumable: points already finished in the
-        sweep are skipped; failed ones run again with --retry-failed; interrupted or killed ones
-        continue from their checkpoints (--resume); one still running in another live process (a
-        second sweep of the same file) is left to it. Each run is its own process: [limits]
-        wall_minutes and memory_gb stop one that hangs or grows, and a run that crashes is
-        marked failed with its signal and last log lines. --dry-run lists the points.
-  plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
-                     [--format table|csv|json|markdown] [--db PATH]
-        Rank the newest (or the named) sweep's grid points, mean ± std over seeds, by M:
-        final_eval_loss (default), loss_at (eval loss at --tokens), tokens_to / time_to (to reach
-        eval loss --target; simulated time on the simulated cluster), mfu, tokens_per_s,
-        peak_memory, bytes_sent, or any summary key. --runs: one row per run.
-  plexus compare RUN RUN... [--db PATH]
-        The settings that differ between runs, and their figures with deltas against the first.
-  plexus curves RUN... [--sweep SWEEP] [--keys loss,eval_loss] [-o FILE.csv] [--db PATH]
-        Per-step curves as CSV (run, key, step, tokens, wall time, simulated time, value).
-  plexus report [SWEEP] -o report.html [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2]
-                [--runs] [--db PATH]
-        A self-contained HTML page: the leaderboard (ranked as `plexus leaderboard` with the same
-        options), loss against steps, tokens and time (a band over seeds), MFU and memory bars.
-        Opens without a network.
-  plexus plugins [NAME]
-        List the plugins found and why any was refused; with NAME, print its settings.
-  plexus runs [--db PATH] [--limit N]
-        List recorded runs, newest first.
-  plexus show RUN [--db PATH]
-        Print one run: status, settings, summaries and a summary of its curves.
-  plexus meta-train FILE.toml [--db PATH] [--restart] [--iterations N]
-        Meta-train the learned optimizer's weights (optimizers/lopt) with antithetic evolution
-        strategies over the [[task]] families of FILE ([meta]: iterations, pairs, sigma, lr,
-        inner_steps, seed, init, out, checkpoint_every, ranks, truncation). truncation = K > 0:
-        PES, each task trained across iterations in truncations of K steps. Resumes from
-        OUT.ckpt unless --restart; records the meta-loss curve as a run. Under torchrun, one rank
-        per process.
-  plexus bench peak [--threads N]
-        Measure this CPU's sustained float32 matmul FLOP/s (the peak MFU divides by) and cache it.
-  plexus bench network [--ranks N]
-        Time c10d/Gloo all-reduce on N local ranks and fit the simulator's link latency and
-        bandwidth to it (the [sim] settings that model this machine).
-  plexus --help | --version
+const std::vector<Command>& commands();
 
+const char* kHelpHead = R"(plexus: one harness to train, measure and compare distributed training algorithms.
+
+)";
+
+const char* kHelpTail = R"(
 Experiment files (TOML) have sections [model], [data], [optimizer], [strategy], [comm] naming
 plugins (name = "...") with their settings, and the host's [train], [results], [launch], [sim],
 [checkpoint], [limits] and [[faults]].
@@ -125,9 +84,10 @@ scripts/sanitize.sh (ASan + UBSan build, unit tests under it).
 Default database: results/plexus.db (relative to the current folder).
 )";
 
-void print_error(const std::exception& e) {
-    std::cerr << "error: " << message_of(e) << "\n";
-    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
+std::string help_text() {
+    std::string out = std::string(kHelpHead) + "usage:\n";
+    for (const auto& c : commands()) out += c.usage;
+    return out + "  plexus --help | --version\n" + kHelpTail;
 }
 
 int usage_error(const std::string& msg) {
@@ -170,7 +130,14 @@ bool take_flag(std::vector<std::string>& args, const std::string& flag, std::str
 int cmd_plugins(std::vector<std::string> args) {
     PluginRegistry registry;
     const auto path = PluginRegistry::default_search_path();
+    const bool markdown = std::find(args.begin(), args.end(), "--markdown") != args.end();
+    args.erase(std::remove(args.begin(), args.end(), "--markdown"), args.end());
     registry.scan(path);
+    if (markdown) {
+        if (!args.empty()) return usage_error("plugins --markdown takes no plugin name");
+        std::cout << config_reference_markdown(registry);
+        return kOk;
+    }
     if (!args.empty()) {
         const std::string& name = args[0];
         std::vector<const PluginDescriptor*> matches;
@@ -247,6 +214,59 @@ std::string shown_status(ResultsStore& store, const RunInfo& run) {
 const char* kDiedNote =
     "died: its process is gone without recording how the run ended (a crash, kill -9, or a [[faults]] kill of "
     "a one-process run); `plexus run --resume ID` continues it (from its last checkpoint, if it wrote one)";
+
+// `plexus check [NAME | FILE.so]... [--set KEY=VALUE]...`: the conformance checks of each plugin
+// named (every plugin found, when none is); exit 1 when any check fails.
+int cmd_check(std::vector<std::string> args) {
+    std::vector<std::string> overrides;
+    std::string value;
+    while (take_flag(args, "--set", value)) overrides.push_back(value);
+    PluginRegistry registry;
+    registry.scan(PluginRegistry::default_search_path());
+    std::vector<const PluginDescriptor*> chosen;
+    for (const auto& arg : args) {
+        if (arg.size() > 3 && arg.compare(arg.size() - 3, 3, ".so") == 0) {
+            chosen.push_back(&registry.load(arg));  // a refused library throws, saying why
+            continue;
+        }
+        std::vector<std::string> names;
+        size_t before = chosen.size();
+        for (const auto& l : registry.loaded()) {
+            names.push_back(l.descriptor->name);
+            if (l.descriptor->name == arg) chosen.push_back(l.descriptor);
+        }
+        if (chosen.size() == before) {
+            const std::string hint = did_you_mean(arg, names);
+            throw Error("no plugin named '" + arg + "'" + (hint.empty() ? "" : "; " + hint),
+                        "`plexus plugins` lists them; give a library's path to check one that is not installed");
+        }
+    }
+    if (args.empty())
+        for (const auto& l : registry.loaded()) chosen.push_back(l.descriptor);
+    int passed = 0, failed = 0, skipped = 0;
+    for (const auto* d : chosen) {
+        for (const auto& r : check_plugin(registry, *d, overrides)) {
+            (r.skipped ? skipped : r.passed ? passed : failed) += 1;
+            std::cout << (r.skipped ? "skip  " : r.passed ? "ok    " : "FAIL  ") << r.plugin << ": " << r.check
+                      << (r.detail.empty() ? "" : "\n      " + r.detail) << std::endl;
+        }
+    }
+    std::cout << "plexus check: " << passed << " of " << passed + failed << " checks held"
+              << (failed ? ", " + std::to_string(failed) + " did not" : "")
+              << (skipped ? "; " + std::to_string(skipped) + " plugin(s) skipped for a missing setting" : "") << "\n";
+    return failed ? kFailed : kOk;
+}
+
+// `plexus new KIND NAME [DIR]`: a plugin folder that builds out of tree and passes `plexus check`.
+int cmd_new(const std::vector<std::string>& args) {
+    if (args.size() < 2 || args.size() > 3) return usage_error("usage: plexus new KIND NAME [DIR]");
+    const std::string dir = args.size() == 3 ? args[2] : args[1];
+    for (const auto& path : write_plugin_scaffold(args[0], args[1], dir)) std::cout << "wrote " << path << "\n";
+    std::cout << "next: cmake -S " << dir << " -B " << dir << "/build -DCMAKE_PREFIX_PATH=<plexus install prefix> && "
+              << "cmake --build " << dir << "/build -j2 && plexus check " << dir << "/build/plugins/plexus_" << args[0] << "_"
+              << args[1] << ".so\n";
+    return kOk;
+}
 
 int cmd_runs(std::vector<std::string> args) {
     std::string db = "results/plexus.db", limit = "20";
@@ -537,6 +557,137 @@ int cmd_bench(std::vector<std::string> args) {
     return kOk;
 }
 
+int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
+    RunOptions opts;
+    for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
+    opts.argv.assign(argv, argv + argc);
+    std::string value;
+    while (take_flag(args, "--set", value)) opts.overrides.push_back(value);
+    take_flag(args, "--db", opts.db);
+    take_flag(args, "--progress", opts.progress);
+    if (take_flag(args, "--point", value)) {
+        const auto point = parse_count(value, 0, INT32_MAX);
+        if (!point) return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
+        opts.point = static_cast<int>(*point);
+    }
+    if (take_flag(args, "--resume", value)) {
+        const auto run = parse_count(value, 1);
+        if (!run) return usage_error("--resume takes a run id (see `plexus runs`)");
+        opts.resume_run = *run;
+        if (!args.empty())
+            return usage_error("plexus run --resume RUN takes no file: the run's own file, point and --set are used");
+        if (!opts.overrides.empty() || opts.point >= 0)
+            return usage_error("--resume continues the run as it was recorded: --set and --point do not apply");
+        return run_experiment("", opts);
+    }
+    if (args.size() != 1) return usage_error(args.empty() ? "plexus run needs an experiment file" : "unexpected argument '" + args[1] + "'");
+    if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
+    return run_experiment(args[0], opts);
+}
+
+int cmd_meta_train(std::vector<std::string>& args, int argc, char** argv) {
+    MetaOptions opts;
+    for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
+    take_flag(args, "--db", opts.db);
+    std::string value;
+    if (take_flag(args, "--iterations", value)) {
+        const auto iterations = parse_count(value, 0);
+        if (!iterations) return usage_error("--iterations takes a number >= 0");
+        opts.iterations = *iterations;
+    }
+    for (size_t i = 0; i < args.size(); ++i)
+        if (args[i] == "--restart") opts.restart = true, args.erase(args.begin() + static_cast<long>(i--));
+    if (args.size() != 1) return usage_error(args.empty() ? "plexus meta-train needs a meta-train file" : "unexpected argument '" + args[1] + "'");
+    if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
+    try {
+        return meta_train(args[0], opts);
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+}
+
+const std::vector<Command>& commands() {
+    using Args = std::vector<std::string>;
+    static const std::vector<Command> table = {
+    {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none] [--point I]
+        Train the experiment in FILE.toml and record it in the results database.
+        --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
+        --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
+        With [checkpoint] every_steps = N (or every_minutes = M) the run writes a checkpoint every
+        N steps, and when interrupted (Ctrl-C); a killed run loses at most the steps since.
+  plexus run --resume RUN [--db PATH] [--progress MODE]
+        Continue run RUN from its newest checkpoint with the file, point and --set it started with
+        (from the start, in the same run, if it has none). With a strategy that declares exact
+        resume (every strategy but petra's delayed method) the result is bit-identical to an
+        uninterrupted run's. Refused if the experiment file has changed since, or if the run is
+        still running in another live process.
+)", cmd_run},
+    {"sweep", R"(  plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
+                     [--progress auto|bar|lines|none]
+        Run every point of the file's [grid], N at once (never more cores than the machine has;
+        a local multi-process run counts its ranks). Resumable: points already finished in the
+        sweep are skipped; failed ones run again with --retry-failed; interrupted or killed ones
+        continue from their checkpoints (--resume); one still running in another live process (a
+        second sweep of the same file) is left to it. Each run is its own process: [limits]
+        wall_minutes and memory_gb stop one that hangs or grows, and a run that crashes is
+        marked failed with its signal and last log lines. --dry-run lists the points.
+)", [](Args& a, int, char**) { return cmd_sweep(a); }},
+    {"leaderboard", R"(  plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
+                     [--format table|csv|json|markdown] [--db PATH]
+        Rank the newest (or the named) sweep's grid points, mean ± std over seeds, by M:
+        final_eval_loss (default), loss_at (eval loss at --tokens), tokens_to / time_to (to reach
+        eval loss --target; simulated time on the simulated cluster), mfu, tokens_per_s,
+        peak_memory, bytes_sent, or any summary key. --runs: one row per run.
+)", [](Args& a, int, char**) { return cmd_leaderboard(a); }},
+    {"compare", R"(  plexus compare RUN RUN... [--db PATH]
+        The settings that differ between runs, and their figures with deltas against the first.
+)", [](Args& a, int, char**) { return cmd_compare(a); }},
+    {"curves", R"(  plexus curves RUN... [--sweep SWEEP] [--keys loss,eval_loss] [-o FILE.csv] [--db PATH]
+        Per-step curves as CSV (run, key, step, tokens, wall time, simulated time, value).
+)", [](Args& a, int, char**) { return cmd_curves(a); }},
+    {"report", R"(  plexus report [SWEEP] -o report.html [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2]
+                [--runs] [--db PATH]
+        A self-contained HTML page: the leaderboard (ranked as `plexus leaderboard` with the same
+        options), loss against steps, tokens and time (a band over seeds), MFU and memory bars.
+        Opens without a network.
+)", [](Args& a, int, char**) { return cmd_report(a); }},
+    {"plugins", R"(  plexus plugins [NAME | --markdown]
+        List the plugins found and why any was refused; with NAME, print its settings; with
+        --markdown, the whole configuration reference (docs/reference/config.md is its copy).
+)", [](Args& a, int, char**) { return cmd_plugins(a); }},
+    {"check", R"(  plexus check [NAME | FILE.so]... [--set KEY=VALUE]...
+        Run the conformance checks on plugins (every plugin found, when none is named): the
+        descriptor and schema, then checks by kind (docs/plugins.md lists them). Exit 1 if any fails.
+)", [](Args& a, int, char**) { return cmd_check(a); }},
+    {"new", R"(  plexus new KIND NAME [DIR]
+        Write a plugin folder (CMakeLists.txt, NAME.cpp, README.md; KIND: model, dataset,
+        optimizer, strategy or comm) that builds against the installed SDK and passes plexus check.
+)", [](Args& a, int, char**) { return cmd_new(a); }},
+    {"runs", R"(  plexus runs [--db PATH] [--limit N]
+        List recorded runs, newest first.
+)", [](Args& a, int, char**) { return cmd_runs(a); }},
+    {"show", R"(  plexus show RUN [--db PATH]
+        Print one run: status, settings, summaries and a summary of its curves.
+)", [](Args& a, int, char**) { return cmd_show(a); }},
+    {"meta-train", R"(  plexus meta-train FILE.toml [--db PATH] [--restart] [--iterations N]
+        Meta-train the learned optimizer's weights (optimizers/lopt) with antithetic evolution
+        strategies over the [[task]] families of FILE ([meta]: iterations, pairs, sigma, lr,
+        inner_steps, seed, init, out, checkpoint_every, ranks, truncation). truncation = K > 0:
+        PES, each task trained across iterations in truncations of K steps. Resumes from
+        OUT.ckpt unless --restart; records the meta-loss curve as a run. Under torchrun, one rank
+        per process.
+)", cmd_meta_train},
+    {"bench", R"(  plexus bench peak [--threads N]
+        Measure this CPU's sustained float32 matmul FLOP/s (the peak MFU divides by) and cache it.
+  plexus bench network [--ranks N]
+        Time c10d/Gloo all-reduce on N local ranks and fit the simulator's link latency and
+        bandwidth to it (the [sim] settings that model this machine).
+)", [](Args& a, int, char**) { return cmd_bench(a); }},
+    };
+    return table;
+}
+
 }  // namespace
 
 static int dispatch(int argc, char** argv);  // the commands; below
@@ -559,7 +710,7 @@ static int dispatch(int argc, char** argv) {
     plexus::host::MeterScope process_meter(std::make_shared<plexus::host::TensorMemoryMeter>());
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-        std::cout << kHelpText;
+        std::cout << help_text();
         return args.empty() ? kUsage : kOk;
     }
     if (args[0] == "--version") {
@@ -568,68 +719,17 @@ static int dispatch(int argc, char** argv) {
     }
     const std::string cmd = args[0];
     args.erase(args.begin());
-    if (std::find(args.begin(), args.end(), "--help") != args.end() || std::find(args.begin(), args.end(), "-h") != args.end()) {
-        std::cout << kHelpText;  // `plexus run -h`: the commands' usage, not "no such file -h"
-        return kOk;
+    for (const auto& c : commands()) {
+        if (c.name != cmd) continue;
+        // `plexus run -h`: that command's usage, not "no such file -h".
+        if (std::find(args.begin(), args.end(), "--help") != args.end() || std::find(args.begin(), args.end(), "-h") != args.end()) {
+            std::cout << "usage:\n" << c.usage << "\n`plexus --help` describes every command, the settings and the environment.\n";
+            return kOk;
+        }
+        return c.run(args, argc, argv);
     }
-    if (cmd == "run") {
-        RunOptions opts;
-        for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
-        opts.argv.assign(argv, argv + argc);
-        std::string value;
-        while (take_flag(args, "--set", value)) opts.overrides.push_back(value);
-        take_flag(args, "--db", opts.db);
-        take_flag(args, "--progress", opts.progress);
-        if (take_flag(args, "--point", value)) {
-            const auto point = parse_count(value, 0, INT32_MAX);
-            if (!point) return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
-            opts.point = static_cast<int>(*point);
-        }
-        if (take_flag(args, "--resume", value)) {
-            const auto run = parse_count(value, 1);
-            if (!run) return usage_error("--resume takes a run id (see `plexus runs`)");
-            opts.resume_run = *run;
-            if (!args.empty())
-                return usage_error("plexus run --resume RUN takes no file: the run's own file, point and --set are used");
-            if (!opts.overrides.empty() || opts.point >= 0)
-                return usage_error("--resume continues the run as it was recorded: --set and --point do not apply");
-            return run_experiment("", opts);
-        }
-        if (args.size() != 1) return usage_error(args.empty() ? "plexus run needs an experiment file" : "unexpected argument '" + args[1] + "'");
-        if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
-        return run_experiment(args[0], opts);
-    }
-    if (cmd == "plugins") return cmd_plugins(args);
-    if (cmd == "runs") return cmd_runs(args);
-    if (cmd == "show") return cmd_show(args);
-    if (cmd == "bench") return cmd_bench(args);
-    if (cmd == "sweep") return cmd_sweep(args);
-    if (cmd == "leaderboard") return cmd_leaderboard(args);
-    if (cmd == "compare") return cmd_compare(args);
-    if (cmd == "curves") return cmd_curves(args);
-    if (cmd == "report") return cmd_report(args);
-    if (cmd == "meta-train") {
-        MetaOptions opts;
-        for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
-        take_flag(args, "--db", opts.db);
-        std::string value;
-        if (take_flag(args, "--iterations", value)) {
-            const auto iterations = parse_count(value, 0);
-            if (!iterations) return usage_error("--iterations takes a number >= 0");
-            opts.iterations = *iterations;
-        }
-        for (size_t i = 0; i < args.size(); ++i)
-            if (args[i] == "--restart") opts.restart = true, args.erase(args.begin() + static_cast<long>(i--));
-        if (args.size() != 1) return usage_error(args.empty() ? "plexus meta-train needs a meta-train file" : "unexpected argument '" + args[1] + "'");
-        if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
-        try {
-            return meta_train(args[0], opts);
-        } catch (const std::exception& e) {
-            print_error(e);
-            return kFailed;
-        }
-    }
-    std::string hint = did_you_mean(cmd, {"run", "plugins", "runs", "show", "bench", "sweep", "leaderboard", "compare",
-                                          "curves", "report", "meta-train"});
+    std::vector<std::string> names;
+    for (const auto& c : commands()) names.push_back(c.name);
+    const std::string hint = did_you_mean(cmd, names);
     return usage_error("unknown command '" + cmd + "'" + (hint.empty() ? "" : "; " + hint));
 }

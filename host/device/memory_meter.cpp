@@ -3,6 +3,10 @@
 #include <c10/core/Allocator.h>
 #include <c10/util/ThreadLocalDebugInfo.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <mutex>
 #include <unordered_map>
 
@@ -81,6 +85,22 @@ MeterScope::~MeterScope() = default;
 std::shared_ptr<TensorMemoryMeter> current_meter() {
     auto* info = dynamic_cast<Reporter*>(c10::ThreadLocalDebugInfo::get(c10::DebugInfoKind::PROFILER_STATE));
     return info ? info->meter() : nullptr;
+}
+
+double peak_rss_bytes() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_maxrss) * 1024.0;
+}
+
+double current_rss_bytes() {
+    long pages = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+        long size = 0;
+        if (std::fscanf(f, "%ld %ld", &size, &pages) != 2) pages = 0;
+        std::fclose(f);
+    }
+    return static_cast<double>(pages) * static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
 }  // namespace plexus::host

@@ -35,6 +35,10 @@ private:
     std::unique_ptr<Guard> guard_;
 };
 
+// The process's resident memory: its peak so far, and now (bytes).
+double peak_rss_bytes();
+double current_rss_bytes();
+
 // The meter of this thread's innermost scope, or null: a thread started for the rank (a
 // background task) opens a scope with it so that its tensors count too.
 std::shared_ptr<TensorMemoryMeter> current_meter();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "device/peak.hpp"  // set_compute_threads
+#include "runtime/exit_codes.hpp"
 
 namespace plexus::host {
 
@@ -30,9 +31,6 @@ bool is_progress_mode(const std::string& mode);
 // Scans the default plugin folders and the experiment's plugin_path.
 void scan_plugins(const Experiment& exp, PluginRegistry& registry);
 
-// Exit codes of `plexus run`.
-// kKilled: a [[faults]] kill (137, as for SIGKILL).
-enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2, kDiverged = 3, kInterrupted = 130, kKilled = 137 };
 
 // Runs the experiment in `path` (with options.resume_run: the file, point and overrides recorded
 // with that run, `path` unused); returns an ExitCode. Prints errors with their hints.

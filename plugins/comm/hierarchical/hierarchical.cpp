@@ -31,7 +31,8 @@ public:
             inter_ = transport.subgroup(across);
         }
         const int64_t n = tensor.numel();
-        stats_.logical_bytes += n * static_cast<int64_t>(tensor.element_size());
+        stats_.logical_bytes +=
+            plexus::ring_all_reduce_bytes(n * static_cast<int64_t>(tensor.element_size()), transport.world_size());
         const int64_t chunk = (n + g - 1) / g;
         auto padded = torch::zeros({chunk * g}, tensor.options());
         padded.narrow(0, 0, n).copy_(tensor.reshape(-1));
@@ -62,6 +63,7 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "reduce-scatter in the node, all-reduce across nodes, all-gather in the node";
     d.schema = {{"node_size", 0, "ranks per node; 0: as launched (LOCAL_WORLD_SIZE, or sim.gpus_per_node)"}};
+    d.extras["check.settings"] = "comm.node_size=2";  // `plexus check` on 4 ranks: two nodes of two
     d.make_comm = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::CommScheme> {
         int64_t g = cfg.get_int("node_size");
         cfg.require(g >= 0, "node_size", "must be >= 0");

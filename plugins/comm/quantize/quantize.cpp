@@ -19,7 +19,8 @@ public:
         torch::NoGradGuard no_grad;
         const int world = transport.world_size();
         const int64_t n = tensor.numel();
-        stats_.logical_bytes += n * static_cast<int64_t>(tensor.element_size());
+        stats_.logical_bytes +=
+            plexus::ring_all_reduce_bytes(n * static_cast<int64_t>(tensor.element_size()), transport.world_size());
         auto flat = tensor.reshape(-1).to(torch::kFloat32);
         const auto before = transport.stats().bytes_sent;
         torch::Tensor sum;
@@ -67,6 +68,8 @@ plexus::PluginDescriptor describe() {
         {"format", "int8", "bf16 or int8"},
         {"chunk", 256, "elements per int8 scale"},
     };
+    // `plexus check`: identical tensors come back within one int8 step (max|x| / 127 / 2) of themselves.
+    d.extras["check.tolerance"] = "0.004";
     d.make_comm = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::CommScheme> {
         const auto format = cfg.get_string("format");
         cfg.require(format == "bf16" || format == "int8", "format", "must be bf16 or int8");

@@ -18,7 +18,8 @@ public:
         torch::NoGradGuard no_grad;
         const int world = transport.world_size();
         const int64_t n = tensor.numel();
-        stats_.logical_bytes += n * static_cast<int64_t>(tensor.element_size());
+        stats_.logical_bytes +=
+            plexus::ring_all_reduce_bytes(n * static_cast<int64_t>(tensor.element_size()), transport.world_size());
         auto& residual = residuals_[key];
         const auto f32 = tensor.options().dtype(torch::kFloat32);  // on the tensor's device
         if (!residual.defined() || residual.numel() != n) residual = torch::zeros({n}, f32);
@@ -73,6 +74,7 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "top-k sparsification with error feedback; sends ratio * n (index, value) pairs";
     d.schema = {{"ratio", 0.01, "fraction of the entries sent per call, in (0, 1]"}};
+    d.extras["check.settings"] = "comm.ratio=1";  // `plexus check`: every entry sent, so the mean is exact
     d.make_comm = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::CommScheme> {
         const double ratio = cfg.get_double("ratio");
         cfg.require(ratio > 0 && ratio <= 1, "ratio", "must lie in (0, 1]");

@@ -97,6 +97,7 @@ plexus::PluginDescriptor describe() {
         {"val_fraction", 0.05, "held-out fraction when val is empty"},
         {"vocab_size", 50257, "tokenizer vocabulary size (GPT-2: 50257)"},
     };
+    d.extras["check.needs"] = "data.train";  // `plexus check`: a shard file to read
     d.make_dataset = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::Dataset> {
         return std::make_unique<TokenShards>(cfg);
     };

@@ -415,6 +415,9 @@ plexus::PluginDescriptor describe() {
          "(μLO); \"$^\" matches none (the SP optimizer). For models/gpt: \"(qkv|proj|fc|out)\\\\.weight$\""},
         {"use_schedule", false, "multiply the step by the [train] learning-rate schedule's factor"},
     };
+    // `plexus check`: untrained weights, and the schedule applied (a learned optimizer follows its own
+    // schedule by default, so lr_scale 0 would not stop it).
+    d.extras["check.settings"] = "optimizer.weights=init;optimizer.use_schedule=true";
     d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext& ctx,
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
         return std::make_unique<Lopt>(cfg, ctx, std::move(slots));

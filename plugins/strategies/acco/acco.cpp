@@ -423,7 +423,8 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "ACCO: ZeRO-1 rounds overlapped with gradient accumulation, estimate/update rounds; DPU and WP baselines";
     d.schema = {
-        {"algorithm", "acco", "acco (estimate and update rounds), dpu (one-step delayed update), wp (weight prediction)"},
+        plexus::ConfigKey("algorithm", "acco", "acco (estimate and update rounds), dpu (one-step delayed update), wp (weight prediction)")
+            .one_of({"acco", "dpu", "wp"}),
         {"accumulate", 1, "micro-batches computed between two checks of the round; at least this many per round"},
         {"sync_updates", 0, "synchronous (not overlapped) updates first: DPU's warm-up"},
         {"comm_thread", true, "run each round on a communication thread; false: the compute polls it between micro-batches"},

@@ -123,6 +123,8 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "DiLoCo / local SGD: inner steps without communication, then an outer step on the averaged pseudo-gradient";
     d.schema = {{"inner_steps", 50, "inner optimizer steps between synchronizations (H)"}};
+    // `plexus check`: an outer optimizer, and a synchronization inside its 5 steps.
+    d.extras["check.settings"] = "outer_optimizer.name=sgd;strategy.inner_steps=2";
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Diloco>(cfg, ctx);
     };

@@ -134,7 +134,9 @@ public:
         for (int64_t i = 0; i < batches; ++i, ++count) {
             auto batch = stream.next();
             torch::Tensor x = batch.inputs;
-            const int tag = 3 * static_cast<int>(eval_messages_++) + 2;  // apart from training's tags
+            // Apart from training's tags (3t, 3t + 1); each evaluation receives all it sends before
+            // the next, so its tags restart and evaluating changes no state (`plexus check`).
+            const int tag = 3 * static_cast<int>(i) + 2;
             if (j_ > 0) {
                 x = torch::empty(input_shape(batch.inputs), options_);
                 world_.recv(x, j_ - 1, tag)->wait();
@@ -745,7 +747,8 @@ private:
     std::map<int64_t, torch::Tensor> arrived_;  // messages received before their tick, by tag (checkpoints)
     std::deque<torch::Tensor> targets_;  // the last stage's: micro-batches read but not yet forwarded
     std::vector<std::shared_ptr<plexus::Work>> sends_, previous_sends_;
-    int64_t tick_ = 0, backwards_ = 0, stepped_at_ = 0, optimizer_steps_ = 0, eval_messages_ = 0;
+    int64_t tick_ = 0, backwards_ = 0, stepped_at_ = 0, optimizer_steps_ = 0;
+    int64_t eval_messages_ = 0;  // unused since evaluations restart their tags; kept in the checkpoint's layout
     int64_t rows_ = 0, seq_ = 0;  // the micro-batch's shape
     // Epochs of micro-batches between re-balancings: [epoch_mb_, end_mb_), started at epoch_tick_.
     int64_t rebalance_every_ = 0, epoch_tick_ = 0, epoch_mb_ = 0, end_mb_ = kNever;
@@ -772,6 +775,9 @@ plexus::PluginDescriptor describe() {
          "every this many micro-batches, drain the pipe and cut the stages again by each rank's measured speed "
          "(0: never); a multiple of accumulate"},
     };
+    // `plexus check`: the reversible model, over two stages.
+    d.extras["check.settings"] = "model.name=revgpt";
+    d.extras["check.ranks"] = "2";
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Petra>(cfg, ctx);
     };

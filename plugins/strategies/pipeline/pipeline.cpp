@@ -279,7 +279,7 @@ plexus::PluginDescriptor describe() {
     d.schema = {
         {"pp", 0, "stages per pipeline (0: all ranks); dp = ranks / pp"},
         {"dp", 0, "pipelines, to name the mesh (dp = 2, pp = 2); 0: ranks / pp"},
-        {"schedule", "1f1b", "gpipe (all forwards, then all backwards) or 1f1b"},
+        plexus::ConfigKey("schedule", "1f1b", "gpipe (all forwards, then all backwards) or 1f1b").one_of({"gpipe", "1f1b"}),
         {"micro_batches", 4, "micro-batches per step (train.batch_size must be a multiple)"},
         {"partition", "flops", "cut stages by block count, block FLOPs, or measured block time"},
     };

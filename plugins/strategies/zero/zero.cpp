@@ -346,7 +346,7 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "sharded data parallelism: ZeRO-1 (optimizer state), 2 (+ gradients), 3 (+ parameters, FSDP-style)";
     d.schema = {
-        {"stage", 1, "1: shard optimizer state; 2: and gradients; 3: and parameters (gathered per block)"},
+        plexus::ConfigKey("stage", 1, "1: shard optimizer state; 2: and gradients; 3: and parameters (gathered per block)").between(1, 3),
         {"accumulate", 1, "micro-batches per optimizer step; gradients reduce-scattered on the last"},
         {"prefetch", true, "stage 3: gather the next block's parameters while the current one computes"},
     };

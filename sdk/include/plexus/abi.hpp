@@ -5,14 +5,18 @@
 // So every plugin exports its fingerprint as a plain C string (symbol plexus_abi_fingerprint),
 // and the host compares it with its own before it calls any function of the library (loading
 // it runs its static initializers: keep those trivial in a plugin).
-// Bump PLEXUS_SDK_ABI_VERSION whenever a class in these headers changes layout or virtuals.
+// Bump PLEXUS_SDK_ABI_VERSION whenever a class in these headers changes layout or virtuals, and
+// say here what changed:
+//   7  ConfigKey carries choices and a range (one_of, at_least, at_most, between);
+//      PluginDescriptor::extras, where optional capabilities go without a further bump
+//   6  (earlier history: the repository's log of sdk/include/plexus/)
 #pragma once
 
 #include <torch/version.h>
 
 #include "plexus/build_config.hpp"
 
-#define PLEXUS_SDK_ABI_VERSION 6
+#define PLEXUS_SDK_ABI_VERSION 7
 
 #define PLEXUS_STR_(x) #x
 #define PLEXUS_STR(x) PLEXUS_STR_(x)

@@ -16,9 +16,17 @@
 
 namespace plexus {
 
+// Bytes each rank sends in a bandwidth-optimal (ring) all-reduce of `bytes` over `world` ranks:
+// 2 (W - 1) / W of the buffer (the c10d and simulated transports count the same).
+inline int64_t ring_all_reduce_bytes(int64_t bytes, int world) {
+    return world > 1 ? 2 * (world - 1) * bytes / world : 0;
+}
+
 struct CommSchemeStats {
-    int64_t logical_bytes = 0;  // bytes of the tensors handed in (what a plain all-reduce sends)
-    int64_t bytes_sent = 0;     // bytes this scheme actually put on the transport
+    // What a plain ring all-reduce of the tensors handed in would have sent from this rank
+    // (ring_all_reduce_bytes of their bytes), so that plain all-reduce has a ratio of 1.
+    int64_t logical_bytes = 0;
+    int64_t bytes_sent = 0;  // bytes this scheme actually put on the transport
     double compression_ratio() const {
         return bytes_sent > 0 ? static_cast<double>(logical_bytes) / bytes_sent : 1.0;
     }

@@ -15,6 +15,7 @@
 //   double lr = cfg.get_double("lr");
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -79,14 +80,43 @@ private:
     std::variant<bool, int64_t, double, std::string, List> v_;
 };
 
-// One key a plugin accepts. The type is taken from the default value.
+// One key a plugin accepts. The type is taken from the default value. A key may also say which
+// values it takes, and the host refuses any other before the run exists, naming the file, line
+// and key, as it refuses a wrong type:
+//
+//   {"schedule", "cosine", "learning-rate schedule"}  ->  ConfigKey(...).one_of({"constant", "cosine"})
+//   {"beta", 0.9, "momentum"}                         ->  ConfigKey(...).between(0.0, 1.0)
+//   {"micro_batches", 1, "per step"}                  ->  ConfigKey(...).at_least(1)
+//
+// A range applies to int and float keys (a float outside it, or not finite, is refused);
+// choices to string keys.
 struct ConfigKey {
     std::string name;
     Value default_value;
     std::string doc;
+    std::vector<std::string> choices;  // empty: any string
+    bool has_min = false, has_max = false;
+    double min = 0, max = 0;
     ConfigKey(std::string n, Value d, std::string documentation)
         : name(std::move(n)), default_value(std::move(d)), doc(std::move(documentation)) {}
     ValueType type() const { return default_value.type(); }
+
+    ConfigKey& one_of(std::vector<std::string> allowed) {
+        choices = std::move(allowed);
+        return *this;
+    }
+    ConfigKey& at_least(double lo) {
+        has_min = true, min = lo;
+        return *this;
+    }
+    ConfigKey& at_most(double hi) {
+        has_max = true, max = hi;
+        return *this;
+    }
+    ConfigKey& between(double lo, double hi) { return at_least(lo).at_most(hi); }
+
+    // Why `v` (of this key's type) is not allowed: "" when it is. `key` names it in the message.
+    std::string refusal(const std::string& key, const Value& v) const;
 };
 
 using ConfigSchema = std::vector<ConfigKey>;
@@ -142,6 +172,29 @@ private:
     std::string section_;
     std::map<std::string, Value> values_;
 };
+
+inline std::string ConfigKey::refusal(const std::string& key, const Value& v) const {
+    if (v.type() == ValueType::String && !choices.empty()) {
+        for (const auto& c : choices)
+            if (c == v.as_string()) return "";
+        std::string list;
+        for (size_t i = 0; i < choices.size(); ++i)
+            list += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + Value(choices[i]).to_text();
+        return key + " = " + v.to_text() + " is unknown (use " + list + ")";
+    }
+    if ((v.type() != ValueType::Int && v.type() != ValueType::Float) || (!has_min && !has_max)) return "";
+    const double x = v.as_double();
+    auto bound = [](double b) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", b);
+        return std::string(buf);
+    };
+    const bool low = has_min && !(x >= min), high = has_max && !(x <= max);
+    if (!std::isfinite(x) && v.type() == ValueType::Float) return key + " = " + v.to_text() + " must be a finite number";
+    if (!low && !high) return "";
+    if (has_min && has_max) return key + " = " + v.to_text() + " must lie in [" + bound(min) + ", " + bound(max) + "]";
+    return key + " = " + v.to_text() + (low ? " must be >= " + bound(min) : " must be <= " + bound(max));
+}
 
 inline std::string Value::to_text() const {
     switch (type()) {

@@ -75,7 +75,8 @@ struct AcidState {
 // transport are its nodes). Errors name strategy.graph.
 inline ConfigSchema graph_schema() {
     return {
-        {"graph", "ring", "ring, exponential, torus, complete, random_regular, custom"},
+        ConfigKey("graph", "ring", "ring, exponential, torus, complete, random_regular, custom")
+            .one_of({"ring", "exponential", "torus", "complete", "random_regular", "custom"}),
         {"degree", 4, "random_regular: neighbours per worker"},
         {"torus_rows", 0, "torus: rows (0: the squarest)"},
         {"edges", Value::list({}), "custom: [[a, b], ...]"},

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,6 +69,11 @@ struct PluginDescriptor {
     std::string version;  // the plugin's own version, recorded with every run that uses it
     std::string summary;  // one line for `plexus plugins`
     ConfigSchema schema;  // every key the plugin accepts, with defaults and documentation
+    // Optional capabilities and hints, by name: the host reads the keys it knows and ignores the
+    // rest, so a new optional capability is a new key, not an ABI change. Known keys:
+    //   "check.settings"   `plexus check` runs the plugin with these assignments ("a.b=1;c.d=x")
+    //   "check.tolerance"  comm schemes: the relative error of a mean that `plexus check` allows
+    std::map<std::string, std::string> extras;
 
     std::function<std::shared_ptr<Model>(const Config&, RunContext&)> make_model;
     std::function<std::unique_ptr<Optimizer>(const Config&, RunContext&, std::vector<ParamSlot>)>
