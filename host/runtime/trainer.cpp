@@ -28,7 +28,7 @@ public:
     Trainer(const Job& job, const RankEnv& env)
         : job_(job), env_(env), v_(job.cfg->values), rank_(env.rank), world_(env.world),
           progress_(rank_ == 0 ? v_.at("results.progress").as_string() : "none", v_.at("train.steps").as_int()),
-          rec_(job.store, rank_ == 0, job.run_id), meter_(std::make_shared<TensorMemoryMeter>()) {}
+          rec_(job.store, rank_ == 0, job.run_id), meter_(std::make_shared<TensorMemoryMeter>()), knobs_(read_knobs(v_)) {}
 
     RankResult run() {
         // This rank's tensors: parameters, optimizer state, activations, messages (peak_tensor_bytes).
@@ -67,13 +67,13 @@ private:
             in.step = s_.step;
             in.tokens_seen = ctx.tokens;
             in.lr_scale = lr_scale();
-            in.max_grad_norm = v_.at("train.grad_clip").as_double();
+            in.max_grad_norm = knobs_.grad_clip;
             in.train = run_.train.get();
             // Simulated seconds on the simulated cluster, wall seconds otherwise.
             const double t0 = ctx.now();
             const StepOutput out = run_.strategy->step(in);
             faults.after_step(ctx.now() - t0);
-            metrics.step_done(out, ctx.now() - t0, count_tokens(out), base_lr() * in.lr_scale);
+            metrics.step_done(out, ctx.now() - t0, count_tokens(out), knobs_.base_lr * in.lr_scale);
             ++s_.step;
             const bool diverged = !std::isfinite(out.loss) && !job_.device.is_meta();
             if (diverged) {
@@ -84,7 +84,7 @@ private:
             const bool log_now = s_.step % log_every == 0 || s_.step == max_steps;
             const bool eval_now = (eval_every > 0 && s_.step % eval_every == 0) || s_.step == max_steps;
             if (eval_now) s_.last_eval = evaluate(metrics);
-            if (log_now || eval_now) metrics.log_point(eval_now, base_lr() * in.lr_scale);
+            if (log_now || eval_now) metrics.log_point(eval_now, knobs_.base_lr * in.lr_scale);
             metrics.bar(out.loss);
             bool checkpoint_now = checkpoints.step_due(s_.step);
             if (log_now) {
@@ -105,15 +105,28 @@ private:
         return ending();
     }
 
+    // What every step reads, looked up once rather than by name at each step.
+    struct Knobs {
+        std::string schedule;
+        double warmup = 0, min_ratio = 0, grad_clip = 0, base_lr = 1;
+        int64_t max_steps = 0, eval_batches = 0;
+    };
+    static Knobs read_knobs(const std::map<std::string, Value>& v) {
+        Knobs k;
+        k.schedule = v.at("train.lr_schedule").as_string();
+        k.warmup = static_cast<double>(v.at("train.warmup_tokens").as_int());
+        k.min_ratio = v.at("train.min_lr_ratio").as_double();
+        k.grad_clip = v.at("train.grad_clip").as_double();
+        const auto lr = v.find("optimizer.lr");
+        if (lr != v.end() && lr->second.type() == ValueType::Float) k.base_lr = lr->second.as_double();
+        k.max_steps = v.at("train.steps").as_int();
+        k.eval_batches = v.at("train.eval_batches").as_int();
+        return k;
+    }
+
     // The learning-rate factor of the schedule at the tokens seen so far.
     double lr_scale() const {
-        return lr_factor(v_.at("train.lr_schedule").as_string(), static_cast<double>(run_.ctx->tokens),
-                         static_cast<double>(v_.at("train.warmup_tokens").as_int()), s_.horizon,
-                         v_.at("train.min_lr_ratio").as_double());
-    }
-    double base_lr() const {
-        const auto it = v_.find("optimizer.lr");
-        return it != v_.end() && it->second.type() == ValueType::Float ? it->second.as_double() : 1.0;
+        return lr_factor(knobs_.schedule, static_cast<double>(run_.ctx->tokens), knobs_.warmup, s_.horizon, knobs_.min_ratio);
     }
 
     // Tokens "per rank" are the job's divided by the world size, the same on every rank even
@@ -123,14 +136,14 @@ private:
         s_.own_tokens += out.tokens;
         s_.job_tokens += out.job_tokens >= 0 ? out.job_tokens : out.tokens * world_;
         const int64_t step_tokens = s_.job_tokens / world_ - ctx.tokens;
-        if (s_.horizon == 0) s_.horizon = static_cast<double>(step_tokens) * static_cast<double>(v_.at("train.steps").as_int());
+        if (s_.horizon == 0) s_.horizon = static_cast<double>(step_tokens) * static_cast<double>(knobs_.max_steps);
         ctx.tokens += step_tokens;
         return step_tokens;
     }
 
     double evaluate(MetricsLogger& metrics) {
         run_.val->seek(0);  // the same validation batches every time: curves are comparable
-        const double loss = run_.strategy->evaluate(*run_.val, v_.at("train.eval_batches").as_int());
+        const double loss = run_.strategy->evaluate(*run_.val, knobs_.eval_batches);
         s_.last_eval_step = run_.ctx->step + 1;
         metrics.record("eval_loss", loss);
         return loss;
@@ -236,6 +249,7 @@ private:
     Recorder rec_;
     std::shared_ptr<TensorMemoryMeter> meter_;
     RankRun run_;
+    const Knobs knobs_;
     LoopState s_;
     bool diverged_here_ = false;  // this rank saw a non-finite loss
 };
