@@ -54,7 +54,8 @@ int main() {
     for (auto& t : ranks) t.join();
 
     std::printf("all-reduce over c10d/Gloo, %d ranks on this machine (loopback TCP), float32\n", world);
-    std::printf("%10s %12s %12s %12s %14s %10s\n", "size", "time (us)", "algbw GB/s", "busbw GB/s", "memcpy GB/s", "bus/memcpy");
+    std::printf("%10s %12s %12s %12s %14s %10s\n", "size", "time (us)", "algbw GB/s", "busbw GB/s", "memcpy GB/s",
+                "bus/memcpy");
     for (size_t i = 0; i < sizes.size(); ++i) {
         auto src = torch::ones({sizes[i] / 4}), dst = torch::empty({sizes[i] / 4});
         dst.copy_(src);
@@ -65,8 +66,10 @@ int main() {
         const double algbw = static_cast<double>(sizes[i]) / times[i] / 1e9;
         const double busbw = algbw * 2.0 * (world - 1) / world;
         char label[32];
-        if (sizes[i] >= (1 << 20)) std::snprintf(label, sizeof label, "%lld MiB", static_cast<long long>(sizes[i] >> 20));
-        else std::snprintf(label, sizeof label, "%lld KiB", static_cast<long long>(sizes[i] >> 10));
+        if (sizes[i] >= (1 << 20))
+            std::snprintf(label, sizeof label, "%lld MiB", static_cast<long long>(sizes[i] >> 20));
+        else
+            std::snprintf(label, sizeof label, "%lld KiB", static_cast<long long>(sizes[i] >> 10));
         std::printf("%10s %12.1f %12.3f %12.3f %14.2f %10.3f\n", label, times[i] * 1e6, algbw, busbw, memcpy_bw,
                     busbw / memcpy_bw);
     }

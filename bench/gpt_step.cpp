@@ -34,15 +34,26 @@ using namespace plexus;
 namespace {
 
 bench::Flags parse_args(int argc, char** argv) {
-    return bench::Flags(argc, argv,
-                        {{"layers", "4"}, {"width", "256"}, {"heads", "4"}, {"seq", "128"}, {"batch", "8"},
-                         {"vocab", "4096"}, {"steps", "5"}, {"rounds", "7"}, {"warmup", "3"},
-                         {"threads", std::to_string(std::max(1u, std::thread::hardware_concurrency()))},
-                         {"reference", "1"}, {"device", "cpu"}, {"precision", "fp32"}, {"profile", ""},
-                         {"fused-norm", "1"}},
-                        "gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N --rounds N "
-                        "--warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 --profile TRACE "
-                        "--fused-norm 0|1 (models/gpt's fused_norm: plexus's residual add + layer norm kernels on a GPU)]");
+    return bench::Flags(
+        argc, argv,
+        {{"layers", "4"},
+         {"width", "256"},
+         {"heads", "4"},
+         {"seq", "128"},
+         {"batch", "8"},
+         {"vocab", "4096"},
+         {"steps", "5"},
+         {"rounds", "7"},
+         {"warmup", "3"},
+         {"threads", std::to_string(std::max(1u, std::thread::hardware_concurrency()))},
+         {"reference", "1"},
+         {"device", "cpu"},
+         {"precision", "fp32"},
+         {"profile", ""},
+         {"fused-norm", "1"}},
+        "gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N --rounds N "
+        "--warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 --profile TRACE "
+        "--fused-norm 0|1 (models/gpt's fused_norm: plexus's residual add + layer norm kernels on a GPU)]");
 }
 
 // The PyTorch reference as a child process in --serve mode: one timed round per request.
@@ -102,20 +113,21 @@ int main(int argc, char** argv) {
     const torch::Device device(a.text("device"));
     const bool gpu = device.is_cuda();
     if (gpu && a["reference"]) {
-        std::cerr << "gpt_step: on a GPU, run the reference separately (bench/gpt_step_gpu.sh does); use --reference 0\n";
+        std::cerr
+            << "gpt_step: on a GPU, run the reference separately (bench/gpt_step_gpu.sh does); use --reference 0\n";
         return 2;
     }
     const auto autocast_dtype = a.text("precision") == "bf16" ? torch::kBFloat16 : torch::kFloat;
 
     char toml[1024];
     std::snprintf(toml, sizeof toml,
-                     "[model]\nname = \"gpt\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\nfused_norm = %s\n"
-                     "[data]\nname = \"synthetic\"\nvocab_size = %lld\nbranching = 8\ntrain_tokens = 200000\n"
-                     "[optimizer]\nname = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.95]\nweight_decay = 0.1\n"
-                     "[strategy]\nname = \"single\"\n[train]\nbatch_size = %lld\nseq_len = %lld\ngrad_clip = 1.0\n",
-                     (long long)a["layers"], (long long)a["width"], (long long)a["heads"],
-                     a["fused-norm"] ? "true" : "false", (long long)a["vocab"],
-                     (long long)a["batch"], (long long)a["seq"]);
+                  "[model]\nname = \"gpt\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\nfused_norm = %s\n"
+                  "[data]\nname = \"synthetic\"\nvocab_size = %lld\nbranching = 8\ntrain_tokens = 200000\n"
+                  "[optimizer]\nname = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.95]\nweight_decay = 0.1\n"
+                  "[strategy]\nname = \"single\"\n[train]\nbatch_size = %lld\nseq_len = %lld\ngrad_clip = 1.0\n",
+                  (long long)a["layers"], (long long)a["width"], (long long)a["heads"],
+                  a["fused-norm"] ? "true" : "false", (long long)a["vocab"], (long long)a["batch"],
+                  (long long)a["seq"]);
     const std::string file = bench::write_experiment(toml, "gpt_step.toml");
     const auto cfg = bench::resolve_file(file);
     std::filesystem::remove_all(std::filesystem::path(file).parent_path());
@@ -175,20 +187,23 @@ int main(int argc, char** argv) {
             compat::ProfileTrace trace(a.text("profile"), gpu);
             plexus_round();
         }
-        std::fprintf(stderr, "profile of one round (%lld steps) in %s; summary:\n  python3 %s/profile_summary.py %s --steps %lld\n",
-                     (long long)a["steps"], a.text("profile").c_str(), PLEXUS_BENCH_DIR, a.text("profile").c_str(), (long long)a["steps"]);
+        std::fprintf(
+            stderr,
+            "profile of one round (%lld steps) in %s; summary:\n  python3 %s/profile_summary.py %s --steps %lld\n",
+            (long long)a["steps"], a.text("profile").c_str(), PLEXUS_BENCH_DIR, a.text("profile").c_str(),
+            (long long)a["steps"]);
     }
     const double plexus_tps = bench::median(mine);
     const double peak = bench::median(peaks);
     const double mfu = bench::median(mfus);
 
-    std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, %s %s, %s, %s params\n",
-                (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["seq"],
-                (long long)a["batch"], (long long)a["vocab"], device.str().c_str(), a.text("precision").c_str(),
+    std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, %s %s, %s, %s params\n", (long long)a["layers"],
+                (long long)a["width"], (long long)a["heads"], (long long)a["seq"], (long long)a["batch"],
+                (long long)a["vocab"], device.str().c_str(), a.text("precision").c_str(),
                 gpu ? gpu_name.c_str() : (std::to_string(a["threads"]) + " threads").c_str(),
                 std::to_string(ctx.params).c_str());
-    std::printf("  plexus:    %10.0f tok/s (median of %lld rounds of %lld steps)\n", plexus_tps,
-                (long long)a["rounds"], (long long)a["steps"]);
+    std::printf("  plexus:    %10.0f tok/s (median of %lld rounds of %lld steps)\n", plexus_tps, (long long)a["rounds"],
+                (long long)a["steps"]);
     if (!theirs.empty()) {
         std::printf("  reference: %10.0f tok/s (PyTorch %s eager, same thread settings, rounds alternating)\n",
                     bench::median(theirs), TORCH_VERSION);
@@ -202,10 +217,11 @@ int main(int argc, char** argv) {
         std::printf("  peak GPU memory of tensors: %.1f GiB\n",
                     static_cast<double>(host::gpu::peak_allocated_bytes(device)) / (1 << 30));
     } else {
-        std::printf("  MFU:       %9.1f%% of the fp32 matmul peak measured after each round (median of rounds; "
-                    "range %.1f%% to %.1f%%), peak median %.1f GFLOP/s (%.2f MFLOP/token, 6N+12LHQT)\n",
-                    mfu * 100, *std::min_element(mfus.begin(), mfus.end()) * 100,
-                    *std::max_element(mfus.begin(), mfus.end()) * 100, peak / 1e9, ctx.flops.flops / 1e6);
+        std::printf(
+            "  MFU:       %9.1f%% of the fp32 matmul peak measured after each round (median of rounds; "
+            "range %.1f%% to %.1f%%), peak median %.1f GFLOP/s (%.2f MFLOP/token, 6N+12LHQT)\n",
+            mfu * 100, *std::min_element(mfus.begin(), mfus.end()) * 100,
+            *std::max_element(mfus.begin(), mfus.end()) * 100, peak / 1e9, ctx.flops.flops / 1e6);
     }
     // One line for scripts (bench/gpt_step_gpu.sh, scripts/bench.sh).
     std::printf("RESULT plexus tokens_per_s=%.1f mfu=%.4f params=%lld flops_per_token=%.6g\n", plexus_tps, mfu,

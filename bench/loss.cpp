@@ -25,9 +25,10 @@
 using namespace plexus;
 
 int main(int argc, char** argv) {
-    const bench::Flags a(argc, argv,
-                         {{"rows", "1024"}, {"vocab", "8192"}, {"iters", "10"}, {"rounds", "7"}, {"device", "cpu"}, {"dtype", "fp32"}},
-                         "loss [--rows N --vocab V --iters K --rounds R --device cpu|cuda --dtype fp32|bf16]");
+    const bench::Flags a(
+        argc, argv,
+        {{"rows", "1024"}, {"vocab", "8192"}, {"iters", "10"}, {"rounds", "7"}, {"device", "cpu"}, {"dtype", "fp32"}},
+        "loss [--rows N --vocab V --iters K --rounds R --device cpu|cuda --dtype fp32|bf16]");
     host::keep_freed_memory();
     host::register_operators();  // as the plugin registry does: the GPU's fused loss kernels
     host::set_compute_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
     const int64_t rows = a["rows"], vocab = a["vocab"], iters = a["iters"];
 
     torch::manual_seed(1);
-    const auto logits = (torch::randn({rows, vocab}, torch::TensorOptions().device(device)) * 2).to(dtype).requires_grad_();
+    const auto logits =
+        (torch::randn({rows, vocab}, torch::TensorOptions().device(device)) * 2).to(dtype).requires_grad_();
     const auto targets = torch::randint(0, vocab, {rows}, torch::TensorOptions().dtype(torch::kLong).device(device));
     compat::AutocastGuard autocast(device.type(), dtype);  // as train.precision = "bf16" runs the loss
 

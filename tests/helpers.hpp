@@ -201,9 +201,7 @@ inline void with_gloo_ranks(int world, const std::function<void(int, std::shared
                 rv.world_size = world;
                 rv.timeout_s = 60;
                 body(r, host::make_gloo_transport(rv));
-            } catch (...) {
-                errors[static_cast<size_t>(r)] = std::current_exception();
-            }
+            } catch (...) { errors[static_cast<size_t>(r)] = std::current_exception(); }
         });
     for (auto& t : threads) t.join();
     for (auto& e : errors)

@@ -207,7 +207,8 @@ TEST_CASE("synchronous rounds are ZeRO-1: with SGD they give DDP's parameters (t
     auto run = [&](const std::string& args) {
         return run_recorded(dir.file("a.toml", kAcco), db,
                             "--set launch.mode=sim --set launch.ranks=4 --set train.steps=8 --set train.batch_size=2"
-                            " --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args);
+                            " --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " +
+                                args);
     };
     const auto ddp = run("--set strategy.name=ddp --set strategy.accumulate=2");
     const auto acco = run("--set strategy.sync_updates=100 --set strategy.accumulate=2");
@@ -231,8 +232,8 @@ struct RoundAccounting {
     double unreported = 0;      // the job's micro-batches of the last step
 };
 
-static RoundAccounting check_round_accounting(host::ResultsStore& store, const NewestRun& run, size_t steps,
-                                              int ranks, double tokens_per_micro_batch) {
+static RoundAccounting check_round_accounting(host::ResultsStore& store, const NewestRun& run, size_t steps, int ranks,
+                                              double tokens_per_micro_batch) {
     const auto payload = store.metric_series(run.id, "acco/round_micro_batches");
     const auto reported = store.metric_series(run.id, "acco/reported_micro_batches");
     const auto is_update = store.metric_series(run.id, "acco/round_is_update");
@@ -262,10 +263,11 @@ TEST_CASE("ACCO on simulated ranks with a straggler: every micro-batch is counte
     TempDir dir;
     const auto db = dir / "r.db";
     // Compute 1e8 FLOP/s per rank; links slow enough that a round spans several micro-batches.
-    const NewestRun run = run_recorded(dir.file("a.toml", kAcco), db,
-                                       "--set launch.mode=sim --set launch.ranks=4 --set train.steps=24 --set train.batch_size=4 "
-                                       "--set sim.device=custom --set sim.device_flops=1e8 --set sim.efficiency=1.0 "
-                                       "--set sim.bandwidth_gbs=0.0005 --set sim.slow_ranks=[3] --set sim.slow_factor=4.0");
+    const NewestRun run =
+        run_recorded(dir.file("a.toml", kAcco), db,
+                     "--set launch.mode=sim --set launch.ranks=4 --set train.steps=24 --set train.batch_size=4 "
+                     "--set sim.device=custom --set sim.device_flops=1e8 --set sim.efficiency=1.0 "
+                     "--set sim.bandwidth_gbs=0.0005 --set sim.slow_ranks=[3] --set sim.slow_factor=4.0");
     host::ResultsStore store(db);
     const auto accounting = check_round_accounting(store, run, 24, 4, 4 * 32);
     const auto& drawn = accounting.drawn;
@@ -284,7 +286,7 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     auto run_budget = [&](const std::string& args) {
         const NewestRun run = run_recorded(dir.file("a.toml", kAcco), db,
                                            "--set train.steps=0 --set train.tokens=" + std::to_string(kBudget) +
-                                           " --set train.batch_size=32 --set train.threads=1 " + args);
+                                               " --set train.batch_size=32 --set train.threads=1 " + args);
         CHECK(run["tokens"] >= kBudget);
         CHECK(run["tokens"] < kBudget + 16 * 1024);  // the budget is kept to within a few rounds
         return run;
@@ -295,8 +297,9 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     // micro-batch shorter next to the same simulated network, so rounds span more of them (a
     // 16-core host ran 18 updates instead of 120 and missed by 1.7 nats).
     const std::string gloo = "--set launch.mode=local --set launch.ranks=2",
-                      sim = "--set launch.mode=sim --set launch.ranks=4 --set sim.device=custom "
-                            "--set sim.device_flops=5e11 --set sim.efficiency=0.5";
+                      sim =
+                          "--set launch.mode=sim --set launch.ranks=4 --set sim.device=custom "
+                          "--set sim.device_flops=5e11 --set sim.efficiency=0.5";
     const double start = std::log(32.0);
     // Simulated (the network fast next to a micro-batch): every round is one micro-batch, so
     // ACCO makes as many updates as DDP, of the same size; measured 0.5725 against 0.5727.
@@ -312,7 +315,8 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     const NewestRun acco_gloo = run_budget(gloo);
     CHECK(acco_gloo["final_eval_loss"] < start - 2.0);
     host::ResultsStore store(db);
-    const auto accounting = check_round_accounting(store, acco_gloo, static_cast<size_t>(acco_gloo["steps"]), 2, 32 * 32);
+    const auto accounting =
+        check_round_accounting(store, acco_gloo, static_cast<size_t>(acco_gloo["steps"]), 2, 32 * 32);
     CHECK(accounting.drawn[0] >= acco_gloo["steps"]);  // every rank computes >= 1 per round
     CHECK(accounting.drawn[1] >= acco_gloo["steps"]);
 }

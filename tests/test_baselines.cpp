@@ -26,7 +26,8 @@ struct Result {
 
 Result run(const TempDir& dir, const std::string& args) {
     const auto db = dir / "r.db";
-    auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db + " --set train.steps=15 --set train.threads=1 " + args);
+    auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db +
+                          " --set train.steps=15 --set train.threads=1 " + args);
     INFO(args << "\n" << res.output);
     REQUIRE(res.exit_code == 0);
     host::ResultsStore store(db);
@@ -34,8 +35,10 @@ Result run(const TempDir& dir, const std::string& args) {
     Result r;
     r.loss = store.metric_series(id, "loss");
     for (const auto& [rank, key, value, text] : store.summaries(id))
-        if (rank == 0 && key == "param_sum") r.param_sum = *value;
-        else if (rank == 0 && key == "param_square_sum") r.param_square_sum = *value;
+        if (rank == 0 && key == "param_sum")
+            r.param_sum = *value;
+        else if (rank == 0 && key == "param_square_sum")
+            r.param_square_sum = *value;
     auto last = [&](const char* key) {
         auto s = store.metric_series(id, key);
         return s.empty() ? NAN : s.back().second;
@@ -98,13 +101,13 @@ TEST_CASE("ZeRO memory per rank: state falls as 1/N by stage, stage 3 peaks with
     const auto z3 = run(dir, common + "--set strategy.stage=3");
     // The tiny GPT: embeddings 32x32 + 32x32, two layers of 12*32*32 + 13*32, head 32 + 32 + 32x32.
     const double N = 4, layer = 12 * 32 * 32 + 13 * 32, psi = 2 * 32 * 32 + 2 * layer + 2 * 32 + 32 * 32;
-    const double unsharded = 4 * psi * 4;  // parameters, gradients, Adam m and v; float32
+    const double unsharded = 4 * psi * 4;                    // parameters, gradients, Adam m and v; float32
     CHECK(ddp.state_bytes == Approx(unsharded).margin(64));  // + the optimizer's step counter
     // Per-unit padding to N shards adds at most N-1 elements per unit (4 units).
     const double pad = 4 * (N - 1) * 4 * 4;
     CHECK(z1.state_bytes == Approx(2 * psi * 4 + 3 * psi * 4 / N).margin(pad));  // params, grads; shard grad, m, v
     CHECK(z2.state_bytes == Approx(psi * 4 + 3 * psi * 4 / N).margin(pad));      // params; shard grad, m, v
-    CHECK(z3.state_bytes == Approx(unsharded / N).margin(pad));                 // everything sharded
+    CHECK(z3.state_bytes == Approx(unsharded / N).margin(pad));                  // everything sharded
     // Working set of stage 3: two units gathered (current, prefetched) and, for two units, the
     // gradient buffer and autograd's .grad: at most 6 x the largest unit.
     CHECK(z3.state_peak_bytes <= unsharded / N + pad + 6 * layer * 4);
@@ -116,7 +119,8 @@ TEST_CASE("ZeRO-3 refuses parameters shared between blocks, with the fix", "[zer
     auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + dir / "r.db" +
                           " --set strategy.stage=3 --set model.tie_embeddings=true --set launch.mode=sim");
     CHECK(res.exit_code == 1);
-    CHECK_THAT(res.output, Contains("uses a parameter shared with another block") && Contains("tie_embeddings = false"));
+    CHECK_THAT(res.output,
+               Contains("uses a parameter shared with another block") && Contains("tie_embeddings = false"));
 }
 
 TEST_CASE("tensor parallelism, alone and in a 2 x 2 mesh, follows the single strategy (Gloo and simulated)",
@@ -128,7 +132,8 @@ TEST_CASE("tensor parallelism, alone and in a 2 x 2 mesh, follows the single str
     const auto gloo = run(dir, tp + "--set launch.mode=local --set launch.ranks=2 --set train.batch_size=8");
     const auto sim = run(dir, tp + "--set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
     // 2 x 2: two tensor groups of 2, each reading 4 rows, gradients averaged over the pair.
-    const auto mesh = run(dir, tp + "--set strategy.dp=2 --set strategy.tp=2 --set launch.mode=sim --set launch.ranks=4 --set train.batch_size=4");
+    const auto mesh = run(dir, tp + "--set strategy.dp=2 --set strategy.tp=2 --set launch.mode=sim --set "
+                                    "launch.ranks=4 --set train.batch_size=4");
     // Split matmuls sum their partial products in another order: ~1e-7 relative per step.
     for (const auto* r : {&gloo, &sim, &mesh}) {
         CHECK(worst_gap(*r, single) < 1e-4);
@@ -138,9 +143,11 @@ TEST_CASE("tensor parallelism, alone and in a 2 x 2 mesh, follows the single str
     CHECK(worst_gap(sim, gloo) == 0);
     CHECK(sim.param_sum == gloo.param_sum);
     // Sequence parallelism: the same model, activations split along the sequence between layers.
-    const auto sp = run(dir, tp + "--set strategy.sequence_parallel=true --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
-    const auto sp_gloo4 = run(dir, tp + "--set strategy.sequence_parallel=true --set strategy.tp=2 --set launch.mode=local "
-                                        "--set launch.ranks=4 --set train.batch_size=4");
+    const auto sp = run(dir, tp + "--set strategy.sequence_parallel=true --set launch.mode=sim --set launch.ranks=2 "
+                                  "--set train.batch_size=8");
+    const auto sp_gloo4 =
+        run(dir, tp + "--set strategy.sequence_parallel=true --set strategy.tp=2 --set launch.mode=local "
+                      "--set launch.ranks=4 --set train.batch_size=4");
     for (const auto* r : {&sp, &sp_gloo4}) {
         CHECK(worst_gap(*r, single) < 1e-4);
         CHECK(r->param_sum == Approx(single.param_sum).epsilon(1e-5));
@@ -154,8 +161,9 @@ TEST_CASE("tensor parallelism refuses a split the model cannot take, naming the 
                           " --set strategy.name=tensor_parallel --set launch.mode=sim --set launch.ranks=4");
     CHECK(res.exit_code == 1);
     CHECK_THAT(res.output, Contains("'qkv.weight' cannot be split 4 ways"));
-    res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + dir / "r.db" +
-                     " --set strategy.name=tensor_parallel --set strategy.tp=3 --set launch.mode=sim --set launch.ranks=4");
+    res = run_plexus(
+        "run " + dir.file("z.toml", kZero) + " --db " + dir / "r.db" +
+        " --set strategy.name=tensor_parallel --set strategy.tp=3 --set launch.mode=sim --set launch.ranks=4");
     CHECK_THAT(res.output, Contains("strategy.tp") && Contains("must divide the number of ranks (4)"));
 }
 
@@ -164,11 +172,13 @@ TEST_CASE("GPipe and 1F1B follow the single strategy (Gloo, simulated 4 stages a
     TempDir dir;
     const auto single = run(dir, "--set strategy.name=single --set train.batch_size=8");
     for (const std::string schedule : {"gpipe", "1f1b"}) {
-        const std::string pp = "--set strategy.name=pipeline --set strategy.micro_batches=2 --set strategy.schedule=" + schedule + " ";
+        const std::string pp =
+            "--set strategy.name=pipeline --set strategy.micro_batches=2 --set strategy.schedule=" + schedule + " ";
         const auto gloo = run(dir, pp + "--set launch.mode=local --set launch.ranks=2 --set train.batch_size=8");
         const auto gloo4 = run(dir, pp + "--set launch.mode=local --set launch.ranks=4 --set train.batch_size=8");
         const auto sim4 = run(dir, pp + "--set launch.mode=sim --set launch.ranks=4 --set train.batch_size=8");
-        const auto mesh = run(dir, pp + "--set strategy.pp=2 --set launch.mode=sim --set launch.ranks=4 --set train.batch_size=4");
+        const auto mesh =
+            run(dir, pp + "--set strategy.pp=2 --set launch.mode=sim --set launch.ranks=4 --set train.batch_size=4");
         INFO(schedule);
         // Micro-batch gradients summed instead of one batch's: float order only (~5e-7 measured).
         for (const auto* r : {&gloo, &gloo4, &sim4, &mesh}) {
@@ -181,8 +191,9 @@ TEST_CASE("GPipe and 1F1B follow the single strategy (Gloo, simulated 4 stages a
 // AdamW (the tests above) takes the same step for c x g as for g, so a gradient summed where it
 // should be averaged, or left undivided by the micro-batches, would pass them. With plain SGD
 // and no clipping the gradient's scale is the step's size.
-TEST_CASE("with SGD, where a gradient's scale is the step, ZeRO, tensor and pipeline parallelism follow the single strategy",
-          "[zero][tp][pipeline]") {
+TEST_CASE(
+    "with SGD, where a gradient's scale is the step, ZeRO, tensor and pipeline parallelism follow the single strategy",
+    "[zero][tp][pipeline]") {
     TempDir dir;
     const std::string sgd = "--set optimizer.name=sgd --set optimizer.lr=0.3 --set train.grad_clip=0 ";
     const auto single = run(dir, sgd + "--set strategy.name=single --set train.batch_size=8");
@@ -195,17 +206,20 @@ TEST_CASE("with SGD, where a gradient's scale is the step, ZeRO, tensor and pipe
           sim4 + "--set train.batch_size=2 --set strategy.stage=3",
           sim4 + "--set train.batch_size=4 --set strategy.name=tensor_parallel --set strategy.dp=2 --set strategy.tp=2",
           sim4 + "--set train.batch_size=8 --set strategy.name=pipeline --set strategy.micro_batches=4",
-          sim4 + "--set train.batch_size=4 --set strategy.name=pipeline --set strategy.pp=2 --set strategy.micro_batches=2"}) {
+          sim4 + "--set train.batch_size=4 --set strategy.name=pipeline --set strategy.pp=2 --set "
+                 "strategy.micro_batches=2"}) {
         INFO(strategy);
         CHECK(worst_gap(run(dir, sgd + strategy), single) < 1e-4);
     }
     // Accumulation: two micro-batches of 4 global rows a step, as the single strategy reads them
     // with batch 4. (A --set naming the strategy comes first: it drops the section's earlier keys.)
-    const auto single_accumulating = run(dir, sgd + "--set strategy.name=single --set strategy.accumulate=2 --set train.batch_size=4");
+    const auto single_accumulating =
+        run(dir, sgd + "--set strategy.name=single --set strategy.accumulate=2 --set train.batch_size=4");
     REQUIRE(worst_gap(single_accumulating, single) > 1e-2);  // other rows than one batch of 8
     for (const std::string strategy : {"--set strategy.name=ddp", "--set strategy.stage=2", "--set strategy.stage=3"}) {
         INFO(strategy);
-        const auto accumulating = run(dir, sgd + sim4 + strategy + " --set strategy.accumulate=2 --set train.batch_size=1");
+        const auto accumulating =
+            run(dir, sgd + sim4 + strategy + " --set strategy.accumulate=2 --set train.batch_size=1");
         CHECK(worst_gap(accumulating, single_accumulating) < 1e-4);
     }
 }
@@ -220,8 +234,9 @@ TEST_CASE("pipeline bubble and live activations: the schedule's formulas on the 
         for (const std::string schedule : {"gpipe", "1f1b"}) {
             auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db +
                                   " --set strategy.name=pipeline --set strategy.schedule=" + schedule +
-                                  " --set strategy.pp=" + std::to_string(p) + " --set launch.mode=sim --set launch.ranks=" +
-                                  std::to_string(p) + " --set model.n_layer=4 --set model.d_model=64 --set model.n_head=2"
+                                  " --set strategy.pp=" + std::to_string(p) +
+                                  " --set launch.mode=sim --set launch.ranks=" + std::to_string(p) +
+                                  " --set model.n_layer=4 --set model.d_model=64 --set model.n_head=2"
                                   " --set strategy.micro_batches=8 --set train.batch_size=16 --set train.steps=3"
                                   " --set sim.device=custom --set sim.device_flops=1e10 --set sim.efficiency=1.0"
                                   " --set sim.latency_us=0.001 --set sim.bandwidth_gbs=1e6");
@@ -265,9 +280,14 @@ TEST_CASE("a second model plugin supports tensor parallelism through the same bl
     // models/mlp_lm: attention-free, its own parameter names, only the SDK's plan and operators.
     const std::string model = "--set model.name=mlp_lm ";
     const auto single = run(dir, model + "--set strategy.name=single --set train.batch_size=8");
-    const auto tp = run(dir, model + "--set strategy.name=tensor_parallel --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
-    const auto mesh = run(dir, model + "--set strategy.name=tensor_parallel --set strategy.tp=2 --set strategy.sequence_parallel=true "
-                                       "--set launch.mode=local --set launch.ranks=4 --set train.batch_size=4");
+    const auto tp = run(
+        dir,
+        model +
+            "--set strategy.name=tensor_parallel --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=8");
+    const auto mesh =
+        run(dir, model +
+                     "--set strategy.name=tensor_parallel --set strategy.tp=2 --set strategy.sequence_parallel=true "
+                     "--set launch.mode=local --set launch.ranks=4 --set train.batch_size=4");
     for (const auto* r : {&tp, &mesh}) {
         CHECK(worst_gap(*r, single) < 1e-4);
         CHECK(r->param_sum == Approx(single.param_sum).epsilon(1e-5));
@@ -275,23 +295,28 @@ TEST_CASE("a second model plugin supports tensor parallelism through the same bl
     CHECK(single.loss.back().second < single.loss.front().second - 0.5);  // it is a model that learns
 }
 
-TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP, and with H inner steps it syncs every H", "[diloco]") {
+TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP, and with H inner steps it syncs every H",
+          "[diloco]") {
     TempDir dir;
     // SGD inside (linear in the gradient, so averaging replicas = averaging gradients) and no
     // clipping (per-replica clipping is not global clipping).
-    const std::string inner = "--set optimizer.name=sgd --set optimizer.lr=0.1 --set optimizer.momentum=0.9 "
-                              "--set train.grad_clip=0.0 --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=4 ";
+    const std::string inner =
+        "--set optimizer.name=sgd --set optimizer.lr=0.1 --set optimizer.momentum=0.9 "
+        "--set train.grad_clip=0.0 --set launch.mode=sim --set launch.ranks=2 --set train.batch_size=4 ";
     const auto ddp = run(dir, inner + "--set strategy.name=ddp");
-    const std::string outer = "--set outer_optimizer.name=sgd --set outer_optimizer.lr=1.0 --set outer_optimizer.momentum=0.0 ";
+    const std::string outer =
+        "--set outer_optimizer.name=sgd --set outer_optimizer.lr=1.0 --set outer_optimizer.momentum=0.0 ";
     const auto diloco1 = run(dir, inner + outer + "--set strategy.name=diloco --set strategy.inner_steps=1");
     // The anchor after each outer step is the replicas' mean: DDP's parameters, float order aside.
     CHECK(diloco1.param_sum == Approx(ddp.param_sum).epsilon(1e-6));
-    CHECK(diloco1.param_square_sum == Approx(ddp.param_square_sum).epsilon(1e-6));  // (SGD: the sum is blind to some tensors)
+    CHECK(diloco1.param_square_sum ==
+          Approx(ddp.param_square_sum).epsilon(1e-6));  // (SGD: the sum is blind to some tensors)
 
     const auto db = dir / "r.db";
-    auto res = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db + " --set train.steps=15 " + inner +
-                          "--set strategy.name=diloco --set strategy.inner_steps=5 --set outer_optimizer.name=sgd "
-                          "--set outer_optimizer.lr=0.7 --set outer_optimizer.momentum=0.9 --set outer_optimizer.nesterov=true");
+    auto res = run_plexus(
+        "run " + dir.file("z.toml", kZero) + " --db " + db + " --set train.steps=15 " + inner +
+        "--set strategy.name=diloco --set strategy.inner_steps=5 --set outer_optimizer.name=sgd "
+        "--set outer_optimizer.lr=0.7 --set outer_optimizer.momentum=0.9 --set outer_optimizer.nesterov=true");
     INFO(res.output);
     REQUIRE(res.exit_code == 0);
     host::ResultsStore store(db);
@@ -303,9 +328,11 @@ TEST_CASE("DiLoCo with one inner step and outer SGD lr 1 equals DDP, and with H 
     auto loss = store.metric_series(id, "loss");
     CHECK(loss.back().second < loss.front().second - 0.5);
 
-    auto missing = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db + " --set strategy.name=diloco --set launch.mode=sim");
+    auto missing = run_plexus("run " + dir.file("z.toml", kZero) + " --db " + db +
+                              " --set strategy.name=diloco --set launch.mode=sim");
     CHECK(missing.exit_code == 1);
-    CHECK_THAT(missing.output, Contains("diloco needs an outer optimizer") && Contains("[outer_optimizer] name = \"sgd\""));
+    CHECK_THAT(missing.output,
+               Contains("diloco needs an outer optimizer") && Contains("[outer_optimizer] name = \"sgd\""));
 }
 
 TEST_CASE("gradient clipping scales to the global norm, from one tensor list or from parts summed over ranks",

@@ -74,7 +74,9 @@ TEST_CASE("the same config and seed give the same loss curve", "[e2e]") {
     const auto db = dir / "r.db";
     const auto file = dir.file("tiny.toml", kTinyExperiment);
     for (const char* seed : {"1", "1", "2"})
-        REQUIRE(run_plexus("run " + file + " --db " + db + " --set train.steps=12 --set train.seed=" + seed).exit_code == 0);
+        REQUIRE(
+            run_plexus("run " + file + " --db " + db + " --set train.steps=12 --set train.seed=" + seed).exit_code ==
+            0);
     host::ResultsStore store(db);
     auto runs = store.list_runs(3);  // newest first
     auto a = store.metric_series(runs[2].id, "loss"), b = store.metric_series(runs[1].id, "loss"),
@@ -95,12 +97,16 @@ TEST_CASE("bad experiment files fail with a location and a non-zero exit", "[e2e
     CHECK(malformed.exit_code == 1);
     CHECK_THAT(malformed.output, Contains("bad.toml:2:"));
 
-    auto typo = run_plexus("run " + dir.file("typo.toml", std::string(kTinyExperiment) + "\n[strategy]\nname = \"single\"\naccumulat = 2\n") + " --db " + db);
+    auto typo = run_plexus(
+        "run " +
+        dir.file("typo.toml", std::string(kTinyExperiment) + "\n[strategy]\nname = \"single\"\naccumulat = 2\n") +
+        " --db " + db);
     CHECK(typo.exit_code == 1);
     CHECK_THAT(typo.output, Contains("typo.toml:"));
     CHECK_THAT(typo.output, Contains("did you mean 'accumulate'"));
 
-    auto unknown = run_plexus("run " + dir.file("u.toml", "[model]\nname = \"gtp2\"\n[data]\nname = \"synthetic\"\n") + " --db " + db);
+    auto unknown = run_plexus("run " + dir.file("u.toml", "[model]\nname = \"gtp2\"\n[data]\nname = \"synthetic\"\n") +
+                              " --db " + db);
     CHECK(unknown.exit_code == 1);
     CHECK_THAT(unknown.output, Contains("no model plugin named 'gtp2'"));
     CHECK_THAT(unknown.output, Contains("did you mean 'gpt'"));
@@ -118,12 +124,13 @@ TEST_CASE("numbers on the command line that do not parse, or are out of range, a
     const auto db = dir / "r.db";
     const auto file = dir.file("e.toml", kTinyExperiment);
     // Each of these ended in std::terminate (a number too large for stoll/stoi) or a bare "stoll".
-    for (const std::string& args : std::vector<std::string>{"compare 1 99999999999999999999 --db " + db, "curves 99999999999999999999 --db " + db,
-                                   "show 99999999999999999999 --db " + db, "runs --limit abc --db " + db,
-                                   "runs --limit 0 --db " + db, "run " + file + " --point 99999999999 --db " + db,
-                                   "run --resume 99999999999999999999 --db " + db, "sweep " + file + " -j 99999999999 --dry-run",
-                                   "sweep " + file + " -jx --dry-run", "meta-train " + file + " --iterations 99999999999999999999999",
-                                   "bench peak --threads abc", "bench peak extra", "bench network --ranks abc"}) {
+    for (const std::string& args : std::vector<std::string>{
+             "compare 1 99999999999999999999 --db " + db, "curves 99999999999999999999 --db " + db,
+             "show 99999999999999999999 --db " + db, "runs --limit abc --db " + db, "runs --limit 0 --db " + db,
+             "run " + file + " --point 99999999999 --db " + db, "run --resume 99999999999999999999 --db " + db,
+             "sweep " + file + " -j 99999999999 --dry-run", "sweep " + file + " -jx --dry-run",
+             "meta-train " + file + " --iterations 99999999999999999999999", "bench peak --threads abc",
+             "bench peak extra", "bench network --ranks abc"}) {
         INFO(args);
         const auto res = run_plexus(args);
         CHECK(res.exit_code == 2);
@@ -136,9 +143,9 @@ TEST_CASE("a flag given an empty value is a usage error, not the default", "[e2e
     TempDir dir;
     const auto file = dir.file("e.toml", kTinyExperiment);
     // `--db "$DB"` with DB unset: before, the run went into results/plexus.db of the current folder.
-    for (const std::string& args : std::vector<std::string>{"run " + file + " --db ''", "run " + file + " --db=",
-                                                            "leaderboard --db ''", "sweep " + file + " -j '' --dry-run",
-                                                            "run " + file + " --set ''"}) {
+    for (const std::string& args :
+         std::vector<std::string>{"run " + file + " --db ''", "run " + file + " --db=", "leaderboard --db ''",
+                                  "sweep " + file + " -j '' --dry-run", "run " + file + " --set ''"}) {
         INFO(args);
         const auto res = run_command("cd " + dir.path.string() + " && " + PLEXUS_BINARY + " " + args);
         CHECK(res.exit_code == 2);
@@ -180,7 +187,8 @@ TEST_CASE("[train], [launch] and optimizer values out of range are refused, nami
     for (const auto& run : store.list_runs(50)) CHECK_THAT(run.error, !Contains("frame #"));
 }
 
-TEST_CASE("reading commands need an existing plexus database, and no command writes into another program's", "[e2e][bad-input]") {
+TEST_CASE("reading commands need an existing plexus database, and no command writes into another program's",
+          "[e2e][bad-input]") {
     TempDir dir;
     // A mistyped --db: an error naming it, and no folder or empty database left behind.
     for (const std::string command : {"runs", "show 1", "compare 1 2", "curves 1", "leaderboard", "run --resume 1"}) {
@@ -193,7 +201,8 @@ TEST_CASE("reading commands need an existing plexus database, and no command wri
     // Another program's SQLite file: refused by reading and recording commands alike, untouched.
     const auto foreign = dir / "notes.db";
     REQUIRE(sql_rows(foreign, "CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine')").empty());
-    for (const std::string command : {"runs --db " + foreign, "run " + dir.file("e.toml", kTinyExperiment) + " --db " + foreign}) {
+    for (const std::string command :
+         {"runs --db " + foreign, "run " + dir.file("e.toml", kTinyExperiment) + " --db " + foreign}) {
         INFO(command);
         const auto res = run_plexus(command);
         CHECK(res.exit_code == 1);
@@ -247,8 +256,9 @@ TEST_CASE("a plugin whose factory throws fails its run, which is recorded as fai
     TempDir dir;
     const auto db = dir / "r.db";
     const int64_t good = record_a_good_run(dir, db);
-    auto r = run_plexus("run " + dir.file("t.toml", std::string(kTinyExperiment)) + " --db " + db + " --set model.name=throwing",
-                    "PLEXUS_PLUGIN_PATH=" + kTestPlugins);
+    auto r = run_plexus(
+        "run " + dir.file("t.toml", std::string(kTinyExperiment)) + " --db " + db + " --set model.name=throwing",
+        "PLEXUS_PLUGIN_PATH=" + kTestPlugins);
     CHECK(r.exit_code == 1);
     CHECK_THAT(r.output, Contains("deliberate failure in the factory"));
     CHECK_THAT(r.output, Contains("hint: this plugin exists to test failure handling"));
@@ -265,7 +275,7 @@ TEST_CASE("a NaN loss marks the run diverged and keeps the database intact", "[e
     const int64_t good = record_a_good_run(dir, db);
     // Plain SGD at a huge learning rate without clipping blows up within a few steps.
     auto r = run_plexus("run " + dir.file("nan.toml", kTinyExperiment) + " --db " + db +
-                    " --set optimizer.name=sgd --set optimizer.lr=1e8 --set train.grad_clip=0.0");
+                        " --set optimizer.name=sgd --set optimizer.lr=1e8 --set train.grad_clip=0.0");
     INFO(r.output);
     CHECK(r.exit_code == 3);
     CHECK_THAT(r.output, Contains("diverged"));
@@ -295,10 +305,12 @@ TEST_CASE("a read-only or newer database is refused and left as it was", "[e2e][
         fs::create_directories(dir.path / "lib/plexus/plugins");
         fs::copy_file(PLEXUS_BINARY, dir.path / "bin/plexus");
         for (const auto& plugin : fs::directory_iterator(fs::path(PLEXUS_BINARY).parent_path() / "plugins"))
-            if (plugin.path().extension() == ".so") fs::copy_file(plugin.path(), dir.path / "lib/plexus/plugins" / plugin.path().filename());
+            if (plugin.path().extension() == ".so")
+                fs::copy_file(plugin.path(), dir.path / "lib/plexus/plugins" / plugin.path().filename());
         binary = dir / "bin/plexus";
         for (const auto& p : fs::recursive_directory_iterator(dir.path))
-            if (p.is_directory()) fs::permissions(p.path(), fs::perms::others_read | fs::perms::others_exec, fs::perm_options::add);
+            if (p.is_directory())
+                fs::permissions(p.path(), fs::perms::others_read | fs::perms::others_exec, fs::perm_options::add);
     }
     fs::permissions(db, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
     auto r = run_command(as_user + "env HOME=/tmp " + binary + " run " + file + " --db " + db);

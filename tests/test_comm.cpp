@@ -22,7 +22,8 @@ struct RankResult {
 };
 
 // Calls the [comm] scheme of `comm_section` on each rank's inputs (inputs[rank][call]).
-std::vector<RankResult> run_scheme(const std::string& comm_section, const std::vector<std::vector<torch::Tensor>>& inputs) {
+std::vector<RankResult> run_scheme(const std::string& comm_section,
+                                   const std::vector<std::vector<torch::Tensor>>& inputs) {
     TempDir dir;
     auto cfg = resolve_text(dir, "[model]\nname = \"gpt\"\n[data]\nname = \"synthetic\"\n" + comm_section);
     std::vector<RankResult> results(inputs.size());
@@ -54,9 +55,9 @@ std::vector<std::vector<torch::Tensor>> random_inputs(int64_t n, int calls, int 
 TEST_CASE("plain, top-k at ratio 1 and hierarchical all-reduce give the exact mean", "[comm]") {
     const int64_t n = 1000;
     auto in = random_inputs(n, 2);
-    for (const std::string section : {"[comm]\nname = \"allreduce\"\n", "[comm]\nname = \"topk\"\nratio = 1.0\n",
-                                      "[comm]\nname = \"hierarchical\"\nnode_size = 1\n",
-                                      "[comm]\nname = \"hierarchical\"\nnode_size = 2\n"}) {
+    for (const std::string section :
+         {"[comm]\nname = \"allreduce\"\n", "[comm]\nname = \"topk\"\nratio = 1.0\n",
+          "[comm]\nname = \"hierarchical\"\nnode_size = 1\n", "[comm]\nname = \"hierarchical\"\nnode_size = 2\n"}) {
         INFO(section);
         auto out = run_scheme(section, in);
         for (int c = 0; c < 2; ++c) {
@@ -97,7 +98,8 @@ TEST_CASE("quantized averaging stays within its error bound and sends the stated
     CHECK(int8[0].stats.compression_ratio() == Approx(4000.0 / 1056.0));
 
     auto bf16 = run_scheme("[comm]\nname = \"quantize\"\nformat = \"bf16\"\n", in);
-    auto rel = ((bf16[0].outputs[0] - mean).abs() / ((in[0][0].abs() + in[1][0].abs()) / 2 + 1e-12)).max().item<double>();
+    auto rel =
+        ((bf16[0].outputs[0] - mean).abs() / ((in[0][0].abs() + in[1][0].abs()) / 2 + 1e-12)).max().item<double>();
     CHECK(rel <= std::pow(2.0, -8));
     CHECK(bf16[0].stats.bytes_sent == 2 * n);  // (W-1) * n * 2 bytes
 }
@@ -111,7 +113,8 @@ TEST_CASE("error feedback keeps the accumulated error bounded (top-k, PowerSGD)"
     std::vector<std::vector<torch::Tensor>> repeated(2);
     for (int r = 0; r < 2; ++r) repeated[r].assign(calls, in[r][0]);
     auto mean = (in[0][0] + in[1][0]) / 2;
-    for (const std::string section : {"[comm]\nname = \"topk\"\nratio = 0.05\n", "[comm]\nname = \"powersgd\"\nrank = 2\n"}) {
+    for (const std::string section :
+         {"[comm]\nname = \"topk\"\nratio = 0.05\n", "[comm]\nname = \"powersgd\"\nrank = 2\n"}) {
         INFO(section);
         auto out = run_scheme(section, repeated);
         auto total = torch::zeros({n});

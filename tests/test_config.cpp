@@ -10,9 +10,7 @@ namespace {
 std::string error_of(const std::function<void()>& f) {
     try {
         f();
-    } catch (const Error& e) {
-        return e.what();
-    }
+    } catch (const Error& e) { return e.what(); }
     return "(no error)";
 }
 }  // namespace
@@ -61,14 +59,15 @@ TEST_CASE("resolve fills defaults, coerces ints to floats and validates types", 
     TempDir dir;
     auto cfg = resolve_text(dir, std::string(kTinyExperiment) + "\n");
     CHECK(cfg.values.at("optimizer.weight_decay").as_double() == Approx(0.1));  // adamw default
-    CHECK(cfg.values.at("strategy.name").as_string() == "single");            // default strategy
+    CHECK(cfg.values.at("strategy.name").as_string() == "single");              // default strategy
     CHECK(cfg.values.at("model.n_layer").as_int() == 2);
     CHECK(cfg.sections.at("model").get_int("n_head") == 2);
 
     auto with_int_lr = resolve_text(dir, "[model]\nname=\"gpt\"\n[data]\nname=\"synthetic\"\n[optimizer]\nlr = 1\n");
     CHECK(with_int_lr.values.at("optimizer.lr").type() == ValueType::Float);
 
-    auto err = error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\nn_layer = \"four\"\n[data]\nname=\"synthetic\"\n"); });
+    auto err =
+        error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\nn_layer = \"four\"\n[data]\nname=\"synthetic\"\n"); });
     CHECK_THAT(err, Contains("exp.toml:3:1"));
     CHECK_THAT(err, Contains("'model.n_layer' must be an int"));
 
@@ -81,20 +80,25 @@ TEST_CASE("resolve fills defaults, coerces ints to floats and validates types", 
     CHECK(int_betas.sections.at("optimizer").get_doubles("betas") == std::vector<double>{0.0, 1.0});
     // A plugin reading a list of the wrong elements gets an error naming the key, not std::get's.
     const Config strings("data", {{"exclude", Value::list({"*.dat", 3})}});
-    CHECK_THAT(error_of([&] { strings.get_strings("exclude"); }), Contains("data.exclude: holds 3, which is not a string"));
-    CHECK_THAT(error_of([&] { strings.get_doubles("exclude"); }), Contains("data.exclude: holds \"*.dat\", which is not a number"));
+    CHECK_THAT(error_of([&] { strings.get_strings("exclude"); }),
+               Contains("data.exclude: holds 3, which is not a string"));
+    CHECK_THAT(error_of([&] { strings.get_doubles("exclude"); }),
+               Contains("data.exclude: holds \"*.dat\", which is not a number"));
 }
 
 TEST_CASE("an unknown key is reported with file, line, column and the nearest known key", "[config]") {
     TempDir dir;
     auto err = error_of([&] {
-        resolve_text(dir, "[model]\nname = \"gpt\"\n\n[data]\nname = \"synthetic\"\n[optimizer]\nname = \"adamw\"\n  lrr = 0.1\n");
+        resolve_text(
+            dir,
+            "[model]\nname = \"gpt\"\n\n[data]\nname = \"synthetic\"\n[optimizer]\nname = \"adamw\"\n  lrr = 0.1\n");
     });
     CHECK_THAT(err, Contains("exp.toml:8:3"));
     CHECK_THAT(err, Contains("unknown key 'optimizer.lrr'"));
     CHECK_THAT(err, Contains("did you mean 'lr'"));
 
-    auto section_err = error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\n[data]\nname=\"synthetic\"\n[trian]\nsteps = 3\n"); });
+    auto section_err =
+        error_of([&] { resolve_text(dir, "[model]\nname=\"gpt\"\n[data]\nname=\"synthetic\"\n[trian]\nsteps = 3\n"); });
     CHECK_THAT(section_err, Contains("unknown section [trian]"));
     CHECK_THAT(section_err, Contains("did you mean 'train'"));
 }
@@ -109,7 +113,8 @@ TEST_CASE("an unknown plugin name lists the close names", "[config]") {
 
 TEST_CASE("malformed TOML is reported with file, line and column", "[config]") {
     TempDir dir;
-    auto err = error_of([&] { host::load_experiment(dir.file("bad.toml", "[model]\nname = \"gpt\"\nn_layer = = 3\n")); });
+    auto err =
+        error_of([&] { host::load_experiment(dir.file("bad.toml", "[model]\nname = \"gpt\"\nn_layer = = 3\n")); });
     CHECK_THAT(err, Contains("bad.toml:3:"));
     CHECK_THAT(err, Contains("malformed TOML"));
     CHECK_THAT(error_of([&] { host::load_experiment(dir / "missing.toml"); }), Contains("no such experiment file"));
@@ -138,14 +143,17 @@ TEST_CASE("the config hash follows training settings, not where results go", "[c
     auto exp = host::load_experiment(dir.file("x.toml", base));
     host::apply_override(exp, "results.db=/tmp/elsewhere.db");
     auto& reg = registry();
-    auto c = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
-                           [&](PluginKind k) { return reg.names(k); });
+    auto c = host::resolve(
+        exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
+        [&](PluginKind k) { return reg.names(k); });
     host::apply_override(exp, "train.threads=1");  // a resource: a sweep hands out cores
-    auto e = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
-                           [&](PluginKind k) { return reg.names(k); });
+    auto e = host::resolve(
+        exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
+        [&](PluginKind k) { return reg.names(k); });
     host::apply_override(exp, "optimizer.lr=0.5");
-    auto d = host::resolve(exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
-                           [&](PluginKind k) { return reg.names(k); });
+    auto d = host::resolve(
+        exp, [&](PluginKind k, const std::string& n) { return reg.find(k, n); },
+        [&](PluginKind k) { return reg.names(k); });
     CHECK(a.hash == b.hash);
     CHECK(a.hash == c.hash);
     CHECK(a.hash == e.hash);
@@ -154,8 +162,8 @@ TEST_CASE("the config hash follows training settings, not where results go", "[c
 }
 
 TEST_CASE("values print as TOML that reads back identically", "[config]") {
-    for (const Value& v : {Value(3e-4), Value(0.1), Value(int64_t{7}), Value(true), Value("a \"q\""),
-                           Value::list({1, 2.5, "x"})}) {
+    for (const Value& v :
+         {Value(3e-4), Value(0.1), Value(int64_t{7}), Value(true), Value("a \"q\""), Value::list({1, 2.5, "x"})}) {
         CHECK(host::parse_value(v.to_text(), "test") == v);
     }
     CHECK(Value(3e-4).to_text() == "0.0003");
@@ -202,5 +210,5 @@ TEST_CASE("a key's declared choices and range: what each refuses, and how it say
     CHECK(mode.refusal("launch.mode", Value("b")).empty());
     CHECK(mode.refusal("launch.mode", Value("d")) == "launch.mode = \"d\" is unknown (use \"a\", \"b\" or \"c\")");
     CHECK(ConfigKey("free", "x", "").refusal("k", Value("anything")).empty());  // no choices: any string
-    CHECK(ConfigKey("n", 3, "").refusal("k", Value(-7)).empty());              // no range: any number
+    CHECK(ConfigKey("n", 3, "").refusal("k", Value(-7)).empty());               // no range: any number
 }

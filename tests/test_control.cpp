@@ -45,7 +45,9 @@ public:
     std::shared_ptr<Work> reduce_scatter(torch::Tensor&, const torch::Tensor&, ReduceOp) override {
         throw Error("no collectives here");
     }
-    std::shared_ptr<Work> all_gather(torch::Tensor&, const torch::Tensor&) override { throw Error("no collectives here"); }
+    std::shared_ptr<Work> all_gather(torch::Tensor&, const torch::Tensor&) override {
+        throw Error("no collectives here");
+    }
     std::shared_ptr<Work> broadcast(torch::Tensor&, int) override { throw Error("no collectives here"); }
     void barrier() override { throw Error("no collectives here"); }
     std::shared_ptr<Work> send(const torch::Tensor&, int, int) override { throw Error("no collectives here"); }
@@ -66,7 +68,8 @@ std::vector<std::unique_ptr<host::ControlChannel>> channels(const std::shared_pt
 }
 
 // (step, wall time) of one rank's rows of `key`, in step order.
-std::vector<std::pair<int64_t, double>> timeline(host::ResultsStore& store, int64_t run, const std::string& key, int rank) {
+std::vector<std::pair<int64_t, double>> timeline(host::ResultsStore& store, int64_t run, const std::string& key,
+                                                 int rank) {
     std::vector<std::pair<int64_t, double>> out;
     for (const auto& row : store.metric_rows(run, key, rank)) out.emplace_back(row.step, row.wall_time);
     return out;
@@ -120,8 +123,8 @@ TEST_CASE("the store channel: a time-based checkpoint happens at one step on eve
           "[control]") {
     auto store = std::make_shared<MemoryStore>();
     auto ch = channels(store, 3, 5);
-    CHECK_FALSE(ch[0]->at_log_point(5, {false, false, true}).checkpoint);   // rank 0's clock: due; posted for 10
-    CHECK_FALSE(ch[0]->at_log_point(5, {false, false, true}).checkpoint);   // not posted twice
+    CHECK_FALSE(ch[0]->at_log_point(5, {false, false, true}).checkpoint);  // rank 0's clock: due; posted for 10
+    CHECK_FALSE(ch[0]->at_log_point(5, {false, false, true}).checkpoint);  // not posted twice
     CHECK_FALSE(ch[1]->at_log_point(5, {}).checkpoint);
     CHECK(ch[0]->at_log_point(10, {}).checkpoint);
     CHECK(ch[1]->at_log_point(10, {}).checkpoint);
@@ -154,12 +157,14 @@ TEST_CASE("every rank's record() rows reach the database with its rank, on Gloo 
           "[control][distributed][sim]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    const auto file = dir.file("ddp.toml", std::string(kTinyExperiment) +
-                                               "\n[strategy]\nname = \"ddp\"\n[launch]\nmode = \"local\"\nranks = 2\ntimeout = 60.0\n");
+    const auto file = dir.file(
+        "ddp.toml", std::string(kTinyExperiment) +
+                        "\n[strategy]\nname = \"ddp\"\n[launch]\nmode = \"local\"\nranks = 2\ntimeout = 60.0\n");
     for (const std::string mode : {"local", "sim"}) {
         const int ranks = mode == "local" ? 2 : 4;
-        const auto run = run_recorded(file, db, "--set train.steps=12 --set launch.mode=" + mode +
-                                                    " --set launch.ranks=" + std::to_string(ranks));
+        const auto run = run_recorded(
+            file, db,
+            "--set train.steps=12 --set launch.mode=" + mode + " --set launch.ranks=" + std::to_string(ranks));
         host::ResultsStore store(db);
         for (int r = 0; r < ranks; ++r) {
             const auto rows = store.metric_rows(run.id, "comm_bytes", r);  // DDP records it every step
@@ -175,7 +180,8 @@ TEST_CASE("every rank's record() rows reach the database with its rank, on Gloo 
     }
 }
 
-TEST_CASE("on 2 Gloo processes, a gossip run's ranks drift apart by more than log_every steps", "[control][distributed]") {
+TEST_CASE("on 2 Gloo processes, a gossip run's ranks drift apart by more than log_every steps",
+          "[control][distributed]") {
     // Rank 1 computes 6x slower. Gossip averages with its one neighbour at Poisson times, 0.05
     // per step, and only there do the two wait for each other: between averagings rank 0 runs
     // ahead. A collective at every log point (log_every = 2) would hold them within 2 steps.
@@ -196,8 +202,9 @@ kind = "slow"
 rank = 1
 factor = 6.0
 )");
-    const auto run = run_recorded(file, db, "--set train.steps=80 --set train.log_every=2 --set train.eval_every=0 "
-                                            "--set train.threads=1 --set train.seed=3");
+    const auto run = run_recorded(file, db,
+                                  "--set train.steps=80 --set train.log_every=2 --set train.eval_every=0 "
+                                  "--set train.threads=1 --set train.seed=3");
     host::ResultsStore store(db);
     const auto fast = timeline(store, run.id, "gossip/comm_events", 0);
     const auto slow = timeline(store, run.id, "gossip/comm_events", 1);

@@ -49,7 +49,8 @@ bool alive(pid_t pid) { return kill(pid, 0) == 0; }
 TEST_CASE("DDP on 2 ranks with batch b follows the single strategy with batch 2b", "[distributed]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    auto ddp = run_plexus("run " + dir.file("ddp.toml", kDdp) + " --db " + db + " --set train.steps=20 --set train.batch_size=4");
+    auto ddp = run_plexus("run " + dir.file("ddp.toml", kDdp) + " --db " + db +
+                          " --set train.steps=20 --set train.batch_size=4");
     INFO(ddp.output);
     REQUIRE(ddp.exit_code == 0);
     auto single = run_plexus("run " + dir.file("single.toml", kTinyExperiment) + " --db " + db +
@@ -106,7 +107,8 @@ TEST_CASE("DDP gradient accumulation: 2 micro-batches of b equal one batch of 2b
         std::string toml = kTinyExperiment;
         const std::string adamw = "name = \"adamw\"\nlr = 1e-2";
         toml.replace(toml.find(adamw), adamw.size(), "name = \"sgd\"\nlr = 0.1\nmomentum = 0.9");
-        auto cfg = resolve_text(dir, toml + "\n[strategy]\nname = \"ddp\"\naccumulate = " + std::to_string(accumulate) + "\n");
+        auto cfg =
+            resolve_text(dir, toml + "\n[strategy]\nname = \"ddp\"\naccumulate = " + std::to_string(accumulate) + "\n");
         host::HostContext ctx(cfg, torch::kCPU, 32);
         auto strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), ctx);
         FixedStream stream(std::move(batches));
@@ -122,8 +124,13 @@ TEST_CASE("DDP gradient accumulation: 2 micro-batches of b equal one batch of 2b
     for (int s = 0; s < 3; ++s) CHECK(loss_acc[s] == Approx(loss_one[s]).epsilon(1e-6));
     REQUIRE(state_acc.size() == state_one.size());
     for (size_t i = 0; i < state_acc.size(); ++i) {
-        INFO(state_acc[i].first << " max diff " << (state_acc[i].second.to(torch::kFloat64) - state_one[i].second.to(torch::kFloat64)).abs().max().item<double>());
-        CHECK(torch::allclose(state_acc[i].second.to(torch::kFloat64), state_one[i].second.to(torch::kFloat64), 1e-5, 1e-7));
+        INFO(state_acc[i].first << " max diff "
+                                << (state_acc[i].second.to(torch::kFloat64) - state_one[i].second.to(torch::kFloat64))
+                                       .abs()
+                                       .max()
+                                       .item<double>());
+        CHECK(torch::allclose(state_acc[i].second.to(torch::kFloat64), state_one[i].second.to(torch::kFloat64), 1e-5,
+                              1e-7));
     }
 }
 
@@ -131,8 +138,8 @@ TEST_CASE("DDP gradient accumulation: 2 micro-batches of b equal one batch of 2b
 // `sig` to rank 1 (or to the launcher), and returns what became of the launcher and the workers.
 struct Outcome {
     int exit_code = -1;
-    double seconds = 0;           // from the signal to the launcher's exit
-    bool workers_left = true;     // any worker process still alive afterwards
+    double seconds = 0;        // from the signal to the launcher's exit
+    bool workers_left = true;  // any worker process still alive afterwards
     host::RunInfo run;
     std::string log;
 };
@@ -153,9 +160,10 @@ Outcome signal_a_local_run(const TempDir& dir, int sig, double timeout_s, bool t
     Outcome o;
     const auto db = dir / "r.db";
     const std::string log = dir / "out.log";
-    const std::string cmd = std::string(PLEXUS_BINARY) + " run " + dir.file("ddp.toml", kDdp) + " --db " + db +
-                            " --set train.steps=100000 --set train.log_every=1 --set launch.timeout=" +
-                            std::to_string(timeout_s) + " --progress lines";
+    const std::string cmd =
+        std::string(PLEXUS_BINARY) + " run " + dir.file("ddp.toml", kDdp) + " --db " + db +
+        " --set train.steps=100000 --set train.log_every=1 --set launch.timeout=" + std::to_string(timeout_s) +
+        " --progress lines";
     const pid_t launcher = start_logged(cmd, log);
     REQUIRE(wait_for_losses(db, 5) >= 5);
     std::vector<pid_t> workers;
@@ -199,8 +207,8 @@ TEST_CASE("a worker that hangs fails the run after launch.timeout and leaves no 
     auto o = signal_a_local_run(dir, SIGSTOP, 4);  // rank 1 freezes; rank 0 waits in a collective
     INFO(o.log);
     CHECK(o.exit_code == 1);
-    CHECK(o.seconds >= 3);   // rank 0 gave up at the collective timeout ...
-    CHECK(o.seconds < 40);   // ... and the launcher then stopped the frozen rank (SIGKILL after the grace)
+    CHECK(o.seconds >= 3);  // rank 0 gave up at the collective timeout ...
+    CHECK(o.seconds < 40);  // ... and the launcher then stopped the frozen rank (SIGKILL after the grace)
     CHECK_FALSE(o.workers_left);
     CHECK(o.run.status == "failed");
     CHECK_THAT(o.run.error, Contains("rank 0 exited with code 1"));
@@ -256,8 +264,9 @@ TEST_CASE("SIGTERM to the launcher interrupts every rank at an agreed step and m
 TEST_CASE("mode env joins a job whose ranks were started by someone else", "[distributed]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    const auto file = dir.file("env.toml", std::string(kTinyExperiment) +
-                                               "\n[strategy]\nname = \"ddp\"\n[launch]\nmode = \"env\"\ntimeout = 60.0\n");
+    const auto file =
+        dir.file("env.toml", std::string(kTinyExperiment) +
+                                 "\n[strategy]\nname = \"ddp\"\n[launch]\nmode = \"env\"\ntimeout = 60.0\n");
     const std::string port = std::to_string(host::free_port());
     std::vector<pid_t> pids;
     for (int r = 0; r < 2; ++r) {

@@ -43,7 +43,9 @@ Consensus run_consensus(const Graph& g, bool accelerated, double horizon, uint64
             const auto& nb = g.neighbours[static_cast<size_t>(i)];
             return static_cast<double>(std::count(nb.begin(), nb.end(), j)) / static_cast<double>(nb.size());
         };
-        edges.push_back({{a, b}, PoissonProcess(mix_seed(seed, static_cast<uint64_t>(a * 1000 + b)), rate * (count(a, b) + count(b, a)) / 2)});
+        edges.push_back({{a, b},
+                         PoissonProcess(mix_seed(seed, static_cast<uint64_t>(a * 1000 + b)),
+                                        rate * (count(a, b) + count(b, a)) / 2)});
     }
     auto sums = [&] {
         auto sx = torch::zeros({200}, torch::kFloat64), st = torch::zeros({200}, torch::kFloat64);
@@ -121,8 +123,8 @@ TEST_CASE("A2CiD2 mixes faster than gossip on a 32-ring, and conserves sum(x) an
     const double horizon = 200;  // chi1 = 52, sqrt(chi1 chi2) = 7.1
     const auto plain = run_consensus(g, false, horizon);
     const auto acid = run_consensus(g, true, horizon);
-    INFO("distance at t = 200: gossip " << plain.distance.back() << ", a2cid2 " << acid.distance.back()
-         << "; rates " << decay_rate(plain.distance) << ", " << decay_rate(acid.distance));
+    INFO("distance at t = 200: gossip " << plain.distance.back() << ", a2cid2 " << acid.distance.back() << "; rates "
+                                        << decay_rate(plain.distance) << ", " << decay_rate(acid.distance));
     CHECK(acid.distance.back() < plain.distance.back() / 5);
     CHECK(decay_rate(acid.distance) > 3 * decay_rate(plain.distance));
     CHECK(acid.sum_total_drift < 1e-9);  // jumps conserve sum x and sum x~; mixing conserves x + x~
@@ -146,9 +148,11 @@ struct GossipRun {
 
 GossipRun run_gossip(const TempDir& dir, const std::string& args) {
     const auto db = dir / "g.db";
-    const NewestRun run = run_recorded(dir.file("g.toml", kGossip), db,
-                                       "--set train.steps=60 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
-                                       " --set optimizer.momentum=0.9 " + args);
+    const NewestRun run =
+        run_recorded(dir.file("g.toml", kGossip), db,
+                     "--set train.steps=60 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
+                     " --set optimizer.momentum=0.9 " +
+                         args);
     host::ResultsStore store(db);
     const auto id = run.id;
     GossipRun r;
@@ -176,14 +180,15 @@ TEST_CASE("A2CiD2 with the momentum off is gossip, bit for bit, and both train 8
     CHECK(acid.chi1 == Approx(3.4142).epsilon(1e-4));
     for (const auto* r : {&gossip, &acid}) {
         CHECK(r->last_eval < std::log(32.0) - 2.0);  // the averaged model learned the chain
-        CHECK(r->consensus > 0);                      // workers differ, and it is measured
+        CHECK(r->consensus > 0);                     // workers differ, and it is measured
     }
 }
 
 TEST_CASE("gossip settings errors name the key", "[gossip]") {
     TempDir dir;
     const auto file = dir.file("g.toml", kGossip);
-    auto bad = run_plexus("run " + file + " --db " + dir / "r.db" + " --set strategy.graph=exponential --set launch.ranks=6");
+    auto bad =
+        run_plexus("run " + file + " --db " + dir / "r.db" + " --set strategy.graph=exponential --set launch.ranks=6");
     CHECK(bad.exit_code != 0);
     CHECK_THAT(bad.output, Contains("strategy.graph") && Contains("power of 2"));
     bad = run_plexus("run " + file + " --db " + dir / "r.db" + " --set strategy.comm_rate=0");
@@ -196,9 +201,10 @@ TEST_CASE("gossip and A2CiD2 converge to the optimum of a least-squares problem 
     TempDir dir;
     const auto db = dir / "ls.db";
     // tests/plugins/least_squares: rank i owns f_i; evaluation is F(x̄) - F(x*) for F the mean.
-    const std::string common = " --db " + db + " --set 'plugin_path=[\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
-                               "\"]' --set model.name=least_squares --set optimizer.name=sgd --set train.min_lr_ratio=0.0"
-                               " --set train.grad_clip=0.0 --set train.eval_every=100 ";
+    const std::string common =
+        " --db " + db + " --set 'plugin_path=[\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
+        "\"]' --set model.name=least_squares --set optimizer.name=sgd --set train.min_lr_ratio=0.0"
+        " --set train.grad_clip=0.0 --set train.eval_every=100 ";
     auto final_eval = [&](const std::string& args) {
         auto res = run_plexus("run " + dir.file("g.toml", kGossip) + common + args);
         INFO(args << "\n" << res.output);
@@ -213,8 +219,8 @@ TEST_CASE("gossip and A2CiD2 converge to the optimum of a least-squares problem 
     double reached[2];
     int i = 0;
     for (const char* strategy : {"gossip", "a2cid2"}) {
-        const auto [suboptimality, consensus] =
-            final_eval(std::string("--set strategy.name=") + strategy + " --set optimizer.lr=0.1 --set train.steps=2000");
+        const auto [suboptimality, consensus] = final_eval(std::string("--set strategy.name=") + strategy +
+                                                           " --set optimizer.lr=0.1 --set train.steps=2000");
         INFO(strategy << ": F(x̄) - F* = " << suboptimality << " of " << initial << ", consensus " << consensus);
         CHECK(suboptimality < 1e-3 * initial);  // measured 2.5e-4 (gossip), 1.0e-4 (a2cid2) of it
         CHECK(suboptimality >= 0);
@@ -229,20 +235,24 @@ TEST_CASE("gossip and A2CiD2 converge to the optimum of a least-squares problem 
 TEST_CASE("DADAO converges linearly to the exact optimum of the split least-squares problem", "[gossip][dadao][sim]") {
     TempDir dir;
     const auto db = dir / "d.db";
-    const std::string common = " --db " + db + " --set 'plugin_path=[\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
-                               "\"]' --set model.name=least_squares --set train.grad_clip=0.0 --set train.eval_every=100 ";
+    const std::string common =
+        " --db " + db + " --set 'plugin_path=[\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
+        "\"]' --set model.name=least_squares --set train.grad_clip=0.0 --set train.eval_every=100 ";
     auto evals = [&](const std::string& args) {
         auto res = run_plexus("run " + dir.file("g.toml", kGossip) + common + args);
         INFO(args << "\n" << res.output);
         REQUIRE(res.exit_code == 0);
         host::ResultsStore store(db);
         std::vector<double> out;
-        for (const auto& [step, value] : store.metric_series(store.list_runs(1).at(0).id, "eval_loss")) out.push_back(value);
+        for (const auto& [step, value] : store.metric_series(store.list_runs(1).at(0).id, "eval_loss"))
+            out.push_back(value);
         return out;
     };
-    const double initial = evals("--set strategy.name=gossip --set optimizer.name=sgd --set optimizer.lr=0.0 --set train.steps=1").at(0);
+    const double initial =
+        evals("--set strategy.name=gossip --set optimizer.name=sgd --set optimizer.lr=0.0 --set train.steps=1").at(0);
     // mu and L bound every worker's f_i (rows scaled 0.6..1.2, 40 x 10 Gaussian).
-    const auto dadao = evals("--set strategy.name=dadao --set strategy.mu=0.1 --set strategy.smoothness=3.0 --set train.steps=500");
+    const auto dadao =
+        evals("--set strategy.name=dadao --set strategy.mu=0.1 --set strategy.smoothness=3.0 --set train.steps=500");
     REQUIRE(dadao.size() == 5);
     INFO("suboptimality every 100 units: " << dadao[0] << " " << dadao[1] << " " << dadao[2] << " " << dadao[3] << " "
                                            << dadao[4] << " (initial " << initial << ")");
@@ -258,15 +268,18 @@ TEST_CASE("async_sgd: tau = 0 is synchronous SGD, staleness stays within the bou
     TempDir dir;
     const auto db = dir / "a.db";
     struct Outcome {
-        double sum, square, staleness;  // the parameters' sum and sum of squares (SGD: the sum is blind to some tensors)
+        double sum, square,
+            staleness;  // the parameters' sum and sum of squares (SGD: the sum is blind to some tensors)
     };
     auto run = [&](const std::string& args) {
         const NewestRun run = run_recorded(dir.file("g.toml", kGossip), db,
                                            "--set train.steps=30 --set optimizer.name=sgd --set optimizer.lr=0.3"
-                                           " --set train.grad_clip=0.0 --set train.threads=1 " + args);
+                                           " --set train.grad_clip=0.0 --set train.threads=1 " +
+                                               args);
         host::ResultsStore store(db);
         double staleness = -1;  // stays -1 where nothing was recorded (DDP; a bug in async SGD)
-        for (const auto& [step, value] : store.metric_series(run.id, "async/staleness_max")) staleness = std::max(staleness, value);
+        for (const auto& [step, value] : store.metric_series(run.id, "async/staleness_max"))
+            staleness = std::max(staleness, value);
         return Outcome{run["param_sum"], run["param_square_sum"], staleness};
     };
     // A server and 3 workers against DDP on 3 ranks (the same shards): each gradient is applied
@@ -282,8 +295,9 @@ TEST_CASE("async_sgd: tau = 0 is synchronous SGD, staleness stays within the bou
     auto bound = [](int tau) { return (3 - 1) * (2 * tau + 1); };
     // The simulated device is pinned: how far the straggler falls behind depends on its compute
     // time against the fixed network's, and "measured" would make that this machine's.
-    const std::string straggler = "--set strategy.name=async_sgd --set launch.ranks=4 --set sim.slow_ranks=[3] --set sim.slow_factor=3.0"
-                                  " --set sim.device=custom --set sim.device_flops=4e11 --set sim.efficiency=0.5";
+    const std::string straggler =
+        "--set strategy.name=async_sgd --set launch.ranks=4 --set sim.slow_ranks=[3] --set sim.slow_factor=3.0"
+        " --set sim.device=custom --set sim.device_flops=4e11 --set sim.efficiency=0.5";
     for (int tau : {0, 1, 2}) {
         const auto r = run(straggler + " --set strategy.staleness_bound=" + std::to_string(tau));
         INFO("tau " << tau << ": max staleness " << r.staleness);
@@ -296,11 +310,13 @@ TEST_CASE("async_sgd: tau = 0 is synchronous SGD, staleness stays within the bou
     // On 4 Gloo processes: the server waits for whichever worker's gradient comes first
     // (Transport::wait_any; Gloo's receives needed a watcher thread for that). tau = 0 is still
     // synchronous SGD, and the bound holds whatever the timing.
-    const auto gloo = run("--set strategy.name=async_sgd --set launch.mode=local --set launch.ranks=4 --set strategy.staleness_bound=0");
+    const auto gloo = run(
+        "--set strategy.name=async_sgd --set launch.mode=local --set launch.ranks=4 --set strategy.staleness_bound=0");
     CHECK(gloo.sum == Approx(ddp.sum).epsilon(1e-6));
     CHECK(gloo.square == Approx(ddp.square).epsilon(1e-6));
     CHECK(gloo.staleness == 2);  // synchronous rounds: the last of 3 gradients counts the 2 before it
-    const auto bounded = run("--set strategy.name=async_sgd --set launch.mode=local --set launch.ranks=4 --set strategy.staleness_bound=1");
+    const auto bounded = run(
+        "--set strategy.name=async_sgd --set launch.mode=local --set launch.ranks=4 --set strategy.staleness_bound=1");
     CHECK(bounded.staleness <= bound(1));  // 6 seen under load: the bound is reached
     CHECK(bounded.staleness >= 2);
 }
@@ -310,9 +326,11 @@ TEST_CASE("the exchange thread overlaps the exchanges with the gradient (simulat
     TempDir dir;
     const auto db = dir / "t.db";
     auto run = [&](const std::string& args) {
-        const NewestRun run = run_recorded(dir.file("g.toml", kGossip), db,
-                                           "--set train.steps=40 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
-                                           " --set optimizer.momentum=0.9 " + args);
+        const NewestRun run =
+            run_recorded(dir.file("g.toml", kGossip), db,
+                         "--set train.steps=40 --set train.threads=1 --set optimizer.name=sgd --set optimizer.lr=0.3"
+                         " --set optimizer.momentum=0.9 " +
+                             args);
         host::ResultsStore store(db);
         GossipRun r;
         r.state_hash = run.text.at("state_hash");
@@ -320,8 +338,9 @@ TEST_CASE("the exchange thread overlaps the exchanges with the gradient (simulat
         return std::make_pair(r, run["sim_time"]);
     };
     // A gradient takes 0.47 simulated seconds, an exchange 0.23: worth overlapping.
-    const std::string slow = " --set sim.device=custom --set sim.device_flops=1e8 --set sim.efficiency=1.0"
-                             " --set sim.bandwidth_gbs=0.0005";
+    const std::string slow =
+        " --set sim.device=custom --set sim.device_flops=1e8 --set sim.efficiency=1.0"
+        " --set sim.bandwidth_gbs=0.0005";
     const auto blocking = run(slow);
     const auto threaded = run(slow + " --set strategy.exchange_thread=true");
     const auto again = run(slow + " --set strategy.exchange_thread=true");

@@ -109,11 +109,12 @@ TEST_CASE("bf16 autocast on the GPU: bf16 products, float32 loss, close to float
         }
         CHECK(torch::matmul(m, m).scalar_type() == torch::kFloat);
     }
-    CHECK(bf16 != fp32);                                // it did run in bf16
+    CHECK(bf16 != fp32);                                   // it did run in bf16
     CHECK(std::abs(bf16 - fp32) < 2e-2 * std::abs(fp32));  // bf16's 8-bit mantissa, not garbage
 }
 
-TEST_CASE("cross_entropy of bf16 logits under autocast on the GPU: the exact loss and its gradient rounded once", "[gpu]") {
+TEST_CASE("cross_entropy of bf16 logits under autocast on the GPU: the exact loss and its gradient rounded once",
+          "[gpu]") {
     host::register_operators();  // plexus's fused kernels: what plexus::cross_entropy takes on a GPU
     REQUIRE(plexus::detail::host_kernel_on("plexus::cross_entropy_forward", c10::DispatchKey::CUDA));
     torch::manual_seed(5);
@@ -281,7 +282,8 @@ TEST_CASE("checkpoints on the GPU: its random state round-trips, and a killed ru
     // run-to-run reproducibility (bit for bit where its kernels are deterministic).
     INFO("worst difference " << worst << ", " << identical << " of " << want.size() << " losses bit-identical");
     CHECK(worst < 1e-5);
-    WARN("GPU resume: worst loss difference " << worst << ", " << identical << " of " << want.size() << " bit-identical");
+    WARN("GPU resume: worst loss difference " << worst << ", " << identical << " of " << want.size()
+                                              << " bit-identical");
 }
 
 TEST_CASE("plexus's layer norm kernels compute LibTorch's values and gradients", "[gpu]") {
@@ -291,21 +293,20 @@ TEST_CASE("plexus's layer norm kernels compute LibTorch's values and gradients",
     REQUIRE(plexus::detail::host_layer_norm_on(c10::DispatchKey::CUDA));
     using Tensors4 = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>;
     auto& dispatcher = c10::Dispatcher::singleton();
-    const auto forward =
-        dispatcher.findSchemaOrThrow("plexus::layer_norm_forward", "")
-            .typed<Tensors4(const torch::Tensor&, const c10::optional<torch::Tensor>&, const torch::Tensor&,
-                            const torch::Tensor&, double, c10::ScalarType)>();
-    const auto backward =
-        dispatcher.findSchemaOrThrow("plexus::layer_norm_backward", "")
-            .typed<Tensors4(const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
-                            const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                            c10::optional<c10::ScalarType>)>();
+    const auto forward = dispatcher.findSchemaOrThrow("plexus::layer_norm_forward", "")
+                             .typed<Tensors4(const torch::Tensor&, const c10::optional<torch::Tensor>&,
+                                             const torch::Tensor&, const torch::Tensor&, double, c10::ScalarType)>();
+    const auto backward = dispatcher.findSchemaOrThrow("plexus::layer_norm_backward", "")
+                              .typed<Tensors4(const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
+                                              const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                              const torch::Tensor&, c10::optional<c10::ScalarType>)>();
     torch::manual_seed(6);
     using Dtype = c10::optional<c10::ScalarType>;
     for (const int64_t width : {2048, 100, 32, 1, 8192, 8193}) {
         // 1500 rows: more than the backward's blocks (4 per multiprocessor), so blocks sum several rows.
         for (const int64_t rows : {0, 7, 300, 1500}) {
-            for (const Dtype residual_dtype : {Dtype(), Dtype(torch::kFloat), Dtype(torch::kBFloat16), Dtype(torch::kHalf)}) {
+            for (const Dtype residual_dtype :
+                 {Dtype(), Dtype(torch::kFloat), Dtype(torch::kBFloat16), Dtype(torch::kHalf)}) {
                 for (const auto out_dtype : {torch::kFloat, torch::kBFloat16}) {
                     INFO("width " << width << ", rows " << rows << ", residual "
                                   << (residual_dtype ? c10::toString(*residual_dtype) : "none") << ", normed "
@@ -314,8 +315,9 @@ TEST_CASE("plexus's layer norm kernels compute LibTorch's values and gradients",
                     // An offset and a spread per row, as a residual stream has.
                     const auto x = torch::randn({rows, width}, f32) * 3 + torch::randn({rows, 1}, f32) * 5;
                     const c10::optional<torch::Tensor> residual =
-                        residual_dtype ? c10::optional<torch::Tensor>(torch::randn({rows, width}, f32).to(*residual_dtype))
-                                       : c10::nullopt;
+                        residual_dtype
+                            ? c10::optional<torch::Tensor>(torch::randn({rows, width}, f32).to(*residual_dtype))
+                            : c10::nullopt;
                     const auto weight = 1 + 0.1 * torch::randn({width}, f32), bias = 0.1 * torch::randn({width}, f32);
                     const auto [sum, normed, mean, rstd] = forward.call(x, residual, weight, bias, 1e-5, out_dtype);
                     const auto [ref_sum, ref_normed, ref_mean, ref_rstd] =
@@ -390,11 +392,12 @@ TEST_CASE("GPT on the GPU in bf16: the fused norm kernels train like LibTorch's"
 TEST_CASE("plexus's cross-entropy kernels compute the reference operators' loss and gradient", "[gpu]") {
     host::register_operators();
     auto& dispatcher = c10::Dispatcher::singleton();
-    const auto forward = dispatcher.findSchemaOrThrow("plexus::cross_entropy_forward", "")
-                             .typed<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&, const torch::Tensor&)>();
-    const auto backward =
-        dispatcher.findSchemaOrThrow("plexus::cross_entropy_backward", "")
-            .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>();
+    const auto forward =
+        dispatcher.findSchemaOrThrow("plexus::cross_entropy_forward", "")
+            .typed<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&, const torch::Tensor&)>();
+    const auto backward = dispatcher.findSchemaOrThrow("plexus::cross_entropy_backward", "")
+                              .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                                   const torch::Tensor&)>();
     torch::manual_seed(8);
     for (const int64_t vocab : {1, 31, 1000, 50304}) {
         for (const int64_t rows : {0, 5, 700}) {
@@ -435,7 +438,8 @@ TEST_CASE("plexus's cross-entropy kernels compute the reference operators' loss 
     const auto small = torch::randn({4, 10}, torch::TensorOptions().device(kGpu));
     for (const int64_t bad : {10, -1}) {
         INFO("target " << bad);
-        CHECK(std::isnan(std::get<0>(forward.call(small, torch::tensor(std::vector<int64_t>{1, bad, 0, 2}).to(kGpu))).item<double>()));
+        CHECK(std::isnan(std::get<0>(forward.call(small, torch::tensor(std::vector<int64_t>{1, bad, 0, 2}).to(kGpu)))
+                             .item<double>()));
     }
     // A NaN logit that is not the target's still makes its row's loss NaN (each thread holds one
     // value at vocabulary 1000: a NaN must survive the block's combination).
@@ -456,6 +460,7 @@ TEST_CASE("plexus's cross-entropy kernels compute the reference operators' loss 
     const auto [ref_loss, ref_stats] = host::cross_entropy_forward_reference(last, last_targets);
     CHECK(max_rel(big_stats.narrow(0, rows - tail, tail), ref_stats) < 1e-5);
     // the reference divides by its own 3 rows: give it the same per-row scale
-    const auto ref_grad = host::cross_entropy_backward_reference(grad_loss * (double(tail) / rows), last, last_targets, ref_stats);
+    const auto ref_grad =
+        host::cross_entropy_backward_reference(grad_loss * (double(tail) / rows), last, last_targets, ref_stats);
     CHECK(max_rel(big_grad.narrow(0, rows - tail, tail), ref_grad) < 1.0 / 128);
 }

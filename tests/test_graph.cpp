@@ -15,10 +15,10 @@ TEST_CASE("graph spectra and A2CiD2 constants match the reference values", "[gra
         double chi1, chi2, eta, alpha_tilde;
     };
     const Row rows[] = {
-        {8, "ring", 3.4142, 0.8750, 0.28928, 0.9877},   {8, "exponential", 1.5000, 0.9637, 0.41586, 0.6238},
-        {16, "ring", 13.137, 0.9375, 0.14247, 1.8717},  {16, "exponential", 2.0000, 1.0097, 0.35186, 0.7037},
-        {32, "ring", 52.043, 0.9688, 0.07042, 3.6648},  {32, "exponential", 2.5000, 1.0229, 0.31266, 0.7817},
-        {64, "ring", 207.67, 0.9844, 0.03497, 7.2624},  {64, "exponential", 3.0000, 1.0241, 0.28526, 0.8558},
+        {8, "ring", 3.4142, 0.8750, 0.28928, 0.9877},  {8, "exponential", 1.5000, 0.9637, 0.41586, 0.6238},
+        {16, "ring", 13.137, 0.9375, 0.14247, 1.8717}, {16, "exponential", 2.0000, 1.0097, 0.35186, 0.7037},
+        {32, "ring", 52.043, 0.9688, 0.07042, 3.6648}, {32, "exponential", 2.5000, 1.0229, 0.31266, 0.7817},
+        {64, "ring", 207.67, 0.9844, 0.03497, 7.2624}, {64, "exponential", 3.0000, 1.0241, 0.28526, 0.8558},
     };
     for (const auto& row : rows) {
         INFO(row.n << " " << row.graph);
@@ -72,9 +72,7 @@ TEST_CASE("topologies have the degrees and edges they promise, and bad graphs ar
     auto error_of = [](const std::string& topology, int n, GraphOptions opts = {}) {
         try {
             make_graph(topology, n, opts);
-        } catch (const Error& e) {
-            return std::string(e.what()) + " / " + e.hint();
-        }
+        } catch (const Error& e) { return std::string(e.what()) + " / " + e.hint(); }
         return std::string();
     };
     CHECK_THAT(error_of("exponential", 12), Contains("power of 2"));

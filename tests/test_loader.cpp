@@ -12,19 +12,20 @@ const std::string kTestPlugins = PLEXUS_TEST_PLUGIN_DIR;
 std::string refusal(host::PluginRegistry& reg, const std::string& path) {
     try {
         reg.load(path);
-    } catch (const Error& e) {
-        return e.what();
-    }
+    } catch (const Error& e) { return e.what(); }
     return "(loaded)";
 }
 }  // namespace
 
 TEST_CASE("the build's plugins load with their descriptors", "[loader]") {
     auto& reg = registry();
-    for (auto [kind, name] : std::vector<std::pair<PluginKind, std::string>>{
-             {PluginKind::Model, "gpt"}, {PluginKind::Optimizer, "adamw"}, {PluginKind::Optimizer, "sgd"},
-             {PluginKind::Strategy, "single"}, {PluginKind::Dataset, "text"}, {PluginKind::Dataset, "tokens"},
-             {PluginKind::Dataset, "synthetic"}}) {
+    for (auto [kind, name] : std::vector<std::pair<PluginKind, std::string>>{{PluginKind::Model, "gpt"},
+                                                                             {PluginKind::Optimizer, "adamw"},
+                                                                             {PluginKind::Optimizer, "sgd"},
+                                                                             {PluginKind::Strategy, "single"},
+                                                                             {PluginKind::Dataset, "text"},
+                                                                             {PluginKind::Dataset, "tokens"},
+                                                                             {PluginKind::Dataset, "synthetic"}}) {
         const auto* d = reg.find(kind, name);
         REQUIRE(d);
         CHECK(d->kind == kind);
@@ -38,7 +39,7 @@ TEST_CASE("a plugin with another ABI fingerprint is refused with both fingerprin
     host::PluginRegistry reg;
     auto why = refusal(reg, kTestPlugins + "/plexus_model_bad_fingerprint.so");
     CHECK_THAT(why, Contains("fingerprint mismatch"));
-    CHECK_THAT(why, Contains("libtorch 2.5; cuda on"));                // the plugin's
+    CHECK_THAT(why, Contains("libtorch 2.5; cuda on"));                   // the plugin's
     CHECK_THAT(why, Contains(host::PluginRegistry::host_fingerprint()));  // the host's
     CHECK(reg.loaded().empty());
 }

@@ -58,7 +58,8 @@ Stepped step_lopt(int k, const std::vector<double>& g_weight, const std::vector<
     auto b = torch::tensor({0.1, -0.2, 0.3}, torch::kFloat32);
     auto optimizer = ctx.make_optimizer({{"layer.fc.weight", w, {2, 3}}, {"layer.fc.bias", b, {3}}}, "optimizer");
     for (int s = 0; s < steps; ++s)
-        optimizer->step({torch::tensor(g_weight, torch::kFloat32).view({2, 3}), torch::tensor(g_bias, torch::kFloat32)}, 1.0);
+        optimizer->step({torch::tensor(g_weight, torch::kFloat32).view({2, 3}), torch::tensor(g_bias, torch::kFloat32)},
+                        1.0);
     Stepped out;
     for (int i = 0; i < 6; ++i) out.weight.push_back(w.view(-1)[i].item<double>());
     for (int i = 0; i < 3; ++i) out.bias.push_back(b[i].item<double>());
@@ -82,7 +83,8 @@ const std::vector<double> kGradW = {0.5, 1.0, -3.0, -1.0, -2.0, 6.0}, kGradB = {
 void check_step(const std::vector<double>& before, const std::vector<double>& after, const std::vector<double>& feature,
                 double scale = 1.0) {
     REQUIRE(after.size() == feature.size());
-    for (size_t i = 0; i < after.size(); ++i) CHECK(after[i] == Approx(before[i] - 0.01 * scale * feature[i]).epsilon(2e-5).margin(1e-7));
+    for (size_t i = 0; i < after.size(); ++i)
+        CHECK(after[i] == Approx(before[i] - 0.01 * scale * feature[i]).epsilon(2e-5).margin(1e-7));
 }
 
 }  // namespace
@@ -110,7 +112,8 @@ TEST_CASE("lopt: one step from zero state, feature by feature, equals the featur
         check_step(kWeight0, step_lopt(4, kGradW, kGradB).weight, normalized(times(kGradW, 0.001)));
         check_step(kWeight0, step_lopt(5, kGradW, kGradB).weight, normalized(times(square(kGradW), 0.001)));
     }
-    SECTION("Adafactor on a rank-1 g²: row_f · col_f = rsqrt((1 - d) g²), so g · row_f · col_f = sign(g) / sqrt(1 - d)") {
+    SECTION(
+        "Adafactor on a rank-1 g²: row_f · col_f = rsqrt((1 - d) g²), so g · row_f · col_f = sign(g) / sqrt(1 - d)") {
         for (int c = 0; c < 3; ++c) {
             const double d = c == 0 ? 0.9 : c == 1 ? 0.99 : 0.999;
             std::vector<double> expected_w, expected_b;
@@ -162,20 +165,23 @@ TEST_CASE("lopt: weights file errors name the file and what is wrong", "[lopt]")
     CHECK(res.exit_code == 0);
 }
 
-TEST_CASE("lopt under DDP, ZeRO-1, ZeRO-3 and ACCO's synchronous rounds equals lopt on one rank with the combined batch",
-          "[lopt][distributed]") {
+TEST_CASE(
+    "lopt under DDP, ZeRO-1, ZeRO-3 and ACCO's synchronous rounds equals lopt on one rank with the combined batch",
+    "[lopt][distributed]") {
     TempDir dir;
     const auto db = dir / "r.db";
     const auto file = dir.file("e.toml", std::string(kTinyExperiment));
     auto param_sum = [&](const std::string& args) {
         return run_recorded(file, db,
                             "--set optimizer.name=lopt --set optimizer.weights=init --set optimizer.step_mult=0.01"
-                            " --set train.steps=5 --set train.threads=1 --set train.eval_every=0 " + args)["param_sum"];
+                            " --set train.steps=5 --set train.threads=1 --set train.eval_every=0 " +
+                                args)["param_sum"];
     };
     const double one = param_sum("--set train.batch_size=8");
     const double larger_step = param_sum("--set train.batch_size=8 --set optimizer.step_mult=0.012");
     const double tolerance = 1e-3 * std::fabs(larger_step - one);  // a 20% larger step moves it 1000 times more
-    const double ddp = param_sum("--set strategy.name=ddp --set launch.mode=local --set launch.ranks=2 --set train.batch_size=4");
+    const double ddp =
+        param_sum("--set strategy.name=ddp --set launch.mode=local --set launch.ranks=2 --set train.batch_size=4");
     CHECK(std::fabs(ddp - one) < tolerance);
     // Sharded: each rank updates its pieces of the flat buffers; the row and column second
     // moments and the feature normalization are summed over the ranks' pieces.
@@ -187,12 +193,14 @@ TEST_CASE("lopt under DDP, ZeRO-1, ZeRO-3 and ACCO's synchronous rounds equals l
     }
     // Three ranks cut the tensors at other places (pieces of rows, a piece per rank of a vector).
     const double one12 = param_sum("--set train.batch_size=12");
-    const double zero3 = param_sum("--set strategy.name=zero --set strategy.stage=1 --set launch.mode=local --set launch.ranks=3"
-                                   " --set train.batch_size=4");
+    const double zero3 = param_sum(
+        "--set strategy.name=zero --set strategy.stage=1 --set launch.mode=local --set launch.ranks=3"
+        " --set train.batch_size=4");
     CHECK(std::fabs(zero3 - one12) < tolerance);
     // ACCO's warm-up rounds are synchronous ZeRO-1 updates: all of them here.
-    const double acco = param_sum("--set strategy.name=acco --set strategy.sync_updates=5 --set launch.mode=sim"
-                                  " --set launch.ranks=2 --set train.batch_size=4");
+    const double acco = param_sum(
+        "--set strategy.name=acco --set strategy.sync_updates=5 --set launch.mode=sim"
+        " --set launch.ranks=2 --set train.batch_size=4");
     CHECK(std::fabs(acco - one) < tolerance);
 }
 
@@ -200,8 +208,8 @@ TEST_CASE("lopt as DiLoCo's inner optimizer: with the identity outer step it is 
           "[lopt][distributed]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    const auto file = dir.file("e.toml", std::string(kTinyExperiment) +
-                                             "\n[outer_optimizer]\nname = \"sgd\"\nlr = 1.0\nmomentum = 0.0\n");
+    const auto file = dir.file(
+        "e.toml", std::string(kTinyExperiment) + "\n[outer_optimizer]\nname = \"sgd\"\nlr = 1.0\nmomentum = 0.0\n");
     const std::string lopt =
         "--set optimizer.name=lopt --set optimizer.weights=init --set train.steps=6 --set train.threads=1"
         " --set train.eval_every=0 ";
@@ -210,11 +218,13 @@ TEST_CASE("lopt as DiLoCo's inner optimizer: with the identity outer step it is 
     const double larger_step = run("--set optimizer.step_mult=0.012")["param_sum"];
     // Outer SGD with lr 1 and no momentum sets the anchor to the replica every H = 3 steps, and
     // the inner optimizer's state carries over: the same trajectory as lopt alone.
-    const double diloco = run("--set optimizer.step_mult=0.01 --set strategy.name=diloco --set strategy.inner_steps=3")["param_sum"];
+    const double diloco =
+        run("--set optimizer.step_mult=0.01 --set strategy.name=diloco --set strategy.inner_steps=3")["param_sum"];
     CHECK(std::fabs(diloco - alone) < 1e-3 * std::fabs(larger_step - alone));
     // Two simulated ranks: each trains its replica with its own lopt state, then they average.
-    const auto two = run("--set optimizer.step_mult=0.01 --set strategy.name=diloco --set strategy.inner_steps=3"
-                         " --set launch.mode=sim --set launch.ranks=2");
+    const auto two =
+        run("--set optimizer.step_mult=0.01 --set strategy.name=diloco --set strategy.inner_steps=3"
+            " --set launch.mode=sim --set launch.ranks=2");
     CHECK(std::isfinite(two["final_loss"]));
     // Two outer steps (6 steps, H = 3), each averaging every parameter's pseudo-gradient once:
     // a ring all-reduce on 2 ranks sends 4 bytes per float per call.

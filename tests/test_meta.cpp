@@ -17,7 +17,8 @@ std::string spec_text(const std::string& out, int64_t iterations, int64_t ranks 
     return "[meta]\niterations = " + std::to_string(iterations) +
            "\npairs = 4\nsigma = 0.05\nlr = 0.02\ninner_steps = 10\ncheckpoint_every = 4\nranks = " +
            std::to_string(ranks) + "\nout = \"" + out + "\"\n\n[[task]]\nexperiment = \"" + PLEXUS_SOURCE_DIR +
-           "/experiments/lopt/task_gpt_synthetic.toml\"\nchoose = { \"model.d_model\" = [8, 16], \"data.branching\" = [2, 4] }\n";
+           "/experiments/lopt/task_gpt_synthetic.toml\"\nchoose = { \"model.d_model\" = [8, 16], \"data.branching\" = "
+           "[2, 4] }\n";
 }
 
 // The same with PES: unrolls of `inner` steps in truncations of `truncation`.
@@ -70,13 +71,15 @@ TEST_CASE("meta-training resumed from its checkpoint ends where an uninterrupted
     meta_train(straight, dir / "a.db");
     meta_train(resumed, dir / "b.db", "--iterations 5");  // stops after 5, checkpointed
     meta_train(resumed, dir / "b.db");                    // picks up at 5
-    CHECK(torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "resumed.lopt").flat()));
+    CHECK(
+        torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "resumed.lopt").flat()));
     host::ResultsStore store(dir / "b.db");
     REQUIRE(store.list_runs(10).size() == 1);  // the same run, continued
     CHECK(store.metric_series(store.list_runs(1).at(0).id, "meta_loss").size() == 9);
     // --restart starts over: the weights differ from 9 iterations' after only 2.
     meta_train(resumed, dir / "b.db", "--restart --iterations 2");
-    CHECK(!torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "resumed.lopt").flat()));
+    CHECK(
+        !torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "resumed.lopt").flat()));
 }
 
 TEST_CASE("meta-training on 2 ranks over Gloo takes exactly the steps of 1 rank", "[meta][distributed]") {
@@ -88,8 +91,10 @@ TEST_CASE("meta-training on 2 ranks over Gloo takes exactly the steps of 1 rank"
     CHECK(!torch::equal(one, LoptWeights::initial(0).flat()));  // and it moved
 }
 
-TEST_CASE("PES: one truncation per unroll is ES bit for bit, longer unrolls lower the meta-loss, it resumes between unrolls and splits over ranks",
-          "[meta]") {
+TEST_CASE(
+    "PES: one truncation per unroll is ES bit for bit, longer unrolls lower the meta-loss, it resumes between unrolls "
+    "and splits over ranks",
+    "[meta]") {
     TempDir dir;
     // truncation = inner_steps: each unroll is one truncation, ξ = ε: the ES estimator.
     meta_train(dir.file("es.toml", spec_text(dir / "es.lopt", 3)), dir / "r.db");
@@ -110,7 +115,8 @@ TEST_CASE("PES: one truncation per unroll is ES bit for bit, longer unrolls lowe
     INFO(stopped.output);
     CHECK_THAT(stopped.output, Contains("stopped inside a PES unroll; the checkpoint is at its start (iteration 6)"));
     meta_train(resumed, dir / "b.db");
-    CHECK(torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "resumed.lopt").flat()));
+    CHECK(
+        torch::equal(LoptWeights::load(dir / "straight.lopt").flat(), LoptWeights::load(dir / "resumed.lopt").flat()));
 
     // Two ranks keep their own pairs' tasks alive and take the steps of one.
     meta_train(dir.file("two.toml", pes_text(dir / "two.lopt", 9, 12, 4, 2)), dir / "t.db");
@@ -127,9 +133,10 @@ TEST_CASE("PES: one truncation per unroll is ES bit for bit, longer unrolls lowe
         want += (host::direction(pes_spec, 6, i, n) + host::direction(pes_spec, 7, i, n)) *
                 ((losses[2 * i] - losses[2 * i + 1]).item<double>() / (2 * 0.05 * 4));
     CHECK(torch::allclose(host::es_gradient(pes_spec, 7, losses, n), want, 1e-12, 1e-12));
-    CHECK(torch::allclose(host::es_gradient(pes_spec, 6, losses, n),  // an unroll's first: ε alone
-                          host::es_gradient(host::load_meta_spec(dir.file("e3.toml", spec_text(dir / "e3.lopt", 9))), 6, losses, n),
-                          1e-12, 1e-12));
+    CHECK(torch::allclose(
+        host::es_gradient(pes_spec, 6, losses, n),  // an unroll's first: ε alone
+        host::es_gradient(host::load_meta_spec(dir.file("e3.toml", spec_text(dir / "e3.lopt", 9))), 6, losses, n),
+        1e-12, 1e-12));
 
     // A truncation must divide the unroll, and checkpoints fall between unrolls.
     auto bad = pes_text(dir / "x.lopt", 3, 12, 5);
@@ -145,12 +152,13 @@ TEST_CASE("PES: one truncation per unroll is ES bit for bit, longer unrolls lowe
 
 TEST_CASE("meta-train files: unknown keys and tasks without lopt are named", "[meta]") {
     TempDir dir;
-    auto res = run_plexus("meta-train " + dir.file("a.toml", "[meta]\niterations = 3\nsigmaa = 0.1\nout = \"w\"\n") + " --db " +
-                          (dir / "r.db"));
+    auto res = run_plexus("meta-train " + dir.file("a.toml", "[meta]\niterations = 3\nsigmaa = 0.1\nout = \"w\"\n") +
+                          " --db " + (dir / "r.db"));
     CHECK(res.exit_code != 0);
     CHECK_THAT(res.output, Contains("a.toml:3: unknown key meta.sigmaa"));
     const auto adamw_task = dir.file("t.toml", std::string(kTinyExperiment));
-    res = run_plexus("meta-train " + dir.file("b.toml", "[meta]\nout = \"w\"\n[[task]]\nexperiment = \"" + adamw_task + "\"\n") +
+    res = run_plexus("meta-train " +
+                     dir.file("b.toml", "[meta]\nout = \"w\"\n[[task]]\nexperiment = \"" + adamw_task + "\"\n") +
                      " --db " + (dir / "r.db"));
     CHECK(res.exit_code != 0);
     CHECK_THAT(res.output, Contains("does not use optimizer lopt"));
@@ -162,7 +170,8 @@ TEST_CASE("meta-train files: unknown keys and tasks without lopt are named", "[m
     bad_choice.replace(bad_choice.find("\"data.branching\""), 16, "\"model.bogus\"");
     res = run_plexus("meta-train " + dir.file("d.toml", bad_choice) + " --db " + (dir / "r.db"));
     CHECK(res.exit_code != 0);
-    CHECK_THAT(res.output, Contains("[[task]] 1") && Contains("choose model.bogus = 2") && Contains("unknown key 'model.bogus'"));
+    CHECK_THAT(res.output,
+               Contains("[[task]] 1") && Contains("choose model.bogus = 2") && Contains("unknown key 'model.bogus'"));
     CHECK(!std::filesystem::exists(dir / "r.db"));
 }
 

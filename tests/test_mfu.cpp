@@ -61,7 +61,7 @@ TEST_CASE("learning-rate schedules over tokens", "[schedule]") {
     using host::lr_factor;
     CHECK(lr_factor("constant", 5000, 0, 10000, 0.1) == 1.0);
     CHECK(lr_factor("cosine", 999, 1000, 11000, 0.1) == Approx(1.0));  // end of warm-up
-    CHECK(lr_factor("cosine", 499, 1000, 11000, 0.1) == Approx(0.5));   // halfway through warm-up
+    CHECK(lr_factor("cosine", 499, 1000, 11000, 0.1) == Approx(0.5));  // halfway through warm-up
     CHECK(lr_factor("cosine", 1000, 1000, 11000, 0.1) == Approx(1.0));
     CHECK(lr_factor("cosine", 6000, 1000, 11000, 0.1) == Approx(0.55));  // cosine midpoint: 0.1 + 0.9/2
     CHECK(lr_factor("cosine", 11000, 1000, 11000, 0.1) == Approx(0.1));
@@ -116,7 +116,8 @@ long third_round_page_faults(bool keep) {
 
 }  // namespace
 
-TEST_CASE("keep_freed_memory: a step's blocks reuse the last step's pages instead of faulting new ones", "[mfu][memory]") {
+TEST_CASE("keep_freed_memory: a step's blocks reuse the last step's pages instead of faulting new ones",
+          "[mfu][memory]") {
 #ifdef __SANITIZE_ADDRESS__
     WARN("under AddressSanitizer its allocator replaces glibc's malloc: nothing to measure");
     return;
@@ -128,7 +129,8 @@ TEST_CASE("keep_freed_memory: a step's blocks reuse the last step's pages instea
     CHECK(kept < 1000);
 }
 
-TEST_CASE("set_compute_threads shares the cores with OpenBLAS's OpenMP build, and leaves them to its pthreads pool", "[mfu][threads]") {
+TEST_CASE("set_compute_threads shares the cores with OpenBLAS's OpenMP build, and leaves them to its pthreads pool",
+          "[mfu][threads]") {
     using GetInt = int (*)();
     using SetInt = void (*)(int);
     auto blas_parallel = reinterpret_cast<GetInt>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
@@ -169,8 +171,10 @@ struct FreshPeakCache {
         setenv("XDG_CACHE_HOME", dir.path.c_str(), 1);
     }
     ~FreshPeakCache() {
-        if (had) setenv("XDG_CACHE_HOME", before.c_str(), 1);
-        else unsetenv("XDG_CACHE_HOME");
+        if (had)
+            setenv("XDG_CACHE_HOME", before.c_str(), 1);
+        else
+            unsetenv("XDG_CACHE_HOME");
     }
     // The cache's lines for `threads` threads.
     std::vector<std::string> lines_for(int threads) const {
@@ -209,7 +213,8 @@ TEST_CASE("runs that start together on a machine with no cached peak share one m
     const std::string file = cache.dir.file("t.toml", kTinyExperiment);
     auto command = [&](const std::string& db) {
         return "XDG_CACHE_HOME=" + cache.dir.path.string() + " " + PLEXUS_BINARY + " run " + file + " --db " + db +
-               " --set launch.mode=sim --set launch.ranks=2 --set sim.device=measured --set train.steps=2 --progress none";
+               " --set launch.mode=sim --set launch.ranks=2 --set sim.device=measured --set train.steps=2 --progress "
+               "none";
     };
     const auto both = run_command(command(cache.dir / "a.db") + " > " + cache.dir / "a.log" + " 2>&1 & " +
                                   command(cache.dir / "b.db") + " > " + cache.dir / "b.log" + " 2>&1 & wait");

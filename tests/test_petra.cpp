@@ -94,9 +94,11 @@ TEST_CASE("reversible backprop trains exactly like backprop and keeps less memor
         double param_sum, loss, peak;
     };
     auto run = [&](const std::string& args) {
-        const NewestRun r = run_recorded(file, db,
-                                         "--set train.steps=4 --set train.seq_len=64 --set train.batch_size=16 --set train.eval_every=0 "
-                                         "--set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " + args);
+        const NewestRun r = run_recorded(
+            file, db,
+            "--set train.steps=4 --set train.seq_len=64 --set train.batch_size=16 --set train.eval_every=0 "
+            "--set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 " +
+                args);
         return Result{r["param_sum"], r["final_loss"], r["peak_tensor_bytes"]};
     };
     const auto backprop = run("");
@@ -105,7 +107,8 @@ TEST_CASE("reversible backprop trains exactly like backprop and keeps less memor
     // The same gradients up to the reconstruction's rounding: a 20% larger rate moves the
     // parameters a thousand times more.
     CHECK(reversible.loss == Approx(backprop.loss).epsilon(1e-5));
-    CHECK(std::fabs(reversible.param_sum - backprop.param_sum) * 1e3 < std::fabs(faster.param_sum - backprop.param_sum));
+    CHECK(std::fabs(reversible.param_sum - backprop.param_sum) * 1e3 <
+          std::fabs(faster.param_sum - backprop.param_sum));
     // Six blocks' activations (1024 tokens, attention maps included) against one block's at a
     // time: measured 2.6x less at peak, parameters and gradients included.
     INFO("peak tensor bytes: backprop " << backprop.peak << ", reversible " << reversible.peak);
@@ -123,16 +126,19 @@ TEST_CASE("PETRA with one stage, or synchronous, is backprop", "[petra][sim]") {
         double sum, square;
     };
     auto run = [&](const std::string& args) {
-        const NewestRun r = run_recorded(file, db,
-                                         "--set train.steps=6 --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 "
-                                         "--set train.eval_every=0 --set train.grad_clip=0 " + args);
+        const NewestRun r =
+            run_recorded(file, db,
+                         "--set train.steps=6 --set optimizer.name=sgd --set optimizer.lr=0.5 --set train.threads=1 "
+                         "--set train.eval_every=0 --set train.grad_clip=0 " +
+                             args);
         return Digest{r["param_sum"], r["param_square_sum"]};
     };
     const auto backprop = run("--set strategy.name=single");
     // (A constant rate: a PETRA stage reads the schedule when it steps, backprop when it starts
     // accumulating.)
-    const auto accumulated = run("--set strategy.name=single --set strategy.accumulate=2 --set train.steps=3 "
-                                 "--set train.lr_schedule=constant");
+    const auto accumulated =
+        run("--set strategy.name=single --set strategy.accumulate=2 --set train.steps=3 "
+            "--set train.lr_schedule=constant");
     const auto faster = run("--set strategy.name=single --set optimizer.lr=0.6");
     // Within a thousandth of what a 20% larger rate moves each digest.
     auto close = [&](const Digest& a, const Digest& b) {
@@ -158,8 +164,9 @@ TEST_CASE("PETRA's schedule, counted: delays of 2(J-1-j) ticks, nothing kept on 
     const auto db = dir / "r.db";
     constexpr int J = 4, steps = 20;
     auto run = [&](const std::string& args) {
-        return run_recorded(dir.file("p.toml", kPetra), db,
-                            "--set launch.mode=sim --set launch.ranks=4 --set train.steps=" + std::to_string(steps) + " " + args)
+        return run_recorded(
+                   dir.file("p.toml", kPetra), db,
+                   "--set launch.mode=sim --set launch.ranks=4 --set train.steps=" + std::to_string(steps) + " " + args)
             .id;
     };
     host::ResultsStore store(db);
@@ -210,7 +217,8 @@ TEST_CASE("PETRA's schedule, counted: delays of 2(J-1-j) ticks, nothing kept on 
         for (const auto& [step, e] : err) sum += e;
         return sum / static_cast<double>(err.size());
     };
-    const auto frozen = run("--set optimizer.lr=0"), slow = run("--set optimizer.lr=1e-4"), fast = run("--set optimizer.lr=1e-3");
+    const auto frozen = run("--set optimizer.lr=0"), slow = run("--set optimizer.lr=1e-4"),
+               fast = run("--set optimizer.lr=1e-3");
     for (int j = 1; j < J - 1; ++j) {
         INFO("stage " << j << ": mean error at lr 1e-4 " << mean_error(slow, j) << ", 1e-3 " << mean_error(fast, j));
         for (const auto& [step, e] : series(frozen, j, "reconstruction_error")) CHECK(e < 1e-6);
@@ -227,13 +235,16 @@ TEST_CASE("PETRA stages by measured time: a slower rank gets fewer blocks", "[pe
     TempDir dir;
     const auto db = dir / "r.db";
     auto first_blocks = [&](const std::string& args) {
-        const auto id = run_recorded(dir.file("p.toml", kPetra), db,
-                                     "--set launch.mode=sim --set launch.ranks=3 --set train.steps=2 --set model.n_layer=7 "
-                                     "--set strategy.partition=measured --set sim.device=custom --set sim.device_flops=1e9 " + args)
-                            .id;
+        const auto id =
+            run_recorded(dir.file("p.toml", kPetra), db,
+                         "--set launch.mode=sim --set launch.ranks=3 --set train.steps=2 --set model.n_layer=7 "
+                         "--set strategy.partition=measured --set sim.device=custom --set sim.device_flops=1e9 " +
+                             args)
+                .id;
         host::ResultsStore store(db);
         std::vector<double> out;
-        for (int j = 0; j < 3; ++j) out.push_back(store.metric_series(id, "petra/stage" + std::to_string(j) + "/first_block").at(0).second);
+        for (int j = 0; j < 3; ++j)
+            out.push_back(store.metric_series(id, "petra/stage" + std::to_string(j) + "/first_block").at(0).second);
         out.push_back(9);  // blocks: embed, rev0 .. rev6, head
         return out;
     };
@@ -250,9 +261,10 @@ TEST_CASE("PETRA stages by measured time: a slower rank gets fewer blocks", "[pe
 TEST_CASE("PETRA trains on Gloo processes with the same schedule", "[petra][distributed]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    const NewestRun run = run_recorded(dir.file("p.toml", kPetra), db,
-                                       "--set launch.mode=local --set launch.ranks=3 --set train.steps=40 --set train.threads=1 "
-                                       "--set optimizer.lr=3e-3");
+    const NewestRun run =
+        run_recorded(dir.file("p.toml", kPetra), db,
+                     "--set launch.mode=local --set launch.ranks=3 --set train.steps=40 --set train.threads=1 "
+                     "--set optimizer.lr=3e-3");
     host::ResultsStore store(db);
     CHECK(run["final_eval_loss"] < std::log(32.0) - 0.5);
     // As on the simulated cluster: stage j back-propagates from step J-1-j on, every time with
@@ -290,18 +302,22 @@ TEST_CASE("PETRA re-balances while training: a slowed rank gives blocks away, wi
         std::vector<double> stage1_first, stage2_first;
     };
     auto run = [&](const std::string& args) {
-        const NewestRun r = run_recorded(file, db,
-                                         "--set model.n_layer=7 --set train.threads=1 --set train.eval_every=0 --set train.grad_clip=0 " + args);
+        const NewestRun r = run_recorded(
+            file, db,
+            "--set model.n_layer=7 --set train.threads=1 --set train.eval_every=0 --set train.grad_clip=0 " + args);
         host::ResultsStore store(db);
         Result out{r["param_sum"], r["sim_time"] / r["tokens"], {}, {}};
-        for (const auto& [step, v] : store.metric_series(r.id, "petra/stage1/first_block")) out.stage1_first.push_back(v);
-        for (const auto& [step, v] : store.metric_series(r.id, "petra/stage2/first_block")) out.stage2_first.push_back(v);
+        for (const auto& [step, v] : store.metric_series(r.id, "petra/stage1/first_block"))
+            out.stage1_first.push_back(v);
+        for (const auto& [step, v] : store.metric_series(r.id, "petra/stage2/first_block"))
+            out.stage2_first.push_back(v);
         return out;
     };
     // Synchronous, AdamW: moving blocks (parameters and moments) between ranks every 3
     // micro-batches changes nothing in the arithmetic; a 4x slower rank 1 ends with fewer blocks.
-    const std::string slow = " --set launch.mode=sim --set launch.ranks=3 --set sim.device=custom --set sim.device_flops=1e9"
-                             " --set sim.slow_ranks=[1] --set sim.slow_factor=4.0 --set train.steps=9";
+    const std::string slow =
+        " --set launch.mode=sim --set launch.ranks=3 --set sim.device=custom --set sim.device_flops=1e9"
+        " --set sim.slow_ranks=[1] --set sim.slow_factor=4.0 --set train.steps=9";
     const auto backprop = run("--set strategy.name=single --set train.steps=9");
     const auto faster = run("--set strategy.name=single --set train.steps=9 --set optimizer.lr=1.2e-2");
     const auto moved = run(slow + " --set strategy.synchronous=true --set strategy.rebalance_every=3");
@@ -316,6 +332,7 @@ TEST_CASE("PETRA re-balances while training: a slowed rank gives blocks away, wi
     // deterministic), despite draining it every 16 micro-batches.
     const auto stuck = run(slow + " --set train.steps=48");
     const auto balanced = run(slow + " --set train.steps=48 --set strategy.rebalance_every=16");
-    INFO("simulated seconds per token: fixed stages " << stuck.seconds_per_token << ", re-balanced " << balanced.seconds_per_token);
+    INFO("simulated seconds per token: fixed stages " << stuck.seconds_per_token << ", re-balanced "
+                                                      << balanced.seconds_per_token);
     CHECK(balanced.seconds_per_token < 0.8 * stuck.seconds_per_token);
 }

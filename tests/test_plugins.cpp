@@ -12,7 +12,8 @@ namespace {
 
 std::string with_optimizer(const std::string& optimizer_section) {
     return "[model]\nname = \"gpt\"\nn_layer = 1\nd_model = 16\nn_head = 2\n[data]\nname = \"synthetic\"\n"
-           "[train]\nseq_len = 8\n" + optimizer_section;
+           "[train]\nseq_len = 8\n" +
+           optimizer_section;
 }
 
 // Builds the run's optimizer over one tensor.
@@ -24,7 +25,9 @@ std::unique_ptr<Optimizer> optimizer_over(host::HostContext& ctx, torch::Tensor 
 
 TEST_CASE("GPT maps [B, T] token ids to [B, T, V] logits through L + 2 blocks", "[gpt]") {
     TempDir dir;
-    auto cfg = resolve_text(dir, "[model]\nname=\"gpt\"\nn_layer=3\nd_model=32\nn_head=4\n[data]\nname=\"synthetic\"\nvocab_size=50\n[train]\nseq_len=16\n");
+    auto cfg = resolve_text(dir,
+                            "[model]\nname=\"gpt\"\nn_layer=3\nd_model=32\nn_head=4\n[data]\nname=\"synthetic\"\nvocab_"
+                            "size=50\n[train]\nseq_len=16\n");
     host::HostContext ctx(cfg, torch::kCPU, 50);
     auto model = ctx.make_model();
     REQUIRE(model->blocks().size() == 5);
@@ -56,14 +59,13 @@ TEST_CASE("GPT settings are checked", "[gpt]") {
     try {
         ctx.make_model();
         FAIL("n_head not dividing d_model was accepted");
-    } catch (const Error& e) {
-        CHECK_THAT(std::string(e.what()), Contains("model.n_head"));
-    }
+    } catch (const Error& e) { CHECK_THAT(std::string(e.what()), Contains("model.n_head")); }
 }
 
 TEST_CASE("AdamW matches a hand-computed step", "[optimizer]") {
     TempDir dir;
-    auto cfg = resolve_text(dir, with_optimizer("[optimizer]\nname=\"adamw\"\nlr=0.1\nbetas=[0.9, 0.999]\neps=1e-8\nweight_decay=0.1\n"));
+    auto cfg = resolve_text(
+        dir, with_optimizer("[optimizer]\nname=\"adamw\"\nlr=0.1\nbetas=[0.9, 0.999]\neps=1e-8\nweight_decay=0.1\n"));
     host::HostContext ctx(cfg, torch::kCPU, 64);
     auto p = torch::tensor({{1.0f, -2.0f}});
     auto opt = optimizer_over(ctx, p);
@@ -105,17 +107,19 @@ TEST_CASE("AdamW and SGD match LibTorch's reference optimizers over several step
         CHECK(torch::allclose(mine, ref.detach(), 1e-5, 1e-6));
         CHECK_FALSE(torch::allclose(mine, init));
     };
-    compare("[optimizer]\nname=\"adamw\"\nlr=0.01\nbetas=[0.9, 0.99]\neps=1e-8\nweight_decay=0.05\ndecay_vectors=true\n",
+    compare(
+        "[optimizer]\nname=\"adamw\"\nlr=0.01\nbetas=[0.9, 0.99]\neps=1e-8\nweight_decay=0.05\ndecay_vectors=true\n",
+        [](torch::Tensor& t) {
+            return std::make_unique<torch::optim::AdamW>(
+                std::vector<torch::Tensor>{t},
+                torch::optim::AdamWOptions(0.01).betas({0.9, 0.99}).eps(1e-8).weight_decay(0.05));
+        });
+    compare("[optimizer]\nname=\"sgd\"\nlr=0.05\nmomentum=0.9\nnesterov=true\nweight_decay=0.01\n",
             [](torch::Tensor& t) {
-                return std::make_unique<torch::optim::AdamW>(
+                return std::make_unique<torch::optim::SGD>(
                     std::vector<torch::Tensor>{t},
-                    torch::optim::AdamWOptions(0.01).betas({0.9, 0.99}).eps(1e-8).weight_decay(0.05));
+                    torch::optim::SGDOptions(0.05).momentum(0.9).nesterov(true).weight_decay(0.01));
             });
-    compare("[optimizer]\nname=\"sgd\"\nlr=0.05\nmomentum=0.9\nnesterov=true\nweight_decay=0.01\n", [](torch::Tensor& t) {
-        return std::make_unique<torch::optim::SGD>(
-            std::vector<torch::Tensor>{t},
-            torch::optim::SGDOptions(0.05).momentum(0.9).nesterov(true).weight_decay(0.01));
-    });
 }
 
 TEST_CASE("SGD with Nesterov momentum matches a hand-computed step", "[optimizer]") {
@@ -183,14 +187,13 @@ TEST_CASE("llm.c token shards are read exactly, and bad shards are refused", "[d
     write_shard("short.bin", 20240520, 100, 50);
     for (auto [file, expected] : std::vector<std::pair<std::string, std::string>>{
              {"bad_magic.bin", "magic 12345"}, {"short.bin", "holds fewer"}, {"nothing_*.bin", "no file matches"}}) {
-        auto bad = resolve_text(dir, "[model]\nname=\"gpt\"\n[data]\nname=\"tokens\"\ntrain=\"" + (dir / file) + "\"\nvocab_size=1000\n");
+        auto bad = resolve_text(
+            dir, "[model]\nname=\"gpt\"\n[data]\nname=\"tokens\"\ntrain=\"" + (dir / file) + "\"\nvocab_size=1000\n");
         host::HostContext bctx(bad, torch::kCPU, 0);
         try {
             bad.plugins.at("data")->make_dataset(bad.sections.at("data"), bctx);
             FAIL("accepted " + file);
-        } catch (const Error& e) {
-            CHECK_THAT(std::string(e.what()), Contains(expected));
-        }
+        } catch (const Error& e) { CHECK_THAT(std::string(e.what()), Contains(expected)); }
     }
 }
 
@@ -220,7 +223,8 @@ TEST_CASE("the text dataset reads a folder, skips excluded files and splits at t
     dir.file("corpus/a.txt", std::string(1000, 'a'));
     dir.file("corpus/sub/b.txt", std::string(1000, 'b'));
     dir.file("corpus/a.dat", std::string(1000, 'z'));
-    auto cfg = resolve_text(dir, "[model]\nname=\"gpt\"\n[data]\nname=\"text\"\npath=\"" + (dir / "corpus") + "\"\nval_fraction=0.1\n");
+    auto cfg = resolve_text(
+        dir, "[model]\nname=\"gpt\"\n[data]\nname=\"text\"\npath=\"" + (dir / "corpus") + "\"\nval_fraction=0.1\n");
     host::HostContext ctx(cfg, torch::kCPU, 0);
     auto data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), ctx);
     CHECK(data->vocab_size() == 256);

@@ -29,7 +29,8 @@ TEST_CASE("AutocastGuard turns bf16 products on for its scope only, and nests", 
         CHECK(torch::matmul(m, m).scalar_type() == torch::kBFloat16);  // the inner guard left it on
         // the product differs from float32's by bf16's rounding, not more
         const auto exact = torch::matmul(m.to(torch::kFloat64), m.to(torch::kFloat64));
-        const auto rel = ((torch::matmul(m, m).to(torch::kFloat64) - exact).abs().max() / exact.abs().max()).item<double>();
+        const auto rel =
+            ((torch::matmul(m, m).to(torch::kFloat64) - exact).abs().max() / exact.abs().max()).item<double>();
         CHECK(rel > 1e-4);
         CHECK(rel < 3e-2);
     }
@@ -59,7 +60,7 @@ TEST_CASE("train.precision = bf16 trains like fp32, and only a non-default preci
     const auto bf16 = run_recorded(file, dir / "r.db", "--set train.steps=40 --set train.precision=bf16");
     INFO("fp32 " << fp32["final_loss"] << ", bf16 " << bf16["final_loss"]);
     CHECK(bf16["final_loss"] < 0.8 * std::log(32.0));
-    CHECK(bf16["final_loss"] != fp32["final_loss"]);  // it did compute in bf16
+    CHECK(bf16["final_loss"] != fp32["final_loss"]);                  // it did compute in bf16
     CHECK(std::abs(bf16["final_loss"] - fp32["final_loss"]) < 0.01);  // bf16 rounding, not stale weights
 
     const auto hash_of = [&](const std::string& extra) {
@@ -107,7 +108,8 @@ std::pair<torch::Tensor, torch::Tensor> loss_inputs(int64_t rows, int64_t vocab)
 // The loss and the gradient with respect to logits `x` (a fresh leaf) of `loss_fn`, with an
 // upstream gradient of 2.5 (a scaled loss).
 template <typename LossFn>
-std::pair<torch::Tensor, torch::Tensor> loss_and_grad(const torch::Tensor& logits, const torch::Tensor& targets, LossFn loss_fn) {
+std::pair<torch::Tensor, torch::Tensor> loss_and_grad(const torch::Tensor& logits, const torch::Tensor& targets,
+                                                      LossFn loss_fn) {
     auto x = logits.detach().clone().requires_grad_();
     auto loss = loss_fn(x, targets);
     (loss * 2.5).backward();
@@ -118,30 +120,33 @@ std::pair<torch::Tensor, torch::Tensor> loss_and_grad(const torch::Tensor& logit
 
 TEST_CASE("cross_entropy equals torch's in value and gradient, for float and double logits", "[precision][loss]") {
     const auto [logits, targets] = loss_inputs(48, 37);
-    const auto [ref_loss, ref_grad] = loss_and_grad(logits, targets, [](const torch::Tensor& x, const torch::Tensor& t) {
-        return torch::nn::functional::cross_entropy(x, t);
-    });
+    const auto [ref_loss, ref_grad] = loss_and_grad(
+        logits, targets,
+        [](const torch::Tensor& x, const torch::Tensor& t) { return torch::nn::functional::cross_entropy(x, t); });
     for (const auto dtype : {torch::kFloat64, torch::kFloat32}) {
         INFO("dtype " << dtype);
         const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-6;
         // [4, 12, V] as a model returns it: any leading shape, the gradient in that shape.
-        const auto [loss, grad] = loss_and_grad(logits.to(dtype).view({4, 12, 37}), targets.view({4, 12}), plexus::cross_entropy);
+        const auto [loss, grad] =
+            loss_and_grad(logits.to(dtype).view({4, 12, 37}), targets.view({4, 12}), plexus::cross_entropy);
         CHECK(grad.scalar_type() == dtype);
         CHECK(grad.sizes() == torch::IntArrayRef({4, 12, 37}));
         CHECK(std::abs(loss.item<double>() - ref_loss.item<double>()) < tol * ref_loss.item<double>());
-        CHECK((grad.reshape({48, 37}).to(torch::kFloat64) - ref_grad).abs().max().item<double>() < tol * ref_grad.abs().max().item<double>());
+        CHECK((grad.reshape({48, 37}).to(torch::kFloat64) - ref_grad).abs().max().item<double>() <
+              tol * ref_grad.abs().max().item<double>());
     }
 }
 
-TEST_CASE("cross_entropy of bf16 logits: a bf16 gradient as accurate as torch's float path rounded", "[precision][loss]") {
+TEST_CASE("cross_entropy of bf16 logits: a bf16 gradient as accurate as torch's float path rounded",
+          "[precision][loss]") {
     // torch's autocast computes the loss of bf16 logits in float; the gradient reaching the bf16
     // logits is the float one rounded. Ours must be that too, within one rounding, also at the
     // confident rows' targets where p - 1 would cancel if computed in bf16.
     const auto [logits64, targets] = loss_inputs(64, 50);
     const auto logits = logits64.to(torch::kBFloat16);
-    const auto [ref_loss, ref_grad] = loss_and_grad(logits.to(torch::kFloat32), targets, [](const torch::Tensor& x, const torch::Tensor& t) {
-        return torch::nn::functional::cross_entropy(x, t);
-    });
+    const auto [ref_loss, ref_grad] = loss_and_grad(
+        logits.to(torch::kFloat32), targets,
+        [](const torch::Tensor& x, const torch::Tensor& t) { return torch::nn::functional::cross_entropy(x, t); });
     const auto [loss, grad] = loss_and_grad(logits, targets, plexus::cross_entropy);
     CHECK(loss.scalar_type() == torch::kFloat32);
     CHECK(grad.scalar_type() == torch::kBFloat16);
@@ -155,15 +160,16 @@ TEST_CASE("cross_entropy of bf16 logits: a bf16 gradient as accurate as torch's 
     CHECK((1.0 - p).max().item<double>() < 1e-3);
 }
 
-TEST_CASE("the GPU loss's autograd function over the CPU operators gives torch's loss and gradient", "[precision][loss]") {
+TEST_CASE("the GPU loss's autograd function over the CPU operators gives torch's loss and gradient",
+          "[precision][loss]") {
     // What the GPU path adds besides its kernels (test_gpu.cpp holds those to these operators):
     // the wiring, and a formula of its own (log-sum-exp, not log_softmax).
     host::register_operators();
     REQUIRE(plexus::detail::host_kernel_on("plexus::cross_entropy_forward", c10::DispatchKey::CPU));
     const auto [logits, targets] = loss_inputs(48, 37);
-    const auto [ref_loss, ref_grad] = loss_and_grad(logits, targets, [](const torch::Tensor& x, const torch::Tensor& t) {
-        return torch::nn::functional::cross_entropy(x, t);
-    });
+    const auto [ref_loss, ref_grad] = loss_and_grad(
+        logits, targets,
+        [](const torch::Tensor& x, const torch::Tensor& t) { return torch::nn::functional::cross_entropy(x, t); });
     auto fused = [](const torch::Tensor& x, const torch::Tensor& t) {
         return plexus::detail::FusedCrossEntropyFunction::apply(x, t);
     };
@@ -171,14 +177,17 @@ TEST_CASE("the GPU loss's autograd function over the CPU operators gives torch's
         INFO("dtype " << dtype);
         const double loss_tol = dtype == torch::kFloat64 ? 1e-12 : 2e-6;
         // per element, relative: bf16 keeps 8 significant bits (one rounding)
-        const double grad_tol = dtype == torch::kFloat64 ? 1e-10 : dtype == torch::kFloat32 ? 1e-5 : std::ldexp(1.0, -8);
+        const double grad_tol = dtype == torch::kFloat64   ? 1e-10
+                                : dtype == torch::kFloat32 ? 1e-5
+                                                           : std::ldexp(1.0, -8);
         const auto x = logits.to(dtype);
         // bf16: against the exact loss of the same rounded logits, the gradient rounded once
-        const auto [want_loss, want_grad] =
-            dtype == torch::kBFloat16
-                ? loss_and_grad(x.to(torch::kFloat64), targets,
-                                [](const torch::Tensor& y, const torch::Tensor& t) { return torch::nn::functional::cross_entropy(y, t); })
-                : std::make_pair(ref_loss, ref_grad);
+        const auto [want_loss, want_grad] = dtype == torch::kBFloat16
+                                                ? loss_and_grad(x.to(torch::kFloat64), targets,
+                                                                [](const torch::Tensor& y, const torch::Tensor& t) {
+                                                                    return torch::nn::functional::cross_entropy(y, t);
+                                                                })
+                                                : std::make_pair(ref_loss, ref_grad);
         const auto [loss, grad] = loss_and_grad(x, targets, fused);
         CHECK(grad.scalar_type() == dtype);
         CHECK(loss.scalar_type() == (dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32));
@@ -199,7 +208,8 @@ TEST_CASE("cross_entropy refuses a target outside 0 to V - 1, torch's ignore ind
     CHECK_THROWS_WITH(plexus::cross_entropy(logits, torch::tensor({1, -100, 0})), Catch::Contains("out of bounds"));
 }
 
-TEST_CASE("cross_entropy: a second backward through the same graph is refused, not computed from spent values", "[precision][loss]") {
+TEST_CASE("cross_entropy: a second backward through the same graph is refused, not computed from spent values",
+          "[precision][loss]") {
     // The backward turns its saved log-probabilities into the gradient in place.
     const auto logits = torch::randn({3, 5}, torch::requires_grad());
     const auto loss = plexus::cross_entropy(logits, torch::tensor({1, 4, 0}));
@@ -222,8 +232,8 @@ TEST_CASE("residual_layer_norm's operators give the composite's values and gradi
             INFO("residual " << (residual_dtype ? c10::toString(*residual_dtype) : "none") << ", normed "
                              << c10::toString(out_dtype));
             auto x = torch::randn({2, 5, width}).requires_grad_();
-            auto residual = residual_dtype ? torch::randn({2, 5, width}).to(*residual_dtype).requires_grad_()
-                                           : torch::Tensor();
+            auto residual =
+                residual_dtype ? torch::randn({2, 5, width}).to(*residual_dtype).requires_grad_() : torch::Tensor();
             auto weight = (1 + 0.1 * torch::randn({width})).requires_grad_();
             auto bias = (0.1 * torch::randn({width})).requires_grad_();
             const auto along_stream = torch::randn({2, 5, width}), into_norm = torch::randn({2, 5, width});

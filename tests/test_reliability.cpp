@@ -18,15 +18,17 @@ using Catch::Matchers::Contains;
 namespace {
 
 // A small GPT on synthetic tokens: a few hundred steps in a second or two, checkpoints every 5.
-std::string experiment(const std::string& strategy, const std::string& launch, int steps, const std::string& strategy_keys = "") {
+std::string experiment(const std::string& strategy, const std::string& launch, int steps,
+                       const std::string& strategy_keys = "") {
     return "name = \"reliable\"\n"
            "[model]\nname = \"gpt\"\nn_layer = 2\nd_model = 32\nn_head = 2\n"
            "[data]\nname = \"synthetic\"\n"
            "[optimizer]\nname = \"adamw\"\nlr = 3e-3\n"
-           "[strategy]\nname = \"" + strategy + "\"\n" + strategy_keys +
-           "[train]\nsteps = " + std::to_string(steps) +
+           "[strategy]\nname = \"" +
+           strategy + "\"\n" + strategy_keys + "[train]\nsteps = " + std::to_string(steps) +
            "\nbatch_size = 4\nseq_len = 16\neval_every = 40\nlog_every = 10\nlr_schedule = \"cosine\"\n"
-           "[checkpoint]\nevery_steps = 5\n" + launch;
+           "[checkpoint]\nevery_steps = 5\n" +
+           launch;
 }
 
 // Every row of one metric of every rank, as text that is equal only when the numbers are
@@ -68,8 +70,9 @@ std::map<std::string, double> numbers_of(const std::string& db) {
 // complete, then sends `signal` to every process of the session.
 CommandResult start_and_signal(const std::string& args, const std::string& checkpoints, const std::string& signal) {
     return run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " " + args + " >/dev/null 2>&1 & pid=$!; " +
-                       "for i in $(seq 3000); do ls " + checkpoints + "/*/COMPLETE >/dev/null 2>&1 && break; sleep 0.01; done; " +
-                       "kill -" + signal + " -- -$pid; wait $pid'");
+                       "for i in $(seq 3000); do ls " + checkpoints +
+                       "/*/COMPLETE >/dev/null 2>&1 && break; sleep 0.01; done; " + "kill -" + signal +
+                       " -- -$pid; wait $pid'");
 }
 
 // Runs `text` (an experiment of `steps` steps checkpointing every 5) whole, then again killed
@@ -111,7 +114,8 @@ void check_killed_run_resumes_exactly(const std::string& text, int steps) {
 
 }  // namespace
 
-TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical to an uninterrupted run", "[reliability]") {
+TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical to an uninterrupted run",
+          "[reliability]") {
     struct Case {
         const char* name;
         std::string strategy, launch;
@@ -121,27 +125,33 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
     const std::vector<Case> cases = {
         {"single", "single", "", 400},
         {"ddp over gloo, 2 processes", "ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 200},
-        {"simulated cluster, 4 ranks with jitter", "ddp", "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
-        {"ddp with powersgd (error feedback), 4 simulated ranks", "ddp", "[comm]\nname = \"powersgd\"\n[launch]\nmode = \"sim\"\nranks = 4\n", 200},
+        {"simulated cluster, 4 ranks with jitter", "ddp", "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n",
+         200},
+        {"ddp with powersgd (error feedback), 4 simulated ranks", "ddp",
+         "[comm]\nname = \"powersgd\"\n[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"gossip, 4 simulated ranks", "gossip", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"a2cid2, 4 simulated ranks", "a2cid2", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"dadao, 4 simulated ranks", "dadao", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"acco, 4 simulated ranks (a round per step, G and the look-ahead carried over)", "acco",
          "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
         {"async SGD with a staleness bound, 4 simulated ranks with jitter", "async_sgd",
-         "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200, "staleness_bound = 1\nstaleness_lr = \"inverse\"\n"},
+         "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200,
+         "staleness_bound = 1\nstaleness_lr = \"inverse\"\n"},
         {"zero stage 3, 4 simulated ranks", "zero", "[launch]\nmode = \"sim\"\nranks = 4\n", 200, "stage = 3\n"},
         {"pipeline 1F1B, 4 simulated stages", "pipeline", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"tensor parallel, 2 simulated ranks", "tensor_parallel", "[launch]\nmode = \"sim\"\nranks = 2\n", 200},
         {"diloco with powersgd, 4 simulated ranks (killed inside an outer round)", "diloco",
          "[launch]\nmode = \"sim\"\nranks = 4\n[comm]\nname = \"powersgd\"\n"
-         "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n", 200, "inner_steps = 7\n"},
+         "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n",
+         200, "inner_steps = 7\n"},
     };
-    for (const auto& c : cases)
-        DYNAMIC_SECTION(c.name) { check_killed_run_resumes_exactly(experiment(c.strategy, c.launch, c.steps, c.strategy_keys), c.steps); }
+    for (const auto& c : cases) DYNAMIC_SECTION(c.name) {
+            check_killed_run_resumes_exactly(experiment(c.strategy, c.launch, c.steps, c.strategy_keys), c.steps);
+        }
 }
 
-TEST_CASE("PETRA resumes bit-identical: kept inputs, accumulated gradients, messages on the way, a re-balanced cut", "[reliability]") {
+TEST_CASE("PETRA resumes bit-identical: kept inputs, accumulated gradients, messages on the way, a re-balanced cut",
+          "[reliability]") {
     // A reversible GPT (embedding, 4 reversible blocks, head) over 4 simulated stages, 2
     // micro-batches per step of a stage. Rank 3 is slow, so the re-balancing every 20
     // micro-batches moves blocks; the run is killed at step 47 (after the second re-balancing,
@@ -159,7 +169,8 @@ TEST_CASE("PETRA resumes bit-identical: kept inputs, accumulated gradients, mess
             text.replace(text.find(gpt), gpt.size(), reversible);
             const std::string petra = "name = \"petra\"\n";
             text.replace(text.find(petra), petra.size(),
-                         petra + "method = \"" + method + "\"\naccumulate = 2\ncheck_every = 3\nrebalance_every = 20\npartition = \"count\"\n");
+                         petra + "method = \"" + method +
+                             "\"\naccumulate = 2\ncheck_every = 3\nrebalance_every = 20\npartition = \"count\"\n");
             TempDir dir;
             const auto whole = run_plexus("run " + dir.file("whole.toml", text) + " --db " + dir / "whole.db");
             INFO(whole.output);
@@ -184,7 +195,8 @@ TEST_CASE("PETRA resumes bit-identical: kept inputs, accumulated gradients, mess
                 bool differs = false;
                 for (size_t i = 45; i < got.size(); ++i) differs = differs || got[i].second != want[i].second;
                 CHECK(differs);  // as it says: were it exact, it should say so
-                CHECK(std::abs(numbers_of(dir / "b.db")["0.final_eval_loss"] - numbers_of(dir / "whole.db")["0.final_eval_loss"]) < 0.1);
+                CHECK(std::abs(numbers_of(dir / "b.db")["0.final_eval_loss"] -
+                               numbers_of(dir / "whole.db")["0.final_eval_loss"]) < 0.1);
                 return;
             }
             CHECK(numbers_of(dir / "b.db")["0.exact_resume"] == 1);
@@ -206,8 +218,9 @@ TEST_CASE("PETRA on 4 Gloo processes resumes bit-identical after a worker is kil
     text.replace(text.find(petra), petra.size(), petra + "accumulate = 2\ncheck_every = 3\npartition = \"count\"\n");
     TempDir dir;
     REQUIRE(run_plexus("run " + dir.file("whole.toml", text) + " --db " + dir / "whole.db").exit_code == 0);
-    const auto killed = run_plexus("run " + dir.file("killed.toml", text + "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 27\n") +
-                                   " --db " + dir / "b.db");
+    const auto killed =
+        run_plexus("run " + dir.file("killed.toml", text + "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 27\n") +
+                   " --db " + dir / "b.db");
     CHECK_THAT(killed.output, Contains("rank 1 exited with code 137"));
     const auto resumed = run_plexus("run --resume 1 --db " + dir / "b.db");
     INFO(resumed.output);
@@ -249,7 +262,8 @@ TEST_CASE("a resumed run refuses a changed experiment and a checkpoint of anothe
     start_and_signal("run " + file + " --db " + dir / "b.db", dir / "checkpoints/b/run1", "KILL");
     // The file changed since: another config hash.
     const auto text = experiment("single", "", 400);
-    dir.file("exp.toml", text.substr(0, text.find("lr = 3e-3")) + "lr = 1e-3" + text.substr(text.find("lr = 3e-3") + 9));
+    dir.file("exp.toml",
+             text.substr(0, text.find("lr = 3e-3")) + "lr = 1e-3" + text.substr(text.find("lr = 3e-3") + 9));
     auto changed = run_plexus("run --resume 1 --db " + dir / "b.db");
     CHECK(changed.exit_code != 0);
     CHECK_THAT(changed.output, Contains("was recorded with config hash"));
@@ -319,9 +333,7 @@ TEST_CASE("a checkpoint file cut short or damaged anywhere is refused whole", "[
         std::ofstream(bad, std::ios::binary | std::ios::trunc) << bytes.substr(0, n);
         try {
             host::read_rank_checkpoint(bad);
-        } catch (const Error& e) {
-            ++refused;
-        }
+        } catch (const Error& e) { ++refused; }
     }
     CHECK(refused == static_cast<int>(bytes.size()));
     // Every single-byte change, past the magic number (which names another kind of file).
@@ -349,8 +361,8 @@ TEST_CASE("a checkpoint the disk has no room for leaves the run going and no par
     auto text = experiment("single", "", 30);
     text.replace(text.find("d_model = 32"), 12, "d_model = 96");
     const auto file = dir.file("exp.toml", text);
-    const auto res = run_command("sh -c \"trap '' XFSZ; ulimit -f 2048; exec " + std::string(PLEXUS_BINARY) + " run " + file +
-                                 " --db " + dir / "r.db" + "\"");
+    const auto res = run_command("sh -c \"trap '' XFSZ; ulimit -f 2048; exec " + std::string(PLEXUS_BINARY) + " run " +
+                                 file + " --db " + dir / "r.db" + "\"");
     INFO(res.output);
     CHECK(res.exit_code == 0);
     CHECK_THAT(res.output, Contains("no checkpoint at step 5"));
@@ -365,14 +377,16 @@ TEST_CASE("a checkpoint the disk has no room for leaves the run going and no par
     CHECK(leftovers == 0);
 }
 
-TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that run, and records why", "[reliability][crash]") {
+TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that run, and records why",
+          "[reliability][crash]") {
     TempDir dir;
-    const auto file = dir.file("sweep.toml", "name = \"misbehave\"\nplugin_path = [\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
-                                                 "\"]\n[model]\nname = \"misbehaving\"\n[data]\nname = \"synthetic\"\n"
-                                                 "[optimizer]\nname = \"sgd\"\nlr = 0.1\n"
-                                                 "[train]\nsteps = 40\nbatch_size = 2\nseq_len = 8\nlog_every = 1\n"
-                                                 "[limits]\nwall_minutes = 0.1\nmemory_gb = 0.6\n"
-                                                 "[grid]\n\"model.action\" = [\"segfault\", \"throw\", \"leak\", \"hang\", \"none\"]\n");
+    const auto file = dir.file(
+        "sweep.toml", "name = \"misbehave\"\nplugin_path = [\"" + std::string(PLEXUS_TEST_PLUGIN_DIR) +
+                          "\"]\n[model]\nname = \"misbehaving\"\n[data]\nname = \"synthetic\"\n"
+                          "[optimizer]\nname = \"sgd\"\nlr = 0.1\n"
+                          "[train]\nsteps = 40\nbatch_size = 2\nseq_len = 8\nlog_every = 1\n"
+                          "[limits]\nwall_minutes = 0.1\nmemory_gb = 0.6\n"
+                          "[grid]\n\"model.action\" = [\"segfault\", \"throw\", \"leak\", \"hang\", \"none\"]\n");
     const auto res = run_plexus("sweep " + file + " --db " + dir / "r.db" + " -j 2 --progress lines");
     INFO(res.output);
     CHECK(res.exit_code == 1);  // some failed
@@ -392,7 +406,8 @@ TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that r
     CHECK(run_command("pgrep -f '[p]lexus run " + file + " --point 3'").exit_code != 0);
 }
 
-TEST_CASE("a sweep killed with SIGKILL at random moments loses no committed row and resumes to the same results", "[reliability]") {
+TEST_CASE("a sweep killed with SIGKILL at random moments loses no committed row and resumes to the same results",
+          "[reliability]") {
     TempDir dir;
     auto text = experiment("single", "", 800);
     text.replace(text.find("log_every = 10"), 14, "log_every = 5");
@@ -412,10 +427,11 @@ TEST_CASE("a sweep killed with SIGKILL at random moments loses no committed row 
         char delay[16];
         std::snprintf(delay, sizeof delay, "%.2f", moment(rng));
         fs::remove_all(dir / "logs");
-        const auto res = run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " sweep " + file + " -j 2 --db " +
-                                     dir / "b.db" + " >/dev/null 2>&1 & pid=$!; for i in $(seq 3000); do grep -qs ^step " +
-                                     dir / "logs/reliable" + "/*.log && break; sleep 0.01; done; sleep " + delay +
-                                     "; kill -KILL -- -$pid 2>/dev/null && echo killed; wait $pid'");
+        const auto res =
+            run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " sweep " + file + " -j 2 --db " +
+                        dir / "b.db" + " >/dev/null 2>&1 & pid=$!; for i in $(seq 3000); do grep -qs ^step " +
+                        dir / "logs/reliable" + "/*.log && break; sleep 0.01; done; sleep " + delay +
+                        "; kill -KILL -- -$pid 2>/dev/null && echo killed; wait $pid'");
         if (res.output.find("killed") != std::string::npos) ++kills;
         host::ResultsStore store(dir / "b.db");
         INFO("round " << round << ", killed after " << delay << " s");
@@ -423,12 +439,13 @@ TEST_CASE("a sweep killed with SIGKILL at random moments loses no committed row 
         for (const auto& run : store.list_runs(100))
             for (const auto& key : store.metric_keys(run.id))
                 for (const auto& m : store.metric_rows(run.id, key, 0)) {
-                        if (key == "tokens_per_s" || key == "step_time" || key == "mfu" || key == "memory") continue;  // timings
-                        const auto id = std::make_tuple(run.id, 0, key, m.step);
-                        auto it = seen.find(id);
-                        if (it != seen.end() && it->second != m.value) ++changed;
-                        seen[id] = m.value;
-                    }
+                    if (key == "tokens_per_s" || key == "step_time" || key == "mfu" || key == "memory")
+                        continue;  // timings
+                    const auto id = std::make_tuple(run.id, 0, key, m.step);
+                    auto it = seen.find(id);
+                    if (it != seen.end() && it->second != m.value) ++changed;
+                    seen[id] = m.value;
+                }
         bool all_finished = true;
         for (const auto& run : store.list_runs(100)) all_finished = all_finished && run.status == "finished";
         if (all_finished && store.list_runs(100).size() == 3) break;
@@ -462,14 +479,16 @@ TEST_CASE("a sweep killed with SIGKILL at random moments loses no committed row 
     }
 }
 
-TEST_CASE("a run still running in another process is left to it: a second sweep skips it, --resume refuses", "[reliability]") {
+TEST_CASE("a run still running in another process is left to it: a second sweep skips it, --resume refuses",
+          "[reliability]") {
     TempDir dir;
     const auto file = dir.file("sweep.toml", experiment("single", "", 1000000));  // runs until killed
     const std::string db = dir / "s.db";
     // The first sweep, in a session of its own, until its run's first checkpoint.
-    const auto first = run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " sweep " + file + " --db " + db +
-                                   " >/dev/null 2>&1 & echo $!; for i in $(seq 3000); do ls " + dir / "checkpoints/s/run1" +
-                                   "/*/COMPLETE >/dev/null 2>&1 && break; sleep 0.01; done'");
+    const auto first =
+        run_command("bash -c 'setsid " + std::string(PLEXUS_BINARY) + " sweep " + file + " --db " + db +
+                    " >/dev/null 2>&1 & echo $!; for i in $(seq 3000); do ls " + dir / "checkpoints/s/run1" +
+                    "/*/COMPLETE >/dev/null 2>&1 && break; sleep 0.01; done'");
     const std::string pid = first.output.substr(0, first.output.find('\n'));
     REQUIRE(std::atoi(pid.c_str()) > 0);
     struct KillAtExit {  // whatever this test finds, the first sweep does not outlive it
@@ -486,7 +505,8 @@ TEST_CASE("a run still running in another process is left to it: a second sweep 
     const auto resume = run_plexus("run --resume 1 --db " + db);
     CHECK(resume.exit_code != 0);
     CHECK_THAT(resume.output, Contains("run 1 is still running (process"));
-    CHECK_THAT(run_plexus("sweep " + file + " --db " + db + " --dry-run").output, Contains("running (run 1), running elsewhere"));
+    CHECK_THAT(run_plexus("sweep " + file + " --db " + db + " --dry-run").output,
+               Contains("running (run 1), running elsewhere"));
 
     // Once its process is gone (SIGKILL: the row still says "running"), the run is resumable.
     run_command("bash -c 'kill -KILL -- -" + pid + "; sleep 0.2'");
@@ -499,7 +519,8 @@ TEST_CASE("a run still running in another process is left to it: a second sweep 
     CHECK_THAT(after.output, !Contains("running elsewhere"));
 }
 
-TEST_CASE("a database the disk has no room for stops the run with a clear error, and --resume records the rest later", "[reliability]") {
+TEST_CASE("a database the disk has no room for stops the run with a clear error, and --resume records the rest later",
+          "[reliability]") {
     TempDir dir;
     // A tiny model whose checkpoints fit under the 1 MiB file-size limit, and a database that
     // outgrows it (a row per step): the database fails first, as on a disk that fills up.
@@ -509,12 +530,13 @@ TEST_CASE("a database the disk has no room for stops the run with a clear error,
     text.replace(text.find("every_steps = 5"), 15, "every_steps = 10");
     const auto file = dir.file("exp.toml", text);
     REQUIRE(run_plexus("run " + file + " --db " + dir / "whole.db").exit_code == 0);
-    const auto full = run_command("sh -c \"trap '' XFSZ; ulimit -f 2048; exec " + std::string(PLEXUS_BINARY) + " run " + file +
-                                  " --db " + dir / "b.db" + "\"");
+    const auto full = run_command("sh -c \"trap '' XFSZ; ulimit -f 2048; exec " + std::string(PLEXUS_BINARY) + " run " +
+                                  file + " --db " + dir / "b.db" + "\"");
     INFO(full.output);
     CHECK(full.exit_code == 1);
     CHECK_THAT(full.output, Contains("results database " + dir / "b.db" + ": disk I/O error"));
-    CHECK_THAT(full.output, Contains("hint: `plexus run --resume 1 --db " + dir / "b.db" + "` continues run 1 from its checkpoint"));
+    CHECK_THAT(full.output,
+               Contains("hint: `plexus run --resume 1 --db " + dir / "b.db" + "` continues run 1 from its checkpoint"));
     host::ResultsStore store(dir / "b.db");
     REQUIRE(store.integrity_check() == "ok");
     const auto before = store.metric_series(1, "loss");
@@ -534,20 +556,29 @@ std::string simulated(const std::string& strategy, const std::string& faults, in
            "[model]\nname = \"gpt\"\nn_layer = 2\nd_model = 32\nn_head = 2\n"
            "[data]\nname = \"synthetic\"\n"
            "[optimizer]\nname = \"sgd\"\nlr = 0.1\nmomentum = 0.9\n"
-           "[strategy]\nname = \"" + strategy + "\"\n"
-           "[train]\nsteps = " + std::to_string(steps) + "\nbatch_size = 4\nseq_len = 16\neval_every = 50\nlog_every = 10\n"
-           "[launch]\nmode = \"sim\"\nranks = 8\n" + faults;
+           "[strategy]\nname = \"" +
+           strategy +
+           "\"\n"
+           "[train]\nsteps = " +
+           std::to_string(steps) +
+           "\nbatch_size = 4\nseq_len = 16\neval_every = 50\nlog_every = 10\n"
+           "[launch]\nmode = \"sim\"\nranks = 8\n" +
+           faults;
 }
 
 const char* kKillRank3 = "[[faults]]\nkind = \"kill\"\nrank = 3\nstep = 20\n";
 
 }  // namespace
 
-TEST_CASE("[[faults]] kill: gossip, async SGD and DADAO train on without the lost rank, DDP fails cleanly naming the fault", "[reliability][faults]") {
+TEST_CASE(
+    "[[faults]] kill: gossip, async SGD and DADAO train on without the lost rank, DDP fails cleanly naming the fault",
+    "[reliability][faults]") {
     TempDir dir;
-    const auto clean = run_plexus("run " + dir.file("clean.toml", simulated("gossip", "")) + " --db " + dir / "clean.db");
+    const auto clean =
+        run_plexus("run " + dir.file("clean.toml", simulated("gossip", "")) + " --db " + dir / "clean.db");
     REQUIRE(clean.exit_code == 0);
-    const auto gossip = run_plexus("run " + dir.file("g.toml", simulated("gossip", kKillRank3)) + " --db " + dir / "g.db");
+    const auto gossip =
+        run_plexus("run " + dir.file("g.toml", simulated("gossip", kKillRank3)) + " --db " + dir / "g.db");
     INFO(gossip.output);
     REQUIRE(gossip.exit_code == 0);
     CHECK_THAT(gossip.output, Contains("gossip: rank 3 is lost"));
@@ -567,7 +598,8 @@ TEST_CASE("[[faults]] kill: gossip, async SGD and DADAO train on without the los
     CHECK(g["2.rank_tokens"] == 100 * 4 * 16);
 
     // The parameter server goes on without a lost worker too.
-    const auto async = run_plexus("run " + dir.file("a.toml", simulated("async_sgd", kKillRank3)) + " --db " + dir / "a.db");
+    const auto async =
+        run_plexus("run " + dir.file("a.toml", simulated("async_sgd", kKillRank3)) + " --db " + dir / "a.db");
     INFO(async.output);
     CHECK(async.exit_code == 0);
     CHECK_THAT(async.output, Contains("async_sgd: worker 3 is lost"));
@@ -575,7 +607,8 @@ TEST_CASE("[[faults]] kill: gossip, async SGD and DADAO train on without the los
     CHECK(a["0.ranks_lost"] == 1);
     CHECK(a["0.final_eval_loss"] < 3.0);  // it learned (from about 4.2)
 
-    const auto dadao = run_plexus("run " + dir.file("dadao.toml", simulated("dadao", kKillRank3)) + " --db " + dir / "dadao.db");
+    const auto dadao =
+        run_plexus("run " + dir.file("dadao.toml", simulated("dadao", kKillRank3)) + " --db " + dir / "dadao.db");
     INFO(dadao.output);
     CHECK(dadao.exit_code == 0);
     CHECK_THAT(dadao.output, Contains("dadao: rank 3 is lost"));
@@ -588,10 +621,13 @@ TEST_CASE("[[faults]] kill: gossip, async SGD and DADAO train on without the los
     CHECK_THAT(d.get_run(1)->error, Contains("rank 3 killed at step 20 by [[faults]] (kind=kill rank=3 step=20)"));
 }
 
-TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume continues past it exactly", "[reliability][faults]") {
+TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume continues past it exactly",
+          "[reliability][faults]") {
     TempDir dir;
-    REQUIRE(run_plexus("run " + dir.file("clean.toml", experiment("single", "", 60)) + " --db " + dir / "clean.db").exit_code == 0);
-    const auto file = dir.file("k.toml", experiment("single", "", 60) + "[[faults]]\nkind = \"kill\"\nrank = 0\nstep = 27\n");
+    REQUIRE(run_plexus("run " + dir.file("clean.toml", experiment("single", "", 60)) + " --db " + dir / "clean.db")
+                .exit_code == 0);
+    const auto file =
+        dir.file("k.toml", experiment("single", "", 60) + "[[faults]]\nkind = \"kill\"\nrank = 0\nstep = 27\n");
     const auto killed = run_plexus("run " + file + " --db " + dir / "k.db");
     CHECK(killed.exit_code == 137);
     CHECK_THAT(killed.output, Contains("fault: rank 0 killed at step 27 by [[faults]]"));
@@ -611,8 +647,9 @@ TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume co
     CHECK(metric_dump(dir / "k.db", "loss") == metric_dump(dir / "clean.db", "loss"));
 
     // Two local workers over Gloo: the launcher stops the other and says which fault it was.
-    const auto local = run_plexus("run " + dir.file("l.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
-                                                             "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 12\n") +
+    const auto local = run_plexus("run " +
+                                  dir.file("l.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
+                                                         "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 12\n") +
                                   " --db " + dir / "l.db");
     CHECK(local.exit_code == 1);
     host::ResultsStore l(dir / "l.db");
@@ -621,7 +658,8 @@ TEST_CASE("[[faults]] kill in a real process exits like a crash, and --resume co
     CHECK_THAT(l.get_run(1)->error, Contains("(killed by [[faults]]: kind=kill rank=1 step=12)"));
 }
 
-TEST_CASE("after a simulated rank is lost, no checkpoint is complete without it, and --resume continues exactly", "[reliability][faults]") {
+TEST_CASE("after a simulated rank is lost, no checkpoint is complete without it, and --resume continues exactly",
+          "[reliability][faults]") {
     // DiLoCo communicates once per 7 steps: killed at step 36, the living ranks go on to
     // checkpoint at step 40 before the outer round of step 42 fails; that checkpoint lacks rank 1.
     const std::string keys = "inner_steps = 7\n";
@@ -629,8 +667,9 @@ TEST_CASE("after a simulated rank is lost, no checkpoint is complete without it,
     const auto text = experiment("diloco", "[launch]\nmode = \"sim\"\nranks = 4\n" + outer, 60, keys);
     TempDir dir;
     REQUIRE(run_plexus("run " + dir.file("whole.toml", text) + " --db " + dir / "whole.db").exit_code == 0);
-    const auto killed = run_plexus("run " + dir.file("k.toml", text + "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 36\n") +
-                                   " --db " + dir / "k.db");
+    const auto killed =
+        run_plexus("run " + dir.file("k.toml", text + "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 36\n") + " --db " +
+                   dir / "k.db");
     INFO(killed.output);
     CHECK_THAT(killed.output, Contains("no checkpoint at step 40: another rank could not write its file (or is lost)"));
     CHECK_FALSE(fs::exists(dir / "checkpoints/k/run1/step40/COMPLETE"));
@@ -641,7 +680,8 @@ TEST_CASE("after a simulated rank is lost, no checkpoint is complete without it,
     CHECK(metric_dump(dir / "k.db", "loss") == metric_dump(dir / "whole.db", "loss"));
 }
 
-TEST_CASE("a resumed multi-process run whose rank lacks its checkpoint file says which rank and file", "[reliability]") {
+TEST_CASE("a resumed multi-process run whose rank lacks its checkpoint file says which rank and file",
+          "[reliability]") {
     TempDir dir;
     const auto file = dir.file("l.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
                                              "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 27\n");
@@ -659,7 +699,8 @@ TEST_CASE("a resumed multi-process run whose rank lacks its checkpoint file says
     CHECK(store.metric_series(1, "loss").size() == 25);  // what the checkpoint covers stays recorded
 }
 
-TEST_CASE("[[faults]] slow on real processes: the slowed rank sleeps in proportion, and DDP waits for it", "[reliability][faults]") {
+TEST_CASE("[[faults]] slow on real processes: the slowed rank sleeps in proportion, and DDP waits for it",
+          "[reliability][faults]") {
     TempDir dir;
     const auto file = dir.file("s.toml", experiment("ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 40) +
                                              "[[faults]]\nkind = \"slow\"\nrank = 1\nfactor = 3.0\nstep = 10\n");
@@ -684,7 +725,8 @@ TEST_CASE("[[faults]] slow on real processes: the slowed rank sleeps in proporti
 TEST_CASE("[[faults]] slow, drop_link and corrupt on the simulated cluster", "[reliability][faults]") {
     TempDir dir;
     auto run = [&](const std::string& name, const std::string& strategy, const std::string& faults, int steps) {
-        const auto res = run_plexus("run " + dir.file(name + ".toml", simulated(strategy, faults, steps)) + " --db " + dir / (name + ".db"));
+        const auto res = run_plexus("run " + dir.file(name + ".toml", simulated(strategy, faults, steps)) + " --db " +
+                                    dir / (name + ".db"));
         INFO(res.output);
         REQUIRE(res.exit_code == 0);
         return numbers_of(dir / (name + ".db"));

@@ -36,7 +36,8 @@ TEST_CASE("a new database gets the current schema", "[results]") {
     host::ResultsStore store(dir / "sub/folder/r.db");  // folders are created
     CHECK(store.schema_version() == host::kSchemaVersion);
     for (const char* table : {"sweep", "run", "param", "metric", "summary"})
-        CHECK(count(dir / "sub/folder/r.db", std::string("SELECT count(*) FROM sqlite_master WHERE name='") + table + "'") == 1);
+        CHECK(count(dir / "sub/folder/r.db",
+                    std::string("SELECT count(*) FROM sqlite_master WHERE name='") + table + "'") == 1);
 }
 
 TEST_CASE("runs, params, metrics and summaries round-trip, metrics upsert", "[results]") {
@@ -74,7 +75,8 @@ TEST_CASE("a version-1 database is migrated forward without losing rows", "[resu
         store.begin_run(some_run("kept"), {{"k", Value(1)}});
     }
     // What a v1 file looks like: no command column, no status index.
-    REQUIRE(sql_rows(db, "DROP INDEX run_status; ALTER TABLE run DROP COLUMN command; PRAGMA user_version = 1;").empty());
+    REQUIRE(
+        sql_rows(db, "DROP INDEX run_status; ALTER TABLE run DROP COLUMN command; PRAGMA user_version = 1;").empty());
     CHECK(count(db, "PRAGMA user_version") == 1);
     host::ResultsStore store(db);
     CHECK(store.schema_version() == host::kSchemaVersion);
@@ -106,7 +108,5 @@ TEST_CASE("a database from a newer plexus, or not a database at all, is refused"
     try {
         host::ResultsStore bad(junk);
         FAIL("a non-database file was accepted");
-    } catch (const Error& e) {
-        CHECK_THAT(std::string(e.what()), Contains("junk.db"));
-    }
+    } catch (const Error& e) { CHECK_THAT(std::string(e.what()), Contains("junk.db")); }
 }

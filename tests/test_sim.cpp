@@ -95,7 +95,8 @@ TEST_CASE("ring all-reduce time is the alpha-beta closed form 2(n-1)(alpha + S/(
             CHECK(net.all_reduce(iota(n), S, Algorithm::Ring, 0).seconds == Approx(expected).epsilon(1e-12));
             CHECK(net.all_reduce(iota(n), S, Algorithm::Ring, 0).bytes_per_rank == Approx(2.0 * (n - 1) / n * S));
             const double levels = std::ceil(std::log2(n));
-            CHECK(net.all_reduce(iota(n), S, Algorithm::Tree, 0).seconds == Approx(2 * levels * (alpha + S / B)).epsilon(1e-12));
+            CHECK(net.all_reduce(iota(n), S, Algorithm::Tree, 0).seconds ==
+                  Approx(2 * levels * (alpha + S / B)).epsilon(1e-12));
         }
     }
 }
@@ -160,8 +161,8 @@ TEST_CASE("routes follow the topology, a failed link reroutes, no route is an er
     t.network.topology = "torus2d";
     Network torus(t.network);  // 3 x 4
     CHECK(torus.spec().torus_rows == 3);
-    CHECK(torus.route(0, 5, 0).latency == Approx(2e-6));   // one right, one down
-    CHECK(torus.route(0, 3, 0).latency == Approx(1e-6));   // wraps around the row
+    CHECK(torus.route(0, 5, 0).latency == Approx(2e-6));  // one right, one down
+    CHECK(torus.route(0, 3, 0).latency == Approx(1e-6));  // wraps around the row
 
     Settings c = uniform(4, 1e-6, 1e9);
     c.network.topology = "custom";
@@ -190,7 +191,7 @@ TEST_CASE("point-to-point: arrival at alpha + S/B, a sender's transfers queue, i
             auto a = torch::zeros({numel}), b = torch::zeros({numel});
             auto wa = t.recv(a, 1, 0);
             polls.push_back(wa->is_completed() ? 1 : 0);  // at t = 0: the message is not even sent
-            clock.charge_compute(10e9);                    // 10 ms later it has long arrived
+            clock.charge_compute(10e9);                   // 10 ms later it has long arrived
             polls.push_back(wa->is_completed() ? 1 : 0);
             wa->wait();
             auto wb = t.recv(b, 1, 1);
@@ -222,12 +223,11 @@ TEST_CASE("point-to-point: arrival at alpha + S/B, a sender's transfers queue, i
     CHECK(landed == Approx(2e-3 + alpha + 2e-3).epsilon(1e-12));
 }
 
-TEST_CASE("a background task runs on its own clock: its collectives chain at their completion times, hidden",
-          "[sim]") {
+TEST_CASE("a background task runs on its own clock: its collectives chain at their completion times, hidden", "[sim]") {
     const double alpha = 10e-6, B = 1e9;
     Cluster cluster(uniform(2, alpha, B));
-    const int64_t numel = 250000;                              // 1 MB
-    const double c = 2.0 * (alpha + numel * 4.0 / (2 * B));   // one all-reduce over 2 ranks
+    const int64_t numel = 250000;                            // 1 MB
+    const double c = 2.0 * (alpha + numel * 4.0 / (2 * B));  // one all-reduce over 2 ranks
     std::vector<double> end(2), sums(2), exposed(2), total(2);
     int polls = 0;
     auto error = run_cluster(cluster, [&](int r, Transport& t, host::RankClock& clock) {
@@ -343,7 +343,8 @@ TEST_CASE("a sim run is bit-identical twice: losses, simulated times, final stat
     CHECK(runs[0].sim_time > 0);
     CHECK(runs[0].sim_time == runs[1].sim_time);
     // Every row carries its simulated time (compared above with the values), increasing.
-    for (size_t i = 1; i < runs[0].loss.size(); ++i) CHECK(std::get<2>(runs[0].loss[i]) > std::get<2>(runs[0].loss[i - 1]));
+    for (size_t i = 1; i < runs[0].loss.size(); ++i)
+        CHECK(std::get<2>(runs[0].loss[i]) > std::get<2>(runs[0].loss[i - 1]));
     CHECK(std::get<2>(runs[0].loss[0]) > 0);
 }
 
@@ -372,8 +373,10 @@ TEST_CASE("a straggler paces synchronous DDP: one slow rank costs as much as all
     const auto db = dir / "r.db";
     const auto file = dir.file("sim.toml", kSimDdp);
     auto time_of = [&](const std::string& extra) {
-        auto res = run_plexus("run " + file + " --db " + db + " --set train.steps=10 --set sim.device=custom "
-                              "--set sim.device_flops=1e10 --set sim.efficiency=1.0 " + extra);
+        auto res = run_plexus("run " + file + " --db " + db +
+                              " --set train.steps=10 --set sim.device=custom "
+                              "--set sim.device_flops=1e10 --set sim.efficiency=1.0 " +
+                              extra);
         INFO(res.output);
         REQUIRE(res.exit_code == 0);
         return last_run(db).sim_time;
@@ -488,10 +491,11 @@ device = "h100"
 latency_us = 2.0
 bandwidth_gbs = 450.0
 )");
-    auto res = run_plexus("run " + file + " --db " + db +
-                          " --set model.n_layer=24 --set model.d_model=2048 --set model.n_head=16"
-                          " --set model.vocab_size=50304 --set train.seq_len=2048 --set train.batch_size=8"
-                          " --set train.steps=3 --set launch.ranks=8 --set strategy.bucket_mb=100.0 --set train.eval_every=0");
+    auto res =
+        run_plexus("run " + file + " --db " + db +
+                   " --set model.n_layer=24 --set model.d_model=2048 --set model.n_head=16"
+                   " --set model.vocab_size=50304 --set train.seq_len=2048 --set train.batch_size=8"
+                   " --set train.steps=3 --set launch.ranks=8 --set strategy.bucket_mb=100.0 --set train.eval_every=0");
     INFO(res.output);
     REQUIRE(res.exit_code == 0);
     host::ResultsStore store(db);

@@ -25,7 +25,9 @@ const std::string kGrid = std::string(kTinyExperiment) + R"(
 seeds = [0, 1]
 )";
 
-host::Experiment load(const TempDir& dir, const std::string& toml) { return host::load_experiment(dir.file("g.toml", toml)); }
+host::Experiment load(const TempDir& dir, const std::string& toml) {
+    return host::load_experiment(dir.file("g.toml", toml));
+}
 
 }  // namespace
 
@@ -60,22 +62,27 @@ seeds = [0, 1]
 
     // A child replaces its base's axis over the same key and keeps the others.
     dir.file("base.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = [1, 2, 3]\nseeds = [0, 1]\n");
-    auto child = host::load_experiment(dir.file("child.toml", "extends = \"base.toml\"\n[grid]\n\"optimizer.lr\" = [5e-3]\n"));
+    auto child =
+        host::load_experiment(dir.file("child.toml", "extends = \"base.toml\"\n[grid]\n\"optimizer.lr\" = [5e-3]\n"));
     CHECK(host::expand_grid(child).size() == 2);
 }
 
 TEST_CASE("grid mistakes name the file and line", "[sweep]") {
     TempDir dir;
-    CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid.zip]\n\"model.n_layer\" = [1, 2]\n\"model.d_model\" = [16]\n"),
-                      Contains("g.toml:") && Contains("[grid.zip] 'model.n_layer' has 2 values but 'model.d_model' has 1"));
+    CHECK_THROWS_WITH(
+        load(dir, std::string(kTinyExperiment) + "[grid.zip]\n\"model.n_layer\" = [1, 2]\n\"model.d_model\" = [16]\n"),
+        Contains("g.toml:") && Contains("[grid.zip] 'model.n_layer' has 2 values but 'model.d_model' has 1"));
     CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = 3e-3\n"),
                       Contains("must be a non-empty list"));
-    CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid]\nseeds = [0.5]\n"), Contains("seeds must be integers"));
+    CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid]\nseeds = [0.5]\n"),
+                      Contains("seeds must be integers"));
     // An unknown key in a grid is reported by the sweep with the grid's location.
-    auto bad = run_plexus("sweep " + dir.file("bad.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lrr\" = [1e-3]\n") +
+    auto bad = run_plexus("sweep " +
+                          dir.file("bad.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lrr\" = [1e-3]\n") +
                           " --db " + dir / "r.db");
     CHECK(bad.exit_code == 1);
-    CHECK_THAT(bad.output, Contains("grid point 0") && Contains("unknown key 'optimizer.lrr'") && Contains("bad.toml:"));
+    CHECK_THAT(bad.output,
+               Contains("grid point 0") && Contains("unknown key 'optimizer.lrr'") && Contains("bad.toml:"));
 }
 
 TEST_CASE("switching a plugin in a grid keeps the keys the new plugin shares", "[sweep]") {
@@ -129,7 +136,8 @@ TEST_CASE("a sweep with -j 2 records every run whole, a second sweep skips them,
         CHECK(store.metric_series(r.id, "loss").size() == 60);  // every step of every run
         CHECK(store.metric_series(r.id, "eval_loss").size() == 2);
         bool has_final = false;
-        for (const auto& [rank, key, value, text] : store.summaries(r.id)) has_final |= key == "final_eval_loss" && value;
+        for (const auto& [rank, key, value, text] : store.summaries(r.id))
+            has_final |= key == "final_eval_loss" && value;
         CHECK(has_final);
     }
     CHECK(hashes.size() == 4);
@@ -199,7 +207,8 @@ TEST_CASE("the leaderboard keeps a config's newest finished run, and names a met
     CHECK_THAT(run_plexus("leaderboard --db " + db).output, Contains("1 finished run(s)"));
     auto typo = run_plexus("leaderboard --db " + db + " --metric tokens_per_sec");
     CHECK(typo.exit_code == 1);
-    CHECK_THAT(typo.output, Contains("--metric tokens_per_sec: no run here has that figure; did you mean 'tokens_per_s'"));
+    CHECK_THAT(typo.output,
+               Contains("--metric tokens_per_sec: no run here has that figure; did you mean 'tokens_per_s'"));
     typo = run_plexus("curves 1 --db " + db + " --keys eval_los");
     CHECK(typo.exit_code == 1);
     CHECK_THAT(typo.output, Contains("--keys eval_los: no such curve in these runs; did you mean 'eval_loss'"));
@@ -229,13 +238,16 @@ TEST_CASE("a failed point is skipped on re-run unless --retry-failed", "[sweep]"
     const auto db = dir / "r.db";
     // lr 1e6 diverges: the run ends "diverged", the sweep counts it failed.
     const auto file = dir.file("g.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = [1e-2, 1e6]\n");
-    auto res = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0");
+    auto res =
+        run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0");
     INFO(res.output);
     CHECK(res.exit_code == 1);
     CHECK_THAT(res.output, Contains("diverged") && Contains("1 finished, 1 failed"));
-    auto again = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0");
+    auto again =
+        run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0");
     CHECK_THAT(again.output, Contains("1 failed before: skipped (--retry-failed"));
-    auto retry = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20 --set train.grad_clip=0.0 --retry-failed");
+    auto retry = run_plexus("sweep " + file + " --db " + db +
+                            " --progress none --set train.steps=20 --set train.grad_clip=0.0 --retry-failed");
     CHECK_THAT(retry.output, Contains("[1/1]"));
     host::ResultsStore store(db);
     CHECK(store.sweep_runs(store.find_sweep("g")->id).size() == 3);

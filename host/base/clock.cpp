@@ -17,9 +17,7 @@ public:
         : thread_([this, task = std::move(task)] {
               try {
                   task();
-              } catch (...) {
-                  error_ = std::current_exception();
-              }
+              } catch (...) { error_ = std::current_exception(); }
               done_.store(true);
           }) {}
     ~ThreadTask() override {

@@ -14,7 +14,7 @@ namespace plexus::host {
 class RankClock {
 public:
     virtual ~RankClock() = default;
-    virtual double now() = 0;                  // seconds since the run started
+    virtual double now() = 0;  // seconds since the run started
     virtual void charge_compute(double flops) = 0;
     virtual bool simulated() const = 0;
     // RunContext::start_background: a thread, or a simulated rank's second activity.

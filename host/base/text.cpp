@@ -34,8 +34,7 @@ std::vector<std::string> closest(const std::string& word, const std::vector<std:
         const bool prefix = !word.empty() && (c.rfind(word, 0) == 0 || word.rfind(c, 0) == 0);
         if (d <= limit || prefix) scored.emplace_back(prefix ? std::min(d, limit) : d, c);
     }
-    std::stable_sort(scored.begin(), scored.end(),
-                     [](const auto& x, const auto& y) { return x.first < y.first; });
+    std::stable_sort(scored.begin(), scored.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
     std::vector<std::string> out;
     for (const auto& s : scored) {
         if (out.size() == max_results) break;
@@ -77,21 +76,31 @@ std::vector<std::string> split(const std::string& text, char sep) {
 std::string human_count(double n) {
     char buf[32];
     const double a = std::fabs(n);
-    if (a >= 1e15) std::snprintf(buf, sizeof buf, "%.2fP", n / 1e15);
-    else if (a >= 1e12) std::snprintf(buf, sizeof buf, "%.2fT", n / 1e12);
-    else if (a >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", n / 1e9);
-    else if (a >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
-    else if (a >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", n / 1e3);
-    else std::snprintf(buf, sizeof buf, "%.0f", n);
+    if (a >= 1e15)
+        std::snprintf(buf, sizeof buf, "%.2fP", n / 1e15);
+    else if (a >= 1e12)
+        std::snprintf(buf, sizeof buf, "%.2fT", n / 1e12);
+    else if (a >= 1e9)
+        std::snprintf(buf, sizeof buf, "%.2fG", n / 1e9);
+    else if (a >= 1e6)
+        std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+    else if (a >= 1e3)
+        std::snprintf(buf, sizeof buf, "%.1fk", n / 1e3);
+    else
+        std::snprintf(buf, sizeof buf, "%.0f", n);
     return buf;
 }
 
 std::string human_bytes(double bytes) {
     char buf[32];
-    if (bytes >= 1024.0 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
-    else if (bytes >= 1024.0 * 1024) std::snprintf(buf, sizeof buf, "%.0f MiB", bytes / (1024.0 * 1024));
-    else if (bytes >= 1024.0) std::snprintf(buf, sizeof buf, "%.0f KiB", bytes / 1024.0);
-    else std::snprintf(buf, sizeof buf, "%.0f B", bytes);
+    if (bytes >= 1024.0 * 1024 * 1024)
+        std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+    else if (bytes >= 1024.0 * 1024)
+        std::snprintf(buf, sizeof buf, "%.0f MiB", bytes / (1024.0 * 1024));
+    else if (bytes >= 1024.0)
+        std::snprintf(buf, sizeof buf, "%.0f KiB", bytes / 1024.0);
+    else
+        std::snprintf(buf, sizeof buf, "%.0f B", bytes);
     return buf;
 }
 
@@ -112,8 +121,10 @@ std::string human_duration(double s) {
         return buf;
     }
     const auto total = static_cast<long>(s + 0.5);
-    if (total >= 3600) std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", total / 3600, (total / 60) % 60, total % 60);
-    else std::snprintf(buf, sizeof buf, "%ld:%02ld", total / 60, total % 60);
+    if (total >= 3600)
+        std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", total / 3600, (total / 60) % 60, total % 60);
+    else
+        std::snprintf(buf, sizeof buf, "%ld:%02ld", total / 60, total % 60);
     return buf;
 }
 
@@ -145,7 +156,8 @@ std::string message_of(const std::exception& e) {
 
 void print_error(const std::exception& e) {
     std::cerr << "error: " << message_of(e) << "\n";
-    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
+    if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty())
+        std::cerr << "hint: " << pe->hint() << "\n";
 }
 
 std::string error_text(const std::exception& e) {

@@ -121,7 +121,8 @@ bool take_flag(std::vector<std::string>& args, const std::string& flag, std::str
         // No flag takes an empty value on purpose: `--db "$DB"` with DB unset would otherwise
         // quietly mean the default database.
         if (value.empty())
-            throw UsageError(flag + " was given an empty value (a shell variable that is unset or empty expands to nothing)");
+            throw UsageError(flag +
+                             " was given an empty value (a shell variable that is unset or empty expands to nothing)");
         return true;
     }
     return false;
@@ -156,7 +157,8 @@ int cmd_plugins(std::vector<std::string> args) {
             std::cout << "[" << to_string(d->kind) << "] name = \"" << d->name << "\"   # version " << d->version
                       << ", " << registry.path_of(d) << "\n# " << d->summary << "\n";
             size_t width = 0;
-            for (const auto& k : d->schema) width = std::max(width, k.name.size() + 3 + k.default_value.to_text().size());
+            for (const auto& k : d->schema)
+                width = std::max(width, k.name.size() + 3 + k.default_value.to_text().size());
             for (const auto& k : d->schema) {
                 std::string line = k.name + " = " + k.default_value.to_text();
                 line.resize(std::max(width, line.size()) + 2, ' ');
@@ -167,14 +169,15 @@ int cmd_plugins(std::vector<std::string> args) {
         return kOk;
     }
     std::cout << "search path: " << join(path, ":") << "\n";
-    for (PluginKind kind : {PluginKind::Model, PluginKind::Dataset, PluginKind::Optimizer, PluginKind::Strategy, PluginKind::Comm}) {
+    for (PluginKind kind :
+         {PluginKind::Model, PluginKind::Dataset, PluginKind::Optimizer, PluginKind::Strategy, PluginKind::Comm}) {
         std::cout << to_string(kind) << ":\n";
         bool any = false;
         for (const auto& l : registry.loaded())
             if (l.descriptor->kind == kind) {
                 char buf[512];
-                std::snprintf(buf, sizeof buf, "  %-12s %-6s %s", l.descriptor->name.c_str(), l.descriptor->version.c_str(),
-                              l.descriptor->summary.c_str());
+                std::snprintf(buf, sizeof buf, "  %-12s %-6s %s", l.descriptor->name.c_str(),
+                              l.descriptor->version.c_str(), l.descriptor->summary.c_str());
                 std::cout << buf << "\n";
                 any = true;
             }
@@ -247,8 +250,10 @@ int cmd_check(std::vector<std::string> args) {
     for (const auto* d : chosen) {
         for (const auto& r : check_plugin(registry, *d, overrides)) {
             (r.skipped ? skipped : r.passed ? passed : failed) += 1;
-            std::cout << (r.skipped ? "skip  " : r.passed ? "ok    " : "FAIL  ") << r.plugin << ": " << r.check
-                      << (r.detail.empty() ? "" : "\n      " + r.detail) << std::endl;
+            std::cout << (r.skipped  ? "skip  "
+                          : r.passed ? "ok    "
+                                     : "FAIL  ")
+                      << r.plugin << ": " << r.check << (r.detail.empty() ? "" : "\n      " + r.detail) << std::endl;
         }
     }
     std::cout << "plexus check: " << passed << " of " << passed + failed << " checks held"
@@ -263,8 +268,8 @@ int cmd_new(const std::vector<std::string>& args) {
     const std::string dir = args.size() == 3 ? args[2] : args[1];
     for (const auto& path : write_plugin_scaffold(args[0], args[1], dir)) std::cout << "wrote " << path << "\n";
     std::cout << "next: cmake -S " << dir << " -B " << dir << "/build -DCMAKE_PREFIX_PATH=<plexus install prefix> && "
-              << "cmake --build " << dir << "/build -j2 && plexus check " << dir << "/build/plugins/plexus_" << args[0] << "_"
-              << args[1] << ".so\n";
+              << "cmake --build " << dir << "/build -j2 && plexus check " << dir << "/build/plugins/plexus_" << args[0]
+              << "_" << args[1] << ".so\n";
     return kOk;
 }
 
@@ -294,8 +299,9 @@ int cmd_runs(std::vector<std::string> args) {
             any_died = any_died || status == "died";
             std::printf("%5lld  %-20s %-11s %-16s %8s %10s %10s %7s  %s\n", static_cast<long long>(r.id),
                         r.name.substr(0, 20).c_str(), status.c_str(), format_time(r.started).c_str(),
-                        summary_value(store, r.id, "steps").c_str(), summary_value(store, r.id, "final_eval_loss").c_str(),
-                        tps.c_str(), mfu.c_str(), r.plugins.c_str());
+                        summary_value(store, r.id, "steps").c_str(),
+                        summary_value(store, r.id, "final_eval_loss").c_str(), tps.c_str(), mfu.c_str(),
+                        r.plugins.c_str());
         }
         if (any_died) std::cout << kDiedNote << "\n";
         return kOk;
@@ -417,8 +423,9 @@ int cmd_report(std::vector<std::string> args) {
     take_flag(args, "-o", out);
     if (!take_board_options(args, o, error)) return usage_error(error);
     if (out.empty()) return usage_error("plexus report needs -o FILE.html");
-    if (std::filesystem::is_directory(out)) return usage_error("-o " + out + " is a folder: name the page's file, e.g. -o " +
-                                                               (std::filesystem::path(out) / "report.html").string());
+    if (std::filesystem::is_directory(out))
+        return usage_error("-o " + out + " is a folder: name the page's file, e.g. -o " +
+                           (std::filesystem::path(out) / "report.html").string());
     if (args.size() > 1) return usage_error("unexpected argument '" + args.back() + "' for plexus report");
     try {
         ResultsStore store(db, ResultsStore::Open::MustExist);
@@ -457,12 +464,16 @@ int cmd_sweep(std::vector<std::string> args) {
         if (jobs) o.jobs = static_cast<int>(*jobs);
         return jobs.has_value();
     };
-    if (take_flag(args, "-j", value) && !take_jobs(value)) return usage_error("-j takes a number of runs >= 1, not '" + value + "'");
+    if (take_flag(args, "-j", value) && !take_jobs(value))
+        return usage_error("-j takes a number of runs >= 1, not '" + value + "'");
     for (auto it = args.begin(); it != args.end();) {
-        if (*it == "--retry-failed") o.retry_failed = true;
-        else if (*it == "--dry-run") o.dry_run = true;
+        if (*it == "--retry-failed")
+            o.retry_failed = true;
+        else if (*it == "--dry-run")
+            o.dry_run = true;
         else if (it->rfind("-j", 0) == 0 && it->size() > 2) {
-            if (!take_jobs(it->substr(2))) return usage_error("-j takes a number of runs >= 1, not '" + it->substr(2) + "'");
+            if (!take_jobs(it->substr(2)))
+                return usage_error("-j takes a number of runs >= 1, not '" + it->substr(2) + "'");
         } else {
             ++it;
             continue;
@@ -471,7 +482,9 @@ int cmd_sweep(std::vector<std::string> args) {
     }
     if (!is_progress_mode(o.progress))
         return usage_error("--progress takes auto, bar, lines or none, not '" + o.progress + "'");
-    if (args.size() != 1) return usage_error(args.empty() ? "plexus sweep needs an experiment file" : "unexpected argument '" + args[1] + "'");
+    if (args.size() != 1)
+        return usage_error(args.empty() ? "plexus sweep needs an experiment file"
+                                        : "unexpected argument '" + args[1] + "'");
     if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
     return run_sweep(args[0], o);
 }
@@ -487,7 +500,8 @@ int cmd_show(std::vector<std::string> args) {
         ResultsStore store(db, ResultsStore::Open::MustExist);
         auto run = store.get_run(id);
         if (!run) {
-            std::cerr << "error: no run " << id << " in " << db << "\nhint: `plexus runs --db " << db << "` lists them\n";
+            std::cerr << "error: no run " << id << " in " << db << "\nhint: `plexus runs --db " << db
+                      << "` lists them\n";
             return kFailed;
         }
         const std::string status = shown_status(store, *run);
@@ -497,7 +511,8 @@ int cmd_show(std::vector<std::string> args) {
         std::cout << "  started:     " << format_time(run->started) << ", ended " << format_time(run->ended) << "\n"
                   << "  plugins:     " << run->plugins << "\n"
                   << "  device:      " << run->device << " on " << run->host << "\n"
-                  << "  config hash: " << run->config_hash << "  git " << (run->git_rev.empty() ? "-" : run->git_rev) << "\n"
+                  << "  config hash: " << run->config_hash << "  git " << (run->git_rev.empty() ? "-" : run->git_rev)
+                  << "\n"
                   << "  command:     " << run->command << "\n";
         std::cout << "settings:\n";
         for (const auto& [k, v] : store.params(id)) std::cout << "  " << k << " = " << v << "\n";
@@ -513,7 +528,8 @@ int cmd_show(std::vector<std::string> args) {
             auto series = store.metric_series(id, key);
             if (series.empty()) continue;
             double mn = series.front().second;
-            for (const auto& p : series) if (p.second < mn) mn = p.second;
+            for (const auto& p : series)
+                if (p.second < mn) mn = p.second;
             char buf[200];
             std::snprintf(buf, sizeof buf, "  %-14s %.5g -> %.5g -> %.5g  (%zu, steps %lld..%lld)", key.c_str(),
                           series.front().second, mn, series.back().second, series.size(),
@@ -553,7 +569,8 @@ int cmd_bench(std::vector<std::string> args) {
     const int threads = static_cast<int>(*count);
     set_compute_threads(threads);
     auto peak = cpu_peak(threads, /*refresh=*/true, /*verbose=*/true);
-    std::printf("peak: %.2f GFLOP/s (%s), cached in %s\n", *peak.flops / 1e9, peak.source.c_str(), peak_cache_path().c_str());
+    std::printf("peak: %.2f GFLOP/s (%s), cached in %s\n", *peak.flops / 1e9, peak.source.c_str(),
+                peak_cache_path().c_str());
     return kOk;
 }
 
@@ -580,7 +597,9 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
             return usage_error("--resume continues the run as it was recorded: --set and --point do not apply");
         return run_experiment("", opts);
     }
-    if (args.size() != 1) return usage_error(args.empty() ? "plexus run needs an experiment file" : "unexpected argument '" + args[1] + "'");
+    if (args.size() != 1)
+        return usage_error(args.empty() ? "plexus run needs an experiment file"
+                                        : "unexpected argument '" + args[1] + "'");
     if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
     return run_experiment(args[0], opts);
 }
@@ -597,7 +616,9 @@ int cmd_meta_train(std::vector<std::string>& args, int argc, char** argv) {
     }
     for (size_t i = 0; i < args.size(); ++i)
         if (args[i] == "--restart") opts.restart = true, args.erase(args.begin() + static_cast<long>(i--));
-    if (args.size() != 1) return usage_error(args.empty() ? "plexus meta-train needs a meta-train file" : "unexpected argument '" + args[1] + "'");
+    if (args.size() != 1)
+        return usage_error(args.empty() ? "plexus meta-train needs a meta-train file"
+                                        : "unexpected argument '" + args[1] + "'");
     if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
     try {
         return meta_train(args[0], opts);
@@ -610,7 +631,7 @@ int cmd_meta_train(std::vector<std::string>& args, int argc, char** argv) {
 const std::vector<Command>& commands() {
     using Args = std::vector<std::string>;
     static const std::vector<Command> table = {
-    {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none] [--point I]
+        {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none] [--point I]
         Train the experiment in FILE.toml and record it in the results database.
         --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
         --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
@@ -622,8 +643,9 @@ const std::vector<Command>& commands() {
         resume (every strategy but petra's delayed method) the result is bit-identical to an
         uninterrupted run's. Refused if the experiment file has changed since, or if the run is
         still running in another live process.
-)", cmd_run},
-    {"sweep", R"(  plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
+)",
+         cmd_run},
+        {"sweep", R"(  plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
                      [--progress auto|bar|lines|none]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
         a local multi-process run counts its ranks). Resumable: points already finished in the
@@ -632,58 +654,72 @@ const std::vector<Command>& commands() {
         second sweep of the same file) is left to it. Each run is its own process: [limits]
         wall_minutes and memory_gb stop one that hangs or grows, and a run that crashes is
         marked failed with its signal and last log lines. --dry-run lists the points.
-)", [](Args& a, int, char**) { return cmd_sweep(a); }},
-    {"leaderboard", R"(  plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
+)",
+         [](Args& a, int, char**) { return cmd_sweep(a); }},
+        {"leaderboard",
+         R"(  plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
                      [--format table|csv|json|markdown] [--db PATH]
         Rank the newest (or the named) sweep's grid points, mean ± std over seeds, by M:
         final_eval_loss (default), loss_at (eval loss at --tokens), tokens_to / time_to (to reach
         eval loss --target; simulated time on the simulated cluster), mfu, tokens_per_s,
         peak_memory, bytes_sent, or any summary key. --runs: one row per run.
-)", [](Args& a, int, char**) { return cmd_leaderboard(a); }},
-    {"compare", R"(  plexus compare RUN RUN... [--db PATH]
+)",
+         [](Args& a, int, char**) { return cmd_leaderboard(a); }},
+        {"compare", R"(  plexus compare RUN RUN... [--db PATH]
         The settings that differ between runs, and their figures with deltas against the first.
-)", [](Args& a, int, char**) { return cmd_compare(a); }},
-    {"curves", R"(  plexus curves RUN... [--sweep SWEEP] [--keys loss,eval_loss] [-o FILE.csv] [--db PATH]
+)",
+         [](Args& a, int, char**) { return cmd_compare(a); }},
+        {"curves", R"(  plexus curves RUN... [--sweep SWEEP] [--keys loss,eval_loss] [-o FILE.csv] [--db PATH]
         Per-step curves as CSV (run, key, step, tokens, wall time, simulated time, value).
-)", [](Args& a, int, char**) { return cmd_curves(a); }},
-    {"report", R"(  plexus report [SWEEP] -o report.html [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2]
+)",
+         [](Args& a, int, char**) { return cmd_curves(a); }},
+        {"report",
+         R"(  plexus report [SWEEP] -o report.html [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2]
                 [--runs] [--db PATH]
         A self-contained HTML page: the leaderboard (ranked as `plexus leaderboard` with the same
         options), loss against steps, tokens and time (a band over seeds), MFU and memory bars.
         Opens without a network.
-)", [](Args& a, int, char**) { return cmd_report(a); }},
-    {"plugins", R"(  plexus plugins [NAME | --markdown]
+)",
+         [](Args& a, int, char**) { return cmd_report(a); }},
+        {"plugins", R"(  plexus plugins [NAME | --markdown]
         List the plugins found and why any was refused; with NAME, print its settings; with
         --markdown, the whole configuration reference (docs/reference/config.md is its copy).
-)", [](Args& a, int, char**) { return cmd_plugins(a); }},
-    {"check", R"(  plexus check [NAME | FILE.so]... [--set KEY=VALUE]...
+)",
+         [](Args& a, int, char**) { return cmd_plugins(a); }},
+        {"check", R"(  plexus check [NAME | FILE.so]... [--set KEY=VALUE]...
         Run the conformance checks on plugins (every plugin found, when none is named): the
         descriptor and schema, then checks by kind (docs/plugins.md lists them). Exit 1 if any fails.
-)", [](Args& a, int, char**) { return cmd_check(a); }},
-    {"new", R"(  plexus new KIND NAME [DIR]
+)",
+         [](Args& a, int, char**) { return cmd_check(a); }},
+        {"new", R"(  plexus new KIND NAME [DIR]
         Write a plugin folder (CMakeLists.txt, NAME.cpp, README.md; KIND: model, dataset,
         optimizer, strategy or comm) that builds against the installed SDK and passes plexus check.
-)", [](Args& a, int, char**) { return cmd_new(a); }},
-    {"runs", R"(  plexus runs [--db PATH] [--limit N]
+)",
+         [](Args& a, int, char**) { return cmd_new(a); }},
+        {"runs", R"(  plexus runs [--db PATH] [--limit N]
         List recorded runs, newest first.
-)", [](Args& a, int, char**) { return cmd_runs(a); }},
-    {"show", R"(  plexus show RUN [--db PATH]
+)",
+         [](Args& a, int, char**) { return cmd_runs(a); }},
+        {"show", R"(  plexus show RUN [--db PATH]
         Print one run: status, settings, summaries and a summary of its curves.
-)", [](Args& a, int, char**) { return cmd_show(a); }},
-    {"meta-train", R"(  plexus meta-train FILE.toml [--db PATH] [--restart] [--iterations N]
+)",
+         [](Args& a, int, char**) { return cmd_show(a); }},
+        {"meta-train", R"(  plexus meta-train FILE.toml [--db PATH] [--restart] [--iterations N]
         Meta-train the learned optimizer's weights (optimizers/lopt) with antithetic evolution
         strategies over the [[task]] families of FILE ([meta]: iterations, pairs, sigma, lr,
         inner_steps, seed, init, out, checkpoint_every, ranks, truncation). truncation = K > 0:
         PES, each task trained across iterations in truncations of K steps. Resumes from
         OUT.ckpt unless --restart; records the meta-loss curve as a run. Under torchrun, one rank
         per process.
-)", cmd_meta_train},
-    {"bench", R"(  plexus bench peak [--threads N]
+)",
+         cmd_meta_train},
+        {"bench", R"(  plexus bench peak [--threads N]
         Measure this CPU's sustained float32 matmul FLOP/s (the peak MFU divides by) and cache it.
   plexus bench network [--ranks N]
         Time c10d/Gloo all-reduce on N local ranks and fit the simulator's link latency and
         bandwidth to it (the [sim] settings that model this machine).
-)", [](Args& a, int, char**) { return cmd_bench(a); }},
+)",
+         [](Args& a, int, char**) { return cmd_bench(a); }},
     };
     return table;
 }
@@ -722,8 +758,10 @@ static int dispatch(int argc, char** argv) {
     for (const auto& c : commands()) {
         if (c.name != cmd) continue;
         // `plexus run -h`: that command's usage, not "no such file -h".
-        if (std::find(args.begin(), args.end(), "--help") != args.end() || std::find(args.begin(), args.end(), "-h") != args.end()) {
-            std::cout << "usage:\n" << c.usage << "\n`plexus --help` describes every command, the settings and the environment.\n";
+        if (std::find(args.begin(), args.end(), "--help") != args.end() ||
+            std::find(args.begin(), args.end(), "-h") != args.end()) {
+            std::cout << "usage:\n"
+                      << c.usage << "\n`plexus --help` describes every command, the settings and the environment.\n";
             return kOk;
         }
         return c.run(args, argc, argv);

@@ -100,11 +100,16 @@ void check_toml_text(const std::string& text, const std::string& origin) {
         }
         switch (in) {
             case In::Code:
-                if (starts(i, "\"\"\"")) in = In::MultiBasic, i += 2, column += 2;
-                else if (starts(i, "'''")) in = In::MultiLiteral, i += 2, column += 2;
-                else if (c == '"') in = In::Basic;
-                else if (c == '\'') in = In::Literal;
-                else if (c == '#') in = In::Comment;
+                if (starts(i, "\"\"\""))
+                    in = In::MultiBasic, i += 2, column += 2;
+                else if (starts(i, "'''"))
+                    in = In::MultiLiteral, i += 2, column += 2;
+                else if (c == '"')
+                    in = In::Basic;
+                else if (c == '\'')
+                    in = In::Literal;
+                else if (c == '#')
+                    in = In::Comment;
                 else if (c >= 0x80)
                     throw Error(origin + ":" + std::to_string(line) + ":" + std::to_string(column) +
                                     ": malformed TOML: a non-ASCII character outside a string or comment",
@@ -112,8 +117,10 @@ void check_toml_text(const std::string& text, const std::string& origin) {
                 break;
             case In::Comment: break;
             case In::Basic:
-                if (c == '\\') ++i, ++column;
-                else if (c == '"') in = In::Code;
+                if (c == '\\')
+                    ++i, ++column;
+                else if (c == '"')
+                    in = In::Code;
                 break;
             case In::Literal:
                 if (c == '\'') in = In::Code;
@@ -146,10 +153,10 @@ toml::table parse_file(const std::string& path) {
     if (!fs::exists(path, ec))
         throw Error(path + ": no such experiment file", "check the path; experiments live in experiments/");
     // A folder, a device (/dev/zero would be read forever) or a huge file is not an experiment.
-    if (!fs::is_regular_file(path, ec))
-        throw Error(path + ": not a regular file", "an experiment is a TOML file");
+    if (!fs::is_regular_file(path, ec)) throw Error(path + ": not a regular file", "an experiment is a TOML file");
     if (fs::file_size(path, ec) > kMaxExperimentBytes)
-        throw Error(path + ": " + std::to_string(fs::file_size(path, ec)) + " bytes is too large for an experiment file (the limit is " +
+        throw Error(path + ": " + std::to_string(fs::file_size(path, ec)) +
+                        " bytes is too large for an experiment file (the limit is " +
                         std::to_string(kMaxExperimentBytes >> 20) + " MiB)",
                     "is this the right file?");
     std::ifstream in(path, std::ios::binary);
@@ -178,8 +185,10 @@ void collect_lists(const toml::table& table, const std::string& prefix, const st
     for (const auto& [k, node] : table) {
         const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
         if (const auto* sub = node.as_table()) {
-            if (zip_groups && prefix.empty() && (key.rfind("zip", 0) == 0 || key == "variant")) zips->emplace_back(key, sub);
-            else collect_lists(*sub, key, file, out, false, nullptr);
+            if (zip_groups && prefix.empty() && (key.rfind("zip", 0) == 0 || key == "variant"))
+                zips->emplace_back(key, sub);
+            else
+                collect_lists(*sub, key, file, out, false, nullptr);
         } else {
             out.emplace_back(key, &node);
         }
@@ -215,8 +224,9 @@ void check_distinct(const GridAxis& axis, const std::string& what) {
             if (axis.points[i] == axis.points[j]) {
                 std::string point;
                 for (const auto& v : axis.points[i]) point += (point.empty() ? "" : ", ") + v.to_text();
-                throw config_error(axis.where, what + " lists " + (axis.points[i].size() > 1 ? "(" + point + ")" : point) +
-                                                   " twice (points " + std::to_string(j) + " and " + std::to_string(i) + ")",
+                throw config_error(axis.where,
+                                   what + " lists " + (axis.points[i].size() > 1 ? "(" + point + ")" : point) +
+                                       " twice (points " + std::to_string(j) + " and " + std::to_string(i) + ")",
                                    "each value once; seeds = [0, 1, 2] for repeats");
             }
 }
@@ -238,7 +248,8 @@ std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& fil
             for (const auto& [variant, node] : *table) {
                 const auto* sub = node.as_table();
                 if (!sub)
-                    throw config_error(loc_of(node.source(), file), "[grid.variant] '" + std::string(variant.str()) + "' must be a table",
+                    throw config_error(loc_of(node.source(), file),
+                                       "[grid.variant] '" + std::string(variant.str()) + "' must be a table",
                                        "[grid.variant.ddp] \"strategy.name\" = \"ddp\"");
                 std::map<std::string, Setting> flat;
                 flatten(*sub, "", file, flat);
@@ -259,15 +270,18 @@ std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& fil
         for (const auto& [key, node] : members) {
             GridAxis one = grid_list(key, *node, file);
             if (!zipped.keys.empty() && one.points.size() != zipped.points.size())
-                throw config_error(one.where, "[grid." + name + "] '" + key + "' has " + std::to_string(one.points.size()) +
-                                       " values but '" + zipped.keys[0] + "' has " + std::to_string(zipped.points.size()),
+                throw config_error(one.where,
+                                   "[grid." + name + "] '" + key + "' has " + std::to_string(one.points.size()) +
+                                       " values but '" + zipped.keys[0] + "' has " +
+                                       std::to_string(zipped.points.size()),
                                    "lists in a zip group vary together: give them the same length");
             if (zipped.keys.empty()) zipped.points.resize(one.points.size());
             zipped.keys.push_back(one.keys[0]);
             for (size_t i = 0; i < one.points.size(); ++i) zipped.points[i].push_back(one.points[i][0]);
         }
         if (zipped.keys.empty())
-            throw config_error(zipped.where, "[grid." + name + "] has no lists", "a zip group varies lists of equal length together");
+            throw config_error(zipped.where, "[grid." + name + "] has no lists",
+                               "a zip group varies lists of equal length together");
         check_distinct(zipped, "[grid." + name + "]");
         axes.push_back(zipped);
     }
@@ -286,7 +300,8 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
     toml::table table = parse_file(path);
     if (auto* ext = table.get("extends")) {
         std::vector<std::string> bases;
-        if (auto s = ext->as_string()) bases.push_back(s->get());
+        if (auto s = ext->as_string())
+            bases.push_back(s->get());
         else if (auto arr = ext->as_array()) {
             for (const auto& item : *arr)
                 if (auto s = item.as_string()) bases.push_back(s->get());
@@ -297,7 +312,8 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
         for (const auto& base : bases) {
             fs::path p = fs::path(path).parent_path() / base;
             if (!fs::exists(p))
-                throw config_error(loc_of(ext->source(), path), "extends '" + base + "': no such file (" + p.string() + ")",
+                throw config_error(loc_of(ext->source(), path),
+                                   "extends '" + base + "': no such file (" + p.string() + ")",
                                    "paths in extends are relative to the file that names them");
             load_into(p.string(), exp, stack);
         }
@@ -312,7 +328,8 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
         Value::List list;
         for (const auto& node : *arr) {
             std::vector<std::pair<std::string, Value>> keys;
-            for (const auto& [k, v] : *node.as_table()) keys.emplace_back(std::string(k.str()), to_value(v, "faults." + std::string(k.str()), path));
+            for (const auto& [k, v] : *node.as_table())
+                keys.emplace_back(std::string(k.str()), to_value(v, "faults." + std::string(k.str()), path));
             list.push_back(Value(fault_text(keys, loc_of(node.source(), path).str())));
         }
         exp.settings["faults"] = Setting{Value(std::move(list)), loc_of(faults->source(), path)};
@@ -320,17 +337,19 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
     }
     if (auto* grid = table.get("grid")) {
         if (!grid->is_table())
-            throw config_error(loc_of(grid->source(), path), "'grid' must be a table", "[grid] \"optimizer.lr\" = [1e-3, 3e-4]");
+            throw config_error(loc_of(grid->source(), path), "'grid' must be a table",
+                               "[grid] \"optimizer.lr\" = [1e-3, 3e-4]");
         // A file's axes replace its base's axes over the same keys; the others add up.
         for (auto& axis : parse_grid(*grid->as_table(), path)) {
-            exp.grid.erase(std::remove_if(exp.grid.begin(), exp.grid.end(),
-                                          [&](const GridAxis& a) {
-                                              for (const auto& k : a.keys)
-                                                  if (std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
-                                                      return true;
-                                              return false;
-                                          }),
-                           exp.grid.end());
+            exp.grid.erase(
+                std::remove_if(exp.grid.begin(), exp.grid.end(),
+                               [&](const GridAxis& a) {
+                                   for (const auto& k : a.keys)
+                                       if (std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
+                                           return true;
+                                   return false;
+                               }),
+                exp.grid.end());
             exp.grid.push_back(std::move(axis));
         }
         table.erase("grid");
@@ -406,9 +425,11 @@ std::string json_escape(const std::string& s) {
 
 std::vector<GridPoint> expand_grid(const Experiment& exp) {
     double total = 1;
-    for (const auto& axis : exp.grid) total *= static_cast<double>(axis.names.empty() ? axis.points.size() : axis.names.size());
+    for (const auto& axis : exp.grid)
+        total *= static_cast<double>(axis.names.empty() ? axis.points.size() : axis.names.size());
     if (total > kMaxGridPoints)
-        throw Error("the [grid] of " + exp.path + " has " + (total < 9e18 ? std::to_string(static_cast<long long>(total)) : "over 10^18") +
+        throw Error("the [grid] of " + exp.path + " has " +
+                        (total < 9e18 ? std::to_string(static_cast<long long>(total)) : "over 10^18") +
                         " points, over the limit of " + std::to_string(static_cast<int64_t>(kMaxGridPoints)),
                     "split it into several sweeps, or zip axes that vary together ([grid.zip])");
     std::vector<GridPoint> points(1);
@@ -463,7 +484,8 @@ Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const
         const PluginSection* ps = nullptr;
         for (const auto& s : plugin_sections())
             if (section == s.section) ps = &s;
-        const PluginDescriptor* d = ps && value.type() == ValueType::String ? find(ps->kind, value.as_string()) : nullptr;
+        const PluginDescriptor* d =
+            ps && value.type() == ValueType::String ? find(ps->kind, value.as_string()) : nullptr;
         for (auto it = out.settings.begin(); it != out.settings.end();) {
             const bool in_section = it->first.rfind(section + ".", 0) == 0 && it->first != key;
             bool accepted = false;
@@ -528,51 +550,80 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
              ConfigKey("tokens", 0, "token budget per rank (0: run train.steps steps)").at_least(0),
              ConfigKey("batch_size", 16, "sequences per batch (per rank)").at_least(1),
              ConfigKey("seq_len", 128, "tokens per sequence").at_least(1),
-             ConfigKey("lr_schedule", "cosine", "learning-rate factor over tokens: constant, cosine or linear").one_of({"constant", "cosine", "linear"}),
+             ConfigKey("lr_schedule", "cosine", "learning-rate factor over tokens: constant, cosine or linear")
+                 .one_of({"constant", "cosine", "linear"}),
              ConfigKey("warmup_tokens", 0, "tokens of linear warm-up from 0 to the peak").at_least(0),
-             ConfigKey("min_lr_ratio", 0.1, "final learning rate as a fraction of the peak (cosine, linear)").between(0, 1),
+             ConfigKey("min_lr_ratio", 0.1, "final learning rate as a fraction of the peak (cosine, linear)")
+                 .between(0, 1),
              ConfigKey("grad_clip", 1.0, "clip the global gradient norm to this (0: off)").at_least(0),
              ConfigKey("eval_every", 100, "evaluate every this many steps (0: only at the end)").at_least(0),
              ConfigKey("eval_batches", 10, "validation batches per evaluation").at_least(1),
              ConfigKey("log_every", 10, "print and record throughput every this many steps").at_least(1),
              {"seed", 0, "seed of initialization and data order"},
-             {"device", "cpu", "cpu, cuda, cuda:N, or auto (cuda when available); with several local ranks, cuda means cuda:LOCAL_RANK"},
-             ConfigKey("precision", "fp32", "fp32, or bf16 (autocast: matrix products in bfloat16, parameters, gradients and optimizer state in float32)").one_of({"fp32", "bf16"}),
+             {"device", "cpu",
+              "cpu, cuda, cuda:N, or auto (cuda when available); with several local ranks, cuda means cuda:LOCAL_RANK"},
+             ConfigKey("precision", "fp32",
+                       "fp32, or bf16 (autocast: matrix products in bfloat16, parameters, gradients and optimizer "
+                       "state in float32)")
+                 .one_of({"fp32", "bf16"}),
              ConfigKey("threads", 0, "compute threads (0: all cores)").at_least(0),
-             ConfigKey("peak_flops", 0.0, "peak FLOP/s for MFU (0: measured on CPU, datasheet on known GPUs)").at_least(0),
+             ConfigKey("peak_flops", 0.0, "peak FLOP/s for MFU (0: measured on CPU, datasheet on known GPUs)")
+                 .at_least(0),
          }},
         {"results",
          {
              {"db", "results/plexus.db", "SQLite database the run is recorded in"},
-             ConfigKey("progress", "auto", "auto (a bar on a terminal), bar, lines or none").one_of({"auto", "bar", "lines", "none"}),
+             ConfigKey("progress", "auto", "auto (a bar on a terminal), bar, lines or none")
+                 .one_of({"auto", "bar", "lines", "none"}),
          }},
         {"checkpoint",
          {
              ConfigKey("every_steps", 0, "write a checkpoint every this many steps (0: never by steps)").at_least(0),
-             ConfigKey("every_minutes", 0.0, "and at the first log point after this many minutes since the last (0: never by time)").at_least(0),
-             {"dir", "", "folder of the checkpoints (\"\": checkpoints/DBNAME/ next to the results database); run N's are in runN/"},
+             ConfigKey("every_minutes", 0.0,
+                       "and at the first log point after this many minutes since the last (0: never by time)")
+                 .at_least(0),
+             {"dir", "",
+              "folder of the checkpoints (\"\": checkpoints/DBNAME/ next to the results database); run N's are in "
+              "runN/"},
              ConfigKey("keep", 2, "complete checkpoints kept per run (older ones are deleted)").at_least(1),
          }},
         {"limits",
          {
-             ConfigKey("wall_minutes", 0.0, "plexus sweep: stop a run that takes longer than this, and mark it failed (0: no limit)").at_least(0),
-             ConfigKey("memory_gb", 0.0, "plexus sweep: stop a run whose processes hold more than this resident memory (0: no limit)").at_least(0),
+             ConfigKey("wall_minutes", 0.0,
+                       "plexus sweep: stop a run that takes longer than this, and mark it failed (0: no limit)")
+                 .at_least(0),
+             ConfigKey("memory_gb", 0.0,
+                       "plexus sweep: stop a run whose processes hold more than this resident memory (0: no limit)")
+                 .at_least(0),
          }},
         {"launch",
          {
-             ConfigKey("mode", "single", "single (one process), local (start `ranks` workers here), env (join torchrun/srun/mpirun), sim (`ranks` simulated ranks in this process)").one_of({"single", "local", "env", "sim"}),
+             ConfigKey("mode", "single",
+                       "single (one process), local (start `ranks` workers here), env (join torchrun/srun/mpirun), sim "
+                       "(`ranks` simulated ranks in this process)")
+                 .one_of({"single", "local", "env", "sim"}),
              ConfigKey("ranks", 2, "number of ranks for mode = local or sim").at_least(1),
-             ConfigKey("timeout", 300.0, "seconds to wait for the rendezvous and for any collective before failing").at_least(0),
-             ConfigKey("backend", "auto", "c10d back end of mode = local or env: auto (nccl for CUDA devices in a CUDA build, else gloo), gloo or nccl").one_of({"auto", "gloo", "nccl"}),
+             ConfigKey("timeout", 300.0, "seconds to wait for the rendezvous and for any collective before failing")
+                 .at_least(0),
+             ConfigKey("backend", "auto",
+                       "c10d back end of mode = local or env: auto (nccl for CUDA devices in a CUDA build, else gloo), "
+                       "gloo or nccl")
+                 .one_of({"auto", "gloo", "nccl"}),
          }},
         {"sim",
          {
-             ConfigKey("numerics", "real", "real (train for real) or meta (shapes and time only: plan large models and clusters)").one_of({"real", "meta"}),
-             ConfigKey("device", "measured", "compute profile of a rank: measured (this CPU), h100, h200, a100, custom").one_of({"measured", "h100", "h200", "a100", "custom"}),
-             ConfigKey("efficiency", 0.0, "fraction of the device peak a step reaches (0: profile default, 0.5 measured, 0.4 GPUs)").between(0, 1),
+             ConfigKey("numerics", "real",
+                       "real (train for real) or meta (shapes and time only: plan large models and clusters)")
+                 .one_of({"real", "meta"}),
+             ConfigKey("device", "measured", "compute profile of a rank: measured (this CPU), h100, h200, a100, custom")
+                 .one_of({"measured", "h100", "h200", "a100", "custom"}),
+             ConfigKey("efficiency", 0.0,
+                       "fraction of the device peak a step reaches (0: profile default, 0.5 measured, 0.4 GPUs)")
+                 .between(0, 1),
              ConfigKey("device_flops", 0.0, "peak FLOP/s of device = \"custom\"").at_least(0),
              ConfigKey("cores", 0.0, "device = \"measured\": cores of this machine one rank has (0: all)").at_least(0),
-             ConfigKey("topology", "fully_connected", "fully_connected, ring, torus2d, two_level or custom").one_of({"fully_connected", "ring", "torus2d", "two_level", "custom"}),
+             ConfigKey("topology", "fully_connected", "fully_connected, ring, torus2d, two_level or custom")
+                 .one_of({"fully_connected", "ring", "torus2d", "two_level", "custom"}),
              {"latency_us", 10.0, "link latency in microseconds (two_level: between nodes)"},
              {"bandwidth_gbs", 10.0, "link bandwidth in GB/s, each direction (two_level: between nodes)"},
              ConfigKey("gpus_per_node", 8, "two_level: ranks per node").at_least(1),
@@ -580,10 +631,14 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
              {"intra_bandwidth_gbs", 100.0, "two_level: bandwidth inside a node, GB/s"},
              ConfigKey("torus_rows", 0, "torus2d: rows (0: the squarest torus)").at_least(0),
              {"edges", Value::list({}), "custom: undirected edges [[a, b], ...]"},
-             {"links", Value::list({}), "heterogeneous links [[a, b, latency_us, bandwidth_gbs], ...] (replace or add)"},
-             ConfigKey("algorithm", "auto", "all-reduce algorithm: ring, tree, hierarchical (two_level) or auto (fastest)").one_of({"ring", "tree", "hierarchical", "auto"}),
+             {"links", Value::list({}),
+              "heterogeneous links [[a, b, latency_us, bandwidth_gbs], ...] (replace or add)"},
+             ConfigKey("algorithm", "auto",
+                       "all-reduce algorithm: ring, tree, hierarchical (two_level) or auto (fastest)")
+                 .one_of({"ring", "tree", "hierarchical", "auto"}),
              {"slow_ranks", Value::list({}), "straggler ranks, their compute slowed by slow_factor"},
-             ConfigKey("slow_fraction", 0.0, "or this fraction of the ranks, picked at random with the run's seed").between(0, 1),
+             ConfigKey("slow_fraction", 0.0, "or this fraction of the ranks, picked at random with the run's seed")
+                 .between(0, 1),
              ConfigKey("slow_factor", 2.0, "compute time factor of a straggler").at_least(0),
              ConfigKey("jitter", 0.0, "sigma of a seeded log-normal factor on every compute charge").at_least(0),
              {"fail_ranks", Value::list({}), "[[rank, time_s], ...]: the rank fails at that simulated time"},
@@ -598,7 +653,8 @@ const ConfigSchema& top_level_schema() {
         {"name", "", "a short name for the run (defaults to the file name)"},
         {"description", "", "free text recorded with the run"},
         {"plugin_path", Value::list({}), "extra folders to search for plugins"},
-        {"faults", Value::list({}), "written as [[faults]] tables: kill, slow, drop_link, corrupt (see docs/guide/reliability.md)"},
+        {"faults", Value::list({}),
+         "written as [[faults]] tables: kill, slow, drop_link, corrupt (see docs/guide/reliability.md)"},
     };
     return keys;
 }
@@ -633,8 +689,8 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
             used.insert(key);
             if (!type_fits(spec->type(), setting.value.type())) {
                 errors.push_back(setting.where.str() + ": '" + key + "' must be " +
-                                 (spec->type() == ValueType::Int ? "an " : "a ") + to_string(spec->type()) +
-                                 ", got " + to_string(setting.value.type()) + " " + setting.value.to_text() +
+                                 (spec->type() == ValueType::Int ? "an " : "a ") + to_string(spec->type()) + ", got " +
+                                 to_string(setting.value.type()) + " " + setting.value.to_text() +
                                  " (default: " + spec->default_value.to_text() + ")");
                 continue;
             }
@@ -699,8 +755,8 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
             const auto available = names(ps.kind);
             std::string hint = did_you_mean(name, available);
             errors.push_back(where + ": no " + std::string(to_string(ps.kind)) + " plugin named '" + name + "'" +
-                             (hint.empty() ? "" : "; " + hint) + " (available: " +
-                             (available.empty() ? std::string("none found") : join(available, ", ")) +
+                             (hint.empty() ? "" : "; " + hint) +
+                             " (available: " + (available.empty() ? std::string("none found") : join(available, ", ")) +
                              "; `plexus plugins` lists them and why any was refused)");
             for (const auto& kv : exp.settings)
                 if (kv.first.rfind(section + ".", 0) == 0) used.insert(kv.first);
@@ -744,7 +800,8 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
     for (const auto& [k, v] : out.values) {
         // Where results and checkpoints go, how many cores a run gets and its limits are not what it trains.
         if (k == "name" || k == "description" || k.rfind("results.", 0) == 0 || k == "plugin_path" ||
-            k == "train.threads" || k == "launch.backend" || k.rfind("checkpoint.", 0) == 0 || k.rfind("limits.", 0) == 0)
+            k == "train.threads" || k == "launch.backend" || k.rfind("checkpoint.", 0) == 0 ||
+            k.rfind("limits.", 0) == 0)
             continue;
         // Keys added after runs were recorded leave the hash alone at their default, so that
         // a sweep recorded before them still resumes.

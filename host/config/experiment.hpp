@@ -40,8 +40,8 @@ struct GridAxis {
 // An experiment as written: every setting under its dotted key ("optimizer.lr"; top-level
 // keys such as "name" have no dot), after `extends` and overrides are applied.
 struct Experiment {
-    std::string path;         // the file given on the command line
-    std::string text;         // its text, recorded with the run
+    std::string path;                // the file given on the command line
+    std::string text;                // its text, recorded with the run
     std::vector<std::string> files;  // it and every file it extends, in load order
     std::map<std::string, Setting> settings;
     std::vector<std::string> overrides;  // the --set assignments, as given
@@ -89,10 +89,10 @@ using NameLookup = std::function<std::vector<std::string>(PluginKind)>;
 
 // The experiment checked against every schema, with defaults filled in.
 struct ResolvedConfig {
-    std::map<std::string, Value> values;             // every dotted key, defaults included
-    std::map<std::string, Config> sections;          // per section, what its plugin or the host gets
+    std::map<std::string, Value> values;                     // every dotted key, defaults included
+    std::map<std::string, Config> sections;                  // per section, what its plugin or the host gets
     std::map<std::string, const PluginDescriptor*> plugins;  // section -> plugin it names
-    std::string hash;                                // stable hash of what affects training
+    std::string hash;                                        // stable hash of what affects training
     std::string to_json() const;
 };
 

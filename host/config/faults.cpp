@@ -38,11 +38,13 @@ std::string fault_text(const std::vector<std::pair<std::string, Value>>& table, 
         throw Error(where + ": a [[faults]] table needs kind = \"...\"", std::string("one of ") + kKinds);
     const std::string kind = kind_it->second.as_string();
     auto spec = kinds().find(kind);
-    if (spec == kinds().end()) throw Error(where + ": unknown fault kind \"" + kind + "\"", std::string("use ") + kKinds);
+    if (spec == kinds().end())
+        throw Error(where + ": unknown fault kind \"" + kind + "\"", std::string("use ") + kKinds);
     const auto& [required, optional] = spec->second;
     std::string text = "kind=" + kind;
     for (const auto& k : required)
-        if (!keys.count(k)) throw Error(where + ": a " + kind + " fault needs '" + k + "'", "see `plexus --help` under [[faults]]");
+        if (!keys.count(k))
+            throw Error(where + ": a " + kind + " fault needs '" + k + "'", "see `plexus --help` under [[faults]]");
     for (const auto& [k, v] : keys) {
         if (k == "kind") continue;
         if (std::find(required.begin(), required.end(), k) == required.end() &&
@@ -77,7 +79,8 @@ std::vector<Fault> parse_faults(const Value& faults, int ranks, bool simulated) 
     std::vector<Fault> out;
     if (faults.type() != ValueType::List) throw Error("faults must be a list of [[faults]] tables", "");
     for (const auto& item : faults.as_list()) {
-        if (item.type() != ValueType::String) throw Error("faults holds " + item.to_text() + ", not a fault", "write [[faults]] tables");
+        if (item.type() != ValueType::String)
+            throw Error("faults holds " + item.to_text() + ", not a fault", "write [[faults]] tables");
         Fault f;
         f.text = item.as_string();
         std::istringstream words(f.text);
@@ -87,14 +90,22 @@ std::vector<Fault> parse_faults(const Value& faults, int ranks, bool simulated) 
                 const auto eq = word.find('=');
                 if (eq == std::string::npos) throw Error("");
                 const std::string k = word.substr(0, eq), v = word.substr(eq + 1);
-                if (k == "kind") f.kind = v;
-                else if (k == "rank") f.rank = std::stoi(v);
-                else if (k == "step") f.step = std::stoll(v);
-                else if (k == "factor") f.factor = std::stod(v);
-                else if (k == "time") f.time = std::stod(v);
-                else if (k == "probability") f.probability = std::stod(v);
-                else if (k == "link") f.a = std::stoi(v.substr(0, v.find(','))), f.b = std::stoi(v.substr(v.find(',') + 1));
-                else throw Error("");
+                if (k == "kind")
+                    f.kind = v;
+                else if (k == "rank")
+                    f.rank = std::stoi(v);
+                else if (k == "step")
+                    f.step = std::stoll(v);
+                else if (k == "factor")
+                    f.factor = std::stod(v);
+                else if (k == "time")
+                    f.time = std::stod(v);
+                else if (k == "probability")
+                    f.probability = std::stod(v);
+                else if (k == "link")
+                    f.a = std::stoi(v.substr(0, v.find(','))), f.b = std::stoi(v.substr(v.find(',') + 1));
+                else
+                    throw Error("");
             }
         } catch (const std::exception&) {
             throw Error("fault '" + f.text + "' is unreadable", "write faults as [[faults]] tables");
@@ -107,9 +118,11 @@ std::vector<Fault> parse_faults(const Value& faults, int ranks, bool simulated) 
         if (f.kind == "slow" && !(f.factor > 0)) throw Error(where + ": factor must be > 0", "3.0: three times slower");
         if (f.kind == "drop_link" || f.kind == "corrupt") {
             if (!simulated)
-                throw Error(where + " acts on the simulated network", "set [launch] mode = \"sim\", or use kill and slow faults");
+                throw Error(where + " acts on the simulated network",
+                            "set [launch] mode = \"sim\", or use kill and slow faults");
             if (f.a < 0 || f.b < 0 || f.a >= ranks || f.b >= ranks || f.a == f.b)
-                throw Error(where + ": the link must join two different ranks in 0.." + std::to_string(ranks - 1), "link = [0, 1]");
+                throw Error(where + ": the link must join two different ranks in 0.." + std::to_string(ranks - 1),
+                            "link = [0, 1]");
             if (f.time < 0) throw Error(where + ": time must be >= 0", "");
         }
         if (f.kind == "corrupt" && !(f.probability > 0 && f.probability <= 1))

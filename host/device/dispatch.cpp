@@ -86,7 +86,8 @@ void register_operators() {
         definitions->def("cross_entropy_forward(Tensor logits, Tensor targets) -> (Tensor, Tensor)");
         definitions->def(
             "cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor targets, Tensor stats) -> Tensor");
-        cpu = std::make_unique<torch::Library>(torch::Library::IMPL, "plexus", c10::DispatchKey::CPU, __FILE__, __LINE__);
+        cpu =
+            std::make_unique<torch::Library>(torch::Library::IMPL, "plexus", c10::DispatchKey::CPU, __FILE__, __LINE__);
         cpu->impl("layer_norm_forward", TORCH_FN(layer_norm_forward_reference));
         cpu->impl("layer_norm_backward", TORCH_FN(layer_norm_backward_reference));
         cpu->impl("cross_entropy_forward", TORCH_FN(cross_entropy_forward_reference));

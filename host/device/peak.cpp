@@ -104,7 +104,8 @@ std::string cache_key(int threads) {
 // made: the cache is then only as safe as its atomic rename).
 class CacheLock {
 public:
-    explicit CacheLock(const std::string& path) : fd_(::open((path + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {
+    explicit CacheLock(const std::string& path)
+        : fd_(::open((path + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {
         if (fd_ >= 0) ::flock(fd_, LOCK_EX);
     }
     ~CacheLock() {
@@ -133,8 +134,8 @@ Peak cpu_peak(int threads, bool refresh, bool verbose) {
             if (tab == std::string::npos) continue;
             if (line.substr(0, tab) == key && !refresh) {
                 try {
-                    return {std::stod(line.substr(tab + 1)), "measured fp32 matmul, " + std::to_string(threads) +
-                                                                 " thread(s), cached in " + path};
+                    return {std::stod(line.substr(tab + 1)),
+                            "measured fp32 matmul, " + std::to_string(threads) + " thread(s), cached in " + path};
                 } catch (...) {
                     // a damaged line: measure again
                 }
@@ -161,11 +162,15 @@ Peak cpu_peak(int threads, bool refresh, bool verbose) {
 
 Peak gpu_peak(const std::string& name) {
     // Dense bf16 tensor-core peaks from the datasheets (torchtitan's table).
-    struct Entry { const char* match; double flops; const char* label; };
+    struct Entry {
+        const char* match;
+        double flops;
+        const char* label;
+    };
     static const Entry table[] = {
-        {"H200", 989e12, "H200 bf16 dense"},     {"H100 PCIe", 756e12, "H100 PCIe bf16 dense"},
+        {"H200", 989e12, "H200 bf16 dense"},         {"H100 PCIe", 756e12, "H100 PCIe bf16 dense"},
         {"H100 NVL", 835e12, "H100 NVL bf16 dense"}, {"H100", 989e12, "H100 SXM bf16 dense"},
-        {"A100", 312e12, "A100 bf16 dense"},     {"B200", 2.25e15, "B200 bf16 dense"},
+        {"A100", 312e12, "A100 bf16 dense"},         {"B200", 2.25e15, "B200 bf16 dense"},
         {"MI300X", 1300e12, "MI300X bf16 dense"},
     };
     for (const auto& e : table)

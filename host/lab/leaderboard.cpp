@@ -21,16 +21,20 @@ bool higher_is_better(const std::string& metric) {
 }
 
 bool ignored_key(const std::string& k) {
-    return k == "name" || k == "description" || k == "plugin_path" || k == "train.threads" || k.rfind("results.", 0) == 0;
+    return k == "name" || k == "description" || k == "plugin_path" || k == "train.threads" ||
+           k.rfind("results.", 0) == 0;
 }
 
 std::string fmt(double v) {
     if (!std::isfinite(v)) return "-";
     char buf[32];
     const double a = std::fabs(v);
-    if (a != 0 && (a >= 1e6 || a < 1e-3)) std::snprintf(buf, sizeof buf, "%.4g", v);
-    else if (a >= 100) std::snprintf(buf, sizeof buf, "%.1f", v);
-    else std::snprintf(buf, sizeof buf, "%.4f", v);
+    if (a != 0 && (a >= 1e6 || a < 1e-3))
+        std::snprintf(buf, sizeof buf, "%.4g", v);
+    else if (a >= 100)
+        std::snprintf(buf, sizeof buf, "%.1f", v);
+    else
+        std::snprintf(buf, sizeof buf, "%.4f", v);
     std::string s = buf;
     if (s.find('.') != std::string::npos && s.find('e') == std::string::npos) {
         while (s.back() == '0') s.pop_back();
@@ -87,7 +91,8 @@ std::vector<RunInfo> runs_to_rank(ResultsStore& store, const std::string& which,
         all = store.sweep_runs(sweep->id);
     } else if (!which.empty()) {
         std::string known;
-        for (const auto& s : store.list_sweeps()) known += (known.empty() ? "" : ", ") + s.name + " (" + std::to_string(s.id) + ")";
+        for (const auto& s : store.list_sweeps())
+            known += (known.empty() ? "" : ", ") + s.name + " (" + std::to_string(s.id) + ")";
         throw Error("no sweep '" + which + "' in " + store.path(),
                     known.empty() ? "this database has no sweep yet: run one with `plexus sweep FILE`"
                                   : "sweeps here: " + known);
@@ -187,7 +192,8 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
         auto [it, fresh] = row_of.emplace(values, b.rows.size());
         if (fresh) {
             b.rows.emplace_back();
-            b.rows.back().key_values.assign(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(b.keys.size()));
+            b.rows.back().key_values.assign(values.begin(),
+                                            values.begin() + static_cast<std::ptrdiff_t>(b.keys.size()));
         }
         auto& row = b.rows[it->second];
         row.runs.push_back(runs[i].id);
@@ -265,10 +271,11 @@ std::string format_board(const Board& b, const std::string& format) {
         row.push_back(join_ids(r.runs));
         cells.push_back(row);
     }
-    const std::string summary = b.title + ": " + b.metric_label + " (" + (b.lower_is_better ? "lower" : "higher") +
-                                " is better), " + std::to_string(b.runs) + " finished run(s)" +
-                                (grouped ? " in " + std::to_string(b.rows.size()) + " grid points, mean ± std over seeds" : "") +
-                                (b.unfinished ? "; " + std::to_string(b.unfinished) + " not finished (not ranked)" : "");
+    const std::string summary =
+        b.title + ": " + b.metric_label + " (" + (b.lower_is_better ? "lower" : "higher") + " is better), " +
+        std::to_string(b.runs) + " finished run(s)" +
+        (grouped ? " in " + std::to_string(b.rows.size()) + " grid points, mean ± std over seeds" : "") +
+        (b.unfinished ? "; " + std::to_string(b.unfinished) + " not finished (not ranked)" : "");
     if (format == "markdown") {
         out = "**" + summary + "**\n\n|";
         for (const auto& h : header) out += " " + h + " |";
@@ -312,7 +319,8 @@ std::string compare_runs(ResultsStore& store, const std::vector<int64_t>& ids) {
     std::vector<std::map<std::string, std::string>> params;
     std::vector<std::map<std::string, double>> figures;
     for (auto id : ids) {
-        if (!store.get_run(id)) throw Error("no run " + std::to_string(id) + " in " + store.path(), "`plexus runs` lists them");
+        if (!store.get_run(id))
+            throw Error("no run " + std::to_string(id) + " in " + store.path(), "`plexus runs` lists them");
         params.push_back(store.params(id));
         std::map<std::string, double> f;
         for (const auto& [rank, key, value, text] : store.summaries(id))
@@ -373,7 +381,8 @@ std::string curves_csv(ResultsStore& store, const std::vector<int64_t>& runs, co
     // A key none of the runs recorded is a typo, not an empty table.
     std::set<std::string> recorded;
     for (auto id : runs) {
-        if (!store.get_run(id)) throw Error("no run " + std::to_string(id) + " in " + store.path(), "`plexus runs` lists them");
+        if (!store.get_run(id))
+            throw Error("no run " + std::to_string(id) + " in " + store.path(), "`plexus runs` lists them");
         for (const auto& key : store.metric_keys(id)) recorded.insert(key);
     }
     const std::vector<std::string> known(recorded.begin(), recorded.end());
@@ -390,7 +399,8 @@ std::string curves_csv(ResultsStore& store, const std::vector<int64_t>& runs, co
             for (const auto& m : store.metric_rows(id, key)) {
                 out += std::to_string(id) + "," + csv_field(key) + "," + std::to_string(m.step) + "," +
                        std::to_string(m.tokens) + "," + json_number(m.wall_time) + "," +
-                       (m.sim_time ? json_number(*m.sim_time) : "") + "," + (std::isfinite(m.value) ? json_number(m.value) : "") + "\n";
+                       (m.sim_time ? json_number(*m.sim_time) : "") + "," +
+                       (std::isfinite(m.value) ? json_number(m.value) : "") + "\n";
             }
     }
     return out;

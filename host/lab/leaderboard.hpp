@@ -14,8 +14,8 @@ namespace plexus::host {
 
 struct BoardOptions {
     std::string metric = "final_eval_loss";
-    double target = 0;  // tokens_to / time_to: the eval loss to reach
-    double tokens = 0;  // loss_at: the token budget
+    double target = 0;                  // tokens_to / time_to: the eval loss to reach
+    double tokens = 0;                  // loss_at: the token budget
     std::vector<std::string> group_by;  // empty: every varying key but the seed
     bool per_run = false;               // one row per run, no grouping
 };
@@ -23,14 +23,14 @@ struct BoardOptions {
 struct BoardRow {
     std::vector<std::string> key_values;  // in Board::keys order
     std::vector<int64_t> runs;
-    std::vector<double> values;           // per run (NaN: the run has no value)
-    double mean = 0, std = 0;             // over the finite values; std is the sample std
-    int n = 0;                            // finite values
+    std::vector<double> values;  // per run (NaN: the run has no value)
+    double mean = 0, std = 0;    // over the finite values; std is the sample std
+    int n = 0;                   // finite values
 };
 
 struct Board {
-    std::string title;   // "sweep 'lr' (id 3)"
-    std::string metric;  // as asked
+    std::string title;         // "sweep 'lr' (id 3)"
+    std::string metric;        // as asked
     std::string metric_label;  // with its direction
     bool lower_is_better = true;
     std::vector<std::string> keys;  // the settings shown: those that vary (or the group-by keys)

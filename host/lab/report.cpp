@@ -185,10 +185,10 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
         std::string runs_list;
         for (auto id : row.runs) runs_list += (runs_list.empty() ? "" : ",") + std::to_string(id);
         groups += std::string(i ? "," : "") + "{\"label\":" + js_string(label) + ",\"runs\":[" + runs_list +
-                  "],\"mfu\":" + num(mean_of("mfu", 1.0)) + ",\"memory_mib\":" +
-                  num(mean_of("peak_memory", 1.0 / (1024 * 1024))) + ",\"series\":{\"loss\":" +
-                  series_json(store, row.runs, "loss", all_sim) + ",\"eval_loss\":" +
-                  series_json(store, row.runs, "eval_loss", all_sim) + "}}";
+                  "],\"mfu\":" + num(mean_of("mfu", 1.0)) +
+                  ",\"memory_mib\":" + num(mean_of("peak_memory", 1.0 / (1024 * 1024))) +
+                  ",\"series\":{\"loss\":" + series_json(store, row.runs, "loss", all_sim) +
+                  ",\"eval_loss\":" + series_json(store, row.runs, "eval_loss", all_sim) + "}}";
     }
     groups += "]";
 
@@ -201,8 +201,8 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
     html += "<h1>plexus report: " + html_escape(title) + "</h1>\n<p class=\"meta\">" + std::to_string(runs.size()) +
             " finished run(s)" + (unfinished ? ", " + std::to_string(unfinished) + " not finished" : std::string()) +
             "; database " + html_escape(store.path()) + "; made " + when + "</p>\n";
-    html += "<h2>Leaderboard: " + html_escape(board.metric_label) + " (" + (board.lower_is_better ? "lower" : "higher") +
-            " is better)</h2>\n<table><tr><th>#</th>";
+    html += "<h2>Leaderboard: " + html_escape(board.metric_label) + " (" +
+            (board.lower_is_better ? "lower" : "higher") + " is better)</h2>\n<table><tr><th>#</th>";
     for (const auto& k : board.keys) html += "<th>" + html_escape(k) + "</th>";
     html += "<th>" + html_escape(board.metric) + "</th><th>seeds</th><th>runs</th></tr>\n";
     for (size_t i = 0; i < board.rows.size(); ++i) {
@@ -210,8 +210,10 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
         html += "<tr><td>" + std::to_string(i + 1) + "</td>";
         for (const auto& v : row.key_values) html += "<td>" + html_escape(v) + "</td>";
         char cell[96] = "-";
-        if (row.n > 1) std::snprintf(cell, sizeof cell, "%.4f &plusmn; %.4f", row.mean, row.std);
-        else if (row.n == 1) std::snprintf(cell, sizeof cell, "%.4f", row.mean);
+        if (row.n > 1)
+            std::snprintf(cell, sizeof cell, "%.4f &plusmn; %.4f", row.mean, row.std);
+        else if (row.n == 1)
+            std::snprintf(cell, sizeof cell, "%.4f", row.mean);
         std::string ids;
         for (auto id : row.runs) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
         html += std::string("<td>") + cell + "</td><td>" + std::to_string(row.n) + "</td><td>" + ids + "</td></tr>\n";
@@ -225,8 +227,9 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
             html += std::string("<div class=\"chart\"><canvas id=\"") + metric + "_" + axis + "\"></canvas></div>";
         html += "</div>\n";
     }
-    html += "<h2>Efficiency</h2>\n<div class=\"charts\"><div class=\"chart\"><canvas id=\"mfu\"></canvas></div>"
-            "<div class=\"chart\"><canvas id=\"memory\"></canvas></div></div>\n";
+    html +=
+        "<h2>Efficiency</h2>\n<div class=\"charts\"><div class=\"chart\"><canvas id=\"mfu\"></canvas></div>"
+        "<div class=\"chart\"><canvas id=\"memory\"></canvas></div></div>\n";
     html += "<script>\nconst DATA = {\"time_label\":" + js_string(time_label) + ",\"groups\":" + groups + "};\n" +
             kScript + "</script>\n</body></html>\n";
     return html;

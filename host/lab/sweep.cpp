@@ -52,7 +52,7 @@ struct Point {
     int slots = 1;            // cores-worth this run needs: its ranks for mode = local
     std::string last_status;  // of the newest run of this point in the sweep, "" if none
     int64_t last_run = 0;
-    double wall_limit_s = 0;       // [limits]: 0 none
+    double wall_limit_s = 0;  // [limits]: 0 none
     double memory_limit_bytes = 0;
 };
 
@@ -90,7 +90,8 @@ double resident_bytes(const std::vector<pid_t>& pids) {
         std::FILE* f = std::fopen(("/proc/" + std::to_string(p) + "/statm").c_str(), "r");
         if (!f) continue;
         long size = 0, resident = 0;
-        if (std::fscanf(f, "%ld %ld", &size, &resident) == 2) total += static_cast<double>(resident) * sysconf(_SC_PAGESIZE);
+        if (std::fscanf(f, "%ld %ld", &size, &resident) == 2)
+            total += static_cast<double>(resident) * sysconf(_SC_PAGESIZE);
         std::fclose(f);
     }
     return total;
@@ -167,7 +168,8 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
                 values += (values.empty() ? "" : ", ") + v;
             }
             std::string keys;
-            for (const auto& k : axis.keys) keys += (keys.empty() ? "" : " + ") + (k == "train.seed" ? std::string("seed") : k);
+            for (const auto& k : axis.keys)
+                keys += (keys.empty() ? "" : " + ") + (k == "train.seed" ? std::string("seed") : k);
             varying.push_back(keys + ": " + values);
         }
         for (size_t i = 0; i < grid.size(); ++i) {
@@ -196,7 +198,8 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         if (name.empty()) name = fs::path(path).stem().string();
     } catch (const std::exception& e) {
         std::cerr << "error: " << message_of(e) << "\n";
-        if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) std::cerr << "hint: " << pe->hint() << "\n";
+        if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty())
+            std::cerr << "hint: " << pe->hint() << "\n";
         return 1;
     }
 
@@ -227,7 +230,8 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     for (const auto& p : points)
         if (p.last_status == "running" && p.last_run > 0)
             if (auto run = store->get_run(p.last_run))
-                if (auto owner = live_owner(*store, *run)) owned_elsewhere[p.index] = "run " + std::to_string(p.last_run) + ", " + *owner;
+                if (auto owner = live_owner(*store, *run))
+                    owned_elsewhere[p.index] = "run " + std::to_string(p.last_run) + ", " + *owner;
     auto should_run = [&](const Point& p) {
         if (p.last_status == "finished" || owned_elsewhere.count(p.index)) return false;
         if (p.last_status == "failed" || p.last_status == "diverged") return o.retry_failed;
@@ -237,7 +241,8 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     if (o.dry_run) {
         std::printf("%5s  %-16s  %-22s  %s\n", "point", "config hash", "state", "settings");
         for (const auto& p : points) {
-            std::string state = p.last_status.empty() ? "new" : p.last_status + " (run " + std::to_string(p.last_run) + ")";
+            std::string state =
+                p.last_status.empty() ? "new" : p.last_status + " (run " + std::to_string(p.last_run) + ")";
             state += owned_elsewhere.count(p.index) ? ", running elsewhere" : should_run(p) ? "" : ", skip";
             std::printf("%5d  %-16s  %-22s  %s\n", p.index, p.hash.c_str(), state.c_str(), p.grid.label.c_str());
         }
@@ -247,9 +252,12 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     std::deque<Point*> queue;
     int skipped = 0, skipped_failed = 0;
     for (auto& p : points) {
-        if (should_run(p)) queue.push_back(&p);
-        else if (p.last_status == "finished") ++skipped;
-        else if (!owned_elsewhere.count(p.index)) ++skipped_failed;
+        if (should_run(p))
+            queue.push_back(&p);
+        else if (p.last_status == "finished")
+            ++skipped;
+        else if (!owned_elsewhere.count(p.index))
+            ++skipped_failed;
     }
     if (skipped) std::cout << "  " << skipped << " already finished in this sweep: skipped\n";
     for (const auto& [index, who] : owned_elsewhere)
@@ -330,8 +338,9 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
             Point* p = queue.front();
             if (!running.empty() && used_slots() + p->slots > jobs) break;
             // Logs get the progress lines: the last ones say where a run that died was.
-            std::vector<std::string> argv = {"plexus", "run", fs::absolute(path).string(), "--point",
-                                             std::to_string(p->index), "--db", db, "--progress", "lines"};
+            std::vector<std::string> argv = {
+                "plexus",     "run",  fs::absolute(path).string(), "--point", std::to_string(p->index), "--db", db,
+                "--progress", "lines"};
             for (const auto& s : o.overrides) {
                 argv.push_back("--set");
                 argv.push_back(s);
@@ -343,8 +352,9 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
                 argv = {"plexus", "run", "--resume", std::to_string(p->last_run), "--db", db, "--progress", "lines"};
             const std::string log = (logs / ("point" + std::to_string(p->index) + ".log")).string();
             const int run_cores = std::min(cores, std::max(1, p->slots * cores_per_slot));
-            const pid_t pid = spawn(argv, {"PLEXUS_SWEEP_ID=" + std::to_string(sweep_id),
-                                           "PLEXUS_CORES=" + std::to_string(run_cores)}, log);
+            const pid_t pid = spawn(
+                argv, {"PLEXUS_SWEEP_ID=" + std::to_string(sweep_id), "PLEXUS_CORES=" + std::to_string(run_cores)},
+                log);
             for (auto& c : g_children)
                 if (c == 0) {
                     c = pid;
@@ -412,8 +422,9 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
             // records why, with the last lines of its log.
             if (run_id && (recorded == "running" || !r.killed_for.empty())) {
                 const std::string why = !r.killed_for.empty() ? "killed by the sweep: " + r.killed_for
-                                        : WIFSIGNALED(status)  ? "the run died of " + signal_name(WTERMSIG(status))
-                                                               : "the run exited with code " + std::to_string(code) + " without recording its end";
+                                        : WIFSIGNALED(status) ? "the run died of " + signal_name(WTERMSIG(status))
+                                                              : "the run exited with code " + std::to_string(code) +
+                                                                    " without recording its end";
                 std::string tail = last_lines(r.log, 6);
                 detail = why + (tail.empty() ? "" : "; last lines of " + r.log + ":\n" + tail);
                 store->finish_run(run_id, outcome == "interrupted" ? "interrupted" : "failed", detail);
@@ -421,13 +432,17 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
             }
             if (run_id && code == 0)
                 for (const auto& [rank, key, value, text] : store->summaries(run_id))
-                    if (rank == 0 && key == "final_eval_loss" && value) detail = "eval " + std::to_string(*value).substr(0, 6);
+                    if (rank == 0 && key == "final_eval_loss" && value)
+                        detail = "eval " + std::to_string(*value).substr(0, 6);
         } catch (const std::exception& e) {
             detail = std::string("(could not read the database: ") + message_of(e) + ")";
         }
-        if (outcome == "finished") ++finished;
-        else if (outcome == "interrupted") ++interrupted;
-        else ++failed;
+        if (outcome == "finished")
+            ++finished;
+        else if (outcome == "interrupted")
+            ++interrupted;
+        else
+            ++failed;
         draw_bar(true);
         std::cout << "[" << done << "/" << total << "] " << (run_id ? "run " + std::to_string(run_id) + " " : "")
                   << outcome << " in " << one_decimal(secs) << "  point " << r.point->index << ": "

@@ -24,8 +24,8 @@ namespace {
 constexpr char kMagic[8] = {'P', 'L', 'X', 'C', 'K', 'P', 'T', '\n'};
 constexpr uint32_t kVersion = 1;
 // The element types a checkpoint may hold (anything a strategy's state uses).
-const std::set<c10::ScalarType> kStorable = {c10::kByte, c10::kChar, c10::kShort, c10::kInt, c10::kLong, c10::kHalf,
-                                             c10::kFloat, c10::kDouble, c10::kBool, c10::kBFloat16};
+const std::set<c10::ScalarType> kStorable = {c10::kByte, c10::kChar,  c10::kShort,  c10::kInt,  c10::kLong,
+                                             c10::kHalf, c10::kFloat, c10::kDouble, c10::kBool, c10::kBFloat16};
 
 std::string sys_error() { return std::strerror(errno); }
 
@@ -41,7 +41,8 @@ struct Hasher {
 class Writer {
 public:
     Writer(const fs::path& file) : path_(file.string()), f_(std::fopen(path_.c_str(), "wb")) {
-        if (!f_) throw Error("cannot write checkpoint " + path_ + ": " + sys_error(), "check that the folder is writable");
+        if (!f_)
+            throw Error("cannot write checkpoint " + path_ + ": " + sys_error(), "check that the folder is writable");
     }
     ~Writer() {
         if (f_) std::fclose(f_);
@@ -54,7 +55,10 @@ public:
         hash_.add(data, n);
         raw(data, n);
     }
-    template <typename T> void value(T v) { body(&v, sizeof v); }
+    template <typename T>
+    void value(T v) {
+        body(&v, sizeof v);
+    }
     void text(const std::string& s) {
         value<uint64_t>(s.size());
         body(s.data(), s.size());
@@ -101,7 +105,8 @@ public:
         raw(data, n);
         hash_.add(data, n);
     }
-    template <typename T> T value() {
+    template <typename T>
+    T value() {
         T v{};
         body(&v, sizeof v);
         return v;
@@ -204,12 +209,13 @@ RankCheckpoint read_rank_checkpoint(const fs::path& file) {
     if (r.left() < sizeof magic + sizeof kVersion) r.bad("too short to be a checkpoint");
     r.raw(magic, sizeof magic);
     if (std::memcmp(magic, kMagic, sizeof kMagic) != 0)
-        throw Error(file.string() + " is not a plexus checkpoint", "pass the folder `plexus run` wrote its checkpoints to");
+        throw Error(file.string() + " is not a plexus checkpoint",
+                    "pass the folder `plexus run` wrote its checkpoints to");
     uint32_t version = 0;
     r.raw(&version, sizeof version);
     if (version != kVersion)
-        throw Error("checkpoint " + file.string() + " has format version " + std::to_string(version) + ", this plexus reads " +
-                        std::to_string(kVersion),
+        throw Error("checkpoint " + file.string() + " has format version " + std::to_string(version) +
+                        ", this plexus reads " + std::to_string(kVersion),
                     "resume it with the plexus that wrote it");
     RankCheckpoint c;
     c.config_hash = r.text();
@@ -241,7 +247,8 @@ RankCheckpoint read_rank_checkpoint(const fs::path& file) {
             if (bytes_for_shape > r.left()) r.bad("tensor '" + name + "' has an impossible shape");
         }
         const auto bytes = r.length();
-        if (bytes != bytes_for_shape) r.bad("tensor '" + name + "' has " + std::to_string(bytes) + " bytes for its shape");
+        if (bytes != bytes_for_shape)
+            r.bad("tensor '" + name + "' has " + std::to_string(bytes) + " bytes for its shape");
         auto t = torch::empty(sizes, torch::TensorOptions().dtype(type));
         r.body(t.data_ptr(), bytes);
         c.tensors.emplace_back(std::move(name), std::move(t));
@@ -254,7 +261,8 @@ RankCheckpoint read_rank_checkpoint(const fs::path& file) {
     return c;
 }
 
-RunCheckpoints::RunCheckpoints(fs::path root, int64_t run_id) : dir_(std::move(root) / ("run" + std::to_string(run_id))) {}
+RunCheckpoints::RunCheckpoints(fs::path root, int64_t run_id)
+    : dir_(std::move(root) / ("run" + std::to_string(run_id))) {}
 
 RunCheckpoints RunCheckpoints::of(const ResolvedConfig& cfg, int64_t run_id) {
     const std::string dir = cfg.values.at("checkpoint.dir").as_string();
@@ -275,19 +283,24 @@ std::map<int64_t, bool> RunCheckpoints::steps() const {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(dir_, ec)) {
         const auto name = e.path().filename().string();
-        if (name.rfind("step", 0) != 0 || name.size() == 4 || name.find_first_not_of("0123456789", 4) != std::string::npos) continue;
+        if (name.rfind("step", 0) != 0 || name.size() == 4 ||
+            name.find_first_not_of("0123456789", 4) != std::string::npos)
+            continue;
         out[std::stoll(name.substr(4))] = fs::exists(e.path() / "COMPLETE", ec);
     }
     return out;
 }
 
 void RunCheckpoints::mark_complete(int64_t step, int world, int keep) const {
-    write_small_file(step_dir(step) / "COMPLETE", "step " + std::to_string(step) + "\nranks " + std::to_string(world) + "\n");
+    write_small_file(step_dir(step) / "COMPLETE",
+                     "step " + std::to_string(step) + "\nranks " + std::to_string(world) + "\n");
     std::set<int64_t> complete;
     std::error_code ec;
     for (const auto& [s, done] : steps()) {
-        if (done) complete.insert(s);
-        else if (s < step) fs::remove_all(step_dir(s), ec);  // an attempt that never completed
+        if (done)
+            complete.insert(s);
+        else if (s < step)
+            fs::remove_all(step_dir(s), ec);  // an attempt that never completed
     }
     while (static_cast<int>(complete.size()) > std::max(1, keep)) {
         fs::remove_all(step_dir(*complete.begin()), ec);

@@ -29,9 +29,9 @@ struct RankCheckpoint {
     int64_t run_id = 0;
     int64_t step = 0;  // steps completed
     int rank = 0, world = 1;
-    std::map<std::string, double> numbers;    // the harness's counters
+    std::map<std::string, double> numbers;     // the harness's counters
     std::map<std::string, std::string> texts;  // the clock's state
-    StateDict tensors;                          // "strategy.*" and "rng.*"
+    StateDict tensors;                         // "strategy.*" and "rng.*"
 };
 
 // Writes atomically (temporary file, fsync, rename, fsync of the folder). Throws plexus::Error

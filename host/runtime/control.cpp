@@ -26,8 +26,9 @@ public:
             a.checkpoint = news.checkpoint_due;
             return a;
         }
-        auto flags = torch::tensor({news.interrupted ? 1.0 : 0.0, news.diverged ? 1.0 : 0.0, news.checkpoint_due ? 1.0 : 0.0},
-                                   torch::kFloat64);
+        auto flags =
+            torch::tensor({news.interrupted ? 1.0 : 0.0, news.diverged ? 1.0 : 0.0, news.checkpoint_due ? 1.0 : 0.0},
+                          torch::kFloat64);
         collectives_->all_reduce(flags, ReduceOp::Max)->wait();
         a.stop = flags[1].item<double>() > 0 ? "diverged" : flags[0].item<double>() > 0 ? "interrupted" : "";
         a.checkpoint = flags[2].item<double>() > 0;
@@ -151,9 +152,11 @@ std::vector<MetricRow> rows_from_text(const std::string& text) {
     while (std::getline(in, line)) {
         std::vector<std::string> f;
         size_t start = 0;
-        for (size_t tab; (tab = line.find('\t', start)) != std::string::npos; start = tab + 1) f.push_back(line.substr(start, tab - start));
+        for (size_t tab; (tab = line.find('\t', start)) != std::string::npos; start = tab + 1)
+            f.push_back(line.substr(start, tab - start));
         f.push_back(line.substr(start));
-        if (f.size() != 7) throw Error("control channel: a metric row with " + std::to_string(f.size()) + " fields: " + line, "");
+        if (f.size() != 7)
+            throw Error("control channel: a metric row with " + std::to_string(f.size()) + " fields: " + line, "");
         MetricRow r;
         r.rank = std::stoi(f[0]);
         r.key = f[1];

@@ -119,7 +119,8 @@ std::optional<std::string> live_owner(ResultsStore& store, const RunInfo& run) {
     }
     const double age = ResultsStore::now() - run.heartbeat;
     if (age > kHeartbeatSeconds) return std::nullopt;
-    return "process " + pid + " on " + host + " (its last heartbeat " + std::to_string(static_cast<int>(age)) + " s ago)";
+    return "process " + pid + " on " + host + " (its last heartbeat " + std::to_string(static_cast<int>(age)) +
+           " s ago)";
 }
 
 namespace {
@@ -157,14 +158,12 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
     const int port = free_port();
     std::vector<std::string> env = {"PLEXUS_WORKER=1", "PLEXUS_RUN_ID=" + std::to_string(run_id)};
     env.insert(env.end(), extra_env.begin(), extra_env.end());
-    std::cout << "plexus: launching " << ranks << " local workers for run " << run_id << " (rendezvous 127.0.0.1:"
-              << port << ")" << std::endl;
+    std::cout << "plexus: launching " << ranks << " local workers for run " << run_id
+              << " (rendezvous 127.0.0.1:" << port << ")" << std::endl;
     // Ctrl-C reaches every worker from the terminal; each records itself as interrupted. The
     // launcher must outlive them to report (workers die with it: PR_SET_PDEATHSIG).
     std::signal(SIGINT, SIG_IGN);
-    auto failure = run_local_workers(options.argv, ranks, port,
-                                           env,
-                                           {kInterrupted, kDiverged});
+    auto failure = run_local_workers(options.argv, ranks, port, env, {kInterrupted, kDiverged});
     if (failure.rank < 0) return kOk;
     // Stopped on request (SIGTERM to the launcher): a worker still starting up dies of the signal
     // (143) and its peers lose their connection, but the run was interrupted, not failed.
@@ -179,18 +178,23 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
     const auto loss = store.metric_series(run_id, "loss");
     const std::string last = loss.empty() ? "before the first step" : "after step " + std::to_string(loss.back().first);
     std::string what = failure.stop_requested
-                           ? "stopped by SIGTERM " + last + " (rank " + std::to_string(failure.rank) + " exited with code " +
-                                 std::to_string(worker_code) + ")"
-                           : "rank " + std::to_string(failure.rank) + " exited with code " + std::to_string(worker_code) +
-                                 " " + last + "; the other workers were stopped";
+                           ? "stopped by SIGTERM " + last + " (rank " + std::to_string(failure.rank) +
+                                 " exited with code " + std::to_string(worker_code) + ")"
+                           : "rank " + std::to_string(failure.rank) + " exited with code " +
+                                 std::to_string(worker_code) + " " + last + "; the other workers were stopped";
     for (const auto& f : faults)
-        if (f.kind == "kill" && f.rank == failure.rank && failure.exit_code == kKilled) what += " (killed by [[faults]]: " + f.text + ")";
+        if (f.kind == "kill" && f.rank == failure.rank && failure.exit_code == kKilled)
+            what += " (killed by [[faults]]: " + f.text + ")";
     // Rank 0 may have recorded its own view first (a peer's connection reset): keep it, after ours.
     const auto run = store.get_run(run_id);
     std::string error = what;
     if (run && run->status != "running" && !run->error.empty()) error += "; rank 0 reported: " + run->error;
     const bool interrupted = failure.exit_code == kInterrupted;
-    store.finish_run(run_id, failure.exit_code == kDiverged ? "diverged" : interrupted ? "interrupted" : "failed", error);
+    store.finish_run(run_id,
+                     failure.exit_code == kDiverged ? "diverged"
+                     : interrupted                  ? "interrupted"
+                                                    : "failed",
+                     error);
     std::cerr << (interrupted ? "run " : "error: run ") << run_id << ": " << what << "\n";
     return failure.exit_code == kDiverged ? kDiverged : interrupted ? kInterrupted : kFailed;
 }
@@ -224,7 +228,8 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
                 job.store->set_summary(job.run_id, 0, "fault" + std::to_string(k) + "_corrupted_messages",
                                        static_cast<double>(corrupted.at(c++)));
         if (results[0].code == kKilled) {
-            job.store->finish_run(job.run_id, "failed", results[0].error + "; rank 0 records the run, so it ends with it");
+            job.store->finish_run(job.run_id, "failed",
+                                  results[0].error + "; rank 0 records the run, so it ends with it");
             return kFailed;
         }
         // Rank 0 may have finished before another rank failed (asynchronous strategies).
@@ -323,31 +328,35 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         if (!exp.grid.empty() || options.point >= 0) {
             const auto points = expand_grid(exp);
             if (options.point < 0)
-                throw Error(path + " has a [grid] of " + std::to_string(points.size()) + " runs",
-                            "run them all with `plexus sweep " + path + "`, or one with `plexus run " + path + " --point I`");
+                throw Error(
+                    path + " has a [grid] of " + std::to_string(points.size()) + " runs",
+                    "run them all with `plexus sweep " + path + "`, or one with `plexus run " + path + " --point I`");
             if (options.point >= static_cast<int>(points.size()))
                 throw Error("--point " + std::to_string(options.point) + ": " + path + " has " +
-                                std::to_string(points.size()) + " grid point(s), 0.." + std::to_string(points.size() - 1),
+                                std::to_string(points.size()) + " grid point(s), 0.." +
+                                std::to_string(points.size() - 1),
                             "`plexus sweep " + path + " --dry-run` lists them");
             exp = apply_grid_point(exp, points[static_cast<size_t>(options.point)], find);
             variant = points[static_cast<size_t>(options.point)].variant;
         }
         cfg = resolve(exp, find, [&](PluginKind k) { return registry.names(k); });
         if (resumed && cfg.hash != resumed->config_hash)
-            throw Error("run " + std::to_string(resumed->id) + " was recorded with config hash " + resumed->config_hash + "; " +
-                            path + " now gives " + cfg.hash,
+            throw Error("run " + std::to_string(resumed->id) + " was recorded with config hash " +
+                            resumed->config_hash + "; " + path + " now gives " + cfg.hash,
                         "the experiment (or a file it extends) changed since the run started: restore it to resume");
         // A folder that cannot take checkpoints is a config error, found now, not a warning at
         // every checkpoint of a week-long run that then has nothing to resume from.
-        if (cfg.values.at("checkpoint.every_steps").as_int() > 0 || cfg.values.at("checkpoint.every_minutes").as_double() > 0) {
+        if (cfg.values.at("checkpoint.every_steps").as_int() > 0 ||
+            cfg.values.at("checkpoint.every_minutes").as_double() > 0) {
             const fs::path root = RunCheckpoints::of(cfg, 0).dir().parent_path();
             std::error_code ec;
             fs::create_directories(root, ec);
             const fs::path probe = root / (".plexus-write-test-" + std::to_string(getpid()));
             if (!ec) std::ofstream(probe).put('x');
             if (ec || !fs::exists(probe))
-                throw Error("checkpoints cannot be written to " + root.string() + (ec ? ": " + ec.message() : ""),
-                            "set checkpoint.dir to a folder you can write to (\"\" puts them beside the results database)");
+                throw Error(
+                    "checkpoints cannot be written to " + root.string() + (ec ? ": " + ec.message() : ""),
+                    "set checkpoint.dir to a folder you can write to (\"\" puts them beside the results database)");
             fs::remove(probe, ec);
         }
         mode = cfg.values.at("launch.mode").as_string();
@@ -366,8 +375,9 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         if (mode == "env" || (mode == "local" && !is_launcher)) {
             rendezvous = rendezvous_from_env();
             if (!rendezvous)
-                throw Error("launch.mode = \"" + mode + "\" but no rank is set in the environment",
-                            "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
+                throw Error(
+                    "launch.mode = \"" + mode + "\" but no rank is set in the environment",
+                    "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
             rendezvous->timeout_s = cfg.values.at("launch.timeout").as_double();
         }
         if (cfg.values.at("train.steps").as_int() == 0 && cfg.values.at("train.tokens").as_int() == 0)
@@ -375,8 +385,9 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         device = choose_device(cfg.values.at("train.device").as_string());
         // Several ranks on one machine: "cuda" is each rank's own GPU.
         if (device.is_cuda() && !device.has_index() && rendezvous)
-            device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(
-                                                     rendezvous->local_rank % std::max<int64_t>(1, torch::cuda::device_count())));
+            device = torch::Device(torch::kCUDA,
+                                   static_cast<c10::DeviceIndex>(rendezvous->local_rank %
+                                                                 std::max<int64_t>(1, torch::cuda::device_count())));
         gpu::set_current(device);
         if (mode == "sim") {
             // The "measured" profile needs this machine's per-core peak (cached after the first run).
@@ -387,9 +398,10 @@ int run_experiment(const std::string& file, const RunOptions& given) {
             // charged as usual; losses are NaN; a 1.3B-parameter model costs no memory per rank.
             if (cfg.values.at("sim.numerics").as_string() == "meta") device = torch::Device(torch::kMeta);
         }
-        const int fault_ranks = mode == "local" || mode == "sim" ? static_cast<int>(cfg.values.at("launch.ranks").as_int())
-                                : rendezvous                     ? rendezvous->world_size
-                                                                 : 1;
+        const int fault_ranks = mode == "local" || mode == "sim"
+                                    ? static_cast<int>(cfg.values.at("launch.ranks").as_int())
+                                : rendezvous ? rendezvous->world_size
+                                             : 1;
         faults = parse_faults(cfg.values.at("faults"), fault_ranks, mode == "sim");
         // Only the launcher, or rank 0, writes the run's rows.
         if (!rendezvous || rendezvous->rank == 0)
@@ -415,7 +427,8 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     if (asked > machine)
         std::cerr << "warning: train.threads = " << asked << " is more than this machine's " << machine
                   << " cores; using " << machine << "\n";
-    const int threads = asked > 0 ? static_cast<int>(std::min<int64_t>(asked, machine)) : std::max(1, cores / local_ranks);
+    const int threads =
+        asked > 0 ? static_cast<int>(std::min<int64_t>(asked, machine)) : std::max(1, cores / local_ranks);
     set_compute_threads(threads);
 
     // Phase 2: the run exists; from here every failure is recorded on it.
@@ -425,7 +438,8 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     info.config_json = cfg.to_json();
     info.toml = exp.text;
     info.seed = v.at("train.seed").as_int();
-    for (const auto& [section, d] : cfg.plugins) info.plugins += (info.plugins.empty() ? "" : " ") + section + "=" + d->name + "@" + d->version;
+    for (const auto& [section, d] : cfg.plugins)
+        info.plugins += (info.plugins.empty() ? "" : " ") + section + "=" + d->name + "@" + d->version;
     info.fingerprint = PluginRegistry::host_fingerprint();
     info.device = device.str() + (device.is_cpu() ? " (" + std::to_string(threads) + " threads)" : "");
     if (v.at("train.precision").as_string() != "fp32") info.device += " " + v.at("train.precision").as_string();
@@ -433,8 +447,10 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     info.git_rev = git_revision(fs::absolute(path).parent_path().string());
     info.command = options.command_line;
     info.world_size = is_launcher || cluster ? v.at("launch.ranks").as_int() : world;
-    if (const char* sweep = std::getenv("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0) info.sweep_id = std::atoll(sweep);
-    if (cluster) info.device += ", simulating " + std::to_string(cluster->size()) + " x " + cluster->settings().device.name;
+    if (const char* sweep = std::getenv("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0)
+        info.sweep_id = std::atoll(sweep);
+    if (cluster)
+        info.device += ", simulating " + std::to_string(cluster->size()) + " x " + cluster->settings().device.name;
     int64_t run_id = 0;
     try {
         if (resumed) {
@@ -488,8 +504,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
             print_error(e);
             try {
                 store->finish_run(run_id, "failed", error_text(e));
-            } catch (...) {
-            }
+            } catch (...) {}
             return kFailed;
         }
     }
@@ -498,7 +513,10 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     auto prev_term = std::signal(SIGTERM, on_signal);
     struct RestoreSignals {
         void (*i)(int), (*t)(int);
-        ~RestoreSignals() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
+        ~RestoreSignals() {
+            std::signal(SIGINT, i);
+            std::signal(SIGTERM, t);
+        }
     } restore{prev_int, prev_term};
     interrupt_requests() = 0;
 
@@ -516,7 +534,8 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     if (cluster) {
         job.sim_device = cluster->settings().device;
         job.shared_dataset = std::make_shared<std::shared_ptr<Dataset>>();
-        job.sim_network = cluster->network().describe() + ", all-reduce " + sim::to_string(cluster->settings().algorithm);
+        job.sim_network =
+            cluster->network().describe() + ", all-reduce " + sim::to_string(cluster->settings().algorithm);
         return run_simulated(job, *cluster);
     }
     RankEnv env;

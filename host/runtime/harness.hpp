@@ -31,7 +31,6 @@ bool is_progress_mode(const std::string& mode);
 // Scans the default plugin folders and the experiment's plugin_path.
 void scan_plugins(const Experiment& exp, PluginRegistry& registry);
 
-
 // Runs the experiment in `path` (with options.resume_run: the file, point and overrides recorded
 // with that run, `path` unused); returns an ExitCode. Prints errors with their hints.
 int run_experiment(const std::string& path, const RunOptions& options);

@@ -83,13 +83,13 @@ void HostContext::log(LogLevel level, const std::string& message) {
 }
 
 std::unique_ptr<BackgroundTask> HostContext::start_background(std::function<void()> task) {
-    return clock_->start_background([meter = current_meter(), task = std::move(task), type = device_.type(),
-                                     dtype = autocast_dtype()] {
-        std::optional<MeterScope> scope;
-        if (meter) scope.emplace(meter);
-        compat::AutocastGuard autocast(type, dtype);
-        task();
-    });
+    return clock_->start_background(
+        [meter = current_meter(), task = std::move(task), type = device_.type(), dtype = autocast_dtype()] {
+            std::optional<MeterScope> scope;
+            if (meter) scope.emplace(meter);
+            compat::AutocastGuard autocast(type, dtype);
+            task();
+        });
 }
 
 c10::ScalarType HostContext::autocast_dtype() const {
@@ -128,7 +128,8 @@ std::shared_ptr<Model> HostContext::make_model() {
 std::unique_ptr<Optimizer> HostContext::make_optimizer(std::vector<ParamSlot> slots, const std::string& section) {
     auto it = cfg_.plugins.find(section);
     if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Optimizer)
-        throw Error("no optimizer section [" + section + "] in this experiment", "add [" + section + "] name = \"adamw\"");
+        throw Error("no optimizer section [" + section + "] in this experiment",
+                    "add [" + section + "] name = \"adamw\"");
     auto opt = it->second->make_optimizer(cfg_.sections.at(section), *this, std::move(slots));
     if (!opt) throw Error("optimizer plugin '" + it->second->name + "' returned no optimizer");
     return opt;
@@ -149,9 +150,10 @@ BareRun::BareRun(const ResolvedConfig& cfg, torch::Device device) {
     data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), boot);
     ctx = std::make_unique<HostContext>(cfg, device, data->vocab_size());
     strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
-    stream = std::make_unique<DeviceStream>(data->open({Split::Train, cfg.values.at("train.batch_size").as_int(),
-                                                        cfg.values.at("train.seq_len").as_int(), 0, 1, ctx->seed("data")}),
-                                            device);
+    stream =
+        std::make_unique<DeviceStream>(data->open({Split::Train, cfg.values.at("train.batch_size").as_int(),
+                                                   cfg.values.at("train.seq_len").as_int(), 0, 1, ctx->seed("data")}),
+                                       device);
     in.max_grad_norm = cfg.values.at("train.grad_clip").as_double();
     in.train = stream.get();
 }

@@ -23,7 +23,8 @@ std::unique_ptr<Transport> make_local_transport();
 // Moves batches to the run's device (the datasets produce CPU tensors).
 class DeviceStream : public BatchStream {
 public:
-    DeviceStream(std::unique_ptr<BatchStream> inner, torch::Device device) : inner_(std::move(inner)), device_(device) {}
+    DeviceStream(std::unique_ptr<BatchStream> inner, torch::Device device)
+        : inner_(std::move(inner)), device_(device) {}
     Batch next() override {
         auto b = inner_->next();
         if (device_.is_cpu()) return b;

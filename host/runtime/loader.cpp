@@ -45,23 +45,28 @@ std::string elf_problem(const std::string& path) {
     const auto size = static_cast<uint64_t>(in.tellg());
     Elf64_Ehdr eh{};
     in.seekg(0);
-    if (size < sizeof eh || !in.read(reinterpret_cast<char*>(&eh), sizeof eh)) return "too short to be a shared library";
+    if (size < sizeof eh || !in.read(reinterpret_cast<char*>(&eh), sizeof eh))
+        return "too short to be a shared library";
     if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return "not an ELF file";
     if (eh.e_ident[EI_CLASS] != ELFCLASS64) return "not a 64-bit ELF file";
 #if defined(__x86_64__)
-    if (eh.e_machine != EM_X86_64) return "built for another processor (ELF machine " + std::to_string(eh.e_machine) + ")";
+    if (eh.e_machine != EM_X86_64)
+        return "built for another processor (ELF machine " + std::to_string(eh.e_machine) + ")";
 #elif defined(__aarch64__)
-    if (eh.e_machine != EM_AARCH64) return "built for another processor (ELF machine " + std::to_string(eh.e_machine) + ")";
+    if (eh.e_machine != EM_AARCH64)
+        return "built for another processor (ELF machine " + std::to_string(eh.e_machine) + ")";
 #endif
     if (eh.e_type != ET_DYN) return "not a shared library (ELF type " + std::to_string(eh.e_type) + ")";
     if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phoff + uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr) > size)
         return "truncated (program headers beyond the end of the file)";
-    if (eh.e_shoff + uint64_t{eh.e_shnum} * eh.e_shentsize > size) return "truncated (section headers beyond the end of the file)";
+    if (eh.e_shoff + uint64_t{eh.e_shnum} * eh.e_shentsize > size)
+        return "truncated (section headers beyond the end of the file)";
     in.seekg(static_cast<std::streamoff>(eh.e_phoff));
     for (int i = 0; i < eh.e_phnum; ++i) {
         Elf64_Phdr ph{};
         if (!in.read(reinterpret_cast<char*>(&ph), sizeof ph)) return "truncated (unreadable program header)";
-        if (ph.p_type == PT_LOAD && ph.p_offset + ph.p_filesz > size) return "truncated (a segment ends beyond the file)";
+        if (ph.p_type == PT_LOAD && ph.p_offset + ph.p_filesz > size)
+            return "truncated (a segment ends beyond the file)";
     }
     return "";
 }
@@ -136,26 +141,25 @@ const PluginDescriptor* PluginRegistry::try_load(const std::string& path, std::s
         return refuse(std::string("not a loadable shared library (") + e.what() + ")");
     }
     if (!lib.has("plexus_abi_fingerprint") || !lib.has("plexus_plugin"))
-        return refuse("not a plexus plugin: it does not export plexus_abi_fingerprint and plexus_plugin "
-                      "(build it with plexus_add_plugin() and PLEXUS_PLUGIN)");
+        return refuse(
+            "not a plexus plugin: it does not export plexus_abi_fingerprint and plexus_plugin "
+            "(build it with plexus_add_plugin() and PLEXUS_PLUGIN)");
     // Read the fingerprint as data, before any function of the library is called (dlopen has run
     // its static initializers only; the ELF check above keeps truncated files out of dlopen).
     const char* fingerprint = &lib.get<const char>("plexus_abi_fingerprint");
     if (std::strncmp(fingerprint, host_fingerprint(), 256) != 0)
-        return refuse("ABI fingerprint mismatch: plugin was built for [" + std::string(fingerprint, strnlen(fingerprint, 256)) +
-                      "], this host is [" + host_fingerprint() + "]; rebuild the plugin against this SDK");
+        return refuse("ABI fingerprint mismatch: plugin was built for [" +
+                      std::string(fingerprint, strnlen(fingerprint, 256)) + "], this host is [" + host_fingerprint() +
+                      "]; rebuild the plugin against this SDK");
     const PluginDescriptor* d = nullptr;
     try {
         d = lib.get<const PluginDescriptor*()>("plexus_plugin")();
-    } catch (const std::exception& e) {
-        return refuse(std::string("its plexus_plugin() threw: ") + e.what());
-    }
+    } catch (const std::exception& e) { return refuse(std::string("its plexus_plugin() threw: ") + e.what()); }
     if (!d || d->name.empty()) return refuse("its descriptor has no name");
-    const bool has_factory = (d->kind == PluginKind::Model && d->make_model) ||
-                             (d->kind == PluginKind::Optimizer && d->make_optimizer) ||
-                             (d->kind == PluginKind::Strategy && d->make_strategy) ||
-                             (d->kind == PluginKind::Comm && d->make_comm) ||
-                             (d->kind == PluginKind::Dataset && d->make_dataset);
+    const bool has_factory =
+        (d->kind == PluginKind::Model && d->make_model) || (d->kind == PluginKind::Optimizer && d->make_optimizer) ||
+        (d->kind == PluginKind::Strategy && d->make_strategy) || (d->kind == PluginKind::Comm && d->make_comm) ||
+        (d->kind == PluginKind::Dataset && d->make_dataset);
     if (!has_factory)
         return refuse(std::string("its descriptor sets no make_") + to_string(d->kind) + " factory for its kind");
     if (const PluginDescriptor* other = find(d->kind, d->name))

@@ -28,7 +28,8 @@ public:
     Trainer(const Job& job, const RankEnv& env)
         : job_(job), env_(env), v_(job.cfg->values), rank_(env.rank), world_(env.world),
           progress_(rank_ == 0 ? v_.at("results.progress").as_string() : "none", v_.at("train.steps").as_int()),
-          rec_(job.store, rank_ == 0, job.run_id), meter_(std::make_shared<TensorMemoryMeter>()), knobs_(read_knobs(v_)) {}
+          rec_(job.store, rank_ == 0, job.run_id), meter_(std::make_shared<TensorMemoryMeter>()),
+          knobs_(read_knobs(v_)) {}
 
     RankResult run() {
         // This rank's tensors: parameters, optimizer state, activations, messages (peak_tensor_bytes).
@@ -39,9 +40,7 @@ public:
             // Mixed precision for this rank's thread (background tasks inherit it: HostContext).
             compat::AutocastGuard autocast(job_.device.type(), run_.ctx->autocast_dtype());
             return loop();
-        } catch (const std::exception& e) {
-            return failed(e);
-        }
+        } catch (const std::exception& e) { return failed(e); }
     }
 
 private:
@@ -60,7 +59,10 @@ private:
         while (!(max_steps > 0 && s_.step >= max_steps) && !(max_tokens > 0 && ctx.tokens >= max_tokens)) {
             // One rank stops alone; several agree at log points (below), so that none is left
             // waiting in a collective for a peer that has gone.
-            if (world_ == 1 && interrupt_requests() > 0) { s_.status = "interrupted"; break; }
+            if (world_ == 1 && interrupt_requests() > 0) {
+                s_.status = "interrupted";
+                break;
+            }
             if (auto killed = faults.before_step(s_.step)) return die(*killed);
             ctx.step = s_.step;
             StepInput in;
@@ -77,9 +79,13 @@ private:
             ++s_.step;
             const bool diverged = !std::isfinite(out.loss) && !job_.device.is_meta();
             if (diverged) {
-                progress_.line("step " + std::to_string(s_.step) + ": loss is " + std::to_string(out.loss) + ": the run diverged");
+                progress_.line("step " + std::to_string(s_.step) + ": loss is " + std::to_string(out.loss) +
+                               ": the run diverged");
                 diverged_here_ = true;
-                if (world_ == 1) { s_.status = "diverged"; break; }  // several ranks agree first, below
+                if (world_ == 1) {
+                    s_.status = "diverged";
+                    break;
+                }  // several ranks agree first, below
             }
             const bool log_now = s_.step % log_every == 0 || s_.step == max_steps;
             const bool eval_now = (eval_every > 0 && s_.step % eval_every == 0) || s_.step == max_steps;
@@ -90,7 +96,10 @@ private:
             if (log_now) {
                 const Agreement agreed = run_.control().at_log_point(
                     s_.step, {interrupt_requests() > 0, diverged_here_, checkpoints.minutes_due(true)});
-                if (!agreed.stop.empty()) { s_.status = agreed.stop; break; }
+                if (!agreed.stop.empty()) {
+                    s_.status = agreed.stop;
+                    break;
+                }
                 checkpoint_now = checkpoint_now || agreed.checkpoint;
                 rec_.peers_metrics();
             }
@@ -126,7 +135,8 @@ private:
 
     // The learning-rate factor of the schedule at the tokens seen so far.
     double lr_scale() const {
-        return lr_factor(knobs_.schedule, static_cast<double>(run_.ctx->tokens), knobs_.warmup, s_.horizon, knobs_.min_ratio);
+        return lr_factor(knobs_.schedule, static_cast<double>(run_.ctx->tokens), knobs_.warmup, s_.horizon,
+                         knobs_.min_ratio);
     }
 
     // Tokens "per rank" are the job's divided by the world size, the same on every rank even
@@ -171,8 +181,8 @@ private:
         progress_.line("  " + run_.dataset->describe());
         if (const auto& d = job_.sim_device)
             progress_.line("  simulated: " + d->name + " at " + human_count(d->flops_per_second()) + "FLOP/s (" +
-                           std::to_string(d->efficiency).substr(0, 4) + " of " + human_count(d->peak_flops) + "FLOP/s) | " +
-                           job_.sim_network);
+                           std::to_string(d->efficiency).substr(0, 4) + " of " + human_count(d->peak_flops) +
+                           "FLOP/s) | " + job_.sim_network);
         progress_.line("  " + info.plugins + " | " + human_count(static_cast<double>(ctx.params)) + " params, " +
                        human_count(ctx.flops.flops) + "FLOP/token | " + info.device + " | peak " +
                        (peak.flops ? human_count(*peak.flops) + "FLOP/s (" + peak.source + ")"
@@ -196,17 +206,21 @@ private:
         std::snprintf(buf, sizeof buf, "run %lld %s: %lld steps, %s tokens, final eval loss %.4f, %s tok/s, MFU %s",
                       static_cast<long long>(job_.run_id), s_.status.c_str(), static_cast<long long>(s_.step),
                       human_count(static_cast<double>(ctx.tokens)).c_str(), s_.last_eval, human_count(tps).c_str(),
-                      peak.flops ? (std::to_string(mfu(ctx.flops.flops, tps, *peak.flops) * 100).substr(0, 4) + "%").c_str()
-                                 : "n/a");
+                      peak.flops
+                          ? (std::to_string(mfu(ctx.flops.flops, tps, *peak.flops) * 100).substr(0, 4) + "%").c_str()
+                          : "n/a");
         progress_.line(buf);
         if (s_.status == "diverged") {
             if (rank_ == 0)
-                std::cerr << "error: run " << job_.run_id << " diverged (loss " << s_.last_loss << " at step " << s_.step << ")\n"
+                std::cerr << "error: run " << job_.run_id << " diverged (loss " << s_.last_loss << " at step "
+                          << s_.step << ")\n"
                           << "hint: lower optimizer.lr, add train.warmup_tokens, or set train.grad_clip\n";
             return {kDiverged, "diverged"};
         }
         if (s_.status == "interrupted") {
-            if (rank_ == 0) std::cerr << "run " << job_.run_id << " interrupted at step " << s_.step << "; its rows so far are kept\n";
+            if (rank_ == 0)
+                std::cerr << "run " << job_.run_id << " interrupted at step " << s_.step
+                          << "; its rows so far are kept\n";
             return {kInterrupted, "interrupted"};
         }
         return {kOk, ""};
@@ -220,7 +234,8 @@ private:
         try {
             if (run_.ctx) rec_.metrics(run_.ctx->pending);
         } catch (const std::exception& again) {
-            std::cerr << "error: could not record the last metrics of run " << run_id << ": " << message_of(again) << "\n";
+            std::cerr << "error: could not record the last metrics of run " << run_id << ": " << message_of(again)
+                      << "\n";
         }
         bool recorded = true;
         try {
@@ -234,9 +249,9 @@ private:
             // Whatever stopped it (a full disk, a bug since fixed), the run can go on from its last
             // checkpoint; when the database could not even take its end, that is how it gets recorded.
             if (job_.checkpoints && job_.checkpoints->latest())
-                std::cerr << "hint: `plexus run --resume " << run_id << " --db " << job_.store->path() << "` continues run "
-                          << run_id << " from its checkpoint at step " << *job_.checkpoints->latest()
-                          << " and records the rest\n";
+                std::cerr << "hint: `plexus run --resume " << run_id << " --db " << job_.store->path()
+                          << "` continues run " << run_id << " from its checkpoint at step "
+                          << *job_.checkpoints->latest() << " and records the rest\n";
         }
         return {kFailed, error_text(e)};
     }

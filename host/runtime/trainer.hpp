@@ -45,7 +45,7 @@ struct Job {
     // Where this run's checkpoints go; null when [checkpoint] writes none.
     std::optional<RunCheckpoints> checkpoints;
     std::optional<int64_t> resume_step;  // the checkpoint every rank starts from (--resume)
-    bool resumed = false;                 // --resume: [[faults]] kills already happened
+    bool resumed = false;                // --resume: [[faults]] kills already happened
     std::vector<Fault> faults;
 };
 

@@ -109,8 +109,10 @@ void Recorder::summary_text(const std::string& key, const std::string& text) {
 }
 void Recorder::metrics(std::vector<MetricRow>& rows) {
     if (rows.empty()) return;
-    if (store_) store_->add_metrics(run_, rows);
-    else if (channel_) channel_->send_rows(rows);
+    if (store_)
+        store_->add_metrics(run_, rows);
+    else if (channel_)
+        channel_->send_rows(rows);
     rows.clear();
 }
 void Recorder::peers_metrics() {
@@ -150,7 +152,8 @@ void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
         if (!run.dataset) throw Error("dataset plugin '" + plugin_name(cfg, "data") + "' returned no dataset");
         if (job.shared_dataset) *job.shared_dataset = run.dataset;
     }
-    run.ctx = std::make_unique<HostContext>(cfg, job.device, run.dataset->vocab_size(), run.connection.transport, env.clock);
+    run.ctx =
+        std::make_unique<HostContext>(cfg, job.device, run.dataset->vocab_size(), run.connection.transport, env.clock);
     auto& ctx = *run.ctx;
     ctx.set_ranks_per_node(env.ranks_per_node);
     ctx.set_measurement_transport(run.control().collectives_ptr());
@@ -177,14 +180,25 @@ void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
 // ---- loop state ----
 
 LoopState::Fields LoopState::fields(int64_t& ctx_tokens) {
-    return {{{"last_eval", &last_eval}, {"last_loss", &last_loss}, {"horizon", &horizon},
-             {"interval_seconds", &interval_seconds}, {"interval_loss", &interval_loss},
-             {"step_seconds_total", &step_seconds_total}, {"step_seconds_after_first", &step_seconds_after_first},
-             {"comm.seconds_total", &comm_before.seconds_total}, {"comm.seconds_exposed", &comm_before.seconds_exposed}},
-            {{"step", &step}, {"job_tokens", &job_tokens}, {"own_tokens", &own_tokens}, {"tokens", &ctx_tokens},
-             {"last_eval_step", &last_eval_step}, {"tokens_after_first", &tokens_after_first},
-             {"interval_tokens", &interval_tokens}, {"interval_steps", &interval_steps},
-             {"comm.calls", &comm_before.calls}, {"comm.bytes_sent", &comm_before.bytes_sent}}};
+    return {{{"last_eval", &last_eval},
+             {"last_loss", &last_loss},
+             {"horizon", &horizon},
+             {"interval_seconds", &interval_seconds},
+             {"interval_loss", &interval_loss},
+             {"step_seconds_total", &step_seconds_total},
+             {"step_seconds_after_first", &step_seconds_after_first},
+             {"comm.seconds_total", &comm_before.seconds_total},
+             {"comm.seconds_exposed", &comm_before.seconds_exposed}},
+            {{"step", &step},
+             {"job_tokens", &job_tokens},
+             {"own_tokens", &own_tokens},
+             {"tokens", &ctx_tokens},
+             {"last_eval_step", &last_eval_step},
+             {"tokens_after_first", &tokens_after_first},
+             {"interval_tokens", &interval_tokens},
+             {"interval_steps", &interval_steps},
+             {"comm.calls", &comm_before.calls},
+             {"comm.bytes_sent", &comm_before.bytes_sent}}};
 }
 
 double LoopState::tokens_per_second(int64_t tokens) const {
@@ -196,7 +210,8 @@ double LoopState::tokens_per_second(int64_t tokens) const {
 
 MetricsLogger::MetricsLogger(RankRun& run, LoopState& state, Recorder& rec, Progress& progress, int rank,
                              int64_t max_steps, int64_t max_tokens)
-    : run_(run), s_(state), rec_(rec), progress_(progress), rank_(rank), max_steps_(max_steps), max_tokens_(max_tokens) {}
+    : run_(run), s_(state), rec_(rec), progress_(progress), rank_(rank), max_steps_(max_steps),
+      max_tokens_(max_tokens) {}
 
 void MetricsLogger::record(const char* key, double value) {
     if (rank_ == 0) run_.ctx->record(key, value);
@@ -228,14 +243,15 @@ void MetricsLogger::log_point(bool eval_now, double lr) {
     const double wall_per_token = ctx.wall_seconds() / std::max<int64_t>(1, ctx.tokens);
     const double eta = max_steps_ > 0 ? ctx.wall_seconds() / s_.step * (max_steps_ - s_.step)
                                       : (max_tokens_ - ctx.tokens) * wall_per_token;
-    const std::string elapsed = human_duration(ctx.wall_seconds()) +
-                                (ctx.simulated() ? " (simulated " + human_duration(ctx.now()) + ")" : "");
+    const std::string elapsed =
+        human_duration(ctx.wall_seconds()) + (ctx.simulated() ? " (simulated " + human_duration(ctx.now()) + ")" : "");
     char buf[320];
-    std::snprintf(buf, sizeof buf, "step %6lld | loss %.4f%s | lr %.2e | %s tok/s | MFU %s | mem %s | %s elapsed, ETA %s",
-                  static_cast<long long>(s_.step), s_.interval_loss / s_.interval_steps,
-                  eval_now ? (" | eval " + std::to_string(s_.last_eval).substr(0, 6)).c_str() : "", lr,
-                  human_count(tps).c_str(), peak.flops ? (std::to_string(util * 100).substr(0, 4) + "%").c_str() : "n/a",
-                  human_bytes(peak_rss_bytes()).c_str(), elapsed.c_str(), human_duration(eta).c_str());
+    std::snprintf(
+        buf, sizeof buf, "step %6lld | loss %.4f%s | lr %.2e | %s tok/s | MFU %s | mem %s | %s elapsed, ETA %s",
+        static_cast<long long>(s_.step), s_.interval_loss / s_.interval_steps,
+        eval_now ? (" | eval " + std::to_string(s_.last_eval).substr(0, 6)).c_str() : "", lr, human_count(tps).c_str(),
+        peak.flops ? (std::to_string(util * 100).substr(0, 4) + "%").c_str() : "n/a",
+        human_bytes(peak_rss_bytes()).c_str(), elapsed.c_str(), human_duration(eta).c_str());
     progress_.line(buf);
     rec_.metrics(ctx.pending);
     s_.interval_seconds = 0;
@@ -264,11 +280,13 @@ std::optional<std::string> FaultInjector::before_step(int64_t step) {
         if (f.kind == "slow") {
             clock_.set_slowdown(f.factor);
             factor_ = f.factor;
-            std::cerr << "fault: rank " << rank_ << " slowed " << f.factor << "x from step " << step << " ([[faults]])\n";
+            std::cerr << "fault: rank " << rank_ << " slowed " << f.factor << "x from step " << step
+                      << " ([[faults]])\n";
         }
         // A resumed run continues past its kills.
         if (f.kind == "kill" && !resumed_)
-            return "rank " + std::to_string(rank_) + " killed at step " + std::to_string(step) + " by [[faults]] (" + f.text + ")";
+            return "rank " + std::to_string(rank_) + " killed at step " + std::to_string(step) + " by [[faults]] (" +
+                   f.text + ")";
     }
     return std::nullopt;
 }
@@ -319,7 +337,8 @@ bool Checkpointer::step_due(int64_t step) const {
 
 bool Checkpointer::minutes_due(bool log_point) const {
     const double minutes = job_.cfg->values.at("checkpoint.every_minutes").as_double();
-    return enabled() && minutes > 0 && log_point && env_.rank == 0 && run_.ctx->wall_seconds() - last_wall_ >= minutes * 60;
+    return enabled() && minutes > 0 && log_point && env_.rank == 0 &&
+           run_.ctx->wall_seconds() - last_wall_ >= minutes * 60;
 }
 
 void Checkpointer::write() {
@@ -375,7 +394,8 @@ void Checkpointer::tally(bool ok, std::string why) {
     }
     if (ok && rank == 0) {
         try {
-            job_.checkpoints->mark_complete(s_.step, world, static_cast<int>(job_.cfg->values.at("checkpoint.keep").as_int()));
+            job_.checkpoints->mark_complete(s_.step, world,
+                                            static_cast<int>(job_.cfg->values.at("checkpoint.keep").as_int()));
             rec_.summary("checkpoint_step", static_cast<double>(s_.step));
         } catch (const std::exception& e) {
             ok = false;
@@ -405,22 +425,25 @@ void Checkpointer::restore() {
     if (step) {
         const auto file = job_.checkpoints->rank_file(*step, rank);
         if (!fs::exists(file))
-            throw Error("rank " + std::to_string(rank) + " has no checkpoint file for step " + std::to_string(*step) + " (" +
-                            file.string() + ")",
+            throw Error("rank " + std::to_string(rank) + " has no checkpoint file for step " + std::to_string(*step) +
+                            " (" + file.string() + ")",
                         "every rank reads its own file: the checkpoint folder must be the same on every node (a shared "
                         "file system), as must the database for --resume");
         const auto c = read_rank_checkpoint(file);
         const auto& hash = job_.cfg->hash;
         if (c.config_hash != hash || c.world != world || c.rank != rank || c.step != *step)
             throw Error("checkpoint " + file.string() + " belongs to another run (config " + c.config_hash + ", rank " +
-                            std::to_string(c.rank) + " of " + std::to_string(c.world) + "); this run has config " + hash +
-                            ", rank " + std::to_string(rank) + " of " + std::to_string(world),
+                            std::to_string(c.rank) + " of " + std::to_string(c.world) + "); this run has config " +
+                            hash + ", rank " + std::to_string(rank) + " of " + std::to_string(world),
                         "resume a run with the experiment file and settings it started with");
         StateDict strategy_state;
         for (const auto& [name, t] : c.tensors) {
-            if (name.rfind("strategy.", 0) == 0) strategy_state.emplace_back(name.substr(9), t);
-            else if (name == "rng.cpu") set_cpu_rng_state(t);
-            else if (name == "rng.cuda" && job_.device.is_cuda()) gpu::set_rng_state(job_.device, t);
+            if (name.rfind("strategy.", 0) == 0)
+                strategy_state.emplace_back(name.substr(9), t);
+            else if (name == "rng.cpu")
+                set_cpu_rng_state(t);
+            else if (name == "rng.cuda" && job_.device.is_cuda())
+                gpu::set_rng_state(job_.device, t);
         }
         auto number = [&](const char* name) {
             auto it = c.numbers.find(name);
@@ -481,13 +504,20 @@ void finish_record(const Job& job, const RankEnv& env, RankRun& run, LoopState& 
     if (slowed) rec.summary("fault_slow_seconds", s.slow_seconds);
     // Per-rank figures, gathered to rank 0 (one small all-gather at the end). On the simulated
     // cluster every rank shares one process: its memory is reported once.
-    auto mine = torch::tensor({tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed,
-                               peak_rss_bytes(), ctx.now(), static_cast<double>(s.own_tokens), tensor_peak, step_time,
-                               s.slow_seconds},
-                              torch::kFloat64);
-    const char* per_rank[] = {"tokens_per_s", "bytes_sent", "comm_time", "comm_exposed_time",
-                              sim ? nullptr : "peak_memory", sim ? "sim_time" : nullptr, "rank_tokens",
-                              "peak_tensor_bytes", "step_time", slowed ? "fault_slow_seconds" : nullptr};
+    auto mine = torch::tensor(
+        {tps, static_cast<double>(comm.bytes_sent), comm.seconds_total, comm.seconds_exposed, peak_rss_bytes(),
+         ctx.now(), static_cast<double>(s.own_tokens), tensor_peak, step_time, s.slow_seconds},
+        torch::kFloat64);
+    const char* per_rank[] = {"tokens_per_s",
+                              "bytes_sent",
+                              "comm_time",
+                              "comm_exposed_time",
+                              sim ? nullptr : "peak_memory",
+                              sim ? "sim_time" : nullptr,
+                              "rank_tokens",
+                              "peak_tensor_bytes",
+                              "step_time",
+                              slowed ? "fault_slow_seconds" : nullptr};
     auto all = torch::empty({env.world * mine.numel()}, torch::kFloat64);
     rec.metrics(ctx.pending);  // before the gather: rank 0 takes every rank's rows after it
     run.control().collectives().all_gather(all, mine)->wait();
@@ -504,9 +534,9 @@ void finish_record(const Job& job, const RankEnv& env, RankRun& run, LoopState& 
     rec.summary("param_sum", state_digest.param_sum);
     rec.summary("param_square_sum", state_digest.param_square_sum);
     rec.metrics(ctx.pending);
-    rec.finish(s.status, s.status == "diverged" ? "loss became " + std::to_string(s.last_loss) + " at step " +
-                                                      std::to_string(s.step)
-                                                : "");
+    rec.finish(s.status, s.status == "diverged"
+                             ? "loss became " + std::to_string(s.last_loss) + " at step " + std::to_string(s.step)
+                             : "");
 }
 
 }  // namespace plexus::host

@@ -142,12 +142,12 @@ class Checkpointer {
 public:
     Checkpointer(const Job& job, const RankEnv& env, RankRun& run, LoopState& state, Recorder& rec, Progress& progress);
     bool enabled() const { return job_.checkpoints.has_value(); }
-    void announce();                           // whether the strategy claims exact resume
-    void restore();                            // --resume: the chosen step's state, on every rank
-    bool step_due(int64_t step) const;         // checkpoint.every_steps
-    bool minutes_due(bool log_point) const;    // checkpoint.every_minutes, by rank 0's clock
+    void announce();                         // whether the strategy claims exact resume
+    void restore();                          // --resume: the chosen step's state, on every rank
+    bool step_due(int64_t step) const;       // checkpoint.every_steps
+    bool minutes_due(bool log_point) const;  // checkpoint.every_minutes, by rank 0's clock
     void write();
-    void remove_all_if_finished();             // a finished run is not resumed
+    void remove_all_if_finished();  // a finished run is not resumed
 
 private:
     void tally(bool ok, std::string why);

@@ -98,7 +98,7 @@ struct Group {
     bool free = false;         // the control group: no simulated time, no accounting
     std::vector<int64_t> next_seq;
     std::map<int64_t, Pending> pending;
-    double busy_until = 0;     // collectives of a group run one after another
+    double busy_until = 0;                                  // collectives of a group run one after another
     std::map<std::tuple<int, int, int>, Channel> channels;  // (from, to, tag) in group indices
 };
 
@@ -128,7 +128,7 @@ struct Cluster::Impl {
     int running = -1;
     int done_count = 0;
     std::condition_variable all_done;
-    std::string abort;  // set on a deadlock: every blocked rank fails with it
+    std::string abort;          // set on a deadlock: every blocked rank fails with it
     bool start_failed = false;  // a rank's thread could not be started: the started ones return
     std::map<std::string, std::shared_ptr<Group>> groups;
 
@@ -156,7 +156,8 @@ struct Cluster::Impl {
             if (bytes == 0) continue;
             std::uniform_int_distribution<int64_t> byte(0, bytes - 1);
             std::uniform_int_distribution<int> bit(0, 7);
-            static_cast<unsigned char*>(data.data_ptr())[byte(corruption_rng)] ^= static_cast<unsigned char>(1u << bit(corruption_rng));
+            static_cast<unsigned char*>(data.data_ptr())[byte(corruption_rng)] ^=
+                static_cast<unsigned char>(1u << bit(corruption_rng));
             if (corrupted.size() < settings.corruptions.size()) corrupted.resize(settings.corruptions.size());
             ++corrupted[k];
         }
@@ -165,7 +166,8 @@ struct Cluster::Impl {
     // Who acts for rank `r` on this thread: its background activity if this thread runs one,
     // else the rank itself.
     int caller(int r) const {
-        if (tl_entity >= 0 && tl_entity < static_cast<int>(ranks.size()) && ranks[static_cast<size_t>(tl_entity)]->owner == r)
+        if (tl_entity >= 0 && tl_entity < static_cast<int>(ranks.size()) &&
+            ranks[static_cast<size_t>(tl_entity)]->owner == r)
             return tl_entity;
         return r;
     }
@@ -229,10 +231,13 @@ struct Cluster::Impl {
         switch_away(me, lk);
     }
 
-    void block_on(int me, const std::shared_ptr<OpState>& op, const std::string& what, std::unique_lock<std::mutex>& lk) {
+    void block_on(int me, const std::shared_ptr<OpState>& op, const std::string& what,
+                  std::unique_lock<std::mutex>& lk) {
         while (!op->done) {
-            if (!abort.empty()) throw Error(abort, "every rank must issue the same collectives in the same order, "
-                                                   "and every receive needs a matching send");
+            if (!abort.empty())
+                throw Error(abort,
+                            "every rank must issue the same collectives in the same order, "
+                            "and every receive needs a matching send");
             rank(me).state = RankState::State::Blocked;
             rank(me).waiting_for = what;
             op->waiters.push_back(me);
@@ -276,8 +281,9 @@ struct Cluster::Impl {
         auto& s = rank(me);
         const double fail_at = settings.fail_at[static_cast<size_t>(s.owner)];
         if (s.clock >= fail_at)
-            throw Error("rank " + std::to_string(s.owner) + " failed at simulated time " + num(fail_at) + " s (sim.fail_ranks)",
-                        "a scheduled failure: remove it from sim.fail_ranks to run through");
+            throw Error(
+                "rank " + std::to_string(s.owner) + " failed at simulated time " + num(fail_at) + " s (sim.fail_ranks)",
+                "a scheduled failure: remove it from sim.fail_ranks to run through");
         if (!abort.empty()) throw Error(abort);
     }
 
@@ -296,8 +302,10 @@ struct Cluster::Impl {
             std::vector<int64_t> complete_now;
             for (auto& [seq, p] : g->pending) {
                 if (p.state->done) continue;
-                if (!g->free) fail(p.state, error);
-                else if (p.joined > 0 && all_living_joined(*g, p)) complete_now.push_back(seq);
+                if (!g->free)
+                    fail(p.state, error);
+                else if (p.joined > 0 && all_living_joined(*g, p))
+                    complete_now.push_back(seq);
             }
             for (int64_t seq : complete_now) {
                 finish(*g, seq);
@@ -349,7 +357,8 @@ struct Cluster::Impl {
                                       " of group " + g.name + ", where another rank called " + kind_name(p.kind) +
                                       " of " + std::to_string(p.numel) + " elements";
             if (!p.state->done) fail(p.state, error);
-            throw Error(error, "every rank of a group must issue the same collectives, of the same sizes, in the same order");
+            throw Error(error,
+                        "every rank of a group must issue the same collectives, of the same sizes, in the same order");
         }
         p.in[static_cast<size_t>(index)] = in;
         p.out[static_cast<size_t>(index)] = out;
@@ -375,8 +384,10 @@ struct Cluster::Impl {
         auto state = p.state;
         const bool complete = p.joined == n || (g.free && all_living_joined(g, p));
         if (!state->done) {
-            if (auto dead = dead_member(g); !dead.empty() && !g.free) fail(state, dead);
-            else if (complete) finish(g, seq);
+            if (auto dead = dead_member(g); !dead.empty() && !g.free)
+                fail(state, dead);
+            else if (complete)
+                finish(g, seq);
         }
         if (complete) g.pending.erase(seq);
         return state;
@@ -394,10 +405,14 @@ struct Cluster::Impl {
                 if (!p.in[static_cast<size_t>(i)].defined()) continue;
                 auto x = p.in[static_cast<size_t>(i)].detach().reshape(-1);
                 ++count;
-                if (!acc.defined()) acc = x.clone();
-                else if (p.op == ReduceOp::Max) acc = torch::max(acc, x);
-                else if (p.op == ReduceOp::Min) acc = torch::min(acc, x);
-                else acc.add_(x);
+                if (!acc.defined())
+                    acc = x.clone();
+                else if (p.op == ReduceOp::Max)
+                    acc = torch::max(acc, x);
+                else if (p.op == ReduceOp::Min)
+                    acc = torch::min(acc, x);
+                else
+                    acc.add_(x);
             }
             if (p.op == ReduceOp::Mean) acc.div_(count);
             return acc;
@@ -418,7 +433,8 @@ struct Cluster::Impl {
             case Kind::ReduceScatter: {
                 auto acc = reduce();
                 const int64_t chunk = p.out[0].numel();
-                for (int i = 0; i < n; ++i) p.out[static_cast<size_t>(i)].view(-1).copy_(acc.narrow(0, i * chunk, chunk));
+                for (int i = 0; i < n; ++i)
+                    p.out[static_cast<size_t>(i)].view(-1).copy_(acc.narrow(0, i * chunk, chunk));
                 cost = network.reduce_scatter(g.members, bytes, start);
                 break;
             }
@@ -444,7 +460,8 @@ struct Cluster::Impl {
                     return;
                 }
                 for (int i = 0; i < n; ++i)
-                    if (i != p.root && p.out[static_cast<size_t>(i)].defined()) p.out[static_cast<size_t>(i)].copy_(src);
+                    if (i != p.root && p.out[static_cast<size_t>(i)].defined())
+                        p.out[static_cast<size_t>(i)].copy_(src);
                 cost = network.broadcast(g.members, bytes, start);
                 break;
             }
@@ -480,7 +497,8 @@ public:
         waited_ = true;
         if (state_->lost_peer >= 0) {
             const std::string prefix = "rank " + std::to_string(state_->lost_peer) + " failed: ";
-            throw PeerLost(state_->lost_peer, state_->error.substr(state_->error.rfind(prefix, 0) == 0 ? prefix.size() : 0));
+            throw PeerLost(state_->lost_peer,
+                           state_->error.substr(state_->error.rfind(prefix, 0) == 0 ? prefix.size() : 0));
         }
         if (!state_->error.empty()) throw Error(state_->error, "the run stops: a simulated rank failed");
         if (free_) return;
@@ -512,7 +530,8 @@ private:
 class SimTransport : public Transport {
 public:
     SimTransport(std::shared_ptr<Cluster::Impl> impl, std::shared_ptr<Group> group, int index)
-        : impl_(std::move(impl)), group_(std::move(group)), index_(index), me_(group_->members[static_cast<size_t>(index)]) {}
+        : impl_(std::move(impl)), group_(std::move(group)), index_(index),
+          me_(group_->members[static_cast<size_t>(index)]) {}
 
     int rank() const override { return index_; }
     int world_size() const override { return static_cast<int>(group_->members.size()); }
@@ -593,8 +612,8 @@ public:
         } else {
             channel.receives.push_back({t, state, s.clock});
         }
-        return std::make_shared<SimWork>(impl_, state, who, false,
-                                         "recv from rank " + std::to_string(from) + " (tag " + std::to_string(tag) + ")");
+        return std::make_shared<SimWork>(
+            impl_, state, who, false, "recv from rank " + std::to_string(from) + " (tag " + std::to_string(tag) + ")");
     }
 
     std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) override {
@@ -657,7 +676,8 @@ public:
                 s.waiting_for = "any of " + std::to_string(ops.size()) + " operations";
                 for (auto& op : ops) op->waiters.push_back(who);
                 impl_->switch_away(who, lk);
-                for (auto& op : ops) op->waiters.erase(std::remove(op->waiters.begin(), op->waiters.end(), who), op->waiters.end());
+                for (auto& op : ops)
+                    op->waiters.erase(std::remove(op->waiters.begin(), op->waiters.end(), who), op->waiters.end());
             }
             if (impl_->is_rank(who)) s.stats->seconds_exposed += s.clock - start;
         }
@@ -666,14 +686,15 @@ public:
     }
 
 private:
-    std::shared_ptr<Work> collective(Kind kind, const torch::Tensor& in, const torch::Tensor& out, ReduceOp op, int root) {
+    std::shared_ptr<Work> collective(Kind kind, const torch::Tensor& in, const torch::Tensor& out, ReduceOp op,
+                                     int root) {
         std::unique_lock<std::mutex> lk(impl_->mu);
         if (!group_->free) ++impl_->rank(me_).stats->calls;
         const int64_t seq = group_->next_seq[static_cast<size_t>(index_)];
         auto state = impl_->join(*group_, index_, kind, in, out, op, root);
-        return std::make_shared<SimWork>(impl_, state, impl_->caller(me_), group_->free,
-                                         std::string(kind_name(kind)) + " #" + std::to_string(seq) + " of group " +
-                                             group_->name);
+        return std::make_shared<SimWork>(
+            impl_, state, impl_->caller(me_), group_->free,
+            std::string(kind_name(kind)) + " #" + std::to_string(seq) + " of group " + group_->name);
     }
 
     void deliver(const Message& m, torch::Tensor& out, int receiver, int tag) {
@@ -719,7 +740,8 @@ public:
             factor *= std::exp(st.jitter * z(s.rng) - 0.5 * st.jitter * st.jitter);
         }
         // A rank scheduled to fail stops at that instant, even in the middle of a computation.
-        s.clock = std::min(s.clock + flops / st.device.flops_per_second() * factor, st.fail_at[static_cast<size_t>(rank_)]);
+        s.clock =
+            std::min(s.clock + flops / st.device.flops_per_second() * factor, st.fail_at[static_cast<size_t>(rank_)]);
         impl_->check_alive(who);
     }
     bool simulated() const override { return true; }
@@ -742,7 +764,8 @@ public:
         std::istringstream in(state);
         double clock = 0, nic = 0;
         in >> clock >> nic >> s.rng;
-        if (!in) throw Error("the simulated clock's state in the checkpoint is unreadable: '" + state.substr(0, 40) + "'");
+        if (!in)
+            throw Error("the simulated clock's state in the checkpoint is unreadable: '" + state.substr(0, 40) + "'");
         s.clock = clock;
         s.nic_busy = nic;
     }
@@ -768,9 +791,7 @@ public:
             }
             try {
                 task();
-            } catch (...) {
-                error_ = std::current_exception();
-            }
+            } catch (...) { error_ = std::current_exception(); }
             std::unique_lock<std::mutex> end_lk(impl.mu);
             auto& s = impl.rank(id_);
             impl.complete(finished_, s.clock, true);
@@ -854,9 +875,7 @@ void Cluster::run(const std::function<void(int)>& body) {
         std::string failure;
         try {
             body(r);
-        } catch (const std::exception& e) {
-            failure = message_of(e);
-        } catch (...) {
+        } catch (const std::exception& e) { failure = message_of(e); } catch (...) {
             failure = "unknown exception";
         }
         std::unique_lock<std::mutex> lk(impl.mu);
@@ -931,12 +950,16 @@ std::vector<std::vector<double>> rows_of(const ResolvedConfig& cfg, const std::s
         bool ok = item.type() == ValueType::List;
         if (ok)
             for (const auto& x : item.as_list()) {
-                if (x.type() == ValueType::Int) row.push_back(static_cast<double>(x.as_int()));
-                else if (x.type() == ValueType::Float) row.push_back(x.as_double());
-                else ok = false;
+                if (x.type() == ValueType::Int)
+                    row.push_back(static_cast<double>(x.as_int()));
+                else if (x.type() == ValueType::Float)
+                    row.push_back(x.as_double());
+                else
+                    ok = false;
             }
         if (!ok || row.size() < min_len || row.size() > max_len)
-            throw Error(key + " holds " + item.to_text() + ", not " + shape, "for example " + key + " = [" + shape + "]");
+            throw Error(key + " holds " + item.to_text() + ", not " + shape,
+                        "for example " + key + " = [" + shape + "]");
         rows.push_back(row);
     }
     return rows;
@@ -961,7 +984,8 @@ Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
     net.ranks = s.ranks;
     net.topology = at(cfg, "sim.topology").as_string();
     net.link = {at(cfg, "sim.latency_us").as_double() * 1e-6, at(cfg, "sim.bandwidth_gbs").as_double() * 1e9};
-    net.intra = {at(cfg, "sim.intra_latency_us").as_double() * 1e-6, at(cfg, "sim.intra_bandwidth_gbs").as_double() * 1e9};
+    net.intra = {at(cfg, "sim.intra_latency_us").as_double() * 1e-6,
+                 at(cfg, "sim.intra_bandwidth_gbs").as_double() * 1e9};
     net.gpus_per_node = static_cast<int>(at(cfg, "sim.gpus_per_node").as_int());
     net.torus_rows = static_cast<int>(at(cfg, "sim.torus_rows").as_int());
     for (const auto& e : rows_of(cfg, "sim.edges", 2, 2, "[a, b], ..."))
@@ -970,7 +994,8 @@ Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
         net.links.emplace_back(rank_in(l[0], s.ranks, "sim.links"), rank_in(l[1], s.ranks, "sim.links"),
                                Link{l[2] * 1e-6, l[3] * 1e9});
     for (const auto& f : rows_of(cfg, "sim.fail_links", 3, 3, "[a, b, time_s], ..."))
-        net.link_failures.emplace_back(rank_in(f[0], s.ranks, "sim.fail_links"), rank_in(f[1], s.ranks, "sim.fail_links"), f[2]);
+        net.link_failures.emplace_back(rank_in(f[0], s.ranks, "sim.fail_links"),
+                                       rank_in(f[1], s.ranks, "sim.fail_links"), f[2]);
     // [[faults]] on the network (kill and slow act through the harness, on the rank's clock).
     for (const auto& f : parse_faults(at(cfg, "faults"), s.ranks, true)) {
         if (f.kind == "drop_link") net.link_failures.emplace_back(f.a, f.b, f.time);
@@ -988,11 +1013,13 @@ Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
     if (!(factor > 0)) throw Error("sim.slow_factor must be > 0", "2.0 makes a straggler take twice as long");
     s.slowdown.assign(static_cast<size_t>(s.ranks), 1.0);
     for (const auto& v : at(cfg, "sim.slow_ranks").as_list()) {
-        if (v.type() != ValueType::Int) throw Error("sim.slow_ranks holds " + v.to_text() + ", not a rank", "slow_ranks = [3]");
+        if (v.type() != ValueType::Int)
+            throw Error("sim.slow_ranks holds " + v.to_text() + ", not a rank", "slow_ranks = [3]");
         s.slowdown[static_cast<size_t>(rank_in(static_cast<double>(v.as_int()), s.ranks, "sim.slow_ranks"))] = factor;
     }
     const double fraction = at(cfg, "sim.slow_fraction").as_double();
-    if (fraction < 0 || fraction > 1) throw Error("sim.slow_fraction must be in [0, 1]", "0.1 slows a tenth of the ranks");
+    if (fraction < 0 || fraction > 1)
+        throw Error("sim.slow_fraction must be in [0, 1]", "0.1 slows a tenth of the ranks");
     if (fraction > 0) {
         std::vector<int> order(static_cast<size_t>(s.ranks));
         for (int r = 0; r < s.ranks; ++r) order[static_cast<size_t>(r)] = r;

@@ -34,7 +34,6 @@
 
 namespace plexus::host {
 
-
 namespace sim {
 
 struct Settings {
@@ -42,9 +41,9 @@ struct Settings {
     NetworkSpec network;
     Algorithm algorithm = Algorithm::Auto;
     DeviceProfile device;
-    std::vector<double> slowdown;   // per rank: compute time factor (stragglers)
-    double jitter = 0;              // sigma of a log-normal factor on every compute charge
-    std::vector<double> fail_at;    // per rank: simulated time it fails (infinity: never)
+    std::vector<double> slowdown;  // per rank: compute time factor (stragglers)
+    double jitter = 0;             // sigma of a log-normal factor on every compute charge
+    std::vector<double> fail_at;   // per rank: simulated time it fails (infinity: never)
     // [[faults]] corrupt: a bit flipped in a message between a and b, with this probability, from this time.
     struct Corruption {
         int a = 0, b = 0;

@@ -26,9 +26,7 @@ std::string num(double v) {
     return buf;
 }
 
-std::string describe_link(const Link& l) {
-    return num(l.latency * 1e6) + " us, " + num(l.bandwidth / 1e9) + " GB/s";
-}
+std::string describe_link(const Link& l) { return num(l.latency * 1e6) + " us, " + num(l.bandwidth / 1e9) + " GB/s"; }
 
 }  // namespace
 
@@ -55,7 +53,8 @@ Network::Network(NetworkSpec spec) : spec_(std::move(spec)) {
     if (n < 1) throw Error("the simulated cluster needs at least one rank", "set [launch] ranks");
     auto check_link = [](const Link& l, const std::string& what) {
         if (!(l.latency >= 0) || !(l.bandwidth > 0))
-            throw Error(what + ": latency must be >= 0 and bandwidth > 0", "latency in microseconds, bandwidth in GB/s");
+            throw Error(what + ": latency must be >= 0 and bandwidth > 0",
+                        "latency in microseconds, bandwidth in GB/s");
     };
     check_link(spec_.link, "sim.latency_us/bandwidth_gbs");
     check_link(spec_.intra, "sim.intra_latency_us/intra_bandwidth_gbs");
@@ -105,7 +104,8 @@ Network::Network(NetworkSpec spec) : spec_(std::move(spec)) {
             connect(a, b);
         }
     } else if (t != "fully_connected") {
-        throw Error("sim.topology = \"" + t + "\" is unknown", "use fully_connected, ring, torus2d, two_level or custom");
+        throw Error("sim.topology = \"" + t + "\" is unknown",
+                    "use fully_connected, ring, torus2d, two_level or custom");
     }
     for (const auto& [a, b, l] : spec_.links) {
         check_rank(a, "sim.links");
@@ -225,7 +225,8 @@ double Network::tree_levels(const std::vector<int>& m, double bytes, double t) c
     for (int step = 1; step < n; step *= 2) {
         double slowest = 0;
         for (int i = 0; i + step < n; i += 2 * step)
-            slowest = std::max(slowest, route(m[static_cast<size_t>(i)], m[static_cast<size_t>(i + step)], t).time(bytes));
+            slowest =
+                std::max(slowest, route(m[static_cast<size_t>(i)], m[static_cast<size_t>(i + step)], t).time(bytes));
         total += slowest;
     }
     return total;
@@ -266,9 +267,10 @@ Cost Network::all_reduce(const std::vector<int>& m, double bytes, Algorithm algo
         return hier.seconds < best.seconds ? hier : best;
     }
     if (algo == Algorithm::Hierarchical)
-        throw Error("sim.algorithm = \"hierarchical\" needs a two_level topology and a group spanning several "
-                    "equal nodes",
-                    "use algorithm = \"auto\" (it takes hierarchical where it applies)");
+        throw Error(
+            "sim.algorithm = \"hierarchical\" needs a two_level topology and a group spanning several "
+            "equal nodes",
+            "use algorithm = \"auto\" (it takes hierarchical where it applies)");
     return ring.seconds <= tree.seconds ? ring : tree;
 }
 
@@ -288,7 +290,9 @@ Cost Network::broadcast(const std::vector<int>& m, double bytes, double t) const
     return {tree_levels(m, bytes, t), bytes, Algorithm::Tree};
 }
 
-Cost Network::barrier(const std::vector<int>& m, double t) const { return {2 * tree_levels(m, 0, t), 0, Algorithm::Tree}; }
+Cost Network::barrier(const std::vector<int>& m, double t) const {
+    return {2 * tree_levels(m, 0, t), 0, Algorithm::Tree};
+}
 
 DeviceProfile device_profile(const std::string& name, double efficiency, double measured_core_flops, double cores,
                              double custom_flops) {
@@ -302,7 +306,8 @@ DeviceProfile device_profile(const std::string& name, double efficiency, double 
         p.peak_flops = 312e12;
         p.source = "datasheet A100 SXM bf16 dense";
     } else if (name == "measured") {
-        if (!(cores > 0)) throw Error("sim.cores must be > 0", "the share of this machine's cores one simulated rank has");
+        if (!(cores > 0))
+            throw Error("sim.cores must be > 0", "the share of this machine's cores one simulated rank has");
         p.peak_flops = measured_core_flops * cores;
         p.source = "measured fp32 matmul, " + num(cores) + " core(s) of this machine";
         // bench/gpt_step reaches 44-59% of the matmul peak on the quickstart GPT step here.

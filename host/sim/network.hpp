@@ -23,12 +23,12 @@ struct Link {
 struct NetworkSpec {
     std::string topology = "fully_connected";  // fully_connected, ring, torus2d, two_level, custom
     int ranks = 1;
-    Link link{10e-6, 10e9};          // every link (two_level: the links between nodes)
-    int gpus_per_node = 8;           // two_level
-    Link intra{2e-6, 100e9};         // two_level: links inside a node
-    int torus_rows = 0;              // torus2d: 0 picks the divisor of ranks nearest its square root
-    std::vector<std::pair<int, int>> edges;           // custom: undirected edges
-    std::vector<std::tuple<int, int, Link>> links;    // heterogeneous links: replace or add (a, b)
+    Link link{10e-6, 10e9};                         // every link (two_level: the links between nodes)
+    int gpus_per_node = 8;                          // two_level
+    Link intra{2e-6, 100e9};                        // two_level: links inside a node
+    int torus_rows = 0;                             // torus2d: 0 picks the divisor of ranks nearest its square root
+    std::vector<std::pair<int, int>> edges;         // custom: undirected edges
+    std::vector<std::tuple<int, int, Link>> links;  // heterogeneous links: replace or add (a, b)
     std::vector<std::tuple<int, int, double>> link_failures;  // (a, b, simulated time it goes down)
 };
 
@@ -85,8 +85,8 @@ private:
     int failures_before(double t) const;
 
     NetworkSpec spec_;
-    std::vector<std::vector<int>> adjacency_;        // explicit topologies
-    std::map<std::pair<int, int>, Link> overrides_;  // (min, max) -> link
+    std::vector<std::vector<int>> adjacency_;             // explicit topologies
+    std::map<std::pair<int, int>, Link> overrides_;       // (min, max) -> link
     std::vector<std::tuple<int, int, double>> failures_;  // sorted by time
     // Routes computed with the first k failures applied, per k.
     mutable std::map<std::tuple<int, int, int>, Link> route_cache_;
@@ -95,9 +95,9 @@ private:
 // A device profile: what a rank's compute costs.
 struct DeviceProfile {
     std::string name;
-    double peak_flops = 0;   // FLOP/s (MFU divides by this)
-    double efficiency = 1;   // fraction of the peak a training step reaches (assumed, recorded)
-    std::string source;      // where the peak comes from
+    double peak_flops = 0;  // FLOP/s (MFU divides by this)
+    double efficiency = 1;  // fraction of the peak a training step reaches (assumed, recorded)
+    std::string source;     // where the peak comes from
     double flops_per_second() const { return peak_flops * efficiency; }
 };
 

@@ -89,14 +89,26 @@ public:
             throw Error(std::string("results database: cannot prepare statement: ") + sqlite3_errmsg(db));
     }
     ~Stmt() { sqlite3_finalize(s_); }
-    Stmt& bind(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); return *this; }
-    Stmt& bind(int i, int v) { sqlite3_bind_int64(s_, i, v); return *this; }
-    Stmt& bind(int i, double v) { sqlite3_bind_double(s_, i, v); return *this; }
+    Stmt& bind(int i, int64_t v) {
+        sqlite3_bind_int64(s_, i, v);
+        return *this;
+    }
+    Stmt& bind(int i, int v) {
+        sqlite3_bind_int64(s_, i, v);
+        return *this;
+    }
+    Stmt& bind(int i, double v) {
+        sqlite3_bind_double(s_, i, v);
+        return *this;
+    }
     Stmt& bind(int i, const std::string& v) {
         sqlite3_bind_text(s_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
         return *this;
     }
-    Stmt& bind_null(int i) { sqlite3_bind_null(s_, i); return *this; }
+    Stmt& bind_null(int i) {
+        sqlite3_bind_null(s_, i);
+        return *this;
+    }
     bool step() {
         int rc = sqlite3_step(s_);
         if (rc == SQLITE_ROW) return true;
@@ -107,7 +119,10 @@ public:
         throw Error(std::string("results database: ") + sqlite3_errmsg(db_),
                     "check that the disk has room and the file is writable");
     }
-    void reset() { sqlite3_reset(s_); sqlite3_clear_bindings(s_); }
+    void reset() {
+        sqlite3_reset(s_);
+        sqlite3_clear_bindings(s_);
+    }
     int64_t i64(int c) { return sqlite3_column_int64(s_, c); }
     double dbl(int c) { return sqlite3_column_double(s_, c); }
     bool null(int c) { return sqlite3_column_type(s_, c) == SQLITE_NULL; }
@@ -133,8 +148,7 @@ public:
         if (!done_) {
             try {
                 store_.exec("ROLLBACK");
-            } catch (...) {
-            }
+            } catch (...) {}
         }
     }
 
@@ -250,8 +264,10 @@ int64_t ResultsStore::begin_run(const RunInfo& r, const std::map<std::string, Va
            "INSERT INTO run (sweep_id, name, config_hash, config_json, toml, seed, status, started, heartbeat,"
            " plugins, fingerprint, device, host, git_rev, world_size, command)"
            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
-    if (r.sweep_id) s.bind(1, *r.sweep_id);
-    else s.bind_null(1);
+    if (r.sweep_id)
+        s.bind(1, *r.sweep_id);
+    else
+        s.bind_null(1);
     s.bind(2, r.name).bind(3, r.config_hash).bind(4, r.config_json).bind(5, r.toml).bind(6, r.seed);
     s.bind(7, now()).bind(8, r.plugins).bind(9, r.fingerprint).bind(10, r.device).bind(11, r.host);
     s.bind(12, r.git_rev).bind(13, r.world_size).bind(14, r.command);
@@ -261,9 +277,12 @@ int64_t ResultsStore::begin_run(const RunInfo& r, const std::map<std::string, Va
     for (const auto& [key, v] : params) {
         p.bind(1, id).bind(2, key).bind(3, std::string(to_string(v.type())));
         p.bind(4, v.type() == ValueType::String ? v.as_string() : v.to_text());
-        if (v.type() == ValueType::Int || v.type() == ValueType::Float) p.bind(5, v.as_double());
-        else if (v.type() == ValueType::Bool) p.bind(5, v.as_bool() ? 1.0 : 0.0);
-        else p.bind_null(5);
+        if (v.type() == ValueType::Int || v.type() == ValueType::Float)
+            p.bind(5, v.as_double());
+        else if (v.type() == ValueType::Bool)
+            p.bind(5, v.as_bool() ? 1.0 : 0.0);
+        else
+            p.bind_null(5);
         p.step();
         p.reset();
     }
@@ -285,11 +304,15 @@ void ResultsStore::add_metrics(int64_t run, const std::vector<MetricRow>& rows) 
            " tokens = excluded.tokens, wall_time = excluded.wall_time, sim_time = excluded.sim_time");
     for (const auto& m : rows) {
         s.bind(1, run).bind(2, m.rank).bind(3, m.key).bind(4, m.step);
-        if (std::isfinite(m.value)) s.bind(5, m.value);
-        else s.bind_null(5);  // NaN is not storable as REAL; NULL says "no number"
+        if (std::isfinite(m.value))
+            s.bind(5, m.value);
+        else
+            s.bind_null(5);  // NaN is not storable as REAL; NULL says "no number"
         s.bind(6, m.tokens).bind(7, m.wall_time);
-        if (m.sim_time) s.bind(8, *m.sim_time);
-        else s.bind_null(8);
+        if (m.sim_time)
+            s.bind(8, *m.sim_time);
+        else
+            s.bind_null(8);
         s.step();
         s.reset();
     }
@@ -303,8 +326,10 @@ void ResultsStore::set_summary(int64_t run, int rank, const std::string& key, do
            "INSERT INTO summary (run_id, rank, key, value) VALUES (?1, ?2, ?3, ?4)"
            " ON CONFLICT (run_id, rank, key) DO UPDATE SET value = excluded.value, text = NULL");
     s.bind(1, run).bind(2, rank).bind(3, key);
-    if (std::isfinite(value)) s.bind(4, value);
-    else s.bind_null(4);
+    if (std::isfinite(value))
+        s.bind(4, value);
+    else
+        s.bind_null(4);
     s.step();
 }
 
@@ -318,8 +343,10 @@ void ResultsStore::set_summary_text(int64_t run, int rank, const std::string& ke
 void ResultsStore::finish_run(int64_t run, const std::string& status, const std::string& error) {
     Stmt s(db_, "UPDATE run SET status = ?1, ended = ?2, heartbeat = ?2, error = ?3 WHERE id = ?4");
     s.bind(1, status).bind(2, now());
-    if (error.empty()) s.bind_null(3);
-    else s.bind(3, error);
+    if (error.empty())
+        s.bind_null(3);
+    else
+        s.bind(3, error);
     s.bind(4, run).step();
 }
 
@@ -477,8 +504,9 @@ std::vector<std::pair<int64_t, double>> ResultsStore::metric_series(int64_t run,
 }
 
 std::vector<MetricRow> ResultsStore::metric_rows(int64_t run, const std::string& key, int rank) {
-    Stmt s(db_, "SELECT step, value, tokens, wall_time, sim_time FROM metric WHERE run_id = ?1 AND rank = ?2 "
-                "AND key = ?3 ORDER BY step");
+    Stmt s(db_,
+           "SELECT step, value, tokens, wall_time, sim_time FROM metric WHERE run_id = ?1 AND rank = ?2 "
+           "AND key = ?3 ORDER BY step");
     s.bind(1, run).bind(2, static_cast<int64_t>(rank)).bind(3, key);
     std::vector<MetricRow> out;
     while (s.step()) {

@@ -30,8 +30,8 @@ struct MetricRow {
 struct RunInfo {
     int64_t id = 0;
     std::optional<int64_t> sweep_id;
-    std::string name, config_hash, config_json, toml, status, error, plugins, fingerprint, device, host,
-        git_rev, command;
+    std::string name, config_hash, config_json, toml, status, error, plugins, fingerprint, device, host, git_rev,
+        command;
     int64_t seed = 0, world_size = 1;
     double started = 0, ended = 0, heartbeat = 0;
     // Text summaries (rank 0) begin_run writes in the same transaction as the run's row.

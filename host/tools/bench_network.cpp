@@ -72,9 +72,7 @@ int bench_network(int ranks) {
                     std::nth_element(samples.begin(), samples.begin() + iters / 2, samples.end());
                     if (r == 0) times[i] = samples[static_cast<size_t>(iters / 2)];
                 }
-            } catch (const std::exception& e) {
-                errors[static_cast<size_t>(r)] = message_of(e);
-            }
+            } catch (const std::exception& e) { errors[static_cast<size_t>(r)] = message_of(e); }
         });
     for (auto& t : threads) t.join();
     for (const auto& e : errors)

@@ -90,16 +90,15 @@ CheckResult run_check(const std::string& plugin, const std::string& name, const 
     try {
         r.detail = body();
         r.passed = r.detail.empty();
-    } catch (const std::exception& e) {
-        r.detail = "threw: " + error_text(e);
-    }
+    } catch (const std::exception& e) { r.detail = "threw: " + error_text(e); }
     return r;
 }
 
 // ---- every plugin ----
 
 std::string descriptor_complete(const PluginDescriptor& d) {
-    if (d.name.empty() || d.name.find_first_of(" \t\"") != std::string::npos) return "name '" + d.name + "' is empty or has spaces";
+    if (d.name.empty() || d.name.find_first_of(" \t\"") != std::string::npos)
+        return "name '" + d.name + "' is empty or has spaces";
     if (d.version.empty() || d.summary.empty()) return "version and summary must be set";
     const int factories = !!d.make_model + !!d.make_dataset + !!d.make_optimizer + !!d.make_strategy + !!d.make_comm;
     const bool right = d.kind == PluginKind::Model       ? !!d.make_model
@@ -107,7 +106,8 @@ std::string descriptor_complete(const PluginDescriptor& d) {
                        : d.kind == PluginKind::Optimizer ? !!d.make_optimizer
                        : d.kind == PluginKind::Strategy  ? !!d.make_strategy
                                                          : !!d.make_comm;
-    if (factories != 1 || !right) return "exactly the make_* factory of its kind must be set (" + std::to_string(factories) + " set)";
+    if (factories != 1 || !right)
+        return "exactly the make_* factory of its kind must be set (" + std::to_string(factories) + " set)";
     return "";
 }
 
@@ -117,7 +117,8 @@ std::string schema_complete(const PluginDescriptor& d) {
         if (k.name.empty() || k.name == "name") return "a key may not be called '" + k.name + "'";
         if (!names.insert(k.name).second) return "key '" + k.name + "' is declared twice";
         if (k.doc.empty()) return "key '" + k.name + "' has no documentation";
-        if (!k.choices.empty() && k.type() != ValueType::String) return "key '" + k.name + "' has choices but is not a string";
+        if (!k.choices.empty() && k.type() != ValueType::String)
+            return "key '" + k.name + "' has choices but is not a string";
         const std::string why = k.refusal(k.name, k.default_value);
         if (!why.empty()) return "the default is not allowed: " + why;
     }
@@ -157,7 +158,8 @@ void check_dataset(const ResolvedConfig& cfg, const PluginDescriptor& d, std::ve
             for (size_t k = 0; k < part.size(); ++k)
                 if (!same(part[k].inputs, all[k].inputs.narrow(0, r * 4, 4)) ||
                     !same(part[k].targets, all[k].targets.narrow(0, r * 4, 4)))
-                    return "shard " + std::to_string(r) + " of 2, batch " + std::to_string(k) + " is not its rows of the global batch";
+                    return "shard " + std::to_string(r) + " of 2, batch " + std::to_string(k) +
+                           " is not its rows of the global batch";
         }
         return std::string();
     }));
@@ -242,8 +244,9 @@ void check_optimizer(const ResolvedConfig& cfg, const PluginDescriptor& d, std::
         b->load_state(a->state());
         a->step(grads[2], 0.5);
         b->step(grads[2], 0.5);
-        return same(pa[0], pb[0]) && same(pa[1], pb[1]) ? std::string()
-                                                      : "a fresh optimizer given state() steps differently from the original";
+        return same(pa[0], pb[0]) && same(pa[1], pb[1])
+                   ? std::string()
+                   : "a fresh optimizer given state() steps differently from the original";
     }));
 }
 
@@ -272,20 +275,19 @@ void check_comm(const ResolvedConfig& cfg, const PluginDescriptor& d, std::vecto
                 scheme->all_reduce_mean(x, ctx.transport(), 0)->wait();
                 const double err = (x - t).abs().max().item<double>() / t.abs().max().item<double>();
                 if (!(err <= tolerance))
-                    exact = "call " + std::to_string(call) + ": the mean of identical tensors is off by " + std::to_string(err) +
-                            " of max|x| (allowed " + std::to_string(tolerance) + ")";
+                    exact = "call " + std::to_string(call) + ": the mean of identical tensors is off by " +
+                            std::to_string(err) + " of max|x| (allowed " + std::to_string(tolerance) + ")";
             }
             const auto stats = scheme->stats();
             const int64_t sent = ctx.transport().stats().bytes_sent - before;
             const int64_t logical = 2 * ring_all_reduce_bytes(n * 4, world);
             if (stats.bytes_sent != sent)
-                bytes = "bytes_sent " + std::to_string(stats.bytes_sent) + " but the transport carried " + std::to_string(sent);
+                bytes = "bytes_sent " + std::to_string(stats.bytes_sent) + " but the transport carried " +
+                        std::to_string(sent);
             else if (stats.logical_bytes != logical)
-                bytes = "logical_bytes " + std::to_string(stats.logical_bytes) + ", a ring all-reduce of what was handed in is " +
-                        std::to_string(logical);
-        } catch (const std::exception& e) {
-            exact = bytes = "threw: " + error_text(e);
-        }
+                bytes = "logical_bytes " + std::to_string(stats.logical_bytes) +
+                        ", a ring all-reduce of what was handed in is " + std::to_string(logical);
+        } catch (const std::exception& e) { exact = bytes = "threw: " + error_text(e); }
         std::lock_guard<std::mutex> lock(mu);
         if (errors[0].empty() && !exact.empty()) errors[0] = "rank " + std::to_string(r) + ": " + exact;
         if (errors[1].empty() && !bytes.empty()) errors[1] = "rank " + std::to_string(r) + ": " + bytes;
@@ -306,7 +308,8 @@ std::string first_difference(const StateDict& a, const StateDict& b) {
     if (a.size() != b.size()) return std::to_string(a.size()) + " entries, then " + std::to_string(b.size());
     for (size_t i = 0; i < a.size(); ++i) {
         if (a[i].first.find(".measured.") != std::string::npos) continue;
-        if (a[i].first != b[i].first) return "entry " + std::to_string(i) + " is '" + a[i].first + "', then '" + b[i].first + "'";
+        if (a[i].first != b[i].first)
+            return "entry " + std::to_string(i) + " is '" + a[i].first + "', then '" + b[i].first + "'";
         if (!same(a[i].second, b[i].second)) return "'" + a[i].first + "'";
     }
     return "";
@@ -414,20 +417,22 @@ StrategyFindings strategy_findings(const ResolvedConfig& cfg, int world) {
     runs.run(f.crashed, [&](int r, RankRun& c, RankClock& clock) {
         const auto& mine = saved[static_cast<size_t>(r)];
         c.strategy->load_state(mine.state);
-        if (state_hash(c.strategy->state()) != state_hash(mine.state)) runs.note(f.round_trip, r, "state() after load_state(s) is not s");
+        if (state_hash(c.strategy->state()) != state_hash(mine.state))
+            runs.note(f.round_trip, r, "state() after load_state(s) is not s");
         if (!f.claims_exact) return;
         set_cpu_rng_state(mine.generator);
         c.train->seek(mine.position);
         clock.load_state(mine.clock);
         runs.steps(c, 3, 2);
         if (state_hash(c.strategy->state()) != mine.hash5)
-            runs.note(f.resume, r, "it claims exact_resume(), but a run resumed from state() after step 3 differs at step 5");
+            runs.note(f.resume, r,
+                      "it claims exact_resume(), but a run resumed from state() after step 3 differs at step 5");
     });
     return f;
 }
 
-void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d, const std::vector<std::string>& overrides,
-                    std::vector<CheckResult>& out) {
+void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d,
+                    const std::vector<std::string>& overrides, std::vector<CheckResult>& out) {
     const std::string who = "strategy " + d.name;
     StrategyFindings f;
     int world = 0;
@@ -448,7 +453,8 @@ void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d, c
         }
         refused += (refused.empty() ? "" : "; ") + std::to_string(w) + " rank(s): " + f.built;
     }
-    out.push_back({who, "builds on " + std::string(worlds.size() > 1 ? "1, 2 or 4" : std::to_string(worlds[0])) + " rank(s)",
+    out.push_back({who,
+                   "builds on " + std::string(worlds.size() > 1 ? "1, 2 or 4" : std::to_string(worlds[0])) + " rank(s)",
                    world > 0, world > 0 ? "" : refused});
     if (world == 0) return;
     const std::string on = " (" + std::to_string(world) + " simulated rank" + (world > 1 ? "s)" : ")");
@@ -459,7 +465,8 @@ void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d, c
     out.push_back({who, "two runs from one seed are identical" + on, f.deterministic.empty(), f.deterministic});
     out.push_back({who, "evaluate() changes no state" + on, f.evaluate.empty(), f.evaluate});
     out.push_back({who, "state() round-trips through load_state()" + on, f.round_trip.empty(), f.round_trip});
-    if (f.claims_exact) out.push_back({who, "exact_resume(): a resumed run continues bit for bit" + on, f.resume.empty(), f.resume});
+    if (f.claims_exact)
+        out.push_back({who, "exact_resume(): a resumed run continues bit for bit" + on, f.resume.empty(), f.resume});
 }
 
 }  // namespace
@@ -476,7 +483,8 @@ std::vector<CheckResult> check_plugin(const PluginRegistry& registry, const Plug
         bool given = false;
         for (const auto& o : overrides) given |= o.rfind(needs->second + "=", 0) == 0;
         if (!given) {
-            out.push_back({who, "runtime checks", false, "needs " + needs->second + ": give it with --set " + needs->second + "=...", true});
+            out.push_back({who, "runtime checks", false,
+                           "needs " + needs->second + ": give it with --set " + needs->second + "=...", true});
             return out;
         }
     }
@@ -501,9 +509,7 @@ std::vector<CheckResult> check_plugin(const PluginRegistry& registry, const Plug
     };
     try {
         kind_checks();
-    } catch (const std::exception& e) {
-        out.push_back({who, "kind checks", false, "threw: " + error_text(e)});
-    }
+    } catch (const std::exception& e) { out.push_back({who, "kind checks", false, "threw: " + error_text(e)}); }
     return out;
 }
 

@@ -28,7 +28,7 @@ struct CheckResult {
     std::string plugin;  // "strategy ddp"
     std::string check;
     bool passed = false;
-    std::string detail;  // why it failed (or, skipped, what it needs)
+    std::string detail;    // why it failed (or, skipped, what it needs)
     bool skipped = false;  // the plugin needs a setting the check cannot invent (extras "check.needs")
 };
 

@@ -69,8 +69,8 @@ void ensure_plugins(const MetaSpec& spec) {
 
 // The seeds of iteration k, pair i: its direction and its task.
 uint64_t pair_seed(const MetaSpec& spec, int64_t k, int64_t i, uint64_t salt) {
-    return mix_seed(mix_seed(mix_seed(static_cast<uint64_t>(spec.seed), static_cast<uint64_t>(k)), static_cast<uint64_t>(i)),
-                    salt);
+    return mix_seed(
+        mix_seed(mix_seed(static_cast<uint64_t>(spec.seed), static_cast<uint64_t>(k)), static_cast<uint64_t>(i)), salt);
 }
 
 // What survives a restart: the weights, Adam's moments, where the run is recorded.
@@ -94,7 +94,8 @@ struct Checkpoint {
             out.precision(17);
             out << "plexus-meta 1\niteration " << next_iteration << "\nrun " << run_id << "\nadam_steps " << adam_steps
                 << "\nfirst_meta_loss " << first_meta_loss << "\n";
-            for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor*>{"theta", &theta}, {"m", &m}, {"v", &v}}) {
+            for (const auto& [name, t] :
+                 {std::pair<const char*, const torch::Tensor*>{"theta", &theta}, {"m", &m}, {"v", &v}}) {
                 out << name << " " << t->numel() << "\n";
                 const double* p = t->data_ptr<double>();
                 for (int64_t k = 0; k < t->numel(); ++k) out << p[k] << ((k + 1) % 8 == 0 ? "\n" : " ");
@@ -121,7 +122,9 @@ struct Checkpoint {
             in >> key >> n;
             std::vector<double> values(static_cast<size_t>(std::max<int64_t>(0, n)));
             for (auto& x : values) in >> x;
-            if (!in || n <= 0) throw Error("the checkpoint '" + path + "' is truncated (at '" + key + "')", "delete it, or pass --restart");
+            if (!in || n <= 0)
+                throw Error("the checkpoint '" + path + "' is truncated (at '" + key + "')",
+                            "delete it, or pass --restart");
             *t = torch::tensor(values, torch::kFloat64);
         }
         return c;
@@ -166,14 +169,14 @@ MetaSpec load_meta_spec(const std::string& path) {
                     "fix the TOML syntax");
     }
     const fs::path dir = fs::path(spec.path).parent_path();
-    auto where = [&](const toml::node& n) {
-        return path + ":" + std::to_string(n.source().begin.line) + ": ";
-    };
+    auto where = [&](const toml::node& n) { return path + ":" + std::to_string(n.source().begin.line) + ": "; };
     for (const auto& [k, v] : doc)
         if (k != "meta" && k != "task")
-            throw Error(where(v) + "unknown section [" + std::string(k.str()) + "]", "a meta-train file has [meta] and [[task]]");
+            throw Error(where(v) + "unknown section [" + std::string(k.str()) + "]",
+                        "a meta-train file has [meta] and [[task]]");
     const auto* meta = doc["meta"].as_table();
-    if (!meta) throw Error(path + ": no [meta] section", "add [meta] with iterations, pairs, sigma, lr, inner_steps, out");
+    if (!meta)
+        throw Error(path + ": no [meta] section", "add [meta] with iterations, pairs, sigma, lr, inner_steps, out");
     for (const auto& [k, v] : *meta) {
         const std::string key(k.str());
         auto integer = [&](int64_t& field, int64_t min) {
@@ -187,28 +190,38 @@ MetaSpec load_meta_spec(const std::string& path) {
             if (!x || !(*x > 0)) throw Error(where(v) + "meta." + key + " must be a positive number", "");
             field = *x;
         };
-        if (key == "iterations") integer(spec.iterations, 0);
-        else if (key == "pairs") integer(spec.pairs, 1);
-        else if (key == "inner_steps") integer(spec.inner_steps, 1);
-        else if (key == "checkpoint_every") integer(spec.checkpoint_every, 1);
-        else if (key == "seed") integer(spec.seed, 0);
-        else if (key == "ranks") integer(spec.ranks, 1);
-        else if (key == "truncation") integer(spec.truncation, 0);
-        else if (key == "sigma") number(spec.sigma);
-        else if (key == "lr") number(spec.lr);
+        if (key == "iterations")
+            integer(spec.iterations, 0);
+        else if (key == "pairs")
+            integer(spec.pairs, 1);
+        else if (key == "inner_steps")
+            integer(spec.inner_steps, 1);
+        else if (key == "checkpoint_every")
+            integer(spec.checkpoint_every, 1);
+        else if (key == "seed")
+            integer(spec.seed, 0);
+        else if (key == "ranks")
+            integer(spec.ranks, 1);
+        else if (key == "truncation")
+            integer(spec.truncation, 0);
+        else if (key == "sigma")
+            number(spec.sigma);
+        else if (key == "lr")
+            number(spec.lr);
         else if (key == "init" || key == "out") {
             auto s = v.value<std::string>();
             if (!s || s->empty()) throw Error(where(v) + "meta." + key + " must be a non-empty string", "");
             (key == "init" ? spec.init : spec.out) = *s == "init" && key == "init" ? *s : (dir / *s).string();
         } else {
             throw Error(where(v) + "unknown key meta." + key,
-                        "keys: iterations, pairs, sigma, lr, inner_steps, seed, init, out, checkpoint_every, ranks, truncation");
+                        "keys: iterations, pairs, sigma, lr, inner_steps, seed, init, out, checkpoint_every, ranks, "
+                        "truncation");
         }
     }
     if (spec.truncation > 0) {
         if (spec.inner_steps % spec.truncation != 0)
-            throw Error(path + ": meta.truncation = " + std::to_string(spec.truncation) + " does not divide meta.inner_steps = " +
-                            std::to_string(spec.inner_steps),
+            throw Error(path + ": meta.truncation = " + std::to_string(spec.truncation) +
+                            " does not divide meta.inner_steps = " + std::to_string(spec.inner_steps),
                         "PES cuts each unroll of inner_steps into equal truncations");
         const int64_t unroll = spec.truncations_per_unroll();
         if (spec.checkpoint_every % unroll != 0)
@@ -232,11 +245,14 @@ MetaSpec load_meta_spec(const std::string& path) {
                 task.experiment = (dir / *s).string();
             } else if (key == "choose") {
                 const auto* c = v.as_table();
-                if (!c) throw Error(where(v) + "task.choose must be a table of lists", "choose = { \"model.d_model\" = [16, 32] }");
+                if (!c)
+                    throw Error(where(v) + "task.choose must be a table of lists",
+                                "choose = { \"model.d_model\" = [16, 32] }");
                 for (const auto& [ck, cv] : *c) {
                     const auto* list = cv.as_array();
                     if (!list || list->empty())
-                        throw Error(where(cv) + "task.choose." + std::string(ck.str()) + " must be a non-empty list", "");
+                        throw Error(where(cv) + "task.choose." + std::string(ck.str()) + " must be a non-empty list",
+                                    "");
                     std::vector<std::string> values;
                     for (const auto& item : *list) values.push_back(toml_text(item));
                     task.choose.emplace_back(std::string(ck.str()), values);
@@ -288,8 +304,8 @@ void check_choices(const MetaSpec& spec, const std::string& path) {
                     apply_override(exp, key + "=" + value);
                     resolve(exp, registry());
                 } catch (const Error& e) {
-                    throw Error(path + ": [[task]] " + std::to_string(t + 1) + " (" + task.experiment + "), choose " + key +
-                                    " = " + value + ": " + e.what(),
+                    throw Error(path + ": [[task]] " + std::to_string(t + 1) + " (" + task.experiment + "), choose " +
+                                    key + " = " + value + ": " + e.what(),
                                 e.hint());
                 }
             }
@@ -353,7 +369,8 @@ struct PesTask {
     TaskTrack track;
 };
 
-double pes_truncation(const MetaSpec& spec, PesTask& task, const LoptWeights& weights, const std::string& weights_file) {
+double pes_truncation(const MetaSpec& spec, PesTask& task, const LoptWeights& weights,
+                      const std::string& weights_file) {
     weights.save(weights_file);
     auto run = build_run(task.cfg);
     if (task.track.run) {
@@ -384,7 +401,8 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
     if (resume) {
         c = Checkpoint::load(ckpt_path);
     } else {
-        const auto init = spec.init == "init" ? LoptWeights::initial(static_cast<uint64_t>(spec.seed)) : LoptWeights::load(spec.init);
+        const auto init =
+            spec.init == "init" ? LoptWeights::initial(static_cast<uint64_t>(spec.seed)) : LoptWeights::load(spec.init);
         c.theta = init.flat();
         c.m = torch::zeros_like(c.theta);
         c.v = torch::zeros_like(c.theta);
@@ -410,10 +428,12 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
             info.git_rev = git_revision(fs::path(spec.path).parent_path().string());
             info.command = options.command_line;
             info.world_size = world;
-            std::map<std::string, Value> params = {
-                {"meta.iterations", Value(iterations)}, {"meta.pairs", Value(spec.pairs)},
-                {"meta.sigma", Value(spec.sigma)},      {"meta.lr", Value(spec.lr)},
-                {"meta.inner_steps", Value(spec.inner_steps)}, {"meta.seed", Value(spec.seed)}};
+            std::map<std::string, Value> params = {{"meta.iterations", Value(iterations)},
+                                                   {"meta.pairs", Value(spec.pairs)},
+                                                   {"meta.sigma", Value(spec.sigma)},
+                                                   {"meta.lr", Value(spec.lr)},
+                                                   {"meta.inner_steps", Value(spec.inner_steps)},
+                                                   {"meta.seed", Value(spec.seed)}};
             c.run_id = store->begin_run(info, params);
         }
         std::cout << "meta-train '" << spec.path << "' -> run " << c.run_id << ": " << iterations << " iterations x "
@@ -448,14 +468,17 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
                         minus.cfg = task_config(spec, task, file + "-.lopt");
                     }
                     losses[2 * i] = pes_truncation(spec, plus, LoptWeights::from_flat(c.theta + eps), file + "+.lopt");
-                    losses[2 * i + 1] = pes_truncation(spec, minus, LoptWeights::from_flat(c.theta - eps), file + "-.lopt");
+                    losses[2 * i + 1] =
+                        pes_truncation(spec, minus, LoptWeights::from_flat(c.theta - eps), file + "-.lopt");
                 } else {
                     const uint64_t task = pair_seed(spec, k, i, 2);
                     losses[2 * i] = meta_loss(spec, LoptWeights::from_flat(c.theta + eps), task, scratch);
                     losses[2 * i + 1] = meta_loss(spec, LoptWeights::from_flat(c.theta - eps), task, scratch);
                 }
             } catch (const std::exception& e) {
-                if (errors) errors->push_back("rank " + std::to_string(rank) + ", iteration " + std::to_string(k) + ": " + message_of(e));
+                if (errors)
+                    errors->push_back("rank " + std::to_string(rank) + ", iteration " + std::to_string(k) + ": " +
+                                      message_of(e));
                 losses[2 * spec.pairs] = 1;
             }
         }
@@ -469,7 +492,8 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
         const auto grad = es_gradient(spec, k, losses, n);
         double mean = 0;
         for (int64_t i = 0; i < spec.pairs; ++i)
-            mean += (losses[2 * i].item<double>() + losses[2 * i + 1].item<double>()) / (2.0 * static_cast<double>(spec.pairs));
+            mean += (losses[2 * i].item<double>() + losses[2 * i + 1].item<double>()) /
+                    (2.0 * static_cast<double>(spec.pairs));
         ++c.adam_steps;
         const double b1 = 0.9, b2 = 0.999;
         c.m.mul_(b1).add_(grad, 1 - b1);
@@ -486,18 +510,21 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
         if (rank == 0) {
             const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
             if (store)
-                store->add_metrics(c.run_id, {{0, "meta_loss", k, mean, 0, elapsed, std::nullopt},
-                                              {0, "meta_grad_norm", k, grad.norm().item<double>(), 0, elapsed, std::nullopt}});
+                store->add_metrics(c.run_id,
+                                   {{0, "meta_loss", k, mean, 0, elapsed, std::nullopt},
+                                    {0, "meta_grad_norm", k, grad.norm().item<double>(), 0, elapsed, std::nullopt}});
             const double per_iter = elapsed / static_cast<double>(done);
             char line[256];
-            std::snprintf(line, sizeof line, "iteration %5lld/%lld | meta-loss %.4f (first %.4f) | %.2f s/iteration | ETA %s",
+            std::snprintf(line, sizeof line,
+                          "iteration %5lld/%lld | meta-loss %.4f (first %.4f) | %.2f s/iteration | ETA %s",
                           static_cast<long long>(k + 1), static_cast<long long>(iterations), mean, c.first_meta_loss,
                           per_iter, human_duration(per_iter * static_cast<double>(iterations - k - 1)).c_str());
             std::cout << line << std::endl;
             if ((k + 1) % spec.checkpoint_every == 0) {  // (the last iteration's: after the loop)
                 c.save(ckpt_path);
-                LoptWeights::from_flat(c.theta).save(
-                    spec.out, "meta-trained by plexus meta-train " + fs::path(spec.path).filename().string() + ", " + std::to_string(k + 1) + " iterations");
+                LoptWeights::from_flat(c.theta).save(spec.out, "meta-trained by plexus meta-train " +
+                                                                   fs::path(spec.path).filename().string() + ", " +
+                                                                   std::to_string(k + 1) + " iterations");
             }
         }
         if (losses[2 * spec.pairs + 1].item<double>() > 0) {
@@ -507,14 +534,15 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
     }
     if (rank == 0 && c.next_iteration % unroll != 0 && done > 0) {
         std::cout << "meta-train: stopped inside a PES unroll; the checkpoint is at its start (iteration "
-                  << unroll_start.next_iteration << "), and a resumed run redoes the " << c.next_iteration - unroll_start.next_iteration
-                  << " iteration(s) since" << std::endl;
+                  << unroll_start.next_iteration << "), and a resumed run redoes the "
+                  << c.next_iteration - unroll_start.next_iteration << " iteration(s) since" << std::endl;
         c = unroll_start;
     }
     if (rank == 0) {
         if (status != "failed" && done > 0) {
             c.save(ckpt_path);
-            LoptWeights::from_flat(c.theta).save(spec.out, "meta-trained by plexus meta-train " + fs::path(spec.path).filename().string() + ", " +
+            LoptWeights::from_flat(c.theta).save(spec.out, "meta-trained by plexus meta-train " +
+                                                               fs::path(spec.path).filename().string() + ", " +
                                                                std::to_string(c.next_iteration) + " iterations");
         }
         if (store && c.run_id > 0) {
@@ -526,7 +554,8 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
             store->set_summary(c.run_id, 0, "meta_loss_first", c.first_meta_loss);
             store->set_summary(c.run_id, 0, "iterations", static_cast<double>(c.next_iteration));
             store->set_summary(c.run_id, 0, "wall_time", std::chrono::duration<double>(Clock::now() - t0).count());
-            store->finish_run(c.run_id, status, status == "failed" && errors && !errors->empty() ? errors->front() : "");
+            store->finish_run(c.run_id, status,
+                              status == "failed" && errors && !errors->empty() ? errors->front() : "");
         }
         std::cout << "meta-train " << status << " after iteration " << c.next_iteration
                   << (fs::exists(spec.out) ? "; weights in " + spec.out : "; no weights written") << std::endl;
@@ -545,7 +574,8 @@ int meta_train(const std::string& path, const MetaOptions& options) {
     // arithmetic (no thread-count-dependent summation order) makes R ranks reproduce 1 rank.
     set_compute_threads(1);
     std::unique_ptr<ResultsStore> store;
-    if (!rendezvous || rendezvous->rank == 0) store = std::make_unique<ResultsStore>(options.db.empty() ? "results/plexus.db" : options.db);
+    if (!rendezvous || rendezvous->rank == 0)
+        store = std::make_unique<ResultsStore>(options.db.empty() ? "results/plexus.db" : options.db);
 
     g_stop = 0;
     auto prev_int = std::signal(SIGINT, on_stop);
@@ -583,10 +613,9 @@ int meta_train(const std::string& path, const MetaOptions& options) {
                 rv.world_size = local_ranks;
                 rv.timeout_s = 3600;  // a rank waits for the slowest task of an iteration
                 auto transport = make_gloo_transport(rv);
-                codes[static_cast<size_t>(r)] = train_rank(spec, options, *transport, r == 0 ? store.get() : nullptr, &mine);
-            } catch (const std::exception& e) {
-                mine.push_back("rank " + std::to_string(r) + ": " + message_of(e));
-            }
+                codes[static_cast<size_t>(r)] =
+                    train_rank(spec, options, *transport, r == 0 ? store.get() : nullptr, &mine);
+            } catch (const std::exception& e) { mine.push_back("rank " + std::to_string(r) + ": " + message_of(e)); }
             std::lock_guard<std::mutex> lk(errors_mu);
             errors.insert(errors.end(), mine.begin(), mine.end());
         });

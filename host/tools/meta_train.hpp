@@ -51,7 +51,7 @@
 namespace plexus::host {
 
 struct MetaTask {
-    std::string experiment;  // absolute path
+    std::string experiment;                                                // absolute path
     std::vector<std::pair<std::string, std::vector<std::string>>> choose;  // key -> values as TOML text
 };
 

@@ -152,7 +152,8 @@ plexus::PluginDescriptor describe() {
 
 PLEXUS_PLUGIN(describe)
 )PLUGIN"},
-    {"dataset", R"PLUGIN(// @NAME@: a dataset plugin (written by `plexus new dataset @NAME@`): windows of a token sequence.
+    {"dataset",
+     R"PLUGIN(// @NAME@: a dataset plugin (written by `plexus new dataset @NAME@`): windows of a token sequence.
 // Replace the sequence with your data. A stream serves one global batch of world x batch windows
 // per position, drawn from the stream's seed, and this shard takes its rows of it.
 #include <plexus/plexus.hpp>
@@ -314,21 +315,25 @@ std::string filled(std::string text, const std::map<std::string, std::string>& v
 
 }  // namespace
 
-std::vector<std::string> write_plugin_scaffold(const std::string& kind, const std::string& name, const std::string& dir) {
+std::vector<std::string> write_plugin_scaffold(const std::string& kind, const std::string& name,
+                                               const std::string& dir) {
     const auto source = kSources.find(kind);
-    if (source == kSources.end()) throw Error("plexus new: unknown kind '" + kind + "'", "use model, dataset, optimizer, strategy or comm");
+    if (source == kSources.end())
+        throw Error("plexus new: unknown kind '" + kind + "'", "use model, dataset, optimizer, strategy or comm");
     bool identifier = !name.empty() && !std::isdigit(static_cast<unsigned char>(name[0]));
     for (char c : name) identifier = identifier && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
-    if (!identifier) throw Error("plexus new: '" + name + "' is not a plugin name", "use letters, digits and _, not starting with a digit");
+    if (!identifier)
+        throw Error("plexus new: '" + name + "' is not a plugin name",
+                    "use letters, digits and _, not starting with a digit");
     std::error_code ec;
     if (fs::exists(dir) && !fs::is_empty(dir, ec))
         throw Error("plexus new: " + dir + " exists and is not empty", "name a new folder as the third argument");
     fs::create_directories(dir);
     const std::map<std::string, std::string> values = {
         {"@NAME@", name}, {"@KIND@", kind}, {"@SECTION@", kind == "dataset" ? "data" : kind}};
-    const std::vector<std::pair<std::string, std::string>> files = {
-        {"CMakeLists.txt", filled(kCMake, values)}, {name + ".cpp", filled(source->second, values)},
-        {"README.md", filled(kReadme, values)}};
+    const std::vector<std::pair<std::string, std::string>> files = {{"CMakeLists.txt", filled(kCMake, values)},
+                                                                    {name + ".cpp", filled(source->second, values)},
+                                                                    {"README.md", filled(kReadme, values)}};
     std::vector<std::string> written;
     for (const auto& [file, text] : files) {
         const auto path = (fs::path(dir) / file).string();

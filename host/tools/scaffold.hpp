@@ -10,6 +10,7 @@ namespace plexus::host {
 
 // Writes the folder and returns the paths written. Throws plexus::Error for an unknown kind, a
 // name that is not an identifier, or a folder that exists and is not empty.
-std::vector<std::string> write_plugin_scaffold(const std::string& kind, const std::string& name, const std::string& dir);
+std::vector<std::string> write_plugin_scaffold(const std::string& kind, const std::string& name,
+                                               const std::string& dir);
 
 }  // namespace plexus::host

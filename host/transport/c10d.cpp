@@ -84,8 +84,8 @@ std::optional<Rendezvous> rendezvous_from_env() {
     rv.master_port = env_int("MASTER_PORT", 29500);
     rv.local_world_size = std::max(1, rv.local_world_size);
     if (rv.world_size < 1 || rv.rank < 0 || rv.rank >= rv.world_size)
-        throw Error("rank " + std::to_string(rv.rank) + " of world size " + std::to_string(rv.world_size) +
-                        " from " + rv.source + " is not a valid rank",
+        throw Error("rank " + std::to_string(rv.rank) + " of world size " + std::to_string(rv.world_size) + " from " +
+                        rv.source + " is not a valid rank",
                     "check the launcher's environment");
     return rv;
 }

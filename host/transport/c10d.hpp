@@ -21,8 +21,8 @@ struct Rendezvous {
     int world_size = 1;
     int local_rank = 0;
     int local_world_size = 1;  // ranks on this machine: they share its cores
-    double timeout_s = 300;  // rendezvous and every collective
-    std::string source;      // which environment it came from, for messages
+    double timeout_s = 300;    // rendezvous and every collective
+    std::string source;        // which environment it came from, for messages
 
     std::chrono::milliseconds timeout() const {
         return std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));

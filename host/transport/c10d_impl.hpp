@@ -83,9 +83,7 @@ public:
             waiter_ = std::thread([this] {
                 try {
                     work_->wait();
-                } catch (...) {
-                    failure_ = std::current_exception();
-                }
+                } catch (...) { failure_ = std::current_exception(); }
                 arrived_ = true;
             });
         return arrived_;
@@ -121,7 +119,8 @@ private:
 // A work whose completion runs one more step after the inner work's.
 class Chained : public Work {
 public:
-    Chained(std::shared_ptr<Work> inner, std::function<void()> then) : inner_(std::move(inner)), then_(std::move(then)) {}
+    Chained(std::shared_ptr<Work> inner, std::function<void()> then)
+        : inner_(std::move(inner)), then_(std::move(then)) {}
     void wait() override {
         inner_->wait();
         run_then();
@@ -186,8 +185,7 @@ public:
         c10d::AllreduceOptions o;
         o.reduceOp = to_c10d(op);
         count(2.0 * (world_ - 1) / world_ * nbytes(t));
-        return std::make_shared<C10dWork>(pg_->allreduce(v, o), stats_,
-                                          finisher(t, staged, op == ReduceOp::Mean));
+        return std::make_shared<C10dWork>(pg_->allreduce(v, o), stats_, finisher(t, staged, op == ReduceOp::Mean));
     }
 
     std::shared_ptr<Work> reduce_scatter(torch::Tensor& out, const torch::Tensor& in, ReduceOp op) override {
@@ -224,7 +222,8 @@ public:
             std::vector<std::vector<torch::Tensor>> outputs(1);
             for (int r = 0; r < world_; ++r) outputs[0].push_back(flat_out.narrow(0, r * n, n));
             std::vector<torch::Tensor> inputs{flat_in};
-            return std::make_shared<C10dWork>(pg_->allgather(outputs, inputs), stats_, finisher(out, staged_out, false));
+            return std::make_shared<C10dWork>(pg_->allgather(outputs, inputs), stats_,
+                                              finisher(out, staged_out, false));
         }
     }
 
@@ -252,7 +251,8 @@ public:
         auto staged = stage(t);
         std::vector<torch::Tensor> v{staged};
         count(0);
-        return std::make_shared<C10dWork>(pg_->recv(v, peer, tag), stats_, finisher(t, staged, false), !Flavor::kPollableRecv);
+        return std::make_shared<C10dWork>(pg_->recv(v, peer, tag), stats_, finisher(t, staged, false),
+                                          !Flavor::kPollableRecv);
     }
 
     std::shared_ptr<Transport> subgroup(const std::vector<int>& ranks) override {

@@ -26,7 +26,8 @@ PluginDescriptor descriptor(const char* name, PluginKind kind, ConfigSchema sche
 // A few plugins of each kind, with keys of each type.
 const std::vector<PluginDescriptor>& plugins() {
     static const std::vector<PluginDescriptor> all = {
-        descriptor("gpt", PluginKind::Model, {{"n_layer", 2, ""}, {"d_model", 32, ""}, {"dropout", 0.0, ""}, {"tied", true, ""}}),
+        descriptor("gpt", PluginKind::Model,
+                   {{"n_layer", 2, ""}, {"d_model", 32, ""}, {"dropout", 0.0, ""}, {"tied", true, ""}}),
         descriptor("mlp", PluginKind::Model, {{"width", 8, ""}}),
         descriptor("text", PluginKind::Dataset, {{"path", "", ""}, {"split", 0.9, ""}}),
         descriptor("synthetic", PluginKind::Dataset, {{"vocab", 64, ""}}),
@@ -59,7 +60,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Lines "#set KEY=VALUE" are also tried as --set overrides.
     std::vector<std::string> overrides;
     for (size_t at = text.find("#set "); at != std::string::npos; at = text.find("#set ", at + 5))
-        overrides.push_back(text.substr(at + 5, text.find('\n', at) == std::string::npos ? std::string::npos : text.find('\n', at) - at - 5));
+        overrides.push_back(text.substr(
+            at + 5, text.find('\n', at) == std::string::npos ? std::string::npos : text.find('\n', at) - at - 5));
     if (std::FILE* f = std::fopen(path.c_str(), "wb")) {
         std::fwrite(text.data(), 1, text.size(), f);
         std::fclose(f);
@@ -72,10 +74,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             try {
                 const auto cfg = host::resolve(host::apply_grid_point(exp, points[i], find), find, names);
                 (void)cfg.to_json();
-            } catch (const Error&) {
-            }
+            } catch (const Error&) {}
         }
-    } catch (const Error&) {
-    }
+    } catch (const Error&) {}
     return 0;
 }

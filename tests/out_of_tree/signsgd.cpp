@@ -26,8 +26,10 @@ plexus::PluginDescriptor describe() {
     d.version = "0.1";
     d.summary = "signSGD, built out of tree against the installed SDK";
     d.schema = {{"lr", 1e-3, "step size"}};
-    d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&, std::vector<plexus::ParamSlot> slots)
-        -> std::unique_ptr<plexus::Optimizer> { return std::make_unique<SignSgd>(cfg.get_double("lr"), std::move(slots)); };
+    d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&,
+                          std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
+        return std::make_unique<SignSgd>(cfg.get_double("lr"), std::move(slots));
+    };
     return d;
 }
 

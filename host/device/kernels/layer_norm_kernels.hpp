@@ -20,13 +20,13 @@ struct LayerNormForward {
     const float* x = nullptr;
     const void* residual = nullptr;  // optional, in residual_dtype
     Dtype residual_dtype = Dtype::Float32;
-    const float* weight = nullptr;   // [width]
-    const float* bias = nullptr;     // [width]
-    float* sum = nullptr;            // x + residual, written when there is a residual
-    void* normed = nullptr;          // in normed_dtype
+    const float* weight = nullptr;  // [width]
+    const float* bias = nullptr;    // [width]
+    float* sum = nullptr;           // x + residual, written when there is a residual
+    void* normed = nullptr;         // in normed_dtype
     Dtype normed_dtype = Dtype::Float32;
-    float* mean = nullptr;           // [rows]
-    float* rstd = nullptr;           // [rows], 1 / sqrt(variance + eps)
+    float* mean = nullptr;  // [rows]
+    float* rstd = nullptr;  // [rows], 1 / sqrt(variance + eps)
     int64_t rows = 0, width = 0;
     float eps = 1e-5f;
 };
@@ -34,18 +34,18 @@ struct LayerNormForward {
 struct LayerNormBackward {
     const void* grad_normed = nullptr;  // in grad_normed_dtype
     Dtype grad_normed_dtype = Dtype::Float32;
-    const float* grad_sum = nullptr;    // optional: the gradient along the residual stream
-    const float* sum = nullptr;         // the forward's normalized input (x + residual)
+    const float* grad_sum = nullptr;  // optional: the gradient along the residual stream
+    const float* sum = nullptr;       // the forward's normalized input (x + residual)
     const float* mean = nullptr;
     const float* rstd = nullptr;
     const float* weight = nullptr;
     float* grad_x = nullptr;
-    void* grad_residual = nullptr;      // optional, in residual_dtype (the same values as grad_x)
+    void* grad_residual = nullptr;  // optional, in residual_dtype (the same values as grad_x)
     Dtype residual_dtype = Dtype::Float32;
-    float* partial_weight = nullptr;    // [blocks, width]: each block's share of the weight's gradient
-    float* partial_bias = nullptr;      // [blocks, width]
+    float* partial_weight = nullptr;  // [blocks, width]: each block's share of the weight's gradient
+    float* partial_bias = nullptr;    // [blocks, width]
     int64_t rows = 0, width = 0;
-    int blocks = 1;                     // rows are shared out among this many thread blocks
+    int blocks = 1;  // rows are shared out among this many thread blocks
 };
 
 // Queue the kernels on `stream`; the launch's error, if any.

@@ -43,12 +43,12 @@ Tensors4 layer_norm_forward_cuda(const torch::Tensor& x, const c10::optional<tor
                                  const torch::Tensor& weight, const torch::Tensor& bias, double eps,
                                  c10::ScalarType out_dtype) {
     const auto width = weight.size(0);
-    const bool fits = weight.dim() == 1 && width > 0 && width <= kernels::kLayerNormMaxWidth &&
-                      bias.sizes() == weight.sizes() && x.dim() >= 1 && x.size(-1) == width &&
-                      float_on(x, x.device()) && float_on(weight, x.device()) && float_on(bias, x.device()) &&
-                      kernel_dtype(out_dtype) && (!residual || (kernel_dtype(residual->scalar_type()) &&
-                                                                residual->device() == x.device() &&
-                                                                residual->sizes() == x.sizes()));
+    const bool fits =
+        weight.dim() == 1 && width > 0 && width <= kernels::kLayerNormMaxWidth && bias.sizes() == weight.sizes() &&
+        x.dim() >= 1 && x.size(-1) == width && float_on(x, x.device()) && float_on(weight, x.device()) &&
+        float_on(bias, x.device()) && kernel_dtype(out_dtype) &&
+        (!residual ||
+         (kernel_dtype(residual->scalar_type()) && residual->device() == x.device() && residual->sizes() == x.sizes()));
     if (!fits) return layer_norm_forward_reference(x, residual, weight, bias, eps, out_dtype);
     const c10::cuda::CUDAGuard on_device(x.device());
     const auto x_c = x.contiguous(), weight_c = weight.contiguous(), bias_c = bias.contiguous();
@@ -85,9 +85,8 @@ Tensors4 layer_norm_backward_cuda(const c10::optional<torch::Tensor>& grad_norme
     const auto& device = sum.device();
     const bool fits = grad_normed && weight.dim() == 1 && width > 0 && width <= kernels::kLayerNormMaxWidth &&
                       sum.dim() >= 1 && sum.size(-1) == width && mean.numel() * width == sum.numel() &&
-                      rstd.numel() == mean.numel() &&
-                      float_on(sum, device) && float_on(mean, device) && float_on(rstd, device) &&
-                      float_on(weight, device) && kernel_dtype(grad_normed->scalar_type()) &&
+                      rstd.numel() == mean.numel() && float_on(sum, device) && float_on(mean, device) &&
+                      float_on(rstd, device) && float_on(weight, device) && kernel_dtype(grad_normed->scalar_type()) &&
                       grad_normed->device() == device && grad_normed->sizes() == sum.sizes() &&
                       (!grad_sum || (float_on(*grad_sum, device) && grad_sum->sizes() == sum.sizes())) &&
                       (!residual_dtype || kernel_dtype(*residual_dtype));
@@ -124,7 +123,8 @@ Tensors4 layer_norm_backward_cuda(const c10::optional<torch::Tensor>& grad_norme
     args.rows = rows;
     args.width = width;
     args.blocks = blocks;
-    check(kernels::layer_norm_backward(args, at::cuda::getCurrentCUDAStream()), "plexus's layer norm backward kernel", kNormHint);
+    check(kernels::layer_norm_backward(args, at::cuda::getCurrentCUDAStream()), "plexus's layer norm backward kernel",
+          kNormHint);
     return {grad_x, grad_residual, partial_weight.sum(0), partial_bias.sum(0)};
 }
 
@@ -150,7 +150,8 @@ std::tuple<torch::Tensor, torch::Tensor> cross_entropy_forward_cuda(const torch:
     args.row_loss = row_loss.data_ptr<float>();
     args.rows = rows;
     args.vocab = logits.size(1);
-    check(kernels::cross_entropy_forward(args, at::cuda::getCurrentCUDAStream()), "plexus's cross-entropy kernel", kLossHint);
+    check(kernels::cross_entropy_forward(args, at::cuda::getCurrentCUDAStream()), "plexus's cross-entropy kernel",
+          kLossHint);
     return {row_loss.mean(), stats};
 }
 
@@ -158,9 +159,9 @@ torch::Tensor cross_entropy_backward_cuda(const torch::Tensor& grad_loss, const 
                                           const torch::Tensor& targets, const torch::Tensor& stats) {
     const auto& device = logits.device();
     const bool fits = logits.dim() == 2 && logits.size(1) > 0 && kernel_dtype(logits.scalar_type()) &&
-                      rows_of(targets, logits.size(0), c10::kLong, device) &&
-                      stats.dim() == 2 && stats.size(0) == logits.size(0) && stats.size(1) == 2 &&
-                      stats.scalar_type() == c10::kFloat && stats.device() == device && grad_loss.numel() == 1;
+                      rows_of(targets, logits.size(0), c10::kLong, device) && stats.dim() == 2 &&
+                      stats.size(0) == logits.size(0) && stats.size(1) == 2 && stats.scalar_type() == c10::kFloat &&
+                      stats.device() == device && grad_loss.numel() == 1;
     if (!fits) return cross_entropy_backward_reference(grad_loss, logits, targets, stats);
     const c10::cuda::CUDAGuard on_device(device);
     const auto logits_c = logits.contiguous(), targets_c = targets.contiguous(), stats_c = stats.contiguous();
@@ -184,8 +185,8 @@ torch::Tensor cross_entropy_backward_cuda(const torch::Tensor& grad_loss, const 
 }  // namespace
 
 void gpu::register_operators() {
-    static auto cuda = std::make_unique<torch::Library>(torch::Library::IMPL, "plexus", c10::DispatchKey::CUDA,
-                                                        __FILE__, __LINE__);
+    static auto cuda =
+        std::make_unique<torch::Library>(torch::Library::IMPL, "plexus", c10::DispatchKey::CUDA, __FILE__, __LINE__);
     cuda->impl("layer_norm_forward", TORCH_FN(layer_norm_forward_cuda));
     cuda->impl("layer_norm_backward", TORCH_FN(layer_norm_backward_cuda));
     cuda->impl("cross_entropy_forward", TORCH_FN(cross_entropy_forward_cuda));

@@ -20,9 +20,9 @@ public:
         const int world = transport.world_size(), rank = transport.rank();
         const int g = static_cast<int>(node_size_ > 0 ? node_size_ : world);
         if (world % g != 0)
-            throw plexus::Error("comm.node_size = " + std::to_string(g) + " does not divide the " +
-                                    std::to_string(world) + " ranks",
-                                "set comm.node_size to the number of ranks per node");
+            throw plexus::Error(
+                "comm.node_size = " + std::to_string(g) + " does not divide the " + std::to_string(world) + " ranks",
+                "set comm.node_size to the number of ranks per node");
         if (!intra_) {
             std::vector<int> node, across;
             for (int r = (rank / g) * g; r < (rank / g + 1) * g; ++r) node.push_back(r);

@@ -42,7 +42,8 @@ public:
             auto all_scales = torch::empty({world * chunks}, scales.options());
             transport.all_gather(all_codes, codes.view(-1))->wait();
             transport.all_gather(all_scales, scales)->wait();
-            auto values = all_codes.view({world, chunks, chunk_}).to(torch::kFloat32) * all_scales.view({world, chunks, 1});
+            auto values =
+                all_codes.view({world, chunks, chunk_}).to(torch::kFloat32) * all_scales.view({world, chunks, 1});
             sum = values.sum(0).view(-1).narrow(0, 0, n);
         }
         stats_.bytes_sent += transport.stats().bytes_sent - before;

@@ -59,10 +59,9 @@ public:
         train_ = generate(chain, train_tokens, plexus::mix_seed(seed, 1'000'001));
         val_ = generate(chain, val_tokens, plexus::mix_seed(seed, 2'000'003));
         description_ = "synthetic Markov chain: vocabulary " + std::to_string(vocab_) + ", " +
-                       std::to_string(branching) + " successors per token, entropy rate ~" +
-                       std::to_string(entropy) + " nats (the best achievable loss)";
+                       std::to_string(branching) + " successors per token, entropy rate ~" + std::to_string(entropy) +
+                       " nats (the best achievable loss)";
     }
-
 
 private:
     plexus::TokenArray generate(const Chain& chain, int64_t n, uint64_t seed) const {
@@ -78,7 +77,6 @@ private:
         }
         return out;
     }
-
 };
 
 plexus::PluginDescriptor describe() {

@@ -37,8 +37,7 @@ public:
             files.push_back(root);
         } else if (fs::is_directory(root, ec)) {
             for (const auto& e : fs::recursive_directory_iterator(root, ec))
-                if (!e.is_symlink() && e.is_regular_file() && !excluded(e.path(), exclude))
-                    files.push_back(e.path());
+                if (!e.is_symlink() && e.is_regular_file() && !excluded(e.path(), exclude)) files.push_back(e.path());
             std::sort(files.begin(), files.end());
         } else {
             throw plexus::Error("data.path: '" + root.string() + "' is neither a file nor a folder",
@@ -69,8 +68,6 @@ public:
                        std::to_string(train_->size()) + " train / " + std::to_string(val_->size()) +
                        " validation bytes";
     }
-
-
 };
 
 plexus::PluginDescriptor describe() {

@@ -31,7 +31,9 @@ void read_shard(const std::string& path, int64_t vocab, std::vector<uint16_t>& o
     if (!in) throw plexus::Error("cannot open token shard '" + path + "'", "check the path and its permissions");
     int32_t header[256];
     in.read(reinterpret_cast<char*>(header), sizeof header);
-    if (!in) throw plexus::Error("token shard '" + path + "' is shorter than its 1024-byte header", "the file is truncated or not an llm.c shard");
+    if (!in)
+        throw plexus::Error("token shard '" + path + "' is shorter than its 1024-byte header",
+                            "the file is truncated or not an llm.c shard");
     if (header[0] != kMagic)
         throw plexus::Error("token shard '" + path + "' has magic " + std::to_string(header[0]) + ", expected " +
                                 std::to_string(kMagic),
@@ -44,8 +46,8 @@ void read_shard(const std::string& path, int64_t vocab, std::vector<uint16_t>& o
     out.resize(old + static_cast<size_t>(count));
     in.read(reinterpret_cast<char*>(out.data() + old), count * static_cast<int64_t>(sizeof(uint16_t)));
     if (in.gcount() != count * static_cast<int64_t>(sizeof(uint16_t)))
-        throw plexus::Error("token shard '" + path + "' announces " + std::to_string(count) +
-                                " tokens but holds fewer", "the file is truncated");
+        throw plexus::Error("token shard '" + path + "' announces " + std::to_string(count) + " tokens but holds fewer",
+                            "the file is truncated");
     for (size_t i = old; i < out.size(); ++i)
         if (out[i] >= vocab)
             throw plexus::Error("token shard '" + path + "' holds token id " + std::to_string(out[i]) +
@@ -78,11 +80,9 @@ public:
         train_ = train;
         val_ = val;
         description_ = "tokens: " + std::to_string(train_files.size()) + " train shard(s), " +
-                       std::to_string(val_files) + " val shard(s); " + std::to_string(train_->size()) +
-                       " train / " + std::to_string(val_->size()) + " validation tokens";
+                       std::to_string(val_files) + " val shard(s); " + std::to_string(train_->size()) + " train / " +
+                       std::to_string(val_->size()) + " validation tokens";
     }
-
-
 };
 
 plexus::PluginDescriptor describe() {

@@ -20,8 +20,10 @@ using plexus::transformer::residual_layer_norm;
 class Embed : public plexus::Block {
 public:
     explicit Embed(const GptShape& s) {
-        tokens = register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
-        positions = register_module("positions", std::make_shared<Params>(std::vector<int64_t>{s.seq_len, s.d_model}, 0, s.options));
+        tokens =
+            register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
+        positions = register_module("positions",
+                                    std::make_shared<Params>(std::vector<int64_t>{s.seq_len, s.d_model}, 0, s.options));
         torch::NoGradGuard no_grad;
         tokens->weight.normal_(0.0, 0.02);
         positions->weight.normal_(0.0, 0.02);
@@ -82,10 +84,18 @@ public:
     std::vector<plexus::TensorParallelRule> tensor_parallel_plan() const override {
         using S = plexus::TensorParallelRule::Split;
         const int64_t head = shape_.d_model / shape_.n_head;  // whole heads per rank
-        return {{"qkv.weight", S::Column, 3, head}, {"qkv.bias", S::Column, 3, head}, {"proj.weight", S::Row, 1, head},
-                {"proj.bias", S::Replicate},        {"fc.weight", S::Column},           {"fc.bias", S::Column},
-                {"out.weight", S::Row},             {"out.bias", S::Replicate},         {"ln1.weight", S::Replicate},
-                {"ln1.bias", S::Replicate},         {"ln2.weight", S::Replicate},       {"ln2.bias", S::Replicate}};
+        return {{"qkv.weight", S::Column, 3, head},
+                {"qkv.bias", S::Column, 3, head},
+                {"proj.weight", S::Row, 1, head},
+                {"proj.bias", S::Replicate},
+                {"fc.weight", S::Column},
+                {"fc.bias", S::Column},
+                {"out.weight", S::Row},
+                {"out.bias", S::Replicate},
+                {"ln1.weight", S::Replicate},
+                {"ln1.bias", S::Replicate},
+                {"ln2.weight", S::Replicate},
+                {"ln2.bias", S::Replicate}};
     }
 
     std::shared_ptr<Params> ln1, qkv, proj, ln2, fc, out;
@@ -128,8 +138,8 @@ public:
         embed_ = add_block("embed", std::make_shared<Embed>(s));
         for (int64_t i = 0; i < s.n_layer; ++i)
             layers_.push_back(add_block("layer" + std::to_string(i), std::make_shared<Layer>(s, i)));
-        head_ = add_block("head", std::make_shared<Head>(s, s.tie_embeddings ? embed_->tokens->weight
-                                                                             : torch::Tensor()));
+        head_ =
+            add_block("head", std::make_shared<Head>(s, s.tie_embeddings ? embed_->tokens->weight : torch::Tensor()));
     }
 
     torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {

@@ -54,7 +54,8 @@ class MlpLm : public plexus::Model {
 public:
     MlpLm(int64_t vocab, int64_t width, int64_t hidden, int64_t depth, const torch::TensorOptions& o) {
         add_block("embed", std::make_shared<Embed>(vocab, width, o));
-        for (int64_t i = 0; i < depth; ++i) add_block("mix" + std::to_string(i), std::make_shared<Mix>(width, hidden, o));
+        for (int64_t i = 0; i < depth; ++i)
+            add_block("mix" + std::to_string(i), std::make_shared<Mix>(width, hidden, o));
         add_block("head", std::make_shared<Head>(vocab, width, o));
     }
     torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
@@ -75,8 +76,8 @@ plexus::PluginDescriptor describe() {
     d.summary = "a token-wise MLP language model (no attention), with a tensor-parallel plan";
     d.schema = {{"width", 32, "residual width"}, {"hidden", 64, "MLP hidden width"}, {"depth", 2, "MLP blocks"}};
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
-        return std::make_shared<MlpLm>(ctx.vocab_size(), cfg.get_int("width"), cfg.get_int("hidden"), cfg.get_int("depth"),
-                                       torch::TensorOptions().device(ctx.device()));
+        return std::make_shared<MlpLm>(ctx.vocab_size(), cfg.get_int("width"), cfg.get_int("hidden"),
+                                       cfg.get_int("depth"), torch::TensorOptions().device(ctx.device()));
     };
     return d;
 }

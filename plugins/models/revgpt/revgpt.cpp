@@ -65,8 +65,10 @@ struct Mlp : torch::nn::Module {
 class Embed : public plexus::Block {
 public:
     explicit Embed(const RevShape& s) {
-        tokens = register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
-        positions = register_module("positions", std::make_shared<Params>(std::vector<int64_t>{s.seq_len, s.d_model}, 0, s.options));
+        tokens =
+            register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
+        positions = register_module("positions",
+                                    std::make_shared<Params>(std::vector<int64_t>{s.seq_len, s.d_model}, 0, s.options));
         torch::NoGradGuard no_grad;
         tokens->weight.normal_(0.0, s.embed_std);
         positions->weight.normal_(0.0, s.embed_std);
@@ -169,8 +171,8 @@ struct ReversibleStack : torch::autograd::Function<ReversibleStack> {
     }
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                    torch::autograd::variable_list grads) {
-        const auto* blocks = reinterpret_cast<const std::vector<std::shared_ptr<plexus::Block>>*>(
-            ctx->saved_data["blocks"].toInt());
+        const auto* blocks =
+            reinterpret_cast<const std::vector<std::shared_ptr<plexus::Block>>*>(ctx->saved_data["blocks"].toInt());
         torch::Tensor y = ctx->saved_data["y"].toTensor(), grad = grads[0];
         for (auto it = blocks->rbegin(); it != blocks->rend(); ++it) std::tie(y, grad) = (*it)->reverse(y, grad);
         return {grad, torch::Tensor()};
@@ -181,7 +183,8 @@ class RevGpt : public plexus::Model {
 public:
     RevGpt(const RevShape& s, bool reversible_backprop) : reversible_backprop_(reversible_backprop) {
         embed_ = add_block("embed", std::make_shared<Embed>(s));
-        for (int64_t i = 0; i < s.n_layer; ++i) stack_.push_back(add_block("rev" + std::to_string(i), std::make_shared<RevBlock>(s)));
+        for (int64_t i = 0; i < s.n_layer; ++i)
+            stack_.push_back(add_block("rev" + std::to_string(i), std::make_shared<RevBlock>(s)));
         head_ = add_block("head", std::make_shared<Head>(s));
     }
 
@@ -200,10 +203,11 @@ public:
         for (const auto& b : blocks()) flops += b->flops_per_token(seq_len);
         int64_t n = head_->counted_params();
         for (const auto& b : stack_) n += std::static_pointer_cast<RevBlock>(b)->parameter_count();
-        return {flops,
-                "6N+12LDT with D the width of one half (attention runs on one half); N counts every parameter "
-                "except the embedding tables; the reconstruction of reversible backprop (one more forward) is not counted",
-                n};
+        return {
+            flops,
+            "6N+12LDT with D the width of one half (attention runs on one half); N counts every parameter "
+            "except the embedding tables; the reconstruction of reversible backprop (one more forward) is not counted",
+            n};
     }
 
 private:
@@ -218,7 +222,8 @@ plexus::PluginDescriptor describe() {
     d.name = "revgpt";
     d.kind = plexus::PluginKind::Model;
     d.version = "1.0";
-    d.summary = "reversible GPT: two residual halves, y1 = x1 + Attn(x2), y2 = x2 + MLP(y1); blocks embed, rev0..N-1, head";
+    d.summary =
+        "reversible GPT: two residual halves, y1 = x1 + Attn(x2), y2 = x2 + MLP(y1); blocks embed, rev0..N-1, head";
     d.schema = plexus::transformer::dims_schema(4, "reversible blocks (L)", 128,
                                                 "width of each of the two residual halves (D); the stream is 2D wide");
     d.schema.push_back({"embed_std", 0.02,

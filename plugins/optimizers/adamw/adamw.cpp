@@ -71,7 +71,8 @@ public:
             const auto& g = grads[i];
             const double decay = decays_[i] && weight_decay_ != 0 ? 1.0 - lr * weight_decay_ : 1.0;
             if (fits_pass(p, g)) {
-                float *pp = p.data_ptr<float>(), *mp = exp_avg_[i].data_ptr<float>(), *vp = exp_avg_sq_[i].data_ptr<float>();
+                float *pp = p.data_ptr<float>(), *mp = exp_avg_[i].data_ptr<float>(),
+                      *vp = exp_avg_sq_[i].data_ptr<float>();
                 const float* gp = g.data_ptr<float>();
                 // Element-wise, so the compute threads share a tensor without changing a bit of it.
                 at::parallel_for(0, p.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
@@ -105,8 +106,8 @@ public:
 
     void load_state(const plexus::StateDict& state) override {
         if (state.size() != 1 + 2 * slots_.size())
-            throw plexus::Error("adamw: optimizer state has " + std::to_string(state.size()) +
-                                " tensors, expected " + std::to_string(1 + 2 * slots_.size()),
+            throw plexus::Error("adamw: optimizer state has " + std::to_string(state.size()) + " tensors, expected " +
+                                    std::to_string(1 + 2 * slots_.size()),
                                 "the state comes from another model or optimizer configuration");
         torch::NoGradGuard no_grad;
         step_ = state[0].second.item<int64_t>();
@@ -134,8 +135,8 @@ private:
                 v.push_back(exp_avg_sq_[i]);
             }
             if (p.empty()) continue;
-            if (!plexus::compat::fused_adamw_(p, g, m, v, step_tensor_, lr, beta1_, beta2_,
-                                              decay ? weight_decay_ : 0.0, eps_)) {
+            if (!plexus::compat::fused_adamw_(p, g, m, v, step_tensor_, lr, beta1_, beta2_, decay ? weight_decay_ : 0.0,
+                                              eps_)) {
                 try_fused_ = false;
                 return false;
             }

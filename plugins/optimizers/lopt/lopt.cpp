@@ -48,8 +48,8 @@ const double kTimescales[kTimeFeatures] = {1, 3, 10, 30, 100, 300, 1000, 3000, 1
 // column ones of the whole tensor).
 struct TensorState {
     torch::Tensor m[3], r, row[3], col[3], full[3];  // full: 1-D tensors' second moments
-    int64_t d0 = -1, d1 = -1;                         // factored dims: the largest, the second largest
-    double scale = 1.0;                               // s: 1 / fan_in for μP-hidden matrices
+    int64_t d0 = -1, d1 = -1;                        // factored dims: the largest, the second largest
+    double scale = 1.0;                              // s: 1 / fan_in for μP-hidden matrices
     // Pieces only: each element's position in the row and column accumulators (flattened), the
     // whole tensor's element count, and where the tensor's sums sit in the all-reduced buffers.
     torch::Tensor row_index, col_index;
@@ -100,14 +100,16 @@ public:
         use_schedule_ = cfg.get_bool("use_schedule");
         const std::regex hidden(cfg.get_string("mup_hidden"));
         for (size_t k = 0; k < 7; ++k)
-            decays_[k] = 1.0 - (1.0 - kBaseDecays[k]) * std::exp(10.0 * w_.decay_offsets[static_cast<int64_t>(k)].item<double>());
+            decays_[k] = 1.0 - (1.0 - kBaseDecays[k]) *
+                                   std::exp(10.0 * w_.decay_offsets[static_cast<int64_t>(k)].item<double>());
         for (const auto& slot : slots_) {
             if (slot.is_piece()) group_ = slot.shard_group;
             int64_t whole = 1;
             for (auto d : slot.full_shape) whole *= d;
             if (!slot.is_piece() && slot.param.numel() != whole)
-                throw plexus::Error("lopt: slot '" + slot.name + "' is a piece of a tensor with no shard group to complete it",
-                                    "its features are per whole tensor: the strategy must describe its pieces (plexus::piece_slot)");
+                throw plexus::Error(
+                    "lopt: slot '" + slot.name + "' is a piece of a tensor with no shard group to complete it",
+                    "its features are per whole tensor: the strategy must describe its pieces (plexus::piece_slot)");
             states_.push_back(make_state(slot, hidden));
         }
         if (group_) agree_on_tensors();
@@ -157,8 +159,9 @@ public:
 
     // The 28 features of one tensor (or piece) from its accumulators and the second-moment
     // factors, one row per element.
-    torch::Tensor stack_features(const TensorState& s, const torch::Tensor& g, const torch::Tensor& p, const torch::Tensor* row_col,
-                                 const torch::Tensor* row_feat, const torch::Tensor* col_feat) const {
+    torch::Tensor stack_features(const TensorState& s, const torch::Tensor& g, const torch::Tensor& p,
+                                 const torch::Tensor* row_col, const torch::Tensor* row_feat,
+                                 const torch::Tensor* col_feat) const {
         const auto rs = torch::rsqrt(s.r + 1e-6);
         std::vector<torch::Tensor> f{g, p, s.m[0], s.m[1], s.m[2], s.r, s.m[0] * rs, s.m[1] * rs, s.m[2] * rs, rs};
         for (int c = 0; c < 3; ++c) f.push_back(g * row_col[c]);
@@ -172,8 +175,10 @@ public:
 
     // Each feature divided by its root mean square over the whole tensor, with the progress
     // features appended: [elements, 39].
-    static torch::Tensor normalized(const torch::Tensor& stacked, const torch::Tensor& mean_square, const torch::Tensor& progress) {
-        return torch::cat({stacked / torch::sqrt(1e-5 + mean_square), progress.expand({stacked.size(0), kTimeFeatures})}, 1);
+    static torch::Tensor normalized(const torch::Tensor& stacked, const torch::Tensor& mean_square,
+                                    const torch::Tensor& progress) {
+        return torch::cat(
+            {stacked / torch::sqrt(1e-5 + mean_square), progress.expand({stacked.size(0), kTimeFeatures})}, 1);
     }
 
     void update_elementwise(TensorState& s, const torch::Tensor& g, const torch::Tensor& g2) {
@@ -212,9 +217,13 @@ public:
                 const double d = decays_[4 + c];
                 if (s.d0 >= 0) {
                     const int64_t rows = s.row[c].numel(), cols = s.col[c].numel();
-                    s.row[c].mul_(d).add_(sums.narrow(0, s.sums_at, rows).view(s.row[c].sizes()) / static_cast<double>(s.numel / rows) + 1e-30,
-                                          1.0 - d);
-                    s.col[c].mul_(d).add_(sums.narrow(0, s.sums_at + rows, cols).view(s.col[c].sizes()) / static_cast<double>(s.numel / cols) + 1e-30,
+                    s.row[c].mul_(d).add_(
+                        sums.narrow(0, s.sums_at, rows).view(s.row[c].sizes()) / static_cast<double>(s.numel / rows) +
+                            1e-30,
+                        1.0 - d);
+                    s.col[c].mul_(d).add_(sums.narrow(0, s.sums_at + rows, cols).view(s.col[c].sizes()) /
+                                                  static_cast<double>(s.numel / cols) +
+                                              1e-30,
                                           1.0 - d);
                 } else {
                     s.full[c].mul_(d).add_(g[i] * g[i] + 1e-30, 1.0 - d);
@@ -228,7 +237,8 @@ public:
         for (size_t i = 0; i < slots_.size(); ++i) {
             const auto& s = states_[i];
             const auto stacked = piece_features(s, g[i], param_of(i).to(torch::kFloat64));
-            const auto mean_square = squares.narrow(0, s.squares_at, kFeatures).view({1, kFeatures}) / static_cast<double>(s.numel);
+            const auto mean_square =
+                squares.narrow(0, s.squares_at, kFeatures).view({1, kFeatures}) / static_cast<double>(s.numel);
             apply(i, normalized(stacked, mean_square, progress), lr_scale);
         }
     }
@@ -271,7 +281,8 @@ public:
         group_->all_gather(counts, count)->wait();
         const int64_t most = counts.max().item<int64_t>();
         auto padded = torch::full({most}, -1, torch::kInt64);
-        if (!keys.empty()) padded.narrow(0, 0, static_cast<int64_t>(keys.size())).copy_(torch::tensor(keys, torch::kInt64));
+        if (!keys.empty())
+            padded.narrow(0, 0, static_cast<int64_t>(keys.size())).copy_(torch::tensor(keys, torch::kInt64));
         auto all = torch::empty({world * most}, torch::kInt64);
         if (most > 0) group_->all_gather(all, padded)->wait();
         // Every tensor in the order of the ranks' lists, each once.
@@ -291,7 +302,9 @@ public:
         }
     }
 
-    torch::Tensor param_of(size_t i) const { return slots_[i].param.dim() == 0 ? slots_[i].param.view({1}) : slots_[i].param; }
+    torch::Tensor param_of(size_t i) const {
+        return slots_[i].param.dim() == 0 ? slots_[i].param.view({1}) : slots_[i].param;
+    }
     torch::Tensor gradient_of(const std::vector<torch::Tensor>& grads, size_t i) const {
         return torch::nan_to_num(grads[i].reshape(param_of(i).sizes()).to(torch::kFloat64), 0.0, 0.0, 0.0);
     }
@@ -365,7 +378,7 @@ private:
     TensorState make_state(const plexus::ParamSlot& slot, const std::regex& hidden) {
         TensorState s;
         auto shape = slot.param.dim() == 0 ? std::vector<int64_t>{1} : slot.param.sizes().vec();  // the slot's
-        const auto& whole = slot.is_piece() ? slot.full_shape : shape;                                // its tensor's
+        const auto& whole = slot.is_piece() ? slot.full_shape : shape;                            // its tensor's
         auto zeros = [&](std::vector<int64_t> sizes) { return torch::zeros(sizes, torch::kFloat64); };
         for (auto& m : s.m) m = zeros(shape);
         s.r = zeros(shape);
@@ -391,7 +404,7 @@ private:
 
     std::vector<plexus::ParamSlot> slots_;
     std::vector<TensorState> states_;
-    plexus::Transport* group_ = nullptr;       // the ranks holding the other pieces (sharded)
+    plexus::Transport* group_ = nullptr;        // the ranks holding the other pieces (sharded)
     int64_t sums_size_ = 0, squares_size_ = 0;  // of the two all-reduced buffers (sharded)
     LoptWeights w_;
     double decays_[7] = {};
@@ -405,7 +418,8 @@ plexus::PluginDescriptor describe() {
     d.name = "lopt";
     d.kind = plexus::PluginKind::Optimizer;
     d.version = "1.0";
-    d.summary = "learned optimizer: small_fc_lopt (per-parameter MLP on Adafactor features), optional μLO 1/fan_in scaling";
+    d.summary =
+        "learned optimizer: small_fc_lopt (per-parameter MLP on Adafactor features), optional μLO 1/fan_in scaling";
     d.schema = {
         {"weights", "", "the meta-trained weights (a plexus-lopt 1 text file), or \"init\" for untrained ones"},
         {"step_mult", 0.001, "step = step_mult · d · exp(exp_mult · m); μLO uses 0.01"},

@@ -32,8 +32,10 @@ public:
             torch::Tensor d = grads[i];
             if (weight_decay_ != 0) d = scratch_[i].copy_(d).add_(p, weight_decay_);
             if (momentum_ > 0) {
-                if (steps_ == 0) buffers_[i].copy_(d);
-                else buffers_[i].mul_(momentum_).add_(d);
+                if (steps_ == 0)
+                    buffers_[i].copy_(d);
+                else
+                    buffers_[i].mul_(momentum_).add_(d);
                 d = nesterov_ ? scratch_[i].copy_(d).add_(buffers_[i], momentum_) : buffers_[i];
             }
             p.add_(d, -lr);
@@ -51,8 +53,8 @@ public:
 
     void load_state(const plexus::StateDict& state) override {
         if (state.size() != 1 + slots_.size())
-            throw plexus::Error("sgd: optimizer state has " + std::to_string(state.size()) +
-                                " tensors, expected " + std::to_string(1 + slots_.size()),
+            throw plexus::Error("sgd: optimizer state has " + std::to_string(state.size()) + " tensors, expected " +
+                                    std::to_string(1 + slots_.size()),
                                 "the state comes from another model or optimizer configuration");
         torch::NoGradGuard no_grad;
         steps_ = state[0].second.item<int64_t>();

@@ -32,7 +32,6 @@
 #include <plexus/plexus.hpp>
 #include <plexus/replica.hpp>
 
-
 namespace {
 
 using plexus::Work;
@@ -48,10 +47,14 @@ public:
     Acco(const plexus::Config& cfg, plexus::RunContext& ctx)
         : ReplicaStrategy(ctx, /*make_optimizer=*/false), transport_(ctx.transport()) {
         const auto& name = cfg.get_string("algorithm");
-        if (name == "acco") algorithm_ = Algorithm::Acco;
-        else if (name == "dpu") algorithm_ = Algorithm::Dpu;
-        else if (name == "wp") algorithm_ = Algorithm::Wp;
-        else cfg.require(false, "algorithm", "must be \"acco\", \"dpu\" or \"wp\" (got \"" + name + "\")");
+        if (name == "acco")
+            algorithm_ = Algorithm::Acco;
+        else if (name == "dpu")
+            algorithm_ = Algorithm::Dpu;
+        else if (name == "wp")
+            algorithm_ = Algorithm::Wp;
+        else
+            cfg.require(false, "algorithm", "must be \"acco\", \"dpu\" or \"wp\" (got \"" + name + "\")");
         accumulate_ = cfg.get_int("accumulate");
         cfg.require(accumulate_ >= 1, "accumulate", "must be >= 1");
         sync_updates_ = cfg.get_int("sync_updates");
@@ -65,7 +68,8 @@ public:
                     "acco: rounds consume a varying number of micro-batches; set train.tokens (not train.steps) "
                     "for a token budget and the learning-rate schedule's horizon");
         char line[200];
-        std::snprintf(line, sizeof line, "acco: %s, %lld of %lld parameters per rank's shard, accumulate %lld, %lld sync update(s), %s",
+        std::snprintf(line, sizeof line,
+                      "acco: %s, %lld of %lld parameters per rank's shard, accumulate %lld, %lld sync update(s), %s",
                       name.c_str(), static_cast<long long>(shard_), static_cast<long long>(numel_),
                       static_cast<long long>(accumulate_), static_cast<long long>(sync_updates_),
                       use_thread_ ? "communication thread" : "rounds polled between micro-batches");
@@ -74,8 +78,10 @@ public:
 
     plexus::StepOutput step(const plexus::StepInput& in) override {
         plexus::StepOutput out;
-        if (updates_done_ < sync_updates_) synchronous_round(in, out);
-        else overlapped_round(in, out);
+        if (updates_done_ < sync_updates_)
+            synchronous_round(in, out);
+        else
+            overlapped_round(in, out);
         report(out);
         return out;
     }
@@ -102,14 +108,18 @@ public:
         plexus::StateDict out;
         auto named = model_->named_parameters();
         for (size_t k = 0; k < params_.size(); ++k)
-            out.emplace_back("model." + named[k].key(), committed.narrow(0, offsets_[k], params_[k].numel()).view(params_[k].sizes()).clone());
+            out.emplace_back("model." + named[k].key(),
+                             committed.narrow(0, offsets_[k], params_[k].numel()).view(params_[k].sizes()).clone());
         for (auto& item : optimizer_->state()) out.emplace_back("optimizer." + item.first, item.second);
         out.emplace_back("acco.working", theta_.clone());
         out.emplace_back("acco.accumulator", grad_.clone());
         out.emplace_back("acco.counters", torch::tensor({rounds_, updates_done_, n_loc_, int64_t{primed_ ? 1 : 0},
-                                                         static_cast<int64_t>(last_kind_)}, torch::kInt64));
-        out.emplace_back("acco.report", torch::tensor({static_cast<double>(report_tokens_), static_cast<double>(report_batches_),
-                                                       report_loss_, update_lr_scale_}, torch::kFloat64));
+                                                         static_cast<int64_t>(last_kind_)},
+                                                        torch::kInt64));
+        out.emplace_back("acco.report",
+                         torch::tensor({static_cast<double>(report_tokens_), static_cast<double>(report_batches_),
+                                        report_loss_, update_lr_scale_},
+                                       torch::kFloat64));
         return out;
     }
     bool exact_resume() const override { return true; }
@@ -122,7 +132,8 @@ public:
                                     std::to_string(n + m + 4),
                                 "the state comes from another strategy or model configuration");
         auto committed = torch::zeros_like(theta_);
-        for (size_t k = 0; k < n; ++k) committed.narrow(0, offsets_[k], params_[k].numel()).copy_(state[k].second.reshape(-1));
+        for (size_t k = 0; k < n; ++k)
+            committed.narrow(0, offsets_[k], params_[k].numel()).copy_(state[k].second.reshape(-1));
         master_.copy_(committed.narrow(0, rank_ * shard_, shard_));
         optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(n),
                                                  state.begin() + static_cast<std::ptrdiff_t>(n + m)));
@@ -169,7 +180,8 @@ private:
         auto named = model_->named_parameters();
         std::vector<plexus::ParamSlot> slots;
         for (const auto& piece : plexus::pieces_in(offsets_, numels, rank_ * shard_, (rank_ + 1) * shard_)) {
-            slots.push_back(plexus::piece_slot(piece, named[piece.index].key(), params_[piece.index].sizes().vec(), master_, transport_));
+            slots.push_back(plexus::piece_slot(piece, named[piece.index].key(), params_[piece.index].sizes().vec(),
+                                               master_, transport_));
             grad_pieces_.push_back(grad_shard_.narrow(0, piece.shard_offset, piece.length));
         }
         optimizer_ = ctx_.make_optimizer(std::move(slots));
@@ -180,9 +192,7 @@ private:
     bool working_is_committed() const { return last_kind_ == RoundKind::Update; }
 
     // The committed parameters into `flat`: every rank's master shard, gathered.
-    void gather_committed(torch::Tensor& flat) {
-        transport_.all_gather(flat, master_.clone())->wait();
-    }
+    void gather_committed(torch::Tensor& flat) { transport_.all_gather(flat, master_.clone())->wait(); }
 
     // --- rounds ----------------------------------------------------------------------------
 
@@ -191,8 +201,8 @@ private:
         double lr_scale = 1, max_grad_norm = 0;
         // [micro-batches in the payload, and of the previous step's micro-batches: tokens, loss sum, count]
         torch::Tensor counts;
-        torch::Tensor norm;    // the gradient's squared norm, summed over ranks
-        torch::Tensor send;    // this rank's new shard, all-gathered into the buffer
+        torch::Tensor norm;  // the gradient's squared norm, summed over ranks
+        torch::Tensor send;  // this rank's new shard, all-gathered into the buffer
         std::shared_ptr<Work> count_work, reduce_work, norm_work, gather_work;
         int stage = -1;  // -1: not issued, 0: reducing, 1: norm, 2: gathering, 3: done
         double grad_norm = -1;
@@ -216,8 +226,10 @@ private:
     static bool ready(std::shared_ptr<Work>& work, WaitMode mode) {
         if (!work) return true;
         if (mode == WaitMode::Poll && !work->is_completed()) return false;
-        if (mode == WaitMode::Background) work->wait_in_background();
-        else work->wait();
+        if (mode == WaitMode::Background)
+            work->wait_in_background();
+        else
+            work->wait();
         work.reset();
         return true;
     }
@@ -234,7 +246,8 @@ private:
         if (r.stage == 0) {
             if (!ready(r.count_work, mode) || !ready(r.reduce_work, mode)) return false;
             payload_count_ = plexus::value_of(r.counts[0]);
-            if (!std::isfinite(payload_count_)) payload_count_ = static_cast<double>(n_round_ * world_);  // meta numerics
+            if (!std::isfinite(payload_count_))
+                payload_count_ = static_cast<double>(n_round_ * world_);  // meta numerics
             grad_shard_.div_(payload_count_);  // the mean over every micro-batch of the job (pitfall 3)
             r.norm = torch::tensor({plexus::sum_of_squares(grad_pieces_)}, r.counts.options());
             r.norm_work = transport_.all_reduce(r.norm, plexus::ReduceOp::Sum);
@@ -284,8 +297,10 @@ private:
     // The round runs in the background: on a communication thread (RunContext::start_background),
     // or polled by the compute between micro-batches.
     void launch_round() {
-        if (use_thread_) comm_task_ = ctx_.start_background([this] { advance_round(WaitMode::Background); });
-        else advance_round(WaitMode::Poll);  // issues it
+        if (use_thread_)
+            comm_task_ = ctx_.start_background([this] { advance_round(WaitMode::Background); });
+        else
+            advance_round(WaitMode::Poll);  // issues it
     }
     bool round_over() { return use_thread_ ? comm_task_->done() : advance_round(WaitMode::Poll); }
     void finish_round() {
@@ -386,7 +401,8 @@ private:
         if (state_bytes_ < 0) {  // θ, G, B, the master shard and its gradient, the optimizer state
             state_bytes_ = (theta_.numel() + grad_.numel() + buffer_.numel() + 2 * master_.numel()) *
                            static_cast<int64_t>(theta_.element_size());
-            for (const auto& [key, t] : optimizer_->state()) state_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+            for (const auto& [key, t] : optimizer_->state())
+                state_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
         }
         ctx_.record("state_bytes", static_cast<double>(state_bytes_));
     }
@@ -421,13 +437,16 @@ plexus::PluginDescriptor describe() {
     d.name = "acco";
     d.kind = plexus::PluginKind::Strategy;
     d.version = "1.0";
-    d.summary = "ACCO: ZeRO-1 rounds overlapped with gradient accumulation, estimate/update rounds; DPU and WP baselines";
+    d.summary =
+        "ACCO: ZeRO-1 rounds overlapped with gradient accumulation, estimate/update rounds; DPU and WP baselines";
     d.schema = {
-        plexus::ConfigKey("algorithm", "acco", "acco (estimate and update rounds), dpu (one-step delayed update), wp (weight prediction)")
+        plexus::ConfigKey("algorithm", "acco",
+                          "acco (estimate and update rounds), dpu (one-step delayed update), wp (weight prediction)")
             .one_of({"acco", "dpu", "wp"}),
         {"accumulate", 1, "micro-batches computed between two checks of the round; at least this many per round"},
         {"sync_updates", 0, "synchronous (not overlapped) updates first: DPU's warm-up"},
-        {"comm_thread", true, "run each round on a communication thread; false: the compute polls it between micro-batches"},
+        {"comm_thread", true,
+         "run each round on a communication thread; false: the compute polls it between micro-batches"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Acco>(cfg, ctx);

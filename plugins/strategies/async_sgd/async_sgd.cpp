@@ -68,9 +68,7 @@ public:
         return {rank == 0 ? 0 : rank - 1, std::max(1, world - 1)};
     }
 
-    plexus::StepOutput step(const plexus::StepInput& in) override {
-        return rank_ == 0 ? serve(in) : work(in);
-    }
+    plexus::StepOutput step(const plexus::StepInput& in) override { return rank_ == 0 ? serve(in) : work(in); }
 
     // At a checkpoint every rank has passed the same step (the harness's collective there lets
     // no worker run ahead), so every gradient sent has been applied and answered: the weights,
@@ -88,7 +86,8 @@ public:
         ReplicaStrategy::load_state(plexus::StateDict(state.begin(), state.end() - 1));
         const auto c = state.back().second;
         if (c.numel() != 2 + static_cast<int64_t>(received_.size()))
-            throw plexus::Error("async_sgd: the state's counters are for another number of workers", "resume with the same ranks");
+            throw plexus::Error("async_sgd: the state's counters are for another number of workers",
+                                "resume with the same ranks");
         version_ = c[0].item<int64_t>();
         step_ = c[1].item<int64_t>();
         for (size_t w = 0; w < received_.size(); ++w) received_[w] = c[static_cast<int64_t>(2 + w)].item<int64_t>();
@@ -244,7 +243,9 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "asynchronous SGD: a parameter server (rank 0) applies gradients as they arrive, staleness bounded";
     d.schema = {
-        {"staleness_bound", -1, "tau: a worker waits while it is more than tau gradients ahead of the slowest; 0 is synchronous; < 0 unbounded"},
+        {"staleness_bound", -1,
+         "tau: a worker waits while it is more than tau gradients ahead of the slowest; 0 is synchronous; < 0 "
+         "unbounded"},
         {"staleness_lr", "none", "none, or inverse: scale a gradient of staleness s by 1 / (1 + s)"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {

@@ -46,19 +46,21 @@ public:
         // dv/dt = M v over (x, x~, y, y~, z, z~).
         m_ = torch::zeros({6, 6}, torch::kFloat64);
         auto M = m_.accessor<double, 2>();
-        M[0][0] = -eta, M[0][1] = eta;                        // dx  = eta (x~ - x)
-        M[1][0] = eta, M[1][1] = -eta;                        // dx~ = eta~ (x - x~)
-        M[2][2] = -alpha, M[2][3] = alpha;                    // dy  = alpha (y~ - y)
+        M[0][0] = -eta, M[0][1] = eta;                              // dx  = eta (x~ - x)
+        M[1][0] = eta, M[1][1] = -eta;                              // dx~ = eta~ (x - x~)
+        M[2][2] = -alpha, M[2][3] = alpha;                          // dy  = alpha (y~ - y)
         M[3][1] = -theta * nu, M[3][2] = -theta, M[3][4] = -theta;  // dy~ = -theta (nu x~ + y + z)
-        M[4][4] = -alpha, M[4][5] = alpha;                    // dz  = alpha (z~ - z)
-        M[5][4] = alpha_tilde, M[5][5] = -alpha_tilde;        // dz~ = alpha~ (z - z~)
+        M[4][4] = -alpha, M[4][5] = alpha;                          // dz  = alpha (z~ - z)
+        M[5][4] = alpha_tilde, M[5][5] = -alpha_tilde;              // dz~ = alpha~ (z - z~)
 
         const auto edges = graph.edges();
         std::vector<std::pair<int, double>> mine;
         for (const auto& [a, b] : edges)
-            if (a == rank || b == rank) mine.emplace_back(a == rank ? b : a, lambda_mix_ / static_cast<double>(edges.size()));
+            if (a == rank || b == rank)
+                mine.emplace_back(a == rank ? b : a, lambda_mix_ / static_cast<double>(edges.size()));
         comm_events_ = plexus::EdgeEvents(ctx.seed("dadao.edges"), rank, mine);
-        grad_events_ = plexus::PoissonProcess(plexus::mix_seed(ctx.seed("dadao.gradients"), static_cast<uint64_t>(rank)), 1.0);
+        grad_events_ =
+            plexus::PoissonProcess(plexus::mix_seed(ctx.seed("dadao.gradients"), static_cast<uint64_t>(rank)), 1.0);
 
         torch::NoGradGuard no_grad;
         v_[0] = plexus::flat_copy(params_);
@@ -69,7 +71,8 @@ public:
         transport_.broadcast(v_[0], 0)->wait();
         peer_ = torch::empty_like(v_[0]);
         char line[200];
-        std::snprintf(line, sizeof line, "dadao: %s graph of %d workers, chi1 %.4g, chi2 %.4g, lambda_mix %.4g, L/mu %.3g",
+        std::snprintf(line, sizeof line,
+                      "dadao: %s graph of %d workers, chi1 %.4g, chi2 %.4g, lambda_mix %.4g, L/mu %.3g",
                       graph.name.c_str(), world, spectrum_.chi1, spectrum_.chi2, lambda_mix_, smooth / mu);
         ctx.log(plexus::LogLevel::Info, line);
     }
@@ -123,13 +126,15 @@ public:
         auto out = ReplicaStrategy::state();
         const char* names[] = {"x", "x_tilde", "y", "y_tilde", "z", "z_tilde"};
         for (int k = 1; k < 6; ++k) out.emplace_back(std::string("dadao.") + names[k], v_[k].clone());
-        out.emplace_back("dadao.time", torch::tensor({static_cast<double>(slice_), last_, last_loss_}, torch::kFloat64));
+        out.emplace_back("dadao.time",
+                         torch::tensor({static_cast<double>(slice_), last_, last_loss_}, torch::kFloat64));
         return out;
     }
 
     void load_state(const plexus::StateDict& state) override {
         if (state.size() < 6 || state.back().first != "dadao.time")
-            throw plexus::Error("dadao: the state does not come from a dadao run", "resume with the experiment the run started with");
+            throw plexus::Error("dadao: the state does not come from a dadao run",
+                                "resume with the experiment the run started with");
         const auto base = state.end() - 6;
         ReplicaStrategy::load_state(plexus::StateDict(state.begin(), base));  // x is the parameters' buffer
         torch::NoGradGuard no_grad;
@@ -185,7 +190,8 @@ private:
             sent->wait();
         } catch (const plexus::PeerLost& lost) {
             lost_.insert(peer);
-            ctx_.log(plexus::LogLevel::Warning, "dadao: rank " + std::to_string(peer) + " is lost (" + lost.what() + ")");
+            ctx_.log(plexus::LogLevel::Warning,
+                     "dadao: rank " + std::to_string(peer) + " is lost (" + lost.what() + ")");
             return;
         }
         auto m = mine - peer_;

@@ -16,10 +16,10 @@
 namespace {
 
 struct Bucket {
-    torch::Tensor flat;                 // the bucket's buffer, all-reduced in place
-    std::vector<size_t> params;         // indices into params_
-    std::vector<int64_t> offsets;       // where each parameter's gradient sits in flat
-    size_t ready = 0;                   // gradients copied in during this backward
+    torch::Tensor flat;            // the bucket's buffer, all-reduced in place
+    std::vector<size_t> params;    // indices into params_
+    std::vector<int64_t> offsets;  // where each parameter's gradient sits in flat
+    size_t ready = 0;              // gradients copied in during this backward
     std::shared_ptr<plexus::Work> work;
 };
 
@@ -32,7 +32,6 @@ public:
         cfg.require(bucket_mb > 0, "bucket_mb", "must be > 0");
         overlap_ = cfg.get_bool("overlap");
         comm_ = ctx.make_comm();
-
 
         // Every rank starts from rank 0's parameters (they are seeded alike; this makes sure).
         {
@@ -60,7 +59,10 @@ public:
             b.flat = torch::zeros({n}, params_[b.params[0]].options());
         }
         for (size_t k = 0; k < params_.size(); ++k)
-            params_[k].register_hook([this, k](torch::Tensor grad) { on_grad(k, grad); return grad; });
+            params_[k].register_hook([this, k](torch::Tensor grad) {
+                on_grad(k, grad);
+                return grad;
+            });
         char line[160];
         std::snprintf(line, sizeof line, "ddp: %zu parameters in %zu bucket(s) of <= %.3g MiB, overlap %s",
                       params_.size(), buckets_.size(), bucket_mb, overlap_ ? "on" : "off");
@@ -79,8 +81,9 @@ public:
             for (size_t b = 0; b < buckets_.size(); ++b) {
                 auto& bucket = buckets_[b];
                 if (!bucket.work)
-                    throw plexus::Error("ddp: bucket " + std::to_string(b) + " never received all its gradients",
-                                        "a parameter the loss does not reach has no gradient; DDP needs every parameter used");
+                    throw plexus::Error(
+                        "ddp: bucket " + std::to_string(b) + " never received all its gradients",
+                        "a parameter the loss does not reach has no gradient; DDP needs every parameter used");
                 bucket.work->wait();
                 bucket.work.reset();
                 bucket.ready = 0;
@@ -109,7 +112,8 @@ public:
         return out;
     }
     void load_state(const plexus::StateDict& state) override {
-        auto first_comm = std::find_if(state.begin(), state.end(), [](const auto& item) { return item.first.rfind("comm.", 0) == 0; });
+        auto first_comm = std::find_if(state.begin(), state.end(),
+                                       [](const auto& item) { return item.first.rfind("comm.", 0) == 0; });
         ReplicaStrategy::load_state(plexus::StateDict(state.begin(), first_comm));
         plexus::StateDict comm;
         for (auto it = first_comm; it != state.end(); ++it) comm.emplace_back(it->first.substr(5), it->second);
@@ -127,8 +131,10 @@ private:
         while (b.params[j] != k) ++j;
         auto slot = b.flat.narrow(0, b.offsets[j], grad.numel());
         const auto& accumulated = params_[k].grad();
-        if (accumulated.defined() && accumulate_ > 1) torch::add_out(slot, accumulated.view(-1), grad.reshape(-1));
-        else slot.copy_(grad.reshape(-1));
+        if (accumulated.defined() && accumulate_ > 1)
+            torch::add_out(slot, accumulated.view(-1), grad.reshape(-1));
+        else
+            slot.copy_(grad.reshape(-1));
         if (++b.ready == b.params.size() && overlap_) launch(bucket_of_[k]);
     }
 

@@ -66,9 +66,12 @@ public:
         size_t anchor = 0;
         torch::NoGradGuard no_grad;
         for (const auto& item : state) {
-            if (item.first.rfind("anchor.", 0) == 0) anchor_.at(anchor++).copy_(item.second);
-            else if (item.first.rfind("outer.", 0) == 0) outer.push_back(item);
-            else if (item.first.rfind("comm.", 0) == 0) comm.emplace_back(item.first.substr(5), item.second);
+            if (item.first.rfind("anchor.", 0) == 0)
+                anchor_.at(anchor++).copy_(item.second);
+            else if (item.first.rfind("outer.", 0) == 0)
+                outer.push_back(item);
+            else if (item.first.rfind("comm.", 0) == 0)
+                comm.emplace_back(item.first.substr(5), item.second);
             else if (item.first == "diloco.counters") {
                 inner_done_ = item.second[0].item<int64_t>();
                 outer_steps_ = item.second[1].item<int64_t>();
@@ -121,7 +124,8 @@ plexus::PluginDescriptor describe() {
     d.name = "diloco";
     d.kind = plexus::PluginKind::Strategy;
     d.version = "1.0";
-    d.summary = "DiLoCo / local SGD: inner steps without communication, then an outer step on the averaged pseudo-gradient";
+    d.summary =
+        "DiLoCo / local SGD: inner steps without communication, then an outer step on the averaged pseudo-gradient";
     d.schema = {{"inner_steps", 50, "inner optimizer steps between synchronizations (H)"}};
     // `plexus check`: an outer optimizer, and a synchronization inside its 5 steps.
     d.extras["check.settings"] = "outer_optimizer.name=sgd;strategy.inner_steps=2";

@@ -42,9 +42,20 @@ constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 constexpr int kMigrationTags = 1 << 28;  // message ids of re-balancing (3 m + 2, as evaluation's)
 
 // Per-stage figures of one tick, summed over stages into rank 0's view (-1: none this tick).
-enum Field { DelayTicks, DelayUpdates, StoredBytes, FifoLength, InFlight, ReconstructionError, Bubble, GradNorm, kFields };
-const char* kFieldNames[] = {"delay_ticks", "delay_updates", "stored_activation_bytes", "fifo_length", "in_flight",
-                             "reconstruction_error", "bubble", "grad_norm"};
+enum Field {
+    DelayTicks,
+    DelayUpdates,
+    StoredBytes,
+    FifoLength,
+    InFlight,
+    ReconstructionError,
+    Bubble,
+    GradNorm,
+    kFields
+};
+const char* kFieldNames[] = {"delay_ticks", "delay_updates", "stored_activation_bytes",
+                             "fifo_length", "in_flight",     "reconstruction_error",
+                             "bubble",      "grad_norm"};
 
 class Petra : public plexus::Strategy {
 public:
@@ -78,7 +89,8 @@ public:
             ctx.record("petra/stage" + std::to_string(s) + "/first_block", b[s]);
         }
         int reversible = 0;
-        for (size_t b = placement_->first_block(); b < placement_->last_block(); ++b) reversible += blocks[b]->invertible();
+        for (size_t b = placement_->first_block(); b < placement_->last_block(); ++b)
+            reversible += blocks[b]->invertible();
         ctx.log(plexus::LogLevel::Info, "petra: " + method + (synchronous_ ? " (synchronous)" : "") + ", " +
                                             std::to_string(J_) + " stages, k = " + std::to_string(k_) +
                                             ", blocks by stage (" + partition + "): " + cut);
@@ -142,8 +154,10 @@ public:
                 world_.recv(x, j_ - 1, tag)->wait();
             }
             auto y = forward_blocks(x, false);
-            if (j_ < J_ - 1) world_.send(y, j_ + 1, tag)->wait();
-            else sum += plexus::value_of(model_->loss(y, batch.targets));
+            if (j_ < J_ - 1)
+                world_.send(y, j_ + 1, tag)->wait();
+            else
+                sum += plexus::value_of(model_->loss(y, batch.targets));
         }
         auto total = torch::tensor({sum}, torch::kFloat64);
         world_.broadcast(total, J_ - 1)->wait();
@@ -165,23 +179,29 @@ public:
             for (auto& item : optimizer->state())
                 out.emplace_back("optimizer." + model_->blocks()[b]->name() + "." + item.first, item.second);
         const auto& bounds = placement_->bounds();
-        out.emplace_back("petra.bounds", torch::tensor(std::vector<int64_t>(bounds.begin(), bounds.end()), torch::kInt64));
-        out.emplace_back("petra.counters", torch::tensor({tick_, backwards_, stepped_at_, optimizer_steps_, eval_messages_, rows_,
-                                                          seq_, epoch_tick_, epoch_mb_, end_mb_}, torch::kInt64));
+        out.emplace_back("petra.bounds",
+                         torch::tensor(std::vector<int64_t>(bounds.begin(), bounds.end()), torch::kInt64));
+        out.emplace_back("petra.counters", torch::tensor({tick_, backwards_, stepped_at_, optimizer_steps_,
+                                                          eval_messages_, rows_, seq_, epoch_tick_, epoch_mb_, end_mb_},
+                                                         torch::kInt64));
         // Busy seconds: measured (the re-balancing's speeds), so outside the state hash.
         out.emplace_back("petra.measured.epoch", torch::tensor({epoch_busy_, epoch_flops_}, torch::kFloat64));
         const auto& params = placement_->parameters();
         for (size_t i = 0; i < params.size(); ++i)
-            if (params[i].grad().defined()) out.emplace_back("petra.grad." + std::to_string(i), params[i].grad().clone());
+            if (params[i].grad().defined())
+                out.emplace_back("petra.grad." + std::to_string(i), params[i].grad().clone());
         for (const auto& [f, kept] : kept_) {
             const std::string key = "petra.kept." + std::to_string(f) + ".";
             out.emplace_back(key + "meta", torch::tensor({kept.tick, kept.updates, kept.bytes}, torch::kInt64));
-            for (const auto& [block, input] : kept.inputs) out.emplace_back(key + "input." + std::to_string(block), input.detach().clone());
+            for (const auto& [block, input] : kept.inputs)
+                out.emplace_back(key + "input." + std::to_string(block), input.detach().clone());
             if (kept.graph_input.defined()) out.emplace_back(key + "graph_input", kept.graph_input.detach().clone());
             if (kept.true_input.defined()) out.emplace_back(key + "true_input", kept.true_input.clone());
         }
-        for (size_t i = 0; i < targets_.size(); ++i) out.emplace_back("petra.target." + std::to_string(i), targets_[i].clone());
-        for (const auto& [tag, message] : arrived_) out.emplace_back("petra.message." + std::to_string(tag), message.clone());
+        for (size_t i = 0; i < targets_.size(); ++i)
+            out.emplace_back("petra.target." + std::to_string(i), targets_[i].clone());
+        for (const auto& [tag, message] : arrived_)
+            out.emplace_back("petra.message." + std::to_string(tag), message.clone());
         return out;
     }
     void load_state(const plexus::StateDict& state) override {
@@ -191,7 +211,8 @@ public:
         auto entry = [&](const std::string& name) {
             auto it = mine.find(name);
             if (it == mine.end())
-                throw plexus::Error("petra: the state has no '" + name + "'", "the state comes from another strategy configuration");
+                throw plexus::Error("petra: the state has no '" + name + "'",
+                                    "the state comes from another strategy configuration");
             return it->second;
         };
         adopt_bounds(entry("bounds"));
@@ -202,14 +223,15 @@ public:
             at += n;
         }
         const auto c = entry("counters");
-        int64_t* counters[] = {&tick_, &backwards_, &stepped_at_, &optimizer_steps_, &eval_messages_, &rows_,
-                               &seq_, &epoch_tick_, &epoch_mb_, &end_mb_};
+        int64_t* counters[] = {&tick_, &backwards_, &stepped_at_, &optimizer_steps_, &eval_messages_,
+                               &rows_, &seq_,       &epoch_tick_, &epoch_mb_,        &end_mb_};
         for (int64_t i = 0; i < 10; ++i) *counters[i] = c[i].item<int64_t>();
         epoch_busy_ = entry("measured.epoch")[0].item<double>();
         epoch_flops_ = entry("measured.epoch")[1].item<double>();
         const auto& params = placement_->parameters();
         for (size_t i = 0; i < params.size(); ++i)
-            if (mine.count("grad." + std::to_string(i))) params[i].mutable_grad() = entry("grad." + std::to_string(i)).clone();
+            if (mine.count("grad." + std::to_string(i)))
+                params[i].mutable_grad() = entry("grad." + std::to_string(i)).clone();
         kept_.clear();
         targets_.clear();
         arrived_.clear();
@@ -246,8 +268,8 @@ public:
 private:
     // What a stage keeps of one micro-batch between its forward and its backward.
     struct Kept {
-        int64_t tick = 0, updates = 0;          // when its forward ran, and the optimizer steps by then
-        std::map<size_t, torch::Tensor> inputs;  // a block's input (non-reversible blocks, delayed_recompute)
+        int64_t tick = 0, updates = 0;            // when its forward ran, and the optimizer steps by then
+        std::map<size_t, torch::Tensor> inputs;   // a block's input (non-reversible blocks, delayed_recompute)
         torch::Tensor graph_input, graph_output;  // delayed: the forward with its graph
         int64_t bytes = 0;                        // what keeping it costs
         torch::Tensor true_input;                 // for the reconstruction check only (not counted)
@@ -349,8 +371,8 @@ private:
         std::vector<int> bounds;
         for (int64_t i = 0; i < saved.numel(); ++i) bounds.push_back(static_cast<int>(saved[i].item<int64_t>()));
         if (static_cast<int>(bounds.size()) != J_ + 1)
-            throw plexus::Error("petra: the state's stage cut has " + std::to_string(bounds.size() - 1) + " stages, this run " +
-                                    std::to_string(J_),
+            throw plexus::Error("petra: the state's stage cut has " + std::to_string(bounds.size() - 1) +
+                                    " stages, this run " + std::to_string(J_),
                                 "resume with as many ranks as the run had");
         if (bounds == placement_->bounds()) return;
         const auto& blocks = model_->blocks();
@@ -360,14 +382,18 @@ private:
             if (had == has) continue;
             auto params = blocks[b]->parameters();
             for (size_t i = 0; i < params.size(); ++i) {
-                params[i].set_data(has ? torch::empty(param_shapes_.at(b)[i], params[i].options()) : torch::empty({0}, params[i].options()));
+                params[i].set_data(has ? torch::empty(param_shapes_.at(b)[i], params[i].options())
+                                       : torch::empty({0}, params[i].options()));
                 params[i].mutable_grad() = torch::Tensor();
             }
-            if (has) make_optimizer(b);
-            else optimizers_.erase(b);
+            if (has)
+                make_optimizer(b);
+            else
+                optimizers_.erase(b);
         }
         placement_->repartition(bounds);
-        for (int s = 0; s < J_; ++s) ctx_.record("petra/stage" + std::to_string(s) + "/first_block", bounds[static_cast<size_t>(s)]);
+        for (int s = 0; s < J_; ++s)
+            ctx_.record("petra/stage" + std::to_string(s) + "/first_block", bounds[static_cast<size_t>(s)]);
     }
 
     // method = delayed after a resume: each kept micro-batch's forward again from its input,
@@ -430,7 +456,9 @@ private:
         end_mb_ += rebalance_every_;
         const auto& blocks = model_->blocks();
         auto speeds = torch::empty({J_}, torch::kFloat64);
-        world_.all_gather(speeds, torch::tensor({epoch_flops_ > 0 ? epoch_busy_ / epoch_flops_ : 0.0}, torch::kFloat64))->wait();
+        world_
+            .all_gather(speeds, torch::tensor({epoch_flops_ > 0 ? epoch_busy_ / epoch_flops_ : 0.0}, torch::kFloat64))
+            ->wait();
         epoch_busy_ = epoch_flops_ = 0;
         // A stage without FLOPs (the embedding alone) has no measured speed: the others' mean.
         double known = 0;
@@ -439,7 +467,9 @@ private:
             if (plexus::value_of(speeds[s]) > 0) known += plexus::value_of(speeds[s]), ++count;
         std::vector<std::vector<double>> cost(static_cast<size_t>(J_), std::vector<double>(blocks.size()));
         for (int s = 0; s < J_; ++s) {
-            const double speed = plexus::value_of(speeds[s]) > 0 ? plexus::value_of(speeds[s]) : count ? known / count : 1.0;
+            const double speed = plexus::value_of(speeds[s]) > 0 ? plexus::value_of(speeds[s])
+                                 : count                         ? known / count
+                                                                 : 1.0;
             for (size_t b = 0; b < blocks.size(); ++b) cost[static_cast<size_t>(s)][b] = speed * block_flops_[b];
         }
         const auto bounds = plexus::balance_stages(cost);
@@ -571,7 +601,8 @@ private:
     void backward_micro(int64_t b, torch::Tensor mine) {
         auto it = kept_.find(b);
         if (it == kept_.end())
-            throw plexus::Error("petra: stage " + std::to_string(j_) + " has nothing kept for micro-batch " + std::to_string(b));
+            throw plexus::Error("petra: stage " + std::to_string(j_) + " has nothing kept for micro-batch " +
+                                std::to_string(b));
         Kept kept = std::move(it->second);
         kept_.erase(it);
         const bool with_output = method_ == Method::Petra;
@@ -601,7 +632,8 @@ private:
                     std::tie(y, grad) = blocks[i]->reverse(y, grad);  // reconstruct with the current weights
                 } else {
                     torch::AutoGradMode grad_on(true);
-                    auto input = stored->second.is_floating_point() ? stored->second.detach().requires_grad_(true) : stored->second;
+                    auto input = stored->second.is_floating_point() ? stored->second.detach().requires_grad_(true)
+                                                                    : stored->second;
                     torch::autograd::backward({blocks[i]->forward(input)}, {grad});
                     y = input.detach();
                     grad = input.is_floating_point() ? input.grad() : torch::Tensor();
@@ -614,7 +646,8 @@ private:
         mine[DelayTicks] = static_cast<double>(tick_ - kept.tick);
         mine[DelayUpdates] = static_cast<double>(optimizer_steps_ - kept.updates);
         if (kept.true_input.defined())
-            mine[ReconstructionError] = plexus::value_of((x.detach() - kept.true_input).norm() / kept.true_input.norm());
+            mine[ReconstructionError] =
+                plexus::value_of((x.detach() - kept.true_input).norm() / kept.true_input.norm());
         ++backwards_;
         if (j_ > 0) send_down(b, x.detach(), grad);
     }
@@ -631,8 +664,8 @@ private:
     torch::Tensor forward_blocks(torch::Tensor x, bool train, Kept* keep = nullptr) {
         const auto& blocks = model_->blocks();
         for (size_t i = placement_->first_block(); i < placement_->last_block(); ++i) {
-            const bool keep_input = method_ == Method::DelayedRecompute ? i == placement_->first_block()
-                                                                          : !blocks[i]->invertible();
+            const bool keep_input =
+                method_ == Method::DelayedRecompute ? i == placement_->first_block() : !blocks[i]->invertible();
             if (keep && keep_input) keep->inputs[i] = x;
             x = blocks[i]->forward(x);
             if (train) charge(block_flops_[i] * static_cast<double>(rows_ * seq_) / 3);
@@ -645,8 +678,7 @@ private:
     void charge_backward(size_t first, size_t last) {
         const double tokens = static_cast<double>(rows_ * seq_);
         const bool recomputes = j_ < J_ - 1 && method_ != Method::Delayed;
-        for (size_t i = first; i < last; ++i)
-            charge(block_flops_[i] * tokens * (recomputes ? 1.0 : 2.0 / 3));
+        for (size_t i = first; i < last; ++i) charge(block_flops_[i] * tokens * (recomputes ? 1.0 : 2.0 / 3));
     }
 
     // The mean of the k accumulated gradients, clipped to the stage's own norm (stages step
@@ -686,15 +718,15 @@ private:
     std::vector<std::vector<double>> costs(const std::string& how) {
         const auto& blocks = model_->blocks();
         std::vector<double> row(blocks.size(), 1.0);
-        if (how == "flops")
-            row = block_flops_;
+        if (how == "flops") row = block_flops_;
         if (how != "measured") return std::vector<std::vector<double>>(static_cast<size_t>(J_), row);
         const auto n = static_cast<int64_t>(blocks.size());
         auto all = torch::empty({J_ * n}, torch::kFloat64);
         world_.all_gather(all, torch::tensor(plexus::time_blocks(*model_, ctx_), torch::kFloat64))->wait();
         std::vector<std::vector<double>> cost(static_cast<size_t>(J_), row);
         for (int s = 0; s < J_; ++s)
-            for (int64_t b = 0; b < n; ++b) cost[static_cast<size_t>(s)][static_cast<size_t>(b)] = plexus::value_of(all[s * n + b]);
+            for (int64_t b = 0; b < n; ++b)
+                cost[static_cast<size_t>(s)][static_cast<size_t>(b)] = plexus::value_of(all[s * n + b]);
         return cost;
     }
 
@@ -742,13 +774,13 @@ private:
     std::map<size_t, std::unique_ptr<plexus::Optimizer>> optimizers_;  // one per block of this stage
     std::vector<std::vector<int64_t>> output_shapes_;
     std::vector<std::vector<std::vector<int64_t>>> param_shapes_;  // every block's, in order
-    std::vector<double> block_flops_;  // training FLOPs per token of every block
+    std::vector<double> block_flops_;                              // training FLOPs per token of every block
     std::map<int64_t, Kept> kept_;
     std::map<int64_t, torch::Tensor> arrived_;  // messages received before their tick, by tag (checkpoints)
-    std::deque<torch::Tensor> targets_;  // the last stage's: micro-batches read but not yet forwarded
+    std::deque<torch::Tensor> targets_;         // the last stage's: micro-batches read but not yet forwarded
     std::vector<std::shared_ptr<plexus::Work>> sends_, previous_sends_;
     int64_t tick_ = 0, backwards_ = 0, stepped_at_ = 0, optimizer_steps_ = 0;
-    int64_t eval_messages_ = 0;  // unused since evaluations restart their tags; kept in the checkpoint's layout
+    int64_t eval_messages_ = 0;   // unused since evaluations restart their tags; kept in the checkpoint's layout
     int64_t rows_ = 0, seq_ = 0;  // the micro-batch's shape
     // Epochs of micro-batches between re-balancings: [epoch_mb_, end_mb_), started at epoch_tick_.
     int64_t rebalance_every_ = 0, epoch_tick_ = 0, epoch_mb_ = 0, end_mb_ = kNever;
@@ -762,7 +794,8 @@ plexus::PluginDescriptor describe() {
     d.name = "petra";
     d.kind = plexus::PluginKind::Strategy;
     d.version = "1.0";
-    d.summary = "PETRA: decoupled forward and backward over stages, reversible reconstruction; delayed-gradient baselines";
+    d.summary =
+        "PETRA: decoupled forward and backward over stages, reversible reconstruction; delayed-gradient baselines";
     d.schema = {
         {"method", "petra",
          "petra (reconstruct reversible blocks' inputs), delayed_recompute (keep inputs, recompute: DSP) or "

@@ -66,8 +66,8 @@ public:
         auto batch = in.train->next();
         const auto inputs = batch.inputs.chunk(micro_, 0), targets = batch.targets.chunk(micro_, 0);
         if (static_cast<int64_t>(inputs.size()) != micro_ || batch.inputs.size(0) % micro_ != 0)
-            throw plexus::Error("pipeline: a batch of " + std::to_string(batch.inputs.size(0)) + " rows does not split into " +
-                                    std::to_string(micro_) + " equal micro-batches",
+            throw plexus::Error("pipeline: a batch of " + std::to_string(batch.inputs.size(0)) +
+                                    " rows does not split into " + std::to_string(micro_) + " equal micro-batches",
                                 "make train.batch_size a multiple of strategy.micro_batches");
         const double step_start = ctx_.now();
         busy_ = 0;
@@ -106,7 +106,8 @@ public:
         if (dp_ > 1) plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);
         const double sq = plexus::sum_of_squares(grads);
         // Loss (only the last stage has it) and the squared gradient norm, summed over the pipeline.
-        auto sums = torch::tensor({sq, stage_ == pp_ - 1 ? loss_sum_ / static_cast<double>(micro_) : 0.0}, torch::kFloat64);
+        auto sums =
+            torch::tensor({sq, stage_ == pp_ - 1 ? loss_sum_ / static_cast<double>(micro_) : 0.0}, torch::kFloat64);
         pipe_->all_reduce(sums, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(sums[0]));
         plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
@@ -194,8 +195,10 @@ private:
             pipe_->recv(grad, stage_ + 1, static_cast<int>(j))->wait();
         }
         const double t0 = ctx_.now();
-        if (stage_ == pp_ - 1) f.output.backward();
-        else f.output.backward(grad);
+        if (stage_ == pp_ - 1)
+            f.output.backward();
+        else
+            f.output.backward(grad);
         busy_ += ctx_.now() - t0;
         if (stage_ > 0) sends_.push_back(pipe_->send(f.input.grad(), stage_ - 1, static_cast<int>(j)));
     }
@@ -245,8 +248,11 @@ private:
         const auto bounds = plexus::balance_stages(std::vector<std::vector<double>>(static_cast<size_t>(stages), cost));
         // The partition, in the results: where each stage starts.
         for (int st = 0; st < stages; ++st)
-            ctx_.record("pipeline_stage" + std::to_string(st) + "_first_block", static_cast<double>(bounds[static_cast<size_t>(st)]));
-        for (int s = 1; s <= pp_; ++s) boundary_shapes_[static_cast<size_t>(s)] = output_shapes_[static_cast<size_t>(bounds[static_cast<size_t>(s)] - 1)];
+            ctx_.record("pipeline_stage" + std::to_string(st) + "_first_block",
+                        static_cast<double>(bounds[static_cast<size_t>(st)]));
+        for (int s = 1; s <= pp_; ++s)
+            boundary_shapes_[static_cast<size_t>(s)] =
+                output_shapes_[static_cast<size_t>(bounds[static_cast<size_t>(s)] - 1)];
         return bounds;
     }
 
@@ -279,7 +285,8 @@ plexus::PluginDescriptor describe() {
     d.schema = {
         {"pp", 0, "stages per pipeline (0: all ranks); dp = ranks / pp"},
         {"dp", 0, "pipelines, to name the mesh (dp = 2, pp = 2); 0: ranks / pp"},
-        plexus::ConfigKey("schedule", "1f1b", "gpipe (all forwards, then all backwards) or 1f1b").one_of({"gpipe", "1f1b"}),
+        plexus::ConfigKey("schedule", "1f1b", "gpipe (all forwards, then all backwards) or 1f1b")
+            .one_of({"gpipe", "1f1b"}),
         {"micro_batches", 4, "micro-batches per step (train.batch_size must be a multiple)"},
         {"partition", "flops", "cut stages by block count, block FLOPs, or measured block time"},
     };

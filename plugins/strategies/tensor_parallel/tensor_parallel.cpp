@@ -151,15 +151,18 @@ public:
         for (int i = 0; i < tp_; ++i) tensor_ranks.push_back(d * tp_ + i);
         for (int i = 0; i < dp_; ++i) data_ranks.push_back(i * tp_ + t);
         // Every rank creates its tensor group, then its data group: the same order everywhere.
-        tensor_ = tp_ == W ? std::shared_ptr<plexus::Transport>(&world, [](plexus::Transport*) {}) : world.subgroup(tensor_ranks);
-        if (dp_ > 1) data_ = tp_ == 1 ? std::shared_ptr<plexus::Transport>(&world, [](plexus::Transport*) {}) : world.subgroup(data_ranks);
+        tensor_ = tp_ == W ? std::shared_ptr<plexus::Transport>(&world, [](plexus::Transport*) {})
+                           : world.subgroup(tensor_ranks);
+        if (dp_ > 1)
+            data_ = tp_ == 1 ? std::shared_ptr<plexus::Transport>(&world, [](plexus::Transport*) {})
+                             : world.subgroup(data_ranks);
         model_ = ctx.make_model();
         split_parameters(t);
         for (const auto& p : model_->parameters()) params_.push_back(p);
         optimizer_ = ctx.make_optimizer(plexus::slots_of(*model_));
         char line[160];
-        std::snprintf(line, sizeof line, "tensor_parallel: dp %d x tp %d, %zu parameters split, %zu replicated", dp_, tp_,
-                      splits_.size(), params_.size() - splits_.size());
+        std::snprintf(line, sizeof line, "tensor_parallel: dp %d x tp %d, %zu parameters split, %zu replicated", dp_,
+                      tp_, splits_.size(), params_.size() - splits_.size());
         ctx.log(plexus::LogLevel::Info, line);
     }
 
@@ -185,10 +188,12 @@ public:
             for (auto& p : sum_over_tensor_group_) partial.push_back(p.grad());
             plexus::all_reduce_flat(partial, *tensor_, plexus::ReduceOp::Sum);
         }
-        if (dp_ > 1) plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);  // the mean over data-parallel ranks
+        if (dp_ > 1)
+            plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);  // the mean over data-parallel ranks
         // The global norm: split parameters summed over the tensor group, replicated ones once.
         double split_sq = 0, replicated_sq = 0;
-        for (size_t i = 0; i < grads.size(); ++i) (is_split(params_[i]) ? split_sq : replicated_sq) += plexus::sum_of_squares({grads[i]});
+        for (size_t i = 0; i < grads.size(); ++i)
+            (is_split(params_[i]) ? split_sq : replicated_sq) += plexus::sum_of_squares({grads[i]});
         auto total = torch::tensor({split_sq}, torch::kFloat64);
         if (tp_ > 1) tensor_->all_reduce(total, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(total) + replicated_sq);
@@ -241,7 +246,8 @@ public:
             const auto* s = split_of(named[i].value());
             named[i].value().copy_(s ? part_of(state.at(i).second, s->rule, t) : state.at(i).second);
         }
-        optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(named.size()), state.end()));
+        optimizer_->load_state(
+            plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(named.size()), state.end()));
     }
 
 private:
@@ -272,13 +278,16 @@ private:
         const int64_t dim = s.rule.split == Rule::Split::Column ? 0 : 1;
         auto local = s.param.detach().contiguous();
         auto gathered = torch::empty({tp_ * local.numel()}, local.options());
-        if (tp_ > 1) tensor_->all_gather(gathered, local)->wait();
-        else gathered.copy_(local.view(-1));
+        if (tp_ > 1)
+            tensor_->all_gather(gathered, local)->wait();
+        else
+            gathered.copy_(local.view(-1));
         auto pieces = gathered.view({tp_, local.numel()});
         const int64_t piece = local.size(dim) / s.rule.chunks;
         std::vector<torch::Tensor> ordered;  // chunk-major, then rank
         for (int64_t c = 0; c < s.rule.chunks; ++c)
-            for (int r = 0; r < tp_; ++r) ordered.push_back(pieces[r].view(local.sizes()).narrow(dim, c * piece, piece));
+            for (int r = 0; r < tp_; ++r)
+                ordered.push_back(pieces[r].view(local.sizes()).narrow(dim, c * piece, piece));
         return torch::cat(ordered, dim).contiguous();
     }
 
@@ -297,9 +306,9 @@ private:
                 if (rule.split == Rule::Split::Replicate) continue;
                 auto* found = named.find(rule.parameter);
                 if (!found)
-                    throw plexus::Error("block '" + block->name() + "' plans to split '" + rule.parameter +
-                                            "', which it does not have",
-                                        "the model plugin's tensor_parallel_plan() names its parameters as named_parameters() does");
+                    throw plexus::Error(
+                        "block '" + block->name() + "' plans to split '" + rule.parameter + "', which it does not have",
+                        "the model plugin's tensor_parallel_plan() names its parameters as named_parameters() does");
                 auto& p = *found;
                 const int64_t dim = rule.split == Rule::Split::Column ? 0 : 1;
                 if (p.dim() <= dim || p.size(dim) % (rule.chunks * rule.granule * tp_) != 0)
@@ -346,7 +355,8 @@ plexus::PluginDescriptor describe() {
     d.schema = {
         {"tp", 0, "ranks per tensor-parallel group (0: all); dp = ranks / tp"},
         {"dp", 0, "data-parallel groups, to name the mesh (dp = 2, tp = 2); 0: ranks / tp"},
-        {"sequence_parallel", false, "split the sequence between the parallel layers (reduce-scatter / all-gather around norms)"},
+        {"sequence_parallel", false,
+         "split the sequence between the parallel layers (reduce-scatter / all-gather around norms)"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<TensorParallelStrategy>(cfg, ctx);

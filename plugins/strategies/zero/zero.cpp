@@ -31,12 +31,12 @@ struct Unit {
     std::vector<torch::Tensor> params;
     std::vector<std::string> names;
     std::vector<std::vector<int64_t>> shapes;
-    std::vector<int64_t> offsets;  // of each parameter in the flat buffer
-    int64_t numel = 0, shard = 0;  // unpadded size; per-rank shard size
-    torch::Tensor full;            // W*shard; stage 3: its storage is empty unless gathered
-    torch::Tensor local;           // this rank's shard (a view into full for stages 1, 2)
-    torch::Tensor grad_full;       // W*shard, while gradients are collected
-    torch::Tensor grad_shard;      // shard: the mean gradient of this rank's part
+    std::vector<int64_t> offsets;           // of each parameter in the flat buffer
+    int64_t numel = 0, shard = 0;           // unpadded size; per-rank shard size
+    torch::Tensor full;                     // W*shard; stage 3: its storage is empty unless gathered
+    torch::Tensor local;                    // this rank's shard (a view into full for stages 1, 2)
+    torch::Tensor grad_full;                // W*shard, while gradients are collected
+    torch::Tensor grad_shard;               // shard: the mean gradient of this rank's part
     std::vector<plexus::FlatPiece> pieces;  // the parts of parameters inside this rank's shard
     std::shared_ptr<Work> gather, reduce;
     size_t ready = 0;
@@ -56,10 +56,12 @@ public:
         build_units();
         std::vector<plexus::ParamSlot> slots;
         for (auto& u : units_)
-            for (const auto& p : u.pieces) slots.push_back(plexus::piece_slot(p, u.names[p.index], u.shapes[p.index], u.local, transport_));
+            for (const auto& p : u.pieces)
+                slots.push_back(plexus::piece_slot(p, u.names[p.index], u.shapes[p.index], u.local, transport_));
         optimizer_ = ctx.make_optimizer(std::move(slots));
         char line[200];
-        std::snprintf(line, sizeof line, "zero: stage %lld, %zu units, %lld of %lld parameters per rank (padded), prefetch %s",
+        std::snprintf(line, sizeof line,
+                      "zero: stage %lld, %zu units, %lld of %lld parameters per rank (padded), prefetch %s",
                       static_cast<long long>(stage_), units_.size(), static_cast<long long>(shard_total()),
                       static_cast<long long>(numel_total()), prefetch_ ? "on" : "off");
         ctx.log(plexus::LogLevel::Info, line);
@@ -108,7 +110,8 @@ public:
         out.loss = plexus::value_of(mean_loss);
         if (optimizer_bytes_ < 0) {  // its size is fixed once the first step created it: measure once
             optimizer_bytes_ = 0;
-            for (const auto& [name, t] : optimizer_->state()) optimizer_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+            for (const auto& [name, t] : optimizer_->state())
+                optimizer_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
         }
         sample_memory();
         ctx_.record("state_bytes", static_cast<double>(held_bytes()));
@@ -155,7 +158,8 @@ public:
                 // This rank's part of the parameter, into its shard (and the whole, stages 1-2).
                 if (stage_ < 3) u.full.narrow(0, u.offsets[k], flat.numel()).copy_(flat);
                 for (const auto& p : u.pieces)
-                    if (p.index == k) u.local.narrow(0, p.shard_offset, p.length).copy_(flat.narrow(0, p.tensor_offset, p.length));
+                    if (p.index == k)
+                        u.local.narrow(0, p.shard_offset, p.length).copy_(flat.narrow(0, p.tensor_offset, p.length));
             }
         optimizer_->load_state(plexus::StateDict(state.begin() + static_cast<std::ptrdiff_t>(i), state.end()));
     }
@@ -200,8 +204,9 @@ private:
         for (const auto& item : model_->named_parameters()) full_name[item.value().unsafeGetTensorImpl()] = item.key();
         for (const auto& block : model_->blocks()) {
             if (stage_ == 3 && !block->shared_parameters().empty())
-                throw plexus::Error("zero stage 3: block '" + block->name() + "' uses a parameter shared with another block",
-                                    "untie it (model.tie_embeddings = false) or use stage 1 or 2");
+                throw plexus::Error(
+                    "zero stage 3: block '" + block->name() + "' uses a parameter shared with another block",
+                    "untie it (model.tie_embeddings = false) or use stage 1 or 2");
             Unit u;
             u.block = block;
             for (const auto& item : block->named_parameters()) {
@@ -302,9 +307,9 @@ private:
         for (size_t i = 0; i < units_.size(); ++i) {
             auto& u = units_[i];
             if (!u.reduce && last_micro_batch_)
-                throw plexus::Error("zero: unit " + std::to_string(i) + " (" + u.block->name() +
-                                        ") did not receive all its gradients",
-                                    "every parameter must take part in the loss");
+                throw plexus::Error(
+                    "zero: unit " + std::to_string(i) + " (" + u.block->name() + ") did not receive all its gradients",
+                    "every parameter must take part in the loss");
             for (auto& p : u.params) p.mutable_grad() = torch::Tensor();  // the flat buffers hold them
             if (stage_ == 3 && u.gathered) release(u);
         }
@@ -316,8 +321,10 @@ private:
         if (!u.grad_full.defined()) u.grad_full = torch::zeros({world_ * u.shard}, u.local.options());
         sample_memory();
         auto slot = u.grad_full.narrow(0, u.offsets[k], grad.numel());
-        if (first_micro_batch_) slot.copy_(grad.reshape(-1));
-        else slot.add_(grad.reshape(-1));
+        if (first_micro_batch_)
+            slot.copy_(grad.reshape(-1));
+        else
+            slot.add_(grad.reshape(-1));
         if (++u.ready < u.params.size() || !last_micro_batch_) {
             if (u.ready == u.params.size()) u.ready = 0;
             return;
@@ -346,7 +353,9 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "sharded data parallelism: ZeRO-1 (optimizer state), 2 (+ gradients), 3 (+ parameters, FSDP-style)";
     d.schema = {
-        plexus::ConfigKey("stage", 1, "1: shard optimizer state; 2: and gradients; 3: and parameters (gathered per block)").between(1, 3),
+        plexus::ConfigKey("stage", 1,
+                          "1: shard optimizer state; 2: and gradients; 3: and parameters (gathered per block)")
+            .between(1, 3),
         {"accumulate", 1, "micro-batches per optimizer step; gradients reduce-scattered on the last"},
         {"prefetch", true, "stage 3: gather the next block's parameters while the current one computes"},
     };

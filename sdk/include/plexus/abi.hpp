@@ -44,7 +44,7 @@
 #endif
 
 // e.g. "plexus-sdk 6; gcc 12; libstdc++ 12 cxx11-abi 1; libtorch 1.13; cuda off"
-#define PLEXUS_ABI_FINGERPRINT                                                        \
-    "plexus-sdk " PLEXUS_STR(PLEXUS_SDK_ABI_VERSION) "; " PLEXUS_COMPILER_ID "; "     \
-        PLEXUS_STDLIB_ID "; libtorch " PLEXUS_STR(TORCH_VERSION_MAJOR) "." PLEXUS_STR( \
-            TORCH_VERSION_MINOR) "; " PLEXUS_CUDA_ID
+#define PLEXUS_ABI_FINGERPRINT                                                                                     \
+    "plexus-sdk " PLEXUS_STR(PLEXUS_SDK_ABI_VERSION) "; " PLEXUS_COMPILER_ID "; " PLEXUS_STDLIB_ID                 \
+                                                     "; libtorch " PLEXUS_STR(TORCH_VERSION_MAJOR) "." PLEXUS_STR( \
+                                                         TORCH_VERSION_MINOR) "; " PLEXUS_CUDA_ID

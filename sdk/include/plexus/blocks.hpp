@@ -64,12 +64,14 @@ inline std::vector<int> balance_stages(const std::vector<std::vector<double>>& c
         throw Error(std::to_string(stages) + " stages for " + std::to_string(n) + " blocks",
                     "use at least one stage and at most as many stages as the model has blocks");
     // prefix[s][i]: the cost of blocks [0, i) on stage s.
-    std::vector<std::vector<double>> prefix(static_cast<size_t>(stages), std::vector<double>(static_cast<size_t>(n) + 1, 0));
+    std::vector<std::vector<double>> prefix(static_cast<size_t>(stages),
+                                            std::vector<double>(static_cast<size_t>(n) + 1, 0));
     for (int s = 0; s < stages; ++s)
         for (int i = 0; i < n; ++i) prefix[s][i + 1] = prefix[s][i] + cost[s][i];
     const double inf = 1e300;
     // best[s][i]: the smallest possible maximum over stages [0, s) covering blocks [0, i).
-    std::vector<std::vector<double>> best(static_cast<size_t>(stages) + 1, std::vector<double>(static_cast<size_t>(n) + 1, inf));
+    std::vector<std::vector<double>> best(static_cast<size_t>(stages) + 1,
+                                          std::vector<double>(static_cast<size_t>(n) + 1, inf));
     std::vector<std::vector<int>> cut(best.size(), std::vector<int>(static_cast<size_t>(n) + 1, 0));
     best[0][0] = 0;
     for (int s = 1; s <= stages; ++s)
@@ -123,8 +125,9 @@ public:
         const auto& blocks = model.blocks();
         for (const auto& block : blocks)
             if (!block->shared_parameters().empty())
-                throw Error("block '" + block->name() + "' uses a parameter another block owns, so stages cannot split it",
-                            "untie it (model.tie_embeddings = false)");
+                throw Error(
+                    "block '" + block->name() + "' uses a parameter another block owns, so stages cannot split it",
+                    "untie it (model.tie_embeddings = false)");
         for (size_t b = 0; b < blocks.size(); ++b)
             for (const auto& item : blocks[b]->named_parameters()) {
                 shapes_.push_back(item.value().sizes().vec());
@@ -161,7 +164,8 @@ public:
         for (int s = 0; s < stages(); ++s)
             for (int b = bounds_[s]; b < bounds_[s + 1]; ++b)
                 for (const auto& item : blocks[static_cast<size_t>(b)]->named_parameters()) {
-                    auto t = s == stage_ ? item.value().detach().clone() : torch::empty(shapes_[k], torch::TensorOptions().device(device));
+                    auto t = s == stage_ ? item.value().detach().clone()
+                                         : torch::empty(shapes_[k], torch::TensorOptions().device(device));
                     pipe.broadcast(t, s)->wait();
                     out.emplace_back("model." + blocks[static_cast<size_t>(b)]->name() + "." + item.key(), t);
                     ++k;

@@ -27,9 +27,7 @@ struct CommSchemeStats {
     // (ring_all_reduce_bytes of their bytes), so that plain all-reduce has a ratio of 1.
     int64_t logical_bytes = 0;
     int64_t bytes_sent = 0;  // bytes this scheme actually put on the transport
-    double compression_ratio() const {
-        return bytes_sent > 0 ? static_cast<double>(logical_bytes) / bytes_sent : 1.0;
-    }
+    double compression_ratio() const { return bytes_sent > 0 ? static_cast<double>(logical_bytes) / bytes_sent : 1.0; }
     // As a tensor in a scheme's state() (the counts continue across a resume).
     torch::Tensor as_tensor() const { return torch::tensor({logical_bytes, bytes_sent}, torch::kInt64); }
     static CommSchemeStats from_tensor(const torch::Tensor& t) { return {t[0].item<int64_t>(), t[1].item<int64_t>()}; }
@@ -42,8 +40,7 @@ public:
     // Replaces `tensor` by (an estimate of) its mean over the transport's ranks. `key`
     // identifies the tensor across calls (a bucket index), for schemes that keep per-tensor
     // memory such as error feedback or PowerSGD's warm start. The result is valid after wait().
-    virtual std::shared_ptr<Work> all_reduce_mean(torch::Tensor& tensor, Transport& transport,
-                                                  int64_t key) = 0;
+    virtual std::shared_ptr<Work> all_reduce_mean(torch::Tensor& tensor, Transport& transport, int64_t key) = 0;
 
     virtual CommSchemeStats stats() const = 0;
 

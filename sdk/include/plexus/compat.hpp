@@ -31,8 +31,8 @@ namespace plexus::compat {
 // LibTorch 1.13, and "meta" tensors (2.x's attention has no meta kernel on the CPU): scale and
 // mask fused into one baddbmm, then a softmax. `mask` is an additive [seq, seq] tensor (0 on
 // and below the diagonal, -inf above), used by that path only; causal_mask() makes one.
-inline torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k,
-                                      const torch::Tensor& v, const torch::Tensor& mask) {
+inline torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                      const torch::Tensor& mask) {
 #if TORCH_VERSION_MAJOR >= 2
     if (!q.is_meta()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
 #endif
@@ -115,8 +115,8 @@ inline c10::ScalarType autocast_dtype(c10::DeviceType device_type) {
 class AutocastGuard {
 public:
     AutocastGuard(c10::DeviceType device_type, c10::ScalarType dtype)
-        : device_(device_type),
-          active_(dtype != c10::kFloat && (device_type == c10::DeviceType::CPU || device_type == c10::DeviceType::CUDA)) {
+        : device_(device_type), active_(dtype != c10::kFloat &&
+                                        (device_type == c10::DeviceType::CPU || device_type == c10::DeviceType::CUDA)) {
         if (!active_) return;
         prev_enabled_ = detail::autocast_enabled(device_);
         prev_dtype_ = detail::autocast_get_dtype(device_);
@@ -154,8 +154,8 @@ inline bool fused_adamw_(const std::vector<torch::Tensor>& params, const std::ve
 #if TORCH_VERSION_MAJOR >= 2
     if (params.empty() || !params[0].is_cuda()) return false;
     const std::vector<torch::Tensor> steps(params.size(), step);
-    at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
-                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+    at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2, weight_decay,
+                      eps, /*amsgrad=*/false, /*maximize=*/false);
     return true;
 #else
     (void)params, (void)grads, (void)exp_avg, (void)exp_avg_sq, (void)step, (void)lr, (void)beta1, (void)beta2,

@@ -64,8 +64,7 @@ public:
     int64_t as_int() const { return std::get<int64_t>(v_); }
     // Ints are accepted where floats are expected ("lr = 1" means 1.0).
     double as_double() const {
-        return type() == ValueType::Int ? static_cast<double>(std::get<int64_t>(v_))
-                                        : std::get<double>(v_);
+        return type() == ValueType::Int ? static_cast<double>(std::get<int64_t>(v_)) : std::get<double>(v_);
     }
     const std::string& as_string() const { return std::get<std::string>(v_); }
     const List& as_list() const { return std::get<List>(v_); }
@@ -165,7 +164,9 @@ public:
 
     // Throws a plexus::Error naming "<section>.<key>" unless `ok`.
     void require(bool ok, const std::string& key, const std::string& what) const {
-        if (!ok) throw Error(section_ + "." + key + ": " + what, "fix the value in the experiment TOML or with --set " + section_ + "." + key + "=...");
+        if (!ok)
+            throw Error(section_ + "." + key + ": " + what,
+                        "fix the value in the experiment TOML or with --set " + section_ + "." + key + "=...");
     }
 
 private:
@@ -190,7 +191,8 @@ inline std::string ConfigKey::refusal(const std::string& key, const Value& v) co
         return std::string(buf);
     };
     const bool low = has_min && !(x >= min), high = has_max && !(x <= max);
-    if (!std::isfinite(x) && v.type() == ValueType::Float) return key + " = " + v.to_text() + " must be a finite number";
+    if (!std::isfinite(x) && v.type() == ValueType::Float)
+        return key + " = " + v.to_text() + " must be a finite number";
     if (!low && !high) return "";
     if (has_min && has_max) return key + " = " + v.to_text() + " must lie in [" + bound(min) + ", " + bound(max) + "]";
     return key + " = " + v.to_text() + (low ? " must be >= " + bound(min) : " must be <= " + bound(max));

@@ -14,8 +14,7 @@ namespace plexus {
 class Error : public std::runtime_error {
 public:
     // `what` says what went wrong and where (file, key, plugin); `hint` says what to try.
-    explicit Error(const std::string& what, std::string hint = {})
-        : std::runtime_error(what), hint_(std::move(hint)) {}
+    explicit Error(const std::string& what, std::string hint = {}) : std::runtime_error(what), hint_(std::move(hint)) {}
 
     const std::string& hint() const noexcept { return hint_; }
 

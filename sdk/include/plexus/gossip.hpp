@@ -94,9 +94,7 @@ inline Graph graph_from(const Config& cfg, int nodes, uint64_t seed) {
     }
     try {
         return make_graph(cfg.get_string("graph"), nodes, options);
-    } catch (const Error& e) {
-        throw Error(std::string("strategy.graph: ") + e.what(), e.hint());
-    }
+    } catch (const Error& e) { throw Error(std::string("strategy.graph: ") + e.what(), e.hint()); }
 }
 
 // Settings every gossip strategy shares (declare them in the plugin's schema).
@@ -204,7 +202,8 @@ public:
     void load_state(const StateDict& state) override {
         const size_t extra = state_.accelerated() ? 2 : 1;
         if (state.size() < extra || state.back().first != "gossip.time")
-            throw Error("gossip: the state does not come from a gossip run", "resume with the experiment the run started with");
+            throw Error("gossip: the state does not come from a gossip run",
+                        "resume with the experiment the run started with");
         ReplicaStrategy::load_state(StateDict(state.begin(), state.end() - static_cast<std::ptrdiff_t>(extra)));
         torch::NoGradGuard no_grad;
         state_.x.copy_(flat_copy(params_));  // the parameters are views of x (or of its snapshot)
@@ -221,7 +220,8 @@ public:
     bool exact_resume() const override { return true; }
 
 protected:
-    GossipStrategy(const Config& cfg, RunContext& ctx, bool accelerated) : ReplicaStrategy(ctx), transport_(ctx.transport()) {
+    GossipStrategy(const Config& cfg, RunContext& ctx, bool accelerated)
+        : ReplicaStrategy(ctx), transport_(ctx.transport()) {
         const int world = transport_.world_size(), rank = transport_.rank();
         const double rate = cfg.get_double("comm_rate");
         cfg.require(rate > 0, "comm_rate", "must be > 0");
@@ -234,8 +234,10 @@ protected:
             if (a != rank && b != rank) continue;
             const int peer = a == rank ? b : a;
             const auto& theirs = graph_.neighbours[static_cast<size_t>(peer)];
-            const double w_mine = static_cast<double>(std::count(mine.begin(), mine.end(), peer)) / static_cast<double>(mine.size());
-            const double w_theirs = static_cast<double>(std::count(theirs.begin(), theirs.end(), rank)) / static_cast<double>(theirs.size());
+            const double w_mine =
+                static_cast<double>(std::count(mine.begin(), mine.end(), peer)) / static_cast<double>(mine.size());
+            const double w_theirs = static_cast<double>(std::count(theirs.begin(), theirs.end(), rank)) /
+                                    static_cast<double>(theirs.size());
             edges.emplace_back(peer, rate * (w_mine + w_theirs) / 2);
         }
         events_ = EdgeEvents(ctx.seed("gossip.edges"), rank, edges);
@@ -260,9 +262,13 @@ protected:
             state_.alpha_tilde = c.alpha_tilde;
         }
         char line[240];
-        std::snprintf(line, sizeof line, "%s: %s graph of %d workers, %.3g averagings per gradient, chi1 %.4g, chi2 %.4g%s",
-                      accelerated ? "a2cid2" : "gossip", graph_.name.c_str(), world, rate, spectrum_.chi1, spectrum_.chi2,
-                      accelerated ? (", eta " + std::to_string(state_.eta) + ", alpha_tilde " + std::to_string(state_.alpha_tilde)).c_str() : "");
+        std::snprintf(
+            line, sizeof line, "%s: %s graph of %d workers, %.3g averagings per gradient, chi1 %.4g, chi2 %.4g%s",
+            accelerated ? "a2cid2" : "gossip", graph_.name.c_str(), world, rate, spectrum_.chi1, spectrum_.chi2,
+            accelerated
+                ? (", eta " + std::to_string(state_.eta) + ", alpha_tilde " + std::to_string(state_.alpha_tilde))
+                      .c_str()
+                : "");
         ctx.log(LogLevel::Info, line);
     }
 

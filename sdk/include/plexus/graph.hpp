@@ -66,7 +66,8 @@ inline Graph make_graph(const std::string& topology, int n, const GraphOptions& 
         g.neighbours[static_cast<size_t>(b)].push_back(a);
     };
     if (topology == "ring") {
-        if (n == 2) link(0, 1);
+        if (n == 2)
+            link(0, 1);
         else
             for (int r = 0; r < n; ++r) link(r, (r + 1) % n);
     } else if (topology == "exponential") {
@@ -102,8 +103,9 @@ inline Graph make_graph(const std::string& topology, int n, const GraphOptions& 
     } else if (topology == "random_regular") {
         const int d = options.degree;
         if (d < 1 || d >= n || (static_cast<int64_t>(n) * d) % 2 != 0)
-            throw Error("random_regular: degree " + std::to_string(d) + " on " + std::to_string(n) + " nodes is impossible",
-                        "need 1 <= degree < nodes and degree x nodes even");
+            throw Error(
+                "random_regular: degree " + std::to_string(d) + " on " + std::to_string(n) + " nodes is impossible",
+                "need 1 <= degree < nodes and degree x nodes even");
         // Pairing model with restarts: shuffle n*d stubs, pair them up, retry on a loop or a
         // repeated edge. Seeded, so every rank builds the same graph.
         uint64_t draws = 0;
@@ -112,8 +114,8 @@ inline Graph make_graph(const std::string& topology, int n, const GraphOptions& 
         };
         for (int attempt = 0;; ++attempt) {
             if (attempt == 1000)
-                throw Error("random_regular: no simple " + std::to_string(d) + "-regular graph on " + std::to_string(n) +
-                                " nodes found in 1000 tries",
+                throw Error("random_regular: no simple " + std::to_string(d) + "-regular graph on " +
+                                std::to_string(n) + " nodes found in 1000 tries",
                             "use a smaller degree");
             std::vector<int> stubs;
             for (int r = 0; r < n; ++r) stubs.insert(stubs.end(), static_cast<size_t>(d), r);
@@ -133,13 +135,14 @@ inline Graph make_graph(const std::string& topology, int n, const GraphOptions& 
     } else if (topology == "custom") {
         for (const auto& [a, b] : options.edges) {
             if (a < 0 || b < 0 || a >= n || b >= n || a == b)
-                throw Error("custom graph: edge [" + std::to_string(a) + ", " + std::to_string(b) + "] is not between two of the " +
-                                std::to_string(n) + " nodes",
+                throw Error("custom graph: edge [" + std::to_string(a) + ", " + std::to_string(b) +
+                                "] is not between two of the " + std::to_string(n) + " nodes",
                             "edges are pairs of distinct ranks 0.." + std::to_string(n - 1));
             link(a, b);
         }
     } else {
-        throw Error("graph \"" + topology + "\" is unknown", "use ring, exponential, torus, complete, random_regular or custom");
+        throw Error("graph \"" + topology + "\" is unknown",
+                    "use ring, exponential, torus, complete, random_regular or custom");
     }
     // Connected, every node reachable from node 0.
     std::vector<bool> seen(static_cast<size_t>(n), false);

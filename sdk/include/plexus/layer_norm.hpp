@@ -89,7 +89,8 @@ struct ResidualLayerNormFunction : torch::autograd::Function<ResidualLayerNormFu
 private:
     static torch::autograd::variable_list run_forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                                       const torch::Tensor& residual, const torch::Tensor& weight,
-                                                      const torch::Tensor& bias, double eps, c10::ScalarType out_dtype) {
+                                                      const torch::Tensor& bias, double eps,
+                                                      c10::ScalarType out_dtype) {
         static const auto op =
             host_operator("plexus::layer_norm_forward")
                 ->typed<Tensors4(const torch::Tensor&, const c10::optional<torch::Tensor>&, const torch::Tensor&,

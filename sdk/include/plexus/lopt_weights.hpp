@@ -70,7 +70,9 @@ struct LoptWeights {
         const std::string tmp = path + ".tmp";
         {
             std::ofstream out(tmp);
-            if (!out) throw Error("cannot write lopt weights to '" + tmp + "'", "check that the folder exists and is writable");
+            if (!out)
+                throw Error("cannot write lopt weights to '" + tmp + "'",
+                            "check that the folder exists and is writable");
             out << "plexus-lopt 1\n";
             if (!comment.empty()) out << "# " << comment << "\n";
             out.precision(17);
@@ -97,8 +99,9 @@ struct LoptWeights {
         const auto shapes = layout();
         for (size_t i = 0; i < shapes.size(); ++i) {
             const auto& shape = shapes[i].second;
-            *tensors[i] = shape.size() == 2 ? at::normal(0.0, 1.0 / std::sqrt(static_cast<double>(shape[1])), shape, gen)
-                                            : torch::zeros(shape);
+            *tensors[i] = shape.size() == 2
+                              ? at::normal(0.0, 1.0 / std::sqrt(static_cast<double>(shape[1])), shape, gen)
+                              : torch::zeros(shape);
             *tensors[i] = tensors[i]->to(torch::kFloat64);
         }
         return w;
@@ -115,8 +118,8 @@ struct LoptWeights {
         std::string magic, version;
         words >> magic >> version;
         if (magic != "plexus-lopt" || version != "1")
-            throw Error("optimizer.weights: '" + path + "' is not a plexus-lopt 1 file (it starts with '" + magic + " " +
-                        version + "')",
+            throw Error("optimizer.weights: '" + path + "' is not a plexus-lopt 1 file (it starts with '" + magic +
+                            " " + version + "')",
                         "the file must begin with `plexus-lopt 1`");
         LoptWeights w;
         auto tensors = w.tensors();
@@ -126,7 +129,7 @@ struct LoptWeights {
             words >> name;
             if (name != shapes[i].first)
                 throw Error("optimizer.weights: '" + path + "': expected section '" + shapes[i].first + "', found '" +
-                            name + "'",
+                                name + "'",
                             "sections come in the order decay_offsets w0 b0 w1 b1 w2 b2");
             int64_t n = 1;
             for (auto d : shapes[i].second) n *= d;
@@ -136,7 +139,7 @@ struct LoptWeights {
             if (static_cast<int64_t>(values.size()) != n) {
                 words.clear();
                 throw Error("optimizer.weights: '" + path + "': section '" + name + "' has " +
-                            std::to_string(values.size()) + " numbers, expected " + std::to_string(n),
+                                std::to_string(values.size()) + " numbers, expected " + std::to_string(n),
                             "the MLP is 39 -> 32 -> 32 -> 2; weights are written row-major");
             }
             *tensors[i] = torch::tensor(values, torch::kFloat64).view(shapes[i].second);

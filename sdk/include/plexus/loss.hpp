@@ -82,9 +82,9 @@ struct CrossEntropyFunction : torch::autograd::Function<CrossEntropyFunction> {
 struct FusedCrossEntropyFunction : torch::autograd::Function<FusedCrossEntropyFunction> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
                                  const torch::Tensor& targets) {
-        static const auto op = host_operator("plexus::cross_entropy_forward")
-                                   ->typed<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&,
-                                                                                    const torch::Tensor&)>();
+        static const auto op =
+            host_operator("plexus::cross_entropy_forward")
+                ->typed<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&, const torch::Tensor&)>();
         auto [loss, stats] = op.call(logits, targets);
         ctx->save_for_backward({logits, targets, stats});
         return loss;
@@ -92,10 +92,9 @@ struct FusedCrossEntropyFunction : torch::autograd::Function<FusedCrossEntropyFu
 
     static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::tensor_list grad_outputs) {
-        static const auto op =
-            host_operator("plexus::cross_entropy_backward")
-                ->typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                      const torch::Tensor&)>();
+        static const auto op = host_operator("plexus::cross_entropy_backward")
+                                   ->typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&,
+                                                         const torch::Tensor&, const torch::Tensor&)>();
         const auto saved = ctx->get_saved_variables();
         return {op.call(grad_outputs[0], saved[0], saved[1], saved[2]), torch::Tensor()};
     }

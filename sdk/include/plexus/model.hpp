@@ -106,8 +106,12 @@ public:
     virtual std::vector<torch::Tensor> shared_parameters() const { return {}; }
 
 protected:
-    torch::Tensor tensor_parallel_enter(const torch::Tensor& x) { return tensor_parallel_ ? tensor_parallel_->enter(x) : x; }
-    torch::Tensor tensor_parallel_exit(const torch::Tensor& x) { return tensor_parallel_ ? tensor_parallel_->exit(x) : x; }
+    torch::Tensor tensor_parallel_enter(const torch::Tensor& x) {
+        return tensor_parallel_ ? tensor_parallel_->enter(x) : x;
+    }
+    torch::Tensor tensor_parallel_exit(const torch::Tensor& x) {
+        return tensor_parallel_ ? tensor_parallel_->exit(x) : x;
+    }
     // A row-parallel layer, x Wᵀ + b: under tensor parallelism the partial sums meet (exit)
     // before the bias is added once; without it, one matmul with the bias fused in (addmm).
     torch::Tensor row_parallel_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {

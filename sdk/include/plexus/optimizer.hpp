@@ -26,8 +26,8 @@ namespace plexus {
 class Transport;
 
 struct ParamSlot {
-    std::string name;                 // e.g. "layer1.qkv.weight" (block, then parameter), or "layer1.qkv.weight[0:1024]"
-    torch::Tensor param;              // updated in place by step()
+    std::string name;     // e.g. "layer1.qkv.weight" (block, then parameter), or "layer1.qkv.weight[0:1024]"
+    torch::Tensor param;  // updated in place by step()
     std::vector<int64_t> full_shape;  // shape of the whole parameter this slot belongs to
     // A piece: where param starts in the whole parameter (flattened, row-major; param is then 1-D
     // and `tensor` names the whole parameter), and the ranks that hold all the pieces of all the

@@ -64,7 +64,7 @@ inline const char* to_string(PluginKind k) {
 }
 
 struct PluginDescriptor {
-    std::string name;     // unique within its kind; what the TOML's `name = ...` refers to
+    std::string name;  // unique within its kind; what the TOML's `name = ...` refers to
     PluginKind kind = PluginKind::Model;
     std::string version;  // the plugin's own version, recorded with every run that uses it
     std::string summary;  // one line for `plexus plugins`
@@ -76,8 +76,7 @@ struct PluginDescriptor {
     std::map<std::string, std::string> extras;
 
     std::function<std::shared_ptr<Model>(const Config&, RunContext&)> make_model;
-    std::function<std::unique_ptr<Optimizer>(const Config&, RunContext&, std::vector<ParamSlot>)>
-        make_optimizer;
+    std::function<std::unique_ptr<Optimizer>(const Config&, RunContext&, std::vector<ParamSlot>)> make_optimizer;
     std::function<std::unique_ptr<Strategy>(const Config&, RunContext&)> make_strategy;
     std::function<std::unique_ptr<CommScheme>(const Config&, RunContext&)> make_comm;
     std::function<std::unique_ptr<Dataset>(const Config&, RunContext&)> make_dataset;
@@ -87,11 +86,9 @@ struct PluginDescriptor {
 
 // Exports the fingerprint and the descriptor. `describe` is a function returning a
 // PluginDescriptor; it is called once, when the host first loads the library.
-#define PLEXUS_PLUGIN(describe)                                                        \
-    extern "C" __attribute__((visibility("default"))) const char                       \
-        plexus_abi_fingerprint[] = PLEXUS_ABI_FINGERPRINT;                             \
-    extern "C" __attribute__((visibility("default"))) const plexus::PluginDescriptor*  \
-    plexus_plugin() {                                                                  \
-        static const plexus::PluginDescriptor descriptor = describe();                 \
-        return &descriptor;                                                            \
+#define PLEXUS_PLUGIN(describe)                                                                                     \
+    extern "C" __attribute__((visibility("default"))) const char plexus_abi_fingerprint[] = PLEXUS_ABI_FINGERPRINT; \
+    extern "C" __attribute__((visibility("default"))) const plexus::PluginDescriptor* plexus_plugin() {             \
+        static const plexus::PluginDescriptor descriptor = describe();                                              \
+        return &descriptor;                                                                                         \
     }

@@ -126,8 +126,10 @@ protected:
         optimizer_->step(grads, in.lr_scale);
         std::vector<torch::Tensor> bound;
         for (auto& p : params_) {
-            if (p.grad().defined() && p.grad().is_view()) bound.push_back(p.grad());
-            else p.mutable_grad() = torch::Tensor();
+            if (p.grad().defined() && p.grad().is_view())
+                bound.push_back(p.grad());
+            else
+                p.mutable_grad() = torch::Tensor();
         }
         zero_all(bound);
         ctx_.charge_compute(optimizer_->flops_per_step());

@@ -23,7 +23,7 @@
 namespace plexus {
 
 struct StepInput {
-    int64_t step = 0;          // 0-based index of this call
+    int64_t step = 0;  // 0-based index of this call
     // Tokens trained on before this step, per rank: the job's total divided by the number of
     // ranks, the same on every rank even where ranks consume different amounts (ACCO).
     int64_t tokens_seen = 0;

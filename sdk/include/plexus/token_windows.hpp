@@ -25,13 +25,12 @@ using TokenArray = std::shared_ptr<const std::vector<uint16_t>>;
 
 class TokenWindowStream : public BatchStream {
 public:
-    TokenWindowStream(TokenArray tokens, const StreamSpec& spec)
-        : tokens_(std::move(tokens)), spec_(spec) {
+    TokenWindowStream(TokenArray tokens, const StreamSpec& spec) : tokens_(std::move(tokens)), spec_(spec) {
         const auto n = static_cast<int64_t>(tokens_->size());
         if (n < spec.seq_len + 2)
-            throw Error("the " + std::string(spec.split == Split::Train ? "training" : "validation") +
-                            " split has " + std::to_string(n) + " tokens, fewer than seq_len + 2 (" +
-                            std::to_string(spec.seq_len + 2) + ")",
+            throw Error("the " + std::string(spec.split == Split::Train ? "training" : "validation") + " split has " +
+                            std::to_string(n) + " tokens, fewer than seq_len + 2 (" + std::to_string(spec.seq_len + 2) +
+                            ")",
                         "use more data, a smaller train.seq_len, or another split fraction");
         window_starts_ = static_cast<uint64_t>(n - spec.seq_len - 1) + 1;
         staging_.resize(static_cast<size_t>(spec.batch_size * (spec.seq_len + 1)));

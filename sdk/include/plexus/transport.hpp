@@ -52,7 +52,8 @@ public:
 class PeerLost : public Error {
 public:
     PeerLost(int rank, const std::string& why)
-        : Error("rank " + std::to_string(rank) + " failed: " + why, "the run stops: a rank it needs has failed"), rank_(rank) {}
+        : Error("rank " + std::to_string(rank) + " failed: " + why, "the run stops: a rank it needs has failed"),
+          rank_(rank) {}
     int rank() const noexcept { return rank_; }
 
 private:

@@ -19,7 +19,6 @@ namespace plexus {
 // numerics computes shapes and time only). Use it wherever a strategy reads a loss or a norm.
 inline double value_of(const torch::Tensor& t) { return t.is_meta() ? NAN : t.item<double>(); }
 
-
 // One slot per parameter of `module`, named as named_parameters() names them.
 inline std::vector<ParamSlot> slots_of(torch::nn::Module& module) {
     std::vector<ParamSlot> slots;
@@ -80,8 +79,7 @@ inline double clip_grad_norm(const std::vector<torch::Tensor>& grads, double max
 // Training FLOPs per token in the PaLM / nanoGPT convention: 6 per parameter (forward 2,
 // backward 4) plus attention's score and value matmuls, 12 * layers * heads * head_dim * seq_len,
 // without a causal discount. `params` is the N of that formula: say which parameters you count.
-inline double palm_flops_per_token(double params, int64_t n_layer, int64_t n_head, int64_t head_dim,
-                                   int64_t seq_len) {
+inline double palm_flops_per_token(double params, int64_t n_layer, int64_t n_head, int64_t head_dim, int64_t seq_len) {
     return 6.0 * params + 12.0 * static_cast<double>(n_layer * n_head * head_dim * seq_len);
 }
 
@@ -142,9 +140,9 @@ inline void view_gradients(const std::vector<torch::Tensor>& params, const torch
 
 // The part of one tensor of a flat layout that falls in a shard [lo, hi) of it.
 struct FlatPiece {
-    size_t index = 0;          // which tensor
-    int64_t shard_offset = 0;  // where the part starts in the shard
-    int64_t tensor_offset = 0; // where it starts in the tensor (flattened)
+    size_t index = 0;           // which tensor
+    int64_t shard_offset = 0;   // where the part starts in the shard
+    int64_t tensor_offset = 0;  // where it starts in the tensor (flattened)
     int64_t length = 0;
 };
 // The pieces of tensors starting at `offsets` with `numels` elements that lie in [lo, hi).
@@ -162,7 +160,8 @@ inline std::vector<FlatPiece> pieces_in(const std::vector<int64_t>& offsets, con
 inline ParamSlot piece_slot(const FlatPiece& piece, const std::string& name, std::vector<int64_t> full_shape,
                             const torch::Tensor& shard, Transport& group) {
     ParamSlot slot;
-    slot.name = name + "[" + std::to_string(piece.tensor_offset) + ":" + std::to_string(piece.tensor_offset + piece.length) + "]";
+    slot.name = name + "[" + std::to_string(piece.tensor_offset) + ":" +
+                std::to_string(piece.tensor_offset + piece.length) + "]";
     slot.param = shard.narrow(0, piece.shard_offset, piece.length);
     slot.full_shape = std::move(full_shape);
     slot.offset = piece.tensor_offset;

@@ -7,9 +7,11 @@ namespace {
 class Broken : public plexus::CommScheme {
 public:
     explicit Broken(std::string breaks) : breaks_(std::move(breaks)) {}
-    std::shared_ptr<plexus::Work> all_reduce_mean(torch::Tensor& tensor, plexus::Transport& transport, int64_t) override {
+    std::shared_ptr<plexus::Work> all_reduce_mean(torch::Tensor& tensor, plexus::Transport& transport,
+                                                  int64_t) override {
         const int64_t bytes = tensor.numel() * static_cast<int64_t>(tensor.element_size());
-        stats_.logical_bytes += breaks_ == "logical_bytes" ? bytes : plexus::ring_all_reduce_bytes(bytes, transport.world_size());
+        stats_.logical_bytes +=
+            breaks_ == "logical_bytes" ? bytes : plexus::ring_all_reduce_bytes(bytes, transport.world_size());
         const auto before = transport.stats().bytes_sent;
         auto work = transport.all_reduce(tensor, plexus::ReduceOp::Mean);
         if (breaks_ != "bytes_unaccounted") stats_.bytes_sent += transport.stats().bytes_sent - before;

@@ -35,7 +35,9 @@ private:
 
 class Broken : public plexus::Dataset {
 public:
-    explicit Broken(std::string breaks) : breaks_(std::move(breaks)) { tokens_ = torch::arange(4096, torch::kLong) % 32; }
+    explicit Broken(std::string breaks) : breaks_(std::move(breaks)) {
+        tokens_ = torch::arange(4096, torch::kLong) % 32;
+    }
     int64_t vocab_size() const override { return 32; }
     std::unique_ptr<plexus::BatchStream> open(const plexus::StreamSpec& spec) override {
         return std::make_unique<Stream>(tokens_, spec, breaks_);
@@ -53,7 +55,8 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Dataset;
     d.version = "1.0";
     d.summary = "a dataset that breaks one promise on request (tests of plexus check)";
-    d.schema = {plexus::ConfigKey("breaks", "none", "which promise to break").one_of({"none", "nondeterministic", "shards_overlap"})};
+    d.schema = {plexus::ConfigKey("breaks", "none", "which promise to break")
+                    .one_of({"none", "nondeterministic", "shards_overlap"})};
     d.make_dataset = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::Dataset> {
         return std::make_unique<Broken>(cfg.get_string("breaks"));
     };

@@ -32,7 +32,8 @@ public:
         return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape(-1));
     }
     plexus::FlopsPerToken flops_per_token(int64_t) const override {
-        return {breaks_ == "no_flops" ? 0.0 : 6.0 * static_cast<double>(vocab_ * vocab_), "6 N (a test model)", vocab_ * vocab_};
+        return {breaks_ == "no_flops" ? 0.0 : 6.0 * static_cast<double>(vocab_ * vocab_), "6 N (a test model)",
+                vocab_ * vocab_};
     }
 
 private:
@@ -47,7 +48,8 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Model;
     d.version = "1.0";
     d.summary = "a model that breaks one promise on request (tests of plexus check)";
-    d.schema = {plexus::ConfigKey("breaks", "none", "which promise to break").one_of({"none", "bad_shape", "no_flops", "random_init"})};
+    d.schema = {plexus::ConfigKey("breaks", "none", "which promise to break")
+                    .one_of({"none", "bad_shape", "no_flops", "random_init"})};
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         return std::make_shared<Broken>(cfg.get_string("breaks"), ctx.vocab_size());
     };

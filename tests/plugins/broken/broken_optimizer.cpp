@@ -20,7 +20,8 @@ public:
     }
     plexus::StateDict state() const override {
         plexus::StateDict out;
-        for (size_t i = 0; i < momentum_.size(); ++i) out.emplace_back("momentum." + std::to_string(i), momentum_[i].clone());
+        for (size_t i = 0; i < momentum_.size(); ++i)
+            out.emplace_back("momentum." + std::to_string(i), momentum_[i].clone());
         return out;
     }
     void load_state(const plexus::StateDict& state) override {
@@ -41,10 +42,13 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Optimizer;
     d.version = "1.0";
     d.summary = "an optimizer that breaks one promise on request (tests of plexus check)";
-    d.schema = {{"lr", 0.1, "learning rate"},
-                plexus::ConfigKey("breaks", "none", "which promise to break").one_of({"none", "lr0_moves", "state_lossy"})};
-    d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&, std::vector<plexus::ParamSlot> slots)
-        -> std::unique_ptr<plexus::Optimizer> { return std::make_unique<Broken>(cfg, std::move(slots)); };
+    d.schema = {
+        {"lr", 0.1, "learning rate"},
+        plexus::ConfigKey("breaks", "none", "which promise to break").one_of({"none", "lr0_moves", "state_lossy"})};
+    d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&,
+                          std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
+        return std::make_unique<Broken>(cfg, std::move(slots));
+    };
     return d;
 }
 

@@ -9,7 +9,8 @@ namespace {
 
 class Broken : public plexus::ReplicaStrategy {
 public:
-    Broken(const plexus::Config& cfg, plexus::RunContext& ctx) : ReplicaStrategy(ctx), breaks_(cfg.get_string("breaks")) {}
+    Broken(const plexus::Config& cfg, plexus::RunContext& ctx)
+        : ReplicaStrategy(ctx), breaks_(cfg.get_string("breaks")) {}
 
     plexus::StepOutput step(const plexus::StepInput& in) override {
         plexus::StepOutput out;

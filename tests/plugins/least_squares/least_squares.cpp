@@ -72,8 +72,8 @@ plexus::PluginDescriptor describe() {
     d.summary = "test plugin: per-rank least squares; evaluation is the job's suboptimality F(x) - F(x*)";
     d.schema = {{"rows", 40, "m: rows per rank"}, {"dim", 10, "d: parameters"}, {"seed", 3, "the problem's seed"}};
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
-        return std::make_shared<LeastSquares>(cfg.get_int("rows"), cfg.get_int("dim"), static_cast<uint64_t>(cfg.get_int("seed")),
-                                              ctx.rank(), ctx.world_size());
+        return std::make_shared<LeastSquares>(cfg.get_int("rows"), cfg.get_int("dim"),
+                                              static_cast<uint64_t>(cfg.get_int("seed")), ctx.rank(), ctx.world_size());
     };
     return d;
 }

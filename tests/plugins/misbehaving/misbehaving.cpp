@@ -55,7 +55,8 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Model;
     d.version = "0.1";
     d.summary = "test plugin: crashes, throws, leaks or hangs at a given step";
-    d.schema = {{"action", "none", "none, segfault, throw, leak or hang"}, {"at_step", 3, "the training step it starts at"}};
+    d.schema = {{"action", "none", "none, segfault, throw, leak or hang"},
+                {"at_step", 3, "the training step it starts at"}};
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext&) -> std::shared_ptr<plexus::Model> {
         return std::make_shared<Misbehaving>(cfg.get_string("action"), cfg.get_int("at_step"));
     };
