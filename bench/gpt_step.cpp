@@ -17,7 +17,7 @@
 #include <string>
 #include <thread>
 
-#include <plexus/compat.hpp>
+#include <plexus/kit/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 

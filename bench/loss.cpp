@@ -1,5 +1,5 @@
 // bench/loss: the next-token loss's forward and backward over one step's logits, plexus's
-// cross_entropy (sdk/include/plexus/loss.hpp) against LibTorch's composite
+// cross_entropy (sdk/include/plexus/kit/loss.hpp) against LibTorch's composite
 // torch::nn::functional::cross_entropy, alternating rounds in one run. The logits' gradient is
 // what the LM head's backward consumes, so each iteration ends with it materialized.
 //
@@ -13,8 +13,8 @@
 #include <string>
 #include <thread>
 
-#include <plexus/compat.hpp>
-#include <plexus/loss.hpp>
+#include <plexus/kit/compat.hpp>
+#include <plexus/kit/loss.hpp>
 #include <torch/torch.h>
 
 #include "bench_util.hpp"

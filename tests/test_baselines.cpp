@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 
-#include <plexus/util.hpp>
+#include <plexus/kit/util.hpp>
 
 #include "helpers.hpp"
 #include "store/results.hpp"

@@ -22,14 +22,17 @@ struct RankResult {
 };
 
 // Calls the [comm] scheme of `comm_section` on each rank's inputs (inputs[rank][call]).
+// `layout`, when given, is what the strategy says of the tensors (CommScheme::set_layout).
 std::vector<RankResult> run_scheme(const std::string& comm_section,
-                                   const std::vector<std::vector<torch::Tensor>>& inputs) {
+                                   const std::vector<std::vector<torch::Tensor>>& inputs,
+                                   const std::vector<TensorPiece>& layout = {}) {
     TempDir dir;
     auto cfg = resolve_text(dir, "[model]\nname = \"gpt\"\n[data]\nname = \"synthetic\"\n" + comm_section);
     std::vector<RankResult> results(inputs.size());
     with_gloo_ranks(static_cast<int>(inputs.size()), [&](int r, std::shared_ptr<Transport> transport) {
         host::HostContext ctx(cfg, torch::kCPU, 32, transport);
         auto scheme = ctx.make_comm("comm");
+        if (!layout.empty()) scheme->set_layout(0, layout);
         for (const auto& x : inputs[r]) {
             auto t = x.clone();
             scheme->all_reduce_mean(t, *transport, 0)->wait();
@@ -131,4 +134,29 @@ TEST_CASE("error feedback keeps the accumulated error bounded (top-k, PowerSGD)"
     CHECK(topk[0].stats.bytes_sent == 45 * 8);  // (W-1) * k * (int32 index + float32 value), k = 45
     auto psgd = run_scheme("[comm]\nname = \"powersgd\"\nrank = 2\n", random_inputs(n, 1));
     CHECK(psgd[0].stats.bytes_sent == 4 * 2 * (30 + 30));  // two all-reduces of r*rows and r*cols floats
+}
+
+TEST_CASE("PowerSGD per matrix: each weight matrix of the strategy's layout on its own, vectors exact", "[comm]") {
+    // A bucket of three parameters: w (30 x 20), b (20), w2 (10 x 10): 720 numbers.
+    const std::vector<TensorPiece> layout = {{"w", 0, {30, 20}}, {"b", 600, {20}}, {"w2", 620, {10, 10}}};
+    auto in = random_inputs(720, 1);
+    const auto mean = (in[0][0] + in[1][0]) / 2;
+    // At rank 20, both matrices are at full rank: the mean is exact, up to rounding.
+    auto full = run_scheme("[comm]\nname = \"powersgd\"\nrank = 20\nper_matrix = true\n", in, layout);
+    CHECK(torch::allclose(full[0].outputs[0], mean, 1e-4, 1e-5));
+    CHECK(torch::equal(full[0].outputs[0], full[1].outputs[0]));
+    // Bytes: per matrix two all-reduces of r (rows + cols) floats, r = min(rank, rows, cols), and
+    // the vector in one plain all-reduce; on 2 ranks an all-reduce of k floats sends 4k bytes.
+    CHECK(full[0].stats.bytes_sent == 4 * (20 * (30 + 20) + 10 * (10 + 10) + 20));
+    // At rank 2 the matrices are approximated, and the vector still arrives exact.
+    auto low = run_scheme("[comm]\nname = \"powersgd\"\nrank = 2\nper_matrix = true\n", in, layout);
+    CHECK(low[0].stats.bytes_sent == 4 * (2 * (30 + 20) + 2 * (10 + 10) + 20));
+    CHECK(torch::allclose(low[0].outputs[0].narrow(0, 600, 20), mean.narrow(0, 600, 20), 1e-5, 1e-6));
+    CHECK(!torch::allclose(low[0].outputs[0].narrow(0, 0, 600), mean.narrow(0, 0, 600), 1e-2, 1e-2));
+    // Without per_matrix the layout is ignored: one near-square matrix of the 720 numbers (27 x 27).
+    auto whole = run_scheme("[comm]\nname = \"powersgd\"\nrank = 2\n", in, layout);
+    CHECK(whole[0].stats.bytes_sent == 4 * 2 * (27 + 27));
+    // A layout that does not cover the tensor is refused by name.
+    CHECK_THROWS_WITH(run_scheme("[comm]\nname = \"powersgd\"\nper_matrix = true\n", in, {{"w", 0, {30, 20}}}),
+                      Catch::Matchers::Contains("covers 600 of its 720 numbers"));
 }

@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 
-#include <plexus/gossip.hpp>
+#include "shared/gossip_base.hpp"
 
 #include "helpers.hpp"
 #include "store/results.hpp"

@@ -6,9 +6,9 @@
 #include <limits>
 #include <thread>
 
-#include <plexus/compat.hpp>
-#include <plexus/layer_norm.hpp>
-#include <plexus/loss.hpp>
+#include <plexus/kit/compat.hpp>
+#include <plexus/kit/layer_norm.hpp>
+#include <plexus/kit/loss.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 

@@ -1,7 +1,7 @@
 // plexus meta-train: evolution strategies over lopt's weights.
 #include <catch2/catch.hpp>
 
-#include <plexus/lopt_weights.hpp>
+#include "optimizers/lopt/lopt_weights.hpp"
 
 #include "tools/meta_train.hpp"
 #include "helpers.hpp"
@@ -41,7 +41,7 @@ void meta_train(const std::string& file, const std::string& db, const std::strin
 // weights than with the initial ones.
 void check_meta_loss_lowered(const std::string& file, const std::string& trained, const TempDir& dir) {
     const auto spec = host::load_meta_spec(file);
-    const auto before = LoptWeights::initial(0), after = LoptWeights::load(trained);
+    const auto before = spec.params.start.flat(), after = LoptWeights::load(trained).flat();
     double sum_before = 0, sum_after = 0;
     for (uint64_t task = 1000; task < 1008; ++task) {
         sum_before += host::meta_loss(spec, before, task, dir.path.string());
@@ -88,7 +88,7 @@ TEST_CASE("meta-training on 2 ranks over Gloo takes exactly the steps of 1 rank"
     meta_train(dir.file("two.toml", spec_text(dir / "two.lopt", 3, 2)), dir / "r.db");
     const auto one = LoptWeights::load(dir / "one.lopt").flat(), two = LoptWeights::load(dir / "two.lopt").flat();
     CHECK(torch::equal(one, two));
-    CHECK(!torch::equal(one, LoptWeights::initial(0).flat()));  // and it moved
+    CHECK(!torch::equal(one, host::load_meta_spec(dir / "one.toml").params.start.flat()));  // and it moved
 }
 
 TEST_CASE(
@@ -150,7 +150,7 @@ TEST_CASE(
     CHECK_THAT(res.output, Contains("is not a multiple of the 3 truncations of an unroll"));
 }
 
-TEST_CASE("meta-train files: unknown keys and tasks without lopt are named", "[meta]") {
+TEST_CASE("meta-train files: unknown keys and tasks whose optimizer has no learned weights are named", "[meta]") {
     TempDir dir;
     auto res = run_plexus("meta-train " + dir.file("a.toml", "[meta]\niterations = 3\nsigmaa = 0.1\nout = \"w\"\n") +
                           " --db " + (dir / "r.db"));
@@ -161,7 +161,7 @@ TEST_CASE("meta-train files: unknown keys and tasks without lopt are named", "[m
                      dir.file("b.toml", "[meta]\nout = \"w\"\n[[task]]\nexperiment = \"" + adamw_task + "\"\n") +
                      " --db " + (dir / "r.db"));
     CHECK(res.exit_code != 0);
-    CHECK_THAT(res.output, Contains("does not use optimizer lopt"));
+    CHECK_THAT(res.output, Contains("the tasks' optimizer 'adamw' has no learned weights to meta-train"));
     res = run_plexus("meta-train " + dir.file("c.toml", "[meta]\nout = \"w\"\n") + " --db " + (dir / "r.db"));
     CHECK(res.exit_code != 0);
     CHECK_THAT(res.output, Contains("no [[task]]"));

@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 #include <torch/torch.h>
 
 #include "runtime/harness.hpp"

@@ -2,9 +2,9 @@
 // build can check. The GPU side is in test_gpu.cpp.
 #include <catch2/catch.hpp>
 
-#include <plexus/compat.hpp>
-#include <plexus/layer_norm.hpp>
-#include <plexus/loss.hpp>
+#include <plexus/kit/compat.hpp>
+#include <plexus/kit/layer_norm.hpp>
+#include <plexus/kit/loss.hpp>
 #include <torch/torch.h>
 
 #include "helpers.hpp"

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <plexus/plexus.hpp>
+#include <plexus/kit/poisson.hpp>
 #include <torch/torch.h>
 
 #include "tools/bench_network.hpp"

@@ -1,5 +1,5 @@
 // See dispatch.hpp. The kernels registered here are LibTorch's arranged to the contracts in
-// plexus/layer_norm.hpp and plexus/loss.hpp: the CPU's, and the reference the GPU kernels are
+// plexus/kit/layer_norm.hpp and plexus/kit/loss.hpp: the CPU's, and the reference the GPU kernels are
 // tested against.
 #include "device/dispatch.hpp"
 

@@ -1,6 +1,6 @@
 // plexus's own operators, registered with LibTorch's dispatcher so that plugins reach them
-// without linking against the host (sdk/include/plexus/operators.hpp): plexus/layer_norm.hpp's
-// residual_layer_norm calls plexus::layer_norm_forward / _backward, plexus/loss.hpp's
+// without linking against the host (sdk/include/plexus/operators.hpp): plexus/kit/layer_norm.hpp's
+// residual_layer_norm calls plexus::layer_norm_forward / _backward, plexus/kit/loss.hpp's
 // cross_entropy plexus::cross_entropy_forward / _backward (their contracts are written there).
 #pragma once
 

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 #include "base/toml.hpp"
 #include <torch/torch.h>
 
@@ -151,6 +152,10 @@ torch::Tensor es_gradient(const MetaSpec& spec, int64_t k, const torch::Tensor& 
     return grad;
 }
 
+namespace {
+MetaParameters find_meta_parameters(const MetaSpec& spec);
+}
+
 MetaSpec load_meta_spec(const std::string& path) {
     MetaSpec spec;
     spec.path = fs::absolute(path).string();
@@ -232,7 +237,8 @@ MetaSpec load_meta_spec(const std::string& path) {
     if (spec.out.empty()) throw Error(path + ": meta.out is missing", "name the file the trained weights go to");
     const auto* tasks = doc["task"].as_array();
     if (!tasks || tasks->empty())
-        throw Error(path + ": no [[task]]", "add [[task]] experiment = \"a plexus experiment with optimizer lopt\"");
+        throw Error(path + ": no [[task]]",
+                    "add [[task]] experiment = \"an experiment whose optimizer has learned weights\"");
     for (const auto& node : *tasks) {
         const auto* t = node.as_table();
         if (!t) throw Error(where(node) + "[[task]] must be a table", "");
@@ -262,15 +268,9 @@ MetaSpec load_meta_spec(const std::string& path) {
             }
         }
         if (task.experiment.empty()) throw Error(where(node) + "a [[task]] without experiment", "");
-        // Checked now, not at the first evaluation: the experiment loads and uses lopt.
-        auto exp = load_experiment(task.experiment);
-        const auto it = exp.settings.find("optimizer.name");
-        if (it == exp.settings.end() || it->second.value.type() != ValueType::String ||
-            it->second.value.as_string() != "lopt")
-            throw Error(path + ": task experiment '" + task.experiment + "' does not use optimizer lopt",
-                        "set [optimizer] name = \"lopt\" there (meta-training fills in its weights)");
         spec.tasks.push_back(task);
     }
+    spec.params = find_meta_parameters(spec);
     return spec;
 }
 
@@ -284,7 +284,7 @@ ResolvedConfig task_config(const MetaSpec& spec, uint64_t task_seed, const std::
     const auto& task = spec.tasks[rng() % spec.tasks.size()];
     auto exp = load_experiment(task.experiment);
     for (const auto& [key, values] : task.choose) apply_override(exp, key + "=" + values[rng() % values.size()]);
-    apply_override(exp, "optimizer.weights=\"" + weights_file + "\"");
+    apply_override(exp, spec.params.weights_key + "=\"" + weights_file + "\"");
     apply_override(exp, "train.steps=" + std::to_string(spec.inner_steps));
     apply_override(exp, "train.seed=" + std::to_string(rng() % 1000000007));
     return resolve(exp, registry());
@@ -348,11 +348,17 @@ double train_steps(TaskTrack& task, int64_t steps) {
     return sum;
 }
 
+// Writes the weights `theta` in the optimizer's sections.
+void save_weights(const MetaSpec& spec, const torch::Tensor& theta, const std::string& file,
+                  const std::string& comment = "") {
+    spec.params.start.with_flat(theta).write(file, comment);
+}
+
 }  // namespace
 
-double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task_seed, const std::string& scratch) {
-    const std::string weights_file = scratch + "/weights.lopt";
-    weights.save(weights_file);
+double meta_loss(const MetaSpec& spec, const torch::Tensor& theta, uint64_t task_seed, const std::string& scratch) {
+    const std::string weights_file = scratch + "/task.weights";
+    save_weights(spec, theta, weights_file);
     TaskTrack task;
     task.run = build_run(task_config(spec, task_seed, weights_file));
     return train_steps(task, spec.inner_steps) / static_cast<double>(spec.inner_steps);
@@ -360,8 +366,53 @@ double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task
 
 namespace {
 
+// The tasks' optimizer (one for all), and the weights it starts from: the file of meta.init, or
+// the optimizer's untrained weights, exported by building the first task once with meta.seed.
+MetaParameters find_meta_parameters(const MetaSpec& spec) {
+    ensure_plugins(spec);
+    MetaParameters p;
+    const PluginDescriptor* d = nullptr;
+    for (const auto& task : spec.tasks) {
+        const std::string name =
+            resolve(load_experiment(task.experiment), registry()).values.at("optimizer.name").as_string();
+        if (!p.optimizer.empty() && name != p.optimizer)
+            throw Error(spec.path + ": the tasks use optimizers '" + p.optimizer + "' and '" + name + "'",
+                        "meta-training trains the weights of one optimizer: give every task the same");
+        p.optimizer = name;
+        d = registry().find(PluginKind::Optimizer, name);
+    }
+    const auto weights = d->extras.find("meta.weights"), exporter = d->extras.find("meta.export");
+    if (weights == d->extras.end() || exporter == d->extras.end())
+        throw Error(spec.path + ": the tasks' optimizer '" + p.optimizer + "' has no learned weights to meta-train",
+                    "meta-train needs an optimizer whose descriptor declares extras meta.weights and meta.export "
+                    "(see docs/plugins.md), such as optimizers/lopt");
+    p.weights_key = "optimizer." + weights->second;
+    if (spec.init != "init") {
+        p.start = WeightsFile::read(spec.init, spec.path + ": meta.init");
+        return p;
+    }
+    char folder[] = "/tmp/plexus-meta-init-XXXXXX";
+    if (!mkdtemp(folder)) throw Error("cannot create a folder under /tmp", "is /tmp writable?");
+    const std::string file = std::string(folder) + "/start.weights";
+    auto exp = load_experiment(spec.tasks.front().experiment);
+    apply_override(exp, p.weights_key + "=\"init\"");
+    apply_override(exp, "optimizer." + exporter->second + "=\"" + file + "\"");
+    apply_override(exp, "train.seed=" + std::to_string(spec.seed));
+    {
+        const ResolvedConfig cfg = resolve(exp, registry());
+        build_run(cfg);  // the strategy builds the optimizer, which exports its weights
+    }
+    std::error_code ec;
+    if (!fs::exists(file, ec))
+        throw Error("optimizer '" + p.optimizer + "' did not write its weights to optimizer." + exporter->second,
+                    "its descriptor declares meta.export = \"" + exporter->second + "\": the key must write the file");
+    p.start = WeightsFile::read(file, "optimizer." + exporter->second);
+    fs::remove_all(folder, ec);
+    return p;
+}
+
 // PES: one side of a pair, its task trained across the truncations of an unroll. A truncation
-// changes the weights, which lopt reads when it is built: the run is built again from the same
+// changes the weights, which the optimizer reads when it is built: the run is built again from the same
 // task with the new weights file, and takes over the model, the optimizer state and the data
 // position of the one before.
 struct PesTask {
@@ -369,9 +420,9 @@ struct PesTask {
     TaskTrack track;
 };
 
-double pes_truncation(const MetaSpec& spec, PesTask& task, const LoptWeights& weights,
+double pes_truncation(const MetaSpec& spec, PesTask& task, const torch::Tensor& theta,
                       const std::string& weights_file) {
-    weights.save(weights_file);
+    save_weights(spec, theta, weights_file);
     auto run = build_run(task.cfg);
     if (task.track.run) {
         run->strategy->load_state(task.track.run->strategy->state());
@@ -401,9 +452,7 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
     if (resume) {
         c = Checkpoint::load(ckpt_path);
     } else {
-        const auto init =
-            spec.init == "init" ? LoptWeights::initial(static_cast<uint64_t>(spec.seed)) : LoptWeights::load(spec.init);
-        c.theta = init.flat();
+        c.theta = spec.params.start.flat();
         c.m = torch::zeros_like(c.theta);
         c.v = torch::zeros_like(c.theta);
     }
@@ -421,7 +470,7 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
             info.config_json = "{}";
             info.toml = spec.text;
             info.seed = spec.seed;
-            info.plugins = "meta-train optimizer=lopt";
+            info.plugins = "meta-train optimizer=" + spec.params.optimizer;
             info.fingerprint = PluginRegistry::host_fingerprint();
             info.device = "cpu";
             info.host = hostname();
@@ -464,16 +513,15 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
                     auto& [plus, minus] = live[i];
                     if (!plus.track.run) {  // the unroll's first truncation: the pair's task
                         const uint64_t task = pair_seed(spec, k / unroll, i, 2);
-                        plus.cfg = task_config(spec, task, file + "+.lopt");
-                        minus.cfg = task_config(spec, task, file + "-.lopt");
+                        plus.cfg = task_config(spec, task, file + "+.weights");
+                        minus.cfg = task_config(spec, task, file + "-.weights");
                     }
-                    losses[2 * i] = pes_truncation(spec, plus, LoptWeights::from_flat(c.theta + eps), file + "+.lopt");
-                    losses[2 * i + 1] =
-                        pes_truncation(spec, minus, LoptWeights::from_flat(c.theta - eps), file + "-.lopt");
+                    losses[2 * i] = pes_truncation(spec, plus, c.theta + eps, file + "+.weights");
+                    losses[2 * i + 1] = pes_truncation(spec, minus, c.theta - eps, file + "-.weights");
                 } else {
                     const uint64_t task = pair_seed(spec, k, i, 2);
-                    losses[2 * i] = meta_loss(spec, LoptWeights::from_flat(c.theta + eps), task, scratch);
-                    losses[2 * i + 1] = meta_loss(spec, LoptWeights::from_flat(c.theta - eps), task, scratch);
+                    losses[2 * i] = meta_loss(spec, c.theta + eps, task, scratch);
+                    losses[2 * i + 1] = meta_loss(spec, c.theta - eps, task, scratch);
                 }
             } catch (const std::exception& e) {
                 if (errors)
@@ -522,9 +570,9 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
             std::cout << line << std::endl;
             if ((k + 1) % spec.checkpoint_every == 0) {  // (the last iteration's: after the loop)
                 c.save(ckpt_path);
-                LoptWeights::from_flat(c.theta).save(spec.out, "meta-trained by plexus meta-train " +
-                                                                   fs::path(spec.path).filename().string() + ", " +
-                                                                   std::to_string(k + 1) + " iterations");
+                save_weights(spec, c.theta, spec.out,
+                             "meta-trained by plexus meta-train " + fs::path(spec.path).filename().string() + ", " +
+                                 std::to_string(k + 1) + " iterations");
             }
         }
         if (losses[2 * spec.pairs + 1].item<double>() > 0) {
@@ -541,9 +589,9 @@ int train_rank(const MetaSpec& spec, const MetaOptions& options, Transport& tran
     if (rank == 0) {
         if (status != "failed" && done > 0) {
             c.save(ckpt_path);
-            LoptWeights::from_flat(c.theta).save(spec.out, "meta-trained by plexus meta-train " +
-                                                               fs::path(spec.path).filename().string() + ", " +
-                                                               std::to_string(c.next_iteration) + " iterations");
+            save_weights(spec, c.theta, spec.out,
+                         "meta-trained by plexus meta-train " + fs::path(spec.path).filename().string() + ", " +
+                             std::to_string(c.next_iteration) + " iterations");
         }
         if (store && c.run_id > 0) {
             if (!recent.empty()) {

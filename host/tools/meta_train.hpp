@@ -1,7 +1,12 @@
-// `plexus meta-train FILE.toml`: meta-trains the learned optimizer's weights (optimizers/lopt,
-// plexus/lopt_weights.hpp) with antithetic evolution strategies over a family of small training
-// tasks, in parallel over ranks, with checkpoints, resumption and the meta-loss curve recorded in
-// the results database like any run.
+// `plexus meta-train FILE.toml`: meta-trains an optimizer's learned weights with antithetic
+// evolution strategies over a family of small training tasks, in parallel over ranks, with
+// checkpoints, resumption and the meta-loss curve recorded in the results database like any run.
+//
+// Which optimizer: the tasks' [optimizer]. Its descriptor says how its weights travel, in two
+// extras: "meta.weights" names its key that reads a weights file (plexus/kit/weights_file.hpp),
+// "meta.export" its key that writes the weights in use. Meta-training reads the untrained
+// weights through the second, then hands each task its perturbed weights through the first; it
+// never knows what the sections mean.
 //
 // The file:
 //   [meta]
@@ -11,8 +16,8 @@
 //   lr = 0.003              # Adam's step on the weights
 //   inner_steps = 30        # training steps of each task
 //   seed = 0
-//   init = "init"           # starting weights: "init" (seeded) or a plexus-lopt file
-//   out = "lopt.weights"    # the trained weights (relative paths: this file's folder)
+//   init = "init"           # starting weights: "init" (the optimizer's own, from seed) or a file
+//   out = "trained.weights" # the trained weights (relative paths: this file's folder)
 //   checkpoint_every = 10   # iterations; the checkpoint is OUT.ckpt
 //   ranks = 1               # ranks in this process (threads over Gloo, one core each); under
 //                           # torchrun or srun: one rank per process
@@ -20,7 +25,7 @@
 //                           # steps (a divisor of inner_steps), one truncation per iteration
 //
 //   [[task]]                # one or more task families
-//   experiment = "task_mlp.toml"          # a plexus experiment whose optimizer is lopt
+//   experiment = "task_mlp.toml"          # a plexus experiment whose optimizer has weights
 //   choose = { "model.d_model" = [16, 32], "train.batch_size" = [4, 8] }   # drawn per task
 //
 // Meta-loss of one task: the mean training loss over its inner steps divided by its first loss
@@ -45,7 +50,7 @@
 #include <string>
 #include <vector>
 
-#include <plexus/lopt_weights.hpp>
+#include <plexus/kit/weights_file.hpp>
 #include <torch/types.h>
 
 namespace plexus::host {
@@ -55,6 +60,14 @@ struct MetaTask {
     std::vector<std::pair<std::string, std::vector<std::string>>> choose;  // key -> values as TOML text
 };
 
+// What is meta-trained: the optimizer's weights as sections of numbers, found through its
+// descriptor (see the top).
+struct MetaParameters {
+    std::string optimizer;    // the plugin's name
+    std::string weights_key;  // the dotted key that reads the weights file ("optimizer.weights")
+    WeightsFile start;        // the sections, holding the starting weights
+};
+
 struct MetaSpec {
     std::string path, text;
     int64_t iterations = 100, pairs = 8, inner_steps = 20, checkpoint_every = 10, seed = 0, ranks = 1;
@@ -62,17 +75,20 @@ struct MetaSpec {
     double sigma = 0.01, lr = 0.003;
     std::string init = "init", out;  // out: absolute
     std::vector<MetaTask> tasks;
+    MetaParameters params;  // filled by load_meta_spec from the tasks' optimizer
 
     // Iterations per unroll: its truncations (PES), or 1 (ES: a whole unroll per iteration).
     int64_t truncations_per_unroll() const { return truncation > 0 ? inner_steps / truncation : 1; }
 };
 
-// Reads and checks a meta-train file; errors name the file and the key.
+// Reads and checks a meta-train file, and finds what it trains (loads the plugins and builds the
+// first task once to read the untrained weights); errors name the file and the key.
 MetaSpec load_meta_spec(const std::string& path);
 
-// The meta-loss of the task that `task_seed` draws from the family, trained with `weights`.
-// `scratch` is a folder this caller alone writes (the weights file the task reads).
-double meta_loss(const MetaSpec& spec, const LoptWeights& weights, uint64_t task_seed, const std::string& scratch);
+// The meta-loss of the task that `task_seed` draws from the family, trained with the weights
+// `theta` (flat, in the order of spec.params' sections). `scratch` is a folder this caller alone
+// writes (the weights file the task reads).
+double meta_loss(const MetaSpec& spec, const torch::Tensor& theta, uint64_t task_seed, const std::string& scratch);
 
 // ε_{k,i}: the standard normal direction of iteration k, pair i (n weights), drawn from (seed, k, i).
 torch::Tensor direction(const MetaSpec& spec, int64_t k, int64_t i, int64_t n);

@@ -72,7 +72,7 @@ PLEXUS_PLUGIN(describe)
 // step() owns one training step of this rank: what is computed, communicated and updated.
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
-#include <plexus/replica.hpp>
+#include <plexus/kit/replica.hpp>
 
 namespace {
 

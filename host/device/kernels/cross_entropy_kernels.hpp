@@ -2,7 +2,7 @@
 // online maximum and sum of exponentials, in float), keeping two floats per row and the loss.
 // Backward: the logits' gradient, (softmax - one-hot) x the mean loss's gradient / rows, written in
 // one more pass in the logits' dtype. operators_cuda.cpp wraps them as the plexus::cross_entropy_*
-// operators (see plexus/loss.hpp).
+// operators (see plexus/kit/loss.hpp).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // plexus's fused layer norm kernels (CUDA builds): the residual add, the norm and the cast to the
 // next product's dtype in one pass forward, and one pass backward that also adds the gradient
 // arriving along the residual stream. Raw pointers, so that only this folder is compiled by nvcc;
-// cuda.cpp wraps them as the plexus::layer_norm_* operators (see plexus/layer_norm.hpp).
+// cuda.cpp wraps them as the plexus::layer_norm_* operators (see plexus/kit/layer_norm.hpp).
 #pragma once
 
 #include <cstdint>

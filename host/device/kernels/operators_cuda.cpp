@@ -1,5 +1,5 @@
 // CUDA builds: plexus's kernels behind the plexus::layer_norm_* and plexus::cross_entropy_*
-// operators (see device/dispatch.hpp, plexus/layer_norm.hpp and plexus/loss.hpp). Shapes and dtypes the
+// operators (see device/dispatch.hpp, plexus/kit/layer_norm.hpp and plexus/kit/loss.hpp). Shapes and dtypes the
 // kernels do not take go to LibTorch's kernels.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -31,6 +31,7 @@ plexus::PluginDescriptor describe() {
     d.make_comm = [](const plexus::Config&, plexus::RunContext&) -> std::unique_ptr<plexus::CommScheme> {
         return std::make_unique<PlainAllReduce>();
     };
+    d.extras["default"] = "true";  // the scheme of an experiment whose [comm] names none
     return d;
 }
 

@@ -6,7 +6,8 @@
 #include <map>
 
 #include <plexus/plexus.hpp>
-#include <plexus/token_windows.hpp>
+#include <plexus/kit/util.hpp>
+#include <plexus/kit/token_windows.hpp>
 
 namespace {
 
@@ -95,6 +96,9 @@ plexus::PluginDescriptor describe() {
     d.make_dataset = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::Dataset> {
         return std::make_unique<Synthetic>(cfg);
     };
+    // `plexus check` runs plugins of other kinds on this data, this small.
+    d.extras["check.partner"] = "true";
+    d.extras["check.settings"] = "data.vocab_size=32;data.branching=2;data.train_tokens=20000;data.val_tokens=4000";
     return d;
 }
 

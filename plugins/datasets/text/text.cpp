@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include <plexus/plexus.hpp>
-#include <plexus/token_windows.hpp>
+#include <plexus/kit/token_windows.hpp>
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <fstream>
 
 #include <plexus/plexus.hpp>
-#include <plexus/token_windows.hpp>
+#include <plexus/kit/token_windows.hpp>
 
 namespace {
 

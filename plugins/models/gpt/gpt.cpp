@@ -1,8 +1,8 @@
 // models/gpt: a GPT-style decoder (pre-norm, learned positions, GELU MLP), as blocks:
 // [embed, layer 0 .. layer L-1, head].
-#include <plexus/loss.hpp>
+#include <plexus/kit/loss.hpp>
 #include <plexus/plexus.hpp>
-#include <plexus/transformer.hpp>
+#include <plexus/kit/transformer.hpp>
 #include <torch/torch.h>
 
 namespace {
@@ -60,7 +60,7 @@ public:
     // Under tensor parallelism this rank holds some heads and some MLP units: local sizes come
     // from the parameters' shapes; the row-parallel biases are added after the partial sums meet.
     // The residual stream goes through each norm (x1 is x) so that, on a GPU, the norm's backward
-    // adds the stream's gradient in the same pass (plexus/layer_norm.hpp).
+    // adds the stream's gradient in the same pass (plexus/kit/layer_norm.hpp).
     torch::Tensor forward(const torch::Tensor& x) override {
         const auto head_dim = shape_.d_model / shape_.n_head;
         const bool fused = shape_.fused_norm;
@@ -183,6 +183,9 @@ plexus::PluginDescriptor describe() {
         s.fused_norm = cfg.get_bool("fused_norm");
         return std::make_shared<Gpt>(s);
     };
+    // `plexus check` runs plugins of other kinds with this model, this small.
+    d.extras["check.partner"] = "true";
+    d.extras["check.settings"] = "model.n_layer=1;model.d_model=16;model.n_head=2";
     return d;
 }
 

@@ -3,7 +3,7 @@
 // GPT: a task family for meta-training learned optimizers, and a model the tensor-parallel
 // strategy splits through the same tensor_parallel_plan() and enter/exit operators as the GPT,
 // knowing nothing else about it.
-#include <plexus/loss.hpp>
+#include <plexus/kit/loss.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 

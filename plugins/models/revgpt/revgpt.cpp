@@ -11,9 +11,9 @@
 // reversible_backprop = true: training keeps no activation inside the stack of reversible
 // blocks; backward reconstructs each block's input from its output on the way down (one more
 // forward per block, the memory of one block instead of all of them).
-#include <plexus/loss.hpp>
+#include <plexus/kit/loss.hpp>
 #include <plexus/plexus.hpp>
-#include <plexus/transformer.hpp>
+#include <plexus/kit/transformer.hpp>
 #include <torch/torch.h>
 
 namespace {

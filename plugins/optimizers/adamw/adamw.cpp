@@ -2,7 +2,7 @@
 // On CUDA with LibTorch 2.x, one fused kernel per step (compat::fused_adamw_); on the CPU one
 // pass over each contiguous float32 tensor (adamw_pass); elsewhere a loop of in-place tensor
 // operations. All compute the same update (the one-pass loop in the tensor loop's order).
-#include <plexus/compat.hpp>
+#include <plexus/kit/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -171,6 +171,7 @@ plexus::PluginDescriptor describe() {
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
         return std::make_unique<AdamW>(cfg, std::move(slots));
     };
+    d.extras["default"] = "true";  // the optimizer of an experiment whose [optimizer] names none
     return d;
 }
 

@@ -9,7 +9,7 @@
 // direction d and a magnitude m: p <- p - step_mult · d · exp(exp_mult · m) · s, with s = 1 /
 // fan_in for the tensors `mup_hidden` names (μLO) and 1 for the others.
 //
-// Weights: plexus/lopt_weights.hpp (the file format, shared with `plexus meta-train`).
+// Weights: lopt_weights.hpp (their file; `plexus meta-train` trains them through keys weights and export).
 // The decays are 1 - (1 - d0) · exp(10 · offset) around d0 = (0.9, 0.99, 0.999), (0.999),
 // (0.9, 0.99, 0.999). `weights = "init"` starts from the standard initialization (seeded), the
 // starting point of meta-training.
@@ -25,8 +25,9 @@
 // Decisions where the reference is silent (docs/algorithms/lopt.md): for 1-D tensors the row and
 // column factors are both rsqrt(v + 1e-9), so m_b · row_f · col_f is m_b · rsqrt(v + 1e-9); the
 // progress features use the number of steps taken before this one.
-#include <plexus/lopt_weights.hpp>
+#include "lopt_weights.hpp"
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 #include <torch/torch.h>
 
 #include <fstream>
@@ -95,6 +96,8 @@ public:
         const std::string weights = cfg.get_string("weights");
         cfg.require(!weights.empty(), "weights", "must name a weights file, or be \"init\"");
         w_ = weights == "init" ? LoptWeights::initial(ctx.seed("lopt")) : LoptWeights::load(weights);
+        if (const std::string out = cfg.get_string("export"); !out.empty() && ctx.rank() == 0)
+            w_.save(out, "the weights of optimizer lopt, exported");
         step_mult_ = cfg.get_double("step_mult");
         exp_mult_ = cfg.get_double("exp_mult");
         use_schedule_ = cfg.get_bool("use_schedule");
@@ -422,6 +425,7 @@ plexus::PluginDescriptor describe() {
         "learned optimizer: small_fc_lopt (per-parameter MLP on Adafactor features), optional μLO 1/fan_in scaling";
     d.schema = {
         {"weights", "", "the meta-trained weights (a plexus-lopt 1 text file), or \"init\" for untrained ones"},
+        {"export", "", "writes the weights in use to this file when the optimizer is built (\"\": none)"},
         {"step_mult", 0.001, "step = step_mult · d · exp(exp_mult · m); μLO uses 0.01"},
         {"exp_mult", 0.001, "see step_mult"},
         {"mup_hidden", "$^",
@@ -431,6 +435,10 @@ plexus::PluginDescriptor describe() {
     };
     // `plexus check`: untrained weights, and the schedule applied (a learned optimizer follows its own
     // schedule by default, so lr_scale 0 would not stop it).
+    // `plexus meta-train` may train this optimizer: the file of key `weights` holds its
+    // meta-parameters, and key `export` writes the ones in use (the untrained start).
+    d.extras["meta.weights"] = "weights";
+    d.extras["meta.export"] = "export";
     d.extras["check.settings"] = "optimizer.weights=init;optimizer.use_schedule=true";
     d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext& ctx,
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {

@@ -2,7 +2,7 @@
 // momentum x̃ per worker, mixed with x between events and jumping by α̃ (x_j − x_i) at each
 // averaging; η and α̃ from the graph's spectrum. momentum = false is plain gossip.
 // The engine is plexus/gossip.hpp.
-#include <plexus/gossip.hpp>
+#include "shared/gossip_base.hpp"
 #include <plexus/plexus.hpp>
 
 namespace {

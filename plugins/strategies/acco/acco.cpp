@@ -30,7 +30,8 @@
 // step's micro-batches, so the job's token count and mean loss cost no extra collective; they
 // are reported one step late.
 #include <plexus/plexus.hpp>
-#include <plexus/replica.hpp>
+#include <plexus/kit/util.hpp>
+#include <plexus/kit/replica.hpp>
 
 namespace {
 
@@ -63,7 +64,7 @@ public:
         world_ = transport_.world_size();
         rank_ = transport_.rank();
         build_buffers();
-        if (ctx.setting("train.tokens").as_int() <= 0)
+        if (ctx.token_budget() <= 0)
             ctx.log(plexus::LogLevel::Warning,
                     "acco: rounds consume a varying number of micro-batches; set train.tokens (not train.steps) "
                     "for a token budget and the learning-rate schedule's horizon");

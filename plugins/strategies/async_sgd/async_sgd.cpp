@@ -21,7 +21,8 @@
 #include <limits>
 
 #include <plexus/plexus.hpp>
-#include <plexus/replica.hpp>
+#include <plexus/kit/util.hpp>
+#include <plexus/kit/replica.hpp>
 
 namespace {
 
@@ -160,7 +161,7 @@ private:
         }
         out.loss = applied > 0 ? loss_sum / static_cast<double>(applied) : NAN;
         // The server consumes no batches; the job consumed one per worker.
-        out.job_tokens = ctx_.setting("train.batch_size").as_int() * ctx_.seq_len() * (workers - lost_workers());
+        out.job_tokens = ctx_.batch_size() * ctx_.seq_len() * (workers - lost_workers());
         ctx_.record("async/staleness_mean", applied > 0 ? staleness_sum / static_cast<double>(applied) : 0.0);
         ctx_.record("async/staleness_max", staleness_max);
         ctx_.record("async/applied", static_cast<double>(applied));

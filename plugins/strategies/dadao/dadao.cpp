@@ -12,13 +12,15 @@
 //                                  integrate to the event, exchange y + z, m = own - peer;
 //                                  z -= beta m;  z~ -= beta~ m
 // with nu = mu / 2 and the constants of the paper's code (below). chi1, chi2 are those of the
-// edge-sampling Laplacian (plexus/graph.hpp edge_sampling_spectrum). One harness step is one
+// edge-sampling Laplacian (plexus/kit/graph.hpp edge_sampling_spectrum). One harness step is one
 // unit of algorithm time; since gradient events are Poisson, the ranks' token counts differ:
 // set train.steps. The [optimizer] section is not used (the step sizes come from mu and L).
 #include <set>
 
-#include <plexus/gossip.hpp>
+#include "shared/gossip_base.hpp"
 #include <plexus/plexus.hpp>
+#include <plexus/kit/poisson.hpp>
+#include <plexus/kit/util.hpp>
 
 namespace {
 

@@ -11,7 +11,8 @@
 #include <algorithm>
 
 #include <plexus/plexus.hpp>
-#include <plexus/replica.hpp>
+#include <plexus/kit/util.hpp>
+#include <plexus/kit/replica.hpp>
 
 namespace {
 
@@ -53,10 +54,17 @@ public:
             bucket_of_[k] = buckets_.size() - 1;
             filled += bytes;
         }
-        for (auto& b : buckets_) {
+        for (size_t i = 0; i < buckets_.size(); ++i) {
+            auto& b = buckets_[i];
             int64_t n = 0;
-            for (size_t k : b.params) n += params_[k].numel();
+            std::vector<plexus::TensorPiece> layout;
+            for (size_t j = 0; j < b.params.size(); ++j) {
+                const size_t k = b.params[j];
+                n += params_[k].numel();
+                layout.push_back({names_[k], b.offsets[j], params_[k].sizes().vec()});
+            }
             b.flat = torch::zeros({n}, params_[b.params[0]].options());
+            comm_->set_layout(static_cast<int64_t>(i), layout);
         }
         for (size_t k = 0; k < params_.size(); ++k)
             params_[k].register_hook([this, k](torch::Tensor grad) {

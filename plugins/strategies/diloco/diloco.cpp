@@ -8,7 +8,8 @@
 // Local SGD / FedAvg is the outer SGD with lr 1 and no momentum: the new anchor is the
 // replicas' average. One harness step is one inner step; the loss reported is this rank's.
 #include <plexus/plexus.hpp>
-#include <plexus/replica.hpp>
+#include <plexus/kit/util.hpp>
+#include <plexus/kit/replica.hpp>
 
 namespace {
 
@@ -35,8 +36,13 @@ public:
                                 "(lr = 1.0 and momentum = 0.0 is local SGD)");
         }
         int64_t n = 0;
-        for (const auto& p : params_) n += p.numel();
+        std::vector<plexus::TensorPiece> layout;
+        for (size_t i = 0; i < params_.size(); ++i) {
+            layout.push_back({names_[i], n, params_[i].sizes().vec()});
+            n += params_[i].numel();
+        }
         flat_ = torch::zeros({n}, params_[0].options());
+        comm_->set_layout(0, layout);
     }
 
     plexus::StepOutput step(const plexus::StepInput& in) override {
@@ -128,6 +134,8 @@ plexus::PluginDescriptor describe() {
         "DiLoCo / local SGD: inner steps without communication, then an outer step on the averaged pseudo-gradient";
     d.schema = {{"inner_steps", 50, "inner optimizer steps between synchronizations (H)"}};
     // `plexus check`: an outer optimizer, and a synchronization inside its 5 steps.
+    // Its outer optimizer has a section of its own, which the host accepts because it is declared here.
+    d.extras["sections"] = "outer_optimizer=optimizer";
     d.extras["check.settings"] = "outer_optimizer.name=sgd;strategy.inner_steps=2";
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Diloco>(cfg, ctx);

@@ -1,7 +1,7 @@
 // strategies/gossip: asynchronous pairwise averaging (AD-PSGD style) on a communication graph.
 // Each worker takes gradient steps and, at Poisson times on its edges, averages its parameters
 // with one neighbour; there is no global barrier. The engine is plexus/gossip.hpp.
-#include <plexus/gossip.hpp>
+#include "shared/gossip_base.hpp"
 #include <plexus/plexus.hpp>
 
 namespace {

@@ -27,8 +27,9 @@
 // (the in-flight micro-batches it keeps tensors for), in_flight (forwarded, not yet
 // back-propagated), reconstruction_error (every check_every micro-batches: |x~ - x| / |x| of the
 // stage's input), bubble (the share of the tick not spent computing), grad_norm (at its steps).
-#include <plexus/blocks.hpp>
+#include <plexus/kit/blocks.hpp>
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 
 #include <deque>
 #include <limits>

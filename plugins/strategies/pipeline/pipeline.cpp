@@ -10,8 +10,9 @@
 // (stages - its index) micro-batches. Every stage reads the same batch: the first uses its
 // inputs, the last its targets. Recorded per step: the bubble (the share of the step a stage
 // did not compute) and the most micro-batches whose activations were alive at once.
-#include <plexus/blocks.hpp>
+#include <plexus/kit/blocks.hpp>
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 
 #include <algorithm>
 #include <map>

@@ -1,7 +1,8 @@
 // strategies/single: one rank, no communication. The reference every distributed strategy is
 // tested against (same global batch, same parameters after k steps).
 #include <plexus/plexus.hpp>
-#include <plexus/replica.hpp>
+#include <plexus/kit/util.hpp>
+#include <plexus/kit/replica.hpp>
 
 namespace {
 
@@ -37,6 +38,7 @@ plexus::PluginDescriptor describe() {
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Single>(cfg, ctx);
     };
+    d.extras["default"] = "true";  // the strategy of an experiment whose [strategy] names none
     return d;
 }
 

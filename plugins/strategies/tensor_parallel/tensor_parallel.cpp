@@ -12,8 +12,9 @@
 // along the sequence: enter all-gathers it and exit reduce-scatters it (same bytes as the
 // all-reduce, 1/tp of the activation memory), and the partial gradients of the parameters
 // applied to a part of the sequence are summed over the tensor group.
-#include <plexus/blocks.hpp>
+#include <plexus/kit/blocks.hpp>
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 
 namespace {
 

@@ -15,9 +15,10 @@
 // Gradients leave from hooks: when a unit's last gradient arrives, its reduce-scatter (mean over
 // ranks) starts while backward goes on. After backward: the global gradient norm (clipping),
 // the optimizer on the shards, and (stages 1, 2) an all-gather that refreshes the parameters.
-#include <plexus/blocks.hpp>
-#include <plexus/compat.hpp>
+#include <plexus/kit/blocks.hpp>
+#include <plexus/kit/compat.hpp>
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 
 #include <map>
 #include <set>

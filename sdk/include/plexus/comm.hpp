@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -33,9 +35,26 @@ struct CommSchemeStats {
     static CommSchemeStats from_tensor(const torch::Tensor& t) { return {t[0].item<int64_t>(), t[1].item<int64_t>()}; }
 };
 
+// One parameter's place in a flat tensor handed to all_reduce_mean.
+struct TensorPiece {
+    std::string name;            // the parameter's name, as named_parameters() gives it
+    int64_t offset = 0;          // its first element in the flat tensor
+    std::vector<int64_t> shape;  // its shape
+};
+
 class CommScheme {
 public:
     virtual ~CommScheme() = default;
+
+    // Where the parameters lie in the tensor of `key`: a strategy that packs parameters into
+    // flat buckets says so once per key, before that key's first all_reduce_mean, so that a
+    // scheme may work per parameter (PowerSGD compresses each weight matrix on its own). A
+    // scheme that treats the tensor as numbers ignores it; a strategy that never calls it hands
+    // in tensors without known boundaries.
+    virtual void set_layout(int64_t key, const std::vector<TensorPiece>& pieces) {
+        (void)key;
+        (void)pieces;
+    }
 
     // Replaces `tensor` by (an estimate of) its mean over the transport's ranks. `key`
     // identifies the tensor across calls (a bucket index), for schemes that keep per-tensor

@@ -1,7 +1,7 @@
 // plexus/context.hpp: the run as a plugin sees it.
 //
 // The host hands every plugin factory a RunContext. It says who this rank is, on which device,
-// over which transport; it reads any resolved setting of the experiment; it records metrics;
+// over which transport; it gives the run's shape (sequence length, batch, budget); it records metrics;
 // it builds the other plugins of the run (a strategy asks it for the model, the optimizers and
 // the communication scheme, so that one algorithm may nest several); it gives seeded random
 // streams and the clock.
@@ -59,13 +59,15 @@ public:
     // transport on real back ends (where measuring takes real time anyway).
     virtual Transport& measurement_transport() = 0;
 
-    // Any resolved setting by its dotted key ("train.seq_len", "model.n_layer"), defaults
-    // filled in. Throws plexus::Error naming the key if there is no such setting.
-    virtual const Value& setting(const std::string& dotted_key) const = 0;
-
-    // The run's vocabulary size (from the dataset) and training sequence length.
+    // The run's shape: what a plugin may know of the host's settings (its own keys come in its
+    // Config; another plugin's are none of its business).
+    // The vocabulary size (from the dataset) and the training sequence length ([train] seq_len).
     virtual int64_t vocab_size() const = 0;
     virtual int64_t seq_len() const = 0;
+    // Sequences per training step on this rank ([train] batch_size).
+    virtual int64_t batch_size() const = 0;
+    // The token budget of [train] tokens as set, or 0 when the run is bounded by steps.
+    virtual int64_t token_budget() const = 0;
 
     // Records a metric of this rank at the current step (e.g. "comm/bucket_ms"): every rank's
     // rows reach the run's database with that rank (ranks that do not write it hand their rows

@@ -1,6 +1,6 @@
 // plexus/operators.hpp: how the SDK reaches the operators the host registers with LibTorch's
 // dispatcher (host/operators.cpp; plexus's own GPU kernels in CUDA builds) without linking
-// against the host. Plugins use them through plexus/layer_norm.hpp and plexus/loss.hpp.
+// against the host. Plugins use them through plexus/kit/layer_norm.hpp and plexus/kit/loss.hpp.
 //
 //   plexus::layer_norm_forward / plexus::layer_norm_backward      (see layer_norm.hpp)
 //   plexus::cross_entropy_forward / plexus::cross_entropy_backward (see loss.hpp)

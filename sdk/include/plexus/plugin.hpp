@@ -25,10 +25,11 @@
 // Set exactly the make_* factory of the plugin's kind. The Config handed to it holds every key
 // of `schema`, validated and defaulted by the host. Throw plexus::Error for bad values.
 //
-// The host finds plugins on its search path (the build's plugin folder, the installed one beside
-// the executable (<prefix>/lib/plexus/plugins), then PLEXUS_PLUGIN_PATH, then the experiment's
-// plugin_path), reads plexus_abi_fingerprint before calling any function,
-// refuses a mismatch, then calls plexus_plugin() once and keeps the library loaded until exit.
+// The host finds plugins on its search path (the build folder's plugins/ when the executable
+// sits in a build tree, <prefix>/lib/plexus/plugins beside an installed one, then the folders of
+// PLEXUS_PLUGIN_PATH, separated by ':', then the experiment's plugin_path), reads
+// plexus_abi_fingerprint before calling any function, refuses a mismatch, then calls
+// plexus_plugin() once and keeps the library loaded until exit.
 #pragma once
 
 #include <functional>
@@ -71,8 +72,19 @@ struct PluginDescriptor {
     ConfigSchema schema;  // every key the plugin accepts, with defaults and documentation
     // Optional capabilities and hints, by name: the host reads the keys it knows and ignores the
     // rest, so a new optional capability is a new key, not an ABI change. Known keys:
+    //   "default"          "true": the plugin an experiment gets when its section names none of
+    //                      this kind (the shipped adamw, single, allreduce)
+    //   "sections"         strategies: further plugin sections they read, "NAME=KIND,..."
+    //                      ("outer_optimizer=optimizer"); optional in an experiment
+    //   "meta.weights"     optimizers with learned weights: the key naming their weights file
+    //                      (plexus/kit/weights_file.hpp), for `plexus meta-train`
+    //   "meta.export"      ... and the key that writes the weights in use to a file
     //   "check.settings"   `plexus check` runs the plugin with these assignments ("a.b=1;c.d=x")
     //   "check.tolerance"  comm schemes: the relative error of a mean that `plexus check` allows
+    //   "check.ranks"      strategies: the one world size `plexus check` runs them on
+    //   "check.needs"      a key that must be set (`plexus check` skips the plugin without it)
+    //   "check.partner"    "true": a model or dataset that `plexus check` runs plugins of other
+    //                      kinds with (its check.settings apply)
     std::map<std::string, std::string> extras;
 
     std::function<std::shared_ptr<Model>(const Config&, RunContext&)> make_model;

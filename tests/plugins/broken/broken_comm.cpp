@@ -1,5 +1,6 @@
 // A communication scheme (plain all-reduce) that breaks one promise on request (comm.breaks), for
-// the tests of `plexus check`. "none": correct.
+// the tests of `plexus check`. "none": correct. "state": state() throws a LibTorch-style error (the
+// host must say which plugin and which call it came from).
 #include <plexus/plexus.hpp>
 
 namespace {
@@ -20,6 +21,10 @@ public:
         return work;
     }
     plexus::CommSchemeStats stats() const override { return stats_; }
+    plexus::StateDict state() const override {
+        if (breaks_ == "state") throw std::runtime_error("Expected a proper Tensor but got None");
+        return {};
+    }
 
 private:
     std::string breaks_;
@@ -33,7 +38,7 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "a communication scheme that breaks one promise on request (tests of plexus check)";
     d.schema = {plexus::ConfigKey("breaks", "none", "which promise to break")
-                    .one_of({"none", "inexact", "bytes_unaccounted", "logical_bytes"})};
+                    .one_of({"none", "inexact", "bytes_unaccounted", "logical_bytes", "state"})};
     d.make_comm = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::CommScheme> {
         return std::make_unique<Broken>(cfg.get_string("breaks"));
     };

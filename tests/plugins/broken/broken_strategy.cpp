@@ -3,7 +3,8 @@
 #include <random>
 
 #include <plexus/plexus.hpp>
-#include <plexus/replica.hpp>
+#include <plexus/kit/util.hpp>
+#include <plexus/kit/replica.hpp>
 
 namespace {
 

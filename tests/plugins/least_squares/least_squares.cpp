@@ -4,6 +4,7 @@
 // Training ignores the tokens (full-batch gradients of f_i); evaluation returns F(x) − F(x*),
 // the suboptimality of whatever parameters the strategy evaluates (the workers' average).
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 #include <torch/torch.h>
 
 namespace {

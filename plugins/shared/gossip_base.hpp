@@ -18,7 +18,7 @@
 // one: x ← a x + b x̃, x̃ ← b x + a x̃, a, b = (1 ± e^{-2ηΔτ}) / 2. A gradient event applies the
 // optimizer's exact step Δx to x and to x̃. A communication event (both ends mixed to the event
 // time first) does x̃ ← x̃ + α̃ (x_j − x_i), x ← (x_i + x_j) / 2. η and α̃ come from the graph's
-// spectrum (plexus/graph.hpp). Evaluation is at the workers' average, gathered over the
+// spectrum (plexus/kit/graph.hpp). Evaluation is at the workers' average, gathered over the
 // measurement transport, which also gives the consensus distance (1/W) Σ ‖x_i − x̄‖².
 #pragma once
 
@@ -31,10 +31,11 @@
 
 #include <torch/torch.h>
 
-#include "plexus/graph.hpp"
-#include "plexus/poisson.hpp"
+#include "plexus/kit/graph.hpp"
+#include "plexus/kit/poisson.hpp"
 #include "plexus/context.hpp"
-#include "plexus/replica.hpp"
+#include "plexus/kit/replica.hpp"
+#include "plexus/kit/util.hpp"
 
 namespace plexus {
 

@@ -1,6 +1,6 @@
-// plexus/transformer.hpp: the pieces GPT-style model plugins share (models/gpt, models/revgpt):
+// plexus/kit/transformer.hpp: the pieces GPT-style model plugins share (models/gpt, models/revgpt):
 // parameters created on the run's device, layer norm (alone, or with the residual add fused in:
-// plexus/layer_norm.hpp), the token and position lookup, causal
+// plexus/kit/layer_norm.hpp), the token and position lookup, causal
 // self-attention and the GELU MLP. Include where needed.
 //
 // Every function works on the "meta" device too (shapes only, for simulating large models),
@@ -12,10 +12,10 @@
 
 #include <torch/torch.h>
 
-#include "plexus/compat.hpp"
+#include "plexus/kit/compat.hpp"
 #include "plexus/config.hpp"
 #include "plexus/context.hpp"
-#include "plexus/layer_norm.hpp"
+#include "plexus/kit/layer_norm.hpp"
 
 namespace plexus::transformer {
 
@@ -91,7 +91,7 @@ inline torch::Tensor layer_norm(const Params& p, const torch::Tensor& x) {
 }
 
 // x + residual and its layer norm with p's scale and shift, fused on a GPU: see
-// plexus/layer_norm.hpp.
+// plexus/kit/layer_norm.hpp.
 inline NormedSum residual_layer_norm(const Params& p, const torch::Tensor& x, const torch::Tensor& residual = {},
                                      bool fused = true) {
     return plexus::residual_layer_norm(p.weight, p.bias, x, residual, fused);

@@ -1,4 +1,4 @@
-// plexus/token_windows.hpp: batches of random windows from token arrays, for dataset plugins.
+// plexus/kit/token_windows.hpp: batches of random windows from token arrays, for dataset plugins.
 //
 // Most language-model datasets come down to "a long array of token ids per split, sample
 // windows of seq_len + 1 tokens". TokenWindows does that deterministically: batch n of a stream
@@ -17,7 +17,7 @@
 
 #include "plexus/dataset.hpp"
 #include "plexus/error.hpp"
-#include "plexus/util.hpp"
+#include "plexus/kit/util.hpp"
 
 namespace plexus {
 

@@ -1,4 +1,4 @@
-// plexus/poisson.hpp: seeded Poisson event processes that ranks reproduce without talking.
+// plexus/kit/poisson.hpp: seeded Poisson event processes that ranks reproduce without talking.
 //
 // Asynchronous algorithms (gossip, A2CiD2, DADAO) act at random times: a worker computes a
 // gradient when its clock rings, two neighbours average when their edge rings. For the two ends
@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "plexus/error.hpp"
-#include "plexus/util.hpp"
+#include "plexus/kit/util.hpp"
 
 namespace plexus {
 

@@ -1,4 +1,4 @@
-// plexus/compat.hpp: the few places where LibTorch 1.13 (Debian, CPU) and 2.x (GPU machines)
+// plexus/kit/compat.hpp: the few places where LibTorch 1.13 (Debian, CPU) and 2.x (GPU machines)
 // differ, kept in one header instead of version checks scattered through plugins.
 #pragma once
 

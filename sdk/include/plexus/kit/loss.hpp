@@ -1,4 +1,4 @@
-// plexus/loss.hpp: the next-token cross-entropy, with a backward that turns its saved
+// plexus/kit/loss.hpp: the next-token cross-entropy, with a backward that turns its saved
 // log-probabilities into the gradient in place. Include where needed; every language model
 // plugin uses it.
 //

@@ -1,4 +1,4 @@
-// plexus/blocks.hpp: running a model block by block, with the clock charged as it goes.
+// plexus/kit/blocks.hpp: running a model block by block, with the clock charged as it goes.
 //
 // Strategies that communicate between blocks (ZeRO-3 gathers, tensor-parallel all-reduces,
 // pipelines) must charge compute where it happens, or the simulated cluster would issue their

@@ -1,4 +1,4 @@
-// plexus/replica.hpp: a base for strategies in which each rank holds the whole model and one
+// plexus/kit/replica.hpp: a base for strategies in which each rank holds the whole model and one
 // optimizer over all of its parameters (single, DDP; later the inner loop of DiLoCo, gossip).
 // It builds the model and optimizer through the RunContext and writes once what such
 // strategies share: the micro-batch forward/backward loop, the optimizer update with clipping,
@@ -14,7 +14,7 @@
 
 #include "plexus/context.hpp"
 #include "plexus/strategy.hpp"
-#include "plexus/util.hpp"
+#include "plexus/kit/util.hpp"
 
 namespace plexus {
 
@@ -56,7 +56,10 @@ protected:
     explicit ReplicaStrategy(RunContext& ctx, bool make_optimizer = true) : ctx_(ctx) {
         model_ = ctx.make_model();
         auto slots = slots_of(*model_);
-        for (const auto& s : slots) params_.push_back(s.param);
+        for (const auto& s : slots) {
+            params_.push_back(s.param);
+            names_.push_back(s.name);
+        }
         if (make_optimizer) optimizer_ = ctx.make_optimizer(std::move(slots));
         flops_per_token_ = model_->flops_per_token(ctx.seq_len()).flops;
         // The backward pass is charged to the clock as it goes: each parameter's gradient hook
@@ -142,6 +145,7 @@ protected:
     RunContext& ctx_;
     std::shared_ptr<Model> model_;
     std::vector<torch::Tensor> params_;
+    std::vector<std::string> names_;  // of params_, as named_parameters() names them
     std::unique_ptr<Optimizer> optimizer_;
     double flops_per_token_ = 0;
 

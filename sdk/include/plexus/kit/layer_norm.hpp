@@ -1,5 +1,5 @@
-// plexus/layer_norm.hpp: a pre-norm transformer's residual add and layer norm as one operation,
-// with plexus's own fused GPU kernels behind it. Include where needed (plexus/transformer.hpp
+// plexus/kit/layer_norm.hpp: a pre-norm transformer's residual add and layer norm as one operation,
+// with plexus's own fused GPU kernels behind it. Include where needed (plexus/kit/transformer.hpp
 // does); models/gpt uses it.
 //
 //   auto [x1, h1] = residual_layer_norm(ln1, x);          // x1 is x; h1 = LN(x)
@@ -27,7 +27,7 @@
 
 #include <torch/torch.h>
 
-#include "plexus/compat.hpp"
+#include "plexus/kit/compat.hpp"
 #include "plexus/operators.hpp"
 
 namespace plexus {

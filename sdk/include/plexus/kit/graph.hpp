@@ -1,4 +1,4 @@
-// plexus/graph.hpp: communication graphs for decentralized algorithms (gossip, A2CiD2, DADAO),
+// plexus/kit/graph.hpp: communication graphs for decentralized algorithms (gossip, A2CiD2, DADAO),
 // and the spectral quantities their constants come from (docs/algorithms/gossip.md, docs/algorithms/dadao.md).
 //
 //   auto g = plexus::make_graph("exponential", 16);
@@ -28,7 +28,7 @@
 #include <torch/torch.h>
 
 #include "plexus/error.hpp"
-#include "plexus/util.hpp"
+#include "plexus/kit/util.hpp"
 
 namespace plexus {
 

@@ -1,4 +1,4 @@
-// plexus/util.hpp: small helpers that many plugins need, written once.
+// plexus/kit/util.hpp: small helpers that many plugins need, written once.
 #pragma once
 
 #include <algorithm>
