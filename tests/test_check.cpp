@@ -92,3 +92,18 @@ TEST_CASE("plexus check: each check catches its own breakage", "[check]") {
         CHECK_THAT(res.output, !Contains("FAIL"));
     }
 }
+
+TEST_CASE("an error thrown inside a plugin call names the plugin and the call", "[check][bad-input]") {
+    // A comm scheme whose state() throws as LibTorch does: DDP asks for it when the run ends
+    // (the state hash), and the message must lead back to the scheme, through the strategy.
+    TempDir dir;
+    const auto file = dir.file("e.toml", std::string(kTinyExperiment) +
+                                             "[strategy]\nname = \"ddp\"\n[comm]\nname = \"broken_comm\"\n"
+                                             "breaks = \"state\"\n");
+    const auto res = run_plexus("run " + file + " --db " + dir / "r.db" + " --set train.steps=2",
+                                "PLEXUS_PLUGIN_PATH=" + std::string(PLEXUS_BROKEN_PLUGIN_DIR));
+    INFO(res.output);
+    CHECK(res.exit_code != 0);
+    CHECK_THAT(res.output, Contains("strategy 'ddp', state(): comm scheme 'broken_comm', state(): Expected a proper "
+                                    "Tensor but got None"));
+}

@@ -4,12 +4,14 @@
 #include <iostream>
 #include <optional>
 
-#include <plexus/compat.hpp>
+#include <plexus/kit/compat.hpp>
 #include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
 #include <torch/torch.h>
 
 #include "device/memory_meter.hpp"
 #include "base/text.hpp"
+#include "runtime/plugin_calls.hpp"
 
 namespace plexus::host {
 
@@ -61,14 +63,9 @@ HostContext::HostContext(const ResolvedConfig& cfg, torch::Device device, int64_
     : cfg_(cfg), device_(device), vocab_(vocab), transport_(std::move(transport)), clock_(std::move(clock)),
       start_(std::chrono::steady_clock::now()) {}
 
-const Value& HostContext::setting(const std::string& key) const {
-    auto it = cfg_.values.find(key);
-    if (it == cfg_.values.end())
-        throw Error("no setting '" + key + "' in this run", "`plexus plugins NAME` lists a plugin's keys");
-    return it->second;
-}
-
-int64_t HostContext::seq_len() const { return cfg_.values.at("train.seq_len").as_int(); }
+int64_t HostContext::seq_len() const { return cfg_.host.train.seq_len; }
+int64_t HostContext::batch_size() const { return cfg_.host.train.batch_size; }
+int64_t HostContext::token_budget() const { return cfg_.host.train.tokens; }
 
 void HostContext::record(const std::string& key, double value) {
     pending.push_back({rank(), key, step, value, tokens, wall_seconds(),
@@ -104,7 +101,7 @@ int64_t HostContext::tensor_bytes() {
 }
 
 uint64_t HostContext::seed(const std::string& stream) const {
-    return mix_seed(static_cast<uint64_t>(cfg_.values.at("train.seed").as_int()), fnv1a(stream));
+    return mix_seed(static_cast<uint64_t>(cfg_.host.train.seed), fnv1a(stream));
 }
 
 double HostContext::wall_seconds() const {
@@ -114,8 +111,9 @@ double HostContext::wall_seconds() const {
 std::shared_ptr<Model> HostContext::make_model() {
     torch::manual_seed(seed("init"));
     const auto* d = cfg_.plugins.at("model");
-    auto model = d->make_model(cfg_.sections.at("model"), *this);
-    if (!model) throw Error("model plugin '" + d->name + "' returned no model");
+    auto model =
+        call_plugin(plugin_label(*d), "make_model()", [&] { return d->make_model(cfg_.sections.at("model"), *this); });
+    if (!model) throw Error(plugin_label(*d) + " returned no model");
     model->to(device_);
     if (!built_model) {
         built_model = true;
@@ -129,10 +127,10 @@ std::unique_ptr<Optimizer> HostContext::make_optimizer(std::vector<ParamSlot> sl
     auto it = cfg_.plugins.find(section);
     if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Optimizer)
         throw Error("no optimizer section [" + section + "] in this experiment",
-                    "add [" + section + "] name = \"adamw\"");
-    auto opt = it->second->make_optimizer(cfg_.sections.at(section), *this, std::move(slots));
-    if (!opt) throw Error("optimizer plugin '" + it->second->name + "' returned no optimizer");
-    return opt;
+                    "add [" + section + "] name = \"<optimizer plugin>\" (`plexus plugins` lists them)");
+    const PluginDescriptor& d = *it->second;
+    return named(d, call_plugin(plugin_label(d), "make_optimizer()",
+                                [&] { return d.make_optimizer(cfg_.sections.at(section), *this, std::move(slots)); }));
 }
 
 std::unique_ptr<CommScheme> HostContext::make_comm(const std::string& section) {
@@ -140,21 +138,32 @@ std::unique_ptr<CommScheme> HostContext::make_comm(const std::string& section) {
     if (it == cfg_.plugins.end() || it->second->kind != PluginKind::Comm)
         throw Error("no communication scheme [" + section + "] in this experiment",
                     "add [" + section + "] name = \"<comm plugin>\"");
-    auto comm = it->second->make_comm(cfg_.sections.at(section), *this);
-    if (!comm) throw Error("comm plugin '" + it->second->name + "' returned no scheme");
-    return comm;
+    const PluginDescriptor& d = *it->second;
+    return named(
+        d, call_plugin(plugin_label(d), "make_comm()", [&] { return d.make_comm(cfg_.sections.at(section), *this); }));
+}
+
+std::shared_ptr<Dataset> make_dataset(const ResolvedConfig& cfg, RunContext& ctx) {
+    const PluginDescriptor& d = *cfg.plugins.at("data");
+    return named(d, call_plugin(plugin_label(d), "make_dataset()", [&] {
+                     return std::shared_ptr<Dataset>(d.make_dataset(cfg.sections.at("data"), ctx));
+                 }));
+}
+
+std::unique_ptr<Strategy> make_strategy(const ResolvedConfig& cfg, RunContext& ctx) {
+    const PluginDescriptor& d = *cfg.plugins.at("strategy");
+    return named(d, call_plugin(plugin_label(d), "make_strategy()",
+                                [&] { return d.make_strategy(cfg.sections.at("strategy"), ctx); }));
 }
 
 BareRun::BareRun(const ResolvedConfig& cfg, torch::Device device) {
     HostContext boot(cfg, torch::kCPU, 0);  // the dataset's factory needs a context; the vocabulary comes after
-    data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), boot);
+    data = make_dataset(cfg, boot);
     ctx = std::make_unique<HostContext>(cfg, device, data->vocab_size());
-    strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), *ctx);
-    stream =
-        std::make_unique<DeviceStream>(data->open({Split::Train, cfg.values.at("train.batch_size").as_int(),
-                                                   cfg.values.at("train.seq_len").as_int(), 0, 1, ctx->seed("data")}),
-                                       device);
-    in.max_grad_norm = cfg.values.at("train.grad_clip").as_double();
+    strategy = make_strategy(cfg, *ctx);
+    stream = std::make_unique<DeviceStream>(
+        data->open({Split::Train, cfg.host.train.batch_size, cfg.host.train.seq_len, 0, 1, ctx->seed("data")}), device);
+    in.max_grad_norm = cfg.host.train.grad_clip;
     in.train = stream.get();
 }
 

@@ -52,7 +52,8 @@ public:
     Transport& transport() override { return *transport_; }
     Transport& measurement_transport() override { return measurement_ ? *measurement_ : *transport_; }
     void set_measurement_transport(std::shared_ptr<Transport> t) { measurement_ = std::move(t); }
-    const Value& setting(const std::string& key) const override;
+    int64_t batch_size() const override;
+    int64_t token_budget() const override;
     int64_t vocab_size() const override { return vocab_; }
     int64_t seq_len() const override;
     void record(const std::string& key, double value) override;
@@ -92,6 +93,11 @@ private:
     int ranks_per_node_ = 1;
     std::chrono::steady_clock::time_point start_;
 };
+
+// The run's dataset and strategy from their plugins, wrapped so that their errors name them
+// (runtime/plugin_calls.hpp); the context's make_* wrap the model, optimizers and schemes alike.
+std::shared_ptr<Dataset> make_dataset(const ResolvedConfig& cfg, RunContext& ctx);
+std::unique_ptr<Strategy> make_strategy(const ResolvedConfig& cfg, RunContext& ctx);
 
 // A run's pieces built as the harness builds them, for a bare loop of strategy->step(in)
 // without the harness's schedule and recording (benchmarks, meta-training tasks): the dataset,

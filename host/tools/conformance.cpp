@@ -24,15 +24,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The experiment every check starts from: small enough to run in seconds on one core.
+// The experiment every check starts from: small enough to run in seconds on one core. The model
+// and the dataset come from the partners (below) or the plugin under test.
 const char* kBase = R"(
-[data]
-name = "synthetic"
-vocab_size = 32
-branching = 2
-train_tokens = 20000
-val_tokens = 4000
-
 [train]
 steps = 5
 batch_size = 4
@@ -45,7 +39,6 @@ threads = 1
 [sim]
 device = "h100"
 )";
-const char* kTinyGpt = "\n[model]\nname = \"gpt\"\nn_layer = 1\nd_model = 16\nn_head = 2\n";
 
 const char* section_of(PluginKind kind) {
     switch (kind) {
@@ -58,15 +51,27 @@ const char* section_of(PluginKind kind) {
     return "?";
 }
 
-// The check's experiment with the plugin under test in its section, the plugin's own
-// check.settings (assignments separated by ';') and the caller's overrides; `world` ranks.
+// The model or the dataset that runs with plugins of other kinds: the one whose descriptor
+// declares extras "check.partner" (the host names no plugin).
+const PluginDescriptor& partner(const PluginRegistry& registry, PluginKind kind) {
+    for (const auto& name : registry.names(kind))
+        if (const auto* d = registry.find(kind, name); d && d->extras.count("check.partner")) return *d;
+    throw Error(std::string("plexus check: no ") + to_string(kind) + " plugin declares extras \"check.partner\"",
+                "every check runs with a partner model and dataset (models/gpt and datasets/synthetic are); is the "
+                "plugin folder complete?");
+}
+
+// The check's experiment: the plugin under test in its section with the partners for a model and
+// a dataset, each plugin's check.settings (assignments separated by ';'; the tested plugin's
+// last) and the caller's overrides; `world` ranks.
 ResolvedConfig experiment_for(const PluginRegistry& registry, const PluginDescriptor& plugin,
                               const std::vector<std::string>& overrides, int world) {
     std::string text = kBase;
-    if (plugin.kind == PluginKind::Dataset) text = "\n[train]\nsteps = 5\nbatch_size = 4\nseq_len = 16\nthreads = 1\n";
-    if (plugin.kind != PluginKind::Model || plugin.name == "gpt") text += kTinyGpt;
-    if (plugin.kind != PluginKind::Model || plugin.name != "gpt")
-        text += std::string("\n[") + section_of(plugin.kind) + "]\nname = \"" + plugin.name + "\"\n";
+    std::vector<const PluginDescriptor*> in_run;
+    for (auto kind : {PluginKind::Model, PluginKind::Dataset})
+        if (plugin.kind != kind) in_run.push_back(&partner(registry, kind));
+    in_run.push_back(&plugin);
+    for (const auto* d : in_run) text += std::string("\n[") + section_of(d->kind) + "]\nname = \"" + d->name + "\"\n";
     text += "\n[launch]\nmode = \"sim\"\nranks = " + std::to_string(world) + "\n";
     const fs::path dir = fs::temp_directory_path() / ("plexus-check-" + std::to_string(getpid()));
     fs::create_directories(dir);
@@ -74,8 +79,9 @@ ResolvedConfig experiment_for(const PluginRegistry& registry, const PluginDescri
     std::ofstream(file) << text;
     Experiment exp = load_experiment(file.string());
     fs::remove_all(dir);
-    if (auto it = plugin.extras.find("check.settings"); it != plugin.extras.end())
-        for (const auto& assignment : split(it->second, ';')) apply_override(exp, assignment);
+    for (const auto* d : in_run)
+        if (auto it = d->extras.find("check.settings"); it != d->extras.end())
+            for (const auto& assignment : split(it->second, ';')) apply_override(exp, assignment);
     for (const auto& o : overrides) apply_override(exp, o);
     return resolve(exp, registry);
 }
@@ -170,7 +176,7 @@ void check_dataset(const ResolvedConfig& cfg, const PluginDescriptor& d, std::ve
 void check_model(const ResolvedConfig& cfg, const PluginDescriptor& d, std::vector<CheckResult>& out) {
     const std::string who = "model " + d.name;
     HostContext boot(cfg, torch::kCPU, 0);
-    const auto data = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), boot);
+    const auto data = make_dataset(cfg, boot);
     const int64_t V = data->vocab_size(), B = 4, T = 16;
     HostContext ctx(cfg, torch::kCPU, V), again(cfg, torch::kCPU, V);
     std::shared_ptr<Model> model;
@@ -257,7 +263,7 @@ void check_comm(const ResolvedConfig& cfg, const PluginDescriptor& d, std::vecto
     const int world = 4;
     double tolerance = 1e-6;
     if (auto it = d.extras.find("check.tolerance"); it != d.extras.end()) tolerance = std::stod(it->second);
-    sim::Cluster cluster(sim::settings_from(cfg, 0));
+    sim::Cluster cluster(sim::settings_from(cfg, 0, {}));
     std::mutex mu;
     std::vector<std::string> errors(2);
     const int64_t n = 1000;
@@ -337,7 +343,7 @@ public:
     }
 
     void run(std::string& slot, const std::function<void(int, RankRun&, RankClock&)>& body) {
-        sim::Cluster cluster(sim::settings_from(cfg_, 0));
+        sim::Cluster cluster(sim::settings_from(cfg_, 0, {}));
         cluster.run([&](int r) {
             RankEnv env = simulated_rank(cluster, r);
             env.print_errors = false;
@@ -365,7 +371,7 @@ public:
             in.step = k;
             in.tokens_seen = k * 64;
             in.lr_scale = 1.0;
-            in.max_grad_norm = cfg_.values.at("train.grad_clip").as_double();
+            in.max_grad_norm = cfg_.host.train.grad_clip;
             in.train = run.train.get();
             run.strategy->step(in);
         }
