@@ -10,7 +10,12 @@ Fails (exit 1, one line per finding) when
     "LAYER/..." nor a file beside it,
   - a host header has the name of an SDK header (plexus/config.hpp and a host config.hpp would be
     two different files behind one name),
-  - an SDK header includes anything of the host (the SDK is what plugins build against alone).
+  - an SDK header includes anything of the host (the SDK is what plugins build against alone),
+  - a contract header (sdk/include/plexus/*.hpp) includes the kit (plexus/kit/): plugins may use
+    the kit, the contract never needs it,
+  - host code names an in-tree plugin in a string ("lopt", "gpt"): defaults, partners and
+    capabilities come from the plugins' descriptors. A few plugin names are also host words
+    (HOST_WORDS below) and are allowed.
 --self-test builds small trees that break each rule and checks that each is caught.
 """
 import os
@@ -19,6 +24,13 @@ import sys
 import tempfile
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+STRING = re.compile(r'"([a-z0-9_]+)"')
+# Plugin names that are also words of the host's own vocabulary.
+HOST_WORDS = {
+    "tokens": "a metric and a [train] key",
+    "hierarchical": "a collective algorithm of the simulated network (sim.algorithm)",
+    "single": "a launch mode (launch.mode)",
+}
 SOURCE_ENDINGS = (".cpp", ".hpp", ".cu", ".cuh", ".h")
 
 
@@ -29,9 +41,26 @@ def sources(folder):
             yield os.path.join(base, name)
 
 
+def plugin_names(root):
+    plugins = os.path.join(root, "plugins")
+    names = set()
+    if os.path.isdir(plugins):
+        for kind in os.listdir(plugins):
+            folder = os.path.join(plugins, kind)
+            if os.path.isdir(folder) and kind != "shared":
+                names.update(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+    return names - set(HOST_WORDS)
+
+
+def code_only(text):
+    """The text without // comments (string literals keep their slashes)."""
+    return "\n".join(re.sub(r'//(?=(?:[^"]*"[^"]*")*[^"]*$).*', "", line) for line in text.split("\n"))
+
+
 def check(root, layers):
     host = os.path.join(root, "host")
     sdk = os.path.join(root, "sdk", "include", "plexus")
+    plugins = plugin_names(root)
     rank = {name: i for i, name in enumerate(layers)}
     sdk_headers = {n for n in os.listdir(sdk) if n.endswith(".hpp")} if os.path.isdir(sdk) else set()
     problems = []
@@ -62,13 +91,23 @@ def check(root, layers):
             elif not os.path.exists(os.path.join(os.path.dirname(path), target)):
                 problems.append("host/%s:%d: includes \"%s\", which is neither \"LAYER/...\" nor a file beside it"
                                 % (rel, line, target))
+        code = code_only(text)
+        for match in STRING.finditer(code):
+            if match.group(1) in plugins:
+                line = code.count("\n", 0, match.start()) + 1
+                problems.append("host/%s:%d: names the plugin \"%s\": the host names no plugin (use its descriptor's "
+                                "extras)" % (rel, line, match.group(1)))
     for path in sorted(sources(sdk)) if os.path.isdir(sdk) else []:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
+        contract = os.path.dirname(path) == sdk
         for match in INCLUDE.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
             if not match.group(1).startswith("plexus/"):
-                line = text.count("\n", 0, match.start()) + 1
                 problems.append("sdk/include/plexus/%s:%d: includes \"%s\": the SDK includes only plexus/ headers"
+                                % (os.path.relpath(path, sdk), line, match.group(1)))
+            elif contract and match.group(1).startswith("plexus/kit/"):
+                problems.append("sdk/include/plexus/%s:%d: includes \"%s\": the contract never includes the kit"
                                 % (os.path.relpath(path, sdk), line, match.group(1)))
     return problems
 
@@ -88,6 +127,9 @@ def self_test(layers):
         "host/%s/b.cpp" % high: '#include "%s/a.hpp"\n#include "b.hpp"\n' % low,
         "host/%s/b.hpp" % high: "#pragma once\n",
         "sdk/include/plexus/model.hpp": '#include "plexus/error.hpp"\n',
+        "sdk/include/plexus/kit/util.hpp": '#include "plexus/model.hpp"\n',
+        "plugins/models/toy/toy.cpp": "",
+        "host/%s/e.cpp" % low: 'const char* mode = "single";  // not "toy": a comment may name it\n',
     }
     cases = {
         "upward include": ("host/%s/c.cpp" % low, '#include "%s/b.hpp"\n' % high),
@@ -96,6 +138,8 @@ def self_test(layers):
         "bare include": ("host/%s/d.cpp" % high, '#include "nowhere.hpp"\n'),
         "SDK name reused": ("host/%s/model.hpp" % high, "#pragma once\n"),
         "SDK includes the host": ("sdk/include/plexus/bad.hpp", '#include "%s/a.hpp"\n' % low),
+        "contract includes the kit": ("sdk/include/plexus/bad.hpp", '#include "plexus/kit/util.hpp"\n'),
+        "host names a plugin": ("host/%s/f.cpp" % high, 'const char* fallback = "toy";\n'),
     }
     failures = 0
     with tempfile.TemporaryDirectory() as clean:

@@ -73,6 +73,12 @@ std::vector<std::string> split(const std::string& text, char sep) {
     return out;
 }
 
+std::string short_number(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
 std::string human_count(double n) {
     char buf[32];
     const double a = std::fabs(n);

@@ -18,6 +18,7 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
 std::string join(const std::vector<std::string>& items, const std::string& sep);
 std::vector<std::string> split(const std::string& text, char sep);  // empty items dropped
 
+std::string short_number(double v);     // printf's %g: 0.0005, 1e+09, 3
 std::string human_count(double n);      // 41.2k, 3.1M
 std::string human_bytes(double bytes);  // 412 MiB
 std::string human_duration(double s);   // 1:02:03, 4:05, 12.3s

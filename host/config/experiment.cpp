@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -462,6 +463,18 @@ std::vector<GridPoint> expand_grid(const Experiment& exp) {
     return points;
 }
 
+namespace {
+// The strategy a grid point names, or its experiment (null: the default one, or none found).
+const PluginDescriptor* strategy_of(const Experiment& exp, const GridPoint& point, const DescriptorLookup& find) {
+    for (const auto& [key, value] : point.assignments)
+        if (key == "strategy.name" && value.type() == ValueType::String)
+            return find(PluginKind::Strategy, value.as_string());
+    const auto it = exp.settings.find("strategy.name");
+    if (it == exp.settings.end() || it->second.value.type() != ValueType::String) return nullptr;
+    return find(PluginKind::Strategy, it->second.value.as_string());
+}
+}  // namespace
+
 Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const DescriptorLookup& find) {
     Experiment out = exp;
     out.grid.clear();
@@ -481,11 +494,11 @@ Experiment apply_grid_point(const Experiment& exp, const GridPoint& point, const
         const std::string section = key.substr(0, dot);
         auto old = out.settings.find(key);
         if (old != out.settings.end() && old->second.value == value) continue;
-        const PluginSection* ps = nullptr;
-        for (const auto& s : plugin_sections())
-            if (section == s.section) ps = &s;
+        std::optional<PluginKind> kind;
+        for (const auto& s : plugin_sections({strategy_of(out, point, find)}))
+            if (section == s.section) kind = s.kind;
         const PluginDescriptor* d =
-            ps && value.type() == ValueType::String ? find(ps->kind, value.as_string()) : nullptr;
+            kind && value.type() == ValueType::String ? find(*kind, value.as_string()) : nullptr;
         for (auto it = out.settings.begin(); it != out.settings.end();) {
             const bool in_section = it->first.rfind(section + ".", 0) == 0 && it->first != key;
             bool accepted = false;
@@ -530,16 +543,60 @@ void apply_override(Experiment& exp, const std::string& assignment) {
     exp.overrides.push_back(assignment);
 }
 
-const std::vector<PluginSection>& plugin_sections() {
+const std::vector<PluginSection>& core_plugin_sections() {
+    using Need = PluginSection::Need;
     static const std::vector<PluginSection> sections = {
-        {"model", PluginKind::Model, nullptr},
-        {"data", PluginKind::Dataset, nullptr},
-        {"optimizer", PluginKind::Optimizer, "adamw"},
-        {"strategy", PluginKind::Strategy, "single"},
-        {"comm", PluginKind::Comm, "allreduce"},
-        {"outer_optimizer", PluginKind::Optimizer, ""},  // optional: strategies with two levels (DiLoCo)
+        {"model", PluginKind::Model, Need::Required},          {"data", PluginKind::Dataset, Need::Required},
+        {"optimizer", PluginKind::Optimizer, Need::Defaulted}, {"strategy", PluginKind::Strategy, Need::Defaulted},
+        {"comm", PluginKind::Comm, Need::Defaulted},
     };
     return sections;
+}
+
+std::vector<PluginSection> plugin_sections(const std::vector<const PluginDescriptor*>& strategies) {
+    auto sections = core_plugin_sections();
+    for (const auto* strategy : strategies) {
+        const auto it =
+            strategy ? strategy->extras.find("sections") : std::map<std::string, std::string>::const_iterator{};
+        if (!strategy || it == strategy->extras.end()) continue;
+        std::stringstream list(it->second);
+        std::string item;
+        while (std::getline(list, item, ',')) {
+            const auto eq = item.find('=');
+            auto trim = [](std::string t) {
+                t.erase(0, t.find_first_not_of(" \t"));
+                t.erase(t.find_last_not_of(" \t") + 1);
+                return t;
+            };
+            const std::string name = trim(item.substr(0, eq)),
+                              kind = eq == std::string::npos ? "" : trim(item.substr(eq + 1));
+            std::optional<PluginKind> k;
+            for (auto candidate : {PluginKind::Model, PluginKind::Optimizer, PluginKind::Strategy, PluginKind::Comm,
+                                   PluginKind::Dataset})
+                if (kind == to_string(candidate)) k = candidate;
+            if (name.empty() || !k)
+                throw Error("strategy plugin '" + strategy->name + "' declares the section '" + item + "'",
+                            "extras[\"sections\"] lists NAME=KIND pairs, KIND one of model, optimizer, strategy, comm, "
+                            "dataset");
+            bool known = false;
+            for (const auto& s : sections) {
+                if (s.section != name) continue;
+                known = true;
+                if (s.kind != *k)
+                    throw Error("strategy plugin '" + strategy->name + "' declares [" + name + "] as a " + kind +
+                                    " section, which is a " + to_string(s.kind) + " section already",
+                                "choose another section name");
+            }
+            if (!known) sections.push_back({name, *k, PluginSection::Need::Optional});
+        }
+    }
+    return sections;
+}
+
+std::string default_plugin(PluginKind kind, const DescriptorLookup& find, const NameLookup& names) {
+    for (const auto& name : names(kind))
+        if (const auto* d = find(kind, name); d && d->extras.count("default")) return name;
+    return "";
 }
 
 const std::map<std::string, ConfigSchema>& host_schemas() {
@@ -659,7 +716,8 @@ const ConfigSchema& top_level_schema() {
     return keys;
 }
 
-ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names) {
+ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names,
+                       const RefusalLookup& refusal) {
     ResolvedConfig out;
     std::vector<std::string> errors;
     std::set<std::string> used;  // dotted keys consumed by some schema
@@ -727,7 +785,8 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
     for (const auto& k : top_level_schema()) used.insert(k.name);
     for (const auto& [section, schema] : host_schemas()) check_section(section, schema, "[" + section + "]");
 
-    for (const auto& ps : plugin_sections()) {
+    // Each plugin section: its plugin (named, or the default of its kind) and its keys.
+    auto resolve_plugin_section = [&](const PluginSection& ps) {
         const std::string section = ps.section;
         const std::string name_key = section + ".name";
         auto it = exp.settings.find(name_key);
@@ -736,41 +795,54 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
             used.insert(name_key);
             if (it->second.value.type() != ValueType::String) {
                 errors.push_back(it->second.where.str() + ": '" + name_key + "' must be a plugin name (a string)");
-                continue;
+                return;
             }
             name = it->second.value.as_string();
-        } else if (ps.default_plugin && *ps.default_plugin) {
-            name = ps.default_plugin;
+        } else if (const std::string fallback =
+                       ps.need == PluginSection::Need::Defaulted ? default_plugin(ps.kind, find, names) : "";
+                   !fallback.empty()) {
+            name = fallback;
         } else {
             bool has_keys = false;
             for (const auto& kv : exp.settings) has_keys |= kv.first.rfind(section + ".", 0) == 0;
-            if (ps.default_plugin == nullptr || has_keys)
+            if (ps.need != PluginSection::Need::Optional || has_keys)
                 errors.push_back(exp.path + ": [" + section + "] needs name = \"<" + to_string(ps.kind) +
                                  " plugin>\"; available: " + join(names(ps.kind), ", "));
-            continue;
+            return;
         }
         const PluginDescriptor* d = find(ps.kind, name);
         if (!d) {
             const std::string where = it != exp.settings.end() ? it->second.where.str() : exp.path;
             const auto available = names(ps.kind);
             std::string hint = did_you_mean(name, available);
+            if (const std::string why = refusal ? refusal(ps.kind, name) : ""; !why.empty()) hint = why;
             errors.push_back(where + ": no " + std::string(to_string(ps.kind)) + " plugin named '" + name + "'" +
                              (hint.empty() ? "" : "; " + hint) +
                              " (available: " + (available.empty() ? std::string("none found") : join(available, ", ")) +
                              "; `plexus plugins` lists them and why any was refused)");
             for (const auto& kv : exp.settings)
                 if (kv.first.rfind(section + ".", 0) == 0) used.insert(kv.first);
-            continue;
+            return;
         }
         out.plugins[section] = d;
         out.values[name_key] = Value(name);
         check_section(section, d->schema, std::string(to_string(ps.kind)) + " plugin '" + name + "'");
-    }
+    };
+    for (const auto& ps : core_plugin_sections()) resolve_plugin_section(ps);
+    // Then the sections strategies declare (a two-level strategy's [outer_optimizer]).
+    std::vector<PluginSection> all_sections = core_plugin_sections();
+    try {
+        std::vector<const PluginDescriptor*> strategies;
+        for (const auto& name : names(PluginKind::Strategy)) strategies.push_back(find(PluginKind::Strategy, name));
+        all_sections = plugin_sections(strategies);
+    } catch (const Error& e) { errors.push_back(e.what()); }
+    for (size_t i = core_plugin_sections().size(); i < all_sections.size(); ++i)
+        resolve_plugin_section(all_sections[i]);
 
     // Whatever no schema claimed: unknown sections or top-level keys.
     std::vector<std::string> sections;
     for (const auto& [s, _] : host_schemas()) sections.push_back(s);
-    for (const auto& ps : plugin_sections()) sections.push_back(ps.section);
+    for (const auto& ps : all_sections) sections.push_back(ps.section);
     std::vector<std::string> top_keys;
     for (const auto& k : top_level_schema()) top_keys.push_back(k.name);
     for (const auto& [key, setting] : exp.settings) {
@@ -810,6 +882,7 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
         canonical += k + "=" + v.to_text() + "\n";
     }
     out.hash = hex64(fnv1a(canonical));
+    out.host = read_host_settings(out.values);
     return out;
 }
 

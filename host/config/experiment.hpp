@@ -13,6 +13,8 @@
 #include <plexus/error.hpp>
 #include <plexus/plugin.hpp>
 
+#include "config/host_settings.hpp"
+
 namespace plexus::host {
 
 struct SourceLoc {
@@ -71,11 +73,18 @@ void apply_override(Experiment& exp, const std::string& assignment);
 
 // A plugin-backed section of the experiment and the kind of plugin it names.
 struct PluginSection {
-    const char* section;
+    enum class Need { Required, Defaulted, Optional };
+    std::string section;
     PluginKind kind;
-    const char* default_plugin;  // nullptr: the section must name one; "": optional section
+    Need need;  // Defaulted: without a name, the plugin of its kind that declares extras "default"
 };
-const std::vector<PluginSection>& plugin_sections();
+// The sections every experiment has: [model] and [data] (required), [optimizer], [strategy] and
+// [comm] (defaulted). The host names no plugin: defaults come from the plugins themselves.
+const std::vector<PluginSection>& core_plugin_sections();
+// Those, and the optional sections that `strategies` declare in their descriptors' extras
+// "sections", "NAME=KIND" comma-separated ("outer_optimizer=optimizer"). An experiment may hold
+// a section any loaded strategy declares (a grid's variants switch strategies).
+std::vector<PluginSection> plugin_sections(const std::vector<const PluginDescriptor*>& strategies);
 
 // Host-owned sections ([train], [results], [launch]) and their schemas.
 const std::map<std::string, ConfigSchema>& host_schemas();
@@ -86,10 +95,16 @@ const ConfigSchema& top_level_schema();
 using DescriptorLookup = std::function<const PluginDescriptor*(PluginKind, const std::string&)>;
 // Names of the plugins of a kind, for suggestions.
 using NameLookup = std::function<std::vector<std::string>(PluginKind)>;
+// The plugin of `kind` whose descriptor declares extras "default", or "" if none does.
+std::string default_plugin(PluginKind kind, const DescriptorLookup& find, const NameLookup& names);
+// Why a plugin of that kind and name is missing when a library for it was found and refused
+// (its ABI fingerprint, say); "" when none was.
+using RefusalLookup = std::function<std::string(PluginKind, const std::string&)>;
 
 // The experiment checked against every schema, with defaults filled in.
 struct ResolvedConfig {
     std::map<std::string, Value> values;                     // every dotted key, defaults included
+    HostSettings host;                                       // the host's sections, typed (from values)
     std::map<std::string, Config> sections;                  // per section, what its plugin or the host gets
     std::map<std::string, const PluginDescriptor*> plugins;  // section -> plugin it names
     std::string hash;                                        // stable hash of what affects training
@@ -98,7 +113,8 @@ struct ResolvedConfig {
 
 // Throws ConfigError listing every problem found (unknown keys with the nearest known key,
 // wrong types, unknown plugins with close names), each with its location.
-ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names);
+ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names,
+                       const RefusalLookup& refusal = {});
 
 // The experiment of one grid point: its assignments applied, grid removed. A point that names
 // another plugin for a section keeps only the section's keys that plugin also accepts (so

@@ -1,10 +1,15 @@
 #include "config/faults.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
+#include <random>
 #include <sstream>
 
 #include <plexus/error.hpp>
+#include <plexus/kit/util.hpp>
+
+#include "base/text.hpp"
 
 namespace plexus::host {
 
@@ -130,6 +135,104 @@ std::vector<Fault> parse_faults(const Value& faults, int ranks, bool simulated) 
         out.push_back(f);
     }
     return out;
+}
+
+std::vector<std::vector<double>> number_rows(const Value& list, const std::string& key, size_t min_len, size_t max_len,
+                                             const std::string& shape) {
+    std::vector<std::vector<double>> rows;
+    for (const auto& item : list.as_list()) {
+        std::vector<double> row;
+        bool ok = item.type() == ValueType::List;
+        if (ok)
+            for (const auto& x : item.as_list()) {
+                if (x.type() == ValueType::Int)
+                    row.push_back(static_cast<double>(x.as_int()));
+                else if (x.type() == ValueType::Float)
+                    row.push_back(x.as_double());
+                else
+                    ok = false;
+            }
+        if (!ok || row.size() < min_len || row.size() > max_len)
+            throw Error(key + " holds " + item.to_text() + ", not " + shape,
+                        "for example " + key + " = [" + shape + "]");
+        rows.push_back(row);
+    }
+    return rows;
+}
+
+int rank_in(double v, int n, const std::string& key) {
+    const int r = static_cast<int>(v);
+    if (r != v || r < 0 || r >= n)
+        throw Error(key + " names rank " + short_number(v) + ", outside 0.." + std::to_string(n - 1),
+                    "ranks count from 0 to launch.ranks - 1");
+    return r;
+}
+
+namespace {
+
+Fault shorthand(const std::string& kind, const std::string& origin, const std::string& text) {
+    Fault f;
+    f.kind = kind;
+    f.origin = origin;
+    f.text = "kind=" + kind + " " + text + " (" + origin + ")";
+    return f;
+}
+
+// slow_ranks and slow_fraction, with slow_factor: slow faults from step 0.
+void add_stragglers(const std::map<std::string, Value>& v, int ranks, uint64_t seed, std::vector<Fault>& plan) {
+    const double factor = v.at("sim.slow_factor").as_double();
+    if (!(factor > 0)) throw Error("sim.slow_factor must be > 0", "2.0 makes a straggler take twice as long");
+    std::vector<bool> slow(static_cast<size_t>(ranks), false);
+    for (const auto& r : v.at("sim.slow_ranks").as_list()) {
+        if (r.type() != ValueType::Int)
+            throw Error("sim.slow_ranks holds " + r.to_text() + ", not a rank", "slow_ranks = [3]");
+        slow[static_cast<size_t>(rank_in(static_cast<double>(r.as_int()), ranks, "sim.slow_ranks"))] = true;
+    }
+    const double fraction = v.at("sim.slow_fraction").as_double();
+    if (fraction < 0 || fraction > 1)
+        throw Error("sim.slow_fraction must be in [0, 1]", "0.1 slows a tenth of the ranks");
+    if (fraction > 0) {
+        std::vector<int> order(static_cast<size_t>(ranks));
+        for (int r = 0; r < ranks; ++r) order[static_cast<size_t>(r)] = r;
+        std::mt19937_64 rng(seed);
+        std::shuffle(order.begin(), order.end(), rng);
+        const int k = static_cast<int>(std::lround(fraction * ranks));
+        for (int i = 0; i < k; ++i) slow[static_cast<size_t>(order[static_cast<size_t>(i)])] = true;
+    }
+    for (int r = 0; r < ranks; ++r) {
+        if (!slow[static_cast<size_t>(r)]) continue;
+        Fault f = shorthand("slow", "sim.slow_ranks", "rank=" + std::to_string(r) + " factor=" + short_number(factor));
+        f.rank = r;
+        f.factor = factor;
+        plan.push_back(f);
+    }
+}
+
+}  // namespace
+
+std::vector<Fault> fault_plan(const std::map<std::string, Value>& v, int ranks, bool simulated) {
+    auto plan = parse_faults(v.at("faults"), ranks, simulated);
+    if (!simulated) return plan;  // the shorthands are [sim] keys: the simulated cluster's only
+    // The stragglers' draw, as the simulator has always made it (its seed, then a salt).
+    const uint64_t seed = mix_seed(mix_seed(static_cast<uint64_t>(v.at("train.seed").as_int()), 0x51a1ULL), 0x5106ULL);
+    add_stragglers(v, ranks, seed, plan);
+    for (const auto& row : number_rows(v.at("sim.fail_ranks"), "sim.fail_ranks", 2, 2, "[rank, time_s], ...")) {
+        Fault f = shorthand("kill", "sim.fail_ranks", "rank=" + short_number(row[0]) + " time=" + short_number(row[1]));
+        f.rank = rank_in(row[0], ranks, "sim.fail_ranks");
+        f.time = row[1];
+        f.at_time = true;
+        plan.push_back(f);
+    }
+    for (const auto& row : number_rows(v.at("sim.fail_links"), "sim.fail_links", 3, 3, "[a, b, time_s], ...")) {
+        Fault f =
+            shorthand("drop_link", "sim.fail_links",
+                      "link=" + short_number(row[0]) + "," + short_number(row[1]) + " time=" + short_number(row[2]));
+        f.a = rank_in(row[0], ranks, "sim.fail_links");
+        f.b = rank_in(row[1], ranks, "sim.fail_links");
+        f.time = row[2];
+        plan.push_back(f);
+    }
+    return plan;
 }
 
 }  // namespace plexus::host

@@ -19,9 +19,17 @@
 // step (simulated time; real runs sleep). drop_link and corrupt act on the simulated network
 // only: the link goes down at that simulated time, or a random bit of each message over it
 // flips (seeded).
+//
+// The simulator's [sim] keys for stragglers and failures are shorthands for faults, and become
+// entries of the same plan (fault_plan), with the same executors:
+//   slow_ranks = [r], slow_factor = f      slow, rank r, factor f, from step 0
+//   slow_fraction = p                      slow, factor f, on round(p x ranks) ranks drawn from the seed
+//   fail_ranks = [[r, t]]                  kill, rank r, at simulated time t (not a step)
+//   fail_links = [[a, b, t]]               drop_link, link [a, b], time t
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -37,7 +45,9 @@ struct Fault {
     int a = -1, b = -1;  // the link
     double time = 0.0;
     double probability = 1.0;
-    std::string text;  // the canonical form, "kind=kill rank=2 step=30"
+    bool at_time = false;               // a kill at simulated `time` (sim.fail_ranks), not at `step`
+    std::string text;                   // the canonical form, "kind=kill rank=2 step=30"
+    std::string origin = "[[faults]]";  // or the [sim] key it was written as
 };
 
 // One [[faults]] table (key -> value) as its canonical text; throws plexus::Error naming
@@ -45,5 +55,17 @@ struct Fault {
 std::string fault_text(const std::vector<std::pair<std::string, Value>>& table, const std::string& where);
 // The setting `faults` (canonical texts) parsed and checked against the run's ranks and mode.
 std::vector<Fault> parse_faults(const Value& faults, int ranks, bool simulated);
+
+// The run's one fault plan, from resolved settings: [[faults]] first (their order numbers the
+// corrupt faults' counters), then, on the simulated cluster, the [sim] shorthands above
+// (slow_fraction's ranks are drawn from train.seed).
+std::vector<Fault> fault_plan(const std::map<std::string, Value>& values, int ranks, bool simulated);
+
+// A setting that holds rows of numbers ([[a, b, t], ...]), each of min_len..max_len numbers;
+// throws naming `key` and the expected `shape`.
+std::vector<std::vector<double>> number_rows(const Value& list, const std::string& key, size_t min_len, size_t max_len,
+                                             const std::string& shape);
+// `v` as a rank in 0..n-1; throws naming `key` otherwise.
+int rank_in(double v, int n, const std::string& key);
 
 }  // namespace plexus::host

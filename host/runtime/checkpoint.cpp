@@ -265,10 +265,10 @@ RunCheckpoints::RunCheckpoints(fs::path root, int64_t run_id)
     : dir_(std::move(root) / ("run" + std::to_string(run_id))) {}
 
 RunCheckpoints RunCheckpoints::of(const ResolvedConfig& cfg, int64_t run_id) {
-    const std::string dir = cfg.values.at("checkpoint.dir").as_string();
+    const std::string dir = cfg.host.checkpoint.dir;
     if (!dir.empty()) return RunCheckpoints(fs::absolute(dir), run_id);
     // Per database: run ids are only unique within one.
-    const fs::path db = fs::absolute(cfg.values.at("results.db").as_string());
+    const fs::path db = fs::absolute(cfg.host.results.db);
     return RunCheckpoints(db.parent_path() / "checkpoints" / db.stem(), run_id);
 }
 

@@ -300,215 +300,210 @@ RunInfo recall_run(RunOptions& o, std::string& path) {
     return *run;
 }
 
-int run_experiment(const std::string& file, const RunOptions& given) {
-    // Phase 1: everything that can be checked before the run exists in the database.
-    RunOptions options = given;
-    std::string path = file;
+namespace {
+
+// A run from its file, checked before it exists in the database (phase 1), then recorded and
+// trained (phase 2, where every failure is recorded on the run).
+struct PreparedRun {
+    RunOptions options;
+    std::string path;
     std::optional<RunInfo> resumed;
+    PluginRegistry registry;  // outlives cfg, which points at its descriptors
     Experiment exp;
     ResolvedConfig cfg;
-    PluginRegistry registry;
-    std::unique_ptr<ResultsStore> store;
-    torch::Device device = torch::kCPU;
     std::string mode, variant;
     bool is_launcher = false;
     std::optional<Rendezvous> rendezvous;
-    std::unique_ptr<sim::Cluster> cluster;
+    torch::Device device = torch::kCPU;
     std::vector<Fault> faults;
-    try {
-        if (options.resume_run > 0) resumed = recall_run(options, path);
-        exp = load_experiment(path);
-        for (const auto& o : options.overrides) apply_override(exp, o);
-        // Taken as they are (no TOML escapes: a path may hold backslashes or quotes).
-        if (!options.db.empty()) exp.settings["results.db"] = Setting{Value(options.db), SourceLoc{"--db", 0, 0}};
-        if (!options.progress.empty())
-            exp.settings["results.progress"] = Setting{Value(options.progress), SourceLoc{"--progress", 0, 0}};
-        scan_plugins(exp, registry);
-        auto find = [&](PluginKind k, const std::string& n) { return registry.find(k, n); };
-        if (!exp.grid.empty() || options.point >= 0) {
-            const auto points = expand_grid(exp);
-            if (options.point < 0)
-                throw Error(
-                    path + " has a [grid] of " + std::to_string(points.size()) + " runs",
-                    "run them all with `plexus sweep " + path + "`, or one with `plexus run " + path + " --point I`");
-            if (options.point >= static_cast<int>(points.size()))
-                throw Error("--point " + std::to_string(options.point) + ": " + path + " has " +
-                                std::to_string(points.size()) + " grid point(s), 0.." +
-                                std::to_string(points.size() - 1),
-                            "`plexus sweep " + path + " --dry-run` lists them");
-            exp = apply_grid_point(exp, points[static_cast<size_t>(options.point)], find);
-            variant = points[static_cast<size_t>(options.point)].variant;
-        }
-        cfg = resolve(exp, find, [&](PluginKind k) { return registry.names(k); });
-        if (resumed && cfg.hash != resumed->config_hash)
-            throw Error("run " + std::to_string(resumed->id) + " was recorded with config hash " +
-                            resumed->config_hash + "; " + path + " now gives " + cfg.hash,
-                        "the experiment (or a file it extends) changed since the run started: restore it to resume");
-        // A folder that cannot take checkpoints is a config error, found now, not a warning at
-        // every checkpoint of a week-long run that then has nothing to resume from.
-        if (cfg.values.at("checkpoint.every_steps").as_int() > 0 ||
-            cfg.values.at("checkpoint.every_minutes").as_double() > 0) {
-            const fs::path root = RunCheckpoints::of(cfg, 0).dir().parent_path();
-            std::error_code ec;
-            fs::create_directories(root, ec);
-            const fs::path probe = root / (".plexus-write-test-" + std::to_string(getpid()));
-            if (!ec) std::ofstream(probe).put('x');
-            if (ec || !fs::exists(probe))
-                throw Error(
-                    "checkpoints cannot be written to " + root.string() + (ec ? ": " + ec.message() : ""),
-                    "set checkpoint.dir to a folder you can write to (\"\" puts them beside the results database)");
-            fs::remove(probe, ec);
-        }
-        mode = cfg.values.at("launch.mode").as_string();
-        // A thread per simulated rank, a process per local one: beyond these the machine gives out
-        // (threads, memory) long before the run says anything useful.
-        if (mode == "sim" && cfg.values.at("launch.ranks").as_int() > 16384)
-            throw Error("launch.ranks = " + std::to_string(cfg.values.at("launch.ranks").as_int()) +
-                            " simulated ranks: at most 16384 (one thread each)",
-                        "simulate fewer ranks; scaling laws extrapolate from a few sizes");
-        if (mode == "local" && cfg.values.at("launch.ranks").as_int() > 256)
-            throw Error("launch.ranks = " + std::to_string(cfg.values.at("launch.ranks").as_int()) +
-                            " local processes: at most 256",
-                        "more ranks than that on one machine is a job for launch.mode = \"sim\"");
-        is_launcher = mode == "local" && !std::getenv("PLEXUS_WORKER");
-        if (is_launcher) catch_stop_requests();  // a SIGTERM from here on stops the workers it starts
-        if (mode == "env" || (mode == "local" && !is_launcher)) {
-            rendezvous = rendezvous_from_env();
-            if (!rendezvous)
-                throw Error(
-                    "launch.mode = \"" + mode + "\" but no rank is set in the environment",
-                    "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
-            rendezvous->timeout_s = cfg.values.at("launch.timeout").as_double();
-        }
-        if (cfg.values.at("train.steps").as_int() == 0 && cfg.values.at("train.tokens").as_int() == 0)
-            throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
-        device = choose_device(cfg.values.at("train.device").as_string());
-        // Several ranks on one machine: "cuda" is each rank's own GPU.
-        if (device.is_cuda() && !device.has_index() && rendezvous)
-            device = torch::Device(torch::kCUDA,
-                                   static_cast<c10::DeviceIndex>(rendezvous->local_rank %
-                                                                 std::max<int64_t>(1, torch::cuda::device_count())));
-        gpu::set_current(device);
-        if (mode == "sim") {
-            // The "measured" profile needs this machine's per-core peak (cached after the first run).
-            double core_flops = 0;
-            if (cfg.values.at("sim.device").as_string() == "measured") core_flops = *cpu_peak(1, false, true).flops;
-            cluster = std::make_unique<sim::Cluster>(sim::settings_from(cfg, core_flops));
-            // Meta numerics: tensors with shapes and no data. Compute and communication are
-            // charged as usual; losses are NaN; a 1.3B-parameter model costs no memory per rank.
-            if (cfg.values.at("sim.numerics").as_string() == "meta") device = torch::Device(torch::kMeta);
-        }
-        const int fault_ranks = mode == "local" || mode == "sim"
-                                    ? static_cast<int>(cfg.values.at("launch.ranks").as_int())
-                                : rendezvous ? rendezvous->world_size
-                                             : 1;
-        faults = parse_faults(cfg.values.at("faults"), fault_ranks, mode == "sim");
-        // Only the launcher, or rank 0, writes the run's rows.
-        if (!rendezvous || rendezvous->rank == 0)
-            store = std::make_unique<ResultsStore>(cfg.values.at("results.db").as_string());
-    } catch (const std::exception& e) {
-        print_error(e);
-        return kFailed;
-    }
-    const int rank = rendezvous ? rendezvous->rank : 0;
-    const int world = rendezvous ? rendezvous->world_size : 1;
+    std::unique_ptr<sim::Cluster> cluster;
+    std::unique_ptr<ResultsStore> store;
 
-    const auto& v = cfg.values;
-    // N local workers share the cores: never oversubscribe them.
-    const int local_ranks = is_launcher  ? static_cast<int>(v.at("launch.ranks").as_int())
-                            : rendezvous ? rendezvous->local_world_size
-                                         : 1;
-    // The cores this run may use: all of them, or the share a sweep running several at once gave it.
+    int rank() const { return rendezvous ? rendezvous->rank : 0; }
+    int world() const { return rendezvous ? rendezvous->world_size : 1; }
+};
+
+// The experiment with its overrides and grid point, resolved against the plugins; a resumed
+// run must resolve to the configuration it was recorded with.
+void load_and_resolve(PreparedRun& r) {
+    if (r.options.resume_run > 0) r.resumed = recall_run(r.options, r.path);
+    r.exp = load_experiment(r.path);
+    for (const auto& o : r.options.overrides) apply_override(r.exp, o);
+    // Taken as they are (no TOML escapes: a path may hold backslashes or quotes).
+    if (!r.options.db.empty()) r.exp.settings["results.db"] = Setting{Value(r.options.db), SourceLoc{"--db", 0, 0}};
+    if (!r.options.progress.empty())
+        r.exp.settings["results.progress"] = Setting{Value(r.options.progress), SourceLoc{"--progress", 0, 0}};
+    scan_plugins(r.exp, r.registry);
+    auto find = [&](PluginKind k, const std::string& n) { return r.registry.find(k, n); };
+    if (!r.exp.grid.empty() || r.options.point >= 0) {
+        const auto points = expand_grid(r.exp);
+        if (r.options.point < 0)
+            throw Error(
+                r.path + " has a [grid] of " + std::to_string(points.size()) + " runs",
+                "run them all with `plexus sweep " + r.path + "`, or one with `plexus run " + r.path + " --point I`");
+        if (r.options.point >= static_cast<int>(points.size()))
+            throw Error("--point " + std::to_string(r.options.point) + ": " + r.path + " has " +
+                            std::to_string(points.size()) + " grid point(s), 0.." + std::to_string(points.size() - 1),
+                        "`plexus sweep " + r.path + " --dry-run` lists them");
+        r.exp = apply_grid_point(r.exp, points[static_cast<size_t>(r.options.point)], find);
+        r.variant = points[static_cast<size_t>(r.options.point)].variant;
+    }
+    r.cfg = resolve(r.exp, r.registry);
+    if (r.resumed && r.cfg.hash != r.resumed->config_hash)
+        throw Error("run " + std::to_string(r.resumed->id) + " was recorded with config hash " +
+                        r.resumed->config_hash + "; " + r.path + " now gives " + r.cfg.hash,
+                    "the experiment (or a file it extends) changed since the run started: restore it to resume");
+}
+
+// A folder that cannot take checkpoints is a config error, found now, not a warning at every
+// checkpoint of a week-long run that then has nothing to resume from.
+void check_checkpoint_folder(const ResolvedConfig& cfg) {
+    if (cfg.host.checkpoint.every_steps <= 0 && cfg.host.checkpoint.every_minutes <= 0) return;
+    const fs::path root = RunCheckpoints::of(cfg, 0).dir().parent_path();
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    const fs::path probe = root / (".plexus-write-test-" + std::to_string(getpid()));
+    if (!ec) std::ofstream(probe).put('x');
+    if (ec || !fs::exists(probe))
+        throw Error("checkpoints cannot be written to " + root.string() + (ec ? ": " + ec.message() : ""),
+                    "set checkpoint.dir to a folder you can write to (\"\" puts them beside the results database)");
+    fs::remove(probe, ec);
+}
+
+// How and where the run executes: the launch mode, this process's rank, the device, the fault
+// plan, the simulated cluster, and the database (the launcher's or rank 0's only).
+void choose_launch(PreparedRun& r) {
+    const auto& h = r.cfg.host;
+    r.mode = h.launch.mode;
+    // A thread per simulated rank, a process per local one: beyond these the machine gives out
+    // (threads, memory) long before the run says anything useful.
+    if (r.mode == "sim" && h.launch.ranks > 16384)
+        throw Error(
+            "launch.ranks = " + std::to_string(h.launch.ranks) + " simulated ranks: at most 16384 (one thread each)",
+            "simulate fewer ranks; scaling laws extrapolate from a few sizes");
+    if (r.mode == "local" && h.launch.ranks > 256)
+        throw Error("launch.ranks = " + std::to_string(h.launch.ranks) + " local processes: at most 256",
+                    "more ranks than that on one machine is a job for launch.mode = \"sim\"");
+    r.is_launcher = r.mode == "local" && !std::getenv("PLEXUS_WORKER");
+    if (r.is_launcher) catch_stop_requests();  // a SIGTERM from here on stops the workers it starts
+    if (r.mode == "env" || (r.mode == "local" && !r.is_launcher)) {
+        r.rendezvous = rendezvous_from_env();
+        if (!r.rendezvous)
+            throw Error(
+                "launch.mode = \"" + r.mode + "\" but no rank is set in the environment",
+                "start plexus with torchrun, srun or mpirun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
+        r.rendezvous->timeout_s = h.launch.timeout;
+    }
+    if (h.train.steps == 0 && h.train.tokens == 0)
+        throw Error("train.steps and train.tokens are both 0: the run would never stop", "set one of them");
+    r.device = choose_device(h.train.device);
+    // Several ranks on one machine: "cuda" is each rank's own GPU.
+    if (r.device.is_cuda() && !r.device.has_index() && r.rendezvous)
+        r.device = torch::Device(torch::kCUDA,
+                                 static_cast<c10::DeviceIndex>(r.rendezvous->local_rank %
+                                                               std::max<int64_t>(1, torch::cuda::device_count())));
+    gpu::set_current(r.device);
+    const bool local_or_sim = r.mode == "local" || r.mode == "sim";
+    const int fault_ranks = local_or_sim ? static_cast<int>(h.launch.ranks) : r.world();
+    r.faults = fault_plan(r.cfg.values, fault_ranks, r.mode == "sim");
+    if (r.mode == "sim") {
+        // The "measured" profile needs this machine's per-core peak (cached after the first run).
+        double core_flops = 0;
+        if (r.cfg.values.at("sim.device").as_string() == "measured") core_flops = *cpu_peak(1, false, true).flops;
+        r.cluster = std::make_unique<sim::Cluster>(sim::settings_from(r.cfg, core_flops, r.faults));
+        // Meta numerics: tensors with shapes and no data. Compute and communication are
+        // charged as usual; losses are NaN; a 1.3B-parameter model costs no memory per rank.
+        if (r.cfg.values.at("sim.numerics").as_string() == "meta") r.device = torch::Device(torch::kMeta);
+    }
+    if (!r.rendezvous || r.rendezvous->rank == 0) r.store = std::make_unique<ResultsStore>(h.results.db);
+}
+
+// Compute threads for this process: train.threads, or its share of the cores (a sweep running
+// several runs at once gives each its share), never more than the machine has.
+int compute_threads(const PreparedRun& r) {
+    const int local_ranks = r.is_launcher  ? static_cast<int>(r.cfg.host.launch.ranks)
+                            : r.rendezvous ? r.rendezvous->local_world_size
+                                           : 1;
     const int machine = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     int cores = machine;
     if (const char* share = std::getenv("PLEXUS_CORES"); share && std::atoi(share) > 0) cores = std::atoi(share);
-    // An explicit count above the machine's cores only makes the threads wait on each other.
-    const int64_t asked = v.at("train.threads").as_int();
+    const int64_t asked = r.cfg.host.train.threads;
     if (asked > machine)
         std::cerr << "warning: train.threads = " << asked << " is more than this machine's " << machine
                   << " cores; using " << machine << "\n";
-    const int threads =
-        asked > 0 ? static_cast<int>(std::min<int64_t>(asked, machine)) : std::max(1, cores / local_ranks);
-    set_compute_threads(threads);
+    return asked > 0 ? static_cast<int>(std::min<int64_t>(asked, machine)) : std::max(1, cores / local_ranks);
+}
 
-    // Phase 2: the run exists; from here every failure is recorded on it.
+// The run's row: what ran, where, with which plugins.
+RunInfo describe_run(const PreparedRun& r, int threads) {
+    const auto& h = r.cfg.host;
     RunInfo info;
-    info.name = v.at("name").as_string().empty() ? fs::path(path).stem().string() : v.at("name").as_string();
-    info.config_hash = cfg.hash;
-    info.config_json = cfg.to_json();
-    info.toml = exp.text;
-    info.seed = v.at("train.seed").as_int();
-    for (const auto& [section, d] : cfg.plugins)
+    const std::string& name = r.cfg.values.at("name").as_string();
+    info.name = name.empty() ? fs::path(r.path).stem().string() : name;
+    info.config_hash = r.cfg.hash;
+    info.config_json = r.cfg.to_json();
+    info.toml = r.exp.text;
+    info.seed = h.train.seed;
+    for (const auto& [section, d] : r.cfg.plugins)
         info.plugins += (info.plugins.empty() ? "" : " ") + section + "=" + d->name + "@" + d->version;
     info.fingerprint = PluginRegistry::host_fingerprint();
-    info.device = device.str() + (device.is_cpu() ? " (" + std::to_string(threads) + " threads)" : "");
-    if (v.at("train.precision").as_string() != "fp32") info.device += " " + v.at("train.precision").as_string();
+    info.device = r.device.str() + (r.device.is_cpu() ? " (" + std::to_string(threads) + " threads)" : "");
+    if (h.train.precision != "fp32") info.device += " " + h.train.precision;
     info.host = hostname();
-    info.git_rev = git_revision(fs::absolute(path).parent_path().string());
-    info.command = options.command_line;
-    info.world_size = is_launcher || cluster ? v.at("launch.ranks").as_int() : world;
+    info.git_rev = git_revision(fs::absolute(r.path).parent_path().string());
+    info.command = r.options.command_line;
+    info.world_size = r.is_launcher || r.cluster ? h.launch.ranks : r.world();
     if (const char* sweep = std::getenv("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0)
         info.sweep_id = std::atoll(sweep);
-    if (cluster)
-        info.device += ", simulating " + std::to_string(cluster->size()) + " x " + cluster->settings().device.name;
-    int64_t run_id = 0;
-    try {
-        if (resumed) {
-            run_id = resumed->id;
-            if (store) store->reopen_run(run_id);
-            if (store && !std::getenv("PLEXUS_WORKER")) store->set_summary_text(run_id, 0, "process", process_tag());
-        } else if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !is_launcher) {
-            run_id = std::atoll(id);
-        } else if (store) {
-            // The grid variant's name is recorded as a setting "variant" (leaderboards group by
-            // it); it is not part of the configuration hash, which its settings already fix.
-            auto params = v;
-            if (!variant.empty()) params["variant"] = Value(variant);
-            // What `plexus run --resume` needs to build the same run again, written with the
-            // run's row: a run killed at any moment can be resumed.
-            info.texts["resume.file"] = fs::absolute(path).string();
-            if (options.point >= 0) info.texts["resume.point"] = std::to_string(options.point);
-            for (size_t i = 0; i < options.overrides.size(); ++i)
-                info.texts["resume.set." + std::to_string(i)] = options.overrides[i];
-            info.texts["process"] = process_tag();  // who runs it (live_owner)
-            run_id = store->begin_run(info, params);
-        }
-    } catch (const std::exception& e) {
-        print_error(e);
-        return kFailed;
-    }
-    // Checkpoints: where this run writes them, and the one a resumed run starts from (the
-    // launcher picks it for its workers, so that all ranks start from the same step).
-    std::optional<RunCheckpoints> checkpoints;
-    std::optional<int64_t> resume_step;
-    if (v.at("checkpoint.every_steps").as_int() > 0 || v.at("checkpoint.every_minutes").as_double() > 0 || resumed)
-        checkpoints = RunCheckpoints::of(cfg, run_id);
-    if (resumed) {
-        if (const char* s = std::getenv("PLEXUS_RESUME_STEP")) {
-            if (std::atoll(s) >= 0) resume_step = std::atoll(s);
-        } else {
-            resume_step = checkpoints->latest();
-        }
-        if (store) store->forget_metrics_from(run_id, resume_step.value_or(0));
-        if (rank == 0)
-            std::cout << "plexus: resuming run " << run_id << " from "
-                      << (resume_step ? "its checkpoint at step " + std::to_string(*resume_step)
-                                      : "the start (no complete checkpoint in " + checkpoints->dir().string() + ")")
-                      << std::endl;
-    }
-    if (is_launcher) {
-        try {
-            return launch_workers(*store, run_id, options, static_cast<int>(info.world_size),
-                                  {"PLEXUS_RESUME_STEP=" + std::to_string(resume_step ? *resume_step : -1)}, faults);
-        } catch (const std::exception& e) {
-            print_error(e);
-            try {
-                store->finish_run(run_id, "failed", error_text(e));
-            } catch (...) {}
-            return kFailed;
-        }
-    }
+    if (r.cluster)
+        info.device += ", simulating " + std::to_string(r.cluster->size()) + " x " + r.cluster->settings().device.name;
+    return info;
+}
 
+// The run's id: the resumed run's, the launcher's (a worker), or a new row with what
+// `plexus run --resume` needs to build the same run again (a run killed at any moment resumes).
+int64_t open_run_row(PreparedRun& r, RunInfo& info) {
+    if (r.resumed) {
+        if (r.store) r.store->reopen_run(r.resumed->id);
+        if (r.store && !std::getenv("PLEXUS_WORKER"))
+            r.store->set_summary_text(r.resumed->id, 0, "process", process_tag());
+        return r.resumed->id;
+    }
+    if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !r.is_launcher) return std::atoll(id);
+    if (!r.store) return 0;
+    // The grid variant's name is recorded as a setting "variant" (leaderboards group by it); it
+    // is not part of the configuration hash, which its settings already fix.
+    auto params = r.cfg.values;
+    if (!r.variant.empty()) params["variant"] = Value(r.variant);
+    info.texts["resume.file"] = fs::absolute(r.path).string();
+    if (r.options.point >= 0) info.texts["resume.point"] = std::to_string(r.options.point);
+    for (size_t i = 0; i < r.options.overrides.size(); ++i)
+        info.texts["resume.set." + std::to_string(i)] = r.options.overrides[i];
+    info.texts["process"] = process_tag();  // who runs it (live_owner)
+    return r.store->begin_run(info, params);
+}
+
+// Where this run writes checkpoints, and the step a resumed run starts from (the launcher picks
+// it for its workers, so that all ranks start from the same step).
+void find_resume_point(PreparedRun& r, int64_t run_id, Job& job) {
+    const auto& c = r.cfg.host.checkpoint;
+    if (c.every_steps > 0 || c.every_minutes > 0 || r.resumed) job.checkpoints = RunCheckpoints::of(r.cfg, run_id);
+    if (!r.resumed) return;
+    if (const char* s = std::getenv("PLEXUS_RESUME_STEP")) {
+        if (std::atoll(s) >= 0) job.resume_step = std::atoll(s);
+    } else {
+        job.resume_step = job.checkpoints->latest();
+    }
+    if (r.store) r.store->forget_metrics_from(run_id, job.resume_step.value_or(0));
+    if (r.rank() == 0)
+        std::cout << "plexus: resuming run " << run_id << " from "
+                  << (job.resume_step ? "its checkpoint at step " + std::to_string(*job.resume_step)
+                                      : "the start (no complete checkpoint in " + job.checkpoints->dir().string() + ")")
+                  << std::endl;
+}
+
+// This process trains: all simulated ranks, or its own rank (alone, or joined to the others).
+int train_here(PreparedRun& r, Job& job) {
     auto prev_int = std::signal(SIGINT, on_signal);
     auto prev_term = std::signal(SIGTERM, on_signal);
     struct RestoreSignals {
@@ -519,38 +514,79 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         }
     } restore{prev_int, prev_term};
     interrupt_requests() = 0;
-
-    Job job;
-    job.cfg = &cfg;
-    job.info = &info;
-    job.run_id = run_id;
-    job.device = device;
-    job.threads = threads;
-    job.store = store.get();
-    job.checkpoints = checkpoints;
-    job.resume_step = resume_step;
-    job.resumed = resumed.has_value();
-    job.faults = faults;
-    if (cluster) {
-        job.sim_device = cluster->settings().device;
+    if (r.cluster) {
+        job.sim_device = r.cluster->settings().device;
         job.shared_dataset = std::make_shared<std::shared_ptr<Dataset>>();
         job.sim_network =
-            cluster->network().describe() + ", all-reduce " + sim::to_string(cluster->settings().algorithm);
-        return run_simulated(job, *cluster);
+            r.cluster->network().describe() + ", all-reduce " + sim::to_string(r.cluster->settings().algorithm);
+        return run_simulated(job, *r.cluster);
     }
     RankEnv env;
-    env.rank = rank;
-    env.world = world;
-    env.ranks_per_node = rendezvous ? rendezvous->local_world_size : 1;
-    env.connect = [&rendezvous, &v, device]() -> Connection {
+    env.rank = r.rank();
+    env.world = r.world();
+    env.ranks_per_node = r.rendezvous ? r.rendezvous->local_world_size : 1;
+    const auto& rendezvous = r.rendezvous;
+    const HostSettings& h = r.cfg.host;
+    const torch::Device device = r.device;
+    env.connect = [&rendezvous, &h, device]() -> Connection {
         if (!rendezvous) {
             std::shared_ptr<Transport> local = make_local_transport();
             return {local, make_collective_control(local)};
         }
-        auto joined = join_c10d_job(*rendezvous, v.at("launch.backend").as_string(), device);
-        return {joined.transport, make_store_control(joined.store, joined.control, v.at("train.log_every").as_int())};
+        auto joined = join_c10d_job(*rendezvous, h.launch.backend, device);
+        return {joined.transport, make_store_control(joined.store, joined.control, h.train.log_every)};
     };
     return train_rank(job, env).code;
+}
+
+}  // namespace
+
+int run_experiment(const std::string& file, const RunOptions& given) {
+    PreparedRun r;
+    r.options = given;
+    r.path = file;
+    try {  // phase 1: everything that can be checked before the run exists in the database
+        load_and_resolve(r);
+        check_checkpoint_folder(r.cfg);
+        choose_launch(r);
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+    const int threads = compute_threads(r);
+    set_compute_threads(threads);
+
+    // Phase 2: the run exists; from here every failure is recorded on it.
+    RunInfo info = describe_run(r, threads);
+    Job job;
+    try {
+        job.run_id = open_run_row(r, info);
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+    find_resume_point(r, job.run_id, job);
+    if (r.is_launcher) {
+        try {
+            return launch_workers(*r.store, job.run_id, r.options, static_cast<int>(info.world_size),
+                                  {"PLEXUS_RESUME_STEP=" + std::to_string(job.resume_step ? *job.resume_step : -1)},
+                                  r.faults);
+        } catch (const std::exception& e) {
+            print_error(e);
+            try {
+                r.store->finish_run(job.run_id, "failed", error_text(e));
+            } catch (...) {}
+            return kFailed;
+        }
+    }
+    job.cfg = &r.cfg;
+    job.info = &info;
+    job.device = r.device;
+    job.threads = threads;
+    job.store = r.store.get();
+    job.resumed = r.resumed.has_value();
+    job.faults = r.faults;
+    return train_here(r, job);
 }
 
 }  // namespace plexus::host

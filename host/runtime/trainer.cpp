@@ -6,7 +6,7 @@
 #include <cmath>
 #include <iostream>
 
-#include <plexus/compat.hpp>
+#include <plexus/kit/compat.hpp>
 #include <plexus/error.hpp>
 
 #include "base/text.hpp"
@@ -26,10 +26,10 @@ namespace {
 class Trainer {
 public:
     Trainer(const Job& job, const RankEnv& env)
-        : job_(job), env_(env), v_(job.cfg->values), rank_(env.rank), world_(env.world),
-          progress_(rank_ == 0 ? v_.at("results.progress").as_string() : "none", v_.at("train.steps").as_int()),
+        : job_(job), env_(env), train_(job.cfg->host.train), rank_(env.rank), world_(env.world),
+          progress_(rank_ == 0 ? job.cfg->host.results.progress : "none", train_.steps),
           rec_(job.store, rank_ == 0, job.run_id), meter_(std::make_shared<TensorMemoryMeter>()),
-          knobs_(read_knobs(v_)) {}
+          base_lr_(base_lr(job.cfg->values)) {}
 
     RankResult run() {
         // This rank's tensors: parameters, optimizer state, activations, messages (peak_tensor_bytes).
@@ -46,8 +46,8 @@ public:
 private:
     RankResult loop() {
         auto& ctx = *run_.ctx;
-        const int64_t max_steps = v_.at("train.steps").as_int(), max_tokens = v_.at("train.tokens").as_int();
-        const int64_t log_every = v_.at("train.log_every").as_int(), eval_every = v_.at("train.eval_every").as_int();
+        const int64_t max_steps = train_.steps, max_tokens = train_.tokens;
+        const int64_t log_every = train_.log_every, eval_every = train_.eval_every;
         MetricsLogger metrics(run_, s_, rec_, progress_, rank_, max_steps, max_tokens);
         FaultInjector faults(job_, rank_, ctx.simulated(), *env_.clock, s_);
         Checkpointer checkpoints(job_, env_, run_, s_, rec_, progress_);
@@ -56,6 +56,7 @@ private:
         checkpoints.announce();
         checkpoints.restore();
         faults.resume_at(s_.step);
+        s_.comm_setup = ctx.transport().stats();  // bytes_sent counts the training's traffic only
         while (!(max_steps > 0 && s_.step >= max_steps) && !(max_tokens > 0 && ctx.tokens >= max_tokens)) {
             // One rank stops alone; several agree at log points (below), so that none is left
             // waiting in a collective for a peer that has gone.
@@ -69,13 +70,13 @@ private:
             in.step = s_.step;
             in.tokens_seen = ctx.tokens;
             in.lr_scale = lr_scale();
-            in.max_grad_norm = knobs_.grad_clip;
+            in.max_grad_norm = train_.grad_clip;
             in.train = run_.train.get();
             // Simulated seconds on the simulated cluster, wall seconds otherwise.
             const double t0 = ctx.now();
             const StepOutput out = run_.strategy->step(in);
             faults.after_step(ctx.now() - t0);
-            metrics.step_done(out, ctx.now() - t0, count_tokens(out), knobs_.base_lr * in.lr_scale);
+            metrics.step_done(out, ctx.now() - t0, count_tokens(out), base_lr_ * in.lr_scale);
             ++s_.step;
             const bool diverged = !std::isfinite(out.loss) && !job_.device.is_meta();
             if (diverged) {
@@ -90,7 +91,7 @@ private:
             const bool log_now = s_.step % log_every == 0 || s_.step == max_steps;
             const bool eval_now = (eval_every > 0 && s_.step % eval_every == 0) || s_.step == max_steps;
             if (eval_now) s_.last_eval = evaluate(metrics);
-            if (log_now || eval_now) metrics.log_point(eval_now, knobs_.base_lr * in.lr_scale);
+            if (log_now || eval_now) metrics.log_point(eval_now, base_lr_ * in.lr_scale);
             metrics.bar(out.loss);
             bool checkpoint_now = checkpoints.step_due(s_.step);
             if (log_now) {
@@ -114,29 +115,16 @@ private:
         return ending();
     }
 
-    // What every step reads, looked up once rather than by name at each step.
-    struct Knobs {
-        std::string schedule;
-        double warmup = 0, min_ratio = 0, grad_clip = 0, base_lr = 1;
-        int64_t max_steps = 0, eval_batches = 0;
-    };
-    static Knobs read_knobs(const std::map<std::string, Value>& v) {
-        Knobs k;
-        k.schedule = v.at("train.lr_schedule").as_string();
-        k.warmup = static_cast<double>(v.at("train.warmup_tokens").as_int());
-        k.min_ratio = v.at("train.min_lr_ratio").as_double();
-        k.grad_clip = v.at("train.grad_clip").as_double();
+    // The optimizer's own rate, where it has one, for the logged lr (the schedule's factor times it).
+    static double base_lr(const std::map<std::string, Value>& v) {
         const auto lr = v.find("optimizer.lr");
-        if (lr != v.end() && lr->second.type() == ValueType::Float) k.base_lr = lr->second.as_double();
-        k.max_steps = v.at("train.steps").as_int();
-        k.eval_batches = v.at("train.eval_batches").as_int();
-        return k;
+        return lr != v.end() && lr->second.type() == ValueType::Float ? lr->second.as_double() : 1.0;
     }
 
     // The learning-rate factor of the schedule at the tokens seen so far.
     double lr_scale() const {
-        return lr_factor(knobs_.schedule, static_cast<double>(run_.ctx->tokens), knobs_.warmup, s_.horizon,
-                         knobs_.min_ratio);
+        return lr_factor(train_.lr_schedule, static_cast<double>(run_.ctx->tokens),
+                         static_cast<double>(train_.warmup_tokens), s_.horizon, train_.min_lr_ratio);
     }
 
     // Tokens "per rank" are the job's divided by the world size, the same on every rank even
@@ -146,14 +134,14 @@ private:
         s_.own_tokens += out.tokens;
         s_.job_tokens += out.job_tokens >= 0 ? out.job_tokens : out.tokens * world_;
         const int64_t step_tokens = s_.job_tokens / world_ - ctx.tokens;
-        if (s_.horizon == 0) s_.horizon = static_cast<double>(step_tokens) * static_cast<double>(knobs_.max_steps);
+        if (s_.horizon == 0) s_.horizon = static_cast<double>(step_tokens) * static_cast<double>(train_.steps);
         ctx.tokens += step_tokens;
         return step_tokens;
     }
 
     double evaluate(MetricsLogger& metrics) {
         run_.val->seek(0);  // the same validation batches every time: curves are comparable
-        const double loss = run_.strategy->evaluate(*run_.val, knobs_.eval_batches);
+        const double loss = run_.strategy->evaluate(*run_.val, train_.eval_batches);
         s_.last_eval_step = run_.ctx->step + 1;
         metrics.record("eval_loss", loss);
         return loss;
@@ -258,13 +246,13 @@ private:
 
     const Job& job_;
     const RankEnv& env_;
-    const std::map<std::string, Value>& v_;
+    const TrainSettings& train_;
     const int rank_, world_;
     Progress progress_;
     Recorder rec_;
     std::shared_ptr<TensorMemoryMeter> meter_;
     RankRun run_;
-    const Knobs knobs_;
+    const double base_lr_;
     LoopState s_;
     bool diverged_here_ = false;  // this rank saw a non-finite loss
 };

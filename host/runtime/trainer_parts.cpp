@@ -130,7 +130,7 @@ namespace {
 
 Peak find_peak(const Job& job, const ResolvedConfig& cfg) {
     if (job.sim_device) return {job.sim_device->peak_flops, job.sim_device->source};
-    const double given = cfg.values.at("train.peak_flops").as_double();
+    const double given = cfg.host.train.peak_flops;
     if (given > 0) return {given, "train.peak_flops"};
     if (job.device.is_cpu()) return cpu_peak(job.threads, false, true);
     return gpu_peak(gpu::device_name(job.device));
@@ -140,7 +140,7 @@ Peak find_peak(const Job& job, const ResolvedConfig& cfg) {
 
 void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
     const auto& cfg = *job.cfg;
-    const int64_t B = cfg.values.at("train.batch_size").as_int(), T = cfg.values.at("train.seq_len").as_int();
+    const int64_t B = cfg.host.train.batch_size, T = cfg.host.train.seq_len;
     run.connection = env.connect();
     rec.use_channel(run.connection.control.get());
     // The dataset needs a context for its factory; its vocabulary is known only after.
@@ -148,8 +148,7 @@ void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
     bootstrap.set_ranks_per_node(env.ranks_per_node);
     run.dataset = job.shared_dataset ? *job.shared_dataset : nullptr;
     if (!run.dataset) {
-        run.dataset = cfg.plugins.at("data")->make_dataset(cfg.sections.at("data"), bootstrap);
-        if (!run.dataset) throw Error("dataset plugin '" + plugin_name(cfg, "data") + "' returned no dataset");
+        run.dataset = make_dataset(cfg, bootstrap);
         if (job.shared_dataset) *job.shared_dataset = run.dataset;
     }
     run.ctx =
@@ -162,8 +161,7 @@ void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
     StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx.seed("data.val")};
     run.val = std::make_unique<DeviceStream>(run.dataset->open(val_spec), job.device);
     const std::string& strategy = plugin_name(cfg, "strategy");
-    run.strategy = cfg.plugins.at("strategy")->make_strategy(cfg.sections.at("strategy"), ctx);
-    if (!run.strategy) throw Error("strategy plugin '" + strategy + "' returned no strategy");
+    run.strategy = make_strategy(cfg, ctx);
     // Each rank trains on its shard of every global batch (the strategy says which: ranks
     // sharing a batch share a shard); every rank evaluates the same batches.
     const DataShard shard = run.strategy->data_shard(env.rank, env.world);
@@ -199,6 +197,15 @@ LoopState::Fields LoopState::fields(int64_t& ctx_tokens) {
              {"interval_steps", &interval_steps},
              {"comm.calls", &comm_before.calls},
              {"comm.bytes_sent", &comm_before.bytes_sent}}};
+}
+
+CommStats LoopState::training_traffic(const CommStats& now) const {
+    CommStats t = comm_before;
+    t.calls += now.calls - comm_setup.calls;
+    t.bytes_sent += now.bytes_sent - comm_setup.bytes_sent;
+    t.seconds_total += now.seconds_total - comm_setup.seconds_total;
+    t.seconds_exposed += now.seconds_exposed - comm_setup.seconds_exposed;
+    return t;
 }
 
 double LoopState::tokens_per_second(int64_t tokens) const {
@@ -276,12 +283,12 @@ void FaultInjector::resume_at(int64_t step) {
 
 std::optional<std::string> FaultInjector::before_step(int64_t step) {
     for (const auto& f : faults_) {
-        if (f.rank != rank_ || f.step != step) continue;
+        if (f.rank != rank_ || f.step != step || f.at_time) continue;  // at a time: the simulator's
         if (f.kind == "slow") {
             clock_.set_slowdown(f.factor);
             factor_ = f.factor;
-            std::cerr << "fault: rank " << rank_ << " slowed " << f.factor << "x from step " << step
-                      << " ([[faults]])\n";
+            std::cerr << "fault: rank " << rank_ << " slowed " << f.factor << "x from step " << step << " (" << f.origin
+                      << ")\n";
         }
         // A resumed run continues past its kills.
         if (f.kind == "kill" && !resumed_)
@@ -331,12 +338,12 @@ void Checkpointer::announce() {
 }
 
 bool Checkpointer::step_due(int64_t step) const {
-    const int64_t every = job_.cfg->values.at("checkpoint.every_steps").as_int();
+    const int64_t every = job_.cfg->host.checkpoint.every_steps;
     return enabled() && every > 0 && step % every == 0;
 }
 
 bool Checkpointer::minutes_due(bool log_point) const {
-    const double minutes = job_.cfg->values.at("checkpoint.every_minutes").as_double();
+    const double minutes = job_.cfg->host.checkpoint.every_minutes;
     return enabled() && minutes > 0 && log_point && env_.rank == 0 &&
            run_.ctx->wall_seconds() - last_wall_ >= minutes * 60;
 }
@@ -363,7 +370,7 @@ void Checkpointer::write() {
         for (const auto& [name, p] : fields.ints) c.numbers[name] = static_cast<double>(*p);
         c.numbers["slow_seconds"] = s_.slow_seconds;
         // The traffic is the run's so far: earlier attempts' and this one's.
-        const auto comm = s_.comm_before + ctx.transport().stats();
+        const auto comm = s_.training_traffic(ctx.transport().stats());
         c.numbers["comm.calls"] = static_cast<double>(comm.calls);
         c.numbers["comm.bytes_sent"] = static_cast<double>(comm.bytes_sent);
         c.numbers["comm.seconds_total"] = comm.seconds_total;
@@ -394,8 +401,7 @@ void Checkpointer::tally(bool ok, std::string why) {
     }
     if (ok && rank == 0) {
         try {
-            job_.checkpoints->mark_complete(s_.step, world,
-                                            static_cast<int>(job_.cfg->values.at("checkpoint.keep").as_int()));
+            job_.checkpoints->mark_complete(s_.step, world, static_cast<int>(job_.cfg->host.checkpoint.keep));
             rec_.summary("checkpoint_step", static_cast<double>(s_.step));
         } catch (const std::exception& e) {
             ok = false;
@@ -493,8 +499,9 @@ void finish_record(const Job& job, const RankEnv& env, RankRun& run, LoopState& 
     const double tensor_peak = job.device.is_cuda() ? static_cast<double>(gpu::peak_allocated_bytes(job.device))
                                                     : static_cast<double>(meter.peak());
     rec.summary("peak_tensor_bytes", tensor_peak);
-    const auto comm = ctx.transport().stats() + s.comm_before;
+    const auto comm = s.training_traffic(ctx.transport().stats());
     rec.summary("bytes_sent", static_cast<double>(comm.bytes_sent));
+    rec.summary("setup_bytes_sent", static_cast<double>(s.comm_setup.bytes_sent));
     rec.summary("comm_time", comm.seconds_total);
     rec.summary("comm_exposed_time", comm.seconds_exposed);
     rec.summary("wall_time", ctx.wall_seconds());

@@ -83,6 +83,8 @@ struct LoopState {
     double step_seconds_total = 0, step_seconds_after_first = 0;
     double slow_seconds = 0;  // what a slowed real rank has slept ([[faults]] slow)
     CommStats comm_before;    // earlier attempts' traffic (less the harness's own)
+    CommStats comm_setup;     // this attempt's traffic before its first step (DDP's broadcast of the
+                              // initial weights, a resume's gathers): not the training's
     std::string status = "finished";
 
     struct Fields {
@@ -92,6 +94,9 @@ struct LoopState {
     Fields fields(int64_t& ctx_tokens);
     // Tokens per second over the run, the first step left out (allocations, thread start-up).
     double tokens_per_second(int64_t tokens) const;
+    // The run's training traffic: earlier attempts' and this one's since its first step, from
+    // the transport's totals `now`.
+    CommStats training_traffic(const CommStats& now) const;
 };
 
 // Per step: the loss curve and the interval's sums; at log points: throughput, MFU, memory, the

@@ -20,7 +20,7 @@
 #include <thread>
 
 #include <plexus/error.hpp>
-#include <plexus/util.hpp>
+#include <plexus/kit/util.hpp>
 #include <torch/torch.h>
 
 namespace plexus::host {
@@ -31,11 +31,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-std::string num(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v);
-    return buf;
-}
+std::string num(double v) { return short_number(v); }
 
 // One operation as a rank sees it: done or not, when it completes, why it failed.
 struct OpState {
@@ -944,38 +940,12 @@ const Value& at(const ResolvedConfig& cfg, const std::string& key) { return cfg.
 
 std::vector<std::vector<double>> rows_of(const ResolvedConfig& cfg, const std::string& key, size_t min_len,
                                          size_t max_len, const std::string& shape) {
-    std::vector<std::vector<double>> rows;
-    for (const auto& item : at(cfg, key).as_list()) {
-        std::vector<double> row;
-        bool ok = item.type() == ValueType::List;
-        if (ok)
-            for (const auto& x : item.as_list()) {
-                if (x.type() == ValueType::Int)
-                    row.push_back(static_cast<double>(x.as_int()));
-                else if (x.type() == ValueType::Float)
-                    row.push_back(x.as_double());
-                else
-                    ok = false;
-            }
-        if (!ok || row.size() < min_len || row.size() > max_len)
-            throw Error(key + " holds " + item.to_text() + ", not " + shape,
-                        "for example " + key + " = [" + shape + "]");
-        rows.push_back(row);
-    }
-    return rows;
-}
-
-int rank_in(double v, int n, const std::string& key) {
-    const int r = static_cast<int>(v);
-    if (r != v || r < 0 || r >= n)
-        throw Error(key + " names rank " + num(v) + ", outside 0.." + std::to_string(n - 1),
-                    "ranks count from 0 to launch.ranks - 1");
-    return r;
+    return number_rows(at(cfg, key), key, min_len, max_len, shape);
 }
 
 }  // namespace
 
-Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
+Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops, const std::vector<Fault>& plan) {
     Settings s;
     s.ranks = static_cast<int>(at(cfg, "launch.ranks").as_int());
     if (s.ranks < 1) throw Error("launch.ranks must be >= 1", "set [launch] ranks = 8");
@@ -993,13 +963,16 @@ Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
     for (const auto& l : rows_of(cfg, "sim.links", 4, 4, "[a, b, latency_us, bandwidth_gbs], ..."))
         net.links.emplace_back(rank_in(l[0], s.ranks, "sim.links"), rank_in(l[1], s.ranks, "sim.links"),
                                Link{l[2] * 1e-6, l[3] * 1e9});
-    for (const auto& f : rows_of(cfg, "sim.fail_links", 3, 3, "[a, b, time_s], ..."))
-        net.link_failures.emplace_back(rank_in(f[0], s.ranks, "sim.fail_links"),
-                                       rank_in(f[1], s.ranks, "sim.fail_links"), f[2]);
-    // [[faults]] on the network (kill and slow act through the harness, on the rank's clock).
-    for (const auto& f : parse_faults(at(cfg, "faults"), s.ranks, true)) {
+    // The fault plan's part that the simulator executes: links that go down or corrupt messages,
+    // ranks that fail at a simulated time, stragglers from the start (later slow faults, and
+    // kills at a step, act through the harness on the rank's clock).
+    s.slowdown.assign(static_cast<size_t>(s.ranks), 1.0);
+    s.fail_at.assign(static_cast<size_t>(s.ranks), kInf);
+    for (const auto& f : plan) {
         if (f.kind == "drop_link") net.link_failures.emplace_back(f.a, f.b, f.time);
         if (f.kind == "corrupt") s.corruptions.push_back({f.a, f.b, f.probability, f.time});
+        if (f.kind == "kill" && f.at_time) s.fail_at[static_cast<size_t>(f.rank)] = f.time;
+        if (f.kind == "slow" && f.step == 0) s.slowdown[static_cast<size_t>(f.rank)] = f.factor;
     }
     s.algorithm = parse_algorithm(at(cfg, "sim.algorithm").as_string());
 
@@ -1008,31 +981,8 @@ Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops) {
     s.device = device_profile(at(cfg, "sim.device").as_string(), at(cfg, "sim.efficiency").as_double(),
                               measured_core_flops, cores, at(cfg, "sim.device_flops").as_double());
 
-    // Stragglers: listed ranks, or a seeded random fraction of them.
-    const double factor = at(cfg, "sim.slow_factor").as_double();
-    if (!(factor > 0)) throw Error("sim.slow_factor must be > 0", "2.0 makes a straggler take twice as long");
-    s.slowdown.assign(static_cast<size_t>(s.ranks), 1.0);
-    for (const auto& v : at(cfg, "sim.slow_ranks").as_list()) {
-        if (v.type() != ValueType::Int)
-            throw Error("sim.slow_ranks holds " + v.to_text() + ", not a rank", "slow_ranks = [3]");
-        s.slowdown[static_cast<size_t>(rank_in(static_cast<double>(v.as_int()), s.ranks, "sim.slow_ranks"))] = factor;
-    }
-    const double fraction = at(cfg, "sim.slow_fraction").as_double();
-    if (fraction < 0 || fraction > 1)
-        throw Error("sim.slow_fraction must be in [0, 1]", "0.1 slows a tenth of the ranks");
-    if (fraction > 0) {
-        std::vector<int> order(static_cast<size_t>(s.ranks));
-        for (int r = 0; r < s.ranks; ++r) order[static_cast<size_t>(r)] = r;
-        std::mt19937_64 rng(mix_seed(s.seed, 0x5106ULL));
-        std::shuffle(order.begin(), order.end(), rng);
-        const int k = static_cast<int>(std::lround(fraction * s.ranks));
-        for (int i = 0; i < k; ++i) s.slowdown[static_cast<size_t>(order[static_cast<size_t>(i)])] = factor;
-    }
     s.jitter = at(cfg, "sim.jitter").as_double();
     if (s.jitter < 0) throw Error("sim.jitter must be >= 0", "0.1: each compute charge varies by about 10%");
-    s.fail_at.assign(static_cast<size_t>(s.ranks), kInf);
-    for (const auto& f : rows_of(cfg, "sim.fail_ranks", 2, 2, "[rank, time_s], ..."))
-        s.fail_at[static_cast<size_t>(rank_in(f[0], s.ranks, "sim.fail_ranks"))] = f[1];
     return s;
 }
 

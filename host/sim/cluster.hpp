@@ -30,6 +30,7 @@
 
 #include "base/clock.hpp"
 #include "config/experiment.hpp"
+#include "config/faults.hpp"
 #include "sim/network.hpp"
 
 namespace plexus::host {
@@ -53,9 +54,11 @@ struct Settings {
     uint64_t seed = 0;
 };
 
-// Reads [sim] and [launch] of a resolved experiment. `measured_core_flops` is this machine's
-// per-core peak (only used by device = "measured"). Throws plexus::Error naming the key.
-Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops);
+// Reads [sim] and [launch] of a resolved experiment, and executes the part of the run's fault
+// plan (config/faults.hpp fault_plan) that acts on the network or at a simulated time.
+// `measured_core_flops` is this machine's per-core peak (only used by device = "measured").
+// Throws plexus::Error naming the key.
+Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops, const std::vector<Fault>& plan);
 
 class Cluster {
 public:

@@ -8,6 +8,8 @@
 
 #include <plexus/error.hpp>
 
+#include "base/text.hpp"
+
 namespace plexus::host::sim {
 
 namespace {
@@ -20,11 +22,7 @@ int ceil_log2(int n) {
     return levels;
 }
 
-std::string num(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v);
-    return buf;
-}
+std::string num(double v) { return short_number(v); }
 
 std::string describe_link(const Link& l) { return num(l.latency * 1e6) + " us, " + num(l.bandwidth / 1e9) + " GB/s"; }
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "base/text.hpp"
 #include "config/experiment.hpp"
 
 namespace plexus::host {
@@ -17,11 +18,7 @@ std::string cell(const std::string& text) {
     return out;
 }
 
-std::string number(double x) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", x);
-    return buf;
-}
+std::string number(double x) { return short_number(x); }
 
 std::string allowed(const ConfigKey& k) {
     if (!k.choices.empty()) {
