@@ -31,3 +31,8 @@ configure_file(${CMAKE_SOURCE_DIR}/cmake/plexusConfig.cmake.in
                ${CMAKE_BINARY_DIR}/plexusConfig.cmake @ONLY)
 install(FILES ${CMAKE_BINARY_DIR}/plexusConfig.cmake ${CMAKE_SOURCE_DIR}/cmake/PlexusPlugin.cmake
         DESTINATION lib/cmake/plexus)
+# The build tree is a package too: find_package(plexus) with plexus_DIR=<build folder> builds a
+# plugin against this checkout without installing it (headers from sdk/include, build_config.hpp
+# from the build folder).
+export(EXPORT plexusTargets NAMESPACE plexus:: FILE ${CMAKE_BINARY_DIR}/plexusTargets.cmake)
+configure_file(${CMAKE_SOURCE_DIR}/cmake/PlexusPlugin.cmake ${CMAKE_BINARY_DIR}/PlexusPlugin.cmake COPYONLY)

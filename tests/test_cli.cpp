@@ -240,6 +240,17 @@ TEST_CASE("report -o a folder, an unwritable checkpoint folder and `run -h` say 
     CHECK(host::ResultsStore(db).metric_series(host::ResultsStore(db).list_runs(1).at(0).id, "loss").size() == 2);
 }
 
+TEST_CASE("a run naming a plugin whose library was refused says so, not only 'unknown'", "[e2e][bad-input]") {
+    TempDir dir;
+    const auto file = dir.file("e.toml", std::string(kTinyExperiment));
+    const auto r = run_plexus("run " + file + " --db " + dir / "r.db" + " --set model.name=bad_fingerprint",
+                              "PLEXUS_PLUGIN_PATH=" + kTestPlugins);
+    INFO(r.output);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Contains("no model plugin named 'bad_fingerprint'") &&
+                             Contains("plexus_model_bad_fingerprint.so was refused: ABI fingerprint mismatch"));
+}
+
 TEST_CASE("a plugin from another build is refused with both fingerprints", "[e2e][bad-input]") {
     auto r = run_plexus("plugins", "PLEXUS_PLUGIN_PATH=" + kTestPlugins);
     CHECK(r.exit_code == 0);

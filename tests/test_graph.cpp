@@ -1,9 +1,9 @@
-// plexus/graph.hpp: the topologies, and the spectral constants of A2CiD2 against the test vectors
+// plexus/kit/graph.hpp: the topologies, and the spectral constants of A2CiD2 against the test vectors
 // in docs/algorithms/gossip.md (computed with the A2CiD2 reference code's formulas, rate 1).
 #include <catch2/catch.hpp>
 #include <cmath>
 
-#include <plexus/graph.hpp>
+#include <plexus/kit/graph.hpp>
 
 using namespace plexus;
 using Catch::Matchers::Contains;

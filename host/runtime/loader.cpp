@@ -14,10 +14,6 @@
 #include "device/dispatch.hpp"
 #include "base/text.hpp"
 
-#ifndef PLEXUS_BUILD_PLUGIN_DIR
-#define PLEXUS_BUILD_PLUGIN_DIR ""
-#endif
-
 namespace plexus::host {
 
 namespace fs = std::filesystem;
@@ -75,11 +71,24 @@ std::string elf_problem(const std::string& path) {
 
 const char* PluginRegistry::host_fingerprint() { return PLEXUS_ABI_FINGERPRINT; }
 
+// Plugins are found from where the executable is, never from a path compiled into it (an
+// installed copy must not load a build tree's plugins, nor a build tree that was deleted and
+// made again by someone else): in a build tree, the build's plugins/ (the executable sits in the
+// build folder, or one level down for tests and benchmarks: the folder with CMakeCache.txt);
+// otherwise (installed) <prefix>/lib/plexus/plugins beside <prefix>/bin.
 std::vector<std::string> PluginRegistry::default_search_path() {
     std::vector<std::string> path;
-    if (std::strlen(PLEXUS_BUILD_PLUGIN_DIR) > 0) path.emplace_back(PLEXUS_BUILD_PLUGIN_DIR);
     const auto dir = exe_dir();
-    if (!dir.empty()) path.push_back((fs::path(dir) / ".." / "lib" / "plexus" / "plugins").lexically_normal().string());
+    std::error_code ec;
+    if (!dir.empty()) {
+        std::string build_plugins;
+        for (const fs::path build : {fs::path(dir), fs::path(dir).parent_path()})
+            if (build_plugins.empty() && fs::exists(build / "CMakeCache.txt", ec))
+                build_plugins = (build / "plugins").string();
+        path.push_back(!build_plugins.empty()
+                           ? build_plugins
+                           : (fs::path(dir) / ".." / "lib" / "plexus" / "plugins").lexically_normal().string());
+    }
     if (const char* env = std::getenv("PLEXUS_PLUGIN_PATH")) {
         std::stringstream ss(env);
         std::string item;
@@ -105,6 +114,13 @@ void PluginRegistry::scan(const std::vector<std::string>& folders_or_files) {
             try_load(f, reason);
         }
     }
+}
+
+std::string PluginRegistry::refusal_of(PluginKind kind, const std::string& name) const {
+    const std::string file = std::string("plexus_") + to_string(kind) + "_" + name + ".so";
+    for (const auto& r : refused_)
+        if (fs::path(r.path).filename() == file) return "the library " + r.path + " was refused: " + r.reason;
+    return "";
 }
 
 const PluginDescriptor& PluginRegistry::load(const std::string& path) {

@@ -39,6 +39,8 @@ public:
     std::vector<std::string> names(PluginKind kind) const;
     const std::vector<LoadedPlugin>& loaded() const { return loaded_; }
     const std::vector<RefusedPlugin>& refused() const { return refused_; }
+    // "the library .../plexus_<kind>_<name>.so was refused: <reason>", or "" if none was.
+    std::string refusal_of(PluginKind kind, const std::string& name) const;
     // Where a loaded plugin came from.
     std::string path_of(const PluginDescriptor* d) const;
 
@@ -52,10 +54,12 @@ private:
 };
 
 // resolve() against the plugins `registry` loaded.
+// A missing plugin whose library was refused is named with the library and the reason.
 inline ResolvedConfig resolve(const Experiment& exp, const PluginRegistry& registry) {
     return resolve(
         exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
-        [&](PluginKind k) { return registry.names(k); });
+        [&](PluginKind k) { return registry.names(k); },
+        [&](PluginKind k, const std::string& n) { return registry.refusal_of(k, n); });
 }
 
 }  // namespace plexus::host
