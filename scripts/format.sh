@@ -11,11 +11,11 @@ mapfile -t files < <(git ls-files '*.cpp' '*.hpp' '*.h' '*.cu' '*.cuh' | grep -v
 if [[ "${1:-}" == "--check" ]]; then
   shift
   [[ $# -gt 0 ]] && files=("$@")
-  bad=0
-  for f in "${files[@]}"; do
-    if ! "$formatter" --dry-run -Werror "$f" >/dev/null 2>&1; then echo "not formatted: $f"; bad=1; fi
-  done
-  if [[ $bad == 0 ]]; then echo "format.sh: ${#files[@]} files formatted"; else echo "format.sh: run scripts/format.sh to fix"; fi
-  exit $bad
+  # One clang-format for all the files (one per file took 17 s); the files it flags, once each.
+  bad=$("$formatter" --dry-run -Werror "${files[@]}" 2>&1 | grep -oE '^[^:]+:[0-9]+:[0-9]+: error' | cut -d: -f1 | sort -u || true)
+  if [[ -z "$bad" ]]; then echo "format.sh: ${#files[@]} files formatted"; exit 0; fi
+  while read -r f; do echo "not formatted: ${f#"$PWD"/}"; done <<< "$bad"
+  echo "format.sh: run scripts/format.sh to fix"
+  exit 1
 fi
 "$formatter" -i "${files[@]}"

@@ -33,7 +33,7 @@ if [ ! -x "$out/fuzz_config" ] || [ -n "$(find host/config host/base tests/fuzz/
   # NDEBUG as in the Release build plexus ships: TOML++ 3.3's own debug assertions (one fires
   # on a table header such as "[&x]") are not what a user runs; its error path is.
   clang++ -std=c++17 -O1 -g -DNDEBUG -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -Isdk/include -I"$build/include" -Ihost -I/usr/include/torch/csrc/api/include host/config/experiment.cpp host/config/faults.cpp host/base/text.cpp tests/fuzz/fuzz_config.cpp -o "$out/fuzz_config"
+    -Isdk/include -I"$build/include" -Ihost -I/usr/include/torch/csrc/api/include host/config/experiment.cpp host/config/faults.cpp host/config/host_settings.cpp host/base/text.cpp tests/fuzz/fuzz_config.cpp -o "$out/fuzz_config"
 fi
 
 echo "fuzz: $seconds s on the experiment loader; new inputs kept in $out/corpus"

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <chrono>
 #include <plexus/plexus.hpp>
 #include <thread>
@@ -17,6 +18,12 @@ using namespace plexus::test;
 using Catch::Matchers::Contains;
 
 namespace {
+
+double numbers_of_run(host::ResultsStore& store, int64_t run, int rank, const std::string& key) {
+    for (const auto& [r, k, value, text] : store.summaries(run))
+        if (r == rank && k == key && value) return *value;
+    return NAN;
+}
 
 const std::string kDdp = std::string(kTinyExperiment) + R"(
 [strategy]
@@ -83,6 +90,10 @@ TEST_CASE("DDP on 2 ranks with batch b follows the single strategy with batch 2b
     }();
     CHECK(bytes0 >= 20 * params * 4);  // ring all-reduce on 2 ranks: the whole gradient per step
     CHECK(bytes1 >= 20 * params * 4);
+    // The same traffic from both ranks: rank 0's broadcast of the initial weights is the setup,
+    // recorded apart, not training traffic.
+    CHECK(bytes0 == bytes1);
+    CHECK(numbers_of_run(store, runs[1].id, 0, "setup_bytes_sent") == params * 4);
     // Exactly: the buckets partition the parameters (none twice, none left out), and a ring
     // all-reduce on 2 ranks sends each rank's whole buffer once, 4 bytes per float.
     const auto comm_bytes = store.metric_series(runs[1].id, "comm_bytes");

@@ -1,5 +1,6 @@
-// Gossip and A2CiD2 (plexus/gossip.hpp): consensus on a graph without gradients, against the
-// spectral rates; the conservation laws of the updates; whole runs on the simulated cluster.
+// Gossip and A2CiD2 (plugins/shared/gossip_base.hpp): consensus on a graph without gradients,
+// against the spectral rates; the conservation laws of the updates; whole runs on the simulated
+// cluster.
 #include <catch2/catch.hpp>
 #include <cmath>
 

@@ -1,5 +1,6 @@
-// plexus/gossip.hpp: asynchronous decentralized data parallelism by pairwise averaging
-// (AD-PSGD style gossip) and A2CiD2's continuous momentum (docs/algorithms/gossip.md).
+// gossip_base.hpp, shared by the gossip, a2cid2 and dadao plugins (not SDK): asynchronous
+// decentralized data parallelism by pairwise averaging (AD-PSGD style gossip) and A2CiD2's
+// continuous momentum (docs/algorithms/gossip.md).
 //
 // Every worker keeps its own parameters x (a flat buffer the model's parameters are views of)
 // and never joins a global barrier. Events happen in "algorithm time" τ, whose unit is one

@@ -1,7 +1,7 @@
 // strategies/a2cid2: A2CiD2 (Nabli, Belilovsky, Oyallon 2023): gossip plus a continuous
 // momentum x̃ per worker, mixed with x between events and jumping by α̃ (x_j − x_i) at each
 // averaging; η and α̃ from the graph's spectrum. momentum = false is plain gossip.
-// The engine is plexus/gossip.hpp.
+// The engine is plugins/shared/gossip_base.hpp.
 #include "shared/gossip_base.hpp"
 #include <plexus/plexus.hpp>
 

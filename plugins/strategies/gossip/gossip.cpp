@@ -1,6 +1,6 @@
 // strategies/gossip: asynchronous pairwise averaging (AD-PSGD style) on a communication graph.
 // Each worker takes gradient steps and, at Poisson times on its edges, averages its parameters
-// with one neighbour; there is no global barrier. The engine is plexus/gossip.hpp.
+// with one neighbour; there is no global barrier. The engine is plugins/shared/gossip_base.hpp.
 #include "shared/gossip_base.hpp"
 #include <plexus/plexus.hpp>
 
