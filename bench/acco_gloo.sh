@@ -5,7 +5,7 @@
 # thread while the compute accumulates. Prints per strategy: updates, micro-batches per rank,
 # job tokens/s, the communication time the compute was blocked on (exposed) and in all, and the
 # final eval loss; then ACCO's exposed time and throughput as ratios to DDP's, measured in this run.
-# Usage: bench/acco_gloo.sh [BUILD_DIR] [TOKENS_PER_RANK]
+# Usage: bench/acco_gloo.sh [BUILD_DIR] [TOKENS_PER_RANK]   (train.tokens is the job's: 2 x this)
 set -euo pipefail
 build=${1:-build}
 tokens=${2:-204800}
@@ -13,8 +13,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 db="$work/a.db"
 common=(--db "$db" --progress none --set launch.mode=local --set launch.ranks=2 --set train.steps=0
-        --set train.tokens="$tokens" --set train.batch_size=16 --set train.eval_every=0 --set train.eval_batches=10
-        --set train.log_every=50 --set train.warmup_tokens=10240)
+        --set train.tokens="$((2 * tokens))" --set train.batch_size=16 --set train.eval_every=0
+        --set train.eval_batches=10 --set train.log_every=50 --set train.warmup_tokens=20480)
 
 value() {  # value KEY: rank 0's summary in the newest run
   sqlite3 "$db" "SELECT value FROM summary WHERE key = '$1' AND rank = 0 AND run_id = (SELECT MAX(id) FROM run)"

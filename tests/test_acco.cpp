@@ -283,9 +283,10 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     TempDir dir;
     const auto db = dir / "r.db";
     constexpr int64_t kBudget = 120 * 32 * 32;  // tokens per rank: 120 micro-batches of 32 x 32
-    auto run_budget = [&](const std::string& args) {
+    // train.tokens is the job's budget: the ranks' budgets together.
+    auto run_budget = [&](const std::string& args, int ranks) {
         const NewestRun run = run_recorded(dir.file("a.toml", kAcco), db,
-                                           "--set train.steps=0 --set train.tokens=" + std::to_string(kBudget) +
+                                           "--set train.steps=0 --set train.tokens=" + std::to_string(kBudget * ranks) +
                                                " --set train.batch_size=32 --set train.threads=1 " + args);
         CHECK(run["tokens"] >= kBudget);
         CHECK(run["tokens"] < kBudget + 16 * 1024);  // the budget is kept to within a few rounds
@@ -303,8 +304,8 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     const double start = std::log(32.0);
     // Simulated (the network fast next to a micro-batch): every round is one micro-batch, so
     // ACCO makes as many updates as DDP, of the same size; measured 0.5725 against 0.5727.
-    const double ddp_sim = run_budget(sim + ddp)["final_eval_loss"];
-    const double acco_sim = run_budget(sim)["final_eval_loss"];
+    const double ddp_sim = run_budget(sim + ddp, 4)["final_eval_loss"];
+    const double acco_sim = run_budget(sim, 4)["final_eval_loss"];
     CHECK(ddp_sim < start - 2.5);
     CHECK(std::fabs(acco_sim - ddp_sim) < 0.03);
     // On Gloo a round (four collectives at 1-3 ms each) spans as many micro-batches as the
@@ -312,7 +313,7 @@ TEST_CASE("ACCO converges like DDP on the same token budget, and on Gloo process
     // scheduler (measured +0.06 to +0.32 nats next to DDP), so the loss is only required to fall
     // well below the start; what must hold at any timing is the accounting of the real threads'
     // rounds: every micro-batch the two processes computed enters exactly one update.
-    const NewestRun acco_gloo = run_budget(gloo);
+    const NewestRun acco_gloo = run_budget(gloo, 2);
     CHECK(acco_gloo["final_eval_loss"] < start - 2.0);
     host::ResultsStore store(db);
     const auto accounting =

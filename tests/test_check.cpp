@@ -64,6 +64,8 @@ TEST_CASE("plexus check: each check catches its own breakage", "[check]") {
     const Case cases[] = {
         {"strategy", "strategy", "nondeterministic", "two runs from one seed are identical"},
         {"strategy", "strategy", "evaluate_mutates", "evaluate() changes no state"},
+        {"strategy", "strategy", "evaluates_elsewhere",
+         "evaluates the model it trains (at initialization, as one rank does)"},
         {"strategy", "strategy", "load_ignored", "state() round-trips through load_state()"},
         {"strategy", "strategy", "state_incomplete", "exact_resume(): a resumed run continues bit for bit"},
         {"optimizer", "optimizer", "lr0_moves", "lr_scale 0 changes nothing"},

@@ -175,7 +175,7 @@ TEST_CASE("a sweep with -j 2 records every run whole, a second sweep skips them,
     auto csv = run_plexus("leaderboard --db " + db + " --format csv --metric tokens_per_s --runs");
     CHECK_THAT(csv.output, Contains("rank,optimizer.lr,train.seed,tokens_per_s_mean"));
     auto md = run_plexus("leaderboard --db " + db + " --format markdown");
-    CHECK_THAT(md.output, Contains("| # | optimizer.lr | final_eval_loss | n | runs |"));
+    CHECK_THAT(md.output, Contains("| # | optimizer.lr | final_eval_loss | n | 95% CI | runs |"));
 
     // compare and curves
     auto cmp = run_plexus("compare " + std::to_string(runs[0].id) + " " + std::to_string(runs[3].id) + " --db " + db);

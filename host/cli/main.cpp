@@ -311,7 +311,7 @@ int cmd_runs(std::vector<std::string> args) {
     }
 }
 
-// "--metric", "--target", "--tokens", "--group-by", "--runs" of leaderboard and report.
+// "--metric", "--target", "--tokens", "--group-by", "--baseline", "--runs" of leaderboard and report.
 bool take_board_options(std::vector<std::string>& args, BoardOptions& o, std::string& error) {
     std::string value;
     if (take_flag(args, "--metric", value)) o.metric = value;
@@ -323,6 +323,9 @@ bool take_board_options(std::vector<std::string>& args, BoardOptions& o, std::st
         return false;
     }
     if (take_flag(args, "--group-by", value)) o.group_by = split(value, ',');
+    if (take_flag(args, "--baseline", value)) o.baseline = value;
+    if (take_flag(args, "--best-over", value)) o.best_over = split(value, ',');
+    if (take_flag(args, "--tuning-seeds", value)) o.tuning_seeds = split(value, ',');
     auto it = std::find(args.begin(), args.end(), "--runs");
     if (it != args.end()) {
         o.per_run = true;
@@ -336,6 +339,8 @@ int cmd_leaderboard(std::vector<std::string> args) {
     BoardOptions o;
     take_flag(args, "--db", db);
     take_flag(args, "--format", format);
+    std::string profile;
+    take_flag(args, "--profile", profile);
     if (!take_board_options(args, o, error)) return usage_error(error);
     if (args.size() > 1 || (!args.empty() && args[0].rfind("--", 0) == 0))
         return usage_error("unexpected argument '" + args.back() + "' for plexus leaderboard");
@@ -344,6 +349,10 @@ int cmd_leaderboard(std::vector<std::string> args) {
         std::string title;
         int unfinished = 0;
         const auto runs = runs_to_rank(store, args.empty() ? "" : args[0], title, unfinished);
+        if (!profile.empty()) {
+            std::cout << title << "\n" << format_profile(make_profile(store, runs, o, profile), format);
+            return kOk;
+        }
         auto board = make_board(store, runs, o);
         board.title = title;
         board.unfinished = unfinished;
@@ -658,11 +667,20 @@ const std::vector<Command>& commands() {
          [](Args& a, int, char**) { return cmd_sweep(a); }},
         {"leaderboard",
          R"(  plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
+                     [--baseline KEY=VALUE] [--best-over K1,K2 --tuning-seeds S1,S2] [--profile KEY]
                      [--format table|csv|json|markdown] [--db PATH]
-        Rank the newest (or the named) sweep's grid points, mean ± std over seeds, by M:
-        final_eval_loss (default), loss_at (eval loss at --tokens), tokens_to / time_to (to reach
-        eval loss --target; simulated time on the simulated cluster), mfu, tokens_per_s,
-        peak_memory, bytes_sent, or any summary key. --runs: one row per run.
+        Rank the newest (or the named) sweep's grid points by M, with n seeds, mean ± std and the
+        mean's 95% interval (Student t): final_eval_loss (default), loss_at (eval loss at --tokens),
+        tokens_to / time_to (to reach eval loss --target, interpolated between evaluations;
+        simulated time on the simulated cluster; a run that never gets there is "> budget",
+        counted), mfu, tokens_per_s, peak_memory, bytes_sent, or any summary key. --baseline:
+        each group's difference to that group, paired by seed, with its interval ("~": holds 0).
+        --best-over: each group's setting of those keys is its best on the --tuning-seeds and is
+        reported on the other seeds (equal tuning budgets; the runs each choice had are shown).
+        Warns of groups with fewer than 3 seeds, of unequal tuning budgets and of settings the
+        groups also differ in. --profile KEY: performance profiles of KEY's values (the methods)
+        over the groups of the other settings (the problems), with M = time_to or tokens_to.
+        --runs: one row per run.
 )",
          [](Args& a, int, char**) { return cmd_leaderboard(a); }},
         {"compare", R"(  plexus compare RUN RUN... [--db PATH]

@@ -604,17 +604,25 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
         {"train",
          {
              ConfigKey("steps", 1000, "strategy steps to run (0: run until train.tokens)").at_least(0),
-             ConfigKey("tokens", 0, "token budget per rank (0: run train.steps steps)").at_least(0),
-             ConfigKey("batch_size", 16, "sequences per batch (per rank)").at_least(1),
+             ConfigKey("tokens", 0, "token budget of the whole job, all ranks together (0: run train.steps steps)")
+                 .at_least(0),
+             ConfigKey("batch_size", 16,
+                       "sequences per batch of one data-parallel rank (the global batch: times the data shards)")
+                 .at_least(1),
              ConfigKey("seq_len", 128, "tokens per sequence").at_least(1),
              ConfigKey("lr_schedule", "cosine", "learning-rate factor over tokens: constant, cosine or linear")
                  .one_of({"constant", "cosine", "linear"}),
-             ConfigKey("warmup_tokens", 0, "tokens of linear warm-up from 0 to the peak").at_least(0),
+             ConfigKey("warmup_tokens", 0,
+                       "tokens of the whole job over which the rate warms up linearly from 0 to the peak")
+                 .at_least(0),
              ConfigKey("min_lr_ratio", 0.1, "final learning rate as a fraction of the peak (cosine, linear)")
                  .between(0, 1),
              ConfigKey("grad_clip", 1.0, "clip the global gradient norm to this (0: off)").at_least(0),
              ConfigKey("eval_every", 100, "evaluate every this many steps (0: only at the end)").at_least(0),
-             ConfigKey("eval_batches", 10, "validation batches per evaluation").at_least(1),
+             ConfigKey("eval_batches", 10,
+                       "validation batches per evaluation, the same windows for every run on the data (0: the whole "
+                       "validation split, in order)")
+                 .at_least(0),
              ConfigKey("log_every", 10, "print and record throughput every this many steps").at_least(1),
              {"seed", 0, "seed of initialization and data order"},
              {"device", "cpu",

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <set>
 
+#include <boost/math/distributions/students_t.hpp>
 #include <plexus/error.hpp>
 
 #include "config/experiment.hpp"
@@ -65,7 +66,166 @@ std::string join_ids(const std::vector<int64_t>& ids) {
     return s;
 }
 
+// Settings whose difference changes what a comparison compares, with what they change.
+const std::map<std::string, std::string>& telling_keys() {
+    static const std::map<std::string, std::string> keys = {
+        {"train.batch_size", "the global batch (tokens per update)"},
+        {"launch.ranks", "the global batch (tokens per update)"},
+        {"strategy.accumulate", "the global batch (tokens per update)"},
+        {"train.tokens", "the token budget"},
+        {"train.steps", "the token budget"},
+        {"train.grad_clip", "gradient clipping"},
+        {"train.lr_schedule", "the learning-rate schedule"},
+        {"train.warmup_tokens", "the learning-rate schedule"},
+        {"train.min_lr_ratio", "the learning-rate schedule"},
+        {"train.precision", "the precision"},
+        {"train.eval_batches", "the evaluation protocol"},
+        {"train.eval_every", "the evaluation protocol"},
+    };
+    return keys;
+}
+
+// Groups of fewer than 3 seeds, and the settings the compared runs differ in: those outside the
+// grouping keys (confounds), and the telling ones wherever they differ.
+std::vector<std::string> board_warnings(const Board& b, const std::vector<std::string>& varying) {
+    std::vector<std::string> out;
+    int few = 0;
+    for (const auto& r : b.rows) few += r.runs.size() > 0 && r.n + r.censored < 3 ? 1 : 0;
+    if (few && b.rows.size() > 0)
+        out.push_back(
+            std::to_string(few) + " of " + std::to_string(b.rows.size()) +
+            " group(s) have fewer than 3 seeds: their intervals are wide or missing, and a difference between "
+            "them is not a result");
+    if (!b.best_over.empty()) {
+        std::set<int> budgets;
+        std::string each;
+        for (const auto& r : b.rows) {
+            budgets.insert(r.trials);
+            each += (each.empty() ? "" : ", ") + join(r.key_values, "/") + ": " + std::to_string(r.trials);
+        }
+        if (budgets.size() > 1)
+            out.push_back("the groups had different tuning budgets (tuning runs: " + each +
+                          "): a method tuned more may win by it");
+    }
+    for (const auto& k : varying) {
+        if (k == "train.seed") continue;
+        if (std::find(b.best_over.begin(), b.best_over.end(), k) != b.best_over.end()) continue;  // tuned
+        const bool grouped = std::find(b.keys.begin(), b.keys.end(), k) != b.keys.end();
+        const auto telling = telling_keys().find(k);
+        if (!grouped)
+            out.push_back("runs within a group differ in " + k + " (not a grouping key): a confound");
+        else if (telling != telling_keys().end())
+            out.push_back("the groups differ in " + k + ": " + telling->second + " is not the same for all");
+    }
+    return out;
+}
+
+// --best-over: for each group (b.keys' values), the setting of the best_over keys with the best
+// mean on the tuning seeds, and the count of tuning runs behind the choice. `enter` marks the runs
+// the rows then hold: the chosen setting's runs on the other seeds.
+std::map<std::vector<std::string>, std::pair<std::string, int>> tune(
+    const Board& b, const BoardOptions& o, const std::vector<std::map<std::string, std::string>>& params,
+    const std::vector<double>& metric, std::vector<bool>& enter) {
+    auto value_of = [&](size_t i, const std::string& k) {
+        const auto it = params[i].find(k);
+        return it == params[i].end() ? std::string() : it->second;
+    };
+    auto method_of = [&](size_t i) {
+        std::vector<std::string> v;
+        for (const auto& k : b.keys) v.push_back(value_of(i, k));
+        return v;
+    };
+    auto candidate_of = [&](size_t i) {
+        std::string c;
+        for (const auto& k : o.best_over) c += (c.empty() ? "" : " ") + k + "=" + value_of(i, k);
+        return c;
+    };
+    auto tuning = [&](size_t i) {
+        const auto seed = value_of(i, "train.seed");
+        return std::find(o.tuning_seeds.begin(), o.tuning_seeds.end(), seed) != o.tuning_seeds.end();
+    };
+    std::map<std::vector<std::string>, std::map<std::string, std::vector<double>>> scores;
+    std::map<std::vector<std::string>, int> trials;
+    for (size_t i = 0; i < params.size(); ++i)
+        if (tuning(i)) {
+            scores[method_of(i)][candidate_of(i)].push_back(metric[i]);
+            ++trials[method_of(i)];
+        }
+    std::map<std::vector<std::string>, std::pair<std::string, int>> chosen;
+    for (const auto& [method, candidates] : scores) {
+        std::string best;
+        double best_mean = NAN;
+        for (const auto& [candidate, values] : candidates) {
+            const double mean = t_interval(values).mean;
+            const bool better = !std::isfinite(best_mean) || (b.lower_is_better ? mean < best_mean : mean > best_mean);
+            if (std::isfinite(mean) && better) best = candidate, best_mean = mean;
+        }
+        chosen[method] = {best, trials[method]};
+    }
+    enter.assign(params.size(), false);
+    for (size_t i = 0; i < params.size(); ++i) {
+        const auto it = chosen.find(method_of(i));
+        enter[i] = !tuning(i) && it != chosen.end() && candidate_of(i) == it->second.first;
+    }
+    return chosen;
+}
+
+// Paired differences against the rows whose settings match `baseline` (KEY=VALUE), by train.seed.
+void pair_with_baseline(Board& b, const std::string& baseline, const std::vector<RunInfo>& runs,
+                        const std::vector<std::map<std::string, std::string>>& params) {
+    const auto eq = baseline.find('=');
+    if (eq == std::string::npos)
+        throw Error("--baseline " + baseline + ": give KEY=VALUE", "for example --baseline variant=ddp");
+    const std::string key = baseline.substr(0, eq), want = baseline.substr(eq + 1);
+    std::map<int64_t, const std::map<std::string, std::string>*> params_of;
+    for (size_t i = 0; i < runs.size(); ++i) params_of[runs[i].id] = &params[i];
+    auto seed_of = [&](int64_t run) {
+        const auto& p = *params_of.at(run);
+        const auto it = p.find("train.seed");
+        return it == p.end() ? std::string() : it->second;
+    };
+    std::map<std::string, double> base;  // seed -> value
+    for (const auto& r : b.rows)
+        for (size_t k = 0; k < r.runs.size(); ++k) {
+            const auto& p = *params_of.at(r.runs[k]);
+            const auto it = p.find(key);
+            if (it != p.end() && it->second == want) base[seed_of(r.runs[k])] = r.values[k];
+        }
+    if (base.empty())
+        throw Error("--baseline " + baseline + ": no run has " + key + " = " + want,
+                    "name a setting and value the runs have, as the leaderboard shows them");
+    for (auto& r : b.rows) {
+        std::vector<double> diffs;
+        for (size_t k = 0; k < r.runs.size(); ++k) {
+            const auto it = base.find(seed_of(r.runs[k]));
+            if (it != base.end() && std::isfinite(it->second) && std::isfinite(r.values[k]))
+                diffs.push_back(r.values[k] - it->second);
+        }
+        const Interval d = t_interval(diffs);
+        r.pairs = d.n, r.diff = d.mean, r.diff_lo = d.lo, r.diff_hi = d.hi;
+    }
+}
+
 }  // namespace
+
+Interval t_interval(const std::vector<double>& values) {
+    Interval r;
+    double sum = 0;
+    for (double v : values)
+        if (std::isfinite(v)) sum += v, ++r.n;
+    if (r.n == 0) return r;
+    r.mean = sum / r.n;
+    double ss = 0;
+    for (double v : values)
+        if (std::isfinite(v)) ss += (v - r.mean) * (v - r.mean);
+    r.std = r.n > 1 ? std::sqrt(ss / (r.n - 1)) : 0;
+    if (r.n < 2) return r;  // no interval from one value
+    const boost::math::students_t t(r.n - 1);
+    const double half = boost::math::quantile(boost::math::complement(t, 0.025)) * r.std / std::sqrt(r.n);
+    r.lo = r.mean - half;
+    r.hi = r.mean + half;
+    return r;
+}
 
 std::vector<std::string> varying_keys(const std::vector<std::map<std::string, std::string>>& params) {
     std::set<std::string> all;
@@ -127,10 +287,20 @@ double run_metric(ResultsStore& store, int64_t run, const BoardOptions& o) {
                 if (static_cast<double>(m.tokens) <= o.tokens) v = m.value;
             return v;
         }
-        for (const auto& m : rows)
-            if (std::isfinite(m.value) && m.value <= o.target)
-                return o.metric == "tokens_to" ? static_cast<double>(m.tokens) : m.sim_time.value_or(m.wall_time);
-        return NAN;  // never reached
+        // Where the eval curve crosses the target, interpolated linearly between the evaluations
+        // on either side of it; +inf (censored) for a run that never got there.
+        double prev_value = NAN, prev_x = NAN;
+        for (const auto& m : rows) {
+            const double x = o.metric == "tokens_to" ? static_cast<double>(m.tokens) : m.sim_time.value_or(m.wall_time);
+            if (std::isfinite(m.value) && m.value <= o.target) {
+                if (std::isfinite(prev_value) && prev_value > o.target)
+                    return prev_x + (prev_value - o.target) / (prev_value - m.value) * (x - prev_x);
+                return x;
+            }
+            prev_value = m.value;
+            prev_x = x;
+        }
+        return rows.empty() ? NAN : INFINITY;
     }
     for (const auto& [rank, key, value, text] : store.summaries(run))
         if (rank == 0 && key == o.metric) return value ? *value : NAN;
@@ -181,8 +351,22 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
         for (const auto& k : varying)
             if (k != "train.seed") b.keys.push_back(k);
     }
+    std::vector<double> metric;
+    for (const auto& r : runs) metric.push_back(run_metric(store, r.id, o));
+    std::vector<bool> enter(runs.size(), true);
+    std::map<std::vector<std::string>, std::pair<std::string, int>> tuned;
+    if (!o.best_over.empty()) {
+        if (o.tuning_seeds.empty())
+            throw Error("--best-over needs --tuning-seeds S1,S2",
+                        "the seeds the choice is made on; the others report it");
+        for (const auto& k : o.best_over) b.keys.erase(std::remove(b.keys.begin(), b.keys.end(), k), b.keys.end());
+        tuned = tune(b, o, params, metric, enter);
+        b.best_over = o.best_over;
+        b.tuning_seeds = o.tuning_seeds;
+    }
     std::map<std::vector<std::string>, size_t> row_of;
     for (size_t i = 0; i < runs.size(); ++i) {
+        if (!enter[i]) continue;
         std::vector<std::string> values;
         for (const auto& k : b.keys) {
             auto it = params[i].find(k);
@@ -197,45 +381,71 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
         }
         auto& row = b.rows[it->second];
         row.runs.push_back(runs[i].id);
-        row.values.push_back(run_metric(store, runs[i].id, o));
+        row.values.push_back(metric[i]);
+        if (const auto t = tuned.find(row.key_values); t != tuned.end())
+            row.tuned = t->second.first, row.trials = t->second.second;
     }
     for (auto& row : b.rows) {
-        double sum = 0;
-        for (double v : row.values)
-            if (std::isfinite(v)) {
-                sum += v;
-                ++row.n;
-            }
-        row.mean = row.n ? sum / row.n : NAN;
-        double ss = 0;
-        for (double v : row.values)
-            if (std::isfinite(v)) ss += (v - row.mean) * (v - row.mean);
-        row.std = row.n > 1 ? std::sqrt(ss / (row.n - 1)) : 0;
+        const Interval s = t_interval(row.values);
+        row.n = s.n, row.mean = s.n ? s.mean : NAN, row.std = s.n ? s.std : 0, row.lo = s.lo, row.hi = s.hi;
+        for (double v : row.values) row.censored += std::isinf(v) ? 1 : 0;
     }
+    // Rows where some runs never reached the target rank after those where all did.
     std::stable_sort(b.rows.begin(), b.rows.end(), [&](const BoardRow& x, const BoardRow& y) {
         if (std::isfinite(x.mean) != std::isfinite(y.mean)) return std::isfinite(x.mean);
+        if ((x.censored > 0) != (y.censored > 0)) return x.censored == 0;
         return b.lower_is_better ? x.mean < y.mean : x.mean > y.mean;
     });
+    if (!o.baseline.empty()) {
+        pair_with_baseline(b, o.baseline, runs, params);
+        b.baseline = o.baseline;
+    }
+    if (!o.per_run) b.warnings = board_warnings(b, varying);
     return b;
 }
 
 std::string format_board(const Board& b, const std::string& format) {
     const bool grouped = std::any_of(b.rows.begin(), b.rows.end(), [](const BoardRow& r) { return r.runs.size() > 1; });
+    const bool censoring = std::any_of(b.rows.begin(), b.rows.end(), [](const BoardRow& r) { return r.censored > 0; });
+    const bool paired = !b.baseline.empty();
+    const bool tuned = !b.best_over.empty();
     auto value_text = [&](const BoardRow& r) {
-        if (!r.n) return std::string("-");
-        return grouped && r.n > 1 ? fmt(r.mean) + " ± " + fmt(r.std) : fmt(r.mean);
+        std::string v = !r.n                 ? std::string(r.censored ? "> budget" : "-")
+                        : grouped && r.n > 1 ? fmt(r.mean) + " ± " + fmt(r.std)
+                                             : fmt(r.mean);
+        if (r.n && r.censored) v += " (+" + std::to_string(r.censored) + " > budget)";
+        return v;
+    };
+    auto interval_text = [](double lo, double hi) {
+        return std::isfinite(lo) ? "[" + fmt(lo) + ", " + fmt(hi) + "]" : std::string("-");
+    };
+    // The difference to the baseline, marked "~" where its interval holds 0 (not a result).
+    auto diff_text = [&](const BoardRow& r) {
+        if (!r.pairs) return std::string("-");
+        const bool zero_inside = !std::isfinite(r.diff_lo) || (r.diff_lo <= 0 && r.diff_hi >= 0);
+        return (r.diff >= 0 ? "+" : "") + fmt(r.diff) + " " + interval_text(r.diff_lo, r.diff_hi) +
+               (zero_inside ? " ~" : "");
     };
     std::string out;
     if (format == "csv") {
         out = "rank";
         for (const auto& k : b.keys) out += "," + csv_field(k);
-        out += "," + csv_field(b.metric) + "_mean," + csv_field(b.metric) + "_std,n,runs\n";
+        out += "," + csv_field(b.metric) + "_mean," + csv_field(b.metric) + "_std,n,runs,ci_low,ci_high,censored";
+        out += paired ? ",diff_mean,diff_low,diff_high,pairs" : "";
+        out += tuned ? ",tuned,trials\n" : "\n";
+        auto number = [](double v) { return std::isfinite(v) ? json_number(v) : std::string(); };
         int i = 0;
         for (const auto& r : b.rows) {
             out += std::to_string(++i);
             for (const auto& v : r.key_values) out += "," + csv_field(v);
             out += "," + (r.n ? json_number(r.mean) : "") + "," + (r.n ? json_number(r.std) : "") + "," +
-                   std::to_string(r.n) + "," + csv_field(join_ids(r.runs)) + "\n";
+                   std::to_string(r.n) + "," + csv_field(join_ids(r.runs)) + "," + number(r.lo) + "," + number(r.hi) +
+                   "," + std::to_string(r.censored);
+            if (paired)
+                out += "," + number(r.diff) + "," + number(r.diff_lo) + "," + number(r.diff_hi) + "," +
+                       std::to_string(r.pairs);
+            if (tuned) out += "," + csv_field(r.tuned) + "," + std::to_string(r.trials);
+            out += "\n";
         }
         return out;
     }
@@ -248,33 +458,54 @@ std::string format_board(const Board& b, const std::string& format) {
             for (size_t k = 0; k < b.keys.size(); ++k)
                 out += (k ? ", " : "") + json_string(b.keys[k]) + ": " + json_string(r.key_values[k]);
             out += "}, \"mean\": " + json_number(r.n ? r.mean : NAN) + ", \"std\": " + json_number(r.n ? r.std : NAN) +
-                   ", \"n\": " + std::to_string(r.n) + ", \"runs\": [" + join_ids(r.runs) + "], \"values\": [";
+                   ", \"n\": " + std::to_string(r.n) + ", \"ci\": [" + json_number(r.lo) + ", " + json_number(r.hi) +
+                   "], \"censored\": " + std::to_string(r.censored);
+            if (paired)
+                out += ", \"diff\": {\"mean\": " + json_number(r.diff) + ", \"ci\": [" + json_number(r.diff_lo) + ", " +
+                       json_number(r.diff_hi) + "], \"pairs\": " + std::to_string(r.pairs) + "}";
+            if (tuned) out += ", \"tuned\": " + json_string(r.tuned) + ", \"trials\": " + std::to_string(r.trials);
+            out += ", \"runs\": [" + join_ids(r.runs) + "], \"values\": [";
             for (size_t k = 0; k < r.values.size(); ++k) out += (k ? ", " : "") + json_number(r.values[k]);
             out += "]}";
             ++i;
         }
+        out += "], \"warnings\": [";
+        for (size_t k = 0; k < b.warnings.size(); ++k) out += (k ? ", " : "") + json_string(b.warnings[k]);
         return out + "]}\n";
     }
     // table and markdown share the cells
     std::vector<std::string> header = {"#"};
     for (const auto& k : b.keys) header.push_back(k);
+    if (tuned) header.push_back("tuned on seeds " + join(b.tuning_seeds, ",") + " (runs)");
     header.push_back(b.metric);
     if (grouped) header.push_back("n");
+    if (grouped) header.push_back("95% CI");
+    if (paired) header.push_back("vs " + b.baseline + " (paired)");
     header.push_back("runs");
     std::vector<std::vector<std::string>> cells;
     int i = 0;
     for (const auto& r : b.rows) {
         std::vector<std::string> row = {std::to_string(++i)};
         for (const auto& v : r.key_values) row.push_back(v);
+        if (tuned) row.push_back(r.tuned + " (" + std::to_string(r.trials) + ")");
         row.push_back(value_text(r));
         if (grouped) row.push_back(std::to_string(r.n));
+        if (grouped) row.push_back(interval_text(r.lo, r.hi));
+        if (paired) row.push_back(diff_text(r));
         row.push_back(join_ids(r.runs));
         cells.push_back(row);
     }
     const std::string summary =
         b.title + ": " + b.metric_label + " (" + (b.lower_is_better ? "lower" : "higher") + " is better), " +
         std::to_string(b.runs) + " finished run(s)" +
-        (grouped ? " in " + std::to_string(b.rows.size()) + " grid points, mean ± std over seeds" : "") +
+        (grouped ? " in " + std::to_string(b.rows.size()) +
+                       " grid points, mean ± std over seeds with the mean's 95% interval (Student t)"
+                 : "") +
+        (censoring ? "; \"> budget\": runs that never reached the target (counted, not averaged)" : "") +
+        (paired ? "; differences paired by seed, \"~\" where the interval holds 0" : "") +
+        (tuned ? "; each group's " + join(b.best_over, ", ") + " chosen on seeds " + join(b.tuning_seeds, ",") +
+                     ", reported on the others"
+               : "") +
         (b.unfinished ? "; " + std::to_string(b.unfinished) + " not finished (not ranked)" : "");
     if (format == "markdown") {
         out = "**" + summary + "**\n\n|";
@@ -287,6 +518,7 @@ std::string format_board(const Board& b, const std::string& format) {
             for (const auto& c : row) out += " " + c + " |";
             out += "\n";
         }
+        for (const auto& w : b.warnings) out += "\n> warning: " + w + "\n";
         return out;
     }
     if (format != "table") throw Error("--format " + format + " is unknown", "use table, csv, json or markdown");
@@ -311,6 +543,104 @@ std::string format_board(const Board& b, const std::string& format) {
     out = summary + "\n" + line(header);
     for (const auto& row : cells) out += line(row);
     if (cells.empty()) out += "(no finished run to rank)\n";
+    for (const auto& w : b.warnings) out += "warning: " + w + "\n";
+    return out;
+}
+
+Profile make_profile(ResultsStore& store, const std::vector<RunInfo>& runs, const BoardOptions& o,
+                     const std::string& method_key) {
+    if (higher_is_better(o.metric))
+        throw Error("--profile ranks by a figure where lower is better; " + o.metric + " is not",
+                    "use --metric time_to or tokens_to with --target LOSS, or a loss");
+    std::vector<std::map<std::string, std::string>> params;
+    for (const auto& r : runs) params.push_back(store.params(r.id));
+    const auto varying = varying_keys(params);
+    if (std::find(varying.begin(), varying.end(), method_key) == varying.end())
+        throw Error("--profile " + method_key + ": the runs do not differ in it",
+                    "name the setting that tells the methods apart; varying here: " + join(varying, ", "));
+    Profile p;
+    p.metric = o.metric;
+    p.method_key = method_key;
+    std::vector<std::string> problem_keys;
+    for (const auto& k : varying)
+        if (k != method_key && k != "train.seed") problem_keys.push_back(k);
+    std::map<std::pair<std::string, std::string>, std::vector<double>> values;  // (method, problem)
+    std::set<std::string> methods, problems;
+    for (size_t i = 0; i < runs.size(); ++i) {
+        auto get = [&](const std::string& k) {
+            const auto it = params[i].find(k);
+            return it == params[i].end() ? std::string() : it->second;
+        };
+        std::string problem;
+        for (const auto& k : problem_keys) problem += (problem.empty() ? "" : " ") + k + "=" + get(k);
+        if (problem.empty()) problem = "(all)";
+        methods.insert(get(method_key));
+        problems.insert(problem);
+        values[{get(method_key), problem}].push_back(run_metric(store, runs[i].id, o));
+    }
+    p.methods.assign(methods.begin(), methods.end());
+    p.problems.assign(problems.begin(), problems.end());
+    auto figure = [&](const std::string& m, const std::string& q) -> double {
+        const auto it = values.find({m, q});
+        if (it == values.end()) return INFINITY;
+        for (double v : it->second)
+            if (std::isinf(v) || std::isnan(v)) return INFINITY;  // a seed that never got there
+        return t_interval(it->second).mean;
+    };
+    p.ratio.assign(p.methods.size(), std::vector<double>(p.problems.size(), INFINITY));
+    for (size_t q = 0; q < p.problems.size(); ++q) {
+        double best = INFINITY;
+        for (const auto& m : p.methods) best = std::min(best, figure(m, p.problems[q]));
+        for (size_t m = 0; m < p.methods.size(); ++m)
+            if (std::isfinite(best) && best > 0) p.ratio[m][q] = figure(p.methods[m], p.problems[q]) / best;
+    }
+    p.taus = {1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 8.0};
+    p.rho.assign(p.methods.size(), std::vector<double>(p.taus.size(), 0.0));
+    for (size_t m = 0; m < p.methods.size(); ++m)
+        for (size_t t = 0; t < p.taus.size(); ++t) {
+            int within = 0;
+            for (double r : p.ratio[m]) within += r <= p.taus[t] * (1 + 1e-12) ? 1 : 0;
+            p.rho[m][t] = static_cast<double>(within) / static_cast<double>(p.problems.size());
+        }
+    return p;
+}
+
+std::string format_profile(const Profile& p, const std::string& format) {
+    std::string out;
+    if (format == "csv") {
+        out = "method,tau,rho\n";
+        for (size_t m = 0; m < p.methods.size(); ++m)
+            for (size_t t = 0; t < p.taus.size(); ++t)
+                out += csv_field(p.methods[m]) + "," + fmt(p.taus[t]) + "," + fmt(p.rho[m][t]) + "\n";
+        return out;
+    }
+    if (format != "table") throw Error("--format " + format + " is unknown for --profile", "use table or csv");
+    out = "performance profile of " + p.method_key + " on " + std::to_string(p.problems.size()) + " problem(s), " +
+          p.metric + ": the share of problems within tau x the best method\n";
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%-20s", p.method_key.c_str());
+    out += buf;
+    for (double t : p.taus) {
+        std::snprintf(buf, sizeof buf, "  tau=%-5s", fmt(t).c_str());
+        out += buf;
+    }
+    out += "\n";
+    for (size_t m = 0; m < p.methods.size(); ++m) {
+        std::snprintf(buf, sizeof buf, "%-20s", p.methods[m].c_str());
+        out += buf;
+        for (double r : p.rho[m]) {
+            std::snprintf(buf, sizeof buf, "  %-9s", fmt(r).c_str());
+            out += buf;
+        }
+        out += "\n";
+    }
+    out += "\nratio to the best method per problem (inf: not reached on every seed, or not run)\n";
+    for (size_t q = 0; q < p.problems.size(); ++q) {
+        out += "  " + p.problems[q] + ":";
+        for (size_t m = 0; m < p.methods.size(); ++m)
+            out += "  " + p.methods[m] + " " + (std::isfinite(p.ratio[m][q]) ? fmt(p.ratio[m][q]) : std::string("inf"));
+        out += "\n";
+    }
     return out;
 }
 
@@ -351,6 +681,10 @@ std::string compare_runs(ResultsStore& store, const std::vector<int64_t>& ids) {
         out += "\n";
     }
     if (keys.empty()) out += "(the same settings)\n";
+    // The differences that change what is compared, said in words.
+    for (const auto& k : keys)
+        if (const auto t = telling_keys().find(k); t != telling_keys().end())
+            out += "warning: the runs differ in " + k + ": " + t->second + " is not the same for all\n";
     out += "\n";
     header("figure (delta vs first)");
     for (const char* key : {"final_eval_loss", "final_loss", "tokens", "steps", "tokens_per_s", "mfu", "peak_memory",

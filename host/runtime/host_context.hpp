@@ -32,6 +32,7 @@ public:
     }
     int64_t position() const override { return inner_->position(); }
     void seek(int64_t p) override { inner_->seek(p); }
+    int64_t length() const override { return inner_->length(); }
 
 private:
     std::unique_ptr<BatchStream> inner_;

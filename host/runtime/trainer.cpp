@@ -57,7 +57,7 @@ private:
         checkpoints.restore();
         faults.resume_at(s_.step);
         s_.comm_setup = ctx.transport().stats();  // bytes_sent counts the training's traffic only
-        while (!(max_steps > 0 && s_.step >= max_steps) && !(max_tokens > 0 && ctx.tokens >= max_tokens)) {
+        while (!(max_steps > 0 && s_.step >= max_steps) && !(max_tokens > 0 && s_.job_tokens >= max_tokens)) {
             // One rank stops alone; several agree at log points (below), so that none is left
             // waiting in a collective for a peer that has gone.
             if (world_ == 1 && interrupt_requests() > 0) {
@@ -121,27 +121,32 @@ private:
         return lr != v.end() && lr->second.type() == ValueType::Float ? lr->second.as_double() : 1.0;
     }
 
-    // The learning-rate factor of the schedule at the tokens seen so far.
+    // The learning-rate factor of the schedule at the job's tokens so far: warm-up, decay and the
+    // budget count what the whole job consumed, so that one global batch split over more ranks
+    // trains under the same schedule.
     double lr_scale() const {
-        return lr_factor(train_.lr_schedule, static_cast<double>(run_.ctx->tokens),
+        return lr_factor(train_.lr_schedule, static_cast<double>(s_.job_tokens),
                          static_cast<double>(train_.warmup_tokens), s_.horizon, train_.min_lr_ratio);
     }
 
-    // Tokens "per rank" are the job's divided by the world size, the same on every rank even
-    // when ranks consume different amounts (StepOutput::job_tokens). Returns the step's.
+    // The job's tokens: the strategy's count (StepOutput::job_tokens), or this rank's times the
+    // data shards (ranks that share a batch, as tensor-parallel ones do, share a shard). Tokens
+    // "per rank" (the curves' axis, what strategies see) are the job's over the data shards, the
+    // same on every rank even when ranks consume different amounts. Returns the step's.
     int64_t count_tokens(const StepOutput& out) {
         auto& ctx = *run_.ctx;
         s_.own_tokens += out.tokens;
-        s_.job_tokens += out.job_tokens >= 0 ? out.job_tokens : out.tokens * world_;
-        const int64_t step_tokens = s_.job_tokens / world_ - ctx.tokens;
-        if (s_.horizon == 0) s_.horizon = static_cast<double>(step_tokens) * static_cast<double>(train_.steps);
+        const int64_t job_step = out.job_tokens >= 0 ? out.job_tokens : out.tokens * run_.data_shards;
+        s_.job_tokens += job_step;
+        if (s_.horizon == 0) s_.horizon = static_cast<double>(job_step) * static_cast<double>(train_.steps);
+        const int64_t step_tokens = s_.job_tokens / run_.data_shards - ctx.tokens;
         ctx.tokens += step_tokens;
         return step_tokens;
     }
 
     double evaluate(MetricsLogger& metrics) {
         run_.val->seek(0);  // the same validation batches every time: curves are comparable
-        const double loss = run_.strategy->evaluate(*run_.val, train_.eval_batches);
+        const double loss = run_.strategy->evaluate(*run_.val, run_.eval_batches);
         s_.last_eval_step = run_.ctx->step + 1;
         metrics.record("eval_loss", loss);
         return loss;
@@ -155,6 +160,8 @@ private:
         const auto& transport = *run_.connection.transport;
         rec_.summary("params", static_cast<double>(ctx.params));
         rec_.summary("flops_per_token", ctx.flops.flops);
+        rec_.summary("eval_batches", static_cast<double>(run_.eval_batches));
+        rec_.summary_text("eval_windows", run_.eval_windows);
         rec_.summary_text("flops_convention", ctx.flops.convention);
         rec_.summary_text("peak_source", peak.source);
         rec_.summary_text("transport", transport.backend());

@@ -11,6 +11,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <plexus/error.hpp>
+#include <plexus/kit/util.hpp>
 #include <torch/torch.h>
 
 #include "base/text.hpp"
@@ -138,6 +139,39 @@ Peak find_peak(const Job& job, const ResolvedConfig& cfg) {
 
 }  // namespace
 
+namespace {
+
+// The validation stream: windows fixed by the data, not by the run (the seed is train.seed 0's,
+// whatever train.seed is), so that every run on the same data is evaluated on the same windows;
+// with train.eval_batches = 0 the whole split in order. Sets what one evaluation reads
+// (run.eval_batches) and a digest of those windows (run.eval_windows, recorded with the run).
+std::unique_ptr<DeviceStream> open_validation(const ResolvedConfig& cfg, Dataset& data, torch::Device device,
+                                              RankRun& run) {
+    int64_t& batches = run.eval_batches;
+    const auto& t = cfg.host.train;
+    StreamSpec spec{Split::Validation, t.batch_size, t.seq_len, 0, 1, mix_seed(0, fnv1a("data.val"))};
+    spec.sequential = t.eval_batches == 0;
+    auto stream = data.open(spec);
+    batches = spec.sequential ? stream->length() : t.eval_batches;
+    if (spec.sequential && batches < 1)
+        throw Error(stream->length() < 0
+                        ? "train.eval_batches = 0 asks for the whole validation split, and dataset '" +
+                              plugin_name(cfg, "data") + "' cannot read it in order (its streams have no length)"
+                        : "train.eval_batches = 0: the validation split holds less than one batch of " +
+                              std::to_string(t.batch_size) + " windows of " + std::to_string(t.seq_len) + " tokens",
+                    "set train.eval_batches to a number of batches");
+    std::string tokens;
+    for (int64_t b = 0; b < batches; ++b) {
+        const auto inputs = stream->next().inputs.contiguous();
+        tokens.append(static_cast<const char*>(inputs.data_ptr()), static_cast<size_t>(inputs.nbytes()));
+    }
+    stream->seek(0);
+    run.eval_windows = hex64(fnv1a(tokens)) + " (" + std::to_string(batches) + " batches)";
+    return std::make_unique<DeviceStream>(std::move(stream), device);
+}
+
+}  // namespace
+
 void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
     const auto& cfg = *job.cfg;
     const int64_t B = cfg.host.train.batch_size, T = cfg.host.train.seq_len;
@@ -158,8 +192,7 @@ void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
     ctx.set_measurement_transport(run.control().collectives_ptr());
     // The validation stream first: it checks that a sequence fits the data, before the
     // strategy builds a model whose causal mask alone is seq_len² floats.
-    StreamSpec val_spec{Split::Validation, B, T, 0, 1, ctx.seed("data.val")};
-    run.val = std::make_unique<DeviceStream>(run.dataset->open(val_spec), job.device);
+    run.val = open_validation(cfg, *run.dataset, job.device, run);
     const std::string& strategy = plugin_name(cfg, "strategy");
     run.strategy = make_strategy(cfg, ctx);
     // Each rank trains on its shard of every global batch (the strategy says which: ranks
@@ -168,6 +201,7 @@ void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
     if (shard.count < 1 || shard.index < 0 || shard.index >= shard.count)
         throw Error("strategy '" + strategy + "' asked for data shard " + std::to_string(shard.index) + " of " +
                     std::to_string(shard.count));
+    run.data_shards = shard.count;
     StreamSpec train_spec{Split::Train, B, T, shard.index, shard.count, ctx.seed("data")};
     run.train = std::make_unique<DeviceStream>(run.dataset->open(train_spec), job.device);
     if (!ctx.built_model)
@@ -247,9 +281,9 @@ void MetricsLogger::log_point(bool eval_now, double lr) {
     if (peak.flops) record("mfu", util);
     record("memory", peak_rss_bytes());
     // The ETA is in real seconds, whatever the clock of the run.
-    const double wall_per_token = ctx.wall_seconds() / std::max<int64_t>(1, ctx.tokens);
+    const double wall_per_token = ctx.wall_seconds() / static_cast<double>(std::max<int64_t>(1, s_.job_tokens));
     const double eta = max_steps_ > 0 ? ctx.wall_seconds() / s_.step * (max_steps_ - s_.step)
-                                      : (max_tokens_ - ctx.tokens) * wall_per_token;
+                                      : static_cast<double>(max_tokens_ - s_.job_tokens) * wall_per_token;
     const std::string elapsed =
         human_duration(ctx.wall_seconds()) + (ctx.simulated() ? " (simulated " + human_duration(ctx.now()) + ")" : "");
     char buf[320];
@@ -463,8 +497,8 @@ void Checkpointer::restore() {
         if (c.numbers.count("slow_seconds")) s_.slow_seconds = c.numbers.at("slow_seconds");  // (newer than the format)
         run_.train->seek(static_cast<int64_t>(number("data_position")));
         env_.clock->load_state(c.texts.count("clock") ? c.texts.at("clock") : "");
-        // The communication the strategy's construction just did is this attempt's, not the run's.
-        s_.comm_before -= ctx.transport().stats();
+        // (The communication the strategy's construction just did is this attempt's setup, left
+        // out of the run's traffic by LoopState::comm_setup.)
         progress_.line("resumed from the checkpoint at step " + std::to_string(s_.step) + " (" +
                        file.parent_path().string() + ")");
     }
@@ -488,6 +522,7 @@ void finish_record(const Job& job, const RankEnv& env, RankRun& run, LoopState& 
     const double tps = s.tokens_per_second(ctx.tokens);
     rec.summary("steps", static_cast<double>(s.step));
     rec.summary("tokens", static_cast<double>(ctx.tokens));
+    rec.summary("job_tokens", static_cast<double>(s.job_tokens));
     rec.summary("final_loss", s.last_loss);
     rec.summary("final_eval_loss", s.last_eval);
     rec.summary("tokens_per_s", tps);

@@ -65,6 +65,9 @@ struct RankRun {
     std::unique_ptr<HostContext> ctx;
     std::unique_ptr<DeviceStream> val, train;
     std::unique_ptr<Strategy> strategy;
+    int data_shards = 1;       // distinct batches per step (ranks that share one share a shard)
+    int64_t eval_batches = 0;  // per evaluation: train.eval_batches, or the whole split's batches
+    std::string eval_windows;  // a digest of the validation batches one evaluation reads
     Peak peak;
     ControlChannel& control() { return *connection.control; }
 };

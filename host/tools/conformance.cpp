@@ -437,6 +437,41 @@ StrategyFindings strategy_findings(const ResolvedConfig& cfg, int world) {
     return f;
 }
 
+// Rank 0's evaluation right after the strategy is built, when every rank holds the initial model
+// (a synchronization point for every strategy): what it evaluates must be that model.
+double evaluate_at_init(const ResolvedConfig& cfg, StrategyFindings& f) {
+    StrategyRuns runs(cfg, f);
+    double loss = NAN;
+    runs.run(f.crashed, [&](int r, RankRun& run, RankClock&) {
+        const double l = run.strategy->evaluate(*run.val, 2);
+        if (r == 0) loss = l;
+    });
+    return loss;
+}
+
+// The strategy under test and the default strategy on one rank evaluate the same initial model to
+// within float summation order (1e-5 relative); "" when they do.
+std::string evaluates_its_model(const PluginRegistry& registry, const PluginDescriptor& d,
+                                const std::vector<std::string>& overrides, int world) {
+    auto find = [&](PluginKind k, const std::string& n) { return registry.find(k, n); };
+    const std::string reference =
+        default_plugin(PluginKind::Strategy, find, [&](PluginKind k) { return registry.names(k); });
+    if (reference.empty()) return "no strategy declares itself the default to compare with";
+    auto ref_overrides = overrides;
+    ref_overrides.push_back("strategy.name=" + reference);
+    ref_overrides.push_back("launch.ranks=1");
+    StrategyFindings mine_f, ref_f;
+    const double mine = evaluate_at_init(experiment_for(registry, d, overrides, world), mine_f);
+    const double theirs = evaluate_at_init(experiment_for(registry, d, ref_overrides, 1), ref_f);
+    if (!mine_f.crashed.empty()) return mine_f.crashed;
+    if (!ref_f.crashed.empty()) return "the reference (" + reference + ") failed: " + ref_f.crashed;
+    if (std::fabs(mine - theirs) <= 1e-5 * std::fabs(theirs) + 1e-6) return "";
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "at initialization it evaluates %.8g where %s on one rank evaluates %.8g", mine,
+                  reference.c_str(), theirs);
+    return buf;
+}
+
 void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d,
                     const std::vector<std::string>& overrides, std::vector<CheckResult>& out) {
     const std::string who = "strategy " + d.name;
@@ -470,6 +505,9 @@ void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d,
     }
     out.push_back({who, "two runs from one seed are identical" + on, f.deterministic.empty(), f.deterministic});
     out.push_back({who, "evaluate() changes no state" + on, f.evaluate.empty(), f.evaluate});
+    const std::string evaluates = evaluates_its_model(registry, d, overrides, world);
+    out.push_back({who, "evaluates the model it trains (at initialization, as one rank does)" + on, evaluates.empty(),
+                   evaluates});
     out.push_back({who, "state() round-trips through load_state()" + on, f.round_trip.empty(), f.round_trip});
     if (f.claims_exact)
         out.push_back({who, "exact_resume(): a resumed run continues bit for bit" + on, f.resume.empty(), f.resume});

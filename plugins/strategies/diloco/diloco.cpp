@@ -7,6 +7,7 @@
 // momentum, lr 0.7) steps the anchor with it; every replica restarts from the new anchor.
 // Local SGD / FedAvg is the outer SGD with lr 1 and no momentum: the new anchor is the
 // replicas' average. One harness step is one inner step; the loss reported is this rank's.
+// Evaluation is at the anchor, the model DiLoCo delivers, not a replica some inner steps past it.
 #include <plexus/plexus.hpp>
 #include <plexus/kit/util.hpp>
 #include <plexus/kit/replica.hpp>
@@ -43,6 +44,19 @@ public:
         }
         flat_ = torch::zeros({n}, params_[0].options());
         comm_->set_layout(0, layout);
+    }
+
+    // The anchor's loss: the replica's parameters step aside for it, and come back unchanged.
+    double evaluate(plexus::BatchStream& stream, int64_t batches) override {
+        torch::NoGradGuard no_grad;
+        std::vector<torch::Tensor> replica;
+        for (size_t i = 0; i < params_.size(); ++i) {
+            replica.push_back(params_[i].detach().clone());
+            params_[i].copy_(anchor_[i]);
+        }
+        const double loss = ReplicaStrategy::evaluate(stream, batches);
+        for (size_t i = 0; i < params_.size(); ++i) params_[i].copy_(replica[i]);
+        return loss;
     }
 
     plexus::StepOutput step(const plexus::StepInput& in) override {

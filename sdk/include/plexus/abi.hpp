@@ -7,6 +7,7 @@
 // it runs its static initializers: keep those trivial in a plugin).
 // Bump PLEXUS_SDK_ABI_VERSION whenever a class in these headers changes layout or virtuals, and
 // say here what changed:
+//   9  StreamSpec::sequential and BatchStream::length(): the whole validation split, in order
 //   8  RunContext: setting(dotted key) gives way to typed accessors (batch_size, token_budget);
 //      CommScheme::set_layout (where each parameter lies in the tensors a strategy hands in);
 //      (the helpers moved to plexus/kit/ in the same release: a source change, not an ABI one)
@@ -27,7 +28,7 @@
 #define PLEXUS_WITH_CUDA 0
 #endif
 
-#define PLEXUS_SDK_ABI_VERSION 8
+#define PLEXUS_SDK_ABI_VERSION 9
 
 #define PLEXUS_STR_(x) #x
 #define PLEXUS_STR(x) PLEXUS_STR_(x)
@@ -54,7 +55,7 @@
 #define PLEXUS_CUDA_ID "cuda off"
 #endif
 
-// e.g. "plexus-sdk 8; gcc 12; libstdc++ 12 cxx11-abi 1; libtorch 1.13; cuda off"
+// e.g. "plexus-sdk 9; gcc 12; libstdc++ 12 cxx11-abi 1; libtorch 1.13; cuda off"
 #define PLEXUS_ABI_FINGERPRINT                                                                                     \
     "plexus-sdk " PLEXUS_STR(PLEXUS_SDK_ABI_VERSION) "; " PLEXUS_COMPILER_ID "; " PLEXUS_STDLIB_ID                 \
                                                      "; libtorch " PLEXUS_STR(TORCH_VERSION_MAJOR) "." PLEXUS_STR( \

@@ -30,6 +30,10 @@ struct StreamSpec {
     int rank = 0;        // the data-parallel shard this stream belongs to
     int world_size = 1;  // the number of data-parallel shards
     uint64_t seed = 0;
+    // false: windows drawn at random from (seed, batch, row), an endless stream. true: the split
+    // read in order, window after window (stride seq_len), each once, so that the stream has a
+    // length; the harness evaluates the whole validation split this way (train.eval_batches = 0).
+    bool sequential = false;
 };
 
 class BatchStream {
@@ -39,6 +43,9 @@ public:
     // Number of batches drawn so far; seek(n) makes the next batch the (n+1)-th.
     virtual int64_t position() const = 0;
     virtual void seek(int64_t position) = 0;
+    // Batches in the stream: -1 for an endless one (random windows); a sequential stream's full
+    // batches (the split's last windows, fewer than a batch, are left out).
+    virtual int64_t length() const { return -1; }
 };
 
 class Dataset {

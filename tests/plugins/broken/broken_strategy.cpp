@@ -23,6 +23,8 @@ public:
     }
     double evaluate(plexus::BatchStream& stream, int64_t batches) override {
         if (breaks_ == "evaluate_mutates") nudge(1e-3);
+        // Evaluates something other than its model (a replica off by a constant, say).
+        if (breaks_ == "evaluates_elsewhere") return ReplicaStrategy::evaluate(stream, batches) + 0.01;
         return ReplicaStrategy::evaluate(stream, batches);
     }
     plexus::StateDict state() const override {
@@ -57,7 +59,8 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "a strategy that breaks one promise on request (tests of plexus check)";
     d.schema = {plexus::ConfigKey("breaks", "none", "which promise to break")
-                    .one_of({"none", "nondeterministic", "evaluate_mutates", "state_incomplete", "load_ignored"})};
+                    .one_of({"none", "nondeterministic", "evaluate_mutates", "evaluates_elsewhere", "state_incomplete",
+                             "load_ignored"})};
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Broken>(cfg, ctx);
     };

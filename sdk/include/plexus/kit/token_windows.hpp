@@ -2,7 +2,8 @@
 //
 // Most language-model datasets come down to "a long array of token ids per split, sample
 // windows of seq_len + 1 tokens". TokenWindows does that deterministically: batch n of a stream
-// depends only on (seed, n), so seek() is exact. Ranks share one global batch of
+// depends only on (seed, n), so seek() is exact. A sequential stream (StreamSpec::sequential)
+// reads window k at token k * seq_len instead, each window once, and knows its length. Ranks share one global batch of
 // world_size * batch_size windows and each takes its own rows, so data-parallel training on W
 // ranks with batch b sees exactly the windows one rank with batch W*b sees.
 #pragma once
@@ -33,15 +34,22 @@ public:
                             ")",
                         "use more data, a smaller train.seq_len, or another split fraction");
         window_starts_ = static_cast<uint64_t>(n - spec.seq_len - 1) + 1;
+        windows_in_order_ = (n - 1) / spec.seq_len;
         staging_.resize(static_cast<size_t>(spec.batch_size * (spec.seq_len + 1)));
     }
 
     Batch next() override {
         const int64_t B = spec_.batch_size, T = spec_.seq_len;
         const uint64_t batch_seed = mix_seed(spec_.seed, static_cast<uint64_t>(position_));
+        if (spec_.sequential && length() >= 0 && position_ >= length())
+            throw Error("a sequential stream of " + std::to_string(length()) + " batches was read past its end",
+                        "read length() batches");
         for (int64_t row = 0; row < B; ++row) {
             const uint64_t global_row = static_cast<uint64_t>(spec_.rank * B + row);
-            const uint64_t start = mix_seed(batch_seed, global_row) % window_starts_;
+            const uint64_t start =
+                spec_.sequential
+                    ? static_cast<uint64_t>((position_ * spec_.world_size * B + static_cast<int64_t>(global_row)) * T)
+                    : mix_seed(batch_seed, global_row) % window_starts_;
             const uint16_t* src = tokens_->data() + start;
             int64_t* dst = staging_.data() + row * (T + 1);
             for (int64_t t = 0; t <= T; ++t) dst[t] = src[t];
@@ -53,11 +61,15 @@ public:
 
     int64_t position() const override { return position_; }
     void seek(int64_t position) override { position_ = position; }
+    int64_t length() const override {
+        return spec_.sequential ? windows_in_order_ / (spec_.batch_size * spec_.world_size) : -1;
+    }
 
 private:
     TokenArray tokens_;
     StreamSpec spec_;
     uint64_t window_starts_ = 1;
+    int64_t windows_in_order_ = 0;  // non-overlapping windows of the split (sequential streams)
     int64_t position_ = 0;
     std::vector<int64_t> staging_;
 };
