@@ -271,7 +271,7 @@ TEST_CASE("the leaderboard flags settings the compared groups differ in besides 
                Contains("runs within a group differ in train.grad_clip (not a grouping key): a confound"));
 }
 
-TEST_CASE("--best-over chooses each method's setting on the tuning seeds and reports it on the others",
+TEST_CASE("best-over chooses each method's setting on the tuning seeds and reports it on the others",
           "[protocol][results]") {
     FakeRuns db;
     auto add = [&](const std::string& method, double lr, int64_t seed, double loss) {
