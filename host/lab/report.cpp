@@ -85,7 +85,8 @@ table { border-collapse: collapse; margin-top: 0.5em; }
 th, td { padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; text-align: left; font-variant-numeric: tabular-nums; }
 th { background: #f4f4f4; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 1.5em; }
-.chart { position: relative; height: 300px; }
+.chart { position: relative; height: 340px; }
+.warning { color: #8a4b00; margin: 0.3em 0; }
 )CSS";
 
 // Draws every chart from DATA; records what it drew in window.plexusReport (the test reads it).
@@ -113,7 +114,7 @@ const char* kScript = R"JS(
         datasets.push({ label: g.label + ' max', band: true, data: pts.map(p => ({ x: p[xi], y: p[5] })),
                         borderWidth: 0, pointRadius: 0, fill: '-1', backgroundColor: color(gi, 0.18) });
       }
-      datasets.push({ label: g.label, data: pts.map(p => ({ x: p[xi], y: p[3] })), borderColor: color(gi),
+      datasets.push({ label: g.label, full: g.full, data: pts.map(p => ({ x: p[xi], y: p[3] })), borderColor: color(gi),
                       backgroundColor: color(gi), borderWidth: 1.5, pointRadius: metric === 'eval_loss' ? 2 : 0, fill: false });
     });
     if (!datasets.length) return;
@@ -122,28 +123,60 @@ const char* kScript = R"JS(
       options: { animation: false, maintainAspectRatio: false, parsing: true,
         scales: { x: { type: 'linear', title: { display: true, text: xlabel } },
                   y: { title: { display: true, text: metric } } },
-        plugins: { legend: { labels: { filter: (item, data) => !data.datasets[item.datasetIndex].band } },
+        plugins: { legend: { position: 'bottom', labels: { boxWidth: 12, filter: (item, data) => !data.datasets[item.datasetIndex].band } },
+                   tooltip: { callbacks: { title: items => items.length ? (items[0].dataset.full || items[0].dataset.label) : '' } },
                    title: { display: true, text: metric + ' vs ' + xlabel } } } });
     drawn.push(id);
   }
   function barChart(id, key, label) {
     const groups = DATA.groups.filter(g => g[key] !== null);
     if (!groups.length) return;
+    // Horizontal bars: the group labels get the width they need and the bars keep the plot.
     new Chart(document.getElementById(id), {
       type: 'bar',
       data: { labels: groups.map(g => g.label), datasets: [{ label, data: groups.map(g => g[key]),
               backgroundColor: groups.map(g => color(DATA.groups.indexOf(g))) }] },
-      options: { animation: false, maintainAspectRatio: false, plugins: { legend: { display: false },
-                 title: { display: true, text: label } } } });
+      options: { animation: false, maintainAspectRatio: false, indexAxis: 'y',
+                 plugins: { legend: { display: false }, title: { display: true, text: label },
+                            tooltip: { callbacks: { title: items => items.length ? groups[items[0].dataIndex].full : '' } } } } });
     drawn.push(id);
   }
   for (const metric of ['loss', 'eval_loss'])
     for (const axis of ['step', 'tokens', 'time']) lineChart(metric + '_' + axis, metric, axis);
   barChart('mfu', 'mfu', 'MFU (mean over seeds)');
   barChart('memory', 'memory_mib', 'peak memory, MiB (mean over seeds)');
-  window.plexusReport = { charts: drawn };
+  // What the browser test reads: the charts drawn and the share of each canvas its plot area keeps.
+  const areas = {};
+  for (const id of drawn) {
+    const chart = Chart.getChart(id);
+    const a = chart.chartArea;
+    areas[id] = (a.right - a.left) * (a.bottom - a.top) / (chart.width * chart.height);
+  }
+  window.plexusReport = { charts: drawn, plot_share: areas };
 })();
 )JS";
+
+}  // namespace
+
+namespace {
+
+// A group's settings in full ("optimizer.lr=0.003 model.n_layer=2"), for tooltips.
+std::string group_settings(const Board& board, const BoardRow& row) {
+    std::string full;
+    for (size_t k = 0; k < board.keys.size(); ++k)
+        full += (full.empty() ? "" : " ") + board.keys[k] + "=" + row.key_values[k];
+    return full.empty() ? "run " + std::to_string(row.runs[0]) : full;
+}
+
+// A group's short name for legends and axes: its variant where it has one, else the values of the
+// keys that vary, without the keys (the table above names them).
+std::string group_label(const Board& board, const BoardRow& row) {
+    for (size_t k = 0; k < board.keys.size(); ++k)
+        if (board.keys[k] == "variant" && !row.key_values[k].empty()) return row.key_values[k];
+    std::string label;
+    for (const auto& v : row.key_values) label += (label.empty() ? "" : " · ") + v;
+    return label.empty() ? "run " + std::to_string(row.runs[0]) : label;
+}
 
 }  // namespace
 
@@ -167,10 +200,7 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
     std::string groups = "[";
     for (size_t i = 0; i < board.rows.size(); ++i) {
         const auto& row = board.rows[i];
-        std::string label;
-        for (size_t k = 0; k < board.keys.size(); ++k)
-            label += (label.empty() ? "" : " ") + board.keys[k] + "=" + row.key_values[k];
-        if (label.empty()) label = "run " + std::to_string(row.runs[0]);
+        const std::string full = group_settings(board, row), label = group_label(board, row);
         auto mean_of = [&](const std::string& key, double scale) {
             double sum = 0;
             int n = 0;
@@ -184,7 +214,8 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
         };
         std::string runs_list;
         for (auto id : row.runs) runs_list += (runs_list.empty() ? "" : ",") + std::to_string(id);
-        groups += std::string(i ? "," : "") + "{\"label\":" + js_string(label) + ",\"runs\":[" + runs_list +
+        groups += std::string(i ? "," : "") + "{\"label\":" + js_string(label) + ",\"full\":" + js_string(full) +
+                  ",\"runs\":[" + runs_list +
                   "],\"mfu\":" + num(mean_of("mfu", 1.0)) +
                   ",\"memory_mib\":" + num(mean_of("peak_memory", 1.0 / (1024 * 1024))) +
                   ",\"series\":{\"loss\":" + series_json(store, row.runs, "loss", all_sim) +
@@ -204,7 +235,9 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
     html += "<h2>Leaderboard: " + html_escape(board.metric_label) + " (" +
             (board.lower_is_better ? "lower" : "higher") + " is better)</h2>\n<table><tr><th>#</th>";
     for (const auto& k : board.keys) html += "<th>" + html_escape(k) + "</th>";
-    html += "<th>" + html_escape(board.metric) + "</th><th>seeds</th><th>runs</th></tr>\n";
+    html += "<th>" + html_escape(board.metric) + "</th><th>seeds</th><th>95% CI</th>" +
+            (board.baseline.empty() ? "" : "<th>vs " + html_escape(board.baseline) + " (paired)</th>") +
+            "<th>runs</th></tr>\n";
     for (size_t i = 0; i < board.rows.size(); ++i) {
         const auto& row = board.rows[i];
         html += "<tr><td>" + std::to_string(i + 1) + "</td>";
@@ -216,9 +249,17 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
             std::snprintf(cell, sizeof cell, "%.4f", row.mean);
         std::string ids;
         for (auto id : row.runs) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
-        html += std::string("<td>") + cell + "</td><td>" + std::to_string(row.n) + "</td><td>" + ids + "</td></tr>\n";
+        std::string extra = row.censored ? " (+" + std::to_string(row.censored) + " &gt; budget)" : "";
+        char ci[96] = "-", diff[128] = "-";
+        if (std::isfinite(row.lo)) std::snprintf(ci, sizeof ci, "[%.4f, %.4f]", row.lo, row.hi);
+        if (row.pairs > 0 && std::isfinite(row.diff_lo))
+            std::snprintf(diff, sizeof diff, "%+.4f [%.4f, %.4f]%s", row.diff, row.diff_lo, row.diff_hi,
+                          row.diff_lo <= 0 && row.diff_hi >= 0 ? " ~" : "");
+        html += std::string("<td>") + cell + extra + "</td><td>" + std::to_string(row.n) + "</td><td>" + ci + "</td>" +
+                (board.baseline.empty() ? "" : std::string("<td>") + diff + "</td>") + "<td>" + ids + "</td></tr>\n";
     }
     html += "</table>\n";
+    for (const auto& w : board.warnings) html += "<p class=\"warning\">warning: " + html_escape(w) + "</p>\n";
     const std::string time_label = all_sim ? "simulated seconds" : "wall-clock seconds";
     for (const char* metric : {"loss", "eval_loss"}) {
         html += std::string("<h2>") + (std::string(metric) == "loss" ? "Training loss" : "Evaluation loss") +

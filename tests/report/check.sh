@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A sweep on the simulated cluster (2 learning rates x 2 seeds), its report, and the report opened
-# in headless Chromium by check_report.mjs. Also checks the leaderboard's simulated time-to-loss.
+# A sweep on the simulated cluster (2 model depths x 3 learning rates x 2 seeds: groups with labels
+# of several keys), its report, and the report opened in headless Chromium by check_report.mjs
+# (every chart drawn, its plot area a fair share of its canvas). Also checks the leaderboard's
+# simulated time-to-loss.
 # Usage: tests/report/check.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build=$1
@@ -37,7 +39,8 @@ ranks = 2
 [sim]
 device = "h100"
 [grid]
-"optimizer.lr" = [1e-2, 3e-3]
+"model.n_layer" = [1, 2]
+"optimizer.lr" = [1e-2, 3e-3, 1e-3]
 seeds = [0, 1]
 TOML
 "$build/plexus" sweep "$work/grid.toml" -j 2 --db "$work/r.db" --progress none
@@ -47,4 +50,4 @@ TOML
 awk -F, 'NR == 1 { for (i = 1; i <= NF; ++i) if ($i == "time_to_mean") col = i; if (!col) { print "no time_to_mean column"; exit 1 } }
          NR == 2 { if ($col == "" || $col <= 0 || $col >= 0.01) { print "time_to is not in simulated seconds: " $col; exit 1 } }' "$work/board.csv"
 "$build/plexus" report --db "$work/r.db" -o "$work/report.html"
-node "$src/tests/report/check_report.mjs" "$work/report.html" "$src/host/lab/report/node_modules" 8
+node "$src/tests/report/check_report.mjs" "$work/report.html" "$src/host/lab/report/node_modules" 8 "${PLEXUS_REPORT_SCREENSHOT:-}"
