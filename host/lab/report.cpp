@@ -215,8 +215,7 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
         std::string runs_list;
         for (auto id : row.runs) runs_list += (runs_list.empty() ? "" : ",") + std::to_string(id);
         groups += std::string(i ? "," : "") + "{\"label\":" + js_string(label) + ",\"full\":" + js_string(full) +
-                  ",\"runs\":[" + runs_list +
-                  "],\"mfu\":" + num(mean_of("mfu", 1.0)) +
+                  ",\"runs\":[" + runs_list + "],\"mfu\":" + num(mean_of("mfu", 1.0)) +
                   ",\"memory_mib\":" + num(mean_of("peak_memory", 1.0 / (1024 * 1024))) +
                   ",\"series\":{\"loss\":" + series_json(store, row.runs, "loss", all_sim) +
                   ",\"eval_loss\":" + series_json(store, row.runs, "eval_loss", all_sim) + "}}";
