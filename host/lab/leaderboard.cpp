@@ -404,6 +404,64 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
     return b;
 }
 
+namespace {
+
+// The board as CSV: one line per group, the intervals, the paired differences and the tuning.
+std::string board_csv(const Board& b) {
+    const bool paired = !b.baseline.empty(), tuned = !b.best_over.empty();
+    std::string out;
+    out = "rank";
+    for (const auto& k : b.keys) out += "," + csv_field(k);
+    out += "," + csv_field(b.metric) + "_mean," + csv_field(b.metric) + "_std,n,runs,ci_low,ci_high,censored";
+    out += paired ? ",diff_mean,diff_low,diff_high,pairs" : "";
+    out += tuned ? ",tuned,trials\n" : "\n";
+    auto number = [](double v) { return std::isfinite(v) ? json_number(v) : std::string(); };
+    int i = 0;
+    for (const auto& r : b.rows) {
+        out += std::to_string(++i);
+        for (const auto& v : r.key_values) out += "," + csv_field(v);
+        out += "," + (r.n ? json_number(r.mean) : "") + "," + (r.n ? json_number(r.std) : "") + "," +
+               std::to_string(r.n) + "," + csv_field(join_ids(r.runs)) + "," + number(r.lo) + "," + number(r.hi) + "," +
+               std::to_string(r.censored);
+        if (paired)
+            out += "," + number(r.diff) + "," + number(r.diff_lo) + "," + number(r.diff_hi) + "," +
+                   std::to_string(r.pairs);
+        if (tuned) out += "," + csv_field(r.tuned) + "," + std::to_string(r.trials);
+        out += "\n";
+    }
+    return out;
+}
+
+// The board as JSON, with each run's value and the warnings.
+std::string board_json(const Board& b) {
+    const bool paired = !b.baseline.empty(), tuned = !b.best_over.empty();
+    std::string out;
+    out = "{\"title\": " + json_string(b.title) + ", \"metric\": " + json_string(b.metric) +
+          ", \"lower_is_better\": " + (b.lower_is_better ? "true" : "false") + ", \"rows\": [";
+    int i = 0;
+    for (const auto& r : b.rows) {
+        out += std::string(i ? ", " : "") + "{\"rank\": " + std::to_string(i + 1) + ", \"settings\": {";
+        for (size_t k = 0; k < b.keys.size(); ++k)
+            out += (k ? ", " : "") + json_string(b.keys[k]) + ": " + json_string(r.key_values[k]);
+        out += "}, \"mean\": " + json_number(r.n ? r.mean : NAN) + ", \"std\": " + json_number(r.n ? r.std : NAN) +
+               ", \"n\": " + std::to_string(r.n) + ", \"ci\": [" + json_number(r.lo) + ", " + json_number(r.hi) +
+               "], \"censored\": " + std::to_string(r.censored);
+        if (paired)
+            out += ", \"diff\": {\"mean\": " + json_number(r.diff) + ", \"ci\": [" + json_number(r.diff_lo) + ", " +
+                   json_number(r.diff_hi) + "], \"pairs\": " + std::to_string(r.pairs) + "}";
+        if (tuned) out += ", \"tuned\": " + json_string(r.tuned) + ", \"trials\": " + std::to_string(r.trials);
+        out += ", \"runs\": [" + join_ids(r.runs) + "], \"values\": [";
+        for (size_t k = 0; k < r.values.size(); ++k) out += (k ? ", " : "") + json_number(r.values[k]);
+        out += "]}";
+        ++i;
+    }
+    out += "], \"warnings\": [";
+    for (size_t k = 0; k < b.warnings.size(); ++k) out += (k ? ", " : "") + json_string(b.warnings[k]);
+    return out + "]}\n";
+}
+
+}  // namespace
+
 std::string format_board(const Board& b, const std::string& format) {
     const bool grouped = std::any_of(b.rows.begin(), b.rows.end(), [](const BoardRow& r) { return r.runs.size() > 1; });
     const bool censoring = std::any_of(b.rows.begin(), b.rows.end(), [](const BoardRow& r) { return r.censored > 0; });
@@ -427,52 +485,8 @@ std::string format_board(const Board& b, const std::string& format) {
                (zero_inside ? " ~" : "");
     };
     std::string out;
-    if (format == "csv") {
-        out = "rank";
-        for (const auto& k : b.keys) out += "," + csv_field(k);
-        out += "," + csv_field(b.metric) + "_mean," + csv_field(b.metric) + "_std,n,runs,ci_low,ci_high,censored";
-        out += paired ? ",diff_mean,diff_low,diff_high,pairs" : "";
-        out += tuned ? ",tuned,trials\n" : "\n";
-        auto number = [](double v) { return std::isfinite(v) ? json_number(v) : std::string(); };
-        int i = 0;
-        for (const auto& r : b.rows) {
-            out += std::to_string(++i);
-            for (const auto& v : r.key_values) out += "," + csv_field(v);
-            out += "," + (r.n ? json_number(r.mean) : "") + "," + (r.n ? json_number(r.std) : "") + "," +
-                   std::to_string(r.n) + "," + csv_field(join_ids(r.runs)) + "," + number(r.lo) + "," + number(r.hi) +
-                   "," + std::to_string(r.censored);
-            if (paired)
-                out += "," + number(r.diff) + "," + number(r.diff_lo) + "," + number(r.diff_hi) + "," +
-                       std::to_string(r.pairs);
-            if (tuned) out += "," + csv_field(r.tuned) + "," + std::to_string(r.trials);
-            out += "\n";
-        }
-        return out;
-    }
-    if (format == "json") {
-        out = "{\"title\": " + json_string(b.title) + ", \"metric\": " + json_string(b.metric) +
-              ", \"lower_is_better\": " + (b.lower_is_better ? "true" : "false") + ", \"rows\": [";
-        int i = 0;
-        for (const auto& r : b.rows) {
-            out += std::string(i ? ", " : "") + "{\"rank\": " + std::to_string(i + 1) + ", \"settings\": {";
-            for (size_t k = 0; k < b.keys.size(); ++k)
-                out += (k ? ", " : "") + json_string(b.keys[k]) + ": " + json_string(r.key_values[k]);
-            out += "}, \"mean\": " + json_number(r.n ? r.mean : NAN) + ", \"std\": " + json_number(r.n ? r.std : NAN) +
-                   ", \"n\": " + std::to_string(r.n) + ", \"ci\": [" + json_number(r.lo) + ", " + json_number(r.hi) +
-                   "], \"censored\": " + std::to_string(r.censored);
-            if (paired)
-                out += ", \"diff\": {\"mean\": " + json_number(r.diff) + ", \"ci\": [" + json_number(r.diff_lo) + ", " +
-                       json_number(r.diff_hi) + "], \"pairs\": " + std::to_string(r.pairs) + "}";
-            if (tuned) out += ", \"tuned\": " + json_string(r.tuned) + ", \"trials\": " + std::to_string(r.trials);
-            out += ", \"runs\": [" + join_ids(r.runs) + "], \"values\": [";
-            for (size_t k = 0; k < r.values.size(); ++k) out += (k ? ", " : "") + json_number(r.values[k]);
-            out += "]}";
-            ++i;
-        }
-        out += "], \"warnings\": [";
-        for (size_t k = 0; k < b.warnings.size(); ++k) out += (k ? ", " : "") + json_string(b.warnings[k]);
-        return out + "]}\n";
-    }
+    if (format == "csv") return board_csv(b);
+    if (format == "json") return board_json(b);
     // table and markdown share the cells
     std::vector<std::string> header = {"#"};
     for (const auto& k : b.keys) header.push_back(k);
