@@ -326,6 +326,7 @@ bool take_board_options(std::vector<std::string>& args, BoardOptions& o, std::st
     if (take_flag(args, "--baseline", value)) o.baseline = value;
     if (take_flag(args, "--best-over", value)) o.best_over = split(value, ',');
     if (take_flag(args, "--tuning-seeds", value)) o.tuning_seeds = split(value, ',');
+    if (take_flag(args, "--profile", value)) o.profile = value;
     auto it = std::find(args.begin(), args.end(), "--runs");
     if (it != args.end()) {
         o.per_run = true;
@@ -339,8 +340,6 @@ int cmd_leaderboard(std::vector<std::string> args) {
     BoardOptions o;
     take_flag(args, "--db", db);
     take_flag(args, "--format", format);
-    std::string profile;
-    take_flag(args, "--profile", profile);
     if (!take_board_options(args, o, error)) return usage_error(error);
     if (args.size() > 1 || (!args.empty() && args[0].rfind("--", 0) == 0))
         return usage_error("unexpected argument '" + args.back() + "' for plexus leaderboard");
@@ -349,8 +348,8 @@ int cmd_leaderboard(std::vector<std::string> args) {
         std::string title;
         int unfinished = 0;
         const auto runs = runs_to_rank(store, args.empty() ? "" : args[0], title, unfinished);
-        if (!profile.empty()) {
-            std::cout << title << "\n" << format_profile(make_profile(store, runs, o, profile), format);
+        if (!o.profile.empty()) {
+            std::cout << title << "\n" << format_profile(make_profile(store, runs, o, o.profile), format);
             return kOk;
         }
         auto board = make_board(store, runs, o);
@@ -693,7 +692,7 @@ const std::vector<Command>& commands() {
          [](Args& a, int, char**) { return cmd_curves(a); }},
         {"report",
          R"(  plexus report [SWEEP] -o report.html [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2]
-                [--runs] [--db PATH]
+                [--runs] [--baseline KEY=VALUE] [--profile KEY] [--db PATH]
         A self-contained HTML page: the leaderboard (ranked as `plexus leaderboard` with the same
         options), loss against steps, tokens and time (a band over seeds), MFU and memory bars.
         Opens without a network.

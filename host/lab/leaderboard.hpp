@@ -24,6 +24,7 @@ struct BoardOptions {
     // best mean there), and the group is reported on the other seeds only (held out).
     std::vector<std::string> best_over;
     std::vector<std::string> tuning_seeds;  // values of train.seed
+    std::string profile;                    // KEY: performance profiles of its values (make_profile)
 };
 
 // A sample's mean, sample std and two-sided 95% Student-t interval for the mean (lo = hi = mean

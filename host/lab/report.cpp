@@ -143,6 +143,20 @@ const char* kScript = R"JS(
   }
   for (const metric of ['loss', 'eval_loss'])
     for (const axis of ['step', 'tokens', 'time']) lineChart(metric + '_' + axis, metric, axis);
+  // Performance profiles: rho(tau) per method, a step line over tau (log scale).
+  if (DATA.profile) {
+    const datasets = DATA.profile.methods.map((m, i) => ({ label: m.label, stepped: 'before',
+      data: DATA.profile.taus.map((t, k) => ({ x: t, y: m.rho[k] })), borderColor: color(i), backgroundColor: color(i),
+      borderWidth: 1.5, pointRadius: 2, fill: false }));
+    new Chart(document.getElementById('profile'), {
+      type: 'line', data: { datasets },
+      options: { animation: false, maintainAspectRatio: false,
+        scales: { x: { type: 'logarithmic', title: { display: true, text: 'tau (times the best method)' } },
+                  y: { min: 0, max: 1, title: { display: true, text: 'share of problems' } } },
+        plugins: { legend: { position: 'bottom', labels: { boxWidth: 12 } },
+                   title: { display: true, text: 'performance profile of ' + DATA.profile.key } } } });
+    drawn.push('profile');
+  }
   barChart('mfu', 'mfu', 'MFU (mean over seeds)');
   barChart('memory', 'memory_mib', 'peak memory, MiB (mean over seeds)');
   // What the browser test reads: the charts drawn and the share of each canvas its plot area keeps.
@@ -267,10 +281,27 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
             html += std::string("<div class=\"chart\"><canvas id=\"") + metric + "_" + axis + "\"></canvas></div>";
         html += "</div>\n";
     }
+    std::string profile = "null";
+    if (!options.profile.empty()) {
+        const Profile p = make_profile(store, runs, options, options.profile);
+        profile = "{\"key\":" + js_string(p.method_key) + ",\"taus\":[";
+        for (size_t t = 0; t < p.taus.size(); ++t) profile += (t ? "," : "") + num(p.taus[t]);
+        profile += "],\"methods\":[";
+        for (size_t m = 0; m < p.methods.size(); ++m) {
+            profile += std::string(m ? "," : "") + "{\"label\":" + js_string(p.methods[m]) + ",\"rho\":[";
+            for (size_t t = 0; t < p.rho[m].size(); ++t) profile += (t ? "," : "") + num(p.rho[m][t]);
+            profile += "]}";
+        }
+        profile += "]}";
+        html += "<h2>Performance profile: " + html_escape(p.method_key) + " over " +
+                std::to_string(p.problems.size()) + " problem(s), " + html_escape(board.metric_label) +
+                "</h2>\n<div class=\"charts\"><div class=\"chart\"><canvas id=\"profile\"></canvas></div></div>\n";
+    }
     html +=
         "<h2>Efficiency</h2>\n<div class=\"charts\"><div class=\"chart\"><canvas id=\"mfu\"></canvas></div>"
         "<div class=\"chart\"><canvas id=\"memory\"></canvas></div></div>\n";
-    html += "<script>\nconst DATA = {\"time_label\":" + js_string(time_label) + ",\"groups\":" + groups + "};\n" +
+    html += "<script>\nconst DATA = {\"time_label\":" + js_string(time_label) + ",\"groups\":" + groups +
+            ",\"profile\":" + profile + "};\n" +
             kScript + "</script>\n</body></html>\n";
     return html;
 }

@@ -51,3 +51,6 @@ awk -F, 'NR == 1 { for (i = 1; i <= NF; ++i) if ($i == "time_to_mean") col = i; 
          NR == 2 { if ($col == "" || $col <= 0 || $col >= 0.01) { print "time_to is not in simulated seconds: " $col; exit 1 } }' "$work/board.csv"
 "$build/plexus" report --db "$work/r.db" -o "$work/report.html"
 node "$src/tests/report/check_report.mjs" "$work/report.html" "$src/host/lab/report/node_modules" 8 "${PLEXUS_REPORT_SCREENSHOT:-}"
+# With performance profiles of the learning rates over the two depths (the problems): a ninth chart.
+"$build/plexus" report --db "$work/r.db" -o "$work/profile.html" --metric time_to --target 2.5 --profile optimizer.lr
+node "$src/tests/report/check_report.mjs" "$work/profile.html" "$src/host/lab/report/node_modules" 9
