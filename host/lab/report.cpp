@@ -293,16 +293,15 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
             profile += "]}";
         }
         profile += "]}";
-        html += "<h2>Performance profile: " + html_escape(p.method_key) + " over " +
-                std::to_string(p.problems.size()) + " problem(s), " + html_escape(board.metric_label) +
+        html += "<h2>Performance profile: " + html_escape(p.method_key) + " over " + std::to_string(p.problems.size()) +
+                " problem(s), " + html_escape(board.metric_label) +
                 "</h2>\n<div class=\"charts\"><div class=\"chart\"><canvas id=\"profile\"></canvas></div></div>\n";
     }
     html +=
         "<h2>Efficiency</h2>\n<div class=\"charts\"><div class=\"chart\"><canvas id=\"mfu\"></canvas></div>"
         "<div class=\"chart\"><canvas id=\"memory\"></canvas></div></div>\n";
     html += "<script>\nconst DATA = {\"time_label\":" + js_string(time_label) + ",\"groups\":" + groups +
-            ",\"profile\":" + profile + "};\n" +
-            kScript + "</script>\n</body></html>\n";
+            ",\"profile\":" + profile + "};\n" + kScript + "</script>\n</body></html>\n";
     return html;
 }
 
