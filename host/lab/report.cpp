@@ -8,6 +8,7 @@
 
 #include <plexus/error.hpp>
 
+#include "base/text.hpp"
 #include "config/experiment.hpp"
 
 namespace plexus::host {
@@ -248,6 +249,7 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
     html += "<h2>Leaderboard: " + html_escape(board.metric_label) + " (" +
             (board.lower_is_better ? "lower" : "higher") + " is better)</h2>\n<table><tr><th>#</th>";
     for (const auto& k : board.keys) html += "<th>" + html_escape(k) + "</th>";
+    if (!board.best_over.empty()) html += "<th>tuned on seeds " + html_escape(join(board.tuning_seeds, ",")) + "</th>";
     html += "<th>" + html_escape(board.metric) + "</th><th>seeds</th><th>95% CI</th>" +
             (board.baseline.empty() ? "" : "<th>vs " + html_escape(board.baseline) + " (paired)</th>") +
             "<th>runs</th></tr>\n";
@@ -255,6 +257,8 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
         const auto& row = board.rows[i];
         html += "<tr><td>" + std::to_string(i + 1) + "</td>";
         for (const auto& v : row.key_values) html += "<td>" + html_escape(v) + "</td>";
+        if (!board.best_over.empty())
+            html += "<td>" + html_escape(row.tuned) + " (" + std::to_string(row.trials) + " runs)</td>";
         char cell[96] = "-";
         if (row.n > 1)
             std::snprintf(cell, sizeof cell, "%.4f &plusmn; %.4f", row.mean, row.std);
