@@ -233,14 +233,7 @@ LoopState::Fields LoopState::fields(int64_t& ctx_tokens) {
              {"comm.bytes_sent", &comm_before.bytes_sent}}};
 }
 
-CommStats LoopState::training_traffic(const CommStats& now) const {
-    CommStats t = comm_before;
-    t.calls += now.calls - comm_setup.calls;
-    t.bytes_sent += now.bytes_sent - comm_setup.bytes_sent;
-    t.seconds_total += now.seconds_total - comm_setup.seconds_total;
-    t.seconds_exposed += now.seconds_exposed - comm_setup.seconds_exposed;
-    return t;
-}
+CommStats LoopState::training_traffic(const CommStats& now) const { return comm_before + (now - comm_setup); }
 
 double LoopState::tokens_per_second(int64_t tokens) const {
     if (tokens_after_first > 0) return tokens_after_first / step_seconds_after_first;
