@@ -1,0 +1,138 @@
+// A convex workload with a known optimum, split over the ranks: rank i owns
+//     f_i(x) = (1 / 2m) ‖A_i x − b_i‖²,   A_i [m, d], b_i [m] drawn from (seed, i),
+// and the job minimizes F = (1/W) Σ_i f_i, whose optimum x* the model solves for at construction.
+// The workers' problems differ (heterogeneous data), which is what decentralized methods must
+// overcome. Training takes the gradient of f_i on all m rows, or on `batch_rows` of them drawn
+// from the batch's targets (a stochastic gradient that follows the data stream, so the seed and
+// resume govern it as they govern the data). Evaluation returns F(x) − F(x*), the suboptimality
+// of whatever parameters the strategy evaluates (the workers' average, the server's, ...).
+//
+// With `signal` > 0, b_i = A_i x0 + noise for one planted x0 ~ N(0, signal² I) shared by the
+// ranks (the workers agree on the bulk of the answer, and their noise pulls them apart); with 0,
+// b_i is the noise alone (F(0) − F* is then small).
+//
+// Conditioning: column j of every A_i is scaled by s_j, linear from 1.2 / sqrt(condition) to 1.2,
+// so the expected Hessian's eigenvalues span about `condition` (4: scales 0.6 to 1.2). The summary
+// line of a run logs mu and L of F measured from the Hessian, the constants DADAO asks for.
+#include <plexus/plexus.hpp>
+#include <plexus/kit/util.hpp>
+#include <torch/torch.h>
+
+namespace {
+
+class Weights : public plexus::Block {
+public:
+    explicit Weights(int64_t d) { x = register_parameter("x", torch::zeros({d}, torch::kFloat64)); }
+    // The "activations" are a view of x: the loss reads them, and strategies that charge compute
+    // block by block see a backward pass reach this block (the whole model's cost is here). A
+    // view, not x: a hook set on a parameter would stay for every later step.
+    torch::Tensor forward(const torch::Tensor&) override { return x.view_as(x); }
+    double flops_per_token(int64_t) const override { return 6.0 * static_cast<double>(x.numel()); }
+    torch::Tensor x;
+};
+
+struct Problem {
+    int64_t rows, dim, batch_rows;
+    double condition, signal;
+    uint64_t seed;
+};
+
+class LeastSquares : public plexus::Model {
+public:
+    LeastSquares(const Problem& p, int rank, int world) : batch_rows_(p.batch_rows) {
+        weights_ = std::make_shared<Weights>(p.dim);
+        add_block("weights", weights_);
+        const auto scale = torch::linspace(1.2 / std::sqrt(p.condition), 1.2, p.dim, torch::kFloat64);
+        auto planted = at::detail::createCPUGenerator(plexus::mix_seed(p.seed, 0x706c616e74ULL));
+        const auto x0 = torch::randn({p.dim}, planted, torch::kFloat64) * p.signal;
+        for (int r = 0; r < world; ++r) {
+            auto gen = at::detail::createCPUGenerator(plexus::mix_seed(p.seed, static_cast<uint64_t>(r)));
+            auto a = torch::randn({p.rows, p.dim}, gen, torch::kFloat64) * scale;
+            auto b = torch::randn({p.rows}, gen, torch::kFloat64) + a.mv(x0);
+            all_a_.push_back(a);
+            all_b_.push_back(b);
+        }
+        own_a_ = all_a_[static_cast<size_t>(rank)];
+        own_b_ = all_b_[static_cast<size_t>(rank)];
+        // x* from the normal equations of F; its Hessian's extreme eigenvalues are F's mu and L.
+        auto h = torch::zeros({p.dim, p.dim}, torch::kFloat64), g = torch::zeros({p.dim}, torch::kFloat64);
+        for (size_t r = 0; r < all_a_.size(); ++r) {
+            h += all_a_[r].t().mm(all_a_[r]);
+            g += all_a_[r].t().mv(all_b_[r]);
+        }
+        const auto x_star = at::linalg_solve(h, g.unsqueeze(1), true).squeeze(1);
+        best_ = objective(x_star).item<double>();
+        const auto eig = at::linalg_eigvalsh(h / static_cast<double>(p.rows * world), "L");
+        mu_ = eig.min().item<double>();
+        smoothness_ = eig.max().item<double>();
+    }
+    torch::Tensor forward(const torch::Tensor& tokens) override { return weights_->forward(tokens); }
+    // `x`: what forward returned (the parameters); `targets`: the batch's, which pick the rows.
+    torch::Tensor loss(const torch::Tensor& x, const torch::Tensor& targets) override {
+        if (!is_training()) return objective(x) - best_;
+        if (batch_rows_ <= 0) return 0.5 * (own_a_.mv(x) - own_b_).pow(2).mean();
+        const auto rows = sampled_rows(targets);
+        return 0.5 * (own_a_.index_select(0, rows).mv(x) - own_b_.index_select(0, rows)).pow(2).mean();
+    }
+    plexus::FlopsPerToken flops_per_token(int64_t) const override {
+        return {6.0 * static_cast<double>(weights_->x.numel()), "6d (a convex test workload)", weights_->x.numel()};
+    }
+    double mu() const { return mu_; }
+    double smoothness() const { return smoothness_; }
+
+private:
+    // batch_rows of the m rows, drawn by a generator seeded with the batch's tokens.
+    torch::Tensor sampled_rows(const torch::Tensor& tokens) const {
+        const auto flat = tokens.to(torch::kCPU, torch::kInt64).contiguous();
+        uint64_t h = 0x9e3779b97f4a7c15ULL;
+        const int64_t* t = flat.data_ptr<int64_t>();
+        for (int64_t i = 0; i < flat.numel(); ++i) h = plexus::mix_seed(h, static_cast<uint64_t>(t[i]));
+        auto gen = at::detail::createCPUGenerator(h);
+        return torch::randint(own_a_.size(0), {batch_rows_}, gen, torch::kInt64);
+    }
+    torch::Tensor objective(const torch::Tensor& x) const {
+        auto total = torch::zeros({}, torch::kFloat64);
+        for (size_t r = 0; r < all_a_.size(); ++r) total += 0.5 * (all_a_[r].mv(x) - all_b_[r]).pow(2).mean();
+        return total / static_cast<double>(all_a_.size());
+    }
+    std::shared_ptr<Weights> weights_;
+    std::vector<torch::Tensor> all_a_, all_b_;
+    torch::Tensor own_a_, own_b_;
+    int64_t batch_rows_;
+    double best_ = 0, mu_ = 0, smoothness_ = 0;
+};
+
+plexus::PluginDescriptor describe() {
+    plexus::PluginDescriptor d;
+    d.name = "least_squares";
+    d.kind = plexus::PluginKind::Model;
+    d.version = "0.2";
+    d.summary = "convex per-rank least squares with a known optimum; evaluation is the job's suboptimality F(x) - F*";
+    d.schema = {
+        plexus::ConfigKey("rows", 40, "m: rows per rank").at_least(1),
+        plexus::ConfigKey("dim", 10, "d: parameters").at_least(1),
+        {"seed", 3, "the problem's seed (the same problem for every train.seed)"},
+        plexus::ConfigKey("condition", 4.0, "spread of the column scales squared: the Hessian's condition, roughly")
+            .at_least(1),
+        plexus::ConfigKey("signal", 0.0, "scale of the planted solution x0 in b_i = A_i x0 + noise (0: b is noise)")
+            .at_least(0),
+        plexus::ConfigKey("batch_rows", 0, "rows per stochastic gradient, drawn from the batch (0: all m rows)")
+            .at_least(0),
+    };
+    d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
+        const Problem p{cfg.get_int("rows"),       cfg.get_int("dim"),
+                        cfg.get_int("batch_rows"), cfg.get_double("condition"),
+                        cfg.get_double("signal"),  static_cast<uint64_t>(cfg.get_int("seed"))};
+        auto model = std::make_shared<LeastSquares>(p, ctx.rank(), ctx.world_size());
+        if (ctx.rank() == 0)
+            ctx.log(plexus::LogLevel::Info, "least_squares: F has mu = " + std::to_string(model->mu()) +
+                                                ", L = " + std::to_string(model->smoothness()) + " over " +
+                                                std::to_string(ctx.world_size()) + " rank(s)");
+        return model;
+    };
+    return d;
+}
+
+}  // namespace
+
+PLEXUS_PLUGIN(describe)
