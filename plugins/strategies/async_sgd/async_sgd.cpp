@@ -160,8 +160,10 @@ private:
             release();
         }
         out.loss = applied > 0 ? loss_sum / static_cast<double>(applied) : NAN;
-        // The server consumes no batches; the job consumed one per worker.
-        out.job_tokens = ctx_.batch_size() * ctx_.seq_len() * (workers - lost_workers());
+        // The server consumes no batches; the job one per worker. Lost workers are counted as the
+        // job was launched, as the workers count (they do not learn of a loss): every rank must
+        // agree on the budget, or they would stop at different steps.
+        out.job_tokens = ctx_.batch_size() * ctx_.seq_len() * workers;
         ctx_.record("async/staleness_mean", applied > 0 ? staleness_sum / static_cast<double>(applied) : 0.0);
         ctx_.record("async/staleness_max", staleness_max);
         ctx_.record("async/applied", static_cast<double>(applied));

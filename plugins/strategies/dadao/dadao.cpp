@@ -106,6 +106,9 @@ public:
         if (out.micro_batches > 0) last_loss_ = loss_sum / static_cast<double>(out.micro_batches);
         out.loss = last_loss_;
         out.optimizer_stepped = out.micro_batches > 0;
+        // The ranks' Poisson gradient counts differ, and the budget must stop them together: a
+        // unit of time is, in expectation, one batch per worker.
+        out.job_tokens = ctx_.batch_size() * ctx_.seq_len() * transport_.world_size();
         ctx_.record("dadao/gradient_events", static_cast<double>(out.micro_batches));
         ctx_.record("dadao/comm_events", static_cast<double>(comms));
         if (slice_ == 1) {
