@@ -234,6 +234,30 @@ TEST_CASE("leaderboard statistics: n, mean, std, the 95% t interval and paired d
                Contains("fewer than 3 seeds"));
 }
 
+TEST_CASE("paired differences pair each group with the baseline of its own workload", "[protocol][results]") {
+    // Two workloads on different scales; b - a is -0.1 on both, never the gap between workloads.
+    FakeRuns db;
+    for (int64_t seed = 0; seed < 3; ++seed)
+        for (const auto& [workload, scale] : {std::pair<std::string, double>{"text", 3.0}, {"convex", 0.01}}) {
+            auto p = [&](const std::string& v) {
+                auto s = settings(v, seed);
+                s["workload"] = Value(workload);
+                return s;
+            };
+            db.add(p("a"), scale + 0.01 * static_cast<double>(seed));
+            db.add(p("b"), scale - 0.1 + 0.02 * static_cast<double>(seed));
+        }
+    host::BoardOptions o;
+    o.baseline = "variant=a";
+    const auto board = host::make_board(db.store, db.runs(), o);
+    REQUIRE(board.rows.size() == 4);
+    for (const auto& r : board.rows) {
+        INFO(r.key_values[0] << " " << r.key_values[1]);
+        CHECK(r.pairs == 3);
+        CHECK(r.diff == Approx(r.key_values[0] == "b" ? -0.09 : 0.0).margin(1e-12));
+    }
+}
+
 TEST_CASE("tokens_to interpolates between evaluations, and a run that never gets there is censored, counted",
           "[protocol][results]") {
     FakeRuns db;
@@ -253,6 +277,30 @@ TEST_CASE("tokens_to interpolates between evaluations, and a run that never gets
     CHECK(r.censored == 1);
     CHECK(r.mean == Approx(125));
     CHECK_THAT(host::format_board(board, "table"), Contains("(+1 > budget)"));
+}
+
+TEST_CASE("without --target, tokens_to reads each run's results.target_loss: one target per workload",
+          "[protocol][results]") {
+    FakeRuns db;
+    auto with_target = [](const std::string& workload, double target) {
+        auto p = settings("a", 0);
+        p["workload"] = Value(workload);
+        p["results.target_loss"] = Value(target);
+        return p;
+    };
+    db.add(with_target("text", 2.5), 2.0, {{100, 3.0}, {200, 2.0}});     // 2.5 half way: 150
+    db.add(with_target("convex", 0.1), 0.0, {{100, 0.3}, {200, 0.05}});  // 0.1 at 0.2 / 0.25 of the way: 180
+    host::BoardOptions o;
+    o.metric = "tokens_to";
+    const auto board = host::make_board(db.store, db.runs(), o);
+    REQUIRE(board.rows.size() == 2);
+    for (const auto& row : board.rows) CHECK(row.values.at(0) == Approx(row.key_values.at(0) == "text" ? 150 : 180));
+    CHECK_THAT(board.metric_label, Contains("results.target_loss"));
+    // A run without one, and no --target: said, with the way out.
+    FakeRuns bare;
+    bare.add(settings("a", 0), 2.0, {{100, 3.0}});
+    CHECK_THROWS_WITH(host::make_board(bare.store, bare.runs(), o),
+                      Contains("needs --target LOSS") && Contains("results.target_loss"));
 }
 
 TEST_CASE("the leaderboard flags settings the compared groups differ in besides the grouping", "[protocol][results]") {
@@ -304,6 +352,30 @@ TEST_CASE("best-over chooses each method's setting on the tuning seeds and repor
     CHECK_THROWS_WITH(host::make_board(db.store, db.runs(), missing), Contains("--tuning-seeds"));
 }
 
+TEST_CASE("a performance profile with --best-over compares each method at its chosen setting, held-out seeds",
+          "[protocol][results]") {
+    // Method A: lr 1 wins on the tuning seed 9 (time 10 against 30) and takes 12 on seeds 0, 1;
+    // at lr 2 it would take 4 there. Method B (one rate) takes 6. Chosen A: 12, ratio 2.
+    FakeRuns db;
+    auto add = [&](const std::string& method, double lr, int64_t seed, double t) {
+        auto p = settings(method, seed);
+        p["optimizer.lr"] = Value(lr);
+        db.add(p, 2.0, {{0, 3.0}, {static_cast<int64_t>(2 * t), 2.0}});
+    };
+    add("A", 1.0, 9, 10), add("A", 2.0, 9, 30), add("B", 1.0, 9, 6);
+    for (int64_t seed : {0, 1}) add("A", 1.0, seed, 12), add("A", 2.0, seed, 4), add("B", 1.0, seed, 6);
+    host::BoardOptions o;
+    o.metric = "tokens_to";
+    o.target = 2.5;
+    o.best_over = {"optimizer.lr"};
+    o.tuning_seeds = {"9"};
+    const auto p = host::make_profile(db.store, db.runs(), o, "variant");
+    REQUIRE(p.problems.size() == 1);
+    REQUIRE(p.methods == std::vector<std::string>({"A", "B"}));
+    CHECK(p.ratio[0][0] == Approx(2.0));
+    CHECK(p.ratio[1][0] == Approx(1.0));
+}
+
 TEST_CASE("performance profiles: the share of problems each method solves within tau of the best, by hand",
           "[protocol][results]") {
     // Methods A and B on two problems (a setting "scenario"), two seeds each. Times to target:
@@ -312,6 +384,7 @@ TEST_CASE("performance profiles: the share of problems each method solves within
     auto add = [&](const std::string& method, const std::string& scenario, int64_t seed, double t) {
         auto p = settings(method, seed);
         p["scenario"] = Value(scenario);
+        p["strategy.name"] = Value(method == "A" ? "ddp" : "gossip");    // the method's own: not a problem
         db.add(p, 2.0, {{0, 3.0}, {static_cast<int64_t>(2 * t), 2.0}});  // crosses 2.5 at t
     };
     for (int64_t seed : {0, 1}) {

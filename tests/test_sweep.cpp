@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "helpers.hpp"
@@ -321,11 +322,157 @@ seeds = [0, 1]
     REQUIRE(res.exit_code == 0);
     CHECK_THAT(res.output, Contains("varying variant: ddp, local_sgd") && Contains("4 finished, 0 failed"));
     auto board = run_plexus("leaderboard --db " + db + " --format csv");
-    CHECK_THAT(board.output, Contains("rank,strategy.name,variant,final_eval_loss_mean"));
-    CHECK_THAT(board.output, Contains(",ddp,") && Contains(",diloco,"));
+    // Grouped by the variant alone: strategy.name and inner_steps are the variant's own.
+    CHECK_THAT(board.output, Contains("rank,variant,final_eval_loss_mean"));
+    CHECK_THAT(board.output, Contains(",ddp,") && Contains(",local_sgd,"));
+    CHECK_THAT(run_plexus("leaderboard --db " + db).output, !Contains("confound") && !Contains("strategy.name"));
     // The variant's name is a run setting: leaderboards group by it.
     auto by_variant = run_plexus("leaderboard --db " + db + " --format csv --group-by variant");
     INFO(by_variant.output);
     CHECK(by_variant.exit_code == 0);
     CHECK_THAT(by_variant.output, Contains("rank,variant,") && Contains(",local_sgd,") && Contains(",ddp,"));
+}
+
+TEST_CASE("named axes cross, [[grid.skip]] leaves out combinations, [grid.tune]'s seeds come first", "[sweep]") {
+    TempDir dir;
+    auto exp = load(dir, std::string(kTinyExperiment) + R"(
+[grid]
+seeds = [0, 1]
+
+[grid.tune]
+"optimizer.lr" = [1e-2, 3e-3]
+seeds = [7]
+
+[grid.workload.small]
+"model.n_layer" = 1
+
+[grid.workload.markov]
+"data.branching" = 3
+
+[grid.variant.ddp]
+"strategy.name" = "ddp"
+
+[grid.variant.gossip]
+"strategy.name" = "gossip"
+
+[[grid.skip]]
+workload = "small"
+variant = ["gossip"]
+)");
+    REQUIRE(exp.tune.keys == std::vector<std::string>{"optimizer.lr"});
+    CHECK(exp.tune.seeds == std::vector<int64_t>{7});
+    CHECK(exp.tune.metric == "final_eval_loss");
+    const auto points = host::expand_grid(exp);
+    // 3 seeds x 2 rates x 2 workloads x 2 variants = 24, less small x gossip (3 x 2) = 18.
+    REQUIRE(points.size() == 18);
+    int tuning = 0;
+    for (const auto& p : points) {
+        tuning += p.tuning ? 1 : 0;
+        CHECK_FALSE((p.label.find("workload=small") != std::string::npos &&
+                     p.label.find("variant=gossip") != std::string::npos));
+        REQUIRE(p.choices.size() == 2);  // recorded as settings: workload = ..., variant = ...
+        CHECK(p.choices[0].first == "variant");
+        CHECK(p.choices[1].first == "workload");
+        CHECK(p.tuning == (p.label.find("seed=7") != std::string::npos));
+    }
+    CHECK(tuning == 6);
+    CHECK_THAT(points[0].label, Contains("seed=7"));  // the tuning seed first
+
+    // Mistakes, with the file and line.
+    auto refuse = [&](const std::string& grid, const std::string& why) {
+        INFO(grid);
+        CHECK_THROWS_WITH(host::expand_grid(load(dir, std::string(kTinyExperiment) + grid)), Contains(why));
+    };
+    refuse("[grid]\nseeds = [0, 1]\n[grid.tune]\n\"optimizer.lr\" = [1e-2]\nseeds = [1]\n",
+           "seed 1 is both a tuning seed and a reported one");
+    refuse("[grid.tune]\n\"optimizer.lr\" = [1e-2, 3e-3]\nseeds = [1]\n", "needs held-out seeds");
+    refuse("[grid]\nseeds = [0]\n[[grid.skip]]\nvariant = \"ddp\"\n", "'variant' is not varied by the grid");
+    refuse("[grid]\nseeds = [0]\n[[grid.skip]]\nseeds = [0]\n", "not varied by the grid");
+    refuse("[grid.variant.a]\n\"optimizer.lr\" = 1e-2\n[[grid.skip]]\nvariant = \"a\"\n", "skips every point");
+    CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + "[grid.optimizer.big]\n\"optimizer.lr\" = 1.0\n"),
+                      Contains("[grid.optimizer] names a section") && Contains("g.toml:"));
+}
+
+TEST_CASE("a preset applies its settings before --set, and an unknown one is named", "[sweep]") {
+    TempDir dir;
+    auto exp = load(dir, std::string(kTinyExperiment) + R"(
+[preset.quick]
+name = "tiny_quick"
+"train.steps" = 5
+)");
+    host::apply_preset(exp, "quick");
+    CHECK(exp.settings.at("train.steps").value.as_int() == 5);
+    CHECK(exp.settings.at("name").value.as_string() == "tiny_quick");
+    CHECK_THAT(exp.settings.at("train.steps").where.str(), Contains("g.toml:"));
+    CHECK_THROWS_WITH(host::apply_preset(exp, "full"), Contains("no [preset.full]") && Contains("its presets: quick"));
+
+    const auto db = dir / "r.db";
+    auto res =
+        run_plexus("run " + dir.file("p.toml", std::string(kTinyExperiment) + "[preset.quick]\n\"train.steps\" = 4\n") +
+                   " --quick --db " + db);
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    host::ResultsStore store(db);
+    const auto runs = store.list_runs(1);
+    REQUIRE(runs.size() == 1);
+    CHECK(store.params(runs[0].id).at("train.steps") == "4");
+    CHECK(store.summary_text(runs[0].id, "resume.preset") == "quick");  // --resume re-applies it
+}
+
+TEST_CASE("a sweep with [grid.tune] runs the tuning seeds, then the others at each group's best value only",
+          "[sweep]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("t.toml", std::string(kTinyExperiment) + R"(
+[grid]
+seeds = [0, 1]
+"model.n_layer" = [1, 2]
+
+[grid.tune]
+"optimizer.lr" = [1e-1, 1e-2, 1e-4]
+seeds = [5]
+)");
+    auto dry = run_plexus("sweep " + file + " --db " + db + " --dry-run --set train.steps=20");
+    INFO(dry.output);
+    // 3 seeds x 2 depths x 3 rates = 18 points: 6 tuning runs, then 2 depths x 2 seeds = 4.
+    CHECK_THAT(dry.output, Contains("18 runs") && Contains("6 tuning runs on seed(s) 5, then 4 (which, known after "
+                                                           "tuning) of the 12 reported points"));
+    auto res = run_plexus("sweep " + file + " --db " + db + " --progress none -j 2 --set train.steps=20");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("10 finished, 0 failed") && Contains("--best-over optimizer.lr --tuning-seeds 5"));
+    // Per depth: the rate with the lowest eval loss on seed 5 is the only one run on seeds 0 and 1.
+    host::ResultsStore store(db);
+    std::map<std::string, std::pair<double, std::string>> best;  // depth -> (loss, lr) on the tuning seed
+    std::map<std::string, std::set<std::string>> reported;       // depth -> rates run on seeds 0, 1
+    int held_out = 0;
+    for (const auto& run : store.list_runs(100)) {
+        const auto p = store.params(run.id);
+        const double loss = host::run_metric(store, run.id, host::BoardOptions{});
+        if (p.at("train.seed") == "5") {
+            auto& b = best[p.at("model.n_layer")];
+            if (b.second.empty() || loss < b.first) b = {loss, p.at("optimizer.lr")};
+        } else {
+            reported[p.at("model.n_layer")].insert(p.at("optimizer.lr"));
+            ++held_out;
+        }
+    }
+    CHECK(held_out == 4);
+    REQUIRE(best.size() == 2);
+    for (const auto& [depth, choice] : best) {
+        INFO("n_layer " << depth << ": best on the tuning seed " << choice.second);
+        CHECK(reported[depth] == std::set<std::string>{choice.second});
+        CHECK_THAT(res.output,
+                   Contains("model.n_layer=" + depth + ": optimizer.lr=" + choice.second + " (3 tuning runs)"));
+    }
+    // The leaderboard chooses alike and reports the held-out seeds.
+    auto board = run_plexus("leaderboard --db " + db + " --best-over optimizer.lr --tuning-seeds 5 --format csv");
+    INFO(board.output);
+    CHECK(board.exit_code == 0);
+    CHECK_THAT(board.output, Contains(",2,") && !Contains("fewer than"));
+    // A second sweep finds everything done; the dry run now knows the choice.
+    auto again = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=20");
+    CHECK_THAT(again.output, Contains("nothing to run"));
+    auto dry2 = run_plexus("sweep " + file + " --db " + db + " --dry-run --set train.steps=20");
+    CHECK_THAT(dry2.output, Contains("then 4 of the 12 reported points") && Contains("not chosen"));
 }

@@ -112,6 +112,18 @@ std::optional<int64_t> parse_count(const std::string& text, int64_t min, int64_t
 }
 
 // Pulls "--flag VALUE" or "--flag=VALUE" out of args.
+bool take_flag(std::vector<std::string>& args, const std::string& flag, std::string& value);
+
+// --preset NAME, or --quick for the preset named quick.
+void take_preset(std::vector<std::string>& args, std::string& preset) {
+    take_flag(args, "--preset", preset);
+    const auto quick = std::find(args.begin(), args.end(), "--quick");
+    if (quick == args.end()) return;
+    if (!preset.empty() && preset != "quick") throw UsageError("--quick is --preset quick: give one preset");
+    preset = "quick";
+    args.erase(quick);
+}
+
 bool take_flag(std::vector<std::string>& args, const std::string& flag, std::string& value) {
     for (size_t i = 0; i < args.size(); ++i) {
         const bool separate = args[i] == flag && i + 1 < args.size();
@@ -326,6 +338,7 @@ bool take_board_options(std::vector<std::string>& args, BoardOptions& o, std::st
     if (take_flag(args, "--baseline", value)) o.baseline = value;
     if (take_flag(args, "--best-over", value)) o.best_over = split(value, ',');
     if (take_flag(args, "--tuning-seeds", value)) o.tuning_seeds = split(value, ',');
+    if (take_flag(args, "--tune-metric", value)) o.tune_metric = value;
     if (take_flag(args, "--profile", value)) o.profile = value;
     auto it = std::find(args.begin(), args.end(), "--runs");
     if (it != args.end()) {
@@ -467,6 +480,7 @@ int cmd_sweep(std::vector<std::string> args) {
     while (take_flag(args, "--set", value)) o.overrides.push_back(value);
     take_flag(args, "--db", o.db);
     take_flag(args, "--progress", o.progress);
+    take_preset(args, o.preset);
     const auto take_jobs = [&](const std::string& text) {
         const auto jobs = parse_count(text, 1, 1 << 20);  // capped at the cores later
         if (jobs) o.jobs = static_cast<int>(*jobs);
@@ -590,6 +604,7 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
     while (take_flag(args, "--set", value)) opts.overrides.push_back(value);
     take_flag(args, "--db", opts.db);
     take_flag(args, "--progress", opts.progress);
+    take_preset(args, opts.preset);
     if (take_flag(args, "--point", value)) {
         const auto point = parse_count(value, 0, INT32_MAX);
         if (!point) return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
@@ -601,8 +616,9 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
         opts.resume_run = *run;
         if (!args.empty())
             return usage_error("plexus run --resume RUN takes no file: the run's own file, point and --set are used");
-        if (!opts.overrides.empty() || opts.point >= 0)
-            return usage_error("--resume continues the run as it was recorded: --set and --point do not apply");
+        if (!opts.overrides.empty() || opts.point >= 0 || !opts.preset.empty())
+            return usage_error(
+                "--resume continues the run as it was recorded: --set, --preset and --point do not apply");
         return run_experiment("", opts);
     }
     if (args.size() != 1)
@@ -639,9 +655,11 @@ int cmd_meta_train(std::vector<std::string>& args, int argc, char** argv) {
 const std::vector<Command>& commands() {
     using Args = std::vector<std::string>;
     static const std::vector<Command> table = {
-        {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--db PATH] [--progress auto|bar|lines|none] [--point I]
+        {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--preset NAME | --quick] [--db PATH]
+                   [--progress auto|bar|lines|none] [--point I]
         Train the experiment in FILE.toml and record it in the results database.
         --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
+        --preset NAME applies the file's [preset.NAME] settings first (--quick: [preset.quick]).
         --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
         With [checkpoint] every_steps = N (or every_minutes = M) the run writes a checkpoint every
         N steps, and when interrupted (Ctrl-C); a killed run loses at most the steps since.
@@ -654,7 +672,7 @@ const std::vector<Command>& commands() {
 )",
          cmd_run},
         {"sweep", R"(  plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
-                     [--progress auto|bar|lines|none]
+                     [--preset NAME | --quick] [--progress auto|bar|lines|none]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
         a local multi-process run counts its ranks). Resumable: points already finished in the
         sweep are skipped; failed ones run again with --retry-failed; interrupted or killed ones
@@ -662,19 +680,22 @@ const std::vector<Command>& commands() {
         second sweep of the same file) is left to it. Each run is its own process: [limits]
         wall_minutes and memory_gb stop one that hangs or grows, and a run that crashes is
         marked failed with its signal and last log lines. --dry-run lists the points.
+        With [grid.tune] it runs in two phases: the tuning seeds at every tuned value, then the
+        grid's seeds at each group's best value only (chosen by the tuning metric's mean).
 )",
          [](Args& a, int, char**) { return cmd_sweep(a); }},
         {"leaderboard",
          R"(  plexus leaderboard [SWEEP] [--metric M] [--target LOSS] [--tokens N] [--group-by K1,K2] [--runs]
-                     [--baseline KEY=VALUE] [--best-over K1,K2 --tuning-seeds S1,S2] [--profile KEY]
-                     [--format table|csv|json|markdown] [--db PATH]
+                     [--baseline KEY=VALUE] [--best-over K1,K2 --tuning-seeds S1,S2 [--tune-metric M]]
+                     [--profile KEY] [--format table|csv|json|markdown] [--db PATH]
         Rank the newest (or the named) sweep's grid points by M, with n seeds, mean ± std and the
         mean's 95% interval (Student t): final_eval_loss (default), loss_at (eval loss at --tokens),
         tokens_to / time_to (to reach eval loss --target, interpolated between evaluations;
         simulated time on the simulated cluster; a run that never gets there is "> budget",
         counted), mfu, tokens_per_s, peak_memory, bytes_sent, or any summary key. --baseline:
         each group's difference to that group, paired by seed, with its interval ("~": holds 0).
-        --best-over: each group's setting of those keys is its best on the --tuning-seeds and is
+        --best-over: each group's setting of those keys is its best on the --tuning-seeds (by
+        --tune-metric, final_eval_loss unless given, as a sweep's [grid.tune] chooses) and is
         reported on the other seeds (equal tuning budgets; the runs each choice had are shown).
         Warns of groups with fewer than 3 seeds, of unequal tuning budgets and of settings the
         groups also differ in. --profile KEY: performance profiles of KEY's values (the methods)

@@ -178,18 +178,24 @@ toml::table parse_file(const std::string& path) {
 
 // [grid]: lists of values under dotted keys (quoted, "optimizer.lr", or as TOML dotted keys or
 // sub-tables); `seeds` is the train.seed axis; every sub-table whose name starts with "zip" is
-// one group of lists that vary together; the sub-tables of [grid.variant] are named sets of
-// settings, one axis (strategies with keys of their own: ddp, diloco with inner_steps, ...).
+// one group of lists that vary together; a sub-table holding only tables is a named axis (its
+// tables are named sets of settings: [grid.variant.ddp], [grid.workload.markov]); [grid.tune]
+// and [[grid.skip]] are described at GridTune and GridSkip.
 void collect_lists(const toml::table& table, const std::string& prefix, const std::string& file,
                    std::vector<std::pair<std::string, const toml::node*>>& out, bool zip_groups,
                    std::vector<std::pair<std::string, const toml::table*>>* zips) {
     for (const auto& [k, node] : table) {
         const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
         if (const auto* sub = node.as_table()) {
-            if (zip_groups && prefix.empty() && (key.rfind("zip", 0) == 0 || key == "variant"))
+            if (zip_groups && prefix.empty() && (key.rfind("zip", 0) == 0 || key == "variant" || key == "tune"))
                 zips->emplace_back(key, sub);
+            else if (zip_groups && prefix.empty() && !sub->empty() &&
+                     std::all_of(sub->begin(), sub->end(), [](const auto& kv) { return kv.second.is_table(); }))
+                zips->emplace_back(key, sub);  // a named axis
             else
                 collect_lists(*sub, key, file, out, false, nullptr);
+        } else if (zip_groups && prefix.empty() && key == "skip") {
+            continue;  // [[grid.skip]]: parse_skips
         } else {
             out.emplace_back(key, &node);
         }
@@ -232,63 +238,152 @@ void check_distinct(const GridAxis& axis, const std::string& what) {
             }
 }
 
-std::vector<GridAxis> parse_grid(const toml::table& grid, const std::string& file) {
-    std::vector<std::pair<std::string, const toml::node*>> lists;
-    std::vector<std::pair<std::string, const toml::table*>> zips;
-    collect_lists(grid, "", file, lists, true, &zips);
+// [grid.NAME.CHOICE] tables: one named axis. Its name becomes a recorded setting, so it may not
+// be a section's.
+GridAxis named_axis(const std::string& name, const toml::table& table, const std::string& file) {
+    GridAxis axis;
+    axis.keys = {name};
+    axis.where = loc_of(table.source(), file);
+    const auto& sections = host_schemas();
+    bool plugin_section = false;
+    for (const auto& s : core_plugin_sections()) plugin_section |= s.section == name;
+    if (plugin_section || sections.count(name) || name == "sim" || name == "name" || name == "seeds")
+        throw config_error(axis.where, "[grid." + name + "] names a section: a named axis needs a name of its own",
+                           "[grid.variant.NAME] or [grid.workload.NAME]; lists of a section's keys go in [grid]");
+    for (const auto& [choice, node] : table) {
+        const auto* sub = node.as_table();
+        if (!sub)
+            throw config_error(loc_of(node.source(), file),
+                               "[grid." + name + "] '" + std::string(choice.str()) + "' must be a table",
+                               "[grid." + name + ".NAME] \"strategy.name\" = \"ddp\"");
+        std::map<std::string, Setting> flat;
+        flatten(*sub, "", file, flat);
+        axis.names.emplace_back(choice.str());
+        axis.settings.emplace_back();
+        for (const auto& [key, setting] : flat) axis.settings.back().emplace_back(key, setting.value);
+    }
+    if (axis.names.empty())
+        throw config_error(axis.where, "[grid." + name + "] has no choices",
+                           "[grid." + name + ".NAME] \"strategy.name\" = \"ddp\", or remove the table");
+    return axis;
+}
+
+GridAxis zip_axis(const std::string& name, const toml::table& table, const std::string& file) {
+    std::vector<std::pair<std::string, const toml::node*>> members;
+    collect_lists(table, "", file, members, false, nullptr);
+    GridAxis zipped;
+    zipped.where = loc_of(table.source(), file);
+    for (const auto& [key, node] : members) {
+        GridAxis one = grid_list(key, *node, file);
+        if (!zipped.keys.empty() && one.points.size() != zipped.points.size())
+            throw config_error(one.where,
+                               "[grid." + name + "] '" + key + "' has " + std::to_string(one.points.size()) +
+                                   " values but '" + zipped.keys[0] + "' has " + std::to_string(zipped.points.size()),
+                               "lists in a zip group vary together: give them the same length");
+        if (zipped.keys.empty()) zipped.points.resize(one.points.size());
+        zipped.keys.push_back(one.keys[0]);
+        for (size_t i = 0; i < one.points.size(); ++i) zipped.points[i].push_back(one.points[i][0]);
+    }
+    if (zipped.keys.empty())
+        throw config_error(zipped.where, "[grid." + name + "] has no lists",
+                           "a zip group varies lists of equal length together");
+    check_distinct(zipped, "[grid." + name + "]");
+    return zipped;
+}
+
+// [grid.tune]: lists of the tuned keys (axes like the others), `seeds` and an optional `metric`.
+std::vector<GridAxis> parse_tune(const toml::table& table, const std::string& file, GridTune& tune) {
+    tune = GridTune{};
+    tune.where = loc_of(table.source(), file);
     std::vector<GridAxis> axes;
-    for (const auto& [key, node] : lists) {
-        axes.push_back(grid_list(key, *node, file));
-        check_distinct(axes.back(), "[grid] '" + key + "'");
-    }
-    for (const auto& [name, table] : zips) {
-        if (name == "variant") {
-            GridAxis variants;
-            variants.keys = {"variant"};
-            variants.where = loc_of(table->source(), file);
-            for (const auto& [variant, node] : *table) {
-                const auto* sub = node.as_table();
-                if (!sub)
-                    throw config_error(loc_of(node.source(), file),
-                                       "[grid.variant] '" + std::string(variant.str()) + "' must be a table",
-                                       "[grid.variant.ddp] \"strategy.name\" = \"ddp\"");
-                std::map<std::string, Setting> flat;
-                flatten(*sub, "", file, flat);
-                variants.names.emplace_back(variant.str());
-                variants.settings.emplace_back();
-                for (const auto& [key, setting] : flat) variants.settings.back().emplace_back(key, setting.value);
+    for (const auto& [k, node] : table) {
+        const std::string key(k.str());
+        if (key == "metric") {
+            if (!node.is_string())
+                throw config_error(loc_of(node.source(), file), "[grid.tune] metric must be a string",
+                                   "metric = \"final_eval_loss\"");
+            tune.metric = node.as_string()->get();
+        } else if (key == "seeds") {
+            for (const auto& p : grid_list(key, node, file).points) tune.seeds.push_back(p[0].as_int());
+        } else {
+            std::vector<std::pair<std::string, const toml::node*>> lists;
+            if (const auto* sub = node.as_table())
+                collect_lists(*sub, key, file, lists, false, nullptr);
+            else
+                lists.emplace_back(key, &node);
+            for (const auto& [name, list] : lists) {
+                axes.push_back(grid_list(name, *list, file));
+                check_distinct(axes.back(), "[grid.tune] '" + name + "'");
+                tune.keys.push_back(name);
             }
-            if (variants.names.empty())
-                throw config_error(variants.where, "[grid.variant] has no variants",
-                                   "[grid.variant.ddp] \"strategy.name\" = \"ddp\", or remove the table");
-            axes.push_back(variants);
-            continue;
         }
-        std::vector<std::pair<std::string, const toml::node*>> members;
-        collect_lists(*table, "", file, members, false, nullptr);
-        GridAxis zipped;
-        zipped.where = loc_of(table->source(), file);
-        for (const auto& [key, node] : members) {
-            GridAxis one = grid_list(key, *node, file);
-            if (!zipped.keys.empty() && one.points.size() != zipped.points.size())
-                throw config_error(one.where,
-                                   "[grid." + name + "] '" + key + "' has " + std::to_string(one.points.size()) +
-                                       " values but '" + zipped.keys[0] + "' has " +
-                                       std::to_string(zipped.points.size()),
-                                   "lists in a zip group vary together: give them the same length");
-            if (zipped.keys.empty()) zipped.points.resize(one.points.size());
-            zipped.keys.push_back(one.keys[0]);
-            for (size_t i = 0; i < one.points.size(); ++i) zipped.points[i].push_back(one.points[i][0]);
-        }
-        if (zipped.keys.empty())
-            throw config_error(zipped.where, "[grid." + name + "] has no lists",
-                               "a zip group varies lists of equal length together");
-        check_distinct(zipped, "[grid." + name + "]");
-        axes.push_back(zipped);
     }
-    if (axes.empty())
-        throw config_error(loc_of(grid.source(), file), "[grid] is empty", "give it lists to vary, or remove it");
+    if (tune.keys.empty() || tune.seeds.empty())
+        throw config_error(tune.where, "[grid.tune] needs the keys to tune and the seeds to tune them on",
+                           "[grid.tune] \"optimizer.lr\" = [0.1, 0.3] and seeds = [100]");
     return axes;
+}
+
+// [[grid.skip]] tables: each key a named axis or a setting, each value one value or a list.
+std::vector<GridSkip> parse_skips(const toml::node& node, const std::string& file) {
+    const auto* arr = node.as_array();
+    if (!arr || !arr->is_array_of_tables() || arr->empty())
+        throw config_error(loc_of(node.source(), file), "[grid] skip must be [[grid.skip]] tables",
+                           "[[grid.skip]]\nscenario = \"failure\"\nvariant = [\"ddp\", \"zero1\"]");
+    std::vector<GridSkip> out;
+    for (const auto& item : *arr) {
+        GridSkip skip;
+        skip.where = loc_of(item.source(), file);
+        std::map<std::string, Setting> flat;
+        flatten(*item.as_table(), "", file, flat);
+        for (const auto& [key, setting] : flat)
+            skip.match.emplace_back(key, setting.value.type() == ValueType::List ? setting.value.as_list()
+                                                                                 : std::vector<Value>{setting.value});
+        if (skip.match.empty())
+            throw config_error(skip.where, "[[grid.skip]] is empty (it would skip every point)",
+                               "name the choices to leave out: variant = \"ddp\"");
+        out.push_back(std::move(skip));
+    }
+    return out;
+}
+
+// A file's axes replace its base's axes over the same keys; the others add up.
+void add_axis(std::vector<GridAxis>& grid, GridAxis axis) {
+    grid.erase(std::remove_if(grid.begin(), grid.end(),
+                              [&](const GridAxis& a) {
+                                  for (const auto& k : a.keys)
+                                      if (std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
+                                          return true;
+                                  return false;
+                              }),
+               grid.end());
+    grid.push_back(std::move(axis));
+}
+
+void parse_grid(const toml::table& grid, const std::string& file, Experiment& exp) {
+    std::vector<std::pair<std::string, const toml::node*>> lists;
+    std::vector<std::pair<std::string, const toml::table*>> tables;
+    collect_lists(grid, "", file, lists, true, &tables);
+    bool any = false;
+    for (const auto& [key, node] : lists) {
+        GridAxis axis = grid_list(key, *node, file);
+        check_distinct(axis, "[grid] '" + key + "'");
+        add_axis(exp.grid, std::move(axis));
+        any = true;
+    }
+    for (const auto& [name, table] : tables) {
+        if (name == "tune") {
+            for (auto& axis : parse_tune(*table, file, exp.tune)) add_axis(exp.grid, std::move(axis));
+        } else if (name.rfind("zip", 0) == 0) {
+            add_axis(exp.grid, zip_axis(name, *table, file));
+        } else {
+            add_axis(exp.grid, named_axis(name, *table, file));
+        }
+        any = true;
+    }
+    if (const auto* skip = grid.get("skip"))
+        for (auto& s : parse_skips(*skip, file)) exp.skip.push_back(std::move(s));
+    if (!any) throw config_error(loc_of(grid.source(), file), "[grid] is empty", "give it lists to vary, or remove it");
 }
 
 void load_into(const std::string& path, Experiment& exp, std::vector<std::string>& stack) {
@@ -340,20 +435,21 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
         if (!grid->is_table())
             throw config_error(loc_of(grid->source(), path), "'grid' must be a table",
                                "[grid] \"optimizer.lr\" = [1e-3, 3e-4]");
-        // A file's axes replace its base's axes over the same keys; the others add up.
-        for (auto& axis : parse_grid(*grid->as_table(), path)) {
-            exp.grid.erase(
-                std::remove_if(exp.grid.begin(), exp.grid.end(),
-                               [&](const GridAxis& a) {
-                                   for (const auto& k : a.keys)
-                                       if (std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
-                                           return true;
-                                   return false;
-                               }),
-                exp.grid.end());
-            exp.grid.push_back(std::move(axis));
-        }
+        parse_grid(*grid->as_table(), path, exp);
         table.erase("grid");
+    }
+    if (auto* presets = table.get("preset")) {
+        if (!presets->is_table())
+            throw config_error(loc_of(presets->source(), path), "'preset' must hold tables",
+                               "[preset.quick] \"train.steps\" = 100");
+        for (const auto& [name, node] : *presets->as_table()) {
+            if (!node.is_table())
+                throw config_error(loc_of(node.source(), path),
+                                   "[preset] '" + std::string(name.str()) + "' must be a table",
+                                   "[preset.quick] \"train.steps\" = 100");
+            flatten(*node.as_table(), "", path, exp.presets[std::string(name.str())]);
+        }
+        table.erase("preset");
     }
     std::map<std::string, Setting> mine;
     flatten(table, "", path, mine);
@@ -424,25 +520,87 @@ std::string json_escape(const std::string& s) {
     return out;
 }
 
+namespace {
+
+// The axes as expanded: [grid.tune]'s seeds put first on the seed axis.
+std::vector<GridAxis> axes_with_tuning_seeds(const Experiment& exp) {
+    std::vector<GridAxis> axes = exp.grid;
+    if (exp.tune.empty()) return axes;
+    auto seeds = std::find_if(axes.begin(), axes.end(),
+                              [](const GridAxis& a) { return a.keys == std::vector<std::string>{"train.seed"}; });
+    if (seeds == axes.end())
+        throw config_error(exp.tune.where, "[grid.tune] needs held-out seeds to report the chosen settings on",
+                           "seeds = [0, 1, 2] in [grid], apart from [grid.tune]'s seeds");
+    std::vector<std::vector<Value>> points;
+    for (int64_t s : exp.tune.seeds) {
+        for (const auto& p : seeds->points)
+            if (p[0].as_int() == s)
+                throw config_error(exp.tune.where,
+                                   "seed " + std::to_string(s) + " is both a tuning seed and a reported one",
+                                   "tuning seeds choose, the [grid] seeds report: keep them apart");
+        points.push_back({Value(s)});
+    }
+    points.insert(points.end(), seeds->points.begin(), seeds->points.end());
+    seeds->points = std::move(points);
+    return axes;
+}
+
+bool skipped(const GridPoint& p, const std::vector<GridSkip>& skips) {
+    for (const auto& skip : skips) {
+        bool all = true;
+        for (const auto& [key, values] : skip.match) {
+            bool one = false;
+            for (const auto& [axis, choice] : p.choices)
+                if (axis == key)
+                    for (const auto& v : values) one |= v.type() == ValueType::String && v.as_string() == choice;
+            for (const auto& [k, value] : p.assignments)
+                if (k == key)
+                    for (const auto& v : values) one |= v == value;
+            all &= one;
+        }
+        if (all) return true;
+    }
+    return false;
+}
+
+// A skip naming a key the grid does not vary would silently skip nothing.
+void check_skips(const Experiment& exp) {
+    for (const auto& skip : exp.skip)
+        for (const auto& [key, values] : skip.match) {
+            bool known = false;
+            for (const auto& axis : exp.grid) {
+                known |= std::find(axis.keys.begin(), axis.keys.end(), key) != axis.keys.end();
+                for (const auto& set : axis.settings)
+                    for (const auto& kv : set) known |= kv.first == key;
+            }
+            if (!known)
+                throw config_error(skip.where, "[[grid.skip]] '" + key + "' is not varied by the grid",
+                                   "skip by a named axis (variant = \"ddp\") or a key the grid varies");
+        }
+}
+
+}  // namespace
+
 std::vector<GridPoint> expand_grid(const Experiment& exp) {
+    const auto axes = axes_with_tuning_seeds(exp);
+    check_skips(exp);
     double total = 1;
-    for (const auto& axis : exp.grid)
-        total *= static_cast<double>(axis.names.empty() ? axis.points.size() : axis.names.size());
+    for (const auto& axis : axes) total *= static_cast<double>(axis.named() ? axis.names.size() : axis.points.size());
     if (total > kMaxGridPoints)
         throw Error("the [grid] of " + exp.path + " has " +
                         (total < 9e18 ? std::to_string(static_cast<long long>(total)) : "over 10^18") +
                         " points, over the limit of " + std::to_string(static_cast<int64_t>(kMaxGridPoints)),
                     "split it into several sweeps, or zip axes that vary together ([grid.zip])");
     std::vector<GridPoint> points(1);
-    for (const auto& axis : exp.grid) {
+    for (const auto& axis : axes) {
         std::vector<GridPoint> next;
-        if (!axis.names.empty()) {  // named variants
+        if (axis.named()) {
             for (const auto& p : points)
                 for (size_t v = 0; v < axis.names.size(); ++v) {
                     GridPoint q = p;
                     for (const auto& kv : axis.settings[v]) q.assignments.push_back(kv);
-                    q.label += (q.label.empty() ? "" : " ") + std::string("variant=") + axis.names[v];
-                    q.variant = axis.names[v];
+                    q.label += (q.label.empty() ? "" : " ") + axis.keys[0] + "=" + axis.names[v];
+                    q.choices.emplace_back(axis.keys[0], axis.names[v]);
                     next.push_back(std::move(q));
                 }
             points = std::move(next);
@@ -455,12 +613,33 @@ std::vector<GridPoint> expand_grid(const Experiment& exp) {
                     q.assignments.emplace_back(axis.keys[k], values[k]);
                     const std::string shown = axis.keys[k] == "train.seed" ? "seed" : axis.keys[k];
                     q.label += (q.label.empty() ? "" : " ") + shown + "=" + values[k].to_text();
+                    if (axis.keys[k] == "train.seed")
+                        q.tuning = std::find(exp.tune.seeds.begin(), exp.tune.seeds.end(), values[k].as_int()) !=
+                                   exp.tune.seeds.end();
                 }
                 next.push_back(std::move(q));
             }
         points = std::move(next);
     }
+    points.erase(std::remove_if(points.begin(), points.end(), [&](const GridPoint& p) { return skipped(p, exp.skip); }),
+                 points.end());
+    if (points.empty()) throw Error("the [grid] of " + exp.path + " skips every point", "loosen its [[grid.skip]]");
     return points;
+}
+
+void apply_preset(Experiment& exp, const std::string& name) {
+    const auto it = exp.presets.find(name);
+    if (it == exp.presets.end()) {
+        std::vector<std::string> names;
+        for (const auto& kv : exp.presets) names.push_back(kv.first);
+        throw Error(
+            exp.path + " has no [preset." + name + "]" + (names.empty() ? "" : "; its presets: " + join(names, ", ")),
+            "a preset is a table of settings in the file: [preset." + name + "] \"train.steps\" = 100");
+    }
+    for (const auto& [key, setting] : it->second) {
+        forget_old_plugin_keys(exp.settings, key, setting.value);
+        exp.settings[key] = setting;
+    }
 }
 
 namespace {
@@ -640,6 +819,10 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
              {"db", "results/plexus.db", "SQLite database the run is recorded in"},
              ConfigKey("progress", "auto", "auto (a bar on a terminal), bar, lines or none")
                  .one_of({"auto", "bar", "lines", "none"}),
+             ConfigKey("target_loss", 0.0,
+                       "the eval loss this workload counts as reached: time_to and tokens_to use it when the "
+                       "leaderboard is given no --target (0: none)")
+                 .at_least(0),
          }},
         {"checkpoint",
          {

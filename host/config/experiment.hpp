@@ -29,14 +29,35 @@ struct Setting {
 };
 
 // One axis of a [grid]: a single key (cartesian), several keys that vary together (zipped),
-// or named variants ([grid.variant.NAME] tables), each its own set of settings.
+// or a named axis ([grid.variant.NAME], [grid.workload.NAME], ...): named choices, each its own
+// set of settings, recorded on the run as the setting AXIS = NAME.
 struct GridAxis {
-    std::vector<std::string> keys;
+    std::vector<std::string> keys;           // a named axis: {its name}
     std::vector<std::vector<Value>> points;  // points[i][k]: the value of keys[k] at position i
     SourceLoc where;
-    // Variants: variant i is named names[i] and assigns settings[i] (keys differ between them).
+    // Named choices: choice i is named names[i] and assigns settings[i] (keys differ between them).
     std::vector<std::string> names;
     std::vector<std::vector<std::pair<std::string, Value>>> settings;
+    bool named() const { return !names.empty(); }
+};
+
+// [grid.tune]: keys each group of the grid (every other axis but the seed) chooses on the tuning
+// seeds, by the best mean of `metric`; the grid's own seeds then run the chosen values only, so
+// the numbers reported never chose themselves (`plexus sweep` runs the two phases).
+struct GridTune {
+    std::vector<std::string> keys;
+    std::vector<int64_t> seeds;
+    std::string metric = "final_eval_loss";
+    SourceLoc where;
+    bool empty() const { return keys.empty(); }
+};
+
+// [[grid.skip]]: a point matching every entry (a named axis's choice, or a setting's value; one
+// value or a list of them) is not part of the grid, for combinations that cannot run (a strategy
+// that cannot survive a rank failure, say).
+struct GridSkip {
+    std::vector<std::pair<std::string, std::vector<Value>>> match;
+    SourceLoc where;
 };
 
 // An experiment as written: every setting under its dotted key ("optimizer.lr"; top-level
@@ -48,17 +69,23 @@ struct Experiment {
     std::map<std::string, Setting> settings;
     std::vector<std::string> overrides;  // the --set assignments, as given
     std::vector<GridAxis> grid;          // [grid]: empty for a single run
+    GridTune tune;
+    std::vector<GridSkip> skip;
+    // [preset.NAME]: settings applied together on request (--preset NAME; --quick is "quick").
+    std::map<std::string, std::map<std::string, Setting>> presets;
 };
 
 // One point of a grid: the settings it assigns, and a short label ("optimizer.lr=0.001 seed=1").
 struct GridPoint {
     std::vector<std::pair<std::string, Value>> assignments;
     std::string label;
-    std::string variant;  // the [grid.variant.NAME] this point takes, if any (recorded as a run setting)
+    std::vector<std::pair<std::string, std::string>> choices;  // named axes: (axis, choice), recorded as settings
+    bool tuning = false;                                       // its seed is one of [grid.tune]'s
 };
 
-// The cartesian product of the axes, in a stable order (first axis slowest); one empty point
-// when there is no grid.
+// The cartesian product of the axes, in a stable order (first axis slowest), less the points
+// [[grid.skip]] leaves out; one empty point when there is no grid. [grid.tune]'s seeds come
+// first on the seed axis.
 std::vector<GridPoint> expand_grid(const Experiment& exp);
 
 // Refuses (plexus::Error at origin:line:column) a non-ASCII character outside the strings and
@@ -68,6 +95,8 @@ void check_toml_text(const std::string& text, const std::string& origin);
 // Reads `path` and the files it extends. Throws ConfigError (a plexus::Error) naming the file,
 // line and column of what is wrong.
 Experiment load_experiment(const std::string& path);
+// Applies the settings of [preset.NAME]; throws naming the presets the file has.
+void apply_preset(Experiment& exp, const std::string& name);
 // Applies "section.key=value" (value in TOML syntax; bare words are taken as strings).
 void apply_override(Experiment& exp, const std::string& assignment);
 

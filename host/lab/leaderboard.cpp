@@ -85,9 +85,49 @@ const std::map<std::string, std::string>& telling_keys() {
     return keys;
 }
 
-// Groups of fewer than 3 seeds, and the settings the compared runs differ in: those outside the
-// grouping keys (confounds), and the telling ones wherever they differ.
-std::vector<std::string> board_warnings(const Board& b, const std::vector<std::string>& varying) {
+using Params = std::vector<std::map<std::string, std::string>>;
+
+std::string value_in(const std::map<std::string, std::string>& p, const std::string& k) {
+    const auto it = p.find(k);
+    return it == p.end() ? std::string() : it->second;
+}
+
+// Whether `key` takes one value wherever the `by` keys take the same values (in these runs).
+bool determined_by(const Params& params, const std::string& key, const std::vector<std::string>& by) {
+    std::map<std::vector<std::string>, std::string> seen;
+    for (const auto& p : params) {
+        std::vector<std::string> at;
+        for (const auto& k : by) at.push_back(value_in(p, k));
+        const auto [it, fresh] = seen.emplace(at, value_in(p, key));
+        if (!fresh && it->second != value_in(p, key)) return false;
+    }
+    return true;
+}
+
+// The keys that tell groups apart: with a grid's named axes (variant, workload, ...: the keys
+// without a dot), those and the other keys they do not determine (a variant's strategy.name is
+// its own; a zip's second key stays); without, every key given. (Top-level settings such as
+// faults have no dot either: they are not axes.)
+std::vector<std::string> telling_apart(const Params& params, const std::vector<std::string>& keys) {
+    auto is_named = [](const std::string& k) {
+        if (k.find('.') != std::string::npos) return false;
+        for (const auto& top : top_level_schema())  // faults is a setting, not a named axis
+            if (top.name == k) return false;
+        return true;
+    };
+    std::vector<std::string> named;
+    for (const auto& k : keys)
+        if (is_named(k)) named.push_back(k);
+    if (named.empty()) return keys;
+    std::vector<std::string> out;
+    for (const auto& k : keys)
+        if (is_named(k) || !determined_by(params, k, named)) out.push_back(k);
+    return out;
+}
+
+// Groups of fewer than 3 seeds, and the settings the compared runs differ in: those that differ
+// within a group (confounds), and the telling ones wherever they differ.
+std::vector<std::string> board_warnings(const Board& b, const std::vector<std::string>& varying, const Params& params) {
     std::vector<std::string> out;
     int few = 0;
     for (const auto& r : b.rows) few += r.runs.size() > 0 && r.n + r.censored < 3 ? 1 : 0;
@@ -112,13 +152,37 @@ std::vector<std::string> board_warnings(const Board& b, const std::vector<std::s
         if (std::find(b.best_over.begin(), b.best_over.end(), k) != b.best_over.end()) continue;  // tuned
         const bool grouped = std::find(b.keys.begin(), b.keys.end(), k) != b.keys.end();
         const auto telling = telling_keys().find(k);
-        if (!grouped)
+        if (!grouped && !determined_by(params, k, b.keys))
             out.push_back("runs within a group differ in " + k + " (not a grouping key): a confound");
         else if (telling != telling_keys().end())
             out.push_back("the groups differ in " + k + ": " + telling->second + " is not the same for all");
     }
     return out;
 }
+
+}  // namespace
+
+std::string best_candidate(const std::map<std::string, std::vector<double>>& scores, bool lower_is_better) {
+    std::string best;
+    double best_mean = NAN;
+    for (const auto& [candidate, values] : scores) {
+        const double mean = t_interval(values).mean;
+        const bool better = !std::isfinite(best_mean) || (lower_is_better ? mean < best_mean : mean > best_mean);
+        if (std::isfinite(mean) && better) best = candidate, best_mean = mean;
+    }
+    return best;
+}
+
+std::string candidate_text(const std::map<std::string, std::string>& params, const std::vector<std::string>& keys) {
+    std::string c;
+    for (const auto& k : keys) {
+        const auto it = params.find(k);
+        c += (c.empty() ? "" : " ") + k + "=" + (it == params.end() ? std::string() : it->second);
+    }
+    return c;
+}
+
+namespace {
 
 // --best-over: for each group (b.keys' values), the setting of the best_over keys with the best
 // mean on the tuning seeds, and the count of tuning runs behind the choice. `enter` marks the runs
@@ -135,11 +199,7 @@ std::map<std::vector<std::string>, std::pair<std::string, int>> tune(
         for (const auto& k : b.keys) v.push_back(value_of(i, k));
         return v;
     };
-    auto candidate_of = [&](size_t i) {
-        std::string c;
-        for (const auto& k : o.best_over) c += (c.empty() ? "" : " ") + k + "=" + value_of(i, k);
-        return c;
-    };
+    auto candidate_of = [&](size_t i) { return candidate_text(params[i], o.best_over); };
     auto tuning = [&](size_t i) {
         const auto seed = value_of(i, "train.seed");
         return std::find(o.tuning_seeds.begin(), o.tuning_seeds.end(), seed) != o.tuning_seeds.end();
@@ -152,16 +212,8 @@ std::map<std::vector<std::string>, std::pair<std::string, int>> tune(
             ++trials[method_of(i)];
         }
     std::map<std::vector<std::string>, std::pair<std::string, int>> chosen;
-    for (const auto& [method, candidates] : scores) {
-        std::string best;
-        double best_mean = NAN;
-        for (const auto& [candidate, values] : candidates) {
-            const double mean = t_interval(values).mean;
-            const bool better = !std::isfinite(best_mean) || (b.lower_is_better ? mean < best_mean : mean > best_mean);
-            if (std::isfinite(mean) && better) best = candidate, best_mean = mean;
-        }
-        chosen[method] = {best, trials[method]};
-    }
+    for (const auto& [method, candidates] : scores)
+        chosen[method] = {best_candidate(candidates, !higher_is_better(o.tune_metric)), trials[method]};
     enter.assign(params.size(), false);
     for (size_t i = 0; i < params.size(); ++i) {
         const auto it = chosen.find(method_of(i));
@@ -184,12 +236,23 @@ void pair_with_baseline(Board& b, const std::string& baseline, const std::vector
         const auto it = p.find("train.seed");
         return it == p.end() ? std::string() : it->second;
     };
-    std::map<std::string, double> base;  // seed -> value
+    // A row pairs with the baseline row that shares its other grouping keys (the same workload and
+    // scenario, say), run by run by seed.
+    const auto key_at = static_cast<size_t>(std::find(b.keys.begin(), b.keys.end(), key) - b.keys.begin());
+    auto context_of = [&](const BoardRow& r) {
+        std::vector<std::string> c;
+        if (key_at < b.keys.size()) {
+            c = r.key_values;
+            c.erase(c.begin() + static_cast<std::ptrdiff_t>(key_at));
+        }
+        return c;
+    };
+    std::map<std::pair<std::vector<std::string>, std::string>, double> base;  // (context, seed) -> value
     for (const auto& r : b.rows)
         for (size_t k = 0; k < r.runs.size(); ++k) {
             const auto& p = *params_of.at(r.runs[k]);
             const auto it = p.find(key);
-            if (it != p.end() && it->second == want) base[seed_of(r.runs[k])] = r.values[k];
+            if (it != p.end() && it->second == want) base[{context_of(r), seed_of(r.runs[k])}] = r.values[k];
         }
     if (base.empty())
         throw Error("--baseline " + baseline + ": no run has " + key + " = " + want,
@@ -197,7 +260,7 @@ void pair_with_baseline(Board& b, const std::string& baseline, const std::vector
     for (auto& r : b.rows) {
         std::vector<double> diffs;
         for (size_t k = 0; k < r.runs.size(); ++k) {
-            const auto it = base.find(seed_of(r.runs[k]));
+            const auto it = base.find({context_of(r), seed_of(r.runs[k])});
             if (it != base.end() && std::isfinite(it->second) && std::isfinite(r.values[k]))
                 diffs.push_back(r.values[k] - it->second);
         }
@@ -277,8 +340,23 @@ std::vector<RunInfo> runs_to_rank(ResultsStore& store, const std::string& which,
     return out;
 }
 
+bool lower_is_better(const std::string& metric) { return !higher_is_better(metric); }
+
+double target_of(ResultsStore& store, int64_t run, const BoardOptions& o) {
+    if (o.target > 0) return o.target;
+    const auto params = store.params(run);
+    const auto it = params.find("results.target_loss");
+    const double t = it == params.end() ? 0 : std::atof(it->second.c_str());
+    if (!(t > 0))
+        throw Error(
+            "--metric " + o.metric + " needs --target LOSS: run " + std::to_string(run) + " has no results.target_loss",
+            "for example --target 2.5, or give the workload a target: [results] target_loss = 2.5");
+    return t;
+}
+
 double run_metric(ResultsStore& store, int64_t run, const BoardOptions& o) {
     if (o.metric == "loss_at" || o.metric == "tokens_to" || o.metric == "time_to") {
+        const double target = o.metric == "loss_at" ? 0 : target_of(store, run, o);
         const auto rows = store.metric_rows(run, "eval_loss");
         if (o.metric == "loss_at") {
             // The last evaluation within the token budget.
@@ -292,9 +370,9 @@ double run_metric(ResultsStore& store, int64_t run, const BoardOptions& o) {
         double prev_value = NAN, prev_x = NAN;
         for (const auto& m : rows) {
             const double x = o.metric == "tokens_to" ? static_cast<double>(m.tokens) : m.sim_time.value_or(m.wall_time);
-            if (std::isfinite(m.value) && m.value <= o.target) {
-                if (std::isfinite(prev_value) && prev_value > o.target)
-                    return prev_x + (prev_value - o.target) / (prev_value - m.value) * (x - prev_x);
+            if (std::isfinite(m.value) && m.value <= target) {
+                if (std::isfinite(prev_value) && prev_value > target)
+                    return prev_x + (prev_value - target) / (prev_value - m.value) * (x - prev_x);
                 return x;
             }
             prev_value = m.value;
@@ -308,8 +386,6 @@ double run_metric(ResultsStore& store, int64_t run, const BoardOptions& o) {
 }
 
 Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const BoardOptions& o) {
-    if ((o.metric == "tokens_to" || o.metric == "time_to") && !(o.target > 0))
-        throw Error("--metric " + o.metric + " needs --target LOSS", "for example --target 2.5");
     if (o.metric == "loss_at" && !(o.tokens > 0))
         throw Error("--metric loss_at needs --tokens N (the token budget)", "for example --tokens 500000");
     // A metric no run has is a typo, not a column of dashes.
@@ -330,8 +406,9 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
     b.lower_is_better = !higher_is_better(o.metric);
     b.metric_label = o.metric;
     if (o.metric == "loss_at") b.metric_label = "eval loss at " + human_count(o.tokens) + " tokens";
-    if (o.metric == "tokens_to") b.metric_label = "tokens to eval loss " + fmt(o.target);
-    if (o.metric == "time_to") b.metric_label = "seconds to eval loss " + fmt(o.target) + " (simulated if simulated)";
+    const std::string target = o.target > 0 ? "eval loss " + fmt(o.target) : "each run's results.target_loss";
+    if (o.metric == "tokens_to") b.metric_label = "tokens to " + target;
+    if (o.metric == "time_to") b.metric_label = "seconds to " + target + " (simulated if simulated)";
     b.runs = static_cast<int>(runs.size());
     std::vector<std::map<std::string, std::string>> params;
     for (const auto& r : runs) params.push_back(store.params(r.id));
@@ -348,8 +425,10 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
                             "settings are dotted keys, e.g. optimizer.lr; varying here: " + join(varying, ", "));
         b.keys = o.group_by;
     } else {
+        std::vector<std::string> keys;
         for (const auto& k : varying)
-            if (k != "train.seed") b.keys.push_back(k);
+            if (k != "train.seed") keys.push_back(k);
+        b.keys = telling_apart(params, keys);
     }
     std::vector<double> metric;
     for (const auto& r : runs) metric.push_back(run_metric(store, r.id, o));
@@ -360,7 +439,13 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
             throw Error("--best-over needs --tuning-seeds S1,S2",
                         "the seeds the choice is made on; the others report it");
         for (const auto& k : o.best_over) b.keys.erase(std::remove(b.keys.begin(), b.keys.end(), k), b.keys.end());
-        tuned = tune(b, o, params, metric, enter);
+        std::vector<double> by = metric;
+        if (o.tune_metric != o.metric) {
+            BoardOptions t = o;
+            t.metric = o.tune_metric;
+            for (size_t i = 0; i < runs.size(); ++i) by[i] = run_metric(store, runs[i].id, t);
+        }
+        tuned = tune(b, o, params, by, enter);
         b.best_over = o.best_over;
         b.tuning_seeds = o.tuning_seeds;
     }
@@ -400,7 +485,18 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
         pair_with_baseline(b, o.baseline, runs, params);
         b.baseline = o.baseline;
     }
-    if (!o.per_run) b.warnings = board_warnings(b, varying);
+    if (!o.per_run) b.warnings = board_warnings(b, varying, params);
+    for (const auto& [method, choice] : tuned) {  // a choice with nothing to report would vanish
+        const bool shown =
+            std::any_of(b.rows.begin(), b.rows.end(), [&](const BoardRow& r) { return r.key_values == method; });
+        if (!shown)
+            b.warnings.push_back(
+                join(method, "/") + ": " +
+                (choice.first.empty()
+                     ? "no tuning run had a value to choose by"
+                     : "chose " + choice.first + " on the tuning seeds, but has no run of it on the others") +
+                ": not ranked");
+    }
     return b;
 }
 
@@ -566,40 +662,47 @@ Profile make_profile(ResultsStore& store, const std::vector<RunInfo>& runs, cons
     if (higher_is_better(o.metric))
         throw Error("--profile ranks by a figure where lower is better; " + o.metric + " is not",
                     "use --metric time_to or tokens_to with --target LOSS, or a loss");
-    std::vector<std::map<std::string, std::string>> params;
-    for (const auto& r : runs) params.push_back(store.params(r.id));
-    const auto varying = varying_keys(params);
-    if (std::find(varying.begin(), varying.end(), method_key) == varying.end())
+    // The groups of the board (with --best-over: each method's chosen setting, its held-out seeds).
+    Board groups = make_board(store, runs, [&] {
+        BoardOptions g = o;
+        g.profile.clear();
+        g.baseline.clear();
+        return g;
+    }());
+    if (std::find(groups.keys.begin(), groups.keys.end(), method_key) == groups.keys.end())
         throw Error("--profile " + method_key + ": the runs do not differ in it",
-                    "name the setting that tells the methods apart; varying here: " + join(varying, ", "));
+                    "name the setting that tells the methods apart; varying here: " + join(groups.keys, ", "));
+    // A problem is every other grouping key but those the method fixes (a variant's own settings).
+    Params params;
+    for (const auto& r : runs) params.push_back(store.params(r.id));
+    std::vector<size_t> problem_keys;
+    for (size_t k = 0; k < groups.keys.size(); ++k)
+        if (groups.keys[k] != method_key && !determined_by(params, groups.keys[k], {method_key}))
+            problem_keys.push_back(k);
+    const size_t method_at =
+        static_cast<size_t>(std::find(groups.keys.begin(), groups.keys.end(), method_key) - groups.keys.begin());
     Profile p;
     p.metric = o.metric;
     p.method_key = method_key;
-    std::vector<std::string> problem_keys;
-    for (const auto& k : varying)
-        if (k != method_key && k != "train.seed") problem_keys.push_back(k);
-    std::map<std::pair<std::string, std::string>, std::vector<double>> values;  // (method, problem)
+    std::map<std::pair<std::string, std::string>, const BoardRow*> row_of;  // (method, problem)
     std::set<std::string> methods, problems;
-    for (size_t i = 0; i < runs.size(); ++i) {
-        auto get = [&](const std::string& k) {
-            const auto it = params[i].find(k);
-            return it == params[i].end() ? std::string() : it->second;
-        };
+    for (const auto& row : groups.rows) {
         std::string problem;
-        for (const auto& k : problem_keys) problem += (problem.empty() ? "" : " ") + k + "=" + get(k);
+        for (size_t k : problem_keys)
+            problem += (problem.empty() ? "" : " ") + groups.keys[k] + "=" + row.key_values[k];
         if (problem.empty()) problem = "(all)";
-        methods.insert(get(method_key));
+        const std::string& method = row.key_values[method_at];
+        methods.insert(method);
         problems.insert(problem);
-        values[{get(method_key), problem}].push_back(run_metric(store, runs[i].id, o));
+        row_of[{method, problem}] = &row;
     }
     p.methods.assign(methods.begin(), methods.end());
     p.problems.assign(problems.begin(), problems.end());
+    // A method's figure on a problem: its mean over seeds, infinite if a seed never got there.
     auto figure = [&](const std::string& m, const std::string& q) -> double {
-        const auto it = values.find({m, q});
-        if (it == values.end()) return INFINITY;
-        for (double v : it->second)
-            if (std::isinf(v) || std::isnan(v)) return INFINITY;  // a seed that never got there
-        return t_interval(it->second).mean;
+        const auto it = row_of.find({m, q});
+        if (it == row_of.end() || it->second->censored > 0 || it->second->n == 0) return INFINITY;
+        return it->second->mean;
     };
     p.ratio.assign(p.methods.size(), std::vector<double>(p.problems.size(), INFINITY));
     for (size_t q = 0; q < p.problems.size(); ++q) {

@@ -23,8 +23,9 @@ struct BoardOptions {
     // Equal tuning budgets: each group's setting of these keys is chosen on the tuning seeds (its
     // best mean there), and the group is reported on the other seeds only (held out).
     std::vector<std::string> best_over;
-    std::vector<std::string> tuning_seeds;  // values of train.seed
-    std::string profile;                    // KEY: performance profiles of its values (make_profile)
+    std::vector<std::string> tuning_seeds;        // values of train.seed
+    std::string tune_metric = "final_eval_loss";  // what the choice minimizes (a sweep's [grid.tune] metric)
+    std::string profile;                          // KEY: performance profiles of its values (make_profile)
 };
 
 // A sample's mean, sample std and two-sided 95% Student-t interval for the mean (lo = hi = mean
@@ -78,6 +79,13 @@ std::vector<RunInfo> runs_to_rank(ResultsStore& store, const std::string& which,
 double run_metric(ResultsStore& store, int64_t run, const BoardOptions& o);
 
 Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const BoardOptions& o);
+
+// Equal tuning budgets (--best-over, and `plexus sweep` with [grid.tune]) choose alike: of the
+// candidate settings ("optimizer.lr=0.1", as candidate_text writes them from a run's settings)
+// with their values on the tuning seeds, the best finite mean; ties to the first in text order.
+std::string best_candidate(const std::map<std::string, std::vector<double>>& scores, bool lower_is_better);
+std::string candidate_text(const std::map<std::string, std::string>& params, const std::vector<std::string>& keys);
+bool lower_is_better(const std::string& metric);
 
 // "table" (aligned text), "csv", "json" or "markdown".
 std::string format_board(const Board& board, const std::string& format);

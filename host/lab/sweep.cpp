@@ -13,6 +13,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <thread>
@@ -20,6 +21,7 @@
 #include <plexus/error.hpp>
 
 #include "config/experiment.hpp"
+#include "lab/leaderboard.hpp"
 #include "runtime/harness.hpp"
 #include "transport/launch.hpp"
 #include "runtime/loader.hpp"
@@ -52,6 +54,7 @@ struct Point {
     int slots = 1;            // cores-worth this run needs: its ranks for mode = local
     std::string last_status;  // of the newest run of this point in the sweep, "" if none
     int64_t last_run = 0;
+    bool chosen = true;       // [grid.tune]: a reported point at its group's chosen values (known after tuning)
     double wall_limit_s = 0;  // [limits]: 0 none
     double memory_limit_bytes = 0;
 };
@@ -145,8 +148,8 @@ std::string one_decimal(double s) {
 std::vector<std::string> varying_axes(const Experiment& exp) {
     std::vector<std::string> varying;
     for (const auto& axis : exp.grid) {
-        if (!axis.names.empty()) {
-            varying.push_back("variant: " + join(axis.names, ", "));
+        if (axis.named()) {
+            varying.push_back(axis.keys[0] + ": " + join(axis.names, ", "));
             continue;
         }
         std::string values;
@@ -175,6 +178,7 @@ struct SweepPlan {
 SweepPlan plan_sweep(const std::string& path, const SweepOptions& o, PluginRegistry& registry) {
     SweepPlan plan;
     plan.exp = load_experiment(path);
+    if (!o.preset.empty()) apply_preset(plan.exp, o.preset);
     for (const auto& s : o.overrides) apply_override(plan.exp, s);
     if (!o.db.empty()) plan.exp.settings["results.db"] = Setting{Value(o.db), SourceLoc{"--db", 0, 0}};
     scan_plugins(plan.exp, registry);
@@ -240,15 +244,113 @@ bool should_run(const Point& p, const History& h, bool retry_failed) {
     return true;  // new, interrupted, or left running by a killed process
 }
 
+// [grid.tune]: a point's group (what it assigns but the tuned keys and the seed) and its tuned values.
+using Assignments = std::vector<std::pair<std::string, Value>>;
+void split_tuned(const GridPoint& p, const GridTune& tune, Assignments& group, Assignments& tuned) {
+    for (const auto& kv : p.assignments) {
+        if (kv.first == "train.seed") continue;
+        const bool is_tuned = std::find(tune.keys.begin(), tune.keys.end(), kv.first) != tune.keys.end();
+        (is_tuned ? tuned : group).push_back(kv);
+    }
+}
+
+// After the tuning phase: each group's tuned values are those with the best mean of the tuning
+// metric over its finished tuning runs, chosen as the leaderboard's --best-over chooses. Marks
+// every reported point chosen or not; returns a line per group ("variant=ddp: optimizer.lr=0.1
+// (2 tuning runs)").
+std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
+    struct Group {
+        Assignments key;
+        std::string label;
+        std::map<std::string, std::vector<double>> scores;
+        std::map<std::string, Assignments> values_of;
+        int runs = 0;
+    };
+    std::vector<Group> groups;
+    auto group_of = [&](const Point& p, Assignments& tuned) -> Group& {
+        Assignments key;
+        split_tuned(p.grid, plan.exp.tune, key, tuned);
+        for (auto& g : groups)
+            if (g.key == key) return g;
+        std::string label;
+        for (const auto& [axis, choice] : p.grid.choices) label += (label.empty() ? "" : " ") + axis + "=" + choice;
+        for (const auto& [k, v] : key)
+            if (label.find(k + "=") == std::string::npos && !plan.exp.grid.empty())
+                for (const auto& axis : plan.exp.grid)
+                    if (!axis.named() && std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
+                        label += (label.empty() ? "" : " ") + k + "=" + v.to_text();
+        groups.push_back({key, label.empty() ? "(one group)" : label, {}, {}, 0});
+        return groups.back();
+    };
+    BoardOptions metric;
+    metric.metric = plan.exp.tune.metric;
+    for (auto& p : plan.points) {
+        if (!p.grid.tuning) continue;
+        Assignments tuned;
+        Group& g = group_of(p, tuned);
+        if (p.last_status != "finished" || p.last_run <= 0) continue;
+        const std::string candidate = candidate_text(store.params(p.last_run), plan.exp.tune.keys);
+        g.scores[candidate].push_back(run_metric(store, p.last_run, metric));
+        g.values_of[candidate] = tuned;
+        ++g.runs;
+    }
+    std::vector<std::string> lines;
+    for (const auto& g : groups) {
+        const std::string best = best_candidate(g.scores, lower_is_better(metric.metric));
+        lines.push_back(g.label + ": " +
+                        (best.empty() ? "nothing chosen (no tuning run finished with a value)" : best) + " (" +
+                        std::to_string(g.runs) + " tuning run" + (g.runs == 1 ? "" : "s") + ")");
+    }
+    for (auto& p : plan.points) {
+        if (p.grid.tuning) continue;
+        Assignments tuned;
+        Group& g = group_of(p, tuned);
+        const std::string best = best_candidate(g.scores, lower_is_better(metric.metric));
+        p.chosen = !best.empty() && g.values_of[best] == tuned;
+    }
+    return lines;
+}
+
+bool tuning_done(const SweepPlan& plan) {
+    for (const auto& p : plan.points)
+        if (p.grid.tuning && p.last_status != "finished" && p.last_status != "failed" && p.last_status != "diverged")
+            return false;
+    return true;
+}
+
 void print_dry_run(const SweepPlan& plan, const History& h, bool retry_failed) {
+    const bool tuned = !plan.exp.tune.empty(), chosen_known = tuned && tuning_done(plan);
     std::printf("%5s  %-16s  %-22s  %s\n", "point", "config hash", "state", "settings");
+    int tuning = 0, reported = 0, to_report = 0;
     for (const auto& p : plan.points) {
         std::string state = p.last_status.empty() ? "new" : p.last_status + " (run " + std::to_string(p.last_run) + ")";
         state += h.owned_elsewhere.count(p.index) ? ", running elsewhere"
                  : should_run(p, h, retry_failed) ? ""
                                                   : ", skip";
+        if (tuned && p.grid.tuning) ++tuning, state += ", tuning";
+        if (tuned && !p.grid.tuning) {
+            ++reported;
+            to_report += chosen_known && p.chosen ? 1 : 0;
+            if (chosen_known && !p.chosen) state = "not chosen";
+        }
         std::printf("%5d  %-16s  %-22s  %s\n", p.index, p.hash.c_str(), state.c_str(), p.grid.label.c_str());
     }
+    if (!tuned) return;
+    size_t combos = 1;  // tuned values per group
+    for (const auto& axis : plan.exp.grid)
+        if (!axis.named() &&
+            std::find(plan.exp.tune.keys.begin(), plan.exp.tune.keys.end(), axis.keys[0]) != plan.exp.tune.keys.end())
+            combos *= axis.points.size();
+    std::string seeds;
+    for (auto v : plan.exp.tune.seeds) seeds += (seeds.empty() ? "" : ",") + std::to_string(v);
+    const std::string will_run =
+        chosen_known ? std::to_string(to_report)
+                     : std::to_string(static_cast<size_t>(reported) / combos) + " (which, known after tuning)";
+    std::printf(
+        "[grid.tune]: %d tuning runs on seed(s) %s, then %s of the %d reported points: each group's best %s "
+        "by %s\n",
+        tuning, seeds.c_str(), will_run.c_str(), reported, join(plan.exp.tune.keys, ", ").c_str(),
+        plan.exp.tune.metric.c_str());
 }
 
 // Runs the queued points as child processes, -j slots at once, enforcing [limits], and says
@@ -317,6 +419,10 @@ private:
                                              plan_.db,
                                              "--progress",
                                              "lines"};
+            if (!o_.preset.empty()) {
+                argv.push_back("--preset");
+                argv.push_back(o_.preset);
+            }
             for (const auto& s : o_.overrides) {
                 argv.push_back("--set");
                 argv.push_back(s);
@@ -470,30 +576,20 @@ int print_error_line(const std::exception& e) {
     return 1;
 }
 
-}  // namespace
+// What a sweep's runs came to, over its phases.
+struct Tally {
+    int finished = 0, failed = 0, interrupted = 0, skipped = 0, skipped_failed = 0;
+    size_t not_started = 0;
+};
 
-int run_sweep(const std::string& path, const SweepOptions& o) {
-    PluginRegistry registry;
-    SweepPlan plan;
-    std::unique_ptr<ResultsStore> store;
-    History history;
-    try {
-        plan = plan_sweep(path, o, registry);
-        std::cout << "sweep '" << plan.name << "': " << plan.points.size() << " run"
-                  << (plan.points.size() == 1 ? "" : "s") << "\n";
-        for (const auto& v : plan.varying) std::cout << "  varying " << v << "\n";
-        if (plan.varying.empty()) std::cout << "  (no [grid]: one run)\n";
-        store = std::make_unique<ResultsStore>(plan.db);
-        history = recall(*store, plan);
-    } catch (const std::exception& e) { return print_error_line(e); }
-    if (o.dry_run) {
-        print_dry_run(plan, history, o.retry_failed);
-        return 0;
-    }
-
+// Runs the points `take` accepts that still need a run; adds what became of them to `t`.
+void run_phase(const std::string& path, const SweepOptions& o, SweepPlan& plan, ResultsStore& store,
+               const History& history, int64_t sweep_id, int jobs, int cores, const fs::path& logs,
+               const std::function<bool(const Point&)>& take, Tally& t) {
     std::deque<Point*> queue;
     int skipped = 0, skipped_failed = 0;
     for (auto& p : plan.points) {
+        if (!take(p)) continue;
         if (should_run(p, history, o.retry_failed))
             queue.push_back(&p);
         else if (p.last_status == "finished")
@@ -503,12 +599,58 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     }
     if (skipped) std::cout << "  " << skipped << " already finished in this sweep: skipped\n";
     for (const auto& [index, who] : history.owned_elsewhere)
-        std::cout << "  point " << index << " is still running (" << who << "): left to it\n";
+        if (take(plan.points[static_cast<size_t>(index)]))
+            std::cout << "  point " << index << " is still running (" << who << "): left to it\n";
     if (skipped_failed)
         std::cout << "  " << skipped_failed << " failed before: skipped (--retry-failed runs them again)\n";
-    if (queue.empty()) {
-        std::cout << "nothing to run; see `plexus leaderboard " << plan.name << "`\n";
-        return skipped_failed ? 1 : 0;
+    t.skipped += skipped;
+    t.skipped_failed += skipped_failed;
+    if (queue.empty()) return;
+    std::cout << "  running " << queue.size() << " (up to " << jobs << " at once, " << std::max(1, cores / jobs)
+              << " core(s) each); logs in " << logs.string() << "\n"
+              << std::flush;
+    g_stop = 0;
+    std::fill(std::begin(g_children), std::end(g_children), 0);
+    auto prev_int = std::signal(SIGINT, on_interrupt);
+    auto prev_term = std::signal(SIGTERM, on_terminate);
+    Runner runner(path, o, plan, store, sweep_id, std::move(queue), jobs, cores, logs);
+    runner.run();
+    std::signal(SIGINT, prev_int);
+    std::signal(SIGTERM, prev_term);
+    t.finished += runner.finished;
+    t.failed += runner.failed;
+    t.interrupted += runner.interrupted;
+    t.not_started += runner.not_started();
+}
+
+}  // namespace
+
+int run_sweep(const std::string& path, const SweepOptions& o) {
+    PluginRegistry registry;
+    SweepPlan plan;
+    std::unique_ptr<ResultsStore> store;
+    History history;
+    const bool tuned = [&] {
+        try {
+            plan = plan_sweep(path, o, registry);
+            std::cout << "sweep '" << plan.name << "': " << plan.points.size() << " run"
+                      << (plan.points.size() == 1 ? "" : "s") << "\n";
+            for (const auto& v : plan.varying) std::cout << "  varying " << v << "\n";
+            if (plan.varying.empty()) std::cout << "  (no [grid]: one run)\n";
+            store = std::make_unique<ResultsStore>(plan.db);
+            history = recall(*store, plan);
+            if (!plan.exp.tune.empty() && tuning_done(plan)) choose_tuned(plan, *store);
+            return !plan.exp.tune.empty();
+        } catch (const std::exception& e) {
+            print_error_line(e);
+            store.reset();
+            return false;
+        }
+    }();
+    if (!store) return 1;
+    if (o.dry_run) {
+        print_dry_run(plan, history, o.retry_failed);
+        return 0;
     }
 
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -524,31 +666,50 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     try {
         sweep_id = store->ensure_sweep(plan.name, plan.exp.text, "", "");
     } catch (const std::exception& e) { return print_error_line(e); }
-    std::cout << "  running " << queue.size() << " (up to " << jobs << " at once, " << std::max(1, cores / jobs)
-              << " core(s) each); logs in " << logs.string() << "\n"
-              << std::flush;
 
-    g_stop = 0;
-    std::fill(std::begin(g_children), std::end(g_children), 0);
-    auto prev_int = std::signal(SIGINT, on_interrupt);
-    auto prev_term = std::signal(SIGTERM, on_terminate);
-    Runner runner(path, o, plan, *store, sweep_id, std::move(queue), jobs, cores, logs);
-    runner.run();
-    std::signal(SIGINT, prev_int);
-    std::signal(SIGTERM, prev_term);
-    const size_t not_started = runner.not_started();
-    std::cout << "sweep '" << plan.name << "' (id " << sweep_id << "): " << runner.finished << " finished, "
-              << runner.failed << " failed"
-              << (runner.interrupted ? ", " + std::to_string(runner.interrupted) + " interrupted" : std::string())
-              << (not_started ? ", " + std::to_string(not_started) + " not started" : std::string())
-              << (skipped ? ", " + std::to_string(skipped) + " finished before" : std::string()) << "\n"
-              << "  plexus leaderboard " << plan.name << (plan.db == "results/plexus.db" ? "" : " --db " + plan.db)
-              << "\n";
-    if (g_stop || runner.interrupted) {
+    Tally t;
+    if (!tuned) {
+        run_phase(
+            path, o, plan, *store, history, sweep_id, jobs, cores, logs, [](const Point&) { return true; }, t);
+    } else {
+        std::cout << "tuning: " << join(plan.exp.tune.keys, ", ") << " on seed(s)";
+        for (auto s : plan.exp.tune.seeds) std::cout << " " << s;
+        std::cout << "\n";
+        run_phase(
+            path, o, plan, *store, history, sweep_id, jobs, cores, logs, [](const Point& p) { return p.grid.tuning; },
+            t);
+        if (!g_stop && !t.interrupted) {
+            history = recall(*store, plan);
+            std::cout << "chosen by " << plan.exp.tune.metric << " on the tuning seeds:\n";
+            for (const auto& line : choose_tuned(plan, *store)) std::cout << "  " << line << "\n";
+            std::cout << "reporting: the grid's seeds at the chosen values\n";
+            run_phase(
+                path, o, plan, *store, history, sweep_id, jobs, cores, logs,
+                [](const Point& p) { return !p.grid.tuning && p.chosen; }, t);
+        }
+    }
+    const bool nothing_ran = t.finished + t.failed + t.interrupted == 0;
+    if (nothing_ran) {
+        std::cout << "nothing to run; see `plexus leaderboard " << plan.name << "`\n";
+        return t.skipped_failed ? 1 : 0;
+    }
+    std::cout << "sweep '" << plan.name << "' (id " << sweep_id << "): " << t.finished << " finished, " << t.failed
+              << " failed" << (t.interrupted ? ", " + std::to_string(t.interrupted) + " interrupted" : std::string())
+              << (t.not_started ? ", " + std::to_string(t.not_started) + " not started" : std::string())
+              << (t.skipped ? ", " + std::to_string(t.skipped) + " finished before" : std::string()) << "\n"
+              << "  plexus leaderboard " << plan.name << (plan.db == "results/plexus.db" ? "" : " --db " + plan.db);
+    if (tuned) {
+        std::string seeds;
+        for (auto v : plan.exp.tune.seeds) seeds += (seeds.empty() ? "" : ",") + std::to_string(v);
+        std::cout << " --best-over " << join(plan.exp.tune.keys, ",") << " --tuning-seeds " << seeds
+                  << (plan.exp.tune.metric == "final_eval_loss" ? "" : " --tune-metric " + plan.exp.tune.metric);
+    }
+    std::cout << "\n";
+    if (g_stop || t.interrupted) {
         std::cout << "  interrupted: run the same command again to resume (finished runs are skipped)\n";
         return 130;
     }
-    return runner.failed || skipped_failed ? 1 : 0;
+    return t.failed || t.skipped_failed ? 1 : 0;
 }
 
 }  // namespace plexus::host

@@ -11,6 +11,7 @@ namespace plexus::host {
 
 struct SweepOptions {
     std::vector<std::string> overrides;  // --set, applied to every point
+    std::string preset;                  // --preset (--quick): the file's [preset.NAME], applied to every point
     std::string db;                      // --db
     int jobs = 1;                        // -j
     bool retry_failed = false;           // re-run points whose last run failed or diverged

@@ -290,6 +290,7 @@ RunInfo recall_run(RunOptions& o, std::string& path) {
                         " (a file it extends must be back too; the run checks that nothing changed)");
     const std::string point = store.summary_text(o.resume_run, "resume.point");
     o.point = point.empty() ? -1 : std::stoi(point);
+    o.preset = store.summary_text(o.resume_run, "resume.preset");
     o.overrides.clear();
     for (int i = 0;; ++i) {
         auto s = store.summary_text(o.resume_run, "resume.set." + std::to_string(i));
@@ -311,7 +312,8 @@ struct PreparedRun {
     PluginRegistry registry;  // outlives cfg, which points at its descriptors
     Experiment exp;
     ResolvedConfig cfg;
-    std::string mode, variant;
+    std::string mode;
+    std::vector<std::pair<std::string, std::string>> choices;  // the grid point's named axes
     bool is_launcher = false;
     std::optional<Rendezvous> rendezvous;
     torch::Device device = torch::kCPU;
@@ -328,6 +330,7 @@ struct PreparedRun {
 void load_and_resolve(PreparedRun& r) {
     if (r.options.resume_run > 0) r.resumed = recall_run(r.options, r.path);
     r.exp = load_experiment(r.path);
+    if (!r.options.preset.empty()) apply_preset(r.exp, r.options.preset);
     for (const auto& o : r.options.overrides) apply_override(r.exp, o);
     // Taken as they are (no TOML escapes: a path may hold backslashes or quotes).
     if (!r.options.db.empty()) r.exp.settings["results.db"] = Setting{Value(r.options.db), SourceLoc{"--db", 0, 0}};
@@ -346,7 +349,7 @@ void load_and_resolve(PreparedRun& r) {
                             std::to_string(points.size()) + " grid point(s), 0.." + std::to_string(points.size() - 1),
                         "`plexus sweep " + r.path + " --dry-run` lists them");
         r.exp = apply_grid_point(r.exp, points[static_cast<size_t>(r.options.point)], find);
-        r.variant = points[static_cast<size_t>(r.options.point)].variant;
+        r.choices = points[static_cast<size_t>(r.options.point)].choices;
     }
     r.cfg = resolve(r.exp, r.registry);
     if (r.resumed && r.cfg.hash != r.resumed->config_hash)
@@ -471,12 +474,14 @@ int64_t open_run_row(PreparedRun& r, RunInfo& info) {
     }
     if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !r.is_launcher) return std::atoll(id);
     if (!r.store) return 0;
-    // The grid variant's name is recorded as a setting "variant" (leaderboards group by it); it
-    // is not part of the configuration hash, which its settings already fix.
+    // The choices of the grid's named axes are recorded as settings ("variant" = "ddp";
+    // leaderboards group by them); they are not part of the configuration hash, which their
+    // settings already fix.
     auto params = r.cfg.values;
-    if (!r.variant.empty()) params["variant"] = Value(r.variant);
+    for (const auto& [axis, choice] : r.choices) params[axis] = Value(choice);
     info.texts["resume.file"] = fs::absolute(r.path).string();
     if (r.options.point >= 0) info.texts["resume.point"] = std::to_string(r.options.point);
+    if (!r.options.preset.empty()) info.texts["resume.preset"] = r.options.preset;
     for (size_t i = 0; i < r.options.overrides.size(); ++i)
         info.texts["resume.set." + std::to_string(i)] = r.options.overrides[i];
     info.texts["process"] = process_tag();  // who runs it (live_owner)

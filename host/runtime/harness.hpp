@@ -17,6 +17,7 @@ class ResultsStore;
 
 struct RunOptions {
     std::vector<std::string> overrides;  // --set assignments
+    std::string preset;                  // --preset NAME (--quick): the file's [preset.NAME], before --set
     std::string db;                      // --db: overrides results.db
     std::string progress;                // --progress: overrides results.progress
     std::string command_line;            // recorded with the run
