@@ -119,14 +119,18 @@ const char* kScript = R"JS(
                       backgroundColor: color(gi), borderWidth: 1.5, pointRadius: metric === 'eval_loss' ? 2 : 0, fill: false });
     });
     if (!datasets.length) return;
+    // Past a dozen curves a legend takes the plot's room and helps no one: hover names a curve.
+    const curves = datasets.filter(d => !d.band).length, legend = curves <= 12;
     new Chart(document.getElementById(id), {
       type: 'line', data: { datasets },
       options: { animation: false, maintainAspectRatio: false, parsing: true,
         scales: { x: { type: 'linear', title: { display: true, text: xlabel } },
                   y: { title: { display: true, text: metric } } },
-        plugins: { legend: { position: 'bottom', labels: { boxWidth: 12, filter: (item, data) => !data.datasets[item.datasetIndex].band } },
+        plugins: { legend: { display: legend, position: 'bottom',
+                             labels: { boxWidth: 12, filter: (item, data) => !data.datasets[item.datasetIndex].band } },
                    tooltip: { callbacks: { title: items => items.length ? (items[0].dataset.full || items[0].dataset.label) : '' } },
-                   title: { display: true, text: metric + ' vs ' + xlabel } } } });
+                   title: { display: true, text: metric + ' vs ' + xlabel +
+                                                 (legend ? '' : ' (' + curves + ' groups: hover a curve to name it)') } } } });
     drawn.push(id);
   }
   function barChart(id, key, label) {
@@ -183,11 +187,10 @@ std::string group_settings(const Board& board, const BoardRow& row) {
     return full.empty() ? "run " + std::to_string(row.runs[0]) : full;
 }
 
-// A group's short name for legends and axes: its variant where it has one, else the values of the
-// keys that vary, without the keys (the table above names them).
+// A group's short name for legends and axes: its variant where that is all that varies, else the
+// values of the keys that vary, without the keys (the table above names them).
 std::string group_label(const Board& board, const BoardRow& row) {
-    for (size_t k = 0; k < board.keys.size(); ++k)
-        if (board.keys[k] == "variant" && !row.key_values[k].empty()) return row.key_values[k];
+    if (board.keys.size() == 1 && board.keys[0] == "variant" && !row.key_values[0].empty()) return row.key_values[0];
     std::string label;
     for (const auto& v : row.key_values) label += (label.empty() ? "" : " · ") + v;
     return label.empty() ? "run " + std::to_string(row.runs[0]) : label;
@@ -261,16 +264,16 @@ std::string make_report(ResultsStore& store, const std::string& sweep, const Boa
             html += "<td>" + html_escape(row.tuned) + " (" + std::to_string(row.trials) + " runs)</td>";
         char cell[96] = "-";
         if (row.n > 1)
-            std::snprintf(cell, sizeof cell, "%.4f &plusmn; %.4f", row.mean, row.std);
+            std::snprintf(cell, sizeof cell, "%.5g &plusmn; %.5g", row.mean, row.std);
         else if (row.n == 1)
-            std::snprintf(cell, sizeof cell, "%.4f", row.mean);
+            std::snprintf(cell, sizeof cell, "%.5g", row.mean);
         std::string ids;
         for (auto id : row.runs) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
         std::string extra = row.censored ? " (+" + std::to_string(row.censored) + " &gt; budget)" : "";
         char ci[96] = "-", diff[128] = "-";
-        if (std::isfinite(row.lo)) std::snprintf(ci, sizeof ci, "[%.4f, %.4f]", row.lo, row.hi);
+        if (std::isfinite(row.lo)) std::snprintf(ci, sizeof ci, "[%.5g, %.5g]", row.lo, row.hi);
         if (row.pairs > 0 && std::isfinite(row.diff_lo))
-            std::snprintf(diff, sizeof diff, "%+.4f [%.4f, %.4f]%s", row.diff, row.diff_lo, row.diff_hi,
+            std::snprintf(diff, sizeof diff, "%+.5g [%.5g, %.5g]%s", row.diff, row.diff_lo, row.diff_hi,
                           row.diff_lo <= 0 && row.diff_hi >= 0 ? " ~" : "");
         html += std::string("<td>") + cell + extra + "</td><td>" + std::to_string(row.n) + "</td><td>" + ci + "</td>" +
                 (board.baseline.empty() ? "" : std::string("<td>") + diff + "</td>") + "<td>" + ids + "</td></tr>\n";

@@ -54,3 +54,15 @@ node "$src/tests/report/check_report.mjs" "$work/report.html" "$src/host/lab/rep
 # With performance profiles of the learning rates over the two depths (the problems): a ninth chart.
 "$build/plexus" report --db "$work/r.db" -o "$work/profile.html" --metric time_to --target 2.5 --profile optimizer.lr
 node "$src/tests/report/check_report.mjs" "$work/profile.html" "$src/host/lab/report/node_modules" 9
+
+# The standard suite's report: a slice of experiments/suite/suite.toml --quick (2 workloads x 2
+# network scenarios x 3 strategies x 2 seeds, shortened), time to each workload's own target
+# (results.target_loss) and the performance profile of the strategies.
+"$build/plexus" sweep "$src/experiments/suite/suite.toml" --quick --dry-run --db "$work/s.db" |
+    grep -E 'seed=[01] scenario=(fast|slow) optimizer\.lr=0\.1 variant=(ddp|gossip|diloco) workload=(lsq|markov)$' |
+    awk '{ print $1 }' >"$work/points"
+test "$(wc -l <"$work/points")" -eq 24
+xargs -P 2 -I{} "$build/plexus" run "$src/experiments/suite/suite.toml" --quick --point {} --db "$work/s.db" \
+    --progress none --set train.tokens=30720 >/dev/null <"$work/points"
+"$build/plexus" report --db "$work/s.db" -o "$work/suite.html" --metric time_to --profile variant
+node "$src/tests/report/check_report.mjs" "$work/suite.html" "$src/host/lab/report/node_modules" 9
