@@ -476,3 +476,26 @@ seeds = [5]
     auto dry2 = run_plexus("sweep " + file + " --db " + db + " --dry-run --set train.steps=20");
     CHECK_THAT(dry2.output, Contains("then 4 of the 12 reported points") && Contains("not chosen"));
 }
+
+TEST_CASE("the standard suite's quick dry run lists the points the protocol expects", "[sweep][protocol]") {
+    TempDir dir;
+    const std::string suite = std::string(PLEXUS_SOURCE_DIR) + "/experiments/suite/suite.toml";
+    auto res = run_plexus("sweep " + suite + " --quick --dry-run --db " + dir / "s.db");
+    INFO(res.output.substr(0, 2000));
+    REQUIRE(res.exit_code == 0);
+    // 3 workloads x 5 scenarios x 8 strategies x 3 rates x 4 seeds = 1440, less DADAO on the two
+    // GPT workloads (2 x 5 x 3 x 4 = 120) and the 4 strategies that stop at a rank failure
+    // (3 x 4 x 3 x 4 = 144): 1176. A quarter are tuning runs (seed 100); of the 882 reported,
+    // one rate in three runs: 294.
+    CHECK_THAT(res.output, Contains("sweep 'suite_quick': 1176 runs"));
+    CHECK_THAT(res.output, Contains("294 tuning runs on seed(s) 100, then 294 (which, known after tuning) of the 882 "
+                                    "reported points"));
+    CHECK_THAT(res.output, Contains("varying workload: bytes, lsq, markov") &&
+                               Contains("varying scenario: failure, fast, slow, straggler, two_sites") &&
+                               Contains("varying variant: a2cid2, acco, async_sgd, dadao, ddp, diloco, gossip, zero1"));
+    CHECK_THAT(res.output, !Contains("variant=dadao workload=bytes") && !Contains("scenario=failure optimizer.lr=0.1 "
+                                                                                  "variant=ddp"));
+    // Without --quick: the full budget, its own sweep name.
+    CHECK_THAT(run_plexus("sweep " + suite + " --dry-run --db " + dir / "s.db").output,
+               Contains("sweep 'suite': 1176"));
+}
