@@ -41,11 +41,24 @@ TEST_CASE("graph spectra and A2CiD2 constants match the reference values", "[gra
 
 TEST_CASE("DADAO's edge-sampling spectrum: the ring's closed forms", "[graph]") {
     for (int n : {8, 16, 33}) {
-        // L = (graph Laplacian) / |E|, |E| = n: chi1 = n / (2 (1 - cos 2 pi / n)), chi2 = n - 1.
+        // L = (graph Laplacian) / |E|, |E| = n: chi1 = n / (2 (1 - cos 2 pi / n)). chi2 is half the
+        // largest effective resistance of an edge: a ring edge is 1 ohm beside n - 1 in series,
+        // (n - 1) / n ohm under the graph Laplacian, n times that under L: (n - 1) / 2.
         const auto s = edge_sampling_spectrum(make_graph("ring", n));
         CHECK(s.chi1 == Approx(n / (2 * (1 - std::cos(2 * M_PI / n)))).epsilon(1e-9));
-        CHECK(s.chi2 == Approx(n - 1.0).epsilon(1e-9));
+        CHECK(s.chi2 == Approx((n - 1.0) / 2).epsilon(1e-9));
     }
+}
+
+TEST_CASE("DADAO's chi2 from its definition, on a graph without closed forms", "[graph]") {
+    // A triangle 1-2-3 with node 0 hanging from node 1: edges 0-1, 1-2, 1-3, 2-3.
+    // Effective resistances under the graph Laplacian, by series/parallel: 0-1 is a bridge (1 ohm);
+    // 1-2 is 1 ohm beside 1-3-2 (2 ohm): 2/3; 2-3 likewise 2/3; 1-3 likewise 2/3. Under L = graph
+    // Laplacian / |E| (|E| = 4) resistances scale by 4; chi2 = max / 2 = 4 x 1 / 2 = 2.
+    GraphOptions o;
+    o.edges = {{0, 1}, {1, 2}, {1, 3}, {2, 3}};
+    const auto s = edge_sampling_spectrum(make_graph("custom", 4, o));
+    CHECK(s.chi2 == Approx(2.0).epsilon(1e-9));
 }
 
 TEST_CASE("topologies have the degrees and edges they promise, and bad graphs are refused", "[graph]") {

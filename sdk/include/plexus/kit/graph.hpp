@@ -203,7 +203,8 @@ inline GossipSpectrum gossip_spectrum(const Graph& g, double rate) {
 
 // DADAO's normalization (docs/algorithms/dadao.md): the unweighted graph Laplacian divided by the
 // number of edges (communications land on an edge drawn uniformly), chi1 = 1 / its smallest
-// positive eigenvalue, chi2 = the largest effective resistance of an edge under it (no 1/2).
+// positive eigenvalue, chi2 = half the largest effective resistance of an edge under it, as the
+// authors' code computes it (AdelNabli/DADAO, utils.py compute_graph_resistance, commit 7d69c35).
 inline GossipSpectrum edge_sampling_spectrum(const Graph& g) {
     const int n = g.nodes();
     const auto edges = g.edges();
@@ -219,7 +220,7 @@ inline GossipSpectrum edge_sampling_spectrum(const Graph& g) {
     out.chi1 = 1.0 / at::linalg_eigvalsh(L, "L")[1].item<double>();
     const auto pinv = at::linalg_pinv(L);
     for (const auto& [a, b] : edges)
-        out.chi2 = std::max(out.chi2, (pinv[a][a] + pinv[b][b] - pinv[a][b] - pinv[b][a]).item<double>());
+        out.chi2 = std::max(out.chi2, 0.5 * (pinv[a][a] + pinv[b][b] - pinv[a][b] - pinv[b][a]).item<double>());
     return out;
 }
 
