@@ -108,6 +108,7 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Model;
     d.version = "0.2";
     d.summary = "convex per-rank least squares with a known optimum; evaluation is the job's suboptimality F(x) - F*";
+    d.extras["check.output"] = "free";  // forward returns x, which loss() reads: no logits
     d.schema = {
         plexus::ConfigKey("rows", 40, "m: rows per rank").at_least(1),
         plexus::ConfigKey("dim", 10, "d: parameters").at_least(1),

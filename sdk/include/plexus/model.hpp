@@ -132,7 +132,8 @@ struct FlopsPerToken {
 
 class Model : public torch::nn::Module {
 public:
-    // Token ids [batch, seq] in, logits [batch, seq, vocab] out.
+    // Token ids [batch, seq] in, logits [batch, seq, vocab] out (or, where the descriptor says
+    // extras "check.output" = "free", whatever this model's own loss() reads).
     virtual torch::Tensor forward(const torch::Tensor& tokens) {
         torch::Tensor x = tokens;
         for (auto& block : blocks_) x = block->forward(x);

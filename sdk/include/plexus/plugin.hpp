@@ -85,6 +85,9 @@ struct PluginDescriptor {
     //   "check.needs"      a key that must be set (`plexus check` skips the plugin without it)
     //   "check.partner"    "true": a model or dataset that `plexus check` runs plugins of other
     //                      kinds with (its check.settings apply)
+    //   "check.output"     models: "free" when forward() returns what the model's own loss()
+    //                      reads instead of logits [B, T, V] (a convex workload's parameters);
+    //                      `plexus check` then asks only for a finite loss
     std::map<std::string, std::string> extras;
 
     std::function<std::shared_ptr<Model>(const Config&, RunContext&)> make_model;
