@@ -119,8 +119,8 @@ const char* kScript = R"JS(
                       backgroundColor: color(gi), borderWidth: 1.5, pointRadius: metric === 'eval_loss' ? 2 : 0, fill: false });
     });
     if (!datasets.length) return;
-    // Past a dozen curves a legend takes the plot's room and helps no one: hover names a curve.
-    const curves = datasets.filter(d => !d.band).length, legend = curves <= 12;
+    // Past 8 curves a legend takes the plot's room and helps no one: hover names a curve.
+    const curves = datasets.filter(d => !d.band).length, legend = curves <= 8;
     new Chart(document.getElementById(id), {
       type: 'line', data: { datasets },
       options: { animation: false, maintainAspectRatio: false, parsing: true,
