@@ -175,10 +175,7 @@ std::string best_candidate(const std::map<std::string, std::vector<double>>& sco
 
 std::string candidate_text(const std::map<std::string, std::string>& params, const std::vector<std::string>& keys) {
     std::string c;
-    for (const auto& k : keys) {
-        const auto it = params.find(k);
-        c += (c.empty() ? "" : " ") + k + "=" + (it == params.end() ? std::string() : it->second);
-    }
+    for (const auto& k : keys) c += (c.empty() ? "" : " ") + k + "=" + value_in(params, k);
     return c;
 }
 
@@ -190,18 +187,14 @@ namespace {
 std::map<std::vector<std::string>, std::pair<std::string, int>> tune(
     const Board& b, const BoardOptions& o, const std::vector<std::map<std::string, std::string>>& params,
     const std::vector<double>& metric, std::vector<bool>& enter) {
-    auto value_of = [&](size_t i, const std::string& k) {
-        const auto it = params[i].find(k);
-        return it == params[i].end() ? std::string() : it->second;
-    };
     auto method_of = [&](size_t i) {
         std::vector<std::string> v;
-        for (const auto& k : b.keys) v.push_back(value_of(i, k));
+        for (const auto& k : b.keys) v.push_back(value_in(params[i], k));
         return v;
     };
     auto candidate_of = [&](size_t i) { return candidate_text(params[i], o.best_over); };
     auto tuning = [&](size_t i) {
-        const auto seed = value_of(i, "train.seed");
+        const auto seed = value_in(params[i], "train.seed");
         return std::find(o.tuning_seeds.begin(), o.tuning_seeds.end(), seed) != o.tuning_seeds.end();
     };
     std::map<std::vector<std::string>, std::map<std::string, std::vector<double>>> scores;

@@ -265,6 +265,7 @@ std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
         std::map<std::string, std::vector<double>> scores;
         std::map<std::string, Assignments> values_of;
         int runs = 0;
+        std::string best;  // the chosen candidate, "" if none
     };
     std::vector<Group> groups;
     auto group_of = [&](const Point& p, Assignments& tuned) -> Group& {
@@ -275,11 +276,11 @@ std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
         std::string label;
         for (const auto& [axis, choice] : p.grid.choices) label += (label.empty() ? "" : " ") + axis + "=" + choice;
         for (const auto& [k, v] : key)
-            if (label.find(k + "=") == std::string::npos && !plan.exp.grid.empty())
+            if (label.find(k + "=") == std::string::npos)
                 for (const auto& axis : plan.exp.grid)
                     if (!axis.named() && std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
                         label += (label.empty() ? "" : " ") + k + "=" + v.to_text();
-        groups.push_back({key, label.empty() ? "(one group)" : label, {}, {}, 0});
+        groups.push_back({key, label.empty() ? "(one group)" : label, {}, {}, 0, ""});
         return groups.back();
     };
     BoardOptions metric;
@@ -295,18 +296,17 @@ std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
         ++g.runs;
     }
     std::vector<std::string> lines;
-    for (const auto& g : groups) {
-        const std::string best = best_candidate(g.scores, lower_is_better(metric.metric));
+    for (auto& g : groups) {
+        g.best = best_candidate(g.scores, lower_is_better(metric.metric));
         lines.push_back(g.label + ": " +
-                        (best.empty() ? "nothing chosen (no tuning run finished with a value)" : best) + " (" +
+                        (g.best.empty() ? "nothing chosen (no tuning run finished with a value)" : g.best) + " (" +
                         std::to_string(g.runs) + " tuning run" + (g.runs == 1 ? "" : "s") + ")");
     }
     for (auto& p : plan.points) {
         if (p.grid.tuning) continue;
         Assignments tuned;
-        Group& g = group_of(p, tuned);
-        const std::string best = best_candidate(g.scores, lower_is_better(metric.metric));
-        p.chosen = !best.empty() && g.values_of[best] == tuned;
+        const Group& g = group_of(p, tuned);
+        p.chosen = !g.best.empty() && g.values_of.at(g.best) == tuned;
     }
     return lines;
 }
@@ -630,28 +630,22 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     SweepPlan plan;
     std::unique_ptr<ResultsStore> store;
     History history;
-    const bool tuned = [&] {
-        try {
-            plan = plan_sweep(path, o, registry);
-            std::cout << "sweep '" << plan.name << "': " << plan.points.size() << " run"
-                      << (plan.points.size() == 1 ? "" : "s") << "\n";
-            for (const auto& v : plan.varying) std::cout << "  varying " << v << "\n";
-            if (plan.varying.empty()) std::cout << "  (no [grid]: one run)\n";
-            store = std::make_unique<ResultsStore>(plan.db);
-            history = recall(*store, plan);
-            if (!plan.exp.tune.empty() && tuning_done(plan)) choose_tuned(plan, *store);
-            return !plan.exp.tune.empty();
-        } catch (const std::exception& e) {
-            print_error_line(e);
-            store.reset();
-            return false;
-        }
-    }();
-    if (!store) return 1;
+    try {
+        plan = plan_sweep(path, o, registry);
+        std::cout << "sweep '" << plan.name << "': " << plan.points.size() << " run"
+                  << (plan.points.size() == 1 ? "" : "s") << "\n";
+        for (const auto& v : plan.varying) std::cout << "  varying " << v << "\n";
+        if (plan.varying.empty()) std::cout << "  (no [grid]: one run)\n";
+        store = std::make_unique<ResultsStore>(plan.db);
+        history = recall(*store, plan);
+        // The dry run shows the choice once tuning is over; a real sweep makes it after its tuning phase.
+        if (o.dry_run && !plan.exp.tune.empty() && tuning_done(plan)) choose_tuned(plan, *store);
+    } catch (const std::exception& e) { return print_error_line(e); }
     if (o.dry_run) {
         print_dry_run(plan, history, o.retry_failed);
         return 0;
     }
+    const bool tuned = !plan.exp.tune.empty();
 
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     int jobs = std::max(1, o.jobs);
