@@ -405,6 +405,67 @@ progress = "none"
           run_recorded(file, dir / "f.db", "--set train.seed=1")["final_eval_loss"]);
 }
 
+TEST_CASE(
+    "least squares with the orthogonal design: mu = 1 / condition and L = 1 exactly; relative evaluation; a problem "
+    "per seed",
+    "[gossip][sim]") {
+    TempDir dir;
+    const auto file = dir.file("ls.toml", R"(
+[model]
+name = "least_squares"
+rows = 12
+dim = 10
+condition = 50.0
+signal = 1.0
+design = "orthogonal"
+[data]
+name = "synthetic"
+vocab_size = 32
+[optimizer]
+name = "sgd"
+lr = 0.5
+[train]
+grad_clip = 0.0
+steps = 5
+batch_size = 1
+seq_len = 8
+eval_every = 0
+[results]
+progress = "none"
+)");
+    struct Logged {
+        double mu = 0, smooth = 0, start_gap = 0, final_eval = 0;
+    };
+    auto run = [&](const std::string& args) {
+        const auto res = run_plexus("run " + file + " --db " + dir / "s.db" + " " + args);
+        INFO(res.output);
+        REQUIRE(res.exit_code == 0);
+        Logged l;
+        const auto at = res.output.find("F has mu = ");
+        REQUIRE(at != std::string::npos);
+        REQUIRE(std::sscanf(res.output.c_str() + at, "F has mu = %lf, L = %lf over 1 rank(s), F(0) - F* = %lf", &l.mu,
+                            &l.smooth, &l.start_gap) == 3);
+        host::ResultsStore store(dir / "s.db");
+        l.final_eval = NewestRun(store)["final_eval_loss"];
+        return l;
+    };
+    // 12 rows for 10 columns: a Gaussian design's spectrum would be far from its scales; this
+    // one is exact, for any problem seed.
+    for (const char* seed : {"3", "4"}) {
+        const auto l = run(std::string("--set model.seed=") + seed);
+        CHECK(l.mu == Approx(1.0 / 50).epsilon(1e-5));
+        CHECK(l.smooth == Approx(1.0).epsilon(1e-5));
+    }
+    // relative = true divides the suboptimality by F(0) - F*.
+    const auto absolute = run(""), relative = run("--set model.relative=true");
+    CHECK(relative.final_eval == Approx(absolute.final_eval / absolute.start_gap).epsilon(1e-5));
+    CHECK(relative.final_eval < 1);
+    // seed = -1: the problem follows train.seed (with full gradients nothing else does).
+    CHECK(run("--set model.seed=-1 --set train.seed=0").start_gap !=
+          run("--set model.seed=-1 --set train.seed=1").start_gap);
+    CHECK(run("--set train.seed=0").start_gap == run("--set train.seed=1").start_gap);
+}
+
 TEST_CASE("a token budget stops every rank at the same step: DADAO's Poisson gradients, async SGD losing a worker",
           "[gossip][dadao][sim]") {
     // Ranks that disagree on the job's tokens stop at different steps and deadlock in the

@@ -13,7 +13,15 @@
 //
 // Conditioning: column j of every A_i is scaled by s_j, linear from 1.2 / sqrt(condition) to 1.2,
 // so the expected Hessian's eigenvalues span about `condition` (4: scales 0.6 to 1.2). The summary
-// line of a run logs mu and L of F measured from the Hessian, the constants DADAO asks for.
+// line of a run logs mu and L of F measured from the Hessian, the constants DADAO asks for. Each
+// f_i's own Hessian is noisier than F's (more so when rows / dim is small).
+//
+// `design = "orthogonal"` makes the spectrum exact instead: A_i = sqrt(m) Q_i diag(s) with Q_i
+// orthonormal columns, so every f_i (and F) has the Hessian diag(s²), its eigenvalues spaced
+// geometrically from 1 / condition (mu) to 1 (L). Complexity experiments need this: an
+// accelerated method's constants then are the problem's, on every rank and for every seed.
+// `seed = -1` draws a new problem for every train.seed; `relative = true` reports the
+// suboptimality as a fraction of the start's, (F(x) − F*) / (F(0) − F*).
 #include <plexus/plexus.hpp>
 #include <plexus/kit/util.hpp>
 #include <torch/torch.h>
@@ -33,22 +41,36 @@ public:
 
 struct Problem {
     int64_t rows, dim, batch_rows;
-    double condition, signal;
+    double condition, signal, noise;
+    bool orthogonal, relative;
     uint64_t seed;
 };
+
+// Rank r's design matrix [rows, dim].
+torch::Tensor design_matrix(const Problem& p, at::Generator& gen) {
+    if (!p.orthogonal) {
+        const auto scale = torch::linspace(1.2 / std::sqrt(p.condition), 1.2, p.dim, torch::kFloat64);
+        return torch::randn({p.rows, p.dim}, gen, torch::kFloat64) * scale;
+    }
+    // Eigenvalues condition^(-1) ... 1, geometric: s_j = condition^(-(1 - j / (d - 1)) / 2).
+    const auto power =
+        p.dim > 1 ? torch::linspace(-0.5, 0.0, p.dim, torch::kFloat64) : torch::zeros({1}, torch::kFloat64);
+    const auto scale = torch::pow(p.condition, power);
+    const auto q = std::get<0>(at::linalg_qr(torch::randn({p.rows, p.dim}, gen, torch::kFloat64), "reduced"));
+    return q * scale * std::sqrt(static_cast<double>(p.rows));
+}
 
 class LeastSquares : public plexus::Model {
 public:
     LeastSquares(const Problem& p, int rank, int world) : batch_rows_(p.batch_rows) {
         weights_ = std::make_shared<Weights>(p.dim);
         add_block("weights", weights_);
-        const auto scale = torch::linspace(1.2 / std::sqrt(p.condition), 1.2, p.dim, torch::kFloat64);
         auto planted = at::detail::createCPUGenerator(plexus::mix_seed(p.seed, 0x706c616e74ULL));
         const auto x0 = torch::randn({p.dim}, planted, torch::kFloat64) * p.signal;
         for (int r = 0; r < world; ++r) {
             auto gen = at::detail::createCPUGenerator(plexus::mix_seed(p.seed, static_cast<uint64_t>(r)));
-            auto a = torch::randn({p.rows, p.dim}, gen, torch::kFloat64) * scale;
-            auto b = torch::randn({p.rows}, gen, torch::kFloat64) + a.mv(x0);
+            auto a = design_matrix(p, gen);
+            auto b = torch::randn({p.rows}, gen, torch::kFloat64) * p.noise + a.mv(x0);
             all_a_.push_back(a);
             all_b_.push_back(b);
         }
@@ -62,6 +84,8 @@ public:
         }
         const auto x_star = at::linalg_solve(h, g.unsqueeze(1), true).squeeze(1);
         best_ = objective(x_star).item<double>();
+        start_gap_ = objective(torch::zeros({p.dim}, torch::kFloat64)).item<double>() - best_;
+        scale_ = p.relative ? 1.0 / start_gap_ : 1.0;
         const auto eig = at::linalg_eigvalsh(h / static_cast<double>(p.rows * world), "L");
         mu_ = eig.min().item<double>();
         smoothness_ = eig.max().item<double>();
@@ -69,7 +93,7 @@ public:
     torch::Tensor forward(const torch::Tensor& tokens) override { return weights_->forward(tokens); }
     // `x`: what forward returned (the parameters); `targets`: the batch's, which pick the rows.
     torch::Tensor loss(const torch::Tensor& x, const torch::Tensor& targets) override {
-        if (!is_training()) return objective(x) - best_;
+        if (!is_training()) return (objective(x) - best_) * scale_;
         if (batch_rows_ <= 0) return 0.5 * (own_a_.mv(x) - own_b_).pow(2).mean();
         const auto rows = sampled_rows(targets);
         return 0.5 * (own_a_.index_select(0, rows).mv(x) - own_b_.index_select(0, rows)).pow(2).mean();
@@ -79,6 +103,7 @@ public:
     }
     double mu() const { return mu_; }
     double smoothness() const { return smoothness_; }
+    double start_gap() const { return start_gap_; }
 
 private:
     // batch_rows of the m rows, drawn by a generator seeded with the batch's tokens.
@@ -99,36 +124,52 @@ private:
     std::vector<torch::Tensor> all_a_, all_b_;
     torch::Tensor own_a_, own_b_;
     int64_t batch_rows_;
-    double best_ = 0, mu_ = 0, smoothness_ = 0;
+    double best_ = 0, start_gap_ = 1, scale_ = 1, mu_ = 0, smoothness_ = 0;
 };
 
 plexus::PluginDescriptor describe() {
     plexus::PluginDescriptor d;
     d.name = "least_squares";
     d.kind = plexus::PluginKind::Model;
-    d.version = "0.2";
+    d.version = "0.3";
     d.summary = "convex per-rank least squares with a known optimum; evaluation is the job's suboptimality F(x) - F*";
     d.extras["check.output"] = "free";  // forward returns x, which loss() reads: no logits
     d.schema = {
         plexus::ConfigKey("rows", 40, "m: rows per rank").at_least(1),
         plexus::ConfigKey("dim", 10, "d: parameters").at_least(1),
-        {"seed", 3, "the problem's seed (the same problem for every train.seed)"},
+        plexus::ConfigKey("seed", 3,
+                          "the problem's seed (the same problem for every train.seed); -1: one per train.seed")
+            .at_least(-1),
         plexus::ConfigKey("condition", 4.0, "spread of the column scales squared: the Hessian's condition, roughly")
             .at_least(1),
         plexus::ConfigKey("signal", 0.0, "scale of the planted solution x0 in b_i = A_i x0 + noise (0: b is noise)")
             .at_least(0),
+        plexus::ConfigKey("noise", 1.0, "scale of the noise in b_i (0 with signal > 0: every f_i has the optimum x0)")
+            .at_least(0),
+        plexus::ConfigKey("design", "gaussian", "gaussian, or orthogonal: every f_i has the Hessian's exact spectrum")
+            .one_of({"gaussian", "orthogonal"}),
+        {"relative", false, "evaluate (F(x) - F*) / (F(0) - F*) instead of F(x) - F*"},
         plexus::ConfigKey("batch_rows", 0, "rows per stochastic gradient, drawn from the batch (0: all m rows)")
             .at_least(0),
     };
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
-        const Problem p{cfg.get_int("rows"),       cfg.get_int("dim"),
-                        cfg.get_int("batch_rows"), cfg.get_double("condition"),
-                        cfg.get_double("signal"),  static_cast<uint64_t>(cfg.get_int("seed"))};
+        const int64_t seed = cfg.get_int("seed");
+        const Problem p{cfg.get_int("rows"),
+                        cfg.get_int("dim"),
+                        cfg.get_int("batch_rows"),
+                        cfg.get_double("condition"),
+                        cfg.get_double("signal"),
+                        cfg.get_double("noise"),
+                        cfg.get_string("design") == "orthogonal",
+                        cfg.get_bool("relative"),
+                        seed < 0 ? ctx.seed("least_squares") : static_cast<uint64_t>(seed)};
+        cfg.require(!p.orthogonal || p.rows >= p.dim, "rows", "must be >= dim with design = \"orthogonal\"");
         auto model = std::make_shared<LeastSquares>(p, ctx.rank(), ctx.world_size());
         if (ctx.rank() == 0)
             ctx.log(plexus::LogLevel::Info, "least_squares: F has mu = " + std::to_string(model->mu()) +
                                                 ", L = " + std::to_string(model->smoothness()) + " over " +
-                                                std::to_string(ctx.world_size()) + " rank(s)");
+                                                std::to_string(ctx.world_size()) +
+                                                " rank(s), F(0) - F* = " + std::to_string(model->start_gap()));
         return model;
     };
     return d;
