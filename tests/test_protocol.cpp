@@ -352,6 +352,36 @@ TEST_CASE("best-over chooses each method's setting on the tuning seeds and repor
     CHECK_THROWS_WITH(host::make_board(db.store, db.runs(), missing), Contains("--tuning-seeds"));
 }
 
+TEST_CASE("best-over by tokens_to: where no tuning run reaches the target, the final loss chooses; --runs lists them",
+          "[protocol][results]") {
+    FakeRuns db;
+    auto add = [&](double lr, int64_t seed, std::vector<std::pair<int64_t, double>> curve) {
+        auto p = settings("a", seed);
+        p["optimizer.lr"] = Value(lr);
+        db.add(p, curve.back().second, curve);
+    };
+    add(0.1, 9, {{100, 3.0}, {200, 2.7}});  // neither rate reaches 2.5 on the tuning seed;
+    add(0.3, 9, {{100, 3.0}, {200, 2.6}});  // 0.3 ends lower
+    add(0.3, 0, {{100, 3.0}, {200, 2.0}});  // 150
+    add(0.3, 1, {{100, 2.5}, {200, 2.0}});  // 100
+    add(0.1, 0, {{100, 2.0}, {200, 2.0}});  // 100, not chosen
+    host::BoardOptions o;
+    o.metric = o.tune_metric = "tokens_to";
+    o.target = 2.5;
+    o.best_over = {"optimizer.lr"};
+    o.tuning_seeds = {"9"};
+    const auto board = host::make_board(db.store, db.runs(), o);
+    REQUIRE(board.rows.size() == 1);
+    CHECK(board.rows[0].tuned == "optimizer.lr=0.3");
+    CHECK(board.rows[0].mean == Approx(125));
+    CHECK_THAT(host::format_board(board, "table"),
+               Contains("no tuning run reached the target; optimizer.lr=0.3 was chosen by final_eval_loss"));
+    o.per_run = true;  // one row per held-out run of the chosen setting
+    const auto runs = host::make_board(db.store, db.runs(), o);
+    REQUIRE(runs.rows.size() == 2);
+    for (const auto& r : runs.rows) CHECK(r.tuned == "optimizer.lr=0.3");
+}
+
 TEST_CASE("a performance profile with --best-over compares each method at its chosen setting, held-out seeds",
           "[protocol][results]") {
     // Method A: lr 1 wins on the tuning seed 9 (time 10 against 30) and takes 12 on seeds 0, 1;

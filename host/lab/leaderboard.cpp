@@ -162,7 +162,7 @@ std::vector<std::string> board_warnings(const Board& b, const std::vector<std::s
 
 }  // namespace
 
-std::string best_candidate(const std::map<std::string, std::vector<double>>& scores, bool lower_is_better) {
+std::string best_candidate(const CandidateScores& scores, bool lower_is_better, const CandidateScores& fallback) {
     std::string best;
     double best_mean = NAN;
     for (const auto& [candidate, values] : scores) {
@@ -170,7 +170,7 @@ std::string best_candidate(const std::map<std::string, std::vector<double>>& sco
         const bool better = !std::isfinite(best_mean) || (lower_is_better ? mean < best_mean : mean > best_mean);
         if (std::isfinite(mean) && better) best = candidate, best_mean = mean;
     }
-    return best;
+    return best.empty() && !fallback.empty() ? best_candidate(fallback, true) : best;
 }
 
 std::string candidate_text(const std::map<std::string, std::string>& params, const std::vector<std::string>& keys) {
@@ -181,32 +181,45 @@ std::string candidate_text(const std::map<std::string, std::string>& params, con
 
 namespace {
 
+// The group a run's tuned setting is chosen for: its values of the board's keys but the seed
+// (which --runs adds to them).
+std::vector<std::string> tuning_group(const std::vector<std::string>& keys,
+                                      const std::map<std::string, std::string>& p) {
+    std::vector<std::string> v;
+    for (const auto& k : keys)
+        if (k != "train.seed") v.push_back(value_in(p, k));
+    return v;
+}
+
 // --best-over: for each group (b.keys' values), the setting of the best_over keys with the best
 // mean on the tuning seeds, and the count of tuning runs behind the choice. `enter` marks the runs
 // the rows then hold: the chosen setting's runs on the other seeds.
 std::map<std::vector<std::string>, std::pair<std::string, int>> tune(
     const Board& b, const BoardOptions& o, const std::vector<std::map<std::string, std::string>>& params,
-    const std::vector<double>& metric, std::vector<bool>& enter) {
-    auto method_of = [&](size_t i) {
-        std::vector<std::string> v;
-        for (const auto& k : b.keys) v.push_back(value_in(params[i], k));
-        return v;
-    };
+    const std::vector<double>& metric, const std::vector<double>& final_loss, std::vector<bool>& enter,
+    std::vector<std::string>& fell_back) {
+    auto method_of = [&](size_t i) { return tuning_group(b.keys, params[i]); };
     auto candidate_of = [&](size_t i) { return candidate_text(params[i], o.best_over); };
     auto tuning = [&](size_t i) {
         const auto seed = value_in(params[i], "train.seed");
         return std::find(o.tuning_seeds.begin(), o.tuning_seeds.end(), seed) != o.tuning_seeds.end();
     };
-    std::map<std::vector<std::string>, std::map<std::string, std::vector<double>>> scores;
+    std::map<std::vector<std::string>, CandidateScores> scores, fallback;
     std::map<std::vector<std::string>, int> trials;
     for (size_t i = 0; i < params.size(); ++i)
         if (tuning(i)) {
             scores[method_of(i)][candidate_of(i)].push_back(metric[i]);
+            fallback[method_of(i)][candidate_of(i)].push_back(final_loss[i]);
             ++trials[method_of(i)];
         }
     std::map<std::vector<std::string>, std::pair<std::string, int>> chosen;
-    for (const auto& [method, candidates] : scores)
-        chosen[method] = {best_candidate(candidates, !higher_is_better(o.tune_metric)), trials[method]};
+    for (const auto& [method, candidates] : scores) {
+        const bool lower = !higher_is_better(o.tune_metric);
+        chosen[method] = {best_candidate(candidates, lower, fallback[method]), trials[method]};
+        if (best_candidate(candidates, lower).empty() && !chosen[method].first.empty())
+            fell_back.push_back(join(method, "/") + ": no tuning run reached the target; " + chosen[method].first +
+                                " was chosen by final_eval_loss");
+    }
     enter.assign(params.size(), false);
     for (size_t i = 0; i < params.size(); ++i) {
         const auto it = chosen.find(method_of(i));
@@ -427,18 +440,20 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
     for (const auto& r : runs) metric.push_back(run_metric(store, r.id, o));
     std::vector<bool> enter(runs.size(), true);
     std::map<std::vector<std::string>, std::pair<std::string, int>> tuned;
+    std::vector<std::string> fell_back;  // groups chosen by their final loss (none reached the target)
     if (!o.best_over.empty()) {
         if (o.tuning_seeds.empty())
             throw Error("--best-over needs --tuning-seeds S1,S2",
                         "the seeds the choice is made on; the others report it");
         for (const auto& k : o.best_over) b.keys.erase(std::remove(b.keys.begin(), b.keys.end(), k), b.keys.end());
-        std::vector<double> by = metric;
-        if (o.tune_metric != o.metric) {
-            BoardOptions t = o;
-            t.metric = o.tune_metric;
+        std::vector<double> by = metric, final_loss;
+        BoardOptions t = o;
+        t.metric = o.tune_metric;
+        if (o.tune_metric != o.metric)
             for (size_t i = 0; i < runs.size(); ++i) by[i] = run_metric(store, runs[i].id, t);
-        }
-        tuned = tune(b, o, params, by, enter);
+        t.metric = "final_eval_loss";
+        for (const auto& r : runs) final_loss.push_back(run_metric(store, r.id, t));
+        tuned = tune(b, o, params, by, final_loss, enter, fell_back);
         b.best_over = o.best_over;
         b.tuning_seeds = o.tuning_seeds;
     }
@@ -460,7 +475,7 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
         auto& row = b.rows[it->second];
         row.runs.push_back(runs[i].id);
         row.values.push_back(metric[i]);
-        if (const auto t = tuned.find(row.key_values); t != tuned.end())
+        if (const auto t = tuned.find(tuning_group(b.keys, params[i])); t != tuned.end())
             row.tuned = t->second.first, row.trials = t->second.second;
     }
     for (auto& row : b.rows) {
@@ -479,9 +494,10 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
         b.baseline = o.baseline;
     }
     if (!o.per_run) b.warnings = board_warnings(b, varying, params);
+    b.warnings.insert(b.warnings.end(), fell_back.begin(), fell_back.end());
     for (const auto& [method, choice] : tuned) {  // a choice with nothing to report would vanish
-        const bool shown =
-            std::any_of(b.rows.begin(), b.rows.end(), [&](const BoardRow& r) { return r.key_values == method; });
+        const bool shown = std::any_of(b.rows.begin(), b.rows.end(),
+                                       [&](const BoardRow& r) { return o.per_run || r.key_values == method; });
         if (!shown)
             b.warnings.push_back(
                 join(method, "/") + ": " +

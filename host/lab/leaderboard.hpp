@@ -83,7 +83,11 @@ Board make_board(ResultsStore& store, const std::vector<RunInfo>& runs, const Bo
 // Equal tuning budgets (--best-over, and `plexus sweep` with [grid.tune]) choose alike: of the
 // candidate settings ("optimizer.lr=0.1", as candidate_text writes them from a run's settings)
 // with their values on the tuning seeds, the best finite mean; ties to the first in text order.
-std::string best_candidate(const std::map<std::string, std::vector<double>>& scores, bool lower_is_better);
+// Where no candidate has a finite mean (tokens_to or time_to with every run censored: none reached
+// the target), the lowest mean of `fallback` (their final eval losses) chooses, so that the group
+// is still reported ("> budget") rather than dropped.
+using CandidateScores = std::map<std::string, std::vector<double>>;
+std::string best_candidate(const CandidateScores& scores, bool lower_is_better, const CandidateScores& fallback = {});
 std::string candidate_text(const std::map<std::string, std::string>& params, const std::vector<std::string>& keys);
 bool lower_is_better(const std::string& metric);
 

@@ -262,7 +262,7 @@ std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
     struct Group {
         Assignments key;
         std::string label;
-        std::map<std::string, std::vector<double>> scores;
+        CandidateScores scores, final_loss;  // final_loss: where every run is censored
         std::map<std::string, Assignments> values_of;
         int runs = 0;
         std::string best;  // the chosen candidate, "" if none
@@ -280,11 +280,12 @@ std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
                 for (const auto& axis : plan.exp.grid)
                     if (!axis.named() && std::find(axis.keys.begin(), axis.keys.end(), k) != axis.keys.end())
                         label += (label.empty() ? "" : " ") + k + "=" + v.to_text();
-        groups.push_back({key, label.empty() ? "(one group)" : label, {}, {}, 0, ""});
+        groups.push_back({key, label.empty() ? "(one group)" : label, {}, {}, {}, 0, ""});
         return groups.back();
     };
-    BoardOptions metric;
+    BoardOptions metric, final_loss;
     metric.metric = plan.exp.tune.metric;
+    final_loss.metric = "final_eval_loss";
     for (auto& p : plan.points) {
         if (!p.grid.tuning) continue;
         Assignments tuned;
@@ -292,15 +293,18 @@ std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
         if (p.last_status != "finished" || p.last_run <= 0) continue;
         const std::string candidate = candidate_text(store.params(p.last_run), plan.exp.tune.keys);
         g.scores[candidate].push_back(run_metric(store, p.last_run, metric));
+        g.final_loss[candidate].push_back(run_metric(store, p.last_run, final_loss));
         g.values_of[candidate] = tuned;
         ++g.runs;
     }
     std::vector<std::string> lines;
     for (auto& g : groups) {
-        g.best = best_candidate(g.scores, lower_is_better(metric.metric));
+        g.best = best_candidate(g.scores, lower_is_better(metric.metric), g.final_loss);
+        const bool fell_back = !g.best.empty() && best_candidate(g.scores, lower_is_better(metric.metric)).empty();
         lines.push_back(g.label + ": " +
                         (g.best.empty() ? "nothing chosen (no tuning run finished with a value)" : g.best) + " (" +
-                        std::to_string(g.runs) + " tuning run" + (g.runs == 1 ? "" : "s") + ")");
+                        std::to_string(g.runs) + " tuning run" + (g.runs == 1 ? "" : "s") +
+                        (fell_back ? "; none reached the target: chosen by final_eval_loss" : "") + ")");
     }
     for (auto& p : plan.points) {
         if (p.grid.tuning) continue;
