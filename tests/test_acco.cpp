@@ -100,26 +100,31 @@ constexpr double kLr = 0.5;
 
 }  // namespace
 
-TEST_CASE("ACCO with SGD on one worker follows the closed-form two-stage rule", "[acco]") {
+namespace {
+
+// ACCO with SGD on one worker against its closed form over 5 updates, the schedule's factor for
+// step k being scales[k] (an estimate round at even k, its update at k + 1). θ̃_0 = θ_0; update t:
+// the first half g̃ at θ̃_t, the second half g at θ_t, both steps at the rate s read by the
+// estimate round:  θ̃_{t+1} = θ_t - s lr g̃,   θ_{t+1} = θ_t - s lr (g̃ + g) / 2.
+void check_acco_closed_form(const std::vector<double>& scales) {
     Driver d(kPolled, kSgd);
-    // θ̃_0 = θ_0. Update t: the first half g̃ at θ̃_t, the second half g at θ_t;
-    //   θ̃_{t+1} = θ_t - lr g̃,   θ_{t+1} = θ_t - lr (g̃ + g) / 2.
     auto theta = d.parameters().first.clone();
     auto estimate = theta.clone();
     double worst = 0, moved = 0;
     for (int t = 0; t < 5; ++t) {
+        const double rate = kLr * scales.at(2 * static_cast<size_t>(t));
         const auto first = d.gradient_at(estimate);
-        const auto next_estimate = theta - kLr * first;
+        const auto next_estimate = theta - rate * first;
         const auto second = d.gradient_at(theta);
-        const auto next_theta = theta - kLr * (first + second) / 2;
+        const auto next_theta = theta - rate * (first + second) / 2;
 
-        auto e = d.step();  // the estimate round
+        auto e = d.step(scales.at(2 * static_cast<size_t>(t)));  // the estimate round
         CHECK_FALSE(e.optimizer_stepped);
         CHECK(e.micro_batches == (t == 0 ? 2 : 1));  // the first step also computes θ_0's micro-batch
         auto [committed_e, working_e] = d.parameters();
         worst = std::max({worst, gap(committed_e, theta), gap(working_e, next_estimate)});
 
-        auto u = d.step();  // the update round
+        auto u = d.step(scales.at(2 * static_cast<size_t>(t) + 1));  // the update round
         CHECK(u.optimizer_stepped);
         CHECK(u.micro_batches == 1);
         auto [committed_u, working_u] = d.parameters();
@@ -131,6 +136,18 @@ TEST_CASE("ACCO with SGD on one worker follows the closed-form two-stage rule", 
     }
     CHECK(worst < 1e-6);
     CHECK(moved > 1e-3);  // the estimate and the update differ: the comparison has teeth
+}
+
+}  // namespace
+
+TEST_CASE("ACCO with SGD on one worker follows the closed-form two-stage rule", "[acco]") {
+    check_acco_closed_form(std::vector<double>(10, 1.0));
+}
+
+TEST_CASE("ACCO under a changing schedule: an update steps at the rate its estimate round read", "[acco]") {
+    // Every step's factor differs, so using the update round's own factor (or the next
+    // estimate's) would move θ by a different amount than the closed form.
+    check_acco_closed_form({1.0, 0.25, 0.8, 0.1, 0.6, 1.5, 0.4, 0.9, 0.2, 0.7});
 }
 
 TEST_CASE("DPU and WP with SGD on one worker follow their closed forms", "[acco]") {
