@@ -75,6 +75,59 @@ TEST_CASE("train.tokens is the job's budget: 2 ranks stop at the tokens 1 rank w
     CHECK(two["tokens"] == 4096);  // per data-parallel rank: the curves' axis
 }
 
+TEST_CASE("train.stop_at_loss ends a run, on every rank, at the log point after an evaluation reaches it",
+          "[protocol][sim]") {
+    // Gradient descent on a least-squares problem: the relative suboptimality falls steadily.
+    TempDir dir;
+    const auto file = dir.file("gd.toml", R"(
+[model]
+name = "least_squares"
+rows = 32
+dim = 8
+condition = 10.0
+signal = 1.0
+design = "orthogonal"
+relative = true
+[data]
+name = "synthetic"
+vocab_size = 32
+[optimizer]
+name = "sgd"
+lr = 1.0
+[strategy]
+name = "ddp"
+[launch]
+mode = "sim"
+ranks = 4
+[train]
+steps = 300
+batch_size = 1
+seq_len = 8
+lr_schedule = "constant"
+grad_clip = 0.0
+eval_every = 5
+eval_batches = 1
+log_every = 5
+[results]
+progress = "none"
+)");
+    const auto db = dir / "r.db";
+    const auto whole = run_recorded(file, db, "");
+    host::ResultsStore store(db);
+    int64_t first = -1;  // the first evaluation at or below 1e-6, as a step count
+    for (const auto& [step, loss] : store.metric_series(whole.id, "eval_loss"))
+        if (first < 0 && loss <= 1e-6) first = step + 1;
+    REQUIRE(first > 0);
+    REQUIRE(first < 250);
+    const auto stopped = run_recorded(file, db, "--set train.stop_at_loss=1e-6");
+    INFO("reached at step " << first << ", stopped after " << stopped["steps"]);
+    CHECK(stopped["steps"] >= first);
+    CHECK(stopped["steps"] <= first + 10);  // a log point at least max(log_every, ranks) on, at most
+    CHECK(stopped["final_eval_loss"] <= 1e-6);
+    CHECK(store.get_run(stopped.id)->status == "finished");
+    CHECK(whole["steps"] == 300);
+}
+
 TEST_CASE("validation windows are fixed by the data: runs with other seeds read the same windows", "[protocol]") {
     // The run records a digest of the validation batches one evaluation reads. Two seeds (other
     // initializations, other training batches) read the same ones; other data reads others.

@@ -803,6 +803,10 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
                        "validation split, in order)")
                  .at_least(0),
              ConfigKey("log_every", 10, "print and record throughput every this many steps").at_least(1),
+             ConfigKey("stop_at_loss", 0.0,
+                       "end the run at the first log point after an evaluation at or below this loss (0: run the "
+                       "whole budget; tokens_to and time_to need nothing after it)")
+                 .at_least(0),
              {"seed", 0, "seed of initialization and data order"},
              {"device", "cpu",
               "cpu, cuda, cuda:N, or auto (cuda when available); with several local ranks, cuda means cuda:LOCAL_RANK"},

@@ -15,6 +15,11 @@ namespace plexus::host {
 
 namespace {
 
+// Why the ranks stop, the gravest first; "" to go on.
+std::string stop_reason(bool diverged, bool interrupted, bool reached) {
+    return diverged ? "diverged" : interrupted ? "interrupted" : reached ? "finished" : "";
+}
+
 class CollectiveControl : public ControlChannel {
 public:
     explicit CollectiveControl(std::shared_ptr<Transport> collectives) : ControlChannel(std::move(collectives)) {}
@@ -22,15 +27,15 @@ public:
     Agreement at_log_point(int64_t, const LogPointNews& news) override {
         Agreement a;
         if (collectives_->world_size() == 1) {
-            a.stop = news.diverged ? "diverged" : news.interrupted ? "interrupted" : "";
+            a.stop = stop_reason(news.diverged, news.interrupted, news.reached);
             a.checkpoint = news.checkpoint_due;
             return a;
         }
-        auto flags =
-            torch::tensor({news.interrupted ? 1.0 : 0.0, news.diverged ? 1.0 : 0.0, news.checkpoint_due ? 1.0 : 0.0},
-                          torch::kFloat64);
+        auto flags = torch::tensor({news.interrupted ? 1.0 : 0.0, news.diverged ? 1.0 : 0.0,
+                                    news.checkpoint_due ? 1.0 : 0.0, news.reached ? 1.0 : 0.0},
+                                   torch::kFloat64);
         collectives_->all_reduce(flags, ReduceOp::Max)->wait();
-        a.stop = flags[1].item<double>() > 0 ? "diverged" : flags[0].item<double>() > 0 ? "interrupted" : "";
+        a.stop = stop_reason(flags[1].item<double>() > 0, flags[0].item<double>() > 0, flags[3].item<double>() > 0);
         a.checkpoint = flags[2].item<double>() > 0;
         return a;
     }
@@ -48,8 +53,9 @@ public:
 
     Agreement at_log_point(int64_t step, const LogPointNews& news) override {
         Agreement a;
-        if (news.diverged || news.interrupted)
-            store_->set_once("stop", std::to_string(target(step)) + " " + (news.diverged ? "diverged" : "interrupted"));
+        if (news.diverged || news.interrupted || news.reached)
+            store_->set_once("stop", std::to_string(target(step)) + " " +
+                                         stop_reason(news.diverged, news.interrupted, news.reached));
         if (auto posted = posted_stop(); posted.first >= 0 && posted.first <= step) a.stop = posted.second;
         if (news.checkpoint_due && rank_ == 0 && !checkpoint_posted_)
             store_->set("checkpoint." + std::to_string(checkpoints_seen_), std::to_string(target(step)));

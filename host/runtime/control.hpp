@@ -33,11 +33,12 @@ struct LogPointNews {
     bool interrupted = false;     // SIGINT/SIGTERM reached this process
     bool diverged = false;        // this rank saw a non-finite loss
     bool checkpoint_due = false;  // rank 0 only: checkpoint.every_minutes has passed
+    bool reached = false;         // this rank's last evaluation is at or below train.stop_at_loss
 };
 
 // What every rank does at that log point.
 struct Agreement {
-    std::string stop;  // "", "interrupted" or "diverged"
+    std::string stop;  // "", "interrupted", "diverged" or "finished" (train.stop_at_loss reached)
     bool checkpoint = false;
 };
 

@@ -95,10 +95,15 @@ private:
             metrics.bar(out.loss);
             bool checkpoint_now = checkpoints.step_due(s_.step);
             if (log_now) {
+                const bool reached = train_.stop_at_loss > 0 && s_.last_eval_step > 0 &&
+                                     s_.last_eval <= train_.stop_at_loss;  // NaN: not reached
                 const Agreement agreed = run_.control().at_log_point(
-                    s_.step, {interrupt_requests() > 0, diverged_here_, checkpoints.minutes_due(true)});
+                    s_.step, {interrupt_requests() > 0, diverged_here_, checkpoints.minutes_due(true), reached});
                 if (!agreed.stop.empty()) {
                     s_.status = agreed.stop;
+                    if (agreed.stop == "finished")
+                        progress_.line("step " + std::to_string(s_.step) + ": train.stop_at_loss (" +
+                                       short_number(train_.stop_at_loss) + ") reached: the run ends here");
                     break;
                 }
                 checkpoint_now = checkpoint_now || agreed.checkpoint;
