@@ -190,6 +190,40 @@ TEST_CASE("a sequential stream reads every window of its split once, in order, a
     CHECK(TokenWindowStream(tokens, spec).length() == -1);
 }
 
+TEST_CASE("partition = by_rank: each shard draws its training windows from its own slice", "[protocol][data]") {
+    // 1,000 tokens 0, 1, 2, ... (mod 2^16): a window's first token is its start.
+    auto tokens = std::make_shared<std::vector<uint16_t>>();
+    for (uint16_t t = 0; t < 1000; ++t) tokens->push_back(t);
+    StreamSpec spec{Split::Train, 8, 10, 0, 4, 7};
+    bool shared_crosses = false;
+    for (int rank = 0; rank < 4; ++rank) {
+        spec.rank = rank;
+        TokenWindowStream own(tokens, spec, /*by_rank=*/true), shared(tokens, spec);
+        int64_t lowest = 1000, highest = -1;
+        for (int b = 0; b < 50; ++b) {
+            const auto starts = own.next().inputs.select(1, 0);
+            lowest = std::min(lowest, starts.min().item<int64_t>());
+            highest = std::max(highest, starts.max().item<int64_t>());
+            const auto other = shared.next().inputs.select(1, 0);
+            shared_crosses = shared_crosses || (other < 250 * rank).any().item<bool>() ||
+                             (other >= 250 * (rank + 1)).any().item<bool>();
+        }
+        INFO("rank " << rank << ": starts " << lowest << " to " << highest);
+        CHECK(lowest >= 250 * rank);
+        CHECK(highest + 10 < 250 * (rank + 1));  // the window and its target stay inside
+        CHECK(highest - lowest > 150);           // and spread over the slice
+    }
+    CHECK(shared_crosses);  // without it the shards share the split
+    // Sequential streams (evaluation) read the whole split whatever the partition.
+    spec.sequential = true;
+    spec.rank = 1;
+    CHECK(TokenWindowStream(tokens, spec, true).next().inputs[0][0].item<int64_t>() == 80);
+    // A slice too small for one window is refused, naming the setting.
+    spec.sequential = false;
+    spec.world_size = 200;
+    CHECK_THROWS_WITH(TokenWindowStream(tokens, spec, true), Contains("data.partition"));
+}
+
 TEST_CASE("DiLoCo evaluates its anchor, the model it delivers, not a replica past it", "[protocol][baselines]") {
     // Local SGD (outer SGD, lr 1) syncs every 5 inner steps; 7 steps leave the replicas 2 steps
     // past the anchor of step 5. Evaluated at the anchor, step 7's loss is step 5's.

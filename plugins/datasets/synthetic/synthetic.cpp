@@ -24,6 +24,7 @@ class Synthetic : public plexus::TokenArrayDataset {
 public:
     explicit Synthetic(const plexus::Config& cfg) {
         vocab_ = cfg.get_int("vocab_size");
+        by_rank_ = plexus::partition_by_rank(cfg);
         const int64_t branching = cfg.get_int("branching");
         const int64_t train_tokens = cfg.get_int("train_tokens");
         const int64_t val_tokens = cfg.get_int("val_tokens");
@@ -92,6 +93,7 @@ plexus::PluginDescriptor describe() {
         {"train_tokens", 200000, "length of the training sequence"},
         {"val_tokens", 20000, "length of the validation sequence"},
         {"seed", 1234, "seed of the chain and the sequences (independent of train.seed)"},
+        plexus::partition_key(),
     };
     d.make_dataset = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::Dataset> {
         return std::make_unique<Synthetic>(cfg);

@@ -26,6 +26,7 @@ class TextDataset : public plexus::TokenArrayDataset {
 public:
     explicit TextDataset(const plexus::Config& cfg) {
         vocab_ = 256;
+        by_rank_ = plexus::partition_by_rank(cfg);
         const fs::path root = cfg.get_string("path");
         const std::vector<std::string> exclude = cfg.get_strings("exclude");
         const double val_fraction = cfg.get_double("val_fraction");
@@ -80,6 +81,7 @@ plexus::PluginDescriptor describe() {
         {"path", "/usr/share/games/fortunes", "a text file, or a folder read recursively"},
         {"exclude", plexus::Value::list({"*.dat"}), "file-name patterns to skip in a folder"},
         {"val_fraction", 0.05, "fraction of the bytes (at the end) held out for validation"},
+        plexus::partition_key(),
     };
     d.make_dataset = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::Dataset> {
         return std::make_unique<TextDataset>(cfg);

@@ -59,6 +59,7 @@ class TokenShards : public plexus::TokenArrayDataset {
 public:
     explicit TokenShards(const plexus::Config& cfg) {
         vocab_ = cfg.get_int("vocab_size");
+        by_rank_ = plexus::partition_by_rank(cfg);
         cfg.require(vocab_ > 0 && vocab_ <= 65536, "vocab_size", "must lie in [1, 65536] (tokens are uint16)");
         auto train = std::make_shared<std::vector<uint16_t>>();
         auto val = std::make_shared<std::vector<uint16_t>>();
@@ -96,6 +97,7 @@ plexus::PluginDescriptor describe() {
         {"val", "", "validation shard file or glob pattern; empty: hold out val_fraction of train"},
         {"val_fraction", 0.05, "held-out fraction when val is empty"},
         {"vocab_size", 50257, "tokenizer vocabulary size (GPT-2: 50257)"},
+        plexus::partition_key(),
     };
     d.extras["check.needs"] = "data.train";  // `plexus check`: a shard file to read
     d.make_dataset = [](const plexus::Config& cfg, plexus::RunContext&) -> std::unique_ptr<plexus::Dataset> {

@@ -5,7 +5,10 @@
 // depends only on (seed, n), so seek() is exact. A sequential stream (StreamSpec::sequential)
 // reads window k at token k * seq_len instead, each window once, and knows its length. Ranks share one global batch of
 // world_size * batch_size windows and each takes its own rows, so data-parallel training on W
-// ranks with batch b sees exactly the windows one rank with batch W*b sees.
+// ranks with batch b sees exactly the windows one rank with batch W*b sees. With the dataset's
+// `partition = "by_rank"` (partition_key()), shard r of W draws its training windows from its
+// own contiguous r-th W-th of the split instead: workers with different data, as in federated
+// or decentralized training (validation stays whole: the job's objective).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +19,7 @@
 
 #include <torch/types.h>
 
+#include "plexus/config.hpp"
 #include "plexus/dataset.hpp"
 #include "plexus/error.hpp"
 #include "plexus/kit/util.hpp"
@@ -26,7 +30,9 @@ using TokenArray = std::shared_ptr<const std::vector<uint16_t>>;
 
 class TokenWindowStream : public BatchStream {
 public:
-    TokenWindowStream(TokenArray tokens, const StreamSpec& spec) : tokens_(std::move(tokens)), spec_(spec) {
+    // `by_rank`: draw random windows from this shard's own slice (sequential streams read all).
+    TokenWindowStream(TokenArray tokens, const StreamSpec& spec, bool by_rank = false)
+        : tokens_(std::move(tokens)), spec_(spec) {
         const auto n = static_cast<int64_t>(tokens_->size());
         if (n < spec.seq_len + 2)
             throw Error("the " + std::string(spec.split == Split::Train ? "training" : "validation") + " split has " +
@@ -34,6 +40,16 @@ public:
                             ")",
                         "use more data, a smaller train.seq_len, or another split fraction");
         window_starts_ = static_cast<uint64_t>(n - spec.seq_len - 1) + 1;
+        if (by_rank && !spec.sequential && spec.world_size > 1) {
+            const int64_t lo = n * spec.rank / spec.world_size, hi = n * (spec.rank + 1) / spec.world_size;
+            if (hi - lo < spec.seq_len + 2)
+                throw Error("data.partition = \"by_rank\": shard " + std::to_string(spec.rank) + " of " +
+                                std::to_string(spec.world_size) + " holds " + std::to_string(hi - lo) +
+                                " tokens, fewer than seq_len + 2",
+                            "use more data, fewer ranks or a smaller train.seq_len");
+            first_start_ = static_cast<uint64_t>(lo);
+            window_starts_ = static_cast<uint64_t>(hi - lo - spec.seq_len - 1) + 1;
+        }
         windows_in_order_ = (n - 1) / spec.seq_len;
         staging_.resize(static_cast<size_t>(spec.batch_size * (spec.seq_len + 1)));
     }
@@ -49,7 +65,7 @@ public:
             const uint64_t start =
                 spec_.sequential
                     ? static_cast<uint64_t>((position_ * spec_.world_size * B + static_cast<int64_t>(global_row)) * T)
-                    : mix_seed(batch_seed, global_row) % window_starts_;
+                    : first_start_ + mix_seed(batch_seed, global_row) % window_starts_;
             const uint16_t* src = tokens_->data() + start;
             int64_t* dst = staging_.data() + row * (T + 1);
             for (int64_t t = 0; t <= T; ++t) dst[t] = src[t];
@@ -68,26 +84,39 @@ public:
 private:
     TokenArray tokens_;
     StreamSpec spec_;
-    uint64_t window_starts_ = 1;
+    uint64_t first_start_ = 0, window_starts_ = 1;  // random windows start in [first, first + starts)
     int64_t windows_in_order_ = 0;  // non-overlapping windows of the split (sequential streams)
     int64_t position_ = 0;
     std::vector<int64_t> staging_;
 };
 
+// The setting that gives each data-parallel shard its own part of the training split; declare
+// it in a dataset's schema and set TokenArrayDataset::by_rank_ from partition_by_rank(cfg).
+inline ConfigKey partition_key() {
+    return ConfigKey("partition", "shared",
+                     "shared: every rank samples the whole training split; by_rank: rank r of W its own r-th W-th")
+        .one_of({"shared", "by_rank"});
+}
+inline bool partition_by_rank(const Config& cfg) { return cfg.get_string("partition") == "by_rank"; }
+
 // A dataset whose two splits are token arrays. A subclass fills vocab_, train_, val_ and
-// description_ in its constructor; opening streams is done here.
+// description_ in its constructor (by_rank_ from partition_by_rank); opening streams is done here.
 class TokenArrayDataset : public Dataset {
 public:
     int64_t vocab_size() const override { return vocab_; }
     std::unique_ptr<BatchStream> open(const StreamSpec& spec) override {
-        return std::make_unique<TokenWindowStream>(spec.split == Split::Train ? train_ : val_, spec);
+        const bool train = spec.split == Split::Train;
+        return std::make_unique<TokenWindowStream>(train ? train_ : val_, spec, train && by_rank_);
     }
-    std::string describe() const override { return description_; }
+    std::string describe() const override {
+        return description_ + (by_rank_ ? ", the training split partitioned by rank" : "");
+    }
 
 protected:
     int64_t vocab_ = 0;
     TokenArray train_, val_;
     std::string description_;
+    bool by_rank_ = false;
 };
 
 }  // namespace plexus
