@@ -3,7 +3,9 @@
 log(gradients to the target) against log(condition), over the conditions of the sweep, with the
 mean's 95% t interval over seeds. Accelerated: slope 1/2 (sqrt(L/mu)); gradient descent: 1.
 
-    python3 experiments/dadao_scaling.py [SWEEP] [--target 1e-9] [--plexus build/plexus]
+    python3 experiments/dadao_scaling.py [SWEEP ...] [--target 1e-9] [--plexus build/plexus]
+
+Several sweeps (dadao and dadao_large) are read together: their conditions join one fit.
 
 Reads `plexus leaderboard --runs --format csv` (each group's learning rate chosen on seed 100 by
 tokens to the target), so it counts what the leaderboard counts: tokens / 8 = gradients per
@@ -11,6 +13,7 @@ worker (one worker's micro-batch is 8 tokens in dadao.toml).
 """
 import argparse
 import csv
+import sqlite3
 import io
 import math
 import subprocess
@@ -37,14 +40,20 @@ def slope(points):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("sweep", nargs="?", default="dadao")
+    ap.add_argument("sweeps", nargs="*", default=["dadao"])
     ap.add_argument("--target", default="")
     ap.add_argument("--plexus", default="build/plexus")
+    ap.add_argument("--db", default="results/plexus.db")
     args = ap.parse_args()
     by = defaultdict(lambda: defaultdict(dict))  # method -> seed -> condition -> gradients
-    for r in runs(args.plexus, args.sweep, args.target):
+    rows = [r for sweep in args.sweeps for r in runs(args.plexus, sweep, args.target)]
+    db = sqlite3.connect(args.db)
+    setting = lambda run, key: db.execute(  # a sweep with one condition has no column for it
+        "SELECT value FROM param WHERE run_id = ? AND key = ?", (int(run), key)).fetchone()[0]
+    for r in rows:
         value = float(r["tokens_to_mean"]) if r["tokens_to_mean"] not in ("", "inf") else math.inf
-        by[r["strategy.name"]][r["train.seed"]][float(r["model.condition"])] = value / 8
+        seed, condition = setting(r["runs"], "train.seed"), float(setting(r["runs"], "model.condition"))
+        by[setting(r["runs"], "strategy.name")][seed][condition] = value / 8
     print(f"gradients per worker to {args.target or 'each run s target'}; slope of log(gradients) "
           "over log(L/mu), per seed, then the mean [95% t interval]")
     for method, seeds in sorted(by.items()):
