@@ -85,7 +85,7 @@ private:
     TokenArray tokens_;
     StreamSpec spec_;
     uint64_t first_start_ = 0, window_starts_ = 1;  // random windows start in [first, first + starts)
-    int64_t windows_in_order_ = 0;  // non-overlapping windows of the split (sequential streams)
+    int64_t windows_in_order_ = 0;                  // non-overlapping windows of the split (sequential streams)
     int64_t position_ = 0;
     std::vector<int64_t> staging_;
 };
