@@ -419,6 +419,27 @@ name = "tiny_quick"
     CHECK(store.summary_text(runs[0].id, "resume.preset") == "quick");  // --resume re-applies it
 }
 
+TEST_CASE("a tuned sweep's dry run counts one reported run per group and seed, whatever the skips leave", "[sweep]") {
+    TempDir dir;
+    const auto file = dir.file("t.toml", std::string(kTinyExperiment) + R"(
+[grid]
+seeds = [0, 1]
+"model.n_layer" = [1, 2]
+
+[grid.tune]
+"optimizer.lr" = [1e-1, 1e-2, 1e-4]
+seeds = [5]
+
+[[grid.skip]]           # depth 2 is tried at one rate only (as a method with nothing to tune)
+"model.n_layer" = 2
+"optimizer.lr" = [1e-2, 1e-4]
+)");
+    auto dry = run_plexus("sweep " + file + " --db " + dir / "r.db" + " --dry-run");
+    INFO(dry.output);
+    // Reported points: depth 1 at 3 rates x 2 seeds, depth 2 at 1 rate x 2 seeds = 8; runs: 2 x 2.
+    CHECK_THAT(dry.output, Contains("4 tuning runs on seed(s) 5, then 4 (which, known after tuning) of the 8 "));
+}
+
 TEST_CASE("a sweep with [grid.tune] runs the tuning seeds, then the others at each group's best value only",
           "[sweep]") {
     TempDir dir;

@@ -16,6 +16,7 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <set>
 #include <thread>
 
 #include <plexus/error.hpp>
@@ -340,16 +341,22 @@ void print_dry_run(const SweepPlan& plan, const History& h, bool retry_failed) {
         std::printf("%5d  %-16s  %-22s  %s\n", p.index, p.hash.c_str(), state.c_str(), p.grid.label.c_str());
     }
     if (!tuned) return;
-    size_t combos = 1;  // tuned values per group
-    for (const auto& axis : plan.exp.grid)
-        if (!axis.named() &&
-            std::find(plan.exp.tune.keys.begin(), plan.exp.tune.keys.end(), axis.keys[0]) != plan.exp.tune.keys.end())
-            combos *= axis.points.size();
+    // One reported run per group and seed (the grid's skips may leave a group fewer seeds).
+    std::set<std::string> group_seeds;
+    for (const auto& p : plan.points) {
+        if (p.grid.tuning) continue;
+        Assignments group, values;
+        split_tuned(p.grid, plan.exp.tune, group, values);
+        std::string key;
+        for (const auto& [k, v] : p.grid.assignments)
+            if (k == "train.seed") key = v.to_text();
+        for (const auto& [k, v] : group) key += " " + k + "=" + v.to_text();
+        group_seeds.insert(key);
+    }
     std::string seeds;
     for (auto v : plan.exp.tune.seeds) seeds += (seeds.empty() ? "" : ",") + std::to_string(v);
     const std::string will_run =
-        chosen_known ? std::to_string(to_report)
-                     : std::to_string(static_cast<size_t>(reported) / combos) + " (which, known after tuning)";
+        chosen_known ? std::to_string(to_report) : std::to_string(group_seeds.size()) + " (which, known after tuning)";
     std::printf(
         "[grid.tune]: %d tuning runs on seed(s) %s, then %s of the %d reported points: each group's best %s "
         "by %s\n",
