@@ -419,9 +419,9 @@ name = "tiny_quick"
     CHECK(store.summary_text(runs[0].id, "resume.preset") == "quick");  // --resume re-applies it
 }
 
-TEST_CASE("a tuned sweep's dry run counts one reported run per group and seed, whatever the skips leave", "[sweep]") {
-    TempDir dir;
-    const auto file = dir.file("t.toml", std::string(kTinyExperiment) + R"(
+namespace {
+// Two depths on seeds 0 and 1, three rates tuned on seed 5.
+const std::string kTunedDepths = std::string(kTinyExperiment) + R"(
 [grid]
 seeds = [0, 1]
 "model.n_layer" = [1, 2]
@@ -429,7 +429,12 @@ seeds = [0, 1]
 [grid.tune]
 "optimizer.lr" = [1e-1, 1e-2, 1e-4]
 seeds = [5]
+)";
+}  // namespace
 
+TEST_CASE("a tuned sweep's dry run counts one reported run per group and seed, whatever the skips leave", "[sweep]") {
+    TempDir dir;
+    const auto file = dir.file("t.toml", kTunedDepths + R"(
 [[grid.skip]]           # depth 2 is tried at one rate only (as a method with nothing to tune)
 "model.n_layer" = 2
 "optimizer.lr" = [1e-2, 1e-4]
@@ -444,15 +449,7 @@ TEST_CASE("a sweep with [grid.tune] runs the tuning seeds, then the others at ea
           "[sweep]") {
     TempDir dir;
     const auto db = dir / "r.db";
-    const auto file = dir.file("t.toml", std::string(kTinyExperiment) + R"(
-[grid]
-seeds = [0, 1]
-"model.n_layer" = [1, 2]
-
-[grid.tune]
-"optimizer.lr" = [1e-1, 1e-2, 1e-4]
-seeds = [5]
-)");
+    const auto file = dir.file("t.toml", kTunedDepths);
     auto dry = run_plexus("sweep " + file + " --db " + db + " --dry-run --set train.steps=20");
     INFO(dry.output);
     // 3 seeds x 2 depths x 3 rates = 18 points: 6 tuning runs, then 2 depths x 2 seeds = 4.
