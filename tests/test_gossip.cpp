@@ -154,7 +154,7 @@ double acid_rate_in_units(int n, double eta_scale, double alpha_scale) {
 
 }  // namespace
 
-TEST_CASE("A2CiD2's consensus rate scales as 1 / sqrt(chi1 chi2) on rings of 16, 32, 64; wrong constants break it",
+TEST_CASE("A2CiD2's consensus rate scales as 1 / sqrt(chi1 chi2) on rings of 16 32 and 64 and wrong constants break it",
           "[gossip]") {
     // With the reference constants the rate is 0.61, 0.70, 0.78 in units of 1 / sqrt(chi1 chi2)
     // (gossip's 1 / chi1 would be 0.27, 0.14, 0.07: it scales as n^-2, A2CiD2 as n^-1.5).
