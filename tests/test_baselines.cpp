@@ -195,8 +195,13 @@ TEST_CASE(
     "with SGD, where a gradient's scale is the step, ZeRO, tensor and pipeline parallelism follow the single strategy",
     "[zero][tp][pipeline]") {
     TempDir dir;
-    const std::string sgd = "--set optimizer.name=sgd --set optimizer.lr=0.3 --set train.grad_clip=0 ";
+    // A token budget and a warmup in tokens (15 and 5 steps of 8 x 32): each strategy must count
+    // the job's tokens as the single one does, or it trains longer and warms up slower.
+    const std::string sgd =
+        "--set optimizer.name=sgd --set optimizer.lr=0.3 --set train.grad_clip=0 "
+        "--set train.steps=0 --set train.tokens=3840 --set train.warmup_tokens=1280 ";
     const auto single = run(dir, sgd + "--set strategy.name=single --set train.batch_size=8");
+    REQUIRE(single.loss.size() == 15);
     // What a gradient 1.2 times too large does to the curve: the tolerance below is far under it.
     const auto larger = run(dir, sgd + "--set strategy.name=single --set train.batch_size=8 --set optimizer.lr=0.36");
     REQUIRE(worst_gap(larger, single) > 1e-2);

@@ -439,8 +439,9 @@ TEST_CASE("best-over chooses each method's setting on the tuning seeds and repor
     CHECK_THROWS_WITH(host::make_board(db.store, db.runs(), missing), Contains("--tuning-seeds"));
 }
 
-TEST_CASE("best-over by tokens_to: where no tuning run reaches the target, the final loss chooses and --runs lists them",
-          "[protocol][results]") {
+TEST_CASE(
+    "best-over by tokens_to: where no tuning run reaches the target, the final loss chooses and --runs lists them",
+    "[protocol][results]") {
     FakeRuns db;
     auto add = [&](double lr, int64_t seed, std::vector<std::pair<int64_t, double>> curve) {
         auto p = settings("a", seed);

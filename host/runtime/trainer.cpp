@@ -134,14 +134,15 @@ private:
                          static_cast<double>(train_.warmup_tokens), s_.horizon, train_.min_lr_ratio);
     }
 
-    // The job's tokens: the strategy's count (StepOutput::job_tokens), or this rank's times the
-    // data shards (ranks that share a batch, as tensor-parallel ones do, share a shard). Tokens
-    // "per rank" (the curves' axis, what strategies see) are the job's over the data shards, the
-    // same on every rank even when ranks consume different amounts. Returns the step's.
+    // The job's tokens: the strategy's count (StepOutput::job_tokens), or this rank's share times
+    // the world size (a rank that shares its batch with others, a pipeline stage or a tensor-
+    // parallel rank, reports its share, so the shares add up to the batch). Tokens "per rank"
+    // (the curves' axis, what strategies see) are the job's over the data shards, the same on
+    // every rank even when ranks consume different amounts. Returns the step's.
     int64_t count_tokens(const StepOutput& out) {
         auto& ctx = *run_.ctx;
         s_.own_tokens += out.tokens;
-        const int64_t job_step = out.job_tokens >= 0 ? out.job_tokens : out.tokens * run_.data_shards;
+        const int64_t job_step = out.job_tokens >= 0 ? out.job_tokens : out.tokens * world_;
         s_.job_tokens += job_step;
         if (s_.horizon == 0) s_.horizon = static_cast<double>(job_step) * static_cast<double>(train_.steps);
         const int64_t step_tokens = s_.job_tokens / run_.data_shards - ctx.tokens;
