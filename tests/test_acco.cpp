@@ -10,6 +10,7 @@
 #include <plexus/plexus.hpp>
 
 #include "helpers.hpp"
+#include "sim_driver.hpp"
 #include "store/results.hpp"
 
 using namespace plexus;
@@ -148,6 +149,105 @@ TEST_CASE("ACCO under a changing schedule: an update steps at the rate its estim
     // Every step's factor differs, so using the update round's own factor (or the next
     // estimate's) would move θ by a different amount than the closed form.
     check_acco_closed_form({1.0, 0.25, 0.8, 0.1, 0.6, 1.5, 0.4, 0.9, 0.2, 0.7});
+}
+
+// Three workers, one of them three times slower, rounds polled: each round takes as many
+// micro-batches from each worker as it computed meanwhile (read from the steps' outputs). With
+// SGD, n_t (ñ_t) the micro-batches of all workers in the update's second (first) half, G (G̃)
+// the sum of their gradients:
+//   update 0: G̃ is one micro-batch per worker at θ_0 (before the first round), G the rest of
+//             step 0's, at θ_0
+//   update t: G̃ is step 2t - 1's micro-batches at θ̃_t, G step 2t's at θ_t
+//   θ̃_{t+1} = θ_t - lr G̃ / ñ_t,   θ_{t+1} = θ_t - lr (G̃ + G) / (ñ_t + n_t)
+TEST_CASE("ACCO with SGD on three workers and a straggler follows the closed form over unequal micro-batch counts",
+          "[acco][sim]") {
+    std::string text =
+        kAcco + kPolled + "\n[launch]\nmode = \"sim\"\nranks = 3\n\n[sim]\nslow_ranks = [1]\nslow_factor = 3.0\n";
+    const std::string adamw = "[optimizer]\nname = \"adamw\"\nlr = 1e-2\n";
+    text.replace(text.find(adamw), adamw.size(), kSgd);
+    SimDriver d(text);
+    constexpr int kWorkers = 3, kUpdates = 4;
+    constexpr int64_t B = 4, T = 32;
+    std::vector<std::vector<int64_t>> counts(kWorkers);        // micro-batches by worker and step
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> got;  // committed and working, after each step
+    auto flat = [](const StateDict& state, const std::string& key) {
+        for (const auto& [k, t] : state)
+            if (k == key) return t.clone();
+        return torch::Tensor();
+    };
+    const auto error = d.run(2 * kUpdates, B, T, [&](int, int rank, Strategy& s, const StepOutput& out) {
+        counts[static_cast<size_t>(rank)].push_back(out.micro_batches);
+        const auto state = s.state();
+        if (rank != 0) return;
+        std::vector<torch::Tensor> model_params;  // in the state's (the model's) order
+        for (const auto& [key, t] : state)
+            if (key.rfind("model.", 0) == 0) model_params.push_back(t.reshape(-1));
+        auto theta = torch::cat(model_params);
+        got.emplace_back(theta, flat(state, "acco.working").narrow(0, 0, theta.numel()).clone());
+    });
+    INFO(error);
+    REQUIRE(error.empty());
+    // The straggler computes fewer micro-batches per round than the others.
+    int64_t fast = 0, slow = 0;
+    for (size_t k = 1; k < counts[0].size(); ++k) fast += counts[0][k], slow += counts[1][k];
+    INFO("micro-batches after the first round: worker 0 " << fast << ", the straggler " << slow);
+    REQUIRE(fast >= 2 * slow);
+
+    // The closed form, on each worker's own data shard, in the order the worker reads it.
+    auto model = d.model();
+    auto params = model->parameters();
+    std::vector<std::unique_ptr<BatchStream>> data;
+    for (int r = 0; r < kWorkers; ++r) data.push_back(d.stream(B, T, r, kWorkers));
+    auto set = [&](const torch::Tensor& theta) {
+        torch::NoGradGuard no_grad;
+        int64_t offset = 0;
+        for (auto& p : params) {
+            p.copy_(theta.narrow(0, offset, p.numel()).view(p.sizes()));
+            offset += p.numel();
+        }
+    };
+    // The sum of `n` gradients of worker r's next batches at θ.
+    auto gradients = [&](const torch::Tensor& theta, int r, int64_t n) {
+        set(theta);
+        auto sum = torch::zeros_like(theta);
+        for (int64_t i = 0; i < n; ++i) {
+            for (auto& p : params) p.mutable_grad() = torch::Tensor();
+            auto batch = data[static_cast<size_t>(r)]->next();
+            model->loss(model->forward(batch.inputs), batch.targets).backward();
+            std::vector<torch::Tensor> grads;
+            for (auto& p : params) grads.push_back(p.grad().reshape(-1));
+            sum += torch::cat(grads);
+        }
+        return sum;
+    };
+    std::vector<torch::Tensor> initial;
+    for (auto& p : params) initial.push_back(p.detach().reshape(-1).clone());
+    auto theta = torch::cat(initial), estimate = theta.clone();
+    double worst = 0, moved = 0;
+    for (int t = 0; t < kUpdates; ++t) {
+        torch::Tensor first = torch::zeros_like(theta), second = torch::zeros_like(theta);
+        int64_t n_first = 0, n_second = 0;
+        for (int r = 0; r < kWorkers; ++r) {
+            const auto& c = counts[static_cast<size_t>(r)];
+            const int64_t f = t == 0 ? 1 : c.at(2 * static_cast<size_t>(t) - 1);
+            const int64_t s = t == 0 ? c.at(0) - 1 : c.at(2 * static_cast<size_t>(t));
+            first += gradients(estimate, r, f);  // (t = 0: the estimate is θ_0)
+            n_first += f;
+            second += gradients(theta, r, s);
+            n_second += s;
+        }
+        const auto next_estimate = theta - kLr * first / static_cast<double>(n_first);
+        const auto next_theta = theta - kLr * (first + second) / static_cast<double>(n_first + n_second);
+        const auto& [committed_e, working_e] = got.at(2 * static_cast<size_t>(t));
+        const auto& [committed_u, working_u] = got.at(2 * static_cast<size_t>(t) + 1);
+        worst = std::max({worst, gap(committed_e, theta), gap(working_e, next_estimate), gap(committed_u, next_theta),
+                          gap(working_u, next_theta)});
+        moved = std::max(moved, gap(next_estimate, next_theta));
+        theta = next_theta;
+        estimate = next_estimate;
+    }
+    CHECK(worst < 1e-6);
+    CHECK(moved > 1e-3);
 }
 
 TEST_CASE("DPU and WP with SGD on one worker follow their closed forms", "[acco]") {
