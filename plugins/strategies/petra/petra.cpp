@@ -17,6 +17,11 @@
 //                     weights in backward (DSP; checkpointing).
 //   delayed           every stage keeps the forward's graph (its activations), as PipeDream does;
 //                     the backward runs through it with the current weights (no weight stash).
+//   delayed_stash     PipeDream's weight stashing: the gradient is taken at the weights the
+//                     forward used. The stage keeps its input and a copy of its weights, and
+//                     recomputes the forward with that copy in backward (PipeDream keeps the
+//                     activations instead: the same gradient, other memory and FLOPs); the
+//                     gradient is applied to the current weights.
 // synchronous = true: one micro-batch at a time goes down and back up before the next (no delay;
 // with petra, reversible backprop: ordinary backprop with reconstructed activations).
 //
@@ -37,7 +42,7 @@
 
 namespace {
 
-enum class Method { Petra, DelayedRecompute, Delayed };
+enum class Method { Petra, DelayedRecompute, Delayed, DelayedStash };
 
 constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 constexpr int kMigrationTags = 1 << 28;  // message ids of re-balancing (3 m + 2, as evaluation's)
@@ -63,9 +68,13 @@ public:
     Petra(const plexus::Config& cfg, plexus::RunContext& ctx)
         : ctx_(ctx), world_(ctx.transport()), J_(world_.world_size()), j_(world_.rank()) {
         const std::string method = cfg.get_string("method");
-        cfg.require(method == "petra" || method == "delayed_recompute" || method == "delayed", "method",
-                    "must be \"petra\", \"delayed_recompute\" or \"delayed\"");
-        method_ = method == "petra" ? Method::Petra : method == "delayed" ? Method::Delayed : Method::DelayedRecompute;
+        const std::map<std::string, Method> methods = {{"petra", Method::Petra},
+                                                       {"delayed_recompute", Method::DelayedRecompute},
+                                                       {"delayed", Method::Delayed},
+                                                       {"delayed_stash", Method::DelayedStash}};
+        cfg.require(methods.count(method) == 1, "method",
+                    "must be \"petra\", \"delayed_recompute\", \"delayed\" or \"delayed_stash\"");
+        method_ = methods.at(method);
         synchronous_ = cfg.get_bool("synchronous");
         k_ = cfg.get_int("accumulate");
         cfg.require(k_ >= 1, "accumulate", "must be >= 1");
@@ -198,6 +207,8 @@ public:
                 out.emplace_back(key + "input." + std::to_string(block), input.detach().clone());
             if (kept.graph_input.defined()) out.emplace_back(key + "graph_input", kept.graph_input.detach().clone());
             if (kept.true_input.defined()) out.emplace_back(key + "true_input", kept.true_input.clone());
+            for (size_t i = 0; i < kept.weights.size(); ++i)
+                out.emplace_back(key + "weights." + std::to_string(i), kept.weights[i].clone());
         }
         for (size_t i = 0; i < targets_.size(); ++i)
             out.emplace_back("petra.target." + std::to_string(i), targets_[i].clone());
@@ -257,6 +268,10 @@ public:
                     kept.graph_input = t;
                 } else if (part == "true_input") {
                     kept.true_input = t;
+                } else if (part.rfind("weights.", 0) == 0) {
+                    const size_t i = std::stoul(part.substr(8));
+                    kept.weights.resize(std::max(kept.weights.size(), i + 1));
+                    kept.weights[i] = t;
                 }
             }
         }
@@ -274,6 +289,7 @@ private:
         torch::Tensor graph_input, graph_output;  // delayed: the forward with its graph
         int64_t bytes = 0;                        // what keeping it costs
         torch::Tensor true_input;                 // for the reconstruction check only (not counted)
+        std::vector<torch::Tensor> weights;       // delayed_stash: the stage's weights at the forward
     };
 
     // One tick of this stage. Returns the job's figures, summed over stages: [loss, has loss,
@@ -588,7 +604,10 @@ private:
             } else {
                 torch::NoGradGuard no_grad;
                 y = forward_blocks(x, true, &kept);
+                if (method_ == Method::DelayedStash)
+                    for (const auto& p : placement_->parameters()) kept.weights.push_back(p.detach().clone());
                 for (const auto& item : kept.inputs) kept.bytes += item.second.numel() * item.second.element_size();
+                for (const auto& w : kept.weights) kept.bytes += w.numel() * w.element_size();
             }
             send(y.detach(), j_ + 1, 3 * static_cast<int>(f));
             kept_[f] = std::move(kept);
@@ -613,8 +632,10 @@ private:
         const auto& blocks = model_->blocks();
         torch::Tensor x, grad;
         if (method_ != Method::Petra) {
-            if (method_ == Method::DelayedRecompute) {
-                // The forward again from the kept input, at the current weights, with its graph.
+            // delayed_stash: the forward's weights in place for the backward, the current ones after.
+            const auto current = swap_weights(kept.weights);
+            if (method_ != Method::Delayed) {
+                // The forward again from the kept input, at the current (or stashed) weights.
                 torch::AutoGradMode grad_on(true);
                 auto input = kept.inputs.at(first);
                 kept.graph_input = input.is_floating_point() ? input.detach().requires_grad_(true) : input;
@@ -622,6 +643,7 @@ private:
                 for (size_t i = first; i < last; ++i) kept.graph_output = blocks[i]->forward(kept.graph_output);
             }
             kept.graph_output.backward(message);
+            swap_weights(current);
             x = kept.graph_input;
             grad = x.is_floating_point() ? x.grad() : torch::Tensor();
         } else {
@@ -653,6 +675,19 @@ private:
         if (j_ > 0) send_down(b, x.detach(), grad);
     }
 
+    // Copies `weights` (empty: none) into this stage's parameters; returns what they held.
+    std::vector<torch::Tensor> swap_weights(const std::vector<torch::Tensor>& weights) {
+        std::vector<torch::Tensor> before;
+        if (weights.empty()) return before;
+        torch::NoGradGuard no_grad;
+        const auto& params = placement_->parameters();
+        for (size_t i = 0; i < params.size(); ++i) {
+            before.push_back(params[i].detach().clone());
+            params[i].detach().copy_(weights.at(i));
+        }
+        return before;
+    }
+
     // Sends the input's gradient down (petra: with the input, for the stage below to invert).
     void send_down(int64_t b, const torch::Tensor& x, const torch::Tensor& grad) {
         send(method_ == Method::Petra ? torch::stack({x, grad}) : grad, j_ - 1, 3 * static_cast<int>(b) + 1);
@@ -665,8 +700,9 @@ private:
     torch::Tensor forward_blocks(torch::Tensor x, bool train, Kept* keep = nullptr) {
         const auto& blocks = model_->blocks();
         for (size_t i = placement_->first_block(); i < placement_->last_block(); ++i) {
-            const bool keep_input =
-                method_ == Method::DelayedRecompute ? i == placement_->first_block() : !blocks[i]->invertible();
+            const bool keep_input = method_ == Method::DelayedRecompute || method_ == Method::DelayedStash
+                                        ? i == placement_->first_block()
+                                        : !blocks[i]->invertible();
             if (keep && keep_input) keep->inputs[i] = x;
             x = blocks[i]->forward(x);
             if (train) charge(block_flops_[i] * static_cast<double>(rows_ * seq_) / 3);
@@ -799,8 +835,9 @@ plexus::PluginDescriptor describe() {
         "PETRA: decoupled forward and backward over stages, reversible reconstruction; delayed-gradient baselines";
     d.schema = {
         {"method", "petra",
-         "petra (reconstruct reversible blocks' inputs), delayed_recompute (keep inputs, recompute: DSP) or "
-         "delayed (keep the forward's activations, as PipeDream)"},
+         "petra (reconstruct reversible blocks' inputs), delayed_recompute (keep inputs, recompute: DSP), "
+         "delayed (keep the forward's activations, as PipeDream) or delayed_stash (PipeDream's weight stashing: "
+         "the gradient at the forward's weights)"},
         {"synchronous", false, "one micro-batch at a time through all stages and back (no delay, no overlap)"},
         {"accumulate", 1, "backward passes (micro-batches) per optimizer step of a stage (k); their mean is applied"},
         {"partition", "flops", "cut stages by block count, block FLOPs, or block time measured on each stage's rank"},
