@@ -138,6 +138,8 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
          "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200,
          "staleness_bound = 1\nstaleness_lr = \"inverse\"\n"},
         {"zero stage 3, 4 simulated ranks", "zero", "[launch]\nmode = \"sim\"\nranks = 4\n", 200, "stage = 3\n"},
+        {"zero stage 1, its all-gather in flight between steps, 4 simulated ranks", "zero",
+         "[launch]\nmode = \"sim\"\nranks = 4\n", 200, "stage = 1\n"},
         {"pipeline 1F1B, 4 simulated stages", "pipeline", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
         {"tensor parallel, 2 simulated ranks", "tensor_parallel", "[launch]\nmode = \"sim\"\nranks = 2\n", 200},
         {"diloco with powersgd, 4 simulated ranks (killed inside an outer round)", "diloco",
@@ -153,13 +155,13 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
 TEST_CASE("PETRA resumes bit-identical: kept inputs, accumulated gradients, messages on the way, a re-balanced cut",
           "[reliability]") {
     // A reversible GPT (embedding, 4 reversible blocks, head) over 4 simulated stages, 2
-    // micro-batches per step of a stage. Rank 3 is slow, so the re-balancing every 20
+    // micro-batches per step of a stage (delayed_stash: stashed weights kept too). Rank 3 is slow, so the re-balancing every 20
     // micro-batches moves blocks; the run is killed at step 47 (after the second re-balancing,
     // the last checkpoint at 45), so the resumed run must take the cut from the checkpoint.
     const std::string reversible = "name = \"revgpt\"\nn_layer = 4\n", gpt = "name = \"gpt\"\nn_layer = 2\n";
     const std::string slow = "[[faults]]\nkind = \"slow\"\nrank = 3\nfactor = 3.0\nstep = 0\n";
     const std::string kill = "[[faults]]\nkind = \"kill\"\nrank = 1\nstep = 47\n";
-    for (const std::string method : {"petra", "delayed_recompute", "delayed"}) {
+    for (const std::string method : {"petra", "delayed_recompute", "delayed", "delayed_stash"}) {
         DYNAMIC_SECTION(method) {
             // The simulated device is pinned: on the default "measured" one the cut each
             // re-balancing picks depends on this machine's measured peak (compute against the

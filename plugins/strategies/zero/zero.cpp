@@ -14,7 +14,9 @@
 //            so what autograd saved in forward finds the re-gathered values in backward.
 // Gradients leave from hooks: when a unit's last gradient arrives, its reduce-scatter (mean over
 // ranks) starts while backward goes on. After backward: the global gradient norm (clipping),
-// the optimizer on the shards, and (stages 1, 2) an all-gather that refreshes the parameters.
+// the optimizer on the shards, and (stages 1, 2) an all-gather per unit that refreshes the
+// parameters. With overlap_gather (the default) those all-gathers run while the next step
+// computes: each unit's forward waits for its own, so only the first unit's is exposed.
 #include <plexus/kit/blocks.hpp>
 #include <plexus/kit/compat.hpp>
 #include <plexus/plexus.hpp>
@@ -51,6 +53,7 @@ public:
         cfg.require(stage_ >= 1 && stage_ <= 3, "stage", "must be 1, 2 or 3");
         cfg.require(accumulate_ >= 1, "accumulate", "must be >= 1");
         prefetch_ = cfg.get_bool("prefetch");
+        overlap_gather_ = cfg.get_bool("overlap_gather");
         model_ = ctx.make_model();
         world_ = transport_.world_size();
         rank_ = transport_.rank();
@@ -66,6 +69,15 @@ public:
                       static_cast<long long>(stage_), units_.size(), static_cast<long long>(shard_total()),
                       static_cast<long long>(numel_total()), prefetch_ ? "on" : "off");
         ctx.log(plexus::LogLevel::Info, line);
+    }
+
+    // The last step's all-gathers write into the parameters: they finish before those go.
+    ~Zero() override {
+        try {
+            finish_gathers();
+        } catch (const std::exception& e) {
+            ctx_.log(plexus::LogLevel::Warning, std::string("zero: the last all-gather failed: ") + e.what());
+        }
     }
 
     plexus::StepOutput step(const plexus::StepInput& in) override {
@@ -93,22 +105,20 @@ public:
             if (stage_ > 1) u.grad_full = torch::Tensor();  // stage 1 keeps its whole gradient buffer
             for (const auto& p : u.pieces) grads.push_back(u.grad_shard.narrow(0, p.shard_offset, p.length));
         }
-        // The global norm: every rank's shards, summed over ranks.
-        auto total = torch::tensor({plexus::sum_of_squares(grads)}, torch::kFloat64);
-        transport_.all_reduce(total, plexus::ReduceOp::Sum)->wait();
-        out.grad_norm = std::sqrt(plexus::value_of(total));
+        // The global norm (every rank's shards) and the mean loss, in one all-reduce.
+        auto totals = torch::stack({torch::tensor(plexus::sum_of_squares(grads), torch::kFloat64),
+                                    (loss_sum / static_cast<double>(accumulate_ * world_)).to(torch::kFloat64)});
+        transport_.all_reduce(totals, plexus::ReduceOp::Sum)->wait();
+        out.grad_norm = std::sqrt(plexus::value_of(totals[0]));
+        out.loss = plexus::value_of(totals[1]);
         plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
         optimizer_->step(grads, in.lr_scale);
         ctx_.charge_compute(optimizer_->flops_per_step());
         if (stage_ < 3) {  // everyone's updated shards make the whole parameters again
-            std::vector<std::shared_ptr<Work>> works;
             // (a copy of the shard as input: it is also a region of the output)
-            for (auto& u : units_) works.push_back(transport_.all_gather(u.full, u.local.clone()));
-            for (auto& w : works) w->wait();
+            for (auto& u : units_) u.gather = transport_.all_gather(u.full, u.local.clone());
+            if (!overlap_gather_) finish_gathers();
         }
-        auto mean_loss = (loss_sum / static_cast<double>(accumulate_)).to(torch::kFloat64);
-        transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
-        out.loss = plexus::value_of(mean_loss);
         if (optimizer_bytes_ < 0) {  // its size is fixed once the first step created it: measure once
             optimizer_bytes_ = 0;
             for (const auto& [name, t] : optimizer_->state())
@@ -121,6 +131,7 @@ public:
     }
 
     double evaluate(plexus::BatchStream& stream, int64_t batches) override {
+        finish_gathers();
         torch::NoGradGuard no_grad;
         model_->eval();
         double total = 0;
@@ -133,12 +144,13 @@ public:
     }
 
     // The whole parameters (gathered: every rank must call this), then this rank's optimizer shards.
-    // Between steps nothing is in flight (a step ends with its all-gather): the gathered
-    // parameters and this rank's optimizer shard are all of it (tests/test_reliability.cpp).
+    // Between steps only the parameters' all-gathers can be in flight, and they are finished
+    // first: the parameters and this rank's optimizer shard are all of it (tests/test_reliability.cpp).
     bool exact_resume() const override { return true; }
     plexus::StateDict state() const override {
         plexus::StateDict out;
         auto* self = const_cast<Zero*>(this);
+        self->finish_gathers();
         for (auto& u : self->units_) {
             torch::Tensor full = stage_ < 3 ? u.full : torch::empty({world_ * u.shard}, u.local.options());
             if (stage_ == 3) transport_.all_gather(full, u.local)->wait();
@@ -151,6 +163,7 @@ public:
     }
 
     void load_state(const plexus::StateDict& state) override {
+        finish_gathers();
         torch::NoGradGuard no_grad;
         size_t i = 0;
         for (auto& u : units_)
@@ -264,7 +277,12 @@ private:
     }
     void ensure_gathered(size_t i) {
         auto& u = units_[i];
-        if (stage_ < 3 || u.gathered) return;
+        if (stage_ < 3) {  // the step's all-gather, when it still runs (overlap_gather)
+            if (u.gather) u.gather->wait();
+            u.gather.reset();
+            return;
+        }
+        if (u.gathered) return;
         start_gather(i);
         u.gather->wait();
         u.gather.reset();
@@ -295,6 +313,12 @@ private:
             for (auto& u : units_)
                 if (u.gathered) release(u);
         return x;
+    }
+
+    // Stages 1, 2: the all-gathers of the last step, finished.
+    void finish_gathers() {
+        if (stage_ == 3) return;
+        for (size_t i = 0; i < units_.size(); ++i) ensure_gathered(i);
     }
 
     // A unit's backward is over: its parameters (stage 3) and their .grad go.
@@ -337,7 +361,7 @@ private:
     plexus::RunContext& ctx_;
     plexus::Transport& transport_;
     int64_t stage_, accumulate_;
-    bool prefetch_ = true;
+    bool prefetch_ = true, overlap_gather_ = true;
     int world_ = 1, rank_ = 0;
     std::shared_ptr<plexus::Model> model_;
     std::vector<Unit> units_;
@@ -359,6 +383,9 @@ plexus::PluginDescriptor describe() {
             .between(1, 3),
         {"accumulate", 1, "micro-batches per optimizer step; gradients reduce-scattered on the last"},
         {"prefetch", true, "stage 3: gather the next block's parameters while the current one computes"},
+        {"overlap_gather", true,
+         "stages 1, 2: the parameters' all-gather after the optimizer runs while the next step computes "
+         "(each block waits for its own); false: the step waits for it (ablation)"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Zero>(cfg, ctx);
