@@ -146,6 +146,10 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
          "[launch]\nmode = \"sim\"\nranks = 4\n[comm]\nname = \"powersgd\"\n"
          "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n",
          200, "inner_steps = 7\n"},
+        {"streaming diloco, 3 fragments, 4 simulated ranks", "diloco",
+         "[launch]\nmode = \"sim\"\nranks = 4\n"
+         "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n",
+         200, "inner_steps = 9\nfragments = 3\n"},
     };
     for (const auto& c : cases) DYNAMIC_SECTION(c.name) {
             check_killed_run_resumes_exactly(experiment(c.strategy, c.launch, c.steps, c.strategy_keys), c.steps);
