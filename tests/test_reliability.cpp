@@ -393,7 +393,8 @@ TEST_CASE("a sweep contains a run that crashes, throws, leaks or hangs to that r
                           "[train]\nsteps = 40\nbatch_size = 2\nseq_len = 8\nlog_every = 1\n"
                           "[limits]\nwall_minutes = 0.1\nmemory_gb = 0.6\n"
                           "[grid]\n\"model.action\" = [\"segfault\", \"throw\", \"leak\", \"hang\", \"none\"]\n");
-    const auto res = run_plexus("sweep " + file + " --db " + dir / "r.db" + " -j 2 --progress lines");
+    const auto res =
+        run_plexus("sweep " + file + " --db " + dir / "r.db" + " -j 2 --progress lines --allow-plugin-path");
     INFO(res.output);
     CHECK(res.exit_code == 1);  // some failed
     CHECK_THAT(res.output, Contains("1 finished, 4 failed"));

@@ -76,6 +76,7 @@ scripts/device-run.sh (CUDA build, GPU tests and GPU benchmark on a GPU machine)
 
 Environment:
   PLEXUS_PLUGIN_PATH   extra plugin folders, colon-separated (searched after the build's own)
+  PLEXUS_ALLOW_PLUGIN_PATH=1   honour experiment files' plugin_path (as --allow-plugin-path)
   GLOO_SOCKET_IFNAME   network interface for Gloo across machines
 
 Exit codes: 0 finished, 1 failed, 2 usage, 3 diverged, 130 interrupted, 137 killed by [[faults]].
@@ -146,6 +147,7 @@ int cmd_plugins(std::vector<std::string> args) {
     const bool markdown = std::find(args.begin(), args.end(), "--markdown") != args.end();
     args.erase(std::remove(args.begin(), args.end(), "--markdown"), args.end());
     registry.scan(path);
+    registry.load_all();  // asked for every plugin: the trusted folders' libraries are loaded
     if (markdown) {
         if (!args.empty()) return usage_error("plugins --markdown takes no plugin name");
         std::cout << config_reference_markdown(registry);
@@ -238,6 +240,7 @@ int cmd_check(std::vector<std::string> args) {
     while (take_flag(args, "--set", value)) overrides.push_back(value);
     PluginRegistry registry;
     registry.scan(PluginRegistry::default_search_path());
+    registry.load_all();
     std::vector<const PluginDescriptor*> chosen;
     for (const auto& arg : args) {
         if (arg.size() > 3 && arg.compare(arg.size() - 3, 3, ".so") == 0) {
@@ -474,7 +477,17 @@ int cmd_report(std::vector<std::string> args) {
     }
 }
 
+// --allow-plugin-path: the user trusts the experiment file's plugin_path. The consent travels
+// in the environment, which the run's workers and a sweep's points inherit.
+void take_plugin_path_consent(std::vector<std::string>& args) {
+    const auto it = std::find(args.begin(), args.end(), "--allow-plugin-path");
+    if (it == args.end()) return;
+    args.erase(it);
+    setenv(kAllowPluginPathVariable, "1", 1);
+}
+
 int cmd_sweep(std::vector<std::string> args) {
+    take_plugin_path_consent(args);
     SweepOptions o;
     std::string value;
     while (take_flag(args, "--set", value)) o.overrides.push_back(value);
@@ -600,6 +613,7 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
     RunOptions opts;
     for (int i = 0; i < argc; ++i) opts.command_line += (i ? " " : "") + std::string(argv[i]);
     opts.argv.assign(argv, argv + argc);
+    take_plugin_path_consent(args);
     std::string value;
     while (take_flag(args, "--set", value)) opts.overrides.push_back(value);
     take_flag(args, "--db", opts.db);
@@ -656,11 +670,13 @@ const std::vector<Command>& commands() {
     using Args = std::vector<std::string>;
     static const std::vector<Command> table = {
         {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--preset NAME | --quick] [--db PATH]
-                   [--progress auto|bar|lines|none] [--point I]
+                   [--progress auto|bar|lines|none] [--point I] [--allow-plugin-path]
         Train the experiment in FILE.toml and record it in the results database.
         --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
         --preset NAME applies the file's [preset.NAME] settings first (--quick: [preset.quick]).
         --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
+        --allow-plugin-path: load plugins from the folders the file's plugin_path names (their
+        code runs: refused without this, or PLEXUS_ALLOW_PLUGIN_PATH=1).
         With [checkpoint] every_steps = N (or every_minutes = M) the run writes a checkpoint every
         N steps, and when interrupted (Ctrl-C); a killed run loses at most the steps since.
   plexus run --resume RUN [--db PATH] [--progress MODE]
@@ -672,7 +688,7 @@ const std::vector<Command>& commands() {
 )",
          cmd_run},
         {"sweep", R"(  plexus sweep FILE.toml [-j N] [--retry-failed] [--dry-run] [--set KEY=VALUE]... [--db PATH]
-                     [--preset NAME | --quick] [--progress auto|bar|lines|none]
+                     [--preset NAME | --quick] [--progress auto|bar|lines|none] [--allow-plugin-path]
         Run every point of the file's [grid], N at once (never more cores than the machine has;
         a local multi-process run counts its ranks). Resumable: points already finished in the
         sweep are skipped; failed ones run again with --retry-failed; interrupted or killed ones

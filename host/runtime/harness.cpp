@@ -250,14 +250,33 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
 
 }  // namespace
 
+// An experiment file's plugin_path names code to run, so it is honoured only with the user's
+// consent (--allow-plugin-path, or PLEXUS_ALLOW_PLUGIN_PATH=1). A relative folder is the
+// file's, as `extends` is; one given with --set is the current directory's.
 void scan_plugins(const Experiment& exp, PluginRegistry& registry) {
     auto search = PluginRegistry::default_search_path();
     if (auto it = exp.settings.find("plugin_path"); it != exp.settings.end()) {
-        const auto& v = it->second.value;
-        if (v.type() == ValueType::String) search.push_back(v.as_string());
-        if (v.type() == ValueType::List)
-            for (const auto& item : v.as_list())
-                if (item.type() == ValueType::String) search.push_back(item.as_string());
+        const auto& [value, where] = it->second;
+        if (value.type() != ValueType::List)
+            throw Error(where.str() + ": 'plugin_path' must be a list, got " + to_string(value.type()),
+                        "plugin_path = [\"my_plugins\"]: a list of folders");
+        const auto& items = value.as_list();
+        const char* consent = std::getenv(kAllowPluginPathVariable);
+        if (!items.empty() && !(consent && std::string(consent) == "1"))
+            throw Error(where.str() +
+                            ": plugin_path asks to load plugins from folders the experiment file names, "
+                            "which runs their code",
+                        "if you trust this file, run it with --allow-plugin-path (or " +
+                            std::string(kAllowPluginPathVariable) +
+                            "=1); or put the folders in PLEXUS_PLUGIN_PATH yourself");
+        const auto base = where.file == "--set" ? fs::path() : fs::path(where.file).parent_path();
+        for (const auto& item : items) {
+            if (item.type() != ValueType::String)
+                throw Error(where.str() + ": 'plugin_path' must be a list of folders, got " + item.to_text() + " in it",
+                            "plugin_path = [\"my_plugins\"]");
+            const fs::path folder = item.as_string();
+            search.push_back(folder.is_absolute() ? folder.string() : (base / folder).string());
+        }
     }
     registry.scan(search);
 }

@@ -29,7 +29,12 @@ struct RunOptions {
 // --progress and results.progress: auto (a bar on a terminal), bar, lines or none.
 bool is_progress_mode(const std::string& mode);
 
-// Scans the default plugin folders and the experiment's plugin_path.
+// The environment variable that says the user trusts experiment files' plugin_path
+// (--allow-plugin-path sets it for the process and its children).
+inline constexpr const char* kAllowPluginPathVariable = "PLEXUS_ALLOW_PLUGIN_PATH";
+
+// Scans (loads nothing) the default plugin folders and the experiment's plugin_path; throws,
+// naming the key, if plugin_path is set without the user's consent or is not a list of folders.
 void scan_plugins(const Experiment& exp, PluginRegistry& registry);
 
 // Runs the experiment in `path` (with options.resume_run: the file, point and overrides recorded

@@ -1,9 +1,13 @@
-// Finds, checks and loads plugin libraries. The fingerprint (a plain C string in the library)
-// is compared with the host's own before any code in the library runs; a refused library is
-// remembered with the reason so that `plexus plugins` can say why.
+// Finds, checks and loads plugin libraries. A library is loaded only when a plugin it holds is
+// asked for, and only after its file has been checked: a complete ELF shared library for this
+// machine, named plexus_<kind>_<name>.so, whose ABI fingerprint (a plain C string, read from
+// the file's bytes) is the host's. dlopen runs a library's static initializers, so nothing of a
+// library that fails these checks, or that the run does not name, ever runs. A refused library
+// is remembered with the reason so that `plexus plugins` can say why.
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -29,13 +33,19 @@ public:
     // the executable, then PLEXUS_PLUGIN_PATH (colon-separated).
     static std::vector<std::string> default_search_path();
 
-    // Loads every *.so in the given folders (or the files themselves). Never throws for a bad
-    // library: it is refused and listed in refused().
+    // Finds and checks every *.so in the given folders (or the files themselves), loading none.
+    // Never throws for a bad library: it is refused and listed in refused(). The first library
+    // found for a kind and name wins.
     void scan(const std::vector<std::string>& folders_or_files);
-    // Loads one library. Throws plexus::Error with the reason if it is refused.
+    // Loads every library scan() accepted (`plexus plugins`, `plexus check`: asked for all).
+    void load_all();
+    // Checks and loads one library. Throws plexus::Error with the reason if it is refused.
     const PluginDescriptor& load(const std::string& path);
 
-    const PluginDescriptor* find(PluginKind kind, const std::string& name) const;
+    // The plugin of that kind and name, its library loaded on first use; nullptr if none was
+    // found or its library was refused (refusal_of says why).
+    const PluginDescriptor* find(PluginKind kind, const std::string& name);
+    // The plugins of a kind that were found and not refused (from the files' names).
     std::vector<std::string> names(PluginKind kind) const;
     const std::vector<LoadedPlugin>& loaded() const { return loaded_; }
     const std::vector<RefusedPlugin>& refused() const { return refused_; }
@@ -47,7 +57,18 @@ public:
     static const char* host_fingerprint();
 
 private:
+    struct Candidate {
+        std::string path;
+        PluginKind kind;
+        std::string name;
+    };
+    void add_candidate(const std::string& path);
+    // "" when the file may be loaded; else why not. Reads the file only.
+    static std::string checked_file(const std::string& path);
     const PluginDescriptor* try_load(const std::string& path, std::string& reason);
+    // find() may load a library from any thread (meta-training's ranks resolve their tasks).
+    mutable std::recursive_mutex mutex_;
+    std::vector<Candidate> candidates_;
     std::vector<LoadedPlugin> loaded_;
     std::vector<RefusedPlugin> refused_;
     std::vector<std::string> seen_;
@@ -55,7 +76,7 @@ private:
 
 // resolve() against the plugins `registry` loaded.
 // A missing plugin whose library was refused is named with the library and the reason.
-inline ResolvedConfig resolve(const Experiment& exp, const PluginRegistry& registry) {
+inline ResolvedConfig resolve(const Experiment& exp, PluginRegistry& registry) {
     return resolve(
         exp, [&](PluginKind k, const std::string& n) { return registry.find(k, n); },
         [&](PluginKind k) { return registry.names(k); },

@@ -53,7 +53,7 @@ const char* section_of(PluginKind kind) {
 
 // The model or the dataset that runs with plugins of other kinds: the one whose descriptor
 // declares extras "check.partner" (the host names no plugin).
-const PluginDescriptor& partner(const PluginRegistry& registry, PluginKind kind) {
+const PluginDescriptor& partner(PluginRegistry& registry, PluginKind kind) {
     for (const auto& name : registry.names(kind))
         if (const auto* d = registry.find(kind, name); d && d->extras.count("check.partner")) return *d;
     throw Error(std::string("plexus check: no ") + to_string(kind) + " plugin declares extras \"check.partner\"",
@@ -64,7 +64,7 @@ const PluginDescriptor& partner(const PluginRegistry& registry, PluginKind kind)
 // The check's experiment: the plugin under test in its section with the partners for a model and
 // a dataset, each plugin's check.settings (assignments separated by ';'; the tested plugin's
 // last) and the caller's overrides; `world` ranks.
-ResolvedConfig experiment_for(const PluginRegistry& registry, const PluginDescriptor& plugin,
+ResolvedConfig experiment_for(PluginRegistry& registry, const PluginDescriptor& plugin,
                               const std::vector<std::string>& overrides, int world) {
     std::string text = kBase;
     std::vector<const PluginDescriptor*> in_run;
@@ -453,7 +453,7 @@ double evaluate_at_init(const ResolvedConfig& cfg, StrategyFindings& f) {
 
 // The strategy under test and the default strategy on one rank evaluate the same initial model to
 // within float summation order (1e-5 relative); "" when they do.
-std::string evaluates_its_model(const PluginRegistry& registry, const PluginDescriptor& d,
+std::string evaluates_its_model(PluginRegistry& registry, const PluginDescriptor& d,
                                 const std::vector<std::string>& overrides, int world) {
     auto find = [&](PluginKind k, const std::string& n) { return registry.find(k, n); };
     const std::string reference =
@@ -474,8 +474,8 @@ std::string evaluates_its_model(const PluginRegistry& registry, const PluginDesc
     return buf;
 }
 
-void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d,
-                    const std::vector<std::string>& overrides, std::vector<CheckResult>& out) {
+void check_strategy(PluginRegistry& registry, const PluginDescriptor& d, const std::vector<std::string>& overrides,
+                    std::vector<CheckResult>& out) {
     const std::string who = "strategy " + d.name;
     StrategyFindings f;
     int world = 0;
@@ -517,7 +517,7 @@ void check_strategy(const PluginRegistry& registry, const PluginDescriptor& d,
 
 }  // namespace
 
-std::vector<CheckResult> check_plugin(const PluginRegistry& registry, const PluginDescriptor& plugin,
+std::vector<CheckResult> check_plugin(PluginRegistry& registry, const PluginDescriptor& plugin,
                                       const std::vector<std::string>& overrides) {
     const std::string who = std::string(to_string(plugin.kind)) + " " + plugin.name;
     std::vector<CheckResult> out;

@@ -35,7 +35,7 @@ struct CheckResult {
 // Runs every check of the plugin's kind. `overrides` are --set assignments applied to the
 // check's experiment (after the plugin's own check.settings). Never throws for a failing plugin:
 // a check that throws fails with the plugin's message.
-std::vector<CheckResult> check_plugin(const PluginRegistry& registry, const PluginDescriptor& plugin,
+std::vector<CheckResult> check_plugin(PluginRegistry& registry, const PluginDescriptor& plugin,
                                       const std::vector<std::string>& overrides);
 
 }  // namespace plexus::host
