@@ -361,3 +361,36 @@ TEST_CASE("a plugin's value outside its declared range or choices is refused bef
     }
     CHECK_FALSE(fs::exists(db));  // refused with the config, before any run row
 }
+
+TEST_CASE("launcher variables leaked into a shell are refused, and recorded text is printed escaped",
+          "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("e.toml", std::string(kTinyExperiment));
+    REQUIRE(run_plexus("run " + file + " --db " + db + " --set train.steps=2").exit_code == 0);
+    host::ResultsStore before(db);
+    const auto curve = before.metric_series(1, "loss");
+    // A worker's or a sweep point's variables in a plain shell: the run would write into run 1
+    // or into sweep 5. Refused, naming the variable; run 1 untouched, no new row.
+    for (const std::string env : {"PLEXUS_WORKER=1 PLEXUS_RUN_ID=1", "PLEXUS_SWEEP_ID=5", "PLEXUS_RUN_ID=1",
+                                  "PLEXUS_WORKER=1 PLEXUS_RUN_ID=1 PLEXUS_PARENT=1"}) {
+        INFO(env);
+        const auto r = run_plexus("run " + file + " --db " + db + " --set train.steps=3", env);
+        CHECK(r.exit_code == 1);
+        CHECK_THAT(r.output, Contains("is set in the environment, but this process was not started by the plexus "
+                                      "process that sets it"));
+    }
+    host::ResultsStore after(db);
+    CHECK(after.list_runs(10).size() == 1);
+    CHECK(after.metric_series(1, "loss") == curve);
+
+    // A file whose name holds a terminal escape names its run: `runs` and `show` print it escaped.
+    const auto odd = dir.file("odd\x1b[31m.toml", std::string(kTinyExperiment));
+    REQUIRE(run_plexus("run '" + odd + "' --db " + db + " --set train.steps=2").exit_code == 0);
+    for (const std::string command : {"runs", "show 2"}) {
+        const auto r = run_plexus(command + " --db " + db);
+        INFO(r.output);
+        CHECK(r.output.find('\x1b') == std::string::npos);
+        CHECK_THAT(r.output, Contains("odd\\x1b[31m"));
+    }
+}

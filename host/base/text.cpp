@@ -1,6 +1,7 @@
 #include "base/text.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <iomanip>
@@ -170,6 +171,27 @@ std::string error_text(const std::exception& e) {
     std::string s = message_of(e);
     if (auto* pe = dynamic_cast<const Error*>(&e); pe && !pe->hint().empty()) s += " (hint: " + pe->hint() + ")";
     return s;
+}
+
+std::string printable(const std::string& text) {
+    std::string out;
+    for (unsigned char c : text) {
+        if (c < 0x20 || c == 0x7f) {
+            char buf[5];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return out;
+}
+
+bool is_plain_name(const std::string& name) {
+    if (name.empty() || name.size() > 100 || !std::isalnum(static_cast<unsigned char>(name[0]))) return false;
+    for (unsigned char c : name)
+        if (!std::isalnum(c) && c != '.' && c != '_' && c != '+' && c != '-') return false;
+    return true;
 }
 
 }  // namespace plexus::host

@@ -31,6 +31,10 @@ std::string message_of(const std::exception& e);
 void print_error(const std::exception& e);
 std::string error_text(const std::exception& e);
 std::string hex64(uint64_t v);
+// `text` with control characters (terminal escapes, newlines) written as \xNN: safe to print.
+std::string printable(const std::string& text);
+// 1 to 100 of [A-Za-z0-9._+-], starting with a letter or digit: safe as a file name.
+bool is_plain_name(const std::string& name);
 std::string exact_double(double v);  // reads back to the same bits
 
 }  // namespace plexus::host

@@ -313,10 +313,10 @@ int cmd_runs(std::vector<std::string> args) {
             const std::string status = shown_status(store, r);
             any_died = any_died || status == "died";
             std::printf("%5lld  %-20s %-11s %-16s %8s %10s %10s %7s  %s\n", static_cast<long long>(r.id),
-                        r.name.substr(0, 20).c_str(), status.c_str(), format_time(r.started).c_str(),
+                        printable(r.name).substr(0, 20).c_str(), status.c_str(), format_time(r.started).c_str(),
                         summary_value(store, r.id, "steps").c_str(),
                         summary_value(store, r.id, "final_eval_loss").c_str(), tps.c_str(), mfu.c_str(),
-                        r.plugins.c_str());
+                        printable(r.plugins).c_str());
         }
         if (any_died) std::cout << kDiedNote << "\n";
         return kOk;
@@ -540,23 +540,25 @@ int cmd_show(std::vector<std::string> args) {
             return kFailed;
         }
         const std::string status = shown_status(store, *run);
-        std::cout << "run " << run->id << " '" << run->name << "': " << status << "\n";
+        // Everything recorded is shown through printable(): a name or an error may hold
+        // terminal escapes (from a file name, a plugin's message), which must not reach the terminal.
+        std::cout << "run " << run->id << " '" << printable(run->name) << "': " << status << "\n";
         if (status == "died") std::cout << "  " << kDiedNote << "\n";
-        if (!run->error.empty()) std::cout << "  error:       " << run->error << "\n";
+        if (!run->error.empty()) std::cout << "  error:       " << printable(run->error) << "\n";
         std::cout << "  started:     " << format_time(run->started) << ", ended " << format_time(run->ended) << "\n"
-                  << "  plugins:     " << run->plugins << "\n"
-                  << "  device:      " << run->device << " on " << run->host << "\n"
-                  << "  config hash: " << run->config_hash << "  git " << (run->git_rev.empty() ? "-" : run->git_rev)
-                  << "\n"
-                  << "  command:     " << run->command << "\n";
+                  << "  plugins:     " << printable(run->plugins) << "\n"
+                  << "  device:      " << printable(run->device) << " on " << printable(run->host) << "\n"
+                  << "  config hash: " << run->config_hash << "  git "
+                  << (run->git_rev.empty() ? "-" : printable(run->git_rev)) << "\n"
+                  << "  command:     " << printable(run->command) << "\n";
         std::cout << "settings:\n";
-        for (const auto& [k, v] : store.params(id)) std::cout << "  " << k << " = " << v << "\n";
+        for (const auto& [k, v] : store.params(id)) std::cout << "  " << printable(k) << " = " << printable(v) << "\n";
         std::cout << "summary:\n";
         for (const auto& [rank, k, v, text] : store.summaries(id)) {
             char buf[64];
             if (v) std::snprintf(buf, sizeof buf, "%.6g", *v);
-            std::cout << "  " << (rank ? "rank " + std::to_string(rank) + " " : "") << k << " = "
-                      << (v ? buf : (text.empty() ? "NULL" : text)) << "\n";
+            std::cout << "  " << (rank ? "rank " + std::to_string(rank) + " " : "") << printable(k) << " = "
+                      << (v ? buf : (text.empty() ? "NULL" : printable(text))) << "\n";
         }
         std::cout << "curves (first -> min -> last, points):\n";
         for (const auto& key : store.metric_keys(id)) {
@@ -566,8 +568,8 @@ int cmd_show(std::vector<std::string> args) {
             for (const auto& p : series)
                 if (p.second < mn) mn = p.second;
             char buf[200];
-            std::snprintf(buf, sizeof buf, "  %-14s %.5g -> %.5g -> %.5g  (%zu, steps %lld..%lld)", key.c_str(),
-                          series.front().second, mn, series.back().second, series.size(),
+            std::snprintf(buf, sizeof buf, "  %-14s %.5g -> %.5g -> %.5g  (%zu, steps %lld..%lld)",
+                          printable(key).c_str(), series.front().second, mn, series.back().second, series.size(),
                           static_cast<long long>(series.front().first), static_cast<long long>(series.back().first));
             std::cout << buf << "\n";
         }

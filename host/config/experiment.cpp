@@ -978,6 +978,12 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
 
     check_section("", top_level_schema(), "the top level");
     for (const auto& k : top_level_schema()) used.insert(k.name);
+    // The name is a folder (a sweep's logs) and a column in tables: a plain word.
+    if (auto it = exp.settings.find("name"); it != exp.settings.end() && it->second.value.type() == ValueType::String)
+        if (const auto& name = it->second.value.as_string(); !is_plain_name(name))
+            errors.push_back(it->second.where.str() + ": name '" + printable(name) +
+                             "' must be 1 to 100 letters, digits, '.', '_', '+' or '-', starting with a letter or "
+                             "digit (it names the sweep's log folder)");
     for (const auto& [section, schema] : host_schemas()) check_section(section, schema, "[" + section + "]");
 
     // Each plugin section: its plugin (named, or the default of its kind) and its keys.

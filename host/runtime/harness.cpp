@@ -293,7 +293,7 @@ RunInfo recall_run(RunOptions& o, std::string& path) {
                     "`plexus runs` lists the runs; name the database the run is in with --db");
     if (run->status == "finished")
         throw Error("run " + id + " has already finished", "`plexus show " + id + "` shows its results");
-    if (!std::getenv("PLEXUS_WORKER"))  // (a worker's launcher owns the run)
+    if (!internal_variable("PLEXUS_WORKER"))  // (a worker's launcher owns the run)
         if (auto owner = live_owner(store, *run))
             throw Error("run " + id + " is still running (" + *owner + ")",
                         "wait for it, or stop it first (Ctrl-C writes a checkpoint), then resume");
@@ -406,7 +406,7 @@ void choose_launch(PreparedRun& r) {
     if (r.mode == "local" && h.launch.ranks > 256)
         throw Error("launch.ranks = " + std::to_string(h.launch.ranks) + " local processes: at most 256",
                     "more ranks than that on one machine is a job for launch.mode = \"sim\"");
-    r.is_launcher = r.mode == "local" && !std::getenv("PLEXUS_WORKER");
+    r.is_launcher = r.mode == "local" && !internal_variable("PLEXUS_WORKER");
     if (r.is_launcher) catch_stop_requests();  // a SIGTERM from here on stops the workers it starts
     if (r.mode == "env" || (r.mode == "local" && !r.is_launcher)) {
         r.rendezvous = rendezvous_from_env();
@@ -448,7 +448,7 @@ int compute_threads(const PreparedRun& r) {
                                            : 1;
     const int machine = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     int cores = machine;
-    if (const char* share = std::getenv("PLEXUS_CORES"); share && std::atoi(share) > 0) cores = std::atoi(share);
+    if (const char* share = internal_variable("PLEXUS_CORES"); share && std::atoi(share) > 0) cores = std::atoi(share);
     const int64_t asked = r.cfg.host.train.threads;
     if (asked > machine)
         std::cerr << "warning: train.threads = " << asked << " is more than this machine's " << machine
@@ -475,7 +475,7 @@ RunInfo describe_run(const PreparedRun& r, int threads) {
     info.git_rev = git_revision(fs::absolute(r.path).parent_path().string());
     info.command = r.options.command_line;
     info.world_size = r.is_launcher || r.cluster ? h.launch.ranks : r.world();
-    if (const char* sweep = std::getenv("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0)
+    if (const char* sweep = internal_variable("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0)
         info.sweep_id = std::atoll(sweep);
     if (r.cluster)
         info.device += ", simulating " + std::to_string(r.cluster->size()) + " x " + r.cluster->settings().device.name;
@@ -487,11 +487,11 @@ RunInfo describe_run(const PreparedRun& r, int threads) {
 int64_t open_run_row(PreparedRun& r, RunInfo& info) {
     if (r.resumed) {
         if (r.store) r.store->reopen_run(r.resumed->id);
-        if (r.store && !std::getenv("PLEXUS_WORKER"))
+        if (r.store && !internal_variable("PLEXUS_WORKER"))
             r.store->set_summary_text(r.resumed->id, 0, "process", process_tag());
         return r.resumed->id;
     }
-    if (const char* id = std::getenv("PLEXUS_RUN_ID"); id && !r.is_launcher) return std::atoll(id);
+    if (const char* id = internal_variable("PLEXUS_RUN_ID"); id && !r.is_launcher) return std::atoll(id);
     if (!r.store) return 0;
     // The choices of the grid's named axes are recorded as settings ("variant" = "ddp";
     // leaderboards group by them); they are not part of the configuration hash, which their
@@ -513,7 +513,7 @@ void find_resume_point(PreparedRun& r, int64_t run_id, Job& job) {
     const auto& c = r.cfg.host.checkpoint;
     if (c.every_steps > 0 || c.every_minutes > 0 || r.resumed) job.checkpoints = RunCheckpoints::of(r.cfg, run_id);
     if (!r.resumed) return;
-    if (const char* s = std::getenv("PLEXUS_RESUME_STEP")) {
+    if (const char* s = internal_variable("PLEXUS_RESUME_STEP")) {
         if (std::atoll(s) >= 0) job.resume_step = std::atoll(s);
     } else {
         job.resume_step = job.checkpoints->latest();

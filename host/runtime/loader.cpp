@@ -180,16 +180,15 @@ void PluginRegistry::add_candidate(const std::string& path) {
     const std::string canonical = fs::weakly_canonical(path, ec).string();
     if (std::find(seen_.begin(), seen_.end(), canonical) != seen_.end()) return;
     Candidate c{canonical, PluginKind::Model, ""};
-    std::string problem;
-    if (!kind_and_name(canonical, c.kind, c.name))
+    std::string problem = checked_file(canonical);
+    if (problem.empty() && !kind_and_name(canonical, c.kind, c.name))
         problem =
             "not named plexus_<kind>_<name>.so, so its plugin cannot be known without loading it "
             "(plexus_add_plugin() names it so)";
-    else if (problem = checked_file(canonical); problem.empty())
-        for (const auto& other : candidates_)
-            if (other.kind == c.kind && other.name == c.name)
-                problem = std::string("a ") + to_string(c.kind) + " plugin named '" + c.name + "' was found first in " +
-                          other.path + " (the first one found wins)";
+    for (const auto& other : candidates_)
+        if (problem.empty() && other.kind == c.kind && other.name == c.name)
+            problem = std::string("a ") + to_string(c.kind) + " plugin named '" + c.name + "' was found first in " +
+                      other.path + " (the first one found wins)";
     seen_.push_back(canonical);
     if (!problem.empty()) {
         refused_.push_back({canonical, problem});

@@ -21,11 +21,24 @@ namespace plexus::host {
 
 void exec_self(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
     for (const auto& kv : env) putenv(strdup(kv.c_str()));
+    putenv(strdup(("PLEXUS_PARENT=" + std::to_string(getppid())).c_str()));
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     execv("/proc/self/exe", args.data());
     _exit(127);
+}
+
+const char* internal_variable(const char* name) {
+    const char* value = std::getenv(name);
+    if (!value) return nullptr;
+    const char* parent = std::getenv("PLEXUS_PARENT");
+    if (parent && std::to_string(getppid()) == parent) return value;
+    throw Error(std::string(name) + "=" + value +
+                    " is set in the environment, but this process was not started by the plexus process "
+                    "that sets it (it leaked from one, or that process is gone)",
+                "unset it (and the other PLEXUS_ variables a launcher sets: PLEXUS_WORKER, PLEXUS_RUN_ID, "
+                "PLEXUS_SWEEP_ID, PLEXUS_CORES, PLEXUS_RESUME_STEP)");
 }
 
 int free_port() {

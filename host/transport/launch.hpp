@@ -16,9 +16,18 @@ struct WorkerExit {
     bool stop_requested = false;
 };
 
-// In a freshly forked child: adds `env` ("KEY=value") to the environment and replaces the
-// process with this same executable run with `argv`. Never returns (exit 127 if exec fails).
+// In a freshly forked child: adds `env` ("KEY=value") to the environment, and PLEXUS_PARENT,
+// the pid of the process that forked it, and replaces the process with this same executable run
+// with `argv`. Never returns (exit 127 if exec fails).
 [[noreturn]] void exec_self(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+
+// A variable a plexus process sets for the plexus processes it starts (PLEXUS_WORKER,
+// PLEXUS_RUN_ID, PLEXUS_SWEEP_ID, PLEXUS_CORES, PLEXUS_RESUME_STEP): its value, or nullptr when
+// unset. Honoured only in a process started by the one that set it (PLEXUS_PARENT is this
+// process's parent): throws plexus::Error, naming the variable, when it leaked into another
+// process's environment (a shell, a run whose launcher is gone), rather than let a plain run
+// write into the run or sweep it names.
+const char* internal_variable(const char* name);
 
 // A free TCP port on the loopback interface.
 int free_port();
