@@ -394,3 +394,41 @@ TEST_CASE("launcher variables leaked into a shell are refused, and recorded text
         CHECK_THAT(r.output, Contains("odd\\x1b[31m"));
     }
 }
+
+TEST_CASE("odd inputs get messages that say what they are: UTF-16, a huge key, a target that is not a number",
+          "[e2e][bad-input]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    std::string utf16 = "\xFF\xFE";
+    for (char c : std::string("[train]\nsteps = 2\n")) utf16 += std::string(1, c) + '\0';
+    auto r = run_plexus("run " + dir.file("u.toml", utf16) + " --db " + db);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Contains("u.toml: the file is UTF-16 text; TOML files are UTF-8"));
+    r = run_plexus("run " + dir.file("n.toml", std::string("[train]\0steps = 2\n", 19)) + " --db " + db);
+    CHECK_THAT(r.output, Contains("n.toml: the file holds NUL bytes"));
+
+    const std::string huge(1 << 20, 'k');
+    r = run_plexus("run " + dir.file("h.toml", huge + " = 1\n" + kTinyExperiment) + " --db " + db);
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.output, Contains("unknown top-level key 'kkk") && Contains("kkk... (1048576 characters)"));
+    CHECK(r.output.size() < 4000);  // not echoed whole
+
+    // A database that would vanish at exit, or an SQLite URI: recorded nowhere. (No --db here:
+    // the flag would replace the file's setting.)
+    for (const std::string db_value : {"", ":memory:", "file:x.db?mode=memory"}) {
+        r = run_plexus("run " + dir.file("m.toml", kTinyExperiment) + " --set 'results.db=" + db_value + "'",
+                       "cd " + dir.path.string() + " &&");
+        CHECK(r.exit_code == 1);
+        CHECK_THAT(r.output, Contains("results.db = '" + db_value + "' is not a database file"));
+    }
+    CHECK_FALSE(fs::exists(dir / "file:x.db?mode=memory"));
+
+    REQUIRE(
+        run_plexus("run " + dir.file("e.toml", kTinyExperiment) + " --db " + db + " --set train.steps=2").exit_code ==
+        0);
+    for (const std::string bad : {"nan", "inf"}) {
+        r = run_plexus("leaderboard --db " + db + " --metric tokens_to --target " + bad);
+        CHECK(r.exit_code == 2);
+        CHECK_THAT(r.output, Contains("finite numbers"));
+    }
+}

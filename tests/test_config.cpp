@@ -43,6 +43,37 @@ TEST_CASE("extends cycles are refused", "[config]") {
     CHECK_THAT(error_of([&] { host::load_experiment(dir / "a.toml"); }), Contains("cycle"));
 }
 
+TEST_CASE("a --set naming another plugin and then the file's again keeps the file's keys", "[config]") {
+    TempDir dir;
+    auto exp = host::load_experiment(dir.file("e.toml", "[optimizer]\nname = \"adamw\"\nbetas = [0.9, 0.99]\n"));
+    host::apply_override(exp, "optimizer.name=sgd");
+    CHECK(exp.settings.count("optimizer.betas") == 0);  // adamw's key, not sgd's
+    host::apply_override(exp, "optimizer.momentum=0.5");
+    host::apply_override(exp, "optimizer.name=adamw");
+    CHECK(exp.settings.at("optimizer.betas").value.to_text() == "[0.9, 0.99]");
+    CHECK(exp.settings.count("optimizer.momentum") == 0);  // sgd's, gone with it
+}
+
+TEST_CASE("extends: each shared base loaded once, chains bounded, every entry a file name", "[config]") {
+    TempDir dir;
+    // 40 levels, each extending the next twice: loaded once each, not 2^40 times.
+    for (int i = 0; i < 40; ++i)
+        dir.file("l" + std::to_string(i) + ".toml", "extends = [\"l" + std::to_string(i + 1) + ".toml\", \"l" +
+                                                        std::to_string(i + 1) + ".toml\"]\nkey" + std::to_string(i) +
+                                                        " = " + std::to_string(i) + "\n");
+    dir.file("l40.toml", "[train]\nsteps = 7\n");
+    const auto start = std::chrono::steady_clock::now();
+    auto exp = host::load_experiment(dir / "l0.toml");
+    CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 5.0);
+    CHECK(exp.files.size() == 41);
+    CHECK(exp.settings.at("train.steps").value.as_int() == 7);
+    // A chain deeper than 64 files is refused (10,000 overflowed the parser's stack).
+    for (int i = 0; i < 70; ++i)
+        dir.file("c" + std::to_string(i) + ".toml", "extends = \"c" + std::to_string(i + 1) + ".toml\"\n");
+    dir.file("c70.toml", "");
+    CHECK_THAT(error_of([&] { host::load_experiment(dir / "c0.toml"); }), Contains("nests more than 64 files deep"));
+}
+
 TEST_CASE("overrides (--set) take TOML values, bare words as strings", "[config]") {
     TempDir dir;
     auto exp = host::load_experiment(dir.file("e.toml", "[optimizer]\nlr = 0.1\n"));

@@ -187,10 +187,15 @@ std::string printable(const std::string& text) {
     return out;
 }
 
+std::string shown(const std::string& text, size_t max) {
+    if (text.size() <= max) return printable(text);
+    return printable(text.substr(0, max)) + "... (" + std::to_string(text.size()) + " characters)";
+}
+
 bool is_plain_name(const std::string& name) {
     if (name.empty() || name.size() > 100 || !std::isalnum(static_cast<unsigned char>(name[0]))) return false;
     for (unsigned char c : name)
-        if (!std::isalnum(c) && c != '.' && c != '_' && c != '+' && c != '-') return false;
+        if (!std::isalnum(c) && c != '.' && c != '_' && c != '+' && c != '-' && c != ' ') return false;
     return true;
 }
 

@@ -33,7 +33,10 @@ std::string error_text(const std::exception& e);
 std::string hex64(uint64_t v);
 // `text` with control characters (terminal escapes, newlines) written as \xNN: safe to print.
 std::string printable(const std::string& text);
-// 1 to 100 of [A-Za-z0-9._+-], starting with a letter or digit: safe as a file name.
+// printable(text), cut to `max` characters with the length said ("abc... (1048576 characters)"):
+// for echoing what a user typed into a message.
+std::string shown(const std::string& text, size_t max = 60);
+// 1 to 100 of [A-Za-z0-9._+-] and spaces, starting with a letter or digit: safe as a file name.
 bool is_plain_name(const std::string& name);
 std::string exact_double(double v);  // reads back to the same bits
 

@@ -1,6 +1,7 @@
 // plexus: the command-line entry point.
 #include <cstdio>
 #include <algorithm>
+#include <cmath>
 #include <charconv>
 #include <cstdint>
 #include <cstring>
@@ -335,6 +336,10 @@ bool take_board_options(std::vector<std::string>& args, BoardOptions& o, std::st
         if (take_flag(args, "--tokens", value)) o.tokens = std::stod(value);
     } catch (...) {
         error = "'" + value + "' is not a number";
+        return false;
+    }
+    if (!std::isfinite(o.target) || !std::isfinite(o.tokens)) {
+        error = "--target and --tokens take finite numbers (not nan or inf)";
         return false;
     }
     if (take_flag(args, "--group-by", value)) o.group_by = split(value, ',');

@@ -1,5 +1,7 @@
 #include "config/experiment.hpp"
 
+#include <cmath>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -65,18 +67,39 @@ void flatten(const toml::table& table, const std::string& prefix, const std::str
 }
 
 // When `key` is "<section>.name" and names another plugin than `settings` has, the section's
-// earlier keys belong to the old plugin's schema: drop them (extends and --set alike).
-void forget_old_plugin_keys(std::map<std::string, Setting>& settings, const std::string& key, const Value& v) {
+// earlier keys belong to the old plugin's schema: drop them (extends and --set alike). Returns
+// what was dropped, with the old plugin's name.
+std::pair<Value, std::map<std::string, Setting>> forget_old_plugin_keys(std::map<std::string, Setting>& settings,
+                                                                        const std::string& key, const Value& v) {
+    std::pair<Value, std::map<std::string, Setting>> dropped;
     const auto dot = key.find('.');
-    if (dot == std::string::npos || key.compare(dot, std::string::npos, ".name") != 0) return;
+    if (dot == std::string::npos || key.compare(dot, std::string::npos, ".name") != 0) return dropped;
     auto old = settings.find(key);
-    if (old == settings.end() || old->second.value == v) return;
+    if (old == settings.end() || old->second.value == v) return dropped;
+    dropped.first = old->second.value;
     const std::string prefix = key.substr(0, dot + 1);
-    for (auto s = settings.begin(); s != settings.end();)
-        s = s->first.rfind(prefix, 0) == 0 ? settings.erase(s) : std::next(s);
+    for (auto s = settings.begin(); s != settings.end();) {
+        if (s->first.rfind(prefix, 0) != 0) {
+            ++s;
+            continue;
+        }
+        dropped.second.insert(*s);
+        s = settings.erase(s);
+    }
+    return dropped;
+}
+
+// Every number in `v` (in lists too) is finite: nan passes every range check, inf most.
+bool finite_numbers(const Value& v) {
+    if (v.type() == ValueType::Float) return std::isfinite(v.as_double());
+    if (v.type() == ValueType::List)
+        for (const auto& item : v.as_list())
+            if (!finite_numbers(item)) return false;
+    return true;
 }
 
 constexpr uintmax_t kMaxExperimentBytes = 16 << 20;
+constexpr size_t kMaxExtendsDepth = 64;
 // A grid this large is a mistake (and would take the memory of the machine to expand).
 constexpr double kMaxGridPoints = 1e6;
 
@@ -89,6 +112,12 @@ void check_toml_text(const std::string& text, const std::string& origin) {
     enum class In { Code, Comment, Basic, Literal, MultiBasic, MultiLiteral } in = In::Code;
     long line = 1, column = 1;
     auto starts = [&](size_t i, const char* s) { return text.compare(i, std::strlen(s), s) == 0; };
+    // UTF-16 (as some Windows editors save) or a binary file: said as such, not as a stray character.
+    if (starts(0, "\xFF\xFE") || starts(0, "\xFE\xFF"))
+        throw Error(origin + ": the file is UTF-16 text; TOML files are UTF-8", "save it as UTF-8");
+    if (text.find('\0') != std::string::npos)
+        throw Error(origin + ": the file holds NUL bytes: it is not text (UTF-16 without a byte-order mark, or binary)",
+                    "save it as UTF-8 text");
     // A UTF-8 byte-order mark, as some editors write, is not text: TOML++ skips it, and so do we.
     const size_t first = starts(0, "\xEF\xBB\xBF") ? 3 : 0;
     for (size_t i = first; i < text.size(); ++i, ++column) {
@@ -392,17 +421,28 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
         if (s == canonical)
             throw Error(path + ": 'extends' forms a cycle (" + join(stack, " -> ") + " -> " + canonical + ")",
                         "remove one of the extends");
+    // A file two bases share is loaded once (with each loaded again, a chain of files that each
+    // extend two others would load exponentially many).
+    for (const auto& loaded : exp.files)
+        if (fs::weakly_canonical(loaded).string() == canonical) return;
+    if (stack.size() >= kMaxExtendsDepth)
+        throw Error(path + ": 'extends' nests more than " + std::to_string(kMaxExtendsDepth) + " files deep",
+                    "a chain this long is a mistake: flatten it");
     stack.push_back(canonical);
     toml::table table = parse_file(path);
     if (auto* ext = table.get("extends")) {
         std::vector<std::string> bases;
+        bool all_strings = true;
         if (auto s = ext->as_string())
             bases.push_back(s->get());
         else if (auto arr = ext->as_array()) {
             for (const auto& item : *arr)
-                if (auto s = item.as_string()) bases.push_back(s->get());
+                if (auto s = item.as_string())
+                    bases.push_back(s->get());
+                else
+                    all_strings = false;
         }
-        if (bases.empty())
+        if (bases.empty() || !all_strings)
             throw config_error(loc_of(ext->source(), path), "'extends' must be a file name or a list of them",
                                "for example extends = \"quickstart.toml\"");
         for (const auto& base : bases) {
@@ -717,7 +757,15 @@ void apply_override(Experiment& exp, const std::string& assignment) {
     } catch (const Error&) {
         v = Value(text);  // a bare word: take it as a string (--set data.path=/tmp/corpus)
     }
-    forget_old_plugin_keys(exp.settings, key, v);
+    // --set model.name=X then --set model.name=gpt: the file's [model] keys come back with gpt.
+    auto dropped = forget_old_plugin_keys(exp.settings, key, v);
+    const std::string section = key.substr(0, key.find('.'));
+    if (auto aside = exp.set_aside.find(section); aside != exp.set_aside.end() && aside->second.first == v) {
+        for (auto& [k, setting] : aside->second.second) exp.settings.insert_or_assign(k, setting);
+        exp.set_aside.erase(aside);
+    } else if (!dropped.second.empty() && !exp.set_aside.count(section)) {
+        exp.set_aside[section] = std::move(dropped);
+    }
     exp.settings[key] = Setting{v, SourceLoc{"--set " + assignment, 0, 0}};
     exp.overrides.push_back(assignment);
 }
@@ -856,7 +904,7 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
                  .one_of({"single", "local", "env", "sim"}),
              ConfigKey("ranks", 2, "number of ranks for mode = local or sim").at_least(1),
              ConfigKey("timeout", 300.0, "seconds to wait for the rendezvous and for any collective before failing")
-                 .at_least(0),
+                 .at_least(1),
              ConfigKey("backend", "auto",
                        "c10d back end of mode = local or env: auto (nccl for CUDA devices in a CUDA build, else gloo), "
                        "gloo or nccl")
@@ -934,12 +982,17 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
             if (!spec) {
                 if (section.empty()) continue;  // decided below, with the sections
                 std::string hint = did_you_mean(sub, known);
-                errors.push_back(setting.where.str() + ": unknown key '" + key + "' for " + owner +
+                errors.push_back(setting.where.str() + ": unknown key '" + shown(key) + "' for " + owner +
                                  (hint.empty() ? "" : "; " + hint) + " (known: " + join(known, ", ") + ")");
                 used.insert(key);
                 continue;
             }
             used.insert(key);
+            if (!finite_numbers(setting.value)) {
+                errors.push_back(setting.where.str() + ": " + key + " = " + setting.value.to_text() +
+                                 ": a setting's numbers must be finite (nan and inf are refused everywhere)");
+                continue;
+            }
             if (!type_fits(spec->type(), setting.value.type())) {
                 errors.push_back(setting.where.str() + ": '" + key + "' must be " +
                                  (spec->type() == ValueType::Int ? "an " : "a ") + to_string(spec->type()) + ", got " +
@@ -982,9 +1035,20 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
     if (auto it = exp.settings.find("name"); it != exp.settings.end() && it->second.value.type() == ValueType::String)
         if (const auto& name = it->second.value.as_string(); !is_plain_name(name))
             errors.push_back(it->second.where.str() + ": name '" + printable(name) +
-                             "' must be 1 to 100 letters, digits, '.', '_', '+' or '-', starting with a letter or "
-                             "digit (it names the sweep's log folder)");
+                             "' must be 1 to 100 letters, digits, spaces, '.', '_', '+' or '-', starting with a "
+                             "letter or digit (it names the sweep's log folder)");
     for (const auto& [section, schema] : host_schemas()) check_section(section, schema, "[" + section + "]");
+    // The database is a file: SQLite takes "" and ":memory:" for a database that vanishes at
+    // exit, and "file:..." for a URI; the run would be recorded nowhere `plexus runs` can read.
+    if (auto db = out.values.find("results.db"); db != out.values.end() && db->second.type() == ValueType::String) {
+        const std::string& path = db->second.as_string();
+        if (path.empty() || path == ":memory:" || path.rfind("file:", 0) == 0) {
+            auto it = exp.settings.find("results.db");
+            errors.push_back((it == exp.settings.end() ? std::string("results.db") : it->second.where.str()) +
+                             ": results.db = '" + printable(path) +
+                             "' is not a database file: nothing would be recorded where `plexus runs` reads");
+        }
+    }
 
     // Each plugin section: its plugin (named, or the default of its kind) and its keys.
     auto resolve_plugin_section = [&](const PluginSection& ps) {
@@ -1051,13 +1115,13 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
         const auto dot = key.find('.');
         if (dot == std::string::npos) {
             std::string hint = did_you_mean(key, top_keys);
-            errors.push_back(setting.where.str() + ": unknown top-level key '" + key + "'" +
+            errors.push_back(setting.where.str() + ": unknown top-level key '" + shown(key) + "'" +
                              (hint.empty() ? "" : "; " + hint) + " (sections: " + join(sections, ", ") + ")");
         } else {
             const std::string section = key.substr(0, dot);
             std::string hint = did_you_mean(section, sections);
-            errors.push_back(setting.where.str() + ": unknown section [" + section + "] (key '" + key + "')" +
-                             (hint.empty() ? "" : "; " + hint) + " (sections: " + join(sections, ", ") + ")");
+            errors.push_back(setting.where.str() + ": unknown section [" + shown(section) + "] (key '" + shown(key) +
+                             "')" + (hint.empty() ? "" : "; " + hint) + " (sections: " + join(sections, ", ") + ")");
         }
     }
 

@@ -68,7 +68,10 @@ struct Experiment {
     std::vector<std::string> files;  // it and every file it extends, in load order
     std::map<std::string, Setting> settings;
     std::vector<std::string> overrides;  // the --set assignments, as given
-    std::vector<GridAxis> grid;          // [grid]: empty for a single run
+    // Keys a --set of "<section>.name" dropped with the plugin they belonged to (by section),
+    // restored if a later --set names that plugin again.
+    std::map<std::string, std::pair<Value, std::map<std::string, Setting>>> set_aside;
+    std::vector<GridAxis> grid;  // [grid]: empty for a single run
     GridTune tune;
     std::vector<GridSkip> skip;
     // [preset.NAME]: settings applied together on request (--preset NAME; --quick is "quick").

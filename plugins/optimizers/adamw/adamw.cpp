@@ -163,8 +163,9 @@ plexus::PluginDescriptor describe() {
     d.schema = {
         {"lr", 1e-3, "peak learning rate (scaled by the schedule in [train])"},
         {"betas", plexus::Value::list({0.9, 0.95}), "decay rates of the first and second moments"},
-        {"eps", 1e-8, "added to the denominator"},
-        {"weight_decay", 0.1, "decoupled weight decay, multiplied by the current learning rate"},
+        plexus::ConfigKey("eps", 1e-8, "added to the denominator").at_least(0),
+        plexus::ConfigKey("weight_decay", 0.1, "decoupled weight decay, multiplied by the current learning rate")
+            .at_least(0),
         {"decay_vectors", false, "also decay 1-D parameters (biases, norms)"},
     };
     d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&,
