@@ -68,12 +68,12 @@ inline std::string write_experiment(const std::string& toml, const std::string& 
 }
 
 inline host::ResolvedConfig resolve_file(const std::string& file) {
-    static host::PluginRegistry registry = [] {
-        host::PluginRegistry r;
-        r.scan(host::PluginRegistry::default_search_path());
+    static host::PluginRegistry* registry = [] {
+        auto* r = new host::PluginRegistry();  // lives to the end: plugins' objects point into it
+        r->scan(host::PluginRegistry::default_search_path());
         return r;
     }();
-    return host::resolve(host::load_experiment(file), registry);
+    return host::resolve(host::load_experiment(file), *registry);
 }
 
 }  // namespace plexus::bench
