@@ -224,6 +224,8 @@ TEST_CASE("a worker that hangs fails the run after launch.timeout and leaves no 
     CHECK(o.run.status == "failed");
     CHECK_THAT(o.run.error, Contains("rank 0 exited with code 1"));
     CHECK_THAT(o.run.error, Contains("rank 0 reported"));
+    // The frozen rank is named, not only the healthy one that timed out waiting for it.
+    CHECK_THAT(o.run.error, Contains("rank 1 stopped responding (process stopped"));
 }
 
 TEST_CASE("SIGTERM to the launcher while its workers start records the run interrupted, not failed", "[distributed]") {

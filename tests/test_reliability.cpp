@@ -298,6 +298,46 @@ TEST_CASE("a resumed run refuses a changed experiment and a checkpoint of anothe
     CHECK(store.get_run(1)->status == "failed");  // the refusal is recorded on the run
 }
 
+TEST_CASE("a damaged newest checkpoint: resume falls back to the older one, or starts from a step given",
+          "[reliability]") {
+    TempDir dir;
+    const auto text = experiment("single", "", 40);
+    const auto whole = run_plexus("run " + dir.file("whole.toml", text) + " --db " + dir / "whole.db");
+    REQUIRE(whole.exit_code == 0);
+    // Killed at step 17: complete checkpoints at 10 and 15 (keep = 2); then step 15's file damaged.
+    const auto file = dir.file("killed.toml", text + "[[faults]]\nkind = \"kill\"\nrank = 0\nstep = 17\n");
+    const std::string db = dir / "b.db";
+    const auto killed = run_plexus("run " + file + " --db " + db);
+    REQUIRE(killed.exit_code == 137);
+    const fs::path step15 = dir / "checkpoints/b/run1/step15/rank0.ckpt";
+    REQUIRE(fs::exists(step15));
+    REQUIRE(fs::exists(dir / "checkpoints/b/run1/step10/COMPLETE"));
+    {
+        std::fstream f(step15, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(static_cast<std::streamoff>(fs::file_size(step15) / 2));
+        f.put('\x5a');
+    }
+    host::ResultsStore store(db);
+    const auto curve = store.metric_series(1, "loss");
+
+    // A step that has no checkpoint, and the damaged one, asked for by name: refused, nothing
+    // deleted, the available steps listed.
+    for (const std::string step : {"12", "15"}) {
+        const auto r = run_plexus("run --resume 1 --from-step " + step + " --db " + db);
+        INFO(r.output);
+        CHECK(r.exit_code == 1);
+        CHECK_THAT(r.output, Contains("--from-step " + step) && Contains("by step: 10, 15"));
+        CHECK(store.metric_series(1, "loss") == curve);
+    }
+    const auto resumed = run_plexus("run --resume 1 --db " + db);
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK_THAT(resumed.output, Contains("the checkpoint at step 15 is damaged") &&
+                                   Contains("resuming run 1 from its checkpoint at step 10"));
+    CHECK(metric_dump(db, "loss") == metric_dump(dir / "whole.db", "loss"));
+    CHECK(summaries_of(db)["0.state_hash"] == summaries_of(dir / "whole.db")["0.state_hash"]);
+}
+
 TEST_CASE("a checkpoint file cut short or damaged anywhere is refused whole", "[reliability]") {
     TempDir dir;
     host::RankCheckpoint c;

@@ -631,10 +631,17 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
         if (!point) return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
         opts.point = static_cast<int>(*point);
     }
+    std::string from_step;
+    const bool has_from_step = take_flag(args, "--from-step", from_step);
     if (take_flag(args, "--resume", value)) {
         const auto run = parse_count(value, 1);
         if (!run) return usage_error("--resume takes a run id (see `plexus runs`)");
         opts.resume_run = *run;
+        if (has_from_step) {
+            const auto step = parse_count(from_step, 0);
+            if (!step) return usage_error("--from-step takes a checkpoint's step (a number >= 0)");
+            opts.from_step = *step;
+        }
         if (!args.empty())
             return usage_error("plexus run --resume RUN takes no file: the run's own file, point and --set are used");
         if (!opts.overrides.empty() || opts.point >= 0 || !opts.preset.empty())
@@ -642,6 +649,7 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
                 "--resume continues the run as it was recorded: --set, --preset and --point do not apply");
         return run_experiment("", opts);
     }
+    if (has_from_step) return usage_error("--from-step goes with --resume RUN");
     if (args.size() != 1)
         return usage_error(args.empty() ? "plexus run needs an experiment file"
                                         : "unexpected argument '" + args[1] + "'");
@@ -686,9 +694,10 @@ const std::vector<Command>& commands() {
         code runs: refused without this, or PLEXUS_ALLOW_PLUGIN_PATH=1).
         With [checkpoint] every_steps = N (or every_minutes = M) the run writes a checkpoint every
         N steps, and when interrupted (Ctrl-C); a killed run loses at most the steps since.
-  plexus run --resume RUN [--db PATH] [--progress MODE]
-        Continue run RUN from its newest checkpoint with the file, point and --set it started with
-        (from the start, in the same run, if it has none). With a strategy that declares exact
+  plexus run --resume RUN [--from-step S] [--db PATH] [--progress MODE]
+        Continue run RUN from its newest checkpoint that reads back whole (a damaged newer one is
+        named and passed over; --from-step S: that step's) with the file, point and --set it
+        started with (from the start, in the same run, if it has none). With a strategy that declares exact
         resume (every strategy but petra's delayed method) the result is bit-identical to an
         uninterrupted run's. Refused if the experiment file has changed since, or if the run is
         still running in another live process.

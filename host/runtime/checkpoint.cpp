@@ -13,6 +13,7 @@
 #include <plexus/error.hpp>
 #include <torch/torch.h>
 
+#include "base/text.hpp"
 #include "config/experiment.hpp"
 
 namespace plexus::host {
@@ -306,6 +307,43 @@ void RunCheckpoints::mark_complete(int64_t step, int world, int keep) const {
         fs::remove_all(step_dir(*complete.begin()), ec);
         complete.erase(complete.begin());
     }
+}
+
+std::vector<int64_t> RunCheckpoints::complete_steps() const {
+    std::vector<int64_t> out;
+    for (const auto& [s, done] : steps())
+        if (done) out.push_back(s);
+    return out;
+}
+
+std::string RunCheckpoints::problem_of(int64_t step) const {
+    std::error_code ec;
+    if (!fs::exists(step_dir(step) / "COMPLETE", ec)) return "it is not complete";
+    std::ifstream marker(step_dir(step) / "COMPLETE");
+    std::string word;
+    int64_t ranks = 0;
+    while (marker >> word)
+        if (word == "ranks") marker >> ranks;
+    if (ranks < 1) return "its COMPLETE marker does not say how many ranks wrote it";
+    for (int r = 0; r < ranks; ++r) {
+        // A file this process cannot see is not damage: on nodes that do not share the folder,
+        // the rank that loads it says so (and that the folder must be shared).
+        if (!fs::exists(rank_file(step, r), ec)) continue;
+        try {
+            read_rank_checkpoint(rank_file(step, r));
+        } catch (const std::exception& e) { return message_of(e); }
+    }
+    return "";
+}
+
+std::optional<int64_t> RunCheckpoints::latest_intact(std::vector<std::string>& skipped) const {
+    const auto complete = complete_steps();
+    for (auto s = complete.rbegin(); s != complete.rend(); ++s) {
+        const std::string problem = problem_of(*s);
+        if (problem.empty()) return *s;
+        skipped.push_back("the checkpoint at step " + std::to_string(*s) + " is damaged: " + problem);
+    }
+    return std::nullopt;
 }
 
 std::optional<int64_t> RunCheckpoints::latest() const {

@@ -17,6 +17,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <plexus/optimizer.hpp>
 
@@ -54,6 +55,14 @@ public:
     void mark_complete(int64_t step, int world, int keep) const;
     // The newest step with its COMPLETE marker, if any.
     std::optional<int64_t> latest() const;
+    // The newest complete step whose rank files read back whole (magic, length, checksum);
+    // each newer complete step that does not is described in `skipped`.
+    std::optional<int64_t> latest_intact(std::vector<std::string>& skipped) const;
+    // "" when `step` is complete and every rank file of it this process sees reads back whole;
+    // else why not. (A missing file is left to the rank that loads it to report.)
+    std::string problem_of(int64_t step) const;
+    // The complete steps, oldest first.
+    std::vector<int64_t> complete_steps() const;
 
 private:
     std::filesystem::path step_dir(int64_t step) const;

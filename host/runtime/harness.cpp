@@ -185,6 +185,13 @@ int launch_workers(ResultsStore& store, int64_t run_id, const RunOptions& option
     for (const auto& f : faults)
         if (f.kind == "kill" && f.rank == failure.rank && failure.exit_code == kKilled)
             what += " (killed by [[faults]]: " + f.text + ")";
+    if (!failure.stopped_ranks.empty()) {
+        std::vector<std::string> ranks;
+        for (int r : failure.stopped_ranks) ranks.push_back(std::to_string(r));
+        what = std::string(ranks.size() == 1 ? "rank " : "ranks ") + join(ranks, ", ") +
+               " stopped responding (process stopped: SIGSTOP or a debugger); " + what +
+               " (it timed out waiting, see launch.timeout)";
+    }
     // Rank 0 may have recorded its own view first (a peer's connection reset): keep it, after ours.
     const auto run = store.get_run(run_id);
     std::string error = what;
@@ -507,6 +514,31 @@ int64_t open_run_row(PreparedRun& r, RunInfo& info) {
     return r.store->begin_run(info, params);
 }
 
+// The checkpoint a resume starts from: `from_step` if given (it must be complete and intact), else
+// the newest intact one, saying which damaged ones were passed over (`keep` > 1 exists for this).
+std::optional<int64_t> resume_checkpoint(const RunCheckpoints& checkpoints, int64_t from_step) {
+    const auto complete = checkpoints.complete_steps();
+    std::vector<std::string> listed;
+    for (auto s : complete) listed.push_back(std::to_string(s));
+    const std::string available = complete.empty() ? "none" : join(listed, ", ");
+    if (from_step >= 0) {
+        if (const std::string problem = checkpoints.problem_of(from_step); !problem.empty())
+            throw Error("--from-step " + std::to_string(from_step) + ": the checkpoint at that step " +
+                            (problem == "it is not complete" ? std::string("does not exist or is not complete")
+                                                             : "is damaged: " + problem),
+                        "complete checkpoints of this run, by step: " + available);
+        return from_step;
+    }
+    std::vector<std::string> skipped;
+    const auto step = checkpoints.latest_intact(skipped);
+    for (const auto& s : skipped) std::cerr << "warning: " << s << "; trying an older one\n";
+    if (!step && !skipped.empty())
+        throw Error("no checkpoint of this run reads back whole (" + join(skipped, "; ") + ")",
+                    "--resume starts over only when there is no checkpoint at all; delete " +
+                        checkpoints.dir().string() + " to start the run from step 0");
+    return step;
+}
+
 // Where this run writes checkpoints, and the step a resumed run starts from (the launcher picks
 // it for its workers, so that all ranks start from the same step).
 void find_resume_point(PreparedRun& r, int64_t run_id, Job& job) {
@@ -516,8 +548,9 @@ void find_resume_point(PreparedRun& r, int64_t run_id, Job& job) {
     if (const char* s = internal_variable("PLEXUS_RESUME_STEP")) {
         if (std::atoll(s) >= 0) job.resume_step = std::atoll(s);
     } else {
-        job.resume_step = job.checkpoints->latest();
+        job.resume_step = resume_checkpoint(*job.checkpoints, r.options.from_step);
     }
+    // Only now, with the checkpoint read back whole: the curves past it go.
     if (r.store) r.store->forget_metrics_from(run_id, job.resume_step.value_or(0));
     if (r.rank() == 0)
         std::cout << "plexus: resuming run " << run_id << " from "

@@ -24,6 +24,7 @@ struct RunOptions {
     std::vector<std::string> argv;       // the whole command line: local workers re-run it
     int point = -1;                      // --point: which point of the file's [grid] to run
     int64_t resume_run = 0;              // --resume: continue this run from its newest checkpoint
+    int64_t from_step = -1;              // --from-step: from this checkpoint instead (-1: the newest intact)
 };
 
 // --progress and results.progress: auto (a bar on a terminal), bar, lines or none.

@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 #include <plexus/error.hpp>
@@ -59,6 +60,15 @@ int free_port() {
 }
 
 namespace {
+// A process's state letter in /proc/PID/stat (R running, S sleeping, T stopped, ...); '?' if gone.
+char process_state(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    std::getline(stat, text);
+    const auto close = text.rfind(')');  // after "pid (name)", which may hold spaces
+    return close != std::string::npos && close + 2 < text.size() ? text[close + 2] : '?';
+}
+
 int decode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
 // The workers of the launch in progress, for the SIGTERM handler (async-signal-safe: kill only).
@@ -137,6 +147,10 @@ WorkerExit run_local_workers(const std::vector<std::string>& argv, int ranks, in
         if (code != 0 && first_failure.rank < 0) {
             first_failure = {r, code};
             if (std::find(orderly.begin(), orderly.end(), code) != orderly.end()) continue;
+            // A rank that failed may have failed waiting for a peer that stopped answering: a
+            // process stopped (SIGSTOP, a debugger) is named, before the others are stopped.
+            for (int q = 0; q < ranks; ++q)
+                if (pids[q] > 0 && process_state(pids[q]) == 'T') first_failure.stopped_ranks.push_back(q);
             // One rank failed: the others would only wait for it until the collective timeout.
             for (pid_t p : pids)
                 if (p > 0) kill(p, SIGTERM);

@@ -14,6 +14,9 @@ struct WorkerExit {
     // The launcher was sent SIGTERM and passed it on: whatever the workers then did (one still
     // connecting dies of it, its peers lose their connection), the run was stopped on request.
     bool stop_requested = false;
+    // Ranks whose processes were stopped (SIGSTOP, a debugger) when the first one failed: the
+    // failure is likely a timeout waiting for them.
+    std::vector<int> stopped_ranks;
 };
 
 // In a freshly forked child: adds `env` ("KEY=value") to the environment, and PLEXUS_PARENT,
