@@ -24,6 +24,26 @@ const std::string kAcco = std::string(kTinyExperiment) + R"(
 name = "acco"
 )";
 
+// The mean-loss gradient of `model` at the flat parameters `theta` (the model's parameter
+// order) on the next batch of `stream`, flat.
+torch::Tensor flat_gradient(Model& model, const torch::Tensor& theta, BatchStream& stream) {
+    auto params = model.parameters();
+    {
+        torch::NoGradGuard no_grad;
+        int64_t offset = 0;
+        for (auto& p : params) {
+            p.copy_(theta.narrow(0, offset, p.numel()).view(p.sizes()));
+            p.mutable_grad() = torch::Tensor();
+            offset += p.numel();
+        }
+    }
+    auto batch = stream.next();
+    model.loss(model.forward(batch.inputs), batch.targets).backward();
+    std::vector<torch::Tensor> grads;
+    for (auto& p : params) grads.push_back(p.grad().reshape(-1));
+    return torch::cat(grads);
+}
+
 // One rank driven step by step, next to a reference model that sees the same batches.
 struct Driver {
     TempDir dir;
@@ -73,21 +93,7 @@ struct Driver {
 
     // The mean-loss gradient of the next reference batch at flat parameters `theta`.
     torch::Tensor gradient_at(const torch::Tensor& theta) {
-        auto params = reference->parameters();
-        {
-            torch::NoGradGuard no_grad;
-            int64_t offset = 0;
-            for (auto& p : params) {
-                p.copy_(theta.narrow(0, offset, p.numel()).view(p.sizes()));
-                p.mutable_grad() = torch::Tensor();
-                offset += p.numel();
-            }
-        }
-        auto batch = reference_stream->next();
-        reference->loss(reference->forward(batch.inputs), batch.targets).backward();
-        std::vector<torch::Tensor> grads;
-        for (auto& p : params) grads.push_back(p.grad().reshape(-1));
-        return torch::cat(grads);
+        return flat_gradient(*reference, theta, *reference_stream);
     }
 };
 
@@ -198,26 +204,10 @@ TEST_CASE("ACCO with SGD on three workers and a straggler follows the closed for
     auto params = model->parameters();
     std::vector<std::unique_ptr<BatchStream>> data;
     for (int r = 0; r < kWorkers; ++r) data.push_back(d.stream(B, T, r, kWorkers));
-    auto set = [&](const torch::Tensor& theta) {
-        torch::NoGradGuard no_grad;
-        int64_t offset = 0;
-        for (auto& p : params) {
-            p.copy_(theta.narrow(0, offset, p.numel()).view(p.sizes()));
-            offset += p.numel();
-        }
-    };
     // The sum of `n` gradients of worker r's next batches at θ.
     auto gradients = [&](const torch::Tensor& theta, int r, int64_t n) {
-        set(theta);
         auto sum = torch::zeros_like(theta);
-        for (int64_t i = 0; i < n; ++i) {
-            for (auto& p : params) p.mutable_grad() = torch::Tensor();
-            auto batch = data[static_cast<size_t>(r)]->next();
-            model->loss(model->forward(batch.inputs), batch.targets).backward();
-            std::vector<torch::Tensor> grads;
-            for (auto& p : params) grads.push_back(p.grad().reshape(-1));
-            sum += torch::cat(grads);
-        }
+        for (int64_t i = 0; i < n; ++i) sum += flat_gradient(*model, theta, *data[static_cast<size_t>(r)]);
         return sum;
     };
     std::vector<torch::Tensor> initial;
