@@ -23,6 +23,7 @@
 
 #include "config/experiment.hpp"
 #include "lab/leaderboard.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/harness.hpp"
 #include "transport/launch.hpp"
 #include "runtime/loader.hpp"
@@ -58,6 +59,8 @@ struct Point {
     bool chosen = true;       // [grid.tune]: a reported point at its group's chosen values (known after tuning)
     double wall_limit_s = 0;  // [limits]: 0 none
     double memory_limit_bytes = 0;
+    fs::path checkpoints;    // where its runs' checkpoint folders go (RunCheckpoints::of)
+    int64_t resume_run = 0;  // the run this sweep continues in place (--resume), 0: a new run
 };
 
 // Every process of a run: the one the sweep started and its descendants (a local run's workers).
@@ -100,6 +103,10 @@ double resident_bytes(const std::vector<pid_t>& pids) {
     }
     return total;
 }
+
+// A signal a run's code does not raise itself: something outside stopped it (the OOM killer, an
+// administrator, a logout). Its run is interrupted, not failed, and continues from its checkpoint.
+bool stopped_from_outside(int sig) { return sig == SIGKILL || sig == SIGTERM || sig == SIGINT || sig == SIGHUP; }
 
 std::string signal_name(int sig) {
     const char* d = strsignal(sig);
@@ -194,6 +201,7 @@ SweepPlan plan_sweep(const std::string& path, const SweepOptions& o, PluginRegis
             const auto cfg = resolve(apply_grid_point(plan.exp, grid[i], find), find,
                                      [&](PluginKind k) { return registry.names(k); });
             p.hash = cfg.hash;
+            p.checkpoints = RunCheckpoints::of(cfg, 0).dir().parent_path();
             p.wall_limit_s = cfg.host.limits.wall_minutes * 60;
             p.memory_limit_bytes = cfg.host.limits.memory_gb * double(1 << 30);
             if (p.wall_limit_s < 0 || p.memory_limit_bytes < 0)
@@ -239,10 +247,22 @@ History recall(ResultsStore& store, SweepPlan& plan) {
     return h;
 }
 
-bool should_run(const Point& p, const History& h, bool retry_failed) {
-    if (p.last_status == "finished" || h.owned_elsewhere.count(p.index)) return false;
+bool should_run(const Point& p, bool retry_failed) {
+    if (p.last_status == "finished") return false;
     if (p.last_status == "failed" || p.last_status == "diverged") return retry_failed;
     return true;  // new, interrupted, or left running by a killed process
+}
+
+bool should_run(const Point& p, const History& h, bool retry_failed) {
+    return !h.owned_elsewhere.count(p.index) && should_run(p, retry_failed);
+}
+
+// A point's last run continues in place (`plexus run --resume`, from its newest checkpoint or its
+// start) when it stopped without ending: interrupted, killed, or failed and retried. A diverged
+// run would diverge again from its checkpoint: its point starts over in a new run.
+bool continues_in_place(const Point& p, ResultsStore& store) {
+    const bool stopped = p.last_status == "interrupted" || p.last_status == "running" || p.last_status == "failed";
+    return stopped && p.last_run > 0 && !store.summary_text(p.last_run, "resume.file").empty();
 }
 
 // [grid.tune]: a point's group (what it assigns but the tuned keys and the seed) and its tuned values.
@@ -396,10 +416,49 @@ public:
         draw_bar(true);
     }
 
-    int finished = 0, failed = 0, interrupted = 0;
+    int finished = 0, failed = 0, interrupted = 0, left = 0;
     size_t not_started() const { return queue_.size(); }
 
 private:
+    // Holds the point for this sweep (one transaction) unless another live sweep holds it; then
+    // reads its newest run again, since another process may have finished or resumed it after
+    // this sweep looked, and decides how it runs. False: the point is left, and the sweep says why.
+    bool claim(Point& p) {
+        const auto alive = [](const PointClaim& c) { return live_process(c.owner, c.last_seen).has_value(); };
+        const auto held = store_.claim_point(sweep_id_, p.hash, me_, 0, alive);
+        if (held.owner != me_)
+            return leave(p, "is being run by another sweep (" +
+                                live_process(held.owner, held.last_seen).value_or(held.owner) + ")");
+        for (const auto& run : store_.sweep_runs(sweep_id_))
+            if (run.config_hash == p.hash) p.last_status = run.status, p.last_run = run.id;
+        if (p.last_status == "running")
+            if (auto run = store_.get_run(p.last_run))
+                if (auto owner = live_owner(store_, *run)) {
+                    store_.release_point(sweep_id_, p.hash, me_);
+                    return leave(p, "is still running (run " + std::to_string(p.last_run) + ", " + *owner + ")");
+                }
+        if (!should_run(p, o_.retry_failed)) {
+            store_.release_point(sweep_id_, p.hash, me_);
+            return leave(p, "ended in another process meanwhile (run " + std::to_string(p.last_run) + ", " +
+                                p.last_status + ")");
+        }
+        p.resume_run = continues_in_place(p, store_) ? p.last_run : 0;
+        if (p.resume_run) {
+            store_.claim_point(sweep_id_, p.hash, me_, p.resume_run, alive);  // the claim names the run
+        } else if (p.last_run > 0) {
+            std::error_code ec;  // superseded by the new run: its checkpoints would never be read again
+            fs::remove_all(RunCheckpoints(p.checkpoints, p.last_run).dir(), ec);
+        }
+        return true;
+    }
+
+    bool leave(const Point& p, const std::string& why) {
+        draw_bar(true);
+        std::cout << "  point " << p.index << " " << why << ": left to it\n" << std::flush;
+        ++left;
+        return false;
+    }
+
     struct Running {
         Point* point;
         pid_t pid;
@@ -420,6 +479,10 @@ private:
         while (!g_stop && !queue_.empty() && running_.size() < static_cast<size_t>(kMaxChildren)) {
             Point* p = queue_.front();
             if (!running_.empty() && used_slots() + p->slots > jobs_) break;
+            if (!claim(*p)) {
+                queue_.pop_front();
+                continue;
+            }
             // Logs get the progress lines: the last ones say where a run that died was.
             std::vector<std::string> argv = {"plexus",
                                              "run",
@@ -438,17 +501,15 @@ private:
                 argv.push_back("--set");
                 argv.push_back(s);
             }
-            // A run interrupted or killed before continues in place, from its newest checkpoint
-            // (from its start if it has none), when it recorded how to.
-            if ((p->last_status == "interrupted" || p->last_status == "running") && p->last_run > 0 &&
-                !store_.summary_text(p->last_run, "resume.file").empty())
+            if (p->resume_run > 0)
                 argv = {"plexus", "run",    "--resume",   std::to_string(p->last_run),
                         "--db",   plan_.db, "--progress", "lines"};
             const std::string log = (logs_ / ("point" + std::to_string(p->index) + ".log")).string();
             const int run_cores = std::min(cores_, std::max(1, p->slots * cores_per_slot_));
-            const pid_t pid = spawn(
-                argv, {"PLEXUS_SWEEP_ID=" + std::to_string(sweep_id_), "PLEXUS_CORES=" + std::to_string(run_cores)},
-                log);
+            const pid_t pid = spawn(argv,
+                                    {"PLEXUS_SWEEP_ID=" + std::to_string(sweep_id_), "PLEXUS_CLAIM=" + me_,
+                                     "PLEXUS_CORES=" + std::to_string(run_cores)},
+                                    log);
             for (auto& c : g_children)
                 if (c == 0) {
                     c = pid;
@@ -495,9 +556,13 @@ private:
         ++done_;
         seconds_done_ += secs;
         std::string outcome = code == 0 ? "finished" : code == 130 ? "interrupted" : code == 3 ? "diverged" : "failed";
+        if (WIFSIGNALED(status) && stopped_from_outside(WTERMSIG(status))) outcome = "interrupted";
         if (!r.killed_for.empty()) outcome = "failed";
         int64_t run_id = 0;
         const std::string detail = settle(r, status, code, outcome, run_id);
+        try {
+            store_.release_point(sweep_id_, r.point->hash, me_);
+        } catch (const std::exception&) {}  // a claim left behind is taken over: its owner is gone
         if (outcome == "finished")
             ++finished;
         else if (outcome == "interrupted")
@@ -518,18 +583,22 @@ private:
     std::string settle(const Running& r, int status, int code, const std::string& outcome, int64_t& run_id) {
         std::string detail;
         try {
-            std::string recorded;
-            for (const auto& run : store_.sweep_runs(sweep_id_))
-                if (run.config_hash == r.point->hash) {
-                    run_id = run.id;
-                    detail = run.error;
-                    recorded = run.status;
-                }
+            // The run this sweep's child started or resumed, as the claim recorded it (never
+            // another process's run of the same point).
+            run_id = store_.claimed_run(sweep_id_, r.point->hash, me_);
+            std::optional<RunInfo> run = run_id ? store_.get_run(run_id) : std::nullopt;
+            const std::string recorded = run ? run->status : "";
+            if (run) detail = run->error;
+            if (run && recorded == "running" && live_owner(store_, *run)) return "(taken over by another process)";
             if (run_id && (recorded == "running" || !r.killed_for.empty())) {
-                const std::string why = !r.killed_for.empty() ? "killed by the sweep: " + r.killed_for
-                                        : WIFSIGNALED(status) ? "the run died of " + signal_name(WTERMSIG(status))
-                                                              : "the run exited with code " + std::to_string(code) +
-                                                                    " without recording its end";
+                std::string why = !r.killed_for.empty() ? "killed by the sweep: " + r.killed_for
+                                  : WIFSIGNALED(status) ? "the run died of " + signal_name(WTERMSIG(status))
+                                                        : "the run exited with code " + std::to_string(code) +
+                                                              " without recording its end";
+                if (r.killed_for.empty() && outcome == "interrupted")
+                    why +=
+                        ", sent from outside the sweep (the OOM killer, an administrator); it continues from "
+                        "its newest checkpoint when the sweep runs again";
                 std::string tail = last_lines(r.log, 6);
                 store_.finish_run(run_id, outcome == "interrupted" ? "interrupted" : "failed",
                                   why + (tail.empty() ? "" : "; last lines of " + r.log + ":\n" + tail));
@@ -575,6 +644,7 @@ private:
     const size_t total_;
     const bool bar_;
     std::vector<Running> running_;
+    const std::string me_ = process_tag();  // the owner of this sweep's claims
     size_t done_ = 0;
     double seconds_done_ = 0;
     const Clock::time_point t_start_ = Clock::now();
@@ -589,7 +659,7 @@ int print_error_line(const std::exception& e) {
 
 // What a sweep's runs came to, over its phases.
 struct Tally {
-    int finished = 0, failed = 0, interrupted = 0, skipped = 0, skipped_failed = 0;
+    int finished = 0, failed = 0, interrupted = 0, skipped = 0, skipped_failed = 0, left = 0;
     size_t not_started = 0;
 };
 
@@ -631,6 +701,7 @@ void run_phase(const std::string& path, const SweepOptions& o, SweepPlan& plan, 
     t.finished += runner.finished;
     t.failed += runner.failed;
     t.interrupted += runner.interrupted;
+    t.left += runner.left;
     t.not_started += runner.not_started();
 }
 
@@ -683,8 +754,12 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
         run_phase(
             path, o, plan, *store, history, sweep_id, jobs, cores, logs, [](const Point& p) { return p.grid.tuning; },
             t);
-        if (!g_stop && !t.interrupted) {
-            history = recall(*store, plan);
+        if (!g_stop && !t.interrupted) history = recall(*store, plan);
+        if (!g_stop && !t.interrupted && !tuning_done(plan)) {
+            // Another sweep of this file still runs tuning points: choosing now would choose from
+            // part of them, and maybe differently from it.
+            std::cout << "tuning runs are still running in another process: run the sweep again once they end\n";
+        } else if (!g_stop && !t.interrupted) {
             std::cout << "chosen by " << plan.exp.tune.metric << " on the tuning seeds:\n";
             for (const auto& line : choose_tuned(plan, *store)) std::cout << "  " << line << "\n";
             std::cout << "reporting: the grid's seeds at the chosen values\n";
@@ -701,7 +776,8 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     std::cout << "sweep '" << plan.name << "' (id " << sweep_id << "): " << t.finished << " finished, " << t.failed
               << " failed" << (t.interrupted ? ", " + std::to_string(t.interrupted) + " interrupted" : std::string())
               << (t.not_started ? ", " + std::to_string(t.not_started) + " not started" : std::string())
-              << (t.skipped ? ", " + std::to_string(t.skipped) + " finished before" : std::string()) << "\n"
+              << (t.skipped ? ", " + std::to_string(t.skipped) + " finished before" : std::string())
+              << (t.left ? ", " + std::to_string(t.left) + " left to another process" : std::string()) << "\n"
               << "  plexus leaderboard " << plan.name << (plan.db == "results/plexus.db" ? "" : " --db " + plan.db);
     if (tuned) {
         std::string seeds;

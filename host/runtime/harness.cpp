@@ -108,7 +108,10 @@ std::string process_tag() {
 
 std::optional<std::string> live_owner(ResultsStore& store, const RunInfo& run) {
     if (run.status != "running") return std::nullopt;
-    const auto tag = store.summary_text(run.id, "process");
+    return live_process(store.summary_text(run.id, "process"), run.heartbeat);
+}
+
+std::optional<std::string> live_process(const std::string& tag, double last_seen) {
     const auto first = tag.find(':'), last = tag.rfind(':');
     if (tag.empty() || first == last) return std::nullopt;
     const std::string host = tag.substr(0, first), pid = tag.substr(first + 1, last - first - 1),
@@ -117,7 +120,7 @@ std::optional<std::string> live_owner(ResultsStore& store, const RunInfo& run) {
         if (start.empty() || start_time_of(pid) != start) return std::nullopt;
         return "process " + pid + " on this host";
     }
-    const double age = ResultsStore::now() - run.heartbeat;
+    const double age = ResultsStore::now() - last_seen;
     if (age > kHeartbeatSeconds) return std::nullopt;
     return "process " + pid + " on " + host + " (its last heartbeat " + std::to_string(static_cast<int>(age)) +
            " s ago)";
@@ -304,6 +307,7 @@ RunInfo recall_run(RunOptions& o, std::string& path) {
         if (auto owner = live_owner(store, *run))
             throw Error("run " + id + " is still running (" + *owner + ")",
                         "wait for it, or stop it first (Ctrl-C writes a checkpoint), then resume");
+    run->texts["process"] = store.summary_text(o.resume_run, "process");  // taken over atomically (open_run_row)
     path = store.summary_text(o.resume_run, "resume.file");
     if (path.empty())
         throw Error("run " + id + " has no record of the experiment it started from",
@@ -484,6 +488,7 @@ RunInfo describe_run(const PreparedRun& r, int threads) {
     info.world_size = r.is_launcher || r.cluster ? h.launch.ranks : r.world();
     if (const char* sweep = internal_variable("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0)
         info.sweep_id = std::atoll(sweep);
+    if (const char* claim = internal_variable("PLEXUS_CLAIM")) info.claim = claim;
     if (r.cluster)
         info.device += ", simulating " + std::to_string(r.cluster->size()) + " x " + r.cluster->settings().device.name;
     return info;
@@ -493,9 +498,18 @@ RunInfo describe_run(const PreparedRun& r, int threads) {
 // `plexus run --resume` needs to build the same run again (a run killed at any moment resumes).
 int64_t open_run_row(PreparedRun& r, RunInfo& info) {
     if (r.resumed) {
-        if (r.store) r.store->reopen_run(r.resumed->id);
-        if (r.store && !internal_variable("PLEXUS_WORKER"))
-            r.store->set_summary_text(r.resumed->id, 0, "process", process_tag());
+        const std::string id = std::to_string(r.resumed->id);
+        if (r.store && internal_variable("PLEXUS_WORKER")) r.store->reopen_run(r.resumed->id);
+        // Two `--resume`s of one run at once: the first to take it over runs it, the other stops
+        // here, before it touches a checkpoint or a metric row.
+        if (r.store && !internal_variable("PLEXUS_WORKER") &&
+            !r.store->take_over_run(r.resumed->id, r.resumed->texts["process"], process_tag())) {
+            auto now = r.store->get_run(r.resumed->id);
+            const auto owner = now ? live_owner(*r.store, *now) : std::nullopt;
+            throw Error("run " + id + " was taken over by another process while this one started (" +
+                            owner.value_or("it has ended since") + ")",
+                        "`plexus show " + id + "` says where it stands; resume it once it has stopped");
+        }
         return r.resumed->id;
     }
     if (const char* id = internal_variable("PLEXUS_RUN_ID"); id && !r.is_launcher) return std::atoll(id);

@@ -59,6 +59,9 @@ std::string hostname();
 constexpr double kHeartbeatSeconds = 600;
 std::string process_tag();
 std::optional<std::string> live_owner(ResultsStore& store, const RunInfo& run);
+// The same for any process tag, given when it last showed signs of life (epoch seconds): a sweep
+// holding a point (ResultsStore::claim_point) is judged this way.
+std::optional<std::string> live_process(const std::string& tag, double last_seen);
 
 // Keeps freed tensor memory in the process instead of handing it back to the kernel and
 // faulting it in again at the next step (glibc malloc's thresholds; a no-op elsewhere).

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include <plexus/error.hpp>
 
@@ -78,6 +79,18 @@ const char* const kMigrations[] = {
     R"sql(
     ALTER TABLE run ADD COLUMN command TEXT;
     CREATE INDEX run_status ON run(status);
+    )sql",
+    // 3: a sweep's claim on a point while it runs it (owner: its process tag), so that two sweeps
+    // of one file share the points instead of running each twice.
+    R"sql(
+    CREATE TABLE point_claim (
+        sweep_id INTEGER NOT NULL REFERENCES sweep(id),
+        config_hash TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        claimed REAL NOT NULL,
+        run_id INTEGER,
+        PRIMARY KEY (sweep_id, config_hash)
+    );
     )sql",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kSchemaVersion, "one migration per version");
@@ -291,8 +304,56 @@ int64_t ResultsStore::begin_run(const RunInfo& r, const std::map<std::string, Va
         t.bind(1, id).bind(2, key).bind(3, text).step();
         t.reset();
     }
+    if (r.sweep_id && !r.claim.empty()) {  // the sweep that started this run learns its id
+        Stmt c(db_, "UPDATE point_claim SET run_id = ?1 WHERE sweep_id = ?2 AND config_hash = ?3 AND owner = ?4");
+        c.bind(1, id).bind(2, *r.sweep_id).bind(3, r.config_hash).bind(4, r.claim).step();
+    }
     tx.commit();
     return id;
+}
+
+PointClaim ResultsStore::claim_point(int64_t sweep, const std::string& hash, const std::string& owner, int64_t run,
+                                     const std::function<bool(const PointClaim&)>& holder_alive) {
+    Transaction tx(*this);
+    Stmt get(db_,
+             "SELECT c.owner, max(c.claimed, coalesce(r.heartbeat, 0)), coalesce(c.run_id, 0) FROM point_claim c"
+             " LEFT JOIN run r ON r.id = c.run_id WHERE c.sweep_id = ?1 AND c.config_hash = ?2");
+    get.bind(1, sweep).bind(2, hash);
+    if (get.step()) {
+        PointClaim held{get.text(0), get.dbl(1), get.i64(2)};
+        if (held.owner != owner && holder_alive(held)) return held;  // rolled back: nothing changed
+    }
+    Stmt put(db_,
+             "INSERT OR REPLACE INTO point_claim (sweep_id, config_hash, owner, claimed, run_id)"
+             " VALUES (?1, ?2, ?3, ?4, ?5)");
+    put.bind(1, sweep).bind(2, hash).bind(3, owner).bind(4, now());
+    if (run > 0)
+        put.bind(5, run);
+    else
+        put.bind_null(5);
+    put.step();
+    tx.commit();
+    return {owner, now(), run};
+}
+
+int64_t ResultsStore::claimed_run(int64_t sweep, const std::string& hash, const std::string& owner) {
+    Stmt s(db_, "SELECT coalesce(run_id, 0) FROM point_claim WHERE sweep_id = ?1 AND config_hash = ?2 AND owner = ?3");
+    s.bind(1, sweep).bind(2, hash).bind(3, owner);
+    return s.step() ? s.i64(0) : 0;
+}
+
+void ResultsStore::release_point(int64_t sweep, const std::string& hash, const std::string& owner) {
+    Stmt s(db_, "DELETE FROM point_claim WHERE sweep_id = ?1 AND config_hash = ?2 AND owner = ?3");
+    s.bind(1, sweep).bind(2, hash).bind(3, owner).step();
+}
+
+bool ResultsStore::take_over_run(int64_t run, const std::string& expected, const std::string& owner) {
+    Transaction tx(*this);
+    if (summary_text(run, "process") != expected) return false;  // another process took it first
+    set_summary_text(run, 0, "process", owner);
+    reopen_run(run);
+    tx.commit();
+    return true;
 }
 
 void ResultsStore::add_metrics(int64_t run, const std::vector<MetricRow>& rows) {

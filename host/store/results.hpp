@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -15,7 +16,7 @@ struct sqlite3;
 
 namespace plexus::host {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 struct MetricRow {
     int rank = 0;
@@ -36,6 +37,16 @@ struct RunInfo {
     double started = 0, ended = 0, heartbeat = 0;
     // Text summaries (rank 0) begin_run writes in the same transaction as the run's row.
     std::map<std::string, std::string> texts;
+    // The process tag of the sweep whose claim on this point the run fills: begin_run records the
+    // new run's id on that claim, so the sweep knows which run its child started.
+    std::string claim;
+};
+
+// A sweep's hold on one of its points (by config hash) while it runs it.
+struct PointClaim {
+    std::string owner;     // the holder's process tag (host:pid:start)
+    double last_seen = 0;  // when it claimed, or its run's heartbeat if newer (epoch seconds)
+    int64_t run = 0;       // the run the holder started or resumes, 0 until it has a row
 };
 
 struct SweepInfo {
@@ -75,6 +86,18 @@ public:
     void forget_metrics_from(int64_t run, int64_t step);
     // Rank 0's text summary `key` of a run, "" if it has none.
     std::string summary_text(int64_t run, const std::string& key);
+
+    // Sweeps sharing points, in one transaction each: the claim on (sweep, hash) becomes `owner`'s
+    // (with `run` if it resumes one) unless another holder that `holder_alive` says still runs
+    // has it, which is then returned unchanged. The caller compares the owner with its own.
+    PointClaim claim_point(int64_t sweep, const std::string& hash, const std::string& owner, int64_t run,
+                           const std::function<bool(const PointClaim&)>& holder_alive);
+    // The run `owner`'s claim got (its own, or the one its child recorded), 0 if none yet.
+    int64_t claimed_run(int64_t sweep, const std::string& hash, const std::string& owner);
+    void release_point(int64_t sweep, const std::string& hash, const std::string& owner);
+    // `plexus run --resume`: the run becomes `owner`'s and runs again, only if its recorded owner
+    // is still `expected`; false if another process took it over first.
+    bool take_over_run(int64_t run, const std::string& expected, const std::string& owner);
 
     // The sweep of that name (its TOML updated), or a new one.
     int64_t ensure_sweep(const std::string& name, const std::string& toml, const std::string& git_rev,

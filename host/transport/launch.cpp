@@ -39,7 +39,7 @@ const char* internal_variable(const char* name) {
                     " is set in the environment, but this process was not started by the plexus process "
                     "that sets it (it leaked from one, or that process is gone)",
                 "unset it (and the other PLEXUS_ variables a launcher sets: PLEXUS_WORKER, PLEXUS_RUN_ID, "
-                "PLEXUS_SWEEP_ID, PLEXUS_CORES, PLEXUS_RESUME_STEP)");
+                "PLEXUS_SWEEP_ID, PLEXUS_CLAIM, PLEXUS_CORES, PLEXUS_RESUME_STEP)");
 }
 
 int free_port() {
