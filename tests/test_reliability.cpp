@@ -819,3 +819,35 @@ TEST_CASE("checkpoints by time land on log points, and resume exactly", "[reliab
     REQUIRE(resumed.exit_code == 0);
     CHECK(metric_dump(dir / "b.db", "loss") == metric_dump(dir / "whole.db", "loss"));
 }
+
+TEST_CASE("an allocation larger than the machine fails the run with its size and the keys that set it",
+          "[reliability]") {
+    TempDir dir;
+    // d_model = 200000: one attention weight alone is 3 x 200000^2 floats (480 GB).
+    const auto res = run_plexus("run " + dir.file("big.toml", kTinyExperiment) + " --db " + dir / "r.db" +
+                                " --set model.d_model=200000");
+    INFO(res.output);
+    CHECK(res.exit_code == 1);
+    CHECK_THAT(res.output, Contains("out of memory: an allocation of 447.03 GiB failed (this machine has"));
+    CHECK_THAT(res.output, Contains("the sizes come from train.batch_size = 8, train.seq_len = 32"));
+    CHECK_THAT(res.output, Contains("model.d_model = 200000"));
+    CHECK_THAT(res.output, !Contains("frame #"));  // LibTorch's backtrace is not the user's business
+    host::ResultsStore store(dir / "r.db");
+    CHECK(store.get_run(1)->status == "failed");
+    CHECK_THAT(store.get_run(1)->error, Contains("out of memory"));
+}
+
+TEST_CASE("a simulated cluster whose rank threads cannot start fails its run, naming the rank", "[reliability]") {
+    TempDir dir;
+    // 2000 ranks, a thread each, in 3 GB of address space: thread stacks run out after a few hundred.
+    const auto file = dir.file("many.toml", std::string(kTinyExperiment) +
+                                                "[strategy]\nname = \"ddp\"\n[launch]\nmode = \"sim\"\nranks = 2000\n");
+    const auto res = run_command("bash -c 'ulimit -v 3000000; " + std::string(PLEXUS_BINARY) + " run " + file +
+                                 " --db " + dir / "r.db" + "' 2>&1");
+    INFO(res.output);
+    CHECK(res.exit_code == 1);
+    CHECK_THAT(res.output, Contains("could not start simulated rank") && Contains("of 2000 (a thread each)"));
+    host::ResultsStore store(dir / "r.db");
+    CHECK(store.get_run(1)->status == "failed");  // before: left "running", as if still going
+    CHECK_THAT(store.get_run(1)->error, Contains("could not start simulated rank"));
+}

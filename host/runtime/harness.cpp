@@ -219,13 +219,21 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
     mallopt(M_ARENA_MAX, 1);
     const double rss_before = current_rss_bytes();
     std::cout << "plexus: simulating " << n << " ranks in this process" << std::endl;
-    cluster.run([&](int r) {
-        results[static_cast<size_t>(r)] = train_rank(job, simulated_rank(cluster, r));
-        // A failed or killed rank fails what its peers wait for (they then record why, rank 0
-        // included, unless the strategy trains on without it).
-        const int code = results[static_cast<size_t>(r)].code;
-        if (code == kFailed || code == kKilled) throw Error(results[static_cast<size_t>(r)].error);
-    });
+    try {
+        cluster.run([&](int r) {
+            results[static_cast<size_t>(r)] = train_rank(job, simulated_rank(cluster, r));
+            // A failed or killed rank fails what its peers wait for (they then record why, rank 0
+            // included, unless the strategy trains on without it).
+            const int code = results[static_cast<size_t>(r)].code;
+            if (code == kFailed || code == kKilled) throw Error(results[static_cast<size_t>(r)].error);
+        });
+    } catch (const std::exception& e) {  // its rank threads could not start: no rank recorded anything
+        print_error(e);
+        try {
+            job.store->finish_run(job.run_id, "failed", error_text(e));
+        } catch (...) {}
+        return kFailed;
+    }
     const double per_rank = (peak_rss_bytes() - rss_before) / n;
     try {
         job.store->set_summary(job.run_id, 0, "sim_memory_per_rank", per_rank);

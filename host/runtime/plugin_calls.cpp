@@ -3,6 +3,8 @@
 #include <exception>
 #include <utility>
 
+#include "base/text.hpp"
+
 namespace plexus::host {
 
 std::string plugin_label(const PluginDescriptor& d) {
@@ -17,7 +19,7 @@ void rethrow_named(const std::string& who, const char* call) {
     } catch (const PeerLost&) { throw; } catch (const Error& e) {
         if (std::string(e.what()).rfind(prefix, 0) == 0) throw;  // named already (a nested call)
         throw Error(prefix + e.what(), e.hint());
-    } catch (const std::exception& e) { throw Error(prefix + e.what()); }
+    } catch (const std::exception& e) { throw Error(prefix + message_of(e)); }  // LibTorch's backtrace left out
 }
 
 namespace {

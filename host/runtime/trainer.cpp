@@ -40,7 +40,10 @@ public:
             // Mixed precision for this rank's thread (background tasks inherit it: HostContext).
             compat::AutocastGuard autocast(job_.device.type(), run_.ctx->autocast_dtype());
             return loop();
-        } catch (const std::exception& e) { return failed(e); }
+        } catch (const std::exception& e) {
+            if (auto oom = out_of_memory(e, *job_.cfg, job_.device)) return failed(*oom);
+            return failed(e);
+        }
     }
 
 private:

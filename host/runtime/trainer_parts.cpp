@@ -575,3 +575,35 @@ void finish_record(const Job& job, const RankEnv& env, RankRun& run, LoopState& 
 }
 
 }  // namespace plexus::host
+
+namespace plexus::host {
+
+std::optional<Error> out_of_memory(const std::exception& e, const ResolvedConfig& cfg, const torch::Device& device) {
+    const std::string what = message_of(e);
+    const bool alloc = dynamic_cast<const std::bad_alloc*>(&e) || what.find("bad_alloc") != std::string::npos ||
+                       what.find("can't allocate memory") != std::string::npos ||
+                       what.find("out of memory") != std::string::npos;
+    if (!alloc) return std::nullopt;
+    // LibTorch's CPU allocator: "you tried to allocate 400000000 bytes"; CUDA's: "Tried to allocate 2.00 GiB".
+    std::string asked;
+    if (const auto at = what.find("you tried to allocate "); at != std::string::npos)
+        asked = human_bytes(std::atof(what.c_str() + at + 22));
+    else if (const auto at2 = what.find("Tried to allocate "); at2 != std::string::npos)
+        asked = what.substr(at2 + 18, what.find_first_of(";(.", at2 + 18 + 2) - at2 - 18);
+    const double machine = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+    std::vector<std::string> keys;
+    for (const char* k : {"train.batch_size", "train.seq_len"})
+        keys.push_back(std::string(k) + " = " + cfg.values.at(k).to_text());
+    for (const auto& [k, v] : cfg.values)
+        if (k.rfind("model.", 0) == 0 && v.type() == ValueType::Int && v.as_int() != 0)  // 0: "the default"
+            keys.push_back(k + " = " + v.to_text());
+    return Error("out of memory: " +
+                     (asked.empty() ? std::string("an allocation failed") : "an allocation of " + asked + " failed") +
+                     (device.is_cpu() ? " (this machine has " + human_bytes(machine) + ")" : " on " + device.str()) +
+                     "; the sizes come from " + join(keys, ", "),
+                 "lower them, or shard the model over ranks (strategies zero, tensor_parallel, pipeline); the "
+                 "allocator said: " +
+                     shown(what, 200));
+}
+
+}  // namespace plexus::host

@@ -181,6 +181,11 @@ std::string state_hash(const StateDict& state);
 // figures where the two share a transport.
 void harness_all_reduce(RankRun& run, LoopState& state, torch::Tensor& t, ReduceOp op);
 
+// When `e` is an allocation that failed (std::bad_alloc, LibTorch's CPU or CUDA allocator): an
+// error with the size asked for where the message gives it, the memory there is, and the keys
+// that set the sizes (train.batch_size, train.seq_len, the model's whole numbers).
+std::optional<Error> out_of_memory(const std::exception& e, const ResolvedConfig& cfg, const torch::Device& device);
+
 // The summaries at the end of a rank: throughput, memory, traffic, the state's digest; every
 // rank's figures gathered to rank 0 (one small all-gather on the control channel, after which a
 // stop posted too late is taken into the status).

@@ -892,7 +892,7 @@ void Cluster::run(const std::function<void(int)>& body) {
             for (auto& t : threads) t.join();
             throw Error("could not start simulated rank " + std::to_string(r) + " of " + std::to_string(n) +
                             " (a thread each): " + e.what(),
-                        "simulate fewer ranks, or raise the limit on threads (ulimit -u)");
+                        "simulate fewer ranks, or raise the limits on threads and memory (ulimit -u, ulimit -v)");
         }
     }
     {
