@@ -6,7 +6,9 @@
 #
 #   scripts/fuzz.sh [SECONDS]     default 60; prints the inputs tried and the time taken
 #
-# Seeds: every experiment under experiments/ and the malformed corpus under tests/configs/.
+# Seeds: every experiment under experiments/, the malformed corpus under tests/configs/, and
+# tests/fuzz/seeds (extends chains, diamonds and cycles; every kind of grid axis). An input is up
+# to four files cut at lines "#---" (f0.toml extends the others by those names).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -27,7 +29,7 @@ build=${PLEXUS_BUILD_DIR:-build}
 [ -f "$build/include/plexus/build_config.hpp" ] || scripts/setup.sh build
 mkdir -p "$out/corpus" "$out/seeds"
 # tests/fuzz/regressions: inputs that once found a bug (each runs first, under the sanitizers).
-cp experiments/*.toml experiments/*/*.toml tests/configs/malformed/*.toml tests/fuzz/regressions/* "$out/seeds/" 2>/dev/null || true
+cp experiments/*.toml experiments/*/*.toml tests/configs/malformed/*.toml tests/fuzz/regressions/* tests/fuzz/seeds/* "$out/seeds/" 2>/dev/null || true
 if [ ! -x "$out/fuzz_config" ] || [ -n "$(find host/config host/base tests/fuzz/fuzz_config.cpp -newer "$out/fuzz_config" 2>/dev/null)" ]; then
   echo "fuzz: building $out/fuzz_config (clang, libFuzzer, ASan, UBSan)"
   # NDEBUG as in the Release build plexus ships: TOML++ 3.3's own debug assertions (one fires

@@ -424,6 +424,14 @@ TEST_CASE("odd inputs get messages that say what they are: UTF-16, a huge key, a
         CHECK_THAT(r.output, Contains("results.db = '" + db_value + "' is not a database file"));
     }
     CHECK_FALSE(fs::exists(dir / "file:x.db?mode=memory"));
+    // A device or a folder is not a database file; the message says so once.
+    for (const auto& [where, what] :
+         std::vector<std::pair<std::string, std::string>>{{"/dev/null", "a device"}, {dir.path.string(), "a folder"}}) {
+        r = run_plexus("run " + dir.file("d.toml", kTinyExperiment) + " --db " + where);
+        CHECK(r.exit_code == 1);
+        CHECK_THAT(r.output, Contains("results database " + where + " is not a file (" + what));
+        CHECK(r.output.find("results database") == r.output.rfind("results database"));
+    }
 
     REQUIRE(
         run_plexus("run " + dir.file("e.toml", kTinyExperiment) + " --db " + db + " --set train.steps=2").exit_code ==

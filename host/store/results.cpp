@@ -185,6 +185,10 @@ ResultsStore::ResultsStore(const std::string& path, Open mode) : path_(path) {
         throw Error("no results database at " + path,
                     "runs go to results/plexus.db (below the folder plexus ran in) unless --db or [results] db "
                     "named another; `plexus run experiments/quickstart.toml` records a first one");
+    if (fs::exists(path, ec) && !fs::is_regular_file(path, ec))
+        throw Error("results database " + path + " is not a file (" +
+                        (fs::is_directory(path, ec) ? "a folder" : "a device, pipe or socket") + ")",
+                    "name a file (new or written by plexus) with --db or [results] db");
     if (!parent.empty() && !fs::exists(parent, ec)) {
         fs::create_directories(parent, ec);
         if (ec)
@@ -227,8 +231,9 @@ ResultsStore::ResultsStore(const std::string& path, Open mode) : path_(path) {
         sqlite3_close(db_);
         db_ = nullptr;
         std::string what = e.what();
-        const std::string prefix = "results database: ";  // Stmt's, said once below
-        if (what.rfind(prefix, 0) == 0) what.erase(0, prefix.size());
+        // Stmt's prefix and exec()'s, said once below.
+        for (const std::string prefix : {std::string("results database: "), "results database " + path + ": "})
+            if (what.rfind(prefix, 0) == 0) what.erase(0, prefix.size());
         if (what.find("readonly") != std::string::npos || what.find("read-only") != std::string::npos)
             throw Error("results database " + path + " is read-only (" + what + ")",
                         "make it writable or record into another file with --db");

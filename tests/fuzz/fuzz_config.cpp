@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "config/experiment.hpp"
@@ -54,20 +55,31 @@ std::vector<std::string> names(PluginKind kind) {
 
 }  // namespace
 
+// The input is up to four files, f0.toml to f3.toml, cut at lines "#---": f0 is the experiment,
+// and `extends` among them makes chains, diamonds, cycles and self-references.
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    static const std::string path = "/tmp/plexus-fuzz-" + std::to_string(getpid()) + ".toml";
+    static const std::string dir = "/tmp/plexus-fuzz-" + std::to_string(getpid());
+    static const bool made = std::system(("mkdir -p " + dir).c_str()) == 0;
+    (void)made;
     std::string text(reinterpret_cast<const char*>(data), size);
     // Lines "#set KEY=VALUE" are also tried as --set overrides.
     std::vector<std::string> overrides;
     for (size_t at = text.find("#set "); at != std::string::npos; at = text.find("#set ", at + 5))
         overrides.push_back(text.substr(
             at + 5, text.find('\n', at) == std::string::npos ? std::string::npos : text.find('\n', at) - at - 5));
-    if (std::FILE* f = std::fopen(path.c_str(), "wb")) {
-        std::fwrite(text.data(), 1, text.size(), f);
-        std::fclose(f);
+    size_t from = 0;
+    for (int i = 0; i < 4; ++i) {
+        const size_t cut = text.find("#---", from);
+        const std::string part =
+            from > text.size() ? "" : text.substr(from, cut == std::string::npos ? std::string::npos : cut - from);
+        from = cut == std::string::npos ? text.size() + 1 : cut + 4;
+        if (std::FILE* f = std::fopen((dir + "/f" + std::to_string(i) + ".toml").c_str(), "wb")) {
+            std::fwrite(part.data(), 1, part.size(), f);
+            std::fclose(f);
+        }
     }
     try {
-        auto exp = host::load_experiment(path);
+        auto exp = host::load_experiment(dir + "/f0.toml");
         for (const auto& o : overrides) host::apply_override(exp, o);
         const auto points = host::expand_grid(exp);
         for (size_t i = 0; i < points.size() && i < 4; ++i) {
