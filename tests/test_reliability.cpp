@@ -123,33 +123,33 @@ TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identical t
         std::string strategy_keys;
     };
     const std::vector<Case> cases = {
-        {"single", "single", "", 400},
-        {"ddp over gloo, 2 processes", "ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 200},
+        {"single", "single", "", 300},
+        {"ddp over gloo, 2 processes", "ddp", "[launch]\nmode = \"local\"\nranks = 2\n", 100},
         {"simulated cluster, 4 ranks with jitter", "ddp", "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n",
-         200},
+         100},
         {"ddp with powersgd (error feedback), 4 simulated ranks", "ddp",
-         "[comm]\nname = \"powersgd\"\n[launch]\nmode = \"sim\"\nranks = 4\n", 200},
-        {"gossip, 4 simulated ranks", "gossip", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
-        {"a2cid2, 4 simulated ranks", "a2cid2", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
-        {"dadao, 4 simulated ranks", "dadao", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
+         "[comm]\nname = \"powersgd\"\n[launch]\nmode = \"sim\"\nranks = 4\n", 100},
+        {"gossip, 4 simulated ranks", "gossip", "[launch]\nmode = \"sim\"\nranks = 4\n", 100},
+        {"a2cid2, 4 simulated ranks", "a2cid2", "[launch]\nmode = \"sim\"\nranks = 4\n", 100},
+        {"dadao, 4 simulated ranks", "dadao", "[launch]\nmode = \"sim\"\nranks = 4\n", 100},
         {"acco, 4 simulated ranks (a round per step, G and the look-ahead carried over)", "acco",
-         "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200},
+         "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 100},
         {"async SGD with a staleness bound, 4 simulated ranks with jitter", "async_sgd",
-         "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 200,
+         "[launch]\nmode = \"sim\"\nranks = 4\n[sim]\njitter = 0.1\n", 100,
          "staleness_bound = 1\nstaleness_lr = \"inverse\"\n"},
-        {"zero stage 3, 4 simulated ranks", "zero", "[launch]\nmode = \"sim\"\nranks = 4\n", 200, "stage = 3\n"},
+        {"zero stage 3, 4 simulated ranks", "zero", "[launch]\nmode = \"sim\"\nranks = 4\n", 100, "stage = 3\n"},
         {"zero stage 1, its all-gather in flight between steps, 4 simulated ranks", "zero",
-         "[launch]\nmode = \"sim\"\nranks = 4\n", 200, "stage = 1\n"},
-        {"pipeline 1F1B, 4 simulated stages", "pipeline", "[launch]\nmode = \"sim\"\nranks = 4\n", 200},
-        {"tensor parallel, 2 simulated ranks", "tensor_parallel", "[launch]\nmode = \"sim\"\nranks = 2\n", 200},
+         "[launch]\nmode = \"sim\"\nranks = 4\n", 100, "stage = 1\n"},
+        {"pipeline 1F1B, 4 simulated stages", "pipeline", "[launch]\nmode = \"sim\"\nranks = 4\n", 100},
+        {"tensor parallel, 2 simulated ranks", "tensor_parallel", "[launch]\nmode = \"sim\"\nranks = 2\n", 100},
         {"diloco with powersgd, 4 simulated ranks (killed inside an outer round)", "diloco",
          "[launch]\nmode = \"sim\"\nranks = 4\n[comm]\nname = \"powersgd\"\n"
          "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n",
-         200, "inner_steps = 7\n"},
+         100, "inner_steps = 7\n"},
         {"streaming diloco, 3 fragments, 4 simulated ranks", "diloco",
          "[launch]\nmode = \"sim\"\nranks = 4\n"
          "[outer_optimizer]\nname = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true\n",
-         200, "inner_steps = 9\nfragments = 3\n"},
+         100, "inner_steps = 9\nfragments = 3\n"},
     };
     for (const auto& c : cases) DYNAMIC_SECTION(c.name) {
             check_killed_run_resumes_exactly(experiment(c.strategy, c.launch, c.steps, c.strategy_keys), c.steps);

@@ -265,7 +265,7 @@ TEST_CASE("Ctrl-C stops a sweep, marks the running run interrupted, and the next
         freopen(log.c_str(), "w", stdout);
         dup2(fileno(stdout), STDERR_FILENO);
         execl(PLEXUS_BINARY, "plexus", "sweep", file.c_str(), "--db", db.c_str(), "--progress", "none", "--set",
-              "train.steps=400", static_cast<char*>(nullptr));
+              "train.steps=200", static_cast<char*>(nullptr));
         _exit(127);
     }
     setpgid(sweep, sweep);
@@ -282,14 +282,14 @@ TEST_CASE("Ctrl-C stops a sweep, marks the running run interrupted, and the next
     CHECK(runs[0].status == "interrupted");
     CHECK(store.metric_series(runs[0].id, "loss").size() >= 3);  // its rows are kept
     // Resuming continues the interrupted point in its own run (plexus run --resume), then the rest.
-    auto resumed = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=400");
+    auto resumed = run_plexus("sweep " + file + " --db " + db + " --progress none --set train.steps=200");
     CHECK(resumed.exit_code == 0);
     CHECK_THAT(resumed.output, Contains("4 finished, 0 failed"));
     auto after = store.sweep_runs(store.find_sweep("g")->id);
     REQUIRE(after.size() == 4);
     CHECK(after[0].id == runs[0].id);
     CHECK(after[0].status == "finished");
-    CHECK(store.metric_series(runs[0].id, "loss").size() == 400);
+    CHECK(store.metric_series(runs[0].id, "loss").size() == 200);
 }
 
 TEST_CASE("grid variants: named sets of settings, e.g. strategies with keys of their own", "[sweep]") {
