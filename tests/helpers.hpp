@@ -208,7 +208,9 @@ inline void with_gloo_ranks(int world, const std::function<void(int, std::shared
         if (e) std::rethrow_exception(e);
 }
 
-// A tiny model on synthetic data: fast enough for any test.
+// A tiny model on synthetic data: fast enough for any test. One compute thread: tests run two at
+// a time (ctest -j2), and two-thread OpenMP pools spinning against each other slowed
+// multi-process tests several times over.
 inline const char* kTinyExperiment = R"(
 [model]
 name = "gpt"
@@ -235,6 +237,7 @@ eval_every = 30
 eval_batches = 4
 log_every = 10
 peak_flops = 1e11
+threads = 1
 
 [results]
 progress = "none"

@@ -26,7 +26,7 @@ std::string experiment(const std::string& strategy, const std::string& launch, i
            "[optimizer]\nname = \"adamw\"\nlr = 3e-3\n"
            "[strategy]\nname = \"" +
            strategy + "\"\n" + strategy_keys + "[train]\nsteps = " + std::to_string(steps) +
-           "\nbatch_size = 4\nseq_len = 16\neval_every = 40\nlog_every = 10\nlr_schedule = \"cosine\"\n"
+           "\nbatch_size = 4\nseq_len = 16\neval_every = 40\nlog_every = 10\nlr_schedule = \"cosine\"\nthreads = 1\n"
            "[checkpoint]\nevery_steps = 5\n" +
            launch;
 }

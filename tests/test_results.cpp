@@ -74,9 +74,11 @@ TEST_CASE("a version-1 database is migrated forward without losing rows", "[resu
         host::ResultsStore store(db);  // build the current schema, then roll the file back to v1
         store.begin_run(some_run("kept"), {{"k", Value(1)}});
     }
-    // What a v1 file looks like: no command column, no status index.
-    REQUIRE(
-        sql_rows(db, "DROP INDEX run_status; ALTER TABLE run DROP COLUMN command; PRAGMA user_version = 1;").empty());
+    // What a v1 file looks like: no command column, no status index, no point claims.
+    REQUIRE(sql_rows(db,
+                     "DROP TABLE point_claim; DROP INDEX run_status; ALTER TABLE run DROP COLUMN command; "
+                     "PRAGMA user_version = 1;")
+                .empty());
     CHECK(count(db, "PRAGMA user_version") == 1);
     host::ResultsStore store(db);
     CHECK(store.schema_version() == host::kSchemaVersion);
@@ -84,6 +86,7 @@ TEST_CASE("a version-1 database is migrated forward without losing rows", "[resu
     REQUIRE(runs.size() == 1);
     CHECK(runs[0].name == "kept");
     CHECK(count(db, "SELECT count(*) FROM pragma_table_info('run') WHERE name='command'") == 1);
+    CHECK(count(db, "SELECT count(*) FROM sqlite_master WHERE name='point_claim'") == 1);
     CHECK(count(db, "SELECT count(*) FROM param") == 1);
 }
 

@@ -439,8 +439,9 @@ private:
                 }
         if (!should_run(p, o_.retry_failed)) {
             store_.release_point(sweep_id_, p.hash, me_);
-            return leave(p, "ended in another process meanwhile (run " + std::to_string(p.last_run) + ", " +
-                                p.last_status + ")");
+            return leave(
+                p, "ended in another process meanwhile (run " + std::to_string(p.last_run) + ", " + p.last_status + ")",
+                "skipped");
         }
         p.resume_run = continues_in_place(p, store_) ? p.last_run : 0;
         if (p.resume_run) {
@@ -452,9 +453,9 @@ private:
         return true;
     }
 
-    bool leave(const Point& p, const std::string& why) {
+    bool leave(const Point& p, const std::string& why, const char* verdict = "left to it") {
         draw_bar(true);
-        std::cout << "  point " << p.index << " " << why << ": left to it\n" << std::flush;
+        std::cout << "  point " << p.index << " " << why << ": " << verdict << "\n" << std::flush;
         ++left;
         return false;
     }
