@@ -16,6 +16,7 @@ using plexus::transformer::Params;
 struct LlamaShape {
     int64_t vocab = 0, n_layer = 0, d_model = 0, n_head = 0, n_kv_head = 0, hidden = 0, seq_len = 0;
     double rope_base = 10000.0, norm_eps = 1e-5;
+    int64_t checkpoint_every = 0;  // recompute every k-th layer's activations in backward; 0: none
     bool tie_embeddings = false;
     torch::TensorOptions options;
     int64_t head_dim() const { return d_model / n_head; }
@@ -53,7 +54,7 @@ public:
 
 class Layer : public plexus::Block {
 public:
-    explicit Layer(const LlamaShape& s) : shape_(s) {
+    Layer(const LlamaShape& s, bool recompute) : shape_(s), recompute_(recompute) {
         const int64_t d = s.d_model, hd = s.head_dim();
         // GPT-2-style initialization (N(0, 0.02), the residual projections by 1/sqrt(2L)), as models/gpt.
         const double resid_std = 0.02 / std::sqrt(2.0 * std::max<int64_t>(1, s.n_layer));
@@ -72,9 +73,13 @@ public:
         sin = register_buffer("rope_sin", sn);
     }
 
+    torch::Tensor forward(const torch::Tensor& x) override {
+        return recompute_ ? plexus::llama::checkpointed(body_, x) : compute(x);
+    }
+
     // Under tensor parallelism this rank holds whole query heads and the key/value heads they
     // read: local head counts come from the parameters' shapes.
-    torch::Tensor forward(const torch::Tensor& x) override {
+    torch::Tensor compute(const torch::Tensor& x) {
         namespace ll = plexus::llama;
         const int64_t B = x.size(0), T = x.size(1), hd = shape_.head_dim();
         auto h = tensor_parallel_enter(ll::rms_norm(x, attn_norm->weight, shape_.norm_eps));
@@ -111,6 +116,8 @@ public:
 
 private:
     LlamaShape shape_;
+    bool recompute_;
+    const plexus::llama::BlockFunction body_ = [this](const torch::Tensor& x) { return compute(x); };
 };
 
 class Head : public plexus::Block {
@@ -145,8 +152,11 @@ class Llama : public plexus::Model {
 public:
     explicit Llama(const LlamaShape& s) {
         auto embed = add_block("embed", std::make_shared<Embed>(s));
-        for (int64_t i = 0; i < s.n_layer; ++i)
-            layers_.push_back(add_block("layer" + std::to_string(i), std::make_shared<Layer>(s)));
+        for (int64_t i = 0; i < s.n_layer; ++i) {
+            // Every k-th layer recomputes its activations in backward (k = activation_checkpointing).
+            const bool recompute = s.checkpoint_every > 0 && i % s.checkpoint_every == 0;
+            layers_.push_back(add_block("layer" + std::to_string(i), std::make_shared<Layer>(s, recompute)));
+        }
         head_ =
             add_block("head", std::make_shared<Head>(s, s.tie_embeddings ? embed->tokens->weight : torch::Tensor()));
     }
@@ -180,6 +190,7 @@ LlamaShape read_shape(const Config& cfg, plexus::RunContext& ctx) {
     s.rope_base = cfg.get_double("rope_base");
     s.norm_eps = cfg.get_double("norm_eps");
     s.tie_embeddings = cfg.get_bool("tie_embeddings");
+    s.checkpoint_every = cfg.get_int("activation_checkpointing");
     cfg.require(s.n_head % s.n_kv_head == 0, "n_kv_head",
                 "must divide n_head (" + std::to_string(s.n_head) + "): each key/value head serves whole query heads");
     cfg.require(s.head_dim() % 2 == 0, "n_head",
@@ -207,6 +218,10 @@ plexus::PluginDescriptor describe() {
     d.schema.push_back(plexus::ConfigKey("rope_base", 10000.0, "rotary embedding base (theta)").at_least(1.0));
     d.schema.push_back(plexus::ConfigKey("norm_eps", 1e-5, "RMSNorm epsilon").at_least(0.0));
     d.schema.push_back({"tie_embeddings", false, "share the token embedding with the LM head"});
+    d.schema.push_back(plexus::ConfigKey("activation_checkpointing", 0,
+                                         "recompute the activations of every k-th layer in backward instead of "
+                                         "keeping them (1: every layer); 0: keep all")
+                           .at_least(0));
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         return std::make_shared<Llama>(read_shape(cfg, ctx));
     };
