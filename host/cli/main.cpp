@@ -26,6 +26,7 @@
 #include "lab/report.hpp"
 #include "lab/sweep.hpp"
 #include "runtime/loader.hpp"
+#include "runtime/weights.hpp"
 #include "device/peak.hpp"
 #include "store/results.hpp"
 #include "base/text.hpp"
@@ -585,6 +586,34 @@ int cmd_show(std::vector<std::string> args) {
     }
 }
 
+// plexus export RUN --safetensors FILE: the weights a run kept, as its model names them.
+int cmd_export(std::vector<std::string> args) {
+    std::string db = "results/plexus.db", out;
+    take_flag(args, "--db", db);
+    take_flag(args, "--safetensors", out);
+    if (args.size() != 1 || out.empty()) return usage_error("plexus export takes a run id and --safetensors FILE");
+    const auto id = parse_count(args[0], 1);
+    if (!id) return usage_error("'" + args[0] + "' is not a run id (a number, see `plexus runs`)");
+    try {
+        ResultsStore store(db, ResultsStore::Open::MustExist);
+        const auto weights = run_weights(store, *id, db);
+        const auto run = store.get_run(*id);
+        int64_t params = 0;
+        for (const auto& [name, t] : weights) params += t.numel();
+        write_safetensors(out, weights,
+                          {{"format", "pt"},
+                           {"plexus.run", std::to_string(*id)},
+                           {"plexus.config_hash", run->config_hash},
+                           {"plexus.model", store.params(*id)["model.name"]}});
+        std::cout << "wrote " << out << ": " << weights.size() << " tensors, "
+                  << human_count(static_cast<double>(params)) << " parameters of run " << *id << "\n";
+        return kOk;
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+}
+
 int cmd_bench(std::vector<std::string> args) {
     if (args.empty() || (args[0] != "peak" && args[0] != "network"))
         return usage_error("plexus bench knows: peak, network");
@@ -766,6 +795,12 @@ const std::vector<Command>& commands() {
         optimizer, strategy or comm) that builds against the installed SDK and passes plexus check.
 )",
          [](Args& a, int, char**) { return cmd_new(a); }},
+        {"export", R"(  plexus export RUN --safetensors FILE [--db PATH]
+        Write the model weights run RUN kept (a finished run with [checkpoint] keep_final = true,
+        or its newest checkpoint) as safetensors, named as the model names its parameters.
+        train.init_from = "FILE" starts another run from them.
+)",
+         [](Args& a, int, char**) { return cmd_export(a); }},
         {"runs", R"(  plexus runs [--db PATH] [--limit N]
         List recorded runs, newest first.
 )",

@@ -898,6 +898,9 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
              ConfigKey("threads", 0, "compute threads (0: all cores)").at_least(0),
              ConfigKey("peak_flops", 0.0, "peak FLOP/s for MFU (0: measured on CPU, datasheet on known GPUs)")
                  .at_least(0),
+             {"init_from", "",
+              "start from these weights instead of a fresh initialization: run:N (a run that kept its final "
+              "weights, in this database) or a safetensors file (relative to the experiment's folder)"},
          }},
         {"results",
          {
@@ -919,6 +922,9 @@ const std::map<std::string, ConfigSchema>& host_schemas() {
               "folder of the checkpoints (\"\": checkpoints/DBNAME/ next to the results database); run N's are in "
               "runN/"},
              ConfigKey("keep", 2, "complete checkpoints kept per run (older ones are deleted)").at_least(1),
+             {"keep_final", false,
+              "a finished run keeps one checkpoint, at its last step (for `plexus export` and train.init_from), "
+              "instead of deleting them all"},
          }},
         {"limits",
          {
@@ -1176,6 +1182,7 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
         // Keys added after runs were recorded leave the hash alone at their default, so that
         // a sweep recorded before them still resumes.
         if (k == "train.precision" && v.type() == ValueType::String && v.as_string() == "fp32") continue;
+        if (k == "train.init_from" && v.type() == ValueType::String && v.as_string().empty()) continue;
         if (k == "faults" && v.type() == ValueType::List && v.as_list().empty()) continue;
         canonical += k + "=" + v.to_text() + "\n";
     }

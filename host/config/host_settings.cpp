@@ -13,10 +13,10 @@ HostSettings read_host_settings(const std::map<std::string, Value>& v) {
     t.eval_batches = i("train.eval_batches"), t.log_every = i("train.log_every"), t.seed = i("train.seed");
     t.threads = i("train.threads"), t.min_lr_ratio = d("train.min_lr_ratio"), t.grad_clip = d("train.grad_clip");
     t.peak_flops = d("train.peak_flops"), t.lr_schedule = s("train.lr_schedule"), t.device = s("train.device");
-    t.precision = s("train.precision"), t.stop_at_loss = d("train.stop_at_loss");
+    t.precision = s("train.precision"), t.stop_at_loss = d("train.stop_at_loss"), t.init_from = s("train.init_from");
     h.launch = {s("launch.mode"), s("launch.backend"), i("launch.ranks"), d("launch.timeout")};
     h.checkpoint = {i("checkpoint.every_steps"), i("checkpoint.keep"), d("checkpoint.every_minutes"),
-                    s("checkpoint.dir")};
+                    s("checkpoint.dir"), v.at("checkpoint.keep_final").as_bool()};
     h.limits = {d("limits.wall_minutes"), d("limits.memory_gb")};
     h.results = {s("results.db"), s("results.progress")};
     return h;

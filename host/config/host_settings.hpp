@@ -17,7 +17,7 @@ struct TrainSettings {
     int64_t steps = 0, tokens = 0, batch_size = 0, seq_len = 0, warmup_tokens = 0;
     int64_t eval_every = 0, eval_batches = 0, log_every = 0, seed = 0, threads = 0;
     double min_lr_ratio = 0, grad_clip = 0, peak_flops = 0, stop_at_loss = 0;
-    std::string lr_schedule, device, precision;
+    std::string lr_schedule, device, precision, init_from;
 };
 
 struct LaunchSettings {
@@ -30,6 +30,7 @@ struct CheckpointSettings {
     int64_t every_steps = 0, keep = 0;
     double every_minutes = 0;
     std::string dir;
+    bool keep_final = false;
 };
 
 struct LimitsSettings {

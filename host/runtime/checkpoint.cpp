@@ -273,6 +273,12 @@ RunCheckpoints RunCheckpoints::of(const ResolvedConfig& cfg, int64_t run_id) {
     return RunCheckpoints(db.parent_path() / "checkpoints" / db.stem(), run_id);
 }
 
+void RunCheckpoints::keep_only(int64_t step) const {
+    std::error_code ec;
+    for (const auto& [s, complete] : steps())
+        if (s != step) fs::remove_all(step_dir(s), ec);
+}
+
 fs::path RunCheckpoints::step_dir(int64_t step) const { return dir_ / ("step" + std::to_string(step)); }
 
 fs::path RunCheckpoints::rank_file(int64_t step, int rank) const {

@@ -63,6 +63,8 @@ public:
     std::string problem_of(int64_t step) const;
     // The complete steps, oldest first.
     std::vector<int64_t> complete_steps() const;
+    // Deletes every step folder but `step`'s (a finished run's final weights).
+    void keep_only(int64_t step) const;
 
 private:
     std::filesystem::path step_dir(int64_t step) const;

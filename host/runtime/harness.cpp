@@ -358,6 +358,7 @@ struct PreparedRun {
     std::vector<Fault> faults;
     std::unique_ptr<sim::Cluster> cluster;
     std::unique_ptr<ResultsStore> store;
+    std::shared_ptr<const NamedTensors> initial_weights;  // train.init_from's
 
     int rank() const { return rendezvous ? rendezvous->rank : 0; }
     int world() const { return rendezvous ? rendezvous->world_size : 1; }
@@ -565,7 +566,8 @@ std::optional<int64_t> resume_checkpoint(const RunCheckpoints& checkpoints, int6
 // it for its workers, so that all ranks start from the same step).
 void find_resume_point(PreparedRun& r, int64_t run_id, Job& job) {
     const auto& c = r.cfg.host.checkpoint;
-    if (c.every_steps > 0 || c.every_minutes > 0 || r.resumed) job.checkpoints = RunCheckpoints::of(r.cfg, run_id);
+    if (c.every_steps > 0 || c.every_minutes > 0 || c.keep_final || r.resumed)
+        job.checkpoints = RunCheckpoints::of(r.cfg, run_id);
     if (!r.resumed) return;
     if (const char* s = internal_variable("PLEXUS_RESUME_STEP")) {
         if (std::atoll(s) >= 0) job.resume_step = std::atoll(s);
@@ -628,6 +630,9 @@ int run_experiment(const std::string& file, const RunOptions& given) {
         load_and_resolve(r);
         check_checkpoint_folder(r.cfg);
         choose_launch(r);
+        if (const auto& from = r.cfg.host.train.init_from; !from.empty())  // read (and checked) once, here
+            r.initial_weights = std::make_shared<const NamedTensors>(
+                initial_weights(from, r.cfg.host.results.db, fs::absolute(r.path).parent_path().string()));
     } catch (const std::exception& e) {
         print_error(e);
         return kFailed;
@@ -663,6 +668,7 @@ int run_experiment(const std::string& file, const RunOptions& given) {
     job.device = r.device;
     job.threads = threads;
     job.store = r.store.get();
+    job.initial_weights = r.initial_weights;
     job.resumed = r.resumed.has_value();
     job.faults = r.faults;
     return train_here(r, job);

@@ -115,6 +115,7 @@ std::shared_ptr<Model> HostContext::make_model() {
         call_plugin(plugin_label(*d), "make_model()", [&] { return d->make_model(cfg_.sections.at("model"), *this); });
     if (!model) throw Error(plugin_label(*d) + " returned no model");
     model->to(device_);
+    if (initial_weights_) load_weights(*model, *initial_weights_, cfg_.host.train.init_from);
     if (!built_model) {
         built_model = true;
         flops = model->flops_per_token(seq_len());

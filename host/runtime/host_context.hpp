@@ -14,6 +14,7 @@
 #include "config/experiment.hpp"
 #include "store/results.hpp"
 #include "sim/cluster.hpp"
+#include "runtime/weights.hpp"
 
 namespace plexus::host {
 
@@ -49,6 +50,8 @@ public:
     int world_size() const override { return transport_->world_size(); }
     int ranks_per_node() const override { return ranks_per_node_; }
     void set_ranks_per_node(int n) { ranks_per_node_ = n > 0 ? n : 1; }
+    // train.init_from's weights, copied into every model make_model() builds (null: none).
+    void set_initial_weights(std::shared_ptr<const NamedTensors> weights) { initial_weights_ = std::move(weights); }
     torch::Device device() const override { return device_; }
     Transport& transport() override { return *transport_; }
     Transport& measurement_transport() override { return measurement_ ? *measurement_ : *transport_; }
@@ -93,6 +96,7 @@ private:
     std::shared_ptr<RankClock> clock_;
     int ranks_per_node_ = 1;
     std::chrono::steady_clock::time_point start_;
+    std::shared_ptr<const NamedTensors> initial_weights_;
 };
 
 // The run's dataset and strategy from their plugins, wrapped so that their errors name them

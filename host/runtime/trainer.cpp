@@ -114,8 +114,10 @@ private:
             }
             if (checkpoint_now && !(max_steps > 0 && s_.step >= max_steps)) checkpoints.write();
         }
-        // An interrupted run can be resumed from where it stopped.
-        if (s_.status == "interrupted" && checkpoints.enabled() && s_.step > 0) checkpoints.write();
+        // An interrupted run can be resumed from where it stopped; a finished one keeps its final
+        // weights when asked to ([checkpoint] keep_final: plexus export, train.init_from).
+        const bool keep_final = s_.status == "finished" && job_.cfg->host.checkpoint.keep_final;
+        if ((s_.status == "interrupted" || keep_final) && checkpoints.enabled() && s_.step > 0) checkpoints.write();
         progress_.clear();
         if (s_.status == "finished" && s_.step > 0 && s_.last_eval_step != s_.step) s_.last_eval = evaluate(metrics);
         finish_record(job_, env_, run_, s_, rec_, *meter_, faults.any_slow());

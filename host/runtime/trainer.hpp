@@ -20,6 +20,7 @@
 #include "runtime/checkpoint.hpp"
 #include "runtime/control.hpp"
 #include "runtime/exit_codes.hpp"
+#include "runtime/weights.hpp"
 #include "sim/network.hpp"
 #include "store/results.hpp"
 
@@ -47,6 +48,7 @@ struct Job {
     std::optional<int64_t> resume_step;  // the checkpoint every rank starts from (--resume)
     bool resumed = false;                // --resume: [[faults]] kills already happened
     std::vector<Fault> faults;
+    std::shared_ptr<const NamedTensors> initial_weights;  // train.init_from's, read once; null: none
 };
 
 // One rank's ways to the others: the strategy's transport, the harness's control channel.

@@ -189,6 +189,7 @@ void assemble(const Job& job, const RankEnv& env, Recorder& rec, RankRun& run) {
         std::make_unique<HostContext>(cfg, job.device, run.dataset->vocab_size(), run.connection.transport, env.clock);
     auto& ctx = *run.ctx;
     ctx.set_ranks_per_node(env.ranks_per_node);
+    ctx.set_initial_weights(job.initial_weights);
     ctx.set_measurement_transport(run.control().collectives_ptr());
     // The validation stream first: it checks that a sequence fits the data, before the
     // strategy builds a model whose causal mask alone is seq_len² floats.
@@ -501,6 +502,10 @@ void Checkpointer::restore() {
 void Checkpointer::remove_all_if_finished() {
     // Every rank is past its last checkpoint (the final all-gather came first).
     if (s_.status != "finished" || !enabled() || env_.rank != 0) return;
+    if (job_.cfg->host.checkpoint.keep_final) {
+        job_.checkpoints->keep_only(s_.step);
+        return;
+    }
     std::error_code ec;
     fs::remove_all(job_.checkpoints->dir(), ec);
 }
