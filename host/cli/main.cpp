@@ -4,6 +4,7 @@
 #include <cmath>
 #include <charconv>
 #include <cstdint>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include <plexus/build_config.hpp>
 
@@ -614,6 +617,23 @@ int cmd_export(std::vector<std::string> args) {
     }
 }
 
+// plexus tokenize ...: plexus-tokenize, beside this binary, does the work (host/CMakeLists.txt
+// says why it is a program of its own).
+int cmd_tokenize(const std::vector<std::string>& args) {
+    const auto helper = std::filesystem::read_symlink("/proc/self/exe").parent_path() / "plexus-tokenize";
+    if (!std::filesystem::exists(helper)) {
+        std::cerr << "error: this plexus was built without SentencePiece (no " << helper.string() << ")\n"
+                  << "hint: install libsentencepiece-dev (scripts/setup.sh does) and build plexus again\n";
+        return kFailed;
+    }
+    std::vector<char*> argv = {const_cast<char*>("plexus tokenize")};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(helper.c_str(), argv.data());
+    std::cerr << "error: cannot run " << helper.string() << ": " << std::strerror(errno) << "\n";
+    return kFailed;
+}
+
 int cmd_bench(std::vector<std::string> args) {
     if (args.empty() || (args[0] != "peak" && args[0] != "network"))
         return usage_error("plexus bench knows: peak, network");
@@ -801,6 +821,16 @@ const std::vector<Command>& commands() {
         train.init_from = "FILE" starts another run from them.
 )",
          [](Args& a, int, char**) { return cmd_export(a); }},
+        {"tokenize", R"(  plexus tokenize FILE... --out DIR [--vocab N] [--model FILE.model] [--val-fraction F]
+                [--shard-tokens N]
+        Train a BPE tokenizer (SentencePiece; default 8000 tokens) on the text files, or use
+        --model, and write DIR/tokenizer.model, DIR/train_NNN.bin and DIR/val_000.bin in llm.c's
+        shard format for the tokens dataset: each line a document ending in the end-of-sequence
+        token, the last --val-fraction (0.01) of the lines for validation.
+  plexus tokenize --decode SHARD.bin --model FILE.model
+        Print a shard's documents as text, one a line.
+)",
+         [](Args& a, int, char**) { return cmd_tokenize(a); }},
         {"runs", R"(  plexus runs [--db PATH] [--limit N]
         List recorded runs, newest first.
 )",

@@ -1,0 +1,260 @@
+// plexus-tokenize (run by `plexus tokenize`): text corpora into token shards the tokens dataset
+// reads (llm.c's format: a header of 256 int32 - 20240520, 1, the token count - then the tokens
+// as uint16), with a BPE tokenizer trained here by SentencePiece (Kudo and Richardson, 2018) or
+// given. A program of its own: SentencePiece's copy of protobuf and LibTorch's cannot share a
+// process (host/CMakeLists.txt).
+//
+// Each line of the corpus is a document: its tokens, then the tokenizer's end-of-sequence id.
+// The last `val_fraction` of the lines go to the validation shard. The tokenizer keeps the text
+// as it is (no Unicode normalization, spaces kept, unknown characters as bytes), so decoding a
+// line's tokens gives the line back (`--decode SHARD` prints a shard's documents, one a line).
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include <string>
+#include <vector>
+
+#include <plexus/error.hpp>
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+namespace {
+
+namespace fs = std::filesystem;
+using plexus::Error;
+
+struct TokenizeOptions {
+    std::vector<std::string> inputs;  // text files
+    std::string out;                  // folder: tokenizer.model, train_NNN.bin, val_000.bin
+    std::string model;                // a SentencePiece model to use; "": train one
+    int64_t vocab_size = 8000;
+    double val_fraction = 0.01;
+    int64_t shard_tokens = 100'000'000;  // tokens per training shard at most
+};
+
+struct TokenizeResult {
+    std::string model;  // the tokenizer used
+    int64_t vocab_size = 0, train_tokens = 0, val_tokens = 0, lines = 0;
+    std::vector<std::string> shards;
+};
+
+std::string join(const std::vector<std::string>& items, const std::string& sep) {
+    std::string out;
+    for (const auto& s : items) out += (out.empty() ? "" : sep) + s;
+    return out;
+}
+
+constexpr int32_t kShardMagic = 20240520, kShardVersion = 1;
+
+void write_shard(const fs::path& path, const std::vector<uint16_t>& tokens) {
+    int32_t header[256] = {kShardMagic, kShardVersion, static_cast<int32_t>(tokens.size())};
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(header), sizeof header);
+    out.write(reinterpret_cast<const char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 2));
+    if (!out.flush()) throw Error("cannot write " + path.string(), "check the disk has room");
+}
+
+void check(const TokenizeOptions& o) {
+    if (o.inputs.empty()) throw Error("plexus tokenize: no text file given", "plexus tokenize FILE... --out DIR");
+    for (const auto& f : o.inputs) {
+        if (!fs::is_regular_file(f)) throw Error("plexus tokenize: no file " + f, "name text files to tokenize");
+        if (f.find(',') != std::string::npos)
+            throw Error("plexus tokenize: " + f + ": a comma in a file name",
+                        "SentencePiece's trainer splits on commas; rename it");
+    }
+    if (o.out.empty()) throw Error("plexus tokenize: --out DIR is missing", "the folder for the tokenizer and shards");
+    if (o.vocab_size < 16 || o.vocab_size > 65535)
+        throw Error("plexus tokenize: --vocab " + std::to_string(o.vocab_size) + " is outside [16, 65535]",
+                    "shards hold uint16 token ids (llm.c's format)");
+    if (!(o.val_fraction >= 0 && o.val_fraction < 1))
+        throw Error("plexus tokenize: --val-fraction must lie in [0, 1)", "0.01 holds out 1% of the lines");
+    if (o.shard_tokens < 1 || o.shard_tokens > INT32_MAX)
+        throw Error("plexus tokenize: --shard-tokens must lie in [1, 2^31)", "the shard header counts in int32");
+}
+
+std::string train_tokenizer(const TokenizeOptions& o) {
+    const std::string prefix = (fs::path(o.out) / "tokenizer").string();
+    const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+    // BPE over the text as it is: no normalization, spaces kept, digits one by one, characters
+    // it never saw as their UTF-8 bytes (so every line decodes back to itself).
+    const std::string args = "--input=" + join(o.inputs, ",") + " --model_prefix=" + prefix +
+                             " --vocab_size=" + std::to_string(o.vocab_size) +
+                             " --model_type=bpe --character_coverage=1.0 --byte_fallback=true"
+                             " --normalization_rule_name=identity --remove_extra_whitespaces=false"
+                             " --split_digits=true --input_sentence_size=2000000 --shuffle_input_sentence=true"
+                             " --minloglevel=1 --num_threads=" +
+                             std::to_string(threads);
+    std::cerr << "tokenize: training a " << o.vocab_size << "-token BPE tokenizer on " << o.inputs.size()
+              << " file(s)\n";
+    const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+    if (!status.ok())
+        throw Error("plexus tokenize: SentencePiece could not train: " + status.ToString(),
+                    "a smaller --vocab for a small corpus, or more text");
+    return prefix + ".model";
+}
+
+int64_t count_lines(const std::vector<std::string>& inputs) {
+    int64_t n = 0;
+    std::string line;
+    for (const auto& f : inputs) {
+        std::ifstream in(f);
+        while (std::getline(in, line)) ++n;
+    }
+    return n;
+}
+
+TokenizeResult tokenize(const TokenizeOptions& o) {
+    check(o);
+    fs::create_directories(o.out);
+    TokenizeResult r;
+    r.model = o.model.empty() ? train_tokenizer(o) : o.model;
+    if (const fs::path kept = fs::path(o.out) / "tokenizer.model"; !o.model.empty() && !fs::exists(kept))
+        fs::copy_file(o.model, kept);  // the shards' tokenizer travels with them
+    sentencepiece::SentencePieceProcessor sp;
+    if (const auto status = sp.Load(r.model); !status.ok())
+        throw Error("plexus tokenize: cannot load the tokenizer " + r.model + ": " + status.ToString());
+    r.vocab_size = sp.GetPieceSize();
+    if (r.vocab_size > 65535)
+        throw Error("plexus tokenize: " + r.model + " has " + std::to_string(r.vocab_size) + " tokens",
+                    "shards hold uint16 token ids: at most 65535");
+    const int eos = sp.eos_id();
+    if (eos < 0) throw Error("plexus tokenize: " + r.model + " has no end-of-sequence token", "documents end with it");
+    const int64_t lines = count_lines(o.inputs);
+    const int64_t val_from = lines - static_cast<int64_t>(std::llround(static_cast<double>(lines) * o.val_fraction));
+    std::vector<uint16_t> train, val;
+    std::vector<int> ids;
+    auto flush_train = [&] {
+        char name[32];
+        std::snprintf(name, sizeof name, "train_%03zu.bin", r.shards.size());
+        write_shard(fs::path(o.out) / name, train);
+        r.shards.push_back((fs::path(o.out) / name).string());
+        r.train_tokens += static_cast<int64_t>(train.size());
+        train.clear();
+    };
+    auto last_report = std::chrono::steady_clock::now();
+    std::string line;
+    for (const auto& f : o.inputs) {
+        std::ifstream in(f);
+        while (std::getline(in, line)) {
+            if (const auto status = sp.Encode(line, &ids); !status.ok())
+                throw Error("plexus tokenize: " + f + ": cannot encode line " + std::to_string(r.lines + 1) + ": " +
+                            status.ToString());
+            auto& dst = r.lines < val_from ? train : val;
+            for (int id : ids) dst.push_back(static_cast<uint16_t>(id));
+            dst.push_back(static_cast<uint16_t>(eos));
+            ++r.lines;
+            if (static_cast<int64_t>(train.size()) >= o.shard_tokens) flush_train();
+            if (std::chrono::steady_clock::now() - last_report > std::chrono::seconds(2)) {
+                last_report = std::chrono::steady_clock::now();
+                std::cerr << "tokenize: " << r.lines << " of " << lines << " lines, "
+                          << r.train_tokens + static_cast<int64_t>(train.size() + val.size()) << " tokens\n";
+            }
+        }
+    }
+    if (!train.empty() || r.shards.empty()) flush_train();
+    write_shard(fs::path(o.out) / "val_000.bin", val);
+    r.shards.push_back((fs::path(o.out) / "val_000.bin").string());
+    r.val_tokens = static_cast<int64_t>(val.size());
+    return r;
+}
+
+// A shard's documents, decoded, one a line.
+void decode(const std::string& shard, const std::string& model) {
+    sentencepiece::SentencePieceProcessor sp;
+    if (const auto status = sp.Load(model); !status.ok())
+        throw Error("plexus tokenize: cannot load the tokenizer " + model + ": " + status.ToString());
+    std::ifstream in(shard, std::ios::binary);
+    int32_t header[256];
+    if (!in.read(reinterpret_cast<char*>(header), sizeof header) || header[0] != kShardMagic ||
+        header[1] != kShardVersion)
+        throw Error("plexus tokenize: " + shard + " is not an llm.c token shard");
+    std::vector<uint16_t> tokens(static_cast<size_t>(header[2]));
+    in.read(reinterpret_cast<char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 2));
+    std::vector<int> ids;
+    std::string line;
+    for (uint16_t t : tokens) {
+        if (t != sp.eos_id()) {
+            ids.push_back(t);
+            continue;
+        }
+        sp.Decode(ids, &line);
+        std::cout << line << "\n";
+        ids.clear();
+    }
+}
+
+bool take(std::vector<std::string>& args, const std::string& flag, std::string& value) {
+    for (size_t i = 0; i + 1 < args.size(); ++i)
+        if (args[i] == flag) {
+            value = args[i + 1];
+            args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
+            return true;
+        }
+    return false;
+}
+
+int usage(const std::string& why) {
+    std::cerr
+        << "error: " << why
+        << "\nusage: plexus tokenize FILE... --out DIR [--vocab N] [--model FILE.model] "
+           "[--val-fraction F] [--shard-tokens N]\n       plexus tokenize --decode SHARD.bin --model FILE.model\n";
+    return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    TokenizeOptions o;
+    std::string vocab, fraction, shard, decoding;
+    take(args, "--out", o.out);
+    take(args, "--model", o.model);
+    try {
+        if (take(args, "--decode", decoding)) {
+            if (o.model.empty()) return usage("--decode needs --model");
+            decode(decoding, o.model);
+            return 0;
+        }
+        if (take(args, "--vocab", vocab)) {
+            char* end = nullptr;
+            o.vocab_size = std::strtoll(vocab.c_str(), &end, 10);
+            if (vocab.empty() || *end || o.vocab_size < 16 || o.vocab_size > 65535)
+                return usage("--vocab takes a vocabulary size in [16, 65535], not '" + vocab + "'");
+        }
+        if (take(args, "--shard-tokens", shard)) {
+            char* end = nullptr;
+            o.shard_tokens = std::strtoll(shard.c_str(), &end, 10);
+            if (shard.empty() || *end || o.shard_tokens < 1 || o.shard_tokens > INT32_MAX)
+                return usage("--shard-tokens takes a number of tokens in [1, 2^31), not '" + shard + "'");
+        }
+        if (take(args, "--val-fraction", fraction)) {
+            char* end = nullptr;
+            o.val_fraction = std::strtod(fraction.c_str(), &end);
+            if (fraction.empty() || *end || !(o.val_fraction >= 0 && o.val_fraction < 1))
+                return usage("--val-fraction takes a number in [0, 1), not '" + fraction + "'");
+        }
+        for (const auto& a : args)
+            if (a.rfind("--", 0) == 0) return usage("unknown option '" + a + "'");
+        o.inputs = args;
+        const auto r = tokenize(o);
+        std::cout << "tokenized " << r.lines << " lines with " << r.model << " (" << r.vocab_size
+                  << " tokens): " << r.train_tokens << " train and " << r.val_tokens << " validation tokens in "
+                  << o.out << "\n"
+                  << "  [data] name = \"tokens\", train = \"" << (fs::path(o.out) / "train_*.bin").string()
+                  << "\", val = \"" << (fs::path(o.out) / "val_000.bin").string() << "\", vocab_size = " << r.vocab_size
+                  << "\n";
+        return 0;
+    } catch (const Error& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        if (!e.hint().empty()) std::cerr << "hint: " << e.hint() << "\n";
+        return 1;
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 1;
+    }
+}
