@@ -60,7 +60,7 @@ TEST_CASE("a claim on a point is atomic: of 8 processes racing for it one holds 
             try {
                 host::ResultsStore store(db);
                 const std::string me = "racer" + std::to_string(i);
-                const auto held = store.claim_point(sweep, "hash", me, 0, [](const host::PointClaim&) { return true; });
+                const auto held = store.claim_point(sweep, "hash", me, [](const host::PointClaim&) { return true; });
                 _exit(held.owner == me ? 0 : 1);
             } catch (...) { _exit(2); }
         }
@@ -80,7 +80,7 @@ TEST_CASE("a claim on a point is atomic: of 8 processes racing for it one holds 
 
     host::ResultsStore store(db);
     // A holder judged gone is replaced; the run its child starts is recorded on the claim.
-    const auto late = store.claim_point(sweep, "hash", "late", 0, [](const host::PointClaim&) { return false; });
+    const auto late = store.claim_point(sweep, "hash", "late", [](const host::PointClaim&) { return false; });
     CHECK(late.owner == "late");
     host::RunInfo info;
     info.sweep_id = sweep;
@@ -94,12 +94,21 @@ TEST_CASE("a claim on a point is atomic: of 8 processes racing for it one holds 
     store.release_point(sweep, "hash", "late");
     CHECK(store.claimed_run(sweep, "hash", "late") == 0);
 
-    // Taking a run over for --resume is a compare-and-swap on its owner.
+    CHECK(store.newest_sweep_run(sweep, "hash")->id == run);
+    CHECK_FALSE(store.newest_sweep_run(sweep, "other"));
+
+    // Taking a run over for --resume is a compare-and-swap on its owner; a sweep that resumes
+    // the run (its claim) learns the run's id from the take-over.
     store.set_summary_text(run, 0, "process", "first");
     store.finish_run(run, "interrupted", "");
-    CHECK(store.take_over_run(run, "first", "second"));
+    REQUIRE(store.claim_point(sweep, "hash", "resumer", [](const host::PointClaim&) { return false; }).owner ==
+            "resumer");
+    auto resumed = *store.get_run(run);
+    resumed.claim = "resumer";
+    CHECK(store.take_over_run(resumed, "first", "second"));
     CHECK(store.get_run(run)->status == "running");
-    CHECK_FALSE(store.take_over_run(run, "first", "third"));
+    CHECK(store.claimed_run(sweep, "hash", "resumer") == run);
+    CHECK_FALSE(store.take_over_run(resumed, "first", "third"));
     CHECK(store.summary_text(run, "process") == "second");
 }
 

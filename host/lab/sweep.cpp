@@ -425,28 +425,25 @@ private:
     // this sweep looked, and decides how it runs. False: the point is left, and the sweep says why.
     bool claim(Point& p) {
         const auto alive = [](const PointClaim& c) { return live_process(c.owner, c.last_seen).has_value(); };
-        const auto held = store_.claim_point(sweep_id_, p.hash, me_, 0, alive);
+        const auto held = store_.claim_point(sweep_id_, p.hash, me_, alive);
         if (held.owner != me_)
             return leave(p, "is being run by another sweep (" +
                                 live_process(held.owner, held.last_seen).value_or(held.owner) + ")");
-        for (const auto& run : store_.sweep_runs(sweep_id_))
-            if (run.config_hash == p.hash) p.last_status = run.status, p.last_run = run.id;
-        if (p.last_status == "running")
-            if (auto run = store_.get_run(p.last_run))
-                if (auto owner = live_owner(store_, *run)) {
-                    store_.release_point(sweep_id_, p.hash, me_);
-                    return leave(p, "is still running (run " + std::to_string(p.last_run) + ", " + *owner + ")");
-                }
+        const auto newest = store_.newest_sweep_run(sweep_id_, p.hash);
+        if (newest) p.last_status = newest->status, p.last_run = newest->id;
+        if (newest && newest->status == "running")
+            if (auto owner = live_owner(store_, *newest)) {
+                store_.release_point(sweep_id_, p.hash, me_);
+                return leave(p, "is still running (run " + std::to_string(p.last_run) + ", " + *owner + ")");
+            }
         if (!should_run(p, o_.retry_failed)) {
             store_.release_point(sweep_id_, p.hash, me_);
             return leave(
                 p, "ended in another process meanwhile (run " + std::to_string(p.last_run) + ", " + p.last_status + ")",
                 "skipped");
         }
-        p.resume_run = continues_in_place(p, store_) ? p.last_run : 0;
-        if (p.resume_run) {
-            store_.claim_point(sweep_id_, p.hash, me_, p.resume_run, alive);  // the claim names the run
-        } else if (p.last_run > 0) {
+        p.resume_run = continues_in_place(p, store_) ? p.last_run : 0;  // its --resume names it on the claim
+        if (!p.resume_run && p.last_run > 0) {
             std::error_code ec;  // superseded by the new run: its checkpoints would never be read again
             fs::remove_all(RunCheckpoints(p.checkpoints, p.last_run).dir(), ec);
         }

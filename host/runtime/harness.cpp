@@ -316,6 +316,7 @@ RunInfo recall_run(RunOptions& o, std::string& path) {
             throw Error("run " + id + " is still running (" + *owner + ")",
                         "wait for it, or stop it first (Ctrl-C writes a checkpoint), then resume");
     run->texts["process"] = store.summary_text(o.resume_run, "process");  // taken over atomically (open_run_row)
+    if (const char* claim = internal_variable("PLEXUS_CLAIM")) run->claim = claim;  // a sweep resumes it
     path = store.summary_text(o.resume_run, "resume.file");
     if (path.empty())
         throw Error("run " + id + " has no record of the experiment it started from",
@@ -512,7 +513,7 @@ int64_t open_run_row(PreparedRun& r, RunInfo& info) {
         // Two `--resume`s of one run at once: the first to take it over runs it, the other stops
         // here, before it touches a checkpoint or a metric row.
         if (r.store && !internal_variable("PLEXUS_WORKER") &&
-            !r.store->take_over_run(r.resumed->id, r.resumed->texts["process"], process_tag())) {
+            !r.store->take_over_run(*r.resumed, r.resumed->texts["process"], process_tag())) {
             auto now = r.store->get_run(r.resumed->id);
             const auto owner = now ? live_owner(*r.store, *now) : std::nullopt;
             throw Error("run " + id + " was taken over by another process while this one started (" +

@@ -309,15 +309,18 @@ int64_t ResultsStore::begin_run(const RunInfo& r, const std::map<std::string, Va
         t.bind(1, id).bind(2, key).bind(3, text).step();
         t.reset();
     }
-    if (r.sweep_id && !r.claim.empty()) {  // the sweep that started this run learns its id
-        Stmt c(db_, "UPDATE point_claim SET run_id = ?1 WHERE sweep_id = ?2 AND config_hash = ?3 AND owner = ?4");
-        c.bind(1, id).bind(2, *r.sweep_id).bind(3, r.config_hash).bind(4, r.claim).step();
-    }
+    note_claimed_run(r, id);
     tx.commit();
     return id;
 }
 
-PointClaim ResultsStore::claim_point(int64_t sweep, const std::string& hash, const std::string& owner, int64_t run,
+void ResultsStore::note_claimed_run(const RunInfo& r, int64_t id) {
+    if (!r.sweep_id || r.claim.empty()) return;  // not started by a sweep
+    Stmt c(db_, "UPDATE point_claim SET run_id = ?1 WHERE sweep_id = ?2 AND config_hash = ?3 AND owner = ?4");
+    c.bind(1, id).bind(2, *r.sweep_id).bind(3, r.config_hash).bind(4, r.claim).step();
+}
+
+PointClaim ResultsStore::claim_point(int64_t sweep, const std::string& hash, const std::string& owner,
                                      const std::function<bool(const PointClaim&)>& holder_alive) {
     Transaction tx(*this);
     Stmt get(db_,
@@ -330,15 +333,10 @@ PointClaim ResultsStore::claim_point(int64_t sweep, const std::string& hash, con
     }
     Stmt put(db_,
              "INSERT OR REPLACE INTO point_claim (sweep_id, config_hash, owner, claimed, run_id)"
-             " VALUES (?1, ?2, ?3, ?4, ?5)");
-    put.bind(1, sweep).bind(2, hash).bind(3, owner).bind(4, now());
-    if (run > 0)
-        put.bind(5, run);
-    else
-        put.bind_null(5);
-    put.step();
+             " VALUES (?1, ?2, ?3, ?4, NULL)");
+    put.bind(1, sweep).bind(2, hash).bind(3, owner).bind(4, now()).step();
     tx.commit();
-    return {owner, now(), run};
+    return {owner, now(), 0};
 }
 
 int64_t ResultsStore::claimed_run(int64_t sweep, const std::string& hash, const std::string& owner) {
@@ -352,11 +350,12 @@ void ResultsStore::release_point(int64_t sweep, const std::string& hash, const s
     s.bind(1, sweep).bind(2, hash).bind(3, owner).step();
 }
 
-bool ResultsStore::take_over_run(int64_t run, const std::string& expected, const std::string& owner) {
+bool ResultsStore::take_over_run(const RunInfo& run, const std::string& expected, const std::string& owner) {
     Transaction tx(*this);
-    if (summary_text(run, "process") != expected) return false;  // another process took it first
-    set_summary_text(run, 0, "process", owner);
-    reopen_run(run);
+    if (summary_text(run.id, "process") != expected) return false;  // another process took it first
+    set_summary_text(run.id, 0, "process", owner);
+    reopen_run(run.id);
+    note_claimed_run(run, run.id);
     tx.commit();
     return true;
 }
@@ -524,6 +523,14 @@ std::vector<RunInfo> ResultsStore::sweep_runs(int64_t sweep) {
     std::vector<RunInfo> out;
     while (s.step()) out.push_back(read_run(s));
     return out;
+}
+
+std::optional<RunInfo> ResultsStore::newest_sweep_run(int64_t sweep, const std::string& hash) {
+    Stmt s(db_, std::string("SELECT ") + kRunColumns +
+                    " FROM run WHERE sweep_id = ?1 AND config_hash = ?2 ORDER BY id DESC LIMIT 1");
+    s.bind(1, sweep).bind(2, hash);
+    if (!s.step()) return std::nullopt;
+    return read_run(s);
 }
 
 std::optional<RunInfo> ResultsStore::get_run(int64_t id) {

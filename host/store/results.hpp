@@ -37,8 +37,9 @@ struct RunInfo {
     double started = 0, ended = 0, heartbeat = 0;
     // Text summaries (rank 0) begin_run writes in the same transaction as the run's row.
     std::map<std::string, std::string> texts;
-    // The process tag of the sweep whose claim on this point the run fills: begin_run records the
-    // new run's id on that claim, so the sweep knows which run its child started.
+    // The process tag of the sweep whose claim on this point the run fills: begin_run (a new run)
+    // and take_over_run (a resumed one) record its id on that claim, so the sweep knows which
+    // run its child ran.
     std::string claim;
 };
 
@@ -46,7 +47,7 @@ struct RunInfo {
 struct PointClaim {
     std::string owner;     // the holder's process tag (host:pid:start)
     double last_seen = 0;  // when it claimed, or its run's heartbeat if newer (epoch seconds)
-    int64_t run = 0;       // the run the holder started or resumes, 0 until it has a row
+    int64_t run = 0;       // the run the holder's child started or resumes, 0 until it says
 };
 
 struct SweepInfo {
@@ -88,16 +89,17 @@ public:
     std::string summary_text(int64_t run, const std::string& key);
 
     // Sweeps sharing points, in one transaction each: the claim on (sweep, hash) becomes `owner`'s
-    // (with `run` if it resumes one) unless another holder that `holder_alive` says still runs
-    // has it, which is then returned unchanged. The caller compares the owner with its own.
-    PointClaim claim_point(int64_t sweep, const std::string& hash, const std::string& owner, int64_t run,
+    // unless another holder that `holder_alive` says still runs has it, which is then returned
+    // unchanged. The caller compares the owner with its own.
+    PointClaim claim_point(int64_t sweep, const std::string& hash, const std::string& owner,
                            const std::function<bool(const PointClaim&)>& holder_alive);
     // The run `owner`'s claim got (its own, or the one its child recorded), 0 if none yet.
     int64_t claimed_run(int64_t sweep, const std::string& hash, const std::string& owner);
     void release_point(int64_t sweep, const std::string& hash, const std::string& owner);
     // `plexus run --resume`: the run becomes `owner`'s and runs again, only if its recorded owner
-    // is still `expected`; false if another process took it over first.
-    bool take_over_run(int64_t run, const std::string& expected, const std::string& owner);
+    // is still `expected`; false if another process took it over first. A run resumed by a sweep
+    // (run.claim) is recorded on its claim in the same transaction.
+    bool take_over_run(const RunInfo& run, const std::string& expected, const std::string& owner);
 
     // The sweep of that name (its TOML updated), or a new one.
     int64_t ensure_sweep(const std::string& name, const std::string& toml, const std::string& git_rev,
@@ -109,6 +111,8 @@ public:
     std::vector<SweepInfo> list_sweeps();
     // The runs of a sweep, oldest first.
     std::vector<RunInfo> sweep_runs(int64_t sweep);
+    // The newest run of one point (config hash) of a sweep, if it has one.
+    std::optional<RunInfo> newest_sweep_run(int64_t sweep, const std::string& hash);
 
     std::vector<RunInfo> list_runs(int64_t limit);
     std::optional<RunInfo> get_run(int64_t id);
@@ -130,6 +134,7 @@ public:
 
 private:
     void migrate();
+    void note_claimed_run(const RunInfo& run, int64_t id);  // in the caller's transaction
     std::string path_;
     sqlite3* db_ = nullptr;
 };
