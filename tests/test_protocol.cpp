@@ -163,8 +163,9 @@ TEST_CASE("a sequential stream reads every window of its split once, in order, a
           "[protocol][data]") {
     // 103 tokens 0, 1, 2, ...: windows of 10 (+1 for the targets) at stride 10: 10 windows,
     // 2 full batches of 4 on one shard; on 2 shards each reads its rows of the global batch of 8.
-    auto tokens = std::make_shared<std::vector<uint16_t>>();
-    for (uint16_t t = 0; t < 103; ++t) tokens->push_back(t);
+    std::vector<uint16_t> ids;
+    for (uint16_t t = 0; t < 103; ++t) ids.push_back(t);
+    const auto tokens = TokenSequence::of(ids);
     StreamSpec spec{Split::Validation, 4, 10, 0, 1, 99};
     spec.sequential = true;
     TokenWindowStream one(tokens, spec);
@@ -192,8 +193,9 @@ TEST_CASE("a sequential stream reads every window of its split once, in order, a
 
 TEST_CASE("partition = by_rank: each shard draws its training windows from its own slice", "[protocol][data]") {
     // 1,000 tokens 0, 1, 2, ... (mod 2^16): a window's first token is its start.
-    auto tokens = std::make_shared<std::vector<uint16_t>>();
-    for (uint16_t t = 0; t < 1000; ++t) tokens->push_back(t);
+    std::vector<uint16_t> ids;
+    for (uint16_t t = 0; t < 1000; ++t) ids.push_back(t);
+    const auto tokens = TokenSequence::of(ids);
     StreamSpec spec{Split::Train, 8, 10, 0, 4, 7};
     bool shared_crosses = false;
     for (int rank = 0; rank < 4; ++rank) {

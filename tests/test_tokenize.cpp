@@ -16,18 +16,20 @@ using Catch::Matchers::Contains;
 namespace {
 
 // A shard's header (magic, version, count) and its tokens; checks the file holds exactly them.
-std::vector<uint16_t> read_shard(const std::string& path) {
+// uint16 ids: magic 20240520, version 1; uint32: 20240801, version 7 (llm.c's two formats).
+template <typename T = uint16_t>
+std::vector<uint32_t> read_shard(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     int32_t header[256];
     in.read(reinterpret_cast<char*>(header), sizeof header);
     REQUIRE(in);
-    CHECK(header[0] == 20240520);
-    CHECK(header[1] == 1);
-    std::vector<uint16_t> tokens(static_cast<size_t>(header[2]));
-    in.read(reinterpret_cast<char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 2));
-    CHECK(in.gcount() == static_cast<std::streamsize>(tokens.size() * 2));
-    CHECK(fs::file_size(path) == 1024 + 2 * tokens.size());
-    return tokens;
+    CHECK(header[0] == (sizeof(T) == 2 ? 20240520 : 20240801));
+    CHECK(header[1] == (sizeof(T) == 2 ? 1 : 7));
+    std::vector<T> tokens(static_cast<size_t>(header[2]));
+    in.read(reinterpret_cast<char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * sizeof(T)));
+    CHECK(in.gcount() == static_cast<std::streamsize>(tokens.size() * sizeof(T)));
+    CHECK(fs::file_size(path) == 1024 + sizeof(T) * tokens.size());
+    return {tokens.begin(), tokens.end()};
 }
 
 // 600 lines of made-up text: words, digits, accents, runs of spaces and a tab.
@@ -81,14 +83,14 @@ TEST_CASE("plexus tokenize trains a tokenizer and writes shards that decode back
     CHECK(decoded == text);
     const auto val_text = run_plexus("tokenize --decode " + out + "/val_000.bin --model " + out + "/tokenizer.model");
     CHECK(std::count(val_text.output.begin(), val_text.output.end(), '\n') == 60);
-    for (uint16_t t : train) CHECK(t < 300);
+    for (uint32_t t : train) CHECK(t < 300);
 
     // The same tokenizer given: the same shards, byte for byte.
     res = run_plexus("tokenize " + corpus + " --out " + dir / "again" + " --model " + out + "/tokenizer.model" +
                      " --val-fraction 0.1 --shard-tokens 1000");
     INFO(res.output);
     REQUIRE(res.exit_code == 0);
-    std::vector<uint16_t> joined;
+    std::vector<uint32_t> joined;
     auto shard_name = [&](int i) {
         char name[32];
         std::snprintf(name, sizeof name, "again/train_%03d.bin", i);
@@ -112,7 +114,27 @@ TEST_CASE("plexus tokenize trains a tokenizer and writes shards that decode back
     INFO(res.output);
     CHECK(res.exit_code == 0);
 
-    res = run_plexus("tokenize " + corpus + " --out " + dir / "x" + " --vocab 70000");
+    // The uint32 format (llm.c's Llama 3 shards, automatic past 65,536 tokens): the same ids,
+    // wider, and the dataset trains on it.
+    res = run_plexus("tokenize " + corpus + " --out " + dir / "wide" + " --model " + out + "/tokenizer.model" +
+                     " --val-fraction 0.1 --format uint32");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK(read_shard<uint32_t>(dir / "wide/train_000.bin") == train);
+    CHECK(read_shard<uint32_t>(dir / "wide/val_000.bin") == val);
+    const auto wide_text =
+        run_plexus("tokenize --decode " + dir / "wide/val_000.bin" + " --model " + out + "/tokenizer.model");
+    CHECK(wide_text.output == val_text.output);
+    res = run_plexus("run " + exp + " --db " + dir / "r.db" +
+                     " --set data.name=tokens --set data.train=" + dir / "wide/train_000.bin --set data.val=" +
+                     dir / "wide/val_000.bin --set data.vocab_size=300 --set train.steps=5 --set train.seq_len=16");
+    INFO(res.output);
+    CHECK(res.exit_code == 0);
+
+    res = run_plexus("tokenize " + corpus + " --out " + dir / "x" + " --vocab 2000000");
     CHECK(res.exit_code == 2);
-    CHECK_THAT(res.output, Contains("--vocab takes a vocabulary size in [16, 65535]"));
+    CHECK_THAT(res.output, Contains("--vocab takes a vocabulary size in [16, 1000000]"));
+    res = run_plexus("tokenize " + corpus + " --out " + dir / "x" + " --format int8");
+    CHECK(res.exit_code == 2);
+    CHECK_THAT(res.output, Contains("--format takes auto, uint16 or uint32, not 'int8'"));
 }

@@ -1,7 +1,8 @@
 // plexus-tokenize (run by `plexus tokenize`): text corpora into token shards the tokens dataset
-// reads (llm.c's format: a header of 256 int32 - 20240520, 1, the token count - then the tokens
-// as uint16), with a BPE tokenizer trained here by SentencePiece (Kudo and Richardson, 2018) or
-// given. A program of its own: SentencePiece's copy of protobuf and LibTorch's cannot share a
+// reads (llm.c's formats: a header of 256 int32 - magic, version, the token count - then the
+// tokens: 20240520, 1 and uint16 ids for up to 65,536 tokens; 20240801, 7 and uint32 past that or
+// when --format uint32 asks), with a BPE tokenizer trained here by SentencePiece (Kudo and
+// Richardson, 2018) or given. A program of its own: SentencePiece's copy of protobuf and LibTorch's cannot share a
 // process (host/CMakeLists.txt).
 //
 // Each line of the corpus is a document: its tokens, then the tokenizer's end-of-sequence id.
@@ -35,6 +36,7 @@ struct TokenizeOptions {
     int64_t vocab_size = 8000;
     double val_fraction = 0.01;
     int64_t shard_tokens = 100'000'000;  // tokens per training shard at most
+    std::string format = "auto";         // uint16, uint32, or auto: uint16 where the vocabulary fits
 };
 
 struct TokenizeResult {
@@ -49,13 +51,25 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
     return out;
 }
 
-constexpr int32_t kShardMagic = 20240520, kShardVersion = 1;
+// llm.c's two shard formats (karpathy/llm.c dev/data/data_common.py @16635d4): GPT-2's uint16
+// ids, and Llama 3's uint32 for vocabularies that do not fit 16 bits.
+constexpr int32_t kMagic16 = 20240520, kVersion16 = 1, kMagic32 = 20240801, kVersion32 = 7;
 
-void write_shard(const fs::path& path, const std::vector<uint16_t>& tokens) {
-    int32_t header[256] = {kShardMagic, kShardVersion, static_cast<int32_t>(tokens.size())};
+template <typename T>
+void write_tokens(std::ofstream& out, const std::vector<uint32_t>& tokens) {
+    std::vector<T> narrow(tokens.begin(), tokens.end());
+    out.write(reinterpret_cast<const char*>(narrow.data()), static_cast<std::streamsize>(narrow.size() * sizeof(T)));
+}
+
+void write_shard(const fs::path& path, const std::vector<uint32_t>& tokens, bool wide) {
+    int32_t header[256] = {wide ? kMagic32 : kMagic16, wide ? kVersion32 : kVersion16,
+                           static_cast<int32_t>(tokens.size())};
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(header), sizeof header);
-    out.write(reinterpret_cast<const char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 2));
+    if (wide)
+        write_tokens<uint32_t>(out, tokens);
+    else
+        write_tokens<uint16_t>(out, tokens);
     if (!out.flush()) throw Error("cannot write " + path.string(), "check the disk has room");
 }
 
@@ -113,19 +127,20 @@ TokenizeResult tokenize(const TokenizeOptions& o) {
     if (const auto status = sp.Load(r.model); !status.ok())
         throw Error("plexus tokenize: cannot load the tokenizer " + r.model + ": " + status.ToString());
     r.vocab_size = sp.GetPieceSize();
-    if (r.vocab_size > 65535)
+    if (o.format == "uint16" && r.vocab_size > 65536)
         throw Error("plexus tokenize: " + r.model + " has " + std::to_string(r.vocab_size) + " tokens",
-                    "shards hold uint16 token ids: at most 65535");
+                    "uint16 shards hold at most 65,536: --format uint32 (or auto)");
+    const bool wide = o.format == "uint32" || (o.format == "auto" && r.vocab_size > 65536);
     const int eos = sp.eos_id();
     if (eos < 0) throw Error("plexus tokenize: " + r.model + " has no end-of-sequence token", "documents end with it");
     const int64_t lines = count_lines(o.inputs);
     const int64_t val_from = lines - static_cast<int64_t>(std::llround(static_cast<double>(lines) * o.val_fraction));
-    std::vector<uint16_t> train, val;
+    std::vector<uint32_t> train, val;
     std::vector<int> ids;
     auto flush_train = [&] {
         char name[32];
         std::snprintf(name, sizeof name, "train_%03zu.bin", r.shards.size());
-        write_shard(fs::path(o.out) / name, train);
+        write_shard(fs::path(o.out) / name, train, wide);
         r.shards.push_back((fs::path(o.out) / name).string());
         r.train_tokens += static_cast<int64_t>(train.size());
         train.clear();
@@ -139,8 +154,8 @@ TokenizeResult tokenize(const TokenizeOptions& o) {
                 throw Error("plexus tokenize: " + f + ": cannot encode line " + std::to_string(r.lines + 1) + ": " +
                             status.ToString());
             auto& dst = r.lines < val_from ? train : val;
-            for (int id : ids) dst.push_back(static_cast<uint16_t>(id));
-            dst.push_back(static_cast<uint16_t>(eos));
+            dst.insert(dst.end(), ids.begin(), ids.end());
+            dst.push_back(static_cast<uint32_t>(eos));
             ++r.lines;
             if (static_cast<int64_t>(train.size()) >= o.shard_tokens) flush_train();
             if (std::chrono::steady_clock::now() - last_report > std::chrono::seconds(2)) {
@@ -151,7 +166,7 @@ TokenizeResult tokenize(const TokenizeOptions& o) {
         }
     }
     if (!train.empty() || r.shards.empty()) flush_train();
-    write_shard(fs::path(o.out) / "val_000.bin", val);
+    write_shard(fs::path(o.out) / "val_000.bin", val, wide);
     r.shards.push_back((fs::path(o.out) / "val_000.bin").string());
     r.val_tokens = static_cast<int64_t>(val.size());
     return r;
@@ -164,16 +179,22 @@ void decode(const std::string& shard, const std::string& model) {
         throw Error("plexus tokenize: cannot load the tokenizer " + model + ": " + status.ToString());
     std::ifstream in(shard, std::ios::binary);
     int32_t header[256];
-    if (!in.read(reinterpret_cast<char*>(header), sizeof header) || header[0] != kShardMagic ||
-        header[1] != kShardVersion)
+    const bool read = static_cast<bool>(in.read(reinterpret_cast<char*>(header), sizeof header));
+    const bool narrow = read && header[0] == kMagic16 && header[1] == kVersion16;
+    if (!narrow && !(read && header[0] == kMagic32 && header[1] == kVersion32))
         throw Error("plexus tokenize: " + shard + " is not an llm.c token shard");
-    std::vector<uint16_t> tokens(static_cast<size_t>(header[2]));
-    in.read(reinterpret_cast<char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 2));
+    std::vector<uint32_t> tokens(static_cast<size_t>(header[2]));
+    for (auto& t : tokens) {
+        uint16_t t16 = 0;
+        if (narrow ? !in.read(reinterpret_cast<char*>(&t16), 2) : !in.read(reinterpret_cast<char*>(&t), 4))
+            throw Error("plexus tokenize: " + shard + " is shorter than its header says");
+        if (narrow) t = t16;
+    }
     std::vector<int> ids;
     std::string line;
-    for (uint16_t t : tokens) {
-        if (t != sp.eos_id()) {
-            ids.push_back(t);
+    for (uint32_t t : tokens) {
+        if (static_cast<int>(t) != sp.eos_id()) {
+            ids.push_back(static_cast<int>(t));
             continue;
         }
         sp.Decode(ids, &line);
@@ -193,10 +214,10 @@ bool take(std::vector<std::string>& args, const std::string& flag, std::string& 
 }
 
 int usage(const std::string& why) {
-    std::cerr
-        << "error: " << why
-        << "\nusage: plexus tokenize FILE... --out DIR [--vocab N] [--model FILE.model] "
-           "[--val-fraction F] [--shard-tokens N]\n       plexus tokenize --decode SHARD.bin --model FILE.model\n";
+    std::cerr << "error: " << why
+              << "\nusage: plexus tokenize FILE... --out DIR [--vocab N] [--model FILE.model] "
+                 "[--val-fraction F] [--shard-tokens N] [--format auto|uint16|uint32]\n       plexus tokenize --decode "
+                 "SHARD.bin --model FILE.model\n";
     return 2;
 }
 
@@ -208,6 +229,8 @@ int main(int argc, char** argv) {
     std::string vocab, fraction, shard, decoding;
     take(args, "--out", o.out);
     take(args, "--model", o.model);
+    if (take(args, "--format", o.format) && o.format != "auto" && o.format != "uint16" && o.format != "uint32")
+        return usage("--format takes auto, uint16 or uint32, not '" + o.format + "'");
     try {
         if (take(args, "--decode", decoding)) {
             if (o.model.empty()) return usage("--decode needs --model");
@@ -217,8 +240,8 @@ int main(int argc, char** argv) {
         if (take(args, "--vocab", vocab)) {
             char* end = nullptr;
             o.vocab_size = std::strtoll(vocab.c_str(), &end, 10);
-            if (vocab.empty() || *end || o.vocab_size < 16 || o.vocab_size > 65535)
-                return usage("--vocab takes a vocabulary size in [16, 65535], not '" + vocab + "'");
+            if (vocab.empty() || *end || o.vocab_size < 16 || o.vocab_size > 1'000'000)
+                return usage("--vocab takes a vocabulary size in [16, 1000000], not '" + vocab + "'");
         }
         if (take(args, "--shard-tokens", shard)) {
             char* end = nullptr;

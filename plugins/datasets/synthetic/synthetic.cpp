@@ -67,17 +67,17 @@ public:
 
 private:
     plexus::TokenArray generate(const Chain& chain, int64_t n, uint64_t seed) const {
-        auto out = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(n));
+        std::vector<uint16_t> out(static_cast<size_t>(n));
         uint16_t state = static_cast<uint16_t>(seed % vocab_);
         for (int64_t i = 0; i < n; ++i) {
-            (*out)[i] = state;
+            out[i] = state;
             const double u = unit(seed, static_cast<uint64_t>(i));
             const auto& cum = chain.cumulative[state];
             size_t j = 0;
             while (j + 1 < cum.size() && u > cum[j]) ++j;
             state = chain.next[state][j];
         }
-        return out;
+        return plexus::TokenSequence::of(std::move(out));
     }
 };
 

@@ -59,12 +59,15 @@ public:
                                     plexus::Value(cfg.get("exclude")).to_text() + ")",
                                 "point data.path at text files");
         const size_t n_val = static_cast<size_t>(static_cast<double>(bytes.size()) * val_fraction);
-        auto train = std::make_shared<std::vector<uint16_t>>(bytes.begin(), bytes.end() - n_val);
-        auto val = std::make_shared<std::vector<uint16_t>>(bytes.end() - n_val, bytes.end());
-        for (auto* v : {train.get(), val.get()})
-            for (auto& t : *v) t = static_cast<uint16_t>(static_cast<unsigned char>(t));
-        train_ = train;
-        val_ = val;
+        auto ids = [&](auto first, auto last) {
+            std::vector<uint16_t> out;
+            out.reserve(static_cast<size_t>(last - first));
+            for (auto it = first; it != last; ++it)
+                out.push_back(static_cast<uint16_t>(static_cast<unsigned char>(*it)));
+            return plexus::TokenSequence::of(std::move(out));
+        };
+        train_ = ids(bytes.begin(), bytes.end() - n_val);
+        val_ = ids(bytes.end() - n_val, bytes.end());
         description_ = "text: " + std::to_string(files.size()) + " file(s) under " + root.string() + ", " +
                        std::to_string(train_->size()) + " train / " + std::to_string(val_->size()) +
                        " validation bytes";

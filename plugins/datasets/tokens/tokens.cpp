@@ -1,18 +1,33 @@
-// datasets/tokens: pre-tokenized shards in llm.c's format, so corpora tokenized by existing
-// tools work: a header of 256 int32 (magic 20240520, version 1, token count), then the tokens
-// as uint16. `train` and `val` are file names or glob patterns; shards are read in name order.
+// datasets/tokens: pre-tokenized shards in llm.c's formats, so corpora tokenized by existing tools
+// (and by `plexus tokenize`) work: a header of 256 int32 (magic, version, token count), then the
+// tokens. Magic 20240520, version 1: uint16 tokens (GPT-2); magic 20240801, version 7: uint32
+// (Llama 3; vocabularies past 65,536). Formats as in karpathy/llm.c dev/data/data_common.py @16635d4.
+// `train` and `val` are file names or glob patterns; shards are read in name order.
+//
+// Shards are memory-mapped read-only, never copied: ranks on one machine share the page cache, so
+// a 20 GB corpus costs 20 GB of page cache once, not 20 GB of memory per process. Token ids are
+// checked against vocab_size as windows are read (a mapped corpus is not scanned up front).
+#include <fcntl.h>
 #include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-#include <cstdio>
-#include <fstream>
+#include <cerrno>
+#include <cstring>
 
 #include <plexus/plexus.hpp>
 #include <plexus/kit/token_windows.hpp>
 
 namespace {
 
-constexpr int32_t kMagic = 20240520;
-constexpr int32_t kVersion = 1;
+constexpr int64_t kHeaderBytes = 256 * 4;
+
+struct Format {
+    int32_t magic, version, width;
+    const char* name;
+};
+constexpr Format kFormats[] = {{20240520, 1, 2, "uint16 (llm.c gpt-2)"}, {20240801, 7, 4, "uint32 (llm.c llama-3)"}};
 
 std::vector<std::string> expand(const std::string& pattern, const std::string& key) {
     glob_t g{};
@@ -26,33 +41,60 @@ std::vector<std::string> expand(const std::string& pattern, const std::string& k
     return out;  // glob sorts
 }
 
-void read_shard(const std::string& path, int64_t vocab, std::vector<uint16_t>& out) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw plexus::Error("cannot open token shard '" + path + "'", "check the path and its permissions");
-    int32_t header[256];
-    in.read(reinterpret_cast<char*>(header), sizeof header);
-    if (!in)
+// The whole file, mapped read-only; unmapped when the last segment using it goes.
+std::shared_ptr<const void> map_file(const std::string& path, int64_t& bytes) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        throw plexus::Error("cannot open token shard '" + path + "': " + std::strerror(errno),
+                            "check the path and its permissions");
+    struct stat st {};
+    ::fstat(fd, &st);
+    bytes = st.st_size;
+    if (bytes < kHeaderBytes) {
+        ::close(fd);
         throw plexus::Error("token shard '" + path + "' is shorter than its 1024-byte header",
                             "the file is truncated or not an llm.c shard");
-    if (header[0] != kMagic)
-        throw plexus::Error("token shard '" + path + "' has magic " + std::to_string(header[0]) + ", expected " +
-                                std::to_string(kMagic),
-                            "this is not an llm.c token shard (header: 256 int32, then uint16 tokens)");
-    if (header[1] != kVersion)
-        throw plexus::Error("token shard '" + path + "' has version " + std::to_string(header[1]) + ", expected 1",
-                            "only llm.c's version 1 (uint16 tokens) is supported");
+    }
+    void* base = ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ, MAP_SHARED, fd, 0);
+    const int map_errno = errno;
+    ::close(fd);  // the mapping keeps the file
+    if (base == MAP_FAILED)
+        throw plexus::Error("cannot map token shard '" + path + "': " + std::strerror(map_errno),
+                            "the file system must support mmap");
+    const auto length = static_cast<size_t>(bytes);
+    return std::shared_ptr<const void>(base, [length](const void* p) { ::munmap(const_cast<void*>(p), length); });
+}
+
+plexus::TokenSequence::Segment map_shard(const std::string& path, std::vector<std::shared_ptr<const void>>& owners) {
+    int64_t bytes = 0;
+    auto file = map_file(path, bytes);
+    int32_t header[3];
+    std::memcpy(header, file.get(), sizeof header);
+    const Format* format = nullptr;
+    for (const auto& f : kFormats)
+        if (f.magic == header[0]) format = &f;
+    if (!format)
+        throw plexus::Error("token shard '" + path + "' has magic " + std::to_string(header[0]) +
+                                ", expected 20240520 (uint16 tokens) or 20240801 (uint32)",
+                            "this is not an llm.c token shard (header: 256 int32, then the tokens)");
+    if (header[1] != format->version)
+        throw plexus::Error("token shard '" + path + "' has version " + std::to_string(header[1]) + ", expected " +
+                                std::to_string(format->version) + " for magic " + std::to_string(format->magic),
+                            "the file's header is damaged or from another tool");
     const int64_t count = header[2];
-    const size_t old = out.size();
-    out.resize(old + static_cast<size_t>(count));
-    in.read(reinterpret_cast<char*>(out.data() + old), count * static_cast<int64_t>(sizeof(uint16_t)));
-    if (in.gcount() != count * static_cast<int64_t>(sizeof(uint16_t)))
+    if (count < 0 || kHeaderBytes + count * format->width > bytes)
         throw plexus::Error("token shard '" + path + "' announces " + std::to_string(count) + " tokens but holds fewer",
                             "the file is truncated");
-    for (size_t i = old; i < out.size(); ++i)
-        if (out[i] >= vocab)
-            throw plexus::Error("token shard '" + path + "' holds token id " + std::to_string(out[i]) +
-                                    " >= data.vocab_size (" + std::to_string(vocab) + ")",
-                                "set data.vocab_size to the tokenizer's vocabulary size");
+    plexus::TokenSequence::Segment seg{static_cast<const char*>(file.get()) + kHeaderBytes, count, format->width, path};
+    owners.push_back(std::move(file));
+    return seg;
+}
+
+std::shared_ptr<const plexus::TokenSequence> map_shards(const std::vector<std::string>& files, int64_t vocab) {
+    std::vector<plexus::TokenSequence::Segment> segments;
+    std::vector<std::shared_ptr<const void>> owners;
+    for (const auto& f : files) segments.push_back(map_shard(f, owners));
+    return std::make_shared<const plexus::TokenSequence>(std::move(segments), std::move(owners), vocab);
 }
 
 class TokenShards : public plexus::TokenArrayDataset {
@@ -60,29 +102,25 @@ public:
     explicit TokenShards(const plexus::Config& cfg) {
         vocab_ = cfg.get_int("vocab_size");
         by_rank_ = plexus::partition_by_rank(cfg);
-        cfg.require(vocab_ > 0 && vocab_ <= 65536, "vocab_size", "must lie in [1, 65536] (tokens are uint16)");
-        auto train = std::make_shared<std::vector<uint16_t>>();
-        auto val = std::make_shared<std::vector<uint16_t>>();
+        cfg.require(vocab_ > 0 && vocab_ <= (int64_t{1} << 32), "vocab_size", "must lie in [1, 2^32]");
         const auto train_files = expand(cfg.get_string("train"), "train");
-        for (const auto& f : train_files) read_shard(f, vocab_, *train);
+        auto train = map_shards(train_files, vocab_);
         size_t val_files = 0;
         if (!cfg.get_string("val").empty()) {
-            for (const auto& f : expand(cfg.get_string("val"), "val")) {
-                read_shard(f, vocab_, *val);
-                ++val_files;
-            }
+            const auto files = expand(cfg.get_string("val"), "val");
+            val_files = files.size();
+            val_ = map_shards(files, vocab_);
+            train_ = train;
         } else {  // no validation shards: hold out the end of the training tokens
             const double frac = cfg.get_double("val_fraction");
             cfg.require(frac > 0 && frac < 1, "val_fraction", "must lie in (0, 1) when data.val is empty");
-            const size_t n_val = static_cast<size_t>(static_cast<double>(train->size()) * frac);
-            val->assign(train->end() - n_val, train->end());
-            train->resize(train->size() - n_val);
+            const int64_t n = train->size(), n_val = static_cast<int64_t>(static_cast<double>(n) * frac);
+            train_ = train->slice(0, n - n_val);
+            val_ = train->slice(n - n_val, n);
         }
-        train_ = train;
-        val_ = val;
         description_ = "tokens: " + std::to_string(train_files.size()) + " train shard(s), " +
-                       std::to_string(val_files) + " val shard(s); " + std::to_string(train_->size()) + " train / " +
-                       std::to_string(val_->size()) + " validation tokens";
+                       std::to_string(val_files) + " val shard(s), memory-mapped; " + std::to_string(train_->size()) +
+                       " train / " + std::to_string(val_->size()) + " validation tokens";
     }
 };
 
@@ -90,13 +128,13 @@ plexus::PluginDescriptor describe() {
     plexus::PluginDescriptor d;
     d.name = "tokens";
     d.kind = plexus::PluginKind::Dataset;
-    d.version = "1.0";
-    d.summary = "llm.c token shards (int32 header: 20240520, 1, count; then uint16 tokens)";
+    d.version = "1.1";
+    d.summary = "llm.c token shards, memory-mapped (uint16: magic 20240520 v1; uint32: magic 20240801 v7)";
     d.schema = {
         {"train", "", "training shard file or glob pattern"},
         {"val", "", "validation shard file or glob pattern; empty: hold out val_fraction of train"},
         {"val_fraction", 0.05, "held-out fraction when val is empty"},
-        {"vocab_size", 50257, "tokenizer vocabulary size (GPT-2: 50257)"},
+        {"vocab_size", 50257, "tokenizer vocabulary size (GPT-2: 50257); ids at or above it are refused"},
         plexus::partition_key(),
     };
     d.extras["check.needs"] = "data.train";  // `plexus check`: a shard file to read

@@ -9,8 +9,13 @@
 // `partition = "by_rank"` (partition_key()), shard r of W draws its training windows from its
 // own contiguous r-th W-th of the split instead: workers with different data, as in federated
 // or decentralized training (validation stays whole: the job's objective).
+//
+// The tokens themselves are a TokenSequence: uint16 or uint32 ids in one or more segments, held
+// in memory or mapped from files (datasets/tokens maps its shards, so local ranks share the page
+// cache instead of each holding a copy). Windows may cross segments: the sequence reads as one.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -26,7 +31,87 @@
 
 namespace plexus {
 
-using TokenArray = std::shared_ptr<const std::vector<uint16_t>>;
+// Token ids as one read-only sequence over segments that something else keeps alive (`owners`:
+// a vector, a file mapping). Ids are checked against `vocab` as they are read (0: unchecked), so
+// a corpus mapped from disk is never scanned whole up front.
+class TokenSequence {
+public:
+    struct Segment {
+        const void* data = nullptr;  // the first token
+        int64_t count = 0;           // tokens in it
+        int width = 2;               // bytes per token: 2 (uint16) or 4 (uint32)
+        std::string source;          // where it came from, for errors (a file name)
+    };
+
+    TokenSequence(std::vector<Segment> segments, std::vector<std::shared_ptr<const void>> owners, int64_t vocab = 0)
+        : segments_(std::move(segments)), owners_(std::move(owners)), vocab_(vocab) {
+        starts_.reserve(segments_.size() + 1);
+        starts_.push_back(0);
+        for (const auto& s : segments_) {
+            if (s.width != 2 && s.width != 4)
+                throw Error("token segment '" + s.source + "' has " + std::to_string(s.width) + "-byte tokens",
+                            "tokens are uint16 or uint32");
+            starts_.push_back(starts_.back() + s.count);
+        }
+    }
+
+    // Tokens held in memory (datasets that build their arrays).
+    static std::shared_ptr<const TokenSequence> of(std::vector<uint16_t> tokens) {
+        auto held = std::make_shared<const std::vector<uint16_t>>(std::move(tokens));
+        Segment seg{held->data(), static_cast<int64_t>(held->size()), 2, "memory"};
+        return std::make_shared<const TokenSequence>(std::vector<Segment>{seg},
+                                                     std::vector<std::shared_ptr<const void>>{held});
+    }
+
+    int64_t size() const { return starts_.back(); }
+
+    // Tokens [start, start + count) as int64 into dst.
+    void copy(int64_t start, int64_t count, int64_t* dst) const {
+        auto seg = static_cast<size_t>(std::upper_bound(starts_.begin(), starts_.end(), start) - starts_.begin()) - 1;
+        while (count > 0) {
+            const Segment& s = segments_.at(seg);
+            const int64_t offset = start - starts_[seg], n = std::min(count, s.count - offset);
+            if (s.width == 2)
+                widen(static_cast<const uint16_t*>(s.data) + offset, n, dst, s);
+            else
+                widen(static_cast<const uint32_t*>(s.data) + offset, n, dst, s);
+            dst += n, start += n, count -= n, ++seg;
+        }
+    }
+
+    // Tokens [lo, hi) as a sequence of their own, sharing this one's storage.
+    std::shared_ptr<const TokenSequence> slice(int64_t lo, int64_t hi) const {
+        std::vector<Segment> out;
+        for (size_t i = 0; i < segments_.size(); ++i) {
+            const int64_t a = std::max(lo, starts_[i]), b = std::min(hi, starts_[i + 1]);
+            if (a >= b) continue;
+            Segment s = segments_[i];
+            s.data = static_cast<const char*>(s.data) + (a - starts_[i]) * s.width;
+            s.count = b - a;
+            out.push_back(std::move(s));
+        }
+        return std::make_shared<const TokenSequence>(std::move(out), owners_, vocab_);
+    }
+
+private:
+    template <typename T>
+    void widen(const T* src, int64_t n, int64_t* dst, const Segment& s) const {
+        for (int64_t i = 0; i < n; ++i) {
+            dst[i] = static_cast<int64_t>(src[i]);
+            if (vocab_ > 0 && dst[i] >= vocab_)
+                throw Error("token shard '" + s.source + "' holds token id " + std::to_string(dst[i]) +
+                                " >= data.vocab_size (" + std::to_string(vocab_) + ")",
+                            "set data.vocab_size to the tokenizer's vocabulary size");
+        }
+    }
+
+    std::vector<Segment> segments_;
+    std::vector<std::shared_ptr<const void>> owners_;
+    std::vector<int64_t> starts_;  // token index where each segment starts; the last entry: the size
+    int64_t vocab_ = 0;
+};
+
+using TokenArray = std::shared_ptr<const TokenSequence>;
 
 class TokenWindowStream : public BatchStream {
 public:
@@ -66,9 +151,7 @@ public:
                 spec_.sequential
                     ? static_cast<uint64_t>((position_ * spec_.world_size * B + static_cast<int64_t>(global_row)) * T)
                     : first_start_ + mix_seed(batch_seed, global_row) % window_starts_;
-            const uint16_t* src = tokens_->data() + start;
-            int64_t* dst = staging_.data() + row * (T + 1);
-            for (int64_t t = 0; t <= T; ++t) dst[t] = src[t];
+            tokens_->copy(static_cast<int64_t>(start), T + 1, staging_.data() + row * (T + 1));
         }
         ++position_;
         auto all = torch::from_blob(staging_.data(), {B, T + 1}, torch::kInt64);
