@@ -86,10 +86,11 @@ TEST_CASE("a finished run keeps its final weights, exports them as safetensors, 
 
     // From the file and from the run: with a zero rate, the weights stay what run 1 ended with,
     // and evaluate to its final loss.
-    for (const std::string from : {"w.safetensors", "run:1"}) {
+    // (plexus run --init-from RUN|FILE sets train.init_from: a number is a run id.)
+    for (const auto& [flag, from] : std::vector<std::pair<std::string, std::string>>{
+             {"--set train.init_from=w.safetensors", "w.safetensors"}, {"--init-from 1", "run:1"}}) {
         INFO(from);
-        res = run_plexus("run " + file + " --db " + db +
-                         " --set train.steps=2 --set optimizer.lr=0 --set train.init_from=" + from);
+        res = run_plexus("run " + file + " --db " + db + " --set train.steps=2 --set optimizer.lr=0 " + flag);
         INFO(res.output);
         REQUIRE(res.exit_code == 0);
         host::ResultsStore store(db);

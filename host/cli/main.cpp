@@ -680,6 +680,10 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
         if (!point) return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
         opts.point = static_cast<int>(*point);
     }
+    if (take_flag(args, "--init-from", value)) {  // a run id or a safetensors file: train.init_from
+        const bool run_id = !value.empty() && value.find_first_not_of("0123456789") == std::string::npos;
+        opts.overrides.push_back("train.init_from=" + plexus::Value(run_id ? "run:" + value : value).to_text());
+    }
     std::string from_step;
     const bool has_from_step = take_flag(args, "--from-step", from_step);
     if (take_flag(args, "--resume", value)) {
@@ -734,9 +738,10 @@ const std::vector<Command>& commands() {
     using Args = std::vector<std::string>;
     static const std::vector<Command> table = {
         {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--preset NAME | --quick] [--db PATH]
-                   [--progress auto|bar|lines|none] [--point I] [--allow-plugin-path]
+                   [--progress auto|bar|lines|none] [--point I] [--init-from RUN|FILE] [--allow-plugin-path]
         Train the experiment in FILE.toml and record it in the results database.
         --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
+        --init-from starts from run RUN's kept weights or a safetensors FILE (train.init_from).
         --preset NAME applies the file's [preset.NAME] settings first (--quick: [preset.quick]).
         --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
         --allow-plugin-path: load plugins from the folders the file's plugin_path names (their
@@ -822,11 +827,12 @@ const std::vector<Command>& commands() {
 )",
          [](Args& a, int, char**) { return cmd_export(a); }},
         {"tokenize", R"(  plexus tokenize FILE... --out DIR [--vocab N] [--model FILE.model] [--val-fraction F]
-                [--shard-tokens N]
+                [--shard-tokens N] [--format auto|uint16|uint32]
         Train a BPE tokenizer (SentencePiece; default 8000 tokens) on the text files, or use
         --model, and write DIR/tokenizer.model, DIR/train_NNN.bin and DIR/val_000.bin in llm.c's
         shard format for the tokens dataset: each line a document ending in the end-of-sequence
-        token, the last --val-fraction (0.01) of the lines for validation.
+        token, the last --val-fraction (0.01) of the lines for validation. Token ids are uint16
+        where the vocabulary fits (auto), else uint32 (llm.c's Llama 3 format).
   plexus tokenize --decode SHARD.bin --model FILE.model
         Print a shard's documents as text, one a line.
 )",
