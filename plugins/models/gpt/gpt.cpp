@@ -1,6 +1,7 @@
 // models/gpt: a GPT-style decoder (pre-norm, learned positions, GELU MLP), as blocks:
 // [embed, layer 0 .. layer L-1, head].
 #include <plexus/kit/loss.hpp>
+#include <plexus/kit/recompute.hpp>
 #include <plexus/plexus.hpp>
 #include <plexus/kit/transformer.hpp>
 #include <torch/torch.h>
@@ -11,7 +12,8 @@ using plexus::Config;
 
 struct GptShape : plexus::transformer::Dims {
     bool tie_embeddings = false;
-    bool fused_norm = true;  // plexus's fused residual add + layer norm kernels on GPUs
+    bool fused_norm = true;        // plexus's fused residual add + layer norm kernels on GPUs
+    int64_t checkpoint_every = 0;  // recompute every k-th layer's activations in backward; 0: none
 };
 
 using plexus::transformer::Params;
@@ -37,7 +39,8 @@ public:
 
 class Layer : public plexus::Block {
 public:
-    Layer(const GptShape& s, int64_t index) : shape_(s) {
+    Layer(const GptShape& s, int64_t index)
+        : shape_(s), recompute_(plexus::recompute::recomputes(index, s.checkpoint_every)) {
         using plexus::transformer::linear;
         using plexus::transformer::norm;
         ln1 = register_module("ln1", norm(s.d_model, s.options));
@@ -54,14 +57,17 @@ public:
         proj->weight.normal_(0.0, resid_std);
         out->weight.normal_(0.0, resid_std);
         mask = register_buffer("mask", plexus::compat::causal_mask(s.seq_len, s.options));
-        (void)index;
+    }
+
+    torch::Tensor forward(const torch::Tensor& x) override {
+        return recompute_ ? plexus::recompute::checkpointed(body_, x) : compute(x);
     }
 
     // Under tensor parallelism this rank holds some heads and some MLP units: local sizes come
     // from the parameters' shapes; the row-parallel biases are added after the partial sums meet.
     // The residual stream goes through each norm (x1 is x) so that, on a GPU, the norm's backward
     // adds the stream's gradient in the same pass (plexus/kit/layer_norm.hpp).
-    torch::Tensor forward(const torch::Tensor& x) override {
+    torch::Tensor compute(const torch::Tensor& x) {
         const auto head_dim = shape_.d_model / shape_.n_head;
         const bool fused = shape_.fused_norm;
         auto [x1, h1] = residual_layer_norm(*ln1, x, {}, fused);
@@ -103,6 +109,8 @@ public:
 
 private:
     GptShape shape_;
+    bool recompute_;
+    const plexus::recompute::BlockFunction body_ = [this](const torch::Tensor& x) { return compute(x); };
 };
 
 class Head : public plexus::Block {
@@ -176,11 +184,13 @@ plexus::PluginDescriptor describe() {
     d.schema.push_back({"fused_norm", true,
                         "on a GPU, plexus's kernels for residual add + layer norm (+ autocast's cast); "
                         "false: LibTorch's separate kernels (the same values, to rounding)"});
+    d.schema.push_back(plexus::recompute::activation_checkpointing_key());
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         GptShape s;
         static_cast<plexus::transformer::Dims&>(s) = plexus::transformer::read_dims(cfg, ctx);
         s.tie_embeddings = cfg.get_bool("tie_embeddings");
         s.fused_norm = cfg.get_bool("fused_norm");
+        s.checkpoint_every = cfg.get_int("activation_checkpointing");
         return std::make_shared<Gpt>(s);
     };
     // `plexus check` runs plugins of other kinds with this model, this small.

@@ -2,6 +2,7 @@
 // rotary position embeddings, a SwiGLU MLP, grouped-query attention, no biases. Blocks:
 // [embed, layer 0 .. layer L-1, head]. The operations are in llama_ops.hpp.
 #include <plexus/kit/loss.hpp>
+#include <plexus/kit/recompute.hpp>
 #include <plexus/kit/transformer.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
@@ -74,7 +75,7 @@ public:
     }
 
     torch::Tensor forward(const torch::Tensor& x) override {
-        return recompute_ ? plexus::llama::checkpointed(body_, x) : compute(x);
+        return recompute_ ? plexus::recompute::checkpointed(body_, x) : compute(x);
     }
 
     // Under tensor parallelism this rank holds whole query heads and the key/value heads they
@@ -117,7 +118,7 @@ public:
 private:
     LlamaShape shape_;
     bool recompute_;
-    const plexus::llama::BlockFunction body_ = [this](const torch::Tensor& x) { return compute(x); };
+    const plexus::recompute::BlockFunction body_ = [this](const torch::Tensor& x) { return compute(x); };
 };
 
 class Head : public plexus::Block {
@@ -154,7 +155,7 @@ public:
         auto embed = add_block("embed", std::make_shared<Embed>(s));
         for (int64_t i = 0; i < s.n_layer; ++i) {
             // Every k-th layer recomputes its activations in backward (k = activation_checkpointing).
-            const bool recompute = s.checkpoint_every > 0 && i % s.checkpoint_every == 0;
+            const bool recompute = plexus::recompute::recomputes(i, s.checkpoint_every);
             layers_.push_back(add_block("layer" + std::to_string(i), std::make_shared<Layer>(s, recompute)));
         }
         head_ =
@@ -218,10 +219,7 @@ plexus::PluginDescriptor describe() {
     d.schema.push_back(plexus::ConfigKey("rope_base", 10000.0, "rotary embedding base (theta)").at_least(1.0));
     d.schema.push_back(plexus::ConfigKey("norm_eps", 1e-5, "RMSNorm epsilon").at_least(0.0));
     d.schema.push_back({"tie_embeddings", false, "share the token embedding with the LM head"});
-    d.schema.push_back(plexus::ConfigKey("activation_checkpointing", 0,
-                                         "recompute the activations of every k-th layer in backward instead of "
-                                         "keeping them (1: every layer); 0: keep all")
-                           .at_least(0));
+    d.schema.push_back(plexus::recompute::activation_checkpointing_key());
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         return std::make_shared<Llama>(read_shape(cfg, ctx));
     };

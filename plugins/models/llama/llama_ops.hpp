@@ -1,9 +1,9 @@
 // models/llama's operations, as functions the tests call directly: RMSNorm, rotary position
-// embeddings, grouped-query causal attention, the SwiGLU MLP and its hidden-size rule, and
-// activation checkpointing (recompute in backward).
+// embeddings, grouped-query causal attention, the SwiGLU MLP and its hidden-size rule.
 //
 // Conventions follow Meta's reference implementation (github.com/meta-llama/llama, llama/model.py
-// at commit 689c7f261b9c5514636ecc3c5fefefcbb3e6eed7): RMSNorm with eps inside the root, rotary embeddings on adjacent pairs (x[2i], x[2i+1]) rotated by
+// at commit 689c7f261b9c5514636ecc3c5fefefcbb3e6eed7): RMSNorm with eps inside the root, rotary
+// embeddings on adjacent pairs (x[2i], x[2i+1]) rotated by
 // position * base^(-2i/head_dim), key/value heads repeated for the query heads that share them
 // (query head h reads key/value head h / (n_head / n_kv_head)), and the MLP's hidden width
 // int(2/3 * 4d) rounded up to a multiple of `multiple_of`.
@@ -62,39 +62,6 @@ inline torch::Tensor grouped_attention(const torch::Tensor& q, torch::Tensor k, 
 inline torch::Tensor swiglu_hidden_activations(const torch::Tensor& x, const torch::Tensor& w1,
                                                const torch::Tensor& w3) {
     return torch::silu(torch::linear(x, w1)) * torch::linear(x, w3);
-}
-
-// Activation checkpointing: y = f(x) computed without keeping f's activations. The forward runs
-// f without a graph and keeps x only; the backward runs f again from x with a graph and
-// backpropagates the output's gradient through it, which adds the parameters' gradients to
-// their .grad as an ordinary backward would (so strategies that hook gradient accumulation see
-// them) and returns x's. f must compute the same values twice (no dropout here) and outlive the
-// backward (a block's member).
-using BlockFunction = std::function<torch::Tensor(const torch::Tensor&)>;
-struct Recompute : torch::autograd::Function<Recompute> {
-    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, const BlockFunction* f) {
-        ctx->save_for_backward({x});
-        ctx->saved_data["f"] = reinterpret_cast<int64_t>(f);
-        torch::NoGradGuard no_grad;
-        return (*f)(x);
-    }
-    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                   torch::autograd::variable_list grad) {
-        const auto* f = reinterpret_cast<const BlockFunction*>(ctx->saved_data["f"].toInt());
-        auto x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-        torch::Tensor y;
-        {
-            torch::AutoGradMode with_graph(true);
-            y = (*f)(x);
-        }
-        torch::autograd::backward({y}, {grad[0]});
-        return {x.grad(), torch::Tensor()};
-    }
-};
-
-inline torch::Tensor checkpointed(const BlockFunction& f, const torch::Tensor& x) {
-    if (!torch::GradMode::is_enabled() || !x.requires_grad()) return f(x);  // nothing to keep anyway
-    return Recompute::apply(x, &f);
 }
 
 }  // namespace plexus::llama

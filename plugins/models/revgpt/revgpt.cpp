@@ -10,8 +10,11 @@
 //
 // reversible_backprop = true: training keeps no activation inside the stack of reversible
 // blocks; backward reconstructs each block's input from its output on the way down (one more
-// forward per block, the memory of one block instead of all of them).
+// forward per block, the memory of one block instead of all of them). activation_checkpointing
+// = k, the non-reversible way to the same end: every k-th block keeps only its input and
+// recomputes its activations in backward (the memory baseline reversible methods answer to).
 #include <plexus/kit/loss.hpp>
+#include <plexus/kit/recompute.hpp>
 #include <plexus/plexus.hpp>
 #include <plexus/kit/transformer.hpp>
 #include <torch/torch.h>
@@ -24,6 +27,7 @@ using plexus::transformer::Params;
 
 struct RevShape : plexus::transformer::Dims {
     double embed_std = 0.02;
+    int64_t checkpoint_every = 0;  // recompute every k-th block's activations in backward; 0: none
 };
 
 // F: causal self-attention on a pre-normed half.
@@ -83,13 +87,17 @@ public:
 
 class RevBlock : public plexus::Block {
 public:
-    RevBlock(const RevShape& s) : d_model_(s.d_model) {
+    RevBlock(const RevShape& s, int64_t index)
+        : d_model_(s.d_model), recompute_(plexus::recompute::recomputes(index, s.checkpoint_every)) {
         const double resid_std = 0.02 / std::sqrt(2.0 * s.n_layer);
         attn = register_module("attn", std::make_shared<Attention>(s, resid_std));
         mlp = register_module("mlp", std::make_shared<Mlp>(s, resid_std));
     }
 
     torch::Tensor forward(const torch::Tensor& x) override {
+        return recompute_ ? plexus::recompute::checkpointed(body_, x) : compute(x);
+    }
+    torch::Tensor compute(const torch::Tensor& x) {
         auto halves = x.chunk(2, -1);
         auto y1 = halves[0] + attn->forward(halves[1]);
         auto y2 = halves[1] + mlp->forward(y1);
@@ -137,6 +145,8 @@ public:
 
 private:
     int64_t d_model_;
+    bool recompute_;
+    const plexus::recompute::BlockFunction body_ = [this](const torch::Tensor& x) { return compute(x); };
 };
 
 class Head : public plexus::Block {
@@ -184,7 +194,7 @@ public:
     RevGpt(const RevShape& s, bool reversible_backprop) : reversible_backprop_(reversible_backprop) {
         embed_ = add_block("embed", std::make_shared<Embed>(s));
         for (int64_t i = 0; i < s.n_layer; ++i)
-            stack_.push_back(add_block("rev" + std::to_string(i), std::make_shared<RevBlock>(s)));
+            stack_.push_back(add_block("rev" + std::to_string(i), std::make_shared<RevBlock>(s, i)));
         head_ = add_block("head", std::make_shared<Head>(s));
     }
 
@@ -232,10 +242,12 @@ plexus::PluginDescriptor describe() {
     d.schema.push_back({"reversible_backprop", false,
                         "train without storing the reversible blocks' activations: backward reconstructs them (one "
                         "more forward each)"});
+    d.schema.push_back(plexus::recompute::activation_checkpointing_key());
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         RevShape s;
         static_cast<plexus::transformer::Dims&>(s) = plexus::transformer::read_dims(cfg, ctx);
         s.embed_std = cfg.get_double("embed_std");
+        s.checkpoint_every = cfg.get_int("activation_checkpointing");
         cfg.require(s.embed_std > 0, "embed_std", "must be > 0");
         return std::make_shared<RevGpt>(s, cfg.get_bool("reversible_backprop"));
     };

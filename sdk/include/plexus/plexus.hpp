@@ -25,6 +25,7 @@
 //   kit/layer_norm.hpp     layer norm through the host's fused operator
 //   kit/compat.hpp         LibTorch 1.13 / 2.x differences (attention, autocast, fused AdamW)
 //   kit/weights_file.hpp   named sections of numbers in a text file (learned weights)
+//   kit/recompute.hpp      activation checkpointing: a block recomputed in backward
 #pragma once
 
 #include "plexus/comm.hpp"
