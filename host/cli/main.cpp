@@ -831,7 +831,7 @@ const std::vector<Command>& commands() {
         Train a BPE tokenizer (SentencePiece; default 8000 tokens) on the text files, or use
         --model, and write DIR/tokenizer.model, DIR/train_NNN.bin and DIR/val_000.bin in llm.c's
         shard format for the tokens dataset: each line a document ending in the end-of-sequence
-        token, the last --val-fraction (0.01) of the lines for validation. Token ids are uint16
+        token, a --val-fraction (0.01) of the lines, spread evenly, for validation. Token ids are uint16
         where the vocabulary fits (auto), else uint32 (llm.c's Llama 3 format).
   plexus tokenize --decode SHARD.bin --model FILE.model
         Print a shard's documents as text, one a line.

@@ -6,7 +6,9 @@
 // process (host/CMakeLists.txt).
 //
 // Each line of the corpus is a document: its tokens, then the tokenizer's end-of-sequence id.
-// The last `val_fraction` of the lines go to the validation shard. The tokenizer keeps the text
+// A `val_fraction` of the lines, spread evenly over the corpus (line i where i * fraction passes
+// a whole number: every 100th for 1%), go to the validation shard, so that a corpus assembled
+// from several sources is validated on all of them. The tokenizer keeps the text
 // as it is (no Unicode normalization, spaces kept, unknown characters as bytes), so decoding a
 // line's tokens gives the line back (`--decode SHARD` prints a shard's documents, one a line).
 #include <chrono>
@@ -134,7 +136,10 @@ TokenizeResult tokenize(const TokenizeOptions& o) {
     const int eos = sp.eos_id();
     if (eos < 0) throw Error("plexus tokenize: " + r.model + " has no end-of-sequence token", "documents end with it");
     const int64_t lines = count_lines(o.inputs);
-    const int64_t val_from = lines - static_cast<int64_t>(std::llround(static_cast<double>(lines) * o.val_fraction));
+    auto validation = [&](int64_t i) {  // line i (from 0) is held out
+        return std::floor(static_cast<double>(i + 1) * o.val_fraction) >
+               std::floor(static_cast<double>(i) * o.val_fraction);
+    };
     std::vector<uint32_t> train, val;
     std::vector<int> ids;
     auto flush_train = [&] {
@@ -153,7 +158,7 @@ TokenizeResult tokenize(const TokenizeOptions& o) {
             if (const auto status = sp.Encode(line, &ids); !status.ok())
                 throw Error("plexus tokenize: " + f + ": cannot encode line " + std::to_string(r.lines + 1) + ": " +
                             status.ToString());
-            auto& dst = r.lines < val_from ? train : val;
+            auto& dst = validation(r.lines) ? val : train;
             dst.insert(dst.end(), ids.begin(), ids.end());
             dst.push_back(static_cast<uint32_t>(eos));
             ++r.lines;
