@@ -1,6 +1,8 @@
 // bench/gpt_step: the same GPT training step (same shapes, AdamW, clipping) timed in plexus
 // (models/gpt + optimizers/adamw + strategies/single, through the host's own plugin path) and
-// in a PyTorch eager reference (bench/gpt_step_ref.py), in one run. Prints the ratio of tokens/s
+// in a PyTorch eager reference (bench/gpt_step_ref.py), in one run. --model llama does the same
+// for models/llama (RMSNorm, rotary positions, SwiGLU, grouped-query attention with --kv-heads)
+// against an eager Llama written as Meta's reference code writes it. Prints the ratio of tokens/s
 // and plexus's MFU: on the CPU against the fp32 matmul peak measured in the same run, on a GPU
 // (--device cuda, usually with --precision bf16) against the card's datasheet bf16 peak. On a
 // GPU the reference runs separately (bench/gpt_step_gpu.sh drives both), since two 1.3B
@@ -36,7 +38,9 @@ namespace {
 bench::Flags parse_args(int argc, char** argv) {
     return bench::Flags(
         argc, argv,
-        {{"layers", "4"},
+        {{"model", "gpt"},
+         {"kv-heads", "0"},
+         {"layers", "4"},
          {"width", "256"},
          {"heads", "4"},
          {"seq", "128"},
@@ -51,7 +55,8 @@ bench::Flags parse_args(int argc, char** argv) {
          {"precision", "fp32"},
          {"profile", ""},
          {"fused-norm", "1"}},
-        "gpt_step [--layers N --width N --heads N --seq N --batch N --vocab N --steps N --rounds N "
+        "gpt_step [--model gpt|llama --kv-heads N (llama; 0: --heads) --layers N --width N --heads N --seq N --batch N "
+        "--vocab N --steps N --rounds N "
         "--warmup N --threads N --reference 0|1 --device cpu|cuda --precision fp32|bf16 --profile TRACE "
         "--fused-norm 0|1 (models/gpt's fused_norm: plexus's residual add + layer norm kernels on a GPU)]");
 }
@@ -119,15 +124,21 @@ int main(int argc, char** argv) {
     }
     const auto autocast_dtype = a.text("precision") == "bf16" ? torch::kBFloat16 : torch::kFloat;
 
+    const std::string model = a.text("model");
+    if (model != "gpt" && model != "llama") {
+        std::cerr << "gpt_step: --model takes gpt or llama, not '" << model << "'\n";
+        return 2;
+    }
+    const std::string model_keys = model == "gpt" ? std::string("fused_norm = ") + (a["fused-norm"] ? "true" : "false")
+                                                  : "n_kv_head = " + std::to_string(a["kv-heads"]);
     char toml[1024];
     std::snprintf(toml, sizeof toml,
-                  "[model]\nname = \"gpt\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\nfused_norm = %s\n"
+                  "[model]\nname = \"%s\"\nn_layer = %lld\nd_model = %lld\nn_head = %lld\n%s\n"
                   "[data]\nname = \"synthetic\"\nvocab_size = %lld\nbranching = 8\ntrain_tokens = 200000\n"
                   "[optimizer]\nname = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.95]\nweight_decay = 0.1\n"
                   "[strategy]\nname = \"single\"\n[train]\nbatch_size = %lld\nseq_len = %lld\ngrad_clip = 1.0\n",
-                  (long long)a["layers"], (long long)a["width"], (long long)a["heads"],
-                  a["fused-norm"] ? "true" : "false", (long long)a["vocab"], (long long)a["batch"],
-                  (long long)a["seq"]);
+                  model.c_str(), (long long)a["layers"], (long long)a["width"], (long long)a["heads"],
+                  model_keys.c_str(), (long long)a["vocab"], (long long)a["batch"], (long long)a["seq"]);
     const std::string file = bench::write_experiment(toml, "gpt_step.toml");
     const auto cfg = bench::resolve_file(file);
     std::filesystem::remove_all(std::filesystem::path(file).parent_path());
@@ -157,8 +168,9 @@ int main(int argc, char** argv) {
     if (a["reference"]) {
         const char* py = std::getenv("PLEXUS_PYTHON");
         command = std::string(py ? py : "/usr/bin/python3") + " " + PLEXUS_BENCH_DIR + "/gpt_step_ref.py --serve";
-        for (const char* k : {"layers", "width", "heads", "seq", "batch", "vocab", "steps", "warmup"})
+        for (const char* k : {"layers", "width", "heads", "kv-heads", "seq", "batch", "vocab", "steps", "warmup"})
             command += std::string(" --") + k + " " + std::to_string(a[k]);
+        command += " --model " + model;
         command += " --dtype " + a.text("precision");
         command += " --threads " + std::to_string(at::get_num_threads());  // LibTorch's pool as plexus set it
         reference = std::make_unique<Reference>(command);
@@ -197,9 +209,9 @@ int main(int argc, char** argv) {
     const double peak = bench::median(peaks);
     const double mfu = bench::median(mfus);
 
-    std::printf("gpt_step L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, %s %s, %s, %s params\n", (long long)a["layers"],
-                (long long)a["width"], (long long)a["heads"], (long long)a["seq"], (long long)a["batch"],
-                (long long)a["vocab"], device.str().c_str(), a.text("precision").c_str(),
+    std::printf("gpt_step %s L=%lld D=%lld H=%lld T=%lld B=%lld V=%lld, %s %s, %s, %s params\n", model.c_str(),
+                (long long)a["layers"], (long long)a["width"], (long long)a["heads"], (long long)a["seq"],
+                (long long)a["batch"], (long long)a["vocab"], device.str().c_str(), a.text("precision").c_str(),
                 gpu ? gpu_name.c_str() : (std::to_string(a["threads"]) + " threads").c_str(),
                 std::to_string(ctx.params).c_str());
     std::printf("  plexus:    %10.0f tok/s (median of %lld rounds of %lld steps)\n", plexus_tps, (long long)a["rounds"],

@@ -2,6 +2,11 @@
 models/gpt + optimizers/adamw + strategies/single (pre-norm blocks, learned positions, tanh GELU,
 untied head, AdamW with decoupled decay on matrices only, global-norm clipping at 1.0).
 
+--model llama: the Llama step of models/llama instead, written as Meta's reference code writes
+it (github.com/meta-llama/llama, llama/model.py @689c7f26): RMSNorm, rotary embeddings as a
+complex multiplication, key/value heads repeated for grouped-query attention, SwiGLU with the
+2/3 * 4d width rounded up to 32, no biases, an untied head.
+
 Alone, it prints `reference tokens_per_s=<median over rounds> threads=<torch threads>`:
     python3 bench/gpt_step_ref.py --layers 4 --width 256 --heads 4 --seq 128 --batch 8 --vocab 4096
 On a GPU (PyTorch 2.x): --device cuda --dtype bf16 runs the forward under torch.autocast with
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 
 
 HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+ROPE_COMPLEX = False  # --rope complex: Meta's complex multiplication (slower on PyTorch 1.13's CPU)
 
 
 class Layer(nn.Module):
@@ -53,6 +59,90 @@ class Layer(nn.Module):
         return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
 
+class RmsNorm(nn.Module):
+    def __init__(self, d, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, d, h, kv, n_layer, rope):
+        super().__init__()
+        self.h, self.kv, self.hd = h, kv, d // h
+        self.attn_norm, self.mlp_norm = RmsNorm(d), RmsNorm(d)
+        self.wq = nn.Linear(d, h * self.hd, bias=False)
+        self.wk = nn.Linear(d, kv * self.hd, bias=False)
+        self.wv = nn.Linear(d, kv * self.hd, bias=False)
+        self.wo = nn.Linear(h * self.hd, d, bias=False)
+        hidden = 32 * ((2 * 4 * d // 3 + 31) // 32)
+        self.w1, self.w3 = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d, bias=False)
+        for lin in (self.wq, self.wk, self.wv, self.w1, self.w3):
+            nn.init.normal_(lin.weight, 0.0, 0.02)
+        for lin in (self.wo, self.w2):
+            nn.init.normal_(lin.weight, 0.0, 0.02 / math.sqrt(2 * n_layer))
+        self.rope = rope  # complex [T, hd / 2]: e^(i * position * base^(-2j / hd))
+
+    def rotate(self, x):  # x [B, T, heads, hd]: adjacent pairs rotated by their position's angle
+        if ROPE_COMPLEX:  # as Meta's code: pairs as complex numbers
+            z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+            return torch.view_as_real(z * self.rope[: x.shape[1], None, :]).flatten(3).type_as(x)
+        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)  # the same rotation in real arithmetic
+        c, s = self.rope.real[: x.shape[1], None, :], self.rope.imag[: x.shape[1], None, :]
+        return torch.stack((a * c - b * s, a * s + b * c), -1).flatten(-2)
+
+    def forward(self, x, mask):
+        b, t, d = x.shape
+        h = self.attn_norm(x)
+        q = self.rotate(self.wq(h).view(b, t, self.h, self.hd))
+        k = self.rotate(self.wk(h).view(b, t, self.kv, self.hd))
+        v = self.wv(h).view(b, t, self.kv, self.hd)
+        if self.kv != self.h:  # each key/value head serves h / kv query heads
+            k = k.repeat_interleave(self.h // self.kv, dim=2)
+            v = v.repeat_interleave(self.h // self.kv, dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if HAS_SDPA:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.hd) + mask[:t, :t]
+            y = torch.softmax(att, dim=-1) @ v
+        x = x + self.wo(y.transpose(1, 2).reshape(b, t, d))
+        g = self.mlp_norm(x)
+        return x + self.w2(F.silu(self.w1(g)) * self.w3(g))
+
+
+class Llama(nn.Module):
+    def __init__(self, vocab, n_layer, d, h, kv, seq, base=10000.0):
+        super().__init__()
+        hd = d // h
+        inv_freq = base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        angles = torch.outer(torch.arange(seq, dtype=torch.float64), inv_freq)
+        self.register_buffer("rope", torch.polar(torch.ones_like(angles), angles).to(torch.complex64))
+        self.tokens = nn.Embedding(vocab, d)
+        nn.init.normal_(self.tokens.weight, 0.0, 0.02)
+        self.layers = nn.ModuleList([LlamaLayer(d, h, kv, n_layer, self.rope) for _ in range(n_layer)])
+        self.norm = RmsNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        nn.init.normal_(self.head.weight, 0.0, 0.02)
+        self.register_buffer("mask", torch.full((seq, seq), float("-inf")).triu(1))
+
+    def forward(self, ids):
+        x = self.tokens(ids)
+        for layer in self.layers:
+            x = layer(x, self.mask)
+        return self.head(self.norm(x))
+
+
+def make_model(args):
+    if args.model == "llama":
+        return Llama(args.vocab, args.layers, args.width, args.heads, args.kv_heads or args.heads, args.seq)
+    return Gpt(args.vocab, args.layers, args.width, args.heads, args.seq)
+
+
 class Gpt(nn.Module):
     def __init__(self, vocab, n_layer, d, h, seq):
         super().__init__()
@@ -77,12 +167,12 @@ def build(args, threads):
     gpu = device.type == "cuda"
     if gpu and hasattr(torch, "set_default_device"):
         with device:  # parameters created on the GPU (a 1.3B model initialized on the CPU takes long)
-            model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq)
+            model = make_model(args)
     else:
-        model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq).to(device)
+        model = make_model(args).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    extra = {"fused": True} if gpu else {}
+    extra = {"fused": True} if gpu else {"foreach": True}  # the fastest AdamW each device has
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.95), eps=1e-8, **extra)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=device)
@@ -139,8 +229,11 @@ def profile(timed_round, args):
 def main():
     ap = argparse.ArgumentParser()
     for name, default in [("layers", 4), ("width", 256), ("heads", 4), ("seq", 128), ("batch", 8), ("vocab", 4096),
-                          ("steps", 5), ("rounds", 7), ("warmup", 3)]:
+                          ("steps", 5), ("rounds", 7), ("warmup", 3), ("kv-heads", 0)]:
         ap.add_argument("--" + name, type=int, default=default)
+    ap.add_argument("--model", default="gpt", choices=["gpt", "llama"])
+    ap.add_argument("--rope", default="real", choices=["real", "complex"],
+                    help="llama's rotary embeddings: real arithmetic on pairs (the faster here), or complex")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the OpenMP build of OpenBLAS shares them; the pthreads build keeps its own pool)")
     ap.add_argument("--serve", action="store_true", help="time one round per line read on stdin")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -149,6 +242,8 @@ def main():
     ap.add_argument("--profile", action="store_true",
                     help="after warm-up, profile --steps steps and print where the time goes (GPU kernels on a GPU)")
     args = ap.parse_args()
+    global ROPE_COMPLEX
+    ROPE_COMPLEX = args.rope == "complex"
     timed_round = build(args, args.threads)
     if args.profile:
         profile(timed_round, args)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # All CPU benchmarks in one command, each measured against its reference in the same run, and a
 # table of ratios at the end:
-#   GPT training step, plexus against PyTorch eager on identical shapes, at four sizes, with MFU
-#     against the float32 matmul peak measured in the same run   (build/bench/gpt_step)
+#   GPT training step, plexus against PyTorch eager on identical shapes, at four sizes, and the
+#     Llama step at two, with MFU against the float32 matmul peak measured in the same run
+#     (build/bench/gpt_step, --model llama)
 #   the loss's forward and backward against LibTorch's composite (build/bench/loss)
 #   c10d/Gloo all-reduce bus bandwidth against memcpy            (build/bench/allreduce)
 #   the harness's cost per step against a bare loop              (build/bench/harness_overhead)
@@ -24,22 +25,28 @@ field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
 rows=""
 row() { rows="$rows$(printf '| %s | %s | %s |' "$1" "$2" "$3")"$'\n'; }
 
-# name layers width heads seq batch vocab: from where Python's per-op overhead shows to the
-# largest step that takes under a second here.
-sizes="tiny:2:64:2:32:4:256 small:4:256:4:128:8:4096 medium:6:384:6:128:8:8192 large:6:512:8:256:4:8192"
+# model name layers width heads kv-heads seq batch vocab: from where Python's per-op overhead
+# shows to the largest step that takes under a second here (kv-heads: llama's; 0 for gpt).
+sizes="gpt:tiny:2:64:2:0:32:4:256 gpt:small:4:256:4:0:128:8:4096 gpt:medium:6:384:6:0:128:8:8192
+  gpt:large:6:512:8:0:256:4:8192 llama:small:4:256:4:2:128:8:4096 llama:medium:6:384:6:2:128:8:8192"
 rounds=7
-if [ $quick = 1 ]; then sizes="tiny:2:64:2:32:4:256 large:6:512:8:256:4:8192"; rounds=3; fi
+if [ $quick = 1 ]; then
+  sizes="gpt:tiny:2:64:2:0:32:4:256 gpt:large:6:512:8:0:256:4:8192 llama:small:4:256:4:2:128:8:4096"
+  rounds=3
+fi
 for spec in $sizes; do
-  IFS=: read -r name L D H T B V <<< "$spec"
+  IFS=: read -r model name L D H KV T B V <<< "$spec"
   steps=5
   [ "$name" = tiny ] && steps=50
-  echo "== gpt_step $name" >&2
-  "$build/bench/gpt_step" --layers "$L" --width "$D" --heads "$H" --seq "$T" --batch "$B" --vocab "$V" \
-    --steps $steps --rounds $rounds > "$out/gpt_step_$name.txt" 2>&1
-  ratio=$(sed -n 's/.*ratio plexus\/reference: \([0-9.]*\).*/\1/p' "$out/gpt_step_$name.txt")
-  mfu=$(field mfu < "$out/gpt_step_$name.txt")
-  tps=$(field tokens_per_s < "$out/gpt_step_$name.txt")
-  row "GPT step $name (L=$L D=$D T=$T B=$B V=$V)" "plexus / PyTorch eager tokens/s: ${ratio:-failed}" \
+  label=$([ "$model" = gpt ] && echo GPT || echo Llama)
+  echo "== gpt_step $model $name" >&2
+  "$build/bench/gpt_step" --model "$model" --layers "$L" --width "$D" --heads "$H" --kv-heads "$KV" --seq "$T" \
+    --batch "$B" --vocab "$V" --steps $steps --rounds $rounds > "$out/${model}_step_$name.txt" 2>&1
+  ratio=$(sed -n 's/.*ratio plexus\/reference: \([0-9.]*\).*/\1/p' "$out/${model}_step_$name.txt")
+  mfu=$(field mfu < "$out/${model}_step_$name.txt")
+  tps=$(field tokens_per_s < "$out/${model}_step_$name.txt")
+  kv=$([ "$model" = llama ] && echo " KV=$KV")
+  row "$label step $name (L=$L D=$D$kv T=$T B=$B V=$V)" "plexus / PyTorch eager tokens/s: ${ratio:-failed}" \
       "$(awk -v m="${mfu:-0}" -v t="${tps:-0}" 'BEGIN { printf "%.0f tok/s, MFU %.1f%% of measured peak", t, 100 * m }')"
 done
 
