@@ -292,6 +292,40 @@ TEST_CASE("Ctrl-C stops a sweep, marks the running run interrupted, and the next
     CHECK(store.metric_series(runs[0].id, "loss").size() == 200);
 }
 
+TEST_CASE("a stopped grid point resumes after values were added to its grid, which renumbers the points", "[sweep]") {
+    // Point 1 (lr 3e-3, seed 0) is stopped by Ctrl-C; a rate added in front of the axis makes it
+    // point 2. Resuming finds it by the run's config hash, where the recorded number would give
+    // another point's settings (and the resume would be refused).
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("g.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = [1e-2, 3e-3]\n");
+    const std::string log = dir / "out.log";
+    pid_t run = fork();
+    if (run == 0) {
+        setpgid(0, 0);
+        freopen(log.c_str(), "w", stdout);
+        dup2(fileno(stdout), STDERR_FILENO);
+        execl(PLEXUS_BINARY, "plexus", "run", file.c_str(), "--point", "1", "--db", db.c_str(), "--progress", "none",
+              "--set", "train.steps=200", static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    setpgid(run, run);
+    REQUIRE(wait_for_losses(db, 3) >= 3);
+    kill(-run, SIGINT);
+    INFO(wait_logged(run, log).output);
+    host::ResultsStore store(db);
+    const auto stopped = store.list_runs(1).at(0);
+    REQUIRE(stopped.status == "interrupted");
+    dir.file("g.toml", std::string(kTinyExperiment) + "[grid]\n\"optimizer.lr\" = [3e-2, 1e-2, 3e-3]\n");
+    auto resumed = run_plexus("run --resume " + std::to_string(stopped.id) + " --db " + db + " --progress none");
+    INFO(resumed.output);
+    CHECK(resumed.exit_code == 0);
+    CHECK(store.get_run(stopped.id)->status == "finished");
+    CHECK(store.get_run(stopped.id)->config_hash == stopped.config_hash);
+    CHECK(store.metric_series(stopped.id, "loss").size() == 200);
+    CHECK(store.params(stopped.id).at("optimizer.lr") == "0.003");
+}
+
 TEST_CASE("grid variants: named sets of settings, e.g. strategies with keys of their own", "[sweep]") {
     TempDir dir;
     const auto db = dir / "r.db";

@@ -336,6 +336,17 @@ std::vector<std::string> choose_tuned(SweepPlan& plan, ResultsStore& store) {
     return lines;
 }
 
+// The tuning points that have not ended, as "point 3 interrupted (run 530), point 5 running".
+std::string unfinished_tuning(const SweepPlan& plan) {
+    std::string out;
+    for (const auto& p : plan.points)
+        if (p.grid.tuning && p.last_status != "finished" && p.last_status != "failed" && p.last_status != "diverged")
+            out += std::string(out.empty() ? "" : ", ") + "point " + std::to_string(p.index) + " " +
+                   (p.last_status.empty() ? "not started" : p.last_status) +
+                   (p.last_run > 0 ? " (run " + std::to_string(p.last_run) + ")" : "");
+    return out;
+}
+
 bool tuning_done(const SweepPlan& plan) {
     for (const auto& p : plan.points)
         if (p.grid.tuning && p.last_status != "finished" && p.last_status != "failed" && p.last_status != "diverged")
@@ -754,9 +765,10 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
             t);
         if (!g_stop && !t.interrupted) history = recall(*store, plan);
         if (!g_stop && !t.interrupted && !tuning_done(plan)) {
-            // Another sweep of this file still runs tuning points: choosing now would choose from
-            // part of them, and maybe differently from it.
-            std::cout << "tuning runs are still running in another process: run the sweep again once they end\n";
+            // Choosing now would choose from part of the tuning runs: another sweep of this file
+            // still runs some, or some stopped unfinished (their logs say why).
+            std::cout << "tuning is not complete (" << unfinished_tuning(plan)
+                      << "): the reported seeds wait until every tuning run has ended; run the sweep again\n";
         } else if (!g_stop && !t.interrupted) {
             std::cout << "chosen by " << plan.exp.tune.metric << " on the tuning seeds:\n";
             for (const auto& line : choose_tuned(plan, *store)) std::cout << "  " << line << "\n";

@@ -365,6 +365,23 @@ struct PreparedRun {
     int world() const { return rendezvous ? rendezvous->world_size : 1; }
 };
 
+// A resumed run's grid point: the one it recorded or, where values were since added to or
+// removed from the grid (which renumbers the points), the one that now gives the run's config
+// hash. None: the recorded one, and the hash check says what changed.
+template <typename Points, typename Find>
+int resumed_point(PreparedRun& r, const Points& points, const Find& find) {
+    auto gives_run = [&](size_t i) {
+        try {
+            return resolve(apply_grid_point(r.exp, points[i], find), r.registry).hash == r.resumed->config_hash;
+        } catch (const std::exception&) { return false; }  // a point that does not resolve is not it
+    };
+    const auto recorded = static_cast<size_t>(r.options.point);
+    if (recorded < points.size() && gives_run(recorded)) return r.options.point;
+    for (size_t i = 0; i < points.size(); ++i)
+        if (i != recorded && gives_run(i)) return static_cast<int>(i);
+    return r.options.point;
+}
+
 // The experiment with its overrides and grid point, resolved against the plugins; a resumed
 // run must resolve to the configuration it was recorded with.
 void load_and_resolve(PreparedRun& r) {
@@ -384,6 +401,7 @@ void load_and_resolve(PreparedRun& r) {
             throw Error(
                 r.path + " has a [grid] of " + std::to_string(points.size()) + " runs",
                 "run them all with `plexus sweep " + r.path + "`, or one with `plexus run " + r.path + " --point I`");
+        if (r.resumed) r.options.point = resumed_point(r, points, find);
         if (r.options.point >= static_cast<int>(points.size()))
             throw Error("--point " + std::to_string(r.options.point) + ": " + r.path + " has " +
                             std::to_string(points.size()) + " grid point(s), 0.." + std::to_string(points.size() - 1),
