@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <fstream>
 
 #include "helpers.hpp"
 #include "models/llama/llama_ops.hpp"
@@ -16,6 +17,25 @@ using namespace plexus::test;
 using Catch::Matchers::Contains;
 
 namespace {
+
+std::string file_text(const std::string& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// `plexus run ARGS --db DB`: its loss curve and rank 0's peak tensor memory.
+std::pair<std::vector<std::pair<int64_t, double>>, double> curve_and_peak(const std::string& args,
+                                                                          const std::string& db) {
+    auto res = run_plexus("run " + args + " --db " + db);
+    INFO(args << "\n" << res.output);
+    REQUIRE(res.exit_code == 0);
+    host::ResultsStore store(db);
+    const auto id = store.list_runs(1).at(0).id;
+    double peak = 0;
+    for (const auto& [rank, key, value, text] : store.summaries(id))
+        if (rank == 0 && key == "peak_tensor_bytes") peak = *value;
+    return {store.metric_series(id, "loss"), peak};
+}
 
 std::shared_ptr<Model> make_llama(const TempDir& dir, const std::string& keys, int64_t vocab = 40, int64_t seq = 12) {
     auto cfg = resolve_text(dir, "[model]\nname = \"llama\"\n" + keys + "[data]\nname = \"synthetic\"\nvocab_size = " +
@@ -206,15 +226,7 @@ TEST_CASE("llama: activation checkpointing gives the same gradients bit for bit,
         " --set model.name=llama --set model.n_layer=4 --set model.d_model=64 --set model.n_head=4"
         " --set train.steps=6 --set train.threads=1 --set train.seq_len=64";
     auto measure = [&](const std::string& args, const std::string& db) {
-        auto res = run_plexus("run " + file + " --db " + dir / db + base + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        host::ResultsStore store(dir / db);
-        const auto id = store.list_runs(1).at(0).id;
-        double peak = 0;
-        for (const auto& [rank, key, value, text] : store.summaries(id))
-            if (rank == 0 && key == "peak_tensor_bytes") peak = *value;
-        return std::make_pair(store.metric_series(id, "loss"), peak);
+        return curve_and_peak(file + base + args, dir / db);
     };
     for (const std::string strategy :
          {std::string(" --set strategy.name=single"),
@@ -234,16 +246,9 @@ TEST_CASE("gpt and revgpt: activation checkpointing trains the same curve bit fo
     TempDir dir;
     const std::string file = dir.file("c.toml", std::string(kTinyExperiment) + "[strategy]\nname = \"single\"\n");
     auto measure = [&](const std::string& args, const std::string& db) {
-        auto res = run_plexus("run " + file + " --db " + dir / db + " --set train.steps=5 --set train.seq_len=64" +
-                              " --set model.n_layer=4 --set model.n_head=4" + args);
-        INFO(args << "\n" << res.output);
-        REQUIRE(res.exit_code == 0);
-        host::ResultsStore store(dir / db);
-        const auto id = store.list_runs(1).at(0).id;
-        double peak = 0;
-        for (const auto& [rank, key, value, text] : store.summaries(id))
-            if (rank == 0 && key == "peak_tensor_bytes") peak = *value;
-        return std::make_pair(store.metric_series(id, "loss"), peak);
+        return curve_and_peak(
+            file + " --set train.steps=5 --set train.seq_len=64 --set model.n_layer=4" + " --set model.n_head=4" + args,
+            dir / db);
     };
     for (const auto& [model, k] : std::vector<std::pair<std::string, std::string>>{
              {" --set model.name=gpt --set model.d_model=64", "1"},
@@ -258,4 +263,43 @@ TEST_CASE("gpt and revgpt: activation checkpointing trains the same curve bit fo
         CHECK(loss_r == loss);
         CHECK(peak_r < 0.85 * peak);
     }
+}
+
+TEST_CASE("llama runs under every other strategy family on a simulated cluster", "[llama][sim]") {
+    // The model requirements of ACCO, DiLoCo, the gossip family, asynchronous SGD and ZeRO 1/2
+    // are those of any model of blocks: each trains llama for 16 steps on 2 simulated ranks and
+    // its loss falls.
+    TempDir dir;
+    const std::string file = dir.file("l.toml", std::string(kTinyExperiment) + "[strategy]\nname = \"single\"\n");
+    const std::string base = " --db " + dir / "r.db" +
+                             " --set model.name=llama --set model.n_layer=2 --set model.d_model=32 --set model.n_head=4"
+                             " --set model.n_kv_head=2 --set train.steps=16 --set launch.mode=sim --set launch.ranks=2";
+    for (const std::string strategy :
+         {"acco", "diloco --set strategy.inner_steps=4 --set outer_optimizer.name=sgd --set outer_optimizer.lr=0.7",
+          "gossip", "a2cid2", "dadao", "async_sgd", "zero --set strategy.stage=1", "zero --set strategy.stage=2"}) {
+        INFO(strategy);
+        auto res = run_plexus("run " + file + base + " --set strategy.name=" + strategy);
+        INFO(res.output);
+        REQUIRE(res.exit_code == 0);
+        host::ResultsStore store(dir / "r.db");
+        const auto loss = store.metric_series(store.list_runs(1).at(0).id, "loss");
+        REQUIRE(loss.size() >= 2);
+        CHECK(loss.back().second < loss.front().second);
+    }
+}
+
+TEST_CASE("the suite's Llama workload: its dry run plans four tuning runs, then three seeds", "[llama][protocol]") {
+    // The file must stay valid without the corpus (a dry run reads no data), and name the shards
+    // scripts/corpus/debian-corpus.sh writes.
+    TempDir dir;
+    const std::string file = std::string(PLEXUS_SOURCE_DIR) + "/experiments/suite/llama.toml";
+    auto res = run_plexus("sweep " + file + " --dry-run --db " + dir / "s.db");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("sweep 'suite_llama': 16 runs") &&
+                               Contains("4 tuning runs on seed(s) 100, then 3 (which, known after tuning) of the 12"));
+    const auto toml = file_text(file);
+    CHECK_THAT(toml, Contains("train = \"data/debian/train_*.bin\"") && Contains("vocab_size = 8192"));
+    CHECK_THAT(file_text(std::string(PLEXUS_SOURCE_DIR) + "/scripts/corpus/debian-corpus.sh"),
+               Contains("--vocab 8192") && Contains("data/debian"));
 }
