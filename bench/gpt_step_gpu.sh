@@ -11,7 +11,9 @@
 #   bench/gpt_step_gpu.sh --prewarm SIZE   (compile SIZE once with torch.compile: fills its cache)
 #   bench/gpt_step_gpu.sh --profile SIZE [BUILD_DIR]   (where the GPU time of the eager step, and
 #       with BUILD_DIR of plexus's, goes: by kernel and kernel family, the same table for both)
-# SIZES: a space-separated subset of "125M 350M 1.3B" (default all). Needs a CUDA build.
+# SIZES: a space-separated subset of "125M 350M 1.3B llama-1.1B" (default the three GPTs;
+# llama-1.1B: models/llama at TinyLlama's shape, 22 layers of 2048, 32 query and 4 key/value
+# heads, against the eager Llama of gpt_step_ref.py --model llama). Needs a CUDA build.
 set -uo pipefail
 build=${1:?usage: gpt_step_gpu.sh BUILD_DIR [OUT_FILE] [SIZES] | --prewarm SIZE}
 out=${2:-/dev/null}
@@ -22,12 +24,13 @@ steps=${GPT_STEP_STEPS:-10}
 rounds=${GPT_STEP_ROUNDS:-3}
 warmup=${GPT_STEP_WARMUP:-3}
 
-# name layers width heads batch seq
+# name: layers width heads batch seq model key/value-heads (0: all)
 shape() {
   case $1 in
-    125M) echo "12 768 12 16 1024" ;;
-    350M) echo "24 1024 16 16 1024" ;;
-    1.3B) echo "24 2048 16 8 2048" ;;  # GPT-3's own context; 16k tokens a step (fits 80 GB)
+    125M) echo "12 768 12 16 1024 gpt 0" ;;
+    350M) echo "24 1024 16 16 1024 gpt 0" ;;
+    1.3B) echo "24 2048 16 8 2048 gpt 0" ;;  # GPT-3's own context; 16k tokens a step (fits 80 GB)
+    llama-1.1B) echo "22 2048 32 8 2048 llama 4" ;;
     *) echo "unknown size $1" >&2; return 1 ;;
   esac
 }
@@ -35,8 +38,8 @@ shape() {
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
 
 if [ "$build" = "--profile" ]; then
-  read -r L D H B T < <(shape "$out") || exit 2
-  common="--layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 --steps 3 --rounds 1 --warmup 2 --device cuda"
+  read -r L D H B T M KV < <(shape "$out") || exit 2
+  common="--model $M --kv-heads $KV --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 --steps 3 --rounds 1 --warmup 2 --device cuda"
   echo "== eager PyTorch, $out"
   $python "$here/gpt_step_ref.py" $common --dtype bf16 --profile
   plexus_build=${3:-}
@@ -50,8 +53,8 @@ if [ "$build" = "--profile" ]; then
   exit 0
 fi
 if [ "$build" = "--prewarm" ]; then
-  read -r L D H B T < <(shape "$out") || exit 2
-  exec $python "$here/gpt_step_ref.py" --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 \
+  read -r L D H B T M KV < <(shape "$out") || exit 2
+  exec $python "$here/gpt_step_ref.py" --model $M --kv-heads $KV --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 \
     --steps 1 --rounds 1 --warmup 1 --device cuda --dtype bf16 --compile
 fi
 
@@ -59,8 +62,8 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 table="| model | params | B x T | plexus tok/s | eager tok/s | compile tok/s | plexus/eager | plexus/compile | MFU plexus | MFU eager | MFU compile | fused norm gain |
 |---|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $sizes; do
-  read -r L D H B T < <(shape "$size") || exit 2
-  common="--layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 --steps $steps --rounds $rounds --warmup $warmup"
+  read -r L D H B T M KV < <(shape "$size") || exit 2
+  common="--model $M --kv-heads $KV --layers $L --width $D --heads $H --batch $B --seq $T --vocab 50304 --steps $steps --rounds $rounds --warmup $warmup"
   echo "== $size: L=$L D=$D H=$H B=$B T=$T" >&2
   mine=$("$build/bench/gpt_step" $common --device cuda --precision bf16 --reference 0 2>&1 | tee -a /dev/stderr)
   # plexus again with LibTorch's norm kernels (fused_norm = false): what plexus's own kernels gain

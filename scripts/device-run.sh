@@ -27,7 +27,7 @@ if [ "${1:-}" = "--fetch" ]; then
 fi
 
 out=${1:?usage: scripts/device-run.sh OUT_DIR [BENCH_SIZES] | --fetch}
-sizes=${2:-"125M 350M 1.3B"}
+sizes=${2:-"125M 350M 1.3B llama-1.1B"}
 budget=${DEVICE_RUN_BUDGET_S:-450}  # seconds this script may take before optional steps are skipped
 mkdir -p "$out"
 start=$SECONDS
