@@ -125,6 +125,20 @@ TEST_CASE("lopt: one step from zero state, feature by feature, equals the featur
             check_step(kBias0, s.bias, normalized(expected_b));
         }
     }
+    SECTION("momentum times the Adafactor factors; 1-D: m · rsqrt(v + 1e-6), the reference's epsilon there") {
+        // From zero state m = (1 - d) g and v = (1 - d) g² at the paired decays 0.9, 0.99, 0.999.
+        // On the rank-1 matrix m · row_f · col_f = sqrt(1 - d) sign(g); on the vector the 1e-6
+        // (not the gradient feature's 1e-9) moves the feature of g = 0.05 by 0.2%.
+        for (int c = 0; c < 3; ++c) {
+            const double d = c == 0 ? 0.9 : c == 1 ? 0.99 : 0.999;
+            std::vector<double> expected_w, expected_b;
+            for (double g : kGradW) expected_w.push_back((g > 0 ? 1 : -1) * std::sqrt(1 - d));
+            for (double g : kGradB) expected_b.push_back((1 - d) * g / std::sqrt((1 - d) * (g * g + 1e-30) + 1e-6));
+            const auto s = step_lopt(25 + c, kGradW, kGradB);
+            check_step(kWeight0, s.weight, normalized(expected_w));
+            check_step(kBias0, s.bias, normalized(expected_b));
+        }
+    }
     SECTION("the Adafactor row statistic, broadcast along the largest dimension") {
         // Rows of g² = (0.25, 1, 9) and (1, 4, 36): means 10.25/3 and 41/3, times (1 - 0.9).
         const double r0 = 0.1 * 10.25 / 3, r1 = 0.1 * 41.0 / 3;

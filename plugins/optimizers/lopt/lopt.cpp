@@ -22,9 +22,11 @@
 // at construction, on one order of the tensors for those sums. The result is the unsharded
 // update up to the order of floating-point sums.
 //
-// Decisions where the reference is silent (docs/algorithms/lopt.md): for 1-D tensors the row and
-// column factors are both rsqrt(v + 1e-9), so m_b · row_f · col_f is m_b · rsqrt(v + 1e-9); the
-// progress features use the number of steps taken before this one.
+// 1-D tensors keep full second moments v: the preconditioned gradient is g · rsqrt(v + 1e-9)
+// (learned_optimization's common.factored_rolling) and the momentum feature m_b · rsqrt(v + 1e-6)
+// (adafac_mlp_lopt.py, google/learned_optimization @08d79a5): two epsilons, as there. Where the
+// reference is silent (docs/algorithms/lopt.md): the progress features use the number of steps
+// taken before this one.
 #include "lopt_weights.hpp"
 #include <plexus/plexus.hpp>
 #include <plexus/kit/util.hpp>
@@ -172,7 +174,8 @@ public:
         for (int c = 0; c < 3; ++c) f.push_back(col_feat[c]);
         for (int c = 0; c < 3; ++c) f.push_back(torch::rsqrt(row_feat[c] + 1e-8));
         for (int c = 0; c < 3; ++c) f.push_back(torch::rsqrt(col_feat[c] + 1e-8));
-        for (int c = 0; c < 3; ++c) f.push_back(s.m[c] * row_col[c]);
+        for (int c = 0; c < 3; ++c)  // 1-D: the reference's 1e-6 here, not row_col's 1e-9 (above)
+            f.push_back(s.m[c] * (s.d0 >= 0 ? row_col[c] : torch::rsqrt(s.full[c] + 1e-6)));
         return torch::stack(f, -1).reshape({-1, kFeatures});
     }
 
