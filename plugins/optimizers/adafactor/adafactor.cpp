@@ -16,6 +16,7 @@
 //
 // The factored statistics and both RMS span whole tensors: ZeRO and ACCO, which hand an
 // optimizer pieces of flattened parameters, are refused when the optimizer is built.
+#include <plexus/kit/whole_tensors.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -40,13 +41,9 @@ std::vector<int64_t> without_dim(const torch::Tensor& t, int64_t dim) {
 class Adafactor : public plexus::Optimizer {
 public:
     Adafactor(const Settings& s, std::vector<plexus::ParamSlot> slots) : s_(s), slots_(std::move(slots)) {
+        plexus::require_whole_tensors(slots_, "adafactor",
+                                      "Adafactor's factored moments and update RMS need whole tensors");
         for (const auto& slot : slots_) {
-            if (slot.is_piece())
-                throw plexus::Error("adafactor: parameter '" + slot.tensor_name() +
-                                        "' reaches the optimizer in pieces (a sharded strategy: ZeRO, ACCO), and "
-                                        "Adafactor's factored moments and update RMS need whole tensors",
-                                    "use a strategy that keeps whole parameters (single, ddp, pipeline, diloco, the "
-                                    "gossip family), or another optimizer");
             const auto& p = slot.param;
             const bool factored = p.dim() >= 2;
             // A matrix [..., n, m] keeps row averages [..., n] and column averages [..., m].

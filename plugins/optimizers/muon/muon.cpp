@@ -13,6 +13,7 @@
 //
 // NS5 needs whole matrices: ZeRO and ACCO, which hand an optimizer pieces of flattened
 // parameters, are refused when the optimizer is built (gathering them is the next step).
+#include <plexus/kit/whole_tensors.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -32,13 +33,8 @@ struct Settings {
 class Muon : public plexus::Optimizer {
 public:
     Muon(Settings s, std::vector<plexus::ParamSlot> slots) : s_(std::move(s)), slots_(std::move(slots)) {
+        plexus::require_whole_tensors(slots_, "muon", "Newton-Schulz orthogonalizes whole matrices");
         for (const auto& slot : slots_) {
-            if (slot.is_piece())
-                throw plexus::Error("muon: parameter '" + slot.tensor_name() +
-                                        "' reaches the optimizer in pieces (a sharded strategy: ZeRO, ACCO), and "
-                                        "Newton-Schulz orthogonalizes whole matrices",
-                                    "use a strategy that keeps whole parameters (single, ddp, pipeline, diloco, the "
-                                    "gossip family), or another optimizer");
             const bool hidden = slot.param.dim() >= 2 && !in_adam_block(slot.name);
             hidden_.push_back(hidden);
             momentum_.push_back(torch::zeros_like(slot.param));

@@ -26,6 +26,7 @@
 //   kit/compat.hpp         LibTorch 1.13 / 2.x differences (attention, autocast, fused AdamW)
 //   kit/weights_file.hpp   named sections of numbers in a text file (learned weights)
 //   kit/recompute.hpp      activation checkpointing: a block recomputed in backward
+//   kit/whole_tensors.hpp  refuse sharded pieces, for optimizers that need whole tensors
 #pragma once
 
 #include "plexus/comm.hpp"
