@@ -188,13 +188,16 @@ void decode(const std::string& shard, const std::string& model) {
     const bool narrow = read && header[0] == kMagic16 && header[1] == kVersion16;
     if (!narrow && !(read && header[0] == kMagic32 && header[1] == kVersion32))
         throw Error("plexus tokenize: " + shard + " is not an llm.c token shard");
-    std::vector<uint32_t> tokens(static_cast<size_t>(header[2]));
-    for (auto& t : tokens) {
-        uint16_t t16 = 0;
-        if (narrow ? !in.read(reinterpret_cast<char*>(&t16), 2) : !in.read(reinterpret_cast<char*>(&t), 4))
-            throw Error("plexus tokenize: " + shard + " is shorter than its header says");
-        if (narrow) t = t16;
-    }
+    // The ids in one read (uint16 shards widened after).
+    const auto count = static_cast<size_t>(header[2]);
+    std::vector<uint32_t> tokens(narrow ? 0 : count);
+    std::vector<uint16_t> narrow_ids(narrow ? count : 0);
+    const bool whole = narrow ? static_cast<bool>(in.read(reinterpret_cast<char*>(narrow_ids.data()),
+                                                          static_cast<std::streamsize>(count * 2)))
+                              : static_cast<bool>(in.read(reinterpret_cast<char*>(tokens.data()),
+                                                          static_cast<std::streamsize>(count * 4)));
+    if (!whole) throw Error("plexus tokenize: " + shard + " is shorter than its header says");
+    if (narrow) tokens.assign(narrow_ids.begin(), narrow_ids.end());
     std::vector<int> ids;
     std::string line;
     for (uint32_t t : tokens) {
