@@ -44,8 +44,9 @@ struct Stepped {
 };
 
 // A [2, 3] weight and a [3] bias, one or two steps of lopt with feature k passed through.
+// `role`: the weight's μP role (the bias is a vector when the weight has one).
 Stepped step_lopt(int k, const std::vector<double>& g_weight, const std::vector<double>& g_bias, int steps = 1,
-                  const std::string& extra = "") {
+                  const std::string& extra = "", WidthRole role = WidthRole::None) {
     TempDir dir;
     const auto weights = passthrough_weights(dir, k);
     std::string text = kTinyExperiment;
@@ -56,7 +57,11 @@ Stepped step_lopt(int k, const std::vector<double>& g_weight, const std::vector<
     host::HostContext ctx(cfg, torch::kCPU, 32);
     auto w = torch::tensor({0.5, -1.0, 2.0, 0.25, 1.5, -0.75}, torch::kFloat32).view({2, 3});
     auto b = torch::tensor({0.1, -0.2, 0.3}, torch::kFloat32);
-    auto optimizer = ctx.make_optimizer({{"layer.fc.weight", w, {2, 3}}, {"layer.fc.bias", b, {3}}}, "optimizer");
+    std::vector<ParamSlot> slots{{"layer.fc.weight", w, {2, 3}}, {"layer.fc.bias", b, {3}}};
+    slots[0].width_role = role;
+    slots[0].width_mult = 3.0;  // not used by μLO's 1 / fan_in
+    slots[1].width_role = role == WidthRole::None ? role : WidthRole::Vector;
+    auto optimizer = ctx.make_optimizer(slots, "optimizer");
     for (int s = 0; s < steps; ++s)
         optimizer->step({torch::tensor(g_weight, torch::kFloat32).view({2, 3}), torch::tensor(g_bias, torch::kFloat32)},
                         1.0);
@@ -150,10 +155,13 @@ TEST_CASE("lopt: one step from zero state, feature by feature, equals the featur
         // A second step at t = 1: tanh(1 - 1) = 0, the parameters stay where the first left them.
         check_step(kWeight0, step_lopt(28, kGradW, kGradB, 2).weight, std::vector<double>(6, first));
     }
-    SECTION("μLO: hidden matrices (named by mup_hidden) step 1 / fan_in as far, the others as before") {
-        const auto s = step_lopt(0, kGradW, kGradB, 1, "mup_hidden = \"fc\\\\.weight$\"\n");
+    SECTION("μLO: hidden matrices (μP role) step 1 / fan_in as far, the others as before") {
+        const auto s = step_lopt(0, kGradW, kGradB, 1, "", WidthRole::Hidden);
         check_step(kWeight0, s.weight, normalized(kGradW), 1.0 / 3);
         check_step(kBias0, s.bias, normalized(kGradB));
+        // Without the width scaling (the ablation), the hidden matrix steps as in SP.
+        const auto off = step_lopt(0, kGradW, kGradB, 1, "width_scaling = false\n", WidthRole::Hidden);
+        check_step(kWeight0, off.weight, normalized(kGradW));
     }
 }
 

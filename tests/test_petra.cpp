@@ -260,7 +260,7 @@ struct HandSchedule {
         std::map<std::string, torch::Tensor> out;
         for (const auto& block : model->blocks())
             for (const auto& item : block->named_parameters())
-                out[block->name() + "." + item.key()] = item.value().detach().clone();
+                out[block->block_name() + "." + item.key()] = item.value().detach().clone();
         return out;
     }
 };

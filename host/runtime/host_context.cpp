@@ -108,6 +108,35 @@ double HostContext::wall_seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
 }
 
+namespace {
+
+// The μP roles the blocks declare, by the model's parameter names ("<block>.<parameter>"). A block
+// that declares any declares all of its own parameters, and names only parameters it has.
+std::map<std::string, WidthRule> declared_width_roles(const Model& model) {
+    std::map<std::string, WidthRule> roles;
+    for (const auto& block : model.blocks()) {
+        const auto plan = block->width_plan();
+        if (plan.empty()) continue;
+        std::map<std::string, WidthRule> own;
+        for (const auto& rule : plan) own[rule.parameter] = rule;
+        for (const auto& item : block->named_parameters()) {
+            auto it = own.find(item.key());
+            if (it == own.end())
+                throw Error("block '" + block->block_name() +
+                                "' declares μP roles (width_plan) but none for its parameter '" + item.key() + "'",
+                            "a block in μP lists every parameter it registers");
+            roles[block->block_name() + "." + item.key()] = it->second;
+            own.erase(it);
+        }
+        if (!own.empty())
+            throw Error("block '" + block->block_name() + "' declares a μP role for '" + own.begin()->first +
+                        "', which is not one of its parameters");
+    }
+    return roles;
+}
+
+}  // namespace
+
 std::shared_ptr<Model> HostContext::make_model() {
     torch::manual_seed(seed("init"));
     const auto* d = cfg_.plugins.at("model");
@@ -120,6 +149,7 @@ std::shared_ptr<Model> HostContext::make_model() {
         built_model = true;
         flops = model->flops_per_token(seq_len());
         for (const auto& p : model->parameters()) params += p.numel();
+        width_roles_ = declared_width_roles(*model);
     }
     return model;
 }
@@ -130,6 +160,11 @@ std::unique_ptr<Optimizer> HostContext::make_optimizer(std::vector<ParamSlot> sl
         throw Error("no optimizer section [" + section + "] in this experiment",
                     "add [" + section + "] name = \"<optimizer plugin>\" (`plexus plugins` lists them)");
     const PluginDescriptor& d = *it->second;
+    for (auto& slot : slots)
+        if (auto role = width_roles_.find(slot.tensor_name()); role != width_roles_.end()) {
+            slot.width_role = role->second.role;
+            slot.width_mult = role->second.width_mult;
+        }
     return named(d, call_plugin(plugin_label(d), "make_optimizer()",
                                 [&] { return d.make_optimizer(cfg_.sections.at(section), *this, std::move(slots)); }));
 }

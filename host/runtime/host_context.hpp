@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -97,6 +98,8 @@ private:
     int ranks_per_node_ = 1;
     std::chrono::steady_clock::time_point start_;
     std::shared_ptr<const NamedTensors> initial_weights_;
+    // μP roles of the model's parameters by name (Block::width_plan), copied onto every slot.
+    std::map<std::string, WidthRule> width_roles_;
 };
 
 // The run's dataset and strategy from their plugins, wrapped so that their errors name them

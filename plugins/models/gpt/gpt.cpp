@@ -1,6 +1,7 @@
 // models/gpt: a GPT-style decoder (pre-norm, learned positions, GELU MLP), as blocks:
 // [embed, layer 0 .. layer L-1, head].
 #include <plexus/kit/loss.hpp>
+#include <plexus/kit/mup.hpp>
 #include <plexus/kit/recompute.hpp>
 #include <plexus/plexus.hpp>
 #include <plexus/kit/transformer.hpp>
@@ -12,8 +13,9 @@ using plexus::Config;
 
 struct GptShape : plexus::transformer::Dims {
     bool tie_embeddings = false;
-    bool fused_norm = true;        // plexus's fused residual add + layer norm kernels on GPUs
-    int64_t checkpoint_every = 0;  // recompute every k-th layer's activations in backward; 0: none
+    bool fused_norm = true;              // plexus's fused residual add + layer norm kernels on GPUs
+    int64_t checkpoint_every = 0;        // recompute every k-th layer's activations in backward; 0: none
+    plexus::mup::Parametrization param;  // SP or μP (plexus/kit/mup.hpp)
 };
 
 using plexus::transformer::Params;
@@ -21,7 +23,7 @@ using plexus::transformer::residual_layer_norm;
 
 class Embed : public plexus::Block {
 public:
-    explicit Embed(const GptShape& s) {
+    explicit Embed(const GptShape& s) : param_(s.param) {
         tokens =
             register_module("tokens", std::make_shared<Params>(std::vector<int64_t>{s.vocab, s.d_model}, 0, s.options));
         positions = register_module("positions",
@@ -34,7 +36,13 @@ public:
         return plexus::transformer::embed(tokens->weight, positions->weight, ids);
     }
     double flops_per_token(int64_t) const override { return 0.0; }  // lookups, no matmul
+    std::vector<plexus::WidthRule> width_plan() const override {
+        return param_.plan({param_.vector("tokens.weight"), param_.vector("positions.weight")});
+    }
     std::shared_ptr<Params> tokens, positions;
+
+private:
+    plexus::mup::Parametrization param_;
 };
 
 class Layer : public plexus::Block {
@@ -49,11 +57,12 @@ public:
         ln2 = register_module("ln2", norm(s.d_model, s.options));
         fc = register_module("fc", linear(s.d_model, s.d_ff, s.options));
         out = register_module("out", linear(s.d_ff, s.d_model, s.options));
-        // GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases.
+        // GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2L), zero biases;
+        // in μP the standard deviations shrink as 1/sqrt(width_mult) (variance ∝ 1/fan_in).
         torch::NoGradGuard no_grad;
-        const double resid_std = 0.02 / std::sqrt(2.0 * s.n_layer);
-        qkv->weight.normal_(0.0, 0.02);
-        fc->weight.normal_(0.0, 0.02);
+        const double std = s.param.hidden_std(0.02), resid_std = s.param.hidden_std(0.02 / std::sqrt(2.0 * s.n_layer));
+        qkv->weight.normal_(0.0, std);
+        fc->weight.normal_(0.0, std);
         proj->weight.normal_(0.0, resid_std);
         out->weight.normal_(0.0, resid_std);
         mask = register_buffer("mask", plexus::compat::causal_mask(s.seq_len, s.options));
@@ -71,7 +80,8 @@ public:
         const auto head_dim = shape_.d_model / shape_.n_head;
         const bool fused = shape_.fused_norm;
         auto [x1, h1] = residual_layer_norm(*ln1, x, {}, fused);
-        auto heads = plexus::transformer::attention_heads(tensor_parallel_enter(h1), *qkv, head_dim, mask);
+        auto heads = plexus::transformer::attention_heads(tensor_parallel_enter(h1), *qkv, head_dim, mask,
+                                                          shape_.param.attention_factor());
         auto [a, h2] = residual_layer_norm(*ln2, x1, row_parallel_linear(heads, proj->weight, proj->bias), fused);
         auto hidden = plexus::transformer::mlp_hidden(tensor_parallel_enter(h2), *fc);
         return a + row_parallel_linear(hidden, out->weight, out->bias);
@@ -104,6 +114,22 @@ public:
                 {"ln2.bias", S::Replicate}};
     }
 
+    // μP: the four matrices are hidden (the MLP's output has fan-in d_ff, which widens with
+    // d_model), the norms and biases vectors.
+    std::vector<plexus::WidthRule> width_plan() const override {
+        const auto& p = shape_.param;
+        std::vector<plexus::WidthRule> plan;
+        for (std::string m : {"qkv", "proj", "fc", "out"}) {
+            plan.push_back(p.hidden(m + ".weight", p.width_mult));
+            plan.push_back(p.vector(m + ".bias"));
+        }
+        for (std::string n : {"ln1", "ln2"}) {
+            plan.push_back(p.vector(n + ".weight"));
+            plan.push_back(p.vector(n + ".bias"));
+        }
+        return p.plan(plan);
+    }
+
     std::shared_ptr<Params> ln1, qkv, proj, ln2, fc, out;
     torch::Tensor mask;
 
@@ -115,7 +141,7 @@ private:
 
 class Head : public plexus::Block {
 public:
-    Head(const GptShape& s, torch::Tensor tied_weight) : fused_norm_(s.fused_norm) {
+    Head(const GptShape& s, torch::Tensor tied_weight) : fused_norm_(s.fused_norm), param_(s.param) {
         ln = register_module("ln", plexus::transformer::norm(s.d_model, s.options));
         if (tied_weight.defined()) {
             weight = tied_weight;  // shared with the embedding: not registered twice
@@ -123,11 +149,22 @@ public:
         } else {
             weight = register_parameter("weight", torch::empty({s.vocab, s.d_model}, s.options));
             torch::NoGradGuard no_grad;
-            weight.normal_(0.0, 0.02);
+            if (s.param.mup)
+                weight.zero_();  // μP's readout starts at zero (microsoft/mup's readout_zero_init)
+            else
+                weight.normal_(0.0, 0.02);
         }
     }
     torch::Tensor forward(const torch::Tensor& x) override {
-        return torch::matmul(residual_layer_norm(*ln, x, {}, fused_norm_).normed, weight.t());
+        auto normed = residual_layer_norm(*ln, x, {}, fused_norm_).normed;
+        const double mult = param_.output_multiplier();
+        return torch::matmul(mult == 1.0 ? normed : normed * mult, weight.t());
+    }
+    // A tied weight is the embedding's (a vector there, declared by Embed).
+    std::vector<plexus::WidthRule> width_plan() const override {
+        std::vector<plexus::WidthRule> plan{param_.vector("ln.weight"), param_.vector("ln.bias")};
+        if (!tied_) plan.push_back(param_.output("weight"));
+        return param_.plan(plan);
     }
     double flops_per_token(int64_t) const override { return 6.0 * counted_params(); }
     std::vector<torch::Tensor> shared_parameters() const override {
@@ -138,6 +175,7 @@ public:
     torch::Tensor weight;
     bool tied_ = false;
     bool fused_norm_ = true;
+    plexus::mup::Parametrization param_;
 };
 
 class Gpt : public plexus::Model {
@@ -185,12 +223,14 @@ plexus::PluginDescriptor describe() {
                         "on a GPU, plexus's kernels for residual add + layer norm (+ autocast's cast); "
                         "false: LibTorch's separate kernels (the same values, to rounding)"});
     d.schema.push_back(plexus::recompute::activation_checkpointing_key());
+    for (auto& key : plexus::mup::schema()) d.schema.push_back(key);
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         GptShape s;
         static_cast<plexus::transformer::Dims&>(s) = plexus::transformer::read_dims(cfg, ctx);
         s.tie_embeddings = cfg.get_bool("tie_embeddings");
         s.fused_norm = cfg.get_bool("fused_norm");
         s.checkpoint_every = cfg.get_int("activation_checkpointing");
+        s.param = plexus::mup::read(cfg, s.d_model);
         return std::make_shared<Gpt>(s);
     };
     // `plexus check` runs plugins of other kinds with this model, this small.

@@ -2,6 +2,7 @@
 // rotary position embeddings, a SwiGLU MLP, grouped-query attention, no biases. Blocks:
 // [embed, layer 0 .. layer L-1, head]. The operations are in llama_ops.hpp.
 #include <plexus/kit/loss.hpp>
+#include <plexus/kit/mup.hpp>
 #include <plexus/kit/recompute.hpp>
 #include <plexus/kit/transformer.hpp>
 #include <plexus/plexus.hpp>
@@ -19,6 +20,7 @@ struct LlamaShape {
     double rope_base = 10000.0, norm_eps = 1e-5;
     int64_t checkpoint_every = 0;  // recompute every k-th layer's activations in backward; 0: none
     bool tie_embeddings = false;
+    plexus::mup::Parametrization param;  // SP or μP (plexus/kit/mup.hpp)
     torch::TensorOptions options;
     int64_t head_dim() const { return d_model / n_head; }
 };
@@ -39,9 +41,10 @@ std::shared_ptr<Params> rms_weight(int64_t width, const torch::TensorOptions& o)
 
 class Embed : public plexus::Block {
 public:
-    explicit Embed(const LlamaShape& s) {
+    explicit Embed(const LlamaShape& s) : param_(s.param) {
         tokens = register_module("tokens", weight({s.vocab, s.d_model}, s.options, 0.02));
     }
+    std::vector<plexus::WidthRule> width_plan() const override { return param_.plan({param_.vector("tokens.weight")}); }
     torch::Tensor forward(const torch::Tensor& ids) override {
         if (tokens->weight.is_meta())  // LibTorch 1.13 has no meta kernel for the lookup
             return torch::matmul(
@@ -51,22 +54,27 @@ public:
     }
     double flops_per_token(int64_t) const override { return 0.0; }  // a lookup
     std::shared_ptr<Params> tokens;
+
+private:
+    plexus::mup::Parametrization param_;
 };
 
 class Layer : public plexus::Block {
 public:
     Layer(const LlamaShape& s, bool recompute) : shape_(s), recompute_(recompute) {
         const int64_t d = s.d_model, hd = s.head_dim();
-        // GPT-2-style initialization (N(0, 0.02), the residual projections by 1/sqrt(2L)), as models/gpt.
-        const double resid_std = 0.02 / std::sqrt(2.0 * std::max<int64_t>(1, s.n_layer));
+        // GPT-2-style initialization (N(0, 0.02), the residual projections by 1/sqrt(2L)), as models/gpt;
+        // in μP the standard deviations shrink as 1/sqrt(width_mult).
+        const double std = s.param.hidden_std(0.02),
+                     resid_std = s.param.hidden_std(0.02 / std::sqrt(2.0 * std::max<int64_t>(1, s.n_layer)));
         attn_norm = register_module("attn_norm", rms_weight(d, s.options));
-        wq = register_module("wq", weight({s.n_head * hd, d}, s.options, 0.02));
-        wk = register_module("wk", weight({s.n_kv_head * hd, d}, s.options, 0.02));
-        wv = register_module("wv", weight({s.n_kv_head * hd, d}, s.options, 0.02));
+        wq = register_module("wq", weight({s.n_head * hd, d}, s.options, std));
+        wk = register_module("wk", weight({s.n_kv_head * hd, d}, s.options, std));
+        wv = register_module("wv", weight({s.n_kv_head * hd, d}, s.options, std));
         wo = register_module("wo", weight({d, s.n_head * hd}, s.options, resid_std));
         mlp_norm = register_module("mlp_norm", rms_weight(d, s.options));
-        w1 = register_module("w1", weight({s.hidden, d}, s.options, 0.02));
-        w3 = register_module("w3", weight({s.hidden, d}, s.options, 0.02));
+        w1 = register_module("w1", weight({s.hidden, d}, s.options, std));
+        w3 = register_module("w3", weight({s.hidden, d}, s.options, std));
         w2 = register_module("w2", weight({d, s.hidden}, s.options, resid_std));
         mask = register_buffer("mask", plexus::compat::causal_mask(s.seq_len, s.options));
         auto [c, sn] = plexus::llama::rope_tables(s.seq_len, hd, s.rope_base, s.options);
@@ -86,6 +94,7 @@ public:
         auto h = tensor_parallel_enter(ll::rms_norm(x, attn_norm->weight, shape_.norm_eps));
         auto heads = [&](const Params& w) { return torch::linear(h, w.weight).view({B, T, -1, hd}).transpose(1, 2); };
         auto q = ll::apply_rope(heads(*wq), cos, sin), k = ll::apply_rope(heads(*wk), cos, sin);
+        if (const double f = shape_.param.attention_factor(); f != 1.0) q = q * f;  // μP: scores ∝ 1/hd
         auto y = ll::grouped_attention(q, k, heads(*wv), mask).transpose(1, 2).reshape({B, T, -1});
         auto a = x + tensor_parallel_exit(torch::linear(y, wo->weight));
         auto g = tensor_parallel_enter(ll::rms_norm(a, mlp_norm->weight, shape_.norm_eps));
@@ -112,6 +121,16 @@ public:
                 {"w2.weight", S::Row},           {"attn_norm.weight", S::Replicate}, {"mlp_norm.weight", S::Replicate}};
     }
 
+    // μP: the seven matrices are hidden (the MLP's w2 has fan-in `hidden`, which widens with
+    // d_model), the norms' scales vectors.
+    std::vector<plexus::WidthRule> width_plan() const override {
+        const auto& p = shape_.param;
+        std::vector<plexus::WidthRule> plan{p.vector("attn_norm.weight"), p.vector("mlp_norm.weight")};
+        for (std::string m : {"wq", "wk", "wv", "wo", "w1", "w3", "w2"})
+            plan.push_back(p.hidden(m + ".weight", p.width_mult));
+        return p.plan(plan);
+    }
+
     std::shared_ptr<Params> attn_norm, wq, wk, wv, wo, mlp_norm, w1, w3, w2;
     torch::Tensor mask, cos, sin;
 
@@ -123,18 +142,29 @@ private:
 
 class Head : public plexus::Block {
 public:
-    Head(const LlamaShape& s, torch::Tensor tied) : eps_(s.norm_eps) {
+    Head(const LlamaShape& s, torch::Tensor tied) : eps_(s.norm_eps), param_(s.param) {
         norm = register_module("norm", rms_weight(s.d_model, s.options));
         if (tied.defined()) {
             out = tied, tied_ = true;  // the embedding's, registered there
         } else {
             out = register_parameter("out", torch::empty({s.vocab, s.d_model}, s.options));
             torch::NoGradGuard no_grad;
-            out.normal_(0.0, 0.02);
+            if (s.param.mup)
+                out.zero_();  // μP's readout starts at zero
+            else
+                out.normal_(0.0, 0.02);
         }
     }
     torch::Tensor forward(const torch::Tensor& x) override {
-        return torch::matmul(plexus::llama::rms_norm(x, norm->weight, eps_), out.t());
+        auto normed = plexus::llama::rms_norm(x, norm->weight, eps_);
+        const double mult = param_.output_multiplier();
+        return torch::matmul(mult == 1.0 ? normed : normed * mult, out.t());
+    }
+    // A tied readout is the embedding's (a vector there).
+    std::vector<plexus::WidthRule> width_plan() const override {
+        std::vector<plexus::WidthRule> plan{param_.vector("norm.weight")};
+        if (!tied_) plan.push_back(param_.output("out"));
+        return param_.plan(plan);
     }
     double flops_per_token(int64_t) const override { return 6.0 * static_cast<double>(counted_params()); }
     std::vector<torch::Tensor> shared_parameters() const override {
@@ -147,6 +177,7 @@ public:
 private:
     double eps_;
     bool tied_ = false;
+    plexus::mup::Parametrization param_;
 };
 
 class Llama : public plexus::Model {
@@ -192,6 +223,7 @@ LlamaShape read_shape(const Config& cfg, plexus::RunContext& ctx) {
     s.norm_eps = cfg.get_double("norm_eps");
     s.tie_embeddings = cfg.get_bool("tie_embeddings");
     s.checkpoint_every = cfg.get_int("activation_checkpointing");
+    s.param = plexus::mup::read(cfg, s.d_model);
     cfg.require(s.n_head % s.n_kv_head == 0, "n_kv_head",
                 "must divide n_head (" + std::to_string(s.n_head) + "): each key/value head serves whole query heads");
     cfg.require(s.head_dim() % 2 == 0, "n_head",
@@ -220,6 +252,7 @@ plexus::PluginDescriptor describe() {
     d.schema.push_back(plexus::ConfigKey("norm_eps", 1e-5, "RMSNorm epsilon").at_least(0.0));
     d.schema.push_back({"tie_embeddings", false, "share the token embedding with the LM head"});
     d.schema.push_back(plexus::recompute::activation_checkpointing_key());
+    for (auto& key : plexus::mup::schema()) d.schema.push_back(key);
     d.make_model = [](const Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
         return std::make_shared<Llama>(read_shape(cfg, ctx));
     };

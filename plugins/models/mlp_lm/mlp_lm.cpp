@@ -4,28 +4,36 @@
 // strategy splits through the same tensor_parallel_plan() and enter/exit operators as the GPT,
 // knowing nothing else about it.
 #include <plexus/kit/loss.hpp>
+#include <plexus/kit/mup.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
 namespace {
 
+using plexus::mup::Parametrization;
+
 class Embed : public plexus::Block {
 public:
-    Embed(int64_t vocab, int64_t width, const torch::TensorOptions& o) {
+    Embed(int64_t vocab, int64_t width, const torch::TensorOptions& o, Parametrization p) : param_(p) {
         table = register_parameter("table", torch::randn({vocab, width}, o) * 0.02);
     }
     torch::Tensor forward(const torch::Tensor& ids) override { return torch::embedding(table, ids); }
     double flops_per_token(int64_t) const override { return 0; }
+    std::vector<plexus::WidthRule> width_plan() const override { return param_.plan({param_.vector("table")}); }
     torch::Tensor table;
+
+private:
+    Parametrization param_;
 };
 
-// x + W2 gelu(W1 x + b1) + b2, with W1 split by rows (column-parallel) and W2 by columns.
+// x + W2 gelu(W1 x + b1) + b2, with W1 split by rows (column-parallel) and W2 by columns. In μP
+// the hidden width grows with the width (W2's fan-in by the same factor as W1's).
 class Mix : public plexus::Block {
 public:
-    Mix(int64_t width, int64_t hidden, const torch::TensorOptions& o) {
-        w1 = register_parameter("w1", torch::randn({hidden, width}, o) * 0.02);
+    Mix(int64_t width, int64_t hidden, const torch::TensorOptions& o, Parametrization p) : param_(p) {
+        w1 = register_parameter("w1", torch::randn({hidden, width}, o) * p.hidden_std(0.02));
         b1 = register_parameter("b1", torch::zeros({hidden}, o));
-        w2 = register_parameter("w2", torch::randn({width, hidden}, o) * 0.02);
+        w2 = register_parameter("w2", torch::randn({width, hidden}, o) * p.hidden_std(0.02));
         b2 = register_parameter("b2", torch::zeros({width}, o));
     }
     torch::Tensor forward(const torch::Tensor& x) override {
@@ -37,26 +45,42 @@ public:
         using S = plexus::TensorParallelRule::Split;
         return {{"w1", S::Column}, {"b1", S::Column}, {"w2", S::Row}, {"b2", S::Replicate}};
     }
+    std::vector<plexus::WidthRule> width_plan() const override {
+        const auto& p = param_;
+        return p.plan({p.hidden("w1", p.width_mult), p.vector("b1"), p.hidden("w2", p.width_mult), p.vector("b2")});
+    }
     torch::Tensor w1, b1, w2, b2;
+
+private:
+    Parametrization param_;
 };
 
 class Head : public plexus::Block {
 public:
-    Head(int64_t vocab, int64_t width, const torch::TensorOptions& o) {
-        w = register_parameter("w", torch::randn({vocab, width}, o) * 0.02);
+    // μP: the readout starts at zero and its logits are scaled by 1 / width_mult.
+    Head(int64_t vocab, int64_t width, const torch::TensorOptions& o, Parametrization p) : param_(p) {
+        w = register_parameter("w", p.mup ? torch::zeros({vocab, width}, o) : torch::randn({vocab, width}, o) * 0.02);
     }
-    torch::Tensor forward(const torch::Tensor& x) override { return torch::linear(x, w); }
+    torch::Tensor forward(const torch::Tensor& x) override {
+        const double mult = param_.output_multiplier();
+        return torch::linear(mult == 1.0 ? x : x * mult, w);
+    }
     double flops_per_token(int64_t) const override { return 6.0 * static_cast<double>(w.numel()); }
+    std::vector<plexus::WidthRule> width_plan() const override { return param_.plan({param_.output("w")}); }
     torch::Tensor w;
+
+private:
+    Parametrization param_;
 };
 
 class MlpLm : public plexus::Model {
 public:
-    MlpLm(int64_t vocab, int64_t width, int64_t hidden, int64_t depth, const torch::TensorOptions& o) {
-        add_block("embed", std::make_shared<Embed>(vocab, width, o));
+    MlpLm(int64_t vocab, int64_t width, int64_t hidden, int64_t depth, const torch::TensorOptions& o,
+          Parametrization p) {
+        add_block("embed", std::make_shared<Embed>(vocab, width, o, p));
         for (int64_t i = 0; i < depth; ++i)
-            add_block("mix" + std::to_string(i), std::make_shared<Mix>(width, hidden, o));
-        add_block("head", std::make_shared<Head>(vocab, width, o));
+            add_block("mix" + std::to_string(i), std::make_shared<Mix>(width, hidden, o, p));
+        add_block("head", std::make_shared<Head>(vocab, width, o, p));
     }
     torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets) override {
         return plexus::cross_entropy(logits, targets);
@@ -75,9 +99,11 @@ plexus::PluginDescriptor describe() {
     d.version = "1.0";
     d.summary = "a token-wise MLP language model (no attention), with a tensor-parallel plan";
     d.schema = {{"width", 32, "residual width"}, {"hidden", 64, "MLP hidden width"}, {"depth", 2, "MLP blocks"}};
+    for (auto& key : plexus::mup::schema()) d.schema.push_back(key);
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
-        return std::make_shared<MlpLm>(ctx.vocab_size(), cfg.get_int("width"), cfg.get_int("hidden"),
-                                       cfg.get_int("depth"), torch::TensorOptions().device(ctx.device()));
+        const auto width = cfg.get_int("width");
+        return std::make_shared<MlpLm>(ctx.vocab_size(), width, cfg.get_int("hidden"), cfg.get_int("depth"),
+                                       torch::TensorOptions().device(ctx.device()), plexus::mup::read(cfg, width));
     };
     return d;
 }

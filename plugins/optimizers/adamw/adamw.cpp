@@ -2,11 +2,15 @@
 // On CUDA with LibTorch 2.x, one fused kernel per step (compat::fused_adamw_); on the CPU one
 // pass over each contiguous float32 tensor (adamw_pass); elsewhere a loop of in-place tensor
 // operations. All compute the same update (the one-pass loop in the tensor loop's order).
+// On a μP model it is μAdam: a hidden matrix's rate is divided by its width multiplier
+// (plexus/width.hpp), its decay per step unchanged.
 #include <plexus/kit/compat.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <set>
+#include <utility>
 
 namespace {
 
@@ -46,7 +50,9 @@ public:
         eps_ = cfg.get_double("eps");
         weight_decay_ = cfg.get_double("weight_decay");
         const bool decay_vectors = cfg.get_bool("decay_vectors");
+        const bool width_scaling = cfg.get_bool("width_scaling");
         for (const auto& s : slots_) {
+            rate_factors_.push_back(width_scaling ? plexus::adam_rate_factor(s.width_role, s.width_mult) : 1.0);
             exp_avg_.push_back(torch::zeros_like(s.param));
             exp_avg_sq_.push_back(torch::zeros_like(s.param));
             scratch_.emplace_back();  // allocated where the one-pass update does not apply
@@ -70,6 +76,7 @@ public:
             auto& p = slots_[i].param;
             const auto& g = grads[i];
             const double decay = decays_[i] && weight_decay_ != 0 ? 1.0 - lr * weight_decay_ : 1.0;
+            const double slot_step = step_size * rate_factors_[i];
             if (fits_pass(p, g)) {
                 float *pp = p.data_ptr<float>(), *mp = exp_avg_[i].data_ptr<float>(),
                       *vp = exp_avg_sq_[i].data_ptr<float>();
@@ -79,7 +86,7 @@ public:
                     adamw_pass(pp + begin, gp + begin, mp + begin, vp + begin, end - begin, static_cast<float>(decay),
                                static_cast<float>(1.0 - beta1_), static_cast<float>(beta2_),
                                static_cast<float>(1.0 - beta2_), static_cast<float>(inv_sqrt_bc2),
-                               static_cast<float>(eps_), static_cast<float>(step_size));
+                               static_cast<float>(eps_), static_cast<float>(slot_step));
                 });
                 continue;
             }
@@ -89,7 +96,7 @@ public:
             // denominator sqrt(v / bc2) + eps, built in a reused buffer: no allocation per step
             if (!scratch_[i].defined()) scratch_[i] = torch::empty_like(p);
             torch::sqrt_out(scratch_[i], exp_avg_sq_[i]).mul_(inv_sqrt_bc2).add_(eps_);
-            p.addcdiv_(exp_avg_[i], scratch_[i], -step_size);
+            p.addcdiv_(exp_avg_[i], scratch_[i], -slot_step);
         }
     }
 
@@ -121,22 +128,24 @@ public:
     double flops_per_step() const override { return 12.0 * static_cast<double>(numel_); }
 
 private:
-    // The decayed and the undecayed tensors in one fused call each. False where this LibTorch
-    // has no fused kernel (then it is not tried again).
+    // One fused call per group of tensors sharing decay and rate (two groups, more on a μP model).
+    // False where this LibTorch has no fused kernel (then it is not tried again).
     bool fused_step(const std::vector<torch::Tensor>& grads, double lr) {
         step_tensor_.fill_(static_cast<double>(step_));
-        for (const bool decay : {true, false}) {
+        std::set<std::pair<bool, double>> groups;
+        for (size_t i = 0; i < slots_.size(); ++i) groups.insert({decays_[i], rate_factors_[i]});
+        for (const auto& [decay, factor] : groups) {
             std::vector<torch::Tensor> p, g, m, v;
             for (size_t i = 0; i < slots_.size(); ++i) {
-                if (decays_[i] != decay) continue;
+                if (decays_[i] != decay || rate_factors_[i] != factor) continue;
                 p.push_back(slots_[i].param);
                 g.push_back(grads[i]);
                 m.push_back(exp_avg_[i]);
                 v.push_back(exp_avg_sq_[i]);
             }
             if (p.empty()) continue;
-            if (!plexus::compat::fused_adamw_(p, g, m, v, step_tensor_, lr, beta1_, beta2_, decay ? weight_decay_ : 0.0,
-                                              eps_)) {
+            if (!plexus::compat::fused_adamw_(p, g, m, v, step_tensor_, lr * factor, beta1_, beta2_,
+                                              decay ? weight_decay_ / factor : 0.0, eps_)) {
                 try_fused_ = false;
                 return false;
             }
@@ -147,6 +156,7 @@ private:
     std::vector<plexus::ParamSlot> slots_;
     std::vector<torch::Tensor> exp_avg_, exp_avg_sq_, scratch_;
     std::vector<bool> decays_;
+    std::vector<double> rate_factors_;  // μAdam's per-slot factor on the rate; 1 outside μP
     double lr_, beta1_, beta2_, eps_, weight_decay_;
     int64_t step_ = 0;
     int64_t numel_ = 0;
@@ -167,6 +177,9 @@ plexus::PluginDescriptor describe() {
         plexus::ConfigKey("weight_decay", 0.1, "decoupled weight decay, multiplied by the current learning rate")
             .at_least(0),
         {"decay_vectors", false, "also decay 1-D parameters (biases, norms)"},
+        {"width_scaling", true,
+         "on a μP model, μAdam: hidden matrices' rates / their width multiplier (false: one rate for all, "
+         "for ablation)"},
     };
     d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&,
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {

@@ -6,7 +6,8 @@
 // Update order and defaults (lr 1e-4, betas 0.9 and 0.99, no decay) as in the authors' code
 // (github.com/google/automl, lion/lion_pytorch.py @87461ee). As plexus's AdamW, decay applies to
 // matrices only unless decay_vectors is set (the authors' class decays whatever it is given).
-// Element-wise: a piece of a sharded parameter updates as the whole would.
+// Element-wise: a piece of a sharded parameter updates as the whole would. Its update is normalized
+// entry-wise, so on a μP model it takes μAdam's per-layer rates (plexus/width.hpp).
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
@@ -26,7 +27,9 @@ public:
         cfg.require(beta1_ >= 0 && beta1_ < 1 && beta2_ >= 0 && beta2_ < 1, "betas", "must lie in [0, 1)");
         weight_decay_ = cfg.get_double("weight_decay");
         const bool decay_vectors = cfg.get_bool("decay_vectors");
+        const bool width_scaling = cfg.get_bool("width_scaling");
         for (const auto& s : slots_) {
+            rate_factors_.push_back(width_scaling ? plexus::adam_rate_factor(s.width_role, s.width_mult) : 1.0);
             exp_avg_.push_back(torch::zeros_like(s.param));
             decays_.push_back(decay_vectors || s.full_shape.size() >= 2);
             numel_ += s.param.numel();
@@ -41,7 +44,7 @@ public:
             auto& p = slots_[i].param;
             auto& m = exp_avg_[i];
             if (decays_[i] && weight_decay_ != 0) p.mul_(1.0 - lr * weight_decay_);
-            p.add_(torch::lerp(m, grads[i], 1.0 - beta1_).sign_(), -lr);
+            p.add_(torch::lerp(m, grads[i], 1.0 - beta1_).sign_(), -lr * rate_factors_[i]);
             m.lerp_(grads[i], 1.0 - beta2_);
         }
     }
@@ -71,6 +74,7 @@ private:
     std::vector<plexus::ParamSlot> slots_;
     std::vector<torch::Tensor> exp_avg_;
     std::vector<bool> decays_;
+    std::vector<double> rate_factors_;  // μP's per-slot factor on the rate; 1 outside μP
     double lr_, beta1_, beta2_, weight_decay_;
     int64_t step_ = 0, numel_ = 0;
 };
@@ -88,6 +92,8 @@ plexus::PluginDescriptor describe() {
         plexus::ConfigKey("weight_decay", 0.0, "decoupled weight decay, multiplied by the current learning rate")
             .at_least(0),
         {"decay_vectors", false, "also decay 1-D parameters (biases, norms)"},
+        {"width_scaling", true,
+         "on a μP model, hidden matrices' rates / their width multiplier, as μAdam (false: one rate for all)"},
     };
     d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&,
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {

@@ -7,7 +7,8 @@
 // 28 features from them, divides each by its root mean square over the tensor, appends 11
 // training-progress features tanh(t / τ - 1), and runs an MLP 39 -> 32 -> 32 -> 2 (ReLU) to a
 // direction d and a magnitude m: p <- p - step_mult · d · exp(exp_mult · m) · s, with s = 1 /
-// fan_in for the tensors `mup_hidden` names (μLO) and 1 for the others.
+// fan_in for the hidden matrices of a μP model (μLO; the roles its blocks declare,
+// plexus/width.hpp) and 1 for the others and for any tensor of a model in SP.
 //
 // Weights: lopt_weights.hpp (their file; `plexus meta-train` trains them through keys weights and export).
 // The decays are 1 - (1 - d0) · exp(10 · offset) around d0 = (0.9, 0.99, 0.999), (0.999),
@@ -34,7 +35,6 @@
 
 #include <fstream>
 #include <map>
-#include <regex>
 #include <sstream>
 
 namespace {
@@ -103,11 +103,16 @@ public:
         step_mult_ = cfg.get_double("step_mult");
         exp_mult_ = cfg.get_double("exp_mult");
         use_schedule_ = cfg.get_bool("use_schedule");
-        const std::regex hidden(cfg.get_string("mup_hidden"));
+        const bool width_scaling = cfg.get_bool("width_scaling");
         for (size_t k = 0; k < 7; ++k)
             decays_[k] = 1.0 - (1.0 - kBaseDecays[k]) *
                                    std::exp(10.0 * w_.decay_offsets[static_cast<int64_t>(k)].item<double>());
         for (const auto& slot : slots_) {
+            if (slot.is_split())
+                throw plexus::Error("lopt: parameter '" + slot.name +
+                                        "' is split over the tensor-parallel group, and its row, column and feature "
+                                        "statistics span the whole tensor (not reduced over that group)",
+                                    "use data parallelism, ZeRO or a pipeline with lopt, not tensor parallelism");
             if (slot.is_piece()) group_ = slot.shard_group;
             int64_t whole = 1;
             for (auto d : slot.full_shape) whole *= d;
@@ -115,7 +120,7 @@ public:
                 throw plexus::Error(
                     "lopt: slot '" + slot.name + "' is a piece of a tensor with no shard group to complete it",
                     "its features are per whole tensor: the strategy must describe its pieces (plexus::piece_slot)");
-            states_.push_back(make_state(slot, hidden));
+            states_.push_back(make_state(slot, width_scaling));
         }
         if (group_) agree_on_tensors();
     }
@@ -381,7 +386,7 @@ public:
     }
 
 private:
-    TensorState make_state(const plexus::ParamSlot& slot, const std::regex& hidden) {
+    TensorState make_state(const plexus::ParamSlot& slot, bool width_scaling) {
         TensorState s;
         auto shape = slot.param.dim() == 0 ? std::vector<int64_t>{1} : slot.param.sizes().vec();  // the slot's
         const auto& whole = slot.is_piece() ? slot.full_shape : shape;                            // its tensor's
@@ -403,7 +408,7 @@ private:
         } else {
             for (auto& v : s.full) v = zeros(shape);
         }
-        if (slot.full_shape.size() == 2 && std::regex_search(slot.name, hidden))
+        if (width_scaling && slot.width_role == plexus::WidthRole::Hidden && slot.full_shape.size() == 2)
             s.scale = 1.0 / static_cast<double>(slot.full_shape[1]);
         return s;
     }
@@ -431,9 +436,9 @@ plexus::PluginDescriptor describe() {
         {"export", "", "writes the weights in use to this file when the optimizer is built (\"\": none)"},
         {"step_mult", 0.001, "step = step_mult · d · exp(exp_mult · m); μLO uses 0.01"},
         {"exp_mult", 0.001, "see step_mult"},
-        {"mup_hidden", "$^",
-         "regex over parameter names: matching 2-D tensors are hidden matrices, their steps scaled by 1 / fan_in "
-         "(μLO); \"$^\" matches none (the SP optimizer). For models/gpt: \"(qkv|proj|fc|out)\\\\.weight$\""},
+        {"width_scaling", true,
+         "on a μP model (parametrization = \"mup\"), μLO: hidden matrices' steps * 1 / fan_in; on an SP model "
+         "nothing changes (false: ignore the roles, for ablation)"},
         {"use_schedule", false, "multiply the step by the [train] learning-rate schedule's factor"},
     };
     // `plexus check`: untrained weights, and the schedule applied (a learned optimizer follows its own

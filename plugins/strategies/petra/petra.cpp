@@ -187,7 +187,7 @@ public:
         plexus::StateDict out = placement_->gather(world_, ctx_.device());
         for (const auto& [b, optimizer] : optimizers_)
             for (auto& item : optimizer->state())
-                out.emplace_back("optimizer." + model_->blocks()[b]->name() + "." + item.first, item.second);
+                out.emplace_back("optimizer." + model_->blocks()[b]->block_name() + "." + item.first, item.second);
         const auto& bounds = placement_->bounds();
         out.emplace_back("petra.bounds",
                          torch::tensor(std::vector<int64_t>(bounds.begin(), bounds.end()), torch::kInt64));
@@ -454,7 +454,7 @@ private:
         const auto& block = model_->blocks()[b];
         for (const auto& item : block->named_parameters()) {
             auto param = method_ == Method::Delayed ? item.value().variable_data() : item.value();
-            slots.push_back({block->name() + "." + item.key(), param, item.value().sizes().vec()});
+            slots.push_back({block->block_name() + "." + item.key(), param, item.value().sizes().vec()});
         }
         optimizers_[b] = ctx_.make_optimizer(std::move(slots));
     }

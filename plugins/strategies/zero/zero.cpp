@@ -219,7 +219,7 @@ private:
         for (const auto& block : model_->blocks()) {
             if (stage_ == 3 && !block->shared_parameters().empty())
                 throw plexus::Error(
-                    "zero stage 3: block '" + block->name() + "' uses a parameter shared with another block",
+                    "zero stage 3: block '" + block->block_name() + "' uses a parameter shared with another block",
                     "untie it (model.tie_embeddings = false) or use stage 1 or 2");
             Unit u;
             u.block = block;
@@ -233,7 +233,7 @@ private:
                 }
                 seen.insert(key);
                 u.params.push_back(item.value());
-                u.names.push_back(full_name.count(key) ? full_name.at(key) : block->name() + "." + item.key());
+                u.names.push_back(full_name.count(key) ? full_name.at(key) : block->block_name() + "." + item.key());
                 u.shapes.push_back(item.value().sizes().vec());
                 u.offsets.push_back(u.numel);
                 u.numel += item.value().numel();
@@ -332,9 +332,9 @@ private:
         for (size_t i = 0; i < units_.size(); ++i) {
             auto& u = units_[i];
             if (!u.reduce && last_micro_batch_)
-                throw plexus::Error(
-                    "zero: unit " + std::to_string(i) + " (" + u.block->name() + ") did not receive all its gradients",
-                    "every parameter must take part in the loss");
+                throw plexus::Error("zero: unit " + std::to_string(i) + " (" + u.block->block_name() +
+                                        ") did not receive all its gradients",
+                                    "every parameter must take part in the loss");
             for (auto& p : u.params) p.mutable_grad() = torch::Tensor();  // the flat buffers hold them
             if (stage_ == 3 && u.gathered) release(u);
         }

@@ -24,6 +24,7 @@
 #include <torch/types.h>
 
 #include "plexus/error.hpp"
+#include "plexus/width.hpp"
 
 namespace plexus {
 
@@ -70,7 +71,7 @@ public:
     // Reversible blocks (PETRA, reversible backprop) compute their input from their output.
     virtual bool invertible() const { return false; }
     virtual torch::Tensor inverse(const torch::Tensor& /*y*/) {
-        throw Error("block '" + name() + "' is not invertible",
+        throw Error("block '" + block_name() + "' is not invertible",
                     "use a reversible model (for example models/revgpt) with this strategy");
     }
 
@@ -101,6 +102,15 @@ public:
     // Set by a tensor-parallel strategy after it split this block's parameters.
     void set_tensor_parallel(std::shared_ptr<TensorParallel> tp) { tensor_parallel_ = std::move(tp); }
 
+    // μP: the role of each parameter as the model widens (plexus/width.hpp), so that optimizers
+    // can scale their steps per layer (μAdam, μLO). Empty: the standard parametrization. A block
+    // in μP lists every parameter it registers.
+    virtual std::vector<WidthRule> width_plan() const { return {}; }
+
+    // The name the model registered this block under ("embed", "layer0", "head"): the prefix of
+    // its parameters' names in the model. (torch's Module::name() is the C++ class's name.)
+    const std::string& block_name() const { return block_name_; }
+
     // Parameters this block uses but another block owns and registers (a tied embedding used
     // by the head). Strategies that place or shard blocks apart (pipelines, ZeRO-3) must know.
     virtual std::vector<torch::Tensor> shared_parameters() const { return {}; }
@@ -120,7 +130,9 @@ protected:
     }
 
 private:
+    friend class Model;  // names the block in add_block()
     std::shared_ptr<TensorParallel> tensor_parallel_;
+    std::string block_name_;
 };
 
 // FLOPs per token with the convention that produced it, recorded with every run's MFU.
@@ -152,6 +164,7 @@ protected:
     template <typename B>
     std::shared_ptr<B> add_block(const std::string& name, std::shared_ptr<B> block) {
         register_module(name, block);
+        static_cast<Block&>(*block).block_name_ = name;
         blocks_.push_back(block);
         return block;
     }

@@ -21,6 +21,8 @@
 
 #include <torch/types.h>
 
+#include "plexus/width.hpp"
+
 namespace plexus {
 
 class Transport;
@@ -36,8 +38,18 @@ struct ParamSlot {
     int64_t offset = 0;
     std::string tensor;
     Transport* shard_group = nullptr;
+    // Tensor parallelism: this slot is this rank's part of a parameter split over these ranks
+    // (full_shape is then the whole parameter's; the part is split along whole rows or columns).
+    // Element-wise optimizers need not care; one whose update spans a tensor must refuse it
+    // (plexus/kit/whole_tensors.hpp) or reduce its statistics over the group.
+    Transport* split_group = nullptr;
+    // μP (plexus/width.hpp): the parameter's role as its model declared it, and its fan-in over
+    // the base model's. Filled in by the host for every strategy; None for a standard model.
+    WidthRole width_role = WidthRole::None;
+    double width_mult = 1.0;
 
     bool is_piece() const { return shard_group != nullptr; }
+    bool is_split() const { return split_group != nullptr; }
     const std::string& tensor_name() const { return tensor.empty() ? name : tensor; }
 };
 

@@ -6,6 +6,7 @@
 //   context.hpp    RunContext: rank, device, transport, the run's shape, metrics, clock, factories
 //   model.hpp      Model as an ordered list of Blocks, FLOPs per token
 //   optimizer.hpp  Optimizer over explicit tensors, its state as a value
+//   width.hpp      μP: how each parameter grows with width, for per-layer steps
 //   dataset.hpp    Dataset and deterministic BatchStreams
 //   strategy.hpp   Strategy: one rank's training step and evaluation
 //   transport.hpp  collectives and point-to-point with accounting
@@ -27,6 +28,7 @@
 //   kit/weights_file.hpp   named sections of numbers in a text file (learned weights)
 //   kit/recompute.hpp      activation checkpointing: a block recomputed in backward
 //   kit/whole_tensors.hpp  refuse sharded pieces, for optimizers that need whole tensors
+//   kit/mup.hpp            the standard or μP parametrization for a model plugin
 #pragma once
 
 #include "plexus/comm.hpp"
@@ -39,3 +41,4 @@
 #include "plexus/plugin.hpp"
 #include "plexus/strategy.hpp"
 #include "plexus/transport.hpp"
+#include "plexus/width.hpp"

@@ -125,9 +125,9 @@ public:
         const auto& blocks = model.blocks();
         for (const auto& block : blocks)
             if (!block->shared_parameters().empty())
-                throw Error(
-                    "block '" + block->name() + "' uses a parameter another block owns, so stages cannot split it",
-                    "untie it (model.tie_embeddings = false)");
+                throw Error("block '" + block->block_name() +
+                                "' uses a parameter another block owns, so stages cannot split it",
+                            "untie it (model.tie_embeddings = false)");
         for (size_t b = 0; b < blocks.size(); ++b)
             for (const auto& item : blocks[b]->named_parameters()) {
                 shapes_.push_back(item.value().sizes().vec());
@@ -136,7 +136,7 @@ public:
                     continue;
                 }
                 params_.push_back(item.value());
-                names_.push_back(blocks[b]->name() + "." + item.key());
+                names_.push_back(blocks[b]->block_name() + "." + item.key());
             }
     }
 
@@ -167,7 +167,7 @@ public:
                     auto t = s == stage_ ? item.value().detach().clone()
                                          : torch::empty(shapes_[k], torch::TensorOptions().device(device));
                     pipe.broadcast(t, s)->wait();
-                    out.emplace_back("model." + blocks[static_cast<size_t>(b)]->name() + "." + item.key(), t);
+                    out.emplace_back("model." + blocks[static_cast<size_t>(b)]->block_name() + "." + item.key(), t);
                     ++k;
                 }
         return out;
@@ -197,7 +197,7 @@ public:
         for (size_t b = first_block(); b < last_block(); ++b)
             for (const auto& item : blocks[b]->named_parameters()) {
                 params_.push_back(item.value());
-                names_.push_back(blocks[b]->name() + "." + item.key());
+                names_.push_back(blocks[b]->block_name() + "." + item.key());
             }
     }
 

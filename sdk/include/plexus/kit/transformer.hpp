@@ -110,9 +110,10 @@ inline torch::Tensor embed(const torch::Tensor& tokens, const torch::Tensor& pos
 
 // Causal self-attention of `in` [B, T, D'] with a fused q, k, v projection: the heads'
 // outputs concatenated, [B, T, heads * head_dim], before the output projection. The number of
-// heads comes from qkv's shape (a tensor-parallel rank holds some of them).
+// heads comes from qkv's shape (a tensor-parallel rank holds some of them). `score_factor`
+// multiplies the scores beyond 1/sqrt(head_dim) (μP: plexus/kit/mup.hpp).
 inline torch::Tensor attention_heads(const torch::Tensor& in, const Params& qkv, int64_t head_dim,
-                                     const torch::Tensor& mask) {
+                                     const torch::Tensor& mask, double score_factor = 1.0) {
     const auto B = in.size(0), T = in.size(1), heads = qkv.weight.size(0) / (3 * head_dim);
     // unbind, not h[0..2]: its backward stacks the three gradients once, where three selects
     // would each build a zero tensor of the whole projection and add them up. Unbound along the
@@ -120,7 +121,8 @@ inline torch::Tensor attention_heads(const torch::Tensor& in, const Params& qkv,
     // projection's own layout: permuting first left it in another, and the view back to
     // [B, T, 3D] copied all of it a second time.
     const auto h = torch::linear(in, qkv.weight, qkv.bias).view({B, T, 3, heads, head_dim}).unbind(2);
-    auto y = compat::causal_attention(h[0].transpose(1, 2), h[1].transpose(1, 2), h[2].transpose(1, 2), mask);
+    auto q = score_factor == 1.0 ? h[0] : h[0] * score_factor;
+    auto y = compat::causal_attention(q.transpose(1, 2), h[1].transpose(1, 2), h[2].transpose(1, 2), mask);
     return y.transpose(1, 2).reshape({B, T, heads * head_dim});
 }
 
