@@ -14,14 +14,18 @@
 // 1e-3, clip 1.0, decay_rate -0.8, no first moment, no decay. To run the paper's schedule alone,
 // set [train] lr_schedule = "constant" with no warm-up.
 //
-// The factored statistics and both RMS span whole tensors: ZeRO and ACCO, which hand an
-// optimizer pieces of flattened parameters, are refused when the optimizer is built.
+// The factored statistics and both RMS span whole tensors. Under ZeRO and ACCO, which hand an
+// optimizer pieces of flattened parameters, a tensor split between ranks has its gradient and
+// weights gathered whole each step (plexus::PieceGather: two all-gathers of the split tensors'
+// pieces); every rank holding a piece keeps that tensor's (small) moments whole, computes the
+// whole update, and applies its piece. Tensor parallelism's splits are refused.
 #include <plexus/kit/whole_tensors.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 namespace {
 
@@ -32,28 +36,31 @@ struct Settings {
 
 double rms(const torch::Tensor& t) { return t.norm().item<double>() / std::sqrt(static_cast<double>(t.numel())); }
 
-std::vector<int64_t> without_dim(const torch::Tensor& t, int64_t dim) {
-    auto shape = t.sizes().vec();
-    shape.erase(shape.begin() + (dim < 0 ? t.dim() + dim : dim));
+std::vector<int64_t> without_dim(std::vector<int64_t> shape, int64_t dim) {
+    shape.erase(shape.begin() + (dim < 0 ? static_cast<int64_t>(shape.size()) + dim : dim));
     return shape;
 }
 
 class Adafactor : public plexus::Optimizer {
 public:
     Adafactor(const Settings& s, std::vector<plexus::ParamSlot> slots) : s_(s), slots_(std::move(slots)) {
-        plexus::require_whole_tensors(slots_, "adafactor",
-                                      "Adafactor's factored moments and update RMS need whole tensors");
+        plexus::require_unsplit_tensors(slots_, "adafactor",
+                                        "Adafactor's factored moments and update RMS need whole tensors");
+        bool pieces = false;
         for (const auto& slot : slots_) {
-            const auto& p = slot.param;
-            const bool factored = p.dim() >= 2;
+            const auto& shape = slot.full_shape;  // the whole tensor's, piece or not
+            const auto o = slot.param.options();
+            const bool factored = shape.size() >= 2;
             // A matrix [..., n, m] keeps row averages [..., n] and column averages [..., m].
-            row_.push_back(factored ? torch::zeros(without_dim(p, -1), p.options()) : torch::Tensor());
-            col_.push_back(factored ? torch::zeros(without_dim(p, -2), p.options()) : torch::Tensor());
-            full_.push_back(factored ? torch::Tensor() : torch::zeros_like(p));
-            exp_avg_.push_back(s_.beta1 > 0 ? torch::zeros_like(p) : torch::Tensor());
-            decays_.push_back(s_.decay_vectors || slot.full_shape.size() >= 2);
-            numel_ += p.numel();
+            row_.push_back(factored ? torch::zeros(without_dim(shape, -1), o) : torch::Tensor());
+            col_.push_back(factored ? torch::zeros(without_dim(shape, -2), o) : torch::Tensor());
+            full_.push_back(factored ? torch::Tensor() : torch::zeros(shape, o));
+            exp_avg_.push_back(s_.beta1 > 0 ? torch::zeros(shape, o) : torch::Tensor());
+            decays_.push_back(s_.decay_vectors || shape.size() >= 2);
+            numel_ += slot.param.numel();
+            pieces = pieces || slot.is_piece();
         }
+        if (pieces) gather_ = std::make_unique<plexus::PieceGather>(slots_, std::vector<bool>(slots_.size(), true));
     }
 
     void step(const std::vector<torch::Tensor>& grads, double lr_scale) override {
@@ -62,10 +69,15 @@ public:
         const double t = static_cast<double>(step_);
         const double beta2 = 1.0 - std::pow(t, s_.decay_rate);  // 0 at the first step: V = g^2
         const double rho = (s_.relative_step ? std::min(s_.lr, 1.0 / std::sqrt(t)) : s_.lr) * lr_scale;
+        std::vector<torch::Tensor> params;
+        for (const auto& slot : slots_) params.push_back(slot.param);
+        // Whole tensors (the pieces' tensors rebuilt when sharded).
+        const auto whole_grads = gather_ ? gather_->whole(grads) : grads;
+        const auto whole_params = gather_ && s_.scale_parameter ? gather_->whole(params) : params;
         for (size_t i = 0; i < slots_.size(); ++i) {
             auto& p = slots_[i].param;
-            const auto& g = grads[i];
-            const double step_size = rho * (s_.scale_parameter ? std::max(s_.eps2, rms(p)) : 1.0);
+            const auto& g = whole_grads[i];
+            const double step_size = rho * (s_.scale_parameter ? std::max(s_.eps2, rms(whole_params[i])) : 1.0);
             auto g2 = g * g + s_.eps1;
             torch::Tensor u;
             if (row_[i].defined()) {
@@ -80,7 +92,7 @@ public:
             u.div_(std::max(1.0, rms(u) / s_.clip)).mul_(step_size);
             if (exp_avg_[i].defined()) u = exp_avg_[i].mul_(s_.beta1).add_(u, 1.0 - s_.beta1);
             if (decays_[i] && s_.weight_decay != 0) p.add_(p, -s_.weight_decay * step_size);
-            p.sub_(u);
+            p.sub_(u.reshape(-1).narrow(0, slots_[i].offset, p.numel()).view(p.sizes()));
         }
     }
 
@@ -130,6 +142,7 @@ private:
     std::vector<plexus::ParamSlot> slots_;
     std::vector<torch::Tensor> row_, col_, full_, exp_avg_;
     std::vector<bool> decays_;
+    std::unique_ptr<plexus::PieceGather> gather_;  // sharded: rebuilds the split tensors
     int64_t step_ = 0, numel_ = 0;
 };
 

@@ -11,13 +11,17 @@
 // bfloat16 on a GPU, as theirs, and in float32 on a CPU (where bfloat16 matmuls are slow). Both
 // rates follow the run's schedule.
 //
-// NS5 needs whole matrices: ZeRO and ACCO, which hand an optimizer pieces of flattened
-// parameters, are refused when the optimizer is built (gathering them is the next step).
+// NS5 needs whole matrices. Under ZeRO and ACCO, which hand an optimizer pieces of flattened
+// parameters, each rank keeps the momentum of its pieces; the look-ahead U of a matrix split
+// between ranks is gathered whole (plexus::PieceGather: one all-gather a step of the split
+// matrices' pieces), orthogonalized by every rank holding a piece, and each applies its piece.
+// Tensor parallelism's splits are refused when the optimizer is built.
 #include <plexus/kit/whole_tensors.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <memory>
 
 #include "optimizers/muon/muon.hpp"
 
@@ -33,14 +37,16 @@ struct Settings {
 class Muon : public plexus::Optimizer {
 public:
     Muon(Settings s, std::vector<plexus::ParamSlot> slots) : s_(std::move(s)), slots_(std::move(slots)) {
-        plexus::require_whole_tensors(slots_, "muon", "Newton-Schulz orthogonalizes whole matrices");
+        plexus::require_unsplit_tensors(slots_, "muon", "Newton-Schulz orthogonalizes whole matrices");
+        bool pieces = false;
         for (const auto& slot : slots_) {
-            const bool hidden = slot.param.dim() >= 2 && !in_adam_block(slot.name);
+            const bool hidden = slot.full_shape.size() >= 2 && !in_adam_block(slot.tensor_name());
+            pieces = pieces || slot.is_piece();
             hidden_.push_back(hidden);
             momentum_.push_back(torch::zeros_like(slot.param));
             second_.push_back(hidden ? torch::Tensor() : torch::zeros_like(slot.param));
             if (hidden) {
-                const auto rows = slot.param.size(0), cols = slot.param.numel() / rows;
+                const auto rows = slot.full_shape[0], cols = numel_of(slot.full_shape) / rows;
                 const auto small = std::min(rows, cols), large = std::max(rows, cols);
                 // 5 steps of two Gram products and one update product on the wide orientation.
                 ns_flops_ += static_cast<double>(s_.ns_steps) * 2.0 *
@@ -48,13 +54,25 @@ public:
             }
             numel_ += slot.param.numel();
         }
+        if (pieces) gather_ = std::make_unique<plexus::PieceGather>(slots_, hidden_);
     }
 
     void step(const std::vector<torch::Tensor>& grads, double lr_scale) override {
         torch::NoGradGuard no_grad;
         ++step_;
+        std::vector<torch::Tensor> lookahead(slots_.size());
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            if (!hidden_[i]) {
+                adam_step(i, grads[i], s_.adam_lr * lr_scale);
+                continue;
+            }
+            auto& m = momentum_[i];
+            m.lerp_(grads[i], 1.0 - s_.momentum);
+            lookahead[i] = s_.nesterov ? torch::lerp(grads[i], m, s_.momentum) : m.clone();
+        }
+        auto whole = gather_ ? gather_->whole(lookahead) : lookahead;
         for (size_t i = 0; i < slots_.size(); ++i)
-            hidden_[i] ? muon_step(i, grads[i], s_.lr * lr_scale) : adam_step(i, grads[i], s_.adam_lr * lr_scale);
+            if (hidden_[i]) muon_step(i, whole[i], s_.lr * lr_scale);
     }
 
     plexus::StateDict state() const override {
@@ -94,18 +112,23 @@ private:
         return false;
     }
 
-    void muon_step(size_t i, const torch::Tensor& g, double lr) {
+    static int64_t numel_of(const std::vector<int64_t>& shape) {
+        int64_t n = 1;
+        for (auto d : shape) n *= d;
+        return n;
+    }
+
+    // `u`: the whole matrix's Nesterov look-ahead; the slot (whole, or a piece) moves by its part.
+    void muon_step(size_t i, const torch::Tensor& u, double lr) {
+        const auto& slot = slots_[i];
         auto& p = slots_[i].param;
-        auto& m = momentum_[i];
-        m.lerp_(g, 1.0 - s_.momentum);
-        auto u = s_.nesterov ? torch::lerp(g, m, s_.momentum) : m.clone();
-        const auto rows = p.size(0);
+        const auto rows = slot.full_shape[0];
         auto matrix = u.reshape({rows, -1});  // a 3-D or 4-D weight as [out, in]
         if (p.is_cuda()) matrix = matrix.to(torch::kBFloat16);
         auto ortho = plexus::muon::newton_schulz(matrix, static_cast<int>(s_.ns_steps)).to(p.scalar_type());
         const double scale = std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(matrix.size(1))));
         if (s_.weight_decay != 0) p.mul_(1.0 - lr * s_.weight_decay);
-        p.add_(ortho.view(p.sizes()), -lr * scale);
+        p.add_(ortho.reshape(-1).narrow(0, slot.offset, p.numel()).view(p.sizes()), -lr * scale);
     }
 
     // Adam with bias correction and decoupled decay, as the authors' auxiliary AdamW.
@@ -123,6 +146,7 @@ private:
     std::vector<plexus::ParamSlot> slots_;
     std::vector<bool> hidden_;
     std::vector<torch::Tensor> momentum_, second_;  // Muon's momentum or Adam's first moment; Adam's second
+    std::unique_ptr<plexus::PieceGather> gather_;   // sharded: rebuilds the split matrices
     int64_t step_ = 0, numel_ = 0;
     double ns_flops_ = 0;
 };

@@ -160,7 +160,7 @@ public:
         model_ = ctx.make_model();
         split_parameters(t);
         for (const auto& p : model_->parameters()) params_.push_back(p);
-        optimizer_ = ctx.make_optimizer(plexus::slots_of(*model_));
+        optimizer_ = ctx.make_optimizer(described_slots());
         char line[160];
         std::snprintf(line, sizeof line, "tensor_parallel: dp %d x tp %d, %zu parameters split, %zu replicated", dp_,
                       tp_, splits_.size(), params_.size() - splits_.size());
@@ -308,15 +308,17 @@ private:
                 auto* found = named.find(rule.parameter);
                 if (!found)
                     throw plexus::Error(
-                        "block '" + block->name() + "' plans to split '" + rule.parameter + "', which it does not have",
+                        "block '" + block->block_name() + "' plans to split '" + rule.parameter +
+                            "', which it does not have",
                         "the model plugin's tensor_parallel_plan() names its parameters as named_parameters() does");
                 auto& p = *found;
                 const int64_t dim = rule.split == Rule::Split::Column ? 0 : 1;
                 if (p.dim() <= dim || p.size(dim) % (rule.chunks * rule.granule * tp_) != 0)
-                    throw plexus::Error("block '" + block->name() + "': '" + rule.parameter + "' cannot be split " +
-                                            std::to_string(tp_) + " ways along dimension " + std::to_string(dim),
+                    throw plexus::Error("block '" + block->block_name() + "': '" + rule.parameter +
+                                            "' cannot be split " + std::to_string(tp_) + " ways along dimension " +
+                                            std::to_string(dim),
                                         "pick tp dividing the layer's heads and hidden sizes (whole heads per rank)");
-                splits_.push_back({p, block->name() + "." + rule.parameter, rule, p.sizes().vec()});
+                splits_.push_back({p, block->block_name() + "." + rule.parameter, rule, p.sizes().vec()});
                 p.set_data(part_of(p.detach(), rule, t));
             }
             block->set_tensor_parallel(ops);
@@ -325,6 +327,18 @@ private:
         for (int b = 0; b <= last_parallel_; ++b)
             for (const auto& p : blocks[static_cast<size_t>(b)]->parameters())
                 if (!is_split(p)) sum_over_tensor_group_.push_back(p);
+    }
+
+    // The optimizer's slots, the split parameters described as parts of their whole.
+    std::vector<plexus::ParamSlot> described_slots() {
+        auto slots = plexus::slots_of(*model_);
+        if (tp_ == 1) return slots;  // nothing is split
+        for (auto& slot : slots)
+            if (const auto* s = split_of(slot.param)) {
+                slot.full_shape = s->full_shape;
+                slot.split_group = tensor_.get();
+            }
+        return slots;
     }
 
     const Split* split_of(const torch::Tensor& p) const {
