@@ -78,6 +78,9 @@ TEST_CASE("plexus check: each check catches its own breakage", "[check]") {
         {"model", "model", "bad_shape", "logits [B, T, V] and a finite loss"},
         {"model", "model", "no_flops", "FLOPs per token reported"},
         {"model", "model", "random_init", "the same seed gives the same initial parameters"},
+        {"model", "model", "mup_missing_role", "μP: a role for every parameter, some hidden"},
+        {"model", "model", "mup_no_hidden", "μP: a role for every parameter, some hidden"},
+        {"model", "model", "sp_roles", "SP: no μP roles"},
     };
     for (const auto& c : cases) {
         const std::string plugin = std::string("broken_") + c.kind;

@@ -207,6 +207,39 @@ void check_model(const ResolvedConfig& cfg, const PluginDescriptor& d, std::vect
     }));
 }
 
+// A model that offers μP (a `parametrization` key): built with "mup", its blocks declare a role
+// for every parameter (the host refuses a block that leaves one out) and some matrix is hidden;
+// built in SP, none. Optimizers scale their steps by these roles (plexus/width.hpp).
+std::string width_roles(PluginRegistry& registry, const PluginDescriptor& d, const std::vector<std::string>& overrides,
+                        bool mup) {
+    auto with = overrides;
+    with.push_back(std::string("model.parametrization=") + (mup ? "mup" : "sp"));
+    const auto cfg = experiment_for(registry, d, with, 1);
+    HostContext boot(cfg, torch::kCPU, 0);
+    HostContext ctx(cfg, torch::kCPU, make_dataset(cfg, boot)->vocab_size());
+    const auto model = ctx.make_model();
+    size_t declared = 0, hidden = 0;
+    for (const auto& block : model->blocks())
+        for (const auto& rule : block->width_plan()) {
+            ++declared;
+            hidden += rule.role == WidthRole::Hidden;
+        }
+    if (!mup) return declared == 0 ? "" : "in SP the blocks declare μP roles (width_plan() must be empty)";
+    if (declared == 0) return "parametrization = \"mup\" declares no roles (Block::width_plan())";
+    return hidden > 0 ? "" : "in μP no parameter is hidden: optimizers would scale nothing";
+}
+
+void check_width_roles(PluginRegistry& registry, const PluginDescriptor& d, const std::vector<std::string>& overrides,
+                       std::vector<CheckResult>& out) {
+    bool offers = false;
+    for (const auto& key : d.schema) offers = offers || key.name == "parametrization";
+    if (!offers) return;
+    const std::string who = "model " + d.name;
+    out.push_back(run_check(who, "μP: a role for every parameter, some hidden",
+                            [&] { return width_roles(registry, d, overrides, true); }));
+    out.push_back(run_check(who, "SP: no μP roles", [&] { return width_roles(registry, d, overrides, false); }));
+}
+
 // ---- optimizers ----
 
 void check_optimizer(const ResolvedConfig& cfg, const PluginDescriptor& d, std::vector<CheckResult>& out) {
@@ -547,7 +580,9 @@ std::vector<CheckResult> check_plugin(PluginRegistry& registry, const PluginDesc
     const auto kind_checks = [&] {
         switch (plugin.kind) {
             case PluginKind::Dataset: return check_dataset(cfg, plugin, out);
-            case PluginKind::Model: return check_model(cfg, plugin, out);
+            case PluginKind::Model:
+                check_model(cfg, plugin, out);
+                return check_width_roles(registry, plugin, overrides, out);
             case PluginKind::Optimizer: return check_optimizer(cfg, plugin, out);
             case PluginKind::Comm: return check_comm(cfg, plugin, out);
             case PluginKind::Strategy: return;

@@ -98,11 +98,14 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Model;
     d.version = "1.0";
     d.summary = "a token-wise MLP language model (no attention), with a tensor-parallel plan";
-    d.schema = {{"width", 32, "residual width"}, {"hidden", 64, "MLP hidden width"}, {"depth", 2, "MLP blocks"}};
+    d.schema = {{"width", 32, "residual width"},
+                {"hidden", 64, "MLP hidden width; 0 means 4 * width (what μP assumes: it widens with the width)"},
+                {"depth", 2, "MLP blocks"}};
     for (auto& key : plexus::mup::schema()) d.schema.push_back(key);
     d.make_model = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::shared_ptr<plexus::Model> {
-        const auto width = cfg.get_int("width");
-        return std::make_shared<MlpLm>(ctx.vocab_size(), width, cfg.get_int("hidden"), cfg.get_int("depth"),
+        const auto width = cfg.get_int("width"), hidden = cfg.get_int("hidden") > 0 ? cfg.get_int("hidden") : 4 * width;
+        cfg.require(width > 0, "width", "must be > 0");
+        return std::make_shared<MlpLm>(ctx.vocab_size(), width, hidden, cfg.get_int("depth"),
                                        torch::TensorOptions().device(ctx.device()), plexus::mup::read(cfg, width));
     };
     return d;
