@@ -149,10 +149,7 @@ public:
         } else {
             weight = register_parameter("weight", torch::empty({s.vocab, s.d_model}, s.options));
             torch::NoGradGuard no_grad;
-            if (s.param.mup)
-                weight.zero_();  // μP's readout starts at zero (microsoft/mup's readout_zero_init)
-            else
-                weight.normal_(0.0, 0.02);
+            weight.normal_(0.0, 0.02);  // in μP too: a width-independent std (kit/mup.hpp)
         }
     }
     torch::Tensor forward(const torch::Tensor& x) override {

@@ -149,10 +149,7 @@ public:
         } else {
             out = register_parameter("out", torch::empty({s.vocab, s.d_model}, s.options));
             torch::NoGradGuard no_grad;
-            if (s.param.mup)
-                out.zero_();  // μP's readout starts at zero
-            else
-                out.normal_(0.0, 0.02);
+            out.normal_(0.0, 0.02);  // in μP too: a width-independent std (kit/mup.hpp)
         }
     }
     torch::Tensor forward(const torch::Tensor& x) override {

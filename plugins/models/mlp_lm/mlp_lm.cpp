@@ -57,9 +57,9 @@ private:
 
 class Head : public plexus::Block {
 public:
-    // μP: the readout starts at zero and its logits are scaled by 1 / width_mult.
+    // μP: its logits are scaled by 1 / width_mult (its std, 0.02, does not depend on the width).
     Head(int64_t vocab, int64_t width, const torch::TensorOptions& o, Parametrization p) : param_(p) {
-        w = register_parameter("w", p.mup ? torch::zeros({vocab, width}, o) : torch::randn({vocab, width}, o) * 0.02);
+        w = register_parameter("w", torch::randn({vocab, width}, o) * 0.02);
     }
     torch::Tensor forward(const torch::Tensor& x) override {
         const double mult = param_.output_multiplier();
