@@ -224,3 +224,26 @@ TEST_CASE("muP coordinate check: after a few AdamW steps, activations do not gro
     CHECK(sp_logits > 3.0);
     CHECK(sp_hidden > 3.0);
 }
+
+TEST_CASE("the muP keys enter a run's config hash only away from their defaults", "[mup][config]") {
+    // They were added after runs were recorded (extras "config.added_later"): at their defaults
+    // the hash is what it was before them, so that recorded sweeps resume.
+    TempDir dir;
+    const auto hash_of = [&](const std::string& model, const std::string& optimizer) {
+        std::string text = kTinyExperiment;
+        text.insert(text.find("[data]"), model);
+        text.insert(text.find("[train]"), optimizer);
+        return resolve_text(dir, text).hash;
+    };
+    const auto plain = hash_of("", "");
+    CHECK(hash_of("parametrization = \"sp\"\nbase_width = 0\n", "width_scaling = true\n") == plain);
+    CHECK(hash_of("parametrization = \"mup\"\n", "") != plain);
+    CHECK(hash_of("", "width_scaling = false\n") != plain);
+    // The hash leaves out exactly these lines: the canonical text without them, hashed here.
+    auto cfg = resolve_text(dir, std::string(kTinyExperiment));
+    CHECK(cfg.values.count("model.parametrization") == 1);  // the key is in the run's settings
+    cfg.values.erase("model.parametrization");
+    cfg.values.erase("model.base_width");
+    cfg.values.erase("optimizer.width_scaling");
+    CHECK(host::config_hash(cfg) == plain);
+}

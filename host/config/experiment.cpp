@@ -1171,6 +1171,34 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
         throw Error(msg, "`plexus plugins NAME` lists every key a plugin accepts, with its default");
     }
 
+    out.hash = config_hash(out);
+    out.host = read_host_settings(out.values);
+    return out;
+}
+
+namespace {
+
+// A plugin key listed in its descriptor's extras "config.added_later" (names separated by ';')
+// was added after runs were recorded: at its default it leaves the hash alone, so that those runs'
+// sweeps still resume.
+bool added_later_at_default(const ResolvedConfig& cfg, const std::string& key, const Value& v) {
+    const auto dot = key.find('.');
+    if (dot == std::string::npos) return false;
+    const auto plugin = cfg.plugins.find(key.substr(0, dot));
+    if (plugin == cfg.plugins.end() || !plugin->second) return false;
+    const auto later = plugin->second->extras.find("config.added_later");
+    if (later == plugin->second->extras.end()) return false;
+    const auto name = key.substr(dot + 1);
+    const auto listed = split(later->second, ';');
+    if (std::find(listed.begin(), listed.end(), name) == listed.end()) return false;
+    for (const auto& k : plugin->second->schema)
+        if (k.name == name) return k.default_value.to_text() == v.to_text();
+    return false;
+}
+
+}  // namespace
+
+std::string config_hash(const ResolvedConfig& out) {
     // The hash covers what changes the training, not where results go or what the run is called.
     std::string canonical;
     for (const auto& [k, v] : out.values) {
@@ -1184,11 +1212,10 @@ ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, cons
         if (k == "train.precision" && v.type() == ValueType::String && v.as_string() == "fp32") continue;
         if (k == "train.init_from" && v.type() == ValueType::String && v.as_string().empty()) continue;
         if (k == "faults" && v.type() == ValueType::List && v.as_list().empty()) continue;
+        if (added_later_at_default(out, k, v)) continue;
         canonical += k + "=" + v.to_text() + "\n";
     }
-    out.hash = hex64(fnv1a(canonical));
-    out.host = read_host_settings(out.values);
-    return out;
+    return hex64(fnv1a(canonical));
 }
 
 std::string ResolvedConfig::to_json() const {

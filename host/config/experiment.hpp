@@ -143,6 +143,9 @@ struct ResolvedConfig {
     std::string to_json() const;
 };
 
+// The stable hash of what in `cfg.values` affects training (ResolvedConfig::hash).
+std::string config_hash(const ResolvedConfig& cfg);
+
 // Throws ConfigError listing every problem found (unknown keys with the nearest known key,
 // wrong types, unknown plugins with close names), each with its location.
 ResolvedConfig resolve(const Experiment& exp, const DescriptorLookup& find, const NameLookup& names,

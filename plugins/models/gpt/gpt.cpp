@@ -233,6 +233,8 @@ plexus::PluginDescriptor describe() {
     // `plexus check` runs plugins of other kinds with this model, this small.
     d.extras["check.partner"] = "true";
     d.extras["check.settings"] = "model.n_layer=1;model.d_model=16;model.n_head=2";
+    // Keys added after runs were recorded: at their default they leave the run's config hash alone.
+    d.extras["config.added_later"] = "parametrization;base_width";
     return d;
 }
 

@@ -108,6 +108,8 @@ plexus::PluginDescriptor describe() {
         return std::make_shared<MlpLm>(ctx.vocab_size(), width, hidden, cfg.get_int("depth"),
                                        torch::TensorOptions().device(ctx.device()), plexus::mup::read(cfg, width));
     };
+    // Keys added after runs were recorded: at their default they leave the run's config hash alone.
+    d.extras["config.added_later"] = "parametrization;base_width";
     return d;
 }
 

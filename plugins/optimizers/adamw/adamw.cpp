@@ -186,6 +186,8 @@ plexus::PluginDescriptor describe() {
         return std::make_unique<AdamW>(cfg, std::move(slots));
     };
     d.extras["default"] = "true";  // the optimizer of an experiment whose [optimizer] names none
+    // Keys added after runs were recorded: at their default they leave the run's config hash alone.
+    d.extras["config.added_later"] = "width_scaling";
     return d;
 }
 

@@ -99,6 +99,8 @@ plexus::PluginDescriptor describe() {
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
         return std::make_unique<Lion>(cfg, std::move(slots));
     };
+    // Keys added after runs were recorded: at their default they leave the run's config hash alone.
+    d.extras["config.added_later"] = "width_scaling";
     return d;
 }
 

@@ -452,6 +452,8 @@ plexus::PluginDescriptor describe() {
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
         return std::make_unique<Lopt>(cfg, ctx, std::move(slots));
     };
+    // Keys added after runs were recorded: at their default they leave the run's config hash alone.
+    d.extras["config.added_later"] = "width_scaling";
     return d;
 }
 
