@@ -88,6 +88,9 @@ struct PluginDescriptor {
     //   "check.output"     models: "free" when forward() returns what the model's own loss()
     //                      reads instead of logits [B, T, V] (a convex workload's parameters);
     //                      `plexus check` then asks only for a finite loss
+    //   "config.added_later"  keys added to the schema after runs were recorded ("a;b"): at
+    //                      their defaults they stay out of a run's config hash, so that sweeps
+    //                      recorded before them still resume
     std::map<std::string, std::string> extras;
 
     std::function<std::shared_ptr<Model>(const Config&, RunContext&)> make_model;
