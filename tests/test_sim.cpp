@@ -476,9 +476,14 @@ gpus_per_node = 2
     const auto& plain = by_scheme["allreduce"].loss;
     const auto& hier = by_scheme["hierarchical"].loss;
     for (size_t i = 0; i < plain.size(); ++i) CHECK(std::fabs(hier[i].second - plain[i].second) < 1e-5);
-    // Its node size came from the topology (2): the same timing as saying so, not as nodes of 1.
-    CHECK(run("--set comm.name=hierarchical --set comm.node_size=2").sim_time == by_scheme["hierarchical"].sim_time);
-    CHECK(run("--set comm.name=hierarchical --set comm.node_size=1").sim_time != by_scheme["hierarchical"].sim_time);
+    // Its node size came from the topology (2): the same timing as saying so, and faster than nodes
+    // of 1 (measured 0.0089 against 0.0120 s). The network's own algorithm is held at ring here:
+    // "auto" runs a 4-rank all-reduce over two nodes hierarchically itself, so that nodes of 1
+    // would cost what nodes of 2 do (this check once passed on the last bits of a float sum).
+    const std::string ring = "--set comm.name=hierarchical --set sim.algorithm=ring";
+    const double from_topology = run(ring).sim_time;
+    CHECK(run(ring + " --set comm.node_size=2").sim_time == from_topology);
+    CHECK(run(ring + " --set comm.node_size=1").sim_time > 1.2 * from_topology);
 }
 
 TEST_CASE("meta numerics plans a 1.3B-parameter GPT on 8 simulated H100s in seconds, without its memory",
