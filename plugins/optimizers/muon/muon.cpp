@@ -19,6 +19,7 @@
 #include <plexus/kit/whole_tensors.hpp>
 #include <plexus/plexus.hpp>
 #include <torch/torch.h>
+#include <c10/util/accumulate.h>
 
 #include <cmath>
 #include <memory>
@@ -46,7 +47,7 @@ public:
             momentum_.push_back(torch::zeros_like(slot.param));
             second_.push_back(hidden ? torch::Tensor() : torch::zeros_like(slot.param));
             if (hidden) {
-                const auto rows = slot.full_shape[0], cols = numel_of(slot.full_shape) / rows;
+                const auto rows = slot.full_shape[0], cols = c10::multiply_integers(slot.full_shape) / rows;
                 const auto small = std::min(rows, cols), large = std::max(rows, cols);
                 // 5 steps of two Gram products and one update product on the wide orientation.
                 ns_flops_ += static_cast<double>(s_.ns_steps) * 2.0 *
@@ -110,12 +111,6 @@ private:
         for (const auto& block : s_.adam_blocks)
             if (name.rfind(block + ".", 0) == 0) return true;
         return false;
-    }
-
-    static int64_t numel_of(const std::vector<int64_t>& shape) {
-        int64_t n = 1;
-        for (auto d : shape) n *= d;
-        return n;
     }
 
     // `u`: the whole matrix's Nesterov look-ahead; the slot (whole, or a piece) moves by its part.

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <c10/util/accumulate.h>
 #include <torch/torch.h>
 
 #include "plexus/error.hpp"
@@ -98,11 +99,7 @@ private:
         int64_t rank = 0, at = 0, offset = 0, length = 0;  // where in whose part, where in the tensor
     };
 
-    static int64_t numel_of(const std::vector<int64_t>& shape) {
-        int64_t n = 1;
-        for (auto d : shape) n *= d;
-        return n;
-    }
+    static int64_t numel_of(const std::vector<int64_t>& shape) { return c10::multiply_integers(shape); }
     static int64_t key_of(const std::string& name) {  // FNV-1a of the tensor's name
         uint64_t h = 1469598103934665603ULL;
         for (unsigned char c : name) h = (h ^ c) * 1099511628211ULL;
