@@ -529,6 +529,101 @@ TEST_CASE("a sweep with [grid.tune] runs the tuning seeds, then the others at ea
     CHECK_THAT(dry2.output, Contains("then 4 of the 12 reported points") && Contains("not chosen"));
 }
 
+namespace {
+// AdamW tunes [grid.tune]'s rate; the learned optimizer, which has no rate, its step multiplier:
+// three values each, on seed 5.
+const std::string kOwnTuning = std::string(kTinyExperiment) + R"(
+[grid]
+seeds = [0, 1]
+
+[grid.tune]
+"optimizer.lr" = [1e-1, 1e-2, 1e-4]
+seeds = [5]
+
+[grid.variant.adamw]
+"optimizer.name" = "adamw"
+
+[grid.variant.lopt]
+"optimizer.name" = "lopt"
+"optimizer.weights" = ")" + std::string(PLEXUS_SOURCE_DIR) +
+                               R"(/experiments/lopt/splo.weights"
+[grid.variant.lopt.tune]
+"optimizer.step_mult" = [1e-4, 3e-3, 3e-2]
+)";
+}  // namespace
+
+TEST_CASE("a choice may tune keys of its own on [grid.tune]'s seeds, with the same budget", "[sweep]") {
+    TempDir dir;
+    const auto exp = load(dir, kOwnTuning);
+    CHECK(exp.tune.keys == std::vector<std::string>{"optimizer.lr", "optimizer.step_mult"});
+    const auto points = host::expand_grid(exp);
+    REQUIRE(points.size() == 18);  // 3 seeds x 2 variants x 3 values
+    for (const auto& p : points) {
+        INFO(p.label);
+        const bool lopt = p.label.find("variant=lopt") != std::string::npos;
+        int rates = 0, mults = 0;
+        for (const auto& [k, v] : p.assignments) rates += k == "optimizer.lr", mults += k == "optimizer.step_mult";
+        CHECK(rates == (lopt ? 0 : 1));
+        CHECK(mults == (lopt ? 1 : 0));
+    }
+
+    const auto file = dir.file("own.toml", kOwnTuning);
+    const auto db = dir / "r.db";
+    auto res = run_plexus("sweep " + file + " --db " + db + " --progress none -j 2 --set train.steps=20");
+    INFO(res.output);
+    REQUIRE(res.exit_code == 0);
+    CHECK_THAT(res.output, Contains("10 finished, 0 failed") &&
+                               Contains("--best-over optimizer.lr,optimizer.step_mult --tuning-seeds 5") &&
+                               Contains("varying optimizer.step_mult (variant=lopt): 0.0001, 0.003, 0.03"));
+    // Each variant's reported seeds ran at its own best value on seed 5.
+    host::ResultsStore store(db);
+    std::map<std::string, std::pair<double, std::string>> best;  // variant -> (loss, tuned value)
+    std::map<std::string, std::set<std::string>> reported;
+    for (const auto& run : store.list_runs(100)) {
+        const auto p = store.params(run.id);
+        const std::string variant = p.at("variant");
+        const std::string value = variant == "lopt" ? p.at("optimizer.step_mult") : p.at("optimizer.lr");
+        CHECK(p.count(variant == "lopt" ? "optimizer.lr" : "optimizer.step_mult") == 0);
+        const double loss = host::run_metric(store, run.id, host::BoardOptions{});
+        if (p.at("train.seed") == "5") {
+            auto& b = best[variant];
+            if (b.second.empty() || loss < b.first) b = {loss, value};
+        } else {
+            reported[variant].insert(value);
+        }
+    }
+    REQUIRE(best.size() == 2);
+    for (const auto& [variant, choice] : best) {
+        INFO(variant << ": best on the tuning seed " << choice.second);
+        CHECK(reported[variant] == std::set<std::string>{choice.second});
+        const std::string key = variant == "lopt" ? "optimizer.step_mult=" : "optimizer.lr=";
+        CHECK_THAT(res.output, Contains("variant=" + variant + ": " + key + choice.second + " (3 tuning runs)"));
+    }
+    // The leaderboard chooses alike, with equal budgets (no warning).
+    auto board = run_plexus("leaderboard --db " + db +
+                            " --best-over optimizer.lr,optimizer.step_mult --tuning-seeds 5 --format csv");
+    INFO(board.output);
+    CHECK(board.exit_code == 0);
+    CHECK_THAT(board.output, Contains(",lopt,") && Contains(",adamw,") && !Contains("different tuning budgets"));
+
+    auto refuse = [&](const std::string& grid, const std::string& why) {
+        INFO(grid);
+        CHECK_THROWS_WITH(load(dir, std::string(kTinyExperiment) + grid), Contains(why) && Contains("g.toml:"));
+    };
+    const std::string seeds = "[grid]\nseeds = [0]\n";
+    refuse(seeds + "[grid.variant.a.tune]\n\"optimizer.lr\" = [1e-2]\n", "no [grid.tune] seeds");
+    refuse(seeds +
+               "[grid.tune]\nseeds = [5]\n[grid.variant.a]\n\"optimizer.lr\" = 1e-2\n"
+               "[grid.variant.a.tune]\n\"optimizer.lr\" = [1e-2]\n",
+           "both set and tuned");
+    refuse(seeds + "[grid.tune]\nseeds = [5]\n[grid.variant.a.tune]\nseeds = [6]\n", "which only [grid.tune] sets");
+    refuse(seeds +
+               "[grid.tune]\nseeds = [5]\n[grid.variant.a.tune]\n\"optimizer.lr\" = [1e-2]\n"
+               "[grid.workload.b.tune]\n\"optimizer.lr\" = [1e-2]\n",
+           "both have choices with .tune lists");
+    refuse(seeds + "[grid.tune]\nseeds = [5]\n", "needs the keys to tune");
+}
+
 TEST_CASE("the standard suite's quick dry run lists the points the protocol expects", "[sweep][protocol]") {
     TempDir dir;
     const std::string suite = std::string(PLEXUS_SOURCE_DIR) + "/experiments/suite/suite.toml";

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -300,6 +301,24 @@ void check_distinct(const GridAxis& axis, const std::string& what) {
     }
 }
 
+// [grid.NAME.CHOICE.tune]: the lists a choice tunes in place of [grid.tune]'s (on its seeds).
+std::vector<GridAxis> choice_tune_lists(const toml::table& table, const std::string& what, const std::string& file) {
+    std::vector<std::pair<std::string, const toml::node*>> lists;
+    collect_lists(table, "", file, lists, false, nullptr);
+    std::vector<GridAxis> axes;
+    for (const auto& [key, node] : lists) {
+        if (key == "seeds" || key == "metric")
+            throw config_error(loc_of(node->source(), file), what + " sets '" + key + "', which only [grid.tune] sets",
+                               "a choice lists the values of its own tuned keys; the seeds and metric are shared");
+        axes.push_back(grid_list(key, *node, file));
+        check_distinct(axes.back(), what + " '" + key + "'");
+    }
+    if (axes.empty())
+        throw config_error(loc_of(table.source(), file), what + " lists nothing to tune",
+                           "\"optimizer.step_mult\" = [3e-4, 1e-3, 3e-3], or remove the table");
+    return axes;
+}
+
 // [grid.NAME.CHOICE] tables: one named axis. Its name becomes a recorded setting, so it may not
 // be a section's.
 GridAxis named_axis(const std::string& name, const toml::table& table, const std::string& file) {
@@ -318,11 +337,26 @@ GridAxis named_axis(const std::string& name, const toml::table& table, const std
             throw config_error(loc_of(node.source(), file),
                                "[grid." + name + "] '" + std::string(choice.str()) + "' must be a table",
                                "[grid." + name + ".NAME] \"strategy.name\" = \"ddp\"");
+        toml::table own = *sub;
+        axis.tunes.emplace_back();
+        if (const auto* tune = own.get_as<toml::table>("tune")) {
+            axis.tunes.back() =
+                choice_tune_lists(*tune, "[grid." + name + "." + std::string(choice.str()) + ".tune]", file);
+            own.erase("tune");
+        }
         std::map<std::string, Setting> flat;
-        flatten(*sub, "", file, flat);
+        flatten(own, "", file, flat);
         axis.names.emplace_back(choice.str());
         axis.settings.emplace_back();
-        for (const auto& [key, setting] : flat) axis.settings.back().emplace_back(key, setting.value);
+        for (const auto& [key, setting] : flat) {
+            for (const auto& list : axis.tunes.back())
+                if (list.keys[0] == key)
+                    throw config_error(
+                        setting.where,
+                        "'" + key + "' is both set and tuned by [grid." + name + "." + std::string(choice.str()) + "]",
+                        "set it, or list its values under .tune, not both");
+            axis.settings.back().emplace_back(key, setting.value);
+        }
     }
     if (axis.names.empty())
         throw config_error(axis.where, "[grid." + name + "] has no choices",
@@ -380,10 +414,35 @@ std::vector<GridAxis> parse_tune(const toml::table& table, const std::string& fi
             }
         }
     }
-    if (tune.keys.empty() || tune.seeds.empty())
+    if (tune.seeds.empty())  // the keys may come from the choices: settle_choice_tunes checks
         throw config_error(tune.where, "[grid.tune] needs the keys to tune and the seeds to tune them on",
                            "[grid.tune] \"optimizer.lr\" = [0.1, 0.3] and seeds = [100]");
     return axes;
+}
+
+// Once every file is read: the keys choices tune join [grid.tune]'s, which they need for its
+// seeds; one named axis at most carries them (a point takes one choice's lists).
+void settle_choice_tunes(Experiment& exp) {
+    std::string carrier;
+    for (const auto& axis : exp.grid) {
+        if (!axis.has_choice_tunes()) continue;
+        if (!carrier.empty())
+            throw config_error(
+                axis.where, "[grid." + carrier + "] and [grid." + axis.keys[0] + "] both have choices with .tune lists",
+                "give choices tune lists on one named axis only");
+        carrier = axis.keys[0];
+        if (exp.tune.seeds.empty())
+            throw config_error(axis.where,
+                               "[grid." + carrier + "] has choices with .tune lists but no [grid.tune] seeds",
+                               "[grid.tune] seeds = [100]: the seeds every choice is tuned on");
+        for (const auto& lists : axis.tunes)
+            for (const auto& list : lists)
+                if (std::find(exp.tune.keys.begin(), exp.tune.keys.end(), list.keys[0]) == exp.tune.keys.end())
+                    exp.tune.keys.push_back(list.keys[0]);
+    }
+    if (!exp.tune.seeds.empty() && exp.tune.keys.empty())
+        throw config_error(exp.tune.where, "[grid.tune] needs the keys to tune and the seeds to tune them on",
+                           "[grid.tune] \"optimizer.lr\" = [0.1, 0.3] and seeds = [100]");
 }
 
 // [[grid.skip]] tables: each key a named axis or a setting, each value one value or a list.
@@ -565,6 +624,7 @@ Experiment load_experiment(const std::string& path) {
     exp.path = path;
     std::vector<std::string> stack;
     load_into(path, exp, stack);
+    settle_choice_tunes(exp);
     std::ifstream in(path);
     std::stringstream ss;
     ss << in.rdbuf();
@@ -636,6 +696,46 @@ bool skipped(const GridPoint& p, const std::vector<GridSkip>& skips) {
     return false;
 }
 
+// Every point times every position of one axis (first axis slowest).
+std::vector<GridPoint> cross(const std::vector<GridPoint>& points, const GridAxis& axis, const Experiment& exp) {
+    std::vector<GridPoint> next;
+    for (const auto& p : points) {
+        if (axis.named()) {
+            for (size_t v = 0; v < axis.names.size(); ++v) {
+                GridPoint q = p;
+                for (const auto& kv : axis.settings[v]) q.assignments.push_back(kv);
+                q.label += (q.label.empty() ? "" : " ") + axis.keys[0] + "=" + axis.names[v];
+                q.choices.emplace_back(axis.keys[0], axis.names[v]);
+                next.push_back(std::move(q));
+            }
+            continue;
+        }
+        for (const auto& values : axis.points) {
+            GridPoint q = p;
+            for (size_t k = 0; k < axis.keys.size(); ++k) {
+                q.assignments.emplace_back(axis.keys[k], values[k]);
+                const std::string shown = axis.keys[k] == "train.seed" ? "seed" : axis.keys[k];
+                q.label += (q.label.empty() ? "" : " ") + shown + "=" + values[k].to_text();
+                if (axis.keys[k] == "train.seed")
+                    q.tuning = std::find(exp.tune.seeds.begin(), exp.tune.seeds.end(), values[k].as_int()) !=
+                               exp.tune.seeds.end();
+            }
+            next.push_back(std::move(q));
+        }
+    }
+    return next;
+}
+
+// The tuned lists of a point: its choice's own, or [grid.tune]'s.
+const std::vector<GridAxis>& lists_of_choice(const GridPoint& p, const GridAxis& chooser,
+                                             const std::vector<GridAxis>& shared) {
+    for (const auto& [axis, choice] : p.choices)
+        if (axis == chooser.keys[0])
+            for (size_t i = 0; i < chooser.names.size(); ++i)
+                if (chooser.names[i] == choice && !chooser.tunes[i].empty()) return chooser.tunes[i];
+    return shared;
+}
+
 // A skip naming a key the grid does not vary would silently skip nothing.
 void check_skips(const Experiment& exp) {
     for (const auto& skip : exp.skip)
@@ -645,6 +745,8 @@ void check_skips(const Experiment& exp) {
                 known |= std::find(axis.keys.begin(), axis.keys.end(), key) != axis.keys.end();
                 for (const auto& set : axis.settings)
                     for (const auto& kv : set) known |= kv.first == key;
+                for (const auto& lists : axis.tunes)
+                    for (const auto& list : lists) known |= list.keys[0] == key;
             }
             if (!known)
                 throw config_error(skip.where, "[[grid.skip]] '" + key + "' is not varied by the grid",
@@ -655,7 +757,7 @@ void check_skips(const Experiment& exp) {
 }  // namespace
 
 std::vector<GridPoint> expand_grid(const Experiment& exp) {
-    const auto axes = axes_with_tuning_seeds(exp);
+    auto axes = axes_with_tuning_seeds(exp);
     check_skips(exp);
     double total = 1;
     for (const auto& axis : axes) total *= static_cast<double>(axis.named() ? axis.names.size() : axis.points.size());
@@ -664,35 +766,31 @@ std::vector<GridPoint> expand_grid(const Experiment& exp) {
                         (total < 9e18 ? std::to_string(static_cast<long long>(total)) : "over 10^18") +
                         " points, over the limit of " + std::to_string(static_cast<int64_t>(kMaxGridPoints)),
                     "split it into several sweeps, or zip axes that vary together ([grid.zip])");
+    // Where choices tune keys of their own, [grid.tune]'s lists go last: a point knows its choice
+    // by then, and takes that choice's lists or these.
+    const auto carrier = std::find_if(axes.begin(), axes.end(), [](const GridAxis& a) { return a.has_choice_tunes(); });
+    std::optional<GridAxis> chooser;
+    std::vector<GridAxis> shared_tune;
+    if (carrier != axes.end()) {
+        chooser = *carrier;
+        const auto tuned = [&](const GridAxis& a) {
+            return !a.named() &&
+                   std::find(exp.tune.keys.begin(), exp.tune.keys.end(), a.keys[0]) != exp.tune.keys.end();
+        };
+        std::copy_if(axes.begin(), axes.end(), std::back_inserter(shared_tune), tuned);
+        axes.erase(std::remove_if(axes.begin(), axes.end(), tuned), axes.end());
+    }
     std::vector<GridPoint> points(1);
-    for (const auto& axis : axes) {
-        std::vector<GridPoint> next;
-        if (axis.named()) {
-            for (const auto& p : points)
-                for (size_t v = 0; v < axis.names.size(); ++v) {
-                    GridPoint q = p;
-                    for (const auto& kv : axis.settings[v]) q.assignments.push_back(kv);
-                    q.label += (q.label.empty() ? "" : " ") + axis.keys[0] + "=" + axis.names[v];
-                    q.choices.emplace_back(axis.keys[0], axis.names[v]);
-                    next.push_back(std::move(q));
-                }
-            points = std::move(next);
-            continue;
+    for (const auto& axis : axes) points = cross(points, axis, exp);
+    if (chooser) {
+        std::vector<GridPoint> all;
+        for (const auto& p : points) {
+            const auto& lists = lists_of_choice(p, *chooser, shared_tune);
+            std::vector<GridPoint> one{p};
+            for (const auto& axis : lists) one = cross(one, axis, exp);
+            all.insert(all.end(), one.begin(), one.end());
         }
-        for (const auto& p : points)
-            for (const auto& values : axis.points) {
-                GridPoint q = p;
-                for (size_t k = 0; k < axis.keys.size(); ++k) {
-                    q.assignments.emplace_back(axis.keys[k], values[k]);
-                    const std::string shown = axis.keys[k] == "train.seed" ? "seed" : axis.keys[k];
-                    q.label += (q.label.empty() ? "" : " ") + shown + "=" + values[k].to_text();
-                    if (axis.keys[k] == "train.seed")
-                        q.tuning = std::find(exp.tune.seeds.begin(), exp.tune.seeds.end(), values[k].as_int()) !=
-                                   exp.tune.seeds.end();
-                }
-                next.push_back(std::move(q));
-            }
-        points = std::move(next);
+        points = std::move(all);
     }
     points.erase(std::remove_if(points.begin(), points.end(), [&](const GridPoint& p) { return skipped(p, exp.skip); }),
                  points.end());

@@ -3,6 +3,7 @@
 // it came from (file:line:column or the --set flag) so that errors can point at it.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <optional>
@@ -38,12 +39,19 @@ struct GridAxis {
     // Named choices: choice i is named names[i] and assigns settings[i] (keys differ between them).
     std::vector<std::string> names;
     std::vector<std::vector<std::pair<std::string, Value>>> settings;
+    // [grid.NAME.CHOICE.tune]: choice i's own tuned lists, in place of [grid.tune]'s (empty: those).
+    std::vector<std::vector<GridAxis>> tunes;
     bool named() const { return !names.empty(); }
+    bool has_choice_tunes() const {
+        return std::any_of(tunes.begin(), tunes.end(), [](const auto& t) { return !t.empty(); });
+    }
 };
 
 // [grid.tune]: keys each group of the grid (every other axis but the seed) chooses on the tuning
 // seeds, by the best mean of `metric`; the grid's own seeds then run the chosen values only, so
-// the numbers reported never chose themselves (`plexus sweep` runs the two phases).
+// the numbers reported never chose themselves (`plexus sweep` runs the two phases). A named
+// axis's choice may tune keys of its own instead ([grid.variant.NAME.tune]: a learned optimizer's
+// step multiplier where the others tune a rate); `keys` then holds every tuned key.
 struct GridTune {
     std::vector<std::string> keys;
     std::vector<int64_t> seeds;

@@ -175,7 +175,8 @@ std::string best_candidate(const CandidateScores& scores, bool lower_is_better, 
 
 std::string candidate_text(const std::map<std::string, std::string>& params, const std::vector<std::string>& keys) {
     std::string c;
-    for (const auto& k : keys) c += (c.empty() ? "" : " ") + k + "=" + value_in(params, k);
+    for (const auto& k : keys)  // a key a run's plugin lacks (a choice tuning keys of its own) is left out
+        if (params.count(k)) c += (c.empty() ? "" : " ") + k + "=" + value_in(params, k);
     return c;
 }
 

@@ -152,24 +152,35 @@ std::string one_decimal(double s) {
     return buf;
 }
 
-// The axes a sweep varies, one line each ("variant: ddp, acco", "optimizer.lr: 0.1, 0.3").
+// One unnamed axis: "optimizer.lr: 0.1, 0.3" (zipped keys joined by + and values by /).
+std::string axis_values(const GridAxis& axis) {
+    std::string values;
+    for (const auto& p : axis.points) {
+        std::string v;
+        for (const auto& x : p) v += (v.empty() ? "" : "/") + x.to_text();
+        values += (values.empty() ? "" : ", ") + v;
+    }
+    std::string keys;
+    for (const auto& k : axis.keys) keys += (keys.empty() ? "" : " + ") + (k == "train.seed" ? std::string("seed") : k);
+    return keys + ": " + values;
+}
+
+// The axes a sweep varies, one line each ("variant: ddp, acco", "optimizer.lr: 0.1, 0.3"; a
+// choice's own tuned lists: "optimizer.step_mult (variant=lopt): 1e-3, 1e-2").
 std::vector<std::string> varying_axes(const Experiment& exp) {
     std::vector<std::string> varying;
     for (const auto& axis : exp.grid) {
         if (axis.named()) {
             varying.push_back(axis.keys[0] + ": " + join(axis.names, ", "));
+            for (size_t i = 0; i < axis.tunes.size(); ++i)
+                for (const auto& list : axis.tunes[i]) {
+                    const std::string line = axis_values(list);
+                    varying.push_back(list.keys[0] + " (" + axis.keys[0] + "=" + axis.names[i] + ")" +
+                                      line.substr(list.keys[0].size()));
+                }
             continue;
         }
-        std::string values;
-        for (const auto& p : axis.points) {
-            std::string v;
-            for (const auto& x : p) v += (v.empty() ? "" : "/") + x.to_text();
-            values += (values.empty() ? "" : ", ") + v;
-        }
-        std::string keys;
-        for (const auto& k : axis.keys)
-            keys += (keys.empty() ? "" : " + ") + (k == "train.seed" ? std::string("seed") : k);
-        varying.push_back(keys + ": " + values);
+        varying.push_back(axis_values(axis));
     }
     return varying;
 }
