@@ -19,6 +19,7 @@
 #include <plexus/build_config.hpp>
 
 #include "tools/bench_network.hpp"
+#include "base/cores.hpp"
 #include "tools/config_reference.hpp"
 #include "tools/conformance.hpp"
 #include "tools/scaffold.hpp"
@@ -652,7 +653,7 @@ int cmd_bench(std::vector<std::string> args) {
             return kFailed;
         }
     }
-    std::string threads_text = std::to_string(std::max(1u, std::thread::hardware_concurrency()));
+    std::string threads_text = std::to_string(usable_cores());
     take_flag(args, "--threads", threads_text);
     if (!args.empty()) return usage_error("unexpected argument '" + args[0] + "' for plexus bench peak");
     const auto count = parse_count(threads_text, 1, 4096);

@@ -1,4 +1,5 @@
 #include "lab/sweep.hpp"
+#include "base/cores.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -749,7 +750,7 @@ int run_sweep(const std::string& path, const SweepOptions& o) {
     }
     const bool tuned = !plan.exp.tune.empty();
 
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int cores = usable_cores();
     int jobs = std::max(1, o.jobs);
     if (jobs > cores) {
         std::cout << "  -j " << jobs << " capped at " << cores << ": this machine has " << cores << " cores\n";

@@ -1,4 +1,5 @@
 #include "runtime/harness.hpp"
+#include "base/cores.hpp"
 
 #include <malloc.h>
 #include <sys/resource.h>
@@ -480,18 +481,18 @@ void choose_launch(PreparedRun& r) {
 }
 
 // Compute threads for this process: train.threads, or its share of the cores (a sweep running
-// several runs at once gives each its share), never more than the machine has.
+// several runs at once gives each its share), never more than its affinity mask holds.
 int compute_threads(const PreparedRun& r) {
     const int local_ranks = r.is_launcher  ? static_cast<int>(r.cfg.host.launch.ranks)
                             : r.rendezvous ? r.rendezvous->local_world_size
                                            : 1;
-    const int machine = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int machine = usable_cores();  // the affinity mask: taskset, Slurm, a container
     int cores = machine;
     if (const char* share = internal_variable("PLEXUS_CORES"); share && std::atoi(share) > 0) cores = std::atoi(share);
     const int64_t asked = r.cfg.host.train.threads;
     if (asked > machine)
-        std::cerr << "warning: train.threads = " << asked << " is more than this machine's " << machine
-                  << " cores; using " << machine << "\n";
+        std::cerr << "warning: train.threads = " << asked << " is more than the " << machine
+                  << " cores this process may use (its CPU affinity); using " << machine << "\n";
     return asked > 0 ? static_cast<int>(std::min<int64_t>(asked, machine)) : std::max(1, cores / local_ranks);
 }
 

@@ -1,4 +1,5 @@
 #include "sim/cluster.hpp"
+#include "base/cores.hpp"
 
 #include "config/faults.hpp"
 #include "base/text.hpp"
@@ -977,7 +978,7 @@ Settings settings_from(const ResolvedConfig& cfg, double measured_core_flops, co
     s.algorithm = parse_algorithm(at(cfg, "sim.algorithm").as_string());
 
     double cores = at(cfg, "sim.cores").as_double();
-    if (cores == 0) cores = std::max(1u, std::thread::hardware_concurrency());
+    if (cores == 0) cores = usable_cores();
     s.device = device_profile(at(cfg, "sim.device").as_string(), at(cfg, "sim.efficiency").as_double(),
                               measured_core_flops, cores, at(cfg, "sim.device_flops").as_double());
 

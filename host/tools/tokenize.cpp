@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "base/cores.hpp"
+
 #include <plexus/error.hpp>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -89,7 +91,7 @@ void check_files(const TokenizeOptions& o) {
 
 std::string train_tokenizer(const TokenizeOptions& o) {
     const std::string prefix = (fs::path(o.out) / "tokenizer").string();
-    const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+    const int threads = plexus::host::usable_cores();
     // BPE over the text as it is: no normalization, spaces kept, digits one by one, characters
     // it never saw as their UTF-8 bytes (so every line decodes back to itself).
     const std::string args = "--input=" + join(o.inputs, ",") + " --model_prefix=" + prefix +

@@ -1,5 +1,6 @@
 #include "transport/c10d.hpp"
 #include "transport/c10d_impl.hpp"
+#include "transport/slurm.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -71,17 +72,19 @@ std::optional<Rendezvous> rendezvous_from_env() {
         rv.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0);
         rv.local_world_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1);
         rv.source = "OMPI_COMM_WORLD_* (mpirun)";
-    } else if (env("SLURM_PROCID") && env("SLURM_NTASKS")) {
-        rv.rank = env_int("SLURM_PROCID", 0);
-        rv.world_size = env_int("SLURM_NTASKS", 1);
-        rv.local_rank = env_int("SLURM_LOCALID", 0);
-        rv.local_world_size = env_int("SLURM_NTASKS_PER_NODE", 1);
+    } else if (const auto slurm = slurm_place(env)) {
+        rv.rank = slurm->rank;
+        rv.world_size = slurm->world_size;
+        rv.local_rank = slurm->local_rank;
+        rv.local_world_size = slurm->local_world_size;
+        if (!slurm->first_host.empty()) rv.master_addr = slurm->first_host;  // where rank 0 runs
+        rv.master_port = slurm->port;
         rv.source = "SLURM_PROCID/SLURM_NTASKS (srun)";
     } else {
         return std::nullopt;
     }
-    if (const char* a = env("MASTER_ADDR")) rv.master_addr = a;
-    rv.master_port = env_int("MASTER_PORT", 29500);
+    if (const char* a = env("MASTER_ADDR")) rv.master_addr = a;  // exported by hand: it wins
+    rv.master_port = env_int("MASTER_PORT", rv.master_port);
     rv.local_world_size = std::max(1, rv.local_world_size);
     if (rv.world_size < 1 || rv.rank < 0 || rv.rank >= rv.world_size)
         throw Error("rank " + std::to_string(rv.rank) + " of world size " + std::to_string(rv.world_size) + " from " +

@@ -30,8 +30,9 @@ struct Rendezvous {
 };
 
 // RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun),
-// OMPI_COMM_WORLD_* (mpirun) or SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NTASKS_PER_NODE
-// (srun); nullopt when none is set.
+// OMPI_COMM_WORLD_* (mpirun) or an srun task's SLURM_* variables (transport/slurm.hpp: the
+// address of the step's first node, a port from the job id, the tasks on this node); nullopt when
+// none is set. MASTER_ADDR and MASTER_PORT, where set, override what the launcher implies.
 std::optional<Rendezvous> rendezvous_from_env();
 
 // Joins the group (blocks until every rank arrived, or throws after timeout_s).
