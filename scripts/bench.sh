@@ -7,6 +7,7 @@
 #   the loss's forward and backward against LibTorch's composite (build/bench/loss)
 #   c10d/Gloo all-reduce bus bandwidth against memcpy            (build/bench/allreduce)
 #   the harness's cost per step against a bare loop              (build/bench/harness_overhead)
+#   checkpoint checksums, XXH3 against format 1's FNV-1a         (build/bench/hash)
 #   the simulated cluster's wall time per simulated rank-step    (bench/sim_scale.sh)
 # Usage: scripts/bench.sh [BUILD_DIR] [--quick]   (--quick: two sizes, fewer rounds; ~1.5 min)
 # Output: the table on stdout; every benchmark's full output in BUILD_DIR/bench-results/.
@@ -17,7 +18,7 @@ quick=0
 [ "${2:-}" = "--quick" ] && quick=1
 out=$build/bench-results
 mkdir -p "$out"
-for b in gpt_step loss allreduce harness_overhead; do
+for b in gpt_step loss allreduce harness_overhead hash; do
   [ -x "$build/bench/$b" ] || { echo "missing $build/bench/$b: build first (scripts/setup.sh)" >&2; exit 1; }
 done
 
@@ -65,6 +66,11 @@ echo "== harness_overhead" >&2
 "$build/bench/harness_overhead" $([ $quick = 1 ] && echo 1200) > "$out/harness_overhead.txt" 2>&1
 row "harness per step (tiny GPT)" "plexus run / bare loop: $(field ratio < "$out/harness_overhead.txt")" \
     "$(field us_per_step < "$out/harness_overhead.txt") us added per step"
+
+echo "== hash" >&2
+"$build/bench/hash" --mib $([ $quick = 1 ] && echo 64 || echo 256) > "$out/hash.txt" 2>&1
+row "checkpoint checksum (XXH3-64, format 2)" "throughput XXH3 / FNV-1a (format 1): $(field ratio < "$out/hash.txt")" \
+    "$(field xxh3_gbs < "$out/hash.txt") GB/s against $(field fnv_gbs < "$out/hash.txt") GB/s; a checkpoint read $(field read_ratio < "$out/hash.txt")x faster"
 
 echo "== sim_scale" >&2
 "$root/bench/sim_scale.sh" "$build" 8 64 > "$out/sim_scale.txt" 2>&1

@@ -1,6 +1,7 @@
 // Reliability: checkpoints and exact resume, runs killed at any moment, failures contained to
 // their run, damaged checkpoints refused.
 #include <catch2/catch.hpp>
+#include <cstring>
 
 #include <random>
 #include <sstream>
@@ -398,6 +399,46 @@ TEST_CASE("a checkpoint file cut short or damaged anywhere is refused whole", "[
     CHECK(refused == static_cast<int>(bytes.size()) - 8);
     std::ofstream(bad, std::ios::binary | std::ios::trunc) << "this is some other file, long enough to have a header";
     CHECK_THROWS_WITH(host::read_rank_checkpoint(bad), Contains("is not a plexus checkpoint"));
+}
+
+TEST_CASE("a checkpoint of format 1 (an FNV-1a checksum) is still read, and the version picks the checksum",
+          "[reliability]") {
+    TempDir dir;
+    host::RankCheckpoint c;
+    c.config_hash = "00ff00ff00ff00ff";
+    c.step = 3;
+    c.numbers = {{"tokens", 96}};
+    c.tensors = {{"strategy.model.w", torch::arange(12, torch::kFloat32).view({3, 4})}};
+    const fs::path file = dir / "v2.ckpt";
+    host::write_rank_checkpoint(file, c);
+    std::ifstream in(file, std::ios::binary);
+    const std::string v2((std::istreambuf_iterator<char>(in)), {});
+    // Layout: 8 bytes of magic, a uint32 version, the body, its uint64 checksum.
+    uint32_t version = 0;
+    std::memcpy(&version, v2.data() + 8, 4);
+    CHECK(version == 2);
+    const std::string body = v2.substr(12, v2.size() - 20);
+    uint64_t fnv = 1469598103934665603ULL;  // format 1's checksum, computed here independently
+    for (unsigned char b : body) fnv = (fnv ^ b) * 1099511628211ULL;
+    uint64_t stored = 0;
+    std::memcpy(&stored, v2.data() + v2.size() - 8, 8);
+    CHECK(stored != fnv);  // format 2 does not checksum with FNV-1a
+
+    auto with = [&](uint32_t v, uint64_t checksum) {
+        std::string bytes = v2;
+        std::memcpy(bytes.data() + 8, &v, 4);
+        std::memcpy(bytes.data() + bytes.size() - 8, &checksum, 8);
+        const fs::path out = dir / ("v" + std::to_string(v) + "_" + std::to_string(checksum) + ".ckpt");
+        std::ofstream(out, std::ios::binary) << bytes;
+        return out;
+    };
+    const auto old = host::read_rank_checkpoint(with(1, fnv));
+    CHECK(old.config_hash == c.config_hash);
+    CHECK(old.numbers == c.numbers);
+    REQUIRE(old.tensors.size() == 1);
+    CHECK(torch::equal(old.tensors[0].second, c.tensors[0].second));
+    CHECK_THROWS_WITH(host::read_rank_checkpoint(with(1, stored)), Contains("checksum does not match"));
+    CHECK_THROWS_WITH(host::read_rank_checkpoint(with(3, stored)), Contains("format version 3") && Contains("1 to 2"));
 }
 
 TEST_CASE("a checkpoint the disk has no room for leaves the run going and no partial file", "[reliability]") {

@@ -8,11 +8,13 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 
 #include <plexus/error.hpp>
 #include <torch/torch.h>
 
+#include "base/hash.hpp"
 #include "base/text.hpp"
 #include "config/experiment.hpp"
 
@@ -23,21 +25,15 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kMagic[8] = {'P', 'L', 'X', 'C', 'K', 'P', 'T', '\n'};
-constexpr uint32_t kVersion = 1;
+// Version 2 checksums the body with XXH3-64; version 1 (still read) with FNV-1a byte by byte,
+// 20 s of a 1.3B-parameter AdamW rank's 16 GB at 0.9 GB/s.
+constexpr uint32_t kVersion = 2;
+constexpr uint32_t kOldestVersion = 1;
 // The element types a checkpoint may hold (anything a strategy's state uses).
 const std::set<c10::ScalarType> kStorable = {c10::kByte, c10::kChar,  c10::kShort,  c10::kInt,  c10::kLong,
                                              c10::kHalf, c10::kFloat, c10::kDouble, c10::kBool, c10::kBFloat16};
 
 std::string sys_error() { return std::strerror(errno); }
-
-// FNV-1a over every byte of the body, in the order written.
-struct Hasher {
-    uint64_t h = 1469598103934665603ULL;
-    void add(const void* data, size_t n) {
-        const auto* p = static_cast<const unsigned char*>(data);
-        for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
-    }
-};
 
 class Writer {
 public:
@@ -64,7 +60,7 @@ public:
         value<uint64_t>(s.size());
         body(s.data(), s.size());
     }
-    uint64_t hash() const { return hash_.h; }
+    uint64_t hash() const { return hash_.value(); }
     // Flushes to the disk and closes; throws on any error (a full disk may show only here).
     void close() {
         if (std::fflush(f_) != 0 || fsync(fileno(f_)) != 0) {
@@ -81,7 +77,7 @@ public:
 private:
     std::string path_;
     std::FILE* f_;
-    Hasher hash_;
+    StreamHash hash_;  // over every byte of the body, in the order written
 };
 
 class Reader {
@@ -102,9 +98,13 @@ public:
         if (!in_) bad("a read failed");
         pos_ += n;
     }
+    // The body's checksum from here on: the one of the file's format version.
+    void start_body(uint32_t version) {
+        hash_ = std::make_unique<StreamHash>(version == 1 ? StreamHash::Kind::kFnv1a : StreamHash::Kind::kXxh3);
+    }
     void body(void* data, size_t n) {
         raw(data, n);
-        hash_.add(data, n);
+        hash_->add(data, n);
     }
     template <typename T>
     T value() {
@@ -123,14 +123,14 @@ public:
         body(s.data(), s.size());
         return s;
     }
-    uint64_t hash() const { return hash_.h; }
+    uint64_t hash() const { return hash_->value(); }
     uint64_t left() const { return size_ - pos_; }
 
 private:
     std::string path_;
     std::ifstream in_;
     uint64_t size_ = 0, pos_ = 0;
-    Hasher hash_;
+    std::unique_ptr<StreamHash> hash_;
 };
 
 void fsync_dir(const fs::path& dir) {
@@ -214,10 +214,11 @@ RankCheckpoint read_rank_checkpoint(const fs::path& file) {
                     "pass the folder `plexus run` wrote its checkpoints to");
     uint32_t version = 0;
     r.raw(&version, sizeof version);
-    if (version != kVersion)
+    if (version < kOldestVersion || version > kVersion)
         throw Error("checkpoint " + file.string() + " has format version " + std::to_string(version) +
-                        ", this plexus reads " + std::to_string(kVersion),
+                        ", this plexus reads " + std::to_string(kOldestVersion) + " to " + std::to_string(kVersion),
                     "resume it with the plexus that wrote it");
+    r.start_body(version);
     RankCheckpoint c;
     c.config_hash = r.text();
     c.run_id = r.value<int64_t>();

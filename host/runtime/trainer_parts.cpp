@@ -14,6 +14,7 @@
 #include <plexus/kit/util.hpp>
 #include <torch/torch.h>
 
+#include "base/hash.hpp"
 #include "base/text.hpp"
 #include "device/cuda.hpp"
 
@@ -46,21 +47,19 @@ struct StateDigest {
 };
 
 StateDigest digest(const StateDict& state) {
-    uint64_t h = 1469598103934665603ULL;
+    StreamHash h;
     StateDigest d;
     for (const auto& [name, t] : state) {
         if (name.find(".measured.") != std::string::npos) continue;  // timings (Strategy::state)
         auto c = t.detach().contiguous().cpu();
-        const auto* p = static_cast<const unsigned char*>(c.data_ptr());
-        const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
-        for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
+        h.add(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size());
         if (c.is_floating_point() && name.rfind("model.", 0) == 0) {
             const auto wide = c.to(torch::kFloat64);
             d.param_sum += wide.sum().item<double>();
             d.param_square_sum += wide.square().sum().item<double>();
         }
     }
-    d.hash = hex64(h);
+    d.hash = hex64(h.value());
     return d;
 }
 
