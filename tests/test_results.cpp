@@ -67,6 +67,55 @@ TEST_CASE("runs, params, metrics and summaries round-trip, metrics upsert", "[re
     CHECK(sql_rows(db, "PRAGMA journal_mode") == "wal\n");
 }
 
+TEST_CASE("merging databases copies runs whole, once, and replaces a run that has ended since", "[results]") {
+    TempDir dir;
+    const auto task = dir / "task_7_0.db", main_db = dir / "main.db";
+    int64_t running = 0;
+    {
+        host::ResultsStore src(task);
+        auto in_sweep = some_run("a");
+        in_sweep.sweep_id = src.ensure_sweep("grid", "toml", "rev", "node1");
+        const int64_t done = src.begin_run(in_sweep, {{"optimizer.lr", Value(3e-4)}});
+        src.add_metrics(done, {{0, "loss", 0, 5.5, 100, 0.1, std::nullopt}, {1, "loss", 0, 5.25, 100, 0.1, 2.0}});
+        src.set_summary(done, 0, "final_eval_loss", 3.25);
+        src.set_summary_text(done, 0, "state_hash", "abc");
+        src.finish_run(done, "finished", "");
+        auto other = some_run("b");
+        other.config_hash = "another";
+        running = src.begin_run(other, {{"optimizer.lr", Value(1e-3)}});
+    }
+    host::ResultsStore store(main_db);
+    store.begin_run(some_run("here before"), {});
+    auto c = store.merge_from(task);
+    CHECK(c.added == 2);
+    CHECK(c.updated == 0);
+    CHECK(count(main_db, "SELECT count(*) FROM run") == 3);
+    CHECK(count(main_db, "SELECT count(*) FROM sweep WHERE name = 'grid'") == 1);
+    CHECK(count(main_db, "SELECT count(*) FROM run r JOIN sweep s ON s.id = r.sweep_id WHERE r.name = 'a'") == 1);
+    CHECK(count(main_db, "SELECT count(*) FROM metric") == 2);
+    CHECK(count(main_db, "SELECT count(*) FROM metric WHERE rank = 1 AND sim_time = 2.0") == 1);
+    CHECK(count(main_db, "SELECT count(*) FROM summary WHERE text = 'abc' OR value = 3.25") == 2);
+    CHECK(count(main_db, "SELECT count(*) FROM param WHERE key = 'optimizer.lr'") == 2);
+    // Again: nothing new.
+    c = store.merge_from(task);
+    CHECK(c.added == 0);
+    CHECK(c.unchanged == 2);
+    CHECK(count(main_db, "SELECT count(*) FROM run") == 3);
+    // The running one ends there: merged again, it is replaced, not doubled.
+    {
+        host::ResultsStore src(task);
+        src.set_summary(running, 0, "final_eval_loss", 2.5);
+        src.finish_run(running, "interrupted", "scancel");
+    }
+    c = store.merge_from(task);
+    CHECK(c.updated == 1);
+    CHECK(c.unchanged == 1);
+    CHECK(count(main_db, "SELECT count(*) FROM run") == 3);
+    CHECK(count(main_db, "SELECT count(*) FROM run WHERE name = 'b' AND status = 'interrupted'") == 1);
+    CHECK(count(main_db, "SELECT count(*) FROM summary WHERE value = 2.5") == 1);
+    CHECK_THROWS_WITH(store.merge_from(dir / "missing.db"), Contains("missing.db"));
+}
+
 TEST_CASE("a version-1 database is migrated forward without losing rows", "[results]") {
     TempDir dir;
     const auto db = dir / "old.db";

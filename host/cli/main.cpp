@@ -11,6 +11,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <thread>
 #include <vector>
 
@@ -28,6 +29,7 @@
 #include "device/memory_meter.hpp"
 #include "tools/meta_train.hpp"
 #include "lab/report.hpp"
+#include "lab/slurm_sweep.hpp"
 #include "lab/sweep.hpp"
 #include "runtime/loader.hpp"
 #include "runtime/weights.hpp"
@@ -294,6 +296,27 @@ int cmd_new(const std::vector<std::string>& args) {
     return kOk;
 }
 
+int cmd_merge(std::vector<std::string> args) {
+    std::string db = "results/plexus.db";
+    take_flag(args, "--db", db);
+    if (args.empty()) return usage_error("plexus merge needs the databases to fold in");
+    try {
+        ResultsStore store(db);
+        for (const auto& source : args) {
+            if (source.rfind("--", 0) == 0) return usage_error("unknown option '" + source + "' for plexus merge");
+            if (std::filesystem::absolute(source) == std::filesystem::absolute(db))
+                return usage_error(source + " is the database merged into");
+            const auto c = store.merge_from(source);
+            std::cout << source << ": " << c.added << " run(s) added, " << c.updated << " updated, " << c.unchanged
+                      << " already there\n";
+        }
+    } catch (const std::exception& e) {
+        print_error(e);
+        return kFailed;
+    }
+    return 0;
+}
+
 int cmd_runs(std::vector<std::string> args) {
     std::string db = "results/plexus.db", limit = "20";
     take_flag(args, "--db", db);
@@ -511,8 +534,24 @@ int cmd_sweep(std::vector<std::string> args) {
     };
     if (take_flag(args, "-j", value) && !take_jobs(value))
         return usage_error("-j takes a number of runs >= 1, not '" + value + "'");
+    take_flag(args, "--partition", o.partition);
+    take_flag(args, "--time", o.time_limit);
+    for (auto [flag, field, least] :
+         {std::tuple{"--cpus-per-task", &o.cpus_per_task, 1}, std::tuple{"--gpus-per-task", &o.gpus_per_task, 0},
+          std::tuple{"--ranks-per-point", &o.ranks_per_point, 1}})
+        if (take_flag(args, flag, value)) {
+            const auto n = parse_count(value, least, 1 << 20);
+            if (!n)
+                return usage_error(std::string(flag) + " takes a number >= " + std::to_string(least) + ", not '" +
+                                   value + "'");
+            *field = static_cast<int>(*n);
+        }
     for (auto it = args.begin(); it != args.end();) {
-        if (*it == "--retry-failed")
+        if (*it == "--slurm")
+            o.slurm = true;
+        else if (*it == "--status")
+            o.status = true;
+        else if (*it == "--retry-failed")
             o.retry_failed = true;
         else if (*it == "--dry-run")
             o.dry_run = true;
@@ -531,6 +570,14 @@ int cmd_sweep(std::vector<std::string> args) {
         return usage_error(args.empty() ? "plexus sweep needs an experiment file"
                                         : "unexpected argument '" + args[1] + "'");
     if (args[0].rfind("--", 0) == 0) return usage_error("unknown option '" + args[0] + "'");
+    const bool slurm_options =
+        !o.partition.empty() || !o.time_limit.empty() || o.cpus_per_task || o.gpus_per_task || o.ranks_per_point > 1;
+    if (slurm_options && !o.slurm)
+        return usage_error(
+            "--partition, --time, --cpus-per-task, --gpus-per-task and --ranks-per-point go with --slurm");
+    if (o.slurm && (o.status || o.dry_run)) return usage_error("--slurm submits: not with --status or --dry-run");
+    if (o.status) return sweep_status(args[0], o);
+    if (o.slurm) return submit_slurm_sweep(args[0], o);
     return run_sweep(args[0], o);
 }
 
@@ -676,6 +723,7 @@ int cmd_run(std::vector<std::string>& args, int argc, char** argv) {
     take_flag(args, "--db", opts.db);
     take_flag(args, "--progress", opts.progress);
     take_preset(args, opts.preset);
+    take_flag(args, "--in-sweep", opts.in_sweep);
     if (take_flag(args, "--point", value)) {
         const auto point = parse_count(value, 0, INT32_MAX);
         if (!point) return usage_error("--point takes a grid point number (see `plexus sweep FILE --dry-run`)");
@@ -739,12 +787,14 @@ const std::vector<Command>& commands() {
     using Args = std::vector<std::string>;
     static const std::vector<Command> table = {
         {"run", R"(  plexus run FILE.toml [--set KEY=VALUE]... [--preset NAME | --quick] [--db PATH]
-                   [--progress auto|bar|lines|none] [--point I] [--init-from RUN|FILE] [--allow-plugin-path]
+                   [--progress auto|bar|lines|none] [--point I [--in-sweep NAME]] [--init-from RUN|FILE]
+                   [--allow-plugin-path]
         Train the experiment in FILE.toml and record it in the results database.
         --set overrides any setting (TOML syntax), e.g. --set optimizer.lr=3e-4 --set train.steps=200
         --init-from starts from run RUN's kept weights or a safetensors FILE (train.init_from).
         --preset NAME applies the file's [preset.NAME] settings first (--quick: [preset.quick]).
-        --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`).
+        --point I runs point I of the file's [grid] (see `plexus sweep --dry-run`); --in-sweep NAME
+        records the run in sweep NAME of its database (what a Slurm sweep's array tasks do).
         --allow-plugin-path: load plugins from the folders the file's plugin_path names (their
         code runs: refused without this, or PLEXUS_ALLOW_PLUGIN_PATH=1).
         With [checkpoint] every_steps = N (or every_minutes = M) the run writes a checkpoint every
@@ -769,6 +819,18 @@ const std::vector<Command>& commands() {
         marked failed with its signal and last log lines. --dry-run lists the points.
         With [grid.tune] it runs in two phases: the tuning seeds at every tuned value, then the
         grid's seeds at each group's best value only (chosen by the tuning metric's mean).
+  plexus sweep FILE.toml --slurm [--partition P] [--time T] [--cpus-per-task N] [--gpus-per-task N]
+                     [--ranks-per-point N] [--set KEY=VALUE]... [--db PATH] [--preset NAME]
+        Submit the points still to run as one Slurm job array (sbatch); prints the job id. Each
+        array task runs its point with `plexus run --point I` (under srun with N ranks and
+        launch.mode = env for --ranks-per-point N) into a database of its own beside the sweep's
+        (SQLite must not be shared across nodes), in DB_DIR/slurm/DB_NAME/SWEEP/. Submitting again
+        folds those in, marks runs whose task ended without an end (scancel, a node failure, the
+        time limit) interrupted, and submits what is not finished; with [grid.tune], a job after
+        the tuning array does that, so the reported seeds follow on their own.
+  plexus sweep FILE.toml --status [--db PATH]
+        Fold the array tasks' databases into the sweep's (as `plexus merge` does) and show each
+        point's state and the sweep's jobs still in Slurm's queue.
 )",
          [](Args& a, int, char**) { return cmd_sweep(a); }},
         {"leaderboard",
@@ -838,6 +900,14 @@ const std::vector<Command>& commands() {
         Print a shard's documents as text, one a line.
 )",
          [](Args& a, int, char**) { return cmd_tokenize(a); }},
+        {"merge", R"(  plexus merge SOURCE.db... [--db PATH]
+        Fold other results databases into this one (default results/plexus.db): their runs with
+        their settings, metrics, summaries and sweeps (found by name, or created). Idempotent: a
+        run already there (same config hash, start and host) is skipped, or replaced when it has
+        changed since (it was running, now it has ended). What `plexus sweep --slurm` and
+        `--status` do with the databases of a sweep's array tasks.
+)",
+         [](Args& a, int, char**) { return cmd_merge(a); }},
         {"runs", R"(  plexus runs [--db PATH] [--limit N]
         List recorded runs, newest first.
 )",

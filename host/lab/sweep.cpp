@@ -1,4 +1,5 @@
 #include "lab/sweep.hpp"
+#include "lab/sweep_plan.hpp"
 #include "base/cores.hpp"
 
 #include <fcntl.h>
@@ -49,20 +50,6 @@ void on_terminate(int) {
     for (pid_t p : g_children)
         if (p > 0) kill(p, SIGTERM);  // they record themselves as interrupted
 }
-
-struct Point {
-    int index = 0;
-    GridPoint grid;
-    std::string hash;
-    int slots = 1;            // cores-worth this run needs: its ranks for mode = local
-    std::string last_status;  // of the newest run of this point in the sweep, "" if none
-    int64_t last_run = 0;
-    bool chosen = true;       // [grid.tune]: a reported point at its group's chosen values (known after tuning)
-    double wall_limit_s = 0;  // [limits]: 0 none
-    double memory_limit_bytes = 0;
-    fs::path checkpoints;    // where its runs' checkpoint folders go (RunCheckpoints::of)
-    int64_t resume_run = 0;  // the run this sweep continues in place (--resume), 0: a new run
-};
 
 // Every process of a run: the one the sweep started and its descendants (a local run's workers).
 std::vector<pid_t> process_tree(pid_t root) {
@@ -186,14 +173,7 @@ std::vector<std::string> varying_axes(const Experiment& exp) {
     return varying;
 }
 
-// What a sweep runs: every point resolved (so a bad one is named before anything starts), the
-// sweep's name and database, and what varies.
-struct SweepPlan {
-    Experiment exp;
-    std::vector<Point> points;
-    std::string name, db;
-    std::vector<std::string> varying;
-};
+}  // namespace
 
 SweepPlan plan_sweep(const std::string& path, const SweepOptions& o, PluginRegistry& registry) {
     SweepPlan plan;
@@ -233,13 +213,6 @@ SweepPlan plan_sweep(const std::string& path, const SweepOptions& o, PluginRegis
     return plan;
 }
 
-// What the database says of the points: their newest run in this sweep, and which are running in
-// another live process (a second sweep of the same file), left to it.
-struct History {
-    int64_t sweep_id = 0;
-    std::map<int, std::string> owned_elsewhere;  // point index -> "run N, host:pid"
-};
-
 History recall(ResultsStore& store, SweepPlan& plan) {
     History h;
     if (auto sw = store.sweep_named(plan.name)) {
@@ -278,8 +251,10 @@ bool continues_in_place(const Point& p, ResultsStore& store) {
 }
 
 // [grid.tune]: a point's group (what it assigns but the tuned keys and the seed) and its tuned values.
+namespace {
 using Assignments = std::vector<std::pair<std::string, Value>>;
-void split_tuned(const GridPoint& p, const GridTune& tune, Assignments& group, Assignments& tuned) {
+}  // namespace
+static void split_tuned(const GridPoint& p, const GridTune& tune, Assignments& group, Assignments& tuned) {
     for (const auto& kv : p.assignments) {
         if (kv.first == "train.seed") continue;
         const bool is_tuned = std::find(tune.keys.begin(), tune.keys.end(), kv.first) != tune.keys.end();
@@ -365,6 +340,8 @@ bool tuning_done(const SweepPlan& plan) {
             return false;
     return true;
 }
+
+namespace {
 
 void print_dry_run(const SweepPlan& plan, const History& h, bool retry_failed) {
     const bool tuned = !plan.exp.tune.empty(), chosen_known = tuned && tuning_done(plan);

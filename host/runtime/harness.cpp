@@ -517,6 +517,8 @@ RunInfo describe_run(const PreparedRun& r, int threads) {
     info.world_size = r.is_launcher || r.cluster ? h.launch.ranks : r.world();
     if (const char* sweep = internal_variable("PLEXUS_SWEEP_ID"); sweep && std::atoll(sweep) > 0)
         info.sweep_id = std::atoll(sweep);
+    if (!r.options.in_sweep.empty() && r.store)  // a Slurm array task: its own database, the sweep's name
+        info.sweep_id = r.store->ensure_sweep(r.options.in_sweep, r.exp.text, info.git_rev, info.host);
     if (const char* claim = internal_variable("PLEXUS_CLAIM")) info.claim = claim;
     if (r.cluster)
         info.device += ", simulating " + std::to_string(r.cluster->size()) + " x " + r.cluster->settings().device.name;

@@ -23,6 +23,7 @@ struct RunOptions {
     std::string command_line;            // recorded with the run
     std::vector<std::string> argv;       // the whole command line: local workers re-run it
     int point = -1;                      // --point: which point of the file's [grid] to run
+    std::string in_sweep;                // --in-sweep NAME: the run belongs to that sweep of its database
     int64_t resume_run = 0;              // --resume: continue this run from its newest checkpoint
     int64_t from_step = -1;              // --from-step: from this checkpoint instead (-1: the newest intact)
 };

@@ -457,6 +457,85 @@ int64_t ResultsStore::ensure_sweep(const std::string& name, const std::string& t
     return id;
 }
 
+namespace {
+// The run table's columns a merge copies (all but id and sweep_id, which are this database's).
+constexpr const char* kCopiedRunColumns =
+    "name, config_hash, config_json, toml, seed, status, started, ended, heartbeat, error, plugins, fingerprint, "
+    "device, host, git_rev, world_size, command";
+}  // namespace
+
+ResultsStore::MergeCounts ResultsStore::merge_from(const std::string& other) {
+    {
+        ResultsStore check(other, Open::MustExist);  // a plexus database, migrated to this schema
+    }
+    Stmt attach(db_, "ATTACH DATABASE ?1 AS src");
+    attach.bind(1, other).step();
+    struct Detach {
+        ResultsStore& s;
+        ~Detach() {
+            try {
+                s.exec("DETACH DATABASE src");
+            } catch (...) {}
+        }
+    } detach{*this};
+    MergeCounts counts;
+    Transaction tx(*this);
+    Stmt runs(db_,
+              "SELECT r.id, r.config_hash, r.started, r.host, r.status, r.ended, r.heartbeat, s.name, s.toml, "
+              "s.git_rev, s.host FROM src.run r LEFT JOIN src.sweep s ON s.id = r.sweep_id ORDER BY r.id");
+    while (runs.step()) {
+        const int64_t src = runs.i64(0);
+        Stmt same(db_,
+                  "SELECT id, status, ended, heartbeat FROM main.run WHERE config_hash = ?1 AND started IS ?2 "
+                  "AND host IS ?3");
+        same.bind(1, runs.text(1)).bind(2, runs.dbl(2)).bind(3, runs.text(3));
+        if (same.step()) {
+            if (same.text(1) == runs.text(4) && same.dbl(2) == runs.dbl(5) && same.dbl(3) == runs.dbl(6)) {
+                ++counts.unchanged;
+                continue;
+            }
+            Stmt drop(db_, "DELETE FROM main.run WHERE id = ?1");
+            drop.bind(1, same.i64(0)).step();
+            ++counts.updated;
+        } else {
+            ++counts.added;
+        }
+        std::optional<int64_t> sweep;
+        if (!runs.null(7)) {
+            Stmt find(db_, "SELECT id FROM main.sweep WHERE name = ?1 ORDER BY id DESC LIMIT 1");
+            find.bind(1, runs.text(7));
+            if (find.step()) {
+                sweep = find.i64(0);
+            } else {
+                Stmt add(db_,
+                         "INSERT INTO main.sweep (name, toml, created, git_rev, host) VALUES (?1, ?2, ?3, ?4, ?5)");
+                add.bind(1, runs.text(7)).bind(2, runs.text(8)).bind(3, now()).bind(4, runs.text(9));
+                add.bind(5, runs.text(10)).step();
+                sweep = sqlite3_last_insert_rowid(db_);
+            }
+        }
+        Stmt copy(db_, std::string("INSERT INTO main.run (sweep_id, ") + kCopiedRunColumns + ") SELECT ?1, " +
+                           kCopiedRunColumns + " FROM src.run WHERE id = ?2");
+        if (sweep)
+            copy.bind(1, *sweep);
+        else
+            copy.bind_null(1);
+        copy.bind(2, src).step();
+        const int64_t id = sqlite3_last_insert_rowid(db_);
+        for (const char* table :
+             {"param (run_id, key, type, value, num) SELECT ?1, key, type, value, num FROM src.param",
+              "metric (run_id, rank, key, step, value, tokens, wall_time, sim_time) SELECT ?1, "
+              "rank, key, step, value, tokens, wall_time, sim_time FROM src.metric",
+              "summary (run_id, rank, key, value, text) SELECT ?1, rank, key, value, text FROM "
+              "src.summary"}) {
+            Stmt rows(db_, std::string("INSERT INTO main.") + table + " WHERE run_id = ?2");
+            rows.bind(1, id).bind(2, src).step();
+        }
+    }
+    tx.commit();
+    return counts;
+}
+
 std::vector<SweepInfo> ResultsStore::list_sweeps() {
     Stmt s(db_, "SELECT id, name, toml, created FROM sweep ORDER BY id DESC");
     std::vector<SweepInfo> out;

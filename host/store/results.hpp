@@ -125,6 +125,15 @@ public:
     // Every row of one metric of one rank, with its tokens, wall and simulated times.
     std::vector<MetricRow> metric_rows(int64_t run, const std::string& key, int rank = 0);
 
+    // Folds another database's runs into this one (with their settings, metrics, summaries and
+    // sweep, found or created by name), as `plexus merge` and Slurm sweeps do with the database
+    // each array task wrote. Idempotent: a run already here (same config hash, start time and
+    // host) is left alone, or replaced when it has changed there (it was running, now it ended).
+    struct MergeCounts {
+        int added = 0, updated = 0, unchanged = 0;
+    };
+    MergeCounts merge_from(const std::string& other);
+
     // SQLite's PRAGMA integrity_check: "ok", or what is wrong.
     std::string integrity_check();
     // Executes SQL directly (tests, maintenance).

@@ -77,7 +77,8 @@ std::optional<Rendezvous> rendezvous_from_env() {
         rv.world_size = slurm->world_size;
         rv.local_rank = slurm->local_rank;
         rv.local_world_size = slurm->local_world_size;
-        if (!slurm->first_host.empty()) rv.master_addr = slurm->first_host;  // where rank 0 runs
+        if (!slurm->first_host.empty() && !env("MASTER_ADDR"))
+            rv.master_addr = node_address(slurm->first_host);  // where rank 0 runs
         rv.master_port = slurm->port;
         rv.source = "SLURM_PROCID/SLURM_NTASKS (srun)";
     } else {

@@ -1,6 +1,10 @@
 #include "transport/slurm.hpp"
 
+#include <netdb.h>
+
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <cstdlib>
 
 #include <plexus/error.hpp>
@@ -152,6 +156,29 @@ std::optional<SlurmPlace> slurm_place(const std::function<const char*(const char
     const long job = std::atol(text("SLURM_JOB_ID").c_str()), step = std::atol(text("SLURM_STEP_ID").c_str());
     s.port = static_cast<int>(20000 + (job * 7 + step) % 40000);
     return s;
+}
+
+std::string node_address(const std::string& node) {
+    addrinfo* found = nullptr;
+    if (getaddrinfo(node.c_str(), nullptr, nullptr, &found) == 0) {
+        freeaddrinfo(found);
+        return node;
+    }
+    // Node names need not be host names (NodeName=n1 NodeAddr=10.0.0.5): ask Slurm.
+    const bool safe = std::all_of(node.begin(), node.end(),
+                                  [](char c) { return std::isalnum(c) || c == '-' || c == '.' || c == '_'; });
+    std::string out;
+    if (FILE* p = safe ? popen(("scontrol show node " + node + " -o 2>/dev/null").c_str(), "r") : nullptr) {
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+        pclose(p);
+    }
+    const size_t at = out.find("NodeAddr=");
+    if (at == std::string::npos) return node;
+    const size_t from = at + 9;
+    const std::string addr = out.substr(from, out.find_first_of(" \n", from) - from);
+    return addr.empty() ? node : addr;
 }
 
 }  // namespace plexus::host

@@ -31,4 +31,8 @@ struct SlurmPlace {
 // nullopt outside an srun task (no SLURM_PROCID or SLURM_NTASKS).
 std::optional<SlurmPlace> slurm_place(const std::function<const char*(const char*)>& get);
 
+// A node's address for the rendezvous: its name where the name resolves (the usual cluster),
+// else the NodeAddr Slurm knows it by (`scontrol show node`), else the name unchanged.
+std::string node_address(const std::string& node);
+
 }  // namespace plexus::host
