@@ -91,6 +91,10 @@ Fold fold_task_databases(ResultsStore& store, const fs::path& folder) {
             for (const auto& run : task.list_runs(1 << 30)) {
                 if (run.status != "running") continue;
                 const auto alive = task_alive(task_of(db));
+                if (!alive)
+                    std::cout << "  warning: squeue cannot say whether array task " << task_of(db)
+                              << " still runs: run " << run.id << " of " << db.filename().string()
+                              << " stays \"running\" (its point is not submitted again until it ends)\n";
                 if (alive && !*alive) {
                     task.finish_run(run.id, "interrupted",
                                     "its Slurm array task " + task_of(db) +
