@@ -1,6 +1,10 @@
 #include "lab/slurm_sweep.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -146,9 +150,20 @@ std::string sbatch_resources(const SweepOptions& o) {
     return s;
 }
 
-// The array task's script: its point from the list, its own database, the sweep's name.
+// The largest array Slurm accepts here (MaxArraySize - 1 indices), 1000 by default.
+size_t max_array_tasks() {
+    const auto r = capture("scontrol show config");
+    const size_t at = r.text.find("MaxArraySize");
+    if (r.code != 0 || at == std::string::npos) return 1000;
+    const size_t eq = r.text.find('=', at);
+    const long n = eq == std::string::npos ? 0 : std::atol(r.text.c_str() + eq + 1);
+    return n > 1 ? static_cast<size_t>(n - 1) : 1000;
+}
+
+// The array task's script: its points (`per_task` consecutive lines of the list; one, unless the
+// sweep has more points than an array may have tasks), its own database, the sweep's name.
 std::string task_script(const std::string& path, const SweepPlan& plan, const SweepOptions& o, const fs::path& points,
-                        const fs::path& folder) {
+                        const fs::path& folder, size_t per_task) {
     std::string run = quoted(fs::read_symlink("/proc/self/exe").string()) + " run " + quoted(fs::absolute(path)) +
                       " --point \"$point\" --db \"$db\" --in-sweep " + quoted(plan.name) + " --progress lines";
     if (!o.preset.empty()) run += " --preset " + quoted(o.preset);
@@ -156,23 +171,18 @@ std::string task_script(const std::string& path, const SweepPlan& plan, const Sw
     if (o.ranks_per_point > 1)
         run = "srun --ntasks=" + std::to_string(o.ranks_per_point) + " --kill-on-bad-exit=1 " + run +
               " --set launch.mode='\"env\"'";
-    return "#!/bin/bash\n"
-           "# plexus sweep '" +
-           plan.name +
-           "' on Slurm: array task -> one grid point (written by plexus sweep --slurm)\n"
-           "set -u\n"
-           "cd " +
-           quoted(fs::current_path().string()) +
-           " || exit 1\n"
-           "point=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" " +
-           quoted(points.string()) +
-           ")\n"
-           "[ -n \"$point\" ] || { echo \"no grid point for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 1; }\n"
-           "db=" +
-           quoted(folder.string()) +
-           "/task_${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.db\n"
-           "exec " +
-           run + "\n";
+    const std::string per = std::to_string(per_task);
+    std::string text =
+        "#!/bin/bash\n# plexus sweep '" + plan.name +
+        "' on Slurm: an array task runs its grid points (written by plexus sweep --slurm)\nset -u\ncd " +
+        quoted(fs::current_path().string()) + " || exit 1\ndb=" + quoted(folder.string()) +
+        "/task_${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.db\nfirst=$((SLURM_ARRAY_TASK_ID * " + per +
+        " + 1))\npoints=$(sed -n \"${first},$((first + " + per + " - 1))p\" " + quoted(points.string()) +
+        ")\n[ -n \"$points\" ] || { echo \"no grid point for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 1; }\n";
+    // One point: exec, so that scancel's SIGTERM reaches plexus itself (it checkpoints and
+    // records the run interrupted); several: each in turn (the signal reaches the whole group).
+    if (per_task == 1) return text + "point=$points\nexec " + run + "\n";
+    return text + "status=0\nfor point in $points; do\n  " + run + " || status=$?\ndone\nexit $status\n";
 }
 
 // The points this submission runs, and whether they are [grid.tune]'s tuning points.
@@ -231,21 +241,26 @@ int submit_slurm_sweep(const std::string& path, const SweepOptions& o) {
             return 0;
         }
         fs::create_directories(p.folder / "logs");
-        const std::string stamp = std::to_string(std::time(nullptr));
+        const size_t per_task = (todo.size() + max_array_tasks() - 1) / max_array_tasks();
+        const size_t tasks = (todo.size() + per_task - 1) / per_task;
+        const std::string stamp = std::to_string(std::time(nullptr)) + "_" + std::to_string(::getpid());
         const fs::path points = p.folder / ("points_" + stamp + ".txt"), script = p.folder / ("job_" + stamp + ".sh");
         {
             std::ofstream out(points);
             for (const auto* pt : todo) out << pt->index << "\n";
-            std::ofstream(script) << task_script(path, p.plan, o, points, p.folder);
+            std::ofstream(script) << task_script(path, p.plan, o, points, p.folder, per_task);
         }
         std::string sbatch = "sbatch --parsable --job-name=" + quoted("plexus-" + p.plan.name) + " --array=0-" +
-                             std::to_string(todo.size() - 1) +
+                             std::to_string(tasks - 1) +
                              " --output=" + quoted((p.folder / "logs" / "%A_%a.out").string()) + sbatch_resources(o) +
                              " --ntasks=" + std::to_string(o.ranks_per_point);
         if (o.cpus_per_task) sbatch += " --cpus-per-task=" + std::to_string(o.cpus_per_task);
         if (o.gpus_per_task) sbatch += " --gpus-per-task=" + std::to_string(o.gpus_per_task);
         const std::string job = submit(sbatch + " " + quoted(script.string()));
         std::cout << "submitted " << todo.size() << (tuning ? " tuning" : "") << " point(s) as Slurm job array " << job
+                  << (per_task > 1
+                          ? " of " + std::to_string(tasks) + " tasks, " + std::to_string(per_task) + " points each"
+                          : std::string())
                   << " (logs in " << (p.folder / "logs").string() << ")\n";
         if (tuning) {  // once the tuning array has ended: fold it in, choose, submit the reported seeds
             const std::string again = quoted(fs::read_symlink("/proc/self/exe").string()) + " sweep " +

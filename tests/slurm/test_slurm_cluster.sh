@@ -7,7 +7,8 @@
 #      run;
 #   3. a 2-task DDP run through srun (env mode, no MASTER_ADDR exported, node names that do not
 #      resolve) gives the local launcher's losses;
-#   4. an srun task's affinity mask sets its threads.
+#   4. an srun task's affinity mask sets its threads;
+#   5. a sweep with more points than Slurm's MaxArraySize allows tasks runs several points a task.
 # Usage: test_slurm_cluster.sh PLEXUS_BINARY. Exit 77 (ctest: skipped) where no cluster can start
 # here, with the reason; never passes without running.
 set -euo pipefail
@@ -32,6 +33,8 @@ eval "$start"
 cd "$work"
 
 fail() { echo "FAILED: $*"; exit 1; }
+# A leaderboard as CSV without its run-id column (ids follow the order runs were recorded in).
+board() { "$plexus" leaderboard "$1" --db "$2" --format csv | sed 's/,"[0-9,]*",/,/; s/,[0-9]*,\([0-9.e+-]*,[0-9.e+-]*,[0-9]*\)$/,\1/'; }
 # Waits until the sweep has no job in Slurm's queue (at most $2 s).
 wait_queue_empty() {
   for _ in $(seq 1 "$2"); do
@@ -83,8 +86,8 @@ wait_queue_empty slurm4 120
 "$plexus" sweep tiny.toml --status --db slurm.db | tee status.out
 grep -q "points: 4 finished" status.out || fail "the array's 4 points did not all finish"
 "$plexus" sweep tiny.toml --db local.db -j 2 --progress none > /dev/null
-"$plexus" leaderboard slurm4 --db slurm.db --format csv > slurm.csv
-"$plexus" leaderboard slurm4 --db local.db --format csv > local.csv
+board slurm4 slurm.db > slurm.csv
+board slurm4 local.db > local.csv
 diff slurm.csv local.csv || fail "the Slurm sweep's leaderboard differs from the local one"
 [ "$(wc -l < slurm.csv)" -eq 3 ] || fail "expected 2 groups in the leaderboard"
 
@@ -139,5 +142,18 @@ echo "== 4. an srun task's CPU affinity sets its threads"
 srun -n 1 -c 1 "$plexus" run single.toml --db aff.db --set train.threads=0 --set train.steps=2 \
   --set 'results.progress="lines"' > aff.out 2>&1
 grep -q "cpu (1 threads)" aff.out || { cat aff.out; fail "the task did not keep to its one CPU"; }
+
+echo "== 5. more points than an array may have tasks: several points a task"
+echo "MaxArraySize=3" >> "$SLURM_CONF"      # arrays of at most 2 tasks
+scontrol reconfigure
+sed 's/^seeds = \[0, 1\]/seeds = [0, 1, 2]/; s/^name = "slurm4"/name = "slurm6"/' tiny.toml > six.toml
+"$plexus" sweep six.toml --slurm --db six.db | tee submit6.out
+grep -q "submitted 6 point(s) as Slurm job array [0-9]* of 2 tasks, 3 points each" submit6.out ||
+  fail "6 points were not split over 2 array tasks"
+wait_queue_empty slurm6 120
+"$plexus" sweep six.toml --status --db six.db | grep -q "points: 6 finished" || fail "not all 6 points finished"
+"$plexus" sweep six.toml --db local6.db -j 2 --progress none > /dev/null
+diff <(board slurm6 six.db) <(board slurm6 local6.db) ||
+  fail "the 6-point Slurm sweep's leaderboard differs from the local one"
 
 echo "all Slurm checks passed"
