@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 
@@ -211,36 +212,11 @@ inline void with_gloo_ranks(int world, const std::function<void(int, std::shared
 // A tiny model on synthetic data: fast enough for any test. One compute thread: tests run two at
 // a time (ctest -j2), and two-thread OpenMP pools spinning against each other slowed
 // multi-process tests several times over.
-inline const char* kTinyExperiment = R"(
-[model]
-name = "gpt"
-n_layer = 2
-d_model = 32
-n_head = 2
-
-[data]
-name = "synthetic"
-vocab_size = 32
-branching = 2
-train_tokens = 50000
-val_tokens = 5000
-
-[optimizer]
-name = "adamw"
-lr = 1e-2
-
-[train]
-steps = 60
-batch_size = 8
-seq_len = 32
-eval_every = 30
-eval_batches = 4
-log_every = 10
-peak_flops = 1e11
-threads = 1
-
-[results]
-progress = "none"
-)";
+// The file is tests/tiny_experiment.toml (read as is: a test's line numbers count from its first,
+// empty line), shared with tests/python and tests/slurm.
+inline const std::string kTinyExperiment = [] {
+    std::ifstream in(std::string(PLEXUS_SOURCE_DIR) + "/tests/tiny_experiment.toml");
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}();
 
 }  // namespace plexus::test

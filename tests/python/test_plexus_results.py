@@ -32,39 +32,12 @@ if "--no-pandas" in sys.argv:
 
 import plexus_results as pr  # noqa: E402
 
-# The tiny synthetic-data experiment of tests/helpers.hpp (kTinyExperiment), shorter, evaluated
-# every 5 steps so that the eval curves have points for loss_at / tokens_to / time_to.
-TINY = """
-[model]
-name = "gpt"
-n_layer = 2
-d_model = 32
-n_head = 2
-
-[data]
-name = "synthetic"
-vocab_size = 32
-branching = 2
-train_tokens = 50000
-val_tokens = 5000
-
-[optimizer]
-name = "adamw"
-lr = 1e-2
-
-[train]
-steps = 20
-batch_size = 8
-seq_len = 32
-eval_every = 5
-eval_batches = 2
-log_every = 5
-peak_flops = 1e11
-threads = 1
-
-[results]
-progress = "none"
-"""
+# The tests' tiny synthetic-data experiment (tests/tiny_experiment.toml, as the C++ tests use it),
+# run shorter and evaluated every 5 steps (SETTINGS) so that the eval curves have points for
+# loss_at / tokens_to / time_to.
+with open(os.path.join(HERE, "..", "tiny_experiment.toml")) as f:
+    TINY = f.read()
+SETTINGS = ["train.steps=20", "train.eval_every=5", "train.eval_batches=2", "train.log_every=5"]
 
 # Two rates x two depths x three seeds: groups of 3 (df 2), a second grouping key for --baseline
 # to pair within, and --best-over optimizer.lr --tuning-seeds 0 leaving groups of 2 (df 1).
@@ -392,7 +365,8 @@ def main():
             path = os.path.join(tmp, name)
             with open(path, "w") as f:
                 f.write(text)
-            run([binary, "sweep", path, "--db", db, "--progress", "none", "-j", "2", "--set", "train.steps=20"])
+            run([binary, "sweep", path, "--db", db, "--progress", "none", "-j", "2"] +
+                [arg for setting in SETTINGS for arg in ("--set", setting)])
 
         # Lists of dicts, forced, in this process.
         lists = pr.open(db, frames=False)

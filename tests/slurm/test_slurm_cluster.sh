@@ -44,34 +44,8 @@ wait_queue_empty() {
   squeue; fail "the sweep's jobs were still queued after $2 s"
 }
 
-cat > tiny.toml <<'TOML'
-name = "slurm4"
-[model]
-name = "gpt"
-n_layer = 2
-d_model = 32
-n_head = 2
-[data]
-name = "synthetic"
-vocab_size = 32
-branching = 2
-train_tokens = 50000
-val_tokens = 5000
-[optimizer]
-name = "adamw"
-lr = 1e-2
-[train]
-steps = 20
-batch_size = 8
-seq_len = 32
-eval_every = 10
-eval_batches = 4
-log_every = 10
-peak_flops = 1e11
-threads = 1
-[results]
-progress = "none"
-TOML
+# The tests' tiny experiment (tests/tiny_experiment.toml), named.
+{ echo 'name = "slurm4"'; cat "$root/tests/tiny_experiment.toml"; } > tiny.toml
 cp tiny.toml single.toml
 cat >> tiny.toml <<'TOML'
 [grid]
