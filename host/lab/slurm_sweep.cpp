@@ -1,6 +1,5 @@
 #include "lab/slurm_sweep.hpp"
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 
 #include <plexus/error.hpp>
 
+#include "base/shell.hpp"
 #include "base/text.hpp"
 #include "lab/sweep_plan.hpp"
 #include "runtime/loader.hpp"
@@ -26,30 +26,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Output {
-    int code = -1;
-    std::string text;
-};
-
 // Runs a shell command, stdout and stderr together.
-Output capture(const std::string& command) {
-    Output out;
-    if (FILE* p = popen((command + " 2>&1").c_str(), "r")) {
-        char buf[4096];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.text.append(buf, n);
-        const int status = pclose(p);
-        out.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-    }
-    while (!out.text.empty() && (out.text.back() == '\n' || out.text.back() == ' ')) out.text.pop_back();
-    return out;
-}
-
-std::string quoted(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
+CommandOutput capture(const std::string& command) { return run_command(command + " 2>&1"); }
 
 // Where the array tasks' databases, scripts and logs go: beside the sweep's database, one folder
 // per database and sweep (two databases in one folder keep their sweeps apart).
@@ -139,14 +117,14 @@ std::vector<std::string> resubmit_arguments(const SweepOptions& o) {
 
 std::string joined_quoted(const std::vector<std::string>& args) {
     std::string s;
-    for (const auto& a : args) s += " " + quoted(a);
+    for (const auto& a : args) s += " " + shell_quoted(a);
     return s;
 }
 
 std::string sbatch_resources(const SweepOptions& o) {
     std::string s;
-    if (!o.partition.empty()) s += " --partition=" + quoted(o.partition);
-    if (!o.time_limit.empty()) s += " --time=" + quoted(o.time_limit);
+    if (!o.partition.empty()) s += " --partition=" + shell_quoted(o.partition);
+    if (!o.time_limit.empty()) s += " --time=" + shell_quoted(o.time_limit);
     return s;
 }
 
@@ -164,10 +142,11 @@ size_t max_array_tasks() {
 // sweep has more points than an array may have tasks), its own database, the sweep's name.
 std::string task_script(const std::string& path, const SweepPlan& plan, const SweepOptions& o, const fs::path& points,
                         const fs::path& folder, size_t per_task) {
-    std::string run = quoted(fs::read_symlink("/proc/self/exe").string()) + " run " + quoted(fs::absolute(path)) +
-                      " --point \"$point\" --db \"$db\" --in-sweep " + quoted(plan.name) + " --progress lines";
-    if (!o.preset.empty()) run += " --preset " + quoted(o.preset);
-    for (const auto& s : o.overrides) run += " --set " + quoted(s);
+    std::string run = shell_quoted(fs::read_symlink("/proc/self/exe").string()) + " run " +
+                      shell_quoted(fs::absolute(path)) + " --point \"$point\" --db \"$db\" --in-sweep " +
+                      shell_quoted(plan.name) + " --progress lines";
+    if (!o.preset.empty()) run += " --preset " + shell_quoted(o.preset);
+    for (const auto& s : o.overrides) run += " --set " + shell_quoted(s);
     if (o.ranks_per_point > 1)
         run = "srun --ntasks=" + std::to_string(o.ranks_per_point) + " --kill-on-bad-exit=1 " + run +
               " --set launch.mode='\"env\"'";
@@ -175,9 +154,9 @@ std::string task_script(const std::string& path, const SweepPlan& plan, const Sw
     std::string text =
         "#!/bin/bash\n# plexus sweep '" + plan.name +
         "' on Slurm: an array task runs its grid points (written by plexus sweep --slurm)\nset -u\ncd " +
-        quoted(fs::current_path().string()) + " || exit 1\ndb=" + quoted(folder.string()) +
+        shell_quoted(fs::current_path().string()) + " || exit 1\ndb=" + shell_quoted(folder.string()) +
         "/task_${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.db\nfirst=$((SLURM_ARRAY_TASK_ID * " + per +
-        " + 1))\npoints=$(sed -n \"${first},$((first + " + per + " - 1))p\" " + quoted(points.string()) +
+        " + 1))\npoints=$(sed -n \"${first},$((first + " + per + " - 1))p\" " + shell_quoted(points.string()) +
         ")\n[ -n \"$points\" ] || { echo \"no grid point for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 1; }\n";
     // One point: exec, so that scancel's SIGTERM reaches plexus itself (it checkpoints and
     // records the run interrupted); several: each in turn (the signal reaches the whole group).
@@ -250,26 +229,27 @@ int submit_slurm_sweep(const std::string& path, const SweepOptions& o) {
             for (const auto* pt : todo) out << pt->index << "\n";
             std::ofstream(script) << task_script(path, p.plan, o, points, p.folder, per_task);
         }
-        std::string sbatch = "sbatch --parsable --job-name=" + quoted("plexus-" + p.plan.name) + " --array=0-" +
+        std::string sbatch = "sbatch --parsable --job-name=" + shell_quoted("plexus-" + p.plan.name) + " --array=0-" +
                              std::to_string(tasks - 1) +
-                             " --output=" + quoted((p.folder / "logs" / "%A_%a.out").string()) + sbatch_resources(o) +
-                             " --ntasks=" + std::to_string(o.ranks_per_point);
+                             " --output=" + shell_quoted((p.folder / "logs" / "%A_%a.out").string()) +
+                             sbatch_resources(o) + " --ntasks=" + std::to_string(o.ranks_per_point);
         if (o.cpus_per_task) sbatch += " --cpus-per-task=" + std::to_string(o.cpus_per_task);
         if (o.gpus_per_task) sbatch += " --gpus-per-task=" + std::to_string(o.gpus_per_task);
-        const std::string job = submit(sbatch + " " + quoted(script.string()));
+        const std::string job = submit(sbatch + " " + shell_quoted(script.string()));
         std::cout << "submitted " << todo.size() << (tuning ? " tuning" : "") << " point(s) as Slurm job array " << job
                   << (per_task > 1
                           ? " of " + std::to_string(tasks) + " tasks, " + std::to_string(per_task) + " points each"
                           : std::string())
                   << " (logs in " << (p.folder / "logs").string() << ")\n";
         if (tuning) {  // once the tuning array has ended: fold it in, choose, submit the reported seeds
-            const std::string again = quoted(fs::read_symlink("/proc/self/exe").string()) + " sweep " +
-                                      quoted(fs::absolute(path)) + " --slurm" + joined_quoted(resubmit_arguments(o));
+            const std::string again = shell_quoted(fs::read_symlink("/proc/self/exe").string()) + " sweep " +
+                                      shell_quoted(fs::absolute(path)) + " --slurm" +
+                                      joined_quoted(resubmit_arguments(o));
             const std::string next =
-                submit("sbatch --parsable --job-name=" + quoted("plexus-" + p.plan.name + "-next") +
+                submit("sbatch --parsable --job-name=" + shell_quoted("plexus-" + p.plan.name + "-next") +
                        " --dependency=afterany:" + job + " --ntasks=1 --output=" +
-                       quoted((p.folder / "logs" / "next_%j.out").string()) + sbatch_resources(o) +
-                       " --wrap=" + quoted("cd " + quoted(fs::current_path().string()) + " && " + again));
+                       shell_quoted((p.folder / "logs" / "next_%j.out").string()) + sbatch_resources(o) +
+                       " --wrap=" + shell_quoted("cd " + shell_quoted(fs::current_path().string()) + " && " + again));
             std::cout << "then job " << next << " submits the reported seeds at the chosen values\n";
         }
         std::cout << "  plexus sweep " << path << " --status     # where it stands\n";
@@ -300,8 +280,8 @@ int sweep_status(const std::string& path, const SweepOptions& o) {
             std::cout << "  " << phase << ": " << line << "\n";
         }
         if (tuned && !tuning_done(p.plan)) std::cout << "  reported: waiting for the tuning runs\n";
-        const auto queue = capture("squeue -h -n " + quoted("plexus-" + p.plan.name) + "," +
-                                   quoted("plexus-" + p.plan.name + "-next") + " -o '%i %j %T %M'");
+        const auto queue = capture("squeue -h -n " + shell_quoted("plexus-" + p.plan.name) + "," +
+                                   shell_quoted("plexus-" + p.plan.name + "-next") + " -o '%i %j %T %M'");
         if (queue.code == 0)
             std::cout << (queue.text.empty() ? "  no job of this sweep in Slurm's queue\n"
                                              : "  in Slurm's queue:\n    " + queue.text + "\n");

@@ -1,5 +1,6 @@
 #include "runtime/harness.hpp"
 #include "base/cores.hpp"
+#include "base/shell.hpp"
 
 #include <malloc.h>
 #include <sys/resource.h>
@@ -65,17 +66,7 @@ void keep_freed_memory() {
 }
 
 std::string git_revision(const std::string& dir) {
-    std::string quoted = "'";
-    for (char c : dir) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    std::string cmd = "git -C " + quoted + "' rev-parse --short HEAD 2>/dev/null";
-    std::string out;
-    if (FILE* p = popen(cmd.c_str(), "r")) {
-        char buf[128];
-        while (fgets(buf, sizeof buf, p)) out += buf;
-        pclose(p);
-    }
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    return out;
+    return run_command("git -C " + shell_quoted(dir) + " rev-parse --short HEAD 2>/dev/null").text;
 }
 
 std::string hostname() {

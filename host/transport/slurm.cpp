@@ -1,4 +1,5 @@
 #include "transport/slurm.hpp"
+#include "base/shell.hpp"
 
 #include <netdb.h>
 
@@ -167,13 +168,7 @@ std::string node_address(const std::string& node) {
     // Node names need not be host names (NodeName=n1 NodeAddr=10.0.0.5): ask Slurm.
     const bool safe = std::all_of(node.begin(), node.end(),
                                   [](char c) { return std::isalnum(c) || c == '-' || c == '.' || c == '_'; });
-    std::string out;
-    if (FILE* p = safe ? popen(("scontrol show node " + node + " -o 2>/dev/null").c_str(), "r") : nullptr) {
-        char buf[4096];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-        pclose(p);
-    }
+    const std::string out = safe ? run_command("scontrol show node " + node + " -o 2>/dev/null").text : "";
     const size_t at = out.find("NodeAddr=");
     if (at == std::string::npos) return node;
     const size_t from = at + 9;
