@@ -80,10 +80,11 @@ public:
         const auto head_dim = shape_.d_model / shape_.n_head;
         const bool fused = shape_.fused_norm;
         auto [x1, h1] = residual_layer_norm(*ln1, x, {}, fused);
-        auto heads = plexus::transformer::attention_heads(tensor_parallel_enter(h1), *qkv, head_dim, mask,
-                                                          shape_.param.attention_factor());
+        namespace tf = plexus::transformer;
+        auto heads = tf::attention_of(column_parallel_linear(h1, {qkv->weight}, {qkv->bias})[0], head_dim, mask,
+                                      shape_.param.attention_factor());
         auto [a, h2] = residual_layer_norm(*ln2, x1, row_parallel_linear(heads, proj->weight, proj->bias), fused);
-        auto hidden = plexus::transformer::mlp_hidden(tensor_parallel_enter(h2), *fc);
+        auto hidden = tf::mlp_activation(column_parallel_linear(h2, {fc->weight}, {fc->bias})[0]);
         return a + row_parallel_linear(hidden, out->weight, out->bias);
     }
 

@@ -91,15 +91,16 @@ public:
     torch::Tensor compute(const torch::Tensor& x) {
         namespace ll = plexus::llama;
         const int64_t B = x.size(0), T = x.size(1), hd = shape_.head_dim();
-        auto h = tensor_parallel_enter(ll::rms_norm(x, attn_norm->weight, shape_.norm_eps));
-        auto heads = [&](const Params& w) { return torch::linear(h, w.weight).view({B, T, -1, hd}).transpose(1, 2); };
-        auto q = ll::apply_rope(heads(*wq), cos, sin), k = ll::apply_rope(heads(*wk), cos, sin);
+        auto qkv = column_parallel_linear(ll::rms_norm(x, attn_norm->weight, shape_.norm_eps),
+                                          {wq->weight, wk->weight, wv->weight});
+        auto heads = [&](const torch::Tensor& p) { return p.view({B, T, -1, hd}).transpose(1, 2); };
+        auto q = ll::apply_rope(heads(qkv[0]), cos, sin), k = ll::apply_rope(heads(qkv[1]), cos, sin);
         if (const double f = shape_.param.attention_factor(); f != 1.0) q = q * f;  // μP: scores ∝ 1/hd
-        auto y = ll::grouped_attention(q, k, heads(*wv), mask).transpose(1, 2).reshape({B, T, -1});
+        auto y = ll::grouped_attention(q, k, heads(qkv[2]), mask).transpose(1, 2).reshape({B, T, -1});
         auto a = x + tensor_parallel_exit(torch::linear(y, wo->weight));
-        auto g = tensor_parallel_enter(ll::rms_norm(a, mlp_norm->weight, shape_.norm_eps));
-        return a + tensor_parallel_exit(
-                       torch::linear(ll::swiglu_hidden_activations(g, w1->weight, w3->weight), w2->weight));
+        auto gate_up =
+            column_parallel_linear(ll::rms_norm(a, mlp_norm->weight, shape_.norm_eps), {w1->weight, w3->weight});
+        return a + tensor_parallel_exit(torch::linear(ll::swiglu(gate_up[0], gate_up[1]), w2->weight));
     }
 
     // 6 FLOPs per parameter per token for the matmuls (the norms' scales count too, as in

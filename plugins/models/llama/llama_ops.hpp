@@ -58,10 +58,8 @@ inline torch::Tensor grouped_attention(const torch::Tensor& q, torch::Tensor k, 
     return compat::causal_attention(q, k, v, mask);
 }
 
-// silu(x W1ᵀ) * (x W3ᵀ): the gated hidden activations, before the output projection W2.
-inline torch::Tensor swiglu_hidden_activations(const torch::Tensor& x, const torch::Tensor& w1,
-                                               const torch::Tensor& w3) {
-    return torch::silu(torch::linear(x, w1)) * torch::linear(x, w3);
-}
+// silu(gate) * up, from the two projections x W1ᵀ and x W3ᵀ: the gated hidden activations,
+// before the output projection W2.
+inline torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up) { return torch::silu(gate) * up; }
 
 }  // namespace plexus::llama

@@ -1,28 +1,18 @@
 // strategies/ddp: data parallelism with bucketed gradient all-reduce overlapped with backward.
 //
-// Parameters are grouped, in reverse order of registration (roughly the order backward produces
-// their gradients), into buckets of about bucket_mb. A gradient hook on each parameter copies
-// its gradient into its bucket; when the last gradient of a bucket arrives, the bucket's
-// all-reduce (through the [comm] scheme) starts at once, asynchronously, while backward goes on
+// The buckets (plexus/kit/grad_buckets.hpp): parameters grouped in reverse order into buckets of
+// about bucket_mb; a gradient hook copies each gradient into its bucket, and the bucket's
+// all-reduce (through the [comm] scheme) starts with its last gradient, while backward goes on
 // with earlier layers. After backward, the strategy waits for every bucket (the time it blocks
-// is the exposed communication) and copies the averages back into the gradients.
-// With accumulate > 1, only the last micro-batch communicates: the hook then adds the gradient
-// accumulated so far.
+// is the exposed communication). With accumulate > 1, only the last micro-batch communicates.
 #include <algorithm>
 
 #include <plexus/plexus.hpp>
+#include <plexus/kit/grad_buckets.hpp>
 #include <plexus/kit/util.hpp>
 #include <plexus/kit/replica.hpp>
 
 namespace {
-
-struct Bucket {
-    torch::Tensor flat;            // the bucket's buffer, all-reduced in place
-    std::vector<size_t> params;    // indices into params_
-    std::vector<int64_t> offsets;  // where each parameter's gradient sits in flat
-    size_t ready = 0;              // gradients copied in during this backward
-    std::shared_ptr<plexus::Work> work;
-};
 
 class Ddp : public plexus::ReplicaStrategy {
 public:
@@ -39,68 +29,27 @@ public:
             torch::NoGradGuard no_grad;
             for (auto& p : params_) transport_.broadcast(p, 0)->wait();
         }
-        const int64_t bucket_bytes = static_cast<int64_t>(bucket_mb * 1024 * 1024);
-        int64_t filled = 0;  // bytes in the bucket being filled
-        bucket_of_.assign(params_.size(), 0);
-        for (size_t k = params_.size(); k-- > 0;) {
-            const int64_t bytes = params_[k].numel() * static_cast<int64_t>(params_[k].element_size());
-            if (buckets_.empty() || (filled > 0 && filled + bytes > bucket_bytes)) {
-                buckets_.emplace_back();
-                filled = 0;
-            }
-            auto& b = buckets_.back();
-            b.offsets.push_back(filled / static_cast<int64_t>(params_[k].element_size()));
-            b.params.push_back(k);
-            bucket_of_[k] = buckets_.size() - 1;
-            filled += bytes;
-        }
-        for (size_t i = 0; i < buckets_.size(); ++i) {
-            auto& b = buckets_[i];
-            int64_t n = 0;
+        buckets_ = std::make_unique<plexus::GradientBuckets>(
+            "ddp", params_, bucket_mb, overlap_, /*require_all=*/true,
+            [this](torch::Tensor& flat, int64_t index) { return comm_->all_reduce_mean(flat, transport_, index); });
+        for (size_t b = 0; b < buckets_->size(); ++b) {
             std::vector<plexus::TensorPiece> layout;
-            for (size_t j = 0; j < b.params.size(); ++j) {
-                const size_t k = b.params[j];
-                n += params_[k].numel();
-                layout.push_back({names_[k], b.offsets[j], params_[k].sizes().vec()});
-            }
-            b.flat = torch::zeros({n}, params_[b.params[0]].options());
-            comm_->set_layout(static_cast<int64_t>(i), layout);
+            for (size_t k : buckets_->params_of(b))
+                layout.push_back({names_[k], buckets_->offset_of(k), params_[k].sizes().vec()});
+            comm_->set_layout(static_cast<int64_t>(b), layout);
         }
-        for (size_t k = 0; k < params_.size(); ++k)
-            params_[k].register_hook([this, k](torch::Tensor grad) {
-                on_grad(k, grad);
-                return grad;
-            });
         char line[160];
         std::snprintf(line, sizeof line, "ddp: %zu parameters in %zu bucket(s) of <= %.3g MiB, overlap %s",
-                      params_.size(), buckets_.size(), bucket_mb, overlap_ ? "on" : "off");
+                      params_.size(), buckets_->size(), bucket_mb, overlap_ ? "on" : "off");
         ctx.log(plexus::LogLevel::Info, line);
     }
 
     plexus::StepOutput step(const plexus::StepInput& in) override {
         plexus::StepOutput out;
-        auto loss = forward_backward(*in.train, accumulate_, out,
-                                     [this](int64_t i) { last_micro_batch_ = i + 1 == accumulate_; });
-        // Without overlap, every bucket's all-reduce starts only now.
-        if (!overlap_)
-            for (size_t b = 0; b < buckets_.size(); ++b) launch(b);
-        {
-            torch::NoGradGuard no_grad;
-            for (size_t b = 0; b < buckets_.size(); ++b) {
-                auto& bucket = buckets_[b];
-                if (!bucket.work)
-                    throw plexus::Error(
-                        "ddp: bucket " + std::to_string(b) + " never received all its gradients",
-                        "a parameter the loss does not reach has no gradient; DDP needs every parameter used");
-                bucket.work->wait();
-                bucket.work.reset();
-                bucket.ready = 0;
-                for (size_t j = 0; j < bucket.params.size(); ++j) {
-                    auto& p = params_[bucket.params[j]];
-                    p.mutable_grad().view(-1).copy_(bucket.flat.narrow(0, bucket.offsets[j], p.numel()));
-                }
-            }
-        }
+        auto loss = forward_backward(*in.train, accumulate_, out, [this](int64_t i) {
+            buckets_->expect(/*last=*/i + 1 == accumulate_, /*accumulated=*/i > 0);
+        });
+        buckets_->finish();
         update(in, out, gradients());
         const auto comm_stats = comm_->stats();
         ctx_.record("comm_bytes", static_cast<double>(comm_stats.bytes_sent));
@@ -131,35 +80,11 @@ public:
     bool exact_resume() const override { return true; }
 
 private:
-    void on_grad(size_t k, const torch::Tensor& grad) {
-        if (!last_micro_batch_) return;  // accumulating: gradients go to .grad as usual
-        torch::NoGradGuard no_grad;
-        auto& b = buckets_[bucket_of_[k]];
-        size_t j = 0;
-        while (b.params[j] != k) ++j;
-        auto slot = b.flat.narrow(0, b.offsets[j], grad.numel());
-        const auto& accumulated = params_[k].grad();
-        if (accumulated.defined() && accumulate_ > 1)
-            torch::add_out(slot, accumulated.view(-1), grad.reshape(-1));
-        else
-            slot.copy_(grad.reshape(-1));
-        if (++b.ready == b.params.size() && overlap_) launch(bucket_of_[k]);
-    }
-
-    void launch(size_t b) {
-        auto& bucket = buckets_[b];
-        if (bucket.work) return;
-        if (!overlap_ && bucket.ready != bucket.params.size()) return;  // checked in step()
-        bucket.work = comm_->all_reduce_mean(bucket.flat, transport_, static_cast<int64_t>(b));
-    }
-
     plexus::Transport& transport_;
     int64_t accumulate_ = 1;
     bool overlap_ = true;
-    bool last_micro_batch_ = true;
     std::unique_ptr<plexus::CommScheme> comm_;
-    std::vector<Bucket> buckets_;
-    std::vector<size_t> bucket_of_;
+    std::unique_ptr<plexus::GradientBuckets> buckets_;
 };
 
 plexus::PluginDescriptor describe() {

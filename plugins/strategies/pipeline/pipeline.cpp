@@ -11,6 +11,7 @@
 // inputs, the last its targets. Recorded per step: the bubble (the share of the step a stage
 // did not compute) and the most micro-batches whose activations were alive at once.
 #include <plexus/kit/blocks.hpp>
+#include <plexus/kit/grad_buckets.hpp>
 #include <plexus/plexus.hpp>
 #include <plexus/kit/util.hpp>
 
@@ -58,6 +59,13 @@ public:
         // This stage keeps its blocks' parameters only.
         params_ = placement_->parameters();
         optimizer_ = ctx.make_optimizer(placement_->slots());
+        // The mean over pipelines, bucket by bucket, as the last micro-batch's backward reaches
+        // them (or after the schedule, with overlap_grad_reduce off).
+        if (dp_ > 1)
+            grad_buckets_ = std::make_unique<plexus::GradientBuckets>(
+                "pipeline", params_, cfg.get_double("bucket_mb"), cfg.get_bool("overlap_grad_reduce"),
+                /*require_all=*/false,
+                [this](torch::Tensor& flat, int64_t) { return data_->all_reduce(flat, plexus::ReduceOp::Mean); });
     }
 
     plexus::DataShard data_shard(int rank, int) const override { return {rank / pp_, dp_}; }
@@ -92,6 +100,7 @@ public:
         }
         for (auto& w : sends_) w->wait();
         sends_.clear();
+        if (grad_buckets_) grad_buckets_->finish();
         // The bubble: the share of the schedule this stage spent waiting (the optimizer after it
         // is not part of the pipeline).
         const double schedule_time = ctx_.now() - step_start;
@@ -104,7 +113,6 @@ public:
             if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
             grads.push_back(p.grad());
         }
-        if (dp_ > 1) plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);
         const double sq = plexus::sum_of_squares(grads);
         // Loss (only the last stage has it) and the squared gradient norm, summed over the pipeline.
         auto sums =
@@ -187,6 +195,7 @@ private:
     // Backward of one micro-batch: the output's gradient from the next stage, the input's to the
     // previous one; its activations are released.
     void backward_micro(int64_t j) {
+        if (grad_buckets_) grad_buckets_->expect(/*last=*/j + 1 == micro_, /*accumulated=*/j > 0);
         auto it = flight_.find(j);
         auto f = it->second;
         flight_.erase(it);
@@ -269,6 +278,7 @@ private:
     std::vector<std::vector<int64_t>> boundary_shapes_, output_shapes_;
     std::unique_ptr<plexus::StagePlacement> placement_;
     std::vector<torch::Tensor> params_;
+    std::unique_ptr<plexus::GradientBuckets> grad_buckets_;  // with dp > 1
     std::unique_ptr<plexus::Optimizer> optimizer_;
     int64_t state_bytes_ = -1;
     std::map<int64_t, InFlight> flight_;
@@ -290,6 +300,10 @@ plexus::PluginDescriptor describe() {
             .one_of({"gpipe", "1f1b"}),
         {"micro_batches", 4, "micro-batches per step (train.batch_size must be a multiple)"},
         {"partition", "flops", "cut stages by block count, block FLOPs, or measured block time"},
+        {"overlap_grad_reduce", true,
+         "with dp > 1: start each bucket's gradient mean over pipelines as the last micro-batch's backward "
+         "fills it (off: all after the schedule)"},
+        {"bucket_mb", 4.0, "gradient bucket size in MiB for the mean over pipelines"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<Pipeline>(cfg, ctx);

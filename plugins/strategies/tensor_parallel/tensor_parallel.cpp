@@ -12,7 +12,15 @@
 // along the sequence: enter all-gathers it and exit reduce-scatters it (same bytes as the
 // all-reduce, 1/tp of the activation memory), and the partial gradients of the parameters
 // applied to a part of the sequence are summed over the tensor group.
+// Overlap, each with a switch for ablations: in backward, a column-parallel input's gradient is
+// all-reduced while the weights' gradients are computed (overlap_tensor_comm, blocks that use
+// column_parallel_linear); the data-parallel mean runs bucket by bucket as backward fills them
+// (overlap_grad_reduce, plexus/kit/grad_buckets.hpp). The forward all-reduces stay exposed: the
+// next layer needs their result.
+#include <algorithm>
+
 #include <plexus/kit/blocks.hpp>
+#include <plexus/kit/grad_buckets.hpp>
 #include <plexus/plexus.hpp>
 #include <plexus/kit/util.hpp>
 
@@ -59,13 +67,23 @@ torch::Tensor gather_sequence(plexus::Transport& t, const torch::Tensor& x) {  /
     auto parts = all.view({n, local.size(0), local.size(1), local.size(2)});
     return parts.permute({1, 0, 2, 3}).reshape({local.size(0), n * local.size(1), local.size(2)});
 }
-torch::Tensor reduce_scatter_sequence(plexus::Transport& t, const torch::Tensor& x) {  // sum, [B, T, D] -> [B, T/n, D]
+// Sum over the group, [B, T, D] -> [B, T/n, D], started: the result is `out` once `work` is done.
+struct Started {
+    torch::Tensor out;
+    std::shared_ptr<plexus::Work> work;
+};
+Started start_reduce_scatter_sequence(plexus::Transport& t, const torch::Tensor& x) {
     const int n = t.world_size();
     const auto B = x.size(0), T = x.size(1), D = x.size(2);
     auto by_rank = x.reshape({B, n, T / n, D}).permute({1, 0, 2, 3}).contiguous();
     auto out = torch::empty({B, T / n, D}, x.options());
-    t.reduce_scatter(out, by_rank, plexus::ReduceOp::Sum)->wait();
-    return out;
+    auto work = t.reduce_scatter(out, by_rank, plexus::ReduceOp::Sum);
+    return {out, work};
+}
+torch::Tensor reduce_scatter_sequence(plexus::Transport& t, const torch::Tensor& x) {
+    auto started = start_reduce_scatter_sequence(t, x);
+    started.work->wait();
+    return started.out;
 }
 torch::Tensor own_sequence_part(plexus::Transport& t, const torch::Tensor& x) {
     const auto part = x.size(1) / t.world_size();
@@ -106,10 +124,74 @@ struct GatherForReplicated : torch::autograd::Function<GatherForReplicated> {
     }
 };
 
+// Column-parallel layers on one input (f, then x W_iᵀ + b_i) in one autograd node, so that
+// backward can compute the input's gradient first, start its all-reduce (reduce-scatter with
+// sequence parallelism), and compute the weights' gradients while it travels (Megatron-LM's
+// asynchronous tensor-parallel all-reduce). Forward is f's, then the matmuls.
+struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
+    // Weights and biases as TensorLists: so autograd counts each one as an input.
+    static tensor_list forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList weights,
+                               at::TensorList biases, int64_t transport, bool sequence_parallel) {
+        auto& t = *reinterpret_cast<plexus::Transport*>(transport);
+        const auto in = sequence_parallel ? gather_sequence(t, x) : x;
+        tensor_list saved{in};
+        saved.insert(saved.end(), weights.begin(), weights.end());
+        ctx->save_for_backward(saved);
+        ctx->saved_data["transport"] = transport;
+        ctx->saved_data["sequence_parallel"] = sequence_parallel;
+        ctx->saved_data["biases"] = static_cast<int64_t>(biases.size());
+        tensor_list out;
+        for (size_t i = 0; i < weights.size(); ++i)
+            out.push_back(torch::linear(in, weights[i], i < biases.size() ? biases[i] : torch::Tensor()));
+        return out;
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+        const auto saved = ctx->get_saved_variables();
+        const auto& in = saved[0];
+        const size_t n = saved.size() - 1;
+        auto& t = *transport_of(ctx);
+        torch::Tensor grad_in;  // sum of the layers' input gradients, partial over the group
+        for (size_t i = 0; i < n; ++i)
+            if (grads[i].defined()) {
+                auto g = torch::matmul(grads[i], saved[i + 1]);
+                grad_in = grad_in.defined() ? grad_in.add_(g) : g;
+            }
+        if (!grad_in.defined()) grad_in = torch::zeros_like(in);
+        Started started;
+        if (ctx->saved_data["sequence_parallel"].toBool())
+            started = start_reduce_scatter_sequence(t, grad_in);
+        else
+            started = {grad_in.contiguous(), nullptr};
+        if (!started.work) started.work = t.all_reduce(started.out, plexus::ReduceOp::Sum);
+        // While it travels: the weights' (and biases') gradients.
+        const auto flat_in = in.reshape({-1, in.size(-1)});
+        tensor_list result{torch::Tensor()};
+        tensor_list bias_grads;
+        const auto biases = static_cast<size_t>(ctx->saved_data["biases"].toInt());
+        for (size_t i = 0; i < n; ++i) {
+            const auto& w = saved[i + 1];
+            if (!grads[i].defined()) {
+                result.push_back(torch::zeros_like(w));
+                if (i < biases) bias_grads.push_back(torch::Tensor());
+                continue;
+            }
+            const auto g = grads[i].reshape({-1, w.size(0)});
+            result.push_back(torch::matmul(g.t(), flat_in));
+            if (i < biases) bias_grads.push_back(g.sum(0));
+        }
+        result.insert(result.end(), bias_grads.begin(), bias_grads.end());
+        started.work->wait();
+        result[0] = started.out;
+        result.push_back(torch::Tensor());  // transport
+        result.push_back(torch::Tensor());  // sequence_parallel
+        return result;
+    }
+};
+
 class Ops : public plexus::TensorParallel {
 public:
-    Ops(std::shared_ptr<plexus::Transport> group, bool sequence_parallel)
-        : group_(std::move(group)), sequence_parallel_(sequence_parallel) {}
+    Ops(std::shared_ptr<plexus::Transport> group, bool sequence_parallel, bool overlap)
+        : group_(std::move(group)), sequence_parallel_(sequence_parallel), overlap_(overlap) {}
     int size() const override { return group_->world_size(); }
     torch::Tensor enter(const torch::Tensor& x) override {
         const auto t = reinterpret_cast<int64_t>(group_.get());
@@ -119,10 +201,17 @@ public:
         const auto t = reinterpret_cast<int64_t>(group_.get());
         return sequence_parallel_ ? ScatterSequence::apply(x, t) : ReduceFromGroup::apply(x, t);
     }
+    std::vector<torch::Tensor> column_linear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                             const std::vector<torch::Tensor>& biases) override {
+        const bool all_biases = std::all_of(biases.begin(), biases.end(), [](const auto& b) { return b.defined(); });
+        if (!overlap_ || !all_biases) return TensorParallel::column_linear(x, weights, biases);
+        return ColumnLinear::apply(x, at::TensorList(weights), at::TensorList(biases),
+                                   reinterpret_cast<int64_t>(group_.get()), sequence_parallel_);
+    }
 
 private:
     std::shared_ptr<plexus::Transport> group_;
-    bool sequence_parallel_;
+    bool sequence_parallel_, overlap_;
 };
 
 struct Split {  // a parameter this rank holds a part of
@@ -140,6 +229,7 @@ public:
         tp_ = static_cast<int>(cfg.get_int("tp"));
         if (tp_ == 0) tp_ = W;
         sequence_parallel_ = cfg.get_bool("sequence_parallel");
+        overlap_tensor_comm_ = cfg.get_bool("overlap_tensor_comm");
         cfg.require(!sequence_parallel_ || ctx.seq_len() % std::max(tp_, 1) == 0, "sequence_parallel",
                     "needs train.seq_len divisible by tp");
         cfg.require(tp_ >= 1 && W % tp_ == 0, "tp",
@@ -161,6 +251,14 @@ public:
         split_parameters(t);
         for (const auto& p : model_->parameters()) params_.push_back(p);
         optimizer_ = ctx.make_optimizer(described_slots());
+        // The mean over data-parallel ranks, bucket by bucket as backward fills them (or after
+        // backward, with overlap_grad_reduce off). Sequence parallelism's partial gradients are
+        // summed over the tensor group afterwards: the two sums commute.
+        if (dp_ > 1)
+            grad_buckets_ = std::make_unique<plexus::GradientBuckets>(
+                "tensor_parallel", params_, cfg.get_double("bucket_mb"), cfg.get_bool("overlap_grad_reduce"),
+                /*require_all=*/false,
+                [this](torch::Tensor& flat, int64_t) { return data_->all_reduce(flat, plexus::ReduceOp::Mean); });
         char line[160];
         std::snprintf(line, sizeof line, "tensor_parallel: dp %d x tp %d, %zu parameters split, %zu replicated", dp_,
                       tp_, splits_.size(), params_.size() - splits_.size());
@@ -177,6 +275,7 @@ public:
         auto loss = model_->loss(logits, batch.targets);
         loss.backward();
         torch::NoGradGuard no_grad;
+        if (grad_buckets_) grad_buckets_->finish();
         std::vector<torch::Tensor> grads;
         for (auto& p : params_) {
             if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
@@ -189,8 +288,6 @@ public:
             for (auto& p : sum_over_tensor_group_) partial.push_back(p.grad());
             plexus::all_reduce_flat(partial, *tensor_, plexus::ReduceOp::Sum);
         }
-        if (dp_ > 1)
-            plexus::all_reduce_flat(grads, *data_, plexus::ReduceOp::Mean);  // the mean over data-parallel ranks
         // The global norm: split parameters summed over the tensor group, replicated ones once.
         double split_sq = 0, replicated_sq = 0;
         for (size_t i = 0; i < grads.size(); ++i)
@@ -294,7 +391,7 @@ private:
 
     void split_parameters(int t) {
         torch::NoGradGuard no_grad;
-        auto ops = std::make_shared<Ops>(tensor_, sequence_parallel_ && tp_ > 1);
+        auto ops = std::make_shared<Ops>(tensor_, sequence_parallel_ && tp_ > 1, overlap_tensor_comm_);
         const auto& blocks = model_->blocks();
         for (size_t b = 0; b < blocks.size(); ++b) {
             const auto& block = blocks[b];
@@ -350,12 +447,13 @@ private:
 
     plexus::RunContext& ctx_;
     int tp_ = 1, dp_ = 1;
-    bool sequence_parallel_ = false;
+    bool sequence_parallel_ = false, overlap_tensor_comm_ = true;
     int first_parallel_ = -1, last_parallel_ = -1;  // blocks with a tensor-parallel plan
     std::vector<torch::Tensor> sum_over_tensor_group_;
     std::shared_ptr<plexus::Transport> tensor_, data_;
     std::shared_ptr<plexus::Model> model_;
     std::vector<torch::Tensor> params_;
+    std::unique_ptr<plexus::GradientBuckets> grad_buckets_;  // with dp > 1
     std::vector<Split> splits_;
     std::unique_ptr<plexus::Optimizer> optimizer_;
     int64_t state_bytes_ = -1;
@@ -372,6 +470,13 @@ plexus::PluginDescriptor describe() {
         {"dp", 0, "data-parallel groups, to name the mesh (dp = 2, tp = 2); 0: ranks / tp"},
         {"sequence_parallel", false,
          "split the sequence between the parallel layers (reduce-scatter / all-gather around norms)"},
+        {"overlap_tensor_comm", true,
+         "in backward, all-reduce (reduce-scatter) a column-parallel input's gradient while the weights' "
+         "gradients are computed"},
+        {"overlap_grad_reduce", true,
+         "with dp > 1: start each bucket's gradient mean over data-parallel ranks as backward fills it "
+         "(off: all after backward)"},
+        {"bucket_mb", 4.0, "gradient bucket size in MiB for the mean over data-parallel ranks"},
     };
     d.make_strategy = [](const plexus::Config& cfg, plexus::RunContext& ctx) -> std::unique_ptr<plexus::Strategy> {
         return std::make_unique<TensorParallelStrategy>(cfg, ctx);

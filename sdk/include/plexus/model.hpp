@@ -58,6 +58,17 @@ public:
     // All-reduces the partial sums forward; identity backward. With sequence parallelism:
     // reduce-scatters along the sequence dimension forward, all-gathers backward.
     virtual torch::Tensor exit(const torch::Tensor& partial) = 0;
+    // Column-parallel layers that read the same input: x_i = enter(x) W_iᵀ + b_i (b_i may be
+    // undefined). A strategy overrides it to overlap the input gradient's all-reduce with the
+    // weight gradients' computation in backward (Megatron's asynchronous all-reduce).
+    virtual std::vector<torch::Tensor> column_linear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                                     const std::vector<torch::Tensor>& biases) {
+        const auto in = enter(x);
+        std::vector<torch::Tensor> out;
+        for (size_t i = 0; i < weights.size(); ++i)
+            out.push_back(torch::linear(in, weights[i], i < biases.size() ? biases[i] : torch::Tensor()));
+        return out;
+    }
 };
 
 class Block : public torch::nn::Module {
@@ -96,8 +107,9 @@ public:
 
     // Which parameters tensor parallelism may split, and how. Empty: the block stays replicated.
     // A block with a plan must work on split parameters: take local sizes (heads, hidden units)
-    // from its parameters' shapes, call tensor_parallel_enter/exit (below) around its column-
-    // and row-parallel layers, and add a row-parallel layer's bias after the exit.
+    // from its parameters' shapes, run its column-parallel layers with column_parallel_linear
+    // (or call tensor_parallel_enter on their input) and its row-parallel ones with
+    // row_parallel_linear (or tensor_parallel_exit on their partial output, then the bias).
     virtual std::vector<TensorParallelRule> tensor_parallel_plan() const { return {}; }
     // Set by a tensor-parallel strategy after it split this block's parameters.
     void set_tensor_parallel(std::shared_ptr<TensorParallel> tp) { tensor_parallel_ = std::move(tp); }
@@ -121,6 +133,16 @@ protected:
     }
     torch::Tensor tensor_parallel_exit(const torch::Tensor& x) {
         return tensor_parallel_ ? tensor_parallel_->exit(x) : x;
+    }
+    // Column-parallel layers on one input, x W_iᵀ + b_i (biases may be fewer, or undefined):
+    // under tensor parallelism their input enters the group once.
+    std::vector<torch::Tensor> column_parallel_linear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                                      const std::vector<torch::Tensor>& biases = {}) {
+        if (tensor_parallel_) return tensor_parallel_->column_linear(x, weights, biases);
+        std::vector<torch::Tensor> out;
+        for (size_t i = 0; i < weights.size(); ++i)
+            out.push_back(torch::linear(x, weights[i], i < biases.size() ? biases[i] : torch::Tensor()));
+        return out;
     }
     // A row-parallel layer, x Wᵀ + b: under tensor parallelism the partial sums meet (exit)
     // before the bias is added once; without it, one matmul with the bias fused in (addmm).

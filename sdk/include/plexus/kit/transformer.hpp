@@ -108,27 +108,36 @@ inline torch::Tensor embed(const torch::Tensor& tokens, const torch::Tensor& pos
     return looked_up + positions.narrow(0, 0, T);
 }
 
-// Causal self-attention of `in` [B, T, D'] with a fused q, k, v projection: the heads'
-// outputs concatenated, [B, T, heads * head_dim], before the output projection. The number of
-// heads comes from qkv's shape (a tensor-parallel rank holds some of them). `score_factor`
+// Causal self-attention from the fused q, k, v projection's output [B, T, 3 * heads * head_dim]:
+// the heads' outputs concatenated, [B, T, heads * head_dim], before the output projection. The
+// number of heads comes from the projection's width (a tensor-parallel rank holds some of them). `score_factor`
 // multiplies the scores beyond 1/sqrt(head_dim) (μP: plexus/kit/mup.hpp).
-inline torch::Tensor attention_heads(const torch::Tensor& in, const Params& qkv, int64_t head_dim,
-                                     const torch::Tensor& mask, double score_factor = 1.0) {
-    const auto B = in.size(0), T = in.size(1), heads = qkv.weight.size(0) / (3 * head_dim);
+inline torch::Tensor attention_of(const torch::Tensor& qkv_out, int64_t head_dim, const torch::Tensor& mask,
+                                  double score_factor = 1.0) {
+    const auto B = qkv_out.size(0), T = qkv_out.size(1), heads = qkv_out.size(2) / (3 * head_dim);
     // unbind, not h[0..2]: its backward stacks the three gradients once, where three selects
     // would each build a zero tensor of the whole projection and add them up. Unbound along the
     // q/k/v axis and then transposed (not permuted first), so that the stack lands in the
     // projection's own layout: permuting first left it in another, and the view back to
     // [B, T, 3D] copied all of it a second time.
-    const auto h = torch::linear(in, qkv.weight, qkv.bias).view({B, T, 3, heads, head_dim}).unbind(2);
+    const auto h = qkv_out.view({B, T, 3, heads, head_dim}).unbind(2);
     auto q = score_factor == 1.0 ? h[0] : h[0] * score_factor;
     auto y = compat::causal_attention(q.transpose(1, 2), h[1].transpose(1, 2), h[2].transpose(1, 2), mask);
     return y.transpose(1, 2).reshape({B, T, heads * head_dim});
 }
 
+// Attention from the block's input: the fused q, k, v projection, then attention_of.
+inline torch::Tensor attention_heads(const torch::Tensor& in, const Params& qkv, int64_t head_dim,
+                                     const torch::Tensor& mask, double score_factor = 1.0) {
+    return attention_of(torch::linear(in, qkv.weight, qkv.bias), head_dim, mask, score_factor);
+}
+
+// The MLP's activation on its first projection: gelu, tanh approximation (GPT-2).
+inline torch::Tensor mlp_activation(const torch::Tensor& pre) { return torch::gelu(pre, "tanh"); }
+
 // The MLP's hidden activations, gelu(in Wᵀ + b), before the output projection.
 inline torch::Tensor mlp_hidden(const torch::Tensor& in, const Params& fc) {
-    return torch::gelu(torch::linear(in, fc.weight, fc.bias), "tanh");
+    return mlp_activation(torch::linear(in, fc.weight, fc.bias));
 }
 
 }  // namespace plexus::transformer
