@@ -39,6 +39,20 @@ TEST_CASE("graph spectra and A2CiD2 constants match the reference values", "[gra
     CHECK(acid_constants(half).alpha_tilde == Approx(one.alpha_tilde).epsilon(1e-10));
 }
 
+TEST_CASE("the ring's spectrum in closed form equals the dense eigendecomposition of the same graph", "[graph]") {
+    for (int n : {3, 5, 12, 40}) {
+        GraphOptions o;
+        for (int r = 0; r < n; ++r) o.edges.push_back({r, (r + 1) % n});
+        const auto dense = gossip_spectrum(make_graph("custom", n, o), 0.7);  // no closed form for "custom"
+        const auto ring = gossip_spectrum(make_graph("ring", n), 0.7);
+        INFO(n);
+        CHECK(is_ring(make_graph("ring", n)));
+        CHECK_FALSE(is_ring(make_graph("custom", n, o)));
+        CHECK(ring.chi1 == Approx(dense.chi1).epsilon(1e-9));
+        CHECK(ring.chi2 == Approx(dense.chi2).epsilon(1e-9));
+    }
+}
+
 TEST_CASE("DADAO's edge-sampling spectrum: the ring's closed forms", "[graph]") {
     for (int n : {8, 16, 33}) {
         // L = (graph Laplacian) / |E|, |E| = n: chi1 = n / (2 (1 - cos 2 pi / n)). chi2 is half the

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -464,7 +465,20 @@ private:
         std::string log;
         int slots;
         std::string killed_for;  // why the sweep killed it ([limits]); "" if it did not
+        int cpu = -1;            // PLEXUS_SIM_CPU: a simulated cluster's rank threads run there
     };
+
+    // The usable CPU fewest running runs were given: concurrent simulations on separate CPUs.
+    int least_used_cpu() const {
+        int best = -1;
+        size_t fewest = SIZE_MAX;
+        for (int c : usable_cpus()) {
+            const auto n = static_cast<size_t>(
+                std::count_if(running_.begin(), running_.end(), [c](const Running& r) { return r.cpu == c; }));
+            if (n < fewest) fewest = n, best = c;
+        }
+        return best;
+    }
 
     int used_slots() const {
         int n = 0;
@@ -504,16 +518,18 @@ private:
                         "--db",   plan_.db, "--progress", "lines"};
             const std::string log = (logs_ / ("point" + std::to_string(p->index) + ".log")).string();
             const int run_cores = std::min(cores_, std::max(1, p->slots * cores_per_slot_));
-            const pid_t pid = spawn(argv,
-                                    {"PLEXUS_SWEEP_ID=" + std::to_string(sweep_id_), "PLEXUS_CLAIM=" + me_,
-                                     "PLEXUS_CORES=" + std::to_string(run_cores)},
-                                    log);
+            const int cpu = least_used_cpu();
+            const pid_t pid =
+                spawn(argv,
+                      {"PLEXUS_SWEEP_ID=" + std::to_string(sweep_id_), "PLEXUS_CLAIM=" + me_,
+                       "PLEXUS_CORES=" + std::to_string(run_cores), "PLEXUS_SIM_CPU=" + std::to_string(cpu)},
+                      log);
             for (auto& c : g_children)
                 if (c == 0) {
                     c = pid;
                     break;
                 }
-            running_.push_back({p, pid, Clock::now(), log, p->slots, ""});
+            running_.push_back({p, pid, Clock::now(), log, p->slots, "", cpu});
             queue_.pop_front();
         }
     }

@@ -32,6 +32,7 @@
 #include "config/faults.hpp"
 #include "device/cuda.hpp"
 #include "runtime/loader.hpp"
+#include "device/block_cache.hpp"
 #include "device/memory_meter.hpp"
 #include "device/peak.hpp"
 #include "store/results.hpp"
@@ -209,6 +210,7 @@ int run_simulated(const Job& job, sim::Cluster& cluster) {
     // and an arena per thread keeps each one's freed activations (measured: 16 quickstart ranks
     // took 1.9 GB with the default arenas, 0.6 GB with one).
     mallopt(M_ARENA_MAX, 1);
+    use_cpu_block_cache();  // tensors: exact-size reuse across ranks (device/block_cache.hpp)
     const double rss_before = current_rss_bytes();
     std::cout << "plexus: simulating " << n << " ranks in this process" << std::endl;
     try {

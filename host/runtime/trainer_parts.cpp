@@ -557,15 +557,15 @@ void finish_record(const Job& job, const RankEnv& env, RankRun& run, LoopState& 
                               "peak_tensor_bytes",
                               "step_time",
                               slowed ? "fault_slow_seconds" : nullptr};
-    auto all = torch::empty({env.world * mine.numel()}, torch::kFloat64);
+    auto all = env.rank == 0 ? torch::empty({env.world * mine.numel()}, torch::kFloat64) : torch::Tensor();
     rec.metrics(ctx.pending);  // before the gather: rank 0 takes every rank's rows after it
-    run.control().collectives().all_gather(all, mine)->wait();
+    run.control().collectives().gather(all, mine, 0);
     rec.peers_metrics();
     // A stop posted at the last log point, too late for the others to act on (a loss that turned
     // non-finite in the last interval): the run's record says so, as it would have.
     if (s.status == "finished" && run.control().late_stop() == "diverged") s.status = "diverged";
     const int64_t fields = mine.numel();
-    for (int r = 1; r < env.world; ++r)
+    for (int r = 1; all.defined() && r < env.world; ++r)
         for (int64_t k = 0; k < fields; ++k)
             if (per_rank[k]) rec.summary(per_rank[k], all[r * fields + k].item<double>(), r);
     const auto state_digest = job.device.is_meta() ? StateDigest{"meta", NAN, NAN} : digest(run.strategy->state());

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cmath>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -127,6 +128,17 @@ double evaluate_average(RunContext& ctx, torch::Tensor& x, Evaluate&& evaluate) 
     return loss;
 }
 
+// gossip_spectrum, computed once per process for a graph and rate: the ranks of a simulated
+// cluster share it (a dense eigendecomposition per rank grows as ranks^4 in all).
+inline GossipSpectrum shared_spectrum(const Graph& g, double rate) {
+    static std::mutex mu;
+    static std::map<std::pair<std::vector<std::vector<int>>, double>, GossipSpectrum> known;
+    std::lock_guard<std::mutex> lk(mu);
+    auto key = std::make_pair(g.neighbours, rate);
+    if (auto it = known.find(key); it != known.end()) return it->second;
+    return known[key] = gossip_spectrum(g, rate);
+}
+
 class GossipStrategy : public ReplicaStrategy {
 public:
     StepOutput step(const StepInput& in) override {
@@ -227,20 +239,25 @@ protected:
         const int world = transport_.world_size(), rank = transport_.rank();
         const double rate = cfg.get_double("comm_rate");
         cfg.require(rate > 0, "comm_rate", "must be > 0");
-        graph_ = graph_from(cfg, world, ctx.seed("graph"));
-        spectrum_ = gossip_spectrum(graph_, rate);
-        // Edge rates r_ij = λ (W_ij + W_ji) / 2.
-        const auto& mine = graph_.neighbours[static_cast<size_t>(rank)];
+        // Not kept: at 10,000 simulated ranks a graph per rank (held until every rank has
+        // joined the broadcast below) was most of their memory.
+        std::string graph_name;
         std::vector<std::pair<int, double>> edges;
-        for (const auto& [a, b] : graph_.edges()) {
-            if (a != rank && b != rank) continue;
-            const int peer = a == rank ? b : a;
-            const auto& theirs = graph_.neighbours[static_cast<size_t>(peer)];
-            const double w_mine =
-                static_cast<double>(std::count(mine.begin(), mine.end(), peer)) / static_cast<double>(mine.size());
-            const double w_theirs = static_cast<double>(std::count(theirs.begin(), theirs.end(), rank)) /
-                                    static_cast<double>(theirs.size());
-            edges.emplace_back(peer, rate * (w_mine + w_theirs) / 2);
+        {
+            const auto graph = graph_from(cfg, world, ctx.seed("graph"));
+            graph_name = graph.name;
+            spectrum_ = shared_spectrum(graph, rate);
+            // Edge rates r_ij = λ (W_ij + W_ji) / 2, for this rank's edges in ascending peer order
+            // (the order of Graph::edges(), without listing every edge of the graph).
+            const auto& mine = graph.neighbours[static_cast<size_t>(rank)];
+            for (const int peer : std::set<int>(mine.begin(), mine.end())) {
+                const auto& theirs = graph.neighbours[static_cast<size_t>(peer)];
+                const double w_mine =
+                    static_cast<double>(std::count(mine.begin(), mine.end(), peer)) / static_cast<double>(mine.size());
+                const double w_theirs = static_cast<double>(std::count(theirs.begin(), theirs.end(), rank)) /
+                                        static_cast<double>(theirs.size());
+                edges.emplace_back(peer, rate * (w_mine + w_theirs) / 2);
+            }
         }
         events_ = EdgeEvents(ctx.seed("gossip.edges"), rank, edges);
         grad_seed_ = mix_seed(ctx.seed("gossip.gradients"), static_cast<uint64_t>(rank));
@@ -266,7 +283,7 @@ protected:
         char line[240];
         std::snprintf(
             line, sizeof line, "%s: %s graph of %d workers, %.3g averagings per gradient, chi1 %.4g, chi2 %.4g%s",
-            accelerated ? "a2cid2" : "gossip", graph_.name.c_str(), world, rate, spectrum_.chi1, spectrum_.chi2,
+            accelerated ? "a2cid2" : "gossip", graph_name.c_str(), world, rate, spectrum_.chi1, spectrum_.chi2,
             accelerated
                 ? (", eta " + std::to_string(state_.eta) + ", alpha_tilde " + std::to_string(state_.alpha_tilde))
                       .c_str()
@@ -313,7 +330,6 @@ private:
     }
 
     Transport& transport_;
-    Graph graph_;
     GossipSpectrum spectrum_;
     EdgeEvents events_{0, 0, {}};
     uint64_t grad_seed_ = 0;

@@ -101,6 +101,16 @@ public:
                                                  ReduceOp op = ReduceOp::Sum) = 0;
     // `output` (flat) receives every rank's `input`, in rank order.
     virtual std::shared_ptr<Work> all_gather(torch::Tensor& output, const torch::Tensor& input) = 0;
+    // On rank `root`, `output` (flat) receives every rank's `input`, in rank order; elsewhere
+    // `output` is not used (pass an undefined tensor). Completes before it returns. The default
+    // all-gathers into a temporary; the simulator, which holds every rank in one process,
+    // overrides it so that only the root holds world_size() parts.
+    virtual std::shared_ptr<Work> gather(torch::Tensor& output, const torch::Tensor& input, int root) {
+        auto all =
+            rank() == root && output.defined() ? output : torch::empty({world_size() * input.numel()}, input.options());
+        all_gather(all, input)->wait();
+        return std::make_shared<CompletedWork>();
+    }
     virtual std::shared_ptr<Work> broadcast(torch::Tensor& tensor, int root) = 0;
     virtual void barrier() = 0;
 
