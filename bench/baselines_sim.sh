@@ -10,7 +10,10 @@
 # links, 400 Gb/s = 50 GB/s per GPU between nodes) with DDP, ZeRO-3, ACCO and DiLoCo (H = 16),
 # compute at the efficiency plexus measured on a real H100 for this model (EFFICIENCY, default
 # 0.536: bench/gpt_step_gpu.sh, 1.3B bf16, H100, 2026-11-27). About 4 minutes here (7 beside a build).
-# Usage: bench/baselines_sim.sh [BUILD_DIR] [STEPS] [baselines|scale] [EFFICIENCY]
+# With MODE = overlap: the 1.3B model on 64 simulated H100s with each overlap switch of the
+# baselines off, then on (ZeRO-1/2's all-gather after the optimizer, the data-parallel gradient
+# mean of tensor and pipeline parallelism): the waiting each removes.
+# Usage: bench/baselines_sim.sh [BUILD_DIR] [STEPS] [baselines|scale|overlap] [EFFICIENCY]
 set -euo pipefail
 build=${1:-build}
 steps=${2:-4}
@@ -48,6 +51,7 @@ bandwidth_gbs = 50.0
 [results]
 progress = "none"
 TOML
+# job tok/s: rank 0's tokens/s (its data shard's) times the shards (job tokens over shard tokens).
 # "waiting": the share of a step a rank is not computing (communication not hidden, pipeline
 # bubble): 1 - MFU / efficiency, since compute is charged at exactly peak x efficiency.
 printf "%-26s %6s %12s %7s %12s %9s %16s\n" strategy ranks "job tok/s" MFU "step (ms)" waiting "state/rank (GB)"
@@ -59,7 +63,9 @@ run() {  # run LABEL RANKS SETTINGS...
   "$build/plexus" run "$work/gpt1.3b.toml" --db "$db" --set train.steps="$steps" --set launch.ranks="$ranks" \
     "${topo[@]}" "$@" >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
   sqlite3 -separator ' ' "$db" "
-    SELECT (SELECT SUM(value) FROM summary WHERE run_id = r.id AND key = 'tokens_per_s'),
+    SELECT (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'tokens_per_s') *
+           (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'job_tokens') /
+           (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'tokens'),
            (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'mfu'),
            (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'step_time'),
            1 - (SELECT value FROM summary WHERE run_id = r.id AND rank = 0 AND key = 'mfu') /
@@ -71,6 +77,20 @@ run() {  # run LABEL RANKS SETTINGS...
     'BEGIN { if (e < 0 && e > -5e-4) e = 0;  # rounding: a strategy that hides all communication
              printf "%-26s %6d %12.0f %6.1f%% %12.1f %8.1f%% %16.2f\n", l, n, t, m * 100, s * 1000, e * 100, b / 1e9 }'
 }
+if [ "$mode" = overlap ]; then
+  for on in false true; do
+    for stage in 1 2; do
+      run "zero stage $stage, overlap $on" 64 --set strategy.name=zero --set strategy.stage=$stage \
+        --set strategy.overlap_gather=$on --set train.batch_size=8
+    done
+    run "tp=8, overlap $on" 64 --set strategy.name=tensor_parallel --set strategy.tp=8 --set train.batch_size=64 \
+      --set strategy.overlap_grad_reduce=$on --set strategy.overlap_tensor_comm=$on --set strategy.bucket_mb=100.0
+    run "1f1b pp=8 m=16, overlap $on" 64 --set strategy.name=pipeline --set strategy.pp=8 \
+      --set strategy.micro_batches=16 --set train.batch_size=64 --set strategy.overlap_grad_reduce=$on \
+      --set strategy.bucket_mb=100.0
+  done
+  exit 0
+fi
 if [ "$mode" = scale ]; then
   for n in 8 64 512; do
     eff=(--set sim.efficiency="$efficiency" --set train.batch_size=8)

@@ -74,9 +74,9 @@ row "checkpoint checksum (XXH3-64, format 2)" "throughput XXH3 / FNV-1a (format 
 
 echo "== sim_scale" >&2
 "$root/bench/sim_scale.sh" "$build" 8 64 > "$out/sim_scale.txt" 2>&1
-sim=$(grep -E '^ *64 ' "$out/sim_scale.txt" | tail -1)
-row "simulated cluster, 64 ranks (tiny GPT, DDP)" "wall time per rank-step, 64 ranks / 8 ranks: $(echo "$sim" | awk '{print $4}')" \
-    "$(echo "$sim" | awk '{print $3" us of wall time per simulated rank-step"}')"
+sim=$(grep -E '^gpt ddp +64 ' "$out/sim_scale.txt" | tail -1)
+row "simulated cluster, 64 ranks (tiny GPT, DDP)" "wall time per rank-step, 64 ranks / 8 ranks: $(echo "$sim" | awk '{print $7}')" \
+    "$(echo "$sim" | awk '{print $6" us of wall time per simulated rank-step"}')"
 
 echo
 echo "plexus benchmarks, $(date -u +%Y-%m-%d), $(nproc) cores, results in $out"

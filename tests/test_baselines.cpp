@@ -510,6 +510,28 @@ TEST_CASE("tensor parallelism's overlapped input-gradient all-reduce computes wh
     }
 }
 
+TEST_CASE("MFU of ranks that share a batch counts the model's FLOPs once per batch, not once per rank",
+          "[tp][pipeline][mfu]") {
+    TempDir dir;
+    const auto db = dir / "r.db";
+    const auto file = dir.file("z.toml", kZero);
+    // Compute-bound: a device at exactly its peak (efficiency 1), a network that costs nothing.
+    const std::string sim =
+        "--set launch.mode=sim --set launch.ranks=2 --set sim.device=custom --set sim.device_flops=1e10 "
+        "--set sim.efficiency=1.0 --set sim.latency_us=0.001 --set sim.bandwidth_gbs=1e6 --set train.steps=10 "
+        "--set train.peak_flops=1e10 ";
+    for (const std::string strategy : {"--set strategy.name=ddp", "--set strategy.name=tensor_parallel",
+                                       "--set strategy.name=pipeline --set strategy.micro_batches=2"}) {
+        INFO(strategy);
+        auto r = run_recorded(file, db, sim + strategy);
+        // DDP computes the whole model for its own batch: all of the peak. The two ranks of a
+        // tensor group (a pipeline) share one batch; each computes part of it (the replicated
+        // embedding and head, or a bubble, cost it some): more than half, never more than all.
+        CHECK(r["mfu"] <= 1.0 + 1e-6);
+        CHECK(r["mfu"] > 0.5);
+    }
+}
+
 TEST_CASE("gradient clipping scales to the global norm, from one tensor list or from parts summed over ranks",
           "[zero][tp][pipeline]") {
     std::vector<torch::Tensor> grads = {torch::tensor({3.0f}), torch::tensor({0.0f, 4.0f})};

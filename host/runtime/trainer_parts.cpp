@@ -247,6 +247,14 @@ MetricsLogger::MetricsLogger(RankRun& run, LoopState& state, Recorder& rec, Prog
     : run_(run), s_(state), rec_(rec), progress_(progress), rank_(rank), max_steps_(max_steps),
       max_tokens_(max_tokens) {}
 
+// The share of its data shard's tokens a rank computes the whole model for: 1 when each rank
+// has its own batch; 1/tp (1/pp) when a tensor group (a pipeline) shares one. MFU counts the
+// model's FLOPs on that share: the shard's tokens/s alone counted a tensor-parallel rank's
+// batch once per rank of its group (119% MFU for tp = 8).
+double compute_share(const RankRun& run) {
+    return static_cast<double>(run.data_shards) / static_cast<double>(std::max(1, run.ctx->world_size()));
+}
+
 void MetricsLogger::record(const char* key, double value) {
     if (rank_ == 0) run_.ctx->record(key, value);
 }
@@ -268,7 +276,7 @@ void MetricsLogger::log_point(bool eval_now, double lr) {
     auto& ctx = *run_.ctx;
     const auto& peak = run_.peak;
     const double tps = s_.interval_seconds > 0 ? s_.interval_tokens / s_.interval_seconds : 0;
-    const double util = peak.flops ? mfu(ctx.flops.flops, tps, *peak.flops) : NAN;
+    const double util = peak.flops ? mfu(ctx.flops.flops, tps * compute_share(run_), *peak.flops) : NAN;
     record("tokens_per_s", tps);
     record("step_time", s_.interval_seconds / std::max<int64_t>(1, s_.interval_steps));
     if (peak.flops) record("mfu", util);
@@ -525,7 +533,7 @@ void finish_record(const Job& job, const RankEnv& env, RankRun& run, LoopState& 
     rec.summary("tokens_per_s", tps);
     const double step_time = s.step > 0 ? s.step_seconds_total / s.step : NAN;
     rec.summary("step_time", step_time);
-    rec.summary("mfu", peak.flops ? mfu(ctx.flops.flops, tps, *peak.flops) : NAN);
+    rec.summary("mfu", peak.flops ? mfu(ctx.flops.flops, tps * compute_share(run), *peak.flops) : NAN);
     rec.summary("peak_memory", peak_rss_bytes());
     // On a GPU, the caching allocator's own peak (the meter counts CPU tensors).
     const double tensor_peak = job.device.is_cuda() ? static_cast<double>(gpu::peak_allocated_bytes(job.device))
