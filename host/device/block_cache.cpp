@@ -25,11 +25,9 @@ size_t& size_of(void* data) { return *reinterpret_cast<size_t*>(static_cast<char
 
 class BlockCache final : public c10::Allocator {
 public:
-    c10::DataPtr allocate(size_t bytes) const override {
-        void* data = bytes == 0 ? nullptr : take(bytes);
-        if (data) c10::reportMemoryUsageToProfiler(data, static_cast<int64_t>(bytes), 0, 0, c10::Device(c10::kCPU));
-        return {data, data, &release, c10::Device(c10::kCPU)};
-    }
+    // LibTorch 1.13 declares allocate() const, 2.3 and later not: one of the two overrides it.
+    c10::DataPtr allocate(size_t bytes) const { return make(bytes); }
+    c10::DataPtr allocate(size_t bytes) { return make(bytes); }
     c10::DeleterFnPtr raw_deleter() const override { return &release; }
     // LibTorch 2.x asks allocators for this; 1.13 does not know it.
     void copy_data(void* dest, const void* src, size_t count) const { std::memcpy(dest, src, count); }
@@ -40,6 +38,12 @@ public:
     }
 
 private:
+    c10::DataPtr make(size_t bytes) const {
+        void* data = bytes == 0 ? nullptr : take(bytes);
+        if (data) c10::reportMemoryUsageToProfiler(data, static_cast<int64_t>(bytes), 0, 0, c10::Device(c10::kCPU));
+        return {data, data, &release, c10::Device(c10::kCPU)};
+    }
+
     void* take(size_t bytes) const {
         std::lock_guard<std::mutex> lk(mu_);
         auto& free = free_[bytes];
