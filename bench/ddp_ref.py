@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpt_step_ref import Gpt  # noqa: E402  (the same model as the single-process reference)
+from gpt_step_ref import Gpt, adamw, update  # noqa: E402  (the single-process reference's model and step)
 
 
 def worker(rank, args, port, results):
@@ -30,21 +30,13 @@ def worker(rank, args, port, results):
     model = Gpt(args.vocab, args.layers, args.width, args.heads, args.seq)
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb,
                                                     gradient_as_bucket_view=True)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    opt = adamw(model)
     generator = torch.Generator().manual_seed(1 + rank)  # each rank its own rows
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)
 
     def step():
         logits = ddp(ids[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.item()
+        return update(F.cross_entropy(logits.reshape(-1, args.vocab), ids[:, 1:].reshape(-1)), model, opt)
 
     for _ in range(args.warmup):
         step()

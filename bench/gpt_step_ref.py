@@ -160,6 +160,24 @@ class Gpt(nn.Module):
         return self.head(self.ln(x))
 
 
+def adamw(model, gpu=False):
+    """plexus's AdamW settings: decoupled decay on matrices only; the fastest form each device has."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    extra = {"fused": True} if gpu else {"foreach": True}
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                             lr=1e-3, betas=(0.9, 0.95), eps=1e-8, **extra)
+
+
+def update(loss, model, opt):
+    """Backward, global-norm clipping at 1.0 and the optimizer step, as plexus's harness does them."""
+    opt.zero_grad(set_to_none=True)  # PyTorch 2's default, as plexus: no pass to zero, none to add into
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
 def build(args, threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -170,11 +188,7 @@ def build(args, threads):
             model = make_model(args)
     else:
         model = make_model(args).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    extra = {"fused": True} if gpu else {"foreach": True}  # the fastest AdamW each device has
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95), eps=1e-8, **extra)
+    opt = adamw(model, gpu)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=device)
     forward = torch.compile(model) if args.compile else model
     autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
@@ -187,11 +201,7 @@ def build(args, threads):
         else:
             logits = forward(ids[:, :-1])
             loss = F.cross_entropy(logits.reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)  # PyTorch 2's default, as plexus: no pass to zero, none to add into
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.item()
+        return update(loss, model, opt)
 
     for _ in range(args.warmup):
         step()
