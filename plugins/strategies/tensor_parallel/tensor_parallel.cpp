@@ -80,6 +80,12 @@ Started start_reduce_scatter_sequence(plexus::Transport& t, const torch::Tensor&
     auto work = t.reduce_scatter(out, by_rank, plexus::ReduceOp::Sum);
     return {out, work};
 }
+// Sum over the group, in place on a contiguous copy of `x` (or `x` itself), started.
+Started start_all_reduce(plexus::Transport& t, const torch::Tensor& x) {
+    auto out = x.contiguous();
+    auto work = t.all_reduce(out, plexus::ReduceOp::Sum);
+    return {out, work};
+}
 torch::Tensor reduce_scatter_sequence(plexus::Transport& t, const torch::Tensor& x) {
     auto started = start_reduce_scatter_sequence(t, x);
     started.work->wait();
@@ -157,12 +163,8 @@ struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
                 grad_in = grad_in.defined() ? grad_in.add_(g) : g;
             }
         if (!grad_in.defined()) grad_in = torch::zeros_like(in);
-        Started started;
-        if (ctx->saved_data["sequence_parallel"].toBool())
-            started = start_reduce_scatter_sequence(t, grad_in);
-        else
-            started = {grad_in.contiguous(), nullptr};
-        if (!started.work) started.work = t.all_reduce(started.out, plexus::ReduceOp::Sum);
+        const auto started = ctx->saved_data["sequence_parallel"].toBool() ? start_reduce_scatter_sequence(t, grad_in)
+                                                                           : start_all_reduce(t, grad_in);
         // While it travels: the weights' (and biases') gradients.
         const auto flat_in = in.reshape({-1, in.size(-1)});
         tensor_list result{torch::Tensor()};
