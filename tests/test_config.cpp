@@ -43,6 +43,16 @@ TEST_CASE("extends cycles are refused", "[config]") {
     CHECK_THAT(error_of([&] { host::load_experiment(dir / "a.toml"); }), Contains("cycle"));
 }
 
+TEST_CASE("extends naming a file the file system refuses is a plexus error naming it", "[config]") {
+    TempDir dir;
+    // A name over NAME_MAX (255): the file system's own error once escaped as a crash (fuzzer).
+    const std::string long_name(300, 'x');
+    dir.file("e.toml", "extends = \"" + long_name + ".toml\"\n");
+    const std::string error = error_of([&] { host::load_experiment(dir / "e.toml"); });
+    CHECK_THAT(error, Contains("e.toml") && Contains("File name too long") && Contains(long_name));
+    CHECK_THAT(error_of([&] { host::load_experiment(dir / (long_name + ".toml")); }), Contains("File name too long"));
+}
+
 TEST_CASE("a --set naming another plugin and then the file's again keeps the file's keys", "[config]") {
     TempDir dir;
     auto exp = host::load_experiment(dir.file("e.toml", "[optimizer]\nname = \"adamw\"\nbetas = [0.9, 0.99]\n"));

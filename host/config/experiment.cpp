@@ -185,7 +185,8 @@ namespace {
 toml::table parse_file(const std::string& path) {
     std::error_code ec;
     if (!fs::exists(path, ec))
-        throw Error(path + ": no such experiment file", "check the path; experiments live in experiments/");
+        throw Error(path + ": " + (ec ? ec.message() : "no such experiment file"),
+                    "check the path; experiments live in experiments/");
     // A folder, a device (/dev/zero would be read forever) or a huge file is not an experiment.
     if (!fs::is_regular_file(path, ec)) throw Error(path + ": not a regular file", "an experiment is a TOML file");
     if (fs::file_size(path, ec) > kMaxExperimentBytes)
@@ -507,8 +508,17 @@ void parse_grid(const toml::table& grid, const std::string& file, Experiment& ex
     if (!any) throw config_error(loc_of(grid.source(), file), "[grid] is empty", "give it lists to vary, or remove it");
 }
 
+// The file's absolute, normalized name; a file-system error (a name too long, a folder that
+// cannot be searched) becomes an error that names the file instead of escaping raw.
+std::string canonical_name(const std::string& path) {
+    std::error_code ec;
+    const fs::path canonical = fs::weakly_canonical(path, ec);
+    if (ec) throw Error(path + ": " + ec.message(), "check the path");
+    return canonical.string();
+}
+
 void load_into(const std::string& path, Experiment& exp, std::vector<std::string>& stack) {
-    const std::string canonical = fs::weakly_canonical(path).string();
+    const std::string canonical = canonical_name(path);
     for (const auto& s : stack)
         if (s == canonical)
             throw Error(path + ": 'extends' forms a cycle (" + join(stack, " -> ") + " -> " + canonical + ")",
@@ -516,7 +526,7 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
     // A file two bases share is loaded once (with each loaded again, a chain of files that each
     // extend two others would load exponentially many).
     for (const auto& loaded : exp.files)
-        if (fs::weakly_canonical(loaded).string() == canonical) return;
+        if (canonical_name(loaded) == canonical) return;
     if (stack.size() >= kMaxExtendsDepth)
         throw Error(path + ": 'extends' nests more than " + std::to_string(kMaxExtendsDepth) + " files deep",
                     "a chain this long is a mistake: flatten it");
@@ -539,10 +549,12 @@ void load_into(const std::string& path, Experiment& exp, std::vector<std::string
                                "for example extends = \"quickstart.toml\"");
         for (const auto& base : bases) {
             fs::path p = fs::path(path).parent_path() / base;
-            if (!fs::exists(p))
-                throw config_error(loc_of(ext->source(), path),
-                                   "extends '" + base + "': no such file (" + p.string() + ")",
-                                   "paths in extends are relative to the file that names them");
+            std::error_code ec;
+            if (!fs::exists(p, ec))
+                throw config_error(
+                    loc_of(ext->source(), path),
+                    "extends '" + base + "': " + (ec ? ec.message() : "no such file") + " (" + p.string() + ")",
+                    "paths in extends are relative to the file that names them");
             load_into(p.string(), exp, stack);
         }
         table.erase("extends");
