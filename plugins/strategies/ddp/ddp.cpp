@@ -49,14 +49,16 @@ public:
         auto loss = forward_backward(*in.train, accumulate_, out, [this](int64_t i) {
             buckets_->expect(/*last=*/i + 1 == accumulate_, /*accumulated=*/i > 0);
         });
-        buckets_->finish();
-        update(in, out, gradients());
+        // The loss every rank reports is the mean over all ranks' batches: one scalar all-reduce,
+        // queued behind the buckets and awaited after the optimizer, so its latency is hidden.
+        auto mean_loss = loss.to(torch::kFloat64);
+        auto loss_work = transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean);
+        // The optimizer reads the means where the all-reduce left them (no copy into .grad).
+        update(in, out, buckets_->finish_as_views());
         const auto comm_stats = comm_->stats();
         ctx_.record("comm_bytes", static_cast<double>(comm_stats.bytes_sent));
         ctx_.record("comm_ratio", comm_stats.compression_ratio());
-        // The loss every rank reports is the mean over all ranks' batches (one scalar all-reduce).
-        auto mean_loss = loss.to(torch::kFloat64);
-        transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean)->wait();
+        loss_work->wait();
         out.loss = plexus::value_of(mean_loss);
         return out;
     }

@@ -78,20 +78,34 @@ public:
         accumulated_ = accumulated;
     }
 
-    // After the last backward: starts what has not started, waits for all, writes .grad.
-    void finish() {
+    // After the last backward: starts what has not started, waits for all, and returns each
+    // parameter's mean gradient (constructor order) as a view of its bucket: no copy out, as
+    // PyTorch DDP's gradient_as_bucket_view. The views hold until the next backward's hooks
+    // overwrite them; .grad is left as autograd set it (this rank's own gradient).
+    std::vector<torch::Tensor> finish_as_views() {
         torch::NoGradGuard no_grad;
         for (size_t b = 0; b < buckets_.size(); ++b) complete_and_launch(b);
+        std::vector<torch::Tensor> means(params_.size());
         for (auto& bucket : buckets_) {
             bucket.work->wait();
             bucket.work.reset();
             bucket.ready = 0;
             for (size_t k : bucket.params) {
-                auto& p = params_[k];
-                if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-                p.mutable_grad().view(-1).copy_(bucket.flat.narrow(0, offset_of_[k], p.numel()));
+                means[k] = bucket.flat.narrow(0, offset_of_[k], params_[k].numel()).view(params_[k].sizes());
                 arrived_[k] = 0;
             }
+        }
+        return means;
+    }
+
+    // finish_as_views(), the means then copied into .grad (for strategies that read .grad).
+    void finish() {
+        const auto means = finish_as_views();
+        torch::NoGradGuard no_grad;
+        for (size_t k = 0; k < params_.size(); ++k) {
+            auto& p = params_[k];
+            if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+            p.mutable_grad().copy_(means[k]);
         }
     }
 
