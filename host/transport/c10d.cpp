@@ -49,7 +49,10 @@ struct GlooFlavor {
             options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
         else
             options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-        options->threads = 1;
+        // Two workers, PyTorch's default: a bucket's all-reduce can start while the one before it
+        // still runs (one worker queued DDP's last buckets behind each other: on 2 processes its
+        // exposed communication halved with two).
+        options->threads = std::max(1, env_int("PLEXUS_GLOO_THREADS", 2));
         return c10::make_intrusive<Group>(store, rank, world, options);
     }
     c10d::BarrierOptions barrier_options() const { return {}; }
