@@ -70,6 +70,7 @@ TEST_CASE("plexus check: each check catches its own breakage", "[check]") {
         {"strategy", "strategy", "state_incomplete", "exact_resume(): a resumed run continues bit for bit"},
         {"optimizer", "optimizer", "lr0_moves", "lr_scale 0 changes nothing"},
         {"optimizer", "optimizer", "state_lossy", "state() and load_state() continue identically"},
+        {"optimizer", "optimizer", "scale_ignored", "step_scaled(g, s) updates as step(s * g)"},
         {"comm", "comm", "inexact", "on 4 ranks the mean of identical tensors is the tensor"},
         {"comm", "comm", "bytes_unaccounted", "bytes are the transport's, logical bytes a ring all-reduce's"},
         {"comm", "comm", "logical_bytes", "bytes are the transport's, logical bytes a ring all-reduce's"},

@@ -142,7 +142,7 @@ TEST_CASE("cross_entropy of bf16 logits under autocast on the GPU: the exact los
     CHECK(((ours - exact).abs() / exact.abs().clamp_min(1e-30)).max().item<double>() < std::ldexp(1.0, -8) + 1e-5);
 }
 
-TEST_CASE("AdamW's fused GPU kernel computes the CPU loop's update", "[gpu]") {
+TEST_CASE("AdamW's fused GPU kernel computes the CPU loop's update, clipping factor folded in", "[gpu]") {
     TempDir dir;
     auto cfg = resolve_text(dir, std::string(kTinyExperiment) + "\n");
     host::HostContext cpu(cfg, torch::kCPU, 32), gpu(cfg, kGpu, 32);
@@ -163,8 +163,13 @@ TEST_CASE("AdamW's fused GPU kernel computes the CPU loop's update", "[gpu]") {
             g_cpu.push_back(torch::randn(s.full_shape));
             g_gpu.push_back(g_cpu.back().to(kGpu));
         }
-        opt_cpu->step(g_cpu, 0.7);
-        opt_gpu->step(g_gpu, 0.7);
+        if (step % 2 == 0) {
+            opt_cpu->step(g_cpu, 0.7);
+            opt_gpu->step(g_gpu, 0.7);
+        } else {  // a clipping factor: the CPU pass multiplies, the fused kernel divides
+            opt_cpu->step_scaled(g_cpu, 0.7, 0.3);
+            opt_gpu->step_scaled(g_gpu, 0.7, 0.3);
+        }
     }
     for (size_t i = 0; i < on_cpu.size(); ++i) {
         INFO("tensor " << i);

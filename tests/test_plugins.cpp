@@ -85,6 +85,24 @@ TEST_CASE("AdamW matches a hand-computed step", "[optimizer]") {
     CHECK(q[0][0].item<double>() == Approx(1.0 * (1 - 0.05 * 0.1) - 0.05).epsilon(1e-6));
 }
 
+TEST_CASE("AdamW folds the clipping factor into its one pass: bit for bit scaling first", "[optimizer]") {
+    TempDir dir;
+    auto cfg = resolve_text(dir, with_optimizer("[optimizer]\nname=\"adamw\"\nlr=0.01\n"));
+    host::HostContext ctx(cfg, torch::kCPU, 64);
+    torch::manual_seed(3);
+    auto start = torch::randn({300, 7});
+    auto folded = start.clone(), scaled = start.clone();
+    auto opt_folded = optimizer_over(ctx, folded), opt_scaled = optimizer_over(ctx, scaled);
+    for (int step = 0; step < 4; ++step) {
+        auto g = torch::randn({300, 7});
+        const double factor = step % 2 ? 1.0 : 0.37;
+        opt_folded->step_scaled({g.clone()}, 1.0, factor);
+        opt_scaled->step({g * factor}, 1.0);
+    }
+    CHECK(torch::equal(folded, scaled));
+    CHECK((folded - start).abs().max().item<double>() > 1e-3);  // and they moved
+}
+
 TEST_CASE("AdamW and SGD match LibTorch's reference optimizers over several steps", "[optimizer]") {
     TempDir dir;
     torch::manual_seed(7);

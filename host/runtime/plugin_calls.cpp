@@ -55,6 +55,9 @@ public:
     void step(const std::vector<torch::Tensor>& grads, double lr_scale) override {
         call_plugin(who_, "step()", [&] { o_->step(grads, lr_scale); });
     }
+    void step_scaled(const std::vector<torch::Tensor>& grads, double lr_scale, double grad_scale) override {
+        call_plugin(who_, "step_scaled()", [&] { o_->step_scaled(grads, lr_scale, grad_scale); });
+    }
     StateDict state() const override {
         return call_plugin(who_, "state()", [&] { return o_->state(); });
     }

@@ -275,6 +275,22 @@ void check_optimizer(const ResolvedConfig& cfg, const PluginDescriptor& d, std::
         make(p)->step(grads[0], 1.0);
         return !same(p[0], start[0]) ? std::string() : "a step with lr_scale 1 left the parameters as they were";
     }));
+    out.push_back(run_check(who, "step_scaled(g, s) updates as step(s * g)", [&] {
+        auto pa = copies(), pb = copies();
+        auto a = make(pa), b = make(pb);
+        // The factor changes between steps: Adam-like updates do not see one constant factor.
+        for (int k = 0; k < 3; ++k) {
+            const double factor = k == 1 ? 0.3 : 1.0;
+            a->step({grads[k][0] * factor, grads[k][1] * factor}, 1.0);
+            b->step_scaled({grads[k][0].clone(), grads[k][1].clone()}, 1.0, factor);
+        }
+        for (int i = 0; i < 2; ++i)
+            if (!torch::allclose(pa[i], pb[i], 1e-5, 1e-7))
+                return "parameter " + std::to_string(i) + " differs by up to " +
+                       std::to_string((pa[i] - pb[i]).abs().max().item<double>()) +
+                       " (a step_scaled override must apply the factor to every gradient it reads)";
+        return std::string();
+    }));
     out.push_back(run_check(who, "state() and load_state() continue identically", [&] {
         auto pa = copies();
         auto a = make(pa);

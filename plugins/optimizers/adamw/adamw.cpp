@@ -17,10 +17,11 @@ namespace {
 // The whole update of one float32 tensor in one pass: 4 streams read, 3 written, instead of the
 // ~20 passes of the tensor-operation loop below (the optimizer is memory-bound on a CPU).
 // Operation order as in that loop: decay, lerp, v*b2 + (1-b2)*g*g, sqrt(v)*inv + eps, addcdiv.
-void adamw_pass(float* p, const float* g, float* m, float* v, int64_t n, float decay, float one_minus_b1, float b2,
-                float one_minus_b2, float inv_sqrt_bc2, float eps, float step_size) {
+// grad_scale (gradient clipping's factor) is applied as each gradient is read.
+void adamw_pass(float* p, const float* g, float* m, float* v, int64_t n, float grad_scale, float decay,
+                float one_minus_b1, float b2, float one_minus_b2, float inv_sqrt_bc2, float eps, float step_size) {
     for (int64_t i = 0; i < n; ++i) {
-        const float gi = g[i];
+        const float gi = g[i] * grad_scale;
         const float mi = m[i] + one_minus_b1 * (gi - m[i]);
         const float vi = v[i] * b2 + one_minus_b2 * (gi * gi);
         m[i] = mi;
@@ -60,10 +61,16 @@ public:
             numel_ += s.param.numel();
         }
         try_fused_ = !slots_.empty() && slots_[0].param.is_cuda();
-        if (try_fused_) step_tensor_ = torch::zeros({}, slots_[0].param.options());
+        if (try_fused_) {
+            step_tensor_ = torch::zeros({}, slots_[0].param.options().dtype(torch::kFloat));
+            grad_divisor_ = torch::ones({}, slots_[0].param.options().dtype(torch::kFloat));
+        }
     }
 
-    void step(const std::vector<torch::Tensor>& grads, double lr_scale) override {
+    void step(const std::vector<torch::Tensor>& grads, double lr_scale) override { step_scaled(grads, lr_scale, 1.0); }
+
+    // The clipping factor folded in: no pass of its own over the gradients.
+    void step_scaled(const std::vector<torch::Tensor>& grads, double lr_scale, double grad_scale) override {
         torch::NoGradGuard no_grad;
         ++step_;
         const double lr = lr_ * lr_scale;
@@ -71,7 +78,7 @@ public:
         const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(step_));
         const double step_size = lr / bc1;
         const double inv_sqrt_bc2 = 1.0 / std::sqrt(bc2);
-        if (try_fused_ && fused_step(grads, lr)) return;
+        if (try_fused_ && fused_step(grads, lr, grad_scale)) return;
         for (size_t i = 0; i < slots_.size(); ++i) {
             auto& p = slots_[i].param;
             const auto& g = grads[i];
@@ -83,13 +90,15 @@ public:
                 const float* gp = g.data_ptr<float>();
                 // Element-wise, so the compute threads share a tensor without changing a bit of it.
                 at::parallel_for(0, p.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
-                    adamw_pass(pp + begin, gp + begin, mp + begin, vp + begin, end - begin, static_cast<float>(decay),
+                    adamw_pass(pp + begin, gp + begin, mp + begin, vp + begin, end - begin,
+                               static_cast<float>(grad_scale), static_cast<float>(decay),
                                static_cast<float>(1.0 - beta1_), static_cast<float>(beta2_),
                                static_cast<float>(1.0 - beta2_), static_cast<float>(inv_sqrt_bc2),
                                static_cast<float>(eps_), static_cast<float>(slot_step));
                 });
                 continue;
             }
+            if (grad_scale != 1.0) g.mul_(grad_scale);
             if (decay != 1.0) p.mul_(decay);
             exp_avg_[i].lerp_(g, 1.0 - beta1_);
             exp_avg_sq_[i].mul_(beta2_).addcmul_(g, g, 1.0 - beta2_);
@@ -130,8 +139,11 @@ public:
 private:
     // One fused call per group of tensors sharing decay and rate (two groups, more on a μP model).
     // False where this LibTorch has no fused kernel (then it is not tried again).
-    bool fused_step(const std::vector<torch::Tensor>& grads, double lr) {
+    bool fused_step(const std::vector<torch::Tensor>& grads, double lr, double grad_scale) {
         step_tensor_.fill_(static_cast<double>(step_));
+        // The kernel divides each gradient by its grad_scale (made for loss scaling).
+        torch::Tensor divide_by;
+        if (grad_scale != 1.0) divide_by = grad_divisor_.fill_(1.0 / grad_scale);
         std::set<std::pair<bool, double>> groups;
         for (size_t i = 0; i < slots_.size(); ++i) groups.insert({decays_[i], rate_factors_[i]});
         for (const auto& [decay, factor] : groups) {
@@ -145,7 +157,7 @@ private:
             }
             if (p.empty()) continue;
             if (!plexus::compat::fused_adamw_(p, g, m, v, step_tensor_, lr * factor, beta1_, beta2_,
-                                              decay ? weight_decay_ / factor : 0.0, eps_)) {
+                                              decay ? weight_decay_ / factor : 0.0, eps_, divide_by)) {
                 try_fused_ = false;
                 return false;
             }
@@ -161,7 +173,8 @@ private:
     int64_t step_ = 0;
     int64_t numel_ = 0;
     bool try_fused_ = false;
-    torch::Tensor step_tensor_;  // step_ on the parameters' device, for the fused kernel
+    torch::Tensor step_tensor_;   // step_ on the parameters' device, for the fused kernel
+    torch::Tensor grad_divisor_;  // 1 / the clipping factor, for the fused kernel
 };
 
 plexus::PluginDescriptor describe() {

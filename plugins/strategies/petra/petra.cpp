@@ -729,11 +729,11 @@ private:
             grads.push_back(p.grad());
         }
         const double sq = plexus::sum_of_squares(grads);
-        plexus::clip_to_norm(grads, std::sqrt(sq), max_grad_norm_);
+        const double factor = plexus::clip_factor(std::sqrt(sq), max_grad_norm_);
         for (auto& [b, optimizer] : optimizers_) {
             std::vector<torch::Tensor> block_grads;
             for (const auto& p : model_->blocks()[b]->parameters()) block_grads.push_back(p.grad());
-            optimizer->step(block_grads, lr_scale_);
+            optimizer->step_scaled(block_grads, lr_scale_, factor);
             ctx_.charge_compute(optimizer->flops_per_step());
         }
         for (auto& g : grads) g.zero_();

@@ -119,8 +119,7 @@ public:
             torch::tensor({sq, stage_ == pp_ - 1 ? loss_sum_ / static_cast<double>(micro_) : 0.0}, torch::kFloat64);
         pipe_->all_reduce(sums, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(sums[0]));
-        plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
-        optimizer_->step(grads, in.lr_scale);
+        optimizer_->step_scaled(grads, in.lr_scale, plexus::clip_factor(out.grad_norm, in.max_grad_norm));
         ctx_.charge_compute(optimizer_->flops_per_step());
         for (auto& g : grads) g.zero_();
         auto loss = sums[1].clone();

@@ -297,8 +297,7 @@ public:
         auto total = torch::tensor({split_sq}, torch::kFloat64);
         if (tp_ > 1) tensor_->all_reduce(total, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(total) + replicated_sq);
-        plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
-        optimizer_->step(grads, in.lr_scale);
+        optimizer_->step_scaled(grads, in.lr_scale, plexus::clip_factor(out.grad_norm, in.max_grad_norm));
         ctx_.charge_compute(optimizer_->flops_per_step());
         for (auto& g : grads) g.zero_();
         auto mean_loss = loss.detach().to(torch::kFloat64);

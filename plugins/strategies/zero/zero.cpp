@@ -111,8 +111,7 @@ public:
         transport_.all_reduce(totals, plexus::ReduceOp::Sum)->wait();
         out.grad_norm = std::sqrt(plexus::value_of(totals[0]));
         out.loss = plexus::value_of(totals[1]);
-        plexus::clip_to_norm(grads, out.grad_norm, in.max_grad_norm);
-        optimizer_->step(grads, in.lr_scale);
+        optimizer_->step_scaled(grads, in.lr_scale, plexus::clip_factor(out.grad_norm, in.max_grad_norm));
         ctx_.charge_compute(optimizer_->flops_per_step());
         if (stage_ < 3) {  // everyone's updated shards make the whole parameters again
             // (a copy of the shard as input: it is also a region of the output)

@@ -65,6 +65,17 @@ public:
     // with a learning rate multiply their configured rate by it.
     virtual void step(const std::vector<torch::Tensor>& grads, double lr_scale) = 0;
 
+    // The same update with every gradient multiplied by grad_scale first: gradient clipping's
+    // factor, in (0, 1] (exactly 1 when the norm is within the limit). The harness's strategies
+    // call this one. By default it scales the gradients in place and calls step(); an optimizer
+    // that reads each gradient once anyway overrides it to apply the factor as it reads (AdamW's
+    // one pass, the fused CUDA kernel's grad_scale), saving a pass over every gradient. The
+    // gradients afterwards may hold the scaled values or the unscaled ones.
+    virtual void step_scaled(const std::vector<torch::Tensor>& grads, double lr_scale, double grad_scale) {
+        if (grad_scale != 1.0 && !grads.empty() && !grads[0].is_meta()) at::_foreach_mul_(grads, grad_scale);
+        step(grads, lr_scale);
+    }
+
     // Copies of the whole state (step counters included), and their exact restoration.
     virtual StateDict state() const = 0;
     virtual void load_state(const StateDict& state) = 0;

@@ -18,6 +18,11 @@ public:
             slots_[i].param.add_(momentum_[i], -lr);
         }
     }
+    // "scale_ignored": a fold of the clipping factor that forgets to apply it.
+    void step_scaled(const std::vector<torch::Tensor>& grads, double lr_scale, double grad_scale) override {
+        if (breaks_ == "scale_ignored") return step(grads, lr_scale);
+        Optimizer::step_scaled(grads, lr_scale, grad_scale);
+    }
     plexus::StateDict state() const override {
         plexus::StateDict out;
         for (size_t i = 0; i < momentum_.size(); ++i)
@@ -42,9 +47,9 @@ plexus::PluginDescriptor describe() {
     d.kind = plexus::PluginKind::Optimizer;
     d.version = "1.0";
     d.summary = "an optimizer that breaks one promise on request (tests of plexus check)";
-    d.schema = {
-        {"lr", 0.1, "learning rate"},
-        plexus::ConfigKey("breaks", "none", "which promise to break").one_of({"none", "lr0_moves", "state_lossy"})};
+    d.schema = {{"lr", 0.1, "learning rate"},
+                plexus::ConfigKey("breaks", "none", "which promise to break")
+                    .one_of({"none", "lr0_moves", "state_lossy", "scale_ignored"})};
     d.make_optimizer = [](const plexus::Config& cfg, plexus::RunContext&,
                           std::vector<plexus::ParamSlot> slots) -> std::unique_ptr<plexus::Optimizer> {
         return std::make_unique<Broken>(cfg, std::move(slots));

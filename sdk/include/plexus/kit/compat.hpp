@@ -147,19 +147,22 @@ private:
 // has none; the caller then runs its own loop. The update is AdamW's with bias correction,
 // decoupled decay p *= 1 - lr * weight_decay, denominator sqrt(v / (1 - beta2^t)) + eps; `step`
 // is t, as a float tensor on the parameters' device (the kernel reads it for every tensor).
+// `grad_divisor`, if given (a float tensor there too), divides every gradient as it is read.
 inline bool fused_adamw_(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads,
                          const std::vector<torch::Tensor>& exp_avg, const std::vector<torch::Tensor>& exp_avg_sq,
                          const torch::Tensor& step, double lr, double beta1, double beta2, double weight_decay,
-                         double eps) {
+                         double eps, const torch::Tensor& grad_divisor = {}) {
 #if TORCH_VERSION_MAJOR >= 2
     if (params.empty() || !params[0].is_cuda()) return false;
     const std::vector<torch::Tensor> steps(params.size(), step);
+    c10::optional<at::Tensor> divisor;
+    if (grad_divisor.defined()) divisor = grad_divisor;
     at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2, weight_decay,
-                      eps, /*amsgrad=*/false, /*maximize=*/false);
+                      eps, /*amsgrad=*/false, /*maximize=*/false, divisor, /*found_inf=*/c10::nullopt);
     return true;
 #else
     (void)params, (void)grads, (void)exp_avg, (void)exp_avg_sq, (void)step, (void)lr, (void)beta1, (void)beta2,
-        (void)weight_decay, (void)eps;
+        (void)weight_decay, (void)eps, (void)grad_divisor;
     return false;
 #endif
 }

@@ -125,8 +125,8 @@ protected:
     // zero_grad(set_to_none=True)). Gradients that view a flat buffer (view_gradients) are
     // zeroed instead, so that they stay bound to it.
     void update(const StepInput& in, StepOutput& out, const std::vector<torch::Tensor>& grads) {
-        out.grad_norm = clip_grad_norm(grads, in.max_grad_norm);
-        optimizer_->step(grads, in.lr_scale);
+        out.grad_norm = global_norm(grads);
+        optimizer_->step_scaled(grads, in.lr_scale, clip_factor(out.grad_norm, in.max_grad_norm));
         std::vector<torch::Tensor> bound;
         for (auto& p : params_) {
             if (p.grad().defined() && p.grad().is_view())

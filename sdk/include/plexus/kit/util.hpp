@@ -59,13 +59,18 @@ inline double sum_of_squares(const std::vector<torch::Tensor>& grads) {
     return sq;
 }
 
+// Gradient clipping's factor: what brings a global norm `norm` to at most max_norm (if
+// max_norm > 0), exactly 1 when it is within. Pass it to Optimizer::step_scaled, which folds it
+// into the update where it can.
+inline double clip_factor(double norm, double max_norm) {
+    return max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
+}
+
 // Scales `grads` in place so that `norm`, their global norm, becomes at most max_norm (if
-// max_norm > 0).
+// max_norm > 0): for gradients used more than once (ACCO's look-ahead step).
 inline void clip_to_norm(const std::vector<torch::Tensor>& grads, double norm, double max_norm) {
-    if (max_norm > 0 && norm > max_norm) {
-        const double scale = max_norm / (norm + 1e-6);
-        scale_all(grads, scale);
-    }
+    const double factor = clip_factor(norm, max_norm);
+    if (factor != 1.0) scale_all(grads, factor);
 }
 
 // Scales `grads` in place so that their global norm is at most max_norm (if max_norm > 0).
