@@ -275,6 +275,21 @@ TEST_CASE("mismatched collectives and a missing peer are reported, not hung", "[
         if (r != 2) t.all_reduce(x, ReduceOp::Sum)->wait();  // rank 2 never joins
     });
     CHECK_THAT(error, Contains("deadlocked") && Contains("rank 0 waits for all_reduce #0 of group world"));
+
+    // An output that cannot hold every rank's part: all_gather on any rank, gather on the root.
+    for (const bool rooted : {false, true}) {
+        Cluster sizes(uniform(2, 1e-6, 1e9));
+        error = run_cluster(sizes, [&](int, Transport& t, host::RankClock&) {
+            auto part = torch::ones({3});
+            auto out = torch::zeros({5});
+            if (rooted)
+                t.gather(out, part, 0)->wait();
+            else
+                t.all_gather(out, part)->wait();
+        });
+        CHECK_THAT(error, Contains(rooted ? "gather: the output has 5 elements, not 2 x the input's 3"
+                                          : "all_gather: the output has 5 elements, not 2 x the input's 3"));
+    }
 }
 
 TEST_CASE("a rank scheduled to fail stops at that simulated time and its peers learn why", "[sim]") {

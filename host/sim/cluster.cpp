@@ -546,6 +546,12 @@ public:
     std::shared_ptr<Work> all_reduce(torch::Tensor& t, ReduceOp op) override {
         return collective(Kind::AllReduce, t, t, op, 0);
     }
+    // An output that holds every rank's part of `in`.
+    void check_gathered(const char* op, const torch::Tensor& out, const torch::Tensor& in) const {
+        if (out.numel() != in.numel() * world_size())
+            throw Error(std::string(op) + ": the output has " + std::to_string(out.numel()) + " elements, not " +
+                        std::to_string(world_size()) + " x the input's " + std::to_string(in.numel()));
+    }
     std::shared_ptr<Work> reduce_scatter(torch::Tensor& out, const torch::Tensor& in, ReduceOp op) override {
         if (in.numel() != out.numel() * world_size())
             throw Error("reduce_scatter: the input has " + std::to_string(in.numel()) + " elements, not " +
@@ -553,18 +559,14 @@ public:
         return collective(Kind::ReduceScatter, in, out, op, 0);
     }
     std::shared_ptr<Work> all_gather(torch::Tensor& out, const torch::Tensor& in) override {
-        if (out.numel() != in.numel() * world_size())
-            throw Error("all_gather: the output has " + std::to_string(out.numel()) + " elements, not " +
-                        std::to_string(world_size()) + " x the input's " + std::to_string(in.numel()));
+        check_gathered("all_gather", out, in);
         return collective(Kind::AllGather, in, out, ReduceOp::Sum, 0);
     }
     // An all-gather whose output exists on the root only (the others' stays undefined): at
     // 10,000 ranks, an output on every rank would be 10,000 times the parts.
     std::shared_ptr<Work> gather(torch::Tensor& out, const torch::Tensor& in, int root) override {
         check_peer(root, "gather root");
-        if (index_ == root && out.numel() != in.numel() * world_size())
-            throw Error("gather: the output has " + std::to_string(out.numel()) + " elements, not " +
-                        std::to_string(world_size()) + " x the input's " + std::to_string(in.numel()));
+        if (index_ == root) check_gathered("gather", out, in);
         auto none = torch::Tensor();
         auto work = collective(Kind::AllGather, in, index_ == root ? out : none, ReduceOp::Sum, 0);
         work->wait();
