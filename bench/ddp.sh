@@ -4,12 +4,13 @@
 # and thread count, in alternating rounds so that both see the same machine load. Each side's
 # tokens/s counts the timed steps only (after warm-up, from the step times plexus records and
 # from the reference's own clock), summed over ranks; the ratio is the median of the rounds'.
-# Usage: bench/ddp.sh [BUILD_DIR] [ROUNDS]   (defaults: build, 3; about 1.5 minutes)
+# Usage: bench/ddp.sh [BUILD_DIR] [ROUNDS]   (defaults: build, 7; about 3.5 minutes: single rounds
+# spread by +-5% on a shared 2-core machine, so fewer rounds give a median that moves)
 # Prints one line per round and `ratio plexus/pytorch_ddp: R (range A to B)`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
-rounds=${2:-3}
+rounds=${2:-7}
 ranks=2 layers=4 width=256 heads=4 seq=128 batch=8 vocab=4096 warmup=3 steps=20 bucket_mb=4
 python=${PYTHON:-/usr/bin/python3}
 work=$(mktemp -d)
