@@ -287,8 +287,9 @@ TEST_CASE("mismatched collectives and a missing peer are reported, not hung", "[
             else
                 t.all_gather(out, part)->wait();
         });
-        CHECK_THAT(error, Contains(rooted ? "gather: the output has 5 elements, not 2 x the input's 3"
-                                          : "all_gather: the output has 5 elements, not 2 x the input's 3"));
+        CHECK_THAT(error, Contains("gather: the output has 5 elements, not 2 x the input's 3"));
+        const bool names_all_gather = error.find("all_gather") != std::string::npos;
+        CHECK(names_all_gather == !rooted);
     }
 }
 
@@ -542,9 +543,13 @@ bandwidth_gbs = 450.0
 
 TEST_CASE("the simulator's block cache: aligned, reused by exact size last freed first, blocks never overlap",
           "[sim][memory]") {
-    auto* before = c10::GetAllocator(c10::kCPU);
+    // Installed for this test only: the rest of the process gets its allocator back (simulated
+    // runs in the same process install the cache again, idempotently).
+    struct Restore {
+        c10::Allocator* before = c10::GetAllocator(c10::kCPU);
+        ~Restore() { c10::SetAllocator(c10::kCPU, before, 1); }
+    } restore;
     host::use_cpu_block_cache();
-    REQUIRE(c10::GetAllocator(c10::kCPU) != before);
     auto address = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()); };
     // Two blocks of one size freed: the next two requests of that size get them back, last first.
     auto a = torch::empty({1000}), b = torch::empty({1000});

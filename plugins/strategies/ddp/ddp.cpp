@@ -50,7 +50,8 @@ public:
             buckets_->expect(/*last=*/i + 1 == accumulate_, /*accumulated=*/i > 0);
         });
         // The loss every rank reports is the mean over all ranks' batches: one scalar all-reduce,
-        // queued behind the buckets and awaited after the optimizer, so its latency is hidden.
+        // issued after backward (behind the buckets with overlap on, ahead of them with it off)
+        // and awaited after the optimizer, so its latency is hidden.
         auto mean_loss = loss.to(torch::kFloat64);
         auto loss_work = transport_.all_reduce(mean_loss, plexus::ReduceOp::Mean);
         // The optimizer reads the means where the all-reduce left them (no copy into .grad).

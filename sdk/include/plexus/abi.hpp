@@ -7,6 +7,7 @@
 // it runs its static initializers: keep those trivial in a plugin).
 // Bump PLEXUS_SDK_ABI_VERSION whenever a class in these headers changes layout or virtuals, and
 // say here what changed:
+//   10 Optimizer::step_scaled (a virtual between step() and state(): every later slot moved)
 //   9  StreamSpec::sequential and BatchStream::length(): the whole validation split, in order
 //   8  RunContext: setting(dotted key) gives way to typed accessors (batch_size, token_budget);
 //      CommScheme::set_layout (where each parameter lies in the tensors a strategy hands in);
@@ -28,7 +29,7 @@
 #define PLEXUS_WITH_CUDA 0
 #endif
 
-#define PLEXUS_SDK_ABI_VERSION 9
+#define PLEXUS_SDK_ABI_VERSION 10
 
 #define PLEXUS_STR_(x) #x
 #define PLEXUS_STR(x) PLEXUS_STR_(x)

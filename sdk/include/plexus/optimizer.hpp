@@ -66,7 +66,7 @@ public:
     virtual void step(const std::vector<torch::Tensor>& grads, double lr_scale) = 0;
 
     // The same update with every gradient multiplied by grad_scale first: gradient clipping's
-    // factor, in (0, 1] (exactly 1 when the norm is within the limit). The harness's strategies
+    // factor, in [0, 1] (exactly 1 when the norm is within the limit). The harness's strategies
     // call this one. By default it scales the gradients in place and calls step(); an optimizer
     // that reads each gradient once anyway overrides it to apply the factor as it reads (AdamW's
     // one pass, the fused CUDA kernel's grad_scale), saving a pass over every gradient. The
