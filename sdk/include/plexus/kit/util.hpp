@@ -74,7 +74,8 @@ inline void clip_to_norm(const std::vector<torch::Tensor>& grads, double norm, d
 }
 
 // Scales `grads` in place so that their global norm is at most max_norm (if max_norm > 0).
-// Returns the norm before clipping, which the harness logs as grad_norm.
+// Returns the norm before clipping, which the harness logs as grad_norm. Before an optimizer
+// step, prefer global_norm + clip_factor + Optimizer::step_scaled: no pass of its own.
 inline double clip_grad_norm(const std::vector<torch::Tensor>& grads, double max_norm) {
     const double norm = global_norm(grads);
     clip_to_norm(grads, norm, max_norm);
